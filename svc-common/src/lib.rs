@@ -1,0 +1,324 @@
+//! The ABI shared by the kernel programs (`svc-ebpf`) and the agent (`svc-agent`).
+//!
+//! # Layout
+//! This crate alone defines the map names, key/value structs, capacities, flag bits and counter
+//! indices. Both sides compile against it, so a layout mismatch is a compile error, not a silent
+//! corruption. Every type is `#[repr(C)]` with explicit `_pad` fields and a size assertion; none
+//! holds a `bool`, enum or `Option`. Addresses are `[u8; 4]` in network order (so
+//! `bpftool map dump` prints `[10,96,0,10]`), ports are `u16` in **host** order (so a dump prints
+//! `80`, not `20480`).
+//!
+//! The service model follows Cilium's `lb4_*` maps:
+//! - [`FrontendKey`] → [`Frontend`] in [`MAP_FRONTENDS`]: one entry per (address, port, protocol)
+//!   the node serves; the value carries the frontend id and how many backend slots are valid.
+//! - [`SlotKey`] `{frontend_id, slot}` → [`Slot`] in [`MAP_SLOTS`]: slots `1..=backend_count`
+//!   name the backend ids the frontend balances across. There is no slot 0 entry: the count that
+//!   Cilium keeps in slot 0 lives in the frontend value itself, one lookup earlier.
+//! - backend id → [`Backend`] in [`MAP_BACKENDS`]: address and port of one endpoint. Backends are
+//!   shared by every frontend that uses the same (address, port, protocol).
+//! - [`CtKey`] → [`CtEntry`] in [`MAP_CONNTRACK`]: an LRU connection table. A new flow writes two
+//!   entries: the *forward* one (client → frontend, holding the chosen backend) and the *reply*
+//!   one (backend → client, holding the frontend address and port to restore). The reply entry
+//!   **is** the reverse-NAT table: keeping the frontend address per flow costs replies a single
+//!   lookup and keeps an established flow's translation alive after its Service is removed, as
+//!   netfilter conntrack does for kube-proxy.
+//! - per-CPU counters in [`MAP_STATS`], indexed by [`stat_index`]`(hook, reason)`.
+//!
+//! # Update order (the invariant the agent keeps)
+//! A packet reads the frontend, then one slot, then one backend. So the agent writes backends,
+//! then slots, then the frontend (with its count) last; it shrinks by writing the smaller count
+//! first and deleting the surplus slots after; it deletes a frontend before its slots, and a
+//! backend only when no slot names it. A packet therefore never sees a count that points at a
+//! missing slot or a slot that names a missing backend.
+#![no_std]
+
+/// Pinned name (and ELF symbol name) of the frontend map.
+pub const MAP_FRONTENDS: &str = "SVC_FRONTENDS";
+/// Pinned name of the backend-slot map.
+pub const MAP_SLOTS: &str = "SVC_SLOTS";
+/// Pinned name of the backend map.
+pub const MAP_BACKENDS: &str = "SVC_BACKENDS";
+/// Pinned name of the conntrack map.
+pub const MAP_CONNTRACK: &str = "SVC_CT";
+/// Pinned name of the per-CPU counter array.
+pub const MAP_STATS: &str = "SVC_STATS";
+/// Every map the agent pins, in the order it lists them.
+pub const ALL_MAPS: [&str; 5] = [MAP_FRONTENDS, MAP_SLOTS, MAP_BACKENDS, MAP_CONNTRACK, MAP_STATS];
+
+/// Capacity of [`MAP_FRONTENDS`]: 64k frontends (10k Services × a few ports × a few addresses).
+pub const MAX_FRONTENDS: u32 = 65_536;
+/// Capacity of [`MAP_SLOTS`]: total backend slots over all frontends.
+pub const MAX_SLOTS: u32 = 1_048_576;
+/// Capacity of [`MAP_BACKENDS`].
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Capacity of [`MAP_CONNTRACK`] (LRU: the least recently used flow is evicted when full).
+/// Two entries per flow.
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Most backends one frontend may balance across (slot numbers are `1..=MAX_BACKENDS_PER_FRONTEND`).
+pub const MAX_BACKENDS_PER_FRONTEND: u32 = 65_535;
+
+/// IP protocol numbers as stored in [`FrontendKey::proto`], [`Backend::proto`], [`CtKey::proto`].
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// [`FrontendKey::scope`]: the frontend applies to every source. (Later scopes distinguish
+/// external from in-cluster sources for `externalTrafficPolicy: Local`.)
+pub const SCOPE_ANY: u8 = 0;
+
+/// Lookup key of [`MAP_FRONTENDS`]: one address, port and protocol a Service is reached on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    /// Frontend IPv4 address, network order (a ClusterIP, node address, external or LB IP).
+    pub addr: [u8; 4],
+    /// Frontend port, host order (`spec.ports[].port`, or `nodePort`).
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`], [`PROTO_UDP`]).
+    pub proto: u8,
+    /// Which sources this entry applies to ([`SCOPE_ANY`]).
+    pub scope: u8,
+}
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+
+/// Value of [`MAP_FRONTENDS`]. Written by the agent only, always *after* the slots it counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    /// Frontend id: the first half of every [`SlotKey`] of this frontend, and what conntrack
+    /// entries record. Allocated by the agent, unique among live frontends, never 0.
+    pub id: u32,
+    /// Number of valid slots, `1..=backend_count`. 0 means "no usable endpoint": the datapath
+    /// refuses new flows to this frontend (counted as [`Reason::NoBackend`]).
+    pub backend_count: u32,
+    /// `FRONTEND_F_*` bits.
+    pub flags: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
+
+/// Key of [`MAP_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// [`Frontend::id`] of the owning frontend.
+    pub frontend_id: u32,
+    /// Slot number, `1..=Frontend::backend_count`.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
+
+/// Value of [`MAP_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// Key into [`MAP_BACKENDS`]; never 0.
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 4);
+
+/// Value of [`MAP_BACKENDS`] (keyed by a `u32` backend id, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Endpoint IPv4 address, network order.
+    pub addr: [u8; 4],
+    /// Endpoint port, host order (the resolved `targetPort`).
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// [`Backend::flags`]: the endpoint is terminating (used only because no ready one exists).
+pub const BACKEND_F_TERMINATING: u8 = 1;
+
+/// [`CtKey::dir`]: client → frontend, as the client sent it (before DNAT).
+pub const CT_DIR_FORWARD: u8 = 0;
+/// [`CtKey::dir`]: backend → client, as the backend sent it (before reverse NAT).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook, plus direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Source address, network order.
+    pub src_addr: [u8; 4],
+    /// Destination address, network order.
+    pub dst_addr: [u8; 4],
+    /// Source port, host order.
+    pub src_port: u16,
+    /// Destination port, host order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// Always zero (part of the hash key).
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Value of [`MAP_CONNTRACK`]. Written by the datapath when a flow starts; `last_seen_ns`,
+/// `tcp_flags`, `packets` and `bytes` are updated per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// Address to write: the backend's (forward entry, replaces the destination) or the
+    /// frontend's (reply entry, replaces the source). Network order.
+    pub nat_addr: [u8; 4],
+    /// Port to write, host order; pairs with `nat_addr`.
+    pub nat_port: u16,
+    /// Union of the TCP flags seen in this direction (`CT_TCP_*`); 0 for UDP.
+    pub tcp_flags: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// Backend chosen for the flow (for inspection; the datapath uses `nat_addr`).
+    pub backend_id: u32,
+    /// Frontend the flow was addressed to.
+    pub frontend_id: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet in this direction.
+    pub last_seen_ns: u64,
+    /// Packets seen in this direction.
+    pub packets: u64,
+    /// Bytes (L3 length) seen in this direction.
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
+
+/// [`CtEntry::tcp_flags`] bits (the TCP header's own flag bit values).
+pub const CT_TCP_FIN: u8 = 0x01;
+/// See [`CT_TCP_FIN`].
+pub const CT_TCP_SYN: u8 = 0x02;
+/// See [`CT_TCP_FIN`].
+pub const CT_TCP_RST: u8 = 0x04;
+
+/// Where a program runs; the first dimension of [`MAP_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress on the host side of a pod veth: packets *from* a pod (forward NAT).
+    PodIngress = 0,
+    /// tc egress on the host side of a pod veth: packets *to* a pod (reverse NAT).
+    PodEgress = 1,
+}
+/// Number of [`Hook`] values.
+pub const HOOK_COUNT: u32 = 2;
+/// Every hook, in index order.
+pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [Hook::PodIngress, Hook::PodEgress];
+
+/// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a
+/// program sees is counted under exactly one reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Passed: not an IPv4 frame (ARP, IPv6, …).
+    NotIpv4 = 0,
+    /// Passed: IPv4 but neither TCP nor UDP.
+    NotTcpUdp = 1,
+    /// Passed untouched: a header was shorter than its fixed size (the stack will drop it).
+    Truncated = 2,
+    /// Passed untouched: IPv4 header with options (IHL > 5); we do not translate these.
+    IpOptions = 3,
+    /// Passed untouched: an IPv4 fragment; we do not translate these.
+    Fragment = 4,
+    /// Passed: destination is not a frontend (ingress) or no reply entry matched (egress).
+    NotService = 5,
+    /// Translated: first packet of a flow, a backend was chosen and conntrack written.
+    DnatNew = 6,
+    /// Translated: packet of a known flow, backend taken from conntrack.
+    DnatEstablished = 7,
+    /// Translated: reply packet, source restored to the frontend.
+    RevNat = 8,
+    /// Dropped: frontend has no usable backend.
+    NoBackend = 9,
+    /// Dropped: a slot or backend entry was missing (would be an agent ordering bug).
+    BackendMissing = 10,
+    /// Dropped: a helper that rewrites the packet failed.
+    RewriteFailed = 11,
+    /// Translated, but the conntrack write failed (the flow may be re-balanced later).
+    CtInsertFailed = 12,
+}
+/// Number of [`Reason`] values.
+pub const REASON_COUNT: u32 = 13;
+/// Every reason, in index order, with a stable name for metrics and CLIs.
+pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
+    (Reason::NotIpv4, "not_ipv4"),
+    (Reason::NotTcpUdp, "not_tcp_udp"),
+    (Reason::Truncated, "truncated"),
+    (Reason::IpOptions, "ip_options"),
+    (Reason::Fragment, "fragment"),
+    (Reason::NotService, "not_service"),
+    (Reason::DnatNew, "dnat_new"),
+    (Reason::DnatEstablished, "dnat_established"),
+    (Reason::RevNat, "rev_nat"),
+    (Reason::NoBackend, "no_backend"),
+    (Reason::BackendMissing, "backend_missing"),
+    (Reason::RewriteFailed, "rewrite_failed"),
+    (Reason::CtInsertFailed, "ct_insert_failed"),
+];
+/// Entries in [`MAP_STATS`].
+pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;
+
+/// Index of the counter for `reason` at `hook` in [`MAP_STATS`].
+#[inline(always)]
+pub const fn stat_index(hook: Hook, reason: Reason) -> u32 {
+    hook as u32 * REASON_COUNT + reason as u32
+}
+
+/// Name of the load-time global (`.rodata`) the agent may override to inject a fault in tests.
+/// 0 in production. See [`FAULT_SKIP_L4_CSUM`].
+pub const GLOBAL_FAULT_INJECT: &str = "SVC_FAULT_INJECT";
+/// Fault bit: rewrite addresses and ports but skip the L4 checksum update. Exists only so the
+/// network tests can prove they detect a broken checksum; the verifier removes the branch when
+/// the bit is clear.
+pub const FAULT_SKIP_L4_CSUM: u32 = 1;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is `#[repr(C)]`, has only integer/array fields, no implicit padding
+    // (checked by the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::FrontendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Frontend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SlotKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, (reason, _)) in ALL_REASONS.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+        for (i, hook) in ALL_HOOKS.iter().enumerate() {
+            assert_eq!(*hook as usize, i);
+        }
+        assert_eq!(stat_index(Hook::PodEgress, Reason::NotIpv4), REASON_COUNT);
+    }
+
+    #[test]
+    fn no_implicit_padding() {
+        use core::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(FrontendKey, scope) + 1, size_of::<FrontendKey>());
+        assert_eq!(offset_of!(Backend, flags) + 1, size_of::<Backend>());
+        assert_eq!(offset_of!(CtKey, _pad) + 2, size_of::<CtKey>());
+        assert_eq!(offset_of!(CtEntry, bytes) + 8, size_of::<CtEntry>());
+    }
+}

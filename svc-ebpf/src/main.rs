@@ -1,0 +1,89 @@
+//! svc-lb kernel programs.
+//!
+//! # Layout
+//! - `parse`: bounds-checked header parsing into a [`parse::Flow`]; refuses (and names the
+//!   reason for) every frame it does not translate.
+//! - `nat`: the rewrites and their checksum updates, through the tc helpers that know the skb's
+//!   checksum state (DESIGN §2, "the checksum trap").
+//! - `maps`: the BTF map definitions; layouts come from `svc-common` only.
+//! - `stats`: per-CPU counters, one per (hook, reason).
+//!
+//! Programs (all tc, attached with tcx to the host side of pod veths):
+//! - [`svc_pod_ingress`]: packets *from* a pod. Destination is a frontend → DNAT to a backend,
+//!   the choice kept in conntrack so the flow stays on it.
+//! - [`svc_pod_egress`]: packets *to* a pod. Source is a backend answering a translated flow →
+//!   restore the frontend address and port the client used.
+//!
+//! Every outcome is an [`Outcome`] (verdict + reason): stages return `Result<_, Outcome>`, the
+//! program entry counts the reason and returns the verdict, so no verdict is dropped silently.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+#[cfg(target_arch = "bpf")]
+pub use programs::*;
+
+/// Host builds (`cargo check --workspace`) compile an empty binary: this crate is only
+/// meaningful for `bpfel-unknown-none`, built by `cargo xtask build-ebpf`.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach this; it exists to satisfy
+    // `no_std`.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// Fixed to 0 for the agent's normal load. Tests override it (`EbpfLoader::override_global`)
+/// to prove that a broken rewrite is detected; see `svc_common::FAULT_SKIP_L4_CSUM`. It is a
+/// `.rodata` constant, so the verifier prunes the fault branches when it is 0.
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
+static SVC_FAULT_INJECT: u32 = 0;
+
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn fault(bit: u32) -> bool {
+    // SAFETY: reading a plain static; volatile so the compiler keeps the load the loader patches.
+    unsafe { core::ptr::read_volatile(&SVC_FAULT_INJECT) & bit != 0 }
+}
+
+/// A program's decision: what to return to tc, and why (the counter to bump).
+#[cfg(target_arch = "bpf")]
+#[must_use]
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    pub verdict: i32,
+    pub reason: svc_common::Reason,
+}
+
+#[cfg(target_arch = "bpf")]
+impl Outcome {
+    /// Let the packet continue (tcx "next": later programs and the stack see it).
+    pub const fn pass(reason: svc_common::Reason) -> Self {
+        Self { verdict: TC_ACT_UNSPEC, reason }
+    }
+    pub const fn drop(reason: svc_common::Reason) -> Self {
+        Self { verdict: TC_ACT_SHOT, reason }
+    }
+}
+
+/// `TC_ACT_UNSPEC` (= `TCX_NEXT`): not our verdict to give; continue with the next program or
+/// the stack. Chosen over `TC_ACT_OK` so svc-lb composes with other tcx programs on the veth.
+#[cfg(target_arch = "bpf")]
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_SHOT` (= `TCX_DROP`).
+#[cfg(target_arch = "bpf")]
+pub const TC_ACT_SHOT: i32 = 2;

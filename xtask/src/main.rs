@@ -1,0 +1,150 @@
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! # Layout
+//! - `setup`: installs what builds and tests need (Debian packages, nightly `rust-src`,
+//!   `bpf-linker` against nightly's LLVM), each step only when missing.
+//! - `build-ebpf`: the one way the kernel object is built; writes [`EBPF_OBJECT`].
+//! - `test`: every test tier (unit, `BPF_PROG_TEST_RUN` fixtures, network namespaces).
+//! - `demo`: the seed's Services in a two-node topology, traffic, a map dump, cleanup.
+//! - `bench`: per-packet cost of the programs beside an empty program.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Where `build-ebpf` leaves the kernel object, relative to the workspace root. The agent embeds
+/// it from here (svc-agent/build.rs); nothing else builds or looks for it elsewhere.
+pub const EBPF_OBJECT: &str = "target/svc-ebpf.o";
+
+#[derive(Parser)]
+#[command(about = "svc-lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install build and test prerequisites that are missing (idempotent).
+    Setup,
+    /// Build the eBPF object (nightly, build-std, bpf-linker, BTF) into target/svc-ebpf.o.
+    BuildEbpf,
+    /// Run every test tier. Needs root for the fixture and network tiers.
+    Test {
+        /// Extra arguments passed to the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run the demo in network namespaces (needs root).
+    Demo,
+    /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN) beside an empty program.
+    Bench {
+        /// Repeat count per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::all(),
+        Task::BuildEbpf => {
+            setup::ebpf_toolchain()?;
+            build_ebpf(&root)
+        }
+        Task::Test { args } => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            test(&args)
+        }
+        Task::Demo => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            run_test_bin("demo", &[])
+        }
+        Task::Bench { repeat } => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            run_test_bin("bench", &["--repeat".into(), repeat.to_string()])
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").into()
+}
+
+/// A `cargo` command with the environment of the outer cargo removed, so the inner build picks
+/// its own toolchain and flags (DESIGN §4).
+pub fn clean_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key == "RUSTUP_TOOLCHAIN"
+            || key.starts_with("RUSTC")
+            || key == "CARGO_ENCODED_RUSTFLAGS"
+            || key == "RUSTFLAGS"
+            || key == "CARGO_TARGET_DIR"
+            || key == "CARGO_BUILD_RUSTC"
+        {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    eprintln!("xtask: building the eBPF object");
+    let target_dir = root.join("target/ebpf");
+    run(clean_cargo()
+        .args(["+nightly", "build", "--release", "--package", "svc-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // BTF makes `bpftool map dump` print field names; debuginfo is what BTF is made from.
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f")))
+    .context("building svc-ebpf")?;
+    let built = target_dir.join("bpfel-unknown-none/release/svc-ebpf");
+    let dest = root.join(EBPF_OBJECT);
+    // Replace only when changed, so the agent's build script does not rebuild needlessly.
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(&dest).ok().as_deref() != Some(&new[..]) {
+        std::fs::write(&dest, &new).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    eprintln!("xtask: eBPF object at {}", dest.display());
+    Ok(())
+}
+
+/// Builds every test binary, then runs them. Fixture and network tests need root: we run as
+/// root in CI; elsewhere they report themselves skipped with the reason.
+fn test(args: &[String]) -> Result<()> {
+    run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut cmd = clean_cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast", "--"]).args(args);
+    // Network tests share nothing but the machine; keep them sequential so one's traffic
+    // figures are not another's noise, and so namespace prefixes stay easy to follow.
+    cmd.arg("--test-threads=1");
+    run(&mut cmd)
+}
+
+/// Runs one of the `tests` crate's binaries (demo, bench) as built by cargo.
+fn run_test_bin(name: &str, args: &[String]) -> Result<()> {
+    run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
+    run(clean_cargo().args(["run", "--quiet", "--package", "tests", "--bin", name, "--"]).args(args))
+}
