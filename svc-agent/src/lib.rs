@@ -1,0 +1,17 @@
+//! svc-agent: keeps svc-lb's BPF maps equal to what the cluster's Services ask for.
+//!
+//! # Layout
+//! - [`source`]: where objects come from. `manifests`: a directory of YAML (`--manifests`),
+//!   re-read when it changes, with hand-written `Endpoints` mirrored to EndpointSlices.
+//! - [`model`]: pure. Services + EndpointSlices + this node → the desired frontends and their
+//!   backends, plus the problems found (object, field, why) for anything refused.
+//! - [`reconcile`]: pure. What is programmed + what is desired → an ordered list of map
+//!   operations that never exposes a half-built service (svc-common's update-order invariant).
+//! - [`dataplane`]: the narrow trait map I/O goes through; `aya` implements it on the pinned
+//!   maps, `fake` in memory (checking the invariant after every operation) for tests.
+//! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
+//!   veths as they appear (netlink).
+pub mod dataplane;
+pub mod model;
+pub mod reconcile;
+pub mod source;
