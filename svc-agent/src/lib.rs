@@ -12,6 +12,9 @@
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
 pub mod dataplane;
+pub mod datapath;
+pub mod ifwatch;
 pub mod model;
 pub mod reconcile;
+// pub mod run; (enabled once model/reconcile land)
 pub mod source;

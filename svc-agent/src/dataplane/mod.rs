@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey};
 
 pub mod fake;
+pub mod pinned;
 
 /// One write to the service maps. [`crate::reconcile`] emits these in an order that keeps the
 /// svc-common update-order invariant; implementations apply them exactly in that order.

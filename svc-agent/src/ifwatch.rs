@@ -1,0 +1,70 @@
+//! Interface discovery over rtnetlink: the current links, then every change.
+//!
+//! The agent runs inside the node's network namespace, so it must ask netlink (whose socket
+//! belongs to that namespace) rather than /sys/class/net (which shows the namespace that mounted
+//! sysfs). Subscription happens before the initial dump, so a link created in between is seen at
+//! least once; consumers treat events idempotently.
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::{
+    packet_core::NetlinkPayload,
+    packet_route::{link::LinkAttribute, link::LinkMessage, RouteNetlinkMessage},
+    MulticastGroup,
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A link exists (new, or changed state). Sent again for every change.
+    Present { index: u32, name: String },
+    /// A link was deleted.
+    Gone { index: u32 },
+}
+
+fn name_of(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// Returns the links that exist now and a channel of later changes.
+pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<LinkEvent>)> {
+    let (conn, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .context("opening an rtnetlink socket subscribed to link events")?;
+    tokio::spawn(conn);
+    let mut links = BTreeMap::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(msg) = dump.try_next().await.context("dumping links over rtnetlink")? {
+        if let Some(name) = name_of(&msg) {
+            links.insert(msg.header.index, name);
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Keeps `handle` alive: the connection task ends when every handle is dropped.
+        let _handle = handle;
+        while let Some((msg, _)) = messages.next().await {
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    name_of(&l).map(|name| LinkEvent::Present { index: l.header.index, name })
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    Some(LinkEvent::Gone { index: l.header.index })
+                }
+                _ => None,
+            };
+            if let Some(event) = event {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+        warn!("rtnetlink link subscription ended");
+    });
+    Ok((links, rx))
+}
