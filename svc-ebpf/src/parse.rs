@@ -63,6 +63,11 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Outcome> {
     Ok((start + off) as *const T)
 }
 
+// Inlined on purpose: as an out-of-line BPF-to-BPF call, its `Result<Flow, Outcome>` return
+// type goes into BTF as a UNION with a member at a non-zero bit offset, which the kernel refuses
+// ("Invalid member bits_offset", Linux 6.18): the object's BTF then fails to load and creating
+// any of its BTF maps fails with EINVAL, so nothing loads at all.
+#[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
     // Headers of locally generated skbs can sit outside the linear area; make them linear when
     // the packet is long enough, so direct access below sees them.
