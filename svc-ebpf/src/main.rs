@@ -19,6 +19,9 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+/// Benchmark floor only (an empty classifier the agent never attaches); see `floor.rs`.
+#[cfg(target_arch = "bpf")]
+mod floor;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
