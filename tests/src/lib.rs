@@ -1,1 +1,4 @@
-
+pub mod fixtures;
+pub mod capture;
+pub mod probe;
+pub mod topology;

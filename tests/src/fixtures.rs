@@ -1,0 +1,861 @@
+//! `BPF_PROG_TEST_RUN` fixtures for the tc programs: the shared vocabulary, packet builders, a
+//! loaded datapath whose maps the fixtures program directly, and a runner that checks verdict,
+//! output bytes and counters, printing a field-by-field diff on mismatch.
+//!
+//! # Layout
+//! - Vocabulary: [`CLIENT_POD`], [`SVC_VIP`], [`BACKEND_A`], [`BACKEND_B`], [`OTHER_POD`],
+//!   [`PAYLOAD`], MACs. Every fixture speaks in these names (Cilium's `v4_svc_one`, …), so a
+//!   failure message reads as a sentence about the cluster, not about bytes.
+//! - Builders: [`Pkt`] describes one frame; [`Pkt::build`] writes it with etherparse, which
+//!   computes every checksum. Expected outputs are *built*, not derived from the input by
+//!   patching bytes: the rewritten fields go into a fresh [`Pkt`] and etherparse computes the
+//!   checksums from scratch. That makes etherparse the independent checksum implementation the
+//!   datapath's incremental updates (`bpf_l3/l4_csum_replace`) are checked against.
+//! - [`Datapath`]: the object loaded from `target/svc-ebpf.o` (never pinned: its maps die with
+//!   it), both programs loaded, typed handles on every map, and helpers that program a service
+//!   in the agent's order (backends, slots, frontend last).
+//! - [`Fixture`] + [`Datapath::check`]: one named case, its expected verdict, output and
+//!   counter; a mismatch panics with a diff of parsed fields ([`describe`]).
+//!
+//! # How `BPF_PROG_TEST_RUN` treats a tc program (net/bpf/test_run.c, `bpf_prog_test_run_skb`)
+//! The kernel copies `data_in` into a fresh linear skb (refusing fewer than `ETH_HLEN` = 14
+//! bytes with `EINVAL`, in `bpf_test_init`), runs `eth_type_trans`, pushes the Ethernet header
+//! back for tc programs, then calls the program `repeat` times **on that same skb**, and copies
+//! the resulting skb to `data_out` (`ENOSPC` if the buffer is short). So with `repeat > 1` every
+//! iteration after the first sees the previous iteration's rewrite; fixtures therefore use
+//! `repeat = 1`, and the benchmark (`src/bin/bench.rs`) builds setups where the rewritten
+//! packet takes the same path again.
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv4Options,
+    LaxPacketHeaders, LinkHeader, NetHeaders, PacketBuilder, TransportHeader,
+};
+use svc_common::{
+    stat_index, Backend, CtEntry, CtKey, Frontend, FrontendKey, Hook, Reason, Slot, SlotKey,
+    ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD, CT_DIR_REPLY, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_FRONTENDS, MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY, STATS_LEN,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary
+// ---------------------------------------------------------------------------------------------
+
+/// The client pod and the source port of its flows.
+pub const CLIENT_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 40000);
+/// The Service frontend (a ClusterIP and its port).
+pub const SVC_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+/// A backend on the client's node (`targetPort` 8080).
+pub const BACKEND_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080);
+/// A backend on another node.
+pub const BACKEND_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
+/// A pod that is no Service: traffic to it must pass untouched.
+pub const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
+/// Application bytes every fixture carries; no rewrite may change them (Cilium's convention).
+pub const PAYLOAD: &[u8] = b"Should not change!!";
+/// The client pod's `eth0` MAC.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xf4, 0x01, 0x02];
+/// The host side of the pod's veth (the pod's gateway).
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xf4, 0x01, 0x01];
+
+/// Frontend id the fixtures give [`SVC_VIP`].
+pub const SVC_ID: u32 = 1;
+/// Backend id of [`BACKEND_A`].
+pub const BACKEND_A_ID: u32 = 1;
+/// Backend id of [`BACKEND_B`].
+pub const BACKEND_B_ID: u32 = 2;
+
+/// What `svc_pod_*` return to let a packet continue: `TC_ACT_UNSPEC` (-1) as the kernel reports
+/// it in `retval`.
+pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+/// `TC_ACT_SHOT`.
+pub const TC_ACT_SHOT: u32 = 2;
+/// Ethernet + IPv4 (no options) + TCP (no options): the shortest frame the datapath translates.
+pub const TCP_HEADERS_LEN: usize = 14 + 20 + 20;
+/// Ethernet + IPv4 + UDP.
+pub const UDP_HEADERS_LEN: usize = 14 + 20 + 8;
+/// Shortest `data_in` the kernel accepts for an skb test run (`ETH_HLEN`).
+pub const MIN_TEST_RUN_LEN: usize = 14;
+
+// ---------------------------------------------------------------------------------------------
+// Packet builders
+// ---------------------------------------------------------------------------------------------
+
+/// Layer 4 of a [`Pkt`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP with these flags (`TCP_*` bits below) and sequence/ack numbers.
+    Tcp { flags: u8, seq: u32, ack: u32 },
+    /// UDP; `zero_csum` sends it without a checksum (field 0, RFC 768 "none").
+    Udp { zero_csum: bool },
+    /// ICMP echo request (neither TCP nor UDP).
+    IcmpEcho,
+}
+
+/// TCP flag bits as on the wire.
+pub const TCP_FIN: u8 = 0x01;
+/// See [`TCP_FIN`].
+pub const TCP_SYN: u8 = 0x02;
+/// See [`TCP_FIN`].
+pub const TCP_RST: u8 = 0x04;
+/// See [`TCP_FIN`].
+pub const TCP_PSH: u8 = 0x08;
+/// See [`TCP_FIN`].
+pub const TCP_ACK: u8 = 0x10;
+
+/// One IPv4 frame, described by the fields fixtures care about. Everything else is fixed
+/// (TTL 64, id 0x1234, DF set) so that an input and its expected output differ only where the
+/// datapath is supposed to write.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub l4: L4,
+    /// IPv4 options (makes IHL > 5); empty for none.
+    pub ip_options: Vec<u8>,
+    /// More-Fragments bit.
+    pub more_fragments: bool,
+    /// Fragment offset in 8-byte units.
+    pub frag_offset: u16,
+    pub payload: Vec<u8>,
+}
+
+impl Pkt {
+    /// TCP from `src` to `dst` with `flags`, carrying [`PAYLOAD`].
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+        let ack = if flags & TCP_ACK != 0 { 1001 } else { 0 };
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                flags,
+                seq: 1000,
+                ack,
+            },
+        )
+    }
+
+    /// UDP with a real checksum from `src` to `dst`, carrying [`PAYLOAD`].
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Self::new(src, dst, L4::Udp { zero_csum: false })
+    }
+
+    /// Same packet with the addresses and ports of `src`/`dst` replaced, as a NAT would.
+    pub fn with_src(mut self, src: SocketAddrV4) -> Self {
+        self.src = src;
+        self
+    }
+
+    /// See [`Pkt::with_src`].
+    pub fn with_dst(mut self, dst: SocketAddrV4) -> Self {
+        self.dst = dst;
+        self
+    }
+
+    fn new(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Self {
+        Self {
+            src,
+            dst,
+            l4,
+            ip_options: Vec::new(),
+            more_fragments: false,
+            frag_offset: 0,
+            payload: PAYLOAD.to_vec(),
+        }
+    }
+
+    /// The frame's bytes, every checksum computed by etherparse (except a UDP checksum
+    /// deliberately left at zero).
+    pub fn build(&self) -> Vec<u8> {
+        let mut ip = Ipv4Header::new(
+            0,
+            64,
+            IpNumber(0),
+            self.src.ip().octets(),
+            self.dst.ip().octets(),
+        )
+        .expect("payload length 0 fits");
+        ip.identification = 0x1234;
+        ip.dont_fragment = !self.more_fragments && self.frag_offset == 0;
+        ip.more_fragments = self.more_fragments;
+        ip.fragment_offset =
+            IpFragOffset::try_new(self.frag_offset).expect("13-bit fragment offset");
+        ip.options = Ipv4Options::try_from(&self.ip_options[..])
+            .expect("options: a multiple of 4 bytes, at most 40");
+        let step = PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
+            .ip(IpHeaders::Ipv4(ip, Default::default()));
+        let mut out = Vec::new();
+        match self.l4 {
+            L4::Tcp { flags, seq, ack } => {
+                let mut b = step.tcp(self.src.port(), self.dst.port(), seq, 64240);
+                if flags & TCP_FIN != 0 {
+                    b = b.fin();
+                }
+                if flags & TCP_SYN != 0 {
+                    b = b.syn();
+                }
+                if flags & TCP_RST != 0 {
+                    b = b.rst();
+                }
+                if flags & TCP_PSH != 0 {
+                    b = b.psh();
+                }
+                if flags & TCP_ACK != 0 {
+                    b = b.ack(ack);
+                }
+                b.write(&mut out, &self.payload)
+                    .expect("writing a TCP frame");
+            }
+            L4::Udp { zero_csum } => {
+                step.udp(self.src.port(), self.dst.port())
+                    .write(&mut out, &self.payload)
+                    .expect("writing a UDP frame");
+                if zero_csum {
+                    let off = 14 + 20 + self.ip_options.len() + 6;
+                    out[off..off + 2].copy_from_slice(&[0, 0]);
+                }
+            }
+            L4::IcmpEcho => {
+                step.icmpv4_echo_request(7, 1)
+                    .write(&mut out, &self.payload)
+                    .expect("writing ICMP");
+            }
+        }
+        out
+    }
+}
+
+/// An ARP request for [`SVC_VIP`]'s address from the client (an Ethernet frame that is not IP).
+pub fn arp_request() -> Vec<u8> {
+    let arp = ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac: CLIENT_MAC,
+        sender_ipv4: CLIENT_POD.ip().octets(),
+        target_mac: [0; 6],
+        target_ipv4: SVC_VIP.ip().octets(),
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0xff; 6])
+        .arp(arp.into())
+        .write(&mut out)
+        .expect("writing an ARP frame");
+    out
+}
+
+/// A TCP SYN over IPv6 (the datapath translates IPv4 only).
+pub fn ipv6_syn() -> Vec<u8> {
+    let src = [0xfd, 0, 0x10, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let dst = [0xfd, 0, 0x10, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(CLIENT_POD.port(), SVC_VIP.port(), 1000, 64240)
+        .syn()
+        .write(&mut out, PAYLOAD)
+        .expect("writing an IPv6 frame");
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field-by-field description and diff
+// ---------------------------------------------------------------------------------------------
+
+/// The frame as named fields, parsed by etherparse (leniently, so truncated frames describe
+/// what is there). Checksums are listed with their validity as etherparse computes it.
+pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| f.push((k.to_string(), v));
+    put("frame.len", frame.len().to_string());
+    let h = match LaxPacketHeaders::from_ethernet(frame) {
+        Ok(h) => h,
+        Err(e) => {
+            put("parse", format!("error: {e}"));
+            return f;
+        }
+    };
+    if let Some(LinkHeader::Ethernet2(eth)) = &h.link {
+        put("eth.src", mac(&eth.source));
+        put("eth.dst", mac(&eth.destination));
+        put("eth.type", format!("{:#06x}", eth.ether_type.0));
+    }
+    let mut ip4 = None;
+    match &h.net {
+        Some(NetHeaders::Ipv4(ip, _)) => {
+            put("ip.ihl", ip.ihl().to_string());
+            put(
+                "ip.tos",
+                format!("dscp {} ecn {}", ip.dscp.value(), ip.ecn.value()),
+            );
+            put("ip.total_len", ip.total_len.to_string());
+            put("ip.id", format!("{:#06x}", ip.identification));
+            put("ip.df", ip.dont_fragment.to_string());
+            put("ip.mf", ip.more_fragments.to_string());
+            put("ip.frag_offset", ip.fragment_offset.value().to_string());
+            put("ip.ttl", ip.time_to_live.to_string());
+            put("ip.proto", ip.protocol.0.to_string());
+            put("ip.src", Ipv4Addr::from(ip.source).to_string());
+            put("ip.dst", Ipv4Addr::from(ip.destination).to_string());
+            put("ip.options", format!("{:02x?}", ip.options.as_slice()));
+            let valid = ip.header_checksum == ip.calc_header_checksum();
+            put(
+                "ip.checksum",
+                format!("{:#06x} ({})", ip.header_checksum, validity(valid)),
+            );
+            ip4 = Some(ip.clone());
+        }
+        Some(NetHeaders::Ipv6(ip, _)) => {
+            put("ip6.src", format!("{:02x?}", ip.source));
+            put("ip6.dst", format!("{:02x?}", ip.destination));
+        }
+        Some(NetHeaders::Arp(arp)) => put("arp", format!("{arp:?}")),
+        None => {}
+    }
+    let payload = h.payload.slice();
+    match &h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            put("tcp.sport", t.source_port.to_string());
+            put("tcp.dport", t.destination_port.to_string());
+            put("tcp.seq", t.sequence_number.to_string());
+            put("tcp.ack", t.acknowledgment_number.to_string());
+            let flags = [
+                (t.fin, "FIN"),
+                (t.syn, "SYN"),
+                (t.rst, "RST"),
+                (t.psh, "PSH"),
+                (t.ack, "ACK"),
+                (t.urg, "URG"),
+            ];
+            let names: Vec<&str> = flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
+            put("tcp.flags", names.join("|"));
+            put("tcp.window", t.window_size.to_string());
+            let valid = ip4
+                .as_ref()
+                .and_then(|ip| t.calc_checksum_ipv4(ip, payload).ok());
+            let v = match valid {
+                Some(c) => validity(c == t.checksum),
+                None => "unverifiable",
+            };
+            put("tcp.checksum", format!("{:#06x} ({v})", t.checksum));
+        }
+        Some(TransportHeader::Udp(u)) => {
+            put("udp.sport", u.source_port.to_string());
+            put("udp.dport", u.destination_port.to_string());
+            put("udp.len", u.length.to_string());
+            let v = if u.checksum == 0 {
+                "none"
+            } else {
+                match ip4
+                    .as_ref()
+                    .and_then(|ip| u.calc_checksum_ipv4(ip, payload).ok())
+                {
+                    Some(c) => validity(c == u.checksum),
+                    None => "unverifiable",
+                }
+            };
+            put("udp.checksum", format!("{:#06x} ({v})", u.checksum));
+        }
+        Some(other) => put("l4", format!("{other:?}")),
+        None => {}
+    }
+    put("payload", format!("{:?}", String::from_utf8_lossy(payload)));
+    if let Some((err, layer)) = &h.stop_err {
+        put("parse.stopped", format!("{layer:?}: {err}"));
+    }
+    f
+}
+
+fn validity(valid: bool) -> &'static str {
+    if valid {
+        "valid"
+    } else {
+        "INVALID"
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Lines naming every field whose value differs between `expected` and `actual`; falls back to
+/// the differing byte offsets if the parsed fields agree but the bytes do not.
+pub fn diff_frames(expected: &[u8], actual: &[u8]) -> Vec<String> {
+    let e = describe(expected);
+    let a = describe(actual);
+    let keys: BTreeSet<&String> = e.iter().chain(a.iter()).map(|(k, _)| k).collect();
+    let find =
+        |v: &[(String, String)], k: &str| v.iter().find(|(kk, _)| kk == k).map(|(_, x)| x.clone());
+    let mut out = Vec::new();
+    for k in keys {
+        let (x, y) = (find(&e, k), find(&a, k));
+        if x != y {
+            out.push(format!(
+                "  {k}: expected {}, got {}",
+                x.unwrap_or_else(|| "<absent>".into()),
+                y.unwrap_or_else(|| "<absent>".into())
+            ));
+        }
+    }
+    if out.is_empty() && expected != actual {
+        let offs: Vec<usize> = (0..expected.len().max(actual.len()))
+            .filter(|&i| expected.get(i) != actual.get(i))
+            .collect();
+        out.push(format!(
+            "  bytes differ at offsets {offs:?} (no parsed field differs)"
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loaded datapath
+// ---------------------------------------------------------------------------------------------
+
+/// Which program a fixture runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `svc_pod_ingress`: packets from a pod (DNAT).
+    Ingress,
+    /// `svc_pod_egress`: packets to a pod (reverse NAT).
+    Egress,
+}
+
+impl Program {
+    /// ELF name of the program.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Ingress => "svc_pod_ingress",
+            Program::Egress => "svc_pod_egress",
+        }
+    }
+    /// The hook its counters are kept under.
+    pub fn hook(self) -> Hook {
+        match self {
+            Program::Ingress => Hook::PodIngress,
+            Program::Egress => Hook::PodEgress,
+        }
+    }
+}
+
+/// ELF name of the benchmark's empty program (svc-ebpf/src/floor.rs).
+pub const FLOOR_PROGRAM: &str = "svc_floor";
+
+/// Workspace root: the `tests` crate sits directly under it.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The kernel object `cargo xtask build-ebpf` writes.
+pub fn ebpf_object() -> PathBuf {
+    workspace_root().join("target/svc-ebpf.o")
+}
+
+/// True when the process may use `BPF_PROG_TEST_RUN` (we require root; CAP_BPF alone is not
+/// enough for `CAP_NET_ADMIN`-gated tc program loads in our setup).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Reads the object, failing with the command that produces it when it is missing: a fixture
+/// run without the object must fail, not pass vacuously.
+pub fn read_object() -> Result<Vec<u8>> {
+    let path = ebpf_object();
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask build-ebpf` first",
+            path.display()
+        );
+    }
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Returns `None` (after printing why) when not root, so callers can `return` as a skip.
+pub fn require_root() -> Option<()> {
+    if is_root() {
+        Some(())
+    } else {
+        println!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        None
+    }
+}
+
+/// Output of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The program's return value as the kernel reports it.
+    pub retval: u32,
+    /// The skb's data after the run(s).
+    pub output: Vec<u8>,
+    /// Mean time per repeat as measured by the kernel around the program calls.
+    pub duration_ns: u64,
+}
+
+/// The object loaded, its tc programs verified, typed handles on its maps. Nothing is pinned:
+/// every map and program is freed when this is dropped, so each test has a private datapath.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub slots: HashMap<MapData, SlotKey, Slot>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    /// `SVC_CT` is an LRU hash; aya's `HashMap` wrapper serves both hash kinds.
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Datapath {
+    /// Loads `target/svc-ebpf.o` with its maps at their ABI capacities.
+    pub fn load() -> Result<Self> {
+        Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// Loads with a caller-configured loader (the benchmark raises `SVC_FRONTENDS`' capacity).
+    pub fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self> {
+        let object = read_object()?;
+        let mut ebpf = loader.load(&object).context("loading target/svc-ebpf.o")?;
+        let mut names = vec![Program::Ingress.name(), Program::Egress.name()];
+        if ebpf.program(FLOOR_PROGRAM).is_some() {
+            names.push(FLOOR_PROGRAM);
+        }
+        for name in names {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} not in the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a tc classifier"))?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) program {name}"))?;
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} not in the object"))
+        };
+        let frontends = HashMap::try_from(take(MAP_FRONTENDS)?).context(MAP_FRONTENDS)?;
+        let slots = HashMap::try_from(take(MAP_SLOTS)?).context(MAP_SLOTS)?;
+        let backends = HashMap::try_from(take(MAP_BACKENDS)?).context(MAP_BACKENDS)?;
+        let ct = HashMap::try_from(take(MAP_CONNTRACK)?).context(MAP_CONNTRACK)?;
+        let stats = PerCpuArray::try_from(take(MAP_STATS)?).context(MAP_STATS)?;
+        Ok(Self {
+            ebpf,
+            frontends,
+            slots,
+            backends,
+            ct,
+            stats,
+        })
+    }
+
+    /// A loaded tc program by ELF name.
+    pub fn classifier(&self, name: &str) -> &SchedClassifier {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("program {name} not in the object"))
+            .try_into()
+            .unwrap_or_else(|_| panic!("program {name} is not a tc classifier"))
+    }
+
+    /// Runs `prog` on `input` `repeat` times (see the module doc: the same skb each time).
+    pub fn run(&self, prog: &str, input: &[u8], repeat: u32) -> Result<RunResult> {
+        // The datapath never grows a packet; headroom for safety so ENOSPC cannot hide a bug.
+        let mut out = vec![0u8; input.len() + 256];
+        let res = self
+            .classifier(prog)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {prog} on {} bytes", input.len()))?;
+        out.truncate(res.data_size_out as usize);
+        Ok(RunResult {
+            retval: res.return_value,
+            output: out,
+            duration_ns: res.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Every counter of `SVC_STATS`, summed over CPUs, indexed by `stat_index`.
+    pub fn counters(&self) -> Vec<u64> {
+        (0..STATS_LEN)
+            .map(|i| {
+                self.stats
+                    .get(&i, 0)
+                    .unwrap_or_else(|e| panic!("reading {MAP_STATS}[{i}]: {e}"))
+                    .iter()
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn counter(&self, hook: Hook, reason: Reason) -> u64 {
+        self.counters()[stat_index(hook, reason) as usize]
+    }
+
+    /// Writes `backend` under `id`.
+    pub fn put_backend(&mut self, id: u32, addr: SocketAddrV4, proto: u8) -> Result<()> {
+        let b = Backend {
+            addr: addr.ip().octets(),
+            port: addr.port(),
+            proto,
+            flags: 0,
+        };
+        self.backends
+            .insert(id, b, 0)
+            .with_context(|| format!("writing backend {id}"))?;
+        Ok(())
+    }
+
+    /// Points slot `slot` of `frontend_id` at `backend_id`.
+    pub fn put_slot(&mut self, frontend_id: u32, slot: u32, backend_id: u32) -> Result<()> {
+        self.slots
+            .insert(SlotKey { frontend_id, slot }, Slot { backend_id }, 0)
+            .with_context(|| format!("writing slot {frontend_id}/{slot}"))?;
+        Ok(())
+    }
+
+    /// Writes the frontend entry for `addr`/`proto` with `backend_count` valid slots.
+    pub fn put_frontend(
+        &mut self,
+        addr: SocketAddrV4,
+        proto: u8,
+        id: u32,
+        backend_count: u32,
+    ) -> Result<()> {
+        let key = frontend_key(addr, proto);
+        let value = Frontend {
+            id,
+            backend_count,
+            flags: 0,
+            affinity_timeout_s: 0,
+        };
+        self.frontends
+            .insert(key, value, 0)
+            .with_context(|| format!("writing frontend {addr}/{proto}"))?;
+        Ok(())
+    }
+
+    /// A whole service in the agent's order (DESIGN §2): backends, slots `1..=n`, then the
+    /// frontend with its count last. `backends` are (id, address).
+    pub fn add_service(
+        &mut self,
+        vip: SocketAddrV4,
+        proto: u8,
+        id: u32,
+        backends: &[(u32, SocketAddrV4)],
+    ) -> Result<()> {
+        for (bid, addr) in backends {
+            self.put_backend(*bid, *addr, proto)?;
+        }
+        for (i, (bid, _)) in backends.iter().enumerate() {
+            self.put_slot(id, i as u32 + 1, *bid)?;
+        }
+        self.put_frontend(vip, proto, id, backends.len() as u32)
+    }
+
+    /// The conntrack entry under `key`, if any.
+    pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
+        self.ct.get(key, 0).ok()
+    }
+
+    /// Runs a fixture once and checks verdict, output bytes and that exactly its counter moved
+    /// by one. Panics with everything that differs.
+    pub fn check(&self, fx: &Fixture) -> RunResult {
+        self.try_check(fx)
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
+    /// [`Datapath::check`] returning the mismatch report instead of panicking (for tests that
+    /// prove the fixtures *detect* a fault).
+    pub fn try_check(&self, fx: &Fixture) -> Result<RunResult, String> {
+        let before = self.counters();
+        let res = self
+            .run(fx.program.name(), &fx.input, 1)
+            .map_err(|e| format!("fixture {:?}: {e:#}", fx.name))?;
+        let after = self.counters();
+        let mut problems = Vec::new();
+        if res.retval != fx.verdict {
+            problems.push(format!(
+                "verdict: expected {} ({}), got {} ({})",
+                fx.verdict as i32,
+                verdict_name(fx.verdict),
+                res.retval as i32,
+                verdict_name(res.retval)
+            ));
+        }
+        if res.output != fx.output {
+            problems.push("output bytes differ (field: expected, got):".to_string());
+            problems.extend(diff_frames(&fx.output, &res.output));
+        }
+        let want = stat_index(fx.program.hook(), fx.reason) as usize;
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let delta = a - b;
+            let expected = u64::from(i == want);
+            if delta != expected {
+                problems.push(format!(
+                    "counter {}: expected +{expected}, got +{delta}",
+                    stat_name(i)
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(res);
+        }
+        Err(format!(
+            "fixture {:?} ({} on {} bytes):\n{}\ninput:    {}\nexpected: {}\nactual:   {}",
+            fx.name,
+            fx.program.name(),
+            fx.input.len(),
+            problems.join("\n"),
+            hex(&fx.input),
+            hex(&fx.output),
+            hex(&res.output)
+        ))
+    }
+}
+
+/// The frontend key of `addr`/`proto`.
+pub fn frontend_key(addr: SocketAddrV4, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr: addr.ip().octets(),
+        port: addr.port(),
+        proto,
+        scope: SCOPE_ANY,
+    }
+}
+
+/// The conntrack key of a packet `src` → `dst` seen in direction `dir`.
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
+    CtKey {
+        src_addr: src.ip().octets(),
+        dst_addr: dst.ip().octets(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// Forward conntrack key of a client flow to a frontend.
+pub fn ct_forward(client: SocketAddrV4, frontend: SocketAddrV4, proto: u8) -> CtKey {
+    ct_key(client, frontend, proto, CT_DIR_FORWARD)
+}
+
+/// Reply conntrack key: what the backend sends back to the client.
+pub fn ct_reply(backend: SocketAddrV4, client: SocketAddrV4, proto: u8) -> CtKey {
+    ct_key(backend, client, proto, CT_DIR_REPLY)
+}
+
+/// `"pod_ingress/dnat_new"` for a `SVC_STATS` index.
+pub fn stat_name(i: usize) -> String {
+    let hook = ALL_HOOKS
+        .get(i / REASON_COUNT as usize)
+        .map(|h| format!("{h:?}"))
+        .unwrap_or("?".into());
+    let reason = ALL_REASONS
+        .get(i % REASON_COUNT as usize)
+        .map(|(_, n)| *n)
+        .unwrap_or("?");
+    format!("{hook}/{reason}")
+}
+
+fn verdict_name(v: u32) -> &'static str {
+    match v {
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC: pass",
+        TC_ACT_SHOT => "TC_ACT_SHOT: drop",
+        0 => "TC_ACT_OK",
+        _ => "other",
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One named case: what goes in, which program, and everything expected to come out.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: String,
+    pub program: Program,
+    pub input: Vec<u8>,
+    /// `TC_ACT_UNSPEC` or `TC_ACT_SHOT`.
+    pub verdict: u32,
+    /// The frame as the program must leave it.
+    pub output: Vec<u8>,
+    /// The one counter (at `program`'s hook) that must move, by exactly one.
+    pub reason: Reason,
+}
+
+impl Fixture {
+    /// A packet the program must translate into `expected` and pass.
+    pub fn translate(
+        name: &str,
+        program: Program,
+        input: &Pkt,
+        expected: &Pkt,
+        reason: Reason,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            program,
+            input: input.build(),
+            verdict: TC_ACT_UNSPEC,
+            output: expected.build(),
+            reason,
+        }
+    }
+
+    /// Bytes the program must pass unchanged, counting `reason`.
+    pub fn untouched(name: &str, program: Program, input: Vec<u8>, reason: Reason) -> Self {
+        Self {
+            name: name.into(),
+            program,
+            output: input.clone(),
+            input,
+            verdict: TC_ACT_UNSPEC,
+            reason,
+        }
+    }
+
+    /// Bytes the program must drop (unchanged), counting `reason`.
+    pub fn dropped(name: &str, program: Program, input: Vec<u8>, reason: Reason) -> Self {
+        Self {
+            name: name.into(),
+            program,
+            output: input.clone(),
+            input,
+            verdict: TC_ACT_SHOT,
+            reason,
+        }
+    }
+}
+
+/// Protocol number of a [`Pkt`]'s layer 4 as stored in map keys.
+pub fn proto_of(l4: L4) -> u8 {
+    match l4 {
+        L4::Tcp { .. } => PROTO_TCP,
+        L4::Udp { .. } => PROTO_UDP,
+        L4::IcmpEcho => 1,
+    }
+}

@@ -1,0 +1,625 @@
+//! `BPF_PROG_TEST_RUN` fixtures for `svc_pod_ingress` and `svc_pod_egress`.
+//!
+//! Each test loads its own copy of `target/svc-ebpf.o` (nothing pinned: the maps die with the
+//! test), programs the maps the way the agent would, and runs named [`Fixture`]s: input frame,
+//! expected verdict, expected output frame (built independently with etherparse, which computes
+//! the checksums) and the one counter that must move. See `tests/src/fixtures.rs`.
+//!
+//! Run as root: `cargo test -p tests --test fixtures_tc`. Without root every test prints
+//! "skipped: needs root (BPF_PROG_TEST_RUN)"; without the object every test fails and says to
+//! run `cargo xtask build-ebpf`.
+use std::{net::SocketAddrV4, process::Command};
+
+use svc_common::{
+    Hook, Reason, ALL_MAPS, CT_TCP_SYN, FAULT_SKIP_L4_CSUM, GLOBAL_FAULT_INJECT, MAP_FRONTENDS,
+    PROTO_TCP, PROTO_UDP,
+};
+use tests::fixtures::*;
+
+/// The datapath for one test, or `None` (skip) when not root. A missing object fails first, so
+/// an unbuilt tree can never look green.
+fn datapath() -> Option<Datapath> {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    require_root()?;
+    Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+/// [`SVC_VIP`] over TCP and UDP, each balancing across [`BACKEND_A`] only.
+fn one_backend(dp: &mut Datapath) {
+    dp.add_service(SVC_VIP, PROTO_TCP, SVC_ID, &[(BACKEND_A_ID, BACKEND_A)])
+        .unwrap();
+    // UDP gets its own frontend and backend ids (a backend is an address, port and protocol).
+    dp.add_service(
+        SVC_VIP,
+        PROTO_UDP,
+        SVC_ID + 1,
+        &[(BACKEND_A_ID + 10, BACKEND_A)],
+    )
+    .unwrap();
+}
+
+fn syn() -> Pkt {
+    Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_SYN)
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(*CLIENT_POD.ip(), port)
+}
+
+#[test]
+fn syn_to_frontend_is_dnatted_to_the_only_backend() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    dp.check(&Fixture::translate(
+        "SYN client→SVC_VIP:80 becomes client→BACKEND_A:8080",
+        Program::Ingress,
+        &syn(),
+        &syn().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+
+    let ip_len = (20 + 20 + PAYLOAD.len()) as u64;
+    let fwd = dp
+        .ct_get(&ct_forward(CLIENT_POD, SVC_VIP, PROTO_TCP))
+        .expect("forward conntrack entry client→SVC_VIP");
+    assert_eq!(
+        (fwd.nat_addr, fwd.nat_port),
+        (BACKEND_A.ip().octets(), BACKEND_A.port()),
+        "forward nat"
+    );
+    assert_eq!(
+        (fwd.backend_id, fwd.frontend_id),
+        (BACKEND_A_ID, SVC_ID),
+        "forward ids"
+    );
+    assert_eq!(
+        (fwd.packets, fwd.bytes, fwd.tcp_flags),
+        (1, ip_len, CT_TCP_SYN),
+        "forward stats"
+    );
+    assert!(
+        fwd.created_ns > 0 && fwd.last_seen_ns == fwd.created_ns,
+        "forward timestamps {fwd:?}"
+    );
+
+    let rep = dp
+        .ct_get(&ct_reply(BACKEND_A, CLIENT_POD, PROTO_TCP))
+        .expect("reply conntrack entry BACKEND_A→client");
+    assert_eq!(
+        (rep.nat_addr, rep.nat_port),
+        (SVC_VIP.ip().octets(), SVC_VIP.port()),
+        "reply nat"
+    );
+    assert_eq!(
+        (rep.backend_id, rep.frontend_id),
+        (BACKEND_A_ID, SVC_ID),
+        "reply ids"
+    );
+    assert_eq!(
+        (rep.packets, rep.bytes, rep.tcp_flags),
+        (0, 0, 0),
+        "reply stats before any reply"
+    );
+    assert_eq!(
+        rep.created_ns, fwd.created_ns,
+        "both entries written by the same packet"
+    );
+    assert_eq!(
+        dp.ct.keys().count(),
+        2,
+        "exactly the forward and reply entries"
+    );
+}
+
+#[test]
+fn established_flow_stays_on_its_backend_when_the_slot_changes() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    dp.check(&Fixture::translate(
+        "SYN",
+        Program::Ingress,
+        &syn(),
+        &syn().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    let ack = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_ACK);
+    dp.check(&Fixture::translate(
+        "ACK of the same flow → BACKEND_A from conntrack",
+        Program::Ingress,
+        &ack,
+        &ack.clone().with_dst(BACKEND_A),
+        Reason::DnatEstablished,
+    ));
+
+    // Re-point the only slot at BACKEND_B (backend first, then the slot: the agent's order).
+    dp.put_backend(BACKEND_B_ID, BACKEND_B, PROTO_TCP).unwrap();
+    dp.put_slot(SVC_ID, 1, BACKEND_B_ID).unwrap();
+    dp.check(&Fixture::translate(
+        "ACK after the slot moved to BACKEND_B still → BACKEND_A (conntrack pins the flow)",
+        Program::Ingress,
+        &ack,
+        &ack.clone().with_dst(BACKEND_A),
+        Reason::DnatEstablished,
+    ));
+    // And the change is live for new flows, so the previous check was not vacuous.
+    let new = Pkt::tcp(client(40001), SVC_VIP, TCP_SYN);
+    dp.check(&Fixture::translate(
+        "SYN of a new flow → BACKEND_B",
+        Program::Ingress,
+        &new,
+        &new.clone().with_dst(BACKEND_B),
+        Reason::DnatNew,
+    ));
+    let fwd = dp
+        .ct_get(&ct_forward(CLIENT_POD, SVC_VIP, PROTO_TCP))
+        .unwrap();
+    assert_eq!(fwd.packets, 3, "SYN + 2 ACKs counted on the forward entry");
+    assert_eq!(fwd.tcp_flags, TCP_SYN | TCP_ACK, "union of flags seen");
+}
+
+#[test]
+fn reply_on_egress_comes_from_the_frontend() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    dp.check(&Fixture::translate(
+        "SYN",
+        Program::Ingress,
+        &syn(),
+        &syn().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    let synack = Pkt::tcp(BACKEND_A, CLIENT_POD, TCP_SYN | TCP_ACK);
+    dp.check(&Fixture::translate(
+        "SYN-ACK BACKEND_A:8080→client becomes SVC_VIP:80→client",
+        Program::Egress,
+        &synack,
+        &synack.clone().with_src(SVC_VIP),
+        Reason::RevNat,
+    ));
+    let rep = dp
+        .ct_get(&ct_reply(BACKEND_A, CLIENT_POD, PROTO_TCP))
+        .unwrap();
+    assert_eq!(
+        (rep.packets, rep.tcp_flags),
+        (1, TCP_SYN | TCP_ACK),
+        "reply entry refreshed"
+    );
+}
+
+#[test]
+fn reply_without_conntrack_entry_is_untouched() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let synack = Pkt::tcp(BACKEND_A, CLIENT_POD, TCP_SYN | TCP_ACK);
+    dp.check(&Fixture::untouched(
+        "BACKEND_A→client, no flow",
+        Program::Egress,
+        synack.build(),
+        Reason::NotService,
+    ));
+    // The ingress program never reverse-translates: a reply seen there is just traffic.
+    dp.check(&Fixture::untouched(
+        "BACKEND_A→client at ingress",
+        Program::Ingress,
+        synack.build(),
+        Reason::NotService,
+    ));
+}
+
+#[test]
+fn non_service_packets_are_untouched() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let other = SocketAddrV4::new(OTHER_POD, 80);
+    for (name, pkt) in [
+        (
+            "TCP SYN to OTHER_POD:80",
+            Pkt::tcp(CLIENT_POD, other, TCP_SYN),
+        ),
+        ("UDP to OTHER_POD:80", Pkt::udp(CLIENT_POD, other)),
+        (
+            "TCP to SVC_VIP on a port it does not serve",
+            Pkt::tcp(CLIENT_POD, SocketAddrV4::new(*SVC_VIP.ip(), 81), TCP_SYN),
+        ),
+    ] {
+        dp.check(&Fixture::untouched(
+            name,
+            Program::Ingress,
+            pkt.build(),
+            Reason::NotService,
+        ));
+    }
+}
+
+#[test]
+fn udp_to_frontend_is_dnatted_with_and_without_checksum() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let udp = Pkt::udp(CLIENT_POD, SVC_VIP);
+    dp.check(&Fixture::translate(
+        "UDP with checksum → BACKEND_A, checksum updated",
+        Program::Ingress,
+        &udp,
+        &udp.clone().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    let mut nocsum = Pkt::udp(client(40001), SVC_VIP);
+    nocsum.l4 = L4::Udp { zero_csum: true };
+    dp.check(&Fixture::translate(
+        "UDP with zero checksum → BACKEND_A, checksum stays 0",
+        Program::Ingress,
+        &nocsum,
+        &nocsum.clone().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    let mut reply = Pkt::udp(BACKEND_A, client(40001));
+    reply.l4 = L4::Udp { zero_csum: true };
+    dp.check(&Fixture::translate(
+        "UDP reply with zero checksum → from SVC_VIP, checksum stays 0",
+        Program::Egress,
+        &reply,
+        &reply.clone().with_src(SVC_VIP),
+        Reason::RevNat,
+    ));
+}
+
+#[test]
+fn frontend_without_backends_drops() {
+    let Some(mut dp) = datapath() else { return };
+    dp.put_frontend(SVC_VIP, PROTO_TCP, SVC_ID, 0).unwrap();
+    dp.check(&Fixture::dropped(
+        "SYN to a frontend with backend_count 0",
+        Program::Ingress,
+        syn().build(),
+        Reason::NoBackend,
+    ));
+    assert_eq!(
+        dp.ct.keys().count(),
+        0,
+        "no conntrack entry for a refused flow"
+    );
+}
+
+#[test]
+fn missing_slot_or_backend_drops() {
+    let Some(mut dp) = datapath() else { return };
+    // Count 1 but no slot: what an agent writing the frontend before its slots would cause.
+    dp.put_frontend(SVC_VIP, PROTO_TCP, SVC_ID, 1).unwrap();
+    dp.check(&Fixture::dropped(
+        "slot 1 missing",
+        Program::Ingress,
+        syn().build(),
+        Reason::BackendMissing,
+    ));
+    // Slot present, backend missing.
+    dp.put_slot(SVC_ID, 1, BACKEND_A_ID).unwrap();
+    dp.check(&Fixture::dropped(
+        "backend of slot 1 missing",
+        Program::Ingress,
+        syn().build(),
+        Reason::BackendMissing,
+    ));
+    assert_eq!(
+        dp.ct.keys().count(),
+        0,
+        "no conntrack entry for a refused flow"
+    );
+}
+
+#[test]
+fn non_ipv4_frames_pass() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    for prog in [Program::Ingress, Program::Egress] {
+        dp.check(&Fixture::untouched(
+            "ARP request",
+            prog,
+            arp_request(),
+            Reason::NotIpv4,
+        ));
+        dp.check(&Fixture::untouched(
+            "IPv6 TCP SYN",
+            prog,
+            ipv6_syn(),
+            Reason::NotIpv4,
+        ));
+        // Ethertype IPv4 but version nibble 6: not an IPv4 header whatever the frame claims.
+        let mut v6_in_v4 = syn().build();
+        v6_in_v4[14] = 0x65;
+        dp.check(&Fixture::untouched(
+            "ethertype IPv4, version 6",
+            prog,
+            v6_in_v4,
+            Reason::NotIpv4,
+        ));
+    }
+}
+
+#[test]
+fn icmp_is_not_tcp_udp() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let mut echo = Pkt::tcp(CLIENT_POD, SVC_VIP, 0);
+    echo.l4 = L4::IcmpEcho;
+    dp.check(&Fixture::untouched(
+        "ICMP echo to SVC_VIP",
+        Program::Ingress,
+        echo.build(),
+        Reason::NotTcpUdp,
+    ));
+}
+
+#[test]
+fn ip_options_are_refused_untouched() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let mut pkt = syn();
+    pkt.ip_options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL: IHL 6
+    let bytes = pkt.build();
+    assert_eq!(bytes[14], 0x46, "builder wrote IHL 6");
+    dp.check(&Fixture::untouched(
+        "SYN to SVC_VIP with IP options",
+        Program::Ingress,
+        bytes,
+        Reason::IpOptions,
+    ));
+    // IHL below 5 cannot hold an IPv4 header: refused as truncated, never parsed further.
+    let mut short_ihl = syn().build();
+    short_ihl[14] = 0x44;
+    dp.check(&Fixture::untouched(
+        "IHL 4",
+        Program::Ingress,
+        short_ihl,
+        Reason::Truncated,
+    ));
+    assert_eq!(dp.ct.keys().count(), 0);
+}
+
+#[test]
+fn fragments_are_refused_untouched() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let mut first = syn();
+    first.more_fragments = true;
+    dp.check(&Fixture::untouched(
+        "first fragment (MF, offset 0)",
+        Program::Ingress,
+        first.build(),
+        Reason::Fragment,
+    ));
+    let mut later = syn();
+    later.frag_offset = 185;
+    dp.check(&Fixture::untouched(
+        "later fragment (offset 185)",
+        Program::Ingress,
+        later.build(),
+        Reason::Fragment,
+    ));
+    let mut udp_frag = Pkt::udp(CLIENT_POD, SVC_VIP);
+    udp_frag.more_fragments = true;
+    dp.check(&Fixture::untouched(
+        "UDP first fragment",
+        Program::Ingress,
+        udp_frag.build(),
+        Reason::Fragment,
+    ));
+    assert_eq!(dp.ct.keys().count(), 0);
+}
+
+/// Every cut of a TCP and a UDP frame to the frontend, up to one byte short of the full L4
+/// header: each is refused as `Truncated`, untouched, on both hooks — or refused by the kernel
+/// before the program runs. The kernel's rules (net/bpf/test_run.c, `bpf_prog_test_run_skb`):
+/// - fewer than `ETH_HLEN` (14) bytes: `EINVAL` for every frame (`bpf_test_init`);
+/// - ethertype IPv4 with fewer than 20 bytes after the Ethernet header: `EINVAL` since upstream
+///   12bec2bd4b76 ("bpf: reject short IPv4/IPv6 inputs in bpf_prog_test_run_skb", 2026,
+///   backported to stable; Linux 6.18.44 has it). Older kernels ran the program on such frames.
+///
+/// Which rule this kernel applies is probed with the empty `svc_floor` program, then asserted
+/// exactly: on a kernel with the check, cuts 14..=33 must fail with `EINVAL` (and the datapath's
+/// own IPv4-header bound is unreachable through test runs); without it they must be `Truncated`.
+/// A 14-byte non-IP frame is always accepted, so the shortest frame the datapath can see is
+/// covered by the ARP cut at the end.
+#[test]
+fn truncated_headers_at_every_length() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let errno = |r: anyhow::Result<RunResult>| -> Option<i32> {
+        let err = r.err()?;
+        err.chain()
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .and_then(|e| e.raw_os_error())
+    };
+    let syn_bytes = syn().build();
+    let kernel_refuses_short_ipv4 =
+        match errno(dp.run(FLOOR_PROGRAM, &syn_bytes[..MIN_TEST_RUN_LEN], 1)) {
+            Some(libc::EINVAL) => true,
+            None => false,
+            Some(e) => panic!("probing the kernel with svc_floor on 14 bytes: errno {e}"),
+        };
+    println!("kernel refuses IPv4 frames shorter than 34 bytes: {kernel_refuses_short_ipv4}");
+    for (what, full, headers) in [
+        ("TCP", syn_bytes.clone(), TCP_HEADERS_LEN),
+        (
+            "UDP",
+            Pkt::udp(CLIENT_POD, SVC_VIP).build(),
+            UDP_HEADERS_LEN,
+        ),
+    ] {
+        for len in 0..headers {
+            for prog in [Program::Ingress, Program::Egress] {
+                let kernel_refuses =
+                    len < MIN_TEST_RUN_LEN || (kernel_refuses_short_ipv4 && len < 14 + 20);
+                if kernel_refuses {
+                    let before = dp.counters();
+                    let got = errno(dp.run(prog.name(), &full[..len], 1));
+                    assert_eq!(
+                        got,
+                        Some(libc::EINVAL),
+                        "{what} cut to {len} bytes on {}",
+                        prog.name()
+                    );
+                    assert_eq!(
+                        before,
+                        dp.counters(),
+                        "refused run must not reach the program"
+                    );
+                } else {
+                    let name = format!("{what} frame cut to {len} bytes");
+                    dp.check(&Fixture::untouched(
+                        &name,
+                        prog,
+                        full[..len].to_vec(),
+                        Reason::Truncated,
+                    ));
+                }
+            }
+        }
+        // The full headers with no payload are translated: the bound is exact.
+        let keys: Vec<_> = dp.ct.keys().collect::<Result<_, _>>().unwrap();
+        keys.iter().for_each(|k| dp.ct.remove(k).unwrap());
+        let mut headers_only = if what == "TCP" {
+            syn()
+        } else {
+            Pkt::udp(CLIENT_POD, SVC_VIP)
+        };
+        headers_only.payload.clear();
+        dp.check(&Fixture::translate(
+            &format!("{what} headers, no payload"),
+            Program::Ingress,
+            &headers_only,
+            &headers_only.clone().with_dst(BACKEND_A),
+            Reason::DnatNew,
+        ));
+    }
+    for prog in [Program::Ingress, Program::Egress] {
+        dp.check(&Fixture::untouched(
+            "ARP cut to its Ethernet header",
+            prog,
+            arp_request()[..14].to_vec(),
+            Reason::NotIpv4,
+        ));
+    }
+}
+
+/// With two backends, 200 new flows (distinct source ports) land on both. The datapath picks
+/// `bpf_get_prandom_u32() % 2`: a fair coin, so each backend gets 100 ± 7 (1σ); asserting at
+/// least 40 each fails by chance with probability below 1e-17.
+#[test]
+fn new_flows_are_spread_over_backends() {
+    let Some(mut dp) = datapath() else { return };
+    dp.add_service(
+        SVC_VIP,
+        PROTO_TCP,
+        SVC_ID,
+        &[(BACKEND_A_ID, BACKEND_A), (BACKEND_B_ID, BACKEND_B)],
+    )
+    .unwrap();
+    let (mut a, mut b) = (0, 0);
+    for port in 40000..40200 {
+        let pkt = Pkt::tcp(client(port), SVC_VIP, TCP_SYN);
+        let res = dp.run(Program::Ingress.name(), &pkt.build(), 1).unwrap();
+        assert_eq!(res.retval, TC_ACT_UNSPEC, "port {port}");
+        if res.output == pkt.clone().with_dst(BACKEND_A).build() {
+            a += 1;
+        } else if res.output == pkt.clone().with_dst(BACKEND_B).build() {
+            b += 1;
+        } else {
+            panic!(
+                "port {port}: output is neither backend:\nvs A:\n{}\nvs B:\n{}",
+                diff_frames(&pkt.clone().with_dst(BACKEND_A).build(), &res.output).join("\n"),
+                diff_frames(&pkt.clone().with_dst(BACKEND_B).build(), &res.output).join("\n")
+            );
+        }
+    }
+    println!("200 new flows: {a} → BACKEND_A, {b} → BACKEND_B");
+    assert_eq!(dp.counter(Hook::PodIngress, Reason::DnatNew), 200);
+    assert!(a >= 40 && b >= 40, "skewed choice: A {a}, B {b}");
+}
+
+/// The fixtures catch a wrong L4 checksum: the same SYN fixture run against an object loaded
+/// with `SVC_FAULT_INJECT = FAULT_SKIP_L4_CSUM` (addresses rewritten, L4 checksum not updated)
+/// must fail, and its report must name the TCP checksum as the (only) wrong field.
+#[test]
+fn fixtures_detect_a_skipped_l4_checksum_update() {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    let Some(()) = require_root() else { return };
+    let mut dp = Datapath::load_with(aya::EbpfLoader::new().override_global(
+        GLOBAL_FAULT_INJECT,
+        &FAULT_SKIP_L4_CSUM,
+        true,
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    one_backend(&mut dp);
+    let report = dp
+        .try_check(&Fixture::translate(
+            "SYN, L4 checksum fault",
+            Program::Ingress,
+            &syn(),
+            &syn().with_dst(BACKEND_A),
+            Reason::DnatNew,
+        ))
+        .expect_err("a skipped checksum update must not pass the fixture");
+    println!("{report}");
+    assert!(
+        report.contains("tcp.checksum") && report.contains("INVALID"),
+        "{report}"
+    );
+    let fields: Vec<&str> = report.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(fields.len(), 1, "only the TCP checksum differs: {fields:?}");
+}
+
+/// The object's map symbols are the ABI's names (the agent pins and tests look maps up by
+/// them), and its BTF carries the ABI's struct names so `bpftool map dump` prints fields.
+#[test]
+fn object_map_names_and_btf_types_match_the_abi() {
+    let object = read_object().unwrap_or_else(|e| panic!("{e:#}"));
+    let obj = aya_obj_maps(&object);
+    let want: std::collections::BTreeSet<String> = ALL_MAPS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        obj, want,
+        "map symbols in target/svc-ebpf.o vs svc_common::ALL_MAPS"
+    );
+    assert!(want.contains(MAP_FRONTENDS));
+
+    let out = Command::new("/usr/sbin/bpftool")
+        .args(["btf", "dump", "file"])
+        .arg(ebpf_object())
+        .output()
+        .expect("running /usr/sbin/bpftool btf dump file target/svc-ebpf.o");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    for ty in [
+        "FrontendKey",
+        "Frontend",
+        "SlotKey",
+        "Slot",
+        "Backend",
+        "CtKey",
+        "CtEntry",
+    ] {
+        let line = format!("STRUCT '{ty}'");
+        assert!(
+            dump.contains(&line),
+            "BTF of target/svc-ebpf.o has no {line}"
+        );
+    }
+}
+
+/// Names of the object's maps that are not loader-made sections (`.rodata`, `.bss`, …).
+fn aya_obj_maps(object: &[u8]) -> std::collections::BTreeSet<String> {
+    // Parsing (not loading) needs no privilege, so this test runs for everyone.
+    let obj = aya_obj::Object::parse(object).expect("parsing target/svc-ebpf.o");
+    obj.maps
+        .keys()
+        .filter(|n| !n.starts_with('.'))
+        .cloned()
+        .collect()
+}
