@@ -538,6 +538,32 @@ fn new_flows_are_spread_over_backends() {
     assert!(a >= 40 && b >= 40, "skewed choice: A {a}, B {b}");
 }
 
+/// `BPF_PROG_TEST_RUN` with `repeat > 1` runs the program again on the *same* skb (DESIGN §4's
+/// trap holds for tc too, not only XDP): the second run of a SYN sees the DNATed packet, which
+/// is no longer addressed to a frontend. This is why fixtures use `repeat = 1` and why the
+/// benchmark needs self-reproducing setups.
+#[test]
+fn test_run_repeat_reuses_the_rewritten_skb() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    let res = dp.run(Program::Ingress.name(), &syn().build(), 2).unwrap();
+    assert_eq!(
+        res.output,
+        syn().with_dst(BACKEND_A).build(),
+        "rewritten once"
+    );
+    assert_eq!(
+        dp.counter(Hook::PodIngress, Reason::DnatNew),
+        1,
+        "first iteration"
+    );
+    assert_eq!(
+        dp.counter(Hook::PodIngress, Reason::NotService),
+        1,
+        "second iteration saw the rewrite"
+    );
+}
+
 /// The fixtures catch a wrong L4 checksum: the same SYN fixture run against an object loaded
 /// with `SVC_FAULT_INJECT = FAULT_SKIP_L4_CSUM` (addresses rewritten, L4 checksum not updated)
 /// must fail, and its report must name the TCP checksum as the (only) wrong field.

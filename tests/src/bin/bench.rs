@@ -1,0 +1,432 @@
+//! Per-packet cost of the tc programs, measured with `BPF_PROG_TEST_RUN` (DESIGN §5).
+//!
+//! `cargo xtask bench [--repeat N]` runs this as root. For 1, 10k and 100k frontends in
+//! `SVC_FRONTENDS` it times four paths beside `svc_floor`, an empty tc program run the same way,
+//! and prints ns/packet, the excess over the floor and the ratio to it; the same rows go to
+//! `target/bench/perpacket.json`.
+//!
+//! # Every iteration takes the path it claims
+//! For skb programs the kernel builds **one** skb from `data_in` and runs the program `repeat`
+//! times on it (net/bpf/test_run.c, `bpf_prog_test_run_skb` → `bpf_test_run`), so iteration
+//! k+1 sees iteration k's rewrite. A naive SYN with repeat 1M would time one DNAT and 999 999
+//! misses. The setups below make the rewritten packet take the same path again, with real
+//! rewrites (address *and* port change on every iteration, so every checksum helper runs), and
+//! every measurement is proven afterwards: the claimed `SVC_STATS` counter must have grown by
+//! exactly the number of iterations, and no other counter at all.
+//! - **miss** (ingress, `NotService`): a SYN to [`OTHER_POD`]; nothing is rewritten.
+//! - **established** (ingress, `DnatEstablished`): two frontends that are each other's backend,
+//!   X = `10.96.0.10:80` → Y = `10.96.0.11:8080` → X. Two warm-up SYNs let the datapath create
+//!   both flows; then an ACK to X alternates X→Y→X…, each iteration a conntrack hit.
+//! - **reply** (egress, `RevNat`): the same two flows' reply entries form the same cycle:
+//!   Y:8080→client is restored to X:80, X:80→client to Y:8080, …
+//! - **new flow** (ingress, `DnatNew`): a conntrack miss needs a tuple never seen before, and
+//!   the ingress rewrite changes only the destination, which is also the frontend key, so a
+//!   repeat of R new flows needs R distinct frontends. A chain of [`CHAIN`] frontends, each the
+//!   next one's backend (ports alternating 80/8080), is run with `repeat = CHAIN`; the 2×CHAIN
+//!   conntrack entries it created are deleted between calls (outside the timed loop). The
+//!   floor for this row is measured the same way (`repeat = CHAIN`, same number of calls).
+//!
+//! The chain and the cycle are part of the frontend count, so the "1 frontend" configuration
+//! holds 2 + CHAIN frontends: the table prints the actual count. `SVC_FRONTENDS` holds at most
+//! `MAX_FRONTENDS` (65 536) in the ABI; for 100k the benchmark raises that map's capacity at load
+//! time and says so.
+//!
+//! The kernel's `duration` is the mean time per iteration inside its loop (the skb setup and the
+//! syscall are outside it). Each single-call row is the median of [`ROUNDS`] runs.
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::EbpfLoader;
+use clap::Parser;
+use serde::Serialize;
+use svc_common::{
+    stat_index, Hook, Reason, MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP, REASON_COUNT, STATS_LEN,
+};
+use tests::fixtures::{
+    ct_forward, ct_reply, require_root, stat_name, Datapath, Pkt, Program, CLIENT_POD,
+    FLOOR_PROGRAM, OTHER_POD, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC,
+};
+
+/// Length of the new-flow chain: iterations per call of the new-flow row. Long enough that the
+/// kernel's two clock reads per call cost well under 1 ns per iteration.
+const CHAIN: u32 = 64;
+/// Runs per single-call row; the median is reported.
+const ROUNDS: usize = 5;
+
+#[derive(Parser)]
+#[command(about = "Per-packet cost of svc_pod_ingress/egress with BPF_PROG_TEST_RUN")]
+struct Args {
+    /// Iterations per measurement (the kernel's `repeat`).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Frontend counts to measure at.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10_000, 100_000])]
+    frontends: Vec<u32>,
+}
+
+/// One line of the table (and of the JSON).
+#[derive(Serialize, Clone)]
+struct Row {
+    /// Configuration asked for (1 / 10k / 100k).
+    config_frontends: u32,
+    /// Entries actually in `SVC_FRONTENDS` during the measurement.
+    frontends: u32,
+    fixture: &'static str,
+    program: &'static str,
+    /// How iterations were issued: `repeat R` in one call, or `repeat 64 × calls`.
+    method: String,
+    iterations: u64,
+    ns_per_packet: f64,
+    floor_ns: f64,
+    excess_ns: f64,
+    ratio: f64,
+    /// The counter that proves the path, and how much it moved (== iterations).
+    proof: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if require_root().is_none() {
+        return Ok(());
+    }
+    ensure!(
+        args.repeat >= 2 * CHAIN,
+        "--repeat must be at least {}",
+        2 * CHAIN
+    );
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &n in &args.frontends {
+        rows.extend(measure_config(n, args.repeat).with_context(|| format!("{n} frontends"))?);
+    }
+    print_table(&rows);
+    let path = tests::fixtures::workspace_root().join("target/bench/perpacket.json");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let json = serde_json::json!({
+        "kernel": kernel_release(),
+        "repeat": args.repeat,
+        "chain": CHAIN,
+        "rounds": ROUNDS,
+        "rows": rows,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} in {:.1} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Frontend X of the established/reply cycle (the Service's ClusterIP).
+const CYCLE_X: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+/// Frontend Y of the cycle: X's backend, whose own backend is X.
+const CYCLE_Y: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 8080);
+
+/// The i-th frontend of the new-flow chain; ports alternate so every hop rewrites the port too.
+fn chain_frontend(i: u32) -> SocketAddrV4 {
+    let port = if i.is_multiple_of(2) { 80 } else { 8080 };
+    SocketAddrV4::new(Ipv4Addr::new(10, 98, (i >> 8) as u8, i as u8), port)
+}
+
+/// Filler frontend `i`, in a range no fixture packet is addressed to.
+fn filler_frontend(i: u32) -> SocketAddrV4 {
+    let [_, b, c, d] = i.to_be_bytes();
+    SocketAddrV4::new(Ipv4Addr::new(10, 100 + b, c, d), 443)
+}
+
+fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
+    let needed = 2 + CHAIN;
+    let total = config.max(needed);
+    let mut loader = EbpfLoader::new();
+    if total > MAX_FRONTENDS {
+        let cap = total.next_power_of_two();
+        println!("note: {MAP_FRONTENDS} capacity raised from {MAX_FRONTENDS} (ABI) to {cap} for {total} frontends");
+        loader.map_max_entries(MAP_FRONTENDS, cap);
+    }
+    let mut dp = Datapath::load_with(&mut loader)?;
+
+    // The cycle: X → Y → X (backends written before the frontends that use them).
+    dp.put_backend(1, CYCLE_Y, PROTO_TCP)?;
+    dp.put_backend(2, CYCLE_X, PROTO_TCP)?;
+    dp.add_service(CYCLE_X, PROTO_TCP, 1, &[(1, CYCLE_Y)])?;
+    dp.add_service(CYCLE_Y, PROTO_TCP, 2, &[(2, CYCLE_X)])?;
+    // The chain: C_i → C_{i+1}; the last one's backend is a plain pod.
+    for i in 0..CHAIN {
+        let next = if i + 1 < CHAIN {
+            chain_frontend(i + 1)
+        } else {
+            SocketAddrV4::new(OTHER_POD, 8080)
+        };
+        dp.add_service(chain_frontend(i), PROTO_TCP, 100 + i, &[(100 + i, next)])?;
+    }
+    let t = Instant::now();
+    for i in 0..total - needed {
+        dp.put_frontend(filler_frontend(i), PROTO_TCP, 1_000_000 + i, 1)?;
+    }
+    let count = dp.frontends.keys().count() as u32;
+    ensure!(
+        count == total,
+        "expected {total} frontends in the map, found {count}"
+    );
+    println!(
+        "{config:>6} frontends: map holds {count} (filled in {:.2} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Warm-up: let the datapath create both cycle flows (X→Y, then Y→X).
+    let syn_x = Pkt::tcp(CLIENT_POD, CYCLE_X, TCP_SYN).build();
+    let first = dp.run(Program::Ingress.name(), &syn_x, 1)?;
+    let second = dp.run(Program::Ingress.name(), &first.output, 1)?;
+    ensure!(
+        dp.counter(Hook::PodIngress, Reason::DnatNew) == 2,
+        "cycle warm-up did not create two flows"
+    );
+    ensure!(second.output == syn_x, "the cycle does not return to X");
+
+    let ack_x = Pkt::tcp(CLIENT_POD, CYCLE_X, TCP_ACK).build();
+    let reply_y = Pkt::tcp(CYCLE_Y, CLIENT_POD, TCP_SYN | TCP_ACK).build();
+    let miss = Pkt::tcp(CLIENT_POD, SocketAddrV4::new(OTHER_POD, 80), TCP_SYN).build();
+
+    let floor = median_run(&dp, FLOOR_PROGRAM, &syn_x, repeat, None)?;
+    let method = format!("repeat {repeat}");
+    let mut rows = Vec::new();
+    let mut row = |fixture,
+                   prog: &'static str,
+                   (ns, proof): (f64, String),
+                   floor: f64,
+                   method: &str,
+                   iters: u64| {
+        rows.push(Row {
+            config_frontends: config,
+            frontends: total,
+            fixture,
+            program: prog,
+            method: method.to_string(),
+            iterations: iters,
+            ns_per_packet: ns,
+            floor_ns: floor,
+            excess_ns: ns - floor,
+            ratio: ns / floor,
+            proof,
+        });
+    };
+    let it = u64::from(repeat) * ROUNDS as u64;
+    row(
+        "floor: empty tc program",
+        FLOOR_PROGRAM,
+        floor.clone(),
+        floor.0,
+        &method,
+        it,
+    );
+    let m = median_run(
+        &dp,
+        Program::Ingress.name(),
+        &miss,
+        repeat,
+        Some((Hook::PodIngress, Reason::NotService)),
+    )?;
+    row(
+        "miss: SYN to a non-service pod",
+        Program::Ingress.name(),
+        m,
+        floor.0,
+        &method,
+        it,
+    );
+    let e = median_run(
+        &dp,
+        Program::Ingress.name(),
+        &ack_x,
+        repeat,
+        Some((Hook::PodIngress, Reason::DnatEstablished)),
+    )?;
+    row(
+        "conntrack hit: established ACK",
+        Program::Ingress.name(),
+        e,
+        floor.0,
+        &method,
+        it,
+    );
+    let r = median_run(
+        &dp,
+        Program::Egress.name(),
+        &reply_y,
+        repeat,
+        Some((Hook::PodEgress, Reason::RevNat)),
+    )?;
+    row(
+        "reply: reverse NAT",
+        Program::Egress.name(),
+        r,
+        floor.0,
+        &method,
+        it,
+    );
+
+    let calls = repeat / CHAIN;
+    let chain_method = format!("repeat {CHAIN} x {calls} calls");
+    let chain_floor = chain_run(&mut dp, FLOOR_PROGRAM, calls, None)?;
+    let n = chain_run(
+        &mut dp,
+        Program::Ingress.name(),
+        calls,
+        Some((Hook::PodIngress, Reason::DnatNew)),
+    )?;
+    row(
+        "floor: empty tc program",
+        FLOOR_PROGRAM,
+        chain_floor.clone(),
+        chain_floor.0,
+        &chain_method,
+        u64::from(calls * CHAIN),
+    );
+    row(
+        "new flow: SYN to a frontend",
+        Program::Ingress.name(),
+        n,
+        chain_floor.0,
+        &chain_method,
+        u64::from(calls * CHAIN),
+    );
+    Ok(rows)
+}
+
+/// Counters before/after, checked: `claim` moved by exactly `iters` and nothing else moved.
+fn prove(
+    dp: &Datapath,
+    before: &[u64],
+    claim: Option<(Hook, Reason)>,
+    iters: u64,
+) -> Result<String> {
+    let after = dp.counters();
+    let mut moved = Vec::new();
+    for i in 0..STATS_LEN as usize {
+        let delta = after[i] - before[i];
+        let want = match claim {
+            Some((h, r)) if stat_index(h, r) as usize == i => iters,
+            _ => 0,
+        };
+        if delta != want {
+            moved.push(format!("{} +{delta} (want +{want})", stat_name(i)));
+        }
+    }
+    if !moved.is_empty() {
+        bail!(
+            "iterations did not all take the claimed path: {}",
+            moved.join(", ")
+        );
+    }
+    Ok(match claim {
+        Some((h, r)) => format!("{} +{iters}", stat_name(stat_index(h, r) as usize)),
+        None => "floor: no counter".to_string(),
+    })
+}
+
+/// Median ns/packet of [`ROUNDS`] single calls with `repeat`, each proven.
+fn median_run(
+    dp: &Datapath,
+    prog: &str,
+    input: &[u8],
+    repeat: u32,
+    claim: Option<(Hook, Reason)>,
+) -> Result<(f64, String)> {
+    let mut samples = Vec::new();
+    let mut proof = String::new();
+    for _ in 0..ROUNDS {
+        let before = dp.counters();
+        let res = dp.run(prog, input, repeat)?;
+        ensure!(
+            res.retval == TC_ACT_UNSPEC,
+            "{prog} returned {}",
+            res.retval as i32
+        );
+        proof = prove(dp, &before, claim, u64::from(repeat))?;
+        samples.push(res.duration_ns as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    // `duration` is the kernel's per-iteration mean, already divided by `repeat`.
+    let per = samples[ROUNDS / 2];
+    Ok((per, format!("{proof} per run, {ROUNDS} runs")))
+}
+
+/// `calls` runs of the SYN through the chain (`repeat = CHAIN`), conntrack cleared between
+/// calls; returns the iteration-weighted mean ns/packet, proven.
+fn chain_run(
+    dp: &mut Datapath,
+    prog: &str,
+    calls: u32,
+    claim: Option<(Hook, Reason)>,
+) -> Result<(f64, String)> {
+    let syn = Pkt::tcp(CLIENT_POD, chain_frontend(0), TCP_SYN).build();
+    let mut fwd_keys = Vec::new();
+    let mut reply_keys = Vec::new();
+    for i in 0..CHAIN {
+        let next = if i + 1 < CHAIN {
+            chain_frontend(i + 1)
+        } else {
+            SocketAddrV4::new(OTHER_POD, 8080)
+        };
+        fwd_keys.push(ct_forward(CLIENT_POD, chain_frontend(i), PROTO_TCP));
+        reply_keys.push(ct_reply(next, CLIENT_POD, PROTO_TCP));
+    }
+    let before = dp.counters();
+    let mut total_ns = 0u128;
+    for _ in 0..calls {
+        let res = dp.run(prog, &syn, CHAIN)?;
+        ensure!(
+            res.retval == TC_ACT_UNSPEC,
+            "{prog} returned {}",
+            res.retval as i32
+        );
+        total_ns += u128::from(res.duration_ns) * u128::from(CHAIN);
+        if claim.is_some() {
+            for k in fwd_keys.iter().chain(&reply_keys) {
+                dp.ct
+                    .remove(k)
+                    .context("clearing the chain's conntrack entries")?;
+            }
+        }
+    }
+    let iters = u64::from(calls) * u64::from(CHAIN);
+    let proof = prove(dp, &before, claim, iters)?;
+    Ok((total_ns as f64 / iters as f64, proof))
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:>9}  {:<32} {:<16} {:<22} {:>9} {:>9} {:>10} {:>7}  proven by",
+        "frontends", "fixture", "program", "method", "ns/pkt", "floor ns", "excess ns", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:>9}  {:<32} {:<16} {:<22} {:>9.1} {:>9.1} {:>10.1} {:>7.2}  {}",
+            r.frontends,
+            r.fixture,
+            r.program,
+            r.method,
+            r.ns_per_packet,
+            r.floor_ns,
+            r.excess_ns,
+            r.ratio,
+            r.proof
+        );
+    }
+    println!(
+        "\nfloor = svc_floor (empty tc program) run the same way; excess = ns/pkt - floor; \
+         ratio = ns/pkt / floor. Counter names: hook/reason ({REASON_COUNT} reasons per hook)."
+    );
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
