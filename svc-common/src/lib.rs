@@ -43,10 +43,17 @@ pub const MAP_CONNTRACK: &str = "SVC_CT";
 /// Pinned name of the per-CPU counter array.
 pub const MAP_STATS: &str = "SVC_STATS";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 5] = [MAP_FRONTENDS, MAP_SLOTS, MAP_BACKENDS, MAP_CONNTRACK, MAP_STATS];
+pub const ALL_MAPS: [&str; 5] = [
+    MAP_FRONTENDS,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_CONNTRACK,
+    MAP_STATS,
+];
 
-/// Capacity of [`MAP_FRONTENDS`]: 64k frontends (10k Services × a few ports × a few addresses).
-pub const MAX_FRONTENDS: u32 = 65_536;
+/// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
+/// cluster has 10k Services × a few ports × a few addresses).
+pub const MAX_FRONTENDS: u32 = 131_072;
 /// Capacity of [`MAP_SLOTS`]: total backend slots over all frontends.
 pub const MAX_SLOTS: u32 = 1_048_576;
 /// Capacity of [`MAP_BACKENDS`].

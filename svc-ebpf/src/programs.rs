@@ -67,20 +67,25 @@ fn ct_touch(entry: *mut CtEntry, flow: &Flow) -> ([u8; 4], u16) {
 #[inline(always)]
 fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     let flow = parse(ctx)?;
-    // Frontend first: traffic to anything but a Service costs one lookup.
-    let fkey = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, scope: SCOPE_ANY };
-    // SAFETY: the value is copied out before any map update.
-    let Some(frontend) = (unsafe { SVC_FRONTENDS.get(&fkey) }).copied() else {
-        return Ok(Outcome::pass(Reason::NotService));
-    };
-
+    // Conntrack first: a known flow keeps its backend whatever has happened to its Service
+    // since, including deletion; netfilter conntrack gives kube-proxy's flows the same
+    // behaviour. The price is a second lookup for traffic that is not to a Service.
     let fwd = ct_key(&flow, CT_DIR_FORWARD);
     if let Some(entry) = SVC_CT.get_ptr_mut(&fwd) {
-        // Known flow: keep its backend, whatever the backend set is now.
         let (addr, port) = ct_touch(entry, &flow);
         rewrite(ctx, &flow, End::Destination, addr, port)?;
         return Ok(Outcome::pass(Reason::DnatEstablished));
     }
+    let fkey = FrontendKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: SCOPE_ANY,
+    };
+    // SAFETY: the value is copied out before any map update.
+    let Some(frontend) = (unsafe { SVC_FRONTENDS.get(&fkey) }).copied() else {
+        return Ok(Outcome::pass(Reason::NotService));
+    };
 
     if frontend.backend_count == 0 {
         return Err(Outcome::drop(Reason::NoBackend));

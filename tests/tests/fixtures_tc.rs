@@ -160,6 +160,39 @@ fn established_flow_stays_on_its_backend_when_the_slot_changes() {
 }
 
 #[test]
+fn established_flow_survives_deletion_of_its_frontend() {
+    let Some(mut dp) = datapath() else { return };
+    one_backend(&mut dp);
+    dp.check(&Fixture::translate(
+        "SYN",
+        Program::Ingress,
+        &syn(),
+        &syn().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    // The Service goes away: the agent deletes the frontend first.
+    dp.frontends
+        .remove(&frontend_key(SVC_VIP, PROTO_TCP))
+        .expect("deleting the frontend");
+    let ack = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_ACK);
+    dp.check(&Fixture::translate(
+        "ACK of the established flow is still translated (conntrack before frontend)",
+        Program::Ingress,
+        &ack,
+        &ack.clone().with_dst(BACKEND_A),
+        Reason::DnatEstablished,
+    ));
+    // A new flow to the deleted frontend is no longer translated.
+    let new = Pkt::tcp(client(40001), SVC_VIP, TCP_SYN);
+    dp.check(&Fixture::untouched(
+        "SYN of a new flow after deletion",
+        Program::Ingress,
+        new.build(),
+        Reason::NotService,
+    ));
+}
+
+#[test]
 fn reply_on_egress_comes_from_the_frontend() {
     let Some(mut dp) = datapath() else { return };
     one_backend(&mut dp);
