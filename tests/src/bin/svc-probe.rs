@@ -1,0 +1,178 @@
+//! `svc-probe`: servers and clients for the network tests, run inside test namespaces.
+//!
+//! ```text
+//! svc-probe serve --id NAME --tcp 80,8080 --udp 53      # prints "ready" once bound
+//! svc-probe tcp  --target IP:PORT --count N --timeout-ms T [--parallel P]
+//! svc-probe udp  --target IP:PORT --count N --timeout-ms T [--sockets per-request|one]
+//! svc-probe hold --target IP:PORT --conns N --duration-s S --interval-ms I
+//! ```
+//! Clients print exactly one JSON summary line as their last stdout line (`hold` prints
+//! "ready" first, once its connections are open) and exit 0 whenever the run itself
+//! completed, however many exchanges failed: judging the numbers is the test's job. A non-zero
+//! exit means a usage or setup error (message on stderr). SIGTERM/SIGINT stop `serve` and
+//! `hold` cleanly (`hold` still prints its summary). See `tests::probe` for the semantics.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tests::probe::{self, UdpSockets};
+
+#[derive(Parser)]
+#[command(
+    name = "svc-probe",
+    about = "svc-lb test traffic: identity servers and clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer every TCP line / UDP datagram with {"id","peer","local","req"} JSON.
+    Serve {
+        /// Backend name put in every reply.
+        #[arg(long)]
+        id: String,
+        /// TCP ports to listen on.
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<u16>,
+        /// UDP ports to answer on.
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<u16>,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: Ipv4Addr,
+    },
+    /// Short TCP connections, one exchange each.
+    Tcp {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+    },
+    /// UDP request/reply exchanges.
+    Udp {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, value_enum, default_value_t = UdpSockets::PerRequest)]
+        sockets: UdpSockets,
+    },
+    /// Long-lived TCP connections, one exchange per connection every interval.
+    Hold {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+/// Set by SIGTERM/SIGINT; polled by the serve and hold loops.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_stop_handler() -> Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only performs an atomic store.
+        let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error()).context("installing signal handler");
+        }
+    }
+    Ok(())
+}
+
+fn print_line(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{s}")
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    install_stop_handler()?;
+    let ms = Duration::from_millis;
+    match cli.cmd {
+        Cmd::Serve { id, tcp, udp, bind } => {
+            let server = probe::Server::start(probe::ServeConfig { id, tcp, udp, bind })?;
+            print_line("ready")?;
+            server.run_until(&STOP);
+        }
+        Cmd::Tcp {
+            target,
+            count,
+            timeout_ms,
+            parallel,
+        } => {
+            let s = probe::run_tcp(&probe::TcpClientConfig {
+                target: probe::parse_target(&target)?,
+                count,
+                timeout: ms(timeout_ms),
+                parallel,
+            })?;
+            print_line(&serde_json::to_string(&s)?)?;
+        }
+        Cmd::Udp {
+            target,
+            count,
+            timeout_ms,
+            sockets,
+        } => {
+            let s = probe::run_udp(&probe::UdpClientConfig {
+                target: probe::parse_target(&target)?,
+                count,
+                timeout: ms(timeout_ms),
+                sockets,
+            })?;
+            print_line(&serde_json::to_string(&s)?)?;
+        }
+        Cmd::Hold {
+            target,
+            conns,
+            duration_s,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let mut ready_err = None;
+            let s = probe::run_hold(
+                &probe::HoldConfig {
+                    target: probe::parse_target(&target)?,
+                    conns,
+                    duration: Duration::from_secs(duration_s),
+                    interval: ms(interval_ms),
+                    timeout: ms(timeout_ms),
+                },
+                &STOP,
+                || ready_err = print_line("ready").err(),
+            )?;
+            if let Some(e) = ready_err {
+                return Err(e);
+            }
+            print_line(&serde_json::to_string(&s)?)?;
+        }
+    }
+    Ok(())
+}
