@@ -787,6 +787,8 @@ pub struct NsChild {
     registry: Registry,
 }
 
+/// How long [`NsChild::finish`] waits for the output pipes to close after the process exited.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Captured stderr keeps at most this much (the tail: the end of a log explains a failure).
 const STDERR_CAP: usize = 256 * 1024;
 
@@ -975,12 +977,25 @@ impl NsChild {
     }
 
     fn collect(&mut self, status: ExitStatus) -> Finished {
-        // The pipes reach EOF once the process group is gone; join so no line is lost.
-        if let Some(t) = self.stdout_thread.take() {
-            let _ = t.join();
-        }
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
+        // The pipes reach EOF when the last holder exits; join the readers so no line is lost.
+        // A background grandchild may keep a pipe open indefinitely, so wait a bounded time
+        // and then leave the reader detached rather than hang the test.
+        let deadline = Instant::now() + PIPE_DRAIN;
+        for t in [self.stdout_thread.take(), self.stderr_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                eprintln!(
+                    "{}: output pipe still open after exit; not waiting",
+                    self.what
+                );
+            }
         }
         while let Ok(l) = self.lines.try_recv() {
             self.stdout.push(l);
@@ -1400,5 +1415,45 @@ mod tests {
         std::fs::remove_dir(&cg).unwrap();
         let fin = res.unwrap();
         assert!(fin.stdout.contains(&format!("0::/{name}")), "{fin:?}");
+    }
+
+    /// The largest topology: every node routes every other node's pod CIDR.
+    #[test]
+    fn four_nodes_full_mesh() {
+        if skip_unless_root() {
+            return;
+        }
+        let started = Instant::now();
+        let spec = TopologySpec::new()
+            .node(&["p1"])
+            .node(&["p2"])
+            .node(&["p3"])
+            .node(&["p4"])
+            .external_client(true)
+            .ext_gateway(3);
+        let t = Topology::build(&spec).unwrap();
+        eprintln!("4-node topology built in {:?}", started.elapsed());
+        let ext_routes = t.exec_ok(t.ext_ns().unwrap(), &["ip", "route"]).unwrap();
+        assert!(
+            ext_routes.contains("10.96.0.0/16 via 172.18.0.4 dev eth0"),
+            "{ext_routes}"
+        );
+        let servers: Vec<Server> = ["p1", "p4"].iter().map(|p| serve_in(&t, p, p)).collect();
+        for (from, to) in [("p4", "p1"), ("p2", "p4"), ("p3", "p1")] {
+            let target = SocketAddrV4::new(t.pod_ip(to), 8080);
+            let s = t
+                .run_in(t.pod_ns(from), || {
+                    probe::run_tcp(&TcpClientConfig {
+                        target,
+                        count: 2,
+                        timeout: Duration::from_secs(2),
+                        parallel: 1,
+                    })
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.by_backend.get(to), Some(&2), "{from} -> {to}: {s:?}");
+        }
+        drop(servers);
     }
 }
