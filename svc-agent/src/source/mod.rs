@@ -1,0 +1,10 @@
+//! Where Kubernetes objects come from.
+//!
+//! Every source produces the same [`Objects`] (Services and EndpointSlices keyed by
+//! namespace/name, plus the problems it met), so [`crate::model`] never knows which one ran:
+//! - [`manifests`]: a directory of YAML (`--manifests DIR`), made to look as if an API server had
+//!   accepted it (ClusterIPs and NodePorts allocated, hand-written `Endpoints` mirrored to
+//!   EndpointSlices), deterministically so that every node reading the same directory agrees.
+pub mod manifests;
+
+pub use crate::model::Objects;
