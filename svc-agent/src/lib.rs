@@ -11,10 +11,10 @@
 //!   maps, `fake` in memory (checking the invariant after every operation) for tests.
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
-pub mod dataplane;
 pub mod datapath;
+pub mod dataplane;
 pub mod ifwatch;
 pub mod model;
 pub mod reconcile;
-// pub mod run; (enabled once model/reconcile land)
+pub mod run;
 pub mod source;
