@@ -1,4 +1,5 @@
-pub mod fixtures;
+pub mod agent;
 pub mod capture;
+pub mod fixtures;
 pub mod probe;
 pub mod topology;

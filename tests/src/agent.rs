@@ -1,0 +1,222 @@
+//! Running `svc-agent` inside a node namespace, as the DESIGN §3 contract says, and reading
+//! what it pinned.
+//!
+//! Each [`Agent`] gets a bpffs directory named after the topology's unique prefix, and removes
+//! it (`svc-agent uninstall`) when dropped, so a run leaves no pin behind, failure included.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use svc_common::{stat_index, Frontend, FrontendKey, Hook, Reason, MAP_FRONTENDS, MAP_STATS};
+
+use crate::topology::{NsChild, Topology};
+
+/// Path of a workspace binary built by `cargo build --workspace --bins` (xtask test does it).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let env = format!("SVC_{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&env) {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("{name} not found next to {} (build it: cargo build --workspace --bins, or set {env})", exe.display())
+        })
+}
+
+/// The node name an agent on topology node `n` uses (and EndpointSlices' `nodeName`).
+pub fn node_name(n: usize) -> String {
+    format!("node{n}")
+}
+
+/// A directory of manifests the agents read. Files are written atomically (temp + rename) so an
+/// agent never reads half a file. Removed on drop.
+pub struct ManifestDir {
+    path: PathBuf,
+}
+
+impl ManifestDir {
+    pub fn new(topology: &Topology) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{}manifests", topology.prefix()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes (or replaces) `name` with `yaml`.
+    pub fn write(&self, name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.path.join(name)).with_context(|| format!("renaming to {name}"))
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        std::fs::remove_file(self.path.join(name)).with_context(|| format!("removing {name}"))
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running agent on one node.
+pub struct Agent {
+    child: Option<NsChild>,
+    bpffs: PathBuf,
+    /// Topology node number (1-based).
+    pub node: usize,
+}
+
+impl Agent {
+    /// Starts `svc-agent run` in node `node`'s namespace with the DESIGN §3 flags plus `extra`.
+    pub fn start(t: &Topology, node: usize, manifests: &Path, extra: &[&str]) -> Result<Self> {
+        let bin = workspace_bin("svc-agent")?;
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}", t.prefix()));
+        let node_ip = t.node_ip(node).to_string();
+        let name = node_name(node);
+        let mut args: Vec<&str> = vec![
+            bin.to_str().context("agent path is not UTF-8")?,
+            "run",
+            "--manifests",
+            manifests.to_str().context("manifest path is not UTF-8")?,
+            "--node-name",
+            &name,
+            "--bpffs",
+            bpffs.to_str().context("bpffs path is not UTF-8")?,
+            "--uplink",
+            "eth0",
+            "--node-ip",
+            &node_ip,
+            "--pod-ifaces",
+            "veth",
+            "--poll-ms",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        let child = t.spawn_nsenter(&t.node(node).ns, &args)?;
+        Ok(Self {
+            child: Some(child),
+            bpffs,
+            node,
+        })
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        self.child.as_ref().map(NsChild::stderr).unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = &mut self.child {
+            if let Ok(status) = child.wait_timeout(Duration::ZERO) {
+                bail!(
+                    "agent on node {} exited ({status}):\n{}",
+                    self.node,
+                    child.stderr()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The frontend map as the agent programmed it (read from the pin, no agent involved).
+    pub fn frontends(&self) -> Result<BTreeMap<FrontendKey, Frontend>> {
+        let path = self.bpffs.join(MAP_FRONTENDS);
+        let map = Map::HashMap(
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
+        let map: HashMap<MapData, FrontendKey, Frontend> = HashMap::try_from(map)?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .context("reading the frontend map")
+    }
+
+    /// Waits until the frontend map holds exactly `want` (by key, with `backend_count`s).
+    pub fn wait_frontends(
+        &mut self,
+        want: &BTreeMap<FrontendKey, u32>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let got: Option<BTreeMap<FrontendKey, u32>> = self
+                .frontends()
+                .ok()
+                .map(|m| m.into_iter().map(|(k, v)| (k, v.backend_count)).collect());
+            if got.as_ref() == Some(want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent on node {} did not program {want:?} within {timeout:?}; map holds {got:?}\nlog:\n{}", self.node, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A datapath counter summed over CPUs.
+    pub fn counter(&self, hook: Hook, reason: Reason) -> Result<u64> {
+        let path = self.bpffs.join(MAP_STATS);
+        let map = Map::PerCpuArray(
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
+        let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map)?;
+        Ok(map.get(&stat_index(hook, reason), 0)?.iter().sum())
+    }
+
+    /// SIGTERM and wait: the agent must exit 0 and leave its pins.
+    pub fn stop(&mut self) -> Result<String> {
+        let child = self.child.take().context("agent already stopped")?;
+        let done = child.terminate(Duration::from_secs(10))?;
+        let log = done.stderr.clone();
+        ensure!(
+            done.status.success(),
+            "agent exited with {}:\n{log}",
+            done.status
+        );
+        Ok(log)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+        if self.bpffs.exists() {
+            if let Ok(bin) = workspace_bin("svc-agent") {
+                let _ = std::process::Command::new(bin)
+                    .args(["uninstall", "--bpffs"])
+                    .arg(&self.bpffs)
+                    .status();
+            }
+        }
+    }
+}
+
+/// `addr:port/proto` → frontend key, for expectations.
+pub fn fkey(addr: [u8; 4], port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr,
+        port,
+        proto,
+        scope: svc_common::SCOPE_ANY,
+    }
+}
