@@ -92,8 +92,12 @@ fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     }
     let slot = SlotKey {
         frontend_id: frontend.id,
+        // Multiply-shift maps a 32-bit random value onto 0..count: no division (cheaper than
+        // `%` on BPF) and no modulo bias.
         // SAFETY: helper without arguments.
-        slot: unsafe { bpf_get_prandom_u32() } % frontend.backend_count + 1,
+        slot: ((unsafe { bpf_get_prandom_u32() } as u64 * frontend.backend_count as u64) >> 32)
+            as u32
+            + 1,
     };
     // SAFETY: values copied out immediately.
     let backend_id = unsafe { SVC_SLOTS.get(&slot) }

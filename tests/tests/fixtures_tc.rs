@@ -550,14 +550,17 @@ fn new_flows_are_spread_over_backends() {
     )
     .unwrap();
     let (mut a, mut b) = (0, 0);
+    let mut picks = Vec::new();
     for port in 40000..40200 {
         let pkt = Pkt::tcp(client(port), SVC_VIP, TCP_SYN);
         let res = dp.run(Program::Ingress.name(), &pkt.build(), 1).unwrap();
         assert_eq!(res.retval, TC_ACT_UNSPEC, "port {port}");
         if res.output == pkt.clone().with_dst(BACKEND_A).build() {
             a += 1;
+            picks.push('A');
         } else if res.output == pkt.clone().with_dst(BACKEND_B).build() {
             b += 1;
+            picks.push('B');
         } else {
             panic!(
                 "port {port}: output is neither backend:\nvs A:\n{}\nvs B:\n{}",
@@ -569,6 +572,15 @@ fn new_flows_are_spread_over_backends() {
     println!("200 new flows: {a} → BACKEND_A, {b} → BACKEND_B");
     assert_eq!(dp.counter(Hook::PodIngress, Reason::DnatNew), 200);
     assert!(a >= 40 && b >= 40, "skewed choice: A {a}, B {b}");
+    // Independent choices switch backend about half the time (~100 of 199, sd ~7); a
+    // round-robin or stuck choice would show ~199 or ~0.
+    let switches = picks.windows(2).filter(|w| w[0] != w[1]).count();
+    println!("{switches} switches between consecutive choices");
+    assert!(
+        (60..=140).contains(&switches),
+        "choices are not independent: {switches} switches in {}",
+        picks.iter().collect::<String>()
+    );
 }
 
 /// `BPF_PROG_TEST_RUN` with `repeat > 1` runs the program again on the *same* skb (DESIGN §4's
