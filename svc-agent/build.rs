@@ -12,6 +12,8 @@ fn main() {
             object.display()
         );
     }
-    let object = object.canonicalize().expect("canonical path of the eBPF object");
+    let object = object
+        .canonicalize()
+        .expect("canonical path of the eBPF object");
     println!("cargo:rustc-env=SVC_EBPF_OBJECT={}", object.display());
 }

@@ -63,22 +63,30 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         if fault != 0 {
-            warn!(fault, "fault injection enabled: this datapath is deliberately broken (tests only)");
+            warn!(
+                fault,
+                "fault injection enabled: this datapath is deliberately broken (tests only)"
+            );
             loader.override_global(GLOBAL_FAULT_INJECT, &fault, true);
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .with_context(|| format!("loading the eBPF object with maps pinned under {}", bpffs.display()))?;
+        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading the eBPF object with maps pinned under {}",
+                bpffs.display()
+            )
+        })?;
         for (name, _, _) in PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not a tc classifier"))?;
-            prog.load().with_context(|| format!("verifying and loading program {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifying and loading program {name}"))?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
         };
         let maps = PinnedMaps {
             frontends: HashMap::try_from(take(&mut ebpf, MAP_FRONTENDS)?)
@@ -89,11 +97,20 @@ impl Datapath {
                 .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
         };
         info!(bpffs = %bpffs.display(), "programs loaded, maps pinned");
-        Ok((Self { ebpf, bpffs: bpffs.to_owned(), attached: BTreeMap::new() }, maps))
+        Ok((
+            Self {
+                ebpf,
+                bpffs: bpffs.to_owned(),
+                attached: BTreeMap::new(),
+            },
+            maps,
+        ))
     }
 
     fn link_pin(&self, ifindex: u32, ifname: &str, hook: &str) -> PathBuf {
-        self.bpffs.join("links").join(format!("{ifindex}-{ifname}-{hook}"))
+        self.bpffs
+            .join("links")
+            .join(format!("{ifindex}-{ifname}-{hook}"))
     }
 
     /// Attaches both programs to `ifname` unless already done. Reuses a pinned link left by an
@@ -104,8 +121,11 @@ impl Datapath {
         }
         for (prog_name, attach_type, hook) in PROGRAMS {
             let pin = self.link_pin(ifindex, ifname, hook);
-            let prog: &mut SchedClassifier =
-                self.ebpf.program_mut(prog_name).expect("loaded in Datapath::load").try_into()?;
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .expect("loaded in Datapath::load")
+                .try_into()?;
             let adopted = if pin.exists() {
                 match adopt_link(prog, &pin) {
                     Ok(()) => true,
@@ -129,7 +149,9 @@ impl Datapath {
                 let link = prog.take_link(id)?;
                 let fd_link = FdLink::try_from(link)
                     .with_context(|| format!("{prog_name} on {ifname} is not a tcx link"))?;
-                fd_link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+                fd_link
+                    .pin(&pin)
+                    .with_context(|| format!("pinning link at {}", pin.display()))?;
             }
             info!(iface = ifname, ifindex, hook, adopted, "attached");
         }
@@ -149,13 +171,19 @@ impl Datapath {
 
     /// Removes link pins whose interface no longer exists (left by a stopped agent).
     pub fn remove_stale_link_pins(&self, live: &BTreeMap<u32, String>) {
-        let Ok(dir) = std::fs::read_dir(self.bpffs.join("links")) else { return };
+        let Ok(dir) = std::fs::read_dir(self.bpffs.join("links")) else {
+            return;
+        };
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut parts = name.splitn(2, '-');
             let index = parts.next().and_then(|i| i.parse::<u32>().ok());
             let stale = match index {
-                Some(i) => !live.get(&i).is_some_and(|n| parts.next().is_some_and(|rest| rest.starts_with(&format!("{n}-")))),
+                Some(i) => !live.get(&i).is_some_and(|n| {
+                    parts
+                        .next()
+                        .is_some_and(|rest| rest.starts_with(&format!("{n}-")))
+                }),
                 None => true,
             };
             if stale {
@@ -189,7 +217,13 @@ fn ensure_bpffs(path: &Path) -> Result<()> {
     let target = CString::new(root.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
@@ -199,11 +233,15 @@ fn ensure_bpffs(path: &Path) -> Result<()> {
 }
 
 fn existing_ancestor(path: &Path) -> &Path {
-    path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into a zeroed struct we own.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();

@@ -33,13 +33,16 @@ fn name_of(msg: &LinkMessage) -> Option<String> {
 
 /// Returns the links that exist now and a channel of later changes.
 pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<LinkEvent>)> {
-    let (conn, handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
-            .context("opening an rtnetlink socket subscribed to link events")?;
+    let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+        .context("opening an rtnetlink socket subscribed to link events")?;
     tokio::spawn(conn);
     let mut links = BTreeMap::new();
     let mut dump = handle.link().get().execute();
-    while let Some(msg) = dump.try_next().await.context("dumping links over rtnetlink")? {
+    while let Some(msg) = dump
+        .try_next()
+        .await
+        .context("dumping links over rtnetlink")?
+    {
         if let Some(name) = name_of(&msg) {
             links.insert(msg.header.index, name);
         }
@@ -51,10 +54,15 @@ pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<L
         while let Some((msg, _)) = messages.next().await {
             let event = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                    name_of(&l).map(|name| LinkEvent::Present { index: l.header.index, name })
+                    name_of(&l).map(|name| LinkEvent::Present {
+                        index: l.header.index,
+                        name,
+                    })
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                    Some(LinkEvent::Gone { index: l.header.index })
+                    Some(LinkEvent::Gone {
+                        index: l.header.index,
+                    })
                 }
                 _ => None,
             };

@@ -76,10 +76,16 @@ pub struct Outcome {
 impl Outcome {
     /// Let the packet continue (tcx "next": later programs and the stack see it).
     pub const fn pass(reason: svc_common::Reason) -> Self {
-        Self { verdict: TC_ACT_UNSPEC, reason }
+        Self {
+            verdict: TC_ACT_UNSPEC,
+            reason,
+        }
     }
     pub const fn drop(reason: svc_common::Reason) -> Self {
-        Self { verdict: TC_ACT_SHOT, reason }
+        Self {
+            verdict: TC_ACT_SHOT,
+            reason,
+        }
     }
 }
 

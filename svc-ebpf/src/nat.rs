@@ -47,7 +47,11 @@ pub fn rewrite(
     let old_p = old_port.to_be() as u64;
     let new_p = port.to_be() as u64;
     // A UDP datagram without checksum keeps none; TCP always has one.
-    let mangled = if flow.udp_no_csum { BPF_F_MARK_MANGLED_0 } else { 0 };
+    let mangled = if flow.udp_no_csum {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    };
 
     if !fault(FAULT_SKIP_L4_CSUM) {
         if old_addr != addr {
@@ -55,15 +59,18 @@ pub fn rewrite(
                 .map_err(failed)?;
         }
         if old_port != port {
-            ctx.l4_csum_replace(flow.csum_off, old_p, new_p, mangled | 2).map_err(failed)?;
+            ctx.l4_csum_replace(flow.csum_off, old_p, new_p, mangled | 2)
+                .map_err(failed)?;
         }
     }
     if old_addr != addr {
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_a, new_a, 4).map_err(failed)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, old_a, new_a, 4)
+            .map_err(failed)?;
         ctx.store(addr_off, &addr, 0).map_err(failed)?;
     }
     if old_port != port {
-        ctx.store(port_off, &port.to_be_bytes(), 0).map_err(failed)?;
+        ctx.store(port_off, &port.to_be_bytes(), 0)
+            .map_err(failed)?;
     }
     Ok(())
 }

@@ -3,12 +3,7 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::TcContext;
-use network_types::{
-    eth::EthHdr,
-    ip::Ipv4Hdr,
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use svc_common::{Reason, PROTO_TCP, PROTO_UDP};
 
 use crate::Outcome;
@@ -114,12 +109,32 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
         let tcp: *const TcpHdr = ptr_at(ctx, L4_OFF)?;
         // SAFETY: bounds checked; the flag byte is inside the TcpHdr checked above.
         let (tcp, flags) = unsafe { (&*tcp, *((ctx.data() + TCP_FLAGS_OFF) as *const u8)) };
-        (u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest), flags, false)
+        (
+            u16::from_be_bytes(tcp.source),
+            u16::from_be_bytes(tcp.dest),
+            flags,
+            false,
+        )
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, L4_OFF)?;
         // SAFETY: bounds checked.
         let udp = unsafe { &*udp };
-        (u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), 0, udp.check == [0, 0])
+        (
+            u16::from_be_bytes(udp.src),
+            u16::from_be_bytes(udp.dst),
+            0,
+            udp.check == [0, 0],
+        )
     };
-    Ok(Flow { saddr, daddr, sport, dport, proto, tcp_flags, ip_len, csum_off, udp_no_csum })
+    Ok(Flow {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        tcp_flags,
+        ip_len,
+        csum_off,
+        udp_no_csum,
+    })
 }

@@ -247,11 +247,21 @@ fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
     // netfilter conntrack). Every reply was reverse-translated.
     let node1 = &scene.agents[0];
     let new = node1.counter(Hook::PodIngress, Reason::DnatNew).unwrap();
-    let known = node1.counter(Hook::PodIngress, Reason::DnatEstablished).unwrap();
+    let known = node1
+        .counter(Hook::PodIngress, Reason::DnatEstablished)
+        .unwrap();
     assert!(new >= 200, "dnat_new on node 1: {new}");
-    assert!(new + known >= 200 * 3 + 1000, "translated on node 1: {new} new + {known} known");
+    assert!(
+        new + known >= 200 * 3 + 1000,
+        "translated on node 1: {new} new + {known} known"
+    );
     assert!(node1.counter(Hook::PodEgress, Reason::RevNat).unwrap() >= 200 * 2 + 1000);
-    assert_eq!(node1.counter(Hook::PodIngress, Reason::CtInsertFailed).unwrap(), 0);
+    assert_eq!(
+        node1
+            .counter(Hook::PodIngress, Reason::CtInsertFailed)
+            .unwrap(),
+        0
+    );
 }
 
 #[test]

@@ -79,7 +79,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .into()
 }
 
 /// A `cargo` command with the environment of the outer cargo removed, so the inner build picks
@@ -118,7 +121,10 @@ fn build_ebpf(root: &Path) -> Result<()> {
         .arg("--target-dir")
         .arg(&target_dir)
         // BTF makes `bpftool map dump` print field names; debuginfo is what BTF is made from.
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f")))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+        ))
     .context("building svc-ebpf")?;
     let built = target_dir.join("bpfel-unknown-none/release/svc-ebpf");
     let dest = root.join(EBPF_OBJECT);
@@ -136,7 +142,8 @@ fn build_ebpf(root: &Path) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
     let mut cmd = clean_cargo();
-    cmd.args(["test", "--workspace", "--no-fail-fast", "--"]).args(args);
+    cmd.args(["test", "--workspace", "--no-fail-fast", "--"])
+        .args(args);
     // Network tests share nothing but the machine; keep them sequential so one's traffic
     // figures are not another's noise, and so namespace prefixes stay easy to follow.
     cmd.arg("--test-threads=1");
@@ -146,5 +153,7 @@ fn test(args: &[String]) -> Result<()> {
 /// Runs one of the `tests` crate's binaries (demo, bench) as built by cargo.
 fn run_test_bin(name: &str, args: &[String]) -> Result<()> {
     run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
-    run(clean_cargo().args(["run", "--quiet", "--package", "tests", "--bin", name, "--"]).args(args))
+    run(clean_cargo()
+        .args(["run", "--quiet", "--package", "tests", "--bin", name, "--"])
+        .args(args))
 }

@@ -17,14 +17,20 @@ const PACKAGES: &[(&str, &str)] = &[
 
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, bin)| !have(bin)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, bin)| !have(bin))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     apt_install(&missing)
 }
 
 fn have(bin: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {bin} || test -x /usr/sbin/{bin}")])
+        .args([
+            "-c",
+            &format!("command -v {bin} || test -x /usr/sbin/{bin}"),
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -44,29 +50,60 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 
 /// Nightly with `rust-src`, and a `bpf-linker` linked against nightly's LLVM major version.
 pub fn ebpf_toolchain() -> Result<()> {
-    let out = Command::new("rustup").args(["toolchain", "list"]).output()?;
-    if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("nightly")) {
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
         eprintln!("xtask setup: installing the nightly toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let out = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()?;
-    if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         eprintln!("xtask setup: adding rust-src to nightly (needed for -Z build-std=core)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let llvm = nightly_llvm_major()?;
     let llvm_pkg = format!("llvm-{llvm}-dev");
-    let dpkg = Command::new("dpkg-query").args(["-W", "-f=${Status}", &llvm_pkg]).output()?;
+    let dpkg = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", &llvm_pkg])
+        .output()?;
     if !String::from_utf8_lossy(&dpkg.stdout).contains("install ok installed") {
         apt_install(&[&llvm_pkg])?;
     }
     if !bpf_linker_matches(llvm) {
         eprintln!("xtask setup: building bpf-linker against LLVM {llvm} (about 90 s)");
-        let path = format!("/usr/lib/llvm-{llvm}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-{llvm}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(crate::clean_cargo()
-            .args(["install", "--locked", "--force", "bpf-linker", "--no-default-features"])
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{llvm}")])
             .env("PATH", path))
         .context("installing bpf-linker")?;
@@ -78,18 +115,29 @@ pub fn ebpf_toolchain() -> Result<()> {
 }
 
 fn nightly_llvm_major() -> Result<u32> {
-    let out = Command::new("rustc").args(["+nightly", "-vV"]).output().context("rustc +nightly")?;
+    let out = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("rustc +nightly")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly -vV printed no LLVM version")?;
-    version.split('.').next().unwrap_or_default().parse().context("parsing the LLVM major version")
+    version
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .context("parsing the LLVM major version")
 }
 
 /// bpf-linker links LLVM dynamically; its libLLVM must be the nightly's major version.
 fn bpf_linker_matches(llvm: u32) -> bool {
-    let Ok(path) = Command::new("sh").args(["-c", "command -v bpf-linker"]).output() else {
+    let Ok(path) = Command::new("sh")
+        .args(["-c", "command -v bpf-linker"])
+        .output()
+    else {
         return false;
     };
     let path = String::from_utf8_lossy(&path.stdout).trim().to_string();

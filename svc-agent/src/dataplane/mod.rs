@@ -36,7 +36,10 @@ pub enum DataplaneError {
     #[error("{op:?}: {source}")]
     Write { op: MapOp, source: std::io::Error },
     #[error("reading map {map}: {source}")]
-    Read { map: &'static str, source: std::io::Error },
+    Read {
+        map: &'static str,
+        source: std::io::Error,
+    },
     /// Only the fake reports this: an operation would have broken the update-order invariant.
     #[error("{op:?} breaks the update-order invariant: {why}")]
     Invariant { op: MapOp, why: String },

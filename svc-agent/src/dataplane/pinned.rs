@@ -1,6 +1,8 @@
 //! [`Dataplane`] on the real (pinned) BPF maps.
 use aya::maps::{HashMap, MapData};
-use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS};
+use svc_common::{
+    Backend, Frontend, FrontendKey, Slot, SlotKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS,
+};
 
 use super::{Dataplane, DataplaneError, MapOp, MapSnapshot};
 
@@ -32,7 +34,10 @@ impl Dataplane for PinnedMaps {
         match result {
             // Deleting what is already gone is the state we wanted.
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(DataplaneError::Write { op: op.clone(), source: io(e) }),
+            Err(e) => Err(DataplaneError::Write {
+                op: op.clone(),
+                source: io(e),
+            }),
             Ok(()) => Ok(()),
         }
     }
@@ -40,9 +45,21 @@ impl Dataplane for PinnedMaps {
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError> {
         let read = |map: &'static str| move |e| DataplaneError::Read { map, source: io(e) };
         Ok(MapSnapshot {
-            frontends: self.frontends.iter().collect::<Result<_, _>>().map_err(read(MAP_FRONTENDS))?,
-            slots: self.slots.iter().collect::<Result<_, _>>().map_err(read(MAP_SLOTS))?,
-            backends: self.backends.iter().collect::<Result<_, _>>().map_err(read(MAP_BACKENDS))?,
+            frontends: self
+                .frontends
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(MAP_FRONTENDS))?,
+            slots: self
+                .slots
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(MAP_SLOTS))?,
+            backends: self
+                .backends
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(MAP_BACKENDS))?,
         })
     }
 }
