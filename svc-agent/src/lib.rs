@@ -14,6 +14,7 @@
 pub mod datapath;
 pub mod dataplane;
 pub mod ifwatch;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod run;

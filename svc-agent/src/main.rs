@@ -1,9 +1,12 @@
 //! The svc-agent binary: command line and logging; the work is in the library.
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use svc_agent::run::RunConfig;
+use svc_agent::{
+    run::{RunConfig, Source},
+    source::manifests,
+};
 use tracing::info;
 
 #[derive(Parser)]
@@ -36,8 +39,15 @@ enum Fault {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Directory of YAML manifests (Service, EndpointSlice, Endpoints), re-read on change.
+    /// Without it, the agent follows the API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API server (default: in-cluster config, $KUBECONFIG, ~/.kube/config).
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    /// Address for /metrics and /healthz; `off` disables them.
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    metrics_addr: String,
     /// This node's name (matches EndpointSlice nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -62,7 +72,7 @@ struct RunArgs {
     /// Range ClusterIPs are allocated from for manifests that do not set one.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: svc_agent::model::Ipv4Cidr,
-    /// How often to check the manifest directory for changes, in milliseconds.
+    /// How often to check the --manifests directory for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
     /// Test only: load a deliberately broken datapath to prove the tests catch it.
@@ -104,14 +114,33 @@ fn main() -> Result<()> {
                     Fault::SkipL4Csum => svc_common::FAULT_SKIP_L4_CSUM,
                 }
             });
+            let source = match args.manifests {
+                Some(dir) => Source::Manifests {
+                    dir,
+                    options: manifests::Options {
+                        service_cidr: args.service_cidr,
+                        ..Default::default()
+                    },
+                    poll: Duration::from_millis(args.poll_ms.max(10)),
+                },
+                None => Source::Kube {
+                    kubeconfig: args.kubeconfig,
+                },
+            };
+            let metrics_addr = match args.metrics_addr.as_str() {
+                "off" => None,
+                addr => Some(
+                    addr.parse()
+                        .with_context(|| format!("--metrics-addr {addr}"))?,
+                ),
+            };
             let cfg = RunConfig {
-                manifests: args.manifests,
+                source,
                 node_name: args.node_name,
                 node_ips: args.node_ip,
                 bpffs: args.bpffs,
                 pod_ifaces: args.pod_ifaces,
-                service_cidr: args.service_cidr,
-                poll: Duration::from_millis(args.poll_ms.max(10)),
+                metrics_addr,
                 fault,
             };
             tokio::runtime::Builder::new_current_thread()

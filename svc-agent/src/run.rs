@@ -1,56 +1,89 @@
 //! `svc-agent run`: the agent's main loop.
 //!
-//! One task owns the datapath and the programmed state and reacts to three things: the
-//! manifest directory changing (polled by fingerprint), interfaces appearing or vanishing
-//! (rtnetlink), and SIGTERM/SIGINT. Map writes are synchronous syscalls of a few microseconds;
-//! they run on this task without blocking anything else that matters.
+//! One task owns the datapath, the objects and the programmed state, and reacts to: object
+//! changes (the API-server watchers' deltas, or the manifest directory's fingerprint changing),
+//! interfaces appearing or vanishing (rtnetlink), and SIGTERM/SIGINT. Map writes are
+//! synchronous syscalls of a few microseconds each; they run on this task.
+//!
+//! Planning is incremental: a batch of deltas re-plans only the Services it touched
+//! ([`model::desired_for`] + [`reconcile::plan_services_in_place`]). A full plan runs on the
+//! first sync (after adopting the pinned maps, so a restart writes only what differs), when the
+//! Node's addresses change, and after a failed write (when the maps are re-read).
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
     datapath::Datapath,
-    dataplane::{pinned::PinnedMaps, Dataplane},
+    dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
     ifwatch::{self, LinkEvent},
-    model::{self, Ipv4Cidr, NodeContext},
+    metrics::{self, MapLabel, Metrics},
+    model::{self, NodeContext, ObjectRef, Objects},
     reconcile::{self, Programmed},
-    source::manifests,
+    source::{
+        kube::{self as kube_source, Delta, Store, Touched},
+        manifests,
+    },
 };
+
+/// Where Services and EndpointSlices come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `--manifests DIR`, polled for changes every `poll`.
+    Manifests {
+        dir: PathBuf,
+        options: manifests::Options,
+        poll: Duration,
+    },
+    /// The API server: `--kubeconfig`, else in-cluster config, `$KUBECONFIG`, `~/.kube/config`.
+    Kube { kubeconfig: Option<PathBuf> },
+}
 
 /// Everything `run` needs, resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub manifests: PathBuf,
+    pub source: Source,
     pub node_name: String,
+    /// `--node-ip`; the Node object's addresses are added when the API server is the source.
     pub node_ips: Vec<Ipv4Addr>,
     pub bpffs: PathBuf,
     /// Interface-name prefixes of the host side of pod veths.
     pub pod_ifaces: Vec<String>,
-    pub service_cidr: Ipv4Cidr,
-    /// How often the manifest directory is checked for changes.
-    pub poll: Duration,
+    pub metrics_addr: Option<SocketAddr>,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let (mut datapath, mut maps) = Datapath::load(&cfg.bpffs, cfg.fault)?;
+    let metrics = Metrics::new(cfg.bpffs.clone());
+    if let Some(addr) = cfg.metrics_addr {
+        metrics::serve(addr, metrics.clone()).await?;
+    }
+    let (mut datapath, maps) = Datapath::load(&cfg.bpffs, cfg.fault)?;
     // Adopt whatever an earlier agent left in the pinned maps: the first plan then writes only
     // what differs, and traffic through unchanged services is never disturbed.
     let snapshot = maps.snapshot().context("reading the pinned service maps")?;
-    let mut programmed = Programmed::from_snapshot(&snapshot);
     info!(
         frontends = snapshot.frontends.len(),
         backends = snapshot.backends.len(),
         "adopted pinned maps"
     );
+    let mut engine = Engine {
+        programmed: Programmed::from_snapshot(&snapshot),
+        maps,
+        metrics: metrics.clone(),
+        last_problems: BTreeSet::new(),
+        needs_full: true,
+    };
 
     let (links, mut link_events) = ifwatch::start().await?;
     datapath.remove_stale_link_pins(&links);
@@ -58,37 +91,80 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         attach_if_pod(&mut datapath, &cfg, *index, name);
     }
 
-    let node = NodeContext {
-        node_name: cfg.node_name.clone(),
-        node_ips: cfg.node_ips.clone(),
-    };
-    let mut last_fingerprint = None;
-    let mut last_problems = BTreeSet::new();
-    let mut tick = tokio::time::interval(cfg.poll);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let fingerprint = match manifests::dir_fingerprint(&cfg.manifests) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(dir = %cfg.manifests.display(), "cannot read manifest directory: {e}; keeping what is programmed");
-                        continue;
+    match &cfg.source {
+        Source::Manifests { dir, options, poll } => {
+            let node = NodeContext {
+                node_name: cfg.node_name.clone(),
+                node_ips: cfg.node_ips.clone(),
+            };
+            let mut last_fingerprint = None;
+            let mut tick = tokio::time::interval(*poll);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let fingerprint = match manifests::dir_fingerprint(dir) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                warn!(dir = %dir.display(), "cannot read manifest directory: {e}; keeping what is programmed");
+                                continue;
+                            }
+                        };
+                        if last_fingerprint == Some(fingerprint) {
+                            continue;
+                        }
+                        let started = Instant::now();
+                        match manifests::load_dir_with(dir, options) {
+                            Ok(objects) => {
+                                last_fingerprint = Some(fingerprint);
+                                engine.full(&objects, &node, started);
+                                metrics.ready.store(true, Ordering::Relaxed);
+                            }
+                            Err(e) => warn!("{e}; keeping what is programmed"),
+                        }
                     }
-                };
-                if last_fingerprint == Some(fingerprint) {
-                    continue;
+                    Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
                 }
-                last_fingerprint = Some(fingerprint);
-                sync(&cfg, &node, &mut maps, &mut programmed, &mut last_problems);
             }
-            Some(event) = link_events.recv() => match event {
-                LinkEvent::Present { index, name } => attach_if_pod(&mut datapath, &cfg, index, &name),
-                LinkEvent::Gone { index } => datapath.forget(index),
-            },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+        }
+        Source::Kube { kubeconfig } => {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            let mut deltas = kube_source::start(client, &cfg.node_name);
+            let mut store = Store::default();
+            loop {
+                tokio::select! {
+                    Some(delta) = deltas.recv() => {
+                        let mut touched = Touched::default();
+                        note_delta(&metrics, &delta);
+                        store.apply(delta, &mut touched);
+                        // Take everything already queued: one plan for a burst of events.
+                        while let Ok(delta) = deltas.try_recv() {
+                            note_delta(&metrics, &delta);
+                            store.apply(delta, &mut touched);
+                        }
+                        if !store.ready() {
+                            continue;
+                        }
+                        let node = NodeContext {
+                            node_name: cfg.node_name.clone(),
+                            node_ips: node_ips(&cfg, &store),
+                        };
+                        let oldest = touched.oldest.unwrap_or_else(Instant::now);
+                        if engine.needs_full || touched.node {
+                            engine.full(&store.objects, &node, oldest);
+                            metrics.ready.store(true, Ordering::Relaxed);
+                        } else if !touched.services.is_empty() {
+                            engine.incremental(&store.objects, &node, &touched.services, oldest);
+                        }
+                    }
+                    Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
+                }
+            }
         }
     }
     info!(
@@ -96,6 +172,50 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cfg.bpffs.display()
     );
     Ok(())
+}
+
+fn note_delta(metrics: &Metrics, delta: &Delta) {
+    if let Delta::WatchError { kind, .. } = delta {
+        metrics
+            .watch_errors
+            .get_or_create(&metrics::KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// `--node-ip` plus the Node object's InternalIP/ExternalIP addresses, de-duplicated.
+fn node_ips(cfg: &RunConfig, store: &Store) -> Vec<Ipv4Addr> {
+    let mut ips: BTreeSet<Ipv4Addr> = cfg.node_ips.iter().copied().collect();
+    if let Some(node) = &store.node {
+        ips.extend(kube_source::node_addresses(node));
+    }
+    ips.into_iter().collect()
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "finding API server credentials (in-cluster, $KUBECONFIG or ~/.kube/config)",
+        )?,
+    };
+    info!(server = %config.cluster_url, "connecting to the API server");
+    kube::Client::try_from(config).context("building the API client")
+}
+
+fn on_link(datapath: &mut Datapath, cfg: &RunConfig, event: LinkEvent) {
+    match event {
+        LinkEvent::Present { index, name } => attach_if_pod(datapath, cfg, index, &name),
+        LinkEvent::Gone { index } => datapath.forget(index),
+    }
 }
 
 fn attach_if_pod(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &str) {
@@ -107,62 +227,113 @@ fn attach_if_pod(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &st
     }
 }
 
-/// Reads the manifests and brings the maps to the state they ask for.
-fn sync(
-    cfg: &RunConfig,
-    node: &NodeContext,
-    maps: &mut PinnedMaps,
-    programmed: &mut Programmed,
-    last_problems: &mut BTreeSet<String>,
-) {
-    let started = Instant::now();
-    let objects = match manifests::load_dir_with(
-        &cfg.manifests,
-        &manifests::Options {
-            service_cidr: cfg.service_cidr,
-            ..Default::default()
-        },
-    ) {
-        Ok(o) => o,
-        Err(e) => {
-            warn!("{e}; keeping what is programmed");
-            return;
-        }
-    };
-    let desired = model::desired(&objects, node);
-    let problems: BTreeSet<String> = objects
-        .problems
-        .iter()
-        .chain(&desired.problems)
-        .map(|p| p.to_string())
-        .collect();
-    for p in problems.difference(last_problems) {
-        warn!("skipped: {p}");
-    }
-    *last_problems = problems;
+/// The programmed state and the maps it describes.
+struct Engine {
+    maps: PinnedMaps,
+    programmed: Programmed,
+    metrics: Arc<Metrics>,
+    /// Problems reported by the last full plan, so each is logged once.
+    last_problems: BTreeSet<String>,
+    /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
+    needs_full: bool,
+}
 
-    let plan = reconcile::plan(programmed, &desired);
-    let writes = plan.ops.len();
-    for op in &plan.ops {
-        if let Err(e) = maps.apply(op) {
-            // Re-read what the maps really hold; the next change retries from there.
-            error!("{e}");
-            match maps.snapshot() {
-                Ok(s) => *programmed = Programmed::from_snapshot(&s),
-                Err(e) => error!("{e}"),
+impl Engine {
+    /// Plans every Service.
+    fn full(&mut self, objects: &Objects, node: &NodeContext, since: Instant) {
+        let desired = model::desired(objects, node);
+        let problems: Vec<_> = objects.problems.iter().chain(&desired.problems).collect();
+        let texts: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
+        for p in &problems {
+            if !self.last_problems.contains(&p.to_string()) {
+                warn!("skipped: {p}");
+                self.metrics.skipped(&p.object, &p.field);
             }
-            return;
+        }
+        self.last_problems = texts;
+        let mut next = self.programmed.clone();
+        let ops = reconcile::plan_in_place(&mut next, &desired);
+        if self.apply(&ops, next, since) {
+            self.needs_full = false;
+            info!(
+                services = objects.services.len(),
+                frontends = desired.frontends.len(),
+                writes = ops.len(),
+                "full sync: maps match the desired state"
+            );
         }
     }
-    *programmed = plan.next;
-    for (key, fe) in &desired.frontends {
-        tracing::debug!(service = %fe.service, addr = ?key.addr, port = key.port, backends = fe.backends.len(), "frontend");
+
+    /// Plans only `services`.
+    fn incremental(
+        &mut self,
+        objects: &Objects,
+        node: &NodeContext,
+        services: &BTreeSet<ObjectRef>,
+        since: Instant,
+    ) {
+        let desired = model::desired_for(objects, node, services);
+        for p in &desired.problems {
+            warn!("skipped: {p}");
+            self.metrics.skipped(&p.object, &p.field);
+        }
+        let mut next = self.programmed.clone();
+        let ops = reconcile::plan_services_in_place(&mut next, &desired, services);
+        if self.apply(&ops, next, since) {
+            info!(
+                services = services.len(),
+                writes = ops.len(),
+                "synced changed services"
+            );
+        }
     }
-    info!(
-        services = objects.services.len(),
-        frontends = desired.frontends.len(),
-        writes,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "maps in sync with manifests"
-    );
+
+    /// Writes `ops` in order. On failure, re-reads the maps so the next (full) plan starts from
+    /// what they really hold. Returns whether every write succeeded.
+    fn apply(&mut self, ops: &[MapOp], next: Programmed, since: Instant) -> bool {
+        for op in ops {
+            if let Err(e) = self.maps.apply(op) {
+                error!("{e}");
+                self.metrics.sync_errors.inc();
+                match self.maps.snapshot() {
+                    Ok(s) => self.programmed = Programmed::from_snapshot(&s),
+                    Err(e) => error!("{e}"),
+                }
+                self.needs_full = true;
+                return false;
+            }
+            self.metrics.map_writes.inc();
+        }
+        self.programmed = next;
+        self.metrics
+            .programming_latency
+            .observe(since.elapsed().as_secs_f64());
+        self.update_fill();
+        true
+    }
+
+    fn update_fill(&self) {
+        use svc_common::{
+            MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SLOTS,
+        };
+        let frontends = self.programmed.frontends();
+        let slots: usize = frontends
+            .values()
+            .map(|f| f.value.backend_count as usize)
+            .sum();
+        for (map, entries, cap) in [
+            (MAP_FRONTENDS, frontends.len(), MAX_FRONTENDS),
+            (MAP_SLOTS, slots, MAX_SLOTS),
+            (MAP_BACKENDS, self.programmed.backend_count(), MAX_BACKENDS),
+        ] {
+            self.metrics
+                .map_entries
+                .get_or_create(&MapLabel { map })
+                .set(entries as i64);
+            self.metrics
+                .map_capacity
+                .get_or_create(&MapLabel { map })
+                .set(cap as i64);
+        }
+    }
 }

@@ -5,6 +5,9 @@
 //! - [`manifests`]: a directory of YAML (`--manifests DIR`), made to look as if an API server had
 //!   accepted it (ClusterIPs and NodePorts allocated, hand-written `Endpoints` mirrored to
 //!   EndpointSlices), deterministically so that every node reading the same directory agrees.
+//! - [`kube`]: the API server, through kube-rs watchers (Services, EndpointSlices, this Node),
+//!   delivered as deltas so a change re-plans only the Services it touches.
+pub mod kube;
 pub mod manifests;
 
 pub use crate::model::Objects;

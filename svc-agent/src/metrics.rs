@@ -1,0 +1,248 @@
+//! Prometheus metrics and `/healthz`, served on `--metrics-addr`.
+//!
+//! Datapath counters are read from the pinned `SVC_STATS` map at scrape time, so they are
+//! exact and cost nothing between scrapes.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use anyhow::{Context, Result};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use svc_common::{stat_index, ALL_HOOKS, ALL_REASONS, MAP_STATS};
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabel {
+    pub kind: String,
+    /// Field path with list indices removed (`spec.ports[].port`), to bound cardinality.
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacketLabel {
+    pub hook: String,
+    pub reason: &'static str,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Seconds from receiving an object change to the maps reflecting it.
+    pub programming_latency: Histogram,
+    /// Map writes performed (a restart that finds nothing to change adds 0).
+    pub map_writes: Counter,
+    /// Map writes that failed.
+    pub sync_errors: Counter,
+    /// Watch errors by kind (the watcher retries with backoff).
+    pub watch_errors: Family<KindLabel, Counter>,
+    /// Objects (or parts of them) refused, by kind and field.
+    pub objects_skipped: Family<SkipLabel, Counter>,
+    /// Entries in each service map and its capacity: the fill ratio is their quotient.
+    pub map_entries: Family<MapLabel, Gauge>,
+    pub map_capacity: Family<MapLabel, Gauge>,
+    packets: Family<PacketLabel, Gauge>,
+    /// Set once the datapath is loaded and every source has completed its first sync.
+    pub ready: AtomicBool,
+    bpffs: PathBuf,
+}
+
+impl Metrics {
+    pub fn new(bpffs: PathBuf) -> Arc<Self> {
+        let m = Self {
+            registry: Mutex::new(Registry::with_prefix("svc")),
+            programming_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
+            ),
+            map_writes: Counter::default(),
+            sync_errors: Counter::default(),
+            watch_errors: Family::default(),
+            objects_skipped: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            packets: Family::default(),
+            ready: AtomicBool::new(false),
+            bpffs,
+        };
+        {
+            let mut r = m.registry.lock().expect("fresh mutex");
+            r.register(
+                "programming_latency_seconds",
+                "Time from an object change reaching the agent to the maps reflecting it",
+                m.programming_latency.clone(),
+            );
+            r.register(
+                "map_writes",
+                "BPF map writes performed",
+                m.map_writes.clone(),
+            );
+            r.register(
+                "sync_errors",
+                "BPF map writes that failed",
+                m.sync_errors.clone(),
+            );
+            r.register(
+                "watch_errors",
+                "API watch errors by kind",
+                m.watch_errors.clone(),
+            );
+            r.register(
+                "objects_skipped",
+                "Objects or parts of objects refused, by kind and field",
+                m.objects_skipped.clone(),
+            );
+            r.register(
+                "map_entries",
+                "Entries in each service map",
+                m.map_entries.clone(),
+            );
+            r.register(
+                "map_capacity",
+                "Capacity of each service map",
+                m.map_capacity.clone(),
+            );
+            r.register(
+                "datapath_packets",
+                "Packets seen by the datapath, by hook and reason (from the pinned SVC_STATS map)",
+                m.packets.clone(),
+            );
+        }
+        Arc::new(m)
+    }
+
+    /// Counts a refused object or field (`Service default/web`, `spec.ports[0].port`).
+    pub fn skipped(&self, object: &str, field: &str) {
+        let kind = object
+            .split_whitespace()
+            .next()
+            .unwrap_or("unknown")
+            .to_string();
+        let mut f = String::with_capacity(field.len());
+        let mut in_index = false;
+        for c in field.chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    f.push('[');
+                }
+                ']' => {
+                    in_index = false;
+                    f.push(']');
+                }
+                _ if in_index => {}
+                _ => f.push(c),
+            }
+        }
+        self.objects_skipped
+            .get_or_create(&SkipLabel { kind, field: f })
+            .inc();
+    }
+
+    fn refresh_packets(&self) {
+        use aya::maps::{Map, MapData, PerCpuArray};
+        let path = self.bpffs.join(MAP_STATS);
+        let Ok(data) = MapData::from_pin(&path) else {
+            return;
+        };
+        let Ok(stats) = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data)) else {
+            return;
+        };
+        for hook in ALL_HOOKS {
+            for (reason, name) in ALL_REASONS {
+                if let Ok(v) = stats.get(&stat_index(hook, reason), 0) {
+                    let total: u64 = v.iter().sum();
+                    self.packets
+                        .get_or_create(&PacketLabel {
+                            hook: format!("{hook:?}"),
+                            reason: name,
+                        })
+                        .set(total as i64);
+                }
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        self.refresh_packets();
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            warn!("encoding metrics: {e}");
+        }
+        out
+    }
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n")
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(self::metrics))
+        .route("/healthz", get(healthz))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    info!(%addr, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!("metrics server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_fields_lose_their_indices() {
+        let m = Metrics::new(PathBuf::from("/nonexistent"));
+        m.skipped("Service default/web", "spec.ports[3].port");
+        m.skipped("Service default/api", "spec.ports[0].port");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "svc_objects_skipped_total{kind=\"Service\",field=\"spec.ports[].port\"} 2"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The API-server source: kube-rs watchers for Services, EndpointSlices and this node's Node.
+//!
+//! Each watcher runs in its own task and sends [`Delta`]s to the agent's main loop, which owns
+//! the [`Objects`] and applies them with [`Store::apply`], learning which Services each delta
+//! touched. A (re)list arrives as one [`Change::Resync`] carrying the complete new set (kube-rs
+//! buffers pages between `Init` and `InitDone` for us to replace atomically), so a relist after
+//! a 410 or a reconnect is applied as a single diff, and an empty list during start-up can never
+//! be mistaken for "delete everything": nothing is planned until every kind has completed its
+//! first list ([`Store::ready`]).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    runtime::{watcher, WatchStreamExt},
+    Api, Client,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::model::{ObjectRef, Objects, LABEL_SERVICE_NAME};
+
+/// A change to one kind of object.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// The complete current set (first list, or a relist after 410 / reconnect).
+    Resync(Vec<K>),
+    /// Created or updated.
+    Upsert(K),
+    /// Deleted (the last state seen).
+    Delete(K),
+}
+
+/// What a watcher task reports to the main loop, stamped with when it was received (for the
+/// programming-latency histogram).
+#[derive(Debug)]
+pub enum Delta {
+    Services(Change<Service>, Instant),
+    Slices(Change<EndpointSlice>, Instant),
+    Node(Change<Node>, Instant),
+    /// A watcher hit an error (it retries with backoff by itself); for metrics and logs.
+    WatchError {
+        kind: &'static str,
+        error: String,
+    },
+}
+
+/// Starts the three watchers. Deltas arrive on the returned channel until the client is gone.
+pub fn start(client: Client, node_name: &str) -> mpsc::UnboundedReceiver<Delta> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    spawn_watch(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        "Service",
+        tx.clone(),
+        Delta::Services,
+    );
+    spawn_watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        "EndpointSlice",
+        tx.clone(),
+        Delta::Slices,
+    );
+    spawn_watch(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        "Node",
+        tx,
+        Delta::Node,
+    );
+    rx
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    tx: mpsc::UnboundedSender<Delta>,
+    wrap: fn(Change<K>, Instant) -> Delta,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut buffer: Option<Vec<K>> = None;
+        while let Some(event) = stream.next().await {
+            let delta = match event {
+                Ok(watcher::Event::Init) => {
+                    buffer = Some(Vec::new());
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    buffer.get_or_insert_with(Vec::new).push(obj);
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let all = buffer.take().unwrap_or_default();
+                    info!(kind, objects = all.len(), "list complete");
+                    wrap(Change::Resync(all), Instant::now())
+                }
+                Ok(watcher::Event::Apply(obj)) => wrap(Change::Upsert(obj), Instant::now()),
+                Ok(watcher::Event::Delete(obj)) => wrap(Change::Delete(obj), Instant::now()),
+                Err(e) => {
+                    warn!(kind, "watch error (retrying with backoff): {e}");
+                    Delta::WatchError {
+                        kind,
+                        error: e.to_string(),
+                    }
+                }
+            };
+            if tx.send(delta).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The objects the model reads, kept current from deltas.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub objects: Objects,
+    /// This node's Node object, once seen.
+    pub node: Option<Node>,
+    listed: BTreeSet<&'static str>,
+}
+
+/// What applying a batch of deltas touched.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Services whose frontends or backends may have changed.
+    pub services: BTreeSet<ObjectRef>,
+    /// The Node changed: node addresses feed every Service (endpoint filtering), so plan all.
+    pub node: bool,
+    /// Earliest receive time among the deltas applied (for programming latency).
+    pub oldest: Option<Instant>,
+}
+
+impl Store {
+    /// True once Services, EndpointSlices and the Node have each completed a first list.
+    pub fn ready(&self) -> bool {
+        self.listed.len() == 3
+    }
+
+    /// Applies one delta, recording what it touched.
+    pub fn apply(&mut self, delta: Delta, touched: &mut Touched) {
+        let mut stamp = |t: Instant| {
+            touched.oldest = Some(touched.oldest.map_or(t, |o| o.min(t)));
+        };
+        match delta {
+            Delta::Services(change, at) => {
+                stamp(at);
+                if matches!(change, Change::Resync(_)) {
+                    self.listed.insert("Service");
+                }
+                apply_change(&mut self.objects.services, change, |r, _| {
+                    touched.services.insert(r.clone());
+                });
+            }
+            Delta::Slices(change, at) => {
+                stamp(at);
+                if matches!(change, Change::Resync(_)) {
+                    self.listed.insert("EndpointSlice");
+                }
+                apply_change(&mut self.objects.slices, change, |r, slice| {
+                    if let Some(name) = slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+                    {
+                        touched
+                            .services
+                            .insert(ObjectRef::new(r.namespace.clone(), name.clone()));
+                    }
+                });
+            }
+            Delta::Node(change, at) => {
+                stamp(at);
+                let before = self.node.clone();
+                match change {
+                    Change::Resync(mut nodes) => {
+                        self.listed.insert("Node");
+                        self.node = nodes.pop();
+                    }
+                    Change::Upsert(n) => self.node = Some(n),
+                    Change::Delete(_) => self.node = None,
+                }
+                if before.as_ref().map(|n| &n.status) != self.node.as_ref().map(|n| &n.status) {
+                    touched.node = true;
+                }
+            }
+            Delta::WatchError { .. } => {}
+        }
+    }
+}
+
+/// Applies `change` to `map`, calling `touched` with every object (old and new state) that
+/// differs, so both the Service a slice used to name and the one it names now are re-planned.
+fn apply_change<K: kube::Resource + PartialEq + Clone>(
+    map: &mut BTreeMap<ObjectRef, K>,
+    change: Change<K>,
+    mut touched: impl FnMut(&ObjectRef, &K),
+) {
+    let key = |o: &K| ObjectRef::from_meta(o.meta());
+    match change {
+        Change::Upsert(obj) => {
+            let Some(r) = key(&obj) else { return };
+            if let Some(old) = map.get(&r) {
+                if *old == obj {
+                    return;
+                }
+                touched(&r, old);
+            }
+            touched(&r, &obj);
+            map.insert(r, obj);
+        }
+        Change::Delete(obj) => {
+            let Some(r) = key(&obj) else { return };
+            if let Some(old) = map.remove(&r) {
+                touched(&r, &old);
+            }
+        }
+        Change::Resync(all) => {
+            let mut new: BTreeMap<ObjectRef, K> = BTreeMap::new();
+            for obj in all {
+                if let Some(r) = key(&obj) {
+                    new.insert(r, obj);
+                }
+            }
+            for (r, old) in map.iter() {
+                if new.get(r) != Some(old) {
+                    touched(r, old);
+                }
+            }
+            for (r, obj) in &new {
+                if map.get(r) != Some(obj) {
+                    touched(r, obj);
+                }
+            }
+            *map = new;
+        }
+    }
+}
+
+/// This node's addresses from its Node object (InternalIP and ExternalIP, IPv4).
+pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn nothing_is_ready_until_every_kind_has_listed() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(Delta::Services(Change::Resync(vec![]), now()), &mut t);
+        store.apply(Delta::Slices(Change::Resync(vec![]), now()), &mut t);
+        assert!(
+            !store.ready(),
+            "an empty Service list alone must not allow programming"
+        );
+        store.apply(Delta::Node(Change::Resync(vec![]), now()), &mut t);
+        assert!(store.ready());
+    }
+
+    #[test]
+    fn relist_touches_only_what_changed() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(
+                Change::Resync(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]),
+                now(),
+            ),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(
+                Change::Resync(vec![svc("a", "10.96.0.1"), svc("c", "10.96.0.3")]),
+                now(),
+            ),
+            &mut t,
+        );
+        let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "a is unchanged, b deleted, c new");
+        assert_eq!(store.objects.services.len(), 2);
+    }
+
+    #[test]
+    fn a_slice_moving_between_services_touches_both() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "api")), now()),
+            &mut t,
+        );
+        let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+    }
+
+    #[test]
+    fn an_unchanged_upsert_touches_nothing() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            &mut t,
+        );
+        assert!(t.services.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_slice_touches_its_service() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Delete(slice("s1", "web")), now()),
+            &mut t,
+        );
+        assert_eq!(
+            t.services
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        assert!(store.objects.slices.is_empty());
+    }
+}
