@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod apiserver;
 pub mod capture;
 pub mod fixtures;
 pub mod probe;
