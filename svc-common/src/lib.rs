@@ -96,7 +96,8 @@ pub struct Frontend {
     /// entries record. Allocated by the agent, unique among live frontends, never 0.
     pub id: u32,
     /// Number of valid slots, `1..=backend_count`. 0 means "no usable endpoint": the datapath
-    /// refuses new flows to this frontend (counted as [`Reason::NoBackend`]).
+    /// rejects new flows to this frontend with a TCP RST or ICMP port unreachable, as
+    /// kube-proxy does (counted as [`Reason::NoBackend`]).
     pub backend_count: u32,
     /// `FRONTEND_F_*` bits.
     pub flags: u32,
@@ -242,7 +243,8 @@ pub enum Reason {
     DnatEstablished = 7,
     /// Translated: reply packet, source restored to the frontend.
     RevNat = 8,
-    /// Dropped: frontend has no usable backend.
+    /// Rejected: a new flow to a frontend with no usable backend, answered with a TCP RST or an
+    /// ICMP port unreachable redirected back to the client (dropped if it was itself a RST).
     NoBackend = 9,
     /// Dropped: a slot or backend entry was missing (would be an agent ordering bug).
     BackendMissing = 10,

@@ -6,6 +6,7 @@
 //! - `nat`: the rewrites and their checksum updates, through the tc helpers that know the skb's
 //!   checksum state (DESIGN §2, "the checksum trap").
 //! - `maps`: the BTF map definitions; layouts come from `svc-common` only.
+//! - `reject`: the TCP RST / ICMP port unreachable answering a frontend with no endpoint.
 //! - `stats`: per-CPU counters, one per (hook, reason).
 //!
 //! Programs (all tc, attached with tcx to the host side of pod veths):
@@ -30,6 +31,8 @@ mod nat;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod reject;
 #[cfg(target_arch = "bpf")]
 mod stats;
 

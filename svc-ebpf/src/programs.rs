@@ -12,6 +12,7 @@ use crate::{
     maps::{SVC_BACKENDS, SVC_CT, SVC_FRONTENDS, SVC_SLOTS},
     nat::{rewrite, End},
     parse::{parse, Flow},
+    reject::reject,
     stats::count,
     Outcome,
 };
@@ -88,7 +89,7 @@ fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     };
 
     if frontend.backend_count == 0 {
-        return Err(Outcome::drop(Reason::NoBackend));
+        return reject(ctx, &flow);
     }
     let slot = SlotKey {
         frontend_id: frontend.id,

@@ -30,6 +30,17 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         .with_context(|| {
             format!("{name} not found next to {} (build it: cargo build --workspace --bins, or set {env})", exe.display())
         })
+        .and_then(|bin| {
+            // The agent embeds target/svc-ebpf.o at build time, and `cargo test -p tests` does
+            // not rebuild other packages' binaries: refuse a stale agent rather than test old
+            // kernel code.
+            let object = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/svc-ebpf.o");
+            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            if name == "svc-agent" && mtime(&bin) < mtime(&object) {
+                bail!("{} is older than {}: rebuild it (cargo build --workspace --bins; cargo xtask test does)", bin.display(), object.display());
+            }
+            Ok(bin)
+        })
 }
 
 /// The node name an agent on topology node `n` uses (and EndpointSlices' `nodeName`).

@@ -618,8 +618,20 @@ fn kubectl_apply_get_delete() {
         .expect("ip");
     let got = kubectl(&["get", "svc", "web", "-o", "json"]);
     assert!(got.contains(&ip), "kubectl get shows the clusterIP: {got}");
+    // Server-side printing: the columns kubectl shows for a real cluster.
     let table = kubectl(&["get", "services"]);
-    assert!(table.contains("web"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("web"))
+        .unwrap_or_default();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(row.contains("ClusterIP") && row.contains(&ip), "{table}");
+    assert!(row.contains("80/TCP,9090/TCP"), "{table}");
+    let slices = kubectl(&["get", "endpointslices", "-A"]);
+    assert!(
+        slices.contains("default") && slices.contains("10.244.1.2"),
+        "{slices}"
+    );
 
     // Re-apply with a changed port: kubectl sends a strategic merge patch.
     std::fs::write(&file, manifest(81)).expect("manifest");
@@ -644,4 +656,41 @@ fn kubectl_apply_get_delete() {
         .expect("get")
         .is_none());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The network tests' arrangement: the server bound to 172.18.0.1 inside the underlay
+/// namespace (the socket keeps that namespace though another thread serves it), a kube-rs
+/// client in a node namespace reaching it over the node's eth0. Needs root.
+#[test]
+fn serves_inside_the_underlay_namespace() {
+    use tests::topology::{skip_unless_root, Topology, TopologySpec};
+    if skip_unless_root() {
+        return;
+    }
+    let topo = Topology::build(&TopologySpec::new().node(&[])).expect("topology");
+    let ul = topo.underlay_ns().to_owned();
+    topo.ip(&ul, "addr add 172.18.0.1/16 dev br0")
+        .expect("address on br0");
+    let listener = topo
+        .run_in(&ul, || TcpListener::bind("172.18.0.1:0"))
+        .expect("thread in the underlay")
+        .expect("bind 172.18.0.1");
+    let server = ApiServer::start(listener).expect("start");
+    server.create(&service("a", 80, &[])).expect("create");
+    let url = server.url();
+    let names = topo
+        .run_in(&topo.node(1).ns.clone(), move || {
+            run(async move {
+                let config = Config::new(url.parse().expect("url"));
+                let client = Client::try_from(config).expect("client");
+                let list = Api::<Service>::all(client)
+                    .list(&ListParams::default())
+                    .await
+                    .expect("list from the node namespace");
+                list.items.iter().map(|s| s.name_any()).collect::<Vec<_>>()
+            })
+        })
+        .expect("thread in the node");
+    assert_eq!(names, vec!["a"]);
+    drop(server);
 }

@@ -298,20 +298,99 @@ fn udp_to_frontend_is_dnatted_with_and_without_checksum() {
     ));
 }
 
+/// `TC_ACT_REDIRECT`: the program sent the (rewritten) packet out of an interface.
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// The answer svc-lb must send for a rejected packet: from the frontend back to the client, a
+/// fresh IPv4 header (id 0, DF, TTL 64), built by etherparse so its checksums are independent
+/// of the datapath's.
+fn answer_ip(
+    payload_len: usize,
+    proto: u8,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let mut ip = etherparse::Ipv4Header::new(
+        payload_len as u16,
+        64,
+        etherparse::IpNumber(proto),
+        SVC_VIP.ip().octets(),
+        CLIENT_POD.ip().octets(),
+    )
+    .unwrap();
+    ip.dont_fragment = true;
+    ip.identification = 0;
+    etherparse::PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+}
+
 #[test]
-fn frontend_without_backends_drops() {
+fn frontend_without_backends_rejects_like_kube_proxy() {
     let Some(mut dp) = datapath() else { return };
     dp.put_frontend(SVC_VIP, PROTO_TCP, SVC_ID, 0).unwrap();
+    dp.put_frontend(SVC_VIP, PROTO_UDP, SVC_ID + 1, 0).unwrap();
+
+    // SYN (seq 1000, 19 payload bytes) → RST|ACK, seq 0, ack 1000 + 19 + 1 (RFC 9293 3.10.7.1).
+    let mut rst = Vec::new();
+    answer_ip(0, 6)
+        .tcp(SVC_VIP.port(), CLIENT_POD.port(), 0, 0)
+        .rst()
+        .ack(1000 + PAYLOAD.len() as u32 + 1)
+        .write(&mut rst, &[])
+        .unwrap();
+    dp.check(&Fixture {
+        name: "SYN to a frontend with no endpoint → TCP RST back to the client".into(),
+        program: Program::Ingress,
+        input: syn().build(),
+        verdict: TC_ACT_REDIRECT,
+        output: rst,
+        reason: Reason::NoBackend,
+    });
+
+    // A segment carrying ACK (ack 1001) → RST with seq 1001 and no ACK.
+    let mut rst = Vec::new();
+    answer_ip(0, 6)
+        .tcp(SVC_VIP.port(), CLIENT_POD.port(), 1001, 0)
+        .rst()
+        .write(&mut rst, &[])
+        .unwrap();
+    dp.check(&Fixture {
+        name: "ACK to a frontend with no endpoint → RST seq = its ack".into(),
+        program: Program::Ingress,
+        input: Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_ACK).build(),
+        verdict: TC_ACT_REDIRECT,
+        output: rst,
+        reason: Reason::NoBackend,
+    });
+
+    // A RST is never answered.
     dp.check(&Fixture::dropped(
-        "SYN to a frontend with backend_count 0",
+        "RST to a frontend with no endpoint is dropped",
         Program::Ingress,
-        syn().build(),
+        Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_RST).build(),
         Reason::NoBackend,
     ));
+
+    // UDP → ICMP port unreachable quoting the datagram's IP header and first 8 bytes.
+    let datagram = Pkt::udp(CLIENT_POD, SVC_VIP).build();
+    let quote = &datagram[14..14 + 28];
+    let mut icmp = Vec::new();
+    answer_ip(0, 1)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp, quote)
+        .unwrap();
+    dp.check(&Fixture {
+        name: "UDP to a frontend with no endpoint → ICMP port unreachable".into(),
+        program: Program::Ingress,
+        input: datagram,
+        verdict: TC_ACT_REDIRECT,
+        output: icmp,
+        reason: Reason::NoBackend,
+    });
     assert_eq!(
         dp.ct.keys().count(),
         0,
-        "no conntrack entry for a refused flow"
+        "no conntrack entry for a rejected flow"
     );
 }
 

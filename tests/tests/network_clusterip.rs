@@ -471,3 +471,54 @@ fn a_broken_l4_checksum_update_is_caught() {
         "the local backend still answers (partial checksums are trusted over veth): {tcp:?}"
     );
 }
+
+#[test]
+fn a_service_without_endpoints_rejects_tcp_and_udp() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut scene = Scene::start(&[]);
+    scene
+        .manifests
+        .write("web-slice-1.yaml", &slice_yaml("web-1", &[]))
+        .unwrap();
+    scene
+        .manifests
+        .write("web-slice-2.yaml", &slice_yaml("web-2", &[]))
+        .unwrap();
+    scene.expect_frontends(0);
+    // Plain sockets in the client pod: a connected UDP socket sees ICMP port unreachable as
+    // ECONNREFUSED, like TCP sees the RST. Timeouts would mean a silent drop.
+    let (tcp, udp) = scene
+        .t
+        .run_in(scene.t.pod_ns("client"), || {
+            use std::net::{TcpStream, UdpSocket};
+            let target = format!("{VIP}:80").parse().unwrap();
+            let tcp = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(format!("{VIP}:53")).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.send(b"anyone?").unwrap();
+            let mut buf = [0u8; 64];
+            let udp = s.recv(&mut buf).map(|_| ()).map_err(|e| e.kind());
+            (tcp, udp)
+        })
+        .unwrap();
+    use std::io::ErrorKind::ConnectionRefused;
+    assert_eq!(
+        tcp,
+        Err(ConnectionRefused),
+        "TCP to a Service without endpoints must be reset"
+    );
+    assert_eq!(
+        udp,
+        Err(ConnectionRefused),
+        "UDP must get ICMP port unreachable"
+    );
+    let rejected = scene.agents[0]
+        .counter(Hook::PodIngress, Reason::NoBackend)
+        .unwrap();
+    assert!(rejected >= 2, "no_backend counter on node 1: {rejected}");
+}

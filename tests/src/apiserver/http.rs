@@ -140,6 +140,12 @@ async fn route(
     let path = req.uri().path().to_owned();
     let query = Query::parse(req.uri().query())?;
     let method = req.method().clone();
+    // kubectl get asks for server-side printing; other clients want the objects.
+    let as_table = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
     if method == Method::GET {
         if let Some(doc) = discovery(&path) {
             return Ok(json_response(200, &doc));
@@ -178,6 +184,13 @@ async fn route(
                 query.limit,
                 query.continue_token.as_deref(),
             )?;
+            if as_table {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                return Ok(json_response(
+                    200,
+                    &table(target.res, &items, list["metadata"].clone()),
+                ));
+            }
             Ok(json_response(200, &list))
         }
         (&Method::GET, Some(name)) => {
@@ -191,6 +204,13 @@ async fn route(
                 return Ok(watch(shared, conn, target.res, filter, &query));
             }
             let obj = shared.store().get(target.res, &ns, name)?;
+            if as_table {
+                let meta = json!({ "resourceVersion": obj["metadata"]["resourceVersion"] });
+                return Ok(json_response(
+                    200,
+                    &table(target.res, std::slice::from_ref(&obj), meta),
+                ));
+            }
             Ok(json_response(200, &obj))
         }
         (&Method::POST, None) => {
@@ -272,6 +292,157 @@ fn text_response(code: u16, text: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp
+}
+
+/// A `meta.k8s.io/v1` Table of `items` with the columns `kubectl get` shows for the kind
+/// (Services: type, cluster IP, external IP, ports; slices: address type, ports, endpoints),
+/// so humans debugging a test with kubectl see what they would see on a cluster.
+fn table(res: Resource, items: &[Value], metadata: Value) -> Value {
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let none_if_empty = |s: String| if s.is_empty() { "<none>".to_owned() } else { s };
+    let joined = |values: Vec<String>| none_if_empty(values.join(","));
+    let columns: &[&str] = match res {
+        Resource::Services => &[
+            "Name",
+            "Type",
+            "Cluster-IP",
+            "External-IP",
+            "Port(s)",
+            "Age",
+        ],
+        Resource::EndpointSlices => &["Name", "AddressType", "Ports", "Endpoints", "Age"],
+        Resource::Endpoints => &["Name", "Endpoints", "Age"],
+        Resource::Nodes => &["Name", "Status", "Age"],
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let name = str_of(&o["metadata"]["name"]);
+            let age = age(
+                o["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
+                now,
+            );
+            let spec = &o["spec"];
+            let cells: Vec<String> = match res {
+                Resource::Services => {
+                    let mut external: Vec<String> = spec["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(str_of)
+                        .collect();
+                    external.extend(
+                        o["status"]["loadBalancer"]["ingress"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|i| str_of(&i["ip"])),
+                    );
+                    let ports = spec["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| match p["nodePort"].as_u64() {
+                            Some(n) => format!("{}:{n}/{}", p["port"], str_of(&p["protocol"])),
+                            None => format!("{}/{}", p["port"], str_of(&p["protocol"])),
+                        })
+                        .collect();
+                    vec![
+                        name,
+                        str_of(&spec["type"]),
+                        none_if_empty(str_of(&spec["clusterIP"])),
+                        joined(external),
+                        joined(ports),
+                        age,
+                    ]
+                }
+                Resource::EndpointSlices => {
+                    let ports = o["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| p["port"].to_string())
+                        .collect();
+                    let addrs = o["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .map(|a| str_of(&a))
+                        .collect();
+                    vec![
+                        name,
+                        str_of(&o["addressType"]),
+                        joined(ports),
+                        joined(addrs),
+                        age,
+                    ]
+                }
+                Resource::Endpoints => {
+                    let addrs = o["subsets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+                        .map(|a| str_of(&a["ip"]))
+                        .collect();
+                    vec![name, joined(addrs), age]
+                }
+                Resource::Nodes => vec![name, "Ready".to_owned(), age],
+            };
+            json!({
+                "cells": cells,
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                },
+            })
+        })
+        .collect();
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| json!({ "name": c, "type": "string", "format": "", "description": "", "priority": 0 }))
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+/// kubectl's short age format (`42s`, `5m3s`, `3h`, `2d`) of an RFC 3339 timestamp.
+fn age(created: &str, now: u64) -> String {
+    let parse = || -> Option<u64> {
+        let (date, time) = created.trim_end_matches('Z').split_once('T')?;
+        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let mut t = time.split(':').map(|x| x.parse::<u64>().ok());
+        let (h, min, s) = (t.next()??, t.next()??, t.next()??);
+        // days_from_civil (Howard Hinnant).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+        Some(days * 86_400 + h * 3600 + min * 60 + s)
+    };
+    let Some(secs) = parse().map(|t| now.saturating_sub(t)) else {
+        return "<unknown>".to_owned();
+    };
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }
 
 /// Legacy (non-aggregated) discovery documents: enough for kubectl to map `svc`, `service`,
