@@ -87,6 +87,10 @@ impl Drop for ManifestDir {
 pub struct Agent {
     child: Option<NsChild>,
     bpffs: PathBuf,
+    /// Node namespace the agent runs in (for reaching its metrics endpoint).
+    ns: String,
+    /// Leave the pins on drop (after [`Agent::kill9`], for the next agent to adopt).
+    keep_pins: bool,
     /// Topology node number (1-based).
     pub node: usize,
 }
@@ -122,6 +126,8 @@ impl Agent {
             child: Some(child),
             bpffs,
             node,
+            ns: t.node(node).ns.clone(),
+            keep_pins: false,
         })
     }
 
@@ -192,6 +198,74 @@ impl Agent {
         Ok(map.get(&stat_index(hook, reason), 0)?.iter().sum())
     }
 
+    /// `kill -9`: no chance to clean up. Pins stay for the next agent on this node to adopt
+    /// (that agent removes them when it is dropped).
+    pub fn kill9(mut self) -> String {
+        let log = self.log();
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+        self.keep_pins = true;
+        log
+    }
+
+    /// GET `path` from the agent's metrics server (default `--metrics-addr`, inside the node's
+    /// namespace): returns the status code and body.
+    pub fn http_get(&self, t: &Topology, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let path = path.to_string();
+        t.run_in(&self.ns, move || -> Result<(u16, String)> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:10249".parse().expect("literal address"),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            let code = resp
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("no HTTP status in the response")?;
+            let body = resp
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Ok((code, body))
+        })?
+    }
+
+    /// Waits until `/healthz` answers 200 (datapath loaded, first sync done).
+    pub fn wait_healthy(&mut self, t: &Topology, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if let Ok((200, _)) = self.http_get(t, "/healthz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent on node {} not healthy within {timeout:?}:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One sample from the agent's /metrics (the first line starting with `name`).
+    pub fn metric(&self, t: &Topology, name: &str) -> Result<f64> {
+        let (code, body) = self.http_get(t, "/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("metric {name} not in /metrics:\n{body}"))
+    }
+
     /// SIGTERM and wait: the agent must exit 0 and leave its pins.
     pub fn stop(&mut self) -> Result<String> {
         let child = self.child.take().context("agent already stopped")?;
@@ -211,7 +285,7 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             child.kill();
         }
-        if self.bpffs.exists() {
+        if !self.keep_pins && self.bpffs.exists() {
             if let Ok(bin) = workspace_bin("svc-agent") {
                 let _ = std::process::Command::new(bin)
                     .args(["uninstall", "--bpffs"])

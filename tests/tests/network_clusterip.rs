@@ -522,3 +522,78 @@ fn a_service_without_endpoints_rejects_tcp_and_udp() {
         .unwrap();
     assert!(rejected >= 2, "no_backend counter on node 1: {rejected}");
 }
+
+#[test]
+fn kill_9_and_restart_breaks_no_connection_and_writes_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut scene = Scene::start(&[]);
+    for agent in &mut scene.agents {
+        agent
+            .wait_healthy(&scene.t, Duration::from_secs(10))
+            .unwrap();
+    }
+    let mut hold = scene
+        .t
+        .spawn(
+            scene.t.pod_ns("client"),
+            &[
+                PROBE,
+                "hold",
+                "--target",
+                &format!("{VIP}:80"),
+                "--conns",
+                "120",
+                "--duration-s",
+                "5",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .expect("starting long-lived connections");
+    hold.wait_for_line(Duration::from_secs(10), |l| l == "ready")
+        .expect("connections open");
+
+    // kill -9 both agents: programs stay attached through their pinned links, maps through
+    // their pins. Then start new agents on the same pins.
+    let old: Vec<Agent> = std::mem::take(&mut scene.agents);
+    for agent in old {
+        agent.kill9();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for node in 1..=2 {
+        scene
+            .agents
+            .push(Agent::start(&scene.t, node, scene.manifests.path(), &[]).expect("restarting"));
+    }
+    for agent in &mut scene.agents {
+        agent
+            .wait_healthy(&scene.t, Duration::from_secs(10))
+            .unwrap();
+        let writes = agent.metric(&scene.t, "svc_map_writes_total").unwrap();
+        assert_eq!(
+            writes,
+            0.0,
+            "a restart with nothing changed must write nothing:\n{}",
+            agent.log()
+        );
+        assert!(
+            agent.log().contains("adopted=true"),
+            "links must be adopted:\n{}",
+            agent.log()
+        );
+    }
+
+    let done = hold.finish(Duration::from_secs(20)).expect("hold finished");
+    let summary = HoldSummary::from_output(&done.stdout).expect("hold summary");
+    assert_eq!(summary.conns.len(), 120);
+    assert_eq!(
+        (summary.broken, summary.switched, summary.failed),
+        (0, 0, 0),
+        "no connection may break across kill -9 and restart: {summary:?}"
+    );
+    // And the restarted datapath still serves new connections.
+    let after = scene.tcp(30);
+    assert_eq!((after.ok, after.failed), (30, 0), "{after:?}");
+}
