@@ -96,17 +96,34 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `svc-agent run` in node `node`'s namespace with the DESIGN §3 flags plus `extra`.
+    /// Starts `svc-agent run --manifests DIR` in node `node`'s namespace with the DESIGN §3
+    /// flags plus `extra`.
     pub fn start(t: &Topology, node: usize, manifests: &Path, extra: &[&str]) -> Result<Self> {
+        let dir = manifests.to_str().context("manifest path is not UTF-8")?;
+        Self::start_with(t, node, &["--manifests", dir], extra)
+    }
+
+    /// Starts `svc-agent run --kubeconfig FILE` (the API-server source) on node `node`.
+    pub fn start_kube(
+        t: &Topology,
+        node: usize,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let file = kubeconfig
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        Self::start_with(t, node, &["--kubeconfig", file], extra)
+    }
+
+    fn start_with(t: &Topology, node: usize, source: &[&str], extra: &[&str]) -> Result<Self> {
         let bin = workspace_bin("svc-agent")?;
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}", t.prefix()));
         let node_ip = t.node_ip(node).to_string();
         let name = node_name(node);
-        let mut args: Vec<&str> = vec![
-            bin.to_str().context("agent path is not UTF-8")?,
-            "run",
-            "--manifests",
-            manifests.to_str().context("manifest path is not UTF-8")?,
+        let mut args: Vec<&str> = vec![bin.to_str().context("agent path is not UTF-8")?, "run"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(&[
             "--node-name",
             &name,
             "--bpffs",
@@ -119,7 +136,7 @@ impl Agent {
             "veth",
             "--poll-ms",
             "50",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let child = t.spawn_nsenter(&t.node(node).ns, &args)?;
         Ok(Self {

@@ -447,7 +447,9 @@ impl Store {
         ] {
             meta.remove(transient);
         }
-        Ok(self.commit(res, EventType::Added, obj, None))
+        let out = self.commit(res, EventType::Added, obj, None);
+        self.mirror_after_write(res, &ns, &name);
+        Ok(out)
     }
 
     /// PUT: replaces an existing object, keeping uid and creationTimestamp. A non-empty
@@ -517,14 +519,102 @@ impl Store {
             generation
         };
         meta.insert("generation".into(), json!(generation));
-        Ok(self.commit(res, EventType::Modified, obj, Some(old)))
+        let out = self.commit(res, EventType::Modified, obj, Some(old));
+        self.mirror_after_write(res, ns, name);
+        Ok(out)
     }
 
     /// DELETE: removes the object (no finalizers, no grace period) and returns it as last
     /// seen, with the resourceVersion of the deletion, as the DELETED event carries it.
     pub fn delete(&mut self, res: Resource, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
         let old = self.get(res, ns, name)?;
-        Ok(self.commit(res, EventType::Deleted, (*old).clone(), Some(old)))
+        let out = self.commit(res, EventType::Deleted, (*old).clone(), Some(old));
+        self.mirror_after_write(res, ns, name);
+        Ok(out)
+    }
+
+    /// The EndpointSlice mirroring controller of kube-controller-manager: a hand-written
+    /// `Endpoints` for a Service without a selector is mirrored into EndpointSlices (the same
+    /// conversion the agent's `--manifests` source applies, `mirror_endpoints`), kept in step
+    /// with every write to the Endpoints or the Service, and removed when it no longer applies.
+    /// Proxies read only slices, so without this the seed's no-selector Service could not work
+    /// through the API server.
+    fn mirror_after_write(&mut self, res: Resource, ns: &str, name: &str) {
+        use k8s_openapi::api::core::v1::{Endpoints, Service};
+        use svc_agent::{
+            model::{ObjectRef, LABEL_SERVICE_NAME},
+            source::manifests::{mirror_endpoints, LABEL_MANAGED_BY, MIRRORING_CONTROLLER},
+        };
+        if !matches!(res, Resource::Endpoints | Resource::Services) {
+            return;
+        }
+        let typed =
+            |r: Resource| -> Option<Value> { self.get(r, ns, name).ok().map(|v| (*v).clone()) };
+        let endpoints: Option<Endpoints> =
+            typed(Resource::Endpoints).and_then(|v| serde_json::from_value(v).ok());
+        let service: Option<Service> =
+            typed(Resource::Services).and_then(|v| serde_json::from_value(v).ok());
+        let mut problems = Vec::new();
+        let wanted = match &endpoints {
+            Some(ep) => mirror_endpoints(
+                &ObjectRef::new(ns, name),
+                ep,
+                service.as_ref(),
+                &mut problems,
+            ),
+            None => Vec::new(),
+        };
+        let mut wanted: BTreeMap<String, Value> = wanted
+            .into_iter()
+            .filter_map(|slice| serde_json::to_value(&slice).ok())
+            .map(|mut v| {
+                v["apiVersion"] = json!("discovery.k8s.io/v1");
+                v["kind"] = json!("EndpointSlice");
+                (
+                    v["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    v,
+                )
+            })
+            .collect();
+        let existing: Vec<(String, Value)> = self
+            .all(Resource::EndpointSlices, Some(ns))
+            .into_iter()
+            .filter(|s| {
+                let labels = &s["metadata"]["labels"];
+                labels[LABEL_MANAGED_BY] == json!(MIRRORING_CONTROLLER)
+                    && labels[LABEL_SERVICE_NAME] == json!(name)
+            })
+            .map(|s| {
+                (
+                    s["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    s,
+                )
+            })
+            .collect();
+        for (slice_name, old) in existing {
+            match wanted.remove(&slice_name) {
+                Some(new) => {
+                    let same = new["endpoints"] == old["endpoints"]
+                        && new["ports"] == old["ports"]
+                        && new["metadata"]["labels"] == old["metadata"]["labels"];
+                    if !same {
+                        let _ = self.update(Resource::EndpointSlices, ns, &slice_name, new, false);
+                    }
+                }
+                None => {
+                    let _ = self.delete(Resource::EndpointSlices, ns, &slice_name);
+                }
+            }
+        }
+        for (_, new) in wanted {
+            let _ = self.create(Resource::EndpointSlices, ns, new);
+        }
     }
 
     /// Stamps the next RV on `obj`, stores it (or removes it for Deleted) and appends the event.
