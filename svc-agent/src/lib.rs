@@ -9,8 +9,11 @@
 //!   operations that never exposes a half-built service (svc-common's update-order invariant).
 //! - [`dataplane`]: the narrow trait map I/O goes through; `aya` implements it on the pinned
 //!   maps, `fake` in memory (checking the invariant after every operation) for tests.
+//! - [`cli`]: the command line (`svc-agent run …`), shared by the binary and the checks of
+//!   the deploy manifests.
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
+pub mod cli;
 pub mod datapath;
 pub mod dataplane;
 pub mod ifwatch;
