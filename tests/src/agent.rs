@@ -100,7 +100,7 @@ impl Agent {
     /// flags plus `extra`.
     pub fn start(t: &Topology, node: usize, manifests: &Path, extra: &[&str]) -> Result<Self> {
         let dir = manifests.to_str().context("manifest path is not UTF-8")?;
-        Self::start_with(t, node, &["--manifests", dir], extra)
+        Self::start_with(t, node, "", &["--manifests", dir], extra)
     }
 
     /// Starts `svc-agent run --kubeconfig FILE` (the API-server source) on node `node`.
@@ -113,12 +113,41 @@ impl Agent {
         let file = kubeconfig
             .to_str()
             .context("kubeconfig path is not UTF-8")?;
-        Self::start_with(t, node, &["--kubeconfig", file], extra)
+        Self::start_with(t, node, "", &["--kubeconfig", file], extra)
     }
 
-    fn start_with(t: &Topology, node: usize, source: &[&str], extra: &[&str]) -> Result<Self> {
+    /// A second, independent agent on node `node` (its own pins, suffixed `tag`, attached to
+    /// no interface and without metrics): a freshly started reference whose maps another
+    /// agent's can be compared with.
+    pub fn start_reference_kube(
+        t: &Topology,
+        node: usize,
+        kubeconfig: &Path,
+        tag: &str,
+    ) -> Result<Self> {
+        let file = kubeconfig
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        let mut agent = Self::start_with(
+            t,
+            node,
+            tag,
+            &["--kubeconfig", file],
+            &["--pod-ifaces", "none-such-iface", "--metrics-addr", "off"],
+        )?;
+        agent.ns = t.node(node).ns.clone();
+        Ok(agent)
+    }
+
+    fn start_with(
+        t: &Topology,
+        node: usize,
+        tag: &str,
+        source: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
         let bin = workspace_bin("svc-agent")?;
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}", t.prefix()));
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}{tag}", t.prefix()));
         let node_ip = t.node_ip(node).to_string();
         let name = node_name(node);
         let mut args: Vec<&str> = vec![bin.to_str().context("agent path is not UTF-8")?, "run"];
@@ -132,11 +161,12 @@ impl Agent {
             "eth0",
             "--node-ip",
             &node_ip,
-            "--pod-ifaces",
-            "veth",
             "--poll-ms",
             "50",
         ]);
+        if !extra.contains(&"--pod-ifaces") {
+            args.extend_from_slice(&["--pod-ifaces", "veth"]);
+        }
         args.extend_from_slice(extra);
         let child = t.spawn_nsenter(&t.node(node).ns, &args)?;
         Ok(Self {
@@ -203,6 +233,23 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The three service maps, read from their pins (no agent involved).
+    pub fn snapshot(&self) -> Result<svc_agent::dataplane::MapSnapshot> {
+        use svc_agent::dataplane::{pinned::PinnedMaps, Dataplane};
+        let open = |name: &str| -> Result<Map> {
+            let path = self.bpffs.join(name);
+            Ok(Map::HashMap(
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
+            ))
+        };
+        let maps = PinnedMaps {
+            frontends: HashMap::try_from(open(svc_common::MAP_FRONTENDS)?)?,
+            slots: HashMap::try_from(open(svc_common::MAP_SLOTS)?)?,
+            backends: HashMap::try_from(open(svc_common::MAP_BACKENDS)?)?,
+        };
+        Ok(maps.snapshot()?)
     }
 
     /// A datapath counter summed over CPUs.
