@@ -202,6 +202,10 @@ async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
+/// The health route: 200 once the first full sync has been programmed, 503 before. The
+/// DaemonSet's probes use it (deploy/svc-lb.yaml, checked by tests/tests/deploy_manifests.rs).
+pub const HEALTHZ_PATH: &str = "/healthz";
+
 async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n")
@@ -214,7 +218,7 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let app = Router::new()
         .route("/metrics", get(self::metrics))
-        .route("/healthz", get(healthz))
+        .route(HEALTHZ_PATH, get(healthz))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
