@@ -17,11 +17,17 @@
 //! - backend id → [`Backend`] in [`MAP_BACKENDS`]: address and port of one endpoint. Backends are
 //!   shared by every frontend that uses the same (address, port, protocol).
 //! - [`CtKey`] → [`CtEntry`] in [`MAP_CONNTRACK`]: an LRU connection table. A new flow writes two
-//!   entries: the *forward* one (client → frontend, holding the chosen backend) and the *reply*
-//!   one (backend → client, holding the frontend address and port to restore). The reply entry
-//!   **is** the reverse-NAT table: keeping the frontend address per flow costs replies a single
-//!   lookup and keeps an established flow's translation alive after its Service is removed, as
-//!   netfilter conntrack does for kube-proxy.
+//!   entries: the *forward* one (keyed by the tuple the client sends: client → frontend) and the
+//!   *reply* one (keyed by the tuple the backend sends: backend → client, or → the SNAT address).
+//!   Each entry holds the complete source and destination to write, so one entry serves DNAT,
+//!   DNAT+SNAT (remote backends of external traffic) and hairpin alike. The reply entry **is**
+//!   the reverse-NAT table: replies cost a single lookup, and an established flow keeps its
+//!   translation after its Service is removed, as netfilter conntrack does for kube-proxy.
+//!   The direction is in the value, not the key, so every hook finds either direction with one
+//!   lookup. The two tuples never coincide: a forward tuple's destination is a frontend, a reply
+//!   tuple's source is a backend; frontends are never pod addresses, and SNAT ports
+//!   ([`SNAT_PORT_MIN`]..) never overlap NodePorts.
+//! - [`Config`] in [`MAP_CONFIG`]: per-node settings the agent writes once at start.
 //! - per-CPU counters in [`MAP_STATS`], indexed by [`stat_index`]`(hook, reason)`.
 //!
 //! # Update order (the invariant the agent keeps)
@@ -69,9 +75,34 @@ pub const PROTO_TCP: u8 = 6;
 /// See [`PROTO_TCP`].
 pub const PROTO_UDP: u8 = 17;
 
-/// [`FrontendKey::scope`]: the frontend applies to every source. (Later scopes distinguish
-/// external from in-cluster sources for `externalTrafficPolicy: Local`.)
+/// [`FrontendKey::scope`]: the entry every hook looks up first.
 pub const SCOPE_ANY: u8 = 0;
+/// [`FrontendKey::scope`]: the backends for traffic from *outside* the cluster (the uplink
+/// hooks), present only when the [`SCOPE_ANY`] entry has [`FRONTEND_F_EXTERNAL_SCOPE`]. This is
+/// how `externalTrafficPolicy: Local` keeps in-cluster clients on every endpoint (as
+/// kube-proxy does) while external ones get only this node's.
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// [`Frontend::flags`]: an entry with [`SCOPE_EXTERNAL`] exists for this key; uplink hooks use
+/// it for new flows instead of this one.
+pub const FRONTEND_F_EXTERNAL_SCOPE: u32 = 1;
+/// [`Frontend::flags`]: with no backend, drop instead of rejecting (traffic policy `Local`
+/// with no local endpoint: kube-proxy drops so that the client's load balancer retries
+/// another node).
+pub const FRONTEND_F_DROP_NO_BACKEND: u32 = 2;
+/// [`Frontend::flags`]: a NodePort or localhost NodePort (for inspection).
+pub const FRONTEND_F_NODEPORT: u32 = 4;
+/// [`Frontend::flags`]: an external IP or LoadBalancer ingress IP (for inspection).
+pub const FRONTEND_F_EXTERNAL_IP: u32 = 8;
+
+/// First port of the range the uplink path allocates for source NAT (remote backends of
+/// external traffic). Above Linux's default ephemeral range (32768–60999) so node sockets never
+/// collide with it, and above the NodePort range (30000–32767).
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Last port of the SNAT range.
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// How many random ports a new flow tries before giving up with [`Reason::SnatNoPort`].
+pub const SNAT_ATTEMPTS: u32 = 8;
 
 /// Lookup key of [`MAP_FRONTENDS`]: one address, port and protocol a Service is reached on.
 #[repr(C)]
@@ -143,13 +174,26 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 
 /// [`Backend::flags`]: the endpoint is terminating (used only because no ready one exists).
 pub const BACKEND_F_TERMINATING: u8 = 1;
+/// [`Backend::flags`]: the endpoint runs on this node (its `nodeName` is ours). External
+/// traffic to a local backend keeps the client's address; to a remote one it is source-NATed
+/// so the reply comes back through this node.
+pub const BACKEND_F_LOCAL: u8 = 2;
 
-/// [`CtKey::dir`]: client → frontend, as the client sent it (before DNAT).
+/// [`CtEntry::dir`]: the entry is keyed by the client's tuple (client → frontend).
 pub const CT_DIR_FORWARD: u8 = 0;
-/// [`CtKey::dir`]: backend → client, as the backend sent it (before reverse NAT).
+/// [`CtEntry::dir`]: the entry is keyed by the backend's tuple (backend → client or SNAT).
 pub const CT_DIR_REPLY: u8 = 1;
 
-/// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook, plus direction.
+/// [`CtEntry::flags`]: the flow is source-NATed to this node (remote backend, external client).
+pub const CT_F_SNAT: u8 = 1;
+/// [`CtEntry::flags`]: hairpin (a pod reaching itself through a Service): source-NATed to the
+/// frontend address so the pod does not see a packet from itself.
+pub const CT_F_HAIRPIN: u8 = 2;
+/// [`CtEntry::flags`]: created by an uplink hook (traffic from outside the node).
+pub const CT_F_EXTERNAL: u8 = 4;
+
+/// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook. Direction is in
+/// the value (see the module docs for why the two directions' tuples never coincide).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
@@ -163,10 +207,8 @@ pub struct CtKey {
     pub dst_port: u16,
     /// IP protocol number.
     pub proto: u8,
-    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
-    pub dir: u8,
     /// Always zero (part of the hash key).
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 
@@ -175,16 +217,24 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtEntry {
-    /// Address to write: the backend's (forward entry, replaces the destination) or the
-    /// frontend's (reply entry, replaces the source). Network order.
-    pub nat_addr: [u8; 4],
-    /// Port to write, host order; pairs with `nat_addr`.
-    pub nat_port: u16,
+    /// Source address the packet leaves with (network order): unchanged for a forward entry
+    /// without SNAT, this node's address with [`CT_F_SNAT`], the frontend for a reply entry.
+    pub src_addr: [u8; 4],
+    /// Destination address the packet leaves with: the backend (forward), the client (reply).
+    pub dst_addr: [u8; 4],
+    /// Source port to write, host order; pairs with `src_addr`.
+    pub src_port: u16,
+    /// Destination port to write, host order; pairs with `dst_addr`.
+    pub dst_port: u16,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// `CT_F_*` bits.
+    pub flags: u8,
     /// Union of the TCP flags seen in this direction (`CT_TCP_*`); 0 for UDP.
     pub tcp_flags: u8,
     /// Always zero.
     pub _pad: u8,
-    /// Backend chosen for the flow (for inspection; the datapath uses `nat_addr`).
+    /// Backend chosen for the flow.
     pub backend_id: u32,
     /// Frontend the flow was addressed to.
     pub frontend_id: u32,
@@ -197,7 +247,54 @@ pub struct CtEntry {
     /// Bytes (L3 length) seen in this direction.
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+
+/// Value of [`MAP_CONFIG`] (one entry, index 0), written by the agent at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// This node's primary address (network order): the SNAT source when the FIB names none.
+    pub node_addr: [u8; 4],
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+    /// Network-namespace cookie of the node (`SO_NETNS_COOKIE`): cgroup socket hooks translate
+    /// only sockets of this namespace, so pods (own namespaces) never see localhost NodePorts.
+    pub netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Key of [`MAP_SOCK_REVNAT`]: a socket and the backend it was sent to by a cgroup hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    /// `bpf_get_socket_cookie()` of the socket.
+    pub cookie: u64,
+    /// Backend address, network order.
+    pub backend_addr: [u8; 4],
+    /// Backend port, host order.
+    pub backend_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+
+/// Value of [`MAP_SOCK_REVNAT`]: the frontend the application asked for, restored on
+/// `recvmsg` (UDP replies) and `getpeername`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat {
+    /// Frontend address, network order.
+    pub addr: [u8; 4],
+    /// Frontend port, host order.
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNat>() == 8);
+/// Capacity of [`MAP_SOCK_REVNAT`] (LRU).
+pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
 /// [`CtEntry::tcp_flags`] bits (the TCP header's own flag bit values).
 pub const CT_TCP_FIN: u8 = 0x01;
@@ -214,11 +311,18 @@ pub enum Hook {
     PodIngress = 0,
     /// tc egress on the host side of a pod veth: packets *to* a pod (reverse NAT).
     PodEgress = 1,
+    /// XDP on a node uplink: the fast path for frames from the wire.
+    Xdp = 2,
+    /// tc ingress on a node uplink: the complete path for what XDP passes on.
+    UplinkIngress = 3,
+    /// cgroup socket hooks (connect4, sendmsg4, recvmsg4, getpeername4).
+    Sock = 4,
 }
 /// Number of [`Hook`] values.
-pub const HOOK_COUNT: u32 = 2;
+pub const HOOK_COUNT: u32 = 5;
 /// Every hook, in index order.
-pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [Hook::PodIngress, Hook::PodEgress];
+pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] =
+    [Hook::PodIngress, Hook::PodEgress, Hook::Xdp, Hook::UplinkIngress, Hook::Sock];
 
 /// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a
 /// program sees is counted under exactly one reason.
@@ -252,9 +356,25 @@ pub enum Reason {
     RewriteFailed = 11,
     /// Translated, but the conntrack write failed (the flow may be re-balanced later).
     CtInsertFailed = 12,
+    /// XDP passed the frame untouched to the tc path: its checksum may be partial, the next hop
+    /// has no neighbour entry yet, or it needs an answer only tc can build (reject).
+    ToTc = 13,
+    /// Dropped: no free source-NAT port after [`SNAT_ATTEMPTS`] tries.
+    SnatNoPort = 14,
+    /// Dropped: the FIB has no route to the backend or client.
+    FibFailed = 15,
+    /// Translated: a pod reaching itself through a Service, sent back with the frontend as
+    /// source.
+    Hairpin = 16,
+    /// Dropped: traffic policy `Local` and no local endpoint.
+    PolicyDrop = 17,
+    /// Socket hook: the destination was rewritten to a backend.
+    SockTranslated = 18,
+    /// Socket hook: a reply's source (recvmsg) or the peer name was restored to the frontend.
+    SockRevNat = 19,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 13;
+pub const REASON_COUNT: u32 = 20;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -270,6 +390,13 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::BackendMissing, "backend_missing"),
     (Reason::RewriteFailed, "rewrite_failed"),
     (Reason::CtInsertFailed, "ct_insert_failed"),
+    (Reason::ToTc, "to_tc"),
+    (Reason::SnatNoPort, "snat_no_port"),
+    (Reason::FibFailed, "fib_failed"),
+    (Reason::Hairpin, "hairpin"),
+    (Reason::PolicyDrop, "policy_drop"),
+    (Reason::SockTranslated, "sock_translated"),
+    (Reason::SockRevNat, "sock_rev_nat"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;
@@ -305,6 +432,12 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevNat {}
 }
 
 #[cfg(test)]
@@ -327,7 +460,10 @@ mod tests {
         use core::mem::{offset_of, size_of};
         assert_eq!(offset_of!(FrontendKey, scope) + 1, size_of::<FrontendKey>());
         assert_eq!(offset_of!(Backend, flags) + 1, size_of::<Backend>());
-        assert_eq!(offset_of!(CtKey, _pad) + 2, size_of::<CtKey>());
+        assert_eq!(offset_of!(CtKey, _pad) + 3, size_of::<CtKey>());
+        assert_eq!(offset_of!(CtEntry, backend_id), 16);
+        assert_eq!(offset_of!(Config, netns_cookie), 8);
+        assert_eq!(offset_of!(SockKey, _pad) + 1, size_of::<SockKey>());
         assert_eq!(offset_of!(CtEntry, bytes) + 8, size_of::<CtEntry>());
     }
 }
