@@ -7,6 +7,8 @@
 //! - `test`: every test tier (unit, `BPF_PROG_TEST_RUN` fixtures, network namespaces).
 //! - `demo`: the seed's Services in a two-node topology, traffic, a map dump, cleanup.
 //! - `bench`: per-packet cost of the programs beside an empty program.
+//! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
+mod deploy;
 mod setup;
 
 use std::{
@@ -48,6 +50,20 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
     },
+    /// Create the kind cluster of deploy/, build and load the image, apply, wait for rollout.
+    KindUp {
+        #[arg(long)]
+        least_privilege: bool,
+    },
+    /// Print deploy/svc-lb.yaml with the image tag filled in, ready for `kubectl apply -f -`.
+    Manifests {
+        /// Image to use (default: the tag kind-up builds for this tree).
+        #[arg(long)]
+        image: Option<String>,
+        /// Use the least-privilege DaemonSet (deploy/svc-lb-least-privilege.yaml).
+        #[arg(long)]
+        least_privilege: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,6 +90,15 @@ fn main() -> Result<()> {
             setup::all()?;
             build_ebpf(&root)?;
             run_test_bin("bench", &["--repeat".into(), repeat.to_string()])
+        }
+        Task::KindUp { least_privilege } => deploy::kind_up(&root, least_privilege),
+        Task::Manifests {
+            image,
+            least_privilege,
+        } => {
+            let image = image.map_or_else(|| deploy::default_image(&root), Ok)?;
+            print!("{}", deploy::render(&root, &image, least_privilege)?);
+            Ok(())
         }
     }
 }
