@@ -43,7 +43,7 @@ use etherparse::{
 };
 use svc_common::{
     stat_index, Backend, CtEntry, CtKey, Frontend, FrontendKey, Hook, Reason, Slot, SlotKey,
-    ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD, CT_DIR_REPLY, MAP_BACKENDS, MAP_CONNTRACK,
+    ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_FRONTENDS, MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY, STATS_LEN,
 };
 
@@ -744,27 +744,26 @@ pub fn frontend_key(addr: SocketAddrV4, proto: u8) -> FrontendKey {
     }
 }
 
-/// The conntrack key of a packet `src` → `dst` seen in direction `dir`.
-pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
+/// The conntrack key of a packet `src` → `dst`.
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> CtKey {
     CtKey {
         src_addr: src.ip().octets(),
         dst_addr: dst.ip().octets(),
         src_port: src.port(),
         dst_port: dst.port(),
         proto,
-        dir,
-        _pad: [0; 2],
+        _pad: [0; 3],
     }
 }
 
-/// Forward conntrack key of a client flow to a frontend.
+/// The key of the forward entry of a flow from `client` to `frontend`.
 pub fn ct_forward(client: SocketAddrV4, frontend: SocketAddrV4, proto: u8) -> CtKey {
-    ct_key(client, frontend, proto, CT_DIR_FORWARD)
+    ct_key(client, frontend, proto)
 }
 
-/// Reply conntrack key: what the backend sends back to the client.
+/// The key of the reply entry of a flow answered by `backend` to `client`.
 pub fn ct_reply(backend: SocketAddrV4, client: SocketAddrV4, proto: u8) -> CtKey {
-    ct_key(backend, client, proto, CT_DIR_REPLY)
+    ct_key(backend, client, proto)
 }
 
 /// `"pod_ingress/dnat_new"` for a `SVC_STATS` index.

@@ -11,7 +11,7 @@
 use std::{net::SocketAddrV4, process::Command};
 
 use svc_common::{
-    Hook, Reason, ALL_MAPS, CT_TCP_SYN, FAULT_SKIP_L4_CSUM, GLOBAL_FAULT_INJECT, MAP_FRONTENDS,
+    Hook, Reason, ALL_MAPS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_TCP_SYN, FAULT_SKIP_L4_CSUM, GLOBAL_FAULT_INJECT, MAP_FRONTENDS,
     PROTO_TCP, PROTO_UDP,
 };
 use tests::fixtures::*;
@@ -65,9 +65,16 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
         .ct_get(&ct_forward(CLIENT_POD, SVC_VIP, PROTO_TCP))
         .expect("forward conntrack entry client→SVC_VIP");
     assert_eq!(
-        (fwd.nat_addr, fwd.nat_port),
-        (BACKEND_A.ip().octets(), BACKEND_A.port()),
-        "forward nat"
+        (fwd.src_addr, fwd.src_port, fwd.dst_addr, fwd.dst_port, fwd.dir, fwd.flags),
+        (
+            CLIENT_POD.ip().octets(),
+            CLIENT_POD.port(),
+            BACKEND_A.ip().octets(),
+            BACKEND_A.port(),
+            CT_DIR_FORWARD,
+            0
+        ),
+        "forward entry: destination → backend, source unchanged"
     );
     assert_eq!(
         (fwd.backend_id, fwd.frontend_id),
@@ -88,9 +95,15 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
         .ct_get(&ct_reply(BACKEND_A, CLIENT_POD, PROTO_TCP))
         .expect("reply conntrack entry BACKEND_A→client");
     assert_eq!(
-        (rep.nat_addr, rep.nat_port),
-        (SVC_VIP.ip().octets(), SVC_VIP.port()),
-        "reply nat"
+        (rep.src_addr, rep.src_port, rep.dst_addr, rep.dst_port, rep.dir),
+        (
+            SVC_VIP.ip().octets(),
+            SVC_VIP.port(),
+            CLIENT_POD.ip().octets(),
+            CLIENT_POD.port(),
+            CT_DIR_REPLY
+        ),
+        "reply entry: source → frontend, destination unchanged"
     );
     assert_eq!(
         (rep.backend_id, rep.frontend_id),
