@@ -133,6 +133,9 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     /// The store's RV after each write; watch streams wait on it.
     changed: watch::Sender<u64>,
+    /// When the latest write was committed and watch streams were woken (see
+    /// [`ApiServer::last_write_at`]).
+    last_write: Mutex<Option<Instant>>,
     /// Epoch bumped by [`ApiServer::expire_watches`]; open watch streams then send 410.
     control: watch::Sender<u64>,
     conns: Mutex<HashMap<u64, ConnEntry>>,
@@ -167,6 +170,7 @@ impl Shared {
         let result = f(&mut store);
         let rv = store.rv();
         drop(store);
+        *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.changed.send_replace(rv);
         result
     }
@@ -224,6 +228,7 @@ impl ApiServer {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(options.history_cap)),
             changed,
+            last_write: Mutex::new(None),
             control,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -294,6 +299,18 @@ impl ApiServer {
     /// Writes a kubeconfig for this server to `path` (see [`write_kubeconfig`]).
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
         write_kubeconfig(path, &self.url())
+    }
+
+    /// When the latest write (through this handle or over HTTP) was committed, just before watch
+    /// streams were woken: the start of a programming-latency measurement. Timing from the write
+    /// return instead is wrong on a busy machine: waking the watchers can preempt the writing
+    /// thread until a client has already acted on the event.
+    pub fn last_write_at(&self) -> Option<Instant> {
+        *self
+            .shared
+            .last_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current global resourceVersion (the RV of the latest write).

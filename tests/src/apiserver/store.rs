@@ -357,6 +357,46 @@ pub(crate) struct Store {
     /// then still in `history`. Raised by eviction and by [`Store::expire`].
     resumable_from: u64,
     snapshots: VecDeque<Snapshot>,
+    /// ClusterIPs and NodePorts held by stored Services, kept by [`Store::commit`], so
+    /// allocating for one Service is O(1) instead of a scan of all of them (which made
+    /// creating 10k Services take minutes in a debug build).
+    allocated: Allocations,
+}
+
+/// Which Service holds each allocated ClusterIP and NodePort.
+#[derive(Default)]
+struct Allocations {
+    ips: HashMap<Ipv4Addr, Key>,
+    node_ports: HashMap<u64, Key>,
+}
+
+impl Allocations {
+    /// Adds (`held`) or releases (`!held`) what `svc` holds, for Service `key`.
+    fn update(&mut self, key: &Key, svc: &Value, held: bool) {
+        let ip = svc["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let ports = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_u64());
+        if held {
+            self.ips.extend(ip.map(|ip| (ip, key.clone())));
+            self.node_ports.extend(ports.map(|n| (n, key.clone())));
+        } else {
+            if let Some(ip) = ip {
+                if self.ips.get(&ip) == Some(key) {
+                    self.ips.remove(&ip);
+                }
+            }
+            for n in ports {
+                if self.node_ports.get(&n) == Some(key) {
+                    self.node_ports.remove(&n);
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -370,6 +410,7 @@ impl Store {
             history_cap: history_cap.max(1),
             resumable_from: 0,
             snapshots: VecDeque::new(),
+            allocated: Allocations::default(),
         }
     }
 
@@ -630,6 +671,15 @@ impl Store {
         let (ns, name) = ns_name(&obj);
         let obj = Arc::new(obj);
         let map = self.objects.entry(res).or_default();
+        if res == Resource::Services {
+            let key = (ns.clone(), name.clone());
+            if let Some(old) = map.get(&key) {
+                self.allocated.update(&key, old, false);
+            }
+            if kind != EventType::Deleted {
+                self.allocated.update(&key, &obj, true);
+            }
+        }
         if kind == EventType::Deleted {
             map.remove(&(ns, name));
         } else {
@@ -865,24 +915,8 @@ impl Store {
     ) -> Result<(), ApiError> {
         let invalid = |detail: String| ApiError::invalid(Resource::Services, name, detail);
         let me = (ns.to_owned(), name.to_owned());
-        let mut used_ips = HashSet::new();
-        let mut used_ports = HashSet::new();
-        for (k, svc) in self.objects.get(&Resource::Services).into_iter().flatten() {
-            if *k == me {
-                continue;
-            }
-            if let Some(ip) = svc["spec"]["clusterIP"]
-                .as_str()
-                .and_then(|s| s.parse::<Ipv4Addr>().ok())
-            {
-                used_ips.insert(ip);
-            }
-            for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
-                if let Some(n) = p["nodePort"].as_u64() {
-                    used_ports.insert(n);
-                }
-            }
-        }
+        let used_ip = |ip: &Ipv4Addr| self.allocated.ips.get(ip).is_some_and(|k| *k != me);
+        let used_port = |n: &u64| self.allocated.node_ports.get(n).is_some_and(|k| *k != me);
         if !obj["spec"].is_object() {
             obj["spec"] = json!({});
         }
@@ -924,7 +958,7 @@ impl Store {
                 let count = size - 3;
                 let ip = probe(&format!("{ns}/{name}"), count, |off| {
                     let ip = Ipv4Addr::from(base.wrapping_add(u32::try_from(off + 2).ok()?));
-                    (!used_ips.contains(&ip)).then_some(ip)
+                    (!used_ip(&ip)).then_some(ip)
                 })
                 .ok_or_else(|| invalid("spec.clusterIP: no free address".into()))?;
                 spec.insert("clusterIP".into(), json!(ip.to_string()));
@@ -945,7 +979,7 @@ impl Store {
                          range of valid IPs is {net}/{bits}"
                     )));
                 }
-                if used_ips.contains(&ip) {
+                if used_ip(&ip) {
                     return Err(invalid(format!(
                         "spec.clusterIPs: Invalid value: [\"{given}\"]: failed to allocate IP \
                          {given}: provided IP is already allocated"
@@ -1009,7 +1043,7 @@ impl Store {
                          the valid range. The range of valid ports is 30000-32767"
                     )));
                 }
-                if used_ports.contains(&n) || !mine.insert(n) {
+                if used_port(&n) || !mine.insert(n) {
                     return Err(invalid(format!(
                         "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is already \
                          allocated"
@@ -1036,7 +1070,7 @@ impl Store {
             let count = u64::from(*NODE_PORT_RANGE.end()) + 1 - first;
             let n = probe(&format!("{ns}/{name}/{which}"), count, |off| {
                 let n = first + off;
-                (!used_ports.contains(&n) && !mine.contains(&n)).then_some(n)
+                (!used_port(&n) && !mine.contains(&n)).then_some(n)
             })
             .ok_or_else(|| invalid("spec.ports: no free node port".into()))?;
             mine.insert(n);
