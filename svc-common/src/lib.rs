@@ -48,13 +48,19 @@ pub const MAP_BACKENDS: &str = "SVC_BACKENDS";
 pub const MAP_CONNTRACK: &str = "SVC_CT";
 /// Pinned name of the per-CPU counter array.
 pub const MAP_STATS: &str = "SVC_STATS";
+/// Pinned name of the one-entry node configuration array.
+pub const MAP_CONFIG: &str = "SVC_CONFIG";
+/// Pinned name of the socket-LB reverse map (cgroup hooks: socket + backend → frontend).
+pub const MAP_SOCK_REVNAT: &str = "SVC_SOCK_REV";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 5] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
     MAP_CONNTRACK,
     MAP_STATS,
+    MAP_CONFIG,
+    MAP_SOCK_REVNAT,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -321,8 +327,13 @@ pub enum Hook {
 /// Number of [`Hook`] values.
 pub const HOOK_COUNT: u32 = 5;
 /// Every hook, in index order.
-pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] =
-    [Hook::PodIngress, Hook::PodEgress, Hook::Xdp, Hook::UplinkIngress, Hook::Sock];
+pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
+    Hook::PodIngress,
+    Hook::PodEgress,
+    Hook::Xdp,
+    Hook::UplinkIngress,
+    Hook::Sock,
+];
 
 /// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a
 /// program sees is counted under exactly one reason.

@@ -6,14 +6,21 @@
 //! - `nat`: the rewrites and their checksum updates, through the tc helpers that know the skb's
 //!   checksum state (DESIGN §2, "the checksum trap").
 //! - `maps`: the BTF map definitions; layouts come from `svc-common` only.
+//! - `lb`: the decisions every packet hook shares (conntrack, frontend, backend, SNAT); they
+//!   never touch the packet.
 //! - `reject`: the TCP RST / ICMP port unreachable answering a frontend with no endpoint.
 //! - `stats`: per-CPU counters, one per (hook, reason).
 //!
-//! Programs (all tc, attached with tcx to the host side of pod veths):
-//! - [`svc_pod_ingress`]: packets *from* a pod. Destination is a frontend → DNAT to a backend,
-//!   the choice kept in conntrack so the flow stays on it.
-//! - [`svc_pod_egress`]: packets *to* a pod. Source is a backend answering a translated flow →
-//!   restore the frontend address and port the client used.
+//! Programs:
+//! - [`svc_pod_ingress`] (tc, host side of pod veths): packets *from* a pod. A known flow in
+//!   either direction is translated from conntrack; a new one to a frontend is balanced. Hairpin
+//!   traffic goes straight back out of the same veth.
+//! - [`svc_pod_egress`] (tc): packets *to* a pod: replies get the frontend back as source.
+//! - [`svc_xdp`] (XDP, node uplinks): the north-south fast path (see `xdp` for what it leaves
+//!   to tc and why).
+//! - [`svc_uplink_ingress`] (tc, node uplinks): the complete north-south path.
+//! - `svc_sock_*` (cgroup socket hooks): Services for the node's own processes, including
+//!   localhost NodePorts without `route_localnet`.
 //!
 //! Every outcome is an [`Outcome`] (verdict + reason): stages return `Result<_, Outcome>`, the
 //! program entry counts the reason and returns the verdict, so no verdict is dropped silently.
@@ -23,6 +30,8 @@
 /// Benchmark floor only (an empty classifier the agent never attaches); see `floor.rs`.
 #[cfg(target_arch = "bpf")]
 mod floor;
+#[cfg(target_arch = "bpf")]
+mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -34,10 +43,16 @@ mod programs;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod uplink;
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
-pub use programs::*;
+pub use {programs::*, sock::*, uplink::*, xdp::*};
 
 /// Host builds (`cargo check --workspace`) compile an empty binary: this crate is only
 /// meaningful for `bpfel-unknown-none`, built by `cargo xtask build-ebpf`.

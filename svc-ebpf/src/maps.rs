@@ -1,12 +1,12 @@
 //! Map definitions. Names, types and capacities all come from `svc-common`; the agent pins each
 //! map under its name (`svc_common::MAP_*`).
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use svc_common::{
-    Backend, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_FRONTENDS, MAX_SLOTS, STATS_LEN,
+    Backend, Config, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey, SockKey, SockRevNat,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -25,3 +25,10 @@ pub static SVC_CT: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }> = LruH
 
 #[btf_map]
 pub static SVC_STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SVC_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();

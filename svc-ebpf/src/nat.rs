@@ -74,3 +74,10 @@ pub fn rewrite(
     }
     Ok(())
 }
+
+/// Rewrites source and destination to what conntrack `entry` says (each only if it differs).
+#[inline(always)]
+pub fn apply(ctx: &TcContext, flow: &Flow, entry: &svc_common::CtEntry) -> Result<(), Outcome> {
+    rewrite(ctx, flow, End::Source, entry.src_addr, entry.src_port)?;
+    rewrite(ctx, flow, End::Destination, entry.dst_addr, entry.dst_port)
+}

@@ -2,7 +2,7 @@
 //! [`Outcome`] that ends processing; frames we do not translate are refused here, by reason.
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use svc_common::{Reason, PROTO_TCP, PROTO_UDP};
 
@@ -45,25 +45,22 @@ pub struct Flow {
     pub csum_off: usize,
     /// UDP datagram sent without a checksum (field is 0): it must stay 0.
     pub udp_no_csum: bool,
+    /// The L4 checksum field as it sits in the packet (XDP checks whether it is partial).
+    pub l4_check: [u8; 2],
 }
 
-/// Bounds-checked pointer into the linear packet data.
+/// Bounds-checked pointer into the packet data `[start, end)`.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Outcome> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*mut T, Outcome> {
     if start + off + size_of::<T>() > end {
         return Err(Outcome::pass(Reason::Truncated));
     }
-    Ok((start + off) as *const T)
+    Ok((start + off) as *mut T)
 }
 
-// Inlined on purpose: as an out-of-line BPF-to-BPF call, its `Result<Flow, Outcome>` return
-// type goes into BTF as a UNION with a member at a non-zero bit offset, which the kernel refuses
-// ("Invalid member bits_offset", Linux 6.18): the object's BTF then fails to load and creating
-// any of its BTF maps fails with EINVAL, so nothing loads at all.
+/// Parses a tc packet, first making its headers linear when the skb is long enough.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
+pub fn parse_tc(ctx: &TcContext) -> Result<Flow, Outcome> {
     // Headers of locally generated skbs can sit outside the linear area; make them linear when
     // the packet is long enough, so direct access below sees them.
     let linear = ctx.data_end() - ctx.data();
@@ -72,14 +69,25 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
         let want = if total < MAX_HDRS { total } else { MAX_HDRS };
         let _ = ctx.pull_data(want as u32);
     }
+    parse(ctx.data(), ctx.data_end())
+}
 
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: `ptr_at` checked the bounds; EthHdr is plain bytes with alignment 1 or 2 and the
-    // read is unaligned-safe on BPF via `read_unaligned`.
+/// Parses an XDP frame (always linear for the headers we read).
+#[inline(always)]
+pub fn parse_xdp(ctx: &XdpContext) -> Result<Flow, Outcome> {
+    parse(ctx.data(), ctx.data_end())
+}
+
+// Inlined: as a separate BPF function its `Result<Flow, Outcome>` return type is described in
+// BTF in a form Linux 6.18 rejects ("Invalid member bits_offset"), which fails the whole load.
+#[inline(always)]
+fn parse(start: usize, end: usize) -> Result<Flow, Outcome> {
+    let eth: *const EthHdr = ptr_at(start, end, 0)?;
+    // SAFETY: `ptr_at` checked the bounds; the read is unaligned-safe.
     if unsafe { core::ptr::addr_of!((*eth).ether_type).read_unaligned() } != ETH_P_IP_BE {
         return Err(Outcome::pass(Reason::NotIpv4));
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, IP_OFF)?;
+    let ip: *const Ipv4Hdr = ptr_at(start, end, IP_OFF)?;
     // SAFETY: bounds checked above; all fields are byte arrays.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
@@ -105,27 +113,28 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
     let daddr = ip.dst_addr;
     let ip_len = u16::from_be_bytes(ip.tot_len);
 
-    let (sport, dport, tcp_flags, udp_no_csum) = if proto == PROTO_TCP {
-        let tcp: *const TcpHdr = ptr_at(ctx, L4_OFF)?;
+    let (sport, dport, tcp_flags, l4_check) = if proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(start, end, L4_OFF)?;
         // SAFETY: bounds checked; the flag byte is inside the TcpHdr checked above.
-        let (tcp, flags) = unsafe { (&*tcp, *((ctx.data() + TCP_FLAGS_OFF) as *const u8)) };
+        let (tcp, flags) = unsafe { (&*tcp, *((start + TCP_FLAGS_OFF) as *const u8)) };
         (
             u16::from_be_bytes(tcp.source),
             u16::from_be_bytes(tcp.dest),
             flags,
-            false,
+            tcp.check,
         )
     } else {
-        let udp: *const UdpHdr = ptr_at(ctx, L4_OFF)?;
+        let udp: *const UdpHdr = ptr_at(start, end, L4_OFF)?;
         // SAFETY: bounds checked.
         let udp = unsafe { &*udp };
         (
             u16::from_be_bytes(udp.src),
             u16::from_be_bytes(udp.dst),
             0,
-            udp.check == [0, 0],
+            udp.check,
         )
     };
+    let udp_no_csum = proto == PROTO_UDP && l4_check == [0, 0];
     Ok(Flow {
         saddr,
         daddr,
@@ -136,5 +145,6 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, Outcome> {
         ip_len,
         csum_off,
         udp_no_csum,
+        l4_check,
     })
 }

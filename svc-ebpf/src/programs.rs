@@ -1,17 +1,11 @@
-//! Program entry points and the per-flow logic.
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::classifier,
-    programs::TcContext,
-};
-use svc_common::{
-    CtEntry, CtKey, FrontendKey, Hook, Reason, SlotKey, CT_DIR_FORWARD, CT_DIR_REPLY, SCOPE_ANY,
-};
+//! The pod-veth programs (tc, host side of each pod veth).
+use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
+use svc_common::{Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY};
 
 use crate::{
-    maps::{SVC_BACKENDS, SVC_CT, SVC_FRONTENDS, SVC_SLOTS},
-    nat::{rewrite, End},
-    parse::{parse, Flow},
+    lb::{ct_lookup, new_flow, Origin, Step},
+    nat::apply,
+    parse::parse_tc,
     reject::reject,
     stats::count,
     Outcome,
@@ -37,126 +31,56 @@ pub fn svc_pod_egress(ctx: TcContext) -> i32 {
     out.verdict
 }
 
+/// After translation, a packet whose new destination is the pod that sent it (hairpin, both
+/// directions) goes straight back out of the veth it came in on; everything else continues to
+/// the stack, which routes it.
 #[inline(always)]
-fn ct_key(flow: &Flow, dir: u8) -> CtKey {
-    CtKey {
-        src_addr: flow.saddr,
-        dst_addr: flow.daddr,
-        src_port: flow.sport,
-        dst_port: flow.dport,
-        proto: flow.proto,
-        dir,
-        _pad: [0; 2],
+fn deliver(ctx: &TcContext, sender: [u8; 4], dst: [u8; 4], reason: Reason) -> Outcome {
+    if dst == sender {
+        // SAFETY: reading the ifindex field of the program's own context.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
+        let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
+        return Outcome {
+            verdict,
+            reason: Reason::Hairpin,
+        };
     }
-}
-
-/// Refreshes a conntrack entry with this packet; returns where to translate to.
-#[inline(always)]
-fn ct_touch(entry: *mut CtEntry, flow: &Flow) -> ([u8; 4], u16) {
-    // SAFETY: `entry` came from a successful map lookup. Concurrent updates of the same flow on
-    // two CPUs can lose a counter increment; the counters are statistics, the NAT fields are
-    // written once at creation.
-    unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
-        (*entry).packets += 1;
-        (*entry).bytes += flow.ip_len as u64;
-        (*entry).tcp_flags |= flow.tcp_flags;
-        ((*entry).nat_addr, (*entry).nat_port)
-    }
+    Outcome::pass(reason)
 }
 
 #[inline(always)]
 fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let flow = parse(ctx)?;
+    let flow = parse_tc(ctx)?;
     // Conntrack first: a known flow keeps its backend whatever has happened to its Service
-    // since, including deletion; netfilter conntrack gives kube-proxy's flows the same
-    // behaviour. The price is a second lookup for traffic that is not to a Service.
-    let fwd = ct_key(&flow, CT_DIR_FORWARD);
-    if let Some(entry) = SVC_CT.get_ptr_mut(&fwd) {
-        let (addr, port) = ct_touch(entry, &flow);
-        rewrite(ctx, &flow, End::Destination, addr, port)?;
-        return Ok(Outcome::pass(Reason::DnatEstablished));
+    // since, including deletion, as netfilter conntrack does for kube-proxy. One lookup finds
+    // either direction: forward (this pod is a client) or reply (this pod is a backend
+    // answering an external client or itself).
+    if let Some(entry) = ct_lookup(&flow) {
+        apply(ctx, &flow, &entry)?;
+        let reason = match entry.dir {
+            CT_DIR_FORWARD => Reason::DnatEstablished,
+            _ => Reason::RevNat,
+        };
+        return Ok(deliver(ctx, flow.saddr, entry.dst_addr, reason));
     }
-    let fkey = FrontendKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
-        scope: SCOPE_ANY,
-    };
-    // SAFETY: the value is copied out before any map update.
-    let Some(frontend) = (unsafe { SVC_FRONTENDS.get(&fkey) }).copied() else {
-        return Ok(Outcome::pass(Reason::NotService));
-    };
-
-    if frontend.backend_count == 0 {
-        return reject(ctx, &flow);
+    match new_flow(&flow, Origin::Pod)? {
+        Step::Translate { entry, reason } => {
+            apply(ctx, &flow, &entry)?;
+            Ok(deliver(ctx, flow.saddr, entry.dst_addr, reason))
+        }
+        Step::Reject => reject(ctx, &flow),
     }
-    let slot = SlotKey {
-        frontend_id: frontend.id,
-        // Multiply-shift maps a 32-bit random value onto 0..count: no division (cheaper than
-        // `%` on BPF) and no modulo bias.
-        // SAFETY: helper without arguments.
-        slot: ((unsafe { bpf_get_prandom_u32() } as u64 * frontend.backend_count as u64) >> 32)
-            as u32
-            + 1,
-    };
-    // SAFETY: values copied out immediately.
-    let backend_id = unsafe { SVC_SLOTS.get(&slot) }
-        .map(|s| s.backend_id)
-        .ok_or(Outcome::drop(Reason::BackendMissing))?;
-    // SAFETY: as above.
-    let backend = unsafe { SVC_BACKENDS.get(&backend_id) }
-        .copied()
-        .ok_or(Outcome::drop(Reason::BackendMissing))?;
-
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut entry = CtEntry {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        tcp_flags: flow.tcp_flags,
-        _pad: 0,
-        backend_id,
-        frontend_id: frontend.id,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: flow.ip_len as u64,
-    };
-    // The reply entry is keyed by the tuple the backend will send, and restores the frontend.
-    let reply = CtKey {
-        src_addr: backend.addr,
-        dst_addr: flow.saddr,
-        src_port: backend.port,
-        dst_port: flow.sport,
-        proto: flow.proto,
-        dir: CT_DIR_REPLY,
-        _pad: [0; 2],
-    };
-    let mut reason = Reason::DnatNew;
-    if SVC_CT.insert(&fwd, &entry, 0).is_err() {
-        reason = Reason::CtInsertFailed;
-    }
-    entry.nat_addr = flow.daddr;
-    entry.nat_port = flow.dport;
-    entry.tcp_flags = 0;
-    entry.packets = 0;
-    entry.bytes = 0;
-    if SVC_CT.insert(&reply, &entry, 0).is_err() {
-        reason = Reason::CtInsertFailed;
-    }
-    rewrite(ctx, &flow, End::Destination, backend.addr, backend.port)?;
-    Ok(Outcome::pass(reason))
 }
 
 #[inline(always)]
 fn pod_egress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let flow = parse(ctx)?;
-    let reply = ct_key(&flow, CT_DIR_REPLY);
-    let Some(entry) = SVC_CT.get_ptr_mut(&reply) else {
-        return Ok(Outcome::pass(Reason::NotService));
-    };
-    let (addr, port) = ct_touch(entry, &flow);
-    rewrite(ctx, &flow, End::Source, addr, port)?;
-    Ok(Outcome::pass(Reason::RevNat))
+    let flow = parse_tc(ctx)?;
+    match ct_lookup(&flow) {
+        Some(entry) if entry.dir == CT_DIR_REPLY => {
+            apply(ctx, &flow, &entry)?;
+            Ok(Outcome::pass(Reason::RevNat))
+        }
+        _ => Ok(Outcome::pass(Reason::NotService)),
+    }
 }

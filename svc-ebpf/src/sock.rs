@@ -1,0 +1,180 @@
+//! cgroup socket hooks: Services for processes on the node itself (host network namespace).
+//!
+//! Instead of translating packets, `connect4`/`sendmsg4` rewrite the destination a socket asks
+//! for, before any packet exists; `recvmsg4` and `getpeername4` show the application the
+//! frontend again. This is how localhost NodePorts (`--nodeport-addresses 127.0.0.0/8`) work
+//! without `route_localnet=1` (CVE-2020-8558): 127.0.0.1:nodePort is rewritten to a backend in
+//! the socket call, so no packet with a loopback address ever leaves the loopback device. The
+//! same hooks give host-network processes (the kubelet, hostNetwork pods) every ClusterIP.
+//!
+//! Cgroup hooks are not per network namespace: every process of the cgroup runs them. Only
+//! sockets of this node's namespace are translated (`Config::netns_cookie`), so pods, which have
+//! their own namespaces (and their own 127.0.0.1), are never affected here; their traffic is
+//! translated per packet on their veth.
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use svc_common::{
+    FrontendKey, Hook, Reason, SlotKey, SockKey, SockRevNat, FRONTEND_F_DROP_NO_BACKEND, PROTO_UDP,
+    SCOPE_ANY,
+};
+
+use crate::{
+    maps::{SVC_BACKENDS, SVC_CONFIG, SVC_FRONTENDS, SVC_SLOTS, SVC_SOCK_REV},
+    stats::count,
+};
+
+/// Let the call proceed.
+const ALLOW: i32 = 1;
+/// Fail the call; the error is set with `bpf_set_retval`.
+const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[cgroup_sock_addr(connect4)]
+pub fn svc_sock_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, None)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn svc_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Some(PROTO_UDP))
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn svc_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx, Some(PROTO_UDP))
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn svc_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx, None)
+}
+
+/// Whether the socket belongs to this node's network namespace.
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> bool {
+    let Some(config) = SVC_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: plain helper call on the program's own context.
+    config.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config.netns_cookie
+}
+
+#[inline(always)]
+fn protocol(ctx: &SockAddrContext, known: Option<u8>) -> u8 {
+    match known {
+        Some(p) => p,
+        // SAFETY: reading a field of the program's own context.
+        None => (unsafe { (*ctx.sock_addr).protocol }) as u8,
+    }
+}
+
+#[inline(always)]
+fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
+    if !ours(ctx) {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: reading fields of the program's own context (user_ip4: network order; user_port:
+    // network order in the low 16 bits).
+    let (addr, port) = unsafe {
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    let proto = protocol(ctx, known_proto);
+    let key = FrontendKey {
+        addr,
+        port,
+        proto,
+        scope: SCOPE_ANY,
+    };
+    // SAFETY: value copied out.
+    let Some(fe) = (unsafe { SVC_FRONTENDS.get(&key) }).copied() else {
+        return ALLOW;
+    };
+    if fe.backend_count == 0 {
+        if fe.flags & FRONTEND_F_DROP_NO_BACKEND == 0 {
+            // As kube-proxy's REJECT would answer: the connection is refused.
+            // SAFETY: plain helper call.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+        }
+        count(Hook::Sock, Reason::NoBackend);
+        return DENY;
+    }
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() } as u64;
+    let slot = SlotKey {
+        frontend_id: fe.id,
+        slot: ((r * fe.backend_count as u64) >> 32) as u32 + 1,
+    };
+    // SAFETY: values copied out.
+    let Some(backend) = (unsafe { SVC_SLOTS.get(&slot) })
+        .and_then(|s| unsafe { SVC_BACKENDS.get(&s.backend_id) })
+        .copied()
+    else {
+        count(Hook::Sock, Reason::BackendMissing);
+        return ALLOW;
+    };
+    // SAFETY: writing the destination the socket call will use.
+    unsafe {
+        (*sa).user_ip4 = u32::from_ne_bytes(backend.addr);
+        (*sa).user_port = backend.port.to_be() as u32;
+    }
+    let rev = SockKey {
+        // SAFETY: plain helper call on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        proto,
+        _pad: 0,
+    };
+    let _ = SVC_SOCK_REV.insert(
+        &rev,
+        &SockRevNat {
+            addr,
+            port,
+            _pad: 0,
+        },
+        0,
+    );
+    count(Hook::Sock, Reason::SockTranslated);
+    ALLOW
+}
+
+#[inline(always)]
+fn restore(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
+    if !ours(ctx) {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: reading fields of the program's own context.
+    let (addr, port) = unsafe {
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    let key = SockKey {
+        // SAFETY: plain helper call on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend_addr: addr,
+        backend_port: port,
+        proto: protocol(ctx, known_proto),
+        _pad: 0,
+    };
+    // SAFETY: value copied out.
+    if let Some(fe) = unsafe { SVC_SOCK_REV.get(&key) }.copied() {
+        // SAFETY: writing the address the call reports.
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes(fe.addr);
+            (*sa).user_port = fe.port.to_be() as u32;
+        }
+        count(Hook::Sock, Reason::SockRevNat);
+    }
+    ALLOW
+}

@@ -1,0 +1,200 @@
+//! XDP on node uplinks: the fast path for north-south frames.
+//!
+//! It translates only what it can do correctly without an skb:
+//! - The L4 checksum must be provably full. A `CHECKSUM_PARTIAL` frame (from a local socket,
+//!   or a peer that offloads) holds the folded pseudo-header sum in its checksum field; XDP
+//!   cannot see `skb->ip_summed`, so a frame whose field equals that sum is passed untouched to
+//!   the tc program (`uplink`), whose helpers handle both states (DESIGN §2). A full checksum
+//!   equal to it by coincidence (1 in 65536) takes the tc path too, which is merely slower.
+//! - A frame leaving the node again (remote backend, reply to the client) needs a next hop:
+//!   `bpf_fib_lookup` gives the MACs; without a neighbour entry the frame goes to tc, where
+//!   `bpf_redirect_neigh` resolves it.
+//! - A reject is built by tc.
+//! Everything else is done here: translate, then `XDP_PASS` to a local backend's pod, or
+//! `XDP_TX`/`XDP_REDIRECT` towards a remote backend or back to the client.
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    macros::xdp,
+    programs::XdpContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_SNAT, PROTO_UDP};
+
+use crate::{
+    lb::{ct_lookup, new_flow, Origin, Step},
+    parse::{parse_xdp, ptr_at, Flow, IP_OFF, L4_OFF},
+    stats::count,
+    Outcome, TC_ACT_SHOT,
+};
+
+const AF_INET: u8 = 2;
+
+/// XDP on a node uplink (`--uplink`).
+#[xdp]
+pub fn svc_xdp(ctx: XdpContext) -> u32 {
+    let (verdict, reason) = match run(&ctx) {
+        Ok(v) => v,
+        // Parse and load-balancing outcomes are tc verdicts: pass or drop.
+        Err(out) if out.verdict == TC_ACT_SHOT => (xdp_action::XDP_DROP, out.reason),
+        Err(out) => (xdp_action::XDP_PASS, out.reason),
+    };
+    count(Hook::Xdp, reason);
+    verdict
+}
+
+#[inline(always)]
+fn to_tc() -> Result<(u32, Reason), Outcome> {
+    Ok((xdp_action::XDP_PASS, Reason::ToTc))
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
+    let flow = parse_xdp(ctx)?;
+    if !checksum_is_full(&flow) {
+        return to_tc();
+    }
+    let (entry, reason) = match ct_lookup(&flow) {
+        Some(entry) if entry.dir == CT_DIR_FORWARD => (entry, Reason::DnatEstablished),
+        Some(entry) => (entry, Reason::RevNat),
+        None => match new_flow(&flow, Origin::Uplink)? {
+            Step::Translate { entry, reason } => (entry, reason),
+            Step::Reject => return to_tc(),
+        },
+    };
+    if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_SNAT == 0 {
+        // Local backend: the stack delivers it to the pod.
+        rewrite(ctx, &flow, &entry)?;
+        return Ok((xdp_action::XDP_PASS, reason));
+    }
+    // Leaving the node again: find the next hop before touching the frame, so a frame we
+    // cannot send ourselves reaches tc unchanged.
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.sport = entry.src_port.to_be();
+    p.dport = entry.dst_port.to_be();
+    p.__bindgen_anon_1.tot_len = flow.ip_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);
+    // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return to_tc();
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(Outcome::drop(Reason::FibFailed));
+    }
+    rewrite(ctx, &flow, &entry)?;
+    let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe {
+        (*eth).dst_addr = p.dmac;
+        (*eth).src_addr = p.smac;
+    }
+    if p.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok((xdp_action::XDP_TX, reason));
+    }
+    // SAFETY: plain helper call; XDP_REDIRECT on success.
+    Ok((unsafe { bpf_redirect(p.ifindex, 0) } as u32, reason))
+}
+
+/// Folds a one's-complement sum of 16-bit words to 16 bits.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+#[inline(always)]
+fn words(a: [u8; 4]) -> u32 {
+    u16::from_ne_bytes([a[0], a[1]]) as u32 + u16::from_ne_bytes([a[2], a[3]]) as u32
+}
+
+/// Whether the L4 checksum field cannot be a `CHECKSUM_PARTIAL` placeholder: a partial field
+/// holds the folded (uncomplemented) pseudo-header sum. Sums are taken over the packet's bytes
+/// read as native-order words, which yields the field's own representation.
+#[inline(always)]
+fn checksum_is_full(flow: &Flow) -> bool {
+    if flow.udp_no_csum {
+        return true;
+    }
+    let l4_len = flow.ip_len.saturating_sub(Ipv4Hdr::LEN as u16);
+    let pseudo = words(flow.saddr)
+        + words(flow.daddr)
+        + u16::from_ne_bytes([0, flow.proto]) as u32
+        + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    u16::from_ne_bytes(flow.l4_check) != fold(pseudo)
+}
+
+/// RFC 1624 incremental update: `HC' = ~(~HC + ~m + m')` over the changed 16-bit words.
+#[inline(always)]
+fn csum_update(check: u16, old: &[u16; 6], new: &[u16; 6], n: usize) -> u16 {
+    let mut sum = !check as u32;
+    for i in 0..6 {
+        if i < n {
+            sum += !old[i] as u32 + new[i] as u32;
+        }
+    }
+    !fold(sum)
+}
+
+#[inline(always)]
+fn halves(a: [u8; 4]) -> [u16; 2] {
+    [
+        u16::from_ne_bytes([a[0], a[1]]),
+        u16::from_ne_bytes([a[2], a[3]]),
+    ]
+}
+
+/// Rewrites source and destination to `entry`'s, updating both checksums incrementally (the
+/// frame's checksums are full: see [`checksum_is_full`]).
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, flow: &Flow, entry: &CtEntry) -> Result<(), Outcome> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, IP_OFF)?;
+    let ports: *mut [u8; 4] = ptr_at(start, end, L4_OFF)?;
+    let check: *mut [u8; 2] = ptr_at(start, end, flow.csum_off)?;
+    let (os, od, ns, nd) = (
+        halves(flow.saddr),
+        halves(flow.daddr),
+        halves(entry.src_addr),
+        halves(entry.dst_addr),
+    );
+    let old_ports = [flow.sport.to_be(), flow.dport.to_be()];
+    let new_ports = [entry.src_port.to_be(), entry.dst_port.to_be()];
+    let old = [os[0], os[1], od[0], od[1], old_ports[0], old_ports[1]];
+    let new = [ns[0], ns[1], nd[0], nd[1], new_ports[0], new_ports[1]];
+    // SAFETY: every pointer was bounds-checked by `ptr_at` against this frame.
+    unsafe {
+        let ip_check = csum_update(u16::from_ne_bytes((*ip).check), &old, &new, 4);
+        (*ip).check = ip_check.to_ne_bytes();
+        (*ip).src_addr = entry.src_addr;
+        (*ip).dst_addr = entry.dst_addr;
+        if !flow.udp_no_csum {
+            let mut l4 = csum_update(u16::from_ne_bytes(*check), &old, &new, 6);
+            if flow.proto == PROTO_UDP && l4 == 0 {
+                // 0 means "no checksum" for UDP; an computed zero is sent as 0xffff.
+                l4 = 0xffff;
+            }
+            *check = l4.to_ne_bytes();
+        }
+        let sp = entry.src_port.to_be_bytes();
+        let dp = entry.dst_port.to_be_bytes();
+        *ports = [sp[0], sp[1], dp[0], dp[1]];
+    }
+    Ok(())
+}
