@@ -294,6 +294,78 @@ pub fn desired_for(
     out
 }
 
+/// [`desired_for`] with the slices of each Service looked up in `owners` (kept current by the
+/// caller as objects change) instead of found by a pass over every slice: an incremental update
+/// then costs O(changed Services × their slices), not O(all slices). The result equals
+/// [`desired_for`]'s whenever `owners` describes `objects.slices`.
+pub fn desired_for_indexed(
+    objects: &Objects,
+    node: &NodeContext,
+    services: &BTreeSet<ObjectRef>,
+    owners: &SliceOwners,
+) -> Desired {
+    let mut out = Desired::default();
+    for svc_ref in services {
+        if let Some(svc) = objects.services.get(svc_ref) {
+            // Slice refs come sorted (a BTreeSet), as in SliceIndex::build, so the result
+            // does not depend on which function built it.
+            let slices: Vec<_> = owners
+                .slices_of(svc_ref)
+                .filter_map(|r| objects.slices.get_key_value(r))
+                .collect();
+            add_service(svc_ref, svc, &slices, node, &mut out);
+        }
+    }
+    out
+}
+
+/// Which EndpointSlices belong to which Service ([`LABEL_SERVICE_NAME`] in the slice's
+/// namespace), maintained slice by slice with [`SliceOwners::update`] by a source that applies
+/// changes one at a time (the API-server watcher), for [`desired_for_indexed`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceOwners {
+    by_service: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    owner_of: BTreeMap<ObjectRef, ObjectRef>,
+}
+
+impl SliceOwners {
+    /// The index of every slice in `slices`.
+    pub fn build(slices: &BTreeMap<ObjectRef, EndpointSlice>) -> Self {
+        let mut me = Self::default();
+        for (r, slice) in slices {
+            me.update(r, Some(slice));
+        }
+        me
+    }
+
+    /// Records that slice `slice_ref` now is `slice` (`None`: deleted).
+    pub fn update(&mut self, slice_ref: &ObjectRef, slice: Option<&EndpointSlice>) {
+        if let Some(old) = self.owner_of.remove(slice_ref) {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(slice_ref);
+                if set.is_empty() {
+                    self.by_service.remove(&old);
+                }
+            }
+        }
+        let owner = slice
+            .and_then(|s| label(&s.metadata, LABEL_SERVICE_NAME))
+            .map(|name| ObjectRef::new(slice_ref.namespace.clone(), name));
+        if let Some(owner) = owner {
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(slice_ref.clone());
+            self.owner_of.insert(slice_ref.clone(), owner);
+        }
+    }
+
+    /// The slices of `service`, in [`ObjectRef`] order.
+    pub fn slices_of(&self, service: &ObjectRef) -> impl Iterator<Item = &ObjectRef> {
+        self.by_service.get(service).into_iter().flatten()
+    }
+}
+
 /// EndpointSlices grouped by the Service they name in [`LABEL_SERVICE_NAME`].
 struct SliceIndex<'a> {
     by_service: BTreeMap<ObjectRef, Vec<(&'a ObjectRef, &'a EndpointSlice)>>,
@@ -1414,6 +1486,50 @@ pub(crate) mod tests {
         assert_eq!(part.frontends.len(), 1);
         let (k, f) = part.frontends.iter().next().expect("frontend");
         assert_eq!(full.frontends.get(k), Some(f));
+    }
+
+    #[test]
+    fn slice_owners_follow_moves_and_deletes_and_match_desired_for() {
+        let api = svc(
+            "default",
+            "api",
+            json!({"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}),
+        );
+        let mut objs = objects(
+            vec![web(json!({})), api],
+            vec![
+                web_slice("web-1", 80, vec![ep("10.244.1.5")]),
+                web_slice("web-2", 80, vec![ep("10.244.1.6")]),
+            ],
+        );
+        let mut owners = SliceOwners::build(&objs.slices);
+        // web-2 moves to api; web-1 is deleted; a slice without the label is ignored.
+        let (r2, moved) = slice(
+            "default",
+            "web-2",
+            "api",
+            json!({"ports": [{"port": 80}], "endpoints": [ep("10.244.1.7")]}),
+        );
+        objs.slices.insert(r2.clone(), moved);
+        owners.update(&r2, objs.slices.get(&r2));
+        let r1 = ObjectRef::new("default", "web-1");
+        objs.slices.remove(&r1);
+        owners.update(&r1, None);
+        let (r3, mut orphan) = web_slice("orphan", 80, vec![ep("10.244.1.8")]);
+        orphan.metadata.labels = None;
+        objs.slices.insert(r3.clone(), orphan);
+        owners.update(&r3, objs.slices.get(&r3));
+
+        assert_eq!(owners, SliceOwners::build(&objs.slices));
+        let set: BTreeSet<_> = [
+            ObjectRef::new("default", "web"),
+            ObjectRef::new("default", "api"),
+        ]
+        .into();
+        assert_eq!(
+            desired_for_indexed(&objs, &node(), &set, &owners),
+            desired_for(&objs, &node(), &set)
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             engine.full(&store.objects, &node, oldest);
                             metrics.ready.store(true, Ordering::Relaxed);
                         } else if !touched.services.is_empty() {
-                            engine.incremental(&store.objects, &node, &touched.services, oldest);
+                            engine.incremental(&store, &node, &touched.services, oldest);
                         }
                     }
                     Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
@@ -251,9 +251,8 @@ impl Engine {
             }
         }
         self.last_problems = texts;
-        let mut next = self.programmed.clone();
-        let ops = reconcile::plan_in_place(&mut next, &desired);
-        if self.apply(&ops, next, since) {
+        let ops = reconcile::plan_in_place(&mut self.programmed, &desired);
+        if self.apply(&ops, since) {
             self.needs_full = false;
             info!(
                 services = objects.services.len(),
@@ -264,22 +263,23 @@ impl Engine {
         }
     }
 
-    /// Plans only `services`.
+    /// Plans only `services`: O(those Services), nothing proportional to the cluster (the
+    /// slices come from the store's index, and the plan advances `programmed` in place).
     fn incremental(
         &mut self,
-        objects: &Objects,
+        store: &Store,
         node: &NodeContext,
         services: &BTreeSet<ObjectRef>,
         since: Instant,
     ) {
-        let desired = model::desired_for(objects, node, services);
+        let desired =
+            model::desired_for_indexed(&store.objects, node, services, &store.slice_owners);
         for p in &desired.problems {
             warn!("skipped: {p}");
             self.metrics.skipped(&p.object, &p.field);
         }
-        let mut next = self.programmed.clone();
-        let ops = reconcile::plan_services_in_place(&mut next, &desired, services);
-        if self.apply(&ops, next, since) {
+        let ops = reconcile::plan_services_in_place(&mut self.programmed, &desired, services);
+        if self.apply(&ops, since) {
             info!(
                 services = services.len(),
                 writes = ops.len(),
@@ -288,9 +288,11 @@ impl Engine {
         }
     }
 
-    /// Writes `ops` in order. On failure, re-reads the maps so the next (full) plan starts from
-    /// what they really hold. Returns whether every write succeeded.
-    fn apply(&mut self, ops: &[MapOp], next: Programmed, since: Instant) -> bool {
+    /// Writes `ops`, which the caller has already planned into `programmed` (in place: cloning
+    /// the whole state per event cost ~8 ms at 10k Services / 100k backends). On failure
+    /// `programmed` is ahead of the maps, so it is re-read from them and the next plan is full.
+    /// Returns whether every write succeeded.
+    fn apply(&mut self, ops: &[MapOp], since: Instant) -> bool {
         for op in ops {
             if let Err(e) = self.maps.apply(op) {
                 error!("{e}");
@@ -304,7 +306,6 @@ impl Engine {
             }
             self.metrics.map_writes.inc();
         }
-        self.programmed = next;
         self.metrics
             .programming_latency
             .observe(since.elapsed().as_secs_f64());

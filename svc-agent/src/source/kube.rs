@@ -24,7 +24,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::model::{ObjectRef, Objects, LABEL_SERVICE_NAME};
+use crate::model::{ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME};
 
 /// A change to one kind of object.
 #[derive(Debug)]
@@ -127,6 +127,9 @@ fn spawn_watch<K>(
 #[derive(Debug, Default)]
 pub struct Store {
     pub objects: Objects,
+    /// Slices by Service, kept in step with `objects.slices`, so planning one changed Service
+    /// does not walk every slice ([`crate::model::desired_for_indexed`]).
+    pub slice_owners: SliceOwners,
     /// This node's Node object, once seen.
     pub node: Option<Node>,
     listed: BTreeSet<&'static str>,
@@ -166,7 +169,12 @@ impl Store {
             }
             Delta::Slices(change, at) => {
                 stamp(at);
-                if matches!(change, Change::Resync(_)) {
+                let one = match &change {
+                    Change::Upsert(s) | Change::Delete(s) => ObjectRef::from_meta(&s.metadata),
+                    Change::Resync(_) => None,
+                };
+                let resync = matches!(change, Change::Resync(_));
+                if resync {
                     self.listed.insert("EndpointSlice");
                 }
                 apply_change(&mut self.objects.slices, change, |r, slice| {
@@ -181,6 +189,11 @@ impl Store {
                             .insert(ObjectRef::new(r.namespace.clone(), name.clone()));
                     }
                 });
+                if resync {
+                    self.slice_owners = SliceOwners::build(&self.objects.slices);
+                } else if let Some(r) = one {
+                    self.slice_owners.update(&r, self.objects.slices.get(&r));
+                }
             }
             Delta::Node(change, at) => {
                 stamp(at);
@@ -354,6 +367,12 @@ mod tests {
         );
         let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["api", "web"]);
+        assert_eq!(
+            store.slice_owners,
+            SliceOwners::build(&store.objects.slices)
+        );
+        let api = ObjectRef::new("default", "api");
+        assert_eq!(store.slice_owners.slices_of(&api).count(), 1);
     }
 
     #[test]
@@ -393,5 +412,6 @@ mod tests {
             ["web"]
         );
         assert!(store.objects.slices.is_empty());
+        assert_eq!(store.slice_owners, SliceOwners::default());
     }
 }
