@@ -6,7 +6,8 @@
 //! - `build-ebpf`: the one way the kernel object is built; writes [`EBPF_OBJECT`].
 //! - `test`: every test tier (unit, `BPF_PROG_TEST_RUN` fixtures, network namespaces).
 //! - `demo`: the seed's Services in a two-node topology, traffic, a map dump, cleanup.
-//! - `bench`: per-packet cost of the programs beside an empty program.
+//! - `bench`: per-packet cost of the programs beside an empty program, and the control plane's
+//!   programming latency, full sync time and memory (`--only perpacket|control`).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
 mod setup;
@@ -44,11 +45,15 @@ enum Task {
     },
     /// Build everything and run the demo in network namespaces (needs root).
     Demo,
-    /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN) beside an empty program.
+    /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN) beside an empty program, then the
+    /// control plane: programming latency, full sync, agent memory (needs root).
     Bench {
         /// Repeat count per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+        /// Run only one benchmark (default: both).
+        #[arg(long, value_enum)]
+        only: Option<BenchKind>,
     },
     /// Create the kind cluster of deploy/, build and load the image, apply, wait for rollout.
     KindUp {
@@ -86,10 +91,16 @@ fn main() -> Result<()> {
             build_ebpf(&root)?;
             run_test_bin("demo", &[])
         }
-        Task::Bench { repeat } => {
+        Task::Bench { repeat, only } => {
             setup::all()?;
             build_ebpf(&root)?;
-            run_test_bin("bench", &["--repeat".into(), repeat.to_string()])
+            if only != Some(BenchKind::Control) {
+                run_test_bin("bench", &["--repeat".into(), repeat.to_string()])?;
+            }
+            if only != Some(BenchKind::Perpacket) {
+                bench_control(&root)?;
+            }
+            Ok(())
         }
         Task::KindUp { least_privilege } => deploy::kind_up(&root, least_privilege),
         Task::Manifests {
@@ -173,6 +184,31 @@ fn test(args: &[String]) -> Result<()> {
     // figures are not another's noise, and so namespace prefixes stay easy to follow.
     cmd.arg("--test-threads=1");
     run(&mut cmd)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchKind {
+    /// BPF_PROG_TEST_RUN cost per packet (tests/src/bin/bench.rs).
+    Perpacket,
+    /// Programming latency, full sync, agent memory (tests/src/bin/bench_control.rs).
+    Control,
+}
+
+/// The control-plane benchmark against a release-built agent: a debug agent is several times
+/// slower at 10k Services and would measure the build profile, not the design.
+fn bench_control(root: &Path) -> Result<()> {
+    run(clean_cargo().args(["build", "--release", "--package", "svc-agent"]))?;
+    let agent = root.join("target/release/svc-agent");
+    run(clean_cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "tests",
+            "--bin",
+            "bench_control",
+        ])
+        .env("SVC_SVC_AGENT_BIN", &agent))
 }
 
 /// Runs one of the `tests` crate's binaries (demo, bench) as built by cargo.
