@@ -17,12 +17,16 @@ NS="$PREFIX"
 BPFFS="/sys/fs/bpf/$PREFIX"
 MANIFESTS=$(mktemp -d "/tmp/$PREFIX.XXXX")
 LOG="$MANIFESTS/agent.log"
+# The socket hooks attach to a cgroup this run creates, never to the machine's root cgroup.
+CGROUP_ROOT=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+CGROUP="$CGROUP_ROOT/$PREFIX"
 AGENT_PID=
 
 cleanup() {
     if [[ -n "$AGENT_PID" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
     "$AGENT" uninstall --bpffs "$BPFFS" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
+    rmdir "$CGROUP" 2>/dev/null || true
     rm -rf "$MANIFESTS"
 }
 trap cleanup EXIT
@@ -30,6 +34,8 @@ trap cleanup EXIT
 [[ $(id -u) == 0 ]] || { echo "needs root (it creates a network namespace and loads BPF)"; exit 1; }
 [[ -x "$AGENT" ]] || { echo "$AGENT: not built (cargo xtask build-ebpf && cargo build -p svc-agent)"; exit 1; }
 
+[[ -n "$CGROUP_ROOT" ]] || { echo "no cgroup2 filesystem mounted"; exit 1; }
+mkdir -p "$CGROUP"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 # A pod veth as kindnet names it: host side veth…, pod side in the same namespace here.
@@ -68,6 +74,7 @@ start_agent() {
     nsenter --net="/run/netns/$NS" setpriv $(caps_args "$1") -- \
         "$AGENT" run --manifests "$MANIFESTS" --node-name node1 --bpffs "$BPFFS" \
         --uplink eth0 --node-ip 172.18.0.2 --pod-ifaces veth --metrics-addr 127.0.0.1:10249 \
+        --cgroup "$CGROUP" \
         >"$LOG" 2>&1 &
     AGENT_PID=$!
     for _ in $(seq 100); do

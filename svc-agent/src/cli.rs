@@ -66,9 +66,15 @@ pub struct RunArgs {
     /// Prefixes of the host-side pod veth names to attach to (comma-separated).
     #[arg(long, default_value = "veth", value_delimiter = ',')]
     pub pod_ifaces: Vec<String>,
-    /// CIDRs of node addresses that serve NodePorts (kube-proxy's nodePortAddresses).
+    /// CIDRs of node addresses that serve NodePorts (kube-proxy's nodePortAddresses); default:
+    /// every --node-ip / Node address. One containing 127.0.0.1 (e.g. 127.0.0.0/8) also serves
+    /// localhost NodePorts to the node's own processes.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<Ipv4Cidr>,
+    /// Allow-list for spec.externalIPs (comma-separated CIDRs): an external IP outside every
+    /// CIDR is refused (CVE-2020-8554). Absent: every external IP is served, as kube-proxy does.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
     /// cgroup v2 directory the socket hooks attach to.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
@@ -79,6 +85,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
     /// Test only: load a deliberately broken datapath to prove the tests catch it.
+    /// How XDP is attached to uplinks: native where the driver supports it (auto), native,
+    /// generic, or off (the tc uplink program alone then serves north-south traffic).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: crate::datapath::XdpChoice,
     #[arg(long, hide = true)]
     pub fault_inject: Vec<Fault>,
 }

@@ -1,13 +1,17 @@
-//! Loading the kernel programs, pinning their maps and links, and attaching to pod veths.
+//! Loading the kernel programs, pinning their maps and links, and attaching them: tc to pod
+//! veths, XDP and tc to node uplinks, socket hooks to a cgroup.
 //!
 //! # What lives where under `--bpffs DIR`
 //! - `DIR/<MAP>` for each `svc_common::ALL_MAPS`: the maps. A restarted agent reuses them
 //!   (`EbpfLoader::map_pin_path` opens an existing pin), so programmed services and conntrack
 //!   survive restarts and upgrades.
-//! - `DIR/links/<ifindex>-<ifname>-<ingress|egress>`: one tcx link per hook per interface. The
-//!   pin keeps the program attached while no agent runs (crash, upgrade). A restarted agent
-//!   swaps its freshly loaded program into the existing link with `BPF_LINK_UPDATE`
-//!   (`attach_to_link`), which is atomic: there is no instant without a program.
+//! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|xdp>`: one link per hook per
+//!   interface. The pin keeps the program attached while no agent runs (crash, upgrade). A
+//!   restarted agent swaps its freshly loaded program into the existing link with
+//!   `BPF_LINK_UPDATE` (`attach_to_link`), which is atomic: there is no instant without one.
+//! - `DIR/links/cgroup-<program>`: the socket hooks' links on `--cgroup`. Replaced
+//!   make-before-break (the new link is attached and pinned before the old one goes; two
+//!   translating hooks in a row are harmless, the second finds a backend, not a frontend).
 use std::{
     collections::BTreeMap,
     ffi::CString,
@@ -17,15 +21,18 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::HashMap,
+    maps::{Array, HashMap, MapData},
     programs::{
-        links::{FdLink, LinkOrder, PinnedLink},
+        links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
-use svc_common::{ALL_MAPS, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS};
+use svc_common::{
+    Config, ALL_MAPS, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_CONFIG, MAP_FRONTENDS, MAP_SLOTS,
+};
 use tracing::{info, warn};
 
 use crate::dataplane::pinned::PinnedMaps;
@@ -33,11 +40,43 @@ use crate::dataplane::pinned::PinnedMaps;
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time (build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SVC_EBPF_OBJECT"));
 
-/// Program names in the object, and the tc hook each one runs at.
+/// The pod-veth programs, the tc hook each one runs at, and its link-pin suffix.
 pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     ("svc_pod_ingress", TcAttachType::Ingress, "ingress"),
     ("svc_pod_egress", TcAttachType::Egress, "egress"),
 ];
+/// The uplink tc program (complete north-south path).
+pub const UPLINK_TC: (&str, TcAttachType, &str) =
+    ("svc_uplink_ingress", TcAttachType::Ingress, "uplink");
+/// The uplink XDP program (north-south fast path).
+pub const UPLINK_XDP: &str = "svc_xdp";
+/// The cgroup socket hooks.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "svc_sock_connect4",
+    "svc_sock_sendmsg4",
+    "svc_sock_recvmsg4",
+    "svc_sock_getpeername4",
+];
+
+/// How to attach XDP to uplinks (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChoice {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Native mode only; fail if the driver lacks it.
+    Native,
+    /// Generic (skb) mode: works on every device, slower.
+    Generic,
+    /// No XDP: the tc uplink program alone handles north-south traffic.
+    Off,
+}
+
+/// What an attached interface is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Pod,
+    Uplink,
+}
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -46,14 +85,16 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
-    /// Interfaces we have attached to, by ifindex → name.
-    attached: BTreeMap<u32, String>,
+    /// Interfaces we have attached to, by ifindex → (name, role).
+    attached: BTreeMap<u32, (String, Role)>,
+    config: Array<MapData, Config>,
+    xdp: XdpChoice,
 }
 
 impl Datapath {
     /// Mounts bpffs if needed, loads the programs, and opens (or creates and pins) the maps under
     /// `bpffs`. `fault` is `svc_common::FAULT_*` bits; 0 except in tests.
-    pub fn load(bpffs: &Path, fault: u32) -> Result<(Self, PinnedMaps)> {
+    pub fn load(bpffs: &Path, fault: u32, xdp: XdpChoice) -> Result<(Self, PinnedMaps)> {
         ensure_bpffs(bpffs)?;
         std::fs::create_dir_all(bpffs.join("links"))
             .with_context(|| format!("creating {}", bpffs.join("links").display()))?;
@@ -75,12 +116,26 @@ impl Datapath {
                 bpffs.display()
             )
         })?;
-        for (name, _, _) in PROGRAMS {
+        for name in PROGRAMS.iter().map(|p| p.0).chain([UPLINK_TC.0]) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not a tc classifier"))?;
+            prog.load()
+                .with_context(|| format!("verifying and loading program {name}"))?;
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut(UPLINK_XDP)
+            .with_context(|| format!("program {UPLINK_XDP} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("verifying and loading program {UPLINK_XDP}"))?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
             prog.load()
                 .with_context(|| format!("verifying and loading program {name}"))?;
         }
@@ -96,15 +151,34 @@ impl Datapath {
             backends: HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)
                 .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
         };
+        let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)
+            .with_context(|| format!("map {MAP_CONFIG} has an unexpected layout"))?;
         info!(bpffs = %bpffs.display(), "programs loaded, maps pinned");
-        Ok((
-            Self {
-                ebpf,
-                bpffs: bpffs.to_owned(),
-                attached: BTreeMap::new(),
-            },
-            maps,
-        ))
+        let datapath = Self {
+            ebpf,
+            bpffs: bpffs.to_owned(),
+            attached: BTreeMap::new(),
+            config,
+            xdp,
+        };
+        Ok((datapath, maps))
+    }
+
+    /// Writes the node settings the datapath reads: the SNAT address (`node_addr`) and this
+    /// network namespace's cookie (socket hooks translate only sockets of this namespace).
+    pub fn set_config(&mut self, node_addr: Option<std::net::Ipv4Addr>) -> Result<()> {
+        let config = Config {
+            node_addr: node_addr.map(|a| a.octets()).unwrap_or_default(),
+            flags: 0,
+            netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
+        };
+        if self.config.get(&0, 0).ok() != Some(config) {
+            self.config
+                .set(0, config, 0)
+                .with_context(|| format!("writing {MAP_CONFIG}"))?;
+            info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, "node config written");
+        }
+        Ok(())
     }
 
     fn link_pin(&self, ifindex: u32, ifname: &str, hook: &str) -> PathBuf {
@@ -113,56 +187,188 @@ impl Datapath {
             .join(format!("{ifindex}-{ifname}-{hook}"))
     }
 
-    /// Attaches both programs to `ifname` unless already done. Reuses a pinned link left by an
-    /// earlier agent (atomic program swap), else creates and pins a new tcx link.
-    pub fn ensure_attached(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
-        if self.attached.get(&ifindex).map(String::as_str) == Some(ifname) {
+    /// Attaches the pod programs to a pod veth unless already done.
+    pub fn ensure_pod(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        if self.attached.get(&ifindex) == Some(&(ifname.to_owned(), Role::Pod)) {
             return Ok(());
         }
-        for (prog_name, attach_type, hook) in PROGRAMS {
-            let pin = self.link_pin(ifindex, ifname, hook);
-            let prog: &mut SchedClassifier = self
+        for (prog, attach_type, hook) in PROGRAMS {
+            self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
+        }
+        self.attached
+            .insert(ifindex, (ifname.to_owned(), Role::Pod));
+        Ok(())
+    }
+
+    /// Attaches the uplink programs (XDP unless `--xdp-mode off`, and tc) unless already done.
+    pub fn ensure_uplink(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        if self.attached.get(&ifindex) == Some(&(ifname.to_owned(), Role::Uplink)) {
+            return Ok(());
+        }
+        let (prog, attach_type, hook) = UPLINK_TC;
+        self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
+        if self.xdp != XdpChoice::Off {
+            self.attach_xdp(ifindex, ifname)?;
+        }
+        self.attached
+            .insert(ifindex, (ifname.to_owned(), Role::Uplink));
+        Ok(())
+    }
+
+    /// Attaches tc program `prog_name` at `attach_type` of `ifname` as a pinned tcx link,
+    /// reusing (atomically swapping the program of) a link pinned by an earlier agent.
+    fn attach_tc(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        prog_name: &str,
+        attach_type: TcAttachType,
+        hook: &str,
+    ) -> Result<()> {
+        let pin = self.link_pin(ifindex, ifname, hook);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_name)
+            .expect("loaded in Datapath::load")
+            .try_into()?;
+        let adopted = pin.exists()
+            && match adopt(&pin, |fd| {
+                let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+                drop(prog.take_link(id)?);
+                Ok(())
+            }) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(pin = %pin.display(), "could not adopt pinned link ({e:#}); re-attaching");
+                    let _ = std::fs::remove_file(&pin);
+                    false
+                }
+            };
+        if !adopted {
+            let id = prog
+                .attach_with_options(
+                    ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .with_context(|| format!("attaching {prog_name} to {ifname} ({hook})"))?;
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .with_context(|| format!("{prog_name} on {ifname} is not a tcx link"))?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning link at {}", pin.display()))?;
+        }
+        info!(iface = ifname, ifindex, hook, adopted, "attached");
+        Ok(())
+    }
+
+    /// Attaches XDP to an uplink: native mode where the driver supports it (`auto`), else
+    /// generic; says which. A pinned link from an earlier agent keeps its mode.
+    fn attach_xdp(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(ifindex, ifname, "xdp");
+        let choice = self.xdp;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(UPLINK_XDP)
+            .expect("loaded in Datapath::load")
+            .try_into()?;
+        if pin.exists() {
+            match adopt(&pin, |fd| {
+                let id = prog.attach_to_link(XdpLink::try_from(fd)?)?;
+                drop(prog.take_link(id)?);
+                Ok(())
+            }) {
+                Ok(()) => {
+                    info!(
+                        iface = ifname,
+                        ifindex,
+                        hook = "xdp",
+                        adopted = true,
+                        "attached"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(pin = %pin.display(), "could not adopt pinned XDP link ({e:#}); re-attaching");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let modes: &[(XdpMode, &str)] = match choice {
+            XdpChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            XdpChoice::Native => &[(XdpMode::Driver, "native")],
+            XdpChoice::Generic | XdpChoice::Off => &[(XdpMode::Skb, "generic")],
+        };
+        let mut last = None;
+        for (mode, name) in modes {
+            match prog.attach(ifname, *mode) {
+                Ok(id) => {
+                    let link = FdLink::try_from(prog.take_link(id)?)
+                        .with_context(|| format!("XDP on {ifname} is not a bpf_link"))?;
+                    link.pin(&pin)
+                        .with_context(|| format!("pinning link at {}", pin.display()))?;
+                    info!(
+                        iface = ifname,
+                        ifindex,
+                        hook = "xdp",
+                        xdp_mode = name,
+                        adopted = false,
+                        "attached"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    if choice == XdpChoice::Auto {
+                        info!(
+                            iface = ifname,
+                            "XDP {name} mode unavailable ({e}); trying the next mode"
+                        );
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("no XDP mode")))
+        .with_context(|| format!("attaching XDP to {ifname}"))
+    }
+
+    /// Attaches the socket hooks to the cgroup v2 directory `cgroup`, replacing links an
+    /// earlier agent pinned make-before-break.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in SOCK_PROGRAMS {
+            let pin = self.bpffs.join("links").join(format!("cgroup-{name}"));
+            // bpffs refuses names with a dot (reserved), hence "-new".
+            let fresh = self.bpffs.join("links").join(format!("cgroup-{name}-new"));
+            let prog: &mut CgroupSockAddr = self
                 .ebpf
-                .program_mut(prog_name)
+                .program_mut(name)
                 .expect("loaded in Datapath::load")
                 .try_into()?;
-            let adopted = if pin.exists() {
-                match adopt_link(prog, &pin) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!(pin = %pin.display(), "could not adopt pinned link ({e:#}); re-attaching");
-                        let _ = std::fs::remove_file(&pin);
-                        false
-                    }
-                }
-            } else {
-                false
-            };
-            if !adopted {
-                let id = prog
-                    .attach_with_options(
-                        ifname,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .with_context(|| format!("attaching {prog_name} to {ifname} ({hook})"))?;
-                let link = prog.take_link(id)?;
-                let fd_link = FdLink::try_from(link)
-                    .with_context(|| format!("{prog_name} on {ifname} is not a tcx link"))?;
-                fd_link
-                    .pin(&pin)
-                    .with_context(|| format!("pinning link at {}", pin.display()))?;
-            }
-            info!(iface = ifname, ifindex, hook, adopted, "attached");
+            // bpf_link attachments to a cgroup always coexist with others; the link API takes
+            // no ALLOW_MULTI flag (it is BPF_PROG_ATTACH's) and rejects it, so "Single" (0).
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .with_context(|| format!("{name} on {} is not a bpf_link", cgroup.display()))?;
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh)
+                .with_context(|| format!("pinning link at {}", fresh.display()))?;
+            // The old link (if any) detaches when its pin goes and no fd holds it.
+            std::fs::rename(&fresh, &pin)
+                .with_context(|| format!("replacing {} with the new link", pin.display()))?;
+            info!(cgroup = %cgroup.display(), program = name, "attached socket hook");
         }
-        self.attached.insert(ifindex, ifname.to_owned());
         Ok(())
     }
 
     /// Forgets an interface that disappeared; its links died with it, the pins go too.
     pub fn forget(&mut self, ifindex: u32) {
-        if let Some(name) = self.attached.remove(&ifindex) {
-            for (_, _, hook) in PROGRAMS {
+        if let Some((name, _)) = self.attached.remove(&ifindex) {
+            for hook in ["ingress", "egress", "uplink", "xdp"] {
                 let _ = std::fs::remove_file(self.link_pin(ifindex, &name, hook));
             }
             info!(iface = %name, ifindex, "interface gone, links removed");
@@ -184,7 +390,9 @@ impl Datapath {
                         .next()
                         .is_some_and(|rest| rest.starts_with(&format!("{n}-")))
                 }),
-                None => true,
+                // Socket-hook links belong to a cgroup, not an interface (a "-new" one is left
+                // over from an interrupted replacement).
+                None => !name.starts_with("cgroup-") || name.ends_with("-new"),
             };
             if stale {
                 info!(pin = %entry.path().display(), "removing stale link pin");
@@ -194,13 +402,44 @@ impl Datapath {
     }
 }
 
-fn adopt_link(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
+/// Opens the link pinned at `pin` and hands it to `swap`, which puts our program into it.
+fn adopt(pin: &Path, swap: impl FnOnce(FdLink) -> Result<()>) -> Result<()> {
     let pinned = PinnedLink::from_pin(pin)?;
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
-    let id = prog.attach_to_link(link)?;
-    // The kernel link object stays pinned; we need not hold its fd.
-    drop(prog.take_link(id)?);
-    Ok(())
+    // The kernel link object stays pinned; we need not hold its fd afterwards.
+    swap(FdLink::from(pinned))
+}
+
+/// The cookie of the network namespace this process runs in (`SO_NETNS_COOKIE`).
+fn netns_cookie() -> Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("opening a probe socket")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}
+
+/// The cgroup v2 root (the default `--cgroup`): where the cgroup2 filesystem is mounted.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .context("no cgroup2 filesystem is mounted")
 }
 
 /// Makes sure `path` is on a bpf filesystem, mounting one at /sys/fs/bpf when that is where it

@@ -76,3 +76,25 @@ pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<L
     });
     Ok((links, rx))
 }
+
+/// The interface of the IPv4 default route (the default `--uplink`), by name.
+pub async fn default_route_interface(links: &BTreeMap<u32, String>) -> Result<Option<String>> {
+    use rtnetlink::{packet_route::route::RouteAttribute, RouteMessageBuilder};
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(conn);
+    let request = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    let mut routes = handle.route().get(request).execute();
+    while let Some(route) = routes.try_next().await.context("dumping IPv4 routes")? {
+        if route.header.destination_prefix_length != 0 {
+            continue;
+        }
+        let oif = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if let Some(name) = oif.and_then(|i| links.get(&i)) {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
+}

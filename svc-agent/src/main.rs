@@ -8,7 +8,6 @@ use svc_agent::{
     run::{RunConfig, Source},
     source::manifests,
 };
-use tracing::info;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -26,18 +25,6 @@ fn main() -> Result<()> {
                 if !cgroup.join("cgroup.procs").exists() {
                     bail!("--cgroup {}: not a cgroup v2 directory", cgroup.display());
                 }
-            }
-            if !args.uplink.is_empty()
-                || !args.nodeport_addresses.is_empty()
-                || args.cgroup.is_some()
-            {
-                info!(
-                    uplink = ?args.uplink,
-                    nodeport_addresses = ?args.nodeport_addresses,
-                    cgroup = ?args.cgroup,
-                    "north-south hooks (uplink XDP, NodePorts, cgroup socket hooks) are not in this \
-                     build yet; these flags are recorded only"
-                );
             }
             let fault = args.fault_inject.iter().fold(0, |acc, f| {
                 acc | match f {
@@ -68,8 +55,13 @@ fn main() -> Result<()> {
                 source,
                 node_name: args.node_name,
                 node_ips: args.node_ip,
+                nodeport_addresses: args.nodeport_addresses,
+                external_ip_cidrs: args.external_ip_cidrs,
                 bpffs: args.bpffs,
                 pod_ifaces: args.pod_ifaces,
+                uplinks: args.uplink,
+                cgroup: args.cgroup,
+                xdp: args.xdp_mode,
                 metrics_addr,
                 fault,
             };

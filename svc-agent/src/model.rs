@@ -1,25 +1,38 @@
 //! Pure: Kubernetes objects + this node → the frontends the maps should hold.
 //!
 //! [`desired`] applies kube-proxy's semantics (DESIGN §1) to a set of [`Objects`] and returns a
-//! [`Desired`]: one [`DesiredFrontend`] per (address, port, protocol) this node serves, each with
-//! its sorted, de-duplicated [`Backend`]s, plus the [`Problem`]s found on the way. Nothing here
-//! does I/O or keeps state, so every rule is a table test, and the same function serves the
-//! static manifest source and the API-server watcher.
+//! [`Desired`]: one [`DesiredFrontend`] per (address, port, protocol, scope) this node serves,
+//! each with its sorted, de-duplicated [`Backend`]s and its flags, plus the [`Problem`]s found on
+//! the way. Nothing here does I/O or keeps state, so every rule is a table test, and the same
+//! function serves the static manifest source and the API-server watcher.
 //!
 //! Refusal is always local: a bad port, address or endpoint costs only that port, address or
 //! endpoint (recorded as a [`Problem`] naming the object and field), never the rest of the
 //! Service and never another Service.
+//!
+//! # Frontends and traffic policies
+//! Per `spec.ports[]` entry a Service is served on its ClusterIPs, on
+//! [`NodeContext::nodeport_ips`] × `nodePort` (NodePort and LoadBalancer types), and on its
+//! `externalIPs` and LoadBalancer ingress IPs. Backends follow kube-proxy's
+//! `CategorizeEndpoints` (pkg/proxy/topology.go): ClusterIPs use this node's endpoints only under
+//! `internalTrafficPolicy: Local`; the other frontends ignore it and, under
+//! `externalTrafficPolicy: Local`, get a second, [`SCOPE_EXTERNAL`] entry holding this node's
+//! endpoints for clients from the wire while in-cluster clients keep every endpoint (kube-proxy's
+//! "short circuit"). An empty `Local` set drops ([`FRONTEND_F_DROP_NO_BACKEND`]) unless the
+//! Service has no usable endpoint anywhere, which rejects as kube-proxy does. Topology hints are
+//! not applied yet.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use svc_common::{
-    Backend, FrontendKey, BACKEND_F_TERMINATING, MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP,
-    SCOPE_ANY,
+    Backend, FrontendKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND,
+    FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
+    MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 /// Label naming the Service an EndpointSlice belongs to (set by the EndpointSlice controllers).
@@ -132,12 +145,52 @@ pub struct Objects {
 /// What the model needs to know about the node it runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
-    /// This node's name (for `nodeName`-based choices such as traffic policy `Local`, later).
+    /// This node's name. An endpoint whose `nodeName` equals it is *local*: its backend gets
+    /// [`BACKEND_F_LOCAL`] and it is what traffic policy `Local` keeps. Empty matches nothing.
     pub node_name: String,
-    /// This node's own addresses. An endpoint claiming one of them is refused: a Service must
-    /// not be a way to reach the node's host-network sockets through a forged EndpointSlice
-    /// (CVE-2021-25737).
+    /// This node's own addresses (`--node-ip`, plus the Node object's InternalIP/ExternalIP when
+    /// the API server is the source). NodePorts are served on them (see
+    /// [`NodeContext::nodeport_addresses`]), and an endpoint claiming one of them is refused: a
+    /// Service must not be a way to reach the node's host-network sockets through a forged
+    /// EndpointSlice (CVE-2021-25737).
     pub node_ips: Vec<Ipv4Addr>,
+    /// kube-proxy's `--nodeport-addresses`: which of [`NodeContext::node_ips`] serve NodePorts.
+    /// Empty (the default) means all of them, kube-proxy's `primary`. With prefixes, the node
+    /// addresses inside any of them; and if one contains `127.0.0.1` (`127.0.0.0/8`,
+    /// `0.0.0.0/0`), also `127.0.0.1` itself, the localhost NodePort that only the node's own
+    /// processes reach (through the cgroup socket hooks, never through `route_localnet`).
+    pub nodeport_addresses: Vec<Ipv4Cidr>,
+    /// `--external-ip-cidrs`, the CVE-2020-8554 mitigation (what the upstream externalip-webhook
+    /// enforces at admission): when set, a `spec.externalIPs` entry outside every prefix is
+    /// refused, so whoever may create Services cannot capture traffic to an arbitrary address.
+    /// `None` (the default) accepts every external IP, as kube-proxy does.
+    pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
+}
+
+impl NodeContext {
+    /// The addresses NodePorts are served on, sorted and de-duplicated (see
+    /// [`NodeContext::nodeport_addresses`]). Only node addresses we know of are candidates:
+    /// kube-proxy would also match other local interface addresses inside the prefixes, which
+    /// an agent that is told its addresses cannot see.
+    pub fn nodeport_ips(&self) -> Vec<Ipv4Addr> {
+        let mut ips: BTreeSet<Ipv4Addr> = if self.nodeport_addresses.is_empty() {
+            self.node_ips.iter().copied().collect()
+        } else {
+            self.node_ips
+                .iter()
+                .copied()
+                .filter(|ip| self.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+                .collect()
+        };
+        if self
+            .nodeport_addresses
+            .iter()
+            .any(|c| c.contains(Ipv4Addr::LOCALHOST))
+        {
+            ips.insert(Ipv4Addr::LOCALHOST);
+        }
+        ips.into_iter().collect()
+    }
 }
 
 /// One frontend the node should serve.
@@ -154,6 +207,10 @@ pub struct DesiredFrontend {
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds, 0 for no affinity.
     pub affinity_timeout_s: u32,
+    /// `FRONTEND_F_*` bits for [`svc_common::Frontend::flags`]: what kind of frontend it is
+    /// (NodePort, external/LB IP), whether a [`SCOPE_EXTERNAL`] entry exists beside this one,
+    /// and whether an empty backend set means "drop" (traffic policy `Local`) not "reject".
+    pub flags: u32,
 }
 
 /// Everything the node should serve, plus the problems found while deciding it.
@@ -435,10 +492,11 @@ fn add_service(
             return;
         }
     }
-    let Some(addrs) = ServiceAddresses::of(spec, &object, &mut out.problems) else {
+    let Some(addrs) = ServiceAddresses::of(spec, svc, node, &object, &mut out.problems) else {
         return; // headless
     };
     let affinity_timeout_s = affinity_timeout(spec, &object, &mut out.problems);
+    let policy = TrafficPolicy::of(spec);
     let parsed: Vec<ParsedSlice> = slices
         .iter()
         .filter_map(|(slice_ref, slice)| ParsedSlice::parse(slice_ref, slice, node, out))
@@ -450,41 +508,38 @@ fn add_service(
         else {
             continue;
         };
-        let Ok(number) = u16::try_from(port.port) else {
-            out.problems.push(Problem::new(
-                &object,
-                format!("{field}.port"),
-                "must be 1-65535",
-            ));
+        let Some(number) = port_number(port.port, &object, &format!("{field}.port"), out) else {
             continue;
         };
-        if number == 0 {
-            out.problems.push(Problem::new(
-                &object,
-                format!("{field}.port"),
-                "must be 1-65535",
-            ));
-            continue;
-        }
         let port_name = port.name.clone().unwrap_or_default();
-        let mut backends = choose_backends(&parsed, &port_name, proto);
-        if backends.len() > MAX_BACKENDS_PER_FRONTEND as usize {
-            out.problems.push(Problem::new(
-                &object,
-                &field,
-                format!(
-                    "{} endpoints, more than the {MAX_BACKENDS_PER_FRONTEND} a frontend can \
-                     hold; the rest are ignored",
-                    backends.len()
-                ),
-            ));
-            backends.truncate(MAX_BACKENDS_PER_FRONTEND as usize);
-        }
-        for key in addrs.frontend_keys(port, number, proto) {
-            if let Some(existing) = out.frontends.get(&key) {
+        let mut sets = choose_backends(&parsed, &port_name, proto);
+        for set in [&mut sets.cluster, &mut sets.local] {
+            if set.len() > MAX_BACKENDS_PER_FRONTEND as usize {
                 out.problems.push(Problem::new(
                     &object,
                     &field,
+                    format!(
+                        "{} endpoints, more than the {MAX_BACKENDS_PER_FRONTEND} a frontend can \
+                         hold; the rest are ignored",
+                        set.len()
+                    ),
+                ));
+                set.truncate(MAX_BACKENDS_PER_FRONTEND as usize);
+            }
+        }
+        // NodePort: validated here, once per port, rather than per node address.
+        let node_port = if addrs.node_port_ips.is_empty() {
+            None
+        } else {
+            port.node_port
+                .and_then(|n| port_number(n, &object, &format!("{field}.nodePort"), out))
+        };
+        for fe in addrs.frontends(&field, number, node_port, proto) {
+            let key = fe.key;
+            if let Some(existing) = out.frontends.get(&key) {
+                out.problems.push(Problem::new(
+                    &object,
+                    &fe.field,
                     format!(
                         "{}:{}/{} is already served for Service {}; not programmed again",
                         Ipv4Addr::from(key.addr),
@@ -495,29 +550,127 @@ fn add_service(
                 ));
                 continue;
             }
-            out.frontends.insert(
-                key,
-                DesiredFrontend {
-                    service: svc_ref.clone(),
-                    port_name: port_name.clone(),
-                    backends: backends.clone(),
-                    affinity_timeout_s,
-                },
-            );
+            let make = |backends: &Vec<Backend>, flags: u32| DesiredFrontend {
+                service: svc_ref.clone(),
+                port_name: port_name.clone(),
+                backends: backends.clone(),
+                affinity_timeout_s,
+                flags,
+            };
+            // Which endpoints each entry balances across, as kube-proxy's iptables rules route
+            // each kind of traffic (pkg/proxy/iptables/proxier.go, with CategorizeEndpoints):
+            match fe.kind {
+                // In-cluster traffic only: `internalTrafficPolicy` alone decides.
+                FrontendKind::ClusterIp if policy.internal_local => {
+                    let flags = sets.drop_if_no_local();
+                    out.frontends.insert(key, make(&sets.local, flags));
+                }
+                FrontendKind::ClusterIp => {
+                    out.frontends.insert(key, make(&sets.cluster, 0));
+                }
+                // `externalTrafficPolicy: Local`: clients in the cluster (pods, the node's own
+                // processes) keep every endpoint, as kube-proxy's "short circuit" sends pod and
+                // LOCAL-source traffic to the Cluster chain; clients from the wire get only this
+                // node's endpoints, through the SCOPE_EXTERNAL entry. A localhost NodePort is
+                // reached only by the node's own processes (the socket hooks; the uplink never
+                // sees 127.0.0.1), which kube-proxy routes to cluster endpoints too, so it needs
+                // no external entry.
+                FrontendKind::External { flag, localhost }
+                    if policy.external_local && !localhost =>
+                {
+                    out.frontends
+                        .insert(key, make(&sets.cluster, flag | FRONTEND_F_EXTERNAL_SCOPE));
+                    let external = FrontendKey {
+                        scope: SCOPE_EXTERNAL,
+                        ..key
+                    };
+                    let flags = flag | sets.drop_if_no_local();
+                    out.frontends.insert(external, make(&sets.local, flags));
+                }
+                // `internalTrafficPolicy` never applies to external frontends, even for clients
+                // inside the cluster: kube-proxy sends them to the Cluster chain.
+                FrontendKind::External { flag, .. } => {
+                    out.frontends.insert(key, make(&sets.cluster, flag));
+                }
+            }
         }
     }
 }
 
-/// The addresses a Service is reached on. Today only its ClusterIPs; NodePort node addresses,
-/// `externalIPs` and LoadBalancer ingress IPs become more fields here and more keys from
-/// [`ServiceAddresses::frontend_keys`], without touching the backend logic.
+/// A `spec.ports[]` number (`port`, `nodePort`) as a `u16`, or `None` with a problem at
+/// `field` when it is outside 1-65535.
+fn port_number(n: i32, object: &str, field: &str, out: &mut Desired) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(n) if n != 0 => Some(n),
+        _ => {
+            out.problems
+                .push(Problem::new(object, field, "must be 1-65535"));
+            None
+        }
+    }
+}
+
+/// `internalTrafficPolicy` / `externalTrafficPolicy` of a Service, `Local` or not.
+struct TrafficPolicy {
+    internal_local: bool,
+    external_local: bool,
+}
+
+impl TrafficPolicy {
+    fn of(spec: &ServiceSpec) -> Self {
+        Self {
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        }
+    }
+}
+
+/// What kind of address a frontend is served on, which decides its flags and which endpoints
+/// it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrontendKind {
+    /// A `clusterIPs` entry.
+    ClusterIp,
+    /// A NodePort on a node address ([`FRONTEND_F_NODEPORT`]), or an external or LoadBalancer
+    /// ingress IP ([`FRONTEND_F_EXTERNAL_IP`]): reachable from outside the cluster.
+    External {
+        /// [`FRONTEND_F_NODEPORT`] or [`FRONTEND_F_EXTERNAL_IP`].
+        flag: u32,
+        /// The localhost NodePort (`127.0.0.1`), reached only by the node's own processes.
+        localhost: bool,
+    },
+}
+
+/// One address × port a Service port is served on, before conflicts are settled.
+struct FrontendAt {
+    /// Its [`SCOPE_ANY`] key.
+    key: FrontendKey,
+    kind: FrontendKind,
+    /// The field that put it there, for a conflict's [`Problem`].
+    field: String,
+}
+
+/// The addresses a Service is reached on: its ClusterIPs, the node addresses its NodePorts are
+/// served on, its `externalIPs` and its LoadBalancer ingress IPs. Each kind becomes frontend
+/// keys in [`ServiceAddresses::frontends`]; backend choice does not depend on which.
 struct ServiceAddresses {
     cluster_ips: Vec<Ipv4Addr>,
+    /// [`NodeContext::nodeport_ips`] for a NodePort or LoadBalancer Service, else empty.
+    node_port_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` then `status.loadBalancer.ingress[].ip`, each with its field.
+    external_ips: Vec<(Ipv4Addr, String)>,
 }
 
 impl ServiceAddresses {
-    /// `None` for a headless Service (`clusterIP: None`), which is never programmed.
-    fn of(spec: &ServiceSpec, object: &str, problems: &mut Vec<Problem>) -> Option<Self> {
+    /// `None` for a headless Service (`clusterIP: None`), which is never programmed (not even
+    /// its external IPs: kube-proxy ignores headless Services altogether).
+    fn of(
+        spec: &ServiceSpec,
+        svc: &Service,
+        node: &NodeContext,
+        object: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
         // `clusterIPs` is authoritative when set (dual-stack); `clusterIP` is its first entry
         // and the only one older objects carry.
         let (field, ips): (&str, Vec<&str>) = match &spec.cluster_ips {
@@ -559,20 +712,129 @@ impl ServiceAddresses {
                 "not set (not allocated)",
             ));
         }
-        Some(Self { cluster_ips })
+        let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+        let node_port_ips = if is_lb || spec.type_.as_deref() == Some("NodePort") {
+            node.nodeport_ips()
+        } else {
+            Vec::new()
+        };
+        let mut external_ips = Vec::new();
+        for (i, text) in spec.external_ips.iter().flatten().enumerate() {
+            let field = format!("spec.externalIPs[{i}]");
+            let Some(ip) = ipv4_field(text, object, &field, problems) else {
+                continue;
+            };
+            if let Some(allowed) = &node.external_ip_cidrs {
+                if !allowed.iter().any(|c| c.contains(ip)) {
+                    problems.push(Problem::new(
+                        object,
+                        field,
+                        format!(
+                            "{ip} is outside every --external-ip-cidrs prefix; refused \
+                             (CVE-2020-8554)"
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            external_ips.push((ip, field));
+        }
+        // The ingress status only means something for a LoadBalancer: the service controller
+        // clears it when the type changes, and until then it is stale.
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .filter(|_| is_lb);
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            // Hostname-only entries name no address we could serve. `ipMode: Proxy`: the load
+            // balancer proxies to the NodePorts itself, and kube-proxy deliberately does not
+            // program the IP, so that pods reaching it go through the load balancer too.
+            let Some(text) = ing.ip.as_deref().filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            if ing.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            let field = format!("status.loadBalancer.ingress[{i}].ip");
+            if let Some(ip) = ipv4_field(text, object, &field, problems) {
+                external_ips.push((ip, field));
+            }
+        }
+        Some(Self {
+            cluster_ips,
+            node_port_ips,
+            external_ips,
+        })
     }
 
-    /// Every frontend key for one `spec.ports[]` entry.
-    fn frontend_keys(&self, _port: &ServicePort, number: u16, proto: u8) -> Vec<FrontendKey> {
-        self.cluster_ips
+    /// Every frontend of one `spec.ports[]` entry (at `field`), in the order conflicts are
+    /// settled: ClusterIPs, NodePorts, external IPs, LoadBalancer IPs. `node_port` is the
+    /// validated `nodePort`, `None` when absent (e.g. `allocateLoadBalancerNodePorts: false`).
+    fn frontends(
+        &self,
+        field: &str,
+        number: u16,
+        node_port: Option<u16>,
+        proto: u8,
+    ) -> Vec<FrontendAt> {
+        let key = |ip: Ipv4Addr, port: u16| FrontendKey {
+            addr: ip.octets(),
+            port,
+            proto,
+            scope: SCOPE_ANY,
+        };
+        let mut out: Vec<FrontendAt> = self
+            .cluster_ips
             .iter()
-            .map(|ip| FrontendKey {
-                addr: ip.octets(),
-                port: number,
-                proto,
-                scope: SCOPE_ANY,
+            .map(|&ip| FrontendAt {
+                key: key(ip, number),
+                kind: FrontendKind::ClusterIp,
+                field: field.to_owned(),
             })
-            .collect()
+            .collect();
+        if let Some(node_port) = node_port {
+            out.extend(self.node_port_ips.iter().map(|&ip| FrontendAt {
+                key: key(ip, node_port),
+                kind: FrontendKind::External {
+                    flag: FRONTEND_F_NODEPORT,
+                    localhost: ip == Ipv4Addr::LOCALHOST,
+                },
+                field: format!("{field}.nodePort"),
+            }));
+        }
+        out.extend(self.external_ips.iter().map(|(ip, at)| FrontendAt {
+            key: key(*ip, number),
+            kind: FrontendKind::External {
+                flag: FRONTEND_F_EXTERNAL_IP,
+                localhost: false,
+            },
+            field: at.clone(),
+        }));
+        out
+    }
+}
+
+/// An IPv4 address field: `None` for IPv6 (silently: another family's proxy serves it) and,
+/// with a problem at `field`, for text that is no address.
+fn ipv4_field(
+    text: &str,
+    object: &str,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Ipv4Addr> {
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Some(ip),
+        Ok(IpAddr::V6(_)) => None,
+        Err(_) => {
+            problems.push(Problem::new(
+                object,
+                field,
+                format!("{text:?} is not an IP address"),
+            ));
+            None
+        }
     }
 }
 
@@ -654,6 +916,8 @@ struct ParsedEndpoint {
     ready: bool,
     /// `serving && terminating`: usable only as a fallback when nothing is ready.
     serving_terminating: bool,
+    /// `nodeName` is this node ([`NodeContext::node_name`]).
+    local: bool,
 }
 
 impl ParsedSlice {
@@ -720,10 +984,13 @@ impl ParsedSlice {
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let local = !node.node_name.is_empty()
+                && ep.node_name.as_deref() == Some(node.node_name.as_str());
             endpoints.push(ParsedEndpoint {
                 addr,
                 ready,
                 serving_terminating: serving && terminating,
+                local,
             });
         }
         Some(Self { ports, endpoints })
@@ -750,10 +1017,37 @@ fn refused_endpoint(addr: Ipv4Addr, node: &NodeContext) -> Option<&'static str> 
     }
 }
 
-/// Backends of one Service port: ready endpoints, else serving+terminating ones (flagged),
-/// else none. The port is matched by name and protocol in each slice separately, so a named
-/// `targetPort` resolves to whatever number each slice (each pod template) gives it.
-fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> Vec<Backend> {
+/// The endpoint sets of one Service port, as kube-proxy's `CategorizeEndpoints`
+/// (pkg/proxy/topology.go) computes them; each sorted by [`Backend`]'s `Ord`, no duplicates.
+struct BackendSets {
+    /// Traffic policy `Cluster`: ready endpoints anywhere, else serving+terminating ones.
+    cluster: Vec<Backend>,
+    /// Traffic policy `Local`: this node's ready endpoints, else this node's serving+terminating
+    /// ones. The fallback is decided on the local endpoints alone: a remote ready endpoint does
+    /// not stop a local terminating one from being used.
+    local: Vec<Backend>,
+}
+
+impl BackendSets {
+    /// Flags for an entry holding [`BackendSets::local`]: [`FRONTEND_F_DROP_NO_BACKEND`] when it
+    /// is empty while the Service has usable endpoints elsewhere. kube-proxy drops then (an
+    /// external load balancer retries another node; the health check already says "0 local"),
+    /// but rejects, like any Service, when there is no usable endpoint at all (its
+    /// `hasEndpoints` check comes before the policy ones).
+    fn drop_if_no_local(&self) -> u32 {
+        if self.local.is_empty() && !self.cluster.is_empty() {
+            FRONTEND_F_DROP_NO_BACKEND
+        } else {
+            0
+        }
+    }
+}
+
+/// Backends of one Service port: see [`BackendSets`]. The port is matched by name and protocol
+/// in each slice separately, so a named `targetPort` resolves to whatever number each slice
+/// (each pod template) gives it. Local endpoints carry [`BACKEND_F_LOCAL`] in both sets, so a
+/// backend is one tuple whichever frontend names it; fallback ones [`BACKEND_F_TERMINATING`].
+fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> BackendSets {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
@@ -765,23 +1059,96 @@ fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> Vec<Ba
                 addr: ep.addr.octets(),
                 port,
                 proto,
-                flags: 0,
+                flags: if ep.local { BACKEND_F_LOCAL } else { 0 },
             };
             if ep.ready {
                 ready.insert(backend);
             } else if ep.serving_terminating {
                 terminating.insert(Backend {
-                    flags: BACKEND_F_TERMINATING,
+                    flags: backend.flags | BACKEND_F_TERMINATING,
                     ..backend
                 });
             }
         }
     }
-    if ready.is_empty() {
+    let is_local = |b: &&Backend| b.flags & BACKEND_F_LOCAL != 0;
+    let local: Vec<Backend> = if ready.iter().any(|b| is_local(&b)) {
+        ready.iter().filter(is_local).copied().collect()
+    } else {
+        terminating.iter().filter(is_local).copied().collect()
+    };
+    let cluster = if ready.is_empty() {
         terminating.into_iter().collect()
     } else {
         ready.into_iter().collect()
+    };
+    BackendSets { cluster, local }
+}
+
+/// One health-check responder kube-proxy would run for a Service: `GET /` on
+/// `healthCheckNodePort` answers 200 when the node has local endpoints, 503 when not, so an
+/// external load balancer sends `externalTrafficPolicy: Local` traffic only to nodes that can
+/// serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service.
+    pub service: ObjectRef,
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// What the responder reports as `localEndpoints`: the number of distinct `address:port`
+    /// pairs of ready endpoints on this node over all the Service's slice ports, as
+    /// kube-proxy's `EndpointsMap::LocalReadyEndpoints` counts (so a pod serving two ports
+    /// counts twice). Terminating endpoints do not count, even when traffic falls back to
+    /// them: the load balancer should move new connections away from a draining node.
+    pub local_endpoints: usize,
+}
+
+/// The health checks this node should answer: every Service with `externalTrafficPolicy:
+/// Local` and a `healthCheckNodePort` (the API server allocates one for such LoadBalancer
+/// Services), in [`ObjectRef`] order. Services [`desired`] never programs (another proxy's,
+/// ExternalName, headless) get none, nor does a port outside 1-65535 (which the API server
+/// never accepts).
+pub fn health_checks(objects: &Objects, node: &NodeContext) -> Vec<HealthCheck> {
+    let slices = SliceIndex::build(&objects.slices, None);
+    // Problems found here are reported by `desired`; this pass only counts.
+    let mut scratch = Desired::default();
+    let mut out = Vec::new();
+    for (svc_ref, svc) in &objects.services {
+        if label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_some() {
+            continue;
+        }
+        let Some(spec) = &svc.spec else { continue };
+        if spec.external_traffic_policy.as_deref() != Some("Local")
+            || spec.type_.as_deref() == Some("ExternalName")
+            || spec.cluster_ip.as_deref() == Some("None")
+        {
+            continue;
+        }
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        let mut local = BTreeSet::new();
+        for (slice_ref, slice) in slices.of(svc_ref) {
+            let Some(parsed) = ParsedSlice::parse(slice_ref, slice, node, &mut scratch) else {
+                continue;
+            };
+            for ep in parsed.endpoints.iter().filter(|e| e.ready && e.local) {
+                for (_, _, number) in &parsed.ports {
+                    local.insert((ep.addr, *number));
+                }
+            }
+        }
+        out.push(HealthCheck {
+            service: svc_ref.clone(),
+            port,
+            local_endpoints: local.len(),
+        });
     }
+    out
 }
 
 #[cfg(test)]
@@ -850,6 +1217,7 @@ pub(crate) mod tests {
         NodeContext {
             node_name: "node-a".into(),
             node_ips: vec![Ipv4Addr::new(172, 18, 0, 2)],
+            ..Default::default()
         }
     }
 
@@ -1544,5 +1912,601 @@ pub(crate) mod tests {
         let all: Ipv4Cidr = "0.0.0.0/0".parse().expect("cidr");
         assert!(all.contains(Ipv4Addr::new(1, 2, 3, 4)));
         assert_eq!(Ipv4Cidr::default().to_string(), "10.96.0.0/16");
+    }
+
+    // ---- North-south frontends and traffic policies ----
+
+    const NODE_IP: [u8; 4] = [172, 18, 0, 2];
+    /// A second node address, outside the kind network (an "ExternalIP" of the Node).
+    const NODE_IP_PUBLIC: [u8; 4] = [203, 0, 113, 2];
+
+    fn cidrs(list: &[&str]) -> Vec<Ipv4Cidr> {
+        list.iter().map(|c| c.parse().expect("cidr")).collect()
+    }
+
+    fn node_with(nodeport_addresses: &[&str]) -> NodeContext {
+        NodeContext {
+            node_ips: vec![Ipv4Addr::from(NODE_IP), Ipv4Addr::from(NODE_IP_PUBLIC)],
+            nodeport_addresses: cidrs(nodeport_addresses),
+            ..node()
+        }
+    }
+
+    /// An endpoint on node `node`.
+    fn ep_on(ip: &str, node: &str) -> serde_json::Value {
+        json!({"addresses": [ip], "nodeName": node})
+    }
+
+    fn local(b: Backend) -> Backend {
+        Backend {
+            flags: b.flags | BACKEND_F_LOCAL,
+            ..b
+        }
+    }
+
+    fn external(k: FrontendKey) -> FrontendKey {
+        FrontendKey {
+            scope: SCOPE_EXTERNAL,
+            ..k
+        }
+    }
+
+    /// `web` as a NodePort Service on nodePort 30080, with `extra` merged into its spec.
+    fn web_np(extra: serde_json::Value) -> (ObjectRef, Service) {
+        let mut spec = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]});
+        merge(&mut spec, extra);
+        web(spec)
+    }
+
+    /// One endpoint on this node (node-a) and one on node-b.
+    fn local_and_remote() -> Vec<(ObjectRef, EndpointSlice)> {
+        vec![web_slice(
+            "web-1",
+            8080,
+            vec![ep_on("10.244.1.5", "node-a"), ep_on("10.244.2.7", "node-b")],
+        )]
+    }
+
+    /// Frontend key → (flags, backends), the part of a [`Desired`] these tests compare.
+    fn summary(d: &Desired) -> BTreeMap<FrontendKey, (u32, Vec<Backend>)> {
+        d.frontends
+            .iter()
+            .map(|(k, f)| (*k, (f.flags, f.backends.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn nodeport_is_served_on_every_allowed_node_address() {
+        let objs = objects(
+            vec![web_np(json!({}))],
+            vec![web_slice("web-1", 8080, vec![ep("10.244.1.5")])],
+        );
+        let backends = vec![be([10, 244, 1, 5], 8080)];
+        // Default: every node address.
+        let d = desired(&objs, &node_with(&[]));
+        assert_eq!(
+            summary(&d),
+            BTreeMap::from([
+                (key([10, 96, 0, 10], 80, PROTO_TCP), (0, backends.clone())),
+                (
+                    key(NODE_IP, 30080, PROTO_TCP),
+                    (FRONTEND_F_NODEPORT, backends.clone())
+                ),
+                (
+                    key(NODE_IP_PUBLIC, 30080, PROTO_TCP),
+                    (FRONTEND_F_NODEPORT, backends.clone())
+                ),
+            ])
+        );
+        // --nodeport-addresses: only the node addresses inside a prefix.
+        let d = desired(&objs, &node_with(&["172.18.0.0/16"]));
+        let keys: Vec<_> = d.frontends.keys().copied().collect();
+        assert_eq!(
+            keys,
+            [
+                key([10, 96, 0, 10], 80, PROTO_TCP),
+                key(NODE_IP, 30080, PROTO_TCP)
+            ]
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn nodeport_is_served_only_for_type_node_port_or_load_balancer() {
+        // A leftover nodePort on a ClusterIP Service (the API server clears it) serves nothing.
+        let d = desired(
+            &objects(
+                vec![web(json!({"ports": [{"port": 80, "nodePort": 30080}]}))],
+                vec![],
+            ),
+            &node_with(&[]),
+        );
+        assert_eq!(only(&d).flags, 0);
+        // LoadBalancer with a nodePort serves it like a NodePort Service.
+        let d = desired(
+            &objects(vec![web_np(json!({"type": "LoadBalancer"}))], vec![]),
+            &node_with(&["172.18.0.0/16"]),
+        );
+        assert_eq!(
+            d.frontends[&key(NODE_IP, 30080, PROTO_TCP)].flags,
+            FRONTEND_F_NODEPORT
+        );
+    }
+
+    #[test]
+    fn load_balancer_without_node_port_serves_no_node_port() {
+        // allocateLoadBalancerNodePorts: false → no nodePort in the object → no NodePort.
+        let d = desired(
+            &objects(
+                vec![web(json!({"type": "LoadBalancer",
+                               "allocateLoadBalancerNodePorts": false}))],
+                vec![],
+            ),
+            &node_with(&[]),
+        );
+        assert_eq!(only(&d).flags, 0);
+    }
+
+    #[test]
+    fn invalid_node_port_is_refused_with_its_field_path() {
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"ports": [{"port": 80, "nodePort": 70000}]}))],
+                vec![],
+            ),
+            &node_with(&[]),
+        );
+        assert_eq!(only(&d).flags, 0, "the ClusterIP frontend stays");
+        assert!(has_problem(&d, "spec.ports[0].nodePort", "must be 1-65535"));
+    }
+
+    #[test]
+    fn nodeport_addresses_127_serves_localhost_only() {
+        let objs = objects(vec![web_np(json!({}))], vec![]);
+        let d = desired(&objs, &node_with(&["127.0.0.0/8"]));
+        let keys: Vec<_> = d.frontends.keys().copied().collect();
+        assert_eq!(
+            keys,
+            [
+                key([10, 96, 0, 10], 80, PROTO_TCP),
+                key([127, 0, 0, 1], 30080, PROTO_TCP)
+            ]
+        );
+        assert_eq!(
+            d.frontends[&keys[1]].flags, FRONTEND_F_NODEPORT,
+            "a localhost NodePort is a NodePort"
+        );
+        // 0.0.0.0/0 contains 127.0.0.1 too: every node address and localhost.
+        let d = desired(&objs, &node_with(&["0.0.0.0/0"]));
+        let addrs: Vec<_> = d
+            .frontends
+            .keys()
+            .filter(|k| k.port == 30080)
+            .map(|k| k.addr)
+            .collect();
+        assert_eq!(addrs, [[127, 0, 0, 1], NODE_IP, NODE_IP_PUBLIC]);
+    }
+
+    #[test]
+    fn load_balancer_ingress_ips_are_frontends() {
+        let (r, mut s) = web(json!({"type": "LoadBalancer"}));
+        s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "192.0.2.127"},
+            {"hostname": "lb.example.com"},
+            {"ip": "2001:db8::1"},
+            {"ip": "198.51.100.7", "ipMode": "VIP"},
+            {"ip": "not-an-ip"},
+        ]}}))
+        .expect("status");
+        let d = desired(
+            &objects(
+                vec![(r, s)],
+                vec![web_slice("web-1", 8080, vec![ep("10.244.1.5")])],
+            ),
+            &node_with(&[]),
+        );
+        let backends = vec![be([10, 244, 1, 5], 8080)];
+        assert_eq!(
+            summary(&d),
+            BTreeMap::from([
+                (key([10, 96, 0, 10], 80, PROTO_TCP), (0, backends.clone())),
+                (
+                    key([192, 0, 2, 127], 80, PROTO_TCP),
+                    (FRONTEND_F_EXTERNAL_IP, backends.clone())
+                ),
+                (
+                    key([198, 51, 100, 7], 80, PROTO_TCP),
+                    (FRONTEND_F_EXTERNAL_IP, backends.clone())
+                ),
+            ])
+        );
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert!(has_problem(
+            &d,
+            "status.loadBalancer.ingress[4].ip",
+            "not an IP address"
+        ));
+    }
+
+    #[test]
+    fn load_balancer_ingress_ip_mode_proxy_is_skipped() {
+        let (r, mut s) = web(json!({"type": "LoadBalancer"}));
+        s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "192.0.2.127", "ipMode": "Proxy"},
+        ]}}))
+        .expect("status");
+        let d = desired(&objects(vec![(r, s)], vec![]), &node());
+        assert_eq!(
+            d.frontends.keys().copied().collect::<Vec<_>>(),
+            [key([10, 96, 0, 10], 80, PROTO_TCP)]
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn load_balancer_ingress_is_ignored_unless_type_load_balancer() {
+        let (r, mut s) = web(json!({}));
+        s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "192.0.2.127"},
+        ]}}))
+        .expect("status");
+        let d = desired(&objects(vec![(r, s)], vec![]), &node());
+        assert_eq!(only(&d).flags, 0);
+    }
+
+    #[test]
+    fn external_ips_are_frontends_for_any_type() {
+        let d = desired(
+            &objects(
+                vec![web(
+                    json!({"externalIPs": ["198.51.100.10", "2001:db8::10"],
+                               "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}),
+                )],
+                vec![],
+            ),
+            &node(),
+        );
+        let ext: Vec<_> = d
+            .frontends
+            .iter()
+            .filter(|(_, f)| f.flags == FRONTEND_F_EXTERNAL_IP)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            ext,
+            [
+                key([198, 51, 100, 10], 53, PROTO_UDP),
+                key([198, 51, 100, 10], 80, PROTO_TCP)
+            ]
+        );
+        assert_eq!(d.frontends.len(), 4);
+    }
+
+    #[test]
+    fn headless_and_external_name_services_serve_no_external_ip() {
+        for extra in [
+            json!({"clusterIP": "None", "externalIPs": ["198.51.100.10"]}),
+            json!({"type": "ExternalName", "externalName": "db.example.com",
+                   "externalIPs": ["198.51.100.10"]}),
+        ] {
+            let d = desired(&objects(vec![web(extra.clone())], vec![]), &node());
+            assert!(d.frontends.is_empty(), "{extra}: {d:#?}");
+        }
+    }
+
+    #[test]
+    fn external_ips_outside_the_allow_list_are_refused() {
+        let objs = objects(
+            vec![web(
+                json!({"externalIPs": ["198.51.100.10", "203.0.113.9", "bogus"]}),
+            )],
+            vec![],
+        );
+        let node = NodeContext {
+            external_ip_cidrs: Some(cidrs(&["198.51.100.0/24"])),
+            ..node()
+        };
+        let d = desired(&objs, &node);
+        let ext: Vec<_> = d.frontends.keys().map(|k| k.addr).collect();
+        assert_eq!(ext, [[10, 96, 0, 10], [198, 51, 100, 10]]);
+        assert!(has_problem(&d, "spec.externalIPs[1]", "CVE-2020-8554"));
+        assert!(has_problem(&d, "spec.externalIPs[2]", "not an IP address"));
+        assert_eq!(
+            d.problems[0].to_string(),
+            "Service default/web: spec.externalIPs[1]: 203.0.113.9 is outside every \
+             --external-ip-cidrs prefix; refused (CVE-2020-8554)"
+        );
+        // Without an allow-list (the default), every external IP is served.
+        let d = desired(&objs, &self::node());
+        assert_eq!(d.frontends.len(), 3);
+    }
+
+    #[test]
+    fn frontend_claimed_twice_across_kinds_goes_to_the_first_service() {
+        // a's external IP is b's LoadBalancer IP; b also wants eTP Local, whose scoped entry
+        // must not appear for a frontend b does not own.
+        let (b_ref, mut b) = svc(
+            "default",
+            "b",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.12",
+                   "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        );
+        b.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "198.51.100.10"},
+        ]}}))
+        .expect("status");
+        let a = svc(
+            "default",
+            "a",
+            json!({"clusterIP": "10.96.0.11", "externalIPs": ["198.51.100.10"],
+                   "ports": [{"port": 80}]}),
+        );
+        let d = desired(&objects(vec![(b_ref, b), a], vec![]), &node());
+        let fe = &d.frontends[&key([198, 51, 100, 10], 80, PROTO_TCP)];
+        assert_eq!(fe.service, ObjectRef::new("default", "a"));
+        assert_eq!(fe.flags, FRONTEND_F_EXTERNAL_IP);
+        assert!(!d
+            .frontends
+            .contains_key(&external(key([198, 51, 100, 10], 80, PROTO_TCP))));
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert_eq!(d.problems[0].object, "Service default/b");
+        assert_eq!(d.problems[0].field, "status.loadBalancer.ingress[0].ip");
+    }
+
+    #[test]
+    fn local_backends_are_flagged() {
+        let d = desired(
+            &objects(
+                vec![web(json!({}))],
+                vec![web_slice(
+                    "web-1",
+                    8080,
+                    vec![
+                        ep_on("10.244.1.5", "node-a"),
+                        ep_on("10.244.2.7", "node-b"),
+                        ep("10.244.3.9"),
+                    ],
+                )],
+            ),
+            &node(),
+        );
+        assert_eq!(
+            only(&d).backends,
+            vec![
+                local(be([10, 244, 1, 5], 8080)),
+                be([10, 244, 2, 7], 8080),
+                be([10, 244, 3, 9], 8080)
+            ]
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_adds_an_external_scope_with_local_endpoints() {
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local",
+                                  "externalIPs": ["198.51.100.10"]}))],
+                local_and_remote(),
+            ),
+            &node_with(&["172.18.0.0/16"]),
+        );
+        let all = vec![local(be([10, 244, 1, 5], 8080)), be([10, 244, 2, 7], 8080)];
+        let mine = vec![local(be([10, 244, 1, 5], 8080))];
+        let np = key(NODE_IP, 30080, PROTO_TCP);
+        let xip = key([198, 51, 100, 10], 80, PROTO_TCP);
+        assert_eq!(
+            summary(&d),
+            BTreeMap::from([
+                (key([10, 96, 0, 10], 80, PROTO_TCP), (0, all.clone())),
+                (
+                    np,
+                    (FRONTEND_F_NODEPORT | FRONTEND_F_EXTERNAL_SCOPE, all.clone())
+                ),
+                (external(np), (FRONTEND_F_NODEPORT, mine.clone())),
+                (
+                    xip,
+                    (
+                        FRONTEND_F_EXTERNAL_IP | FRONTEND_F_EXTERNAL_SCOPE,
+                        all.clone()
+                    )
+                ),
+                (external(xip), (FRONTEND_F_EXTERNAL_IP, mine.clone())),
+            ])
+        );
+        assert_eq!(
+            d.frontends[&external(np)].service,
+            ObjectRef::new("default", "web")
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_without_local_endpoints_drops() {
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local"}))],
+                vec![web_slice(
+                    "web-1",
+                    8080,
+                    vec![ep_on("10.244.2.7", "node-b")],
+                )],
+            ),
+            &node_with(&["172.18.0.0/16"]),
+        );
+        let np = key(NODE_IP, 30080, PROTO_TCP);
+        let scoped = &d.frontends[&external(np)];
+        assert!(scoped.backends.is_empty());
+        assert_eq!(
+            scoped.flags,
+            FRONTEND_F_NODEPORT | FRONTEND_F_DROP_NO_BACKEND
+        );
+        // In-cluster clients of the NodePort still reach the remote endpoint.
+        assert_eq!(d.frontends[&np].backends, vec![be([10, 244, 2, 7], 8080)]);
+    }
+
+    #[test]
+    fn traffic_policy_local_without_any_endpoint_rejects() {
+        // kube-proxy checks "no endpoint at all" (REJECT) before the policies (DROP).
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local",
+                                  "internalTrafficPolicy": "Local"}))],
+                vec![],
+            ),
+            &node_with(&["172.18.0.0/16"]),
+        );
+        for (k, f) in &d.frontends {
+            assert!(f.backends.is_empty());
+            assert_eq!(f.flags & FRONTEND_F_DROP_NO_BACKEND, 0, "{k:?}");
+        }
+        assert_eq!(d.frontends.len(), 3);
+    }
+
+    #[test]
+    fn external_traffic_policy_does_not_touch_cluster_ip() {
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local"}))],
+                vec![web_slice(
+                    "web-1",
+                    8080,
+                    vec![ep_on("10.244.2.7", "node-b")],
+                )],
+            ),
+            &node_with(&["172.18.0.0/16"]),
+        );
+        let cip = key([10, 96, 0, 10], 80, PROTO_TCP);
+        assert_eq!(d.frontends[&cip].backends, vec![be([10, 244, 2, 7], 8080)]);
+        assert_eq!(d.frontends[&cip].flags, 0);
+        assert!(!d.frontends.contains_key(&external(cip)));
+    }
+
+    #[test]
+    fn external_traffic_policy_local_spares_the_localhost_node_port() {
+        // 127.0.0.1 is reached only by the node's own processes, which kube-proxy sends to
+        // every endpoint: no external scope there, while the node address gets one.
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local"}))],
+                local_and_remote(),
+            ),
+            &node_with(&["127.0.0.0/8", "172.18.0.0/16"]),
+        );
+        let lo = key([127, 0, 0, 1], 30080, PROTO_TCP);
+        assert_eq!(d.frontends[&lo].flags, FRONTEND_F_NODEPORT);
+        assert_eq!(d.frontends[&lo].backends.len(), 2);
+        assert!(!d.frontends.contains_key(&external(lo)));
+        assert!(d
+            .frontends
+            .contains_key(&external(key(NODE_IP, 30080, PROTO_TCP))));
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_uses_local_endpoints_only() {
+        let objs = objects(
+            vec![web_np(json!({"internalTrafficPolicy": "Local"}))],
+            local_and_remote(),
+        );
+        let d = desired(&objs, &node_with(&["172.18.0.0/16"]));
+        let cip = key([10, 96, 0, 10], 80, PROTO_TCP);
+        assert_eq!(
+            summary(&d),
+            BTreeMap::from([
+                (cip, (0, vec![local(be([10, 244, 1, 5], 8080))])),
+                // The NodePort is external: iTP does not apply, even to in-cluster clients.
+                (
+                    key(NODE_IP, 30080, PROTO_TCP),
+                    (
+                        FRONTEND_F_NODEPORT,
+                        vec![local(be([10, 244, 1, 5], 8080)), be([10, 244, 2, 7], 8080)]
+                    )
+                ),
+            ])
+        );
+        // On node-b's neighbour node-c there is no local endpoint: drop, not reject.
+        let node_c = NodeContext {
+            node_name: "node-c".into(),
+            ..node()
+        };
+        let d = desired(&objs, &node_c);
+        assert!(d.frontends[&cip].backends.is_empty());
+        assert_eq!(d.frontends[&cip].flags, FRONTEND_F_DROP_NO_BACKEND);
+    }
+
+    #[test]
+    fn local_policy_falls_back_to_local_terminating_endpoints() {
+        // As CategorizeEndpoints: the local fallback is decided among local endpoints alone.
+        let d = desired(
+            &objects(
+                vec![web(json!({"internalTrafficPolicy": "Local"}))],
+                vec![web_slice(
+                    "web-1",
+                    8080,
+                    vec![
+                        json!({"addresses": ["10.244.1.5"], "nodeName": "node-a",
+                               "conditions": {"ready": false, "serving": true, "terminating": true}}),
+                        ep_on("10.244.2.7", "node-b"),
+                    ],
+                )],
+            ),
+            &node(),
+        );
+        assert_eq!(
+            only(&d).backends,
+            vec![Backend {
+                flags: BACKEND_F_LOCAL | BACKEND_F_TERMINATING,
+                ..be([10, 244, 1, 5], 8080)
+            }]
+        );
+    }
+
+    #[test]
+    fn health_check_reports_local_endpoints() {
+        let (lb_ref, lb) = svc(
+            "default",
+            "web",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                   "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                   "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}),
+        );
+        let cluster = svc(
+            "default",
+            "other",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.11",
+                   "healthCheckNodePort": 32001, "ports": [{"port": 80}]}),
+        );
+        let eps = slice(
+            "default",
+            "web-1",
+            "web",
+            json!({"ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [
+                ep_on("10.244.1.5", "node-a"),
+                ep_on("10.244.1.6", "node-a"),
+                {"addresses": ["10.244.1.7"], "nodeName": "node-a",
+                 "conditions": {"ready": false, "serving": true, "terminating": true}},
+                ep_on("10.244.2.7", "node-b"),
+            ]}),
+        );
+        let objs = objects(vec![(lb_ref.clone(), lb), cluster], vec![eps]);
+        // Two local ready pods × two distinct address:port pairs each; the terminating and
+        // the remote one do not count; "other" (eTP Cluster) has no health check.
+        assert_eq!(
+            health_checks(&objs, &node()),
+            vec![HealthCheck {
+                service: lb_ref.clone(),
+                port: 32000,
+                local_endpoints: 4
+            }]
+        );
+        let node_b = NodeContext {
+            node_name: "node-b".into(),
+            ..node()
+        };
+        assert_eq!(health_checks(&objs, &node_b)[0].local_endpoints, 2);
+        let node_c = NodeContext {
+            node_name: "node-c".into(),
+            ..node()
+        };
+        assert_eq!(health_checks(&objs, &node_c)[0].local_endpoints, 0);
     }
 }

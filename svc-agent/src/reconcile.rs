@@ -21,7 +21,9 @@
 //! re-reading them: `Programmed::from_snapshot(&dataplane.snapshot()?)` and planning again.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND};
+use svc_common::{
+    Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND, SCOPE_ANY,
+};
 
 use crate::dataplane::{MapOp, MapSnapshot};
 use crate::model::{Desired, DesiredFrontend, ObjectRef};
@@ -328,7 +330,16 @@ fn plan_core(
     let mut backend_puts = Vec::new();
     let mut frontend_ops = Vec::new();
 
-    for &(&key, want) in wanted {
+    // Scoped entries (SCOPE_EXTERNAL) before the SCOPE_ANY ones: an uplink hook that finds
+    // FRONTEND_F_EXTERNAL_SCOPE on the SCOPE_ANY entry looks the scoped one up next and drops
+    // the packet if it is missing, so it must exist before the flag is written. (Removal needs
+    // no care: a scoped entry that goes while its SCOPE_ANY entry stays is removed after that
+    // entry is rewritten without the flag, and removals come after all writes.)
+    let scoped_first = wanted
+        .iter()
+        .filter(|(k, _)| k.scope != SCOPE_ANY)
+        .chain(wanted.iter().filter(|(k, _)| k.scope == SCOPE_ANY));
+    for &(&key, want) in scoped_first {
         let mut ids: Vec<u32> = Vec::with_capacity(want.backends.len());
         let sorted = want.backends.windows(2).all(|w| w[0] < w[1]);
         let mut backends = want.backends.clone();
@@ -369,7 +380,7 @@ fn plan_core(
         let value = Frontend {
             id,
             backend_count: u32::try_from(new_slots.len()).unwrap_or(MAX_BACKENDS_PER_FRONTEND),
-            flags: 0,
+            flags: want.flags,
             affinity_timeout_s: want.affinity_timeout_s,
         };
         if old_value != Some(value) {
@@ -548,7 +559,7 @@ mod tests {
     use super::*;
     use crate::dataplane::fake::{canonical, FakeDataplane};
     use crate::dataplane::Dataplane;
-    use svc_common::{BACKEND_F_TERMINATING, PROTO_TCP, PROTO_UDP, SCOPE_ANY};
+    use svc_common::{BACKEND_F_TERMINATING, PROTO_TCP, PROTO_UDP};
 
     fn fk(last: u8, port: u16) -> FrontendKey {
         FrontendKey {
@@ -580,6 +591,7 @@ mod tests {
             port_name: String::new(),
             backends,
             affinity_timeout_s: 0,
+            flags: 0,
         }
     }
 
@@ -1136,6 +1148,160 @@ mod tests {
         }
     }
 
+    fn scoped(key: FrontendKey) -> FrontendKey {
+        FrontendKey {
+            scope: svc_common::SCOPE_EXTERNAL,
+            ..key
+        }
+    }
+
+    fn with_flags(mut f: DesiredFrontend, flags: u32) -> DesiredFrontend {
+        f.flags = flags;
+        f
+    }
+
+    #[test]
+    fn flags_are_written_and_a_flag_only_change_rewrites_the_frontend() {
+        use svc_common::{FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_NODEPORT};
+        let d1 = desired(vec![(
+            fk(1, 30080),
+            with_flags(fe("a", &[1]), FRONTEND_F_NODEPORT),
+        )]);
+        let p1 = plan(&Programmed::default(), &d1);
+        assert_eq!(
+            p1.next.frontends()[&fk(1, 30080)].value.flags,
+            FRONTEND_F_NODEPORT
+        );
+        let d2 = desired(vec![(
+            fk(1, 30080),
+            with_flags(
+                fe("a", &[]),
+                FRONTEND_F_NODEPORT | FRONTEND_F_DROP_NO_BACKEND,
+            ),
+        )]);
+        let p2 = plan(&p1.next, &d2);
+        assert_eq!(
+            op_kinds(&p2.ops),
+            ["PutFrontend", "DeleteSlot", "DeleteBackend"]
+        );
+        let d3 = desired(vec![(fk(1, 30080), with_flags(fe("a", &[]), 0))]);
+        let p3 = plan(&p2.next, &d3);
+        assert_eq!(op_kinds(&p3.ops), ["PutFrontend"], "flags alone changed");
+        let mut fake = FakeDataplane::default();
+        for p in [&p1, &p2, &p3] {
+            apply(&mut fake, p);
+        }
+        let adopted = Programmed::from_snapshot(&fake.snapshot);
+        assert!(plan(&adopted, &d3).ops.is_empty());
+    }
+
+    #[test]
+    fn external_scope_entry_is_written_before_the_flag_and_removed_after() {
+        use svc_common::{FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE};
+        let np = fk(1, 30080);
+        let cluster = desired(vec![(np, fe("a", &[1, 2]))]);
+        let local = desired(vec![
+            (np, with_flags(fe("a", &[1, 2]), FRONTEND_F_EXTERNAL_SCOPE)),
+            (
+                scoped(np),
+                with_flags(fe("a", &[]), FRONTEND_F_DROP_NO_BACKEND),
+            ),
+        ]);
+        let mut fake = FakeDataplane::default();
+        let mut state = Programmed::default();
+        // The fake rejects a flag written before its scoped entry, and a scoped entry deleted
+        // while the flag is live; every transition goes through it, and through adoption.
+        for d in [&local, &cluster, &local, &Desired::default(), &local] {
+            let p = plan(&state, d);
+            apply(&mut fake, &p);
+            state = Programmed::from_snapshot(&fake.snapshot);
+            let again = plan(&state, d);
+            assert!(again.ops.is_empty(), "{:?}", again.ops);
+            state = again.next;
+        }
+        assert_eq!(
+            canonical(&fake.snapshot)[&scoped(np)].flags,
+            FRONTEND_F_DROP_NO_BACKEND
+        );
+        // Removing the Service incrementally deletes the SCOPE_ANY entry first.
+        let p = plan_services(&state, &Desired::default(), &BTreeSet::from([svc("a")]));
+        assert_eq!(
+            p.ops.first(),
+            Some(&MapOp::DeleteFrontend { key: np }),
+            "{:?}",
+            p.ops
+        );
+        apply(&mut fake, &p);
+        assert_eq!(fake.snapshot, MapSnapshot::default());
+    }
+
+    #[test]
+    fn north_south_model_output_round_trips_through_the_fake_and_adoption() {
+        use crate::model::tests::{slice, svc as k8s_svc};
+        use crate::model::{desired as model_desired, NodeContext, Objects};
+        use serde_json::json;
+        let (lb_ref, mut lb) = k8s_svc(
+            "default",
+            "web",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                   "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+                   "externalIPs": ["198.51.100.10"],
+                   "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        lb.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.127"}]}}))
+                .expect("status");
+        let eps = |nodes: [&str; 2]| {
+            slice(
+                "default",
+                "web-1",
+                "web",
+                json!({"ports": [{"port": 8080}], "endpoints": [
+                    {"addresses": ["10.244.1.5"], "nodeName": nodes[0]},
+                    {"addresses": ["10.244.2.7"], "nodeName": nodes[1]},
+                ]}),
+            )
+        };
+        let node = NodeContext {
+            node_name: "node-a".into(),
+            node_ips: vec![[172, 18, 0, 2].into()],
+            nodeport_addresses: vec![
+                "127.0.0.0/8".parse().expect("cidr"),
+                "172.18.0.0/16".parse().expect("cidr"),
+            ],
+            external_ip_cidrs: None,
+        };
+        let objs = |nodes| Objects {
+            services: [(lb_ref.clone(), lb.clone())].into(),
+            slices: [eps(nodes)].into(),
+            problems: vec![],
+        };
+        let mut fake = FakeDataplane::default();
+        let mut state = Programmed::default();
+        // Local endpoint; then the pod "moves" (locality flips, so backend tuples change);
+        // then no local endpoint at all (scoped entries and the ClusterIP drop).
+        for nodes in [
+            ["node-a", "node-b"],
+            ["node-b", "node-a"],
+            ["node-b", "node-c"],
+        ] {
+            let d = model_desired(&objs(nodes), &node);
+            assert!(d.problems.is_empty(), "{:?}", d.problems);
+            // ClusterIP, localhost NodePort, and three external frontends with a scoped twin.
+            assert_eq!(d.frontends.len(), 2 + 3 * 2);
+            let p = plan(&state, &d);
+            apply(&mut fake, &p);
+            assert_eq!(
+                canonical(&fake.snapshot),
+                canonical(&plan(&Programmed::default(), &d).next.to_snapshot())
+            );
+            let adopted = Programmed::from_snapshot(&fake.snapshot);
+            let again = plan(&adopted, &d);
+            assert!(again.ops.is_empty(), "{nodes:?}: {:?}", again.ops);
+            state = again.next;
+        }
+    }
+
     /// Deterministic xorshift64* PRNG: reproducible random-ish sequences without a crate.
     struct Rng(u64);
 
@@ -1187,6 +1353,7 @@ mod tests {
                     port_name: String::new(),
                     backends,
                     affinity_timeout_s: rng.below(2) as u32 * 60,
+                    flags: 0,
                 },
             ));
         }
@@ -1258,6 +1425,7 @@ mod tests {
                     port_name: String::new(),
                     backends,
                     affinity_timeout_s: 0,
+                    flags: 0,
                 },
             ));
         }

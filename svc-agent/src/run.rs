@@ -55,9 +55,18 @@ pub struct RunConfig {
     pub node_name: String,
     /// `--node-ip`; the Node object's addresses are added when the API server is the source.
     pub node_ips: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses` ([`NodeContext::nodeport_addresses`]).
+    pub nodeport_addresses: Vec<model::Ipv4Cidr>,
+    /// `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs`]).
+    pub external_ip_cidrs: Option<Vec<model::Ipv4Cidr>>,
     pub bpffs: PathBuf,
     /// Interface-name prefixes of the host side of pod veths.
     pub pod_ifaces: Vec<String>,
+    /// Node uplinks for the north-south programs (`--uplink`); empty = the default route's.
+    pub uplinks: Vec<String>,
+    /// cgroup v2 directory for the socket hooks; `None` = the cgroup v2 root.
+    pub cgroup: Option<PathBuf>,
+    pub xdp: crate::datapath::XdpChoice,
     pub metrics_addr: Option<SocketAddr>,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
@@ -68,7 +77,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     if let Some(addr) = cfg.metrics_addr {
         metrics::serve(addr, metrics.clone()).await?;
     }
-    let (mut datapath, maps) = Datapath::load(&cfg.bpffs, cfg.fault)?;
+    let (mut datapath, maps) = Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp)?;
+    datapath.set_config(cfg.node_ips.first().copied())?;
+    let cgroup = match &cfg.cgroup {
+        Some(c) => c.clone(),
+        None => crate::datapath::cgroup2_root()?,
+    };
+    datapath.attach_cgroup(&cgroup)?;
     // Adopt whatever an earlier agent left in the pinned maps: the first plan then writes only
     // what differs, and traffic through unchanged services is never disturbed.
     let snapshot = maps.snapshot().context("reading the pinned service maps")?;
@@ -86,9 +101,23 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     };
 
     let (links, mut link_events) = ifwatch::start().await?;
+    let mut cfg = cfg;
+    if cfg.uplinks.is_empty() {
+        match ifwatch::default_route_interface(&links).await {
+            Ok(Some(name)) => {
+                info!(uplink = %name, "no --uplink: using the default route's interface");
+                cfg.uplinks.push(name);
+            }
+            Ok(None) => {
+                warn!("no --uplink and no default route: north-south traffic is not served")
+            }
+            Err(e) => warn!("no --uplink, and the default route could not be read: {e:#}"),
+        }
+    }
+    let cfg = cfg;
     datapath.remove_stale_link_pins(&links);
     for (index, name) in &links {
-        attach_if_pod(&mut datapath, &cfg, *index, name);
+        attach_link(&mut datapath, &cfg, *index, name);
     }
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -98,6 +127,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             let node = NodeContext {
                 node_name: cfg.node_name.clone(),
                 node_ips: cfg.node_ips.clone(),
+                nodeport_addresses: cfg.nodeport_addresses.clone(),
+                external_ip_cidrs: cfg.external_ip_cidrs.clone(),
             };
             let mut last_fingerprint = None;
             let mut tick = tokio::time::interval(*poll);
@@ -151,6 +182,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                         let node = NodeContext {
                             node_name: cfg.node_name.clone(),
                             node_ips: node_ips(&cfg, &store),
+                            nodeport_addresses: cfg.nodeport_addresses.clone(),
+                            external_ip_cidrs: cfg.external_ip_cidrs.clone(),
                         };
                         let oldest = touched.oldest.unwrap_or_else(Instant::now);
                         if engine.needs_full || touched.node {
@@ -213,16 +246,22 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
 
 fn on_link(datapath: &mut Datapath, cfg: &RunConfig, event: LinkEvent) {
     match event {
-        LinkEvent::Present { index, name } => attach_if_pod(datapath, cfg, index, &name),
+        LinkEvent::Present { index, name } => attach_link(datapath, cfg, index, &name),
         LinkEvent::Gone { index } => datapath.forget(index),
     }
 }
 
-fn attach_if_pod(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &str) {
-    if !cfg.pod_ifaces.iter().any(|p| name.starts_with(p.as_str())) {
+/// Attaches the uplink programs to `--uplink` interfaces and the pod programs to interfaces
+/// named with a `--pod-ifaces` prefix; ignores every other interface.
+fn attach_link(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &str) {
+    let result = if cfg.uplinks.iter().any(|u| u == name) {
+        datapath.ensure_uplink(index, name)
+    } else if cfg.pod_ifaces.iter().any(|p| name.starts_with(p.as_str())) {
+        datapath.ensure_pod(index, name)
+    } else {
         return;
-    }
-    if let Err(e) = datapath.ensure_attached(index, name) {
+    };
+    if let Err(e) = result {
         error!(iface = name, "{e:#}");
     }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_SNAT};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_SNAT};
 
 use crate::{
     lb::{ct_lookup, new_flow, Origin, Step},
@@ -39,7 +39,9 @@ fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     let flow = parse_tc(ctx)?;
     let (entry, reason) = match ct_lookup(&flow) {
         Some(entry) if entry.dir == CT_DIR_FORWARD => (entry, Reason::DnatEstablished),
-        Some(entry) => (entry, Reason::RevNat),
+        Some(entry) if entry.flags & CT_F_EXTERNAL != 0 => (entry, Reason::RevNat),
+        // A reply to a flow a pod started: the pod veth's egress hook translates it.
+        Some(_) => return Ok(Outcome::pass(Reason::NotService)),
         None => match new_flow(&flow, Origin::Uplink)? {
             Step::Translate { entry, reason } => (entry, reason),
             Step::Reject => return reject(ctx, &flow),

@@ -10,19 +10,22 @@
 //!   `bpf_fib_lookup` gives the MACs; without a neighbour entry the frame goes to tc, where
 //!   `bpf_redirect_neigh` resolves it.
 //! - A reject is built by tc.
+//! - A frame for another interface (`XDP_REDIRECT` would need the target to accept XDP frames;
+//!   a veth does only when its peer runs XDP or GRO) goes to tc too.
+//! - Replies of flows that pods started are left to the pod veth's egress hook.
 //! Everything else is done here: translate, then `XDP_PASS` to a local backend's pod, or
-//! `XDP_TX`/`XDP_REDIRECT` towards a remote backend or back to the client.
+//! `XDP_TX` towards a remote backend or back to the client.
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::bpf_fib_lookup,
     macros::xdp,
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_SNAT, PROTO_UDP};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_SNAT, PROTO_UDP};
 
 use crate::{
     lb::{ct_lookup, new_flow, Origin, Step},
@@ -59,7 +62,9 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
     }
     let (entry, reason) = match ct_lookup(&flow) {
         Some(entry) if entry.dir == CT_DIR_FORWARD => (entry, Reason::DnatEstablished),
-        Some(entry) => (entry, Reason::RevNat),
+        Some(entry) if entry.flags & CT_F_EXTERNAL != 0 => (entry, Reason::RevNat),
+        // A reply to a flow a pod started: the pod veth's egress hook translates it.
+        Some(_) => return Err(Outcome::pass(Reason::NotService)),
         None => match new_flow(&flow, Origin::Uplink)? {
             Step::Translate { entry, reason } => (entry, reason),
             Step::Reject => return to_tc(),
@@ -97,6 +102,11 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(Outcome::drop(Reason::FibFailed));
     }
+    if p.ifindex != ctx.ingress_ifindex() as u32 {
+        // Another interface: XDP_REDIRECT needs the target to accept XDP frames (a veth only
+        // does when its peer runs XDP or GRO), so let tc's bpf_redirect_neigh send it.
+        return to_tc();
+    }
     rewrite(ctx, &flow, &entry)?;
     let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: bounds checked by `ptr_at`.
@@ -104,11 +114,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
         (*eth).dst_addr = p.dmac;
         (*eth).src_addr = p.smac;
     }
-    if p.ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok((xdp_action::XDP_TX, reason));
-    }
-    // SAFETY: plain helper call; XDP_REDIRECT on success.
-    Ok((unsafe { bpf_redirect(p.ifindex, 0) } as u32, reason))
+    Ok((xdp_action::XDP_TX, reason))
 }
 
 /// Folds a one's-complement sum of 16-bit words to 16 bits.

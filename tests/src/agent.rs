@@ -87,6 +87,9 @@ impl Drop for ManifestDir {
 pub struct Agent {
     child: Option<NsChild>,
     bpffs: PathBuf,
+    /// The cgroup this agent's socket hooks attach to: made for this run (never the
+    /// machine's root cgroup), removed on drop. Run a node's "local processes" in it.
+    cgroup: PathBuf,
     /// Node namespace the agent runs in (for reaching its metrics endpoint).
     ns: String,
     /// Leave the pins on drop (after [`Agent::kill9`], for the next agent to adopt).
@@ -148,6 +151,7 @@ impl Agent {
     ) -> Result<Self> {
         let bin = workspace_bin("svc-agent")?;
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}{tag}", t.prefix()));
+        let cgroup = test_cgroup(&format!("{}n{node}{tag}", t.prefix()))?;
         let node_ip = t.node_ip(node).to_string();
         let name = node_name(node);
         let mut args: Vec<&str> = vec![bin.to_str().context("agent path is not UTF-8")?, "run"];
@@ -157,6 +161,8 @@ impl Agent {
             &name,
             "--bpffs",
             bpffs.to_str().context("bpffs path is not UTF-8")?,
+            "--cgroup",
+            cgroup.to_str().context("cgroup path is not UTF-8")?,
             "--uplink",
             "eth0",
             "--node-ip",
@@ -172,6 +178,7 @@ impl Agent {
         Ok(Self {
             child: Some(child),
             bpffs,
+            cgroup,
             node,
             ns: t.node(node).ns.clone(),
             keep_pins: false,
@@ -180,6 +187,11 @@ impl Agent {
 
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
+    }
+
+    /// The cgroup the agent's socket hooks are attached to (see [`Agent::cgroup`]'s field).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
     }
 
     /// The agent's log so far.
@@ -349,6 +361,11 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             child.kill();
         }
+        if !self.keep_pins {
+            // Empty by now (its processes were ours and are gone); attached hooks do not
+            // prevent removal.
+            let _ = std::fs::remove_dir(&self.cgroup);
+        }
         if !self.keep_pins && self.bpffs.exists() {
             if let Ok(bin) = workspace_bin("svc-agent") {
                 let _ = std::process::Command::new(bin)
@@ -358,6 +375,20 @@ impl Drop for Agent {
             }
         }
     }
+}
+
+/// The cgroup v2 mount (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
+/// hybrid one like this project's machines).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    svc_agent::datapath::cgroup2_root()
+}
+
+/// Creates (or reuses) the cgroup `name` under the cgroup v2 root for one agent's socket hooks.
+fn test_cgroup(name: &str) -> Result<PathBuf> {
+    let path = cgroup2_root()?.join(name);
+    std::fs::create_dir_all(&path)
+        .with_context(|| format!("creating cgroup {}", path.display()))?;
+    Ok(path)
 }
 
 /// `addr:port/proto` → frontend key, for expectations.

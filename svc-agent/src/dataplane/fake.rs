@@ -4,7 +4,9 @@
 //! (or misrouted) in the instant between two writes. The fake turns that instant into a test
 //! failure: after each [`MapOp`] it checks that
 //! - every present frontend's slots `1..=backend_count` exist, and
-//! - every existing slot of a present frontend names an existing backend,
+//! - every existing slot of a present frontend names an existing backend, and
+//! - a [`SCOPE_ANY`] frontend with [`FRONTEND_F_EXTERNAL_SCOPE`] has its [`SCOPE_EXTERNAL`]
+//!   entry (the uplink hooks look it up next and drop the packet when it is missing),
 //!
 //! which is exactly what a packet may read (frontend → one slot → one backend). Slots beyond a
 //! count and backends no slot names are allowed: they are unreachable, and the agent removes
@@ -14,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 
-use svc_common::{Backend, Frontend, FrontendKey, SlotKey};
+use svc_common::{
+    Backend, Frontend, FrontendKey, SlotKey, FRONTEND_F_EXTERNAL_SCOPE, SCOPE_ANY, SCOPE_EXTERNAL,
+};
 
 use super::{Dataplane, DataplaneError, MapOp, MapSnapshot};
 
@@ -93,10 +97,28 @@ impl FakeDataplane {
     }
 }
 
-/// The invariant for one frontend: slots `1..=count` exist, every slot of it names a backend.
+/// The [`SCOPE_EXTERNAL`] key beside `key`, if `value` tells the datapath to look it up.
+fn external_scope_of(key: &FrontendKey, value: &Frontend) -> Option<FrontendKey> {
+    (key.scope == SCOPE_ANY && value.flags & FRONTEND_F_EXTERNAL_SCOPE != 0).then_some(
+        FrontendKey {
+            scope: SCOPE_EXTERNAL,
+            ..*key
+        },
+    )
+}
+
+/// The invariant for one frontend: slots `1..=count` exist, every slot of it names a backend,
+/// and the scoped entry its flags point at exists.
 fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Result<(), String> {
     if value.id == 0 {
         return Err(format!("frontend {key:?} has id 0"));
+    }
+    if let Some(external) = external_scope_of(key, value) {
+        if !snap.frontends.contains_key(&external) {
+            return Err(format!(
+                "frontend {key:?} has FRONTEND_F_EXTERNAL_SCOPE but {external:?} is missing"
+            ));
+        }
     }
     for slot in 1..=value.backend_count {
         if !snap.slots.contains_key(&SlotKey {
@@ -177,6 +199,21 @@ impl Dataplane for FakeDataplane {
                 self.ids.insert(value.id, *key);
             }
             MapOp::DeleteFrontend { key } => {
+                if key.scope == SCOPE_EXTERNAL {
+                    let any = FrontendKey {
+                        scope: SCOPE_ANY,
+                        ..*key
+                    };
+                    if let Some(value) = self.snapshot.frontends.get(&any) {
+                        if external_scope_of(&any, value).is_some() {
+                            return Err(Self::invariant(
+                                op,
+                                "the live SCOPE_ANY entry still has FRONTEND_F_EXTERNAL_SCOPE"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
                 let Some(old) = self.snapshot.frontends.remove(key) else {
                     return Err(Self::not_found(op));
                 };
@@ -403,6 +440,33 @@ mod tests {
             &mut fake,
             put_frontend(FrontendKey { port: 81, ..KEY }, 1, 1),
         );
+    }
+
+    #[test]
+    fn external_scope_flag_needs_its_scoped_entry_first_and_last() {
+        let external = FrontendKey {
+            scope: SCOPE_EXTERNAL,
+            ..KEY
+        };
+        let flagged = MapOp::PutFrontend {
+            key: KEY,
+            value: Frontend {
+                id: 1,
+                backend_count: 1,
+                flags: FRONTEND_F_EXTERNAL_SCOPE,
+                affinity_timeout_s: 0,
+            },
+        };
+        let mut fake = one_service();
+        rejected(&mut fake, flagged.clone());
+        fake.apply(&put_frontend(external, 2, 0))
+            .expect("the scoped entry first");
+        fake.apply(&flagged).expect("then the flag");
+        rejected(&mut fake, MapOp::DeleteFrontend { key: external });
+        fake.check_all().expect("consistent");
+        let mut broken = fake.snapshot.clone();
+        broken.frontends.remove(&external);
+        assert!(FakeDataplane::with_snapshot(broken).check_all().is_err());
     }
 
     #[test]

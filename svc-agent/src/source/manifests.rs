@@ -895,6 +895,8 @@ spec:
   type: ExternalName
   externalName: my.database.example.com
 ";
+    /// The seed's externalIPs example with its `80.11.12.10` replaced by `198.51.100.10`: test
+    /// addresses come from the documentation ranges only (DESIGN §3).
     const SEED_EXTERNAL_IP: &str = "\
 apiVersion: v1
 kind: Service
@@ -909,7 +911,7 @@ spec:
       port: 80
       targetPort: 9376
   externalIPs:
-    - 80.11.12.10
+    - 198.51.100.10
 ";
 
     fn seed_files() -> Vec<(String, String)> {
@@ -1056,20 +1058,23 @@ spec:
             .spec
             .as_ref()
             .and_then(|s| s.external_ips.clone());
-        assert_eq!(ext, Some(vec!["80.11.12.10".to_owned()]));
+        assert_eq!(ext, Some(vec!["198.51.100.10".to_owned()]));
 
         // Only the out-of-CIDR clusterIP is worth a word.
         assert_eq!(objects.problems.len(), 1, "{:?}", objects.problems);
         assert_eq!(objects.problems[0].field, "spec.clusterIP");
 
         // The frontends the model derives from them: one ClusterIP frontend per Service with a
-        // clusterIP; ExternalName none; only the mirrored Service has (IPv4, ready) backends.
+        // clusterIP, plus two NodePorts on the node address, the LB IP and the external IP
+        // (seed_north_south_services_serve_node_ports_lb_and_external_ips checks those);
+        // ExternalName none; only the mirrored Service has (IPv4, ready) backends.
         let node = NodeContext {
             node_name: "node-a".into(),
             node_ips: vec![Ipv4Addr::new(172, 18, 0, 2)],
+            ..Default::default()
         };
         let d = desired(&objects, &node);
-        assert_eq!(d.frontends.len(), 6, "{:#?}", d.frontends.keys());
+        assert_eq!(d.frontends.len(), 10, "{:#?}", d.frontends.keys());
         let cip = FrontendKey {
             addr: [10, 96, 211, 115],
             port: 9000,
@@ -1095,6 +1100,71 @@ spec:
                 flags: 0
             }]
         );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn seed_north_south_services_serve_node_ports_lb_and_external_ips() {
+        use svc_common::{FRONTEND_F_EXTERNAL_IP, FRONTEND_F_NODEPORT};
+        let objects = load(&[
+            ("nodeport.yaml", SEED_NODEPORT),
+            ("lb.yaml", SEED_LB),
+            ("test_external_ip.yml", SEED_EXTERNAL_IP),
+        ]);
+        let node = NodeContext {
+            node_name: "node-a".into(),
+            node_ips: vec![Ipv4Addr::new(172, 18, 0, 2)],
+            ..Default::default()
+        };
+        let d = desired(&objects, &node);
+        let key = |addr: [u8; 4], port: u16| FrontendKey {
+            addr,
+            port,
+            proto: PROTO_TCP,
+            scope: SCOPE_ANY,
+        };
+        let ip_of = |name: &str| -> [u8; 4] {
+            cluster_ip(&objects, "default", name)
+                .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                .expect("clusterIP")
+                .octets()
+        };
+        let lb_node_port = objects.services[&r("default", "my-service")]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p.first())
+            .and_then(|p| p.node_port)
+            .and_then(|n| u16::try_from(n).ok())
+            .expect("allocated nodePort");
+        let node_ip = [172, 18, 0, 2];
+        let got: BTreeMap<FrontendKey, (String, u32)> = d
+            .frontends
+            .iter()
+            .map(|(k, f)| (*k, (f.service.name.clone(), f.flags)))
+            .collect();
+        let want: BTreeMap<FrontendKey, (String, u32)> = [
+            (key(ip_of("test-service"), 80), ("test-service", 0)),
+            (key(node_ip, 30007), ("test-service", FRONTEND_F_NODEPORT)),
+            (key([10, 0, 171, 239], 80), ("my-service", 0)),
+            (
+                key(node_ip, lb_node_port),
+                ("my-service", FRONTEND_F_NODEPORT),
+            ),
+            (
+                key([192, 0, 2, 127], 80),
+                ("my-service", FRONTEND_F_EXTERNAL_IP),
+            ),
+            (key(ip_of("test-external-ip"), 80), ("test-external-ip", 0)),
+            (
+                key([198, 51, 100, 10], 80),
+                ("test-external-ip", FRONTEND_F_EXTERNAL_IP),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, (n, f))| (k, (n.to_owned(), f)))
+        .collect();
+        assert_eq!(got, want);
         assert!(d.problems.is_empty(), "{:?}", d.problems);
     }
 
