@@ -169,8 +169,10 @@ impl Shared {
         let mut store = self.store();
         let result = f(&mut store);
         let rv = store.rv();
-        drop(store);
+        // Stamped under the store lock, so no watch stream (some wake up on their own, e.g.
+        // for a bookmark) can have read the write before this instant.
         *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        drop(store);
         self.changed.send_replace(rv);
         result
     }
@@ -301,8 +303,8 @@ impl ApiServer {
         write_kubeconfig(path, &self.url())
     }
 
-    /// When the latest write (through this handle or over HTTP) was committed, just before watch
-    /// streams were woken: the start of a programming-latency measurement. Timing from the write
+    /// When the latest write (through this handle or over HTTP) was committed, before any watch
+    /// stream could see it: the start of a programming-latency measurement. Timing from the write
     /// return instead is wrong on a busy machine: waking the watchers can preempt the writing
     /// thread until a client has already acted on the event.
     pub fn last_write_at(&self) -> Option<Instant> {
