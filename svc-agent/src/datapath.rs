@@ -293,7 +293,19 @@ impl Datapath {
                 }
             }
         }
+        let driver = driver_name(ifname);
         let modes: &[(XdpMode, &str)] = match choice {
+            // A veth delivers native XDP_TX frames to its peer only while the peer runs XDP
+            // itself, which this node does not control (a kind node's eth0 is a veth whose peer
+            // sits on the host's bridge): frames are then lost or late. Generic mode transmits
+            // through the stack and always works there.
+            XdpChoice::Auto if driver.as_deref() == Some("veth") => {
+                info!(
+                    iface = ifname,
+                    "veth: native XDP_TX needs XDP on the peer; using generic mode"
+                );
+                &[(XdpMode::Skb, "generic")]
+            }
             XdpChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
             XdpChoice::Native => &[(XdpMode::Driver, "native")],
             XdpChoice::Generic | XdpChoice::Off => &[(XdpMode::Skb, "generic")],
@@ -428,6 +440,60 @@ fn netns_cookie() -> Result<u64> {
         return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
     }
     Ok(cookie)
+}
+
+/// The kernel driver of `ifname` (`ETHTOOL_GDRVINFO`), in this network namespace.
+fn driver_name(ifname: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    /// `struct ethtool_drvinfo` from linux/ethtool.h.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    // SAFETY: all-zero is a valid DrvInfo and ifreq.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: SIOCETHTOOL reads ifr (name, data pointer) and writes into `info`, which outlives
+    // the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            SIOCETHTOOL,
+            &mut ifr,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The cgroup v2 root (the default `--cgroup`): where the cgroup2 filesystem is mounted.

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod datapath;
 pub mod dataplane;
+pub mod health;
 pub mod ifwatch;
 pub mod metrics;
 pub mod model;

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::{
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
+    health::HealthServers,
     ifwatch::{self, LinkEvent},
     metrics::{self, MapLabel, Metrics},
     model::{self, NodeContext, ObjectRef, Objects},
@@ -120,6 +121,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         attach_link(&mut datapath, &cfg, *index, name);
     }
 
+    let mut health = HealthServers::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     match &cfg.source {
@@ -150,6 +152,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             Ok(objects) => {
                                 last_fingerprint = Some(fingerprint);
                                 engine.full(&objects, &node, started);
+                                health.sync(&model::health_checks(&objects, &node)).await;
                                 metrics.ready.store(true, Ordering::Relaxed);
                             }
                             Err(e) => warn!("{e}; keeping what is programmed"),
@@ -187,10 +190,17 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                         };
                         let oldest = touched.oldest.unwrap_or_else(Instant::now);
                         if engine.needs_full || touched.node {
+                            // The Node object may have brought (new) addresses: the first is
+                            // the SNAT source.
+                            if let Err(e) = datapath.set_config(node.node_ips.first().copied()) {
+                                error!("{e:#}");
+                            }
                             engine.full(&store.objects, &node, oldest);
+                            health.sync(&model::health_checks(&store.objects, &node)).await;
                             metrics.ready.store(true, Ordering::Relaxed);
                         } else if !touched.services.is_empty() {
                             engine.incremental(&store, &node, &touched.services, oldest);
+                            health.sync(&model::health_checks(&store.objects, &node)).await;
                         }
                     }
                     Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),

@@ -43,6 +43,8 @@ mod programs;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
+mod route;
+#[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod stats;

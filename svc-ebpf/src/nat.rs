@@ -81,3 +81,15 @@ pub fn apply(ctx: &TcContext, flow: &Flow, entry: &svc_common::CtEntry) -> Resul
     rewrite(ctx, flow, End::Source, entry.src_addr, entry.src_port)?;
     rewrite(ctx, flow, End::Destination, entry.dst_addr, entry.dst_port)
 }
+
+/// Swaps the Ethernet addresses: a frame sent back out of the interface it came in on must be
+/// addressed to its sender, or the sender drops it as meant for another host.
+#[inline(always)]
+pub fn swap_macs(ctx: &TcContext) -> Result<(), Outcome> {
+    let failed = |_| Outcome::drop(Reason::RewriteFailed);
+    let eth: [u8; 12] = ctx.load(0).map_err(failed)?;
+    let mut out = [0u8; 12];
+    out[..6].copy_from_slice(&eth[6..]);
+    out[6..].copy_from_slice(&eth[..6]);
+    ctx.store(0, &out, 0).map_err(failed)
+}

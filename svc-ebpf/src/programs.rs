@@ -1,12 +1,13 @@
 //! The pod-veth programs (tc, host side of each pod veth).
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
-use svc_common::{Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL};
 
 use crate::{
     lb::{ct_lookup, new_flow, Origin, Step},
-    nat::apply,
-    parse::parse_tc,
+    nat::{apply, swap_macs},
+    parse::{parse_tc, Flow},
     reject::reject,
+    route::forward,
     stats::count,
     Outcome,
 };
@@ -31,22 +32,33 @@ pub fn svc_pod_egress(ctx: TcContext) -> i32 {
     out.verdict
 }
 
-/// After translation, a packet whose new destination is the pod that sent it (hairpin, both
-/// directions) goes straight back out of the veth it came in on; everything else continues to
-/// the stack, which routes it.
+/// Sends a translated packet on. A packet whose new destination is the pod that sent it
+/// (hairpin, both directions) goes straight back out of the veth it came in on, addressed to
+/// the pod's MAC. A reply to a client outside the node has a frontend (often this node's own
+/// address) as source and is redirected to the next hop (see `route`). Everything else
+/// continues to the stack, which routes it.
 #[inline(always)]
-fn deliver(ctx: &TcContext, sender: [u8; 4], dst: [u8; 4], reason: Reason) -> Outcome {
-    if dst == sender {
+fn deliver(
+    ctx: &TcContext,
+    flow: &Flow,
+    entry: &CtEntry,
+    reason: Reason,
+) -> Result<Outcome, Outcome> {
+    if entry.dst_addr == flow.saddr {
+        swap_macs(ctx)?;
         // SAFETY: reading the ifindex field of the program's own context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-        return Outcome {
+        return Ok(Outcome {
             verdict,
             reason: Reason::Hairpin,
-        };
+        });
     }
-    Outcome::pass(reason)
+    if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 {
+        return forward(ctx, flow, entry, reason);
+    }
+    Ok(Outcome::pass(reason))
 }
 
 #[inline(always)]
@@ -62,12 +74,12 @@ fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
             CT_DIR_FORWARD => Reason::DnatEstablished,
             _ => Reason::RevNat,
         };
-        return Ok(deliver(ctx, flow.saddr, entry.dst_addr, reason));
+        return deliver(ctx, &flow, &entry, reason);
     }
     match new_flow(&flow, Origin::Pod)? {
         Step::Translate { entry, reason } => {
             apply(ctx, &flow, &entry)?;
-            Ok(deliver(ctx, flow.saddr, entry.dst_addr, reason))
+            deliver(ctx, &flow, &entry, reason)
         }
         Step::Reject => reject(ctx, &flow),
     }

@@ -391,6 +391,31 @@ fn test_cgroup(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `GET http://{addr}{path}` from inside namespace `ns` (plain HTTP/1.0): status and body.
+pub fn http_get(t: &Topology, ns: &str, addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let target: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let path = path.to_string();
+    t.run_in(ns, move || -> Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {target}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status in the response")?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    })?
+}
+
 /// `addr:port/proto` → frontend key, for expectations.
 pub fn fkey(addr: [u8; 4], port: u16, proto: u8) -> FrontendKey {
     FrontendKey {

@@ -43,8 +43,8 @@ use etherparse::{
 };
 use svc_common::{
     stat_index, Backend, CtEntry, CtKey, Frontend, FrontendKey, Hook, Reason, Slot, SlotKey,
-    ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_FRONTENDS, MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY, STATS_LEN,
+    ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_STATS,
+    PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY, STATS_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@
 use std::{net::SocketAddrV4, process::Command};
 
 use svc_common::{
-    Hook, Reason, ALL_MAPS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_TCP_SYN, FAULT_SKIP_L4_CSUM, GLOBAL_FAULT_INJECT, MAP_FRONTENDS,
-    PROTO_TCP, PROTO_UDP,
+    Hook, Reason, ALL_MAPS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_TCP_SYN, FAULT_SKIP_L4_CSUM,
+    GLOBAL_FAULT_INJECT, MAP_FRONTENDS, PROTO_TCP, PROTO_UDP,
 };
 use tests::fixtures::*;
 
@@ -65,7 +65,14 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
         .ct_get(&ct_forward(CLIENT_POD, SVC_VIP, PROTO_TCP))
         .expect("forward conntrack entry client→SVC_VIP");
     assert_eq!(
-        (fwd.src_addr, fwd.src_port, fwd.dst_addr, fwd.dst_port, fwd.dir, fwd.flags),
+        (
+            fwd.src_addr,
+            fwd.src_port,
+            fwd.dst_addr,
+            fwd.dst_port,
+            fwd.dir,
+            fwd.flags
+        ),
         (
             CLIENT_POD.ip().octets(),
             CLIENT_POD.port(),
@@ -95,7 +102,13 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
         .ct_get(&ct_reply(BACKEND_A, CLIENT_POD, PROTO_TCP))
         .expect("reply conntrack entry BACKEND_A→client");
     assert_eq!(
-        (rep.src_addr, rep.src_port, rep.dst_addr, rep.dst_port, rep.dir),
+        (
+            rep.src_addr,
+            rep.src_port,
+            rep.dst_addr,
+            rep.dst_port,
+            rep.dir
+        ),
         (
             SVC_VIP.ip().octets(),
             SVC_VIP.port(),
