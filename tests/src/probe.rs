@@ -86,6 +86,36 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// Wall time of the whole run.
     pub elapsed_ms: u64,
+    /// Percentiles of the successful exchanges' durations (TCP: connect to reply; UDP: send
+    /// to reply), for benchmarks. Optional, so summaries of older probes still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Latency>,
+}
+
+/// Percentiles of exchange durations in microseconds (nearest rank over every sample).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples` (sorted here); `None` when there are none.
+    pub fn of(samples: &mut [u64]) -> Option<Latency> {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1]
+        };
+        (!samples.is_empty()).then(|| Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
 }
 
 impl Summary {
@@ -164,6 +194,9 @@ pub fn check_target(target: SocketAddr) -> Result<SocketAddrV4> {
         [10, 244, ..]
             | [10, 96, ..]
             | [172, 18, ..]
+            // The seed document's LoadBalancer example chooses this clusterIP; like every
+            // Service address it exists only in the datapath of our namespaces.
+            | [10, 0, 171, 239]
             | [127, ..]
             | [192, 0, 2, _]
             | [198, 51, 100, _]
@@ -172,7 +205,7 @@ pub fn check_target(target: SocketAddr) -> Result<SocketAddrV4> {
     if !allowed {
         bail!(
             "target {target} is outside the test address plan (10.244/16, 10.96/16, \
-             172.18/16, 127/8, 192.0.2/24, 198.51.100/24, 203.0.113/24)"
+             10.0.171.239, 172.18/16, 127/8, 192.0.2/24, 198.51.100/24, 203.0.113/24)"
         );
     }
     if v4.port() == 0 {
@@ -571,10 +604,13 @@ struct Acc {
     summary: Summary,
     peers: BTreeSet<String>,
     reply_from: BTreeSet<String>,
+    /// Duration of every successful exchange, µs (8 bytes × at most [`MAX_COUNT`]).
+    took_us: Vec<u64>,
 }
 
 impl Acc {
-    fn ok(&mut self, reply: Reply, from: SocketAddr) {
+    fn ok(&mut self, reply: Reply, from: SocketAddr, took: Duration) {
+        self.took_us.push(took.as_micros() as u64);
         self.summary.ok += 1;
         *self.summary.by_backend.entry(reply.id).or_default() += 1;
         self.peers.insert(reply.peer);
@@ -590,6 +626,7 @@ impl Acc {
         self.summary.peers_seen_by_backend = self.peers.into_iter().collect();
         self.summary.reply_from = self.reply_from.into_iter().collect();
         self.summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        self.summary.latency_us = Latency::of(&mut self.took_us);
         self.summary
     }
 }
@@ -616,7 +653,19 @@ pub struct TcpClientConfig {
 /// Makes `count` short connections (connect, send one line, read the reply, close), with up to
 /// `parallel` in flight. Never fails as a whole: every failure is counted in the summary.
 pub fn run_tcp(cfg: &TcpClientConfig) -> Result<Summary> {
-    check_target(cfg.target.into())?;
+    run_tcp_multi(cfg, &[cfg.target])
+}
+
+/// [`run_tcp`] spreading the connections round-robin over `targets` (by sequence number;
+/// `cfg.target` is ignored): one client run against several pod addresses, which is how the
+/// benchmark's no-translation floor mirrors a Service's balancing.
+pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddrV4]) -> Result<Summary> {
+    if targets.is_empty() {
+        bail!("no target");
+    }
+    for t in targets {
+        check_target((*t).into())?;
+    }
     check_duration("timeout", cfg.timeout)?;
     if cfg.count > MAX_COUNT {
         bail!("count {} exceeds {MAX_COUNT}", cfg.count);
@@ -632,8 +681,10 @@ pub fn run_tcp(cfg: &TcpClientConfig) -> Result<Summary> {
                 if seq >= cfg.count {
                     break;
                 }
-                match tcp_exchange(cfg.target, cfg.timeout, seq) {
-                    Ok((reply, from)) => lock(&acc).ok(reply, from),
+                let target = targets[(seq % targets.len() as u64) as usize];
+                let began = Instant::now();
+                match tcp_exchange(target, cfg.timeout, seq) {
+                    Ok((reply, from)) => lock(&acc).ok(reply, from, began.elapsed()),
                     Err(e) => lock(&acc).failed(format!("{e:#}")),
                 }
             });
@@ -710,38 +761,82 @@ pub struct UdpClientConfig {
 /// read with `recvfrom`, so a reply from the wrong source (missing reverse NAT) is still
 /// received and shows up in `reply_from` instead of being silently filtered by the kernel.
 pub fn run_udp(cfg: &UdpClientConfig) -> Result<Summary> {
-    check_target(cfg.target.into())?;
+    run_udp_multi(cfg, &[cfg.target], 1)
+}
+
+/// [`run_udp`] with `parallel` threads, each running its share of the exchanges one at a time
+/// (and with its own socket under [`UdpSockets::One`], since replies are matched per socket),
+/// round-robin over `targets` by sequence number (`cfg.target` is ignored).
+pub fn run_udp_multi(
+    cfg: &UdpClientConfig,
+    targets: &[SocketAddrV4],
+    parallel: usize,
+) -> Result<Summary> {
+    if targets.is_empty() {
+        bail!("no target");
+    }
+    for t in targets {
+        check_target((*t).into())?;
+    }
     check_duration("timeout", cfg.timeout)?;
     if cfg.count > MAX_COUNT {
         bail!("count {} exceeds {MAX_COUNT}", cfg.count);
     }
+    let parallel = parallel.clamp(1, MAX_PARALLEL);
     let started = Instant::now();
-    let mut acc = Acc::default();
-    let shared = match cfg.sockets {
-        UdpSockets::One => Some(udp_socket()?),
-        UdpSockets::PerRequest => None,
-    };
-    for seq in 0..cfg.count {
+    let next = AtomicU64::new(0);
+    let acc = Mutex::new(Acc::default());
+    // Bound before any exchange, so a bind failure fails the run as a whole, as before.
+    let shared: Vec<Option<UdpSocket>> = (0..parallel)
+        .map(|_| match cfg.sockets {
+            UdpSockets::One => udp_socket().map(Some),
+            UdpSockets::PerRequest => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    std::thread::scope(|scope| {
+        for sock in &shared {
+            let (next, acc) = (&next, &acc);
+            scope.spawn(move || udp_worker(cfg, targets, sock.as_ref(), next, acc));
+        }
+    });
+    let acc = acc.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(acc.finish(started))
+}
+
+/// One thread of [`run_udp_multi`]: takes sequence numbers until `count` is reached.
+fn udp_worker(
+    cfg: &UdpClientConfig,
+    targets: &[SocketAddrV4],
+    shared: Option<&UdpSocket>,
+    next: &AtomicU64,
+    acc: &Mutex<Acc>,
+) {
+    loop {
+        let seq = next.fetch_add(1, Ordering::Relaxed);
+        if seq >= cfg.count {
+            break;
+        }
         let owned;
-        let sock = match cfg.sockets {
-            UdpSockets::One => shared.as_ref().context("UDP socket")?,
-            UdpSockets::PerRequest => match udp_socket() {
+        let sock = match shared {
+            Some(s) => s,
+            None => match udp_socket() {
                 Ok(s) => {
                     owned = s;
                     &owned
                 }
                 Err(e) => {
-                    acc.failed(format!("{e:#}"));
+                    lock(acc).failed(format!("{e:#}"));
                     continue;
                 }
             },
         };
-        match udp_exchange(sock, cfg.target, cfg.timeout, seq) {
-            Ok((reply, from)) => acc.ok(reply, from),
-            Err(e) => acc.failed(format!("{e:#}")),
+        let target = targets[(seq % targets.len() as u64) as usize];
+        let began = Instant::now();
+        match udp_exchange(sock, target, cfg.timeout, seq) {
+            Ok((reply, from)) => lock(acc).ok(reply, from, began.elapsed()),
+            Err(e) => lock(acc).failed(format!("{e:#}")),
         }
     }
-    Ok(acc.finish(started))
 }
 
 fn udp_socket() -> Result<UdpSocket> {

@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: the seed document's Services, served by svc-lb in a two-node kind-like
-//! topology built from network namespaces, with traffic, a `bpftool` map dump, and cleanup.
+//! `cargo xtask demo`: the seed document's Services (ClusterIP allocated and chosen, without
+//! selector, NodePort 30007, LoadBalancer with an ingress IP, external IP, ExternalName),
+//! served by svc-lb in a two-node kind-like topology built from network namespaces, with
+//! traffic from a pod and from an external client, a `bpftool` map dump, and cleanup.
 //!
 //! Everything runs inside namespaces this program creates; they, the agents' pins and the
 //! attached programs are removed on exit, failure included (the `Topology` and `Agent` drops).
@@ -32,6 +34,31 @@ metadata:
 addressType: IPv4
 ports:
   - port: 9000
+    protocol: TCP
+endpoints:
+  - addresses: ["{app1}"]
+    nodeName: {n1}
+  - addresses: ["{app2}"]
+    nodeName: {n2}
+"#,
+            n1 = node_name(1),
+            n2 = node_name(2)
+        )
+    };
+    // The MyApp pods' slices carry the targetPort each seed example names.
+    // Slice ports carry the Service port's name; only the external-IP example names its port.
+    let slice_on = |svc: &str, port: u16, name: &str| {
+        format!(
+            r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {svc}-abcde
+  labels:
+    kubernetes.io/service-name: {svc}
+addressType: IPv4
+ports:
+  - port: {port}
+    name: "{name}"
     protocol: TCP
 endpoints:
   - addresses: ["{app1}"]
@@ -114,6 +141,78 @@ spec:
             ),
         ),
         (
+            "test_nodeport.yml",
+            format!(
+                r#"# The seed's NodePort example: nodePort 30007 on every node address.
+apiVersion: v1
+kind: Service
+metadata:
+  name: test-service
+spec:
+  type: NodePort
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - port: 80
+      targetPort: 80
+      nodePort: 30007
+---
+{}"#,
+                slice_on("test-service", 80, "")
+            ),
+        ),
+        (
+            "test_load_balancer.yml",
+            format!(
+                r#"# The seed's LoadBalancer example: the cloud's ingress IP is in status (here a
+# documentation address, as a cloud controller would have written it).
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 9376
+  clusterIP: 10.0.171.239
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - ip: 192.0.2.127
+---
+{}"#,
+                slice_on("my-service", 9376, "")
+            ),
+        ),
+        (
+            "test_external_ip.yml",
+            format!(
+                r#"# The seed's external-IP example, with 198.51.100.10 (documentation range) for the
+# seed's 80.11.12.10.
+apiVersion: v1
+kind: Service
+metadata:
+  name: test-external-ip
+spec:
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - name: http
+      protocol: TCP
+      port: 80
+      targetPort: 9376
+  externalIPs:
+    - 198.51.100.10
+---
+{}"#,
+                slice_on("test-external-ip", 9376, "http")
+            ),
+        ),
+        (
             "external_name.yml",
             r#"# ExternalName is DNS-only: svc-lb never programs it.
 apiVersion: v1
@@ -155,7 +254,11 @@ fn main() -> Result<()> {
     let t = Topology::build(
         &TopologySpec::new()
             .node(&["client", "test-app-1"])
-            .node(&["test-app-2", "legacy-db"]),
+            .node(&["test-app-2", "legacy-db"])
+            .external_client(true)
+            // The documentation ranges (LB and external IPs) are routed via node 1, as a
+            // router in front of the cluster would.
+            .ext_gateway(1),
     )?;
     for node in 1..=2 {
         println!(
@@ -176,7 +279,7 @@ fn main() -> Result<()> {
     for pod in ["test-app-1", "test-app-2", "legacy-db"] {
         let mut s = t.spawn(
             t.pod_ns(pod),
-            &[probe, "serve", "--id", pod, "--tcp", "9000,30050"],
+            &[probe, "serve", "--id", pod, "--tcp", "80,9000,9376,30050"],
         )?;
         s.wait_for_line(Duration::from_secs(5), |l| l == "ready")?;
         servers.push(s);
@@ -187,35 +290,71 @@ fn main() -> Result<()> {
         dir.write(name, &yaml)?;
     }
     println!(
-        "\n== kubectl apply -f {}  (the seed's ClusterIP examples)",
+        "\n== kubectl apply -f {}  (every Service type in the seed document)",
         dir.path().display()
     );
     let objects = manifests::load_dir(dir.path())?;
     println!(
-        "   {:<24} {:<14} {:<15} {:<10}",
-        "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"
+        "   {:<30} {:<13} {:<15} {:<14} {:<10}",
+        "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"
     );
     let mut targets = BTreeMap::new();
+    let mut external = Vec::new();
     for (r, svc) in &objects.services {
         let spec = svc.spec.clone().unwrap_or_default();
         let ip = spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into());
-        let ports: Vec<String> = spec
-            .ports
-            .unwrap_or_default()
+        let ports = spec.ports.clone().unwrap_or_default();
+        let shown: Vec<String> = ports
             .iter()
-            .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
+            .map(|p| match p.node_port {
+                Some(np) => format!("{}:{np}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+                None => format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+            })
             .collect();
-        let ty = spec.type_.unwrap_or_else(|| "ClusterIP".into());
+        let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        let mut ext_ips: Vec<String> = spec.external_ips.clone().unwrap_or_default();
+        if ty == "LoadBalancer" {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref());
+            ext_ips.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.clone()));
+        }
+        let ext_col = if ext_ips.is_empty() {
+            "<none>".to_string()
+        } else {
+            ext_ips.join(",")
+        };
         println!(
-            "   {:<24} {:<14} {:<15} {:<10}",
+            "   {:<30} {:<13} {:<15} {:<14} {:<10}",
             r.to_string(),
             ty,
             ip,
-            ports.join(",")
+            ext_col,
+            shown.join(",")
         );
-        if ty == "ClusterIP" {
-            if let Some(port) = ports.first().and_then(|p| p.split('/').next()) {
-                targets.insert(r.to_string(), format!("{ip}:{port}"));
+        if ty == "ExternalName" {
+            continue;
+        }
+        if let Some(p) = ports.first() {
+            targets.insert(r.to_string(), format!("{ip}:{}", p.port));
+            let specified = spec.external_ips.clone().unwrap_or_default();
+            for e in &ext_ips {
+                let kind = if specified.contains(e) {
+                    "external IP"
+                } else {
+                    "LoadBalancer IP"
+                };
+                external.push((format!("{r} ({kind})"), format!("{e}:{}", p.port)));
+            }
+            if let Some(np) = p.node_port {
+                for node in 1..=2 {
+                    external.push((
+                        format!("{r} (NodePort on {})", node_name(node)),
+                        format!("{}:{np}", t.node_ip(node)),
+                    ));
+                }
             }
         }
     }
@@ -225,15 +364,9 @@ fn main() -> Result<()> {
     for node in 1..=2 {
         agents.push(Agent::start(&t, node, dir.path(), &[])?);
     }
-    // Three ClusterIP Services, one TCP port each; ExternalName programs nothing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agents[0].frontends().map(|f| f.len()).unwrap_or(0) < 3 {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "agent did not program:\n{}",
-            agents[0].log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    // /healthz answers 200 once the first full sync has written the maps.
+    for agent in &mut agents {
+        agent.wait_healthy(&t, Duration::from_secs(20))?;
     }
 
     println!(
@@ -264,6 +397,37 @@ fn main() -> Result<()> {
         ensure!(
             s.failed == 0,
             "{svc}: {} connections failed: {:?}",
+            s.failed,
+            s.errors
+        );
+    }
+
+    let ext = t.ext_ns().context("the external client")?.to_owned();
+    println!("\n== Traffic from the external client 172.18.0.100 (100 TCP connections each)");
+    for (what, target) in &external {
+        let out = t.exec_ok(
+            &ext,
+            &[
+                probe,
+                "tcp",
+                "--target",
+                target,
+                "--count",
+                "100",
+                "--timeout-ms",
+                "2000",
+                "--parallel",
+                "4",
+            ],
+        )?;
+        let s = Summary::from_output(&out)?;
+        println!(
+            "   {what:<44} {target:<20} ok {:>3} failed {:>3}  replies from {:?}  backends {:?}",
+            s.ok, s.failed, s.reply_from, s.by_backend
+        );
+        ensure!(
+            s.failed == 0,
+            "{what}: {} connections failed: {:?}",
             s.failed,
             s.errors
         );
