@@ -52,8 +52,10 @@ pub const MAP_STATS: &str = "SVC_STATS";
 pub const MAP_CONFIG: &str = "SVC_CONFIG";
 /// Pinned name of the socket-LB reverse map (cgroup hooks: socket + backend → frontend).
 pub const MAP_SOCK_REVNAT: &str = "SVC_SOCK_REV";
+/// Pinned name of the session-affinity map (`sessionAffinity: ClientIP`).
+pub const MAP_AFFINITY: &str = "SVC_AFFINITY";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 8] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -61,6 +63,7 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_STATS,
     MAP_CONFIG,
     MAP_SOCK_REVNAT,
+    MAP_AFFINITY,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -302,6 +305,39 @@ const _: () = assert!(core::mem::size_of::<SockRevNat>() == 8);
 /// Capacity of [`MAP_SOCK_REVNAT`] (LRU).
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
+/// Key of [`MAP_AFFINITY`]: a client of a frontend with `sessionAffinity: ClientIP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    /// [`Frontend::id`].
+    pub frontend_id: u32,
+    /// Client address, network order.
+    pub client_addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+/// Value of [`MAP_AFFINITY`]: the backend new flows of this client go to while
+/// `now - last_used_ns < Frontend::affinity_timeout_s`. Written by the datapath on every new
+/// flow (kube-proxy's `recent` match refreshes on every new connection the same way). The
+/// backend's address is kept so an id reused for another backend is not followed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity {
+    /// Key into [`MAP_BACKENDS`].
+    pub backend_id: u32,
+    /// The backend's address when chosen, network order.
+    pub backend_addr: [u8; 4],
+    /// The backend's port when chosen, host order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub _pad: [u8; 6],
+    /// `bpf_ktime_get_ns()` of the last new flow that used it.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
+/// Capacity of [`MAP_AFFINITY`] (LRU).
+pub const MAX_AFFINITY: u32 = 131_072;
+
 /// [`CtEntry::tcp_flags`] bits (the TCP header's own flag bit values).
 pub const CT_TCP_FIN: u8 = 0x01;
 /// See [`CT_TCP_FIN`].
@@ -383,9 +419,11 @@ pub enum Reason {
     SockTranslated = 18,
     /// Socket hook: a reply's source (recvmsg) or the peer name was restored to the frontend.
     SockRevNat = 19,
+    /// Translated: a new flow sent to the backend its client's session affinity names.
+    Affinity = 20,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 21;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -408,6 +446,7 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::PolicyDrop, "policy_drop"),
     (Reason::SockTranslated, "sock_translated"),
     (Reason::SockRevNat, "sock_rev_nat"),
+    (Reason::Affinity, "affinity"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;
@@ -449,6 +488,10 @@ mod user {
     unsafe impl aya::Pod for super::SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Affinity {}
 }
 
 #[cfg(test)]

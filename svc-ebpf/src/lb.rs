@@ -5,14 +5,14 @@
 //! the rewrite primitives of its own program type (`nat` for tc, `xdp` for XDP).
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use svc_common::{
-    CtEntry, CtKey, Frontend, FrontendKey, Reason, SlotKey, BACKEND_F_LOCAL, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_SCOPE, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Reason, SlotKey,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, SCOPE_ANY, SCOPE_EXTERNAL,
+    SNAT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
-    maps::{SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SLOTS},
+    maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SLOTS},
     parse::Flow,
     Outcome,
 };
@@ -73,6 +73,59 @@ fn frontend(key: &FrontendKey) -> Option<Frontend> {
     unsafe { SVC_FRONTENDS.get(key) }.copied()
 }
 
+/// Chooses the backend of a new flow from `client` to frontend `fe` (`backend_count > 0`):
+/// the one its session affinity names while that is fresh and still the same backend, else a
+/// uniformly random slot. Records the choice for affinity. Returns (id, backend, from
+/// affinity); `None` if a slot or backend entry is missing.
+#[inline(always)]
+pub fn pick_backend(fe: &Frontend, client: [u8; 4], now: u64) -> Option<(u32, Backend, bool)> {
+    let akey = AffinityKey {
+        frontend_id: fe.id,
+        client_addr: client,
+    };
+    if fe.affinity_timeout_s != 0 {
+        // SAFETY: values copied out immediately.
+        if let Some(a) = unsafe { SVC_AFFINITY.get(&akey) }.copied() {
+            let fresh =
+                now.wrapping_sub(a.last_used_ns) < fe.affinity_timeout_s as u64 * 1_000_000_000;
+            // SAFETY: as above.
+            let current = unsafe { SVC_BACKENDS.get(&a.backend_id) }.copied();
+            if let Some(b) = current {
+                // Still the backend chosen before (an id can be reused for another one).
+                if fresh && b.addr == a.backend_addr && b.port == a.backend_port {
+                    remember(&akey, a.backend_id, &b, now);
+                    return Some((a.backend_id, b, true));
+                }
+            }
+        }
+    }
+    let slot = SlotKey {
+        frontend_id: fe.id,
+        slot: random_below(fe.backend_count) + 1,
+    };
+    // SAFETY: values copied out immediately.
+    let backend_id = unsafe { SVC_SLOTS.get(&slot) }.map(|s| s.backend_id)?;
+    // SAFETY: as above.
+    let backend = unsafe { SVC_BACKENDS.get(&backend_id) }.copied()?;
+    if fe.affinity_timeout_s != 0 {
+        remember(&akey, backend_id, &backend, now);
+    }
+    Some((backend_id, backend, false))
+}
+
+#[inline(always)]
+fn remember(key: &AffinityKey, backend_id: u32, backend: &Backend, now: u64) {
+    let value = Affinity {
+        backend_id,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        _pad: [0; 6],
+        last_used_ns: now,
+    };
+    // Best effort: without the entry the next flow is merely balanced afresh.
+    let _ = SVC_AFFINITY.insert(key, &value, 0);
+}
+
 /// Decides a new flow to `flow.daddr:dport`. `Err` carries the outcome when there is nothing
 /// to translate (not a frontend) or the packet must be dropped.
 #[inline(always)]
@@ -97,21 +150,10 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
         }
         return Ok(Step::Reject);
     }
-    let slot = SlotKey {
-        frontend_id: fe.id,
-        slot: random_below(fe.backend_count) + 1,
-    };
-    // SAFETY: values copied out immediately.
-    let backend_id = unsafe { SVC_SLOTS.get(&slot) }
-        .map(|s| s.backend_id)
-        .ok_or(Outcome::drop(Reason::BackendMissing))?;
-    // SAFETY: as above.
-    let backend = unsafe { SVC_BACKENDS.get(&backend_id) }
-        .copied()
-        .ok_or(Outcome::drop(Reason::BackendMissing))?;
-
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let (backend_id, backend, sticky) =
+        pick_backend(&fe, flow.saddr, now).ok_or(Outcome::drop(Reason::BackendMissing))?;
     // Forward: the client's tuple → the backend, source as decided below.
     let mut fwd = CtEntry {
         src_addr: flow.saddr,
@@ -129,7 +171,11 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
         packets: 1,
         bytes: flow.ip_len as u64,
     };
-    let mut reason = Reason::DnatNew;
+    let mut reason = if sticky {
+        Reason::Affinity
+    } else {
+        Reason::DnatNew
+    };
     if origin == Origin::Uplink {
         fwd.flags |= CT_F_EXTERNAL;
     }

@@ -27,7 +27,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-/// Benchmark floor only (an empty classifier the agent never attaches); see `floor.rs`.
+/// Benchmark floors only (empty tc and XDP programs the agent never attaches); see `floor.rs`.
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]

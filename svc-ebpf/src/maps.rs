@@ -5,8 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    Backend, Config, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey, SockKey, SockRevNat,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
+    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey,
+    SockKey, SockRevNat, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS,
+    MAX_SOCK_REVNAT, STATS_LEN,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -31,4 +32,8 @@ pub static SVC_CONFIG: Array<Config, 1> = Array::new();
 
 #[btf_map]
 pub static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> =
     LruHashMap::new();

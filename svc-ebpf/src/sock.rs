@@ -12,18 +12,19 @@
 //! their own namespaces (and their own 127.0.0.1), are never affected here; their traffic is
 //! translated per packet on their veth.
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use svc_common::{
-    FrontendKey, Hook, Reason, SlotKey, SockKey, SockRevNat, FRONTEND_F_DROP_NO_BACKEND, PROTO_UDP,
+    FrontendKey, Hook, Reason, SockKey, SockRevNat, FRONTEND_F_DROP_NO_BACKEND, PROTO_UDP,
     SCOPE_ANY,
 };
 
 use crate::{
-    maps::{SVC_BACKENDS, SVC_CONFIG, SVC_FRONTENDS, SVC_SLOTS, SVC_SOCK_REV},
+    lb::pick_backend,
+    maps::{SVC_CONFIG, SVC_FRONTENDS, SVC_SOCK_REV},
     stats::count,
 };
 
@@ -51,6 +52,13 @@ pub fn svc_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn svc_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     restore(&ctx, None)
+}
+
+/// The client address session affinity keys on for a node process: the node's own address,
+/// which every socket of the node would have as a packet's source.
+#[inline(always)]
+fn node_client() -> [u8; 4] {
+    SVC_CONFIG.get(0).map(|c| c.node_addr).unwrap_or_default()
 }
 
 /// Whether the socket belongs to this node's network namespace.
@@ -107,16 +115,8 @@ fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
         return DENY;
     }
     // SAFETY: helper without arguments.
-    let r = unsafe { bpf_get_prandom_u32() } as u64;
-    let slot = SlotKey {
-        frontend_id: fe.id,
-        slot: ((r * fe.backend_count as u64) >> 32) as u32 + 1,
-    };
-    // SAFETY: values copied out.
-    let Some(backend) = (unsafe { SVC_SLOTS.get(&slot) })
-        .and_then(|s| unsafe { SVC_BACKENDS.get(&s.backend_id) })
-        .copied()
-    else {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some((_, backend, _)) = pick_backend(&fe, node_client(), now) else {
         count(Hook::Sock, Reason::BackendMissing);
         return ALLOW;
     };

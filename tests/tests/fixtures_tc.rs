@@ -799,3 +799,56 @@ fn aya_obj_maps(object: &[u8]) -> std::collections::BTreeSet<String> {
         .cloned()
         .collect()
 }
+
+/// `sessionAffinity: ClientIP`: every new flow of a client goes to the backend its first flow
+/// got, while the timeout has not expired; without affinity the same flows are spread.
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend() {
+    let Some(mut dp) = datapath() else { return };
+    dp.add_service(
+        SVC_VIP,
+        PROTO_TCP,
+        SVC_ID,
+        &[(BACKEND_A_ID, BACKEND_A), (BACKEND_B_ID, BACKEND_B)],
+    )
+    .unwrap();
+    let backend_of = |dp: &Datapath, client: SocketAddrV4| -> SocketAddrV4 {
+        let pkt = Pkt::tcp(client, SVC_VIP, TCP_SYN);
+        let res = dp.run(Program::Ingress.name(), &pkt.build(), 1).unwrap();
+        if res.output == pkt.clone().with_dst(BACKEND_A).build() {
+            BACKEND_A
+        } else if res.output == pkt.clone().with_dst(BACKEND_B).build() {
+            BACKEND_B
+        } else {
+            panic!("output is neither backend")
+        }
+    };
+    // Without affinity, 40 flows of one client use both backends.
+    let spread: std::collections::BTreeSet<_> = (0..40)
+        .map(|i| backend_of(&dp, client(41000 + i)))
+        .collect();
+    assert_eq!(spread.len(), 2, "without affinity the choice is random");
+
+    // With affinity (kube-proxy's default 10800 s), every flow follows the first.
+    let key = frontend_key(SVC_VIP, PROTO_TCP);
+    let mut fe = dp.frontends.get(&key, 0).unwrap();
+    fe.affinity_timeout_s = 10_800;
+    dp.frontends.insert(key, fe, 0).unwrap();
+    let before = dp.counter(Hook::PodIngress, Reason::Affinity);
+    let first = backend_of(&dp, client(42000));
+    for i in 1..30 {
+        assert_eq!(
+            backend_of(&dp, client(42000 + i)),
+            first,
+            "flow {i} left the affinity backend"
+        );
+    }
+    assert_eq!(dp.counter(Hook::PodIngress, Reason::Affinity) - before, 29);
+    // Another client has its own (random) affinity, kept as well.
+    let other = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 244, 1, 9), 43000);
+    let theirs = backend_of(&dp, other);
+    for i in 1..10 {
+        let c = SocketAddrV4::new(*other.ip(), 43000 + i);
+        assert_eq!(backend_of(&dp, c), theirs);
+    }
+}
