@@ -31,6 +31,11 @@ pub enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/svc")]
         bpffs: PathBuf,
     },
+    /// Read the pinned maps (services, conntrack, stats); no agent needed.
+    #[command(subcommand)]
+    Inspect(crate::inspect::InspectCommand),
+    /// What the datapath would do with a new flow from SRC to DST, from the pinned maps.
+    Explain(crate::inspect::ExplainArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

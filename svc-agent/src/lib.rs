@@ -11,6 +11,8 @@
 //!   maps, `fake` in memory (checking the invariant after every operation) for tests.
 //! - [`cli`]: the command line (`svc-agent run …`), shared by the binary and the checks of
 //!   the deploy manifests.
+//! - [`inspect`]: `svc-agent inspect …` / `explain`: the pinned maps read back for people and
+//!   tools, and what the datapath would do with a flow (a pure mirror of its decision).
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod datapath;
 pub mod dataplane;
 pub mod health;
 pub mod ifwatch;
+pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

@@ -20,6 +20,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Uninstall { bpffs } => svc_agent::datapath::uninstall(&bpffs),
+        Command::Inspect(cmd) => Ok(svc_agent::inspect::run_inspect(&cmd)?),
+        Command::Explain(args) => Ok(svc_agent::inspect::run_explain(&args)?),
         Command::Run(args) => {
             if let Some(cgroup) = &args.cgroup {
                 if !cgroup.join("cgroup.procs").exists() {
