@@ -858,3 +858,543 @@ pub fn proto_of(l4: L4) -> u8 {
         L4::IcmpEcho => 1,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// XDP: the uplink program `svc_xdp`
+// ---------------------------------------------------------------------------------------------
+//
+// `svc_xdp` sees frames from the wire on a node's uplink. Translating towards a remote backend
+// or back to a client calls `bpf_fib_lookup`, which consults the routing and neighbour tables
+// of the network namespace of the thread that issued `BPF_PROG_TEST_RUN` (the test run's
+// `xdp_rxq` device comes from `current->nsproxy->net_ns`, net/bpf/test_run.c
+// `xdp_convert_md_to_buff`). So XDP fixtures never run in the machine's namespace: an
+// [`XdpNode`] is a namespace of their own holding one node's uplink (an interface with
+// [`NODE_IP`], routes to the other nodes' pod CIDRs, permanent neighbour entries), and
+// [`Datapath::run_xdp`] refuses to run from a thread in the namespace the process started in.
+//
+// # How `BPF_PROG_TEST_RUN` treats an XDP program (`bpf_prog_test_run_xdp`)
+// `ctx_in`, when given, must be a `struct xdp_md` with `data = 0` (no metadata),
+// `data_end` = the length of `data_in`, `data_meta = 0`, `egress_ifindex = 0`, and
+// `rx_queue_index` below the device's `real_num_rx_queues`; `ingress_ifindex` names a device
+// of the caller's namespace, which becomes `ctx->ingress_ifindex` and `xdp_rxq->dev`. Without
+// live-frames mode nothing is transmitted or delivered: `XDP_TX` and `XDP_PASS` are only
+// return values, and the frame as the program left it comes back in `data_out`. With
+// `repeat > 1` the program runs again on the *same* buffer, as for tc.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{maps::Array, programs::Xdp};
+use etherparse::checksum::Sum16BitWords;
+use svc_common::{Config, MAP_CONFIG};
+
+/// ELF name of the uplink XDP program.
+pub const XDP_PROGRAM: &str = "svc_xdp";
+/// ELF name of the benchmark's empty XDP program (svc-ebpf/src/floor.rs).
+pub const XDP_FLOOR_PROGRAM: &str = "svc_floor_xdp";
+
+/// `XDP_ABORTED` (`enum xdp_action`).
+pub const XDP_ABORTED: u32 = 0;
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`: on to the stack (and the uplink's tc program).
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`: back out of the interface it arrived on.
+pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// This node's address on the underlay (kind's first node); the SNAT source for remote
+/// backends (`Config::node_addr`).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+/// MAC of this node's uplink (the [`XdpNode`]'s [`XDP_UPLINK`]).
+pub const NODE_MAC: [u8; 6] = [0x02, 0x00, 0xac, 0x12, 0x00, 0x02];
+/// A NodePort on [`NODE_IP`].
+pub const NODEPORT: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30007);
+/// The external client on the underlay and the source port of its flows.
+pub const EXT_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(172, 18, 0, 100), 40000);
+/// The external client's MAC (a permanent neighbour entry in the [`XdpNode`]).
+pub const EXT_CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0xac, 0x12, 0x00, 0x64];
+/// The second node, owner of pod CIDR 10.244.2.0/24 ([`BACKEND_B`]'s node).
+pub const PEER_NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+/// [`PEER_NODE`]'s MAC (a permanent neighbour entry).
+pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0x00, 0xac, 0x12, 0x00, 0x03];
+/// The third node, owner of 10.244.3.0/24: routed, but with **no** neighbour entry.
+pub const UNRESOLVED_NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 4);
+/// A backend on [`UNRESOLVED_NODE`]: XDP cannot address a frame to it.
+pub const BACKEND_UNRESOLVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 3, 2), 8080);
+/// Name of the uplink inside an [`XdpNode`] (as on a kind node).
+pub const XDP_UPLINK: &str = "eth0";
+/// Its veth peer, also inside the [`XdpNode`]: the other end of a wire going nowhere.
+const XDP_UPLINK_PEER: &str = "wire0";
+
+impl Pkt {
+    /// [`Pkt::build`] with the Ethernet addresses of a frame on the underlay. MACs are outside
+    /// every checksum, so setting them after the build leaves etherparse's checksums valid.
+    pub fn build_eth(&self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+        let mut out = self.build();
+        out[0..6].copy_from_slice(&dst_mac);
+        out[6..12].copy_from_slice(&src_mac);
+        out
+    }
+}
+
+/// `frame` with its TCP/UDP checksum field replaced by what a `CHECKSUM_PARTIAL` skb carries:
+/// the folded, *uncomplemented* pseudo-header sum (Linux `~tcp_v4_check(len, s, d, 0)`),
+/// computed here with etherparse's one's-complement arithmetic, independently of the datapath.
+pub fn with_partial_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let (src, dst, proto, ihl, total_len) = {
+        let h = etherparse::SlicedPacket::from_ethernet(&frame).expect("an Ethernet/IPv4 frame");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &h.net else {
+            panic!("with_partial_checksum: not IPv4");
+        };
+        let ip = ip.header();
+        (
+            ip.source(),
+            ip.destination(),
+            ip.protocol().0,
+            usize::from(ip.ihl()) * 4,
+            ip.total_len(),
+        )
+    };
+    let l4_len = total_len - ihl as u16;
+    let csum_off = 14
+        + ihl
+        + match proto {
+            PROTO_TCP => 16,
+            PROTO_UDP => 6,
+            p => panic!("with_partial_checksum: protocol {p} is neither TCP nor UDP"),
+        };
+    let sum = Sum16BitWords::new()
+        .add_4bytes(src)
+        .add_4bytes(dst)
+        .add_2bytes([0, proto])
+        .add_2bytes(l4_len.to_be_bytes());
+    // `ones_complement` returns the complemented fold in the field's byte representation.
+    let partial = !sum.ones_complement();
+    frame[csum_off..csum_off + 2].copy_from_slice(&partial.to_ne_bytes());
+    frame
+}
+
+/// Whether the calling thread is in the network namespace this process was started in (its
+/// main thread's: nothing here ever moves the main thread), where no XDP fixture may run.
+/// Only threads that entered an [`XdpNode`] are elsewhere. (Pid 1's namespace would be the
+/// stricter reference, but it is not readable from inside a container.)
+pub fn in_launch_netns() -> Result<bool> {
+    let ino = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .with_context(|| format!("stat {p}"))
+    };
+    Ok(ino("/proc/thread-self/ns/net")? == ino("/proc/self/ns/net")?)
+}
+
+/// Source of unique [`XdpNode`] names within this process.
+static XDP_NODE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace holding one node's uplink, for the XDP program's `bpf_fib_lookup`:
+/// - [`XDP_UPLINK`] ([`NODE_MAC`], [`NODE_IP`]/16, up), IPv4 forwarding on (the FIB helper
+///   refuses to route for an interface that does not forward). It is one end of a veth pair
+///   whose other end is in the same namespace: the test kernel has no `dummy` driver
+///   (`CONFIG_DUMMY` unset) and a veth is the other device that is always built in; like a
+///   dummy it has one RX queue, which `ctx_in.rx_queue_index = 0` needs;
+/// - `10.244.2.0/24 via` [`PEER_NODE`] and `10.244.3.0/24 via` [`UNRESOLVED_NODE`];
+/// - permanent neighbour entries for [`PEER_NODE`] and [`EXT_CLIENT`], none for
+///   [`UNRESOLVED_NODE`].
+///
+/// The name is `svct-<pid>-xdp<n>`, so `topology::cleanup_stale_namespaces` recognises a
+/// leftover of a crashed run. Dropping it (also while unwinding from a panic, and when
+/// [`XdpNode::create`] fails half way) deletes the namespace, and the interface with it. It is
+/// not connected to anything: nothing in it can send a packet anywhere.
+pub struct XdpNode {
+    name: String,
+}
+
+/// What a thread running inside an [`XdpNode`] knows about its uplink.
+#[derive(Clone, Copy, Debug)]
+pub struct XdpUplink {
+    /// [`XDP_UPLINK`]'s ifindex in the node's namespace: the `ingress_ifindex` of every run.
+    pub ifindex: u32,
+}
+
+impl XdpNode {
+    /// Creates and configures the namespace (see the type's documentation).
+    pub fn create() -> Result<Self> {
+        let n = XDP_NODE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}{}-xdp{n}",
+            crate::topology::NS_PREFIX,
+            std::process::id()
+        );
+        run_ip_cmd(&["netns", "add", &name])?;
+        // From here on, Drop removes the namespace whatever fails next.
+        let node = Self { name };
+        for cmd in [
+            // `ip -n` creates both ends in the namespace; neither ever exists elsewhere.
+            format!(
+                "link add {XDP_UPLINK} address {} type veth peer name {XDP_UPLINK_PEER}",
+                mac(&NODE_MAC)
+            ),
+            format!("addr add {NODE_IP}/16 dev {XDP_UPLINK}"),
+            format!("link set {XDP_UPLINK_PEER} up"),
+            format!("link set {XDP_UPLINK} up"),
+            format!("route add 10.244.2.0/24 via {PEER_NODE} dev {XDP_UPLINK}"),
+            format!("route add 10.244.3.0/24 via {UNRESOLVED_NODE} dev {XDP_UPLINK}"),
+            format!(
+                "neigh add {PEER_NODE} lladdr {} dev {XDP_UPLINK} nud permanent",
+                mac(&PEER_NODE_MAC)
+            ),
+            format!(
+                "neigh add {} lladdr {} dev {XDP_UPLINK} nud permanent",
+                EXT_CLIENT.ip(),
+                mac(&EXT_CLIENT_MAC)
+            ),
+        ] {
+            let mut argv = vec!["-n", node.name.as_str()];
+            argv.extend(cmd.split_whitespace());
+            run_ip_cmd(&argv)?;
+        }
+        node.run(|_| -> Result<()> {
+            // /proc/sys/net shows the namespace of the thread that opens it: this one's.
+            let path = "/proc/sys/net/ipv4/ip_forward";
+            std::fs::write(path, "1").with_context(|| format!("writing 1 to {path}"))
+        })
+        .context("enabling IPv4 forwarding in the XDP node namespace")?;
+        Ok(node)
+    }
+
+    /// The namespace's name (`ip netns list` shows it while this lives).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on a fresh thread that entered the namespace with `setns(2)`, and returns its
+    /// result; a panic in `f` is resumed on the caller's thread (so a failing fixture fails
+    /// the test with its own message). The thread ends with `f`: no other code runs in the
+    /// namespace, and the caller's thread never leaves its own.
+    pub fn run<R: Send>(&self, f: impl FnOnce(XdpUplink) -> R + Send) -> R {
+        let path = Path::new(crate::topology::NETNS_DIR).join(&self.name);
+        let file = File::open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e} (namespace gone?)", path.display()));
+        let joined = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: plain syscall on an fd we own; affects only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    panic!(
+                        "setns({}): {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                assert!(
+                    !in_launch_netns().expect("reading namespace ids"),
+                    "setns({}) left the thread in the launch namespace",
+                    path.display()
+                );
+                let name = std::ffi::CString::new(XDP_UPLINK).expect("no NUL in the name");
+                // SAFETY: `name` is a valid NUL-terminated string.
+                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                assert!(
+                    ifindex != 0,
+                    "{XDP_UPLINK} not found in {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+                f(XdpUplink { ifindex })
+            })
+            .join()
+        });
+        joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for XdpNode {
+    fn drop(&mut self) {
+        if let Err(e) = run_ip_cmd(&["netns", "delete", &self.name]) {
+            eprintln!("xdp node: deleting namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Runs `ip <args>`, failing with its stderr on a non-zero exit.
+fn run_ip_cmd(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running ip {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in` (see the section comment).
+fn xdp_md(data_len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let fields: [u32; 6] = [
+        0,               // data: no metadata in front of the frame
+        data_len as u32, // data_end: must equal the length of data_in
+        0,               // data_meta
+        ingress_ifindex, // ingress_ifindex
+        0,               // rx_queue_index: the veth's only queue
+        0,               // egress_ifindex: must be 0
+    ];
+    let mut out = [0u8; 24];
+    for (chunk, f) in out.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&f.to_ne_bytes());
+    }
+    out
+}
+
+/// One named XDP case: input frame, expected verdict, expected output frame and the one
+/// counter (at [`Hook::Xdp`]) that must move, by exactly one.
+#[derive(Clone, Debug)]
+pub struct XdpFixture {
+    pub name: String,
+    pub input: Vec<u8>,
+    /// An `XDP_*` action.
+    pub verdict: u32,
+    /// The frame as the program must leave it.
+    pub output: Vec<u8>,
+    pub reason: Reason,
+}
+
+impl XdpFixture {
+    /// `input` must come out as `output` with `verdict`, counting `reason`.
+    pub fn new(name: &str, input: Vec<u8>, verdict: u32, output: Vec<u8>, reason: Reason) -> Self {
+        Self {
+            name: name.into(),
+            input,
+            verdict,
+            output,
+            reason,
+        }
+    }
+
+    /// Bytes the program must pass to the stack unchanged, counting `reason`.
+    pub fn untouched(name: &str, input: Vec<u8>, reason: Reason) -> Self {
+        Self::new(name, input.clone(), XDP_PASS, input, reason)
+    }
+
+    /// Bytes the program must drop (unchanged), counting `reason`.
+    pub fn dropped(name: &str, input: Vec<u8>, reason: Reason) -> Self {
+        Self::new(name, input.clone(), XDP_DROP, input, reason)
+    }
+}
+
+fn xdp_verdict_name(v: u32) -> &'static str {
+    match v {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "other",
+    }
+}
+
+impl Datapath {
+    /// [`Datapath::load`] plus the XDP programs ([`XDP_PROGRAM`], and [`XDP_FLOOR_PROGRAM`]
+    /// when the object has it).
+    pub fn load_xdp() -> Result<Self> {
+        Self::load_xdp_with(&mut EbpfLoader::new())
+    }
+
+    /// [`Datapath::load_with`] plus the XDP programs.
+    pub fn load_xdp_with(loader: &mut EbpfLoader<'_>) -> Result<Self> {
+        let mut dp = Self::load_with(loader)?;
+        let mut names = vec![XDP_PROGRAM];
+        if dp.ebpf.program(XDP_FLOOR_PROGRAM).is_some() {
+            names.push(XDP_FLOOR_PROGRAM);
+        }
+        for name in names {
+            let prog: &mut Xdp = dp
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} not in the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not an XDP program"))?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) program {name}"))?;
+        }
+        Ok(dp)
+    }
+
+    /// A loaded XDP program by ELF name.
+    pub fn xdp(&self, name: &str) -> &Xdp {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("program {name} not in the object"))
+            .try_into()
+            .unwrap_or_else(|_| panic!("program {name} is not an XDP program"))
+    }
+
+    /// Runs the XDP program `prog` on `input` `repeat` times as if it arrived on
+    /// `ingress_ifindex` (an interface of the calling thread's namespace). Refuses to run
+    /// from the namespace the process started in: the program's FIB lookups would read the
+    /// machine's tables.
+    pub fn run_xdp(
+        &self,
+        prog: &str,
+        input: &[u8],
+        repeat: u32,
+        ingress_ifindex: u32,
+    ) -> Result<RunResult> {
+        if in_launch_netns()? {
+            bail!("refusing to run {prog} in the namespace the process started in: use an XdpNode");
+        }
+        let ctx = xdp_md(input.len(), ingress_ifindex);
+        // The datapath never grows a frame; headroom so ENOSPC cannot hide a bug.
+        let mut out = vec![0u8; input.len() + 256];
+        let res = self
+            .xdp(prog)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..Default::default()
+            })
+            .with_context(|| {
+                format!(
+                    "BPF_PROG_TEST_RUN of {prog} on {} bytes, ifindex {ingress_ifindex}",
+                    input.len()
+                )
+            })?;
+        out.truncate(res.data_size_out as usize);
+        Ok(RunResult {
+            retval: res.return_value,
+            output: out,
+            duration_ns: res.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Writes `SVC_CONFIG[0]` as the agent does at start (only the node address matters to
+    /// the packet programs).
+    pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_CONFIG)
+            .with_context(|| format!("map {MAP_CONFIG} not in the object"))?;
+        let mut config: Array<_, Config> = Array::try_from(map).context(MAP_CONFIG)?;
+        let value = Config {
+            node_addr: node_addr.octets(),
+            flags: 0,
+            netns_cookie: 0,
+        };
+        config
+            .set(0, value, 0)
+            .with_context(|| format!("writing {MAP_CONFIG}[0]"))?;
+        Ok(())
+    }
+
+    /// Writes `backend` under `id` with `BACKEND_F_*` `flags`.
+    pub fn put_backend_flags(
+        &mut self,
+        id: u32,
+        addr: SocketAddrV4,
+        proto: u8,
+        flags: u8,
+    ) -> Result<()> {
+        let b = Backend {
+            addr: addr.ip().octets(),
+            port: addr.port(),
+            proto,
+            flags,
+        };
+        self.backends
+            .insert(id, b, 0)
+            .with_context(|| format!("writing backend {id}"))?;
+        Ok(())
+    }
+
+    /// Writes any frontend entry (any scope, any flags).
+    pub fn put_frontend_entry(&mut self, key: FrontendKey, value: Frontend) -> Result<()> {
+        self.frontends
+            .insert(key, value, 0)
+            .with_context(|| format!("writing frontend {key:?}"))?;
+        Ok(())
+    }
+
+    /// Runs an XDP fixture once on `uplink` and checks verdict, output bytes and that exactly
+    /// its counter moved by one. Panics with everything that differs.
+    pub fn check_xdp(&self, uplink: XdpUplink, fx: &XdpFixture) -> RunResult {
+        self.try_check_xdp_with(uplink, fx, |_| fx.output.clone())
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
+    /// [`Datapath::check_xdp`] for outputs that depend on a choice the program makes (the
+    /// SNAT port): `expected` builds the output after the run, from the maps the run wrote.
+    /// `fx.output` is ignored.
+    pub fn check_xdp_after(
+        &self,
+        uplink: XdpUplink,
+        fx: &XdpFixture,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> RunResult {
+        self.try_check_xdp_with(uplink, fx, expected)
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
+    /// The checks of [`Datapath::check_xdp`], returning the mismatch report.
+    pub fn try_check_xdp_with(
+        &self,
+        uplink: XdpUplink,
+        fx: &XdpFixture,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> Result<RunResult, String> {
+        let before = self.counters();
+        let res = self
+            .run_xdp(XDP_PROGRAM, &fx.input, 1, uplink.ifindex)
+            .map_err(|e| format!("fixture {:?}: {e:#}", fx.name))?;
+        let after = self.counters();
+        let output = expected(self);
+        let mut problems = Vec::new();
+        if res.retval != fx.verdict {
+            problems.push(format!(
+                "verdict: expected {} ({}), got {} ({})",
+                fx.verdict,
+                xdp_verdict_name(fx.verdict),
+                res.retval,
+                xdp_verdict_name(res.retval)
+            ));
+        }
+        if res.output != output {
+            problems.push("output bytes differ (field: expected, got):".to_string());
+            problems.extend(diff_frames(&output, &res.output));
+        }
+        let want = stat_index(Hook::Xdp, fx.reason) as usize;
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let delta = a - b;
+            let expected = u64::from(i == want);
+            if delta != expected {
+                problems.push(format!(
+                    "counter {}: expected +{expected}, got +{delta}",
+                    stat_name(i)
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(res);
+        }
+        Err(format!(
+            "fixture {:?} ({XDP_PROGRAM} on {} bytes):\n{}\ninput:    {}\nexpected: {}\nactual:   {}",
+            fx.name,
+            fx.input.len(),
+            problems.join("\n"),
+            hex(&fx.input),
+            hex(&output),
+            hex(&res.output)
+        ))
+    }
+}

@@ -1,8 +1,9 @@
-//! Per-packet cost of the tc programs, measured with `BPF_PROG_TEST_RUN` (DESIGN §5).
+//! Per-packet cost of the tc and XDP programs, measured with `BPF_PROG_TEST_RUN` (DESIGN §5).
 //!
 //! `cargo xtask bench [--repeat N]` runs this as root. For 1, 10k and 100k frontends in
-//! `SVC_FRONTENDS` it times four paths beside `svc_floor`, an empty tc program run the same way,
-//! and prints ns/packet, the excess over the floor and the ratio to it; the same rows go to
+//! `SVC_FRONTENDS` it times four tc paths beside `svc_floor`, an empty tc program run the same
+//! way, and two XDP paths beside `svc_floor_xdp`, an empty XDP program; it prints ns/packet,
+//! the excess over the floor of the same program type and the ratio to it; the same rows go to
 //! `target/bench/perpacket.json`.
 //!
 //! # Every iteration takes the path it claims
@@ -26,8 +27,21 @@
 //!   conntrack entries it created are deleted between calls (outside the timed loop). The
 //!   floor for this row is measured the same way (`repeat = CHAIN`, same number of calls).
 //!
-//! The chain and the cycle are part of the frontend count, so the "1 frontend" configuration
-//! holds 2 + CHAIN frontends: the table prints the actual count. `SVC_FRONTENDS` holds at most
+//! XDP (`svc_xdp`, counters under `Hook::Xdp`) re-runs the same buffer too, so it gets the
+//! same treatment, with frames from the external client on the uplink:
+//! - **XDP miss** (`NotService`): a SYN to [`OTHER_POD`]; nothing is rewritten.
+//! - **XDP conntrack hit** (`DnatEstablished`): a NodePort X = `172.18.0.2:30080` whose only
+//!   backend, flagged node-local, is Y = `10.96.0.12:8081`, a frontend whose local backend is
+//!   X. Two warm-up SYNs create both flows; then an ACK to X alternates X→Y→X…, each iteration
+//!   a conntrack hit that rewrites address, port and both checksums and returns `XDP_PASS` (a
+//!   local backend: no FIB lookup, no MAC rewrite).
+//!
+//! The XDP program calls `bpf_fib_lookup` on other paths, which reads the routing tables of
+//! the calling thread's namespace, so every measurement runs on a thread inside an `XdpNode`
+//! (a namespace of the benchmark's own, deleted at exit) with `ingress_ifindex` = its uplink.
+//!
+//! The chain and the cycles are part of the frontend count, so the "1 frontend" configuration
+//! holds 4 + CHAIN frontends: the table prints the actual count. `SVC_FRONTENDS` holds at most
 //! `MAX_FRONTENDS` (65 536) in the ABI; for 100k the benchmark raises that map's capacity at load
 //! time and says so.
 //!
@@ -43,11 +57,13 @@ use aya::EbpfLoader;
 use clap::Parser;
 use serde::Serialize;
 use svc_common::{
-    stat_index, Hook, Reason, MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP, REASON_COUNT, STATS_LEN,
+    stat_index, Hook, Reason, BACKEND_F_LOCAL, MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP,
+    REASON_COUNT, STATS_LEN,
 };
 use tests::fixtures::{
-    ct_forward, ct_reply, require_root, stat_name, Datapath, Pkt, Program, CLIENT_POD,
-    FLOOR_PROGRAM, OTHER_POD, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC,
+    ct_forward, ct_reply, require_root, stat_name, Datapath, Pkt, Program, RunResult, XdpNode,
+    XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODE_IP, NODE_MAC, OTHER_POD,
+    TCP_ACK, TCP_SYN, TC_ACT_UNSPEC, XDP_FLOOR_PROGRAM, XDP_PASS, XDP_PROGRAM,
 };
 
 /// Length of the new-flow chain: iterations per call of the new-flow row. Long enough that the
@@ -98,10 +114,19 @@ fn main() -> Result<()> {
         2 * CHAIN
     );
     let started = Instant::now();
-    let mut rows = Vec::new();
-    for &n in &args.frontends {
-        rows.extend(measure_config(n, args.repeat).with_context(|| format!("{n} frontends"))?);
-    }
+    // Everything runs on a thread inside the node namespace (see the module doc); the
+    // namespace is deleted when `node` drops, also on error.
+    let node = XdpNode::create().context("creating the XDP node namespace")?;
+    let rows = node.run(|uplink| -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for &n in &args.frontends {
+            rows.extend(
+                measure_config(n, args.repeat, uplink).with_context(|| format!("{n} frontends"))?,
+            );
+        }
+        Ok(rows)
+    })?;
+    drop(node);
     print_table(&rows);
     let path = tests::fixtures::workspace_root().join("target/bench/perpacket.json");
     std::fs::create_dir_all(path.parent().unwrap())?;
@@ -127,6 +152,35 @@ const CYCLE_X: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80
 /// Frontend Y of the cycle: X's backend, whose own backend is X.
 const CYCLE_Y: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 8080);
 
+/// XDP cycle: frontend X, a NodePort on this node.
+const XDP_CYCLE_X: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30080);
+/// XDP cycle: frontend Y, X's node-local backend, whose own node-local backend is X.
+const XDP_CYCLE_Y: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 8081);
+
+/// How a row's program is run: a tc program on an skb, or XDP on the node's uplink.
+#[derive(Clone, Copy)]
+enum Runner {
+    Tc,
+    Xdp(XdpUplink),
+}
+
+impl Runner {
+    fn run(self, dp: &Datapath, prog: &str, input: &[u8], repeat: u32) -> Result<RunResult> {
+        match self {
+            Runner::Tc => dp.run(prog, input, repeat),
+            Runner::Xdp(uplink) => dp.run_xdp(prog, input, repeat, uplink.ifindex),
+        }
+    }
+
+    /// The verdict every measured path (and the floor) returns.
+    fn pass(self) -> u32 {
+        match self {
+            Runner::Tc => TC_ACT_UNSPEC,
+            Runner::Xdp(_) => XDP_PASS,
+        }
+    }
+}
+
 /// The i-th frontend of the new-flow chain; ports alternate so every hop rewrites the port too.
 fn chain_frontend(i: u32) -> SocketAddrV4 {
     let port = if i.is_multiple_of(2) { 80 } else { 8080 };
@@ -139,8 +193,8 @@ fn filler_frontend(i: u32) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 100 + b, c, d), 443)
 }
 
-fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
-    let needed = 2 + CHAIN;
+fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row>> {
+    let needed = 4 + CHAIN;
     let total = config.max(needed);
     let mut loader = EbpfLoader::new();
     if total > MAX_FRONTENDS {
@@ -148,13 +202,21 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
         println!("note: {MAP_FRONTENDS} capacity raised from {MAX_FRONTENDS} (ABI) to {cap} for {total} frontends");
         loader.map_max_entries(MAP_FRONTENDS, cap);
     }
-    let mut dp = Datapath::load_with(&mut loader)?;
+    let mut dp = Datapath::load_xdp_with(&mut loader)?;
+    dp.set_config(NODE_IP)?;
 
     // The cycle: X → Y → X (backends written before the frontends that use them).
     dp.put_backend(1, CYCLE_Y, PROTO_TCP)?;
     dp.put_backend(2, CYCLE_X, PROTO_TCP)?;
     dp.add_service(CYCLE_X, PROTO_TCP, 1, &[(1, CYCLE_Y)])?;
     dp.add_service(CYCLE_Y, PROTO_TCP, 2, &[(2, CYCLE_X)])?;
+    // The XDP cycle: X → Y → X, both backends node-local.
+    dp.put_backend_flags(3, XDP_CYCLE_Y, PROTO_TCP, BACKEND_F_LOCAL)?;
+    dp.put_backend_flags(4, XDP_CYCLE_X, PROTO_TCP, BACKEND_F_LOCAL)?;
+    dp.put_slot(3, 1, 3)?;
+    dp.put_frontend(XDP_CYCLE_X, PROTO_TCP, 3, 1)?;
+    dp.put_slot(4, 1, 4)?;
+    dp.put_frontend(XDP_CYCLE_Y, PROTO_TCP, 4, 1)?;
     // The chain: C_i → C_{i+1}; the last one's backend is a plain pod.
     for i in 0..CHAIN {
         let next = if i + 1 < CHAIN {
@@ -192,7 +254,25 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
     let reply_y = Pkt::tcp(CYCLE_Y, CLIENT_POD, TCP_SYN | TCP_ACK).build();
     let miss = Pkt::tcp(CLIENT_POD, SocketAddrV4::new(OTHER_POD, 80), TCP_SYN).build();
 
-    let floor = median_run(&dp, FLOOR_PROGRAM, &syn_x, repeat, None)?;
+    // XDP warm-up: the same for the XDP cycle, with frames from the external client.
+    let eth = |p: Pkt| p.build_eth(EXT_CLIENT_MAC, NODE_MAC);
+    let xdp = Runner::Xdp(uplink);
+    let xsyn = eth(Pkt::tcp(EXT_CLIENT, XDP_CYCLE_X, TCP_SYN));
+    let first = xdp.run(&dp, XDP_PROGRAM, &xsyn, 1)?;
+    let second = xdp.run(&dp, XDP_PROGRAM, &first.output, 1)?;
+    ensure!(
+        dp.counter(Hook::Xdp, Reason::DnatNew) == 2,
+        "XDP cycle warm-up did not create two flows"
+    );
+    ensure!(second.output == xsyn, "the XDP cycle does not return to X");
+    let xack = eth(Pkt::tcp(EXT_CLIENT, XDP_CYCLE_X, TCP_ACK));
+    let xmiss = eth(Pkt::tcp(
+        EXT_CLIENT,
+        SocketAddrV4::new(OTHER_POD, 80),
+        TCP_SYN,
+    ));
+
+    let floor = median_run(&dp, Runner::Tc, FLOOR_PROGRAM, &syn_x, repeat, None)?;
     let method = format!("repeat {repeat}");
     let mut rows = Vec::new();
     let mut row = |fixture,
@@ -226,6 +306,7 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
     );
     let m = median_run(
         &dp,
+        Runner::Tc,
         Program::Ingress.name(),
         &miss,
         repeat,
@@ -241,6 +322,7 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
     );
     let e = median_run(
         &dp,
+        Runner::Tc,
         Program::Ingress.name(),
         &ack_x,
         repeat,
@@ -256,6 +338,7 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
     );
     let r = median_run(
         &dp,
+        Runner::Tc,
         Program::Egress.name(),
         &reply_y,
         repeat,
@@ -266,6 +349,48 @@ fn measure_config(config: u32, repeat: u32) -> Result<Vec<Row>> {
         Program::Egress.name(),
         r,
         floor.0,
+        &method,
+        it,
+    );
+
+    let xfloor = median_run(&dp, xdp, XDP_FLOOR_PROGRAM, &xack, repeat, None)?;
+    row(
+        "floor: empty XDP program",
+        XDP_FLOOR_PROGRAM,
+        xfloor.clone(),
+        xfloor.0,
+        &method,
+        it,
+    );
+    let xm = median_run(
+        &dp,
+        xdp,
+        XDP_PROGRAM,
+        &xmiss,
+        repeat,
+        Some((Hook::Xdp, Reason::NotService)),
+    )?;
+    row(
+        "XDP miss: SYN to non-service pod",
+        XDP_PROGRAM,
+        xm,
+        xfloor.0,
+        &method,
+        it,
+    );
+    let xe = median_run(
+        &dp,
+        xdp,
+        XDP_PROGRAM,
+        &xack,
+        repeat,
+        Some((Hook::Xdp, Reason::DnatEstablished)),
+    )?;
+    row(
+        "XDP ct hit: ACK to local backend",
+        XDP_PROGRAM,
+        xe,
+        xfloor.0,
         &method,
         it,
     );
@@ -332,6 +457,7 @@ fn prove(
 /// Median ns/packet of [`ROUNDS`] single calls with `repeat`, each proven.
 fn median_run(
     dp: &Datapath,
+    runner: Runner,
     prog: &str,
     input: &[u8],
     repeat: u32,
@@ -341,9 +467,9 @@ fn median_run(
     let mut proof = String::new();
     for _ in 0..ROUNDS {
         let before = dp.counters();
-        let res = dp.run(prog, input, repeat)?;
+        let res = runner.run(dp, prog, input, repeat)?;
         ensure!(
-            res.retval == TC_ACT_UNSPEC,
+            res.retval == runner.pass(),
             "{prog} returned {}",
             res.retval as i32
         );
@@ -420,8 +546,9 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "\nfloor = svc_floor (empty tc program) run the same way; excess = ns/pkt - floor; \
-         ratio = ns/pkt / floor. Counter names: hook/reason ({REASON_COUNT} reasons per hook)."
+        "\nfloor = svc_floor (empty tc program) for tc rows, svc_floor_xdp (empty XDP program) \
+         for XDP rows, run the same way; excess = ns/pkt - floor; ratio = ns/pkt / floor. \
+         Counter names: hook/reason ({REASON_COUNT} reasons per hook)."
     );
 }
 
