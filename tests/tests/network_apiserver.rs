@@ -403,17 +403,18 @@ fn watch_faults_never_stop_forwarding_and_converge() {
         "long-lived connections across all faults: {summary:?}"
     );
 
-    // The maps equal those of an agent started now from scratch (compared without ids).
-    let mut fresh = Agent::start_reference_kube(&s.t, 1, &s.kubeconfig, "fresh").unwrap();
-    fresh
-        .wait_frontends(&want, Duration::from_secs(20))
-        .unwrap();
-    let reference = canonical(&fresh.snapshot().unwrap());
+    // The maps equal those of an agent started now from scratch on the same node (compared
+    // without ids; backends' `local` flag is per node).
     for agent in &s.agents {
+        let tag = format!("fresh{}", agent.node);
+        let mut fresh = Agent::start_reference_kube(&s.t, agent.node, &s.kubeconfig, &tag).unwrap();
+        fresh
+            .wait_frontends(&want, Duration::from_secs(20))
+            .unwrap();
         assert_eq!(
             canonical(&agent.snapshot().unwrap()),
-            reference,
-            "agent on node {}",
+            canonical(&fresh.snapshot().unwrap()),
+            "agent on node {} vs a fresh agent there",
             agent.node
         );
     }
