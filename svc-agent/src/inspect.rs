@@ -42,6 +42,7 @@ use svc_common::{
 use crate::dataplane::{pinned::PinnedMaps, Dataplane, DataplaneError, MapSnapshot};
 
 pub mod explain;
+pub mod links;
 
 /// Where `--bpffs` points by default (the agent's default too).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
@@ -111,6 +112,9 @@ pub enum InspectCommand {
         #[command(flatten)]
         filter: CtFilter,
     },
+    /// Where the programs are attached (pinned links), with each uplink's XDP mode (native or
+    /// generic) as the kernel reports it. Run it in the node's network namespace.
+    Links(Common),
     /// Datapath packet counters by hook and reason, summed over CPUs. The datapath keeps no
     /// per-interface counters (SVC_STATS is indexed by hook × reason only).
     Stats {
@@ -248,6 +252,10 @@ pub fn run_inspect(cmd: &InspectCommand) -> Result<(), InspectError> {
                 .map(|(k, e)| FlowView::new(k, e, now))
                 .collect();
             render(common.output, &flows, render_flows)?
+        }
+        InspectCommand::Links(c) => {
+            let links = links::link_views(&c.bpffs)?;
+            render(c.output, &links, links::render_links)?
         }
         InspectCommand::Stats {
             common,

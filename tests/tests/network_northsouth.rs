@@ -241,6 +241,48 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
         "XDP on node 1: {xdp_new} new flows, {xdp_rev} replies"
     );
     assert_eq!(node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap(), 0);
+
+    // `svc-agent inspect links` (in the node's namespace) says where everything is attached
+    // and which XDP mode the uplink got: generic on a veth (see --xdp-mode auto).
+    let agent_bin = tests::agent::workspace_bin("svc-agent").unwrap();
+    // nsenter, not `ip netns exec` (which remounts /sys and hides bpffs).
+    let bpffs = node1.bpffs().to_str().unwrap().to_owned();
+    let cmd = [
+        agent_bin.to_str().unwrap(),
+        "inspect",
+        "links",
+        "--bpffs",
+        &bpffs,
+        "-o",
+        "json",
+    ];
+    let done =
+        s.t.spawn_nsenter(&s.t.node(1).ns, &cmd)
+            .unwrap()
+            .finish(Duration::from_secs(20))
+            .unwrap();
+    assert!(done.status.success(), "inspect links: {}", done.stderr);
+    let out = done.stdout.clone();
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let find = |target: &str, hook: &str| {
+        links
+            .iter()
+            .find(|l| l["target"] == target && l["hook"] == hook)
+    };
+    let xdp = find("eth0", "xdp").unwrap_or_else(|| panic!("no XDP link on eth0: {out}"));
+    assert_eq!(xdp["xdp_mode"], "generic", "{out}");
+    assert_eq!(xdp["link_type"], "xdp", "{out}");
+    assert!(find("eth0", "uplink").is_some(), "{out}");
+    assert_eq!(
+        links.iter().filter(|l| l["hook"] == "ingress").count(),
+        3,
+        "3 pod veths: {out}"
+    );
+    assert_eq!(
+        links.iter().filter(|l| l["target"] == "cgroup").count(),
+        4,
+        "socket hooks: {out}"
+    );
 }
 
 #[test]
