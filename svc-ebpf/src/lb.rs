@@ -3,7 +3,10 @@
 //!
 //! These functions decide; they never touch the packet. Each hook applies the decision with
 //! the rewrite primitives of its own program type (`nat` for tc, `xdp` for XDP).
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Reason, SlotKey,
     BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
@@ -246,3 +249,22 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+
+const AF_INET: u8 = 2;
+
+/// `bpf_fib_lookup` input for a packet translated as `entry` says, arriving on `ifindex`:
+/// shared by XDP and tc, which differ only in the context they pass and the flags.
+#[inline(always)]
+pub fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32) -> FibParams {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.sport = entry.src_port.to_be();
+    p.dport = entry.dst_port.to_be();
+    p.__bindgen_anon_1.tot_len = flow.ip_len;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);
+    p
+}

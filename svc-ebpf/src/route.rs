@@ -9,9 +9,7 @@ use aya_ebpf::{
 };
 use svc_common::{CtEntry, Reason};
 
-use crate::{parse::Flow, Outcome};
-
-const AF_INET: u8 = 2;
+use crate::{lb::fib_params, parse::Flow, Outcome};
 
 /// Redirects the (already rewritten) packet towards `entry.dst_addr`: the FIB names the egress
 /// interface, `bpf_redirect_neigh` resolves the next hop's MAC (queueing the packet meanwhile).
@@ -22,17 +20,8 @@ pub fn forward(
     entry: &CtEntry,
     reason: Reason,
 ) -> Result<Outcome, Outcome> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = flow.proto;
-    p.sport = entry.src_port.to_be();
-    p.dport = entry.dst_port.to_be();
-    p.__bindgen_anon_1.tot_len = flow.ip_len;
     // SAFETY: reading the ifindex field of the program's own context.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);
+    let mut p = fib_params(flow, entry, unsafe { (*ctx.skb.skb).ifindex });
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
     let rc = unsafe {
         bpf_fib_lookup(

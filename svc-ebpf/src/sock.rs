@@ -61,6 +61,32 @@ fn node_client() -> [u8; 4] {
     SVC_CONFIG.get(0).map(|c| c.node_addr).unwrap_or_default()
 }
 
+/// The address of the call: the destination (connect, sendmsg) or the peer (recvmsg,
+/// getpeername). `user_ip4` is network order; `user_port` holds a network-order port in its
+/// low 16 bits.
+#[inline(always)]
+fn destination(ctx: &SockAddrContext) -> ([u8; 4], u16) {
+    // SAFETY: reading fields of the program's own context.
+    unsafe {
+        let sa = ctx.sock_addr;
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            u16::from_be((*sa).user_port as u16),
+        )
+    }
+}
+
+/// Replaces the address of the call (see [`destination`]).
+#[inline(always)]
+fn set_destination(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
+    // SAFETY: writing fields of the program's own context, which these hooks may rewrite.
+    unsafe {
+        let sa = ctx.sock_addr;
+        (*sa).user_ip4 = u32::from_ne_bytes(addr);
+        (*sa).user_port = port.to_be() as u32;
+    }
+}
+
 /// Whether the socket belongs to this node's network namespace.
 #[inline(always)]
 fn ours(ctx: &SockAddrContext) -> bool {
@@ -85,15 +111,7 @@ fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
     if !ours(ctx) {
         return ALLOW;
     }
-    let sa = ctx.sock_addr;
-    // SAFETY: reading fields of the program's own context (user_ip4: network order; user_port:
-    // network order in the low 16 bits).
-    let (addr, port) = unsafe {
-        (
-            (*sa).user_ip4.to_ne_bytes(),
-            u16::from_be((*sa).user_port as u16),
-        )
-    };
+    let (addr, port) = destination(ctx);
     let proto = protocol(ctx, known_proto);
     let key = FrontendKey {
         addr,
@@ -120,11 +138,7 @@ fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
         count(Hook::Sock, Reason::BackendMissing);
         return ALLOW;
     };
-    // SAFETY: writing the destination the socket call will use.
-    unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes(backend.addr);
-        (*sa).user_port = backend.port.to_be() as u32;
-    }
+    set_destination(ctx, backend.addr, backend.port);
     let rev = SockKey {
         // SAFETY: plain helper call on the program's own context.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -151,14 +165,7 @@ fn restore(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
     if !ours(ctx) {
         return ALLOW;
     }
-    let sa = ctx.sock_addr;
-    // SAFETY: reading fields of the program's own context.
-    let (addr, port) = unsafe {
-        (
-            (*sa).user_ip4.to_ne_bytes(),
-            u16::from_be((*sa).user_port as u16),
-        )
-    };
+    let (addr, port) = destination(ctx);
     let key = SockKey {
         // SAFETY: plain helper call on the program's own context.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -169,11 +176,7 @@ fn restore(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
     };
     // SAFETY: value copied out.
     if let Some(fe) = unsafe { SVC_SOCK_REV.get(&key) }.copied() {
-        // SAFETY: writing the address the call reports.
-        unsafe {
-            (*sa).user_ip4 = u32::from_ne_bytes(fe.addr);
-            (*sa).user_port = fe.port.to_be() as u32;
-        }
+        set_destination(ctx, fe.addr, fe.port);
         count(Hook::Sock, Reason::SockRevNat);
     }
     ALLOW

@@ -28,13 +28,11 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_SNAT, PROTO_UDP};
 
 use crate::{
-    lb::{ct_lookup, new_flow, Origin, Step},
+    lb::{ct_lookup, fib_params, new_flow, Origin, Step},
     parse::{parse_xdp, ptr_at, Flow, IP_OFF, L4_OFF},
     stats::count,
     Outcome, TC_ACT_SHOT,
 };
-
-const AF_INET: u8 = 2;
 
 /// XDP on a node uplink (`--uplink`).
 #[xdp]
@@ -77,16 +75,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
     }
     // Leaving the node again: find the next hop before touching the frame, so a frame we
     // cannot send ourselves reaches tc unchanged.
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = flow.proto;
-    p.sport = entry.src_port.to_be();
-    p.dport = entry.dst_port.to_be();
-    p.__bindgen_anon_1.tot_len = flow.ip_len;
-    p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);
+    let mut p = fib_params(&flow, &entry, ctx.ingress_ifindex() as u32);
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
     let rc = unsafe {
         bpf_fib_lookup(

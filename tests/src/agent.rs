@@ -288,28 +288,7 @@ impl Agent {
     /// GET `path` from the agent's metrics server (default `--metrics-addr`, inside the node's
     /// namespace): returns the status code and body.
     pub fn http_get(&self, t: &Topology, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read, Write};
-        let path = path.to_string();
-        t.run_in(&self.ns, move || -> Result<(u16, String)> {
-            let mut s = std::net::TcpStream::connect_timeout(
-                &"127.0.0.1:10249".parse().expect("literal address"),
-                Duration::from_secs(2),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            let code = resp
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("no HTTP status in the response")?;
-            let body = resp
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            Ok((code, body))
-        })?
+        http_get(t, &self.ns, "127.0.0.1:10249", path)
     }
 
     /// Waits until `/healthz` answers 200 (datapath loaded, first sync done).
