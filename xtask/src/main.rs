@@ -6,8 +6,9 @@
 //! - `build-ebpf`: the one way the kernel object is built; writes [`EBPF_OBJECT`].
 //! - `test`: every test tier (unit, `BPF_PROG_TEST_RUN` fixtures, network namespaces).
 //! - `demo`: the seed's Services in a two-node topology, traffic, a map dump, cleanup.
-//! - `bench`: per-packet cost of the programs beside an empty program, and the control plane's
-//!   programming latency, full sync time and memory (`--only perpacket|control`).
+//! - `bench`: per-packet cost of the programs beside an empty program, the control plane's
+//!   programming latency, full sync time and memory, and end to end beside kube-proxy's
+//!   iptables and nftables modes (`--only perpacket|control|e2e`).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
 mod setup;
@@ -51,7 +52,7 @@ enum Task {
         /// Repeat count per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
-        /// Run only one benchmark (default: both).
+        /// Run only one benchmark (default: all).
         #[arg(long, value_enum)]
         only: Option<BenchKind>,
     },
@@ -94,11 +95,14 @@ fn main() -> Result<()> {
         Task::Bench { repeat, only } => {
             setup::all()?;
             build_ebpf(&root)?;
-            if only != Some(BenchKind::Control) {
+            if only.is_none() || only == Some(BenchKind::Perpacket) {
                 run_test_bin("bench", &["--repeat".into(), repeat.to_string()])?;
             }
-            if only != Some(BenchKind::Perpacket) {
+            if only.is_none() || only == Some(BenchKind::Control) {
                 bench_control(&root)?;
+            }
+            if only.is_none() || only == Some(BenchKind::E2e) {
+                bench_e2e(&root)?;
             }
             Ok(())
         }
@@ -192,6 +196,9 @@ enum BenchKind {
     Perpacket,
     /// Programming latency, full sync, agent memory (tests/src/bin/bench_control.rs).
     Control,
+    /// svc-lb beside kube-proxy iptables/nftables and no translation, in the DESIGN §3
+    /// topology (tests/src/bin/bench_e2e.rs).
+    E2e,
 }
 
 /// The control-plane benchmark against a release-built agent: a debug agent is several times
@@ -209,6 +216,17 @@ fn bench_control(root: &Path) -> Result<()> {
             "bench_control",
         ])
         .env("SVC_SVC_AGENT_BIN", &agent))
+}
+
+/// The end-to-end benchmark, with the agent, the traffic tool and the benchmark itself
+/// release-built: a debug `svc-probe` would measure its own overhead, not the datapath.
+fn bench_e2e(root: &Path) -> Result<()> {
+    run(clean_cargo().args(["build", "--release", "--package", "svc-agent"]))?;
+    run(clean_cargo().args(["build", "--release", "--package", "tests", "--bins"]))?;
+    let release = root.join("target/release");
+    run(Command::new(release.join("bench_e2e"))
+        .env("SVC_SVC_AGENT_BIN", release.join("svc-agent"))
+        .env("SVC_PROBE_BIN", release.join("svc-probe")))
 }
 
 /// Runs one of the `tests` crate's binaries (demo, bench) as built by cargo.

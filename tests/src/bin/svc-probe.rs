@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! svc-probe serve --id NAME --tcp 80,8080 --udp 53      # prints "ready" once bound
-//! svc-probe tcp  --target IP:PORT --count N --timeout-ms T [--parallel P]
-//! svc-probe udp  --target IP:PORT --count N --timeout-ms T [--sockets per-request|one]
+//! svc-probe tcp  --target IP:PORT[,IP:PORT…] --count N --timeout-ms T [--parallel P]
+//! svc-probe udp  --target IP:PORT[,IP:PORT…] --count N --timeout-ms T [--sockets per-request|one]
+//!                [--parallel P]
 //! svc-probe hold --target IP:PORT --conns N --duration-s S --interval-ms I
 //! ```
 //! Clients print exactly one JSON summary line as their last stdout line (`hold` prints
 //! "ready" first, once its connections are open) and exit 0 whenever the run itself
 //! completed, however many exchanges failed: judging the numbers is the test's job. A non-zero
-//! exit means a usage or setup error (message on stderr). SIGTERM/SIGINT stop `serve` and
+//! exit means a usage or setup error (message on stderr). Several `tcp`/`udp` targets are used
+//! round-robin (the benchmark's floor: straight to each backend pod in turn). SIGTERM/SIGINT stop `serve` and
 //! `hold` cleanly (`hold` still prints its summary). See `tests::probe` for the semantics.
 
 use std::io::Write;
@@ -50,8 +52,8 @@ enum Cmd {
     },
     /// Short TCP connections, one exchange each.
     Tcp {
-        #[arg(long)]
-        target: String,
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
         #[arg(long, default_value_t = 1)]
         count: u64,
         #[arg(long, default_value_t = 1000)]
@@ -61,14 +63,17 @@ enum Cmd {
     },
     /// UDP request/reply exchanges.
     Udp {
-        #[arg(long)]
-        target: String,
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
         #[arg(long, default_value_t = 1)]
         count: u64,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
         #[arg(long, value_enum, default_value_t = UdpSockets::PerRequest)]
         sockets: UdpSockets,
+        /// Threads, each doing its share of the exchanges one at a time.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
     },
     /// Long-lived TCP connections, one exchange per connection every interval.
     Hold {
@@ -111,6 +116,16 @@ fn print_line(s: &str) -> Result<()> {
         .context("writing to stdout")
 }
 
+/// Parses every `--target` (at least one; clap requires the flag).
+fn parse_targets(targets: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+    let parsed: Vec<_> = targets
+        .iter()
+        .map(|t| probe::parse_target(t))
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(!parsed.is_empty(), "--target is required");
+    Ok(parsed)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     install_stop_handler()?;
@@ -127,12 +142,16 @@ fn main() -> Result<()> {
             timeout_ms,
             parallel,
         } => {
-            let s = probe::run_tcp(&probe::TcpClientConfig {
-                target: probe::parse_target(&target)?,
-                count,
-                timeout: ms(timeout_ms),
-                parallel,
-            })?;
+            let targets = parse_targets(&target)?;
+            let s = probe::run_tcp_multi(
+                &probe::TcpClientConfig {
+                    target: targets[0],
+                    count,
+                    timeout: ms(timeout_ms),
+                    parallel,
+                },
+                &targets,
+            )?;
             print_line(&serde_json::to_string(&s)?)?;
         }
         Cmd::Udp {
@@ -140,13 +159,19 @@ fn main() -> Result<()> {
             count,
             timeout_ms,
             sockets,
+            parallel,
         } => {
-            let s = probe::run_udp(&probe::UdpClientConfig {
-                target: probe::parse_target(&target)?,
-                count,
-                timeout: ms(timeout_ms),
-                sockets,
-            })?;
+            let targets = parse_targets(&target)?;
+            let s = probe::run_udp_multi(
+                &probe::UdpClientConfig {
+                    target: targets[0],
+                    count,
+                    timeout: ms(timeout_ms),
+                    sockets,
+                },
+                &targets,
+                parallel,
+            )?;
             print_line(&serde_json::to_string(&s)?)?;
         }
         Cmd::Hold {
