@@ -397,7 +397,9 @@ fn watch_faults_never_stop_forwarding_and_converge() {
     // can be up to ~30 s away. The agent keeps that standard backoff (thousands of nodes must
     // not hammer a recovering API server); the test gives it that long.
     for agent in &mut s.agents {
-        agent.wait_frontends(&want, Duration::from_secs(60)).unwrap();
+        agent
+            .wait_frontends(&want, Duration::from_secs(60))
+            .unwrap();
     }
 
     hold.signal(libc::SIGTERM).unwrap();
