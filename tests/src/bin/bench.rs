@@ -2,7 +2,7 @@
 //!
 //! `cargo xtask bench [--repeat N]` runs this as root. For 1, 10k and 100k frontends in
 //! `SVC_FRONTENDS` it times four tc paths beside `svc_floor`, an empty tc program run the same
-//! way, and two XDP paths beside `svc_floor_xdp`, an empty XDP program; it prints ns/packet,
+//! way, and four XDP paths beside `svc_floor_xdp`, an empty XDP program; it prints ns/packet,
 //! the excess over the floor of the same program type and the ratio to it; the same rows go to
 //! `target/bench/perpacket.json`.
 //!
@@ -26,6 +26,8 @@
 //!   next one's backend (ports alternating 80/8080), is run with `repeat = CHAIN`; the 2×CHAIN
 //!   conntrack entries it created are deleted between calls (outside the timed loop). The
 //!   floor for this row is measured the same way (`repeat = CHAIN`, same number of calls).
+//!   The chain's backends carry `BACKEND_F_LOCAL`, which only the uplink hook reads: the
+//!   XDP new-flow row below reuses the chain.
 //!
 //! XDP (`svc_xdp`, counters under `Hook::Xdp`) re-runs the same buffer too, so it gets the
 //! same treatment, with frames from the external client on the uplink:
@@ -35,6 +37,18 @@
 //!   X. Two warm-up SYNs create both flows; then an ACK to X alternates X→Y→X…, each iteration
 //!   a conntrack hit that rewrites address, port and both checksums and returns `XDP_PASS` (a
 //!   local backend: no FIB lookup, no MAC rewrite).
+//! - **XDP new flow** (`DnatNew`): the tc new-flow chain, entered by a SYN from [`EXT_CLIENT`].
+//!   Every backend is node-local, so each hop creates both conntrack entries without SNAT,
+//!   rewrites the destination and returns `XDP_PASS` without a FIB lookup. Run and cleared
+//!   like the tc row (`repeat = CHAIN` × calls), beside an XDP floor run the same way.
+//! - **XDP reply** (`RevNat`): a reply of an external flow is translated and sent back out of
+//!   the uplink (`bpf_fib_lookup`, MAC rewrite, `XDP_TX`). No flow the datapath creates has a
+//!   reply whose translation is again such a reply (an SNAT'd reply is addressed to this node,
+//!   which the FIB does not forward to), so the benchmark writes two reply entries, flagged
+//!   `CT_F_EXTERNAL | CT_F_SNAT`, that map onto each other: R1 = [`NODEPORT`] → [`EXT_CLIENT`]
+//!   is restored to R2 = `10.96.0.13:8082` → [`PEER_NODE`]`:40001` and R2 to R1. Both
+//!   destinations are on the uplink's subnet with a permanent neighbour, so every iteration
+//!   rewrites both addresses, both ports, both checksums and both MACs and returns `XDP_TX`.
 //!
 //! The XDP program calls `bpf_fib_lookup` on other paths, which reads the routing tables of
 //! the calling thread's namespace, so every measurement runs on a thread inside an `XdpNode`
@@ -57,13 +71,14 @@ use aya::EbpfLoader;
 use clap::Parser;
 use serde::Serialize;
 use svc_common::{
-    stat_index, Hook, Reason, BACKEND_F_LOCAL, MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP,
-    REASON_COUNT, STATS_LEN,
+    stat_index, CtEntry, Hook, Reason, BACKEND_F_LOCAL, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT,
+    MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP, REASON_COUNT, STATS_LEN,
 };
 use tests::fixtures::{
-    ct_forward, ct_reply, require_root, stat_name, Datapath, Pkt, Program, RunResult, XdpNode,
-    XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODE_IP, NODE_MAC, OTHER_POD,
-    TCP_ACK, TCP_SYN, TC_ACT_UNSPEC, XDP_FLOOR_PROGRAM, XDP_PASS, XDP_PROGRAM,
+    ct_forward, ct_key, ct_reply, require_root, stat_name, Datapath, Pkt, Program, RunResult,
+    XdpNode, XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODEPORT, NODE_IP,
+    NODE_MAC, OTHER_POD, PEER_NODE, PEER_NODE_MAC, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC,
+    XDP_FLOOR_PROGRAM, XDP_PASS, XDP_PROGRAM, XDP_TX,
 };
 
 /// Length of the new-flow chain: iterations per call of the new-flow row. Long enough that the
@@ -157,6 +172,34 @@ const XDP_CYCLE_X: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30080);
 /// XDP cycle: frontend Y, X's node-local backend, whose own node-local backend is X.
 const XDP_CYCLE_Y: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 8081);
 
+/// XDP reply pair: R1, the reply an external client sees (restored to R2).
+const XDP_REPLY_1: (SocketAddrV4, SocketAddrV4) = (NODEPORT, EXT_CLIENT);
+/// XDP reply pair: R2, restored to R1; another source, and a destination with another MAC.
+const XDP_REPLY_2: (SocketAddrV4, SocketAddrV4) = (
+    SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 13), 8082),
+    SocketAddrV4::new(PEER_NODE, 40001),
+);
+
+/// A reply entry of an external SNAT'd flow that rewrites a packet to `to` (source, destination).
+fn xdp_reply_entry(to: (SocketAddrV4, SocketAddrV4)) -> CtEntry {
+    CtEntry {
+        src_addr: to.0.ip().octets(),
+        dst_addr: to.1.ip().octets(),
+        src_port: to.0.port(),
+        dst_port: to.1.port(),
+        dir: CT_DIR_REPLY,
+        flags: CT_F_EXTERNAL | CT_F_SNAT,
+        tcp_flags: 0,
+        _pad: 0,
+        backend_id: 0,
+        frontend_id: 0,
+        created_ns: 0,
+        last_seen_ns: 0,
+        packets: 0,
+        bytes: 0,
+    }
+}
+
 /// How a row's program is run: a tc program on an skb, or XDP on the node's uplink.
 #[derive(Clone, Copy)]
 enum Runner {
@@ -185,6 +228,15 @@ impl Runner {
 fn chain_frontend(i: u32) -> SocketAddrV4 {
     let port = if i.is_multiple_of(2) { 80 } else { 8080 };
     SocketAddrV4::new(Ipv4Addr::new(10, 98, (i >> 8) as u8, i as u8), port)
+}
+
+/// The backend of chain frontend `i`: the next frontend, or a plain pod after the last.
+fn chain_next(i: u32) -> SocketAddrV4 {
+    if i + 1 < CHAIN {
+        chain_frontend(i + 1)
+    } else {
+        SocketAddrV4::new(OTHER_POD, 8080)
+    }
 }
 
 /// Filler frontend `i`, in a range no fixture packet is addressed to.
@@ -217,14 +269,18 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
     dp.put_frontend(XDP_CYCLE_X, PROTO_TCP, 3, 1)?;
     dp.put_slot(4, 1, 4)?;
     dp.put_frontend(XDP_CYCLE_Y, PROTO_TCP, 4, 1)?;
-    // The chain: C_i → C_{i+1}; the last one's backend is a plain pod.
+    // The chain: C_i → C_{i+1}; the last one's backend is a plain pod. Node-local backends,
+    // so that XDP translates the chain without SNAT (the pod hooks ignore the flag).
     for i in 0..CHAIN {
-        let next = if i + 1 < CHAIN {
-            chain_frontend(i + 1)
-        } else {
-            SocketAddrV4::new(OTHER_POD, 8080)
-        };
-        dp.add_service(chain_frontend(i), PROTO_TCP, 100 + i, &[(100 + i, next)])?;
+        dp.put_backend_flags(100 + i, chain_next(i), PROTO_TCP, BACKEND_F_LOCAL)?;
+        dp.put_slot(100 + i, 1, 100 + i)?;
+        dp.put_frontend(chain_frontend(i), PROTO_TCP, 100 + i, 1)?;
+    }
+    // The XDP reply pair: R1 → R2 → R1 (see the module doc).
+    for (key, to) in [(XDP_REPLY_1, XDP_REPLY_2), (XDP_REPLY_2, XDP_REPLY_1)] {
+        dp.ct
+            .insert(ct_key(key.0, key.1, PROTO_TCP), xdp_reply_entry(to), 0)
+            .context("writing the XDP reply pair's conntrack entries")?;
     }
     let t = Instant::now();
     for i in 0..total - needed {
@@ -271,8 +327,38 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         SocketAddrV4::new(OTHER_POD, 80),
         TCP_SYN,
     ));
+    // The reply pair, checked frame by frame: R1 → R2 (towards PEER_NODE) → R1 (towards the
+    // client), so R1 as it leaves the node is the input of the reply row.
+    let reply_frame = |(src, dst): (SocketAddrV4, SocketAddrV4), mac| {
+        Pkt::tcp(src, dst, TCP_SYN | TCP_ACK).build_eth(NODE_MAC, mac)
+    };
+    let xreply = reply_frame(XDP_REPLY_1, EXT_CLIENT_MAC);
+    let first = xdp.run(&dp, XDP_PROGRAM, &xreply, 1)?;
+    ensure!(
+        first.retval == XDP_TX && first.output == reply_frame(XDP_REPLY_2, PEER_NODE_MAC),
+        "the XDP reply pair does not translate R1 to R2 (verdict {})",
+        first.retval
+    );
+    let second = xdp.run(&dp, XDP_PROGRAM, &first.output, 1)?;
+    ensure!(
+        second.retval == XDP_TX && second.output == xreply,
+        "the XDP reply pair does not return to R1 (verdict {})",
+        second.retval
+    );
+    ensure!(
+        dp.counter(Hook::Xdp, Reason::RevNat) == 2,
+        "XDP reply warm-up did not take the reverse-NAT path twice"
+    );
 
-    let floor = median_run(&dp, Runner::Tc, FLOOR_PROGRAM, &syn_x, repeat, None)?;
+    let floor = median_run(
+        &dp,
+        Runner::Tc,
+        FLOOR_PROGRAM,
+        &syn_x,
+        repeat,
+        TC_ACT_UNSPEC,
+        None,
+    )?;
     let method = format!("repeat {repeat}");
     let mut rows = Vec::new();
     let mut row = |fixture,
@@ -310,6 +396,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         Program::Ingress.name(),
         &miss,
         repeat,
+        TC_ACT_UNSPEC,
         Some((Hook::PodIngress, Reason::NotService)),
     )?;
     row(
@@ -326,6 +413,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         Program::Ingress.name(),
         &ack_x,
         repeat,
+        TC_ACT_UNSPEC,
         Some((Hook::PodIngress, Reason::DnatEstablished)),
     )?;
     row(
@@ -342,6 +430,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         Program::Egress.name(),
         &reply_y,
         repeat,
+        TC_ACT_UNSPEC,
         Some((Hook::PodEgress, Reason::RevNat)),
     )?;
     row(
@@ -353,7 +442,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         it,
     );
 
-    let xfloor = median_run(&dp, xdp, XDP_FLOOR_PROGRAM, &xack, repeat, None)?;
+    let xfloor = median_run(&dp, xdp, XDP_FLOOR_PROGRAM, &xack, repeat, XDP_PASS, None)?;
     row(
         "floor: empty XDP program",
         XDP_FLOOR_PROGRAM,
@@ -368,6 +457,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         XDP_PROGRAM,
         &xmiss,
         repeat,
+        XDP_PASS,
         Some((Hook::Xdp, Reason::NotService)),
     )?;
     row(
@@ -384,6 +474,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         XDP_PROGRAM,
         &xack,
         repeat,
+        XDP_PASS,
         Some((Hook::Xdp, Reason::DnatEstablished)),
     )?;
     row(
@@ -395,12 +486,32 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         it,
     );
 
+    let xr = median_run(
+        &dp,
+        xdp,
+        XDP_PROGRAM,
+        &xreply,
+        repeat,
+        XDP_TX,
+        Some((Hook::Xdp, Reason::RevNat)),
+    )?;
+    row(
+        "XDP reply translation (XDP_TX)",
+        XDP_PROGRAM,
+        xr,
+        xfloor.0,
+        &method,
+        it,
+    );
+
     let calls = repeat / CHAIN;
     let chain_method = format!("repeat {CHAIN} x {calls} calls");
-    let chain_floor = chain_run(&mut dp, FLOOR_PROGRAM, calls, None)?;
+    let chain_floor = chain_run(&mut dp, Runner::Tc, FLOOR_PROGRAM, CLIENT_POD, calls, None)?;
     let n = chain_run(
         &mut dp,
+        Runner::Tc,
         Program::Ingress.name(),
+        CLIENT_POD,
         calls,
         Some((Hook::PodIngress, Reason::DnatNew)),
     )?;
@@ -417,6 +528,31 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         Program::Ingress.name(),
         n,
         chain_floor.0,
+        &chain_method,
+        u64::from(calls * CHAIN),
+    );
+    let xchain_floor = chain_run(&mut dp, xdp, XDP_FLOOR_PROGRAM, EXT_CLIENT, calls, None)?;
+    let xn = chain_run(
+        &mut dp,
+        xdp,
+        XDP_PROGRAM,
+        EXT_CLIENT,
+        calls,
+        Some((Hook::Xdp, Reason::DnatNew)),
+    )?;
+    row(
+        "floor: empty XDP program",
+        XDP_FLOOR_PROGRAM,
+        xchain_floor.clone(),
+        xchain_floor.0,
+        &chain_method,
+        u64::from(calls * CHAIN),
+    );
+    row(
+        "XDP new flow: SYN, local backend",
+        XDP_PROGRAM,
+        xn,
+        xchain_floor.0,
         &chain_method,
         u64::from(calls * CHAIN),
     );
@@ -461,6 +597,7 @@ fn median_run(
     prog: &str,
     input: &[u8],
     repeat: u32,
+    verdict: u32,
     claim: Option<(Hook, Reason)>,
 ) -> Result<(f64, String)> {
     let mut samples = Vec::new();
@@ -469,7 +606,7 @@ fn median_run(
         let before = dp.counters();
         let res = runner.run(dp, prog, input, repeat)?;
         ensure!(
-            res.retval == runner.pass(),
+            res.retval == verdict,
             "{prog} returned {}",
             res.retval as i32
         );
@@ -482,32 +619,34 @@ fn median_run(
     Ok((per, format!("{proof} per run, {ROUNDS} runs")))
 }
 
-/// `calls` runs of the SYN through the chain (`repeat = CHAIN`), conntrack cleared between
-/// calls; returns the iteration-weighted mean ns/packet, proven.
+/// `calls` runs of `client`'s SYN through the chain (`repeat = CHAIN`), conntrack cleared
+/// between calls; returns the iteration-weighted mean ns/packet, proven. XDP runs get the SYN
+/// as a frame from the external client's MAC.
 fn chain_run(
     dp: &mut Datapath,
+    runner: Runner,
     prog: &str,
+    client: SocketAddrV4,
     calls: u32,
     claim: Option<(Hook, Reason)>,
 ) -> Result<(f64, String)> {
-    let syn = Pkt::tcp(CLIENT_POD, chain_frontend(0), TCP_SYN).build();
+    let pkt = Pkt::tcp(client, chain_frontend(0), TCP_SYN);
+    let syn = match runner {
+        Runner::Tc => pkt.build(),
+        Runner::Xdp(_) => pkt.build_eth(EXT_CLIENT_MAC, NODE_MAC),
+    };
     let mut fwd_keys = Vec::new();
     let mut reply_keys = Vec::new();
     for i in 0..CHAIN {
-        let next = if i + 1 < CHAIN {
-            chain_frontend(i + 1)
-        } else {
-            SocketAddrV4::new(OTHER_POD, 8080)
-        };
-        fwd_keys.push(ct_forward(CLIENT_POD, chain_frontend(i), PROTO_TCP));
-        reply_keys.push(ct_reply(next, CLIENT_POD, PROTO_TCP));
+        fwd_keys.push(ct_forward(client, chain_frontend(i), PROTO_TCP));
+        reply_keys.push(ct_reply(chain_next(i), client, PROTO_TCP));
     }
     let before = dp.counters();
     let mut total_ns = 0u128;
     for _ in 0..calls {
-        let res = dp.run(prog, &syn, CHAIN)?;
+        let res = runner.run(dp, prog, &syn, CHAIN)?;
         ensure!(
-            res.retval == TC_ACT_UNSPEC,
+            res.retval == runner.pass(),
             "{prog} returned {}",
             res.retval as i32
         );
