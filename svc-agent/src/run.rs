@@ -168,8 +168,25 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             let client = kube_client(kubeconfig.as_deref()).await?;
             let mut deltas = kube_source::start(client, &cfg.node_name);
             let mut store = Store::default();
+            // A full plan now and then settles what incremental plans cannot see (a frontend
+            // address claimed by two Services, one of them unchanged), as kube-proxy resyncs
+            // periodically. With nothing to change it writes nothing.
+            let mut resync = tokio::time::interval(FULL_RESYNC);
+            resync.tick().await;
             loop {
                 tokio::select! {
+                    _ = resync.tick() => {
+                        if store.ready() && !engine.needs_full {
+                            let node = NodeContext {
+                                node_name: cfg.node_name.clone(),
+                                node_ips: node_ips(&cfg, &store),
+                                nodeport_addresses: cfg.nodeport_addresses.clone(),
+                                external_ip_cidrs: cfg.external_ip_cidrs.clone(),
+                            };
+                            engine.full(&store.objects, &node, Instant::now());
+                            health.sync(&model::health_checks(&store.objects, &node)).await;
+                        }
+                    }
                     Some(delta) = deltas.recv() => {
                         let mut touched = Touched::default();
                         note_delta(&metrics, &delta);
@@ -216,6 +233,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     Ok(())
 }
+
+/// Period of the full plan in API-source mode (see where it is used).
+const FULL_RESYNC: Duration = Duration::from_secs(60);
 
 fn note_delta(metrics: &Metrics, delta: &Delta) {
     if let Delta::WatchError { kind, .. } = delta {
@@ -355,9 +375,13 @@ impl Engine {
             }
             self.metrics.map_writes.inc();
         }
-        self.metrics
-            .programming_latency
-            .observe(since.elapsed().as_secs_f64());
+        // Latency of a change reaching the maps: a plan that writes nothing (nothing changed,
+        // or a periodic resync) is no such change.
+        if !ops.is_empty() {
+            self.metrics
+                .programming_latency
+                .observe(since.elapsed().as_secs_f64());
+        }
         self.update_fill();
         true
     }
