@@ -31,6 +31,15 @@ pub struct HealthServers {
 }
 
 impl HealthServers {
+    /// Whether a health-check port is served for `service`.
+    pub fn serves(&self, service: &ObjectRef) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|e| &e.service == service)
+    }
+
     /// Serves exactly `checks`: new ports start listening, vanished ones stop, counts update.
     pub async fn sync(&mut self, checks: &[HealthCheck]) {
         let wanted: BTreeMap<u16, Entry> = checks

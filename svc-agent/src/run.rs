@@ -217,7 +217,19 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             metrics.ready.store(true, Ordering::Relaxed);
                         } else if !touched.services.is_empty() {
                             engine.incremental(&store, &node, &touched.services, oldest);
-                            health.sync(&model::health_checks(&store.objects, &node)).await;
+                            // Health checks cost a pass over every Service and slice: redo them
+                            // only when a touched Service has (or had) a health-check port.
+                            let concerned = touched.services.iter().any(|r| {
+                                health.serves(r)
+                                    || store.objects.services.get(r).is_some_and(|svc| {
+                                        svc.spec
+                                            .as_ref()
+                                            .is_some_and(|s| s.health_check_node_port.is_some())
+                                    })
+                            });
+                            if concerned {
+                                health.sync(&model::health_checks(&store.objects, &node)).await;
+                            }
                         }
                     }
                     Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
