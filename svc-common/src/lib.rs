@@ -54,8 +54,13 @@ pub const MAP_CONFIG: &str = "SVC_CONFIG";
 pub const MAP_SOCK_REVNAT: &str = "SVC_SOCK_REV";
 /// Pinned name of the session-affinity map (`sessionAffinity: ClientIP`).
 pub const MAP_AFFINITY: &str = "SVC_AFFINITY";
+/// Pinned name of the IPv4 fragment map: the ports of a datagram whose first fragment was seen,
+/// so that its later fragments (which carry no L4 header) are translated too.
+pub const MAP_FRAGS: &str = "SVC_FRAGS";
+/// Pinned name of the per-CPU budget for packets the datapath generates (rejects, ICMP errors).
+pub const MAP_RATELIMIT: &str = "SVC_RATELIMIT";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -64,6 +69,8 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_SOCK_REVNAT,
     MAP_AFFINITY,
+    MAP_FRAGS,
+    MAP_RATELIMIT,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -110,8 +117,11 @@ pub const FRONTEND_F_EXTERNAL_IP: u32 = 8;
 pub const SNAT_PORT_MIN: u16 = 61_000;
 /// Last port of the SNAT range.
 pub const SNAT_PORT_MAX: u16 = 65_535;
-/// How many random ports a new flow tries before giving up with [`Reason::SnatNoPort`].
-pub const SNAT_ATTEMPTS: u32 = 8;
+/// How many random ports a new flow tries before giving up with [`Reason::SnatNoPort`]. A port
+/// held by an expired or closed flow is taken over, so with short flows nearly every first try
+/// succeeds; 16 tries fail only when more than ~75 % of the range is held by live flows to the
+/// same backend (0.75^16 ≈ 1 %).
+pub const SNAT_ATTEMPTS: u32 = 16;
 
 /// Lookup key of [`MAP_FRONTENDS`]: one address, port and protocol a Service is reached on.
 #[repr(C)]
@@ -241,8 +251,10 @@ pub struct CtEntry {
     pub flags: u8,
     /// Union of the TCP flags seen in this direction (`CT_TCP_*`); 0 for UDP.
     pub tcp_flags: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// `CT_STATE_*`: where the flow is in its lifecycle; kept equal in both entries of a flow
+    /// (the datapath writes the peer on every transition). Chooses the timeout
+    /// ([`CtTimeouts::for_entry`]).
+    pub state: u8,
     /// Backend chosen for the flow.
     pub backend_id: u32,
     /// Frontend the flow was addressed to.
@@ -264,7 +276,7 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
 pub struct Config {
     /// This node's primary address (network order): the SNAT source when the FIB names none.
     pub node_addr: [u8; 4],
-    /// `CONFIG_F_*` bits.
+    /// Reserved, always zero.
     pub flags: u32,
     /// Network-namespace cookie of the node (`SO_NETNS_COOKIE`): cgroup socket hooks translate
     /// only sockets of this namespace, so pods (own namespaces) never see localhost NodePorts.
@@ -344,6 +356,169 @@ pub const CT_TCP_FIN: u8 = 0x01;
 pub const CT_TCP_SYN: u8 = 0x02;
 /// See [`CT_TCP_FIN`].
 pub const CT_TCP_RST: u8 = 0x04;
+/// See [`CT_TCP_FIN`].
+pub const CT_TCP_ACK: u8 = 0x10;
+
+/// [`CtEntry::state`]: written by a datapath that did not track state (before the lifecycle
+/// existed); timed out like an established TCP flow or a UDP stream.
+pub const CT_STATE_NONE: u8 = 0;
+/// TCP: the client's SYN was seen, no reply yet (netfilter `SYN_SENT`).
+pub const CT_STATE_SYN_SENT: u8 = 1;
+/// TCP: the backend answered (netfilter `ESTABLISHED`).
+pub const CT_STATE_ESTABLISHED: u8 = 2;
+/// TCP: a FIN was seen in one direction; the other may still send (netfilter `CLOSE_WAIT`,
+/// kube-proxy's `tcpCloseWaitTimeout`).
+pub const CT_STATE_CLOSE_WAIT: u8 = 3;
+/// TCP: FINs were seen in both directions (netfilter `TIME_WAIT`/`LAST_ACK`). A SYN on it
+/// opens a new flow; its reply tuple may be taken over by a new flow.
+pub const CT_STATE_TIME_WAIT: u8 = 4;
+/// TCP: a RST was seen (netfilter `CLOSE`). As [`CT_STATE_TIME_WAIT`].
+pub const CT_STATE_CLOSED: u8 = 5;
+/// UDP: no reply yet.
+pub const CT_STATE_UDP_UNREPLIED: u8 = 6;
+/// UDP: the backend answered.
+pub const CT_STATE_UDP_REPLIED: u8 = 7;
+/// Every state with its stable name (inspect, metrics).
+pub const ALL_CT_STATES: [(u8, &str); 8] = [
+    (CT_STATE_NONE, "none"),
+    (CT_STATE_SYN_SENT, "syn_sent"),
+    (CT_STATE_ESTABLISHED, "established"),
+    (CT_STATE_CLOSE_WAIT, "close_wait"),
+    (CT_STATE_TIME_WAIT, "time_wait"),
+    (CT_STATE_CLOSED, "closed"),
+    (CT_STATE_UDP_UNREPLIED, "udp_unreplied"),
+    (CT_STATE_UDP_REPLIED, "udp_replied"),
+];
+
+/// Whether a flow in `state` is over: a SYN on it opens a new flow, and a new flow may take
+/// over its reply tuple (netfilter re-creates a conntrack entry in `TIME_WAIT`/`CLOSE` on a
+/// new SYN the same way).
+#[inline(always)]
+pub const fn ct_state_closed(state: u8) -> bool {
+    state == CT_STATE_TIME_WAIT || state == CT_STATE_CLOSED
+}
+
+/// A UDP flow that is still active this long after it started is a stream and gets
+/// [`CtTimeouts::udp_stream_s`] (netfilter: `stream_ts`, 2 s after the first packet).
+pub const CT_UDP_STREAM_AFTER_NS: u64 = 2_000_000_000;
+
+/// Conntrack timeouts in seconds, by protocol and state: how long an entry lives after the last
+/// packet of its flow (in either direction: an entry whose own direction is idle lives as long
+/// as its peer is fresh). Defaults are netfilter's where kube-proxy does not set them and
+/// kube-proxy's where it does. The agent passes them to the programs as the load-time global
+/// [`GLOBAL_CT_TIMEOUTS`] and uses the same values in its garbage collector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtTimeouts {
+    /// [`CT_STATE_SYN_SENT`]: netfilter `nf_conntrack_tcp_timeout_syn_sent`, 120 s.
+    pub tcp_syn_sent_s: u32,
+    /// [`CT_STATE_ESTABLISHED`]: kube-proxy `conntrack.tcpEstablishedTimeout`, 24 h.
+    pub tcp_established_s: u32,
+    /// [`CT_STATE_CLOSE_WAIT`]: kube-proxy `conntrack.tcpCloseWaitTimeout`, 1 h.
+    pub tcp_close_wait_s: u32,
+    /// [`CT_STATE_TIME_WAIT`] and [`CT_STATE_CLOSED`]: 10 s (netfilter `tcp_timeout_close`;
+    /// Cilium's close timeout). Shorter than netfilter's 120 s `TIME_WAIT` because a closed
+    /// entry never blocks a new flow here: a SYN reopens it and its reply tuple can be taken
+    /// over, so the timeout only bounds how long a closed flow's stragglers are translated.
+    pub tcp_close_s: u32,
+    /// UDP without a reply, or a short exchange: kube-proxy `conntrack.udpTimeout`, 30 s.
+    pub udp_s: u32,
+    /// UDP answered and active beyond [`CT_UDP_STREAM_AFTER_NS`]: kube-proxy
+    /// `conntrack.udpStreamTimeout`, 120 s.
+    pub udp_stream_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtTimeouts>() == 24);
+
+impl CtTimeouts {
+    /// The defaults described on each field.
+    pub const DEFAULT: Self = Self {
+        tcp_syn_sent_s: 120,
+        tcp_established_s: 86_400,
+        tcp_close_wait_s: 3_600,
+        tcp_close_s: 10,
+        udp_s: 30,
+        udp_stream_s: 120,
+    };
+
+    /// Lifetime in nanoseconds of `e` after its last packet.
+    #[inline(always)]
+    pub const fn for_entry(&self, proto: u8, e: &CtEntry) -> u64 {
+        let s = if proto == PROTO_UDP {
+            if e.state == CT_STATE_UDP_REPLIED || e.state == CT_STATE_NONE {
+                if e.last_seen_ns.saturating_sub(e.created_ns) > CT_UDP_STREAM_AFTER_NS {
+                    self.udp_stream_s
+                } else {
+                    self.udp_s
+                }
+            } else {
+                self.udp_s
+            }
+        } else {
+            match e.state {
+                CT_STATE_SYN_SENT => self.tcp_syn_sent_s,
+                CT_STATE_CLOSE_WAIT => self.tcp_close_wait_s,
+                CT_STATE_TIME_WAIT | CT_STATE_CLOSED => self.tcp_close_s,
+                _ => self.tcp_established_s,
+            }
+        };
+        s as u64 * 1_000_000_000
+    }
+
+    /// Whether `e` (of protocol `proto`) has outlived its timeout at `now_ns`
+    /// (`CLOCK_MONOTONIC`, what `bpf_ktime_get_ns` returns). A `last_seen_ns` ahead of `now_ns`
+    /// (written by another CPU a moment later) is fresh.
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, e: &CtEntry, now_ns: u64) -> bool {
+        now_ns.saturating_sub(e.last_seen_ns) > self.for_entry(proto, e)
+    }
+}
+
+/// The key of the other entry of `e`'s flow, whose key is `key`: a forward entry's reply key,
+/// or a reply entry's forward key. Each entry holds the tuple its packets leave with, and the
+/// other direction's packets arrive with exactly that tuple reversed.
+#[inline(always)]
+pub const fn ct_peer_key(key: &CtKey, e: &CtEntry) -> CtKey {
+    CtKey {
+        src_addr: e.dst_addr,
+        dst_addr: e.src_addr,
+        src_port: e.dst_port,
+        dst_port: e.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The state a flow moves to when a packet with TCP flags `flags` travels in direction `dir`
+/// (`CT_DIR_*`) while the flow is in `state`; `peer_fin` says whether the other direction has
+/// sent a FIN. Pure, so the agent's tests can walk every transition.
+#[inline(always)]
+pub const fn ct_next_state(proto: u8, state: u8, dir: u8, flags: u8, peer_fin: bool) -> u8 {
+    if proto == PROTO_UDP {
+        if dir == CT_DIR_REPLY && state == CT_STATE_UDP_UNREPLIED {
+            return CT_STATE_UDP_REPLIED;
+        }
+        return state;
+    }
+    if flags & CT_TCP_RST != 0 {
+        return CT_STATE_CLOSED;
+    }
+    if state == CT_STATE_CLOSED {
+        return state;
+    }
+    if flags & CT_TCP_FIN != 0 {
+        return if peer_fin {
+            CT_STATE_TIME_WAIT
+        } else if state == CT_STATE_TIME_WAIT {
+            state
+        } else {
+            CT_STATE_CLOSE_WAIT
+        };
+    }
+    if dir == CT_DIR_REPLY && state == CT_STATE_SYN_SENT {
+        return CT_STATE_ESTABLISHED;
+    }
+    state
+}
 
 /// Where a program runs; the first dimension of [`MAP_STATS`].
 #[repr(u32)]
@@ -359,9 +534,12 @@ pub enum Hook {
     UplinkIngress = 3,
     /// cgroup socket hooks (connect4, sendmsg4, recvmsg4, getpeername4).
     Sock = 4,
+    /// tc egress on a node uplink: replies of node processes (hostNetwork endpoints) to
+    /// external clients get their frontend back.
+    UplinkEgress = 5,
 }
 /// Number of [`Hook`] values.
-pub const HOOK_COUNT: u32 = 5;
+pub const HOOK_COUNT: u32 = 6;
 /// Every hook, in index order.
 pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::PodIngress,
@@ -369,6 +547,7 @@ pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::Xdp,
     Hook::UplinkIngress,
     Hook::Sock,
+    Hook::UplinkEgress,
 ];
 
 /// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a
@@ -384,7 +563,8 @@ pub enum Reason {
     Truncated = 2,
     /// Passed untouched: IPv4 header with options (IHL > 5); we do not translate these.
     IpOptions = 3,
-    /// Passed untouched: an IPv4 fragment; we do not translate these.
+    /// Passed untouched: a later IPv4 fragment of no datagram whose first fragment was seen
+    /// (not a translated flow's, or it arrived before its first fragment).
     Fragment = 4,
     /// Passed: destination is not a frontend (ingress) or no reply entry matched (egress).
     NotService = 5,
@@ -421,9 +601,35 @@ pub enum Reason {
     SockRevNat = 19,
     /// Translated: a new flow sent to the backend its client's session affinity names.
     Affinity = 20,
+    /// Dropped: a TCP packet without SYN to a frontend, with no live conntrack entry (only a
+    /// SYN opens a flow; balancing a mid-stream packet afresh would reset the connection on a
+    /// backend that never saw it).
+    NonSynNoEntry = 21,
+    /// Translated: a SYN hit a closed flow, or one whose backend left its frontend; the flow
+    /// was balanced afresh.
+    CtReopened = 22,
+    /// Translated: the new flow's reply tuple was held by another live flow (one client port
+    /// to two frontends sharing a backend); its source port was remapped, as nf_nat does.
+    ClashRemapped = 23,
+    /// Translated: a later fragment of a translated datagram (ports from its first fragment).
+    FragTranslated = 24,
+    /// Translated: an ICMP error (destination unreachable, time exceeded) about a translated
+    /// flow: outer and embedded headers and every checksum.
+    IcmpTranslated = 25,
+    /// Answered: the translated packet does not fit the egress MTU and has DF set; the sender
+    /// got an ICMP fragmentation-needed with the MTU.
+    FragNeeded = 26,
+    /// Passed to the stack untranslated: TTL would expire on a path that bypasses the stack's
+    /// forwarding (the stack answers time-exceeded).
+    TtlExceeded = 27,
+    /// Dropped: a reject or ICMP error this CPU would send was over its rate budget.
+    RateLimited = 28,
+    /// Dropped: the translated packet does not fit the egress MTU and DF is clear (a BPF
+    /// program cannot fragment).
+    TooBig = 29,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 30;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -447,6 +653,15 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::SockTranslated, "sock_translated"),
     (Reason::SockRevNat, "sock_rev_nat"),
     (Reason::Affinity, "affinity"),
+    (Reason::NonSynNoEntry, "non_syn_no_entry"),
+    (Reason::CtReopened, "ct_reopened"),
+    (Reason::ClashRemapped, "clash_remapped"),
+    (Reason::FragTranslated, "frag_translated"),
+    (Reason::IcmpTranslated, "icmp_translated"),
+    (Reason::FragNeeded, "frag_needed"),
+    (Reason::TtlExceeded, "ttl_exceeded"),
+    (Reason::RateLimited, "rate_limited"),
+    (Reason::TooBig, "too_big"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;
@@ -456,6 +671,63 @@ pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;
 pub const fn stat_index(hook: Hook, reason: Reason) -> u32 {
     hook as u32 * REASON_COUNT + reason as u32
 }
+
+/// Name of the load-time global (`.rodata`, a [`CtTimeouts`]) holding the conntrack timeouts.
+pub const GLOBAL_CT_TIMEOUTS: &str = "SVC_CT_TIMEOUTS";
+
+/// Key of [`MAP_FRAGS`]: what identifies the fragments of one datagram (RFC 791), as they
+/// arrive at the hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    /// Source address, network order.
+    pub src_addr: [u8; 4],
+    /// Destination address, network order.
+    pub dst_addr: [u8; 4],
+    /// IP identification, host order.
+    pub id: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// Value of [`MAP_FRAGS`]: the ports of the datagram, from its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    /// Source port, host order.
+    pub src_port: u16,
+    /// Destination port, host order.
+    pub dst_port: u16,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the first fragment was seen; entries older than
+    /// [`FRAG_TIMEOUT_NS`] are ignored (an IP id reused much later is another datagram).
+    pub created_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragPorts>() == 16);
+/// Capacity of [`MAP_FRAGS`] (LRU): datagrams in flight at once.
+pub const MAX_FRAGS: u32 = 16_384;
+/// How long the ports of a fragmented datagram are remembered: Linux's `ipfrag_time`, 30 s.
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Value of [`MAP_RATELIMIT`] (per CPU, one entry): a one-second window and how many packets
+/// this CPU generated in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateWindow {
+    /// `bpf_ktime_get_ns()` at the window's start.
+    pub start_ns: u64,
+    /// Packets generated in the window.
+    pub count: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateWindow>() == 16);
+/// Rejects and ICMP errors one CPU may generate per second (Linux's `icmp_ratelimit` allows a
+/// burst of 50 and one per second per destination; this is a node-wide guard against being
+/// used as an amplifier, per CPU so it needs no lock).
+pub const GENERATED_PER_CPU_PER_S: u64 = 1_000;
 
 /// Name of the load-time global (`.rodata`) the agent may override to inject a fault in tests.
 /// 0 in production. See [`FAULT_SKIP_L4_CSUM`].
@@ -492,6 +764,14 @@ mod user {
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Affinity {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtTimeouts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateWindow {}
 }
 
 #[cfg(test)]
@@ -519,5 +799,142 @@ mod tests {
         assert_eq!(offset_of!(Config, netns_cookie), 8);
         assert_eq!(offset_of!(SockKey, _pad) + 1, size_of::<SockKey>());
         assert_eq!(offset_of!(CtEntry, bytes) + 8, size_of::<CtEntry>());
+        assert_eq!(offset_of!(FragKey, _pad) + 1, size_of::<FragKey>());
+        assert_eq!(offset_of!(FragPorts, created_ns), 8);
+    }
+
+    fn entry(state: u8, created_ns: u64, last_seen_ns: u64) -> CtEntry {
+        CtEntry {
+            src_addr: [10, 244, 1, 2],
+            dst_addr: [10, 244, 2, 2],
+            src_port: 40_000,
+            dst_port: 8080,
+            dir: CT_DIR_FORWARD,
+            flags: 0,
+            tcp_flags: 0,
+            state,
+            backend_id: 1,
+            frontend_id: 1,
+            created_ns,
+            last_seen_ns,
+            packets: 1,
+            bytes: 60,
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn tcp_timeouts_follow_the_state() {
+        let t = CtTimeouts::DEFAULT;
+        for (state, secs) in [
+            (CT_STATE_SYN_SENT, 120),
+            (CT_STATE_ESTABLISHED, 86_400),
+            (CT_STATE_NONE, 86_400),
+            (CT_STATE_CLOSE_WAIT, 3_600),
+            (CT_STATE_TIME_WAIT, 10),
+            (CT_STATE_CLOSED, 10),
+        ] {
+            let e = entry(state, 0, 5 * S);
+            assert!(!t.expired(PROTO_TCP, &e, 5 * S + secs * S), "state {state}");
+            assert!(t.expired(PROTO_TCP, &e, 5 * S + secs * S + 1), "state {state}");
+        }
+    }
+
+    #[test]
+    fn udp_becomes_a_stream_only_when_answered_and_active_past_two_seconds() {
+        let t = CtTimeouts::DEFAULT;
+        // A DNS query and its answer within a millisecond: 30 s, as netfilter.
+        let short = entry(CT_STATE_UDP_REPLIED, 0, S / 1000);
+        assert_eq!(t.for_entry(PROTO_UDP, &short), 30 * S);
+        // Answered and still sending 3 s later: a stream.
+        let stream = entry(CT_STATE_UDP_REPLIED, 0, 3 * S);
+        assert_eq!(t.for_entry(PROTO_UDP, &stream), 120 * S);
+        // Never answered, however long it sends.
+        let oneway = entry(CT_STATE_UDP_UNREPLIED, 0, 300 * S);
+        assert_eq!(t.for_entry(PROTO_UDP, &oneway), 30 * S);
+    }
+
+    #[test]
+    fn a_last_seen_ahead_of_now_is_fresh() {
+        let e = entry(CT_STATE_CLOSED, 0, 100 * S);
+        assert!(!CtTimeouts::DEFAULT.expired(PROTO_TCP, &e, 99 * S));
+    }
+
+    #[test]
+    fn tcp_state_transitions() {
+        use CT_DIR_FORWARD as F;
+        use CT_DIR_REPLY as R;
+        let syn = CT_TCP_SYN;
+        let synack = CT_TCP_SYN | CT_TCP_ACK;
+        let ack = CT_TCP_ACK;
+        let fin = CT_TCP_FIN | CT_TCP_ACK;
+        let rst = CT_TCP_RST;
+        for (state, dir, flags, peer_fin, want) in [
+            (CT_STATE_SYN_SENT, F, syn, false, CT_STATE_SYN_SENT),
+            (CT_STATE_SYN_SENT, R, synack, false, CT_STATE_ESTABLISHED),
+            (CT_STATE_SYN_SENT, F, ack, false, CT_STATE_SYN_SENT),
+            (CT_STATE_ESTABLISHED, F, ack, false, CT_STATE_ESTABLISHED),
+            (CT_STATE_ESTABLISHED, F, fin, false, CT_STATE_CLOSE_WAIT),
+            (CT_STATE_ESTABLISHED, R, fin, false, CT_STATE_CLOSE_WAIT),
+            (CT_STATE_CLOSE_WAIT, R, ack, false, CT_STATE_CLOSE_WAIT),
+            (CT_STATE_CLOSE_WAIT, R, fin, true, CT_STATE_TIME_WAIT),
+            (CT_STATE_TIME_WAIT, F, ack, true, CT_STATE_TIME_WAIT),
+            (CT_STATE_TIME_WAIT, F, fin, false, CT_STATE_TIME_WAIT),
+            (CT_STATE_ESTABLISHED, R, rst, false, CT_STATE_CLOSED),
+            (CT_STATE_SYN_SENT, R, rst | ack, false, CT_STATE_CLOSED),
+            (CT_STATE_CLOSED, F, ack, false, CT_STATE_CLOSED),
+            (CT_STATE_CLOSED, R, synack, false, CT_STATE_CLOSED),
+        ] {
+            assert_eq!(
+                ct_next_state(PROTO_TCP, state, dir, flags, peer_fin),
+                want,
+                "state {state} dir {dir} flags {flags:#x} peer_fin {peer_fin}"
+            );
+        }
+    }
+
+    #[test]
+    fn udp_state_transitions() {
+        assert_eq!(
+            ct_next_state(PROTO_UDP, CT_STATE_UDP_UNREPLIED, CT_DIR_FORWARD, 0, false),
+            CT_STATE_UDP_UNREPLIED
+        );
+        assert_eq!(
+            ct_next_state(PROTO_UDP, CT_STATE_UDP_UNREPLIED, CT_DIR_REPLY, 0, false),
+            CT_STATE_UDP_REPLIED
+        );
+        assert_eq!(
+            ct_next_state(PROTO_UDP, CT_STATE_UDP_REPLIED, CT_DIR_FORWARD, 0, false),
+            CT_STATE_UDP_REPLIED
+        );
+    }
+
+    #[test]
+    fn peer_keys_pair_up_for_dnat_snat_and_remapped_flows() {
+        // Client 10.244.1.2:40000 → frontend 10.96.0.10:80, backend 10.244.2.2:8080, SNAT to
+        // 172.18.0.2:61234.
+        let fwd_key = CtKey {
+            src_addr: [10, 244, 1, 2],
+            dst_addr: [10, 96, 0, 10],
+            src_port: 40_000,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let mut fwd = entry(CT_STATE_SYN_SENT, 0, 0);
+        fwd.src_addr = [172, 18, 0, 2];
+        fwd.src_port = 61_234;
+        let rep_key = ct_peer_key(&fwd_key, &fwd);
+        assert_eq!(rep_key.src_addr, [10, 244, 2, 2]);
+        assert_eq!(rep_key.dst_addr, [172, 18, 0, 2]);
+        assert_eq!((rep_key.src_port, rep_key.dst_port), (8080, 61_234));
+        let mut rep = fwd;
+        rep.dir = CT_DIR_REPLY;
+        rep.src_addr = fwd_key.dst_addr;
+        rep.src_port = fwd_key.dst_port;
+        rep.dst_addr = fwd_key.src_addr;
+        rep.dst_port = fwd_key.src_port;
+        assert_eq!(ct_peer_key(&rep_key, &rep), fwd_key);
     }
 }

@@ -166,7 +166,7 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
         dir: CT_DIR_FORWARD,
         flags: 0,
         tcp_flags: flow.tcp_flags,
-        _pad: 0,
+        state: if flow.proto == svc_common::PROTO_UDP { svc_common::CT_STATE_UDP_UNREPLIED } else { svc_common::CT_STATE_SYN_SENT },
         backend_id,
         frontend_id: fe.id,
         created_ns: now,

@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey,
-    SockKey, SockRevNat, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS,
-    MAX_SOCK_REVNAT, STATS_LEN,
+    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, FragKey, FragPorts, Frontend,
+    FrontendKey, RateWindow, Slot, SlotKey, SockKey, SockRevNat, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -37,3 +37,9 @@ pub static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as us
 #[btf_map]
 pub static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> =
     LruHashMap::new();
+
+#[btf_map]
+pub static SVC_FRAGS: LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static SVC_RATELIMIT: PerCpuArray<RateWindow, 1> = PerCpuArray::new();

@@ -149,7 +149,7 @@ fn ct_value(
         dir,
         flags,
         tcp_flags,
-        _pad: 0,
+        state: svc_common::CT_STATE_ESTABLISHED,
         backend_id,
         frontend_id,
         created_ns: 0,

@@ -913,7 +913,7 @@ mod tests {
             dir: CT_DIR_FORWARD,
             flags: 0,
             tcp_flags: 0x12,
-            _pad: 0,
+            state: svc_common::CT_STATE_ESTABLISHED,
             backend_id: 2,
             frontend_id: 10,
             created_ns: 1,

@@ -193,7 +193,7 @@ fn xdp_reply_entry(to: (SocketAddrV4, SocketAddrV4)) -> CtEntry {
         dir: CT_DIR_REPLY,
         flags: CT_F_EXTERNAL | CT_F_SNAT,
         tcp_flags: 0,
-        _pad: 0,
+        state: svc_common::CT_STATE_ESTABLISHED,
         backend_id: 0,
         frontend_id: 0,
         created_ns: 0,
