@@ -525,6 +525,7 @@ pub fn hook_name(hook: Hook) -> &'static str {
         Hook::Xdp => "xdp",
         Hook::UplinkIngress => "uplink_ingress",
         Hook::Sock => "sock",
+        Hook::UplinkEgress => "uplink_egress",
     }
 }
 
@@ -848,7 +849,7 @@ fn render_flows(flows: &Vec<FlowView>) -> String {
 /// One counter (`inspect stats -o json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatView {
-    /// `pod_ingress`, `pod_egress`, `xdp`, `uplink_ingress`, `sock`.
+    /// `pod_ingress`, `pod_egress`, `xdp`, `uplink_ingress`, `sock`, `uplink_egress`.
     pub hook: String,
     /// A reason name from svc-common's `ALL_REASONS` (`dnat_new`, `no_backend`, …).
     pub reason: String,
