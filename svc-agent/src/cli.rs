@@ -5,6 +5,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use svc_common::{CtTimeouts, MAX_CONNTRACK};
+
 use crate::model::Ipv4Cidr;
 
 #[derive(Parser)]
@@ -96,4 +98,240 @@ pub struct RunArgs {
     pub xdp_mode: crate::datapath::XdpChoice,
     #[arg(long, hide = true)]
     pub fault_inject: Vec<Fault>,
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
+}
+
+/// Conntrack lifecycle flags, spelled as kube-proxy's where kube-proxy has them. Durations are
+/// Go durations (`24h`, `1h0m0s`, `30s`, `1m30s`), whole seconds, at least `1s`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConntrackArgs {
+    /// Idle timeout of an established TCP flow (kube-proxy's flag and default).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.tcp_established_s))]
+    pub conntrack_tcp_timeout_established: Secs,
+    /// Idle timeout of a TCP flow after the first FIN (kube-proxy's flag and default).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.tcp_close_wait_s))]
+    pub conntrack_tcp_timeout_close_wait: Secs,
+    /// Idle timeout of a UDP flow that is unanswered or a short exchange (kube-proxy's flag).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.udp_s))]
+    pub conntrack_udp_timeout: Secs,
+    /// Idle timeout of a UDP flow answered and active for more than 2 s (kube-proxy's flag).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.udp_stream_s))]
+    pub conntrack_udp_timeout_stream: Secs,
+    /// Timeout of a TCP flow whose SYN was not answered (netfilter's default).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.tcp_syn_sent_s))]
+    pub conntrack_tcp_timeout_syn_sent: Secs,
+    /// Timeout of a TCP flow after FINs both ways or a RST. Short because a closed entry never
+    /// blocks a new flow (a SYN reopens it); it only bounds how long stragglers are translated.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(CtTimeouts::DEFAULT.tcp_close_s))]
+    pub conntrack_tcp_timeout_close: Secs,
+    /// Entries of the conntrack map (SVC_CT), applied when the map is created (a pinned map
+    /// keeps its size). Every flow takes 2 entries (forward and reply); size it as
+    /// new flows/s × mean flow lifetime in s (including the idle timeout that ends it) × 2,
+    /// plus 50 % headroom. When full, the least recently used entry is evicted and that flow's
+    /// next packet is balanced afresh (a TCP mid-stream packet is dropped). 56+16 bytes of
+    /// kernel memory per entry plus hash overhead: ~25 MB for the default.
+    #[arg(long, value_name = "ENTRIES", default_value_t = MAX_CONNTRACK,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub conntrack_max: u32,
+    /// How often the garbage collector scans the conntrack map for expired flows.
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(10))]
+    pub conntrack_gc_interval: Secs,
+}
+
+impl ConntrackArgs {
+    /// The timeouts the datapath and the garbage collector use.
+    pub fn timeouts(&self) -> CtTimeouts {
+        CtTimeouts {
+            tcp_syn_sent_s: self.conntrack_tcp_timeout_syn_sent.0,
+            tcp_established_s: self.conntrack_tcp_timeout_established.0,
+            tcp_close_wait_s: self.conntrack_tcp_timeout_close_wait.0,
+            tcp_close_s: self.conntrack_tcp_timeout_close.0,
+            udp_s: self.conntrack_udp_timeout.0,
+            udp_stream_s: self.conntrack_udp_timeout_stream.0,
+        }
+    }
+}
+
+/// A whole number of seconds (≥ 1), written and read as a Go duration (`time.ParseDuration`
+/// syntax, what kube-proxy's flags take): `24h`, `1h0m0s`, `90s`, `1.5m`, `120000ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Secs(pub u32);
+
+impl std::fmt::Display for Secs {
+    /// Go's `Duration.String()`: `24h0m0s`, `1m30s`, `30s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (h, m, s) = (self.0 / 3600, self.0 / 60 % 60, self.0 % 60);
+        if h > 0 {
+            write!(f, "{h}h{m}m{s}s")
+        } else if m > 0 {
+            write!(f, "{m}m{s}s")
+        } else {
+            write!(f, "{s}s")
+        }
+    }
+}
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            |why: &str| format!("{text:?} is not a duration such as 24h, 1h0m0s or 30s: {why}");
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(bad("empty"));
+        }
+        if rest.starts_with(['-', '+']) {
+            return Err(bad("a timeout cannot be signed"));
+        }
+        let mut nanos: u128 = 0;
+        while !rest.is_empty() {
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let (num, tail) = rest.split_at(num_len);
+            if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+                return Err(bad("expected a number"));
+            }
+            let unit_len = tail
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(tail.len());
+            let (unit, tail) = tail.split_at(unit_len);
+            let per: u128 = match unit {
+                "ns" => 1,
+                "us" | "µs" | "μs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "" => return Err(bad("missing unit (ns, us, ms, s, m, h)")),
+                _ => return Err(bad(&format!("unknown unit {unit:?}"))),
+            };
+            let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+            let int: u128 = if int.is_empty() {
+                0
+            } else {
+                int.parse().map_err(|_| bad("number too large"))?
+            };
+            let mut value = int.checked_mul(per).ok_or_else(|| bad("too large"))?;
+            let mut scale = per;
+            for d in frac.chars().take(18) {
+                scale /= 10;
+                value += u128::from(d.to_digit(10).unwrap_or(0)) * scale;
+            }
+            nanos = nanos.checked_add(value).ok_or_else(|| bad("too large"))?;
+            rest = tail;
+        }
+        if !nanos.is_multiple_of(1_000_000_000) {
+            return Err(bad("timeouts are whole seconds"));
+        }
+        let secs = nanos / 1_000_000_000;
+        if secs == 0 {
+            return Err(bad("must be at least 1s"));
+        }
+        u32::try_from(secs)
+            .map(Secs)
+            .map_err(|_| bad("more than 2^32 - 1 seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_to_whole_seconds() {
+        for (text, secs) in [
+            ("24h", 86_400),
+            ("1h0m0s", 3_600),
+            ("30s", 30),
+            ("120s", 120),
+            ("2m", 120),
+            ("1m30s", 90),
+            ("1.5h", 5_400),
+            ("120000ms", 120),
+            ("10000000000ns", 10),
+            ("1h1s", 3_601),
+        ] {
+            assert_eq!(text.parse::<Secs>(), Ok(Secs(secs)), "{text}");
+        }
+        for text in [
+            "", "30", "-30s", "1.5s", "500ms", "0s", "3d", "1x", "h", "..5s", "5000000h",
+        ] {
+            assert!(text.parse::<Secs>().is_err(), "{text} must be refused");
+        }
+    }
+
+    #[test]
+    fn durations_print_as_go_does_and_read_back() {
+        for (secs, text) in [
+            (86_400, "24h0m0s"),
+            (3_600, "1h0m0s"),
+            (90, "1m30s"),
+            (30, "30s"),
+        ] {
+            assert_eq!(Secs(secs).to_string(), text);
+            assert_eq!(text.parse::<Secs>(), Ok(Secs(secs)));
+        }
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["svc-agent", "run", "--node-name", "n1"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(args) => args,
+            _ => unreachable!("parsed `run`"),
+        })
+    }
+
+    #[test]
+    fn conntrack_flags_default_to_the_abi_defaults() {
+        let args = run_args(&[]).expect("defaults parse");
+        assert_eq!(args.conntrack.timeouts(), CtTimeouts::DEFAULT);
+        assert_eq!(args.conntrack.conntrack_max, MAX_CONNTRACK);
+        assert_eq!(args.conntrack.conntrack_gc_interval, Secs(10));
+    }
+
+    #[test]
+    fn conntrack_flags_take_kube_proxy_spellings() {
+        let args = run_args(&[
+            "--conntrack-tcp-timeout-established=1h0m0s",
+            "--conntrack-tcp-timeout-close-wait",
+            "30m",
+            "--conntrack-udp-timeout=10s",
+            "--conntrack-udp-timeout-stream=5m",
+            "--conntrack-tcp-timeout-syn-sent=60s",
+            "--conntrack-tcp-timeout-close=5s",
+            "--conntrack-max=1048576",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            args.conntrack.timeouts(),
+            CtTimeouts {
+                tcp_syn_sent_s: 60,
+                tcp_established_s: 3_600,
+                tcp_close_wait_s: 1_800,
+                tcp_close_s: 5,
+                udp_s: 10,
+                udp_stream_s: 300,
+            }
+        );
+        assert_eq!(args.conntrack.conntrack_max, 1_048_576);
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_flag() {
+        let err = run_args(&["--conntrack-udp-timeout=30"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("--conntrack-udp-timeout"), "{err}");
+        assert!(err.contains("missing unit"), "{err}");
+        let err = run_args(&["--conntrack-max=10"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("--conntrack-max"), "{err}");
+    }
 }

@@ -31,11 +31,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use svc_common::{
-    Config, ALL_MAPS, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_CONFIG, MAP_FRONTENDS, MAP_SLOTS,
+    Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_FAULT_INJECT, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
 };
 use tracing::{info, warn};
 
-use crate::dataplane::pinned::PinnedMaps;
+use crate::dataplane::{
+    pinned::{FlowMaps, PinnedMaps},
+    Dataplane,
+};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time (build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SVC_EBPF_OBJECT"));
@@ -93,8 +97,16 @@ pub struct Datapath {
 
 impl Datapath {
     /// Mounts bpffs if needed, loads the programs, and opens (or creates and pins) the maps under
-    /// `bpffs`. `fault` is `svc_common::FAULT_*` bits; 0 except in tests.
-    pub fn load(bpffs: &Path, fault: u32, xdp: XdpChoice) -> Result<(Self, PinnedMaps)> {
+    /// `bpffs`. `fault` is `svc_common::FAULT_*` bits; 0 except in tests. The programs read
+    /// `timeouts` as the load-time global `GLOBAL_CT_TIMEOUTS`; `ct_max` sizes the conntrack
+    /// map when it is created (a pinned one keeps its size).
+    pub fn load(
+        bpffs: &Path,
+        fault: u32,
+        xdp: XdpChoice,
+        timeouts: &CtTimeouts,
+        ct_max: u32,
+    ) -> Result<(Self, PinnedMaps)> {
         ensure_bpffs(bpffs)?;
         std::fs::create_dir_all(bpffs.join("links"))
             .with_context(|| format!("creating {}", bpffs.join("links").display()))?;
@@ -110,6 +122,9 @@ impl Datapath {
             );
             loader.override_global(GLOBAL_FAULT_INJECT, &fault, true);
         }
+        // `must_exist`: an object without the global would silently ignore the flags.
+        loader.override_global(GLOBAL_CT_TIMEOUTS, timeouts, true);
+        loader.map_max_entries(MAP_CONNTRACK, ct_max);
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
             format!(
                 "loading the eBPF object with maps pinned under {}",
@@ -150,10 +165,33 @@ impl Datapath {
                 .with_context(|| format!("map {MAP_SLOTS} has an unexpected layout"))?,
             backends: HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)
                 .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
+            flows: FlowMaps::new(
+                take(&mut ebpf, MAP_CONNTRACK)?,
+                take(&mut ebpf, MAP_AFFINITY)?,
+                take(&mut ebpf, MAP_SOCK_REVNAT)?,
+                take(&mut ebpf, MAP_FRAGS)?,
+            )
+            .context(
+                "a flow map (conntrack, affinity, socket, fragments) has an unexpected layout",
+            )?,
         };
+        if maps.ct_capacity() != ct_max {
+            warn!(
+                pinned = maps.ct_capacity(),
+                requested = ct_max,
+                "{MAP_CONNTRACK} was pinned by an earlier agent with another size and keeps it: \
+                 --conntrack-max applies when the map is created (`svc-agent uninstall` removes \
+                 it, and every tracked flow with it)"
+            );
+        }
         let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)
             .with_context(|| format!("map {MAP_CONFIG} has an unexpected layout"))?;
-        info!(bpffs = %bpffs.display(), "programs loaded, maps pinned");
+        info!(
+            bpffs = %bpffs.display(),
+            conntrack_max = maps.ct_capacity(),
+            ?timeouts,
+            "programs loaded, maps pinned"
+        );
         let datapath = Self {
             ebpf,
             bpffs: bpffs.to_owned(),

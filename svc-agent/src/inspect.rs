@@ -39,7 +39,7 @@ use svc_common::{
     MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
-use crate::dataplane::{pinned::PinnedMaps, Dataplane, DataplaneError, MapSnapshot};
+use crate::dataplane::{pinned::read_service_maps, DataplaneError, MapSnapshot};
 
 pub mod explain;
 pub mod links;
@@ -353,12 +353,7 @@ pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, InspectError> {
     let slots = typed(MAP_SLOTS, path, slots, HashMap::try_from)?;
     let (backends, path) = open(bpffs, MAP_BACKENDS)?;
     let backends = typed(MAP_BACKENDS, path, backends, HashMap::try_from)?;
-    let maps = PinnedMaps {
-        frontends,
-        slots,
-        backends,
-    };
-    Ok(maps.snapshot()?)
+    Ok(read_service_maps(&frontends, &slots, &backends)?)
 }
 
 /// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).

@@ -11,11 +11,14 @@
 //!   maps, `fake` in memory (checking the invariant after every operation) for tests.
 //! - [`cli`]: the command line (`svc-agent run …`), shared by the binary and the checks of
 //!   the deploy manifests.
+//! - [`conntrack`]: the conntrack garbage collector (its own thread) and the flushes that
+//!   follow endpoint removal; the decisions are pure and table-tested.
 //! - [`inspect`]: `svc-agent inspect …` / `explain`: the pinned maps read back for people and
 //!   tools, and what the datapath would do with a flow (a pure mirror of its decision).
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
 pub mod cli;
+pub mod conntrack;
 pub mod datapath;
 pub mod dataplane;
 pub mod health;

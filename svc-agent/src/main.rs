@@ -66,6 +66,9 @@ fn main() -> Result<()> {
                 xdp: args.xdp_mode,
                 metrics_addr,
                 fault,
+                ct_timeouts: args.conntrack.timeouts(),
+                ct_max: args.conntrack.conntrack_max,
+                ct_gc_interval: Duration::from_secs(args.conntrack.conntrack_gc_interval.0.into()),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
 };
@@ -57,9 +57,24 @@ pub struct Metrics {
     pub watch_errors: Family<KindLabel, Counter>,
     /// Objects (or parts of them) refused, by kind and field.
     pub objects_skipped: Family<SkipLabel, Counter>,
-    /// Entries in each service map and its capacity: the fill ratio is their quotient.
+    /// Entries in each service map and its capacity: the fill ratio is their quotient. The
+    /// LRU maps (conntrack, affinity, socket, fragments) are counted by each GC pass.
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
+    /// `map_entries / map_capacity` of the LRU maps, as of the last GC pass.
+    pub map_fill_ratio: Family<MapLabel, Gauge<f64, AtomicU64>>,
+    /// Conntrack garbage collection: passes, entries read, entries deleted as expired.
+    pub ct_gc_passes: Counter,
+    pub ct_gc_scanned: Counter,
+    pub ct_gc_removed: Counter,
+    /// Wall time of the last pass, in seconds.
+    pub ct_gc_last_pass_seconds: Gauge<f64, AtomicU64>,
+    /// Passes or flushes that failed (map read or delete errors).
+    pub ct_gc_errors: Counter,
+    /// UDP conntrack entries deleted because their endpoint left its Service.
+    pub ct_flushed: Counter,
+    /// Session-affinity entries deleted because their endpoint or frontend went away.
+    pub affinity_flushed: Counter,
     packets: Family<PacketLabel, Gauge>,
     /// Set once the datapath is loaded and every source has completed its first sync.
     pub ready: AtomicBool,
@@ -79,6 +94,14 @@ impl Metrics {
             objects_skipped: Family::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            map_fill_ratio: Family::default(),
+            ct_gc_passes: Counter::default(),
+            ct_gc_scanned: Counter::default(),
+            ct_gc_removed: Counter::default(),
+            ct_gc_last_pass_seconds: Gauge::default(),
+            ct_gc_errors: Counter::default(),
+            ct_flushed: Counter::default(),
+            affinity_flushed: Counter::default(),
             packets: Family::default(),
             ready: AtomicBool::new(false),
             bpffs,
@@ -112,13 +135,53 @@ impl Metrics {
             );
             r.register(
                 "map_entries",
-                "Entries in each service map",
+                "Entries in each map (LRU maps as of the last conntrack GC pass)",
                 m.map_entries.clone(),
             );
             r.register(
                 "map_capacity",
-                "Capacity of each service map",
+                "Capacity of each map",
                 m.map_capacity.clone(),
+            );
+            r.register(
+                "map_fill_ratio",
+                "Entries over capacity of each LRU map, as of the last conntrack GC pass",
+                m.map_fill_ratio.clone(),
+            );
+            r.register(
+                "conntrack_gc_passes",
+                "Conntrack garbage-collection passes",
+                m.ct_gc_passes.clone(),
+            );
+            r.register(
+                "conntrack_gc_scanned_entries",
+                "Conntrack entries read by garbage-collection passes",
+                m.ct_gc_scanned.clone(),
+            );
+            r.register(
+                "conntrack_gc_removed_entries",
+                "Conntrack entries deleted as expired by garbage-collection passes",
+                m.ct_gc_removed.clone(),
+            );
+            r.register(
+                "conntrack_gc_last_pass_seconds",
+                "Wall time of the last conntrack garbage-collection pass",
+                m.ct_gc_last_pass_seconds.clone(),
+            );
+            r.register(
+                "conntrack_gc_errors",
+                "Conntrack garbage-collection passes or flushes that failed",
+                m.ct_gc_errors.clone(),
+            );
+            r.register(
+                "conntrack_flushed_entries",
+                "UDP conntrack entries deleted because their endpoint left its Service",
+                m.ct_flushed.clone(),
+            );
+            r.register(
+                "affinity_flushed_entries",
+                "Session-affinity entries deleted because their endpoint or frontend went away",
+                m.affinity_flushed.clone(),
             );
             r.register(
                 "datapath_packets",
@@ -127,6 +190,20 @@ impl Metrics {
             );
         }
         Arc::new(m)
+    }
+
+    /// Records how full an LRU map is.
+    pub fn set_fill(&self, fill: crate::dataplane::MapFill) {
+        let label = MapLabel { map: fill.map };
+        self.map_entries
+            .get_or_create(&label)
+            .set(fill.entries as i64);
+        self.map_capacity
+            .get_or_create(&label)
+            .set(i64::from(fill.capacity));
+        self.map_fill_ratio
+            .get_or_create(&label)
+            .set(fill.entries as f64 / f64::from(fill.capacity.max(1)));
     }
 
     /// Counts a refused object or field (`Service default/web`, `spec.ports[0].port`).

@@ -251,6 +251,57 @@ pub struct Plan {
     pub ops: Vec<MapOp>,
     /// What the maps hold once every op is applied; the `current` of the next plan.
     pub next: Programmed,
+    /// Backends the plan takes away from frontends, and frontends it deletes: the flow state
+    /// (UDP conntrack, session affinity) to clear once `ops` are applied.
+    pub removals: Removals,
+}
+
+/// A backend a frontend stops balancing to (or every backend of a deleted frontend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemovedBackend {
+    /// The frontend's id, as its conntrack and affinity entries record it.
+    pub frontend_id: u32,
+    /// The frontend's protocol.
+    pub proto: u8,
+    /// The backend id its slots named.
+    pub backend_id: u32,
+}
+
+/// What a plan takes away, for the flushes that follow it (`crate::conntrack`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removals {
+    /// (frontend, backend) pairs that no longer exist, in plan order.
+    pub backends: Vec<RemovedBackend>,
+    /// Ids of deleted frontends (free for reuse by later plans).
+    pub frontend_ids: Vec<u32>,
+}
+
+impl Removals {
+    /// Nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty() && self.frontend_ids.is_empty()
+    }
+
+    /// The removed (frontend id, backend id) pairs of UDP frontends: whose conntrack entries
+    /// are deleted so the next datagram is balanced afresh.
+    pub fn udp_pairs(&self) -> Vec<(u32, u32)> {
+        self.backends
+            .iter()
+            .filter(|r| r.proto == svc_common::PROTO_UDP)
+            .map(|r| (r.frontend_id, r.backend_id))
+            .collect()
+    }
+}
+
+/// Backend ids named by `old` slots that `new` slots no longer name, each once, in slot order.
+pub fn removed_backend_ids(old: &[Option<u32>], new: &[u32]) -> Vec<u32> {
+    let kept: HashSet<u32> = new.iter().copied().collect();
+    let mut seen = HashSet::new();
+    old.iter()
+        .flatten()
+        .copied()
+        .filter(|id| !kept.contains(id) && seen.insert(*id))
+        .collect()
 }
 
 /// Plans the ops that turn `current` into `desired`, for every frontend.
@@ -260,13 +311,17 @@ pub struct Plan {
 /// a restart that adopts the pinned maps writes nothing.
 pub fn plan(current: &Programmed, desired: &Desired) -> Plan {
     let mut next = current.clone();
-    let ops = plan_in_place(&mut next, desired);
-    Plan { ops, next }
+    let (ops, removals) = plan_in_place(&mut next, desired);
+    Plan {
+        ops,
+        next,
+        removals,
+    }
 }
 
-/// [`plan`] without the clone: advances `state` and returns the ops. If applying the ops fails,
-/// `state` no longer describes the maps; re-adopt them (see the module docs).
-pub fn plan_in_place(state: &mut Programmed, desired: &Desired) -> Vec<MapOp> {
+/// [`plan`] without the clone: advances `state` and returns the ops and removals. If applying
+/// the ops fails, `state` no longer describes the maps; re-adopt them (see the module docs).
+pub fn plan_in_place(state: &mut Programmed, desired: &Desired) -> (Vec<MapOp>, Removals) {
     let removed: Vec<FrontendKey> = state
         .frontends
         .keys()
@@ -289,8 +344,12 @@ pub fn plan_services(
     changed: &BTreeSet<ObjectRef>,
 ) -> Plan {
     let mut next = current.clone();
-    let ops = plan_services_in_place(&mut next, desired, changed);
-    Plan { ops, next }
+    let (ops, removals) = plan_services_in_place(&mut next, desired, changed);
+    Plan {
+        ops,
+        next,
+        removals,
+    }
 }
 
 /// [`plan_services`] without the clone (see [`plan_in_place`]).
@@ -298,7 +357,7 @@ pub fn plan_services_in_place(
     state: &mut Programmed,
     desired: &Desired,
     changed: &BTreeSet<ObjectRef>,
-) -> Vec<MapOp> {
+) -> (Vec<MapOp>, Removals) {
     let wanted: Vec<_> = desired
         .frontends
         .iter()
@@ -320,7 +379,8 @@ fn plan_core(
     state: &mut Programmed,
     wanted: &[(&FrontendKey, &DesiredFrontend)],
     removed: &[FrontendKey],
-) -> Vec<MapOp> {
+) -> (Vec<MapOp>, Removals) {
+    let mut removals = Removals::default();
     // Phase 0: strays are unreachable (no count covers them), so deleting them first is safe,
     // and it must happen before a new frontend could take their id or their backend goes.
     let mut ops: Vec<MapOp> = std::mem::take(&mut state.strays)
@@ -365,6 +425,17 @@ fn plan_core(
             None => (state.frontend_id_alloc.alloc(), Vec::new(), None, None),
         };
         let new_slots = assign_slots(&old_slots, &ids);
+        removals
+            .backends
+            .extend(
+                removed_backend_ids(&old_slots, &new_slots)
+                    .into_iter()
+                    .map(|backend_id| RemovedBackend {
+                        frontend_id: id,
+                        proto: key.proto,
+                        backend_id,
+                    }),
+            );
         for (i, &backend_id) in new_slots.iter().enumerate() {
             if old_slots.get(i) != Some(&Some(backend_id)) {
                 let key = SlotKey {
@@ -424,6 +495,18 @@ fn plan_core(
         };
         removal_ops.push(MapOp::DeleteFrontend { key: *key });
         if fe.id != 0 {
+            removals.frontend_ids.push(fe.id);
+            removals
+                .backends
+                .extend(
+                    removed_backend_ids(&fe.slots, &[])
+                        .into_iter()
+                        .map(|backend_id| RemovedBackend {
+                            frontend_id: fe.id,
+                            proto: key.proto,
+                            backend_id,
+                        }),
+                );
             for (i, slot) in fe.slots.iter().enumerate() {
                 if let Some(backend_id) = *slot {
                     let key = SlotKey {
@@ -466,7 +549,7 @@ fn plan_core(
     ops.extend(frontend_ops);
     ops.extend(removal_ops);
     ops.extend(backend_deletes);
-    ops
+    (ops, removals)
 }
 
 /// New slot contents for a frontend whose slots held `old` and should hold the backend ids
@@ -885,6 +968,104 @@ mod tests {
         let mut fake = FakeDataplane::default();
         apply(&mut fake, &p1);
         apply(&mut fake, &p2);
+    }
+
+    #[test]
+    fn removed_backend_ids_are_those_no_new_slot_names() {
+        assert_eq!(
+            removed_backend_ids(&[Some(1), Some(2), Some(3)], &[3, 1]),
+            vec![2]
+        );
+        assert_eq!(removed_backend_ids(&[Some(1), None, Some(1)], &[]), vec![1]);
+        assert_eq!(
+            removed_backend_ids(&[Some(1), Some(2)], &[2, 1, 4]),
+            Vec::<u32>::new()
+        );
+        assert_eq!(removed_backend_ids(&[], &[1]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_plan_reports_the_pairs_it_removes_and_the_frontends_it_deletes() {
+        let udp = FrontendKey {
+            proto: PROTO_UDP,
+            ..fk(2, 53)
+        };
+        let p1 = plan(
+            &Programmed::default(),
+            &desired(vec![
+                (fk(1, 80), fe("a", &[1, 2, 3])),
+                (udp, fe("dns", &[1, 2])),
+                (fk(3, 80), fe("c", &[4])),
+            ]),
+        );
+        assert_eq!(p1.removals, Removals::default(), "nothing existed before");
+        let id = |key: &FrontendKey| p1.next.frontends()[key].id;
+        let backend = |last: u8| p1.next.backend_id(&be(last)).expect("programmed");
+        // "a" loses backend 2 and gains 5; "dns" loses 1; "c" is deleted.
+        let p2 = plan(
+            &p1.next,
+            &desired(vec![
+                (fk(1, 80), fe("a", &[1, 3, 5])),
+                (udp, fe("dns", &[2])),
+            ]),
+        );
+        assert_eq!(
+            p2.removals.backends,
+            vec![
+                RemovedBackend {
+                    frontend_id: id(&fk(1, 80)),
+                    proto: PROTO_TCP,
+                    backend_id: backend(2),
+                },
+                RemovedBackend {
+                    frontend_id: id(&udp),
+                    proto: PROTO_UDP,
+                    backend_id: backend(1),
+                },
+                RemovedBackend {
+                    frontend_id: id(&fk(3, 80)),
+                    proto: PROTO_TCP,
+                    backend_id: backend(4),
+                },
+            ]
+        );
+        assert_eq!(p2.removals.frontend_ids, vec![id(&fk(3, 80))]);
+        assert_eq!(p2.removals.udp_pairs(), vec![(id(&udp), backend(1))]);
+        // The same state again removes nothing.
+        assert!(plan(
+            &p2.next,
+            &desired(vec![
+                (fk(1, 80), fe("a", &[1, 3, 5])),
+                (udp, fe("dns", &[2])),
+            ])
+        )
+        .removals
+        .is_empty());
+    }
+
+    #[test]
+    fn incremental_plans_report_removals_of_the_changed_services() {
+        let p1 = plan(
+            &Programmed::default(),
+            &desired(vec![
+                (fk(1, 80), fe("a", &[1, 2])),
+                (fk(2, 80), fe("b", &[3])),
+            ]),
+        );
+        let id_b = p1.next.frontends()[&fk(2, 80)].id;
+        let changed: BTreeSet<ObjectRef> = [svc("b")].into();
+        let p2 = plan_services(
+            &p1.next,
+            &desired(vec![(fk(1, 80), fe("a", &[1]))]),
+            &changed,
+        );
+        assert_eq!(p2.removals.frontend_ids, vec![id_b]);
+        assert_eq!(
+            p2.removals.backends.len(),
+            1,
+            "only b's backend: a was not re-planned"
+        );
+        assert_eq!(p2.removals.backends[0].frontend_id, id_b);
     }
 
     #[test]

@@ -22,14 +22,17 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use svc_common::CtTimeouts;
+
 use crate::{
+    conntrack::{self, Collector},
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
     health::HealthServers,
     ifwatch::{self, LinkEvent},
     metrics::{self, MapLabel, Metrics},
     model::{self, NodeContext, ObjectRef, Objects},
-    reconcile::{self, Programmed},
+    reconcile::{self, Programmed, Removals},
     source::{
         kube::{self as kube_source, Delta, Store, Touched},
         manifests,
@@ -71,6 +74,12 @@ pub struct RunConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
+    /// Conntrack timeouts (`--conntrack-*-timeout*`), for the datapath and the collector.
+    pub ct_timeouts: CtTimeouts,
+    /// `--conntrack-max`: entries of a newly created conntrack map.
+    pub ct_max: u32,
+    /// `--conntrack-gc-interval`.
+    pub ct_gc_interval: Duration,
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
@@ -78,7 +87,23 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     if let Some(addr) = cfg.metrics_addr {
         metrics::serve(addr, metrics.clone()).await?;
     }
-    let (mut datapath, maps) = Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp)?;
+    let (mut datapath, maps) =
+        Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp, &cfg.ct_timeouts, cfg.ct_max)?;
+    // The collector gets a handle of its own on the pinned maps and runs on its own thread.
+    let gc_maps = PinnedMaps::from_pins(&cfg.bpffs).with_context(|| {
+        format!(
+            "opening the maps pinned under {} for the conntrack collector",
+            cfg.bpffs.display()
+        )
+    })?;
+    let gc = Collector::new(
+        gc_maps,
+        cfg.ct_timeouts,
+        cfg.ct_gc_interval,
+        metrics.clone(),
+    )
+    .spawn()
+    .context("starting the conntrack collector thread")?;
     datapath.set_config(cfg.node_ips.first().copied())?;
     let cgroup = match &cfg.cgroup {
         Some(c) => c.clone(),
@@ -99,6 +124,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         metrics: metrics.clone(),
         last_problems: BTreeSet::new(),
         needs_full: true,
+        gc,
     };
 
     let (links, mut link_events) = ifwatch::start().await?;
@@ -317,6 +343,8 @@ struct Engine {
     last_problems: BTreeSet<String>,
     /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
     needs_full: bool,
+    /// The conntrack collector's thread, told which UDP flows to flush.
+    gc: std::sync::mpsc::Sender<conntrack::Request>,
 }
 
 impl Engine {
@@ -332,8 +360,8 @@ impl Engine {
             }
         }
         self.last_problems = texts;
-        let ops = reconcile::plan_in_place(&mut self.programmed, &desired);
-        if self.apply(&ops, since) {
+        let (ops, removals) = reconcile::plan_in_place(&mut self.programmed, &desired);
+        if self.apply(&ops, &removals, since) {
             self.needs_full = false;
             info!(
                 services = objects.services.len(),
@@ -359,8 +387,9 @@ impl Engine {
             warn!("skipped: {p}");
             self.metrics.skipped(&p.object, &p.field);
         }
-        let ops = reconcile::plan_services_in_place(&mut self.programmed, &desired, services);
-        if self.apply(&ops, since) {
+        let (ops, removals) =
+            reconcile::plan_services_in_place(&mut self.programmed, &desired, services);
+        if self.apply(&ops, &removals, since) {
             info!(
                 services = services.len(),
                 writes = ops.len(),
@@ -372,8 +401,39 @@ impl Engine {
     /// Writes `ops`, which the caller has already planned into `programmed` (in place: cloning
     /// the whole state per event cost ~8 ms at 10k Services / 100k backends). On failure
     /// `programmed` is ahead of the maps, so it is re-read from them and the next plan is full.
+    /// Then clears the flow state of what the plan removed (see [`Engine::flush`]), also after a
+    /// failed write: clearing flows of a pair that is still live only re-balances them.
     /// Returns whether every write succeeded.
-    fn apply(&mut self, ops: &[MapOp], since: Instant) -> bool {
+    fn apply(&mut self, ops: &[MapOp], removals: &Removals, since: Instant) -> bool {
+        let ok = self.write(ops, since);
+        self.flush(removals);
+        ok
+    }
+
+    /// Session affinity of removed pairs and deleted frontends is deleted here, before the next
+    /// plan can hand a freed frontend id to another Service; the UDP conntrack entries of
+    /// removed pairs are left to the collector's thread (a scan of the whole table), which
+    /// starts on them at once.
+    fn flush(&mut self, removals: &Removals) {
+        if removals.is_empty() {
+            return;
+        }
+        match conntrack::flush_affinity(&mut self.maps, removals) {
+            Ok(n) => {
+                self.metrics.affinity_flushed.inc_by(n as u64);
+            }
+            Err(e) => {
+                self.metrics.ct_gc_errors.inc();
+                error!("deleting session affinity of removed endpoints: {e}");
+            }
+        }
+        let udp = removals.udp_pairs();
+        if !udp.is_empty() && self.gc.send(conntrack::Request::FlushUdp(udp)).is_err() {
+            error!("the conntrack collector thread has stopped: UDP flows of removed endpoints stay until they expire");
+        }
+    }
+
+    fn write(&mut self, ops: &[MapOp], since: Instant) -> bool {
         for op in ops {
             if let Err(e) = self.maps.apply(op) {
                 error!("{e}");

@@ -17,10 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 
 use svc_common::{
-    Backend, Frontend, FrontendKey, SlotKey, FRONTEND_F_EXTERNAL_SCOPE, SCOPE_ANY, SCOPE_EXTERNAL,
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, SlotKey,
+    FRONTEND_F_EXTERNAL_SCOPE, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK, SCOPE_ANY,
+    SCOPE_EXTERNAL,
 };
 
-use super::{Dataplane, DataplaneError, MapOp, MapSnapshot};
+use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
 
 /// In-memory service maps with the invariant checked on every write.
 ///
@@ -33,6 +35,10 @@ pub struct FakeDataplane {
     pub snapshot: MapSnapshot,
     /// Operations applied (including a rejected one), to assert how much a plan writes.
     pub writes: usize,
+    /// The conntrack map (the datapath's: tests fill it directly).
+    pub ct: BTreeMap<CtKey, CtEntry>,
+    /// The session-affinity map (likewise).
+    pub affinity: BTreeMap<AffinityKey, Affinity>,
     /// Frontend id → key, for "is this slot's frontend present" and id uniqueness.
     ids: HashMap<u32, FrontendKey>,
     /// Backend id → slots naming it, so deleting a backend checks only its users.
@@ -257,6 +263,55 @@ impl Dataplane for FakeDataplane {
 
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError> {
         Ok(self.snapshot.clone())
+    }
+
+    /// Hands out the entries in chunks of 3, so callers are tested across chunk boundaries.
+    fn ct_scan(&self, each: &mut dyn FnMut(&[CtKey], &[CtEntry])) -> Result<usize, DataplaneError> {
+        let (keys, entries): (Vec<CtKey>, Vec<CtEntry>) =
+            self.ct.iter().map(|(k, e)| (*k, *e)).unzip();
+        for (k, e) in keys.chunks(3).zip(entries.chunks(3)) {
+            each(k, e);
+        }
+        Ok(keys.len())
+    }
+
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError> {
+        Ok(self.ct.get(key).copied())
+    }
+
+    fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError> {
+        Ok(keys.iter().filter(|k| self.ct.remove(k).is_some()).count())
+    }
+
+    fn ct_capacity(&self) -> u32 {
+        MAX_CONNTRACK
+    }
+
+    fn affinity_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey], &[Affinity]),
+    ) -> Result<usize, DataplaneError> {
+        let (keys, values): (Vec<AffinityKey>, Vec<Affinity>) =
+            self.affinity.iter().map(|(k, a)| (*k, *a)).unzip();
+        for (k, a) in keys.chunks(3).zip(values.chunks(3)) {
+            each(k, a);
+        }
+        Ok(keys.len())
+    }
+
+    fn affinity_delete(&mut self, keys: &[AffinityKey]) -> Result<usize, DataplaneError> {
+        Ok(keys
+            .iter()
+            .filter(|k| self.affinity.remove(k).is_some())
+            .count())
+    }
+
+    fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+        Ok(vec![MapFill {
+            map: MAP_AFFINITY,
+            entries: self.affinity.len(),
+            capacity: MAX_AFFINITY,
+        }])
     }
 }
 

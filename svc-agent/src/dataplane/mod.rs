@@ -1,11 +1,16 @@
 //! The narrow interface between the agent's decisions and the BPF maps.
 //!
-//! Everything the agent writes is a [`MapOp`]; everything it needs to read back (to adopt
-//! pinned state after a restart, or to compare dumps in tests) is a [`MapSnapshot`].
+//! Everything the agent writes to the service maps is a [`MapOp`]; everything it needs to read
+//! back (to adopt pinned state after a restart, or to compare dumps in tests) is a
+//! [`MapSnapshot`]. The flow maps the datapath writes (conntrack, session affinity) are only
+//! scanned and pruned by the agent: the `ct_*` and `affinity_*` methods.
 use std::collections::BTreeMap;
 
-use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey};
+use svc_common::{
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey,
+};
 
+pub mod batch;
 pub mod fake;
 pub mod pinned;
 
@@ -35,6 +40,11 @@ pub struct MapSnapshot {
 pub enum DataplaneError {
     #[error("{op:?}: {source}")]
     Write { op: MapOp, source: std::io::Error },
+    #[error("deleting from map {map}: {source}")]
+    Delete {
+        map: &'static str,
+        source: std::io::Error,
+    },
     #[error("reading map {map}: {source}")]
     Read {
         map: &'static str,
@@ -52,4 +62,33 @@ pub trait Dataplane {
     fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError>;
     /// Reads the service maps.
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError>;
+
+    /// Walks the conntrack map, a chunk of entries at a time (keys and values index alike).
+    /// Entries the datapath adds or the LRU evicts meanwhile may or may not be seen. Returns how
+    /// many entries were read.
+    fn ct_scan(&self, each: &mut dyn FnMut(&[CtKey], &[CtEntry])) -> Result<usize, DataplaneError>;
+    /// One conntrack entry, `None` when absent.
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError>;
+    /// Deletes conntrack entries; absent ones are skipped. Returns how many were deleted.
+    fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError>;
+    /// Capacity (`max_entries`) of the conntrack map.
+    fn ct_capacity(&self) -> u32;
+    /// Walks the session-affinity map (see [`Dataplane::ct_scan`]).
+    fn affinity_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey], &[Affinity]),
+    ) -> Result<usize, DataplaneError>;
+    /// Deletes affinity entries; absent ones are skipped. Returns how many were deleted.
+    fn affinity_delete(&mut self, keys: &[AffinityKey]) -> Result<usize, DataplaneError>;
+    /// Entries and capacity of each LRU map other than conntrack (whose count a GC pass
+    /// takes as it scans), for the fill-ratio metrics and warnings.
+    fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError>;
+}
+
+/// How full a map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
 }

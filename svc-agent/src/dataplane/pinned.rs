@@ -1,16 +1,65 @@
 //! [`Dataplane`] on the real (pinned) BPF maps.
-use aya::maps::{HashMap, MapData};
+use std::{os::fd::AsFd, path::Path};
+
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
 use svc_common::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS,
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, FragKey, FragPorts, Frontend, FrontendKey,
+    Slot, SlotKey, SockKey, SockRevNat, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRAGS,
+    MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
 };
 
-use super::{Dataplane, DataplaneError, MapOp, MapSnapshot};
+use super::{batch, Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
 
-/// The three service maps of a loaded (or adopted) datapath.
+/// The service maps and the flow maps of a loaded (or adopted) datapath.
 pub struct PinnedMaps {
     pub frontends: HashMap<MapData, FrontendKey, Frontend>,
     pub slots: HashMap<MapData, SlotKey, Slot>,
     pub backends: HashMap<MapData, u32, Backend>,
+    pub flows: FlowMaps,
+}
+
+/// The LRU maps the datapath writes and the agent prunes.
+pub struct FlowMaps {
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, Affinity>,
+    pub sock_rev: HashMap<MapData, SockKey, SockRevNat>,
+    pub frags: HashMap<MapData, FragKey, FragPorts>,
+    /// `max_entries` of `ct`, read once.
+    ct_capacity: u32,
+}
+
+impl FlowMaps {
+    /// Wraps the four LRU maps; fails if one has another layout.
+    pub fn new(ct: Map, affinity: Map, sock_rev: Map, frags: Map) -> Result<Self, MapError> {
+        let ct: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(ct)?;
+        let ct_capacity = ct.map().info()?.max_entries();
+        Ok(Self {
+            ct,
+            affinity: HashMap::try_from(affinity)?,
+            sock_rev: HashMap::try_from(sock_rev)?,
+            frags: HashMap::try_from(frags)?,
+            ct_capacity,
+        })
+    }
+}
+
+impl PinnedMaps {
+    /// Opens every map pinned under `bpffs` (a second handle beside the loader's, for the
+    /// conntrack garbage collector's thread).
+    pub fn from_pins(bpffs: &Path) -> Result<Self, MapError> {
+        let open = |name: &str| Map::from_map_data(MapData::from_pin(bpffs.join(name))?);
+        Ok(Self {
+            frontends: HashMap::try_from(open(MAP_FRONTENDS)?)?,
+            slots: HashMap::try_from(open(MAP_SLOTS)?)?,
+            backends: HashMap::try_from(open(MAP_BACKENDS)?)?,
+            flows: FlowMaps::new(
+                open(MAP_CONNTRACK)?,
+                open(MAP_AFFINITY)?,
+                open(MAP_SOCK_REVNAT)?,
+                open(MAP_FRAGS)?,
+            )?,
+        })
+    }
 }
 
 fn io(e: aya::maps::MapError) -> std::io::Error {
@@ -19,6 +68,29 @@ fn io(e: aya::maps::MapError) -> std::io::Error {
         aya::maps::MapError::KeyNotFound => std::io::Error::from(std::io::ErrorKind::NotFound),
         other => std::io::Error::other(other.to_string()),
     }
+}
+
+/// The contents of the three service maps.
+pub fn read_service_maps(
+    frontends: &HashMap<MapData, FrontendKey, Frontend>,
+    slots: &HashMap<MapData, SlotKey, Slot>,
+    backends: &HashMap<MapData, u32, Backend>,
+) -> Result<MapSnapshot, DataplaneError> {
+    let read = |map: &'static str| move |e| DataplaneError::Read { map, source: io(e) };
+    Ok(MapSnapshot {
+        frontends: frontends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(MAP_FRONTENDS))?,
+        slots: slots
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(MAP_SLOTS))?,
+        backends: backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(MAP_BACKENDS))?,
+    })
 }
 
 impl Dataplane for PinnedMaps {
@@ -43,23 +115,94 @@ impl Dataplane for PinnedMaps {
     }
 
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError> {
-        let read = |map: &'static str| move |e| DataplaneError::Read { map, source: io(e) };
-        Ok(MapSnapshot {
-            frontends: self
-                .frontends
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(MAP_FRONTENDS))?,
-            slots: self
-                .slots
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(MAP_SLOTS))?,
-            backends: self
-                .backends
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(MAP_BACKENDS))?,
+        read_service_maps(&self.frontends, &self.slots, &self.backends)
+    }
+
+    fn ct_scan(&self, each: &mut dyn FnMut(&[CtKey], &[CtEntry])) -> Result<usize, DataplaneError> {
+        batch::lookup_batch(self.flows.ct.map().fd().as_fd(), each).map_err(|source| {
+            DataplaneError::Read {
+                map: MAP_CONNTRACK,
+                source,
+            }
         })
+    }
+
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError> {
+        match self.flows.ct.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::Read {
+                map: MAP_CONNTRACK,
+                source: io(e),
+            }),
+        }
+    }
+
+    fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError> {
+        batch::delete_batch(self.flows.ct.map().fd().as_fd(), keys).map_err(|source| {
+            DataplaneError::Delete {
+                map: MAP_CONNTRACK,
+                source,
+            }
+        })
+    }
+
+    fn ct_capacity(&self) -> u32 {
+        self.flows.ct_capacity
+    }
+
+    fn affinity_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey], &[Affinity]),
+    ) -> Result<usize, DataplaneError> {
+        batch::lookup_batch(self.flows.affinity.map().fd().as_fd(), each).map_err(|source| {
+            DataplaneError::Read {
+                map: MAP_AFFINITY,
+                source,
+            }
+        })
+    }
+
+    fn affinity_delete(&mut self, keys: &[AffinityKey]) -> Result<usize, DataplaneError> {
+        batch::delete_batch(self.flows.affinity.map().fd().as_fd(), keys).map_err(|source| {
+            DataplaneError::Delete {
+                map: MAP_AFFINITY,
+                source,
+            }
+        })
+    }
+
+    fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+        let f = &self.flows;
+        let fill =
+            |map: &'static str, data: &MapData, count: &dyn Fn() -> std::io::Result<usize>| {
+                let read = |source| DataplaneError::Read { map, source };
+                let capacity = data.info().map_err(|e| read(io(e)))?.max_entries();
+                Ok(MapFill {
+                    map,
+                    entries: count().map_err(read)?,
+                    capacity,
+                })
+            };
+        Ok(vec![
+            fill(MAP_AFFINITY, f.affinity.map(), &|| {
+                batch::lookup_batch::<AffinityKey, Affinity>(
+                    f.affinity.map().fd().as_fd(),
+                    &mut |_, _| {},
+                )
+            })?,
+            fill(MAP_SOCK_REVNAT, f.sock_rev.map(), &|| {
+                batch::lookup_batch::<SockKey, SockRevNat>(
+                    f.sock_rev.map().fd().as_fd(),
+                    &mut |_, _| {},
+                )
+            })?,
+            fill(MAP_FRAGS, f.frags.map(), &|| {
+                batch::lookup_batch::<FragKey, FragPorts>(
+                    f.frags.map().fd().as_fd(),
+                    &mut |_, _| {},
+                )
+            })?,
+        ])
     }
 }
