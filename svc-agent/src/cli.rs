@@ -67,7 +67,8 @@ pub struct RunArgs {
     /// Node uplink interface(s) for the north-south XDP path (repeatable).
     #[arg(long)]
     pub uplink: Vec<String>,
-    /// This node's address(es); endpoint addresses equal to one are refused (CVE-2021-25737).
+    /// This node's address(es): NodePorts are served on them, and endpoints at one of them
+    /// (hostNetwork pods, the API server behind the `kubernetes` Service) are local backends.
     #[arg(long)]
     pub node_ip: Vec<Ipv4Addr>,
     /// Prefixes of the host-side pod veth names to attach to (comma-separated).

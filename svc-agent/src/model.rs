@@ -147,12 +147,14 @@ pub struct Objects {
 pub struct NodeContext {
     /// This node's name. An endpoint whose `nodeName` equals it is *local*: its backend gets
     /// [`BACKEND_F_LOCAL`] and it is what traffic policy `Local` keeps. Empty matches nothing.
+    /// (An endpoint at one of [`NodeContext::node_ips`] is local too.)
     pub node_name: String,
     /// This node's own addresses (`--node-ip`, plus the Node object's InternalIP/ExternalIP when
     /// the API server is the source). NodePorts are served on them (see
-    /// [`NodeContext::nodeport_addresses`]), and an endpoint claiming one of them is refused: a
-    /// Service must not be a way to reach the node's host-network sockets through a forged
-    /// EndpointSlice (CVE-2021-25737).
+    /// [`NodeContext::nodeport_addresses`]). An endpoint at one of them is a hostNetwork
+    /// endpoint on this node (the `kubernetes` Service's API server, a hostNetwork pod): an
+    /// ordinary backend, and a local one even when its slice names no node (the API server
+    /// writes the `kubernetes` slice without `nodeName`).
     pub node_ips: Vec<Ipv4Addr>,
     /// kube-proxy's `--nodeport-addresses`: which of [`NodeContext::node_ips`] serve NodePorts.
     /// Empty (the default) means all of them, kube-proxy's `primary`. With prefixes, the node
@@ -972,11 +974,14 @@ impl ParsedSlice {
                 ));
                 continue;
             };
-            if let Some(why) = refused_endpoint(addr, node) {
+            if let Some(why) = refused_endpoint(addr) {
                 out.problems.push(Problem::new(
                     &object,
                     field,
-                    format!("{addr} is {why}; refused (CVE-2021-25737)"),
+                    format!(
+                        "{addr} {why}; refused, as the API server's endpoint validation \
+                         refuses it (ValidateEndpointIP, CVE-2021-25737)"
+                    ),
                 ));
                 continue;
             }
@@ -984,8 +989,11 @@ impl ParsedSlice {
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let local = !node.node_name.is_empty()
-                && ep.node_name.as_deref() == Some(node.node_name.as_str());
+            // A hostNetwork endpoint's address is its node's: local here whatever `nodeName`
+            // says (the API server's own `kubernetes` slice has none).
+            let local = (!node.node_name.is_empty()
+                && ep.node_name.as_deref() == Some(node.node_name.as_str()))
+                || node.node_ips.contains(&addr);
             endpoints.push(ParsedEndpoint {
                 addr,
                 ready,
@@ -1004,14 +1012,28 @@ impl ParsedSlice {
     }
 }
 
-/// Why an endpoint address must never be a backend, if it must not.
-fn refused_endpoint(addr: Ipv4Addr, node: &NodeContext) -> Option<&'static str> {
-    if addr.is_loopback() {
-        Some("a loopback address")
+/// Why an endpoint address must never be a backend, if it must not: exactly the addresses the
+/// API server refuses in Endpoints and EndpointSlices. Kubernetes `pkg/apis/core/validation`
+/// `ValidateEndpointIP` (formerly `ValidateNonSpecialIP`), called for every IPv4/IPv6 address
+/// by `pkg/apis/discovery/validation` (EndpointSlices, since the CVE-2021-25737 fix,
+/// kubernetes#101084) and by `validateEndpointAddress` (v1 Endpoints), refuses the unspecified
+/// address, loopback (127.0.0.0/8), link-local unicast (169.254.0.0/16) and link-local
+/// multicast (224.0.0.0/24). kube-proxy applies no filter of its own on top: it programs what
+/// validation admitted. We repeat the check because `--manifests` objects never went through
+/// an API server.
+///
+/// A node's own address is *not* special: it is what every hostNetwork pod's endpoint is, and
+/// what the `kubernetes` Service (10.96.0.1:443 → the API server's node:6443) points to.
+fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = addr.octets();
+    if addr.is_unspecified() {
+        Some("is unspecified")
+    } else if addr.is_loopback() {
+        Some("is in the loopback range (127.0.0.0/8)")
     } else if addr.is_link_local() {
-        Some("a link-local address")
-    } else if node.node_ips.contains(&addr) {
-        Some("this node's address")
+        Some("is in the link-local range (169.254.0.0/16)")
+    } else if (a, b, c) == (224, 0, 0) {
+        Some("is in the link-local multicast range (224.0.0.0/24)")
     } else {
         None
     }
@@ -1690,41 +1712,134 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn loopback_link_local_and_node_ip_endpoints_are_refused() {
+    fn only_addresses_the_api_server_refuses_are_refused_endpoints() {
+        // (address, refused?) across both sides of each range `ValidateEndpointIP` refuses.
+        let table = [
+            ("0.0.0.0", true),
+            ("127.0.0.1", true),
+            ("127.255.255.254", true),
+            ("169.254.169.254", true),
+            ("224.0.0.251", true),
+            ("126.255.255.255", false),
+            ("128.0.0.1", false),
+            ("169.253.255.255", false),
+            ("169.255.0.1", false),
+            // Multicast outside 224.0.0.0/24 passes validation (and so reaches kube-proxy).
+            ("224.0.1.1", false),
+            // This node's own address: a hostNetwork endpoint, not special.
+            ("172.18.0.2", false),
+            ("10.244.1.5", false),
+        ];
+        let eps: Vec<_> = table
+            .iter()
+            .map(|(ip, _)| ep(ip))
+            .chain([ep("bogus")])
+            .collect();
         let d = desired(
-            &objects(
-                vec![web(json!({}))],
-                vec![web_slice(
-                    "web-1",
-                    80,
-                    vec![
-                        ep("127.0.0.1"),
-                        ep("169.254.169.254"),
-                        ep("172.18.0.2"),
-                        ep("10.244.1.5"),
-                        ep("bogus"),
-                    ],
-                )],
-            ),
+            &objects(vec![web(json!({}))], vec![web_slice("web-1", 80, eps)]),
             &node(),
         );
-        assert_eq!(only(&d).backends, vec![be([10, 244, 1, 5], 80)]);
-        for i in 0..3 {
-            assert!(
+        let mut expected: Vec<Backend> = table
+            .iter()
+            .filter(|(_, refused)| !refused)
+            .map(|(ip, _)| {
+                let b = be(ip.parse::<Ipv4Addr>().expect("ip").octets(), 80);
+                if *ip == "172.18.0.2" {
+                    Backend {
+                        flags: BACKEND_F_LOCAL,
+                        ..b
+                    }
+                } else {
+                    b
+                }
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(only(&d).backends, expected);
+        for (i, (ip, refused)) in table.iter().enumerate() {
+            assert_eq!(
                 has_problem(
                     &d,
                     &format!("endpoints[{i}].addresses[0]"),
-                    "CVE-2021-25737"
+                    "ValidateEndpointIP"
                 ),
-                "{d:#?}"
+                *refused,
+                "{ip}: {:#?}",
+                d.problems
             );
         }
         assert!(has_problem(
             &d,
-            "endpoints[4].addresses[0]",
+            "endpoints[1].addresses[0]",
+            "loopback range (127.0.0.0/8)"
+        ));
+        assert!(has_problem(
+            &d,
+            &format!("endpoints[{}].addresses[0]", table.len()),
             "not an IPv4 address"
         ));
+        assert_eq!(d.problems.len(), 6, "{:#?}", d.problems);
         assert_eq!(d.problems[0].object, "EndpointSlice default/web-1");
+    }
+
+    #[test]
+    fn node_address_endpoints_are_programmed_and_local_on_their_own_node() {
+        // The `kubernetes` Service as kube-apiserver writes it: no selector, and a slice whose
+        // endpoint is the API server's node address with no nodeName.
+        let objs = objects(
+            vec![svc(
+                "default",
+                "kubernetes",
+                json!({"clusterIP": "10.96.0.1",
+                       "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}),
+            )],
+            vec![slice(
+                "default",
+                "kubernetes",
+                "kubernetes",
+                json!({"ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+                       "endpoints": [ep("172.18.0.2")]}),
+            )],
+        );
+        let api = be([172, 18, 0, 2], 6443);
+        // On the API server's node (172.18.0.2) the endpoint is local; elsewhere it is not.
+        let d = desired(&objs, &node());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(
+            *d.frontends.keys().next().expect("frontend"),
+            key([10, 96, 0, 1], 443, PROTO_TCP)
+        );
+        assert_eq!(only(&d).backends, vec![local(api)]);
+        let other = NodeContext {
+            node_name: "node-b".into(),
+            node_ips: vec![Ipv4Addr::new(172, 18, 0, 3)],
+            ..Default::default()
+        };
+        let d = desired(&objs, &other);
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(only(&d).backends, vec![api]);
+
+        // hostNetwork pods on both nodes, with nodeName, behind a NodePort with
+        // externalTrafficPolicy: Local: each node's external entry holds its own address.
+        let objs = objects(
+            vec![web_np(json!({"externalTrafficPolicy": "Local"}))],
+            vec![web_slice(
+                "web-1",
+                8080,
+                vec![ep_on("172.18.0.2", "node-a"), ep_on("172.18.0.3", "node-b")],
+            )],
+        );
+        let here = local(be(NODE_IP, 8080));
+        let there = be([172, 18, 0, 3], 8080);
+        let d = desired(&objs, &node());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let nodeport = key(NODE_IP, 30080, PROTO_TCP);
+        assert_eq!(d.frontends[&nodeport].backends, vec![here, there]);
+        assert_eq!(d.frontends[&external(nodeport)].backends, vec![here]);
+        assert_eq!(
+            d.frontends[&key([10, 96, 0, 10], 80, PROTO_TCP)].backends,
+            vec![here, there]
+        );
     }
 
     #[test]
