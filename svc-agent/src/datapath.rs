@@ -5,8 +5,9 @@
 //! - `DIR/<MAP>` for each `svc_common::ALL_MAPS`: the maps. A restarted agent reuses them
 //!   (`EbpfLoader::map_pin_path` opens an existing pin), so programmed services and conntrack
 //!   survive restarts and upgrades.
-//! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|xdp>`: one link per hook per
-//!   interface. The pin keeps the program attached while no agent runs (crash, upgrade). A
+//! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|uplink_egress|xdp>`: one link per
+//!   hook per interface (`ingress`/`egress` on pod veths; `uplink` (tc ingress),
+//!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached while no agent runs (crash, upgrade). A
 //!   restarted agent swaps its freshly loaded program into the existing link with
 //!   `BPF_LINK_UPDATE` (`attach_to_link`), which is atomic: there is no instant without one.
 //! - `DIR/links/cgroup-<program>`: the socket hooks' links on `--cgroup`. Replaced
@@ -52,6 +53,13 @@ pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
 /// The uplink tc program (complete north-south path).
 pub const UPLINK_TC: (&str, TcAttachType, &str) =
     ("svc_uplink_ingress", TcAttachType::Ingress, "uplink");
+/// The uplink tc egress program: replies of this node's own processes (hostNetwork endpoints)
+/// to external clients leave through the uplink's egress and nowhere else, so the frontend is
+/// restored there. (Replies to pods leave through the pod veth, whose egress hook does it.)
+pub const UPLINK_TC_EGRESS: (&str, TcAttachType, &str) =
+    ("svc_uplink_egress", TcAttachType::Egress, "uplink_egress");
+/// Every link-pin suffix of an interface hook (pod veth or uplink).
+const IFACE_HOOKS: [&str; 5] = ["ingress", "egress", "uplink", "uplink_egress", "xdp"];
 /// The uplink XDP program (north-south fast path).
 pub const UPLINK_XDP: &str = "svc_xdp";
 /// The cgroup socket hooks.
@@ -80,6 +88,38 @@ pub enum XdpChoice {
 enum Role {
     Pod,
     Uplink,
+}
+
+/// Pin (under `--bpffs`) of a one-entry array holding the [`CtTimeouts`] this agent passed to
+/// the programs as `GLOBAL_CT_TIMEOUTS`, so `svc-agent inspect` and `explain` (which read pins
+/// only) judge expiry as the datapath does. The datapath never reads it: `.rodata` is frozen.
+pub const TIMEOUTS_PIN: &str = GLOBAL_CT_TIMEOUTS;
+
+/// Writes `timeouts` to the [`TIMEOUTS_PIN`] array, creating (or, if it has another layout,
+/// replacing) it.
+fn pin_timeouts(bpffs: &Path, timeouts: &CtTimeouts) -> Result<()> {
+    let path = bpffs.join(TIMEOUTS_PIN);
+    let existing = MapData::from_pin(&path)
+        .ok()
+        .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+        .and_then(|m| Array::<MapData, CtTimeouts>::try_from(m).ok());
+    let write = |array: &mut Array<MapData, CtTimeouts>| {
+        array
+            .set(0, timeouts, 0)
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    match existing {
+        Some(mut array) => write(&mut array),
+        None => {
+            let _ = std::fs::remove_file(&path);
+            let mut array = Array::<MapData, CtTimeouts>::create(1, 0)
+                .context("creating the conntrack timeouts array")?;
+            write(&mut array)?;
+            array
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))
+        }
+    }
 }
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
@@ -131,7 +171,11 @@ impl Datapath {
                 bpffs.display()
             )
         })?;
-        for name in PROGRAMS.iter().map(|p| p.0).chain([UPLINK_TC.0]) {
+        for name in PROGRAMS
+            .iter()
+            .map(|p| p.0)
+            .chain([UPLINK_TC.0, UPLINK_TC_EGRESS.0])
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -184,6 +228,7 @@ impl Datapath {
                  it, and every tracked flow with it)"
             );
         }
+        pin_timeouts(bpffs, timeouts)?;
         let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)
             .with_context(|| format!("map {MAP_CONFIG} has an unexpected layout"))?;
         info!(
@@ -238,13 +283,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the uplink programs (XDP unless `--xdp-mode off`, and tc) unless already done.
+    /// Attaches the uplink programs (tc egress, tc ingress, and XDP unless `--xdp-mode off`)
+    /// unless already done. Egress first: the hook that translates replies is in place before
+    /// the hooks that open the flows whose replies it translates.
     pub fn ensure_uplink(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
         if self.attached.get(&ifindex) == Some(&(ifname.to_owned(), Role::Uplink)) {
             return Ok(());
         }
-        let (prog, attach_type, hook) = UPLINK_TC;
-        self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
+        for (prog, attach_type, hook) in [UPLINK_TC_EGRESS, UPLINK_TC] {
+            self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
+        }
         if self.xdp != XdpChoice::Off {
             self.attach_xdp(ifindex, ifname)?;
         }
@@ -418,7 +466,7 @@ impl Datapath {
     /// Forgets an interface that disappeared; its links died with it, the pins go too.
     pub fn forget(&mut self, ifindex: u32) {
         if let Some((name, _)) = self.attached.remove(&ifindex) {
-            for hook in ["ingress", "egress", "uplink", "xdp"] {
+            for hook in IFACE_HOOKS {
                 let _ = std::fs::remove_file(self.link_pin(ifindex, &name, hook));
             }
             info!(iface = %name, ifindex, "interface gone, links removed");
@@ -604,7 +652,7 @@ pub fn uninstall(bpffs: &Path) -> Result<()> {
         }
         std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for map in ALL_MAPS {
+    for map in ALL_MAPS.iter().chain([&TIMEOUTS_PIN]) {
         let path = bpffs.join(map);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -16,7 +16,9 @@
 //!   scope); `backends` in slot order; `problems` lists slots or backends the maps lack.
 //! - `inspect conntrack`: an array of [`FlowView`]; `src…dst_port` is the tuple a packet
 //!   arrives with, `new_*` what the entry rewrites it to, `age_ms`/`idle_ms` relative to
-//!   `CLOCK_MONOTONIC` now (the clock `bpf_ktime_get_ns` reads).
+//!   `CLOCK_MONOTONIC` now (the clock `bpf_ktime_get_ns` reads), `state` the lifecycle state
+//!   and `expires_in_s` how long the flow lives without another packet (`null`, with
+//!   `expired: true`, once it has expired), judged with the timeouts the agent pinned.
 //! - `inspect stats`: an array of [`StatView`] (`hook`, `reason`, `packets`; `per_cpu` with
 //!   `--per-cpu`).
 //! - `explain`: one [`explain::Explanation`].
@@ -32,14 +34,18 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use svc_common::{
-    stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, Hook, ALL_HOOKS, ALL_REASONS,
-    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
-    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE,
-    FRONTEND_F_NODEPORT, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS,
-    MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
+    ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Hook,
+    ALL_CT_STATES, ALL_HOOKS, ALL_REASONS, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_IP,
+    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
+    MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY,
+    SCOPE_EXTERNAL,
 };
 
-use crate::dataplane::{pinned::read_service_maps, DataplaneError, MapSnapshot};
+use crate::{
+    datapath::TIMEOUTS_PIN,
+    dataplane::{pinned::read_service_maps, DataplaneError, MapSnapshot},
+};
 
 pub mod explain;
 pub mod links;
@@ -246,12 +252,23 @@ pub fn run_inspect(cmd: &InspectCommand) -> Result<(), InspectError> {
         }
         InspectCommand::Conntrack { common, filter } => {
             let now = monotonic_now_ns()?;
-            let flows: Vec<FlowView> = read_conntrack(&common.bpffs)?
+            let timeouts = read_timeouts(&common.bpffs)?;
+            let table = read_conntrack(&common.bpffs)?;
+            let flows: Vec<FlowView> = table
                 .iter()
                 .filter(|(k, e)| filter.matches(k, e))
-                .map(|(k, e)| FlowView::new(k, e, now))
+                .map(|(k, e)| {
+                    let peer = table.get(&ct_peer_key(k, e));
+                    FlowView::new(k, e, peer, now, &timeouts.unwrap_or(CtTimeouts::DEFAULT))
+                })
                 .collect();
-            render(common.output, &flows, render_flows)?
+            let mut text = render(common.output, &flows, render_flows)?;
+            if timeouts.is_none() && common.output == Format::Table {
+                text.push_str(&format!(
+                    "(no {TIMEOUTS_PIN} pinned: lifetimes use the default timeouts)\n"
+                ));
+            }
+            text
         }
         InspectCommand::Links(c) => {
             let links = links::link_views(&c.bpffs)?;
@@ -282,6 +299,7 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(), InspectError> {
             other => other?,
         },
         now_ns: monotonic_now_ns()?,
+        ct_timeouts: read_timeouts(bpffs)?,
     };
     let query = explain::Query {
         src: args.src.addr,
@@ -378,6 +396,58 @@ pub fn read_conntrack(bpffs: &Path) -> Result<BTreeMap<CtKey, CtEntry>, InspectE
             map: MAP_CONNTRACK,
             source,
         })
+}
+
+/// The conntrack timeouts the agent gave the datapath (its [`TIMEOUTS_PIN`] copy); `None`
+/// when an agent that predates it pinned the maps.
+pub fn read_timeouts(bpffs: &Path) -> Result<Option<CtTimeouts>, InspectError> {
+    let (data, path) = match open(bpffs, TIMEOUTS_PIN) {
+        Ok(d) => d,
+        Err(InspectError::NotPinned { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let array: Array<MapData, CtTimeouts> = typed(TIMEOUTS_PIN, path, data, Array::try_from)?;
+    array
+        .get(&0, 0)
+        .map(Some)
+        .map_err(|source| InspectError::Read {
+            map: TIMEOUTS_PIN,
+            source,
+        })
+}
+
+/// `CT_STATE_*` by name (`established`, `time_wait`, …), or the number if unknown.
+pub fn ct_state_name(state: u8) -> String {
+    ALL_CT_STATES
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map(|(_, n)| (*n).to_string())
+        .unwrap_or_else(|| state.to_string())
+}
+
+/// How long the flow of entry `e` (keyed `k`, with `peer` the entry at its peer key) lives
+/// without another packet, in ms: the longer of the two directions' remaining lifetimes, as
+/// an entry is removed only when its peer has expired too. `None`: expired (the datapath
+/// ignores it; the collector deletes it at its next pass).
+pub fn remaining_ms(
+    k: &CtKey,
+    e: &CtEntry,
+    peer: Option<&CtEntry>,
+    now_ns: u64,
+    t: &CtTimeouts,
+) -> Option<u64> {
+    let left = |key: &CtKey, entry: &CtEntry| {
+        (entry
+            .last_seen_ns
+            .saturating_add(t.for_entry(key.proto, entry)))
+        .checked_sub(now_ns)
+    };
+    let own = left(k, e);
+    let peer_key = ct_peer_key(k, e);
+    let theirs = peer
+        .filter(|p| ct_peer_key(&peer_key, p) == *k)
+        .and_then(|p| left(&peer_key, p));
+    own.max(theirs).map(|ns| ns / 1_000_000)
 }
 
 /// The session-affinity table.
@@ -745,6 +815,16 @@ pub struct FlowView {
     pub tcp_flags_raw: u8,
     pub frontend_id: u32,
     pub backend_id: u32,
+    /// `CT_STATE_*` name: `syn_sent`, `established`, `close_wait`, `time_wait`, `closed`,
+    /// `udp_unreplied`, `udp_replied`, `none`.
+    pub state: String,
+    pub state_raw: u8,
+    /// Whether the flow has expired (this entry and its peer outlived their timeouts): the
+    /// datapath ignores it and the collector deletes it.
+    pub expired: bool,
+    /// Seconds the flow lives without another packet (the longer-lived of its two entries);
+    /// `null` when expired.
+    pub expires_in_s: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
     /// CLOCK_MONOTONIC ns, as the datapath stamped them.
@@ -756,7 +836,15 @@ pub struct FlowView {
 }
 
 impl FlowView {
-    pub fn new(k: &CtKey, e: &CtEntry, now_ns: u64) -> Self {
+    /// The view of entry `e` at key `k`; `peer` is the entry at `ct_peer_key(k, e)`, if any.
+    pub fn new(
+        k: &CtKey,
+        e: &CtEntry,
+        peer: Option<&CtEntry>,
+        now_ns: u64,
+        timeouts: &CtTimeouts,
+    ) -> Self {
+        let remaining = remaining_ms(k, e, peer, now_ns, timeouts);
         Self {
             protocol: proto_name(k.proto),
             dir: if e.dir == CT_DIR_FORWARD {
@@ -779,6 +867,10 @@ impl FlowView {
             tcp_flags_raw: e.tcp_flags,
             frontend_id: e.frontend_id,
             backend_id: e.backend_id,
+            state: ct_state_name(e.state),
+            state_raw: e.state,
+            expired: remaining.is_none(),
+            expires_in_s: remaining.map(|ms| ms.div_ceil(1000)),
             packets: e.packets,
             bytes: e.bytes,
             created_ns: e.created_ns,
@@ -808,6 +900,8 @@ fn render_flows(flows: &Vec<FlowView>) -> String {
         "TCP",
         "FE",
         "BE",
+        "STATE",
+        "EXPIRES",
         "PKTS",
         "BYTES",
         "AGE",
@@ -827,6 +921,11 @@ fn render_flows(flows: &Vec<FlowView>) -> String {
             words_or_dash(&f.tcp_flags),
             f.frontend_id.to_string(),
             f.backend_id.to_string(),
+            f.state.clone(),
+            match f.expires_in_s {
+                Some(s) => format!("{s}s"),
+                None => "expired".into(),
+            },
             f.packets.to_string(),
             f.bytes.to_string(),
             duration(f.age_ms),
@@ -1051,13 +1150,24 @@ fn render_explanation(e: &explain::Explanation) -> String {
         }
     }
     match (&e.conntrack, e.src_port, e.tracked_flows_from_src) {
+        (Some(t), _, _) if t.expired => {
+            let _ = writeln!(
+                out,
+                "conntrack: the {} entry for this tuple (state {}, frontend {}, backend {}) has \
+                 expired and is ignored: the packet is a new flow",
+                t.dir, t.state, t.frontend_id, t.backend_id
+            );
+        }
         (Some(t), _, _) => {
             let _ = writeln!(
                 out,
-                "conntrack: an existing {} entry pins this flow (frontend {}, backend {}): {}",
+                "conntrack: an existing {} entry pins this flow (state {}, frontend {}, backend \
+                 {}, expires in {}s without traffic): {}",
                 t.dir,
+                t.state,
                 t.frontend_id,
                 t.backend_id,
+                t.expires_in_s.unwrap_or(0),
                 outcome_line(&t.outcome)
             );
         }
@@ -1141,6 +1251,82 @@ mod tests {
             "53"
         ])
         .is_ok());
+    }
+
+    /// A forward entry (client 10.244.1.5:40000 → 10.96.0.10:53) and its reply entry, of
+    /// `proto` in `state`, last seen at `fwd_s` / `rep_s` seconds, created at 0.
+    fn ct_pair(proto: u8, state: u8, fwd_s: u64, rep_s: u64) -> [(CtKey, CtEntry); 2] {
+        let fk = CtKey {
+            src_addr: [10, 244, 1, 5],
+            dst_addr: [10, 96, 0, 10],
+            src_port: 40_000,
+            dst_port: 53,
+            proto,
+            _pad: [0; 3],
+        };
+        let fe = CtEntry {
+            src_addr: [10, 244, 1, 5],
+            dst_addr: [10, 244, 2, 9],
+            src_port: 40_000,
+            dst_port: 5353,
+            dir: CT_DIR_FORWARD,
+            flags: 0,
+            tcp_flags: 0,
+            state,
+            backend_id: 3,
+            frontend_id: 1,
+            created_ns: 0,
+            last_seen_ns: fwd_s * 1_000_000_000,
+            packets: 1,
+            bytes: 80,
+        };
+        let rk = ct_peer_key(&fk, &fe);
+        let re = CtEntry {
+            src_addr: [10, 96, 0, 10],
+            dst_addr: [10, 244, 1, 5],
+            src_port: 53,
+            dst_port: 40_000,
+            dir: svc_common::CT_DIR_REPLY,
+            last_seen_ns: rep_s * 1_000_000_000,
+            ..fe
+        };
+        [(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn conntrack_views_show_the_state_and_the_flow_s_remaining_lifetime() {
+        use svc_common::{CT_STATE_TIME_WAIT, CT_STATE_UDP_UNREPLIED};
+        const S: u64 = 1_000_000_000;
+        let t = CtTimeouts::DEFAULT;
+        // An unanswered datagram 12 s ago: 30 - 12 = 18 s left, on either entry.
+        let [(fk, fe), (rk, re)] = ct_pair(PROTO_UDP, CT_STATE_UDP_UNREPLIED, 12, 0);
+        let v = FlowView::new(&fk, &fe, Some(&re), 24 * S, &t);
+        assert_eq!(
+            (v.state.as_str(), v.expires_in_s, v.expired),
+            ("udp_unreplied", Some(18), false)
+        );
+        let v = FlowView::new(&rk, &re, Some(&fe), 24 * S, &t);
+        assert_eq!(
+            v.expires_in_s,
+            Some(18),
+            "the idle reply entry lives as long as its peer"
+        );
+        // Without its peer the reply entry (last seen at 0) is expired at 31 s.
+        let v = FlowView::new(&rk, &re, None, 31 * S, &t);
+        assert_eq!((v.expires_in_s, v.expired), (None, true));
+        // Closed: 10 s.
+        let [(fk, fe), (_, re)] = ct_pair(PROTO_TCP, CT_STATE_TIME_WAIT, 5, 5);
+        assert_eq!(
+            FlowView::new(&fk, &fe, Some(&re), 6 * S, &t).expires_in_s,
+            Some(9)
+        );
+        assert!(FlowView::new(&fk, &fe, Some(&re), 16 * S, &t).expired);
+        assert_eq!(ct_state_name(200), "200");
+        let table = render_flows(&vec![FlowView::new(&fk, &fe, Some(&re), 16 * S, &t)]);
+        assert!(
+            table.contains("time_wait") && table.contains("expired"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -17,13 +17,16 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use svc_common::{
-    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, Frontend, FrontendKey, Reason, SlotKey,
-    ALL_REASONS, BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
-    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL,
-    SNAT_PORT_MAX, SNAT_PORT_MIN,
+    ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, Config, CtEntry, CtKey,
+    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, ALL_REASONS, BACKEND_F_LOCAL,
+    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND,
+    FRONTEND_F_EXTERNAL_SCOPE, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
-use super::{backend_flag_words, ct_flag_words, frontend_flag_words, proto_name, scope_name};
+use super::{
+    backend_flag_words, ct_flag_words, ct_state_name, frontend_flag_words, proto_name,
+    remaining_ms, scope_name,
+};
 use crate::dataplane::MapSnapshot;
 
 /// Where the flow's first packet meets the datapath (`--from`).
@@ -61,8 +64,10 @@ pub struct Snapshot {
     /// `SVC_AFFINITY`: the backend each (frontend, client) of a `sessionAffinity: ClientIP`
     /// frontend last used.
     pub affinity: BTreeMap<AffinityKey, Affinity>,
-    /// `CLOCK_MONOTONIC` now, to judge whether an affinity entry is still fresh.
+    /// `CLOCK_MONOTONIC` now, to judge whether an affinity or conntrack entry is still fresh.
     pub now_ns: u64,
+    /// The conntrack timeouts the agent gave the datapath; `None`: the defaults.
+    pub ct_timeouts: Option<CtTimeouts>,
 }
 
 /// One frontend map entry as `explain` shows it.
@@ -141,6 +146,13 @@ pub struct Tracked {
     pub dir: String,
     pub frontend_id: u32,
     pub backend_id: u32,
+    /// `CT_STATE_*` name (`established`, `time_wait`, …).
+    pub state: String,
+    /// The entry and its peer have outlived their timeouts: the datapath ignores the entry,
+    /// and `outcome` is the new-flow decision.
+    pub expired: bool,
+    /// Seconds the flow lives without another packet; `None` when expired.
+    pub expires_in_s: Option<u64>,
     /// What the packet gets because of the entry (instead of the new-flow decision).
     pub outcome: Outcome,
 }
@@ -221,8 +233,47 @@ fn tracked(q: &Query, entry: &CtEntry) -> Tracked {
         dir: if forward { "forward" } else { "reply" }.into(),
         frontend_id: entry.frontend_id,
         backend_id: entry.backend_id,
+        state: ct_state_name(entry.state),
+        expired: false,
+        expires_in_s: None,
         outcome,
     }
+}
+
+/// [`tracked`], judged for expiry at `snap.now_ns`, with the notes that go with its state.
+fn tracked_at(snap: &Snapshot, q: &Query, key: &CtKey, entry: &CtEntry) -> (Tracked, Vec<String>) {
+    let timeouts = snap.ct_timeouts.unwrap_or(CtTimeouts::DEFAULT);
+    let peer = snap.conntrack.get(&ct_peer_key(key, entry));
+    let remaining = remaining_ms(key, entry, peer, snap.now_ns, &timeouts);
+    let mut t = tracked(q, entry);
+    t.expired = remaining.is_none();
+    t.expires_in_s = remaining.map(|ms| ms.div_ceil(1000));
+    let idle_s = snap.now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000;
+    let timeout_s = timeouts.for_entry(key.proto, entry) / 1_000_000_000;
+    let mut notes = Vec::new();
+    if t.expired {
+        notes.push(format!(
+            "the {} entry for this tuple has expired (state {}, idle {idle_s}s, timeout \
+             {timeout_s}s; its peer has expired or is gone too): the datapath ignores it and \
+             decides the packet as a new flow, and the collector deletes it at its next pass",
+            t.dir, t.state
+        ));
+        if q.proto == PROTO_TCP {
+            notes.push(format!(
+                "only a SYN opens a new TCP flow: any other packet of this tuple is dropped ({})",
+                counter(Reason::NonSynNoEntry)
+            ));
+        }
+    } else if q.proto == PROTO_TCP && ct_state_closed(entry.state) {
+        notes.push(format!(
+            "the flow is closed (state {}): a SYN on this tuple opens a new flow balanced \
+             afresh ({}); other packets follow the entry for {}s more",
+            t.state,
+            counter(Reason::CtReopened),
+            t.expires_in_s.unwrap_or(0)
+        ));
+    }
+    (t, notes)
 }
 
 /// What picking `slot` of `fe` does to a new flow from `origin` (lb.rs `new_flow` after the
@@ -388,6 +439,15 @@ fn sticky(snap: &Snapshot, q: &Query, fe: &Frontend, out: &mut Explanation) -> b
 
 /// Explains what the datapath does with the flow `q`, reading only `snap`.
 pub fn explain(snap: &Snapshot, q: &Query) -> Explanation {
+    let mut out = decide(snap, q);
+    // An expired entry is no entry: the packet gets the new-flow decision.
+    if let Some(t) = out.conntrack.as_mut().filter(|t| t.expired) {
+        t.outcome = out.new_flow.clone();
+    }
+    out
+}
+
+fn decide(snap: &Snapshot, q: &Query) -> Explanation {
     let hook = match q.origin {
         Origin::Pod => "tc svc_pod_ingress (host side of the pod's veth)",
         Origin::Uplink => {
@@ -432,7 +492,11 @@ pub fn explain(snap: &Snapshot, q: &Query) -> Explanation {
                 proto: q.proto,
                 _pad: [0; 3],
             };
-            out.conntrack = snap.conntrack.get(&key).map(|e| tracked(q, e));
+            if let Some(e) = snap.conntrack.get(&key) {
+                let (t, notes) = tracked_at(snap, q, &key, e);
+                out.conntrack = Some(t);
+                out.notes.extend(notes);
+            }
         }
         (_, None) => {
             out.tracked_flows_from_src = Some(
@@ -972,6 +1036,84 @@ mod tests {
         assert!(
             matches!(t.outcome, Outcome::Translate { ref counter, .. } if counter == "rev_nat")
         );
+    }
+
+    #[test]
+    fn an_expired_entry_is_ignored_and_a_closed_one_reopens_on_a_syn() {
+        const S: u64 = 1_000_000_000;
+        let mut snap = scene();
+        let key = CtKey {
+            src_addr: CLIENT_POD,
+            dst_addr: SVC_VIP,
+            src_port: 40000,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let entry = CtEntry {
+            src_addr: CLIENT_POD,
+            dst_addr: BACKEND_REMOTE,
+            src_port: 40000,
+            dst_port: 8080,
+            dir: CT_DIR_FORWARD,
+            flags: 0,
+            tcp_flags: 0x11,
+            state: svc_common::CT_STATE_TIME_WAIT,
+            backend_id: 2,
+            frontend_id: 10,
+            created_ns: 0,
+            last_seen_ns: 100 * S,
+            packets: 9,
+            bytes: 900,
+        };
+        snap.conntrack.insert(key, entry);
+        let mut query = q(CLIENT_POD, SVC_VIP, 80, Origin::Pod);
+        query.src_port = Some(40000);
+
+        // Closed 4 s ago (timeout 10 s): still translated, and a SYN would reopen it.
+        snap.now_ns = 104 * S;
+        let e = explain(&snap, &query);
+        let t = e.conntrack.expect("tracked");
+        assert_eq!(
+            (t.state.as_str(), t.expired, t.expires_in_s),
+            ("time_wait", false, Some(6))
+        );
+        assert!(
+            matches!(t.outcome, Outcome::Translate { ref counter, .. } if counter == "dnat_established")
+        );
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("a SYN on this tuple opens a new flow")),
+            "{:?}",
+            e.notes
+        );
+
+        // 11 s after: expired, no peer: ignored, the packet is a new flow.
+        snap.now_ns = 111 * S;
+        let e = explain(&snap, &query);
+        let t = e.conntrack.expect("tracked");
+        assert!(t.expired);
+        assert_eq!(t.expires_in_s, None);
+        assert_eq!(t.outcome, e.new_flow);
+        assert!(
+            e.notes.iter().any(|n| n.contains("has expired")),
+            "{:?}",
+            e.notes
+        );
+        assert!(
+            e.notes.iter().any(|n| n.contains("non_syn_no_entry")),
+            "{:?}",
+            e.notes
+        );
+
+        // A shorter close timeout from the agent's pin expires it sooner.
+        snap.now_ns = 104 * S;
+        snap.ct_timeouts = Some(CtTimeouts {
+            tcp_close_s: 2,
+            ..CtTimeouts::DEFAULT
+        });
+        assert!(explain(&snap, &query).conntrack.expect("tracked").expired);
     }
 
     #[test]
