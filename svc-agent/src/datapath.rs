@@ -7,9 +7,10 @@
 //!   survive restarts and upgrades.
 //! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|uplink_egress|xdp>`: one link per
 //!   hook per interface (`ingress`/`egress` on pod veths; `uplink` (tc ingress),
-//!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached while no agent runs (crash, upgrade). A
-//!   restarted agent swaps its freshly loaded program into the existing link with
-//!   `BPF_LINK_UPDATE` (`attach_to_link`), which is atomic: there is no instant without one.
+//!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached
+//!   while no agent runs (crash, upgrade). A restarted agent swaps its freshly loaded program
+//!   into the existing link with `BPF_LINK_UPDATE` (`attach_to_link`), which is atomic: there
+//!   is no instant without one.
 //! - `DIR/links/cgroup-<program>`: the socket hooks' links on `--cgroup`. Replaced
 //!   make-before-break (the new link is attached and pinned before the old one goes; two
 //!   translating hooks in a row are harmless, the second finds a backend, not a frontend).

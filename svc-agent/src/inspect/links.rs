@@ -23,8 +23,8 @@ pub struct LinkView {
     pub target: String,
     /// Interface index, when attached to an interface.
     pub ifindex: Option<u32>,
-    /// `ingress`, `egress` (pod veth), `uplink` (tc on an uplink), `xdp`, or the socket-hook
-    /// program's name.
+    /// `ingress`, `egress` (pod veth), `uplink` (tc ingress on an uplink), `uplink_egress` (tc
+    /// egress on an uplink), `xdp`, or the socket-hook program's name.
     pub hook: String,
     /// Kernel link id, program id and link type; `None` when the pin could not be opened.
     pub link_id: Option<u32>,
