@@ -190,3 +190,60 @@ fn delete_each<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     }
     Ok(deleted)
 }
+
+/// Creates an unpinned `BPF_MAP_TYPE_LRU_HASH` map (aya 0.14 creates standalone plain hash
+/// maps only): for tests and benchmarks that need a conntrack-shaped map without loading the
+/// programs.
+pub fn create_lru_hash(
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    /// The `BPF_MAP_CREATE` part of `bpf_attr`, up to `map_extra`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+        map_ifindex: u32,
+        btf_fd: u32,
+        btf_key_type_id: u32,
+        btf_value_type_id: u32,
+        btf_vmlinux_value_type_id: u32,
+        map_extra: u64,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut attr = CreateAttr {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size,
+        value_size,
+        max_entries,
+        ..Default::default()
+    };
+    for (dst, src) in attr.map_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src;
+    }
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &mut attr as *mut CreateAttr,
+            size_of::<CreateAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -44,6 +44,32 @@ impl FlowMaps {
 }
 
 impl PinnedMaps {
+    /// Unpinned maps of the datapath's layouts, conntrack sized `ct_max`, without programs:
+    /// for tests and benchmarks of the map I/O (needs `CAP_BPF`).
+    pub fn standalone(ct_max: u32) -> std::io::Result<Self> {
+        use std::mem::size_of;
+        use svc_common::{MAX_AFFINITY, MAX_FRAGS, MAX_SOCK_REVNAT};
+        fn lru<K, V>(name: &str, max: u32) -> std::io::Result<Map> {
+            let fd =
+                batch::create_lru_hash(name, size_of::<K>() as u32, size_of::<V>() as u32, max)?;
+            let data = MapData::from_fd(fd).map_err(std::io::Error::other)?;
+            Map::from_map_data(data).map_err(std::io::Error::other)
+        }
+        let err = std::io::Error::other;
+        Ok(Self {
+            frontends: HashMap::create(1024, 0).map_err(err)?,
+            slots: HashMap::create(1024, 0).map_err(err)?,
+            backends: HashMap::create(1024, 0).map_err(err)?,
+            flows: FlowMaps::new(
+                lru::<CtKey, CtEntry>(MAP_CONNTRACK, ct_max)?,
+                lru::<AffinityKey, Affinity>(MAP_AFFINITY, MAX_AFFINITY)?,
+                lru::<SockKey, SockRevNat>(MAP_SOCK_REVNAT, MAX_SOCK_REVNAT)?,
+                lru::<FragKey, FragPorts>(MAP_FRAGS, MAX_FRAGS)?,
+            )
+            .map_err(err)?,
+        })
+    }
+
     /// Opens every map pinned under `bpffs` (a second handle beside the loader's, for the
     /// conntrack garbage collector's thread).
     pub fn from_pins(bpffs: &Path) -> Result<Self, MapError> {
