@@ -250,17 +250,8 @@ impl Agent {
     /// The three service maps, read from their pins (no agent involved).
     pub fn snapshot(&self) -> Result<svc_agent::dataplane::MapSnapshot> {
         use svc_agent::dataplane::{pinned::PinnedMaps, Dataplane};
-        let open = |name: &str| -> Result<Map> {
-            let path = self.bpffs.join(name);
-            Ok(Map::HashMap(
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
-            ))
-        };
-        let maps = PinnedMaps {
-            frontends: HashMap::try_from(open(svc_common::MAP_FRONTENDS)?)?,
-            slots: HashMap::try_from(open(svc_common::MAP_SLOTS)?)?,
-            backends: HashMap::try_from(open(svc_common::MAP_BACKENDS)?)?,
-        };
+        let maps = PinnedMaps::from_pins(&self.bpffs)
+            .with_context(|| format!("opening the maps pinned under {}", self.bpffs.display()))?;
         Ok(maps.snapshot()?)
     }
 
