@@ -714,6 +714,39 @@ mod tests {
     }
 
     #[test]
+    fn the_collector_counts_its_work_in_the_metrics() {
+        let now = monotonic_now_ns().expect("clock");
+        let dead = flow(
+            PROTO_UDP,
+            40_000,
+            CT_STATE_UDP_UNREPLIED,
+            1,
+            now - 31 * S,
+            now - 31 * S,
+        );
+        let live = flow(PROTO_UDP, 40_001, CT_STATE_UDP_REPLIED, 7, now, now);
+        let mut fake = FakeDataplane::new();
+        fake.ct = table(&[dead, live]);
+        let metrics = Metrics::new(std::path::PathBuf::from("/nonexistent"));
+        let mut gc = Collector::new(fake, T, Duration::from_secs(10), metrics.clone());
+        assert!(!gc.pass(), "nothing left for a catch-up pass");
+        assert_eq!(gc.dp.ct, table(&[live]));
+        gc.flush(&[(1, 7)].into());
+        assert!(gc.dp.ct.is_empty());
+        let text = metrics.render_for_tests();
+        for line in [
+            "svc_conntrack_gc_passes_total 1",
+            "svc_conntrack_gc_scanned_entries_total 4",
+            "svc_conntrack_gc_removed_entries_total 2",
+            "svc_conntrack_flushed_entries_total 2",
+            "svc_map_entries{map=\"SVC_CT\"} 2",
+            "svc_map_capacity{map=\"SVC_CT\"} 262144",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
     fn udp_flush_takes_both_entries_of_the_removed_pairs_only() {
         let gone = flow(PROTO_UDP, 40_000, CT_STATE_UDP_REPLIED, 7, S, S);
         let stays_other_backend = flow(PROTO_UDP, 40_001, CT_STATE_UDP_REPLIED, 8, S, S);

@@ -258,6 +258,12 @@ impl Metrics {
         }
     }
 
+    /// The text `/metrics` serves, for other modules' tests.
+    #[cfg(test)]
+    pub fn render_for_tests(&self) -> String {
+        self.render()
+    }
+
     fn render(&self) -> String {
         self.refresh_packets();
         let mut out = String::new();
