@@ -59,8 +59,11 @@ pub const MAP_AFFINITY: &str = "SVC_AFFINITY";
 pub const MAP_FRAGS: &str = "SVC_FRAGS";
 /// Pinned name of the per-CPU budget for packets the datapath generates (rejects, ICMP errors).
 pub const MAP_RATELIMIT: &str = "SVC_RATELIMIT";
+/// Pinned name of the per-CPU scratch memory of the programs (kept off the 512-byte BPF
+/// stack).
+pub const MAP_SCRATCH: &str = "SVC_SCRATCH";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -71,6 +74,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_AFFINITY,
     MAP_FRAGS,
     MAP_RATELIMIT,
+    MAP_SCRATCH,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -729,6 +733,25 @@ const _: () = assert!(core::mem::size_of::<RateWindow>() == 16);
 /// used as an amplifier, per CPU so it needs no lock).
 pub const GENERATED_PER_CPU_PER_S: u64 = 1_000;
 
+/// Value of [`MAP_SCRATCH`] (per CPU, one entry): working memory the programs keep off the
+/// 512-byte BPF stack. Contents are meaningless between packets (a program uses it only
+/// while it runs, and programs on one CPU never nest).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Scratch {
+    /// A new flow's reply entry while its tuple is claimed.
+    pub rep: CtEntry,
+    /// An ICMP error's outer IPv4 header, ICMP header, quoted IPv4 header and quoted 8 L4
+    /// bytes while they are rewritten.
+    pub icmp: [u8; 56],
+    /// A generated ICMP error (IPv4 header, ICMP header, quoted IPv4 header, up to 20 quoted
+    /// L4 bytes) while it is built.
+    pub gen: [u8; 68],
+    /// Always zero.
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<Scratch>() == 184);
+
 /// Name of the load-time global (`.rodata`) the agent may override to inject a fault in tests.
 /// 0 in production. See [`FAULT_SKIP_L4_CSUM`].
 pub const GLOBAL_FAULT_INJECT: &str = "SVC_FAULT_INJECT";
@@ -772,6 +795,8 @@ mod user {
     unsafe impl aya::Pod for super::FragPorts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateWindow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Scratch {}
 }
 
 #[cfg(test)]
@@ -837,7 +862,10 @@ mod tests {
         ] {
             let e = entry(state, 0, 5 * S);
             assert!(!t.expired(PROTO_TCP, &e, 5 * S + secs * S), "state {state}");
-            assert!(t.expired(PROTO_TCP, &e, 5 * S + secs * S + 1), "state {state}");
+            assert!(
+                t.expired(PROTO_TCP, &e, 5 * S + secs * S + 1),
+                "state {state}"
+            );
         }
     }
 

@@ -8,15 +8,18 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use svc_common::{
-    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Reason, SlotKey,
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
-    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, SCOPE_ANY, SCOPE_EXTERNAL,
-    SNAT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    ct_next_state, ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, CtEntry, CtKey,
+    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, BACKEND_F_LOCAL, CT_DIR_FORWARD,
+    CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
+    CT_STATE_ESTABLISHED, CT_STATE_NONE, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_ACK,
+    CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
+    PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
-    maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SLOTS},
-    parse::Flow,
+    frag,
+    maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SCRATCH, SVC_SLOTS},
+    parse::{Flow, FRAG_LATER},
     Outcome,
 };
 
@@ -27,12 +30,20 @@ pub enum Origin {
     Uplink,
 }
 
-/// What to do with the first packet of a flow.
+/// What to do with a packet.
 pub enum Step {
-    /// Rewrite the packet as `entry` says (its forward entry, already stored).
-    Translate { entry: CtEntry, reason: Reason },
+    /// Rewrite the packet as the conntrack entry [`decide`] wrote out says (for a new flow,
+    /// its forward entry, already stored).
+    Translate(Reason),
     /// No usable backend: answer with a TCP RST or ICMP port unreachable.
     Reject,
+}
+
+/// An entry for [`decide`] to fill in (the hooks keep it in their own stack frame).
+#[inline(always)]
+pub fn blank_entry() -> CtEntry {
+    // SAFETY: an all-zero CtEntry is a valid value.
+    unsafe { core::mem::zeroed() }
 }
 
 /// A uniformly random number in `0..n` (multiply-shift: no division, no modulo bias).
@@ -40,6 +51,22 @@ pub enum Step {
 fn random_below(n: u32) -> u32 {
     // SAFETY: helper without arguments.
     ((unsafe { bpf_get_prandom_u32() } as u64 * n as u64) >> 32) as u32
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The conntrack timeouts the agent loaded the programs with. The pointer is read through a
+/// volatile load so the compiler cannot fold the defaults into the code (the loader patches
+/// them), and the fields are read in place rather than copied to the stack.
+#[inline(always)]
+fn timeouts() -> &'static CtTimeouts {
+    let p: *const CtTimeouts = &crate::SVC_CT_TIMEOUTS;
+    // SAFETY: `p` points at a static that lives as long as the program.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 #[inline(always)]
@@ -54,26 +81,276 @@ pub fn ct_key(flow: &Flow) -> CtKey {
     }
 }
 
-/// Looks the packet's tuple up in conntrack (either direction) and, on a hit, refreshes the
-/// entry and returns a copy of it.
+/// The other entry of the flow `e` (stored under `key`) belongs to, if it still pairs back
+/// (an entry under that key written for another flow is not ours to touch).
 #[inline(always)]
-pub fn ct_lookup(flow: &Flow) -> Option<CtEntry> {
-    let entry = SVC_CT.get_ptr_mut(ct_key(flow))?;
-    // SAFETY: `entry` came from a successful lookup. Concurrent updates of one flow on two CPUs
-    // can lose a counter increment; counters are statistics, the NAT fields are written once.
-    unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
-        (*entry).packets += 1;
-        (*entry).bytes += flow.ip_len as u64;
-        (*entry).tcp_flags |= flow.tcp_flags;
-        Some(*entry)
+fn peer_of(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
+    let peer_key = ct_peer_key(key, e);
+    let peer = SVC_CT.get_ptr_mut(&peer_key)?;
+    // SAFETY: `peer` came from a successful lookup; copied fields only.
+    let back = ct_peer_key(&peer_key, unsafe { &*peer });
+    if back.src_addr == key.src_addr
+        && back.dst_addr == key.dst_addr
+        && back.src_port == key.src_port
+        && back.dst_port == key.dst_port
+    {
+        Some(peer)
+    } else {
+        None
     }
 }
+
+/// Whether the flow of `e` is over at `now`: its entry outlived its timeout and so did its
+/// peer (a flow lives while either direction is fresh: a one-way UDP stream's reply entry
+/// sees no packets, yet must translate the first reply that comes).
+#[inline(always)]
+fn flow_expired(t: &CtTimeouts, key: &CtKey, e: &CtEntry, now: u64) -> bool {
+    if !t.expired(key.proto, e, now) {
+        return false;
+    }
+    match peer_of(key, e) {
+        // SAFETY: pointer from a successful lookup.
+        Some(peer) => t.expired(key.proto, unsafe { &*peer }, now),
+        None => true,
+    }
+}
+
+/// Deletes both entries of the flow stored under `key`.
+#[inline(always)]
+fn forget(key: &CtKey, e: &CtEntry) {
+    if peer_of(key, e).is_some() {
+        let _ = SVC_CT.remove(&ct_peer_key(key, e));
+    }
+    let _ = SVC_CT.remove(key);
+}
+
+/// What conntrack says about a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A live flow: translate as the (refreshed) entry says.
+    Hit,
+    /// No live flow.
+    Miss,
+    /// A SYN to a frontend whose entry is closed, or whose backend left the frontend: balance
+    /// it afresh (the old flow's entries are gone).
+    Reopen,
+    /// A SYN-ACK that hit the reply entry of a flow that is over: it belongs to a new
+    /// connection made without the Service (the client reused its port towards the backend's
+    /// own address). The old entries are deleted; the packet passes untouched.
+    Stale,
+}
+
+#[inline(always)]
+fn is_syn(flags: u8) -> bool {
+    flags & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_SYN
+}
+
+/// Looks the packet's tuple up in conntrack (either direction). A live entry is refreshed and
+/// its flow's state advanced (`svc_common::ct_next_state`; both entries on a transition).
+/// ICMP errors only read: they neither refresh nor change a flow.
+#[inline(always)]
+fn ct_lookup(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) -> Lookup {
+    match ct_lookup_sub(flow, (origin == Origin::Uplink) as u32, now, out) {
+        0 => Lookup::Hit,
+        1 => Lookup::Miss,
+        2 => Lookup::Reopen,
+        _ => Lookup::Stale,
+    }
+}
+
+/// [`ct_lookup_inline`] in a BPF subprogram of its own (see `Outcome::pack`); the entry is
+/// copied to `out` on a hit.
+#[inline(never)]
+fn ct_lookup_sub(flow: &Flow, uplink: u32, now: u64, out: &mut CtEntry) -> u32 {
+    let origin = if uplink != 0 {
+        Origin::Uplink
+    } else {
+        Origin::Pod
+    };
+    match ct_lookup_inline(flow, origin, now, out) {
+        Lookup::Hit => 0,
+        Lookup::Miss => 1,
+        Lookup::Reopen => 2,
+        Lookup::Stale => 3,
+    }
+}
+
+#[inline(always)]
+fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) -> Lookup {
+    let key = ct_key(flow);
+    let Some(ptr) = SVC_CT.get_ptr_mut(&key) else {
+        return Lookup::Miss;
+    };
+    let t = timeouts();
+    // SAFETY: `ptr` came from a successful lookup. Concurrent updates of one flow on two CPUs
+    // can lose a counter increment or race two equal state transitions; the NAT fields are
+    // written once.
+    let e = unsafe { &mut *ptr };
+    if flow_expired(t, &key, e, now) {
+        return if is_syn(flow.tcp_flags) && e.dir == CT_DIR_FORWARD {
+            Lookup::Reopen
+        } else {
+            Lookup::Miss
+        };
+    }
+    if flow.icmp {
+        *out = *e;
+        return Lookup::Hit;
+    }
+    let flags = flow.tcp_flags;
+    if flow.proto == PROTO_TCP && flags & CT_TCP_SYN != 0 {
+        if e.dir == CT_DIR_FORWARD && is_syn(flags) {
+            // A new connection from the same client port: a new flow once the old one is
+            // over, or once its backend has left the frontend (a retransmitted SYN of a live
+            // flow keeps its backend).
+            if ct_state_closed(e.state)
+                || e.state == CT_STATE_CLOSE_WAIT
+                || !backend_current(flow, origin, e)
+            {
+                forget(&key, e);
+                return Lookup::Reopen;
+            }
+        } else if e.dir == CT_DIR_REPLY
+            && e.state != CT_STATE_SYN_SENT
+            && e.state != CT_STATE_ESTABLISHED
+            && e.state != CT_STATE_NONE
+        {
+            // A SYN-ACK comes only while a flow opens (or again, if the handshake's last ACK
+            // was lost, while it is established); one on a closing flow is another
+            // connection's.
+            forget(&key, e);
+            return Lookup::Stale;
+        }
+    }
+    e.last_seen_ns = now;
+    e.packets += 1;
+    e.bytes += flow.ip_len as u64;
+    e.tcp_flags |= flags;
+    let transition = if flow.proto == PROTO_UDP {
+        e.dir == CT_DIR_REPLY && e.state == CT_STATE_UDP_UNREPLIED
+    } else {
+        flags & (CT_TCP_FIN | CT_TCP_RST) != 0
+            || (e.dir == CT_DIR_REPLY && e.state == CT_STATE_SYN_SENT)
+    };
+    if transition {
+        let peer = peer_of(&key, e);
+        // SAFETY: pointer from a successful lookup.
+        let peer_fin = peer.is_some_and(|p| unsafe { (*p).tcp_flags } & CT_TCP_FIN != 0);
+        let next = ct_next_state(flow.proto, e.state, e.dir, flags, peer_fin);
+        e.state = next;
+        if let Some(p) = peer {
+            // SAFETY: as above.
+            unsafe { (*p).state = next };
+        }
+    }
+    *out = *e;
+    Lookup::Hit
+}
+
+/// Whether the backend of forward entry `e` still serves the frontend `flow` is addressed to:
+/// the frontend still exists with the same id and the backend is still the one its id names;
+/// for frontends of up to [`MEMBERSHIP_SCAN`] backends, it is still in one of their slots.
+/// Asked only for a SYN that hits a live entry, so the cost stays off the common path.
+#[inline(always)]
+fn backend_current(flow: &Flow, origin: Origin, e: &CtEntry) -> bool {
+    let Some(fe) = frontend_for(flow, origin) else {
+        return false;
+    };
+    if fe.id != e.frontend_id {
+        return false;
+    }
+    // SAFETY: value copied out at once.
+    let Some(b) = (unsafe { SVC_BACKENDS.get(&e.backend_id) }).copied() else {
+        return false;
+    };
+    if b.addr != e.dst_addr || b.port != e.dst_port {
+        return false;
+    }
+    if fe.backend_count > MEMBERSHIP_SCAN {
+        return true;
+    }
+    for slot in 1..=MEMBERSHIP_SCAN {
+        if slot > fe.backend_count {
+            break;
+        }
+        let key = SlotKey {
+            frontend_id: fe.id,
+            slot,
+        };
+        // SAFETY: value copied out at once.
+        if unsafe { SVC_SLOTS.get(&key) }.is_some_and(|s| s.backend_id == e.backend_id) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Frontends with at most this many backends get an exact membership check when a SYN hits a
+/// live entry; larger ones only the "backend still exists" check (a bounded loop).
+const MEMBERSHIP_SCAN: u32 = 16;
 
 #[inline(always)]
 fn frontend(key: &FrontendKey) -> Option<Frontend> {
     // SAFETY: the value is copied out before any map update.
     unsafe { SVC_FRONTENDS.get(key) }.copied()
+}
+
+/// The frontend entry new flows of `flow` use: `SCOPE_EXTERNAL` for traffic from outside when
+/// the frontend has one (externalTrafficPolicy: Local).
+#[inline(always)]
+fn frontend_for(flow: &Flow, origin: Origin) -> Option<Frontend> {
+    let mut key = FrontendKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: SCOPE_ANY,
+    };
+    let fe = frontend(&key)?;
+    if origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
+        key.scope = SCOPE_EXTERNAL;
+        return frontend(&key);
+    }
+    Some(fe)
+}
+
+/// The whole decision for a packet at a hook that may open flows (`open`) or only translate
+/// known ones: conntrack first, then a new flow. Later fragments get their ports from their
+/// first fragment; ICMP errors are only ever translated for a known flow.
+#[inline(always)]
+pub fn decide(
+    flow: &mut Flow,
+    origin: Origin,
+    open: bool,
+    entry: &mut CtEntry,
+) -> Result<Step, Outcome> {
+    let now = now_ns();
+    if flow.frag == FRAG_LATER {
+        frag::later(flow, now)?;
+    }
+    let step = match ct_lookup(flow, origin, now, entry) {
+        Lookup::Hit => {
+            let reason = if flow.icmp {
+                Reason::IcmpTranslated
+            } else if flow.frag == FRAG_LATER {
+                Reason::FragTranslated
+            } else if entry.dir == CT_DIR_FORWARD {
+                Reason::DnatEstablished
+            } else {
+                Reason::RevNat
+            };
+            Step::Translate(reason)
+        }
+        Lookup::Stale => return Err(Outcome::pass(Reason::NotService)),
+        _ if flow.icmp => return Err(Outcome::pass(Reason::NotService)),
+        _ if flow.frag == FRAG_LATER => return Err(Outcome::pass(Reason::Fragment)),
+        _ if !open => return Err(Outcome::pass(Reason::NotService)),
+        Lookup::Miss => open_flow(flow, origin, now, false, entry)?,
+        Lookup::Reopen => open_flow(flow, origin, now, true, entry)?,
+    };
+    if let Step::Translate(_) = step {
+        frag::remember(flow, now);
+    }
+    Ok(step)
 }
 
 /// Chooses the backend of a new flow from `client` to frontend `fe` (`backend_count > 0`):
@@ -129,36 +406,117 @@ fn remember(key: &AffinityKey, backend_id: u32, backend: &Backend, now: u64) {
     let _ = SVC_AFFINITY.insert(key, &value, 0);
 }
 
-/// Decides a new flow to `flow.daddr:dport`. `Err` carries the outcome when there is nothing
-/// to translate (not a frontend) or the packet must be dropped.
+/// Stores reply entry `rep` under `key` unless a live flow holds that tuple: an absent key is
+/// inserted (`BPF_NOEXIST`, so two new flows never share a reply tuple), and a key held by a
+/// flow that is over (closed, or expired in both directions) is taken over, its other entry
+/// deleted. Never overwrites a live flow's reverse NAT.
 #[inline(always)]
-pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
-    let mut key = FrontendKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
-        scope: SCOPE_ANY,
-    };
-    let Some(mut fe) = frontend(&key) else {
-        return Err(Outcome::pass(Reason::NotService));
-    };
-    // externalTrafficPolicy: Local: traffic from outside uses the node-local backend set.
-    if origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
-        key.scope = SCOPE_EXTERNAL;
-        fe = frontend(&key).ok_or(Outcome::drop(Reason::BackendMissing))?;
+fn claim(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
+    if SVC_CT.insert(key, rep, BPF_NOEXIST).is_ok() {
+        return true;
     }
+    let Some(old) = SVC_CT.get_ptr_mut(key) else {
+        // Deleted meanwhile (GC, LRU): try once more.
+        return SVC_CT.insert(key, rep, BPF_NOEXIST).is_ok();
+    };
+    // SAFETY: pointer from a successful lookup; read in place (no copy on the stack).
+    let old = unsafe { &*old };
+    if !ct_state_closed(old.state) && !flow_expired(t, key, old, now) {
+        return false;
+    }
+    if peer_of(key, old).is_some() {
+        let _ = SVC_CT.remove(&ct_peer_key(key, old));
+    }
+    SVC_CT.insert(key, rep, BPF_EXIST).is_ok()
+}
+
+/// Tags on [`new_flow_sub`]'s result (above `Outcome::pack`'s bits).
+const NEW_TRANSLATE: u64 = 1 << 40;
+const NEW_REJECT: u64 = 2 << 40;
+
+/// [`new_flow`] through a BPF subprogram of its own (its entries and keys stay off the
+/// callers' stack; see `Outcome::pack`).
+#[inline(always)]
+fn open_flow(
+    flow: &Flow,
+    origin: Origin,
+    now: u64,
+    reopened: bool,
+    entry: &mut CtEntry,
+) -> Result<Step, Outcome> {
+    let how = (origin == Origin::Uplink) as u32 | (reopened as u32) << 1;
+    let r = new_flow_sub(flow, how, now, entry);
+    if r & NEW_TRANSLATE != 0 {
+        let r = commit_sub(flow, now, entry, r as u32);
+        if r & NEW_TRANSLATE != 0 {
+            return Ok(Step::Translate(crate::reason_from(r as u32)));
+        }
+        return Err(Outcome::unpack(r));
+    }
+    if r & NEW_REJECT != 0 {
+        return Ok(Step::Reject);
+    }
+    Err(Outcome::unpack(r))
+}
+
+#[inline(never)]
+fn new_flow_sub(flow: &Flow, how: u32, now: u64, out: &mut CtEntry) -> u64 {
+    let origin = if how & 1 != 0 {
+        Origin::Uplink
+    } else {
+        Origin::Pod
+    };
+    match new_flow(flow, origin, now, how & 2 != 0, out) {
+        Ok(Step::Translate(reason)) => NEW_TRANSLATE | reason as u32 as u64,
+        Ok(Step::Reject) => NEW_REJECT,
+        Err(out) => out.pack(),
+    }
+}
+
+/// Decides a new flow to `flow.daddr:dport`: its frontend, backend and source (first half;
+/// [`commit`] stores it). `Err` carries the outcome when there is nothing to translate (not a
+/// frontend) or the packet must be dropped. `reopened`: a SYN replaced a flow that was over
+/// (counted as such).
+/// The forward entry is built in `fwd` (the caller's memory).
+#[inline(always)]
+fn new_flow(
+    flow: &Flow,
+    origin: Origin,
+    now: u64,
+    reopened: bool,
+    fwd: &mut CtEntry,
+) -> Result<Step, Outcome> {
+    let Some(fe) = frontend_for(flow, origin) else {
+        // Not a frontend, or (externalTrafficPolicy: Local) its external entry is missing.
+        let any = FrontendKey {
+            addr: flow.daddr,
+            port: flow.dport,
+            proto: flow.proto,
+            scope: SCOPE_ANY,
+        };
+        return Err(match frontend(&any) {
+            None => Outcome::pass(Reason::NotService),
+            Some(_) => Outcome::drop(Reason::BackendMissing),
+        });
+    };
     if fe.backend_count == 0 {
         if fe.flags & FRONTEND_F_DROP_NO_BACKEND != 0 {
             return Err(Outcome::drop(Reason::PolicyDrop));
         }
         return Ok(Step::Reject);
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    if flow.proto == PROTO_TCP && !is_syn(flow.tcp_flags) {
+        // Only a SYN opens a TCP flow. A mid-stream packet without a live entry (evicted, or
+        // its flow closed) balanced afresh would reach a backend that never saw the
+        // connection and be reset there; kube-proxy's nf_conntrack picks such packets up
+        // (tcp_loose), which lands them on a random endpoint the same way. Dropping it lets
+        // the client's retransmission or reset logic end the connection cleanly.
+        return Err(Outcome::drop(Reason::NonSynNoEntry));
+    }
     let (backend_id, backend, sticky) =
         pick_backend(&fe, flow.saddr, now).ok_or(Outcome::drop(Reason::BackendMissing))?;
     // Forward: the client's tuple → the backend, source as decided below.
-    let mut fwd = CtEntry {
+    *fwd = CtEntry {
         src_addr: flow.saddr,
         dst_addr: backend.addr,
         src_port: flow.sport,
@@ -166,7 +524,11 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
         dir: CT_DIR_FORWARD,
         flags: 0,
         tcp_flags: flow.tcp_flags,
-        state: if flow.proto == svc_common::PROTO_UDP { svc_common::CT_STATE_UDP_UNREPLIED } else { svc_common::CT_STATE_SYN_SENT },
+        state: if flow.proto == PROTO_UDP {
+            CT_STATE_UDP_UNREPLIED
+        } else {
+            CT_STATE_SYN_SENT
+        },
         backend_id,
         frontend_id: fe.id,
         created_ns: now,
@@ -176,6 +538,8 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
     };
     let mut reason = if sticky {
         Reason::Affinity
+    } else if reopened {
+        Reason::CtReopened
     } else {
         Reason::DnatNew
     };
@@ -190,8 +554,41 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
         fwd.flags |= CT_F_HAIRPIN;
         reason = Reason::Hairpin;
     }
+    let snat = origin == Origin::Uplink && backend.flags & BACKEND_F_LOCAL == 0;
+    if snat {
+        // External client, backend on another node: source-NAT to this node so the reply comes
+        // back here to be translated.
+        let Some(config) = SVC_CONFIG.get(0) else {
+            return Err(Outcome::drop(Reason::SnatNoPort));
+        };
+        fwd.src_addr = config.node_addr;
+        fwd.flags |= CT_F_SNAT;
+    }
+    Ok(Step::Translate(reason))
+}
+
+/// Second half of a new flow, in a BPF subprogram of its own (a sibling of [`new_flow_sub`],
+/// so their frames never add up): claims the reply tuple, remapping the source port on a
+/// clash, and stores both entries. Returns the (possibly changed) reason, or a packed
+/// outcome tagged [`NEW_REJECT`]-free (see [`open_flow`]).
+#[inline(never)]
+fn commit_sub(flow: &Flow, now: u64, fwd: &mut CtEntry, reason: u32) -> u64 {
+    match commit(flow, now, fwd, crate::reason_from(reason)) {
+        Ok(reason) => NEW_TRANSLATE | reason as u32 as u64,
+        Err(out) => out.pack(),
+    }
+}
+
+#[inline(always)]
+fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Result<Reason, Outcome> {
+    let snat = fwd.flags & CT_F_SNAT != 0;
+    let Some(scratch) = SVC_SCRATCH.get_ptr_mut(0) else {
+        return Err(Outcome::drop(Reason::CtInsertFailed));
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
+    let rep = unsafe { &mut (*scratch).rep };
     // Reply: the backend's tuple → restores the frontend as source and the client as destination.
-    let mut rep = fwd;
+    *rep = *fwd;
     rep.dir = CT_DIR_REPLY;
     rep.src_addr = flow.daddr;
     rep.src_port = flow.dport;
@@ -201,68 +598,68 @@ pub fn new_flow(flow: &Flow, origin: Origin) -> Result<Step, Outcome> {
     rep.packets = 0;
     rep.bytes = 0;
     let mut rep_key = CtKey {
-        src_addr: backend.addr,
+        src_addr: fwd.dst_addr,
         dst_addr: fwd.src_addr,
-        src_port: backend.port,
+        src_port: fwd.dst_port,
         dst_port: fwd.src_port,
         proto: flow.proto,
         _pad: [0; 3],
     };
-
-    if origin == Origin::Uplink && backend.flags & BACKEND_F_LOCAL == 0 {
-        // External client, backend on another node: source-NAT to this node so the reply comes
-        // back here to be translated. The port is chosen at random in the SNAT range and
-        // claimed by inserting the reply entry with BPF_NOEXIST: two flows can never share a
-        // reply tuple.
-        let Some(config) = SVC_CONFIG.get(0) else {
-            return Err(Outcome::drop(Reason::SnatNoPort));
-        };
-        fwd.src_addr = config.node_addr;
-        fwd.flags |= CT_F_SNAT;
-        rep.flags = fwd.flags;
-        rep_key.dst_addr = config.node_addr;
+    let t = timeouts();
+    // Without SNAT the client's own port is tried first; with SNAT, or when a live flow holds
+    // the reply tuple (one client port to two frontends sharing a backend), a port is chosen
+    // at random in the SNAT range, as nf_nat picks another source port on a clash: free ports
+    // first (a plain insert each: the loop stays cheap for the verifier), then one port whose
+    // flow may be over and can be taken over.
+    let mut claimed = !snat && claim(t, &rep_key, rep, now);
+    if !claimed {
         let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-        let mut claimed = false;
         for _ in 0..SNAT_ATTEMPTS {
-            let port = SNAT_PORT_MIN + random_below(span) as u16;
-            rep_key.dst_port = port;
-            if SVC_CT.insert(&rep_key, &rep, BPF_NOEXIST).is_ok() {
-                fwd.src_port = port;
+            rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
+            if SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST).is_ok() {
                 claimed = true;
                 break;
             }
         }
         if !claimed {
+            rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
+            claimed = claim(t, &rep_key, rep, now);
+        }
+        if !claimed {
             return Err(Outcome::drop(Reason::SnatNoPort));
         }
-    } else {
-        rep.flags = fwd.flags;
-        if SVC_CT.insert(&rep_key, &rep, 0).is_err() {
-            reason = Reason::CtInsertFailed;
+        fwd.src_port = rep_key.dst_port;
+        if !snat {
+            reason = Reason::ClashRemapped;
         }
     }
-    if SVC_CT.insert(ct_key(flow), &fwd, 0).is_err() {
+    if SVC_CT.insert(ct_key(flow), &*fwd, 0).is_err() {
+        // The reply entry alone would hold its tuple until it expires.
+        let _ = SVC_CT.remove(&rep_key);
         reason = Reason::CtInsertFailed;
     }
-    Ok(Step::Translate { entry: fwd, reason })
+    Ok(reason)
 }
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only if the key is present.
+const BPF_EXIST: u64 = 2;
 
 const AF_INET: u8 = 2;
 
-/// `bpf_fib_lookup` input for a packet translated as `entry` says, arriving on `ifindex`:
-/// shared by XDP and tc, which differ only in the context they pass and the flags.
+/// `bpf_fib_lookup` input for a packet translated as `entry` says, arriving on `ifindex`,
+/// whose length to check against the MTU is `tot_len`: shared by XDP and tc, which differ in
+/// the context they pass, the flags and the length (`route::mtu_check_len`).
 #[inline(always)]
-pub fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32) -> FibParams {
+pub fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32, tot_len: u16) -> FibParams {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
-    p.l4_protocol = flow.proto;
+    p.l4_protocol = flow.proto_on_wire();
     p.sport = entry.src_port.to_be();
     p.dport = entry.dst_port.to_be();
-    p.__bindgen_anon_1.tot_len = flow.ip_len;
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = ifindex;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);

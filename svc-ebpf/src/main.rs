@@ -8,7 +8,12 @@
 //! - `maps`: the BTF map definitions; layouts come from `svc-common` only.
 //! - `lb`: the decisions every packet hook shares (conntrack, frontend, backend, SNAT); they
 //!   never touch the packet.
-//! - `reject`: the TCP RST / ICMP port unreachable answering a frontend with no endpoint.
+//! - `reject`: the TCP RST / ICMP port unreachable answering a frontend with no endpoint, and
+//!   the ICMP fragmentation-needed answering a packet too big for the next hop; rate-limited.
+//! - `route`: redirecting a translated packet to its next hop as `ip_forward` would (GSO-aware
+//!   MTU check, TTL).
+//! - `frag`: later IPv4 fragments of a translated datagram (ports from its first fragment).
+//! - `icmp`: ICMP errors about translated flows, outer and quoted headers.
 //! - `stats`: per-CPU counters, one per (hook, reason).
 //!
 //! Programs:
@@ -19,6 +24,8 @@
 //! - [`svc_xdp`] (XDP, node uplinks): the north-south fast path (see `xdp` for what it leaves
 //!   to tc and why).
 //! - [`svc_uplink_ingress`] (tc, node uplinks): the complete north-south path.
+//! - [`svc_uplink_egress`] (tc, node uplinks): replies of hostNetwork endpoints on this node
+//!   to external clients.
 //! - `svc_sock_*` (cgroup socket hooks): Services for the node's own processes, including
 //!   localhost NodePorts without `route_localnet`.
 //!
@@ -30,6 +37,10 @@
 /// Benchmark floors only (empty tc and XDP programs the agent never attaches); see `floor.rs`.
 #[cfg(target_arch = "bpf")]
 mod floor;
+#[cfg(target_arch = "bpf")]
+mod frag;
+#[cfg(target_arch = "bpf")]
+mod icmp;
 #[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
@@ -76,6 +87,12 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[no_mangle]
 static SVC_FAULT_INJECT: u32 = 0;
 
+/// Conntrack timeouts (`svc_common::GLOBAL_CT_TIMEOUTS`): the agent overrides them from its
+/// flags at load time; the defaults are netfilter's and kube-proxy's.
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
+static SVC_CT_TIMEOUTS: svc_common::CtTimeouts = svc_common::CtTimeouts::DEFAULT;
+
 #[cfg(target_arch = "bpf")]
 #[inline(always)]
 fn fault(bit: u32) -> bool {
@@ -107,6 +124,37 @@ impl Outcome {
             reason,
         }
     }
+
+    /// The outcome as one integer, for the BPF subprograms that keep the large paths (new
+    /// flow, rejects, redirects, ICMP rewrites) in stack frames of their own: the verifier
+    /// limits a program's stack to 512 bytes, and inlined into one function the paths'
+    /// buffers did not fit. Plain integers because a `Result` of structs crossing a BPF call
+    /// is described in BTF in a form Linux 6.18 rejects (see `parse`). Verdicts are tc's
+    /// (-1..=7), so the verdict + 1 fits 8 bits.
+    #[inline(always)]
+    pub fn pack(self) -> u64 {
+        (((self.verdict + 1) as u64) & 0xff) << 32 | self.reason as u32 as u64
+    }
+
+    /// Inverse of [`Outcome::pack`] (bits 40 and up are free for the caller's tags).
+    #[inline(always)]
+    pub fn unpack(v: u64) -> Self {
+        Self {
+            verdict: ((v >> 32) & 0xff) as i32 - 1,
+            reason: reason_from(v as u32),
+        }
+    }
+}
+
+/// The reason with index `i`, which came from `Reason as u32` (`Outcome::pack`).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn reason_from(i: u32) -> svc_common::Reason {
+    if i >= svc_common::REASON_COUNT {
+        return svc_common::Reason::RewriteFailed;
+    }
+    // SAFETY: `Reason` is `repr(u32)` with the discriminants 0..REASON_COUNT, checked above.
+    unsafe { core::mem::transmute::<u32, svc_common::Reason>(i) }
 }
 
 /// `TC_ACT_UNSPEC` (= `TCX_NEXT`): not our verdict to give; continue with the next program or

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use svc_common::{
     Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, FragKey, FragPorts, Frontend,
-    FrontendKey, RateWindow, Slot, SlotKey, SockKey, SockRevNat, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
+    FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -43,3 +43,6 @@ pub static SVC_FRAGS: LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> = L
 
 #[btf_map]
 pub static SVC_RATELIMIT: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static SVC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();

@@ -4,12 +4,12 @@
 //! `CHECKSUM_PARTIAL`, its L4 checksum field holding only the pseudo-header sum. Only
 //! `bpf_l4_csum_replace` sees `skb->ip_summed` and, with `BPF_F_PSEUDO_HDR`, updates such a
 //! field correctly (pseudo-header part only) as well as a full checksum (DESIGN §2).
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use svc_common::{Reason, FAULT_SKIP_L4_CSUM};
 
 use crate::{
     fault,
-    parse::{Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
+    parse::{Flow, FRAG_LATER, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
     Outcome,
 };
 
@@ -53,13 +53,21 @@ pub fn rewrite(
         0
     };
 
-    if !fault(FAULT_SKIP_L4_CSUM) {
+    // A later fragment has no L4 header: its datagram's L4 checksum and ports are in the first
+    // fragment, which was rewritten already.
+    let l4 = flow.frag != FRAG_LATER;
+    if l4 && !fault(FAULT_SKIP_L4_CSUM) {
         if old_addr != addr {
-            ctx.l4_csum_replace(flow.csum_off, old_a, new_a, BPF_F_PSEUDO_HDR | mangled | 4)
-                .map_err(failed)?;
+            ctx.l4_csum_replace(
+                flow.csum_off as usize,
+                old_a,
+                new_a,
+                BPF_F_PSEUDO_HDR | mangled | 4,
+            )
+            .map_err(failed)?;
         }
         if old_port != port {
-            ctx.l4_csum_replace(flow.csum_off, old_p, new_p, mangled | 2)
+            ctx.l4_csum_replace(flow.csum_off as usize, old_p, new_p, mangled | 2)
                 .map_err(failed)?;
         }
     }
@@ -68,18 +76,65 @@ pub fn rewrite(
             .map_err(failed)?;
         ctx.store(addr_off, &addr, 0).map_err(failed)?;
     }
-    if old_port != port {
+    if l4 && old_port != port {
         ctx.store(port_off, &port.to_be_bytes(), 0)
             .map_err(failed)?;
     }
     Ok(())
 }
 
-/// Rewrites source and destination to what conntrack `entry` says (each only if it differs).
+/// Rewrites the packet to what conntrack `entry` says: source and destination (each only if
+/// it differs), or, for an ICMP error, its outer and quoted headers (`icmp`).
 #[inline(always)]
 pub fn apply(ctx: &TcContext, flow: &Flow, entry: &svc_common::CtEntry) -> Result<(), Outcome> {
+    if flow.icmp {
+        // Called from here, not from `apply_sub`, so the two frames never add up.
+        return crate::icmp::translate_tc(ctx, flow, entry);
+    }
+    match apply_sub(ctx.skb.skb, flow, entry) {
+        0 => Ok(()),
+        r => Err(Outcome::unpack(r)),
+    }
+}
+
+/// [`apply`] in a BPF subprogram of its own (see `Outcome::pack`); 0 on success.
+#[inline(never)]
+fn apply_sub(skb: *mut __sk_buff, flow: &Flow, entry: &svc_common::CtEntry) -> u64 {
+    let ctx = TcContext::new(skb);
+    match apply_inline(&ctx, flow, entry) {
+        Ok(()) => 0,
+        Err(out) => out.pack(),
+    }
+}
+
+#[inline(always)]
+fn apply_inline(ctx: &TcContext, flow: &Flow, entry: &svc_common::CtEntry) -> Result<(), Outcome> {
     rewrite(ctx, flow, End::Source, entry.src_addr, entry.src_port)?;
     rewrite(ctx, flow, End::Destination, entry.dst_addr, entry.dst_port)
+}
+
+/// Offset of the TTL byte; the TTL and protocol bytes form one 16-bit checksum word.
+const IP_TTL_OFF: usize = crate::parse::IP_OFF + 8;
+
+/// Decrements the TTL of a packet that bypasses the stack's forwarding (redirected, or sent
+/// back out of its interface), as `ip_forward` would, updating the IPv4 checksum. The caller
+/// has made sure the TTL is above 1 ([`ttl_expires`]).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, flow: &Flow) -> Result<(), Outcome> {
+    let failed = |_| Outcome::drop(Reason::RewriteFailed);
+    let old = u16::from_be_bytes([flow.ttl, flow.proto_on_wire()]);
+    let new = u16::from_be_bytes([flow.ttl - 1, flow.proto_on_wire()]);
+    ctx.l3_csum_replace(IP_CSUM_OFF, old.to_be() as u64, new.to_be() as u64, 2)
+        .map_err(failed)?;
+    ctx.store(IP_TTL_OFF, &(flow.ttl - 1), 0).map_err(failed)
+}
+
+/// Whether forwarding the packet ourselves would expire its TTL: such a packet is passed to
+/// the stack untranslated instead, which answers ICMP time-exceeded about the packet its
+/// sender sent (RFC 1812 §5.3.1).
+#[inline(always)]
+pub fn ttl_expires(flow: &Flow) -> bool {
+    flow.ttl <= 1
 }
 
 /// Swaps the Ethernet addresses: a frame sent back out of the interface it came in on must be

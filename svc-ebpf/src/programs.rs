@@ -1,10 +1,10 @@
 //! The pod-veth programs (tc, host side of each pod veth).
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
-use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL};
 
 use crate::{
-    lb::{ct_lookup, new_flow, Origin, Step},
-    nat::{apply, swap_macs},
+    lb::{blank_entry, decide, Origin, Step},
+    nat::{apply, decrement_ttl, swap_macs, ttl_expires},
     parse::{parse_tc, Flow},
     reject::reject,
     route::forward,
@@ -32,11 +32,11 @@ pub fn svc_pod_egress(ctx: TcContext) -> i32 {
     out.verdict
 }
 
-/// Sends a translated packet on. A packet whose new destination is the pod that sent it
-/// (hairpin, both directions) goes straight back out of the veth it came in on, addressed to
-/// the pod's MAC. A reply to a client outside the node has a frontend (often this node's own
-/// address) as source and is redirected to the next hop (see `route`). Everything else
-/// continues to the stack, which routes it.
+/// Translates the packet and sends it on. A packet whose new destination is the pod that sent
+/// it (hairpin, both directions) goes straight back out of the veth it came in on, addressed
+/// to the pod's MAC, its TTL decremented as the stack would. A reply to a client outside the
+/// node has a frontend (often this node's own address) as source and is redirected to the
+/// next hop (see `route`). Everything else continues to the stack, which routes it.
 #[inline(always)]
 fn deliver(
     ctx: &TcContext,
@@ -45,53 +45,54 @@ fn deliver(
     reason: Reason,
 ) -> Result<Outcome, Outcome> {
     if entry.dst_addr == flow.saddr {
+        if ttl_expires(flow) {
+            return Ok(Outcome::pass(Reason::TtlExceeded));
+        }
+        apply(ctx, flow, entry)?;
+        decrement_ttl(ctx, flow)?;
         swap_macs(ctx)?;
         // SAFETY: reading the ifindex field of the program's own context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-        return Ok(Outcome {
-            verdict,
-            reason: Reason::Hairpin,
-        });
+        let reason = if flow.icmp {
+            Reason::IcmpTranslated
+        } else {
+            Reason::Hairpin
+        };
+        return Ok(Outcome { verdict, reason });
     }
     if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 {
         return forward(ctx, flow, entry, reason);
     }
+    apply(ctx, flow, entry)?;
     Ok(Outcome::pass(reason))
 }
 
 #[inline(always)]
 fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let flow = parse_tc(ctx)?;
+    let mut flow = Flow::EMPTY;
+    parse_tc(ctx, &mut flow)?;
     // Conntrack first: a known flow keeps its backend whatever has happened to its Service
     // since, including deletion, as netfilter conntrack does for kube-proxy. One lookup finds
     // either direction: forward (this pod is a client) or reply (this pod is a backend
     // answering an external client or itself).
-    if let Some(entry) = ct_lookup(&flow) {
-        apply(ctx, &flow, &entry)?;
-        let reason = match entry.dir {
-            CT_DIR_FORWARD => Reason::DnatEstablished,
-            _ => Reason::RevNat,
-        };
-        return deliver(ctx, &flow, &entry, reason);
-    }
-    match new_flow(&flow, Origin::Pod)? {
-        Step::Translate { entry, reason } => {
-            apply(ctx, &flow, &entry)?;
-            deliver(ctx, &flow, &entry, reason)
-        }
+    let mut entry = blank_entry();
+    match decide(&mut flow, Origin::Pod, true, &mut entry)? {
+        Step::Translate(reason) => deliver(ctx, &flow, &entry, reason),
         Step::Reject => reject(ctx, &flow),
     }
 }
 
 #[inline(always)]
 fn pod_egress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let flow = parse_tc(ctx)?;
-    match ct_lookup(&flow) {
-        Some(entry) if entry.dir == CT_DIR_REPLY => {
+    let mut flow = Flow::EMPTY;
+    parse_tc(ctx, &mut flow)?;
+    let mut entry = blank_entry();
+    match decide(&mut flow, Origin::Pod, false, &mut entry)? {
+        Step::Translate(reason) if entry.dir == CT_DIR_REPLY => {
             apply(ctx, &flow, &entry)?;
-            Ok(Outcome::pass(Reason::RevNat))
+            Ok(Outcome::pass(reason))
         }
         _ => Ok(Outcome::pass(Reason::NotService)),
     }

@@ -8,15 +8,18 @@
 //! scratch with `bpf_csum_diff`, so the answer's checksums do not depend on the incoming skb's
 //! checksum state.
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    bindings::{__sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{
+        bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use network_types::eth::EthHdr;
-use svc_common::{Reason, PROTO_TCP};
+use svc_common::{Reason, GENERATED_PER_CPU_PER_S, PROTO_TCP};
 
 use crate::{
-    parse::{Flow, IP_OFF, L4_OFF},
+    maps::{SVC_CONFIG, SVC_RATELIMIT, SVC_SCRATCH},
+    parse::{Flow, FRAG_LATER, IP_OFF, L4_OFF},
     Outcome,
 };
 
@@ -50,11 +53,17 @@ fn checksum<const N: usize>(buf: &mut Buf<N>) -> Result<[u8; 2], Outcome> {
     if sum < 0 {
         return Err(Outcome::drop(Reason::RewriteFailed));
     }
-    let mut s = sum as u64 & 0xffff_ffff;
+    Ok(fold_complement(sum as u64))
+}
+
+/// A `bpf_csum_diff` result folded to 16 bits and complemented, as it goes into the packet.
+#[inline(always)]
+fn fold_complement(sum: u64) -> [u8; 2] {
+    let mut s = sum & 0xffff_ffff;
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     // The sum was taken over native-order words; storing it native-order puts the bytes right.
-    Ok((!(s as u16)).to_ne_bytes())
+    (!(s as u16)).to_ne_bytes()
 }
 
 #[inline(always)]
@@ -87,24 +96,105 @@ fn reverse_ethernet(ctx: &TcContext) -> Result<(), Outcome> {
 }
 
 #[inline(always)]
-fn send_back(ctx: &TcContext) -> Outcome {
+fn send_back(ctx: &TcContext, reason: Reason) -> Outcome {
     // SAFETY: reading the ifindex field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; returns TC_ACT_REDIRECT on success.
     let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-    Outcome {
-        verdict,
-        reason: Reason::NoBackend,
+    Outcome { verdict, reason }
+}
+
+/// Whether this CPU may generate one more packet (reject or ICMP error) in the current
+/// one-second window (`svc_common::GENERATED_PER_CPU_PER_S`). Keeps a flood of packets to a
+/// frontend without endpoints, or of oversized packets, from turning the node into an
+/// amplifier; per CPU, so no lock and no shared cache line.
+#[inline(always)]
+fn within_budget() -> bool {
+    let Some(w) = SVC_RATELIMIT.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = crate::lb::now_ns();
+    // SAFETY: this CPU's own slot of a per-CPU array; nothing else writes it meanwhile.
+    unsafe {
+        if now.saturating_sub((*w).start_ns) >= 1_000_000_000 {
+            (*w).start_ns = now;
+            (*w).count = 0;
+        }
+        if (*w).count >= GENERATED_PER_CPU_PER_S {
+            return false;
+        }
+        (*w).count += 1;
     }
+    true
 }
 
 /// Answers `flow` with a TCP RST (RFC 9293 §3.10.7.1) or an ICMP port unreachable.
 #[inline(always)]
 pub fn reject(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
-    if flow.proto == PROTO_TCP {
-        tcp_reset(ctx, flow)
+    if !within_budget() {
+        return Err(Outcome::drop(Reason::RateLimited));
+    }
+    let r = if flow.proto == PROTO_TCP && !flow.icmp {
+        tcp_reset_sub(ctx.skb.skb, flow)
     } else {
-        icmp_port_unreachable(ctx, flow)
+        // From the frontend address the client used, as kube-proxy's REJECT answers.
+        icmp_error_sub(
+            ctx.skb.skb,
+            flow,
+            (ICMP_PORT_UNREACHABLE as u32) << 16,
+            u32::from_ne_bytes(flow.daddr),
+            Reason::NoBackend as u32,
+        )
+    };
+    Ok(Outcome::unpack(r))
+}
+
+/// Answers a packet that does not fit the next hop's `mtu` and must not be fragmented with an
+/// ICMP fragmentation-needed (RFC 1191), from this node's address, so that the sender lowers
+/// its path MTU. Never about an ICMP error itself (RFC 1122 §3.2.2).
+#[inline(always)]
+pub fn frag_needed(ctx: &TcContext, flow: &Flow, mtu: u16) -> Outcome {
+    if flow.icmp {
+        return Outcome::drop(Reason::TooBig);
+    }
+    if !within_budget() {
+        return Outcome::drop(Reason::RateLimited);
+    }
+    let Some(config) = SVC_CONFIG.get(0) else {
+        return Outcome::drop(Reason::TooBig);
+    };
+    Outcome::unpack(icmp_error_sub(
+        ctx.skb.skb,
+        flow,
+        (ICMP_FRAG_NEEDED as u32) << 16 | mtu as u32,
+        u32::from_ne_bytes(config.node_addr),
+        Reason::FragNeeded as u32,
+    ))
+}
+
+/// [`tcp_reset`] in a BPF subprogram of its own (see `Outcome::pack`).
+#[inline(never)]
+fn tcp_reset_sub(skb: *mut __sk_buff, flow: &Flow) -> u64 {
+    let ctx = TcContext::new(skb);
+    match tcp_reset(&ctx, flow) {
+        Ok(out) | Err(out) => out.pack(),
+    }
+}
+
+/// [`icmp_error`] in a BPF subprogram of its own; `code_mtu` = code << 16 | MTU, `src` the
+/// source address as its bytes in memory order.
+#[inline(never)]
+fn icmp_error_sub(skb: *mut __sk_buff, flow: &Flow, code_mtu: u32, src: u32, reason: u32) -> u64 {
+    let ctx = TcContext::new(skb);
+    match icmp_error(
+        &ctx,
+        flow,
+        (code_mtu >> 16) as u8,
+        code_mtu as u16,
+        src.to_ne_bytes(),
+        crate::reason_from(reason),
+    ) {
+        Ok(out) | Err(out) => out.pack(),
     }
 }
 
@@ -189,33 +279,101 @@ fn tcp_reset(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
     let mut tcp = [0u8; TCP_LEN];
     tcp.copy_from_slice(&seg.0[12..]);
     ctx.store(L4_OFF, &tcp, 0).map_err(failed)?;
-    Ok(send_back(ctx))
+    Ok(send_back(ctx, Reason::NoBackend))
 }
 
+/// ICMP destination unreachable, code port unreachable.
+const ICMP_PORT_UNREACHABLE: u8 = 3;
+/// ICMP destination unreachable, code fragmentation needed and DF set.
+const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// Turns the packet into an ICMP destination unreachable with `code` (and next-hop `mtu` for
+/// fragmentation-needed) from `src` to its sender, quoting its IP header and first 8 bytes as
+/// the sender sent them, and sends it back out of the interface it came in on.
 #[inline(always)]
-fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
-    // The quote: the datagram's IP header and first 8 bytes, exactly as the client sent them.
-    let quoted_ip: [u8; IP_LEN] = ctx.load(IP_OFF).map_err(failed)?;
-    let quoted_l4: [u8; QUOTE_L4] = ctx.load(L4_OFF).map_err(failed)?;
-    let room = (IP_LEN + ICMP_HDR_LEN) as i32;
-    ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0).map_err(failed)?;
-    let total = IP_LEN + ICMP_HDR_LEN + IP_LEN + QUOTE_L4;
-    // SAFETY: resizing the program's own skb; no packet pointers are held.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (IP_OFF + total) as u32, 0) } != 0 {
+fn icmp_error(
+    ctx: &TcContext,
+    flow: &Flow,
+    code: u8,
+    mtu: u16,
+    src: [u8; 4],
+    reason: Reason,
+) -> Result<Outcome, Outcome> {
+    // The message is built in per-CPU scratch memory, laid out as it goes on the wire:
+    // IPv4 header, ICMP header, quoted IPv4 header, quoted L4 bytes.
+    let Some(scratch) = SVC_SCRATCH.get_ptr_mut(0) else {
+        return Err(Outcome::drop(Reason::RewriteFailed));
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
+    let g = unsafe { &mut (*scratch).gen };
+    *g = [0; GEN_LEN];
+    // The quote: the datagram's IP header and the start of its payload, exactly as the client
+    // sent them: 8 bytes (RFC 792's minimum; a later fragment's first 8 payload bytes all the
+    // same), and for TCP the whole 20-byte header. TCP because the packet is cut down to the
+    // quote below, and a CHECKSUM_PARTIAL skb may not be cut short of its checksum field
+    // (net/core/filter.c, __bpf_skb_min_len: csum_start + csum_offset + 2).
+    let tcp = flow.proto == PROTO_TCP && !flow.icmp && flow.frag != FRAG_LATER;
+    let quote = if tcp { TCP_LEN } else { QUOTE_L4 };
+    let skb = ctx.skb.skb;
+    let base: *mut u8 = g.as_mut_ptr();
+    // SAFETY (of every use): `off` is a constant inside `g`'s GEN_LEN bytes.
+    let at = |off: usize| -> *mut core::ffi::c_void { unsafe { base.add(off) }.cast() };
+    // SAFETY: each destination is inside `g` for the length given.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(skb.cast(), IP_OFF as u32, at(Q_IP), IP_LEN as u32) == 0
+            && bpf_skb_load_bytes(skb.cast(), L4_OFF as u32, at(Q_L4), QUOTE_L4 as u32) == 0
+            && (!tcp
+                || bpf_skb_load_bytes(
+                    skb.cast(),
+                    (L4_OFF + QUOTE_L4) as u32,
+                    at(Q_L4 + QUOTE_L4),
+                    (TCP_LEN - QUOTE_L4) as u32,
+                ) == 0)
+    };
+    if !loaded {
         return Err(Outcome::drop(Reason::RewriteFailed));
     }
+    // Cut the packet down to the quote first: bpf_skb_change_tail also ends GSO on a
+    // super-packet (net/core/filter.c, __bpf_skb_change_tail: `if (!ret && skb_is_gso(skb))
+    // skb_gso_reset(skb)`), so the room added next is a plain header push.
+    // SAFETY: resizing the program's own skb; no packet pointers are held.
+    if unsafe { bpf_skb_change_tail(skb, (L4_OFF + quote) as u32, 0) } != 0 {
+        return Err(Outcome::drop(Reason::RewriteFailed));
+    }
+    let room = (IP_LEN + ICMP_HDR_LEN) as i32;
+    ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0).map_err(failed)?;
+    let total = IP_LEN + ICMP_HDR_LEN + IP_LEN + quote;
     reverse_ethernet(ctx)?;
-    // From the frontend address the client used, as kube-proxy's REJECT answers.
-    let ip = ip_header(flow.daddr, flow.saddr, 1, total as u16)?;
-    ctx.store(IP_OFF, &ip.0, 0).map_err(failed)?;
-    let mut icmp = Buf([0u8; ICMP_HDR_LEN + IP_LEN + QUOTE_L4]);
-    icmp.0[0] = 3; // destination unreachable
-    icmp.0[1] = 3; // port unreachable
-    icmp.0[ICMP_HDR_LEN..ICMP_HDR_LEN + IP_LEN].copy_from_slice(&quoted_ip);
-    icmp.0[ICMP_HDR_LEN + IP_LEN..].copy_from_slice(&quoted_l4);
-    let c = checksum(&mut icmp)?;
-    icmp.0[2] = c[0];
-    icmp.0[3] = c[1];
-    ctx.store(IP_OFF + IP_LEN, &icmp.0, 0).map_err(failed)?;
-    Ok(send_back(ctx))
+    let ip = ip_header(src, flow.saddr, 1, total as u16)?;
+    g[..IP_LEN].copy_from_slice(&ip.0);
+    g[IP_LEN] = 3; // destination unreachable
+    g[IP_LEN + 1] = code;
+    let mtu = mtu.to_be_bytes();
+    g[IP_LEN + 6] = mtu[0];
+    g[IP_LEN + 7] = mtu[1];
+    // Summed at the longest size: the bytes past a short quote are zero and add nothing.
+    // SAFETY: the range is inside `g`; its length is a multiple of 4 as bpf_csum_diff needs.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, at(IP_LEN).cast(), 48, 0) };
+    if sum < 0 {
+        return Err(Outcome::drop(Reason::RewriteFailed));
+    }
+    let c = fold_complement(sum as u64);
+    g[IP_LEN + 2] = c[0];
+    g[IP_LEN + 3] = c[1];
+    let len = if tcp {
+        GEN_LEN
+    } else {
+        GEN_LEN - (TCP_LEN - QUOTE_L4)
+    };
+    // SAFETY: `g` holds at least `len` bytes.
+    if unsafe { bpf_skb_store_bytes(skb.cast(), IP_OFF as u32, at(0), len as u32, 0) } != 0 {
+        return Err(Outcome::drop(Reason::RewriteFailed));
+    }
+    Ok(send_back(ctx, reason))
 }
+
+/// Length of a generated ICMP error with the longest quote (`Scratch::gen`).
+const GEN_LEN: usize = IP_LEN + ICMP_HDR_LEN + IP_LEN + TCP_LEN;
+/// Where the quoted IPv4 header and L4 bytes sit in it.
+const Q_IP: usize = IP_LEN + ICMP_HDR_LEN;
+const Q_L4: usize = Q_IP + IP_LEN;

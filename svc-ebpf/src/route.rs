@@ -1,18 +1,58 @@
 //! Sending a translated packet on from tc: for packets whose new source is this node or a
 //! frontend (SNAT towards a remote backend, replies to an external client), the stack must not
 //! route them as received packets: it drops a local source address arriving on an interface as
-//! "martian". They are redirected to the next hop instead.
+//! "martian". They are redirected to the next hop instead, which bypasses the stack's
+//! forwarding: this module does what `ip_forward` would (MTU check, TTL).
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH},
+    bindings::{
+        __sk_buff, bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
+use network_types::ip::Ipv4Hdr;
 use svc_common::{CtEntry, Reason};
 
-use crate::{lb::fib_params, parse::Flow, Outcome};
+use crate::{
+    lb::fib_params,
+    nat::{apply, decrement_ttl, ttl_expires},
+    parse::{Flow, FRAG_NONE},
+    reject::frag_needed,
+    Outcome,
+};
 
-/// Redirects the (already rewritten) packet towards `entry.dst_addr`: the FIB names the egress
-/// interface, `bpf_redirect_neigh` resolves the next hop's MAC (queueing the packet meanwhile).
+/// The length the FIB checks against the egress MTU, GSO-aware.
+///
+/// `bpf_fib_lookup` checks `tot_len` against the route's MTU (net/core/filter.c,
+/// `bpf_ipv4_fib_lookup`: `if (check_mtu) { mtu = ip_mtu_from_fib_result(...); if
+/// (params->tot_len > mtu) ... return BPF_FIB_LKUP_RET_FRAG_NEEDED; }`). A GSO super-packet
+/// (TSO from a pod's socket, or GRO-merged on a veth) carries up to 64 KB in one skb whose IP
+/// `tot_len` says so, yet leaves as segments of `gso_size` payload: passing the IP length
+/// made every such packet "too big" and stalled downloads after the first window. So for a
+/// GSO skb the length of one segment is checked (IP header + L4 header + `gso_size`, what
+/// `skb_gso_validate_network_len` checks in `ip_forward`), and for any other packet its own
+/// length; both against the route's MTU, so a route with a lower `mtu` is honoured too
+/// (`tot_len = 0` would check only the device MTU, `is_skb_forwardable`).
+#[inline(always)]
+fn mtu_check_len(ctx: &TcContext, flow: &Flow) -> u16 {
+    // SAFETY: reading a field of the program's own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size != 0 && flow.frag == FRAG_NONE && !flow.icmp {
+        let seg = Ipv4Hdr::LEN as u32 + flow.l4_hdr_len as u32 + gso_size;
+        if seg < flow.ip_len as u32 {
+            return seg as u16;
+        }
+    }
+    flow.ip_len
+}
+
+/// Translates the packet as `entry` says and redirects it towards `entry.dst_addr`: the FIB
+/// names the egress interface (checked against its MTU before anything is rewritten, so an
+/// ICMP fragmentation-needed quotes the packet as its sender sent it), the TTL is decremented,
+/// and `bpf_redirect_neigh` resolves the next hop's MAC (queueing the packet meanwhile).
+/// A packet whose TTL would expire is passed to the stack untranslated: it answers
+/// time-exceeded to the sender about the packet the sender knows.
 #[inline(always)]
 pub fn forward(
     ctx: &TcContext,
@@ -20,22 +60,59 @@ pub fn forward(
     entry: &CtEntry,
     reason: Reason,
 ) -> Result<Outcome, Outcome> {
+    if ttl_expires(flow) {
+        return Ok(Outcome::pass(Reason::TtlExceeded));
+    }
+    let r = route_sub(ctx.skb.skb, flow, entry);
+    if r & ROUTED != 0 {
+        // Rewritten from the program itself, not from `route_sub`, so the subprograms'
+        // frames never add up.
+        apply(ctx, flow, entry)?;
+        decrement_ttl(ctx, flow)?;
+        // SAFETY: plain helper call with no parameters block.
+        let verdict = unsafe { bpf_redirect_neigh(r as u32, core::ptr::null_mut(), 0, 0) } as i32;
+        return Ok(Outcome { verdict, reason });
+    }
+    if r & TOO_BIG != 0 {
+        return Err(frag_needed(ctx, flow, (r >> 40) as u16));
+    }
+    Err(Outcome::unpack(r))
+}
+
+/// [`route_sub`]'s tags: the egress ifindex is in the low 32 bits; the MTU at bit 40.
+const ROUTED: u64 = 1 << 60;
+const TOO_BIG: u64 = 1 << 61;
+
+/// The FIB lookup of [`forward`] in a BPF subprogram of its own (its parameter block stays
+/// off the program's stack): `ROUTED | ifindex`, `TOO_BIG | mtu << 40` for a packet that
+/// does not fit and must not be fragmented, or a packed outcome (see `Outcome::pack`).
+#[inline(never)]
+fn route_sub(skb: *mut __sk_buff, flow: &Flow, entry: &CtEntry) -> u64 {
+    let ctx = TcContext::new(skb);
     // SAFETY: reading the ifindex field of the program's own context.
-    let mut p = fib_params(flow, entry, unsafe { (*ctx.skb.skb).ifindex });
+    let ifindex = unsafe { (*skb).ifindex };
+    let mut p = fib_params(flow, entry, ifindex, mtu_check_len(&ctx, flow));
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.skb.skb.cast(),
+            skb.cast(),
             &mut p,
             core::mem::size_of::<FibParams>() as i32,
             BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(Outcome::drop(Reason::FibFailed));
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        if flow.df {
+            // `mtu_result` shares its place with `tot_len` and holds the route's MTU now.
+            // SAFETY: reading a plain integer field of the lookup's result.
+            let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+            return TOO_BIG | (mtu as u64) << 40;
+        }
+        // A BPF program cannot fragment; without DF the sender expects the path to.
+        return Outcome::drop(Reason::TooBig).pack();
     }
-    // The neighbour subsystem resolves the next hop's address (and queues the packet meanwhile).
-    // SAFETY: plain helper call with no parameters block.
-    let verdict = unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-    Ok(Outcome { verdict, reason })
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Outcome::drop(Reason::FibFailed).pack();
+    }
+    ROUTED | p.ifindex as u64
 }

@@ -6,12 +6,12 @@
 //! a reject (built with skb helpers). This program therefore implements every case itself; on
 //! a node without XDP it is the whole north-south datapath.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use svc_common::{Hook, Reason, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_SNAT};
+use svc_common::{Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT};
 
 use crate::{
-    lb::{ct_lookup, new_flow, Origin, Step},
+    lb::{blank_entry, decide, Origin, Step},
     nat::apply,
-    parse::parse_tc,
+    parse::{parse_tc, Flow},
     reject::reject,
     route::forward,
     stats::count,
@@ -30,24 +30,54 @@ pub fn svc_uplink_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let flow = parse_tc(ctx)?;
-    let (entry, reason) = match ct_lookup(&flow) {
-        Some(entry) if entry.dir == CT_DIR_FORWARD => (entry, Reason::DnatEstablished),
-        Some(entry) if entry.flags & CT_F_EXTERNAL != 0 => (entry, Reason::RevNat),
-        // A reply to a flow a pod started: the pod veth's egress hook translates it.
-        Some(_) => return Ok(Outcome::pass(Reason::NotService)),
-        None => match new_flow(&flow, Origin::Uplink)? {
-            Step::Translate { entry, reason } => (entry, reason),
-            Step::Reject => return reject(ctx, &flow),
-        },
+    let mut flow = Flow::EMPTY;
+    parse_tc(ctx, &mut flow)?;
+    let mut entry = blank_entry();
+    let reason = match decide(&mut flow, Origin::Uplink, true, &mut entry)? {
+        Step::Translate(reason) => reason,
+        Step::Reject => return reject(ctx, &flow),
     };
-    apply(ctx, &flow, &entry)?;
+    if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL == 0 {
+        // A reply to a flow a pod started: the pod veth's egress hook translates it.
+        return Ok(Outcome::pass(Reason::NotService));
+    }
     if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_SNAT == 0 {
-        // A local backend: the stack routes the packet to its pod's veth.
+        // A local backend: the stack routes the packet to its pod's veth (or delivers it to a
+        // hostNetwork endpoint on this node).
+        apply(ctx, &flow, &entry)?;
         return Ok(Outcome::pass(reason));
     }
     // Leaving the node again (to a remote backend, or a reply to the client): the packet's
     // source is now this node's address or a frontend, so the stack must not route it as a
     // received packet (it would drop a "martian" local source). Redirect it to the next hop.
     forward(ctx, &flow, &entry, reason)
+}
+
+/// tc egress on a node uplink: what this node's own stack sends out. A hostNetwork endpoint
+/// on this node answering an external client replies from the node's address and the
+/// endpoint's port; its reply entry restores the frontend (a NodePort, LB or external IP) as
+/// source, as the pod veth's hooks do for pods. Everything else passes untouched.
+#[classifier]
+pub fn svc_uplink_egress(ctx: TcContext) -> i32 {
+    let out = match uplink_egress(&ctx) {
+        Ok(out) | Err(out) => out,
+    };
+    count(Hook::UplinkEgress, out.reason);
+    out.verdict
+}
+
+#[inline(always)]
+fn uplink_egress(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    let mut flow = Flow::EMPTY;
+    parse_tc(ctx, &mut flow)?;
+    let mut entry = blank_entry();
+    match decide(&mut flow, Origin::Uplink, false, &mut entry)? {
+        Step::Translate(reason)
+            if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 =>
+        {
+            apply(ctx, &flow, &entry)?;
+            Ok(Outcome::pass(reason))
+        }
+        _ => Ok(Outcome::pass(Reason::NotService)),
+    }
 }

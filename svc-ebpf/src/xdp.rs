@@ -9,7 +9,10 @@
 //! - A frame leaving the node again (remote backend, reply to the client) needs a next hop:
 //!   `bpf_fib_lookup` gives the MACs; without a neighbour entry the frame goes to tc, where
 //!   `bpf_redirect_neigh` resolves it.
-//! - A reject is built by tc.
+//! - A reject is built by tc, and so are ICMP errors about translated flows (their quote is
+//!   rewritten too) and fragmentation-needed answers.
+//! - A frame the FIB finds too big (a GRO-merged skb under generic XDP carries its merged
+//!   length) or whose TTL would expire goes to tc, which checks GSO-aware and answers.
 //! - A frame for another interface (`XDP_REDIRECT` would need the target to accept XDP frames;
 //!   a veth does only when its peer runs XDP or GRO) goes to tc too.
 //! - Replies of flows that pods started are left to the pod veth's egress hook.
@@ -17,19 +20,21 @@
 //! `XDP_TX` towards a remote backend or back to the client.
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::bpf_fib_lookup,
     macros::xdp,
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_SNAT, PROTO_UDP};
+use svc_common::{
+    CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT, PROTO_UDP,
+};
 
 use crate::{
-    lb::{ct_lookup, fib_params, new_flow, Origin, Step},
-    parse::{parse_xdp, ptr_at, Flow, IP_OFF, L4_OFF},
+    lb::{blank_entry, decide, fib_params, Origin, Step},
+    parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
     stats::count,
     Outcome, TC_ACT_SHOT,
 };
@@ -54,28 +59,38 @@ fn to_tc() -> Result<(u32, Reason), Outcome> {
 
 #[inline(always)]
 fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
-    let flow = parse_xdp(ctx)?;
-    if !checksum_is_full(&flow) {
+    let mut flow = Flow::EMPTY;
+    parse_xdp(ctx, &mut flow)?;
+    if flow.icmp {
+        // ICMP errors are rare and need the quote rewritten: the tc path does it.
         return to_tc();
     }
-    let (entry, reason) = match ct_lookup(&flow) {
-        Some(entry) if entry.dir == CT_DIR_FORWARD => (entry, Reason::DnatEstablished),
-        Some(entry) if entry.flags & CT_F_EXTERNAL != 0 => (entry, Reason::RevNat),
-        // A reply to a flow a pod started: the pod veth's egress hook translates it.
-        Some(_) => return Err(Outcome::pass(Reason::NotService)),
-        None => match new_flow(&flow, Origin::Uplink)? {
-            Step::Translate { entry, reason } => (entry, reason),
-            Step::Reject => return to_tc(),
-        },
+    // A later fragment has no L4 checksum to worry about.
+    if flow.frag != FRAG_LATER && !checksum_is_full(&flow) {
+        return to_tc();
+    }
+    let mut entry = blank_entry();
+    let reason = match decide(&mut flow, Origin::Uplink, true, &mut entry)? {
+        Step::Translate(reason) => reason,
+        Step::Reject => return to_tc(),
     };
+    if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL == 0 {
+        // A reply to a flow a pod started: the pod veth's egress hook translates it.
+        return Err(Outcome::pass(Reason::NotService));
+    }
     if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_SNAT == 0 {
-        // Local backend: the stack delivers it to the pod.
-        rewrite(ctx, &flow, &entry)?;
+        // Local backend: the stack delivers it to the pod (and decrements the TTL).
+        rewrite(ctx, &flow, &entry, false)?;
         return Ok((xdp_action::XDP_PASS, reason));
+    }
+    if flow.ttl <= 1 {
+        // XDP_TX bypasses ip_forward: let tc hand it to the stack, which answers
+        // time-exceeded.
+        return to_tc();
     }
     // Leaving the node again: find the next hop before touching the frame, so a frame we
     // cannot send ourselves reaches tc unchanged.
-    let mut p = fib_params(&flow, &entry, ctx.ingress_ifindex() as u32);
+    let mut p = fib_params(&flow, &entry, ctx.ingress_ifindex() as u32, flow.ip_len);
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -85,7 +100,10 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
             0,
         )
     };
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // No neighbour entry: tc's bpf_redirect_neigh resolves it. Too big: with generic XDP
+        // the frame may be a GRO-merged skb whose IP length is the merged one; tc checks it
+        // GSO-aware and answers fragmentation-needed when it really does not fit.
         return to_tc();
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
@@ -96,7 +114,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
         // does when its peer runs XDP or GRO), so let tc's bpf_redirect_neigh send it.
         return to_tc();
     }
-    rewrite(ctx, &flow, &entry)?;
+    rewrite(ctx, &flow, &entry, true)?;
     let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: bounds checked by `ptr_at`.
     unsafe {
@@ -156,13 +174,13 @@ fn halves(a: [u8; 4]) -> [u16; 2] {
 }
 
 /// Rewrites source and destination to `entry`'s, updating both checksums incrementally (the
-/// frame's checksums are full: see [`checksum_is_full`]).
+/// frame's checksums are full: see [`checksum_is_full`]); a later fragment has only its
+/// addresses. `forwarded`: the frame leaves again by XDP_TX, bypassing `ip_forward`, so its
+/// TTL is decremented here (the caller made sure it is above 1).
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, flow: &Flow, entry: &CtEntry) -> Result<(), Outcome> {
+fn rewrite(ctx: &XdpContext, flow: &Flow, entry: &CtEntry, forwarded: bool) -> Result<(), Outcome> {
     let (start, end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv4Hdr = ptr_at(start, end, IP_OFF)?;
-    let ports: *mut [u8; 4] = ptr_at(start, end, L4_OFF)?;
-    let check: *mut [u8; 2] = ptr_at(start, end, flow.csum_off)?;
     let (os, od, ns, nd) = (
         halves(flow.saddr),
         halves(flow.daddr),
@@ -175,10 +193,29 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, entry: &CtEntry) -> Result<(), Outcome
     let new = [ns[0], ns[1], nd[0], nd[1], new_ports[0], new_ports[1]];
     // SAFETY: every pointer was bounds-checked by `ptr_at` against this frame.
     unsafe {
-        let ip_check = csum_update(u16::from_ne_bytes((*ip).check), &old, &new, 4);
+        let mut ip_check = csum_update(u16::from_ne_bytes((*ip).check), &old, &new, 4);
+        if forwarded {
+            // The TTL and protocol bytes form one checksum word.
+            let old_word = [u16::from_ne_bytes([flow.ttl, flow.proto]), 0, 0, 0, 0, 0];
+            let new_word = [
+                u16::from_ne_bytes([flow.ttl - 1, flow.proto]),
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            ip_check = csum_update(ip_check, &old_word, &new_word, 1);
+            (*ip).ttl = flow.ttl - 1;
+        }
         (*ip).check = ip_check.to_ne_bytes();
         (*ip).src_addr = entry.src_addr;
         (*ip).dst_addr = entry.dst_addr;
+        if flow.frag == FRAG_LATER {
+            return Ok(());
+        }
+        let ports: *mut [u8; 4] = ptr_at(start, end, L4_OFF)?;
+        let check: *mut [u8; 2] = ptr_at(start, end, flow.csum_off as usize)?;
         if !flow.udp_no_csum {
             let mut l4 = csum_update(u16::from_ne_bytes(*check), &old, &new, 6);
             if flow.proto == PROTO_UDP && l4 == 0 {
