@@ -214,6 +214,11 @@ pub const CT_F_SNAT: u8 = 1;
 pub const CT_F_HAIRPIN: u8 = 2;
 /// [`CtEntry::flags`]: created by an uplink hook (traffic from outside the node).
 pub const CT_F_EXTERNAL: u8 = 4;
+/// [`CtEntry::flags`]: the frontend is a NodePort, so replies leave with one of this node's
+/// own addresses as source. A pod on this node reaching it gets its replies redirected to its
+/// veth: routed by the stack, a packet arriving on a veth from a local address is dropped as
+/// martian.
+pub const CT_F_NODEPORT: u8 = 8;
 
 /// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook. Direction is in
 /// the value (see the module docs for why the two directions' tuples never coincide).

@@ -10,10 +10,11 @@ use aya_ebpf::{
 use svc_common::{
     ct_next_state, ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, CtEntry, CtKey,
     CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, BACKEND_F_LOCAL, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
+    CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
     CT_STATE_ESTABLISHED, CT_STATE_NONE, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_ACK,
     CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
-    PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
+    SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
@@ -545,6 +546,9 @@ fn new_flow(
     };
     if origin == Origin::Uplink {
         fwd.flags |= CT_F_EXTERNAL;
+    }
+    if fe.flags & FRONTEND_F_NODEPORT != 0 {
+        fwd.flags |= CT_F_NODEPORT;
     }
     if origin == Origin::Pod && backend.addr == flow.saddr {
         // Hairpin: the pod reaches itself. It must not see a packet from its own address (the

@@ -1,6 +1,6 @@
 //! The pod-veth programs (tc, host side of each pod veth).
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
-use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_NODEPORT};
 
 use crate::{
     lb::{blank_entry, decide, Origin, Step},
@@ -35,8 +35,8 @@ pub fn svc_pod_egress(ctx: TcContext) -> i32 {
 /// Translates the packet and sends it on. A packet whose new destination is the pod that sent
 /// it (hairpin, both directions) goes straight back out of the veth it came in on, addressed
 /// to the pod's MAC, its TTL decremented as the stack would. A reply to a client outside the
-/// node has a frontend (often this node's own address) as source and is redirected to the
-/// next hop (see `route`). Everything else continues to the stack, which routes it.
+/// node, or to any client of a NodePort, has a frontend (often this node's own address) as
+/// source and is redirected to the next hop (see `route`). Everything else continues to the stack, which routes it.
 #[inline(always)]
 fn deliver(
     ctx: &TcContext,
@@ -62,7 +62,9 @@ fn deliver(
         };
         return Ok(Outcome { verdict, reason });
     }
-    if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 {
+    if entry.dir == CT_DIR_REPLY && entry.flags & (CT_F_EXTERNAL | CT_F_NODEPORT) != 0 {
+        // The new source is a frontend the stack may own (a NodePort's node address): routed
+        // by the stack from this veth it would be dropped as martian.
         return forward(ctx, flow, entry, reason);
     }
     apply(ctx, flow, entry)?;
