@@ -5,3 +5,4 @@ pub mod fixtures;
 pub mod kubeproxy;
 pub mod probe;
 pub mod topology;
+pub mod traffic;

@@ -484,6 +484,41 @@ impl Topology {
         self.ip(ns, &format!("route del {route}"))
     }
 
+    /// Gives the route to `dst` in `ns` a lower MTU, as a router in front of a narrower link
+    /// would have it: `ip route replace DST via VIA dev DEV mtu MTU`. Packets forwarded along
+    /// it that are bigger and carry DF get ICMP fragmentation-needed with this MTU.
+    pub fn set_route_mtu(
+        &self,
+        ns: &str,
+        dst: &str,
+        via: Ipv4Addr,
+        dev: &str,
+        mtu: u32,
+    ) -> Result<()> {
+        ensure!(
+            (576..=65535).contains(&mtu),
+            "route MTU {mtu} is outside 576..=65535"
+        );
+        self.replace_route(ns, &format!("{dst} via {via} dev {dev} mtu {mtu}"))
+    }
+
+    /// `ip link set DEV mtu MTU` in one of our namespaces.
+    pub fn set_link_mtu(&self, ns: &str, dev: &str, mtu: u32) -> Result<()> {
+        self.ip(ns, &format!("link set {dev} mtu {mtu}"))
+    }
+
+    /// The offload features of `dev` in `ns` that are on (`ethtool -k`), by name: to check
+    /// that pods keep TSO/GSO (DESIGN §1: super-packets are normal).
+    pub fn offloads_on(&self, ns: &str, dev: &str) -> Result<Vec<String>> {
+        let out = self.exec_ok(ns, &["ethtool", "-k", dev])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(_, v)| v.trim_start().starts_with("on"))
+            .map(|(k, _)| k.trim().to_owned())
+            .collect())
+    }
+
     /// Sets a sysctl (dotted name) in one of our namespaces, from a thread that entered it:
     /// `/proc/sys/net` shows the namespace of the task that opens it.
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {

@@ -6,6 +6,12 @@
 //! svc-probe udp  --target IP:PORT[,IP:PORT…] --count N --timeout-ms T [--sockets per-request|one]
 //!                [--parallel P]
 //! svc-probe hold --target IP:PORT --conns N --duration-s S --interval-ms I
+//! svc-probe serve … --bulk 9000 --sized-udp 7053            # traffic servers (tests::traffic)
+//! svc-probe bulk --target IP:PORT --dir download|upload --bytes N [--deadline-ms D]
+//! svc-probe sized-udp --target IP:PORT --count N --request-len Q --reply-len R
+//! svc-probe udp-connected --target IP:PORT --timeout-ms T   # refused / reply / timeout
+//! svc-probe tcp-rst --target IP:PORT --src-port P --count N # fixed port, RST close
+//! svc-probe udp-stream --target IP:PORT --interval-ms I --duration-s S  # "first ID", summary
 //! ```
 //! Clients print exactly one JSON summary line as their last stdout line (`hold` prints
 //! "ready" first, once its connections are open) and exit 0 whenever the run itself
@@ -22,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tests::probe::{self, UdpSockets};
+use tests::traffic::{self, BulkDir};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +56,72 @@ enum Cmd {
         /// Address to bind.
         #[arg(long, default_value = "0.0.0.0")]
         bind: Ipv4Addr,
+        /// TCP ports for bulk transfers (`GET n` / `PUT n`, tests::traffic).
+        #[arg(long, value_delimiter = ',')]
+        bulk: Vec<u16>,
+        /// UDP ports answering sized requests (tests::traffic).
+        #[arg(long, value_delimiter = ',')]
+        sized_udp: Vec<u16>,
+    },
+    /// One bulk transfer verified by SHA-256 on both sides.
+    Bulk {
+        #[arg(long)]
+        target: String,
+        #[arg(long, value_enum)]
+        dir: BulkDir,
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: u64,
+        /// Bound on connect and on any single read or write.
+        #[arg(long, default_value_t = 5000)]
+        stall_ms: u64,
+        /// Bound on the whole transfer.
+        #[arg(long, default_value_t = 60_000)]
+        deadline_ms: u64,
+    },
+    /// UDP exchanges with requests and replies of chosen sizes, checked byte for byte.
+    SizedUdp {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        request_len: usize,
+        #[arg(long, default_value_t = 1400)]
+        reply_len: usize,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// A connected UDP socket: does an ICMP error come back as ECONNREFUSED?
+    UdpConnected {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Send again this often until an outcome.
+        #[arg(long, default_value_t = 200)]
+        resend_ms: u64,
+    },
+    /// Connections from one fixed source port, each closed with RST (SO_LINGER 0).
+    TcpRst {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        src_port: u16,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// One UDP socket sending every interval, recording every reply's time, backend, source.
+    UdpStream {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long)]
+        duration_s: u64,
     },
     /// Short TCP connections, one exchange each.
     Tcp {
@@ -131,10 +204,109 @@ fn main() -> Result<()> {
     install_stop_handler()?;
     let ms = Duration::from_millis;
     match cli.cmd {
-        Cmd::Serve { id, tcp, udp, bind } => {
-            let server = probe::Server::start(probe::ServeConfig { id, tcp, udp, bind })?;
+        Cmd::Serve {
+            id,
+            tcp,
+            udp,
+            bind,
+            bulk,
+            sized_udp,
+        } => {
+            let bulk = (!bulk.is_empty())
+                .then(|| traffic::BulkServer::start(&id, &bulk))
+                .transpose()?;
+            let sized = (!sized_udp.is_empty())
+                .then(|| traffic::SizedUdpServer::start(&id, &sized_udp))
+                .transpose()?;
+            let server =
+                (!tcp.is_empty() || !udp.is_empty() || (bulk.is_none() && sized.is_none()))
+                    .then(|| probe::Server::start(probe::ServeConfig { id, tcp, udp, bind }))
+                    .transpose()?;
             print_line("ready")?;
-            server.run_until(&STOP);
+            while !STOP.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(server);
+            drop(bulk);
+            drop(sized);
+        }
+        Cmd::Bulk {
+            target,
+            dir,
+            bytes,
+            stall_ms,
+            deadline_ms,
+        } => {
+            let r = traffic::run_bulk(&traffic::BulkConfig {
+                target: probe::parse_target(&target)?,
+                dir,
+                bytes,
+                stall: ms(stall_ms),
+                deadline: ms(deadline_ms),
+            })?;
+            print_line(&serde_json::to_string(&r)?)?;
+        }
+        Cmd::SizedUdp {
+            target,
+            count,
+            request_len,
+            reply_len,
+            timeout_ms,
+        } => {
+            let r = traffic::run_sized_udp(&traffic::SizedUdpConfig {
+                target: probe::parse_target(&target)?,
+                count,
+                request_len,
+                reply_len,
+                timeout: ms(timeout_ms),
+            })?;
+            print_line(&serde_json::to_string(&r)?)?;
+        }
+        Cmd::UdpConnected {
+            target,
+            timeout_ms,
+            resend_ms,
+        } => {
+            let r = traffic::run_udp_connected(
+                probe::parse_target(&target)?,
+                ms(timeout_ms),
+                ms(resend_ms),
+            )?;
+            print_line(&serde_json::to_string(&r)?)?;
+        }
+        Cmd::TcpRst {
+            target,
+            src_port,
+            count,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let r = traffic::run_tcp_rst(
+                probe::parse_target(&target)?,
+                src_port,
+                count,
+                ms(interval_ms),
+                ms(timeout_ms),
+            )?;
+            print_line(&serde_json::to_string(&r)?)?;
+        }
+        Cmd::UdpStream {
+            target,
+            interval_ms,
+            duration_s,
+        } => {
+            let mut ready_err = None;
+            let r = traffic::run_udp_stream(
+                probe::parse_target(&target)?,
+                ms(interval_ms),
+                Duration::from_secs(duration_s),
+                &STOP,
+                |id| ready_err = print_line(&format!("first {id}")).err(),
+            )?;
+            if let Some(e) = ready_err {
+                return Err(e);
+            }
+            print_line(&serde_json::to_string(&r)?)?;
         }
         Cmd::Tcp {
             target,
