@@ -223,9 +223,19 @@ pub struct Report {
     pub udp: u64,
     /// ICMP messages whose checksum was verified (the datapath's reject path builds them).
     pub icmp: u64,
-    /// IPv4 packets whose L4 checksum could not be verified: fragments, or captured shorter
-    /// than the IP total length.
+    /// IPv4 packets whose L4 checksum could not be verified on their own: fragments (their
+    /// datagram is verified once reassembled, see [`Report::reassembled`]), or packets captured
+    /// shorter than the IP total length.
     pub l4_unverifiable: u64,
+    /// IPv4 fragments (MF set or a non-zero offset); each one's header checksum is verified.
+    pub fragments: u64,
+    /// Datagrams reassembled from fragments (RFC 791) whose TCP/UDP checksum was then verified
+    /// over the whole datagram. Described in [`Report::datagrams`].
+    pub reassembled: u64,
+    /// Fragmented datagrams of which some fragment never appeared in the capture.
+    pub incomplete: Vec<String>,
+    /// Every reassembled datagram, in order of completion.
+    pub datagrams: Vec<Reassembled>,
     /// Packets with a wrong IPv4 header checksum (or a malformed header).
     pub bad_ip: Vec<String>,
     /// Packets with a wrong TCP/UDP/ICMP checksum.
@@ -239,37 +249,100 @@ impl Report {
     }
 }
 
+/// A datagram put together from the fragments in a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassembled {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    /// From the first fragment's L4 header (0 for other protocols).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Length of the reassembled L4 datagram (header + payload).
+    pub len: usize,
+    /// How many fragments it was made of.
+    pub fragments: usize,
+    /// Its L4 checksum verified (UDP checksum 0 counts as verified: none was sent).
+    pub checksum_ok: bool,
+}
+
+impl fmt::Display for Reassembled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "proto {} {}:{} -> {}:{} len {} in {} fragments{}",
+            self.proto,
+            self.src,
+            self.src_port,
+            self.dst,
+            self.dst_port,
+            self.len,
+            self.fragments,
+            if self.checksum_ok {
+                ""
+            } else {
+                " BAD CHECKSUM"
+            }
+        )
+    }
+}
+
+/// Fragments of one datagram seen so far, keyed by (src, dst, proto, id).
+#[derive(Default)]
+struct Partial {
+    /// offset (bytes) → fragment payload.
+    pieces: std::collections::BTreeMap<usize, Vec<u8>>,
+    /// Known once the last fragment (MF clear) arrived: total L4 length.
+    total: Option<usize>,
+    /// Packet number of the first fragment seen, for messages.
+    first_seen: u64,
+}
+
+type FragId = (Ipv4Addr, Ipv4Addr, u8, u16);
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} packets, {} IPv4 ({} TCP, {} UDP, {} ICMP, {} L4 unverifiable); \
-             {} bad IP checksums, {} bad L4 checksums",
+            "{} packets, {} IPv4 ({} TCP, {} UDP, {} ICMP, {} L4 unverifiable; {} fragments, \
+             {} datagrams reassembled, {} incomplete); {} bad IP checksums, {} bad L4 checksums",
             self.packets,
             self.ipv4,
             self.tcp,
             self.udp,
             self.icmp,
             self.l4_unverifiable,
+            self.fragments,
+            self.reassembled,
+            self.incomplete.len(),
             self.bad_ip.len(),
             self.bad_l4.len()
         )?;
-        for d in self.bad_ip.iter().chain(&self.bad_l4).take(MAX_DESCRIBED) {
+        for d in self
+            .bad_ip
+            .iter()
+            .chain(&self.bad_l4)
+            .chain(&self.incomplete)
+            .take(MAX_DESCRIBED)
+        {
             write!(f, "\n  {d}")?;
         }
         Ok(())
     }
 }
 
-/// Reads a pcap file and checks the IPv4 header checksum of every IPv4 packet and the
-/// TCP/UDP/ICMP checksum of every complete, unfragmented one. Link types: Ethernet (with
-/// 802.1Q tags), Linux cooked v1/v2 (`-i any`), raw IP.
+/// Reads a pcap file and checks the IPv4 header checksum of every IPv4 packet (fragments
+/// included), the TCP/UDP/ICMP checksum of every complete, unfragmented one, and the TCP/UDP
+/// checksum of every datagram reassembled from its fragments (RFC 791 reassembly, written here
+/// independently of the kernel and the datapath). Link types: Ethernet (with 802.1Q tags),
+/// Linux cooked v1/v2 (`-i any`), raw IP.
 pub fn verify_checksums(path: &Path) -> Result<Report> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = PcapReader::new(BufReader::new(f))
         .with_context(|| format!("reading pcap header of {}", path.display()))?;
     let link = reader.header().datalink;
     let mut report = Report::default();
+    let mut partial: std::collections::HashMap<FragId, Partial> = Default::default();
     while let Some(pkt) = reader.next_packet() {
         let pkt = pkt.with_context(|| {
             format!(
@@ -281,9 +354,148 @@ pub fn verify_checksums(path: &Path) -> Result<Report> {
         report.packets += 1;
         if let Some(ip) = ipv4_payload(link, &pkt.data)? {
             check_ipv4(report.packets, ip, &mut report);
+            collect_fragment(report.packets, ip, &mut partial, &mut report);
         }
     }
+    let mut left: Vec<_> = partial.into_iter().collect();
+    left.sort_by_key(|(_, p)| p.first_seen);
+    for ((src, dst, proto, id), p) in left {
+        let have: usize = p.pieces.values().map(Vec::len).sum();
+        report.incomplete.push(format!(
+            "#{}: fragmented proto {proto} {src} -> {dst} id {id:#06x}: {} fragments, {have} bytes{} — never completed",
+            p.first_seen,
+            p.pieces.len(),
+            p.total.map(|t| format!(" of {t}")).unwrap_or_default()
+        ));
+    }
     Ok(report)
+}
+
+/// Files a fragment under its datagram and, when the datagram is complete, verifies its L4
+/// checksum over the reassembled bytes.
+fn collect_fragment(
+    n: u64,
+    ip: &[u8],
+    partial: &mut std::collections::HashMap<FragId, Partial>,
+    r: &mut Report,
+) {
+    let Some(&vihl) = ip.first() else { return };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return;
+    }
+    let hdr = &ip[..ihl];
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let more = frag & 0x2000 != 0;
+    let offset = usize::from(frag & 0x1fff) * 8;
+    if !more && offset == 0 {
+        return;
+    }
+    r.fragments += 1;
+    let total = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    if total < ihl || ip.len() < total {
+        r.bad_ip.push(format!(
+            "#{n}: fragment captured short ({} of {total} bytes)",
+            ip.len()
+        ));
+        return;
+    }
+    let src = Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]);
+    let dst = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
+    let proto = hdr[9];
+    let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+    let key = (src, dst, proto, id);
+    let data = ip[ihl..total].to_vec();
+    let p = partial.entry(key).or_insert_with(|| Partial {
+        first_seen: n,
+        ..Partial::default()
+    });
+    if !more {
+        p.total = Some(offset + data.len());
+    }
+    match p.pieces.get(&offset) {
+        Some(old) if *old != data => r.bad_ip.push(format!(
+            "#{n}: fragment {src} -> {dst} id {id:#06x} offset {offset} seen twice with different contents"
+        )),
+        Some(_) => {} // an identical copy
+        None => {
+            p.pieces.insert(offset, data);
+        }
+    }
+    let Some(total) = p.total else { return };
+    // Complete when the pieces cover 0..total without a hole.
+    let mut covered = 0;
+    for (&off, d) in &p.pieces {
+        if off > covered {
+            return;
+        }
+        covered = covered.max(off + d.len());
+    }
+    if covered < total {
+        return;
+    }
+    let p = partial.remove(&key).expect("present");
+    let mut l4 = vec![0u8; total];
+    for (off, d) in &p.pieces {
+        let end = (off + d.len()).min(total);
+        l4[*off..end].copy_from_slice(&d[..end - off]);
+    }
+    r.reassembled += 1;
+    let (ports, csum_at) = match proto {
+        6 if l4.len() >= 20 => (true, 16),
+        17 if l4.len() >= 8 => (true, 6),
+        _ => (false, 0),
+    };
+    let (src_port, dst_port) = if ports {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    } else {
+        (0, 0)
+    };
+    let mut checksum_ok = true;
+    if ports {
+        let field = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
+        if !(proto == 17 && field == 0) {
+            let mut pseudo = sum16(0, &hdr[12..20]);
+            pseudo += u32::from(proto);
+            pseudo += l4.len() as u32;
+            let acc = sum16(pseudo, &l4);
+            if !sums_ok(acc) {
+                checksum_ok = false;
+                r.bad_l4.push(format!(
+                    "#{}..#{n}: reassembled {} {src} -> {dst} ports {src_port} -> {dst_port} len {} ({} fragments): checksum {field:#06x}, expected {:#06x}",
+                    p.first_seen,
+                    if proto == 6 { "TCP" } else { "UDP" },
+                    l4.len(),
+                    p.pieces.len(),
+                    expected(acc + 0xffff - u32::from(field))
+                ));
+            }
+        }
+        if proto == 17 {
+            let udp_len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+            if udp_len != l4.len() {
+                checksum_ok = false;
+                r.bad_l4.push(format!(
+                    "#{}..#{n}: reassembled UDP {src} -> {dst}: UDP length {udp_len}, datagram {} bytes",
+                    p.first_seen,
+                    l4.len()
+                ));
+            }
+        }
+    }
+    r.datagrams.push(Reassembled {
+        src,
+        dst,
+        proto,
+        src_port,
+        dst_port,
+        len: l4.len(),
+        fragments: p.pieces.len(),
+        checksum_ok,
+    });
 }
 
 /// Returns the bytes from the IPv4 header on, or None for anything that is not IPv4.
@@ -607,6 +819,107 @@ mod tests {
         assert!(r.is_clean() && r.udp == 1, "{r}");
     }
 
+    /// Splits an Ethernet+IPv4 frame into IPv4 fragments of at most `chunk` payload bytes
+    /// (a multiple of 8), fixing each header's length, flags, offset and checksum.
+    fn fragment(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let payload = &frame[L4..];
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < payload.len() {
+            let end = (off + chunk).min(payload.len());
+            let mut f = frame[..L4].to_vec();
+            f.extend_from_slice(&payload[off..end]);
+            let tot = (20 + end - off) as u16;
+            f[IP + 2..IP + 4].copy_from_slice(&tot.to_be_bytes());
+            let mf = if end < payload.len() { 0x2000 } else { 0 };
+            f[IP + 6..IP + 8].copy_from_slice(&((mf | (off / 8)) as u16).to_be_bytes());
+            f[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(0, &f[IP..L4]));
+            f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+            out.push(f);
+            off = end;
+        }
+        out
+    }
+
+    fn big_udp(len: usize) -> Vec<u8> {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut v = Vec::new();
+        eth()
+            .ipv4(SRC, DST, 64)
+            .udp(40000, 53)
+            .write(&mut v, &payload)
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn fragments_are_reassembled_and_verified() {
+        let frags = fragment(&big_udp(3000), 1480);
+        assert_eq!(frags.len(), 3);
+        // Out of order, as a capture may see them across CPUs.
+        let r = verify(
+            "reasm",
+            &[frags[2].clone(), frags[0].clone(), frags[1].clone()],
+        );
+        assert!(r.is_clean(), "{r}");
+        assert_eq!((r.fragments, r.reassembled), (3, 1), "{r}");
+        assert!(r.incomplete.is_empty(), "{r}");
+        let d = &r.datagrams[0];
+        assert_eq!(
+            (d.src_port, d.dst_port, d.len, d.fragments),
+            (40000, 53, 3008, 3)
+        );
+        assert!(d.checksum_ok);
+
+        // A port rewritten in the first fragment without fixing the checksum (the NAT bug the
+        // datapath must avoid): caught only by reassembling.
+        let mut bad = fragment(&big_udp(3000), 1480);
+        bad[0][L4 + 2..L4 + 4].copy_from_slice(&5353u16.to_be_bytes());
+        // A payload byte flipped in a later fragment.
+        let mut flip = fragment(&big_udp(2000), 1480);
+        flip[1][L4 + 10] ^= 0x40;
+        // Make the second datagram's id differ from the first.
+        for f in &mut flip {
+            f[IP + 4] = 0x77;
+            f[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(0, &f[IP..L4]));
+            f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        // A fragment whose own header checksum is wrong.
+        let mut hdr = fragment(&big_udp(1600), 1480);
+        for f in &mut hdr {
+            f[IP + 4] = 0x66;
+            f[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(0, &f[IP..L4]));
+            f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        hdr[1][IP + 8] -= 1; // TTL changed, checksum not fixed
+        let mut all = bad;
+        all.extend(flip);
+        all.extend(hdr);
+        let r = verify("reasm-bad", &all);
+        assert_eq!(r.reassembled, 3, "{r}");
+        assert_eq!(r.bad_l4.len(), 2, "{r}");
+        assert!(
+            r.bad_l4[0].contains("reassembled UDP") && r.bad_l4[0].contains("40000 -> 5353"),
+            "{r}"
+        );
+        assert!(r.bad_l4[1].contains("reassembled UDP"), "{r}");
+        assert_eq!(r.bad_ip.len(), 1, "{r}");
+        assert!(!r.datagrams[0].checksum_ok && !r.datagrams[1].checksum_ok);
+        assert!(
+            r.datagrams[2].checksum_ok,
+            "TTL is outside the UDP checksum: {r}"
+        );
+
+        // A datagram missing its middle fragment is reported, not silently passed.
+        let frags = fragment(&big_udp(4000), 1480);
+        let r = verify("reasm-hole", &[frags[0].clone(), frags[2].clone()]);
+        assert_eq!(r.reassembled, 0, "{r}");
+        assert_eq!(r.incomplete.len(), 1, "{r}");
+    }
+
     #[test]
     fn fragments_and_truncation_are_not_misreported() {
         let mut frag = udp_pkt();
@@ -622,5 +935,10 @@ mod tests {
         let r = verify("frag", &[frag, short]);
         assert!(r.is_clean(), "{r}");
         assert_eq!(r.l4_unverifiable, 2, "{r}");
+        assert_eq!(
+            (r.fragments, r.reassembled, r.incomplete.len()),
+            (1, 0, 1),
+            "{r}"
+        );
     }
 }
