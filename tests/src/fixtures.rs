@@ -113,9 +113,9 @@ pub const TCP_PSH: u8 = 0x08;
 /// See [`TCP_FIN`].
 pub const TCP_ACK: u8 = 0x10;
 
-/// One IPv4 frame, described by the fields fixtures care about. Everything else is fixed
-/// (TTL 64, id 0x1234, DF set) so that an input and its expected output differ only where the
-/// datapath is supposed to write.
+/// One IPv4 frame, described by the fields fixtures care about. Everything else has a fixed
+/// default (TTL 64, id 0x1234, DF set unless fragmented) so that an input and its expected
+/// output differ only where the datapath is supposed to write.
 #[derive(Clone, Debug)]
 pub struct Pkt {
     pub src: SocketAddrV4,
@@ -128,6 +128,12 @@ pub struct Pkt {
     /// Fragment offset in 8-byte units.
     pub frag_offset: u16,
     pub payload: Vec<u8>,
+    /// Time to live (64 unless a fixture is about the TTL).
+    pub ttl: u8,
+    /// IP identification (0x1234 unless a fixture is about fragments).
+    pub ip_id: u16,
+    /// Don't Fragment; `None`: set unless the packet is a fragment.
+    pub df: Option<bool>,
 }
 
 impl Pkt {
@@ -162,6 +168,35 @@ impl Pkt {
         self
     }
 
+    /// Same packet with time to live `ttl`.
+    pub fn with_ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Same packet with Don't Fragment set or clear.
+    pub fn with_df(mut self, df: bool) -> Self {
+        self.df = Some(df);
+        self
+    }
+
+    /// Same packet carrying `payload` instead of [`PAYLOAD`].
+    pub fn with_payload(mut self, payload: Vec<u8>) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Same packet with IP identification `id`.
+    pub fn with_ip_id(mut self, id: u16) -> Self {
+        self.ip_id = id;
+        self
+    }
+
+    /// An ICMP echo request from `src` to `dst` (ports unused).
+    pub fn icmp_echo(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Self::new(src, dst, L4::IcmpEcho)
+    }
+
     fn new(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Self {
         Self {
             src,
@@ -171,6 +206,9 @@ impl Pkt {
             more_fragments: false,
             frag_offset: 0,
             payload: PAYLOAD.to_vec(),
+            ttl: 64,
+            ip_id: 0x1234,
+            df: None,
         }
     }
 
@@ -179,14 +217,16 @@ impl Pkt {
     pub fn build(&self) -> Vec<u8> {
         let mut ip = Ipv4Header::new(
             0,
-            64,
+            self.ttl,
             IpNumber(0),
             self.src.ip().octets(),
             self.dst.ip().octets(),
         )
         .expect("payload length 0 fits");
-        ip.identification = 0x1234;
-        ip.dont_fragment = !self.more_fragments && self.frag_offset == 0;
+        ip.identification = self.ip_id;
+        ip.dont_fragment = self
+            .df
+            .unwrap_or(!self.more_fragments && self.frag_offset == 0);
         ip.more_fragments = self.more_fragments;
         ip.fragment_offset =
             IpFragOffset::try_new(self.frag_offset).expect("13-bit fragment offset");
@@ -368,6 +408,11 @@ pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
             };
             put("udp.checksum", format!("{:#06x} ({v})", u.checksum));
         }
+        Some(TransportHeader::Icmpv4(i)) => {
+            for (k, v) in describe_icmp(i, payload) {
+                put(&k, v);
+            }
+        }
         Some(other) => put("l4", format!("{other:?}")),
         None => {}
     }
@@ -376,6 +421,175 @@ pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
         put("parse.stopped", format!("{layer:?}: {err}"));
     }
     f
+}
+
+/// The fields of an ICMPv4 message; for an error (destination unreachable, time exceeded) also
+/// the quoted datagram's header fields and every checksum in the quote, each with its validity.
+fn describe_icmp(i: &etherparse::Icmpv4Header, payload: &[u8]) -> Vec<(String, String)> {
+    use etherparse::Icmpv4Type;
+    let mut f = vec![
+        ("icmp.type".to_string(), format!("{:?}", i.icmp_type)),
+        (
+            "icmp.checksum".to_string(),
+            format!(
+                "{:#06x} ({})",
+                i.checksum,
+                validity(i.icmp_type.calc_checksum(payload) == i.checksum)
+            ),
+        ),
+    ];
+    if !matches!(
+        i.icmp_type,
+        Icmpv4Type::DestinationUnreachable(_) | Icmpv4Type::TimeExceeded(_)
+    ) {
+        return f;
+    }
+    let mut put = |k: &str, v: String| f.push((k.to_string(), v));
+    let (ip, rest) = match Ipv4Header::from_slice(payload) {
+        Ok(x) => x,
+        Err(e) => {
+            put("quote", format!("unparsable: {e}"));
+            return f;
+        }
+    };
+    put("quote.ip.src", Ipv4Addr::from(ip.source).to_string());
+    put("quote.ip.dst", Ipv4Addr::from(ip.destination).to_string());
+    put("quote.ip.ttl", ip.time_to_live.to_string());
+    put("quote.ip.total_len", ip.total_len.to_string());
+    put("quote.ip.proto", ip.protocol.0.to_string());
+    put(
+        "quote.ip.checksum",
+        format!(
+            "{:#06x} ({})",
+            ip.header_checksum,
+            validity(ip.header_checksum == ip.calc_header_checksum())
+        ),
+    );
+    if rest.len() >= 4 {
+        put(
+            "quote.sport",
+            u16::from_be_bytes([rest[0], rest[1]]).to_string(),
+        );
+        put(
+            "quote.dport",
+            u16::from_be_bytes([rest[2], rest[3]]).to_string(),
+        );
+    }
+    // The quoted L4 checksum covers the whole datagram: verifiable only from a whole quote.
+    let whole = rest.len() + ip.header_len() == usize::from(ip.total_len);
+    if ip.protocol.0 == PROTO_UDP && rest.len() >= 8 {
+        let c = u16::from_be_bytes([rest[6], rest[7]]);
+        let v = if c == 0 {
+            "none"
+        } else if whole {
+            validity(ip_l4_checksum_ok(&ip, rest))
+        } else {
+            "partial quote"
+        };
+        put("quote.udp.checksum", format!("{c:#06x} ({v})"));
+    }
+    if ip.protocol.0 == PROTO_TCP && rest.len() >= 18 {
+        let c = u16::from_be_bytes([rest[16], rest[17]]);
+        let v = if whole {
+            validity(ip_l4_checksum_ok(&ip, rest))
+        } else {
+            "partial quote"
+        };
+        put("quote.tcp.checksum", format!("{c:#06x} ({v})"));
+    }
+    f
+}
+
+/// RFC 1071 Internet checksum of `data` (an odd length padded with a zero byte): the value a
+/// zeroed checksum field gets; over data whose checksum field is right it is 0. Written here
+/// from the RFC, independently of etherparse and of the datapath.
+pub fn rfc1071(data: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    for c in data.chunks(2) {
+        sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Whether the TCP/UDP checksum of the whole L4 segment `l4` (header and payload) under IPv4
+/// header `ip` verifies (RFC 1071 over the pseudo-header and the segment).
+fn ip_l4_checksum_ok(ip: &Ipv4Header, l4: &[u8]) -> bool {
+    let mut buf = Vec::with_capacity(12 + l4.len());
+    buf.extend_from_slice(&ip.source);
+    buf.extend_from_slice(&ip.destination);
+    buf.extend_from_slice(&[0, ip.protocol.0]);
+    buf.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    buf.extend_from_slice(l4);
+    rfc1071(&buf) == 0
+}
+
+/// Verifies every checksum of an Ethernet + IPv4 + ICMP error frame with [`rfc1071`]: the
+/// outer IPv4 header, the ICMP message (header and the whole quote), the quoted IPv4 header
+/// and, when the quote holds the whole datagram, the quoted UDP/TCP checksum (a UDP checksum
+/// of 0, "none", is accepted). Returns the names of the checksums it verified, or what failed.
+pub fn verify_icmp_error_checksums(frame: &[u8]) -> Result<Vec<&'static str>, String> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    if frame.len() < 14 + 20 + 8 + 20 {
+        return Err(format!(
+            "{} bytes: too short for an ICMP error",
+            frame.len()
+        ));
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl != 20 || ip[9] != 1 || total > ip.len() {
+        return Err(format!(
+            "not an option-less IPv4 ICMP frame of its length (ihl {ihl}, proto {}, total {total}, {} bytes)",
+            ip[9],
+            ip.len()
+        ));
+    }
+    let mut check = |name: &'static str, good: bool| {
+        if good {
+            ok.push(name)
+        } else {
+            bad.push(name)
+        }
+    };
+    check("outer ip", rfc1071(&ip[..20]) == 0);
+    let icmp = &ip[20..total];
+    check("icmp", rfc1071(icmp) == 0);
+    let quote = &icmp[8..];
+    let qihl = usize::from(quote[0] & 0x0f) * 4;
+    if quote[0] >> 4 != 4 || qihl < 20 || quote.len() < qihl {
+        return Err("the quote is no IPv4 header".into());
+    }
+    check("quoted ip", rfc1071(&quote[..qihl]) == 0);
+    let qtotal = usize::from(u16::from_be_bytes([quote[2], quote[3]]));
+    let proto = quote[9];
+    let l4 = &quote[qihl..];
+    if qtotal == quote.len() && (proto == PROTO_UDP || proto == PROTO_TCP) {
+        let (h, _) = Ipv4Header::from_slice(quote).map_err(|e| e.to_string())?;
+        let none = proto == PROTO_UDP && l4.len() >= 8 && l4[6..8] == [0, 0];
+        if !none {
+            check(
+                if proto == PROTO_UDP {
+                    "quoted udp"
+                } else {
+                    "quoted tcp"
+                },
+                ip_l4_checksum_ok(&h, l4),
+            );
+        }
+    }
+    if bad.is_empty() {
+        Ok(ok)
+    } else {
+        Err(format!(
+            "invalid checksums: {bad:?} (valid: {ok:?}) in {}",
+            hex(frame)
+        ))
+    }
 }
 
 fn validity(valid: bool) -> &'static str {
@@ -434,6 +648,11 @@ pub enum Program {
     Ingress,
     /// `svc_pod_egress`: packets to a pod (reverse NAT).
     Egress,
+    /// `svc_uplink_ingress`: frames from the wire on a node uplink (the complete north-south
+    /// path); loaded by [`Datapath::load_programs`].
+    UplinkIngress,
+    /// `svc_uplink_egress`: what the node's own stack sends out of an uplink.
+    UplinkEgress,
 }
 
 impl Program {
@@ -442,6 +661,8 @@ impl Program {
         match self {
             Program::Ingress => "svc_pod_ingress",
             Program::Egress => "svc_pod_egress",
+            Program::UplinkIngress => "svc_uplink_ingress",
+            Program::UplinkEgress => "svc_uplink_egress",
         }
     }
     /// The hook its counters are kept under.
@@ -449,6 +670,8 @@ impl Program {
         match self {
             Program::Ingress => Hook::PodIngress,
             Program::Egress => Hook::PodEgress,
+            Program::UplinkIngress => Hook::UplinkIngress,
+            Program::UplinkEgress => Hook::UplinkEgress,
         }
     }
 }
@@ -573,15 +796,58 @@ impl Datapath {
             .unwrap_or_else(|_| panic!("program {name} is not a tc classifier"))
     }
 
+    /// Loads (verifies) further tc programs of the object, e.g. the uplink ones.
+    pub fn load_programs(&mut self, progs: &[Program]) -> Result<()> {
+        for p in progs {
+            let name = p.name();
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} not in the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a tc classifier"))?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("loading (verifying) program {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `prog` on `input` `repeat` times (see the module doc: the same skb each time).
     pub fn run(&self, prog: &str, input: &[u8], repeat: u32) -> Result<RunResult> {
-        // The datapath never grows a packet; headroom for safety so ENOSPC cannot hide a bug.
+        self.run_skb(prog, input, repeat, None)
+    }
+
+    /// [`Datapath::run`] with the skb's device set to `ifindex` (an interface of the calling
+    /// thread's namespace: `ctx_in.ifindex`, which `bpf_prog_test_run_skb` makes `skb->dev`,
+    /// so `skb->ifindex` and the namespace `bpf_fib_lookup` consults are that device's).
+    /// Refuses to run with a device from the namespace the process started in: the program's
+    /// FIB lookups would read the machine's tables. Use an [`XdpNode`].
+    pub fn run_on(&self, prog: &str, input: &[u8], ifindex: u32) -> Result<RunResult> {
+        if in_launch_netns()? {
+            bail!("refusing to run {prog} on a device of the namespace the process started in: use an XdpNode");
+        }
+        self.run_skb(prog, input, 1, Some(ifindex))
+    }
+
+    fn run_skb(
+        &self,
+        prog: &str,
+        input: &[u8],
+        repeat: u32,
+        ifindex: Option<u32>,
+    ) -> Result<RunResult> {
+        // The datapath never grows a packet by more than an ICMP error's headers; headroom so
+        // ENOSPC cannot hide a bug.
         let mut out = vec![0u8; input.len() + 256];
+        let ctx = ifindex.map(sk_buff_ctx);
         let res = self
             .classifier(prog)
             .test_run(TestRunOptions {
                 data_in: Some(input),
                 data_out: Some(&mut out),
+                ctx_in: ctx.as_ref().map(|c| &c[..]),
                 repeat,
                 ..Default::default()
             })
@@ -685,14 +951,52 @@ impl Datapath {
             .unwrap_or_else(|report| panic!("{report}"))
     }
 
+    /// [`Datapath::check`] for a run on device `ifindex` of an [`XdpNode`] (see
+    /// [`Datapath::run_on`]).
+    pub fn check_on(&self, ifindex: u32, fx: &Fixture) -> RunResult {
+        self.try_check_with(fx, Some(ifindex), |_| fx.output.clone())
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
+    /// [`Datapath::check`] for outputs that depend on a choice the program makes (a SNAT
+    /// port): `expected` builds the output after the run, from the maps the run wrote.
+    /// `fx.output` is ignored. `ifindex` as in [`Datapath::run_on`].
+    pub fn check_after(
+        &self,
+        ifindex: Option<u32>,
+        fx: &Fixture,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> RunResult {
+        self.try_check_with(fx, ifindex, expected)
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
     /// [`Datapath::check`] returning the mismatch report instead of panicking (for tests that
     /// prove the fixtures *detect* a fault).
     pub fn try_check(&self, fx: &Fixture) -> Result<RunResult, String> {
+        self.try_check_with(fx, None, |_| fx.output.clone())
+    }
+
+    /// The checks of [`Datapath::check`], on device `ifindex` when given, against the output
+    /// `expected` builds after the run; returns the mismatch report.
+    pub fn try_check_with(
+        &self,
+        fx: &Fixture,
+        ifindex: Option<u32>,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> Result<RunResult, String> {
         let before = self.counters();
-        let res = self
-            .run(fx.program.name(), &fx.input, 1)
-            .map_err(|e| format!("fixture {:?}: {e:#}", fx.name))?;
+        let res = match ifindex {
+            Some(i) => self.run_on(fx.program.name(), &fx.input, i),
+            None => self.run(fx.program.name(), &fx.input, 1),
+        }
+        .map_err(|e| format!("fixture {:?}: {e:#}", fx.name))?;
         let after = self.counters();
+        let output = expected(self);
+        let fx = &Fixture {
+            output,
+            ..fx.clone()
+        };
         let mut problems = Vec::new();
         if res.retval != fx.verdict {
             problems.push(format!(
@@ -891,7 +1195,7 @@ use std::{
 
 use aya::{maps::Array, programs::Xdp};
 use etherparse::checksum::Sum16BitWords;
-use svc_common::{Config, MAP_CONFIG};
+use svc_common::{Config, FragKey, FragPorts, MAP_CONFIG, MAP_FRAGS};
 
 /// ELF name of the uplink XDP program.
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -928,6 +1232,19 @@ pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0x00, 0xac, 0x12, 0x00, 0x03];
 pub const UNRESOLVED_NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 4);
 /// A backend on [`UNRESOLVED_NODE`]: XDP cannot address a frame to it.
 pub const BACKEND_UNRESOLVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 3, 2), 8080);
+/// The route MTU of the [`XdpNode`]'s narrow paths (towards [`BACKEND_NARROW`] and
+/// [`FAR_CLIENT`]); the uplink itself has 1500.
+pub const PATH_MTU: u16 = 1000;
+/// A backend on a pod CIDR (10.244.4.0/24) routed via [`PEER_NODE`] over a path of
+/// [`PATH_MTU`].
+pub const BACKEND_NARROW: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 4, 2), 8080);
+/// The underlay's router (a permanent neighbour entry in the [`XdpNode`]): the next hop
+/// towards [`FAR_CLIENT`], and the source of the ICMP errors a router on the way sends.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+/// [`ROUTER`]'s MAC.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0xac, 0x12, 0x00, 0x01];
+/// An external client beyond [`ROUTER`], over a path of [`PATH_MTU`].
+pub const FAR_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000);
 /// Name of the uplink inside an [`XdpNode`] (as on a kind node).
 pub const XDP_UPLINK: &str = "eth0";
 /// Its veth peer, also inside the [`XdpNode`]: the other end of a wire going nowhere.
@@ -1020,6 +1337,9 @@ pub struct XdpNode {
 pub struct XdpUplink {
     /// [`XDP_UPLINK`]'s ifindex in the node's namespace: the `ingress_ifindex` of every run.
     pub ifindex: u32,
+    /// The uplink's veth peer in the same namespace: the device tc fixtures of the pod
+    /// programs run on when the program may consult the FIB (it stands for a pod's veth).
+    pub peer_ifindex: u32,
 }
 
 impl XdpNode {
@@ -1053,6 +1373,21 @@ impl XdpNode {
                 "neigh add {} lladdr {} dev {XDP_UPLINK} nud permanent",
                 EXT_CLIENT.ip(),
                 mac(&EXT_CLIENT_MAC)
+            ),
+            // A path narrower than the uplink, towards a backend and towards a client. `lock`
+            // makes the FIB honour the route's MTU (ip_mtu_from_fib_result reads a route MTU
+            // only when it is locked or net.ipv4.ip_forward_use_pmtu is set).
+            format!(
+                "route add {}/24 via {PEER_NODE} dev {XDP_UPLINK} mtu lock {PATH_MTU}",
+                Ipv4Addr::from(u32::from(*BACKEND_NARROW.ip()) & !0xff)
+            ),
+            format!(
+                "neigh add {ROUTER} lladdr {} dev {XDP_UPLINK} nud permanent",
+                mac(&ROUTER_MAC)
+            ),
+            format!(
+                "route add {}/24 via {ROUTER} dev {XDP_UPLINK} mtu lock {PATH_MTU}",
+                Ipv4Addr::from(u32::from(*FAR_CLIENT.ip()) & !0xff)
             ),
         ] {
             let mut argv = vec!["-n", node.name.as_str()];
@@ -1096,16 +1431,22 @@ impl XdpNode {
                     "setns({}) left the thread in the launch namespace",
                     path.display()
                 );
-                let name = std::ffi::CString::new(XDP_UPLINK).expect("no NUL in the name");
-                // SAFETY: `name` is a valid NUL-terminated string.
-                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                assert!(
-                    ifindex != 0,
-                    "{XDP_UPLINK} not found in {}: {}",
-                    self.name,
-                    std::io::Error::last_os_error()
-                );
-                f(XdpUplink { ifindex })
+                let index = |dev: &str| {
+                    let name = std::ffi::CString::new(dev).expect("no NUL in the name");
+                    // SAFETY: `name` is a valid NUL-terminated string.
+                    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    assert!(
+                        ifindex != 0,
+                        "{dev} not found in {}: {}",
+                        self.name,
+                        std::io::Error::last_os_error()
+                    );
+                    ifindex
+                };
+                f(XdpUplink {
+                    ifindex: index(XDP_UPLINK),
+                    peer_ifindex: index(XDP_UPLINK_PEER),
+                })
             })
             .join()
         });
@@ -1397,4 +1738,216 @@ impl Datapath {
             hex(&res.output)
         ))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tc runs on a device, conntrack and fragment maps, fragments and ICMP errors
+// ---------------------------------------------------------------------------------------------
+
+/// `struct __sk_buff` as `BPF_PROG_TEST_RUN` takes it in `ctx_in` for a tc program: all zero
+/// but `ifindex` (offset 40). The kernel refuses non-zero fields other than mark, priority,
+/// ingress_ifindex, ifindex, cb, tstamp, wire_len, gso_segs, gso_size and hwtstamp
+/// (net/bpf/test_run.c, `convert___skb_to_skb`), and uses `ifindex` (when above 1) as the
+/// skb's device, looked up in the calling thread's namespace.
+fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_ns` reads, so conntrack
+/// timestamps can be written relative to the datapath's "now".
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Datapath {
+    /// Writes (or overwrites) the conntrack entry under `key`, as an earlier packet would have.
+    pub fn ct_put(&mut self, key: &CtKey, entry: CtEntry) {
+        self.ct
+            .insert(key, entry, 0)
+            .unwrap_or_else(|e| panic!("writing {MAP_CONNTRACK} {key:?}: {e}"));
+    }
+
+    /// Every conntrack entry, sorted by key.
+    pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
+        let mut all: Vec<(CtKey, CtEntry)> = self
+            .ct
+            .iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("reading {MAP_CONNTRACK}: {e}"));
+        all.sort_by_key(|(k, _)| *k);
+        all
+    }
+
+    /// `SVC_FRAGS` (read-only view).
+    fn frags(&self) -> aya::maps::HashMap<&MapData, FragKey, FragPorts> {
+        let map = self
+            .ebpf
+            .map(MAP_FRAGS)
+            .unwrap_or_else(|| panic!("map {MAP_FRAGS} not in the object"));
+        aya::maps::HashMap::try_from(map).unwrap_or_else(|e| panic!("{MAP_FRAGS}: {e}"))
+    }
+
+    /// The fragment entry under `key`, if any.
+    pub fn frag_get(&self, key: &FragKey) -> Option<FragPorts> {
+        self.frags().get(key, 0).ok()
+    }
+
+    /// Writes the fragment entry under `key`, as a first fragment would have.
+    pub fn frag_put(&mut self, key: &FragKey, value: FragPorts) {
+        let map = self
+            .ebpf
+            .map_mut(MAP_FRAGS)
+            .unwrap_or_else(|| panic!("map {MAP_FRAGS} not in the object"));
+        let mut frags: aya::maps::HashMap<&mut MapData, FragKey, FragPorts> =
+            aya::maps::HashMap::try_from(map).unwrap_or_else(|e| panic!("{MAP_FRAGS}: {e}"));
+        frags
+            .insert(key, value, 0)
+            .unwrap_or_else(|e| panic!("writing {MAP_FRAGS} {key:?}: {e}"));
+    }
+
+    /// How many datagrams `SVC_FRAGS` remembers.
+    pub fn frag_count(&self) -> usize {
+        self.frags().keys().count()
+    }
+}
+
+/// The `SVC_FRAGS` key of the datagram `pkt` (as it arrives at the hook).
+pub fn frag_key(pkt: &Pkt) -> FragKey {
+    FragKey {
+        src_addr: pkt.src.ip().octets(),
+        dst_addr: pkt.dst.ip().octets(),
+        id: pkt.ip_id,
+        proto: proto_of(pkt.l4),
+        _pad: 0,
+    }
+}
+
+/// The datagram `pkt` as two IPv4 fragments (RFC 791 §3.2), split after `first_len` bytes of
+/// its IP payload (a multiple of 8, at least the L4 header): the first carries the L4 header
+/// (MF, offset 0), the second the rest (offset `first_len / 8`, no MF). The L4 checksum is the
+/// whole datagram's, as the fragmenting sender computed it; DF is clear. Every header and
+/// checksum is etherparse's.
+pub fn fragments(pkt: &Pkt, first_len: usize) -> [Vec<u8>; 2] {
+    assert!(
+        first_len % 8 == 0 && first_len >= 20,
+        "fragment boundary {first_len}"
+    );
+    let mut whole = pkt.clone();
+    whole.more_fragments = false;
+    whole.frag_offset = 0;
+    whole.df = Some(false);
+    assert!(
+        whole.ip_options.is_empty(),
+        "fragments of option-less headers only"
+    );
+    let frame = whole.build();
+    let (eth, ip_payload) = (&frame[..14], &frame[14 + 20..]);
+    assert!(
+        first_len < ip_payload.len(),
+        "{first_len} bytes leave nothing for a second fragment of {}",
+        ip_payload.len()
+    );
+    let build = |bytes: &[u8], offset_units: u16, more: bool| {
+        let mut ip = Ipv4Header::new(
+            bytes.len() as u16,
+            pkt.ttl,
+            IpNumber(proto_of(pkt.l4)),
+            pkt.src.ip().octets(),
+            pkt.dst.ip().octets(),
+        )
+        .expect("fragment length fits");
+        ip.identification = pkt.ip_id;
+        ip.dont_fragment = false;
+        ip.more_fragments = more;
+        ip.fragment_offset = IpFragOffset::try_new(offset_units).expect("13-bit offset");
+        let mut out = eth.to_vec();
+        ip.write(&mut out).expect("writing an IPv4 header");
+        out.extend_from_slice(bytes);
+        out
+    };
+    [
+        build(&ip_payload[..first_len], 0, true),
+        build(&ip_payload[first_len..], (first_len / 8) as u16, false),
+    ]
+}
+
+/// What an ICMP error quotes of `pkt` (its IPv4 header and the first `l4_bytes` of its
+/// payload; `None`: all of it, as Linux quotes up to 576 bytes).
+pub fn quote_of(pkt: &Pkt, l4_bytes: Option<usize>) -> Vec<u8> {
+    let frame = pkt.build();
+    let ip = &frame[14..];
+    match l4_bytes {
+        Some(n) => ip[..20 + n].to_vec(),
+        None => ip.to_vec(),
+    }
+}
+
+/// An ICMP error frame from `src` to `dst` (Ethernet `src_mac` → `dst_mac`) of type
+/// `icmp_type`, quoting `quote`; IPv4 TTL `ttl`, id 0x4321, DF clear. Both checksums are
+/// etherparse's.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: etherparse::Icmpv4Type,
+    quote: &[u8],
+    ttl: u8,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let mut ip =
+        Ipv4Header::new(0, ttl, IpNumber(1), src.octets(), dst.octets()).expect("length 0 fits");
+    ip.identification = 0x4321;
+    ip.dont_fragment = false;
+    icmp_frame(ip, icmp_type, quote, src_mac, dst_mac)
+}
+
+/// An ICMP frame with outer IPv4 header `ip` (its length and checksum are filled in),
+/// `icmp_type` and `quote`; checksums etherparse's.
+pub fn icmp_frame(
+    ip: Ipv4Header,
+    icmp_type: etherparse::Icmpv4Type,
+    quote: &[u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .icmpv4(icmp_type)
+        .write(&mut out, quote)
+        .expect("writing an ICMP error");
+    out
+}
+
+/// ICMP destination unreachable, port unreachable.
+pub fn port_unreachable() -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+}
+
+/// ICMP destination unreachable, fragmentation needed and DF set, with `mtu`.
+pub fn frag_needed(mtu: u16) -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    )
+}
+
+/// ICMP time exceeded in transit.
+pub fn time_exceeded() -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+}
+
+/// `frame` with its Ethernet addresses replaced (outside every checksum).
+pub fn with_macs(mut frame: Vec<u8>, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
 }

@@ -475,18 +475,64 @@ fn non_ipv4_frames_pass() {
     }
 }
 
+/// ICMP that is not an error about TCP/UDP is passed as `not_tcp_udp`, whatever its length:
+/// an echo request (short, as `ping -s 0` sends, and long), an error quoting an ICMP echo, and
+/// an error whose quote is cut short of the 8 L4 bytes (parse.rs: "quotes we cannot read").
 #[test]
 fn icmp_is_not_tcp_udp() {
     let Some(mut dp) = datapath() else { return };
     one_backend(&mut dp);
-    let mut echo = Pkt::tcp(CLIENT_POD, SVC_VIP, 0);
-    echo.l4 = L4::IcmpEcho;
+    let echo = Pkt::icmp_echo(CLIENT_POD, SVC_VIP);
     dp.check(&Fixture::untouched(
-        "ICMP echo to SVC_VIP",
+        "ICMP echo to SVC_VIP, 240 payload bytes",
         Program::Ingress,
-        echo.build(),
+        echo.clone().with_payload(vec![0x5a; 240]).build(),
         Reason::NotTcpUdp,
     ));
+    let quoted_echo = quote_of(&Pkt::icmp_echo(SVC_VIP, CLIENT_POD), None);
+    dp.check(&Fixture::untouched(
+        "port unreachable quoting an ICMP echo",
+        Program::Ingress,
+        icmp_error(
+            *CLIENT_POD.ip(),
+            *SVC_VIP.ip(),
+            port_unreachable(),
+            &quoted_echo,
+            64,
+            CLIENT_MAC,
+            GATEWAY_MAC,
+        ),
+        Reason::NotTcpUdp,
+    ));
+    for (name, pkt) in [
+        (
+            "ICMP echo to SVC_VIP, 19 payload bytes (61-byte frame)",
+            echo.build(),
+        ),
+        (
+            "ICMP echo to SVC_VIP, no payload (42-byte frame)",
+            echo.clone().with_payload(Vec::new()).build(),
+        ),
+        (
+            "port unreachable quoting 20 + 4 bytes of a UDP datagram",
+            icmp_error(
+                *BACKEND_A.ip(),
+                *CLIENT_POD.ip(),
+                port_unreachable(),
+                &quote_of(&Pkt::udp(CLIENT_POD, BACKEND_A), Some(4)),
+                64,
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+    ] {
+        dp.check(&Fixture::untouched(
+            name,
+            Program::Ingress,
+            pkt,
+            Reason::NotTcpUdp,
+        ));
+    }
 }
 
 #[test]
@@ -515,34 +561,29 @@ fn ip_options_are_refused_untouched() {
     assert_eq!(dp.ct.keys().count(), 0);
 }
 
+/// A later fragment of a datagram whose first fragment was never seen passes untouched as
+/// `fragment` (first fragments and their followers are translated: `fixtures_frag_icmp`).
 #[test]
-fn fragments_are_refused_untouched() {
+fn later_fragments_without_a_first_are_refused_untouched() {
     let Some(mut dp) = datapath() else { return };
     one_backend(&mut dp);
-    let mut first = syn();
-    first.more_fragments = true;
-    dp.check(&Fixture::untouched(
-        "first fragment (MF, offset 0)",
-        Program::Ingress,
-        first.build(),
-        Reason::Fragment,
-    ));
     let mut later = syn();
     later.frag_offset = 185;
     dp.check(&Fixture::untouched(
-        "later fragment (offset 185)",
+        "later TCP fragment (offset 185)",
         Program::Ingress,
         later.build(),
         Reason::Fragment,
     ));
-    let mut udp_frag = Pkt::udp(CLIENT_POD, SVC_VIP);
-    udp_frag.more_fragments = true;
-    dp.check(&Fixture::untouched(
-        "UDP first fragment",
-        Program::Ingress,
-        udp_frag.build(),
-        Reason::Fragment,
-    ));
+    let [_, udp_later] = fragments(&Pkt::udp(CLIENT_POD, SVC_VIP), 24);
+    for prog in [Program::Ingress, Program::Egress] {
+        dp.check(&Fixture::untouched(
+            "later UDP fragment",
+            prog,
+            udp_later.clone(),
+            Reason::Fragment,
+        ));
+    }
     assert_eq!(dp.ct.keys().count(), 0);
 }
 

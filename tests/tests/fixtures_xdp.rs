@@ -18,7 +18,7 @@ use std::{
 
 use svc_common::{
     CtEntry, CtKey, Frontend, FrontendKey, Reason, BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY,
-    CT_F_EXTERNAL, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
+    CT_F_EXTERNAL, CT_F_NODEPORT, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
     FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
     SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
@@ -125,7 +125,8 @@ fn tcp_ip_len() -> u64 {
     (20 + 20 + PAYLOAD.len()) as u64
 }
 
-/// A conntrack value with everything a fixture asserts; timestamps are checked separately.
+/// A conntrack value with everything a fixture asserts, for a flow of which only the SYN (or
+/// first datagram) has been seen: state `syn_sent`. Timestamps are checked separately.
 #[expect(
     clippy::too_many_arguments,
     reason = "one argument per asserted field keeps call sites readable as a table"
@@ -149,7 +150,7 @@ fn ct_value(
         dir,
         flags,
         tcp_flags,
-        state: svc_common::CT_STATE_ESTABLISHED,
+        state: svc_common::CT_STATE_SYN_SENT,
         backend_id,
         frontend_id,
         created_ns: 0,
@@ -206,6 +207,7 @@ fn remote_syn(dp: &Datapath, uplink: XdpUplink, name: &str, client: SocketAddrV4
             syn.clone()
                 .with_src(snat(port))
                 .with_dst(BACKEND_B)
+                .with_ttl(63)
                 .build_eth(NODE_MAC, PEER_NODE_MAC)
         },
     );
@@ -240,7 +242,7 @@ fn nodeport_syn_to_local_backend_keeps_the_client_source() {
                 EXT_CLIENT,
                 BACKEND_A,
                 CT_DIR_FORWARD,
-                CT_F_EXTERNAL,
+                CT_F_EXTERNAL | CT_F_NODEPORT,
                 BACKEND_A_ID,
                 NODEPORT_ID,
                 1,
@@ -256,7 +258,7 @@ fn nodeport_syn_to_local_backend_keeps_the_client_source() {
                 NODEPORT,
                 EXT_CLIENT,
                 CT_DIR_REPLY,
-                CT_F_EXTERNAL,
+                CT_F_EXTERNAL | CT_F_NODEPORT,
                 BACKEND_A_ID,
                 NODEPORT_ID,
                 0,
@@ -285,7 +287,7 @@ fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
             "SYN client→NODEPORT becomes NODE:snat→BACKEND_B, XDP_TX towards PEER_NODE",
             EXT_CLIENT,
         );
-        let flags = CT_F_EXTERNAL | CT_F_SNAT;
+        let flags = CT_F_EXTERNAL | CT_F_SNAT | CT_F_NODEPORT;
         let fwd_key = ct_forward(EXT_CLIENT, NODEPORT, PROTO_TCP);
         let rep_key = ct_key(BACKEND_B, snat(port), PROTO_TCP);
         let fwd = expect_ct(
@@ -335,6 +337,7 @@ fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
                     .clone()
                     .with_src(NODEPORT)
                     .with_dst(EXT_CLIENT)
+                    .with_ttl(63)
                     .build_eth(NODE_MAC, EXT_CLIENT_MAC),
                 Reason::RevNat,
             ),
@@ -344,6 +347,14 @@ fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
             (rep_after.packets, rep_after.bytes, rep_after.tcp_flags),
             (1, tcp_ip_len(), TCP_SYN | TCP_ACK),
             "reply entry counts the SYN-ACK"
+        );
+        assert_eq!(
+            (rep_after.state, dp.ct_get(&fwd_key).unwrap().state),
+            (
+                svc_common::CT_STATE_ESTABLISHED,
+                svc_common::CT_STATE_ESTABLISHED
+            ),
+            "the SYN-ACK established the flow (both entries)"
         );
 
         // 4. The client's ACK: the same SNAT port, from conntrack.
@@ -357,6 +368,7 @@ fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
                 ack.clone()
                     .with_src(snat(port))
                     .with_dst(BACKEND_B)
+                    .with_ttl(63)
                     .build_eth(NODE_MAC, PEER_NODE_MAC),
                 Reason::DnatEstablished,
             ),
@@ -416,9 +428,11 @@ fn snat_ports_of_concurrent_flows_are_distinct() {
 }
 
 /// Pre-fills the reply entries (BACKEND_B → NODE:port) of `taken` ports with a sentinel that
-/// no flow would write, as other live flows would hold them.
+/// no flow would write, as other live flows would hold them: established and seen just now
+/// (an entry with old timestamps is expired and may be taken over).
 fn occupy(dp: &mut Datapath, taken: &BTreeSet<u16>) -> CtEntry {
-    let sentinel = ct_value(
+    let now = monotonic_ns();
+    let mut sentinel = ct_value(
         SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 9999),
         SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 98), 9998),
         CT_DIR_REPLY,
@@ -429,6 +443,9 @@ fn occupy(dp: &mut Datapath, taken: &BTreeSet<u16>) -> CtEntry {
         0,
         0,
     );
+    sentinel.state = svc_common::CT_STATE_ESTABLISHED;
+    sentinel.created_ns = now;
+    sentinel.last_seen_ns = now;
     for &port in taken {
         dp.ct
             .insert(ct_key(BACKEND_B, snat(port), PROTO_TCP), sentinel, 0)
@@ -483,6 +500,7 @@ fn claim_against(
                     .clone()
                     .with_src(snat(port))
                     .with_dst(BACKEND_B)
+                    .with_ttl(63)
                     .build_eth(NODE_MAC, PEER_NODE_MAC);
                 assert!(
                     res.output == want,
@@ -530,7 +548,7 @@ fn claim_against(
 fn snat_never_claims_a_taken_port_half_full() {
     // Every other port is held: each random try collides with probability 1/2, so about half
     // of the flows need the retry, and a program that did not check (or overwrote) would hand
-    // out a held port about 50 times in 100 flows. All 8 tries fail with probability 1/256.
+    // out a held port about 50 times in 100 flows. All 16 tries fail with probability 2^-16.
     xdp_test(|dp, uplink| {
         remote_nodeport(dp);
         let taken: BTreeSet<u16> = (SNAT_PORT_MIN..=SNAT_PORT_MAX).step_by(2).collect();
@@ -545,7 +563,7 @@ fn snat_never_claims_a_taken_port_half_full() {
 
 #[test]
 fn snat_with_almost_every_port_taken_finds_a_free_one_or_drops() {
-    // 6 of 4536 ports free: 8 random tries find one with probability ≈ 1%, so most flows are
+    // 6 of 4536 ports free: 16 random tries find one with probability ≈ 2%, so most flows are
     // dropped as snat_no_port, and whichever succeed must be on one of the 6.
     xdp_test(|dp, uplink| {
         remote_nodeport(dp);
@@ -696,7 +714,7 @@ fn remote_backend_without_neighbour_goes_to_tc_with_conntrack_written() {
         // The decision is made and stored: tc (svc_uplink_ingress) finds the forward entry and
         // finishes the job with bpf_redirect_neigh.
         let port = snat_port_of(dp, EXT_CLIENT, PROTO_TCP);
-        let flags = CT_F_EXTERNAL | CT_F_SNAT;
+        let flags = CT_F_EXTERNAL | CT_F_SNAT | CT_F_NODEPORT;
         expect_ct(
             dp,
             "forward",
@@ -817,7 +835,7 @@ fn external_traffic_policy_local_uses_the_external_scope() {
                     client,
                     BACKEND_A,
                     CT_DIR_FORWARD,
-                    CT_F_EXTERNAL,
+                    CT_F_EXTERNAL | CT_F_NODEPORT,
                     BACKEND_A_ID,
                     NODEPORT_EXT_ID,
                     1,
@@ -901,6 +919,7 @@ fn udp_nodeport_zero_checksum_stays_zero_and_real_one_is_updated() {
                         .clone()
                         .with_src(snat(port))
                         .with_dst(BACKEND_B)
+                        .with_ttl(63)
                         .build_eth(NODE_MAC, PEER_NODE_MAC)
                 },
             );
@@ -945,4 +964,246 @@ fn xdp_runs_are_refused_outside_a_node_namespace_and_namespaces_are_removed() {
     assert!(panicked.is_err(), "the panic reaches the caller");
     drop(node);
     assert!(!path.exists(), "{name} removed on drop");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. TTL, ICMP errors, path MTU and fragments
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn xdp_tx_decrements_the_ttl_and_ttl_1_goes_to_tc_untouched() {
+    xdp_test(|dp, uplink| {
+        remote_nodeport(dp);
+        // TTL 2 → 1 on the way out, IP checksum updated (etherparse computes the expected one).
+        let syn = Pkt::tcp(ext_client(46000), NODEPORT, TCP_SYN).with_ttl(2);
+        dp.check_xdp_after(
+            uplink,
+            &XdpFixture::new(
+                "SYN with TTL 2 → XDP_TX with TTL 1",
+                from_client(&syn),
+                XDP_TX,
+                Vec::new(),
+                Reason::DnatNew,
+            ),
+            |dp| {
+                let port = snat_port_of(dp, ext_client(46000), PROTO_TCP);
+                syn.clone()
+                    .with_src(snat(port))
+                    .with_dst(BACKEND_B)
+                    .with_ttl(1)
+                    .build_eth(NODE_MAC, PEER_NODE_MAC)
+            },
+        );
+        // TTL 1 would expire: XDP leaves it to tc (which passes it to the stack to answer).
+        let syn = Pkt::tcp(ext_client(46001), NODEPORT, TCP_SYN).with_ttl(1);
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::untouched(
+                "SYN with TTL 1 towards a remote backend",
+                from_client(&syn),
+                Reason::ToTc,
+            ),
+        );
+        // To a local backend the stack forwards (and decrements): XDP translates it, TTL kept.
+        local_nodeport(dp);
+        let syn = Pkt::tcp(ext_client(46002), NODEPORT, TCP_SYN).with_ttl(1);
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::new(
+                "SYN with TTL 1 to a local backend is translated, TTL untouched",
+                from_client(&syn),
+                XDP_PASS,
+                from_client(&syn.clone().with_dst(BACKEND_A)),
+                Reason::DnatNew,
+            ),
+        );
+    });
+}
+
+#[test]
+fn icmp_errors_go_to_tc_untouched() {
+    xdp_test(|dp, uplink| {
+        nodeport(dp, PROTO_UDP, NODEPORT_ID, &[(BACKEND_B_ID, BACKEND_B, 0)]);
+        let dgram = Pkt::udp(EXT_CLIENT, NODEPORT);
+        dp.check_xdp_after(
+            uplink,
+            &XdpFixture::new(
+                "UDP datagram → remote BACKEND_B",
+                from_client(&dgram),
+                XDP_TX,
+                Vec::new(),
+                Reason::DnatNew,
+            ),
+            |dp| {
+                let port = snat_port_of(dp, EXT_CLIENT, PROTO_UDP);
+                dgram
+                    .clone()
+                    .with_src(snat(port))
+                    .with_dst(BACKEND_B)
+                    .with_ttl(63)
+                    .build_eth(NODE_MAC, PEER_NODE_MAC)
+            },
+        );
+        let port = snat_port_of(dp, EXT_CLIENT, PROTO_UDP);
+        let quoted = Pkt::udp(snat(port), BACKEND_B).with_ttl(63);
+        let err = icmp_error(
+            *BACKEND_B.ip(),
+            NODE_IP,
+            port_unreachable(),
+            &quote_of(&quoted, None),
+            63,
+            PEER_NODE_MAC,
+            NODE_MAC,
+        );
+        let before = dp.ct_entries();
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::untouched(
+                "port unreachable about a translated flow: tc rewrites the quote",
+                err,
+                Reason::ToTc,
+            ),
+        );
+        assert_eq!(dp.ct_entries(), before, "an ICMP error changes no entry");
+    });
+}
+
+#[test]
+fn frame_too_big_for_the_path_goes_to_tc_untouched() {
+    xdp_test(|dp, uplink| {
+        nodeport(
+            dp,
+            PROTO_UDP,
+            NODEPORT_ID,
+            &[(BACKEND_B_ID, BACKEND_NARROW, 0)],
+        );
+        // 1100 bytes of IP over a path of PATH_MTU (1000): tc answers (or drops) it.
+        let big = Pkt::udp(EXT_CLIENT, NODEPORT).with_payload(vec![0x42; 1100 - 28]);
+        assert_eq!(big.build().len(), 14 + 1100);
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::untouched(
+                "1100-byte datagram towards a backend behind a 1000-byte path",
+                from_client(&big),
+                Reason::ToTc,
+            ),
+        );
+        // One that fits is sent by XDP itself.
+        let fits = Pkt::udp(ext_client(40001), NODEPORT).with_payload(vec![0x42; 1000 - 28]);
+        dp.check_xdp_after(
+            uplink,
+            &XdpFixture::new(
+                "1000-byte datagram on the same path",
+                from_client(&fits),
+                XDP_TX,
+                Vec::new(),
+                Reason::DnatNew,
+            ),
+            |dp| {
+                let port = snat_port_of(dp, ext_client(40001), PROTO_UDP);
+                fits.clone()
+                    .with_src(snat(port))
+                    .with_dst(BACKEND_NARROW)
+                    .with_ttl(63)
+                    .build_eth(NODE_MAC, PEER_NODE_MAC)
+            },
+        );
+    });
+}
+
+/// A UDP datagram in two fragments to a NodePort: the first is translated like any datagram
+/// and its ports remembered, the second gets the same addresses (and nothing else); towards a
+/// remote backend both leave by XDP_TX with the TTL decremented.
+#[test]
+fn fragments_of_a_nodeport_datagram_are_translated() {
+    xdp_test(|dp, uplink| {
+        nodeport(
+            dp,
+            PROTO_UDP,
+            NODEPORT_ID,
+            &[(BACKEND_A_ID, BACKEND_A, BACKEND_F_LOCAL)],
+        );
+        let dgram = Pkt::udp(EXT_CLIENT, NODEPORT)
+            .with_payload((0..100u8).collect())
+            .with_ip_id(0x7001);
+        let [first, later] = fragments(&dgram, 64);
+        let [want_first, want_later] = fragments(&dgram.clone().with_dst(BACKEND_A), 64);
+        let eth = |f: Vec<u8>| with_macs(f, EXT_CLIENT_MAC, NODE_MAC);
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::untouched(
+                "later fragment before its first",
+                eth(later.clone()),
+                Reason::Fragment,
+            ),
+        );
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::new(
+                "first fragment → local BACKEND_A",
+                eth(first),
+                XDP_PASS,
+                eth(want_first),
+                Reason::DnatNew,
+            ),
+        );
+        let ports = dp.frag_get(&frag_key(&dgram)).expect("ports remembered");
+        assert_eq!(
+            (ports.src_port, ports.dst_port),
+            (EXT_CLIENT.port(), NODEPORT.port())
+        );
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::new(
+                "later fragment → local BACKEND_A (addresses only)",
+                eth(later),
+                XDP_PASS,
+                eth(want_later),
+                Reason::FragTranslated,
+            ),
+        );
+
+        // Remote backend: SNAT, XDP_TX, TTL − 1 on both fragments.
+        nodeport(dp, PROTO_UDP, NODEPORT_ID, &[(BACKEND_B_ID, BACKEND_B, 0)]);
+        let c = ext_client(40002);
+        let dgram = Pkt::udp(c, NODEPORT)
+            .with_payload((0..100u8).collect())
+            .with_ip_id(0x7002);
+        let [first, later] = fragments(&dgram, 64);
+        dp.check_xdp_after(
+            uplink,
+            &XdpFixture::new(
+                "first fragment → remote BACKEND_B",
+                eth(first),
+                XDP_TX,
+                Vec::new(),
+                Reason::DnatNew,
+            ),
+            |dp| {
+                let port = snat_port_of(dp, c, PROTO_UDP);
+                let out = dgram
+                    .clone()
+                    .with_src(snat(port))
+                    .with_dst(BACKEND_B)
+                    .with_ttl(63);
+                with_macs(fragments(&out, 64)[0].clone(), NODE_MAC, PEER_NODE_MAC)
+            },
+        );
+        let port = snat_port_of(dp, c, PROTO_UDP);
+        let out = dgram
+            .clone()
+            .with_src(snat(port))
+            .with_dst(BACKEND_B)
+            .with_ttl(63);
+        dp.check_xdp(
+            uplink,
+            &XdpFixture::new(
+                "later fragment → remote BACKEND_B",
+                eth(later),
+                XDP_TX,
+                with_macs(fragments(&out, 64)[1].clone(), NODE_MAC, PEER_NODE_MAC),
+                Reason::FragTranslated,
+            ),
+        );
+    });
 }
