@@ -46,6 +46,17 @@ impl Capture {
     /// Starts tcpdump in `ns` on `iface` and returns once it is capturing (it has printed
     /// `listening on`, which it does after the capture socket is bound and active).
     pub fn start(topology: &Topology, ns: &str, iface: &str) -> Result<Capture> {
+        Self::start_filtered(topology, ns, iface, &[])
+    }
+
+    /// Like [`Capture::start`] with a tcpdump filter expression (e.g. `["icmp"]`): for tests
+    /// that move megabytes and look only at a few packets, which a full capture would drop.
+    pub fn start_filtered(
+        topology: &Topology,
+        ns: &str,
+        iface: &str,
+        filter: &[&str],
+    ) -> Result<Capture> {
         let path = std::env::temp_dir().join(format!(
             "{}cap{}-{iface}.pcap",
             topology.prefix(),
@@ -62,25 +73,24 @@ impl Capture {
         // -U: write each packet out as it arrives, so stopping loses nothing;
         // -Z root: Debian's tcpdump otherwise drops to user `tcpdump` before creating FILE;
         // -n: no DNS lookups (no packets outside the namespaces).
-        let mut child = topology.spawn(
-            ns,
-            &[
-                "tcpdump",
-                "--immediate-mode",
-                "-i",
-                iface,
-                "-w",
-                &path_s,
-                "-U",
-                "-B",
-                "65536",
-                "-s",
-                "0",
-                "-n",
-                "-Z",
-                "root",
-            ],
-        )?;
+        let mut argv = vec![
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            iface,
+            "-w",
+            &path_s,
+            "-U",
+            "-B",
+            "65536",
+            "-s",
+            "0",
+            "-n",
+            "-Z",
+            "root",
+        ];
+        argv.extend_from_slice(filter);
+        let mut child = topology.spawn(ns, &argv)?;
         let file = CaptureFile {
             path,
             keep: std::env::var_os("SVCT_KEEP_PCAP").is_some(),
