@@ -1,0 +1,495 @@
+//! `BPF_PROG_TEST_RUN` fixtures for packets the tc programs send on themselves, bypassing the
+//! stack's forwarding: the TTL they decrement (hairpin, SNAT towards a remote backend, replies
+//! to external clients; TTL 1 is left to the stack), and the path MTU they check (a DF packet
+//! too big for the route is answered with ICMP fragmentation-needed, one without DF dropped).
+//!
+//! Runs that consult the FIB (`bpf_fib_lookup` in `route.rs`) happen on a device of an
+//! [`XdpNode`] (`ctx_in.ifindex`), whose routes include a path locked to MTU [`PATH_MTU`]
+//! towards [`BACKEND_NARROW`] and [`FAR_CLIENT`]. `bpf_redirect_neigh` resolves MACs only
+//! after the program, so redirected outputs keep the input's Ethernet addresses.
+//!
+//! Run as root: `cargo test -p tests --test fixtures_forward`.
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{IpNumber, Ipv4Header};
+use svc_common::{
+    Frontend, FrontendKey, Reason, BACKEND_F_LOCAL, FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP,
+    SCOPE_ANY,
+};
+use tests::fixtures::*;
+
+/// `TC_ACT_REDIRECT`.
+const TC_ACT_REDIRECT: u32 = 7;
+const NODEPORT_ID: u32 = 7;
+/// The client pod itself as a backend of [`SVC_VIP`] (hairpin).
+const SELF_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080);
+
+/// Runs `body` with a datapath (pod and uplink programs, `SVC_CONFIG` naming [`NODE_IP`]) on a
+/// thread inside a fresh [`XdpNode`].
+fn node_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    if require_root().is_none() {
+        return;
+    }
+    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
+    node.run(|uplink| {
+        let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
+        dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        dp.set_config(NODE_IP).unwrap();
+        body(&mut dp, uplink);
+    });
+}
+
+/// [`NODEPORT`] over `proto` to the one backend `addr` (`BACKEND_F_*` `flags`).
+fn nodeport(dp: &mut Datapath, proto: u8, addr: SocketAddrV4, flags: u8) {
+    dp.put_backend_flags(BACKEND_B_ID, addr, proto, flags)
+        .unwrap();
+    dp.put_slot(NODEPORT_ID, 1, BACKEND_B_ID).unwrap();
+    dp.put_frontend_entry(
+        FrontendKey {
+            addr: NODE_IP.octets(),
+            port: NODEPORT.port(),
+            proto,
+            scope: SCOPE_ANY,
+        },
+        Frontend {
+            id: NODEPORT_ID,
+            backend_count: 1,
+            flags: FRONTEND_F_NODEPORT,
+            affinity_timeout_s: 0,
+        },
+    )
+    .unwrap();
+}
+
+fn ext(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(*EXT_CLIENT.ip(), port)
+}
+
+fn far(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(*FAR_CLIENT.ip(), port)
+}
+
+/// A frame from the wire (`src_mac` → this node).
+fn wire(p: &Pkt, src_mac: [u8; 6]) -> Vec<u8> {
+    p.build_eth(src_mac, NODE_MAC)
+}
+
+/// The SNAT port of the flow `client` → [`NODEPORT`].
+fn snat_port(dp: &Datapath, client: SocketAddrV4, proto: u8) -> u16 {
+    dp.ct_get(&ct_forward(client, NODEPORT, proto))
+        .unwrap_or_else(|| panic!("no forward entry for {client}"))
+        .src_port
+}
+
+/// The ICMP fragmentation-needed `svc-lb` answers `offending` with (the frame as it arrived,
+/// from `peer_mac`): from this node to the packet's source, Ethernet addresses reversed, a
+/// fresh IPv4 header (id 0, DF, TTL 64), quoting the IP header and the first `quote_l4` bytes
+/// of the packet as its sender sent it. Built by etherparse.
+fn frag_needed_answer(offending: &Pkt, quote_l4: usize, peer_mac: [u8; 6]) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(
+        0,
+        64,
+        IpNumber(1),
+        NODE_IP.octets(),
+        offending.src.ip().octets(),
+    )
+    .unwrap();
+    ip.identification = 0;
+    ip.dont_fragment = true;
+    icmp_frame(
+        ip,
+        frag_needed(PATH_MTU),
+        &quote_of(offending, Some(quote_l4)),
+        NODE_MAC,
+        peer_mac,
+    )
+}
+
+/// Checks what an ICMP fragmentation-needed must carry, field by field from the bytes (type 3,
+/// code 4, the MTU in bytes 6–7), and every checksum with RFC 1071.
+fn assert_frag_needed(what: &str, frame: &[u8]) {
+    let icmp = &frame[14 + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "{what}: type and code");
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        PATH_MTU,
+        "{what}: next-hop MTU in bytes 6–7"
+    );
+    verify_icmp_error_checksums(frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// TTL
+// ---------------------------------------------------------------------------------------------
+
+/// A pod reaching itself through a Service: the packet goes straight back out of its veth with
+/// TTL − 1 (and a valid IP checksum), both directions; with TTL 1 it is passed to the stack
+/// untranslated.
+#[test]
+fn hairpin_decrements_the_ttl_and_leaves_ttl_1_to_the_stack() {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    let Some(()) = require_root() else { return };
+    let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
+    dp.add_service(SVC_VIP, PROTO_TCP, SVC_ID, &[(BACKEND_A_ID, SELF_BACKEND)])
+        .unwrap();
+    let back = |f: Vec<u8>| with_macs(f, GATEWAY_MAC, CLIENT_MAC);
+    for ttl in [64u8, 2] {
+        let c = SocketAddrV4::new(*CLIENT_POD.ip(), 40000 + u16::from(ttl));
+        let syn = Pkt::tcp(c, SVC_VIP, TCP_SYN).with_ttl(ttl);
+        let src = SocketAddrV4::new(*SVC_VIP.ip(), c.port());
+        dp.check(&Fixture {
+            name: format!(
+                "SYN with TTL {ttl} to itself → from SVC_VIP, TTL {}",
+                ttl - 1
+            ),
+            program: Program::Ingress,
+            input: syn.build(),
+            verdict: TC_ACT_REDIRECT,
+            output: back(
+                syn.clone()
+                    .with_src(src)
+                    .with_dst(SELF_BACKEND)
+                    .with_ttl(ttl - 1)
+                    .build(),
+            ),
+            reason: Reason::Hairpin,
+        });
+        let synack = Pkt::tcp(SELF_BACKEND, src, TCP_SYN | TCP_ACK).with_ttl(ttl);
+        dp.check(&Fixture {
+            name: format!("its SYN-ACK with TTL {ttl} → from SVC_VIP:80"),
+            program: Program::Ingress,
+            input: synack.build(),
+            verdict: TC_ACT_REDIRECT,
+            output: back(
+                synack
+                    .clone()
+                    .with_src(SVC_VIP)
+                    .with_dst(c)
+                    .with_ttl(ttl - 1)
+                    .build(),
+            ),
+            reason: Reason::Hairpin,
+        });
+    }
+    let syn = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_SYN).with_ttl(1);
+    dp.check(&Fixture::untouched(
+        "SYN with TTL 1 to itself",
+        Program::Ingress,
+        syn.build(),
+        Reason::TtlExceeded,
+    ));
+    let synack = Pkt::tcp(
+        SELF_BACKEND,
+        SocketAddrV4::new(*SVC_VIP.ip(), CLIENT_POD.port()),
+        TCP_SYN | TCP_ACK,
+    )
+    .with_ttl(1);
+    dp.check(&Fixture::untouched(
+        "its SYN-ACK with TTL 1",
+        Program::Ingress,
+        synack.build(),
+        Reason::TtlExceeded,
+    ));
+}
+
+/// North-south through tc: a flow to a remote backend is source-NATed and redirected with
+/// `bpf_redirect_neigh`, TTL − 1, both directions; TTL 1 is passed untranslated. To a local
+/// backend the stack forwards (and decrements) it, so the TTL is left alone.
+#[test]
+fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_B, 0);
+        for ttl in [64u8, 2] {
+            let c = ext(40000 + u16::from(ttl));
+            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN).with_ttl(ttl);
+            dp.check_after(
+                Some(uplink.ifindex),
+                &Fixture {
+                    name: format!("SYN TTL {ttl} → node:snat → BACKEND_B, TTL {}", ttl - 1),
+                    program: Program::UplinkIngress,
+                    input: wire(&syn, EXT_CLIENT_MAC),
+                    verdict: TC_ACT_REDIRECT,
+                    output: Vec::new(),
+                    reason: Reason::DnatNew,
+                },
+                |dp| {
+                    let port = snat_port(dp, c, PROTO_TCP);
+                    wire(
+                        &syn.clone()
+                            .with_src(SocketAddrV4::new(NODE_IP, port))
+                            .with_dst(BACKEND_B)
+                            .with_ttl(ttl - 1),
+                        EXT_CLIENT_MAC,
+                    )
+                },
+            );
+            let port = snat_port(dp, c, PROTO_TCP);
+            let synack = Pkt::tcp(
+                BACKEND_B,
+                SocketAddrV4::new(NODE_IP, port),
+                TCP_SYN | TCP_ACK,
+            )
+            .with_ttl(ttl);
+            dp.check_on(
+                uplink.ifindex,
+                &Fixture {
+                    name: format!("SYN-ACK TTL {ttl} → NODEPORT → client, TTL {}", ttl - 1),
+                    program: Program::UplinkIngress,
+                    input: wire(&synack, PEER_NODE_MAC),
+                    verdict: TC_ACT_REDIRECT,
+                    output: wire(
+                        &synack
+                            .clone()
+                            .with_src(NODEPORT)
+                            .with_dst(c)
+                            .with_ttl(ttl - 1),
+                        PEER_NODE_MAC,
+                    ),
+                    reason: Reason::RevNat,
+                },
+            );
+        }
+        let syn = Pkt::tcp(ext(41000), NODEPORT, TCP_SYN).with_ttl(1);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture::untouched(
+                "SYN with TTL 1 towards a remote backend",
+                Program::UplinkIngress,
+                wire(&syn, EXT_CLIENT_MAC),
+                Reason::TtlExceeded,
+            ),
+        );
+        // Local backend: translated, passed to the stack, TTL untouched.
+        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+        let syn = Pkt::tcp(ext(41001), NODEPORT, TCP_SYN).with_ttl(1);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "SYN with TTL 1 to a local backend: the stack forwards it".into(),
+                program: Program::UplinkIngress,
+                input: wire(&syn, EXT_CLIENT_MAC),
+                verdict: TC_ACT_UNSPEC,
+                output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
+                reason: Reason::DnatNew,
+            },
+        );
+    });
+}
+
+/// A local backend's reply to an external client leaves its veth redirected to the next hop
+/// with TTL − 1; with TTL 1 it is passed to the stack untranslated.
+#[test]
+fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+        for (port, ttl) in [(40000u16, 64u8), (40001, 1)] {
+            let c = ext(port);
+            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+            dp.check_on(
+                uplink.ifindex,
+                &Fixture {
+                    name: "SYN → local BACKEND_A".into(),
+                    program: Program::UplinkIngress,
+                    input: wire(&syn, EXT_CLIENT_MAC),
+                    verdict: TC_ACT_UNSPEC,
+                    output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
+                    reason: Reason::DnatNew,
+                },
+            );
+            let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK).with_ttl(ttl);
+            if ttl > 1 {
+                dp.check_on(
+                    uplink.peer_ifindex,
+                    &Fixture {
+                        name: "SYN-ACK BACKEND_A → client leaves as NODEPORT → client, TTL 63"
+                            .into(),
+                        program: Program::Ingress,
+                        input: synack.build(),
+                        verdict: TC_ACT_REDIRECT,
+                        output: synack.clone().with_src(NODEPORT).with_ttl(ttl - 1).build(),
+                        reason: Reason::RevNat,
+                    },
+                );
+            } else {
+                dp.check_on(
+                    uplink.peer_ifindex,
+                    &Fixture::untouched(
+                        "SYN-ACK with TTL 1",
+                        Program::Ingress,
+                        synack.build(),
+                        Reason::TtlExceeded,
+                    ),
+                );
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path MTU
+// ---------------------------------------------------------------------------------------------
+
+/// Towards a remote backend behind a path of [`PATH_MTU`]: a DF datagram or segment larger
+/// than that is answered with ICMP fragmentation-needed (MTU 1000, quoting the packet as the
+/// client sent it) sent back to the client; without DF it is dropped (a BPF program cannot
+/// fragment); one that fits is redirected.
+#[test]
+fn too_big_for_the_path_to_a_backend_gets_frag_needed_or_is_dropped() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_UDP, BACKEND_NARROW, 0);
+        let big =
+            |c: SocketAddrV4, len: usize| Pkt::udp(c, NODEPORT).with_payload(vec![0x42; len - 28]);
+        let p = big(ext(40000), 1100);
+        let res = dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "1100-byte UDP with DF → ICMP fragmentation needed, MTU 1000".into(),
+                program: Program::UplinkIngress,
+                input: wire(&p, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: frag_needed_answer(&p, 8, EXT_CLIENT_MAC),
+                reason: Reason::FragNeeded,
+            },
+        );
+        assert_frag_needed("UDP", &res.output);
+
+        let p = big(ext(40001), 1100).with_df(false);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "1100-byte UDP without DF is dropped".into(),
+                program: Program::UplinkIngress,
+                input: wire(&p, EXT_CLIENT_MAC),
+                verdict: TC_ACT_SHOT,
+                output: wire(&p, EXT_CLIENT_MAC),
+                reason: Reason::TooBig,
+            },
+        );
+
+        let c = ext(40002);
+        let p = big(c, 1000);
+        dp.check_after(
+            Some(uplink.ifindex),
+            &Fixture {
+                name: "1000-byte UDP fits".into(),
+                program: Program::UplinkIngress,
+                input: wire(&p, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::DnatNew,
+            },
+            |dp| {
+                let port = snat_port(dp, c, PROTO_UDP);
+                wire(
+                    &p.clone()
+                        .with_src(SocketAddrV4::new(NODE_IP, port))
+                        .with_dst(BACKEND_NARROW)
+                        .with_ttl(63),
+                    EXT_CLIENT_MAC,
+                )
+            },
+        );
+
+        // TCP: the handshake fits; a full-size segment with DF does not. The answer quotes the
+        // whole 20-byte TCP header.
+        nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
+        let c = ext(40003);
+        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+        dp.check_after(
+            Some(uplink.ifindex),
+            &Fixture {
+                name: "SYN fits".into(),
+                program: Program::UplinkIngress,
+                input: wire(&syn, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::DnatNew,
+            },
+            |dp| {
+                let port = snat_port(dp, c, PROTO_TCP);
+                wire(
+                    &syn.clone()
+                        .with_src(SocketAddrV4::new(NODE_IP, port))
+                        .with_dst(BACKEND_NARROW)
+                        .with_ttl(63),
+                    EXT_CLIENT_MAC,
+                )
+            },
+        );
+        let seg = Pkt::tcp(c, NODEPORT, TCP_ACK | TCP_PSH).with_payload(vec![0x43; 1400 - 40]);
+        let res = dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "1400-byte TCP segment with DF → ICMP fragmentation needed".into(),
+                program: Program::UplinkIngress,
+                input: wire(&seg, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: frag_needed_answer(&seg, 20, EXT_CLIENT_MAC),
+                reason: Reason::FragNeeded,
+            },
+        );
+        assert_frag_needed("TCP", &res.output);
+    });
+}
+
+/// A local backend's reply to a client behind a path of [`PATH_MTU`]: too big with DF → the
+/// backend gets ICMP fragmentation-needed back out of its veth, quoting its reply as it sent
+/// it; without DF it is dropped.
+#[test]
+fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+        for (port, df) in [(40000u16, true), (40001, false)] {
+            let c = far(port);
+            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+            dp.check_on(
+                uplink.ifindex,
+                &Fixture {
+                    name: "SYN from FAR_CLIENT → local BACKEND_A".into(),
+                    program: Program::UplinkIngress,
+                    input: wire(&syn, ROUTER_MAC),
+                    verdict: TC_ACT_UNSPEC,
+                    output: wire(&syn.clone().with_dst(BACKEND_A), ROUTER_MAC),
+                    reason: Reason::DnatNew,
+                },
+            );
+            let reply = Pkt::tcp(BACKEND_A, c, TCP_ACK | TCP_PSH)
+                .with_payload(vec![0x44; 1400 - 40])
+                .with_df(df);
+            if df {
+                let res = dp.check_on(
+                    uplink.peer_ifindex,
+                    &Fixture {
+                        name: "1400-byte reply with DF → fragmentation needed to BACKEND_A".into(),
+                        program: Program::Ingress,
+                        input: reply.build(),
+                        verdict: TC_ACT_REDIRECT,
+                        output: with_macs(
+                            frag_needed_answer(&reply, 20, CLIENT_MAC),
+                            GATEWAY_MAC,
+                            CLIENT_MAC,
+                        ),
+                        reason: Reason::FragNeeded,
+                    },
+                );
+                assert_frag_needed("reply", &res.output);
+            } else {
+                dp.check_on(
+                    uplink.peer_ifindex,
+                    &Fixture::dropped(
+                        "1400-byte reply without DF is dropped",
+                        Program::Ingress,
+                        reply.build(),
+                        Reason::TooBig,
+                    ),
+                );
+            }
+        }
+    });
+}
