@@ -825,10 +825,22 @@ impl Datapath {
     /// Refuses to run with a device from the namespace the process started in: the program's
     /// FIB lookups would read the machine's tables. Use an [`XdpNode`].
     pub fn run_on(&self, prog: &str, input: &[u8], ifindex: u32) -> Result<RunResult> {
+        self.run_on_gso(prog, input, ifindex, 0)
+    }
+
+    /// [`Datapath::run_on`] with `skb_shinfo(skb)->gso_size` = `gso_size` (0: not GSO), as a
+    /// TSO or GRO super-packet carries it.
+    pub fn run_on_gso(
+        &self,
+        prog: &str,
+        input: &[u8],
+        ifindex: u32,
+        gso_size: u32,
+    ) -> Result<RunResult> {
         if in_launch_netns()? {
             bail!("refusing to run {prog} on a device of the namespace the process started in: use an XdpNode");
         }
-        self.run_skb(prog, input, 1, Some(ifindex))
+        self.run_skb(prog, input, 1, Some((ifindex, gso_size)))
     }
 
     fn run_skb(
@@ -836,12 +848,12 @@ impl Datapath {
         prog: &str,
         input: &[u8],
         repeat: u32,
-        ifindex: Option<u32>,
+        device: Option<(u32, u32)>,
     ) -> Result<RunResult> {
         // The datapath never grows a packet by more than an ICMP error's headers; headroom so
         // ENOSPC cannot hide a bug.
         let mut out = vec![0u8; input.len() + 256];
-        let ctx = ifindex.map(sk_buff_ctx);
+        let ctx = device.map(|(ifindex, gso_size)| sk_buff_ctx(ifindex, gso_size));
         let res = self
             .classifier(prog)
             .test_run(TestRunOptions {
@@ -958,6 +970,19 @@ impl Datapath {
             .unwrap_or_else(|report| panic!("{report}"))
     }
 
+    /// [`Datapath::check_on`] for a GSO skb of segment size `gso_size`; `expected` builds the
+    /// output after the run (see [`Datapath::check_after`]).
+    pub fn check_on_gso(
+        &self,
+        ifindex: u32,
+        gso_size: u32,
+        fx: &Fixture,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> RunResult {
+        self.try_check_inner(fx, Some((ifindex, gso_size)), expected)
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
     /// [`Datapath::check`] for outputs that depend on a choice the program makes (a SNAT
     /// port): `expected` builds the output after the run, from the maps the run wrote.
     /// `fx.output` is ignored. `ifindex` as in [`Datapath::run_on`].
@@ -985,9 +1010,18 @@ impl Datapath {
         ifindex: Option<u32>,
         expected: impl FnOnce(&Self) -> Vec<u8>,
     ) -> Result<RunResult, String> {
+        self.try_check_inner(fx, ifindex.map(|i| (i, 0)), expected)
+    }
+
+    fn try_check_inner(
+        &self,
+        fx: &Fixture,
+        device: Option<(u32, u32)>,
+        expected: impl FnOnce(&Self) -> Vec<u8>,
+    ) -> Result<RunResult, String> {
         let before = self.counters();
-        let res = match ifindex {
-            Some(i) => self.run_on(fx.program.name(), &fx.input, i),
+        let res = match device {
+            Some((i, gso)) => self.run_on_gso(fx.program.name(), &fx.input, i, gso),
             None => self.run(fx.program.name(), &fx.input, 1),
         }
         .map_err(|e| format!("fixture {:?}: {e:#}", fx.name))?;
@@ -1745,13 +1779,14 @@ impl Datapath {
 // ---------------------------------------------------------------------------------------------
 
 /// `struct __sk_buff` as `BPF_PROG_TEST_RUN` takes it in `ctx_in` for a tc program: all zero
-/// but `ifindex` (offset 40). The kernel refuses non-zero fields other than mark, priority,
+/// but `ifindex` (offset 40) and `gso_size` (offset 176). The kernel refuses non-zero fields other than mark, priority,
 /// ingress_ifindex, ifindex, cb, tstamp, wire_len, gso_segs, gso_size and hwtstamp
 /// (net/bpf/test_run.c, `convert___skb_to_skb`), and uses `ifindex` (when above 1) as the
 /// skb's device, looked up in the calling thread's namespace.
-fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+fn sk_buff_ctx(ifindex: u32, gso_size: u32) -> [u8; 192] {
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
     ctx
 }
 

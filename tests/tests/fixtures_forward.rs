@@ -493,3 +493,141 @@ fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
         }
     });
 }
+
+/// GSO-aware MTU check: a TCP super-packet (TSO, or GRO-merged) whose IP length exceeds the
+/// path MTU is sent when its segments (IP + TCP header + `gso_size`) fit, and answered with
+/// fragmentation-needed when they do not.
+#[test]
+fn gso_packets_are_checked_by_their_segment_size() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
+        let c = ext(40010);
+        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+        dp.check_after(
+            Some(uplink.ifindex),
+            &Fixture {
+                name: "SYN".into(),
+                program: Program::UplinkIngress,
+                input: wire(&syn, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::DnatNew,
+            },
+            |dp| {
+                let port = snat_port(dp, c, PROTO_TCP);
+                wire(
+                    &syn.clone()
+                        .with_src(SocketAddrV4::new(NODE_IP, port))
+                        .with_dst(BACKEND_NARROW)
+                        .with_ttl(63),
+                    EXT_CLIENT_MAC,
+                )
+            },
+        );
+        let port = snat_port(dp, c, PROTO_TCP);
+        let seg = Pkt::tcp(c, NODEPORT, TCP_ACK | TCP_PSH).with_payload(vec![0x45; 1800 - 40]);
+        dp.check_on_gso(
+            uplink.ifindex,
+            900,
+            &Fixture {
+                name: "1800-byte GSO packet of 900-byte segments (960 ≤ 1000) is sent".into(),
+                program: Program::UplinkIngress,
+                input: wire(&seg, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::DnatEstablished,
+            },
+            |_| {
+                wire(
+                    &seg.clone()
+                        .with_src(SocketAddrV4::new(NODE_IP, port))
+                        .with_dst(BACKEND_NARROW)
+                        .with_ttl(63),
+                    EXT_CLIENT_MAC,
+                )
+            },
+        );
+        let res = dp.check_on_gso(
+            uplink.ifindex,
+            1200,
+            &Fixture {
+                name: "1800-byte GSO packet of 1200-byte segments (1240 > 1000)".into(),
+                program: Program::UplinkIngress,
+                input: wire(&seg, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::FragNeeded,
+            },
+            |_| frag_needed_answer(&seg, 20, EXT_CLIENT_MAC),
+        );
+        assert_frag_needed("GSO", &res.output);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uplink egress: hostNetwork endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// A NodePort whose endpoint is a hostNetwork process on this node (NODE_IP:8080): the
+/// request is DNATed at the uplink's ingress, and the process's reply leaving through the
+/// uplink gets the NodePort back as source at its egress. Other traffic leaving the node is
+/// untouched.
+#[test]
+fn host_network_endpoint_replies_get_the_nodeport_back_at_uplink_egress() {
+    node_test(|dp, uplink| {
+        let host_ep = SocketAddrV4::new(NODE_IP, 8080);
+        nodeport(dp, PROTO_TCP, host_ep, BACKEND_F_LOCAL);
+        let syn = Pkt::tcp(EXT_CLIENT, NODEPORT, TCP_SYN);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "SYN client → NODEPORT → NODE_IP:8080 (hostNetwork)".into(),
+                program: Program::UplinkIngress,
+                input: wire(&syn, EXT_CLIENT_MAC),
+                verdict: TC_ACT_UNSPEC,
+                output: wire(&syn.clone().with_dst(host_ep), EXT_CLIENT_MAC),
+                reason: Reason::DnatNew,
+            },
+        );
+        let out = |p: &Pkt| p.build_eth(NODE_MAC, EXT_CLIENT_MAC);
+        let synack = Pkt::tcp(host_ep, EXT_CLIENT, TCP_SYN | TCP_ACK);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "SYN-ACK NODE_IP:8080 → client leaves as NODEPORT → client".into(),
+                program: Program::UplinkEgress,
+                input: out(&synack),
+                verdict: TC_ACT_UNSPEC,
+                output: out(&synack.clone().with_src(NODEPORT)),
+                reason: Reason::RevNat,
+            },
+        );
+        assert_eq!(
+            dp.ct_get(&ct_reply(host_ep, EXT_CLIENT, PROTO_TCP))
+                .map(|e| e.state),
+            Some(svc_common::CT_STATE_ESTABLISHED),
+            "the SYN-ACK established the flow"
+        );
+        let other = Pkt::tcp(SocketAddrV4::new(NODE_IP, 22), ext(50000), TCP_ACK);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture::untouched(
+                "the node's own ssh traffic",
+                Program::UplinkEgress,
+                out(&other),
+                Reason::NotService,
+            ),
+        );
+        // A flow's forward direction is never translated at egress (only replies are).
+        let fwd = Pkt::tcp(EXT_CLIENT, NODEPORT, TCP_ACK);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture::untouched(
+                "a packet matching the forward entry, leaving",
+                Program::UplinkEgress,
+                out(&fwd),
+                Reason::NotService,
+            ),
+        );
+    });
+}
