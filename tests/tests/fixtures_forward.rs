@@ -631,3 +631,117 @@ fn host_network_endpoint_replies_get_the_nodeport_back_at_uplink_egress() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Limits on what the datapath generates
+// ---------------------------------------------------------------------------------------------
+
+/// An ICMP error is never answered with another (RFC 1122 §3.2.2): one too big for the path,
+/// with DF, is dropped as too big instead of getting a fragmentation-needed.
+#[test]
+fn icmp_error_too_big_for_the_path_is_dropped_not_answered() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_UDP, BACKEND_NARROW, 0);
+        let c = ext(40020);
+        let q = Pkt::udp(c, NODEPORT);
+        dp.check_after(
+            Some(uplink.ifindex),
+            &Fixture {
+                name: "datagram → BACKEND_NARROW".into(),
+                program: Program::UplinkIngress,
+                input: wire(&q, EXT_CLIENT_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: Vec::new(),
+                reason: Reason::DnatNew,
+            },
+            |dp| {
+                let port = snat_port(dp, c, PROTO_UDP);
+                wire(
+                    &q.clone()
+                        .with_src(SocketAddrV4::new(NODE_IP, port))
+                        .with_dst(BACKEND_NARROW)
+                        .with_ttl(63),
+                    EXT_CLIENT_MAC,
+                )
+            },
+        );
+        // The client's port unreachable about a big reply, quoting 1200 bytes of it, with DF.
+        let reply = Pkt::udp(NODEPORT, c).with_payload(vec![0x46; 1200 - 28]);
+        let mut ip =
+            Ipv4Header::new(0, 64, IpNumber(1), c.ip().octets(), NODE_IP.octets()).unwrap();
+        ip.dont_fragment = true;
+        let err = icmp_frame(
+            ip,
+            port_unreachable(),
+            &quote_of(&reply, None),
+            EXT_CLIENT_MAC,
+            NODE_MAC,
+        );
+        assert!(err.len() > 14 + usize::from(PATH_MTU));
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture::dropped(
+                "1256-byte port unreachable with DF towards BACKEND_NARROW",
+                Program::UplinkIngress,
+                err,
+                Reason::TooBig,
+            ),
+        );
+    });
+}
+
+/// Rejects (and other generated packets) are rate-limited per CPU: 1000 in a one-second
+/// window, then dropped as `rate_limited`. The thread is pinned to one CPU so every run
+/// draws on the same budget.
+#[test]
+fn rejects_are_rate_limited_per_cpu() {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    let Some(()) = require_root() else { return };
+    let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
+    dp.put_frontend(SVC_VIP, PROTO_UDP, SVC_ID, 0).unwrap();
+    // SAFETY: plain syscalls on this thread with a valid, zero-initialised cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread"
+        );
+    }
+    let dgram = Pkt::udp(CLIENT_POD, SVC_VIP).build();
+    let budget = svc_common::GENERATED_PER_CPU_PER_S;
+    let start = std::time::Instant::now();
+    let mut answered = 0u64;
+    for _ in 0..budget {
+        let res = dp.run(Program::Ingress.name(), &dgram, 1).unwrap();
+        if res.retval == TC_ACT_REDIRECT {
+            answered += 1;
+        }
+    }
+    let res = dp.run(Program::Ingress.name(), &dgram, 1).unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_millis(900),
+        "{budget} runs took {elapsed:?}: the window may have rolled over"
+    );
+    assert_eq!(answered, budget, "every answer within the budget is sent");
+    assert_eq!(
+        (res.retval, res.output),
+        (TC_ACT_SHOT, dgram.clone()),
+        "answer number {} in the window is dropped, untouched",
+        budget + 1
+    );
+    assert_eq!(
+        dp.counter(svc_common::Hook::PodIngress, Reason::RateLimited),
+        1
+    );
+    assert_eq!(
+        dp.counter(svc_common::Hook::PodIngress, Reason::NoBackend),
+        budget
+    );
+}
