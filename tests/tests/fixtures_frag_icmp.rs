@@ -667,3 +667,28 @@ fn icmp_error_about_no_flow_passes_the_uplink_untouched() {
         );
     });
 }
+
+/// An ICMP error about a known flow whose quote holds fewer than the 8 L4 bytes RFC 792
+/// requires (only the ports) cannot be rewritten completely; parse.rs documents such "quotes
+/// we cannot read" as passed untouched (`not_tcp_udp`). It must never be dropped.
+#[test]
+fn icmp_error_with_a_short_quote_about_a_known_flow_passes_untouched() {
+    let Some(mut dp) = datapath() else { return };
+    service_to(&mut dp, BACKEND_B);
+    open_udp(&dp, BACKEND_B);
+    let err = icmp_error(
+        *BACKEND_B.ip(),
+        *CLIENT_POD.ip(),
+        port_unreachable(),
+        &quote_of(&Pkt::udp(CLIENT_POD, BACKEND_B), Some(4)),
+        64,
+        GATEWAY_MAC,
+        CLIENT_MAC,
+    );
+    dp.check(&Fixture::untouched(
+        "port unreachable quoting 20 + 4 bytes of client → BACKEND_B",
+        Program::Egress,
+        err,
+        Reason::NotTcpUdp,
+    ));
+}

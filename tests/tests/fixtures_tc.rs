@@ -489,6 +489,7 @@ fn icmp_is_not_tcp_udp() {
         echo.clone().with_payload(vec![0x5a; 240]).build(),
         Reason::NotTcpUdp,
     ));
+    let mut failures = Vec::new();
     let quoted_echo = quote_of(&Pkt::icmp_echo(SVC_VIP, CLIENT_POD), None);
     dp.check(&Fixture::untouched(
         "port unreachable quoting an ICMP echo",
@@ -526,13 +527,16 @@ fn icmp_is_not_tcp_udp() {
             ),
         ),
     ] {
-        dp.check(&Fixture::untouched(
+        if let Err(report) = dp.try_check(&Fixture::untouched(
             name,
             Program::Ingress,
             pkt,
             Reason::NotTcpUdp,
-        ));
+        )) {
+            failures.push(report);
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
