@@ -701,6 +701,12 @@ fn rejects_are_rate_limited_per_cpu() {
     let Some(()) = require_root() else { return };
     let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
     dp.put_frontend(SVC_VIP, PROTO_UDP, SVC_ID, 0).unwrap();
+    // On a thread of its own, so the pinning ends with it.
+    let joined = std::thread::scope(|s| s.spawn(|| rate_limit_body(&dp)).join());
+    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+fn rate_limit_body(dp: &Datapath) {
     // SAFETY: plain syscalls on this thread with a valid, zero-initialised cpu_set_t.
     unsafe {
         let cpu = libc::sched_getcpu();
