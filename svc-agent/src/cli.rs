@@ -130,8 +130,8 @@ pub struct ConntrackArgs {
     /// keeps its size). Every flow takes 2 entries (forward and reply); size it as
     /// new flows/s × mean flow lifetime in s (including the idle timeout that ends it) × 2,
     /// plus 50 % headroom. When full, the least recently used entry is evicted and that flow's
-    /// next packet is balanced afresh (a TCP mid-stream packet is dropped). 56+16 bytes of
-    /// kernel memory per entry plus hash overhead: ~25 MB for the default.
+    /// next packet is balanced afresh (a TCP mid-stream packet is dropped). The kernel
+    /// allocates ~145 bytes per entry up front: ~36 MiB for the default, ~146 MiB for 1M.
     #[arg(long, value_name = "ENTRIES", default_value_t = MAX_CONNTRACK,
           value_parser = clap::value_parser!(u32).range(1024..))]
     pub conntrack_max: u32,

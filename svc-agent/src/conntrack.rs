@@ -31,6 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet, HashSetExt};
 use svc_common::{
     ct_peer_key, Affinity, AffinityKey, CtEntry, CtKey, CtTimeouts, MAP_CONNTRACK, PROTO_UDP,
 };
@@ -102,7 +103,7 @@ pub struct GcScan {
     now_ns: u64,
     timeouts: CtTimeouts,
     /// Fresh entries: key → the key of its peer.
-    fresh: HashMap<CtKey, CtKey>,
+    fresh: FastMap<CtKey, CtKey>,
     /// Expired entries, in scan order: (key, peer key).
     expired: Vec<(CtKey, CtKey)>,
     /// Entries seen.
@@ -114,7 +115,7 @@ impl GcScan {
         Self {
             now_ns,
             timeouts,
-            fresh: HashMap::new(),
+            fresh: FastMap::new(),
             expired: Vec::new(),
             scanned: 0,
         }
@@ -140,8 +141,9 @@ impl GcScan {
     /// is never split), and whether more were left for a later pass. Same rule as
     /// [`verdict`]; an expired peer counts as pairing back when its own peer key is this entry.
     pub fn plan(&self, limit: usize) -> (Vec<Vec<CtKey>>, bool) {
-        let expired: HashMap<&CtKey, &CtKey> = self.expired.iter().map(|(k, p)| (k, p)).collect();
-        let mut taken: HashSet<CtKey> = HashSet::new();
+        let mut expired: FastMap<&CtKey, &CtKey> = FastMap::with_capacity(self.expired.len());
+        expired.extend(self.expired.iter().map(|(k, p)| (k, p)));
+        let mut taken: FastSet<CtKey> = FastSet::new();
         let mut groups = Vec::new();
         let mut keys = 0;
         for (key, peer) in &self.expired {
