@@ -687,9 +687,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The kernel object `cargo xtask build-ebpf` writes.
+/// The kernel object `cargo xtask build-ebpf` writes, or the one `SVC_EBPF_OBJECT` names (to
+/// run the fixtures against another build of the datapath, e.g. a deliberately broken one that
+/// they must catch).
 pub fn ebpf_object() -> PathBuf {
-    workspace_root().join("target/svc-ebpf.o")
+    match std::env::var_os("SVC_EBPF_OBJECT") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/svc-ebpf.o"),
+    }
 }
 
 /// True when the process may use `BPF_PROG_TEST_RUN` (we require root; CAP_BPF alone is not
