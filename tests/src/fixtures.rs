@@ -1878,7 +1878,7 @@ pub fn frag_key(pkt: &Pkt) -> FragKey {
 /// checksum is etherparse's.
 pub fn fragments(pkt: &Pkt, first_len: usize) -> [Vec<u8>; 2] {
     assert!(
-        first_len % 8 == 0 && first_len >= 20,
+        first_len.is_multiple_of(8) && first_len >= 20,
         "fragment boundary {first_len}"
     );
     let mut whole = pkt.clone();
