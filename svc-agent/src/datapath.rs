@@ -4,7 +4,9 @@
 //! # What lives where under `--bpffs DIR`
 //! - `DIR/<MAP>` for each `svc_common::ALL_MAPS`: the maps. A restarted agent reuses them
 //!   (`EbpfLoader::map_pin_path` opens an existing pin), so programmed services and conntrack
-//!   survive restarts and upgrades.
+//!   survive restarts and upgrades. `SVC_CT` gets `--conntrack-max` entries when created.
+//! - `DIR/SVC_CT_TIMEOUTS` ([`TIMEOUTS_PIN`]): a copy of the conntrack timeouts the programs
+//!   were loaded with, rewritten at every start, for `inspect` and `explain`.
 //! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|uplink_egress|xdp>`: one link per
 //!   hook per interface (`ingress`/`egress` on pod veths; `uplink` (tc ingress),
 //!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached

@@ -9,6 +9,11 @@
 //! ([`model::desired_for`] + [`reconcile::plan_services_in_place`]). A full plan runs on the
 //! first sync (after adopting the pinned maps, so a restart writes only what differs), when the
 //! Node's addresses change, and after a failed write (when the maps are re-read).
+//!
+//! The conntrack collector ([`crate::conntrack::Collector`]) runs on a thread of its own with
+//! its own handle on the pinned maps: a pass over a large `SVC_CT` never delays a plan. After
+//! each plan this task deletes the session affinity of what the plan removed and sends the
+//! removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
