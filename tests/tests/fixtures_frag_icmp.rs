@@ -692,3 +692,61 @@ fn icmp_error_with_a_short_quote_about_a_known_flow_passes_untouched() {
         Reason::NotTcpUdp,
     ));
 }
+
+/// North-south fragments through tc: a fragmented datagram to a NodePort with a remote backend
+/// is source-NATed and redirected fragment by fragment (TTL − 1 on each), and the backend's
+/// fragmented reply gets the NodePort and client back, fragment by fragment.
+#[test]
+fn fragments_of_a_snat_flow_are_translated_at_the_uplink() {
+    node_test(|dp, uplink| {
+        let port = snat_udp_flow(dp, uplink);
+        let snat = SocketAddrV4::new(NODE_IP, port);
+        let dgram = Pkt::udp(EXT_CLIENT, NODEPORT)
+            .with_payload((0..150u8).collect())
+            .with_ip_id(0x6001);
+        let out = dgram
+            .clone()
+            .with_src(snat)
+            .with_dst(BACKEND_B)
+            .with_ttl(63);
+        let eth = |f: &Vec<u8>, mac: [u8; 6]| with_macs(f.clone(), mac, NODE_MAC);
+        let input = fragments(&dgram, 96);
+        let want = fragments(&out, 96);
+        for (i, reason) in [(0, Reason::DnatEstablished), (1, Reason::FragTranslated)] {
+            dp.check_on(
+                uplink.ifindex,
+                &Fixture {
+                    name: format!("fragment {i} client → NODEPORT"),
+                    program: Program::UplinkIngress,
+                    input: eth(&input[i], EXT_CLIENT_MAC),
+                    verdict: TC_ACT_REDIRECT,
+                    output: eth(&want[i], EXT_CLIENT_MAC),
+                    reason,
+                },
+            );
+        }
+        let reply = Pkt::udp(BACKEND_B, snat)
+            .with_payload((0..150u8).rev().collect())
+            .with_ip_id(0x6002);
+        let out = reply
+            .clone()
+            .with_src(NODEPORT)
+            .with_dst(EXT_CLIENT)
+            .with_ttl(63);
+        let input = fragments(&reply, 96);
+        let want = fragments(&out, 96);
+        for (i, reason) in [(0, Reason::RevNat), (1, Reason::FragTranslated)] {
+            dp.check_on(
+                uplink.ifindex,
+                &Fixture {
+                    name: format!("reply fragment {i} BACKEND_B → node:snat"),
+                    program: Program::UplinkIngress,
+                    input: eth(&input[i], PEER_NODE_MAC),
+                    verdict: TC_ACT_REDIRECT,
+                    output: eth(&want[i], PEER_NODE_MAC),
+                    reason,
+                },
+            );
+        }
+    });
+}
