@@ -19,7 +19,7 @@
 //! kube-proxy deletes the UDP conntrack entries of endpoints that leave a Service, so the
 //! next datagram is balanced afresh instead of following a dead or departed pod for another
 //! 30 s. The reconciler reports which (frontend, backend) pairs a plan removed
-//! ([`crate::reconcile::Removals`]); the collector's thread deletes the matching UDP entries
+//! ([`crate::reconcile::Removals`]); the collector's flush thread deletes the matching UDP entries
 //! (both directions) as soon as it is told ([`udp_flush_keys`]). TCP entries stay: an
 //! established connection keeps its backend (graceful termination), as with netfilter. Session
 //! affinity of removed pairs and of deleted frontends is cleared by the reconciling task itself,
@@ -301,15 +301,31 @@ pub fn flush_affinity<D: Dataplane + ?Sized>(
     dp.affinity_delete(&keys)
 }
 
-/// Messages to the collector's thread.
+/// Messages to the collector's flush thread.
 #[derive(Debug)]
 pub enum Request {
     /// Delete the UDP entries of these (frontend id, backend id) pairs now.
     FlushUdp(Vec<(u32, u32)>),
 }
 
-/// The collector: its own handle on the maps, run on a thread of its own so that a pass over
-/// a million entries never delays the reconciling task.
+/// The running collector, as the reconciling task holds it. Dropping it stops both threads.
+pub struct CollectorHandle {
+    flush: mpsc::Sender<Request>,
+    /// Never sent on: its drop wakes and stops the GC thread.
+    _stop: mpsc::Sender<()>,
+}
+
+impl CollectorHandle {
+    /// Asks for the UDP flows of `pairs` to be deleted now. `false` if the flush thread has
+    /// stopped.
+    pub fn flush_udp(&self, pairs: Vec<(u32, u32)>) -> bool {
+        self.flush.send(Request::FlushUdp(pairs)).is_ok()
+    }
+}
+
+/// The collector: its own handles on the maps, run on threads of its own so that a pass over
+/// a million entries never delays the reconciling task. Passes and flushes run on separate
+/// threads (each with its own map handle), so a flush never waits for a pass in progress.
 pub struct Collector<D: Dataplane> {
     pub dp: D,
     pub timeouts: CtTimeouts,
@@ -330,39 +346,42 @@ impl<D: Dataplane + Send + 'static> Collector<D> {
         }
     }
 
-    /// Starts the thread; it stops when the returned sender is dropped.
-    pub fn spawn(self) -> std::io::Result<mpsc::Sender<Request>> {
-        let (tx, rx) = mpsc::channel();
+    /// Starts the GC thread (passes on `self.dp`) and the flush thread (on `flush_dp`, a
+    /// second handle on the same maps).
+    pub fn spawn(self, flush_dp: D) -> std::io::Result<CollectorHandle> {
+        let (flush, flush_rx) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel();
+        let flusher = Collector::new(flush_dp, self.timeouts, self.interval, self.metrics.clone());
+        std::thread::Builder::new()
+            .name("conntrack-flush".into())
+            .spawn(move || flusher.run_flushes(flush_rx))?;
         std::thread::Builder::new()
             .name("conntrack-gc".into())
-            .spawn(move || self.run(rx))?;
-        Ok(tx)
+            .spawn(move || self.run_passes(stop_rx))?;
+        Ok(CollectorHandle { flush, _stop: stop })
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        let mut next = Instant::now();
-        loop {
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(first) => {
-                    let mut pairs: HashSet<(u32, u32)> = HashSet::new();
-                    for req in std::iter::once(first).chain(rx.try_iter()) {
-                        match req {
-                            Request::FlushUdp(p) => pairs.extend(p),
-                        }
-                    }
-                    self.flush(&pairs);
+    fn run_passes(mut self, stop: mpsc::Receiver<()>) {
+        let mut delay = Duration::ZERO;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(delay) {
+            delay = if self.pass() {
+                CATCH_UP_DELAY
+            } else {
+                self.interval
+            };
+        }
+    }
+
+    fn run_flushes(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            // Everything queued meanwhile goes in the same scan.
+            let mut pairs: HashSet<(u32, u32)> = HashSet::new();
+            for req in std::iter::once(first).chain(rx.try_iter()) {
+                match req {
+                    Request::FlushUdp(p) => pairs.extend(p),
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let capped = self.pass();
-                    next = Instant::now()
-                        + if capped {
-                            CATCH_UP_DELAY
-                        } else {
-                            self.interval
-                        };
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
+            self.flush(&pairs);
         }
     }
 

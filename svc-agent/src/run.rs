@@ -10,8 +10,8 @@
 //! first sync (after adopting the pinned maps, so a restart writes only what differs), when the
 //! Node's addresses change, and after a failed write (when the maps are re-read).
 //!
-//! The conntrack collector ([`crate::conntrack::Collector`]) runs on a thread of its own with
-//! its own handle on the pinned maps: a pass over a large `SVC_CT` never delays a plan. After
+//! The conntrack collector ([`crate::conntrack::Collector`]) runs on threads of its own with
+//! its own handles on the pinned maps: a pass over a large `SVC_CT` never delays a plan. After
 //! each plan this task deletes the session affinity of what the plan removed and sends the
 //! removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
 use std::{
@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 use svc_common::CtTimeouts;
 
 use crate::{
-    conntrack::{self, Collector},
+    conntrack::{self, Collector, CollectorHandle},
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
     health::HealthServers,
@@ -94,21 +94,23 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     }
     let (mut datapath, maps) =
         Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp, &cfg.ct_timeouts, cfg.ct_max)?;
-    // The collector gets a handle of its own on the pinned maps and runs on its own thread.
-    let gc_maps = PinnedMaps::from_pins(&cfg.bpffs).with_context(|| {
-        format!(
-            "opening the maps pinned under {} for the conntrack collector",
-            cfg.bpffs.display()
-        )
-    })?;
+    // The collector's two threads (passes, flushes) get handles of their own on the pinned maps.
+    let open_pins = || {
+        PinnedMaps::from_pins(&cfg.bpffs).with_context(|| {
+            format!(
+                "opening the maps pinned under {} for the conntrack collector",
+                cfg.bpffs.display()
+            )
+        })
+    };
     let gc = Collector::new(
-        gc_maps,
+        open_pins()?,
         cfg.ct_timeouts,
         cfg.ct_gc_interval,
         metrics.clone(),
     )
-    .spawn()
-    .context("starting the conntrack collector thread")?;
+    .spawn(open_pins()?)
+    .context("starting the conntrack collector threads")?;
     datapath.set_config(cfg.node_ips.first().copied())?;
     let cgroup = match &cfg.cgroup {
         Some(c) => c.clone(),
@@ -348,8 +350,8 @@ struct Engine {
     last_problems: BTreeSet<String>,
     /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
     needs_full: bool,
-    /// The conntrack collector's thread, told which UDP flows to flush.
-    gc: std::sync::mpsc::Sender<conntrack::Request>,
+    /// The conntrack collector, told which UDP flows to flush.
+    gc: CollectorHandle,
 }
 
 impl Engine {
@@ -433,7 +435,7 @@ impl Engine {
             }
         }
         let udp = removals.udp_pairs();
-        if !udp.is_empty() && self.gc.send(conntrack::Request::FlushUdp(udp)).is_err() {
+        if !udp.is_empty() && !self.gc.flush_udp(udp) {
             error!("the conntrack collector thread has stopped: UDP flows of removed endpoints stay until they expire");
         }
     }
