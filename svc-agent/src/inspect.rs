@@ -31,8 +31,9 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
 use svc_common::{
     ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Hook,
     ALL_CT_STATES, ALL_HOOKS, ALL_REASONS, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD,
@@ -44,7 +45,7 @@ use svc_common::{
 
 use crate::{
     datapath::TIMEOUTS_PIN,
-    dataplane::{pinned::read_service_maps, DataplaneError, MapSnapshot},
+    dataplane::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot},
 };
 
 pub mod explain;
@@ -385,17 +386,24 @@ pub fn read_config(bpffs: &Path) -> Result<Option<Config>, InspectError> {
     Ok((config.node_addr != [0; 4] || config.netns_cookie != 0).then_some(config))
 }
 
-/// The whole conntrack table (entries evicted while it is read are skipped).
+/// The whole conntrack table (entries evicted while it is read are skipped), read with
+/// `BPF_MAP_LOOKUP_BATCH`: 5× less CPU than per-entry iteration (docs/BENCHMARKS.md).
 pub fn read_conntrack(bpffs: &Path) -> Result<BTreeMap<CtKey, CtEntry>, InspectError> {
     let (data, path) = open(bpffs, MAP_CONNTRACK)?;
     let map: HashMap<MapData, CtKey, CtEntry> =
         typed(MAP_CONNTRACK, path, data, HashMap::try_from)?;
-    map.iter()
-        .collect::<Result<_, _>>()
-        .map_err(|source| InspectError::Read {
-            map: MAP_CONNTRACK,
-            source,
-        })
+    let mut table = BTreeMap::new();
+    batch::lookup_batch::<CtKey, CtEntry>(map.map().fd().as_fd(), &mut |keys, entries| {
+        table.extend(keys.iter().copied().zip(entries.iter().copied()));
+    })
+    .map_err(|e| InspectError::Read {
+        map: MAP_CONNTRACK,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        }),
+    })?;
+    Ok(table)
 }
 
 /// The conntrack timeouts the agent gave the datapath (its [`TIMEOUTS_PIN`] copy); `None`

@@ -130,6 +130,18 @@ fn real_map_gc_matches_the_pure_plan_and_flushes_udp() {
         table,
         "the batch scan reads back what was written"
     );
+    // `inspect conntrack` reads the same through a pin.
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/svc-ct-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bpffs directory");
+    maps.flows
+        .ct
+        .map()
+        .pin(dir.join(MAP_CONNTRACK))
+        .expect("pin");
+    let read = svc_agent::inspect::read_conntrack(&dir);
+    std::fs::remove_file(dir.join(MAP_CONNTRACK)).expect("unpin");
+    std::fs::remove_dir(&dir).expect("remove bpffs directory");
+    assert_eq!(read.expect("inspect reads the pin"), table);
 
     let t = CtTimeouts::DEFAULT;
     let planned: HashSet<CtKey> = gc_plan(&table, now, &t, usize::MAX).into_iter().collect();
