@@ -10,7 +10,8 @@
 //! same pass.
 //!
 //! # Bounded passes
-//! A pass reads the whole map with `BPF_MAP_LOOKUP_BATCH` (a few ms per 100k entries), decides
+//! A pass reads the whole map with `BPF_MAP_LOOKUP_BATCH` (~65 ms of kernel time per 100k
+//! entries, docs/BENCHMARKS.md), decides
 //! with [`GcScan`] (pure), re-reads each entry it is about to delete (a packet may have revived
 //! it since the scan) and deletes at most [`MAX_DELETES_PER_PASS`] entries. A pass that hit the
 //! bound is followed by another one a second later instead of a full interval.
@@ -43,7 +44,8 @@ use crate::{
     reconcile::Removals,
 };
 
-/// Most entries one pass deletes: about 150 ms of syscalls; half the default map.
+/// Most entries one pass deletes: half the default map, about 0.5 s of kernel time (3–4 µs
+/// per deleted entry for the re-read and the delete, docs/BENCHMARKS.md).
 pub const MAX_DELETES_PER_PASS: usize = 131_072;
 /// Delay before the next pass when one stopped at [`MAX_DELETES_PER_PASS`].
 pub const CATCH_UP_DELAY: Duration = Duration::from_secs(1);
@@ -296,8 +298,9 @@ pub fn flush_affinity<D: Dataplane + ?Sized>(
     if removals.backends.is_empty() && removals.frontend_ids.is_empty() {
         return Ok(0);
     }
-    let mut keys = Vec::new();
-    dp.affinity_scan(&mut |k, a| keys.extend(affinity_flush_keys(k.iter().zip(a), removals)))?;
+    let mut entries = Vec::new();
+    dp.affinity_scan(&mut |k, a| entries.extend(k.iter().copied().zip(a.iter().copied())))?;
+    let keys = affinity_flush_keys(entries.iter().map(|(k, a)| (k, a)), removals);
     dp.affinity_delete(&keys)
 }
 
