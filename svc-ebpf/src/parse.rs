@@ -253,14 +253,23 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 #[inline(always)]
 fn parse_icmp_error(start: usize, end: usize, flow: &mut Flow) -> Result<(), Outcome> {
     let not_ours = Outcome::pass(Reason::NotTcpUdp);
+    // The type first: echo and the rest are not ours whatever their length.
     let icmp: *const [u8; 8] = ptr_at(start, end, L4_OFF)?;
-    let inner: *const Ipv4Hdr = ptr_at(start, end, ICMP_INNER_IP_OFF)?;
-    let ports: *const [u8; 4] = ptr_at(start, end, ICMP_INNER_L4_OFF)?;
-    // SAFETY: all three bounds-checked above.
-    let (icmp, inner, ports) = unsafe { (&*icmp, &*inner, &*ports) };
-    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+    // SAFETY: bounds-checked above.
+    let kind = unsafe { (*icmp)[0] };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
         return Err(not_ours);
     }
+    // An error whose quote is shorter than an IPv4 header and 8 L4 bytes (what `icmp`
+    // rewrites) cannot be translated: passed untouched, like any other ICMP.
+    let (Ok(inner), Ok(ports)) = (
+        ptr_at::<Ipv4Hdr>(start, end, ICMP_INNER_IP_OFF),
+        ptr_at::<[u8; 8]>(start, end, ICMP_INNER_L4_OFF),
+    ) else {
+        return Err(not_ours);
+    };
+    // SAFETY: both bounds-checked above.
+    let (inner, ports) = unsafe { (&*inner, &*ports) };
     if inner.vihl != 0x45
         || u16::from_be_bytes(inner.frags) & IP_OFFSET_MASK != 0
         || (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP)
