@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use svc_common::{
     ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, Config, CtEntry, CtKey,
     CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, ALL_REASONS, BACKEND_F_LOCAL,
-    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_SCOPE, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL,
+    SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use super::{
@@ -264,16 +265,72 @@ fn tracked_at(snap: &Snapshot, q: &Query, key: &CtKey, entry: &CtEntry) -> (Trac
                 counter(Reason::NonSynNoEntry)
             ));
         }
-    } else if q.proto == PROTO_TCP && ct_state_closed(entry.state) {
-        notes.push(format!(
-            "the flow is closed (state {}): a SYN on this tuple opens a new flow balanced \
-             afresh ({}); other packets follow the entry for {}s more",
-            t.state,
-            counter(Reason::CtReopened),
-            t.expires_in_s.unwrap_or(0)
-        ));
+    } else if q.proto == PROTO_TCP && entry.dir == CT_DIR_FORWARD {
+        // lb.rs: a SYN from the client reopens a closing flow, or one whose backend is no longer
+        // the frontend's; a retransmitted SYN of a live flow keeps its backend.
+        let why = if ct_state_closed(entry.state) || entry.state == CT_STATE_CLOSE_WAIT {
+            Some(format!("the flow is closing (state {})", t.state))
+        } else if !backend_current(snap, q, entry) {
+            Some(format!(
+                "backend {} is no longer one of this frontend's",
+                entry.backend_id
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            notes.push(format!(
+                "{why}: a SYN on this tuple opens a new flow balanced afresh ({}); other \
+                 packets follow the entry for {}s more",
+                counter(Reason::CtReopened),
+                t.expires_in_s.unwrap_or(0)
+            ));
+        }
     }
     (t, notes)
+}
+
+/// Frontends with more backends than this are not scanned for membership (lb.rs
+/// `MEMBERSHIP_SCAN`): their flows' backends count as current.
+const MEMBERSHIP_SCAN: u32 = 16;
+
+/// Mirrors lb.rs `backend_current`: the entry's frontend is the one the query's destination
+/// resolves to (the external-scope entry from the uplink when flagged), its backend still has
+/// the address the entry translates to, and a counted slot names it.
+fn backend_current(snap: &Snapshot, q: &Query, e: &CtEntry) -> bool {
+    let mut key = FrontendKey {
+        addr: q.dst.octets(),
+        port: q.dst_port,
+        proto: q.proto,
+        scope: SCOPE_ANY,
+    };
+    let Some(mut fe) = snap.maps.frontends.get(&key) else {
+        return false;
+    };
+    if q.origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
+        key.scope = SCOPE_EXTERNAL;
+        let Some(external) = snap.maps.frontends.get(&key) else {
+            return false;
+        };
+        fe = external;
+    }
+    if fe.id != e.frontend_id {
+        return false;
+    }
+    match snap.maps.backends.get(&e.backend_id) {
+        Some(b) if b.addr == e.dst_addr && b.port == e.dst_port => {}
+        _ => return false,
+    }
+    fe.backend_count > MEMBERSHIP_SCAN
+        || (1..=fe.backend_count).any(|slot| {
+            snap.maps
+                .slots
+                .get(&SlotKey {
+                    frontend_id: fe.id,
+                    slot,
+                })
+                .is_some_and(|s| s.backend_id == e.backend_id)
+        })
 }
 
 /// What picking `slot` of `fe` does to a new flow from `origin` (lb.rs `new_flow` after the
@@ -1114,6 +1171,56 @@ mod tests {
             ..CtTimeouts::DEFAULT
         });
         assert!(explain(&snap, &query).conntrack.expect("tracked").expired);
+    }
+
+    #[test]
+    fn a_syn_reopens_a_flow_whose_backend_left_its_frontend() {
+        let mut snap = scene();
+        let key = CtKey {
+            src_addr: CLIENT_POD,
+            dst_addr: SVC_VIP,
+            src_port: 40000,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let entry = |backend_id| CtEntry {
+            src_addr: CLIENT_POD,
+            dst_addr: BACKEND_REMOTE,
+            src_port: 40000,
+            dst_port: 8080,
+            dir: CT_DIR_FORWARD,
+            flags: 0,
+            tcp_flags: 0x12,
+            state: svc_common::CT_STATE_ESTABLISHED,
+            backend_id,
+            frontend_id: 10,
+            created_ns: 0,
+            last_seen_ns: 0,
+            packets: 3,
+            bytes: 180,
+        };
+        let mut query = q(CLIENT_POD, SVC_VIP, 80, Origin::Pod);
+        query.src_port = Some(40000);
+        // Backend 2 is in frontend 10's slots: the flow is current, no reopening.
+        snap.conntrack.insert(key, entry(2));
+        let e = explain(&snap, &query);
+        assert!(
+            !e.notes.iter().any(|n| n.contains("opens a new flow")),
+            "{:?}",
+            e.notes
+        );
+        // Backend 4 (same address, terminating) is in none: a SYN balances afresh.
+        snap.conntrack.insert(key, entry(4));
+        let e = explain(&snap, &query);
+        assert!(!e.conntrack.expect("tracked").expired);
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("backend 4 is no longer") && n.contains("ct_reopened")),
+            "{:?}",
+            e.notes
+        );
     }
 
     #[test]
