@@ -258,8 +258,8 @@ struct Path {
     backend: &'static str,
 }
 
-fn locality(client_node: usize, frontend_node: usize, s: &Svc) -> &'static str {
-    let _ = client_node;
+/// Whether the frontend's node hosts the Service's backend.
+fn locality(frontend_node: usize, s: &Svc) -> &'static str {
     if frontend_node == s.backend_node {
         "local backend"
     } else {
@@ -278,7 +278,7 @@ fn bulk_paths() -> Vec<Path> {
                 what: format!(
                     "external client -> NodePort on node {n} (Service {}, {} on node {})",
                     s.name,
-                    locality(0, n, s),
+                    locality(n, s),
                     s.backend_node
                 ),
                 backend: s.backend,
@@ -291,7 +291,7 @@ fn bulk_paths() -> Vec<Path> {
                 what: format!(
                     "external client -> {kind} via node 1 (Service {}, {})",
                     s.name,
-                    locality(0, 1, s)
+                    locality(1, s)
                 ),
                 backend: s.backend,
             });
@@ -303,7 +303,7 @@ fn bulk_paths() -> Vec<Path> {
                 what: format!(
                     "pod {pod} (node {pn}) -> ClusterIP (Service {}, {})",
                     s.name,
-                    locality(pn, pn, s)
+                    locality(pn, s)
                 ),
                 backend: s.backend,
             });
@@ -315,7 +315,7 @@ fn bulk_paths() -> Vec<Path> {
                         "pod {pod} (node {pn}) -> NodePort on {} node {n} (Service {}, {} on node {})",
                         if n == pn { "its own" } else { "the other" },
                         s.name,
-                        locality(pn, n, s),
+                        locality(n, s),
                         s.backend_node
                     ),
                     backend: s.backend,
@@ -733,7 +733,7 @@ fn lower_mtu_hop_sends_frag_needed_and_tcp_completes() {
         tests::topology::EXT_IP,
         TWO.np_bulk
     );
-    if !icmp_seen.iter().any(|s| *s == want) {
+    if !icmp_seen.contains(&want) {
         failures.push(format!(
             "the underlay never carried `{want}` (ICMP to the external client, translated to the NodePort it used); saw {icmp_seen:?}"
         ));
