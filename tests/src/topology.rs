@@ -485,7 +485,7 @@ impl Topology {
     }
 
     /// Gives the route to `dst` in `ns` a lower MTU, as a router in front of a narrower link
-    /// would have it: `ip route replace DST via VIA dev DEV mtu MTU`. Packets forwarded along
+    /// would have it: `ip route replace DST via VIA dev DEV mtu lock MTU`. Packets forwarded along
     /// it that are bigger and carry DF get ICMP fragmentation-needed with this MTU.
     pub fn set_route_mtu(
         &self,
@@ -499,7 +499,11 @@ impl Topology {
             (576..=65535).contains(&mtu),
             "route MTU {mtu} is outside 576..=65535"
         );
-        self.replace_route(ns, &format!("{dst} via {via} dev {dev} mtu {mtu}"))
+        // Locked: bpf_fib_lookup honours a route's MTU only when it is locked or
+        // net.ipv4.ip_forward_use_pmtu is set (net/ipv4/route.c, ip_mtu_from_fib_result),
+        // while ip_forward always does (ip_dst_mtu_maybe_forward). A locked MTU is the one
+        // both paths agree on, as a router's smaller next hop would be.
+        self.replace_route(ns, &format!("{dst} via {via} dev {dev} mtu lock {mtu}"))
     }
 
     /// `ip link set DEV mtu MTU` in one of our namespaces.
