@@ -422,7 +422,13 @@ fn claim(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
     };
     // SAFETY: pointer from a successful lookup; read in place (no copy on the stack).
     let old = unsafe { &*old };
-    if !ct_state_closed(old.state) && !flow_expired(t, key, old, now) {
+    // A closed flow's tuple is taken over only after it has been quiet for a moment: the
+    // backend may hold the same 4-tuple in TIME_WAIT, and accepts a new SYN on it only when
+    // its timestamp is newer than the old connection's last (tcp_timewait_state_process);
+    // within the same millisecond it answers with an ACK instead, and the SYN is lost.
+    let closed_quiet =
+        ct_state_closed(old.state) && now.saturating_sub(old.last_seen_ns) > TAKEOVER_QUIET_NS;
+    if !closed_quiet && !flow_expired(t, key, old, now) {
         return false;
     }
     if peer_of(key, old).is_some() {
@@ -613,8 +619,8 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     // Without SNAT the client's own port is tried first; with SNAT, or when a live flow holds
     // the reply tuple (one client port to two frontends sharing a backend), a port is chosen
     // at random in the SNAT range, as nf_nat picks another source port on a clash: free ports
-    // first (a plain insert each: the loop stays cheap for the verifier), then one port whose
-    // flow may be over and can be taken over.
+    // first (a plain insert each: the loop stays cheap for the verifier), then a few ports
+    // whose flows may be over and can be taken over.
     let mut claimed = !snat && claim(t, &rep_key, rep, now);
     if !claimed {
         let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
@@ -625,7 +631,10 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
                 break;
             }
         }
-        if !claimed {
+        for _ in 0..TAKEOVER_ATTEMPTS {
+            if claimed {
+                break;
+            }
             rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
             claimed = claim(t, &rep_key, rep, now);
         }
@@ -644,6 +653,16 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     }
     Ok(reason)
 }
+
+/// Ports a new flow tries to take over from a flow that is over once [`SNAT_ATTEMPTS`] free
+/// ones failed: under a burst of short connections every port is held by a closed flow, and a
+/// single try that hit one of the few live flows dropped the SYN (seen: 6 in 1000).
+const TAKEOVER_ATTEMPTS: u32 = 8;
+
+/// How long a closed flow must have been quiet before a new flow takes its reply tuple over:
+/// TCP timestamps tick in milliseconds (tcp_clock_ms), so 100 ms puts the new SYN's well
+/// past the old connection's.
+const TAKEOVER_QUIET_NS: u64 = 100_000_000;
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;

@@ -229,8 +229,11 @@ impl Scene {
                 &count.to_string(),
                 "--parallel",
                 &parallel.to_string(),
+                // A hang is a connection that never completes. 3 s leaves room for one TCP
+                // retransmission (the SYN's first RTO is 1 s) of a packet lost to a full queue
+                // on this 2-core machine, which is not a datapath fault.
                 "--timeout-ms",
-                "1000",
+                "3000",
             ],
         );
         Summary::from_output(&out).unwrap()
@@ -260,7 +263,7 @@ fn assert_no_failure(phase: &str, s: &Summary, count: u64) {
     );
     assert!(
         s.ok == count && s.failed == 0,
-        "{phase}: {} of {} connections made so far (of {count}) failed or hung (1 s connect/read \
+        "{phase}: {} of {} connections made so far (of {count}) failed or hung (3 s connect/read \
          bound); errors: {:?}",
         s.failed,
         s.ok + s.failed,
@@ -440,12 +443,9 @@ fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
         r.attempts.iter().all(|a| a.ok),
         "before any change, connections from port 45678 must work: {r:?}"
     );
-    let gone = r.attempts[0].backend.clone();
-    assert!(
-        r.attempts.iter().all(|a| a.backend == gone),
-        "a flow reopened on the same tuple may stay on its backend while it is in the Service, \
-         but it must be one backend: {r:?}"
-    );
+    // Each reconnect after a RST is a new flow and may be balanced anywhere; the last one's
+    // backend is the one a closed entry would keep the port on, so that one is removed.
+    let gone = r.attempts.last().unwrap().backend.clone();
     let stay = if gone == "be1" { "be2" } else { "be1" };
     s.set_backends("a", &[stay]);
     s.wait_backends(A, 1);
