@@ -610,9 +610,7 @@ pub enum Reason {
     SockRevNat = 19,
     /// Translated: a new flow sent to the backend its client's session affinity names.
     Affinity = 20,
-    /// Dropped: a TCP packet without SYN to a frontend, with no live conntrack entry (only a
-    /// SYN opens a flow; balancing a mid-stream packet afresh would reset the connection on a
-    /// backend that never saw it).
+    /// Dropped: a TCP RST to a frontend with no live conntrack entry (nothing to pick up).
     NonSynNoEntry = 21,
     /// Translated: a SYN hit a closed flow, or one whose backend left its frontend; the flow
     /// was balanced afresh.
@@ -636,9 +634,13 @@ pub enum Reason {
     /// Dropped: the translated packet does not fit the egress MTU and DF is clear (a BPF
     /// program cannot fragment).
     TooBig = 29,
+    /// Translated: a mid-stream TCP packet of a flow whose entries were lost (LRU eviction, a
+    /// restart of the maps) was picked up: the backend is chosen by the same hash of the
+    /// client's tuple that chose it when the flow opened, so the connection continues.
+    CtPickedUp = 30,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 30;
+pub const REASON_COUNT: u32 = 31;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -671,6 +673,7 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::TtlExceeded, "ttl_exceeded"),
     (Reason::RateLimited, "rate_limited"),
     (Reason::TooBig, "too_big"),
+    (Reason::CtPickedUp, "ct_picked_up"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;

@@ -47,11 +47,41 @@ pub fn blank_entry() -> CtEntry {
     unsafe { core::mem::zeroed() }
 }
 
-/// A uniformly random number in `0..n` (multiply-shift: no division, no modulo bias).
+/// A hash of the client's tuple that chooses a new flow's backend: flows spread over the
+/// backends as evenly as with a random choice (every connection has its own source port), and
+/// a flow whose entries were lost maps to the same backend again.
+#[inline(always)]
+fn flow_hash(flow: &Flow) -> u32 {
+    let mut h = u32::from_ne_bytes(flow.saddr) ^ HASH_SEED;
+    h = mix(h ^ u32::from_ne_bytes(flow.daddr));
+    h = mix(h ^ ((flow.sport as u32) << 16 | flow.dport as u32));
+    mix(h ^ flow.proto as u32)
+}
+
+/// `v` (uniform over u32) scaled to `0..n` (multiply-shift: no division, no modulo bias).
+#[inline(always)]
+pub fn scale(v: u32, n: u32) -> u32 {
+    ((v as u64 * n as u64) >> 32) as u32
+}
+
+/// A fixed seed: every node and every restart must map a tuple to the same slot.
+const HASH_SEED: u32 = 0x9e37_79b9;
+
+/// murmur3's 32-bit finaliser: every input bit affects every output bit.
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// A uniformly random number in `0..n`.
 #[inline(always)]
 fn random_below(n: u32) -> u32 {
     // SAFETY: helper without arguments.
-    ((unsafe { bpf_get_prandom_u32() } as u64 * n as u64) >> 32) as u32
+    scale(unsafe { bpf_get_prandom_u32() }, n)
 }
 
 #[inline(always)]
@@ -99,6 +129,35 @@ fn peer_of(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
     } else {
         None
     }
+}
+
+/// How long a forward entry must have been quiet before a packet checks that its reply entry
+/// still exists.
+const REPAIR_IDLE_NS: u64 = 500_000_000;
+
+/// Writes the reply entry of forward entry `fwd` (stored under `key`) again if it is gone.
+#[inline(always)]
+fn repair_reply(key: &CtKey, fwd: &CtEntry) {
+    let rep_key = ct_peer_key(key, fwd);
+    if SVC_CT.get_ptr(&rep_key).is_some() {
+        return;
+    }
+    let Some(scratch) = SVC_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
+    let rep = unsafe { &mut (*scratch).rep };
+    *rep = *fwd;
+    rep.dir = CT_DIR_REPLY;
+    rep.src_addr = key.dst_addr;
+    rep.src_port = key.dst_port;
+    rep.dst_addr = key.src_addr;
+    rep.dst_port = key.src_port;
+    rep.tcp_flags = 0;
+    rep.packets = 0;
+    rep.bytes = 0;
+    // Never over another flow's entry written meanwhile.
+    let _ = SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST);
 }
 
 /// Whether the flow of `e` is over at `now`: its entry outlived its timeout and so did its
@@ -222,6 +281,12 @@ fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) ->
             forget(&key, e);
             return Lookup::Stale;
         }
+    }
+    if e.dir == CT_DIR_FORWARD && now.saturating_sub(e.last_seen_ns) > REPAIR_IDLE_NS {
+        // A flow quiet for a while may have lost its reply entry to LRU eviction; a busy one
+        // keeps it recently used. Checked only after a pause, so it costs nothing per packet
+        // of a busy flow.
+        repair_reply(&key, e);
     }
     e.last_seen_ns = now;
     e.packets += 1;
@@ -359,7 +424,12 @@ pub fn decide(
 /// uniformly random slot. Records the choice for affinity. Returns (id, backend, from
 /// affinity); `None` if a slot or backend entry is missing.
 #[inline(always)]
-pub fn pick_backend(fe: &Frontend, client: [u8; 4], now: u64) -> Option<(u32, Backend, bool)> {
+pub fn pick_backend(
+    fe: &Frontend,
+    client: [u8; 4],
+    now: u64,
+    choice: u32,
+) -> Option<(u32, Backend, bool)> {
     let akey = AffinityKey {
         frontend_id: fe.id,
         client_addr: client,
@@ -382,7 +452,7 @@ pub fn pick_backend(fe: &Frontend, client: [u8; 4], now: u64) -> Option<(u32, Ba
     }
     let slot = SlotKey {
         frontend_id: fe.id,
-        slot: random_below(fe.backend_count) + 1,
+        slot: scale(choice, fe.backend_count) + 1,
     };
     // SAFETY: values copied out immediately.
     let backend_id = unsafe { SVC_SLOTS.get(&slot) }.map(|s| s.backend_id)?;
@@ -410,9 +480,10 @@ fn remember(key: &AffinityKey, backend_id: u32, backend: &Backend, now: u64) {
 /// Stores reply entry `rep` under `key` unless a live flow holds that tuple: an absent key is
 /// inserted (`BPF_NOEXIST`, so two new flows never share a reply tuple), and a key held by a
 /// flow that is over (closed, or expired in both directions) is taken over, its other entry
-/// deleted. Never overwrites a live flow's reverse NAT.
+/// deleted. Never overwrites a live flow's reverse NAT, except, with `OWN`, the same flow's own
+/// (a picked-up flow whose forward entry alone was lost).
 #[inline(always)]
-fn claim(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
+fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
     if SVC_CT.insert(key, rep, BPF_NOEXIST).is_ok() {
         return true;
     }
@@ -428,8 +499,18 @@ fn claim(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
     // within the same millisecond it answers with an ACK instead, and the SYN is lost.
     let closed_quiet =
         ct_state_closed(old.state) && now.saturating_sub(old.last_seen_ns) > TAKEOVER_QUIET_NS;
-    if !closed_quiet && !flow_expired(t, key, old, now) {
+    // The same flow's own reply entry (a picked-up flow whose forward entry alone was
+    // evicted): it names the same client tuple and frontend, so it is simply rewritten.
+    let own = OWN
+        && old.dst_addr == rep.dst_addr
+        && old.dst_port == rep.dst_port
+        && old.src_addr == rep.src_addr
+        && old.src_port == rep.src_port;
+    if !own && !closed_quiet && !flow_expired(t, key, old, now) {
         return false;
+    }
+    if own {
+        return SVC_CT.insert(key, rep, BPF_EXIST).is_ok();
     }
     if peer_of(key, old).is_some() {
         let _ = SVC_CT.remove(&ct_peer_key(key, old));
@@ -512,16 +593,17 @@ fn new_flow(
         }
         return Ok(Step::Reject);
     }
-    if flow.proto == PROTO_TCP && !is_syn(flow.tcp_flags) {
-        // Only a SYN opens a TCP flow. A mid-stream packet without a live entry (evicted, or
-        // its flow closed) balanced afresh would reach a backend that never saw the
-        // connection and be reset there; kube-proxy's nf_conntrack picks such packets up
-        // (tcp_loose), which lands them on a random endpoint the same way. Dropping it lets
-        // the client's retransmission or reset logic end the connection cleanly.
+    // A mid-stream TCP packet without a live entry: its flow's entries were evicted from the
+    // LRU (or lost with the maps). It is picked up, as nf_conntrack does (tcp_loose), but
+    // onto the same backend: backends are chosen by a hash of the client's tuple, so while
+    // the frontend's backends are unchanged the choice is the one made at the SYN. A RST has
+    // nothing left to carry and is dropped.
+    let pickup = flow.proto == PROTO_TCP && !is_syn(flow.tcp_flags);
+    if pickup && flow.tcp_flags & CT_TCP_RST != 0 {
         return Err(Outcome::drop(Reason::NonSynNoEntry));
     }
-    let (backend_id, backend, sticky) =
-        pick_backend(&fe, flow.saddr, now).ok_or(Outcome::drop(Reason::BackendMissing))?;
+    let (backend_id, backend, sticky) = pick_backend(&fe, flow.saddr, now, flow_hash(flow))
+        .ok_or(Outcome::drop(Reason::BackendMissing))?;
     // Forward: the client's tuple → the backend, source as decided below.
     *fwd = CtEntry {
         src_addr: flow.saddr,
@@ -533,6 +615,8 @@ fn new_flow(
         tcp_flags: flow.tcp_flags,
         state: if flow.proto == PROTO_UDP {
             CT_STATE_UDP_UNREPLIED
+        } else if pickup {
+            CT_STATE_ESTABLISHED
         } else {
             CT_STATE_SYN_SENT
         },
@@ -543,7 +627,9 @@ fn new_flow(
         packets: 1,
         bytes: flow.ip_len as u64,
     };
-    let mut reason = if sticky {
+    let mut reason = if pickup {
+        Reason::CtPickedUp
+    } else if sticky {
         Reason::Affinity
     } else if reopened {
         Reason::CtReopened
@@ -621,7 +707,7 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     // at random in the SNAT range, as nf_nat picks another source port on a clash: free ports
     // first (a plain insert each: the loop stays cheap for the verifier), then a few ports
     // whose flows may be over and can be taken over.
-    let mut claimed = !snat && claim(t, &rep_key, rep, now);
+    let mut claimed = !snat && claim::<true>(t, &rep_key, rep, now);
     if !claimed {
         let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
         for _ in 0..SNAT_ATTEMPTS {
@@ -636,7 +722,7 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
                 break;
             }
             rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
-            claimed = claim(t, &rep_key, rep, now);
+            claimed = claim::<false>(t, &rep_key, rep, now);
         }
         if !claimed {
             return Err(Outcome::drop(Reason::SnatNoPort));

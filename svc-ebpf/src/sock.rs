@@ -12,7 +12,10 @@
 //! their own namespaces (and their own 127.0.0.1), are never affected here; their traffic is
 //! translated per packet on their veth.
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
@@ -134,7 +137,11 @@ fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((_, backend, _)) = pick_backend(&fe, node_client(), now) else {
+    // Random, not a tuple hash: the socket has no source port yet, so a hash would send every
+    // connection of this node to one backend.
+    // SAFETY: helper without arguments.
+    let choice = unsafe { bpf_get_prandom_u32() };
+    let Some((_, backend, _)) = pick_backend(&fe, node_client(), now, choice) else {
         count(Hook::Sock, Reason::BackendMissing);
         return ALLOW;
     };

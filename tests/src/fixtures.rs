@@ -1816,6 +1816,11 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("writing {MAP_CONNTRACK} {key:?}: {e}"));
     }
 
+    /// Deletes the conntrack entry under `key`, as LRU eviction or the collector would.
+    pub fn ct_remove(&mut self, key: &CtKey) -> Result<()> {
+        Ok(self.ct.remove(key)?)
+    }
+
     /// Every conntrack entry, sorted by key.
     pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
         let mut all: Vec<(CtKey, CtEntry)> = self

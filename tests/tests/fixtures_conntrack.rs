@@ -277,12 +277,8 @@ fn every_state_times_out_after_its_own_timeout() {
         ));
         let since = monotonic_ns();
         if proto == PROTO_TCP {
-            dp.check(&Fixture::dropped(
-                &format!("{what}: ACK {} s after the last has no entry", dead_ago / S),
-                Program::Ingress,
-                mid.build(),
-                Reason::NonSynNoEntry,
-            ));
+            // (A mid-stream ACK here would be picked up: `tcp_without_syn_...` covers it.)
+            let _ = &mid;
             let syn = from_client(proto, c, SVC_VIP, TCP_SYN);
             // A SYN that finds the expired forward entry reopens the flow.
             dp.check(&Fixture::translate(
@@ -533,12 +529,8 @@ fn tcp_without_syn_and_without_entry_is_dropped() {
     let Some(mut dp) = datapath() else { return };
     one_backend(&mut dp);
     for (name, flags) in [
-        ("ACK", TCP_ACK),
-        ("PSH|ACK", TCP_PSH | TCP_ACK),
-        ("FIN|ACK", TCP_FIN | TCP_ACK),
         ("RST", TCP_RST),
         ("RST|ACK", TCP_RST | TCP_ACK),
-        ("SYN|ACK", TCP_SYN | TCP_ACK),
         ("SYN|RST", TCP_SYN | TCP_RST),
     ] {
         dp.check(&Fixture::dropped(
@@ -992,6 +984,10 @@ fn reply_tuple_of_a_closed_flow_is_taken_over() {
                 Reason::DnatEstablished,
             ));
             assert_eq!(states(&dp, &keys1), ("closed", "closed"));
+            // A closed flow's tuple is taken over once it has been quiet for 100 ms (lb.rs,
+            // TAKEOVER_QUIET_NS: the backend may still hold it in TIME_WAIT); sooner, the new
+            // flow gets a remapped port.
+            std::thread::sleep(std::time::Duration::from_millis(150));
         }
         let syn2 = Pkt::tcp(c, SVC_VIP2, TCP_SYN);
         dp.check(&Fixture::translate(
@@ -1028,4 +1024,66 @@ fn reply_tuple_of_a_closed_flow_is_taken_over() {
             Reason::RevNat,
         ));
     }
+}
+
+/// A mid-stream TCP packet whose flow's entries were lost (LRU eviction) is picked up onto the
+/// backend the tuple hashes to, which is the one its SYN got: both entries are written again,
+/// established, and the connection goes on.
+#[test]
+fn tcp_without_entry_is_picked_up_onto_the_backend_its_syn_got() {
+    let Some(mut dp) = datapath() else { return };
+    dp.add_service(
+        SVC_VIP,
+        PROTO_TCP,
+        SVC_ID,
+        &[(BACKEND_A_ID, BACKEND_A), (BACKEND_A_ID + 1, BACKEND_B)],
+    )
+    .unwrap();
+    let mut picked = std::collections::BTreeSet::new();
+    for (i, (name, flags)) in [
+        ("ACK", TCP_ACK),
+        ("PSH|ACK", TCP_PSH | TCP_ACK),
+        ("FIN|ACK", TCP_FIN | TCP_ACK),
+        ("SYN|ACK", TCP_SYN | TCP_ACK),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for port in 0..8u16 {
+            let c = SocketAddrV4::new(*CLIENT_POD.ip(), 42_000 + i as u16 * 100 + port);
+            // The SYN chooses the backend; then both entries are lost.
+            let syn = Pkt::tcp(c, SVC_VIP, TCP_SYN);
+            dp.run(Program::Ingress.name(), &syn.build(), 1).unwrap();
+            let fwd = ct_forward(c, SVC_VIP, PROTO_TCP);
+            let first = dp.ct_get(&fwd).expect("the SYN wrote its forward entry");
+            let backend = SocketAddrV4::new(first.dst_addr.into(), first.dst_port);
+            assert_eq!(first.src_port, c.port(), "no remap on a fresh tuple");
+            for (k, _) in dp.ct_entries() {
+                dp.ct_remove(&k).unwrap();
+            }
+            let mid = Pkt::tcp(c, SVC_VIP, flags);
+            dp.check(&Fixture::translate(
+                &format!("{name} from {c} after its entries were evicted"),
+                Program::Ingress,
+                &mid,
+                &mid.clone().with_dst(backend),
+                Reason::CtPickedUp,
+            ));
+            let again = dp.ct_get(&fwd).expect("picked up: forward entry written");
+            assert!(
+                again.state >= svc_common::CT_STATE_ESTABLISHED,
+                "picked up as established or later"
+            );
+            assert!(
+                dp.ct_get(&ct_reply(backend, c, PROTO_TCP)).is_some(),
+                "picked up: reply entry written"
+            );
+            picked.insert(backend);
+        }
+    }
+    assert_eq!(
+        picked.len(),
+        2,
+        "tuples hash onto both backends: {picked:?}"
+    );
 }

@@ -261,7 +261,11 @@ fn tracked_at(snap: &Snapshot, q: &Query, key: &CtKey, entry: &CtEntry) -> (Trac
         ));
         if q.proto == PROTO_TCP {
             notes.push(format!(
-                "only a SYN opens a new TCP flow: any other packet of this tuple is dropped ({})",
+                "a SYN opens a new TCP flow ({}); a mid-stream packet is picked up onto the \
+                 backend the tuple hashes to, the one its SYN got while the backends are \
+                 unchanged ({}); a RST is dropped ({})",
+                counter(Reason::CtReopened),
+                counter(Reason::CtPickedUp),
                 counter(Reason::NonSynNoEntry)
             ));
         }
@@ -1159,7 +1163,7 @@ mod tests {
             e.notes
         );
         assert!(
-            e.notes.iter().any(|n| n.contains("non_syn_no_entry")),
+            e.notes.iter().any(|n| n.contains("ct_picked_up")),
             "{:?}",
             e.notes
         );
