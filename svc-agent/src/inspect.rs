@@ -1135,7 +1135,7 @@ fn render_explanation(e: &explain::Explanation) -> String {
                 1 => writeln!(out, "new flow:  TRANSLATE to the only backend{usable} (scope {scope}):"),
                 n => writeln!(
                     out,
-                    "new flow:  TRANSLATE, random choice among {n} backends{usable} (scope {scope}):"
+                    "new flow:  TRANSLATE, choice by the client tuple's hash among {n} backends{usable} (scope {scope}):"
                 ),
             };
             candidate_table(&mut out, &e.candidates);
