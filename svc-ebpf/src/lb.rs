@@ -147,6 +147,15 @@ fn repair_reply(key: &CtKey, fwd: &CtEntry) {
     };
     // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
     let rep = unsafe { &mut (*scratch).rep };
+    reply_of(key, fwd, rep);
+    // Never over another flow's entry written meanwhile.
+    let _ = SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST);
+}
+
+/// The reply entry of forward entry `fwd`, stored under `key` (the client's tuple): the
+/// backend's packets get the frontend back as source and the client as destination.
+#[inline(always)]
+fn reply_of(key: &CtKey, fwd: &CtEntry, rep: &mut CtEntry) {
     *rep = *fwd;
     rep.dir = CT_DIR_REPLY;
     rep.src_addr = key.dst_addr;
@@ -156,8 +165,6 @@ fn repair_reply(key: &CtKey, fwd: &CtEntry) {
     rep.tcp_flags = 0;
     rep.packets = 0;
     rep.bytes = 0;
-    // Never over another flow's entry written meanwhile.
-    let _ = SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST);
 }
 
 /// Whether the flow of `e` is over at `now`: its entry outlived its timeout and so did its
@@ -683,16 +690,7 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     };
     // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
     let rep = unsafe { &mut (*scratch).rep };
-    // Reply: the backend's tuple → restores the frontend as source and the client as destination.
-    *rep = *fwd;
-    rep.dir = CT_DIR_REPLY;
-    rep.src_addr = flow.daddr;
-    rep.src_port = flow.dport;
-    rep.dst_addr = flow.saddr;
-    rep.dst_port = flow.sport;
-    rep.tcp_flags = 0;
-    rep.packets = 0;
-    rep.bytes = 0;
+    reply_of(&ct_key(flow), fwd, rep);
     let mut rep_key = CtKey {
         src_addr: fwd.dst_addr,
         dst_addr: fwd.src_addr,
