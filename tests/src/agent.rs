@@ -96,7 +96,18 @@ pub struct Agent {
     keep_pins: bool,
     /// Topology node number (1-based).
     pub node: usize,
+    /// The agent has logged that its programs are loaded (see [`Agent::wait_loaded`]).
+    loaded: bool,
 }
+
+/// Bound on the agent's program load. The kernel verifier spends seconds on the larger
+/// programs (about 8 s of system time for all of them on the 2-core reference machine, more
+/// when two agents load at once); the waits below measure programming and health, not the
+/// verifier, so their clocks start only once loading is done.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the agent logs once every program is loaded and the pinned maps are read.
+const LOADED_LINE: &str = "adopted pinned maps";
 
 impl Agent {
     /// Starts `svc-agent run --manifests DIR` in node `node`'s namespace with the DESIGN §3
@@ -182,6 +193,7 @@ impl Agent {
             node,
             ns: t.node(node).ns.clone(),
             keep_pins: false,
+            loaded: false,
         })
     }
 
@@ -224,12 +236,33 @@ impl Agent {
             .context("reading the frontend map")
     }
 
-    /// Waits until the frontend map holds exactly `want` (by key, with `backend_count`s).
+    /// Waits (up to [`LOAD_TIMEOUT`]) until the agent has loaded its programs and read its
+    /// pinned maps; fails if it exits first.
+    pub fn wait_loaded(&mut self) -> Result<()> {
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        while !self.loaded {
+            self.check_alive()?;
+            self.loaded = self.log().contains(LOADED_LINE);
+            if !self.loaded && Instant::now() > deadline {
+                bail!(
+                    "agent on node {} did not load its programs within {LOAD_TIMEOUT:?}:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Waits until the frontend map holds exactly `want` (by key, with `backend_count`s);
+    /// `timeout` counts from the end of the program load.
     pub fn wait_frontends(
         &mut self,
         want: &BTreeMap<FrontendKey, u32>,
         timeout: Duration,
     ) -> Result<()> {
+        self.wait_loaded()?;
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
@@ -282,8 +315,10 @@ impl Agent {
         http_get(t, &self.ns, "127.0.0.1:10249", path)
     }
 
-    /// Waits until `/healthz` answers 200 (datapath loaded, first sync done).
+    /// Waits until `/healthz` answers 200 (datapath loaded, first sync done); `timeout`
+    /// counts from the end of the program load.
     pub fn wait_healthy(&mut self, t: &Topology, timeout: Duration) -> Result<()> {
+        self.wait_loaded()?;
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
