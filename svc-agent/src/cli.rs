@@ -40,14 +40,34 @@ pub enum Command {
     Explain(crate::inspect::ExplainArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Fault {
     /// Rewrite addresses and ports without updating the L4 checksum.
     SkipL4Csum,
+    /// After the first sync, stop writing the maps while changes keep arriving (the health
+    /// servers must then report the agent unhealthy).
+    StallProgramming,
+}
+
+/// `--log-format` / `logging.format`: kube-proxy's two formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// A kube-proxy configuration file (`KubeProxyConfiguration`, kubeproxy.config.k8s.io/
+    /// v1alpha1, as in kubeadm's `kube-proxy` ConfigMap). Flags given on the command line win
+    /// over the file; fields that do not apply to svc-lb are named in a warning.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Remove every pinned map and link under --bpffs (detaching the programs) and exit, as
+    /// kube-proxy's --cleanup removes its rules; same as `svc-agent uninstall`.
+    #[arg(long)]
+    pub cleanup: bool,
     /// Directory of YAML manifests (Service, EndpointSlice, Endpoints), re-read on change.
     /// Without it, the agent follows the API server.
     #[arg(long, conflicts_with = "kubeconfig")]
@@ -55,12 +75,38 @@ pub struct RunArgs {
     /// Kubeconfig for the API server (default: in-cluster config, $KUBECONFIG, ~/.kube/config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Address for /metrics and /healthz; `off` disables them.
-    #[arg(long, default_value = "0.0.0.0:10249")]
-    pub metrics_addr: String,
-    /// This node's name (matches EndpointSlice nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
+    /// Address for /metrics and our /healthz (200 once the first sync is programmed); `off` or
+    /// empty disables them. kube-proxy's flag and default.
+    #[arg(
+        long,
+        visible_alias = "metrics-addr",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub metrics_bind_address: String,
+    /// Address for kube-proxy's /healthz and /livez (503 when a change has waited longer than
+    /// 2 × --sync-period; /healthz also while the node is being deleted); `off` or empty
+    /// disables them. kube-proxy's flag and default.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// kube-proxy's sync period. svc-lb writes every change at once; this sets how long a
+    /// change may wait before the health servers report the agent unhealthy (twice this).
+    #[arg(long, value_name = "DURATION", default_value_t = Secs(30))]
+    pub sync_period: Secs,
+    /// This node's name (matches EndpointSlice nodeName); default: the host name, as
+    /// kube-proxy.
+    #[arg(long, visible_alias = "hostname-override", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The pods' CIDR range(s) (kube-proxy's --cluster-cidr): recorded and logged. svc-lb tells
+    /// pod traffic by interface (--pod-ifaces), so nothing depends on it.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// Log format: text, or json (one JSON object a line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log verbosity, kube-proxy's scale: 0–1 info, 2–4 debug, 5 and more trace. Without it,
+    /// RUST_LOG (default info).
+    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
     /// bpffs directory for the pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/svc")]
     pub bpffs: PathBuf,

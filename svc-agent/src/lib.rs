@@ -13,6 +13,10 @@
 //!   the deploy manifests.
 //! - [`conntrack`]: the conntrack garbage collector (its own thread) and the flushes that
 //!   follow endpoint removal; the decisions are pure and table-tested.
+//! - [`kpconfig`]: `--config FILE`, kube-proxy's `KubeProxyConfiguration` applied to the
+//!   command line (pure, table-tested against kubeadm's and kind's ConfigMaps).
+//! - [`health`]: kube-proxy's `/healthz` and `/livez` (whether changes reach the maps in time)
+//!   and the `healthCheckNodePort` servers.
 //! - [`inspect`]: `svc-agent inspect …` / `explain`: the pinned maps read back for people and
 //!   tools, and what the datapath would do with a flow (a pure mirror of its decision).
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
@@ -24,6 +28,7 @@ pub mod dataplane;
 pub mod health;
 pub mod ifwatch;
 pub mod inspect;
+pub mod kpconfig;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

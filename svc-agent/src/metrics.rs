@@ -1,4 +1,7 @@
-//! Prometheus metrics and `/healthz`, served on `--metrics-addr`.
+//! Prometheus metrics and `/healthz`, served on `--metrics-bind-address` (alias
+//! `--metrics-addr`): ours, named `svc_*`, and kube-proxy's `kubeproxy_*` for what the agent
+//! does the same job for (kubernetes pkg/proxy/metrics/metrics.go: names, help and buckets), so
+//! dashboards and alerts written for kube-proxy keep working.
 //!
 //! Datapath counters are read from the pinned `SVC_STATS` map at scrape time, so they are
 //! exact and cost nothing between scrapes.
@@ -9,6 +12,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
@@ -36,6 +40,11 @@ pub struct SkipLabel {
     pub kind: String,
     /// Field path with list indices removed (`spec.ports[].port`), to bound cardinality.
     pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +85,18 @@ pub struct Metrics {
     /// Session-affinity entries deleted because their endpoint or frontend went away.
     pub affinity_flushed: Counter,
     packets: Family<PacketLabel, Gauge>,
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`: one plan and its writes.
+    pub kp_sync_duration: Histogram,
+    /// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time` to the maps reflecting it.
+    pub kp_network_programming: Histogram,
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds` (Unix time).
+    pub kp_last_sync: Gauge<f64, AtomicU64>,
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds` (Unix time).
+    pub kp_last_queued: Gauge<f64, AtomicU64>,
+    /// kube-proxy's `kubeproxy_proxy_healthz_total` / `kubeproxy_proxy_livez_total` by code.
+    kp_healthz: Family<CodeLabel, Counter>,
+    kp_livez: Family<CodeLabel, Counter>,
     /// Set once the datapath is loaded and every source has completed its first sync.
     pub ready: AtomicBool,
     bpffs: PathBuf,
@@ -84,7 +105,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(bpffs: PathBuf) -> Arc<Self> {
         let m = Self {
-            registry: Mutex::new(Registry::with_prefix("svc")),
+            registry: Mutex::new(Registry::default()),
             programming_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
             ),
@@ -103,11 +124,50 @@ impl Metrics {
             ct_flushed: Counter::default(),
             affinity_flushed: Counter::default(),
             packets: Family::default(),
+            kp_sync_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
+            kp_network_programming: Histogram::new(network_programming_buckets()),
+            kp_last_sync: Gauge::default(),
+            kp_last_queued: Gauge::default(),
+            kp_healthz: Family::default(),
+            kp_livez: Family::default(),
             ready: AtomicBool::new(false),
             bpffs,
         };
         {
-            let mut r = m.registry.lock().expect("fresh mutex");
+            let mut root = m.registry.lock().expect("fresh mutex");
+            root.register(
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                m.kp_sync_duration.clone(),
+            );
+            root.register(
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                m.kp_network_programming.clone(),
+            );
+            root.register(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                m.kp_last_sync.clone(),
+            );
+            root.register(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+                m.kp_last_queued.clone(),
+            );
+            root.register(
+                "kubeproxy_proxy_healthz",
+                "Cumulative proxy healthz HTTP status",
+                m.kp_healthz.clone(),
+            );
+            root.register(
+                "kubeproxy_proxy_livez",
+                "Cumulative proxy livez HTTP status",
+                m.kp_livez.clone(),
+            );
+            let r = root.sub_registry_with_prefix("svc");
             r.register(
                 "programming_latency_seconds",
                 "Time from an object change reaching the agent to the maps reflecting it",
@@ -190,6 +250,36 @@ impl Metrics {
             );
         }
         Arc::new(m)
+    }
+
+    /// A plan that took `took` has brought the maps in step with the objects.
+    pub fn synced(&self, took: Duration) {
+        self.kp_sync_duration.observe(took.as_secs_f64());
+        self.kp_last_sync.set(unix_seconds(SystemTime::now()));
+    }
+
+    /// A change was received that the maps do not reflect yet.
+    pub fn queued(&self) {
+        self.kp_last_queued.set(unix_seconds(SystemTime::now()));
+    }
+
+    /// The maps now reflect EndpointSlice changes triggered at `triggers`
+    /// (`endpoints.kubernetes.io/last-change-trigger-time`).
+    pub fn network_programmed(&self, triggers: &[SystemTime]) {
+        let now = SystemTime::now();
+        for t in triggers {
+            // A trigger time ahead of this node's clock (clock skew) counts as 0, not negative.
+            let took = now.duration_since(*t).unwrap_or_default();
+            self.kp_network_programming.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn proxy_healthz(&self, code: u16) {
+        self.kp_healthz.get_or_create(&code_label(code)).inc();
+    }
+
+    pub fn proxy_livez(&self, code: u16) {
+        self.kp_livez.get_or_create(&code_label(code)).inc();
     }
 
     /// Records how full an LRU map is.
@@ -275,6 +365,31 @@ impl Metrics {
     }
 }
 
+fn code_label(code: u16) -> CodeLabel {
+    CodeLabel {
+        code: if code == 200 { "200" } else { "503" },
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// kube-proxy's buckets for network programming latency: 0, 0.25 s, 0.5 s, 1–59 s by 1 s,
+/// 60–115 s by 5 s, 2–5 min by 30 s.
+fn network_programming_buckets() -> Vec<f64> {
+    let linear =
+        |start: f64, width: f64, count: u32| (0..count).map(move |i| start + width * f64::from(i));
+    std::iter::once(0.0)
+        .chain(linear(0.25, 0.25, 2))
+        .chain(linear(1.0, 1.0, 59))
+        .chain(linear(60.0, 5.0, 12))
+        .chain(linear(120.0, 30.0, 7))
+        .collect()
+}
+
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(
@@ -297,7 +412,8 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the runtime stops.
+/// Serves `/metrics` and `/healthz` on `addr` (`--metrics-bind-address`) until the runtime
+/// stops.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let app = Router::new()
         .route("/metrics", get(self::metrics))
@@ -305,7 +421,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+        .with_context(|| format!("binding --metrics-bind-address {addr}"))?;
     info!(%addr, "serving /metrics and /healthz");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -331,5 +447,39 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn kube_proxy_metrics_keep_their_names_beside_ours() {
+        let m = Metrics::new(PathBuf::from("/nonexistent"));
+        m.queued();
+        m.synced(Duration::from_millis(3));
+        m.network_programmed(&[SystemTime::now() - Duration::from_secs(2)]);
+        m.proxy_healthz(503);
+        let text = m.render();
+        for line in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
+            "kubeproxy_network_programming_duration_seconds_count 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"2.0\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "svc_map_writes_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        for name in [
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds ",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} not in:\n{text}"));
+            assert!(value > 1.7e9, "{name}{value}");
+        }
+        let buckets = network_programming_buckets();
+        assert_eq!(buckets.len(), 1 + 2 + 59 + 12 + 7);
+        assert_eq!(buckets.last(), Some(&300.0));
     }
 }

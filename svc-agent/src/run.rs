@@ -19,7 +19,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -33,7 +33,7 @@ use crate::{
     conntrack::{self, Collector, CollectorHandle},
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
-    health::HealthServers,
+    health::{self, HealthServers, ProxyHealth},
     ifwatch::{self, LinkEvent},
     metrics::{self, MapLabel, Metrics},
     model::{self, NodeContext, ObjectRef, Objects},
@@ -77,6 +77,17 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub xdp: crate::datapath::XdpChoice,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--healthz-bind-address`: kube-proxy's `/healthz` and `/livez`; `None` = not served.
+    pub healthz_addr: Option<SocketAddr>,
+    /// How long a change may wait for the maps before the agent reports itself unhealthy
+    /// (kube-proxy: 2 × `--sync-period`).
+    pub health_timeout: Duration,
+    /// `--cluster-cidr` (kube-proxy's `clusterCIDR`): recorded and logged; the datapath tells
+    /// pod traffic by interface (`--pod-ifaces`), not by source range.
+    pub cluster_cidrs: Vec<String>,
+    /// Test only (`--fault-inject stall-programming`): after the first sync, stop writing the
+    /// maps while the loop keeps receiving changes.
+    pub stall_programming: bool,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
     /// Conntrack timeouts (`--conntrack-*-timeout*`), for the datapath and the collector.
@@ -88,9 +99,20 @@ pub struct RunConfig {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
+    let started_at = SystemTime::now();
     let metrics = Metrics::new(cfg.bpffs.clone());
     if let Some(addr) = cfg.metrics_addr {
         metrics::serve(addr, metrics.clone()).await?;
+    }
+    // The first sync is pending from now on: a datapath that takes longer than the timeout to
+    // load is reported, as kube-proxy reports a first sync that takes too long.
+    let proxy_health = ProxyHealth::new(cfg.health_timeout);
+    metrics.queued();
+    if let Some(addr) = cfg.healthz_addr {
+        health::serve_proxy_health(addr, proxy_health.clone(), metrics.clone()).await?;
+    }
+    if !cfg.cluster_cidrs.is_empty() {
+        info!(cluster_cidr = ?cfg.cluster_cidrs, "cluster CIDR recorded (pod traffic is told by interface, --pod-ifaces)");
     }
     let (mut datapath, maps) =
         Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp, &cfg.ct_timeouts, cfg.ct_max)?;
@@ -132,6 +154,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         last_problems: BTreeSet::new(),
         needs_full: true,
         gc,
+        health: proxy_health.clone(),
+        triggers: Vec::new(),
+        stall_programming: cfg.stall_programming,
+        synced_once: false,
     };
 
     let (links, mut link_events) = ifwatch::start().await?;
@@ -154,7 +180,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         attach_link(&mut datapath, &cfg, *index, name);
     }
 
-    let mut health = HealthServers::default();
+    let mut health = HealthServers::new(proxy_health.clone());
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     match &cfg.source {
@@ -170,6 +196,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        proxy_health.heartbeat();
                         let fingerprint = match manifests::dir_fingerprint(dir) {
                             Ok(f) => f,
                             Err(e) => {
@@ -184,6 +211,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                         match manifests::load_dir_with(dir, options) {
                             Ok(objects) => {
                                 last_fingerprint = Some(fingerprint);
+                                engine.queued();
                                 engine.full(&objects, &node, started);
                                 health.sync(&model::health_checks(&objects, &node)).await;
                                 metrics.ready.store(true, Ordering::Relaxed);
@@ -206,8 +234,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             // periodically. With nothing to change it writes nothing.
             let mut resync = tokio::time::interval(FULL_RESYNC);
             resync.tick().await;
+            let mut heartbeat = tokio::time::interval(proxy_health.heartbeat_period());
             loop {
                 tokio::select! {
+                    _ = heartbeat.tick() => proxy_health.heartbeat(),
                     _ = resync.tick() => {
                         if store.ready() && !engine.needs_full {
                             let node = NodeContext {
@@ -229,6 +259,14 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             note_delta(&metrics, &delta);
                             store.apply(delta, &mut touched);
                         }
+                        proxy_health.sync_node(store.node.as_ref());
+                        if touched.node || !touched.services.is_empty() {
+                            engine.queued();
+                        }
+                        // kube-proxy measures only changes made after it started.
+                        engine
+                            .triggers
+                            .extend(touched.triggers.iter().filter(|t| **t >= started_at));
                         if !store.ready() {
                             continue;
                         }
@@ -352,11 +390,26 @@ struct Engine {
     needs_full: bool,
     /// The conntrack collector, told which UDP flows to flush.
     gc: CollectorHandle,
+    /// Told when changes arrive and when the maps reflect them (`/healthz`, `/livez`).
+    health: Arc<ProxyHealth>,
+    /// Trigger times of EndpointSlice changes not yet written to the maps.
+    triggers: Vec<SystemTime>,
+    /// `--fault-inject stall-programming`: write nothing after the first sync.
+    stall_programming: bool,
+    /// A plan has been written in full once.
+    synced_once: bool,
 }
 
 impl Engine {
+    /// A change arrived that the maps do not reflect yet.
+    fn queued(&self) {
+        self.health.queued();
+        self.metrics.queued();
+    }
+
     /// Plans every Service.
     fn full(&mut self, objects: &Objects, node: &NodeContext, since: Instant) {
+        let started = Instant::now();
         let desired = model::desired(objects, node);
         let problems: Vec<_> = objects.problems.iter().chain(&desired.problems).collect();
         let texts: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -368,7 +421,7 @@ impl Engine {
         }
         self.last_problems = texts;
         let (ops, removals) = reconcile::plan_in_place(&mut self.programmed, &desired);
-        if self.apply(&ops, &removals, since) {
+        if self.apply(&ops, &removals, since, started) {
             self.needs_full = false;
             info!(
                 services = objects.services.len(),
@@ -388,6 +441,7 @@ impl Engine {
         services: &BTreeSet<ObjectRef>,
         since: Instant,
     ) {
+        let started = Instant::now();
         let desired =
             model::desired_for_indexed(&store.objects, node, services, &store.slice_owners);
         for p in &desired.problems {
@@ -396,7 +450,7 @@ impl Engine {
         }
         let (ops, removals) =
             reconcile::plan_services_in_place(&mut self.programmed, &desired, services);
-        if self.apply(&ops, &removals, since) {
+        if self.apply(&ops, &removals, since, started) {
             info!(
                 services = services.len(),
                 writes = ops.len(),
@@ -410,10 +464,28 @@ impl Engine {
     /// `programmed` is ahead of the maps, so it is re-read from them and the next plan is full.
     /// Then clears the flow state of what the plan removed (see [`Engine::flush`]), also after a
     /// failed write: clearing flows of a pair that is still live only re-balances them.
-    /// Returns whether every write succeeded.
-    fn apply(&mut self, ops: &[MapOp], removals: &Removals, since: Instant) -> bool {
+    /// Returns whether every write succeeded. `started`: when planning began (for kube-proxy's
+    /// sync duration).
+    fn apply(
+        &mut self,
+        ops: &[MapOp],
+        removals: &Removals,
+        since: Instant,
+        started: Instant,
+    ) -> bool {
+        if self.stall_programming && self.synced_once {
+            warn!(writes = ops.len(), "fault injected: not writing the maps");
+            return false;
+        }
         let ok = self.write(ops, since);
         self.flush(removals);
+        if ok {
+            self.synced_once = true;
+            self.health.updated();
+            self.metrics.synced(started.elapsed());
+            self.metrics.network_programmed(&self.triggers);
+            self.triggers.clear();
+        }
         ok
     }
 

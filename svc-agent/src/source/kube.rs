@@ -9,7 +9,7 @@
 //! first list ([`Store::ready`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use futures::StreamExt;
@@ -144,6 +144,24 @@ pub struct Touched {
     pub node: bool,
     /// Earliest receive time among the deltas applied (for programming latency).
     pub oldest: Option<Instant>,
+    /// The [`LAST_CHANGE_TRIGGER_TIME`]s of the EndpointSlices that changed (for kube-proxy's
+    /// network programming latency).
+    pub triggers: Vec<SystemTime>,
+}
+
+/// The annotation the EndpointSlice controller sets to when the change it mirrors happened
+/// (a Pod or Service change), RFC 3339.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// An EndpointSlice's [`LAST_CHANGE_TRIGGER_TIME`], if present and well formed.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    Some(ts.into())
 }
 
 impl Store {
@@ -177,7 +195,12 @@ impl Store {
                 if resync {
                     self.listed.insert("EndpointSlice");
                 }
+                // Trigger times of the versions the callback sees (old and new of each change).
+                let mut seen: BTreeSet<(ObjectRef, SystemTime)> = BTreeSet::new();
                 apply_change(&mut self.objects.slices, change, |r, slice| {
+                    if let Some(t) = trigger_time(slice) {
+                        seen.insert((r.clone(), t));
+                    }
                     if let Some(name) = slice
                         .metadata
                         .labels
@@ -189,6 +212,13 @@ impl Store {
                             .insert(ObjectRef::new(r.namespace.clone(), name.clone()));
                     }
                 });
+                // A slice that changed carries the trigger time of its new version (kube-proxy
+                // records it for every slice update that changes the slice).
+                touched
+                    .triggers
+                    .extend(seen.into_iter().filter_map(|(r, t)| {
+                        (self.objects.slices.get(&r).and_then(trigger_time) == Some(t)).then_some(t)
+                    }));
                 if resync {
                     self.slice_owners = SliceOwners::build(&self.objects.slices);
                 } else if let Some(r) = one {
@@ -413,5 +443,49 @@ mod tests {
         );
         assert!(store.objects.slices.is_empty());
         assert_eq!(store.slice_owners, SliceOwners::default());
+    }
+
+    #[test]
+    fn changed_slices_report_their_trigger_time_once() {
+        let with_trigger = |name: &str, t: &str, port: i32| {
+            let mut s = slice(name, "web");
+            s.metadata.annotations =
+                Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), t.to_string())].into());
+            s.ports = Some(vec![k8s_openapi::api::discovery::v1::EndpointPort {
+                port: Some(port),
+                ..Default::default()
+            }]);
+            s
+        };
+        let at = |t: &str| SystemTime::from(t.parse::<k8s_openapi::jiff::Timestamp>().unwrap());
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        let first = with_trigger("a", "2025-12-01T02:00:00Z", 80);
+        store.apply(
+            Delta::Slices(Change::Resync(vec![first.clone()]), now()),
+            &mut t,
+        );
+        assert_eq!(t.triggers, [at("2025-12-01T02:00:00Z")]);
+        // The same slice again (a relist): no change, no trigger.
+        let mut t = Touched::default();
+        store.apply(Delta::Slices(Change::Resync(vec![first]), now()), &mut t);
+        assert!(t.triggers.is_empty());
+        // An update: the new version's trigger time only.
+        let mut t = Touched::default();
+        let second = with_trigger("a", "2025-12-01T02:00:05.5Z", 81);
+        store.apply(Delta::Slices(Change::Upsert(second), now()), &mut t);
+        assert_eq!(t.triggers, [at("2025-12-01T02:00:05.5Z")]);
+        // No annotation, or a malformed one: nothing to measure.
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(with_trigger("b", "yesterday", 80)), now()),
+            &mut t,
+        );
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("c", "web")), now()),
+            &mut t,
+        );
+        assert!(t.triggers.is_empty());
+        assert!(t.services.contains(&ObjectRef::new("default", "web")));
     }
 }
