@@ -129,6 +129,11 @@ pub struct RunArgs {
     /// CIDR is refused (CVE-2020-8554). Absent: every external IP is served, as kube-proxy does.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
+    /// Serve exactly the Services labelled service.kubernetes.io/service-proxy-name=NAME, so
+    /// this agent can run beside another proxy. Absent or empty: the Services without that
+    /// label, as kube-proxy.
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
     /// cgroup v2 directory the socket hooks attach to.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,

@@ -132,6 +132,7 @@ fn main() -> Result<()> {
         node_ips: args.node_ip,
         nodeport_addresses: args.nodeport_addresses,
         external_ip_cidrs: args.external_ip_cidrs,
+        service_proxy_name: args.service_proxy_name,
         bpffs: args.bpffs,
         pod_ifaces: args.pod_ifaces,
         uplinks: args.uplink,

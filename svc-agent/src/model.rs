@@ -19,15 +19,26 @@
 //! `externalTrafficPolicy: Local`, get a second, [`SCOPE_EXTERNAL`] entry holding this node's
 //! endpoints for clients from the wire while in-cluster clients keep every endpoint (kube-proxy's
 //! "short circuit"). An empty `Local` set drops ([`FRONTEND_F_DROP_NO_BACKEND`]) unless the
-//! Service has no usable endpoint anywhere, which rejects as kube-proxy does. Topology hints are
-//! not applied yet.
+//! Service has no usable endpoint anywhere, which rejects as kube-proxy does.
+//!
+//! # Topology
+//! The `Cluster` endpoint set (what every entry but the `Local` ones holds) follows the
+//! EndpointSlice hints as kube-proxy's `topologyModeFromHints` / `availableForTopology`
+//! (pkg/proxy/topology.go, Kubernetes 1.34) apply them, all or nothing per Service port: node
+//! hints when every ready endpoint has some and one names this node, else zone hints on the
+//! same terms against [`NodeContext::zone`], else every ready endpoint. kube-proxy reads the
+//! hints only, never `spec.trafficDistribution`: the EndpointSlice controller turns
+//! `PreferClose`/`PreferSameZone` into `forZones` and `PreferSameNode` into `forNodes` (plus
+//! `forZones`), so we do the same. Where no controller writes hints (`--manifests`), the hints
+//! written in the slices are used as they are, and a Service's `trafficDistribution` alone
+//! changes nothing. `Local` traffic policies win: their sets ignore hints.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use svc_common::{
     Backend, FrontendKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND,
@@ -37,9 +48,11 @@ use svc_common::{
 
 /// Label naming the Service an EndpointSlice belongs to (set by the EndpointSlice controllers).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Label asking for a Service to be handled by a non-default proxy. We are not named by any
-/// value, so, like kube-proxy, we skip every Service carrying it.
+/// Label asking for a Service to be handled by a non-default proxy (KEP-2447). Which Services
+/// we claim by it is [`NodeContext::service_proxy_name`]'s business.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// The Node label naming its zone, which `forZones` hints are matched against.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 /// Label the EndpointSlice controller puts on slices of headless Services; proxies ignore them.
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when `sessionAffinity: ClientIP` omits it
@@ -167,9 +180,29 @@ pub struct NodeContext {
     /// refused, so whoever may create Services cannot capture traffic to an arbitrary address.
     /// `None` (the default) accepts every external IP, as kube-proxy does.
     pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
+    /// This node's zone, its Node object's [`LABEL_TOPOLOGY_ZONE`] label: endpoints hinted
+    /// `forZones` it are preferred (see "Topology" above). `None` (no label, or no Node object as
+    /// with `--manifests`) ignores zone hints, as kube-proxy on an unlabelled node does.
+    pub zone: Option<String>,
+    /// `--service-proxy-name`: which Services are ours by their [`LABEL_SERVICE_PROXY_NAME`]
+    /// label. `None` (the default): those without the label, exactly kube-proxy's choice.
+    /// `Some(name)`: exactly those whose label equals `name`, so this agent can run beside
+    /// kube-proxy or another proxy, each serving its own Services (as Cilium's
+    /// `--k8s-service-proxy-name`). See [`NodeContext::claims`].
+    pub service_proxy_name: Option<String>,
 }
 
 impl NodeContext {
+    /// Whether a Service with this metadata is ours to serve (see
+    /// [`NodeContext::service_proxy_name`]). A label with an empty value is still a label
+    /// (kube-proxy selects "label absent"), so it is never ours; an empty name means `None`.
+    pub fn claims(&self, meta: &ObjectMeta) -> bool {
+        match self.service_proxy_name.as_deref().filter(|n| !n.is_empty()) {
+            None => label(meta, LABEL_SERVICE_PROXY_NAME).is_none(),
+            Some(name) => label(meta, LABEL_SERVICE_PROXY_NAME) == Some(name),
+        }
+    }
+
     /// The addresses NodePorts are served on, sorted and de-duplicated (see
     /// [`NodeContext::nodeport_addresses`]). Only node addresses we know of are candidates:
     /// kube-proxy would also match other local interface addresses inside the prefixes, which
@@ -473,8 +506,8 @@ fn add_service(
     out: &mut Desired,
 ) {
     let object = format!("Service {svc_ref}");
-    if label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_some() {
-        // Meant for another proxy (we answer to no name), exactly as kube-proxy skips it.
+    if !node.claims(&svc.metadata) {
+        // Meant for another proxy, or (with --service-proxy-name) not labelled for us.
         return;
     }
     let Some(spec) = &svc.spec else {
@@ -920,6 +953,87 @@ struct ParsedEndpoint {
     serving_terminating: bool,
     /// `nodeName` is this node ([`NodeContext::node_name`]).
     local: bool,
+    /// Its `hints`, as they concern this node.
+    hints: HintsHere,
+}
+
+/// An endpoint's `hints` (`forZones`, `forNodes`) resolved against this node, as kube-proxy's
+/// endpoint cache reads them (pkg/proxy/endpointslicecache.go). `forNodes` is read as with
+/// the `PreferSameTrafficDistribution` gate on (beta and on by default since 1.34).
+#[derive(Clone, Copy, Debug, Default)]
+struct HintsHere {
+    /// `forZones` names some zone.
+    zoned: bool,
+    /// `forZones` names [`NodeContext::zone`].
+    for_zone: bool,
+    /// `forNodes` names some node.
+    noded: bool,
+    /// `forNodes` names [`NodeContext::node_name`].
+    for_node: bool,
+}
+
+impl HintsHere {
+    fn of(hints: Option<&EndpointHints>, node: &NodeContext) -> Self {
+        let zones = hints
+            .and_then(|h| h.for_zones.as_deref())
+            .unwrap_or_default();
+        let nodes = hints
+            .and_then(|h| h.for_nodes.as_deref())
+            .unwrap_or_default();
+        let zone = node.zone.as_deref().filter(|z| !z.is_empty());
+        Self {
+            zoned: !zones.is_empty(),
+            for_zone: zone.is_some_and(|z| zones.iter().any(|h| h.name == z)),
+            noded: !nodes.is_empty(),
+            for_node: !node.node_name.is_empty() && nodes.iter().any(|h| h.name == node.node_name),
+        }
+    }
+}
+
+/// Which ready endpoints the `Cluster` set of one Service port keeps: kube-proxy's "topology
+/// mode" (`topologyModeFromHints`, pkg/proxy/topology.go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every ready endpoint (no hints, or hints that cannot be honoured).
+    Any,
+    /// Those hinted `forNodes` this node.
+    SameNode,
+    /// Those hinted `forZones` this node's zone.
+    SameZone,
+}
+
+impl Topology {
+    /// Decided over the ready endpoints of one port, all or nothing: one ready endpoint
+    /// without node hints rules out [`Topology::SameNode`], one without zone hints rules out
+    /// [`Topology::SameZone`] (hints half-written by the controller, or a hand-written slice),
+    /// and a mode no ready endpoint is hinted for here is no mode: traffic then goes to every
+    /// ready endpoint rather than to none. So a chosen mode always keeps at least one.
+    fn of<'a>(ready: impl Iterator<Item = &'a HintsHere>) -> Self {
+        let (mut any, mut all_noded, mut all_zoned) = (false, true, true);
+        let (mut for_node, mut for_zone) = (false, false);
+        for h in ready {
+            any = true;
+            all_noded &= h.noded;
+            all_zoned &= h.zoned;
+            for_node |= h.for_node;
+            for_zone |= h.for_zone;
+        }
+        if any && all_noded && for_node {
+            Self::SameNode
+        } else if any && all_zoned && for_zone {
+            Self::SameZone
+        } else {
+            Self::Any
+        }
+    }
+
+    fn admits(self, h: &HintsHere) -> bool {
+        match self {
+            Self::Any => true,
+            Self::SameNode => h.for_node,
+            Self::SameZone => h.for_zone,
+        }
+    }
 }
 
 impl ParsedSlice {
@@ -999,6 +1113,7 @@ impl ParsedSlice {
                 ready,
                 serving_terminating: serving && terminating,
                 local,
+                hints: HintsHere::of(ep.hints.as_ref(), node),
             });
         }
         Some(Self { ports, endpoints })
@@ -1042,11 +1157,12 @@ fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
 /// The endpoint sets of one Service port, as kube-proxy's `CategorizeEndpoints`
 /// (pkg/proxy/topology.go) computes them; each sorted by [`Backend`]'s `Ord`, no duplicates.
 struct BackendSets {
-    /// Traffic policy `Cluster`: ready endpoints anywhere, else serving+terminating ones.
+    /// Traffic policy `Cluster`: ready endpoints anywhere that the [`Topology`] admits, else
+    /// (no ready endpoint at all) serving+terminating ones, hints ignored.
     cluster: Vec<Backend>,
     /// Traffic policy `Local`: this node's ready endpoints, else this node's serving+terminating
     /// ones. The fallback is decided on the local endpoints alone: a remote ready endpoint does
-    /// not stop a local terminating one from being used.
+    /// not stop a local terminating one from being used. Hints play no part.
     local: Vec<Backend>,
 }
 
@@ -1070,27 +1186,38 @@ impl BackendSets {
 /// (each pod template) gives it. Local endpoints carry [`BACKEND_F_LOCAL`] in both sets, so a
 /// backend is one tuple whichever frontend names it; fallback ones [`BACKEND_F_TERMINATING`].
 fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> BackendSets {
+    // The endpoints of this port, each with the number its slice gives the port.
+    let endpoints = || {
+        slices
+            .iter()
+            .filter_map(|s| Some((s, s.port(port_name, proto)?)))
+            .flat_map(|(s, port)| s.endpoints.iter().map(move |ep| (ep, port)))
+    };
+    let topology = Topology::of(
+        endpoints()
+            .filter(|(ep, _)| ep.ready)
+            .map(|(ep, _)| &ep.hints),
+    );
     let mut ready = BTreeSet::new();
+    let mut near = BTreeSet::new();
     let mut terminating = BTreeSet::new();
-    for slice in slices {
-        let Some(port) = slice.port(port_name, proto) else {
-            continue;
+    for (ep, port) in endpoints() {
+        let backend = Backend {
+            addr: ep.addr.octets(),
+            port,
+            proto,
+            flags: if ep.local { BACKEND_F_LOCAL } else { 0 },
         };
-        for ep in &slice.endpoints {
-            let backend = Backend {
-                addr: ep.addr.octets(),
-                port,
-                proto,
-                flags: if ep.local { BACKEND_F_LOCAL } else { 0 },
-            };
-            if ep.ready {
-                ready.insert(backend);
-            } else if ep.serving_terminating {
-                terminating.insert(Backend {
-                    flags: backend.flags | BACKEND_F_TERMINATING,
-                    ..backend
-                });
+        if ep.ready {
+            ready.insert(backend);
+            if topology.admits(&ep.hints) {
+                near.insert(backend);
             }
+        } else if ep.serving_terminating {
+            terminating.insert(Backend {
+                flags: backend.flags | BACKEND_F_TERMINATING,
+                ..backend
+            });
         }
     }
     let is_local = |b: &&Backend| b.flags & BACKEND_F_LOCAL != 0;
@@ -1099,10 +1226,12 @@ fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> Backen
     } else {
         terminating.iter().filter(is_local).copied().collect()
     };
+    // A chosen topology keeps at least one ready endpoint, so `near` is empty only when
+    // `ready` is; the terminating fallback then ignores hints, as kube-proxy's does.
     let cluster = if ready.is_empty() {
         terminating.into_iter().collect()
     } else {
-        ready.into_iter().collect()
+        near.into_iter().collect()
     };
     BackendSets { cluster, local }
 }
@@ -1136,7 +1265,7 @@ pub fn health_checks(objects: &Objects, node: &NodeContext) -> Vec<HealthCheck> 
     let mut scratch = Desired::default();
     let mut out = Vec::new();
     for (svc_ref, svc) in &objects.services {
-        if label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_some() {
+        if !node.claims(&svc.metadata) {
             continue;
         }
         let Some(spec) = &svc.spec else { continue };
@@ -1468,6 +1597,44 @@ pub(crate) mod tests {
         );
         let d = desired(&objects(vec![(r, s)], vec![]), &node());
         assert_eq!(d, Desired::default());
+    }
+
+    #[test]
+    fn service_proxy_name_claims_exactly_the_services_labelled_with_it() {
+        // (--service-proxy-name, the Service's label, served?)
+        let table: [(Option<&str>, Option<&str>, bool); 8] = [
+            (None, None, true),
+            (None, Some("other-proxy"), false),
+            (None, Some(""), false),
+            (Some("svc-lb"), None, false),
+            (Some("svc-lb"), Some("svc-lb"), true),
+            (Some("svc-lb"), Some("other-proxy"), false),
+            (Some("svc-lb"), Some(""), false),
+            // An empty name is no name: kube-proxy's choice.
+            (Some(""), None, true),
+        ];
+        for (name, value, served) in table {
+            let labels = match value {
+                Some(v) => json!({LABEL_SERVICE_PROXY_NAME: v}),
+                None => json!({}),
+            };
+            let np = json!({"clusterIP": "10.96.0.10", "type": "LoadBalancer",
+                            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                            "ports": [{"port": 80}]});
+            let objs = objects(vec![svc_labelled("default", "web", labels, np)], vec![]);
+            let node = NodeContext {
+                service_proxy_name: name.map(str::to_owned),
+                ..node()
+            };
+            let d = desired(&objs, &node);
+            assert_eq!(!d.frontends.is_empty(), served, "{name:?} {value:?}: {d:?}");
+            // The health check follows the same claim.
+            assert_eq!(
+                health_checks(&objs, &node).len(),
+                usize::from(served),
+                "{name:?} {value:?}"
+            );
+        }
     }
 
     #[test]
@@ -2623,5 +2790,267 @@ pub(crate) mod tests {
             ..node()
         };
         assert_eq!(health_checks(&objs, &node_c)[0].local_endpoints, 0);
+    }
+
+    /// `node-a` in zone-a (the Node's zone label).
+    fn node_in_zone_a() -> NodeContext {
+        NodeContext {
+            zone: Some("zone-a".into()),
+            ..node()
+        }
+    }
+
+    /// A ready endpoint on `node` hinted for `zones` and `nodes` (`hints` omitted when both
+    /// are empty).
+    fn ep_hinted(ip: &str, node: &str, zones: &[&str], nodes: &[&str]) -> serde_json::Value {
+        let mut ep = ep_on(ip, node);
+        let mut hints = json!({});
+        if !zones.is_empty() {
+            hints["forZones"] = zones.iter().map(|z| json!({"name": z})).collect();
+        }
+        if !nodes.is_empty() {
+            hints["forNodes"] = nodes.iter().map(|n| json!({"name": n})).collect();
+        }
+        if hints != json!({}) {
+            ep["hints"] = hints;
+        }
+        ep
+    }
+
+    /// Backends of the only frontend of `web` (`spec` merged in) over one slice of `eps`.
+    fn web_backends(
+        spec: serde_json::Value,
+        eps: Vec<serde_json::Value>,
+        node: &NodeContext,
+    ) -> Vec<Backend> {
+        let d = desired(
+            &objects(vec![web(spec)], vec![web_slice("web-1", 8080, eps)]),
+            node,
+        );
+        only(&d).backends.clone()
+    }
+
+    /// Two endpoints in zone-a (one on this node, node-a) and one in zone-b, zone-hinted.
+    fn zoned_endpoints() -> Vec<serde_json::Value> {
+        vec![
+            ep_hinted("10.244.1.5", "node-a", &["zone-a"], &[]),
+            ep_hinted("10.244.3.5", "node-c", &["zone-a"], &[]),
+            ep_hinted("10.244.2.7", "node-b", &["zone-b"], &[]),
+        ]
+    }
+
+    #[test]
+    fn hints_for_this_zone_are_used_when_every_endpoint_has_hints() {
+        let near = vec![local(be([10, 244, 1, 5], 8080)), be([10, 244, 3, 5], 8080)];
+        assert_eq!(
+            web_backends(json!({}), zoned_endpoints(), &node_in_zone_a()),
+            near
+        );
+        // The same slice from node-b in zone-b: only the zone-b endpoint.
+        let node_b = NodeContext {
+            node_name: "node-b".into(),
+            zone: Some("zone-b".into()),
+            ..node()
+        };
+        assert_eq!(
+            web_backends(json!({}), zoned_endpoints(), &node_b),
+            vec![local(be([10, 244, 2, 7], 8080))]
+        );
+        // An endpoint may be hinted for several zones (the controller's overload spreading).
+        let mut eps = zoned_endpoints();
+        eps[2] = ep_hinted("10.244.2.7", "node-b", &["zone-b", "zone-a"], &[]);
+        assert_eq!(
+            web_backends(json!({}), eps, &node_in_zone_a()).len(),
+            3,
+            "zone-b's endpoint is lent to zone-a"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_without_hints_disables_topology() {
+        let mut eps = zoned_endpoints();
+        eps.push(ep_on("10.244.2.8", "node-b"));
+        assert_eq!(web_backends(json!({}), eps, &node_in_zone_a()).len(), 4);
+        // Across slices too: the rule is over the port's endpoints, not per slice.
+        let d = desired(
+            &objects(
+                vec![web(json!({}))],
+                vec![
+                    web_slice("web-1", 8080, zoned_endpoints()),
+                    web_slice("web-2", 8080, vec![ep_on("10.244.2.8", "node-b")]),
+                ],
+            ),
+            &node_in_zone_a(),
+        );
+        assert_eq!(only(&d).backends.len(), 4);
+    }
+
+    #[test]
+    fn hints_are_judged_on_ready_endpoints_only() {
+        // A not-ready endpoint without hints does not turn topology off.
+        let mut eps = zoned_endpoints();
+        eps.push(json!({"addresses": ["10.244.2.8"], "nodeName": "node-b",
+                        "conditions": {"ready": false}}));
+        assert_eq!(web_backends(json!({}), eps, &node_in_zone_a()).len(), 2);
+    }
+
+    #[test]
+    fn no_endpoint_for_this_zone_falls_back_to_all() {
+        let node_d = NodeContext {
+            node_name: "node-d".into(),
+            zone: Some("zone-c".into()),
+            ..node()
+        };
+        assert_eq!(web_backends(json!({}), zoned_endpoints(), &node_d).len(), 3);
+        // zone-b's only endpoint is not ready: no ready endpoint is hinted for zone-b, so
+        // node-b uses every ready one (zone-a's) rather than none.
+        let eps = vec![
+            ep_hinted("10.244.1.5", "node-a", &["zone-a"], &[]),
+            json!({"addresses": ["10.244.2.7"], "nodeName": "node-b", "conditions": {"ready": false},
+                   "hints": {"forZones": [{"name": "zone-b"}]}}),
+        ];
+        let node_b = NodeContext {
+            node_name: "node-b".into(),
+            zone: Some("zone-b".into()),
+            ..node()
+        };
+        assert_eq!(
+            web_backends(json!({}), eps, &node_b),
+            vec![be([10, 244, 1, 5], 8080)]
+        );
+    }
+
+    #[test]
+    fn node_without_zone_label_ignores_hints() {
+        assert_eq!(web_backends(json!({}), zoned_endpoints(), &node()).len(), 3);
+        let empty = NodeContext {
+            zone: Some(String::new()),
+            ..node()
+        };
+        assert_eq!(web_backends(json!({}), zoned_endpoints(), &empty).len(), 3);
+    }
+
+    #[test]
+    fn service_traffic_distribution_alone_changes_nothing() {
+        // kube-proxy reads hints, never spec.trafficDistribution (the controller writes hints).
+        let eps = vec![ep_on("10.244.1.5", "node-a"), ep_on("10.244.2.7", "node-b")];
+        for td in ["PreferClose", "PreferSameZone", "PreferSameNode"] {
+            assert_eq!(
+                web_backends(
+                    json!({"trafficDistribution": td}),
+                    eps.clone(),
+                    &node_in_zone_a()
+                )
+                .len(),
+                2,
+                "{td}"
+            );
+        }
+    }
+
+    #[test]
+    fn for_nodes_hint_prefers_this_node() {
+        // PreferSameNode: the controller writes forNodes and forZones.
+        let eps = vec![
+            ep_hinted("10.244.1.5", "node-a", &["zone-a"], &["node-a"]),
+            ep_hinted("10.244.3.5", "node-c", &["zone-a"], &["node-c"]),
+            ep_hinted("10.244.2.7", "node-b", &["zone-b"], &["node-b"]),
+        ];
+        assert_eq!(
+            web_backends(json!({}), eps.clone(), &node_in_zone_a()),
+            vec![local(be([10, 244, 1, 5], 8080))]
+        );
+        // No endpoint for this node: the zone hints decide.
+        let node_e = NodeContext {
+            node_name: "node-e".into(),
+            ..node_in_zone_a()
+        };
+        assert_eq!(
+            web_backends(json!({}), eps.clone(), &node_e),
+            vec![be([10, 244, 1, 5], 8080), be([10, 244, 3, 5], 8080)]
+        );
+        // Node hints work without any zone (a node without the zone label, --manifests).
+        assert_eq!(
+            web_backends(json!({}), eps.clone(), &node()),
+            vec![local(be([10, 244, 1, 5], 8080))]
+        );
+        // One endpoint without a node hint: node hints are off, zone hints still apply.
+        let mut eps = eps;
+        eps[2] = ep_hinted("10.244.2.7", "node-b", &["zone-b"], &[]);
+        assert_eq!(web_backends(json!({}), eps, &node_in_zone_a()).len(), 2);
+    }
+
+    #[test]
+    fn without_ready_endpoints_the_terminating_fallback_ignores_hints() {
+        let term = |ip: &str, node: &str, zone: &str| {
+            json!({"addresses": [ip], "nodeName": node,
+                   "conditions": {"ready": false, "serving": true, "terminating": true},
+                   "hints": {"forZones": [{"name": zone}]}})
+        };
+        let eps = vec![
+            term("10.244.1.5", "node-a", "zone-a"),
+            term("10.244.2.7", "node-b", "zone-b"),
+        ];
+        assert_eq!(web_backends(json!({}), eps, &node_in_zone_a()).len(), 2);
+    }
+
+    #[test]
+    fn local_traffic_policy_wins_over_hints() {
+        // node-a's only endpoint is hinted for zone-b (and zone-a has node-c's): the Local set
+        // is this node's endpoints whatever the hints say.
+        let eps = vec![
+            ep_hinted("10.244.1.5", "node-a", &["zone-b"], &[]),
+            ep_hinted("10.244.3.5", "node-c", &["zone-a"], &[]),
+            ep_hinted("10.244.2.7", "node-b", &["zone-b"], &[]),
+        ];
+        let mine = vec![local(be([10, 244, 1, 5], 8080))];
+        let zone_a = vec![be([10, 244, 3, 5], 8080)];
+        assert_eq!(
+            web_backends(
+                json!({"internalTrafficPolicy": "Local"}),
+                eps.clone(),
+                &node_in_zone_a()
+            ),
+            mine
+        );
+        // eTP Local: wire clients get this node's endpoints, in-cluster clients (and the
+        // ClusterIP) the zone's.
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalTrafficPolicy": "Local"}))],
+                vec![web_slice("web-1", 8080, eps)],
+            ),
+            &NodeContext {
+                zone: Some("zone-a".into()),
+                ..node_with(&["172.18.0.0/16"])
+            },
+        );
+        let np = key(NODE_IP, 30080, PROTO_TCP);
+        assert_eq!(d.frontends[&external(np)].backends, mine);
+        assert_eq!(d.frontends[&np].backends, zone_a);
+        assert_eq!(
+            d.frontends[&key([10, 96, 0, 10], 80, PROTO_TCP)].backends,
+            zone_a
+        );
+    }
+
+    #[test]
+    fn hints_apply_to_node_ports_and_external_ips() {
+        // kube-proxy's external chains under eTP Cluster jump to the (topology-filtered)
+        // cluster endpoints.
+        let d = desired(
+            &objects(
+                vec![web_np(json!({"externalIPs": ["198.51.100.10"]}))],
+                vec![web_slice("web-1", 8080, zoned_endpoints())],
+            ),
+            &NodeContext {
+                zone: Some("zone-a".into()),
+                ..node_with(&["172.18.0.0/16"])
+            },
+        );
+        assert_eq!(d.frontends.len(), 3);
+        for (k, f) in &d.frontends {
+            assert_eq!(f.backends.len(), 2, "{k:?}");
+        }
     }
 }

@@ -1450,7 +1450,7 @@ mod tests {
                 "127.0.0.0/8".parse().expect("cidr"),
                 "172.18.0.0/16".parse().expect("cidr"),
             ],
-            external_ip_cidrs: None,
+            ..Default::default()
         };
         let objs = |nodes| Objects {
             services: [(lb_ref.clone(), lb.clone())].into(),

@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub nodeport_addresses: Vec<model::Ipv4Cidr>,
     /// `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs`]).
     pub external_ip_cidrs: Option<Vec<model::Ipv4Cidr>>,
+    /// `--service-proxy-name` ([`NodeContext::service_proxy_name`]).
+    pub service_proxy_name: Option<String>,
     pub bpffs: PathBuf,
     /// Interface-name prefixes of the host side of pod veths.
     pub pod_ifaces: Vec<String>,
@@ -185,12 +187,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     match &cfg.source {
         Source::Manifests { dir, options, poll } => {
-            let node = NodeContext {
-                node_name: cfg.node_name.clone(),
-                node_ips: cfg.node_ips.clone(),
-                nodeport_addresses: cfg.nodeport_addresses.clone(),
-                external_ip_cidrs: cfg.external_ip_cidrs.clone(),
-            };
+            let node = node_context(&cfg, None);
             let mut last_fingerprint = None;
             let mut tick = tokio::time::interval(*poll);
             loop {
@@ -240,12 +237,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                     _ = heartbeat.tick() => proxy_health.heartbeat(),
                     _ = resync.tick() => {
                         if store.ready() && !engine.needs_full {
-                            let node = NodeContext {
-                                node_name: cfg.node_name.clone(),
-                                node_ips: node_ips(&cfg, &store),
-                                nodeport_addresses: cfg.nodeport_addresses.clone(),
-                                external_ip_cidrs: cfg.external_ip_cidrs.clone(),
-                            };
+                            let node = node_context(&cfg, Some(&store));
                             engine.full(&store.objects, &node, Instant::now());
                             health.sync(&model::health_checks(&store.objects, &node)).await;
                         }
@@ -270,12 +262,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                         if !store.ready() {
                             continue;
                         }
-                        let node = NodeContext {
-                            node_name: cfg.node_name.clone(),
-                            node_ips: node_ips(&cfg, &store),
-                            nodeport_addresses: cfg.nodeport_addresses.clone(),
-                            external_ip_cidrs: cfg.external_ip_cidrs.clone(),
-                        };
+                        let node = node_context(&cfg, Some(&store));
                         let oldest = touched.oldest.unwrap_or_else(Instant::now);
                         if engine.needs_full || touched.node {
                             // The Node object may have brought (new) addresses: the first is
@@ -331,10 +318,25 @@ fn note_delta(metrics: &Metrics, delta: &Delta) {
     }
 }
 
+/// What the model knows of this node: the flags, plus what its Node object says when the API
+/// server is the source (`store`): its addresses and its zone. `--manifests` has no Node
+/// object, so no zone there (zone hints are then ignored, as on an unlabelled node).
+fn node_context(cfg: &RunConfig, store: Option<&Store>) -> NodeContext {
+    let node = store.and_then(|s| s.node.as_ref());
+    NodeContext {
+        node_name: cfg.node_name.clone(),
+        node_ips: node_ips(cfg, node),
+        nodeport_addresses: cfg.nodeport_addresses.clone(),
+        external_ip_cidrs: cfg.external_ip_cidrs.clone(),
+        zone: node.and_then(kube_source::node_zone),
+        service_proxy_name: cfg.service_proxy_name.clone(),
+    }
+}
+
 /// `--node-ip` plus the Node object's InternalIP/ExternalIP addresses, de-duplicated.
-fn node_ips(cfg: &RunConfig, store: &Store) -> Vec<Ipv4Addr> {
+fn node_ips(cfg: &RunConfig, node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<Ipv4Addr> {
     let mut ips: BTreeSet<Ipv4Addr> = cfg.node_ips.iter().copied().collect();
-    if let Some(node) = &store.node {
+    if let Some(node) = node {
         ips.extend(kube_source::node_addresses(node));
     }
     ips.into_iter().collect()

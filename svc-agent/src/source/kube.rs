@@ -24,7 +24,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::model::{ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME};
+use crate::model::{ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
 
 /// A change to one kind of object.
 #[derive(Debug)]
@@ -140,7 +140,8 @@ pub struct Store {
 pub struct Touched {
     /// Services whose frontends or backends may have changed.
     pub services: BTreeSet<ObjectRef>,
-    /// The Node changed: node addresses feed every Service (endpoint filtering), so plan all.
+    /// The Node's addresses or zone changed: they feed every Service (local endpoints,
+    /// NodePorts, topology hints), so plan all.
     pub node: bool,
     /// Earliest receive time among the deltas applied (for programming latency).
     pub oldest: Option<Instant>,
@@ -236,7 +237,8 @@ impl Store {
                     Change::Upsert(n) => self.node = Some(n),
                     Change::Delete(_) => self.node = None,
                 }
-                if before.as_ref().map(|n| &n.status) != self.node.as_ref().map(|n| &n.status) {
+                let what_counts = |n: &Node| (n.status.clone(), node_zone(n));
+                if before.as_ref().map(what_counts) != self.node.as_ref().map(what_counts) {
                     touched.node = true;
                 }
             }
@@ -303,6 +305,17 @@ pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
         .filter_map(|a| a.address.parse().ok())
         .collect()
+}
+
+/// This node's zone: its Node object's [`LABEL_TOPOLOGY_ZONE`] label, `None` when absent or
+/// empty.
+pub fn node_zone(node: &Node) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_TOPOLOGY_ZONE)
+        .filter(|z| !z.is_empty())
+        .cloned()
 }
 
 #[cfg(test)]
@@ -443,6 +456,46 @@ mod tests {
         );
         assert!(store.objects.slices.is_empty());
         assert_eq!(store.slice_owners, SliceOwners::default());
+    }
+
+    #[test]
+    fn a_zone_label_change_touches_the_node_and_other_labels_do_not() {
+        let node = |labels: &[(&str, &str)]| Node {
+            metadata: ObjectMeta {
+                name: Some("node-a".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(Delta::Node(Change::Upsert(node(&[])), now()), &mut t);
+        assert_eq!(store.node.as_ref().and_then(node_zone), None);
+        for (labels, touches, zone) in [
+            (vec![(LABEL_TOPOLOGY_ZONE, "zone-a")], true, Some("zone-a")),
+            (
+                vec![(LABEL_TOPOLOGY_ZONE, "zone-a"), ("team", "x")],
+                false,
+                Some("zone-a"),
+            ),
+            (vec![(LABEL_TOPOLOGY_ZONE, "zone-b")], true, Some("zone-b")),
+            (vec![(LABEL_TOPOLOGY_ZONE, "")], true, None),
+        ] {
+            let mut t = Touched::default();
+            store.apply(Delta::Node(Change::Upsert(node(&labels)), now()), &mut t);
+            assert_eq!(t.node, touches, "{labels:?}");
+            assert_eq!(
+                store.node.as_ref().and_then(node_zone).as_deref(),
+                zone,
+                "{labels:?}"
+            );
+        }
     }
 
     #[test]
