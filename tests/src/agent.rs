@@ -92,6 +92,9 @@ pub struct Agent {
     cgroup: PathBuf,
     /// Node namespace the agent runs in (for reaching its metrics endpoint).
     ns: String,
+    /// Where kube-proxy's /healthz and /livez answer (default `--healthz-bind-address`,
+    /// 0.0.0.0:10256, reached at the node's address).
+    healthz: String,
     /// Leave the pins on drop (after [`Agent::kill9`], for the next agent to adopt).
     keep_pins: bool,
     /// Topology node number (1-based).
@@ -147,7 +150,14 @@ impl Agent {
             node,
             tag,
             &["--kubeconfig", file],
-            &["--pod-ifaces", "none-such-iface", "--metrics-addr", "off"],
+            &[
+                "--pod-ifaces",
+                "none-such-iface",
+                "--metrics-addr",
+                "off",
+                "--healthz-bind-address",
+                "off",
+            ],
         )?;
         agent.ns = t.node(node).ns.clone();
         Ok(agent)
@@ -192,6 +202,7 @@ impl Agent {
             cgroup,
             node,
             ns: t.node(node).ns.clone(),
+            healthz: format!("{node_ip}:10256"),
             keep_pins: false,
             loaded: false,
         })
@@ -309,10 +320,16 @@ impl Agent {
         log
     }
 
-    /// GET `path` from the agent's metrics server (default `--metrics-addr`, inside the node's
-    /// namespace): returns the status code and body.
+    /// GET `path` from the agent's metrics server (default `--metrics-bind-address`,
+    /// 127.0.0.1:10249, inside the node's namespace): returns the status code and body.
     pub fn http_get(&self, t: &Topology, path: &str) -> Result<(u16, String)> {
         http_get(t, &self.ns, "127.0.0.1:10249", path)
+    }
+
+    /// GET `path` from the agent's kube-proxy health server (default `--healthz-bind-address`,
+    /// at the node's address inside its namespace): status code and body.
+    pub fn healthz_get(&self, t: &Topology, path: &str) -> Result<(u16, String)> {
+        http_get(t, &self.ns, &self.healthz, path)
     }
 
     /// Waits until `/healthz` answers 200 (datapath loaded, first sync done); `timeout`
