@@ -219,6 +219,23 @@ impl ApiServer {
         Self::start_with(listener, Options::default())
     }
 
+    /// The network tests' arrangement: `t`'s underlay namespace gets 172.18.0.1/16 on its
+    /// bridge, the server listens there (every node reaches it over its eth0), and a
+    /// kubeconfig for it is written to `kubeconfig`.
+    pub fn start_in_underlay(
+        t: &crate::topology::Topology,
+        kubeconfig: &Path,
+    ) -> Result<ApiServer> {
+        let underlay = t.underlay_ns().to_owned();
+        t.ip(&underlay, "addr add 172.18.0.1/16 dev br0")?;
+        let listener = t
+            .run_in(&underlay, || std::net::TcpListener::bind("172.18.0.1:0"))?
+            .context("binding the API server in the underlay namespace")?;
+        let api = Self::start(listener).context("starting the fake API server")?;
+        api.write_kubeconfig(kubeconfig)?;
+        Ok(api)
+    }
+
     /// [`ApiServer::start`] with explicit [`Options`].
     pub fn start_with(listener: std::net::TcpListener, options: Options) -> Result<ApiServer> {
         let addr = listener.local_addr().context("listener address")?;

@@ -4,7 +4,6 @@
 //! where the nodes reach it over their eth0.
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -50,16 +49,9 @@ impl KubeScene {
                 .unwrap();
             servers.push(s);
         }
-        let underlay = t.underlay_ns().to_owned();
-        t.ip(&underlay, "addr add 172.18.0.1/16 dev br0").unwrap();
-        let listener = t
-            .run_in(&underlay, || TcpListener::bind("172.18.0.1:0"))
-            .unwrap()
-            .expect("binding the API server in the underlay namespace");
-        let api = ApiServer::start(listener).expect("starting the fake API server");
         let dir = ManifestDir::new(&t).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
+        let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
         for n in 1..=2 {
             let node: Node = serde_json::from_value(serde_json::json!({
                 "apiVersion": "v1", "kind": "Node",

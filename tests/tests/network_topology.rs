@@ -7,7 +7,7 @@
 //! kube-proxy routes by the hints (pkg/proxy/topology.go). A slice where one endpoint lacks its
 //! hints turns topology off: every client reaches both backends again. Finally node 2 loses its
 //! zone label, and its agent stops using hints while node 1's keeps them.
-use std::{collections::BTreeMap, net::TcpListener, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::core::v1::Node;
 use svc_common::PROTO_TCP;
@@ -51,16 +51,9 @@ impl Scene {
                 .unwrap();
             servers.push(s);
         }
-        let underlay = t.underlay_ns().to_owned();
-        t.ip(&underlay, "addr add 172.18.0.1/16 dev br0").unwrap();
-        let listener = t
-            .run_in(&underlay, || TcpListener::bind("172.18.0.1:0"))
-            .unwrap()
-            .expect("binding the API server in the underlay namespace");
-        let api = ApiServer::start(listener).expect("starting the fake API server");
         let dir = ManifestDir::new(&t).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
+        let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
         for n in 1..=2 {
             api.create(&node_object(&t, n, Some(zone(n)))).unwrap();
         }
