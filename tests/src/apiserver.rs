@@ -236,6 +236,26 @@ impl ApiServer {
         Ok(api)
     }
 
+    /// Creates topology node `n`'s Node object, as a kubelet registers it: named
+    /// [`crate::agent::node_name`], its underlay address as InternalIP, with `labels`.
+    pub fn create_node(
+        &self,
+        t: &crate::topology::Topology,
+        n: usize,
+        labels: &[(&str, &str)],
+    ) -> Result<(), ApiError> {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        self.create_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": crate::agent::node_name(n), "labels": labels},
+            "status": {"addresses": [{"type": "InternalIP", "address": t.node_ip(n).to_string()}]}
+        }))
+        .map(drop)
+    }
+
     /// [`ApiServer::start`] with explicit [`Options`].
     pub fn start_with(listener: std::net::TcpListener, options: Options) -> Result<ApiServer> {
         let addr = listener.local_addr().context("listener address")?;

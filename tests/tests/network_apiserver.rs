@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use svc_agent::dataplane::fake::canonical;
 use svc_common::{FrontendKey, PROTO_TCP};
 use tests::{
@@ -53,13 +53,7 @@ impl KubeScene {
         let kubeconfig = dir.path().join("kubeconfig");
         let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
         for n in 1..=2 {
-            let node: Node = serde_json::from_value(serde_json::json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": node_name(n)},
-                "status": {"addresses": [{"type": "InternalIP", "address": t.node_ip(n).to_string()}]}
-            }))
-            .unwrap();
-            api.create(&node).unwrap();
+            api.create_node(&t, n, &[]).unwrap();
         }
         let mut agents = Vec::new();
         for n in 1..=2 {

@@ -55,7 +55,7 @@ impl Scene {
         let kubeconfig = dir.path().join("kubeconfig");
         let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
         for n in 1..=2 {
-            api.create(&node_object(&t, n, Some(zone(n)))).unwrap();
+            api.create_node(&t, n, &[(ZONE_LABEL, zone(n))]).unwrap();
         }
         let mut agents = Vec::new();
         for n in 1..=2 {
@@ -136,20 +136,6 @@ impl Scene {
 
 fn zone(n: usize) -> &'static str {
     ["zone-a", "zone-b"][n - 1]
-}
-
-/// Topology node `n`'s Node object, labelled with `zone` if any.
-fn node_object(t: &Topology, n: usize, zone: Option<&str>) -> Node {
-    let labels = match zone {
-        Some(z) => serde_json::json!({ZONE_LABEL: z}),
-        None => serde_json::json!({}),
-    };
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node_name(n), "labels": labels},
-        "status": {"addresses": [{"type": "InternalIP", "address": t.node_ip(n).to_string()}]}
-    }))
-    .unwrap()
 }
 
 #[test]
