@@ -100,8 +100,14 @@ pub struct RunArgs {
     /// pod traffic by interface (--pod-ifaces), so nothing depends on it.
     #[arg(long, value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
-    /// Log format: text, or json (one JSON object a line).
-    #[arg(long, value_enum, default_value = "text")]
+    /// Log format: text, or json (one JSON object a line). `--logging-format` is kube-proxy's
+    /// spelling.
+    #[arg(
+        long,
+        visible_alias = "logging-format",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log verbosity, kube-proxy's scale: 0–1 info, 2–4 debug, 5 and more trace. Without it,
     /// RUST_LOG (default info).

@@ -337,6 +337,10 @@ fn kube_proxy_flag_spellings_parse() {
     assert!(args.cleanup);
     assert_eq!(run_args(&["-v", "5"]).verbosity, Some(5));
     assert_eq!(
+        run_args(&["--logging-format", "json"]).log_format,
+        LogFormat::Json
+    );
+    assert_eq!(
         run_args(&["--metrics-bind-address", "off"]).metrics_bind_address,
         "off"
     );
