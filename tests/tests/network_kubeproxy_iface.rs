@@ -7,10 +7,7 @@
 //! on both routes and on the `healthCheckNodePort` (`serviceProxyHealthy: false`).
 //!
 //! Every request is made from inside the node's namespace, to the agent's bind addresses there.
-use std::{
-    net::TcpListener,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use tests::{
@@ -34,16 +31,9 @@ impl Scene {
     fn start() -> Self {
         let t =
             Topology::build(&TopologySpec::new().node(&["be1"])).expect("building the topology");
-        let underlay = t.underlay_ns().to_owned();
-        t.ip(&underlay, "addr add 172.18.0.1/16 dev br0").unwrap();
-        let listener = t
-            .run_in(&underlay, || TcpListener::bind("172.18.0.1:0"))
-            .unwrap()
-            .expect("binding the API server in the underlay namespace");
-        let api = ApiServer::start(listener).expect("starting the fake API server");
         let dir = ManifestDir::new(&t).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
+        let api = ApiServer::start_in_underlay(&t, &kubeconfig).expect("starting the API server");
         let s = Self {
             api,
             kubeconfig,
