@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Context;
 use axum::{
     extract::State,
     http::{header, StatusCode},
@@ -232,16 +231,13 @@ pub async fn serve_proxy_health(
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state((health, metrics));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --healthz-bind-address {addr}"))?;
-    info!(%addr, "serving kube-proxy's /healthz and /livez");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!("health server stopped: {e}");
-        }
-    });
-    Ok(())
+    crate::metrics::spawn_server(
+        addr,
+        app,
+        "--healthz-bind-address",
+        "kube-proxy's /healthz and /livez",
+    )
+    .await
 }
 
 /// What one health-check port reports.

@@ -419,13 +419,20 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
         .route("/metrics", get(self::metrics))
         .route(HEALTHZ_PATH, get(healthz))
         .with_state(metrics);
+    spawn_server(addr, app, "--metrics-bind-address", "/metrics and /healthz").await
+}
+
+/// Binds `addr` (the address of `flag`) and serves `app` on it from a task of its own until
+/// the runtime stops; `what` names the routes in the logs.
+pub async fn spawn_server(addr: SocketAddr, app: Router, flag: &str, what: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding --metrics-bind-address {addr}"))?;
-    info!(%addr, "serving /metrics and /healthz");
+        .with_context(|| format!("binding {flag} {addr}"))?;
+    info!(%addr, "serving {what}");
+    let what = what.to_string();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            warn!("metrics server stopped: {e}");
+            warn!("server of {what} stopped: {e}");
         }
     });
     Ok(())
