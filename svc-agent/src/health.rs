@@ -63,6 +63,8 @@ struct ProxyState {
     heartbeat: Instant,
     /// The node is neither being deleted nor tainted for deletion.
     node_eligible: bool,
+    /// The Node object has been seen (its disappearance then means it was deleted).
+    node_seen: bool,
 }
 
 /// What `/healthz`, `/livez` and the `healthCheckNodePort` servers report.
@@ -98,6 +100,7 @@ impl ProxyHealth {
                 oldest_pending: Some(now),
                 heartbeat: now.mono,
                 node_eligible: true,
+                node_seen: false,
             }),
         })
     }
@@ -124,9 +127,15 @@ impl ProxyHealth {
         self.lock().heartbeat = Instant::now();
     }
 
-    /// Records whether the node is eligible (kube-proxy's `SyncNode`); `None`: no Node object.
+    /// Records whether the node is eligible (kube-proxy's `SyncNode`). `None`: no Node object,
+    /// eligible until one has been seen (start-up, `--manifests`), deleted after.
     pub fn sync_node(&self, node: Option<&Node>) {
-        self.lock().node_eligible = node.is_none_or(node_eligible);
+        let mut s = self.lock();
+        s.node_eligible = match node {
+            Some(node) => node_eligible(node),
+            None => !s.node_seen,
+        };
+        s.node_seen |= node.is_some();
     }
 
     /// How often the sync loop must at least go round for [`ProxyHealth::heartbeat`].
@@ -386,6 +395,7 @@ mod tests {
                 oldest_pending: pending_for.map(stamp),
                 heartbeat: now - Duration::from_secs(beat_ago),
                 node_eligible: eligible,
+                node_seen: true,
             },
             now,
         )
@@ -468,9 +478,16 @@ mod tests {
         node.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert!(!node_eligible(&node));
         let health = ProxyHealth::new(Duration::from_secs(60));
-        health.sync_node(Some(&node));
-        assert!(!health.status().node_eligible);
+        // No Node object yet (start-up, or --manifests): eligible, as kube-proxy starts.
         health.sync_node(None);
         assert!(health.status().node_eligible);
+        health.sync_node(Some(&node));
+        assert!(!health.status().node_eligible);
+        node.metadata.deletion_timestamp = None;
+        health.sync_node(Some(&node));
+        assert!(health.status().node_eligible);
+        // Seen, then gone: deleted.
+        health.sync_node(None);
+        assert!(!health.status().node_eligible);
     }
 }
