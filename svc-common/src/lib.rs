@@ -638,9 +638,19 @@ pub enum Reason {
     /// restart of the maps) was picked up: the backend is chosen by the same hash of the
     /// client's tuple that chose it when the flow opened, so the connection continues.
     CtPickedUp = 30,
+    /// Dropped: the backend answered a new flow's SYN with a bare ACK, so it holds a live
+    /// connection on the same tuple: a flow whose conntrack entries the LRU evicted, whose
+    /// reply tuple the new flow then claimed. The ACK would make the client reset the
+    /// backend's connection; instead it is dropped and the new flow's entries deleted, so the
+    /// client's SYN retransmission is balanced afresh (and remapped if the old flow has its
+    /// entries back by then).
+    CtCollision = 31,
+    /// Dropped: a packet to a LoadBalancer IP from a source outside the Service's
+    /// `loadBalancerSourceRanges`.
+    SourceRangeDenied = 32,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 31;
+pub const REASON_COUNT: u32 = 33;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -674,6 +684,8 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::RateLimited, "rate_limited"),
     (Reason::TooBig, "too_big"),
     (Reason::CtPickedUp, "ct_picked_up"),
+    (Reason::CtCollision, "ct_collision"),
+    (Reason::SourceRangeDenied, "source_range_denied"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;

@@ -135,12 +135,23 @@ fn peer_of(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
 /// still exists.
 const REPAIR_IDLE_NS: u64 = 500_000_000;
 
-/// Writes the reply entry of forward entry `fwd` (stored under `key`) again if it is gone.
+/// Writes the reply entry of forward entry `fwd` (stored under `key`) again if it is gone, or
+/// if a flow that never got an answer ([`displaces`]) claimed its tuple while it was gone.
 #[inline(always)]
 fn repair_reply(key: &CtKey, fwd: &CtEntry) {
     let rep_key = ct_peer_key(key, fwd);
-    if SVC_CT.get_ptr(&rep_key).is_some() {
-        return;
+    // Never over another flow's entry written meanwhile.
+    let mut flags = BPF_NOEXIST;
+    if let Some(old) = SVC_CT.get_ptr(&rep_key) {
+        // SAFETY: pointer from a successful lookup; read in place.
+        let old = unsafe { &*old };
+        if !displaces(fwd, old) || ct_peer_key(&rep_key, old) == *key {
+            return;
+        }
+        if peer_of(&rep_key, old).is_some() {
+            let _ = SVC_CT.remove(&ct_peer_key(&rep_key, old));
+        }
+        flags = BPF_EXIST;
     }
     let Some(scratch) = SVC_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -148,8 +159,18 @@ fn repair_reply(key: &CtKey, fwd: &CtEntry) {
     // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
     let rep = unsafe { &mut (*scratch).rep };
     reply_of(key, fwd, rep);
-    // Never over another flow's entry written meanwhile.
-    let _ = SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST);
+    let _ = SVC_CT.insert(&rep_key, &*rep, flags);
+}
+
+/// Whether the established flow `ours` takes its reply tuple back from `holder`, a TCP flow
+/// whose SYN has had no answer. Both name the same backend-side tuple, which the backend can
+/// hold only once: `holder` claimed it while `ours` had lost its entries to LRU eviction, and
+/// the backend still has `ours`'s connection on it (its answer to `holder`'s SYN is a bare ACK,
+/// which [`Lookup::Collision`] drops). Without this, `ours`'s next reply would be rewritten to
+/// `holder`'s frontend and the client would reset the backend's connection.
+#[inline(always)]
+fn displaces(ours: &CtEntry, holder: &CtEntry) -> bool {
+    ours.state == CT_STATE_ESTABLISHED && holder.state == CT_STATE_SYN_SENT
 }
 
 /// The reply entry of forward entry `fwd`, stored under `key` (the client's tuple): the
@@ -205,6 +226,10 @@ pub enum Lookup {
     /// connection made without the Service (the client reused its port towards the backend's
     /// own address). The old entries are deleted; the packet passes untouched.
     Stale,
+    /// A bare ACK from the backend to a flow whose SYN it has not answered: the backend holds
+    /// another live connection on the tuple (see `Reason::CtCollision`). The new flow's
+    /// entries are deleted; the packet is dropped.
+    Collision,
 }
 
 #[inline(always)]
@@ -221,7 +246,8 @@ fn ct_lookup(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) -> Lookup
         0 => Lookup::Hit,
         1 => Lookup::Miss,
         2 => Lookup::Reopen,
-        _ => Lookup::Stale,
+        3 => Lookup::Stale,
+        _ => Lookup::Collision,
     }
 }
 
@@ -239,6 +265,7 @@ fn ct_lookup_sub(flow: &Flow, uplink: u32, now: u64, out: &mut CtEntry) -> u32 {
         Lookup::Miss => 1,
         Lookup::Reopen => 2,
         Lookup::Stale => 3,
+        Lookup::Collision => 4,
     }
 }
 
@@ -265,6 +292,18 @@ fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) ->
         return Lookup::Hit;
     }
     let flags = flow.tcp_flags;
+    if flow.proto == PROTO_TCP
+        && e.dir == CT_DIR_REPLY
+        && e.state == CT_STATE_SYN_SENT
+        && flags & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_ACK
+    {
+        // The backend answers a SYN with a bare ACK when the tuple is its live connection
+        // (RFC 5961 challenge ACK, tcp_validate_incoming) or one in TIME_WAIT that does not
+        // take the SYN (tcp_timewait_state_process): not this flow's answer. Passed on, it
+        // would make the client reset the backend's connection.
+        forget(&key, e);
+        return Lookup::Collision;
+    }
     if flow.proto == PROTO_TCP && flags & CT_TCP_SYN != 0 {
         if e.dir == CT_DIR_FORWARD && is_syn(flags) {
             // A new connection from the same client port: a new flow once the old one is
@@ -414,6 +453,7 @@ pub fn decide(
             Step::Translate(reason)
         }
         Lookup::Stale => return Err(Outcome::pass(Reason::NotService)),
+        Lookup::Collision => return Err(Outcome::drop(Reason::CtCollision)),
         _ if flow.icmp => return Err(Outcome::pass(Reason::NotService)),
         _ if flow.frag == FRAG_LATER => return Err(Outcome::pass(Reason::Fragment)),
         _ if !open => return Err(Outcome::pass(Reason::NotService)),
@@ -513,7 +553,10 @@ fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) 
         && old.dst_port == rep.dst_port
         && old.src_addr == rep.src_addr
         && old.src_port == rep.src_port;
-    if !own && !closed_quiet && !flow_expired(t, key, old, now) {
+    // A picked-up flow takes its tuple back from a flow that claimed it while the picked-up
+    // one had no entries (see `displaces`).
+    let displaced = OWN && displaces(rep, old);
+    if !own && !closed_quiet && !displaced && !flow_expired(t, key, old, now) {
         return false;
     }
     if own {

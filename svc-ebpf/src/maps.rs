@@ -21,8 +21,17 @@ pub static SVC_SLOTS: HashMap<SlotKey, Slot, { MAX_SLOTS as usize }> = HashMap::
 #[btf_map]
 pub static SVC_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
 
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. With the common list a new entry waits on its
+/// CPU's pending list with the reference bit clear, and a shrink that finds only referenced
+/// nodes evicts the tail regardless (kernel/bpf/bpf_lru_list.c: `__local_list_pop_pending`,
+/// `__bpf_lru_list_shrink`); under churn a reply entry was seen evicted between a connection's
+/// request and its answer. A per-CPU list puts a new entry at the head of its inactive list
+/// (`bpf_percpu_lru_pop_free`). Each CPU then evicts within its own share of the capacity.
+const BPF_F_NO_COMMON_LRU: usize = 2;
+
 #[btf_map]
-pub static SVC_CT: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+pub static SVC_CT: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }, BPF_F_NO_COMMON_LRU> =
+    LruHashMap::new();
 
 #[btf_map]
 pub static SVC_STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();

@@ -258,7 +258,14 @@ fn every_state_times_out_after_its_own_timeout() {
             Reason::DnatEstablished,
         ));
         rewrite_flow(&mut dp, &keys, state, live_ago, live_ago + active);
-        let reply = from_backend(proto, BACKEND_A, c, TCP_ACK);
+        // A flow in SYN_SENT gets the SYN-ACK; a bare ACK there is a collision (see
+        // `bare_ack_to_an_unanswered_syn_is_a_collision_…`).
+        let reply_flags = if state == CT_STATE_SYN_SENT {
+            TCP_SYN | TCP_ACK
+        } else {
+            TCP_ACK
+        };
+        let reply = from_backend(proto, BACKEND_A, c, reply_flags);
         dp.check(&Fixture::translate(
             &format!("{what}: reply {} s after the last", live_ago / S),
             Program::Egress,
@@ -362,7 +369,13 @@ fn an_idle_direction_lives_while_its_peer_is_fresh() {
         // The forward direction keeps sending; the reply entry has not seen a packet since.
         rewrite(&mut dp, &keys.0, state, 0, stale);
         rewrite(&mut dp, &keys.1, state, stale, stale);
-        let reply = from_backend(proto, BACKEND_A, c, TCP_ACK);
+        // The SYN-ACK is the answer a SYN_SENT flow gets (a bare ACK is a collision).
+        let reply_flags = if state == CT_STATE_SYN_SENT {
+            TCP_SYN | TCP_ACK
+        } else {
+            TCP_ACK
+        };
+        let reply = from_backend(proto, BACKEND_A, c, reply_flags);
         dp.check(&Fixture::translate(
             &format!(
                 "{name} {}: reply on a stale reply entry with a fresh peer",
@@ -1085,5 +1098,87 @@ fn tcp_without_entry_is_picked_up_onto_the_backend_its_syn_got() {
         picked.len(),
         2,
         "tuples hash onto both backends: {picked:?}"
+    );
+}
+
+/// A flow to SVC_VIP2 claimed the reply tuple of a live connection to SVC_VIP whose entries the
+/// LRU had evicted (same client port, same backend). The backend answers the newcomer's SYN
+/// with a bare ACK (its challenge ACK for the live connection): that ACK is dropped and the
+/// newcomer's entries deleted, so the client never resets the backend's connection. Then the
+/// old connection's next packet is picked up and, when a newcomer holds its tuple with an
+/// unanswered SYN, takes the tuple back.
+#[test]
+fn bare_ack_to_an_unanswered_syn_is_a_collision_and_the_live_flow_keeps_its_tuple() {
+    let Some(mut dp) = datapath() else { return };
+    two_frontends_one_backend(&mut dp);
+    let c = CLIENT_POD;
+    let rep_key = ct_reply(BACKEND_A, c, PROTO_TCP);
+    let fwd2_key = ct_forward(c, SVC_VIP2, PROTO_TCP);
+    // The newcomer's SYN: its reply tuple is free (the live flow's entries are gone).
+    let syn2 = Pkt::tcp(c, SVC_VIP2, TCP_SYN);
+    dp.check(&Fixture::translate(
+        "SYN client → SVC_VIP2 while the live flow to SVC_VIP has no entries",
+        Program::Ingress,
+        &syn2,
+        &syn2.clone().with_dst(BACKEND_A),
+        Reason::DnatNew,
+    ));
+    let challenge = Pkt::tcp(BACKEND_A, c, TCP_ACK);
+    for prog in [Program::Egress, Program::Ingress] {
+        let before = dp.counter(prog.hook(), Reason::CtCollision);
+        dp.check(&Fixture::dropped(
+            &format!("backend's bare ACK to the unanswered SYN ({prog:?})"),
+            prog,
+            challenge.build(),
+            Reason::CtCollision,
+        ));
+        assert_eq!(dp.counter(prog.hook(), Reason::CtCollision), before + 1);
+        assert_eq!(dp.ct_entries(), vec![], "the newcomer's entries are deleted");
+        // The client's SYN retransmission opens it again for the next round.
+        dp.run(Program::Ingress.name(), &syn2.build(), 1).unwrap();
+    }
+
+    // The newcomer holds the tuple again (SYN sent, unanswered); the live flow's next
+    // segment is picked up and takes the tuple back; the newcomer's forward entry goes, so
+    // its next SYN is balanced afresh (and remapped).
+    let data = Pkt::tcp(c, SVC_VIP, TCP_PSH | TCP_ACK);
+    dp.check(&Fixture::translate(
+        "live flow's segment, entries evicted, tuple held by an unanswered SYN",
+        Program::Ingress,
+        &data,
+        &data.clone().with_dst(BACKEND_A),
+        Reason::CtPickedUp,
+    ));
+    let rep = dp.ct_get(&rep_key).expect("reply entry");
+    assert_eq!(
+        (rep.src_addr, rep.src_port),
+        (SVC_VIP.ip().octets(), SVC_VIP.port()),
+        "the reply tuple names the live flow's frontend again"
+    );
+    assert!(dp.ct_get(&fwd2_key).is_none(), "the newcomer's forward entry is gone");
+    let reply = Pkt::tcp(BACKEND_A, c, TCP_PSH | TCP_ACK);
+    dp.check(&Fixture::translate(
+        "the backend's reply on the live flow",
+        Program::Egress,
+        &reply,
+        &reply.clone().with_src(SVC_VIP),
+        Reason::RevNat,
+    ));
+    dp.check_after(
+        None,
+        &Fixture::translate(
+            "the newcomer's SYN retransmission, now remapped",
+            Program::Ingress,
+            &syn2,
+            &syn2,
+            Reason::ClashRemapped,
+        ),
+        |dp| {
+            let port = dp.ct_get(&fwd2_key).expect("newcomer's forward entry").src_port;
+            syn2.clone()
+                .with_src(client(port))
+                .with_dst(BACKEND_A)
+                .build()
+        },
     );
 }

@@ -459,6 +459,11 @@ fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
                     reason: Reason::DnatNew,
                 },
             );
+            // The handshake's SYN-ACK first: a data segment on a flow whose SYN had no answer
+            // is a tuple collision (`Reason::CtCollision`), not a reply.
+            let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK);
+            dp.run_on(Program::Ingress.name(), &synack.build(), uplink.peer_ifindex)
+                .unwrap();
             let reply = Pkt::tcp(BACKEND_A, c, TCP_ACK | TCP_PSH)
                 .with_payload(vec![0x44; 1400 - 40])
                 .with_df(df);
