@@ -252,7 +252,9 @@ impl Datapath {
 
     /// Writes the node settings the datapath reads: the SNAT address (`node_addr`) and this
     /// network namespace's cookie (socket hooks translate only sockets of this namespace).
-    pub fn set_config(&mut self, node_addr: Option<std::net::Ipv4Addr>) -> Result<()> {
+    /// Writes the node config (SNAT source `node_addr`, 0.0.0.0 for none); returns whether it
+    /// changed.
+    pub fn set_config(&mut self, node_addr: Option<std::net::Ipv4Addr>) -> Result<bool> {
         let config = Config {
             node_addr: node_addr.map(|a| a.octets()).unwrap_or_default(),
             flags: 0,
@@ -263,8 +265,9 @@ impl Datapath {
                 .set(0, config, 0)
                 .with_context(|| format!("writing {MAP_CONFIG}"))?;
             info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, "node config written");
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn link_pin(&self, ifindex: u32, ifname: &str, hook: &str) -> PathBuf {

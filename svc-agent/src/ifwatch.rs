@@ -98,3 +98,44 @@ pub async fn default_route_interface(links: &BTreeMap<u32, String>) -> Result<Op
     }
     Ok(None)
 }
+
+/// Every IPv4 address of this network namespace's interfaces, with its interface's name (the
+/// address label, which the kernel sets to the interface name) and whether it is the
+/// interface's primary address (no `IFA_F_SECONDARY`).
+pub async fn ipv4_addresses() -> Result<Vec<crate::snat::LocalAddr>> {
+    use rtnetlink::packet_route::{
+        address::{AddressAttribute, AddressHeaderFlags},
+        AddressFamily,
+    };
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(conn);
+    let mut dump = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = dump.try_next().await.context("dumping IPv4 addresses")? {
+        if msg.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let mut addr = None;
+        let mut label = None;
+        for a in &msg.attributes {
+            match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(v4)) => addr = Some(*v4),
+                AddressAttribute::Address(std::net::IpAddr::V4(v4)) if addr.is_none() => {
+                    addr = Some(*v4)
+                }
+                AddressAttribute::Label(l) => label = Some(l.clone()),
+                _ => {}
+            }
+        }
+        if let (Some(addr), Some(ifname)) = (addr, label) {
+            // An alias label (`eth0:1`) names its interface before the colon.
+            let ifname = ifname.split(':').next().unwrap_or_default().to_owned();
+            out.push(crate::snat::LocalAddr {
+                ifname,
+                addr,
+                primary: !msg.header.flags.contains(AddressHeaderFlags::Secondary),
+            });
+        }
+    }
+    Ok(out)
+}

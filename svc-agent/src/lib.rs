@@ -33,4 +33,5 @@ pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod run;
+pub mod snat;
 pub mod source;

@@ -38,6 +38,7 @@ use crate::{
     metrics::{self, MapLabel, Metrics},
     model::{self, NodeContext, ObjectRef, Objects},
     reconcile::{self, Programmed, Removals},
+    snat,
     source::{
         kube::{self as kube_source, Delta, Store, Touched},
         manifests,
@@ -135,7 +136,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     )
     .spawn(open_pins()?)
     .context("starting the conntrack collector threads")?;
-    datapath.set_config(cfg.node_ips.first().copied())?;
     let cgroup = match &cfg.cgroup {
         Some(c) => c.clone(),
         None => crate::datapath::cgroup2_root()?,
@@ -177,6 +177,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         }
     }
     let cfg = cfg;
+    // The SNAT source needs the uplinks (and, with the API server, the Node: again below).
+    let mut last_snat = None;
+    program_snat_source(&mut datapath, &cfg, None, &mut last_snat).await?;
     datapath.remove_stale_link_pins(&links);
     for (index, name) in &links {
         attach_link(&mut datapath, &cfg, *index, name);
@@ -216,7 +219,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             Err(e) => warn!("{e}; keeping what is programmed"),
                         }
                     }
-                    Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
+                    Some(event) = link_events.recv() => {
+                        on_link(&mut datapath, &cfg, event);
+                        // An uplink that appears (or changes) may bring the SNAT source.
+                        if let Err(e) = program_snat_source(&mut datapath, &cfg, None, &mut last_snat).await {
+                            warn!("{e:#}");
+                        }
+                    }
                     _ = sigterm.recv() => break,
                     _ = sigint.recv() => break,
                 }
@@ -265,9 +274,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                         let node = node_context(&cfg, Some(&store));
                         let oldest = touched.oldest.unwrap_or_else(Instant::now);
                         if engine.needs_full || touched.node {
-                            // The Node object may have brought (new) addresses: the first is
-                            // the SNAT source.
-                            if let Err(e) = datapath.set_config(node.node_ips.first().copied()) {
+                            // The Node object may have brought (new) addresses.
+                            if let Err(e) =
+                                program_snat_source(&mut datapath, &cfg, store.node.as_ref(), &mut last_snat).await
+                            {
                                 error!("{e:#}");
                             }
                             engine.full(&store.objects, &node, oldest);
@@ -290,7 +300,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                             }
                         }
                     }
-                    Some(event) = link_events.recv() => on_link(&mut datapath, &cfg, event),
+                    Some(event) = link_events.recv() => {
+                        on_link(&mut datapath, &cfg, event);
+                        // An uplink that appears (or changes) may bring the SNAT source.
+                        if let Err(e) = program_snat_source(&mut datapath, &cfg, store.node.as_ref(), &mut last_snat).await {
+                            warn!("{e:#}");
+                        }
+                    }
                     _ = sigterm.recv() => break,
                     _ = sigint.recv() => break,
                 }
@@ -316,6 +332,49 @@ fn note_delta(metrics: &Metrics, delta: &Delta) {
             })
             .inc();
     }
+}
+
+/// Chooses the SNAT source among the node's own addresses (`snat::choose`) and writes it to
+/// the datapath config; logs the candidates passed over, and an error when there is none
+/// (such flows are then dropped and counted as `snat_no_address`, never sent from 0.0.0.0).
+async fn program_snat_source(
+    datapath: &mut Datapath,
+    cfg: &RunConfig,
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+    last: &mut Option<snat::Choice>,
+) -> Result<()> {
+    let local = ifwatch::ipv4_addresses()
+        .await
+        .context("listing this node's addresses for the SNAT source")?;
+    let (internal, external) = node
+        .map(kube_source::node_addresses_by_type)
+        .unwrap_or_default();
+    let choice = snat::choose(&snat::Candidates {
+        flag_ips: &cfg.node_ips,
+        internal: &internal,
+        external: &external,
+        local: &local,
+        uplinks: &cfg.uplinks,
+    });
+    datapath.set_config(choice.addr)?;
+    // Logged when the choice or what was passed over changes (a Node update can add an
+    // unusable address without changing the source).
+    if last.as_ref() != Some(&choice) {
+        for (addr, why) in &choice.skipped {
+            warn!(%addr, "not used as the SNAT source: {why}");
+        }
+        match choice.addr {
+            Some(addr) => info!(%addr, rule = choice.rule, "SNAT source chosen"),
+            None => error!(
+                uplinks = ?cfg.uplinks,
+                "no SNAT source: none of --node-ip, the Node's addresses and the uplinks' \
+                 addresses is on this node; external flows to remote backends are dropped \
+                 (snat_no_address)"
+            ),
+        }
+        *last = Some(choice);
+    }
+    Ok(())
 }
 
 /// What the model knows of this node: the flags, plus what its Node object says when the API

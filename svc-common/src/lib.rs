@@ -648,9 +648,12 @@ pub enum Reason {
     /// Dropped: a packet to a LoadBalancer IP from a source outside the Service's
     /// `loadBalancerSourceRanges`.
     SourceRangeDenied = 32,
+    /// Dropped: a new flow needs source NAT, but this node has no usable SNAT address (none of
+    /// `--node-ip` and the Node's addresses is on one of its interfaces; the agent logs why).
+    SnatNoAddress = 33,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 33;
+pub const REASON_COUNT: u32 = 34;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -686,6 +689,7 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::CtPickedUp, "ct_picked_up"),
     (Reason::CtCollision, "ct_collision"),
     (Reason::SourceRangeDenied, "source_range_denied"),
+    (Reason::SnatNoAddress, "snat_no_address"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;

@@ -64,6 +64,9 @@ pub fn scale(v: u32, n: u32) -> u32 {
     ((v as u64 * n as u64) >> 32) as u32
 }
 
+/// Salt of the first SNAT port's hash (see `commit`).
+const SNAT_PORT_SALT: u32 = 0x5bd1_e995;
+
 /// A fixed seed: every node and every restart must map a tuple to the same slot.
 const HASH_SEED: u32 = 0x9e37_79b9;
 
@@ -705,8 +708,13 @@ fn new_flow(
         // External client, backend on another node: source-NAT to this node so the reply comes
         // back here to be translated.
         let Some(config) = SVC_CONFIG.get(0) else {
-            return Err(Outcome::drop(Reason::SnatNoPort));
+            return Err(Outcome::drop(Reason::SnatNoAddress));
         };
+        // The agent writes 0.0.0.0 when no address of this node qualifies (run.rs,
+        // `snat_source`): a packet from 0.0.0.0 would never be answered.
+        if config.node_addr == [0; 4] {
+            return Err(Outcome::drop(Reason::SnatNoAddress));
+        }
         fwd.src_addr = config.node_addr;
         fwd.flags |= CT_F_SNAT;
     }
@@ -743,14 +751,24 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
         _pad: [0; 3],
     };
     let t = timeouts();
-    // Without SNAT the client's own port is tried first; with SNAT, or when a live flow holds
-    // the reply tuple (one client port to two frontends sharing a backend), a port is chosen
-    // at random in the SNAT range, as nf_nat picks another source port on a clash: free ports
-    // first (a plain insert each: the loop stays cheap for the verifier), then a few ports
-    // whose flows may be over and can be taken over.
-    let mut claimed = !snat && claim::<true>(t, &rep_key, rep, now);
+    // Without SNAT the client's own port is tried first, with SNAT a port named by a hash of
+    // the client's tuple. When a live flow holds that reply tuple (one client port to two
+    // frontends sharing a backend; another client's SNAT flow), a port is chosen at random in
+    // the SNAT range, as nf_nat picks another source port on a clash: free ports first (a
+    // plain insert each: the loop stays cheap for the verifier), then a few ports whose flows
+    // may be over and can be taken over.
+    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    if snat {
+        // With SNAT the first port tried is named by a hash of the client's tuple, claimed as
+        // the client's own port is: a flow whose entries were evicted is picked up onto the
+        // port its SYN got (its own reply entry there is rewritten, or the port is free), so
+        // the backend keeps seeing the same 4-tuple. Salted so the port does not follow the
+        // backend choice, which uses the same hash.
+        rep_key.dst_port =
+            SNAT_PORT_MIN + scale(mix(flow_hash(flow) ^ SNAT_PORT_SALT), span) as u16;
+    }
+    let mut claimed = claim::<true>(t, &rep_key, rep, now);
     if !claimed {
-        let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
         for _ in 0..SNAT_ATTEMPTS {
             rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
             if SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST).is_ok() {
@@ -768,11 +786,11 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
         if !claimed {
             return Err(Outcome::drop(Reason::SnatNoPort));
         }
-        fwd.src_port = rep_key.dst_port;
         if !snat {
             reason = Reason::ClashRemapped;
         }
     }
+    fwd.src_port = rep_key.dst_port;
     if SVC_CT.insert(ct_key(flow), &*fwd, 0).is_err() {
         // The reply entry alone would hold its tuple until it expires.
         let _ = SVC_CT.remove(&rep_key);

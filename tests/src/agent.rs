@@ -174,6 +174,14 @@ impl Agent {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}{tag}", t.prefix()));
         let cgroup = test_cgroup(&format!("{}n{node}{tag}", t.prefix()))?;
         let node_ip = t.node_ip(node).to_string();
+        // `--no-node-ip` (harness-only): start as kubeadm's kube-proxy does, without a node
+        // address flag, so the agent learns its addresses from its Node object and interfaces.
+        let with_node_ip = !extra.contains(&"--no-node-ip");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--no-node-ip")
+            .collect();
         let name = node_name(node);
         let mut args: Vec<&str> = vec![bin.to_str().context("agent path is not UTF-8")?, "run"];
         args.extend_from_slice(source);
@@ -186,15 +194,16 @@ impl Agent {
             cgroup.to_str().context("cgroup path is not UTF-8")?,
             "--uplink",
             "eth0",
-            "--node-ip",
-            &node_ip,
             "--poll-ms",
             "50",
         ]);
+        if with_node_ip {
+            args.extend_from_slice(&["--node-ip", &node_ip]);
+        }
         if !extra.contains(&"--pod-ifaces") {
             args.extend_from_slice(&["--pod-ifaces", "veth"]);
         }
-        args.extend_from_slice(extra);
+        args.extend_from_slice(&extra);
         let child = t.spawn_nsenter(&t.node(node).ns, &args)?;
         Ok(Self {
             child: Some(child),

@@ -462,8 +462,12 @@ fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
             // The handshake's SYN-ACK first: a data segment on a flow whose SYN had no answer
             // is a tuple collision (`Reason::CtCollision`), not a reply.
             let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK);
-            dp.run_on(Program::Ingress.name(), &synack.build(), uplink.peer_ifindex)
-                .unwrap();
+            dp.run_on(
+                Program::Ingress.name(),
+                &synack.build(),
+                uplink.peer_ifindex,
+            )
+            .unwrap();
             let reply = Pkt::tcp(BACKEND_A, c, TCP_ACK | TCP_PSH)
                 .with_payload(vec![0x44; 1400 - 40])
                 .with_df(df);
@@ -755,4 +759,85 @@ fn rate_limit_body(dp: &Datapath) {
         dp.counter(svc_common::Hook::PodIngress, Reason::NoBackend),
         budget
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source NAT
+// ---------------------------------------------------------------------------------------------
+
+/// An external flow source-NATed towards a remote backend whose conntrack entries were evicted
+/// is picked up onto the same SNAT port: the port is first tried at a hash of the client's
+/// tuple, so the backend keeps seeing the same 4-tuple and the connection continues.
+#[test]
+fn an_evicted_snat_flow_is_picked_up_onto_its_port() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
+        for port in 40100u16..40116 {
+            let c = ext(port);
+            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+            dp.run_on(
+                Program::UplinkIngress.name(),
+                &wire(&syn, EXT_CLIENT_MAC),
+                uplink.ifindex,
+            )
+            .unwrap();
+            let first = snat_port(dp, c, PROTO_TCP);
+            for (k, _) in dp.ct_entries() {
+                dp.ct_remove(&k).unwrap();
+            }
+            let picked = dp.counter(Program::UplinkIngress.hook(), Reason::CtPickedUp);
+            let ack = Pkt::tcp(c, NODEPORT, TCP_ACK);
+            dp.run_on(
+                Program::UplinkIngress.name(),
+                &wire(&ack, EXT_CLIENT_MAC),
+                uplink.ifindex,
+            )
+            .unwrap();
+            assert_eq!(
+                dp.counter(Program::UplinkIngress.hook(), Reason::CtPickedUp),
+                picked + 1,
+                "{c}: the ACK was picked up"
+            );
+            assert_eq!(
+                snat_port(dp, c, PROTO_TCP),
+                first,
+                "{c}: picked up onto the SNAT port its SYN got"
+            );
+        }
+    });
+}
+
+/// With no SNAT address (the agent found none of the node's addresses usable and wrote
+/// 0.0.0.0), a flow to a remote backend is dropped and counted, never sent from 0.0.0.0; a
+/// local backend needs no SNAT and is still served.
+#[test]
+fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
+    node_test(|dp, uplink| {
+        dp.set_config(Ipv4Addr::UNSPECIFIED).unwrap();
+        nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
+        let syn = Pkt::tcp(ext(40200), NODEPORT, TCP_SYN);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture::dropped(
+                "SYN to a remote backend without a SNAT address",
+                Program::UplinkIngress,
+                wire(&syn, EXT_CLIENT_MAC),
+                Reason::SnatNoAddress,
+            ),
+        );
+        assert_eq!(dp.ct_entries(), vec![], "nothing written");
+        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+        let syn = Pkt::tcp(ext(40201), NODEPORT, TCP_SYN);
+        dp.check_on(
+            uplink.ifindex,
+            &Fixture {
+                name: "SYN to a local backend without a SNAT address".into(),
+                program: Program::UplinkIngress,
+                input: wire(&syn, EXT_CLIENT_MAC),
+                verdict: TC_ACT_UNSPEC,
+                output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
+                reason: Reason::DnatNew,
+            },
+        );
+    });
 }

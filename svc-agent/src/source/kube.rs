@@ -297,14 +297,24 @@ fn apply_change<K: kube::Resource + PartialEq + Clone>(
 
 /// This node's addresses from its Node object (InternalIP and ExternalIP, IPv4).
 pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect()
+    let (mut all, external) = node_addresses_by_type(node);
+    all.extend(external);
+    all
+}
+
+/// The Node's IPv4 `InternalIP` and `ExternalIP` addresses, each in the object's order.
+pub fn node_addresses_by_type(node: &Node) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv4Addr>) {
+    let of = |kind: &str| -> Vec<std::net::Ipv4Addr> {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == kind)
+            .filter_map(|a| a.address.parse().ok())
+            .collect()
+    };
+    (of("InternalIP"), of("ExternalIP"))
 }
 
 /// This node's zone: its Node object's [`LABEL_TOPOLOGY_ZONE`] label, `None` when absent or

@@ -1,0 +1,146 @@
+//! The SNAT source of north-south flows to remote backends (needs root).
+//!
+//! Node 1's Node object lists an `ExternalIP` that is on none of its interfaces — as on every
+//! cloud, where the provider's NAT holds it — and that sorts before its `InternalIP`. The agents
+//! run as kubeadm's kube-proxy does, without `--node-ip`. An agent that source-NATs to the
+//! smallest address sends every NodePort connection to a remote backend from an address the
+//! reply never comes back to (45 of 60 failed). The source must be an address the node owns on
+//! its uplink (svc-agent/src/snat.rs).
+use std::time::Duration;
+
+use svc_common::{CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP};
+use tests::{
+    agent::{fkey, node_name, Agent, ManifestDir},
+    apiserver::ApiServer,
+    probe::Summary,
+    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
+const NODEPORT: u16 = 31090;
+/// Not on any interface; sorts before the underlay's 172.18.0.0/16. It is never sent to: the
+/// point is that nothing is.
+const OFF_NODE_EXTERNAL_IP: &str = "10.250.0.1";
+
+#[test]
+fn off_interface_external_ip_is_never_the_snat_source() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = Topology::build(
+        &TopologySpec::new()
+            .node(&["client1"])
+            .node(&["be2"])
+            .external_client(true)
+            .ext_gateway(1),
+    )
+    .expect("building the topology");
+    let mut server: NsChild = t
+        .spawn(
+            t.pod_ns("be2"),
+            &[PROBE, "serve", "--id", "be2", "--tcp", "8080"],
+        )
+        .unwrap();
+    server
+        .wait_for_line(Duration::from_secs(5), |l| l == "ready")
+        .unwrap();
+    let dir = ManifestDir::new(&t).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n    \
+         - {{type: ExternalIP, address: {OFF_NODE_EXTERNAL_IP}}}\n    \
+         - {{type: InternalIP, address: {}}}\n    - {{type: Hostname, address: {}}}\n",
+        node_name(1),
+        t.node_ip(1),
+        node_name(1)
+    ))
+    .unwrap();
+    api.create_node(&t, 2, &[]).unwrap();
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
+         type: NodePort\n  clusterIP: 10.96.0.90\n  ports:\n    \
+         - {{port: 80, targetPort: 8080, nodePort: {NODEPORT}, protocol: TCP}}\n"
+    ))
+    .unwrap();
+    api.apply_yaml(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\n\
+         ports:\n  - port: 8080\n    protocol: TCP\nendpoints:\n  - addresses: [\"{}\"]\n    \
+         conditions: {{ready: true}}\n    nodeName: {}\n",
+        t.pod_ip("be2"),
+        node_name(2)
+    ))
+    .unwrap();
+    let mut agents = Vec::new();
+    for n in 1..=2 {
+        let mut agent = Agent::start_kube(&t, n, &kubeconfig, &["--no-node-ip"]).unwrap();
+        agent.wait_healthy(&t, Duration::from_secs(30)).unwrap();
+        agents.push(agent);
+    }
+    // NodePorts are served on every node address, the unusable ExternalIP included (nothing
+    // arrives there); only the SNAT source must be a local address.
+    let ext_ip: std::net::Ipv4Addr = OFF_NODE_EXTERNAL_IP.parse().unwrap();
+    agents[0]
+        .wait_frontends(
+            &std::collections::BTreeMap::from([
+                (fkey([10, 96, 0, 90], 80, PROTO_TCP), 1),
+                (fkey(t.node_ip(1).octets(), NODEPORT, PROTO_TCP), 1),
+                (fkey(ext_ip.octets(), NODEPORT, PROTO_TCP), 1),
+            ]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+
+    // 60 NodePort connections from outside through node 1 to the backend on node 2.
+    let target = format!("{}:{NODEPORT}", t.node_ip(1));
+    let out = t
+        .exec_ok(
+            t.ext_ns().unwrap(),
+            &[
+                PROBE,
+                "tcp",
+                "--target",
+                &target,
+                "--count",
+                "60",
+                "--timeout-ms",
+                "2000",
+                "--parallel",
+                "4",
+            ],
+        )
+        .unwrap();
+    let r = Summary::from_output(&out).unwrap();
+    let log = agents[0].log();
+    assert_eq!(
+        (r.ok, r.failed),
+        (60, 0),
+        "NodePort connections to the remote backend: {r:?}\nnode 1 agent log:\n{log}"
+    );
+    assert_eq!(r.by_backend.keys().collect::<Vec<_>>(), vec!["be2"]);
+    // The agent said which address it chose and why the ExternalIP was not it.
+    assert!(
+        log.contains(&format!("SNAT source chosen addr={}", t.node_ip(1))),
+        "node 1 agent log names its SNAT source:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(OFF_NODE_EXTERNAL_IP)
+                && l.contains("not on any interface of this node")),
+        "node 1 agent log says why {OFF_NODE_EXTERNAL_IP} is not the source:\n{log}"
+    );
+    // And the backend saw node 1's InternalIP: the SNAT reply entries name it.
+    let snat: Vec<_> = svc_agent::inspect::read_conntrack(agents[0].bpffs())
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.dir == CT_DIR_REPLY && e.flags & CT_F_SNAT != 0)
+        .collect();
+    assert!(
+        !snat.is_empty()
+            && snat
+                .iter()
+                .all(|(k, _)| k.dst_addr == t.node_ip(1).octets()),
+        "SNAT reply entries on node 1 name its InternalIP: {snat:?}"
+    );
+}
