@@ -27,6 +27,8 @@
 //!   lookup. The two tuples never coincide: a forward tuple's destination is a frontend, a reply
 //!   tuple's source is a backend; frontends are never pod addresses, and SNAT ports
 //!   ([`SNAT_PORT_MIN`]..) never overlap NodePorts.
+//! - [`SourceRangeKey`] in [`MAP_SOURCE_RANGES`]: an LPM trie of the client prefixes allowed to
+//!   open flows to frontends flagged [`FRONTEND_F_SOURCE_RANGES`] (`loadBalancerSourceRanges`).
 //! - [`Config`] in [`MAP_CONFIG`]: per-node settings the agent writes once at start.
 //! - per-CPU counters in [`MAP_STATS`], indexed by [`stat_index`]`(hook, reason)`.
 //!
@@ -62,8 +64,10 @@ pub const MAP_RATELIMIT: &str = "SVC_RATELIMIT";
 /// Pinned name of the per-CPU scratch memory of the programs (kept off the 512-byte BPF
 /// stack).
 pub const MAP_SCRATCH: &str = "SVC_SCRATCH";
+/// Pinned name of the `loadBalancerSourceRanges` LPM trie: (frontend id, client prefix) → 1.
+pub const MAP_SOURCE_RANGES: &str = "SVC_SOURCE_RANGES";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -75,6 +79,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_FRAGS,
     MAP_RATELIMIT,
     MAP_SCRATCH,
+    MAP_SOURCE_RANGES,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -114,6 +119,16 @@ pub const FRONTEND_F_DROP_NO_BACKEND: u32 = 2;
 pub const FRONTEND_F_NODEPORT: u32 = 4;
 /// [`Frontend::flags`]: an external IP or LoadBalancer ingress IP (for inspection).
 pub const FRONTEND_F_EXTERNAL_IP: u32 = 8;
+/// [`Frontend::flags`]: a LoadBalancer ingress IP of a Service with `loadBalancerSourceRanges`.
+/// A new flow whose source is in no [`MAP_SOURCE_RANGES`] prefix of this frontend's id is
+/// dropped ([`Reason::SourceRangeDenied`]), as kube-proxy's `firewall-check` chain drops it.
+/// The agent writes the prefixes before the flag and removes them after it.
+pub const FRONTEND_F_SOURCE_RANGES: u32 = 16;
+/// [`Frontend::flags`], only with [`FRONTEND_F_SOURCE_RANGES`]: no prefix contains a node
+/// address, so the node's own processes are refused too (the socket hooks fail `connect()` and
+/// `sendmsg()` with `EPERM`). Decided by the agent because a socket call has no source address
+/// yet; kube-proxy allows node traffic exactly when a range contains the node IP.
+pub const FRONTEND_F_DENY_NODE: u32 = 32;
 
 /// First port of the range the uplink path allocates for source NAT (remote backends of
 /// external traffic). Above Linux's default ephemeral range (32768–60999) so node sockets never
@@ -292,6 +307,29 @@ pub struct Config {
     pub netns_cookie: u64,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// The data of a [`MAP_SOURCE_RANGES`] key, after its `u32` prefix length (an LPM trie key is
+/// `{prefix_len, data}`, aya's `lpm_trie::Key<SourceRangeKey>`, 12 bytes). The prefix length
+/// is [`SOURCE_RANGE_ID_BITS`] + the CIDR length, so the frontend id always matches whole (its
+/// byte order is then irrelevant, so it is kept in host order, readable in a dump) and the
+/// address matches on the CIDR's bits. A lookup uses `SOURCE_RANGE_ID_BITS + 32` and the
+/// packet's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    /// [`Frontend::id`] of the frontend the prefix belongs to.
+    pub frontend_id: u32,
+    /// The prefix's network address (host bits zero), network order.
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 8);
+/// Bits of a [`SourceRangeKey`] before the address: the frontend id.
+pub const SOURCE_RANGE_ID_BITS: u32 = 32;
+/// Value of every [`MAP_SOURCE_RANGES`] entry (the trie is a set).
+pub const SOURCE_RANGE_ALLOW: u8 = 1;
+/// Capacity of [`MAP_SOURCE_RANGES`]: (frontend × prefix) entries over all Services. An LPM
+/// trie is never preallocated, so the capacity costs nothing until used.
+pub const MAX_SOURCE_RANGES: u32 = 262_144;
 
 /// Key of [`MAP_SOCK_REVNAT`]: a socket and the backend it was sent to by a cgroup hook.
 #[repr(C)]
@@ -797,6 +835,8 @@ mod user {
     unsafe impl aya::Pod for super::Slot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceRangeKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtKey {}
     // SAFETY: as above.

@@ -5,21 +5,26 @@
 //! the rewrite primitives of its own program type (`nat` for tc, `xdp` for XDP).
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
+    btf_maps::lpm_trie::Key,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use svc_common::{
     ct_next_state, ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, CtEntry, CtKey,
-    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, BACKEND_F_LOCAL, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
-    CT_STATE_ESTABLISHED, CT_STATE_NONE, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_ACK,
-    CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
-    FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
-    SNAT_PORT_MAX, SNAT_PORT_MIN,
+    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, SourceRangeKey, BACKEND_F_LOCAL,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT,
+    CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_NONE, CT_STATE_SYN_SENT,
+    CT_STATE_UDP_UNREPLIED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
+    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_ID_BITS,
 };
 
 use crate::{
     frag,
-    maps::{SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SCRATCH, SVC_SLOTS},
+    maps::{
+        SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SCRATCH, SVC_SLOTS,
+        SVC_SOURCE_RANGES,
+    },
     parse::{Flow, FRAG_LATER},
     Outcome,
 };
@@ -410,6 +415,20 @@ fn frontend(key: &FrontendKey) -> Option<Frontend> {
     unsafe { SVC_FRONTENDS.get(key) }.copied()
 }
 
+/// Whether `saddr` is inside one of the `loadBalancerSourceRanges` prefixes the agent wrote for
+/// frontend `frontend_id` (`SVC_SOURCE_RANGES`, a longest-prefix-match lookup).
+#[inline(always)]
+fn source_allowed(frontend_id: u32, saddr: [u8; 4]) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_ID_BITS + 32,
+        SourceRangeKey {
+            frontend_id,
+            addr: saddr,
+        },
+    );
+    SVC_SOURCE_RANGES.get(&key).is_some()
+}
+
 /// The frontend entry new flows of `flow` use: `SCOPE_EXTERNAL` for traffic from outside when
 /// the frontend has one (externalTrafficPolicy: Local).
 #[inline(always)]
@@ -640,6 +659,12 @@ fn new_flow(
             Some(_) => Outcome::drop(Reason::BackendMissing),
         });
     };
+    // `loadBalancerSourceRanges`, as kube-proxy's `firewall-check` chain applies them (filter
+    // prerouting, `ct state new`: this runs only for packets without a live conntrack entry).
+    // Before the no-backend reject, as prerouting comes before kube-proxy's endpoint check.
+    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.id, flow.saddr) {
+        return Err(Outcome::drop(Reason::SourceRangeDenied));
+    }
     if fe.backend_count == 0 {
         if fe.flags & FRONTEND_F_DROP_NO_BACKEND != 0 {
             return Err(Outcome::drop(Reason::PolicyDrop));

@@ -1,13 +1,14 @@
 //! Map definitions. Names, types and capacities all come from `svc-common`; the agent pins each
 //! map under its name (`svc_common::MAP_*`).
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use svc_common::{
     Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, FragKey, FragPorts, Frontend,
-    FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_REVNAT, STATS_LEN,
+    FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey,
+    MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS,
+    MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -55,3 +56,9 @@ pub static SVC_RATELIMIT: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static SVC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// `loadBalancerSourceRanges`: (frontend id, client prefix) → `SOURCE_RANGE_ALLOW`. Written by
+/// the agent, read only for new flows to frontends with `FRONTEND_F_SOURCE_RANGES`.
+#[btf_map]
+pub static SVC_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8, { MAX_SOURCE_RANGES as usize }> =
+    LpmTrie::new();

@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use svc_common::{
-    FrontendKey, Hook, Reason, SockKey, SockRevNat, FRONTEND_F_DROP_NO_BACKEND, PROTO_UDP,
-    SCOPE_ANY,
+    FrontendKey, Hook, Reason, SockKey, SockRevNat, FRONTEND_F_DENY_NODE,
+    FRONTEND_F_DROP_NO_BACKEND, PROTO_UDP, SCOPE_ANY,
 };
 
 use crate::{
@@ -133,6 +133,15 @@ fn translate(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
             unsafe { bpf_set_retval(-ECONNREFUSED) };
         }
         count(Hook::Sock, Reason::NoBackend);
+        return DENY;
+    }
+    // `loadBalancerSourceRanges` that contain no node address: kube-proxy's filter-output
+    // `firewall-check` drops the node's packets (after its endpoint check, as here). A socket
+    // call has no source address yet, so the agent decided it (`FRONTEND_F_DENY_NODE`). The
+    // call fails with EPERM, which is what a UDP sendmsg() gets from netfilter's drop too; a
+    // TCP connect() would retry its SYN until it timed out instead of failing at once.
+    if fe.flags & FRONTEND_F_DENY_NODE != 0 {
+        count(Hook::Sock, Reason::SourceRangeDenied);
         return DENY;
     }
     // SAFETY: helper without arguments.

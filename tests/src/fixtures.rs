@@ -33,7 +33,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, PerCpuArray,
+    },
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
@@ -43,8 +46,9 @@ use etherparse::{
 };
 use svc_common::{
     stat_index, Backend, CtEntry, CtKey, Frontend, FrontendKey, Hook, Reason, Slot, SlotKey,
-    ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_STATS,
-    PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY, STATS_LEN,
+    SourceRangeKey, ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    MAP_SOURCE_RANGES, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY,
+    SOURCE_RANGE_ALLOW, SOURCE_RANGE_ID_BITS, STATS_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -748,6 +752,8 @@ pub struct Datapath {
     /// `SVC_CT` is an LRU hash; aya's `HashMap` wrapper serves both hash kinds.
     pub ct: HashMap<MapData, CtKey, CtEntry>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// `SVC_SOURCE_RANGES` (`loadBalancerSourceRanges`).
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
 }
 
 impl Datapath {
@@ -782,6 +788,8 @@ impl Datapath {
         let backends = HashMap::try_from(take(MAP_BACKENDS)?).context(MAP_BACKENDS)?;
         let ct = HashMap::try_from(take(MAP_CONNTRACK)?).context(MAP_CONNTRACK)?;
         let stats = PerCpuArray::try_from(take(MAP_STATS)?).context(MAP_STATS)?;
+        let source_ranges =
+            LpmTrie::try_from(take(MAP_SOURCE_RANGES)?).context(MAP_SOURCE_RANGES)?;
         Ok(Self {
             ebpf,
             frontends,
@@ -789,6 +797,7 @@ impl Datapath {
             backends,
             ct,
             stats,
+            source_ranges,
         })
     }
 
@@ -956,6 +965,27 @@ impl Datapath {
         self.put_frontend(vip, proto, id, backends.len() as u32)
     }
 
+    /// Allows clients in `addr/len` to open flows to frontend `frontend_id`, as the agent
+    /// writes a `loadBalancerSourceRanges` entry.
+    pub fn put_source_range(&mut self, frontend_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        self.source_ranges
+            .insert(
+                &source_range_key(frontend_id, addr, len),
+                SOURCE_RANGE_ALLOW,
+                0,
+            )
+            .with_context(|| format!("writing source range {addr}/{len} of {frontend_id}"))?;
+        Ok(())
+    }
+
+    /// Removes what [`Datapath::put_source_range`] wrote.
+    pub fn delete_source_range(&mut self, frontend_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        self.source_ranges
+            .remove(&source_range_key(frontend_id, addr, len))
+            .with_context(|| format!("deleting source range {addr}/{len} of {frontend_id}"))?;
+        Ok(())
+    }
+
     /// The conntrack entry under `key`, if any.
     pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
         self.ct.get(key, 0).ok()
@@ -1075,6 +1105,17 @@ impl Datapath {
             hex(&res.output)
         ))
     }
+}
+
+/// The `SVC_SOURCE_RANGES` key of prefix `addr/len` of frontend `frontend_id`.
+fn source_range_key(frontend_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKey> {
+    Key::new(
+        SOURCE_RANGE_ID_BITS + u32::from(len),
+        SourceRangeKey {
+            frontend_id,
+            addr: addr.octets(),
+        },
+    )
 }
 
 /// The frontend key of `addr`/`proto`.
