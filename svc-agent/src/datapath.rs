@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, LpmTrie, MapData},
     programs::{
         links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -37,6 +37,7 @@ use aya::{
 use svc_common::{
     Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_FAULT_INJECT, MAP_AFFINITY,
     MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
+    MAP_SOURCE_RANGES,
 };
 use tracing::{info, warn};
 
@@ -212,6 +213,8 @@ impl Datapath {
                 .with_context(|| format!("map {MAP_SLOTS} has an unexpected layout"))?,
             backends: HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)
                 .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
+            source_ranges: LpmTrie::try_from(take(&mut ebpf, MAP_SOURCE_RANGES)?)
+                .with_context(|| format!("map {MAP_SOURCE_RANGES} has an unexpected layout"))?,
             flows: FlowMaps::new(
                 take(&mut ebpf, MAP_CONNTRACK)?,
                 take(&mut ebpf, MAP_AFFINITY)?,

@@ -31,16 +31,16 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
 use svc_common::{
     ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Hook,
     ALL_CT_STATES, ALL_HOOKS, ALL_REASONS, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_IP,
-    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
-    MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY,
-    SCOPE_EXTERNAL,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND,
+    FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
+    FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS,
+    MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use crate::{
@@ -364,7 +364,7 @@ fn typed<T>(
         })
 }
 
-/// The three service maps.
+/// The service maps (`SVC_SOURCE_RANGES` read as empty where an older agent pinned none).
 pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, InspectError> {
     let (frontends, path) = open(bpffs, MAP_FRONTENDS)?;
     let frontends = typed(MAP_FRONTENDS, path, frontends, HashMap::try_from)?;
@@ -372,7 +372,17 @@ pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, InspectError> {
     let slots = typed(MAP_SLOTS, path, slots, HashMap::try_from)?;
     let (backends, path) = open(bpffs, MAP_BACKENDS)?;
     let backends = typed(MAP_BACKENDS, path, backends, HashMap::try_from)?;
-    Ok(read_service_maps(&frontends, &slots, &backends)?)
+    let ranges = match open(bpffs, MAP_SOURCE_RANGES) {
+        Ok((data, path)) => Some(typed(MAP_SOURCE_RANGES, path, data, LpmTrie::try_from)?),
+        Err(InspectError::NotPinned { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(read_service_maps(
+        &frontends,
+        &slots,
+        &backends,
+        ranges.as_ref(),
+    )?)
 }
 
 /// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).
@@ -530,6 +540,8 @@ pub fn frontend_flag_words(flags: u32) -> Vec<String> {
             (FRONTEND_F_EXTERNAL_IP, "external-ip"),
             (FRONTEND_F_EXTERNAL_SCOPE, "external-scope"),
             (FRONTEND_F_DROP_NO_BACKEND, "drop-no-backend"),
+            (FRONTEND_F_SOURCE_RANGES, "source-ranges"),
+            (FRONTEND_F_DENY_NODE, "deny-node"),
         ],
     )
 }
@@ -624,7 +636,8 @@ pub struct ServiceView {
     pub protocol: String,
     /// `any` (every hook) or `external` (uplink hooks, `externalTrafficPolicy: Local`).
     pub scope: String,
-    /// `nodeport`, `external-ip`, `external-scope`, `drop-no-backend`.
+    /// `nodeport`, `external-ip`, `external-scope`, `drop-no-backend`, `source-ranges`,
+    /// `deny-node`.
     pub flags: Vec<String>,
     pub flags_raw: u32,
     pub affinity_timeout_s: u32,
@@ -634,6 +647,10 @@ pub struct ServiceView {
     pub backends: Vec<SlotView>,
     /// Slots or backends the counted range names but the maps lack (should be empty).
     pub problems: Vec<String>,
+    /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), with
+    /// `source-ranges`; empty otherwise.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// One slot of a frontend and the backend it names.
@@ -691,8 +708,18 @@ pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
                 backend_count: fe.backend_count,
                 backends,
                 problems,
+                source_ranges: source_ranges_of(snap, fe.id),
             }
         })
+        .collect()
+}
+
+/// The `SVC_SOURCE_RANGES` prefixes of frontend `id`, as `a.b.c.d/len`.
+pub fn source_ranges_of(snap: &MapSnapshot, id: u32) -> Vec<String> {
+    snap.source_ranges
+        .iter()
+        .filter(|r| r.frontend_id == id)
+        .map(|r| format!("{}/{}", Ipv4Addr::from(r.addr), r.len))
         .collect()
 }
 
@@ -762,6 +789,12 @@ fn render_services(services: &Vec<ServiceView>) -> String {
             })
             .collect();
         tails.extend(s.problems.iter().map(|p| vec!["!".into(), p.clone()]));
+        if !s.source_ranges.is_empty() {
+            tails.push(vec![
+                "src".into(),
+                format!("allowed from {}", s.source_ranges.join(", ")),
+            ]);
+        }
         if tails.is_empty() {
             tails.push(vec![
                 "-".into(),

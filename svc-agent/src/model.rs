@@ -32,6 +32,26 @@
 //! `forZones`), so we do the same. Where no controller writes hints (`--manifests`), the hints
 //! written in the slices are used as they are, and a Service's `trafficDistribution` alone
 //! changes nothing. `Local` traffic policies win: their sets ignore hints.
+//!
+//! # Source ranges
+//! `spec.loadBalancerSourceRanges` as kube-proxy applies them (pkg/proxy/nftables/proxier.go:
+//! the per-Service-port `firewall` chain, reached through `firewall-check` from filter
+//! `prerouting` and `output` for `ct state new`; pkg/proxy/serviceport.go and
+//! pkg/proxy/util/utils.go `MapCIDRsByIPFamily` for the parsing):
+//! - only LoadBalancer ingress IP frontends ([`FRONTEND_F_SOURCE_RANGES`], both scopes) are
+//!   filtered; ClusterIPs, NodePorts and `externalIPs` of the same Service never are;
+//! - every source is checked: clients from the wire, pods, and the node's own processes;
+//! - entries are trimmed and parsed loosely (host bits cleared, leading zeros accepted);
+//!   IPv6 prefixes belong to the other family's proxy and are skipped without a word; a
+//!   malformed entry is reported ([`Problem`] at `spec.loadBalancerSourceRanges[i]`) and
+//!   skipped, the others apply;
+//! - an empty IPv4 list (absent, empty, only IPv6, or nothing parsed) filters nothing:
+//!   kube-proxy builds no firewall chain without ranges of its family;
+//! - node processes: kube-proxy's chain allows the node's packets by their source address, and
+//!   when a range contains the node IP it also allows the LB IPs as sources (a VIP bound on the
+//!   node is then the source). A socket call has no source yet, so the agent decides: when no
+//!   range contains a node address ([`NodeContext::node_ips`]), [`FRONTEND_F_DENY_NODE`] makes
+//!   the socket hooks refuse the call.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,9 +61,10 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use svc_common::{
-    Backend, FrontendKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
-    MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
+    Backend, FrontendKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DENY_NODE,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE,
+    FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP,
+    SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 /// Label naming the Service an EndpointSlice belongs to (set by the EndpointSlice controllers).
@@ -244,8 +265,13 @@ pub struct DesiredFrontend {
     pub affinity_timeout_s: u32,
     /// `FRONTEND_F_*` bits for [`svc_common::Frontend::flags`]: what kind of frontend it is
     /// (NodePort, external/LB IP), whether a [`SCOPE_EXTERNAL`] entry exists beside this one,
-    /// and whether an empty backend set means "drop" (traffic policy `Local`) not "reject".
+    /// whether an empty backend set means "drop" (traffic policy `Local`) not "reject", and
+    /// whether source ranges apply ([`FRONTEND_F_SOURCE_RANGES`], [`FRONTEND_F_DENY_NODE`]).
     pub flags: u32,
+    /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), sorted and
+    /// de-duplicated; non-empty exactly when `flags` has [`FRONTEND_F_SOURCE_RANGES`] (see
+    /// "Source ranges" in the module docs).
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 /// Everything the node should serve, plus the problems found while deciding it.
@@ -531,6 +557,7 @@ fn add_service(
         return; // headless
     };
     let affinity_timeout_s = affinity_timeout(spec, &object, &mut out.problems);
+    let ranges = SourceRanges::of(spec, node, &object, &mut out.problems);
     let policy = TrafficPolicy::of(spec);
     let parsed: Vec<ParsedSlice> = slices
         .iter()
@@ -585,12 +612,19 @@ fn add_service(
                 ));
                 continue;
             }
+            // Source ranges go on LB IP entries only (both scopes: the uplink hooks use the
+            // external one for new flows).
+            let (range_flags, source_ranges) = match fe.kind {
+                FrontendKind::External { lb: true, .. } => ranges.for_lb_ip(),
+                _ => (0, Vec::new()),
+            };
             let make = |backends: &Vec<Backend>, flags: u32| DesiredFrontend {
                 service: svc_ref.clone(),
                 port_name: port_name.clone(),
                 backends: backends.clone(),
                 affinity_timeout_s,
-                flags,
+                flags: flags | range_flags,
+                source_ranges: source_ranges.clone(),
             };
             // Which endpoints each entry balances across, as kube-proxy's iptables rules route
             // each kind of traffic (pkg/proxy/iptables/proxier.go, with CategorizeEndpoints):
@@ -610,9 +644,9 @@ fn add_service(
                 // reached only by the node's own processes (the socket hooks; the uplink never
                 // sees 127.0.0.1), which kube-proxy routes to cluster endpoints too, so it needs
                 // no external entry.
-                FrontendKind::External { flag, localhost }
-                    if policy.external_local && !localhost =>
-                {
+                FrontendKind::External {
+                    flag, localhost, ..
+                } if policy.external_local && !localhost => {
                     out.frontends
                         .insert(key, make(&sets.cluster, flag | FRONTEND_F_EXTERNAL_SCOPE));
                     let external = FrontendKey {
@@ -673,6 +707,8 @@ enum FrontendKind {
         flag: u32,
         /// The localhost NodePort (`127.0.0.1`), reached only by the node's own processes.
         localhost: bool,
+        /// A LoadBalancer ingress IP (`loadBalancerSourceRanges` apply).
+        lb: bool,
     },
 }
 
@@ -692,8 +728,9 @@ struct ServiceAddresses {
     cluster_ips: Vec<Ipv4Addr>,
     /// [`NodeContext::nodeport_ips`] for a NodePort or LoadBalancer Service, else empty.
     node_port_ips: Vec<Ipv4Addr>,
-    /// `spec.externalIPs` then `status.loadBalancer.ingress[].ip`, each with its field.
-    external_ips: Vec<(Ipv4Addr, String)>,
+    /// `spec.externalIPs` then `status.loadBalancer.ingress[].ip`, each with its field and
+    /// whether it is an LB IP.
+    external_ips: Vec<(Ipv4Addr, String, bool)>,
 }
 
 impl ServiceAddresses {
@@ -772,7 +809,7 @@ impl ServiceAddresses {
                     continue;
                 }
             }
-            external_ips.push((ip, field));
+            external_ips.push((ip, field, false));
         }
         // The ingress status only means something for a LoadBalancer: the service controller
         // clears it when the type changes, and until then it is stale.
@@ -794,7 +831,7 @@ impl ServiceAddresses {
             }
             let field = format!("status.loadBalancer.ingress[{i}].ip");
             if let Some(ip) = ipv4_field(text, object, &field, problems) {
-                external_ips.push((ip, field));
+                external_ips.push((ip, field, true));
             }
         }
         Some(Self {
@@ -835,20 +872,116 @@ impl ServiceAddresses {
                 kind: FrontendKind::External {
                     flag: FRONTEND_F_NODEPORT,
                     localhost: ip == Ipv4Addr::LOCALHOST,
+                    lb: false,
                 },
                 field: format!("{field}.nodePort"),
             }));
         }
-        out.extend(self.external_ips.iter().map(|(ip, at)| FrontendAt {
+        out.extend(self.external_ips.iter().map(|(ip, at, lb)| FrontendAt {
             key: key(*ip, number),
             kind: FrontendKind::External {
                 flag: FRONTEND_F_EXTERNAL_IP,
                 localhost: false,
+                lb: *lb,
             },
             field: at.clone(),
         }));
         out
     }
+}
+
+/// A Service's `loadBalancerSourceRanges`, as they apply to its LB IP frontends (see "Source
+/// ranges" in the module docs).
+struct SourceRanges {
+    /// The IPv4 prefixes, sorted and de-duplicated; empty: no filtering.
+    allowed: Vec<Ipv4Cidr>,
+    /// No prefix contains a node address: the node's own processes are refused.
+    deny_node: bool,
+}
+
+impl SourceRanges {
+    fn of(
+        spec: &ServiceSpec,
+        node: &NodeContext,
+        object: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Self {
+        let mut allowed = Vec::new();
+        for (i, text) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            match parse_source_range(text) {
+                Ok(Some(cidr)) => allowed.push(cidr),
+                Ok(None) => {}
+                Err(why) => problems.push(Problem::new(
+                    object,
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("{text:?} is not a CIDR ({why}); ignored"),
+                )),
+            }
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        let deny_node = !node
+            .node_ips
+            .iter()
+            .any(|ip| allowed.iter().any(|c| c.contains(*ip)));
+        Self { allowed, deny_node }
+    }
+
+    /// The extra flags and the prefixes of an LB IP frontend.
+    fn for_lb_ip(&self) -> (u32, Vec<Ipv4Cidr>) {
+        if self.allowed.is_empty() {
+            return (0, Vec::new());
+        }
+        let mut flags = FRONTEND_F_SOURCE_RANGES;
+        if self.deny_node {
+            flags |= FRONTEND_F_DENY_NODE;
+        }
+        (flags, self.allowed.clone())
+    }
+}
+
+/// One `loadBalancerSourceRanges` entry as kube-proxy reads it (`MapCIDRsByIPFamily`:
+/// whitespace trimmed, netutils' `ParseCIDRSloppy`, so host bits are cleared and IPv4 octets
+/// may have leading zeros). `Ok(None)`: an IPv6 prefix, the other family's business.
+fn parse_source_range(text: &str) -> Result<Option<Ipv4Cidr>, &'static str> {
+    let text = text.trim();
+    let (addr, len) = text.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
+    if addr.contains(':') {
+        let len_text = len;
+        return match (addr.parse::<std::net::Ipv6Addr>(), len.parse::<u8>()) {
+            (Ok(_), Ok(len)) if len <= 128 && is_decimal(len_text) => Ok(None),
+            _ => Err("not an IPv6 prefix"),
+        };
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = addr.split('.');
+    for octet in &mut octets {
+        let part = parts
+            .next()
+            .filter(|p| is_decimal(p))
+            .ok_or("not an IPv4 address")?;
+        *octet = part.parse().map_err(|_| "not an IPv4 address")?;
+    }
+    if parts.next().is_some() {
+        return Err("not an IPv4 address");
+    }
+    let len: u8 = Some(len)
+        .filter(|l| is_decimal(l))
+        .and_then(|l| l.parse().ok())
+        .ok_or("prefix length is not a number")?;
+    Ipv4Cidr::new(Ipv4Addr::from(octets), len)
+        .map(Some)
+        .ok_or("prefix length above 32")
+}
+
+/// Non-empty and ASCII digits only (`str::parse` would accept a leading `+`).
+fn is_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An IPv4 address field: `None` for IPv6 (silently: another family's proxy serves it) and,
@@ -2408,6 +2541,157 @@ pub(crate) mod tests {
             "status.loadBalancer.ingress[4].ip",
             "not an IP address"
         ));
+    }
+
+    /// A LoadBalancer Service `web` (ClusterIP 10.96.0.10, LB IP 203.0.113.10, NodePort 30080,
+    /// externalIP 198.51.100.10) with `loadBalancerSourceRanges: ranges` and `extra` merged
+    /// into its spec.
+    fn lb_with_ranges(ranges: serde_json::Value, extra: serde_json::Value) -> Desired {
+        let mut spec = json!({"type": "LoadBalancer", "externalIPs": ["198.51.100.10"],
+                              "ports": [{"port": 80, "nodePort": 30080}],
+                              "loadBalancerSourceRanges": ranges});
+        merge(&mut spec, extra);
+        let (r, mut s) = web(spec);
+        s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10"},
+        ]}}))
+        .expect("status");
+        desired(
+            &objects(
+                vec![(r, s)],
+                vec![web_slice("web-1", 8080, vec![ep("10.244.1.5")])],
+            ),
+            &node(),
+        )
+    }
+
+    const LB_IP: [u8; 4] = [203, 0, 113, 10];
+
+    type RangeCase = (
+        &'static str,
+        serde_json::Value,
+        u32,
+        Vec<Ipv4Cidr>,
+        Vec<&'static str>,
+    );
+
+    /// Each rule of "Source ranges" (module docs): what the LB IP frontend gets.
+    #[test]
+    fn load_balancer_source_ranges_rules() {
+        let sr = FRONTEND_F_SOURCE_RANGES;
+        let deny = FRONTEND_F_DENY_NODE;
+        // (rule, loadBalancerSourceRanges, flags beyond external-ip, ranges, problem fields)
+        let cases: Vec<RangeCase> =
+            vec![
+            ("absent: no filtering", json!(null), 0, vec![], vec![]),
+            ("empty list: no filtering", json!([]), 0, vec![], vec![]),
+            (
+                "ranges without the node: filtered, node processes refused",
+                json!(["192.0.2.0/24", "198.51.100.7/32"]),
+                sr | deny,
+                cidrs(&["192.0.2.0/24", "198.51.100.7/32"]),
+                vec![],
+            ),
+            (
+                "a range contains the node IP: node processes allowed (allowFromNode)",
+                json!(["192.0.2.0/24", "172.18.0.0/16"]),
+                sr,
+                cidrs(&["172.18.0.0/16", "192.0.2.0/24"]),
+                vec![],
+            ),
+            (
+                "whitespace trimmed, host bits cleared, leading zeros decimal, duplicates merged",
+                json!([" 192.0.2.77/24 ", "192.000.002.000/24", "010.0.0.0/8"]),
+                sr | deny,
+                cidrs(&["10.0.0.0/8", "192.0.2.0/24"]),
+                vec![],
+            ),
+            (
+                "IPv6 prefixes: skipped silently (the other family's proxy)",
+                json!(["2001:db8::/32", "192.0.2.0/24"]),
+                sr | deny,
+                cidrs(&["192.0.2.0/24"]),
+                vec![],
+            ),
+            (
+                "only IPv6 prefixes: no IPv4 ranges, so no filtering (as kube-proxy per family)",
+                json!(["2001:db8::/32"]),
+                0,
+                vec![],
+                vec![],
+            ),
+            (
+                "malformed entries reported and skipped, the rest applied",
+                json!(["192.0.2.0/24", "192.0.2.0", "300.0.0.0/8", "10.0.0.0/33", "+1.2.3.4/8",
+                       "10.0.0.0/+8", "fe80::/200", ""]),
+                sr | deny,
+                cidrs(&["192.0.2.0/24"]),
+                vec![
+                    "spec.loadBalancerSourceRanges[1]",
+                    "spec.loadBalancerSourceRanges[2]",
+                    "spec.loadBalancerSourceRanges[3]",
+                    "spec.loadBalancerSourceRanges[4]",
+                    "spec.loadBalancerSourceRanges[5]",
+                    "spec.loadBalancerSourceRanges[6]",
+                    "spec.loadBalancerSourceRanges[7]",
+                ],
+            ),
+            (
+                "only malformed entries: nothing parsed, no filtering (kube-proxy ignores them)",
+                json!(["nonsense"]),
+                0,
+                vec![],
+                vec!["spec.loadBalancerSourceRanges[0]"],
+            ),
+            (
+                "0.0.0.0/0 allows everyone, the node included",
+                json!(["0.0.0.0/0"]),
+                sr,
+                cidrs(&["0.0.0.0/0"]),
+                vec![],
+            ),
+        ];
+        for (rule, ranges, flags, want, problems) in cases {
+            let d = lb_with_ranges(ranges, json!({}));
+            let lb = &d.frontends[&key(LB_IP, 80, PROTO_TCP)];
+            assert_eq!(lb.flags, FRONTEND_F_EXTERNAL_IP | flags, "{rule}");
+            assert_eq!(lb.source_ranges, want, "{rule}");
+            let fields: Vec<&str> = d.problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, problems, "{rule}: {:?}", d.problems);
+        }
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_apply_to_lb_ips_only() {
+        let d = lb_with_ranges(json!(["192.0.2.0/24"]), json!({}));
+        for (k, f) in &d.frontends {
+            let is_lb = k.addr == LB_IP;
+            assert_eq!(
+                f.flags & FRONTEND_F_SOURCE_RANGES != 0,
+                is_lb,
+                "{k:?}: ClusterIP, NodePort and externalIP frontends are not filtered"
+            );
+            assert_eq!(f.source_ranges.is_empty(), !is_lb, "{k:?}");
+        }
+        // ClusterIP, two NodePorts (node IP, none else), the externalIP and the LB IP.
+        assert_eq!(d.frontends.len(), 4, "{:#?}", d.frontends.keys());
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_apply_to_both_entries_under_external_policy_local() {
+        let d = lb_with_ranges(
+            json!(["192.0.2.0/24"]),
+            json!({"externalTrafficPolicy": "Local"}),
+        );
+        let any = &d.frontends[&key(LB_IP, 80, PROTO_TCP)];
+        let external = &d.frontends[&FrontendKey {
+            scope: SCOPE_EXTERNAL,
+            ..key(LB_IP, 80, PROTO_TCP)
+        }];
+        for f in [any, external] {
+            assert_ne!(f.flags & FRONTEND_F_SOURCE_RANGES, 0);
+            assert_eq!(f.source_ranges, cidrs(&["192.0.2.0/24"]));
+        }
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //! 1. `PutBackend` for new backends;
 //! 2. per new or changed frontend: `PutSlot` for every slot whose content changes, then
 //!    `PutFrontend` (only if the value changed), then `DeleteSlot` past the new count;
-//! 3. per removed frontend: `DeleteFrontend`, then its `DeleteSlot`s;
+//! 3. per removed frontend: `DeleteFrontend`, then its `DeleteSlot`s and `DeleteSourceRange`s;
 //! 4. `DeleteBackend` for backends no slot names any more.
+//!
+//! A frontend's `loadBalancerSourceRanges` prefixes go with its slots: new ones (`PutSourceRange`)
+//! before its `PutFrontend`, which may set `FRONTEND_F_SOURCE_RANGES`, and those it no longer
+//! has (`DeleteSourceRange`) after it, so a changing list is briefly the union of the old and
+//! the new one, never empty under the flag. Prefixes of no frontend id are deleted in step 0.
 //!
 //! Ids freed in a plan (removed frontends, deleted backends) are not reused within the same
 //! plan: until step 3/4 runs, the old owner of the id is still live in the maps.
@@ -25,8 +30,11 @@ use svc_common::{
     Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND, SCOPE_ANY,
 };
 
-use crate::dataplane::{MapOp, MapSnapshot};
+use crate::dataplane::{MapOp, MapSnapshot, SourceRange};
 use crate::model::{Desired, DesiredFrontend, ObjectRef};
+
+/// A source prefix of a frontend: network address (network order) and length.
+pub type Prefix = ([u8; 4], u8);
 
 /// One programmed frontend, as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +52,8 @@ pub struct ProgrammedFrontend {
     /// The Service it was programmed for; `None` when adopted from the maps (which do not record
     /// owners) and not planned since.
     pub owner: Option<ObjectRef>,
+    /// Its `SVC_SOURCE_RANGES` prefixes, sorted.
+    pub source_ranges: Vec<Prefix>,
 }
 
 /// A backend entry and how many frontend slots name it.
@@ -68,6 +78,8 @@ pub struct Programmed {
     /// Slot entries no frontend counts (beyond a count, slot 0, or of an unknown frontend id):
     /// deleted by the next plan.
     strays: BTreeMap<SlotKey, Slot>,
+    /// Source ranges of no frontend id: deleted by the next plan.
+    range_strays: BTreeSet<SourceRange>,
     /// Backend ids whose refcount dropped to 0 (or that were adopted unreferenced): candidates
     /// for deletion at the end of the next plan.
     unreferenced: BTreeSet<u32>,
@@ -96,6 +108,7 @@ impl Programmed {
         }
         // Frontend id → number of slots it counts, for telling counted slots from strays.
         let mut counted: HashMap<u32, u32> = HashMap::new();
+        let mut key_of: HashMap<u32, FrontendKey> = HashMap::new();
         for (&key, &value) in &snapshot.frontends {
             let id = if value.id != 0 && !counted.contains_key(&value.id) {
                 value.id
@@ -106,6 +119,7 @@ impl Programmed {
             let mut slots = Vec::new();
             if id != 0 {
                 counted.insert(id, len);
+                key_of.insert(id, key);
                 slots = (1..=len)
                     .map(|slot| {
                         snapshot
@@ -130,8 +144,23 @@ impl Programmed {
                     value,
                     slots,
                     owner: None,
+                    source_ranges: Vec::new(),
                 },
             );
+        }
+        // BTreeSet order: each frontend's prefixes come sorted.
+        for range in &snapshot.source_ranges {
+            match key_of.get(&range.frontend_id) {
+                Some(key) => me
+                    .frontends
+                    .get_mut(key)
+                    .expect("key_of names programmed frontends")
+                    .source_ranges
+                    .push((range.addr, range.len)),
+                None => {
+                    me.range_strays.insert(*range);
+                }
+            }
         }
         for (&key, &slot) in &snapshot.slots {
             let is_counted = counted
@@ -171,6 +200,18 @@ impl Programmed {
                 }
             }
         }
+        for (_, fe) in self.frontends.iter().filter(|(_, fe)| fe.id != 0) {
+            snapshot
+                .source_ranges
+                .extend(fe.source_ranges.iter().map(|&(addr, len)| SourceRange {
+                    frontend_id: fe.id,
+                    addr,
+                    len,
+                }));
+        }
+        snapshot
+            .source_ranges
+            .extend(self.range_strays.iter().copied());
         snapshot
             .slots
             .extend(self.strays.iter().map(|(k, v)| (*k, *v)));
@@ -386,6 +427,11 @@ fn plan_core(
     let mut ops: Vec<MapOp> = std::mem::take(&mut state.strays)
         .into_keys()
         .map(|key| MapOp::DeleteSlot { key })
+        .chain(
+            std::mem::take(&mut state.range_strays)
+                .into_iter()
+                .map(|range| MapOp::DeleteSourceRange { range }),
+        )
         .collect();
     let mut backend_puts = Vec::new();
     let mut frontend_ops = Vec::new();
@@ -413,17 +459,42 @@ fn plan_core(
         }
 
         let old = state.frontends.remove(&key);
-        let (id, old_slots, old_value, old_owner) = match old {
-            Some(fe) if fe.id != 0 => (fe.id, fe.slots, Some(fe.value), fe.owner),
+        let (id, old_slots, old_value, old_owner, old_ranges) = match old {
+            Some(fe) if fe.id != 0 => (fe.id, fe.slots, Some(fe.value), fe.owner, fe.source_ranges),
             // A conflicting adopted id: its slots belong to whoever owns the id.
             Some(fe) => (
                 state.frontend_id_alloc.alloc(),
                 Vec::new(),
                 Some(fe.value),
                 fe.owner,
+                Vec::new(),
             ),
-            None => (state.frontend_id_alloc.alloc(), Vec::new(), None, None),
+            None => (
+                state.frontend_id_alloc.alloc(),
+                Vec::new(),
+                None,
+                None,
+                Vec::new(),
+            ),
         };
+        let mut new_ranges: Vec<Prefix> = want
+            .source_ranges
+            .iter()
+            .map(|c| (c.network().octets(), c.prefix_len()))
+            .collect();
+        new_ranges.sort_unstable();
+        new_ranges.dedup();
+        let range_op = |&(addr, len): &Prefix| SourceRange {
+            frontend_id: id,
+            addr,
+            len,
+        };
+        frontend_ops.extend(
+            new_ranges
+                .iter()
+                .filter(|r| old_ranges.binary_search(r).is_err())
+                .map(|r| MapOp::PutSourceRange { range: range_op(r) }),
+        );
         let new_slots = assign_slots(&old_slots, &ids);
         removals
             .backends
@@ -466,6 +537,12 @@ fn plan_core(
                 frontend_ops.push(MapOp::DeleteSlot { key });
             }
         }
+        frontend_ops.extend(
+            old_ranges
+                .iter()
+                .filter(|r| new_ranges.binary_search(r).is_err())
+                .map(|r| MapOp::DeleteSourceRange { range: range_op(r) }),
+        );
         // Refcounts: take the new references before dropping the old, so a backend moving
         // between slots never looks unreferenced.
         for backend_id in &new_slots {
@@ -483,6 +560,7 @@ fn plan_core(
             value,
             slots,
             owner: Some(want.service.clone()),
+            source_ranges: new_ranges,
         };
         state.frontends.insert(key, fe);
     }
@@ -517,6 +595,15 @@ fn plan_core(
                     state.unref(backend_id);
                 }
             }
+            removal_ops.extend(fe.source_ranges.iter().map(|&(addr, len)| {
+                MapOp::DeleteSourceRange {
+                    range: SourceRange {
+                        frontend_id: fe.id,
+                        addr,
+                        len,
+                    },
+                }
+            }));
             freed_frontend_ids.push(fe.id);
         }
         state.set_owner(*key, fe.owner.as_ref(), None);
@@ -642,7 +729,8 @@ mod tests {
     use super::*;
     use crate::dataplane::fake::{canonical, FakeDataplane};
     use crate::dataplane::Dataplane;
-    use svc_common::{BACKEND_F_TERMINATING, PROTO_TCP, PROTO_UDP};
+    use crate::model::Ipv4Cidr;
+    use svc_common::{BACKEND_F_TERMINATING, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP};
 
     fn fk(last: u8, port: u16) -> FrontendKey {
         FrontendKey {
@@ -675,6 +763,7 @@ mod tests {
             backends,
             affinity_timeout_s: 0,
             flags: 0,
+            source_ranges: vec![],
         }
     }
 
@@ -705,6 +794,8 @@ mod tests {
                 MapOp::DeleteFrontend { .. } => "DeleteFrontend",
                 MapOp::DeleteSlot { .. } => "DeleteSlot",
                 MapOp::DeleteBackend { .. } => "DeleteBackend",
+                MapOp::PutSourceRange { .. } => "PutSourceRange",
+                MapOp::DeleteSourceRange { .. } => "DeleteSourceRange",
             })
             .collect()
     }
@@ -1273,6 +1364,8 @@ mod tests {
                 MapOp::DeleteFrontend { key } => assert!(s.frontends.remove(key).is_some()),
                 MapOp::DeleteSlot { key } => assert!(s.slots.remove(key).is_some(), "{key:?}"),
                 MapOp::DeleteBackend { id } => assert!(s.backends.remove(id).is_some()),
+                MapOp::PutSourceRange { range } => drop(s.source_ranges.insert(*range)),
+                MapOp::DeleteSourceRange { range } => assert!(s.source_ranges.remove(range)),
             }
         }
     }
@@ -1334,6 +1427,118 @@ mod tests {
             scope: svc_common::SCOPE_EXTERNAL,
             ..key
         }
+    }
+
+    fn with_ranges(mut f: DesiredFrontend, ranges: &[&str]) -> DesiredFrontend {
+        f.source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+        f.flags = if ranges.is_empty() {
+            0
+        } else {
+            FRONTEND_F_SOURCE_RANGES
+        };
+        f
+    }
+
+    fn range(id: u32, text: &str) -> SourceRange {
+        let c: Ipv4Cidr = text.parse().unwrap();
+        SourceRange {
+            frontend_id: id,
+            addr: c.network().octets(),
+            len: c.prefix_len(),
+        }
+    }
+
+    #[test]
+    fn source_ranges_are_put_before_the_flag_and_deleted_after_it() {
+        let with =
+            |ranges: &[&str]| desired(vec![(fk(10, 80), with_ranges(fe("lb", &[1]), ranges))]);
+        let mut fake = FakeDataplane::default();
+        let p1 = plan(
+            &Programmed::default(),
+            &with(&["198.51.100.0/24", "192.0.2.7/32"]),
+        );
+        assert_eq!(
+            op_kinds(&p1.ops),
+            [
+                "PutBackend",
+                "PutSourceRange",
+                "PutSourceRange",
+                "PutSlot",
+                "PutFrontend"
+            ]
+        );
+        apply(&mut fake, &p1);
+        assert_eq!(
+            fake.snapshot.source_ranges,
+            [range(1, "192.0.2.7/32"), range(1, "198.51.100.0/24")].into()
+        );
+        // A restart over the same maps writes nothing.
+        assert!(plan(
+            &Programmed::from_snapshot(&fake.snapshot),
+            &with(&["198.51.100.0/24", "192.0.2.7/32"])
+        )
+        .ops
+        .is_empty());
+
+        // Replacing a prefix: the new one first, the old one last (briefly both, never none).
+        let p2 = plan(&p1.next, &with(&["198.51.100.0/24", "203.0.113.0/24"]));
+        assert_eq!(
+            p2.ops,
+            vec![
+                MapOp::PutSourceRange {
+                    range: range(1, "203.0.113.0/24")
+                },
+                MapOp::DeleteSourceRange {
+                    range: range(1, "192.0.2.7/32")
+                },
+            ]
+        );
+        apply(&mut fake, &p2);
+
+        // No ranges any more: the flag goes first, then the prefixes.
+        let p3 = plan(&p2.next, &with(&[]));
+        assert_eq!(
+            op_kinds(&p3.ops),
+            ["PutFrontend", "DeleteSourceRange", "DeleteSourceRange"]
+        );
+        apply(&mut fake, &p3);
+        assert!(fake.snapshot.source_ranges.is_empty());
+
+        // Back on, then the frontend removed: its prefixes go after it.
+        let p4 = plan(&p3.next, &with(&["192.0.2.0/24"]));
+        apply(&mut fake, &p4);
+        let p5 = plan(&p4.next, &desired(vec![]));
+        assert_eq!(
+            op_kinds(&p5.ops),
+            [
+                "DeleteFrontend",
+                "DeleteSlot",
+                "DeleteSourceRange",
+                "DeleteBackend"
+            ]
+        );
+        apply(&mut fake, &p5);
+        assert_eq!(fake.snapshot, MapSnapshot::default());
+    }
+
+    #[test]
+    fn adopted_source_ranges_of_no_frontend_are_deleted_first() {
+        let d = desired(vec![(
+            fk(10, 80),
+            with_ranges(fe("lb", &[1]), &["192.0.2.0/24"]),
+        )]);
+        let mut snap = plan(&Programmed::default(), &d).next.to_snapshot();
+        // Left by a crash: prefixes of a frontend id nobody has.
+        snap.source_ranges.insert(range(77, "203.0.113.0/24"));
+        let mut fake = FakeDataplane::with_snapshot(snap);
+        let p = plan(&Programmed::from_snapshot(&fake.snapshot), &d);
+        assert_eq!(
+            p.ops,
+            vec![MapOp::DeleteSourceRange {
+                range: range(77, "203.0.113.0/24")
+            }]
+        );
+        apply(&mut fake, &p);
     }
 
     fn with_flags(mut f: DesiredFrontend, flags: u32) -> DesiredFrontend {
@@ -1527,6 +1732,24 @@ mod tests {
             backends.sort();
             backends.dedup();
             let service = svc(&format!("s{}", f % 4));
+            // Half the frontends filter sources, over a few overlapping prefixes.
+            let source_ranges: Vec<Ipv4Cidr> = if rng.below(2) == 0 {
+                Vec::new()
+            } else {
+                let mut r: Vec<Ipv4Cidr> = (0..1 + rng.below(3))
+                    .filter_map(|_| {
+                        Ipv4Cidr::new([198, 51, 100, rng.below(4) as u8 * 64].into(), 26)
+                    })
+                    .collect();
+                r.sort();
+                r.dedup();
+                r
+            };
+            let flags = if source_ranges.is_empty() {
+                0
+            } else {
+                FRONTEND_F_SOURCE_RANGES
+            };
             items.push((
                 key,
                 DesiredFrontend {
@@ -1534,7 +1757,8 @@ mod tests {
                     port_name: String::new(),
                     backends,
                     affinity_timeout_s: rng.below(2) as u32 * 60,
-                    flags: 0,
+                    flags,
+                    source_ranges,
                 },
             ));
         }
@@ -1607,6 +1831,7 @@ mod tests {
                     backends,
                     affinity_timeout_s: 0,
                     flags: 0,
+                    source_ranges: vec![],
                 },
             ));
         }

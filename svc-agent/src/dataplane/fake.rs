@@ -6,7 +6,9 @@
 //! - every present frontend's slots `1..=backend_count` exist, and
 //! - every existing slot of a present frontend names an existing backend, and
 //! - a [`SCOPE_ANY`] frontend with [`FRONTEND_F_EXTERNAL_SCOPE`] has its [`SCOPE_EXTERNAL`]
-//!   entry (the uplink hooks look it up next and drop the packet when it is missing),
+//!   entry (the uplink hooks look it up next and drop the packet when it is missing), and
+//! - a frontend with [`FRONTEND_F_SOURCE_RANGES`] has at least one source range (without one
+//!   the datapath would drop every new flow to it),
 //!
 //! which is exactly what a packet may read (frontend → one slot → one backend). Slots beyond a
 //! count and backends no slot names are allowed: they are unreachable, and the agent removes
@@ -18,11 +20,11 @@ use std::io;
 
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, SlotKey,
-    FRONTEND_F_EXTERNAL_SCOPE, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK, SCOPE_ANY,
-    SCOPE_EXTERNAL,
+    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK,
+    SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
-use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
+use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRange};
 
 /// In-memory service maps with the invariant checked on every write.
 ///
@@ -113,6 +115,21 @@ fn external_scope_of(key: &FrontendKey, value: &Frontend) -> Option<FrontendKey>
     )
 }
 
+/// The source ranges of frontend id `id`.
+fn ranges_of(snap: &MapSnapshot, id: u32) -> impl Iterator<Item = &SourceRange> {
+    let first = SourceRange {
+        frontend_id: id,
+        addr: [0; 4],
+        len: 0,
+    };
+    let last = SourceRange {
+        frontend_id: id,
+        addr: [255; 4],
+        len: u8::MAX,
+    };
+    snap.source_ranges.range(first..=last)
+}
+
 /// The invariant for one frontend: slots `1..=count` exist, every slot of it names a backend,
 /// and the scoped entry its flags point at exists.
 fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Result<(), String> {
@@ -125,6 +142,11 @@ fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Re
                 "frontend {key:?} has FRONTEND_F_EXTERNAL_SCOPE but {external:?} is missing"
             ));
         }
+    }
+    if value.flags & FRONTEND_F_SOURCE_RANGES != 0 && ranges_of(snap, value.id).next().is_none() {
+        return Err(format!(
+            "frontend {key:?} has FRONTEND_F_SOURCE_RANGES but no source range"
+        ));
     }
     for slot in 1..=value.backend_count {
         if !snap.slots.contains_key(&SlotKey {
@@ -257,6 +279,33 @@ impl Dataplane for FakeDataplane {
                 }
                 self.snapshot.backends.remove(id);
             }
+            MapOp::PutSourceRange { range } => {
+                if range.frontend_id == 0 || range.len > 32 || !range.is_network() {
+                    return Err(Self::invariant(
+                        op,
+                        "frontend id 0, length above 32 or host bits set".into(),
+                    ));
+                }
+                self.snapshot.source_ranges.insert(*range);
+            }
+            MapOp::DeleteSourceRange { range } => {
+                if !self.snapshot.source_ranges.contains(range) {
+                    return Err(Self::not_found(op));
+                }
+                if let Some(fe) = self.frontend_present(range.frontend_id) {
+                    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0
+                        && ranges_of(&self.snapshot, range.frontend_id).count() == 1
+                    {
+                        return Err(Self::invariant(
+                            op,
+                            "the last source range of a live frontend with \
+                             FRONTEND_F_SOURCE_RANGES"
+                                .into(),
+                        ));
+                    }
+                }
+                self.snapshot.source_ranges.remove(range);
+            }
         }
         Ok(())
     }
@@ -325,6 +374,8 @@ pub struct CanonicalFrontend {
     pub flags: u32,
     /// `Frontend::affinity_timeout_s`.
     pub affinity_timeout_s: u32,
+    /// Its source ranges, `(network, prefix length)`.
+    pub source_ranges: BTreeSet<([u8; 4], u8)>,
 }
 
 /// The maps' behaviour without ids: frontend → the backends it balances across. Two snapshots
@@ -348,6 +399,9 @@ pub fn canonical(snapshot: &MapSnapshot) -> BTreeMap<FrontendKey, CanonicalFront
                 backends,
                 flags: value.flags,
                 affinity_timeout_s: value.affinity_timeout_s,
+                source_ranges: ranges_of(snapshot, value.id)
+                    .map(|r| (r.addr, r.len))
+                    .collect(),
             };
             (*key, canon)
         })

@@ -4,10 +4,11 @@
 //! back (to adopt pinned state after a restart, or to compare dumps in tests) is a
 //! [`MapSnapshot`]. The flow maps the datapath writes (conntrack, session affinity) are only
 //! scanned and pruned by the agent: the `ct_*` and `affinity_*` methods.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey,
+    SourceRangeKey, SOURCE_RANGE_ID_BITS,
 };
 
 pub mod batch;
@@ -16,6 +17,8 @@ pub mod pinned;
 
 /// One write to the service maps. [`crate::reconcile`] emits these in an order that keeps the
 /// svc-common update-order invariant; implementations apply them exactly in that order.
+/// A frontend's `loadBalancerSourceRanges` prefixes are put before the `PutFrontend` that may
+/// set `FRONTEND_F_SOURCE_RANGES` and deleted after the frontend stopped needing them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
     PutBackend { id: u32, backend: Backend },
@@ -24,14 +27,69 @@ pub enum MapOp {
     DeleteFrontend { key: FrontendKey },
     DeleteSlot { key: SlotKey },
     DeleteBackend { id: u32 },
+    PutSourceRange { range: SourceRange },
+    DeleteSourceRange { range: SourceRange },
 }
 
-/// The contents of the three service maps.
+/// One entry of `SVC_SOURCE_RANGES`: client prefix `addr/len` may open flows to the frontend
+/// with id `frontend_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub frontend_id: u32,
+    /// Network address (host bits zero), network order.
+    pub addr: [u8; 4],
+    /// CIDR prefix length, 0..=32.
+    pub len: u8,
+}
+
+impl SourceRange {
+    /// The LPM trie key: prefix length (id bits + CIDR bits) and data.
+    pub fn map_key(&self) -> (u32, SourceRangeKey) {
+        (
+            SOURCE_RANGE_ID_BITS + u32::from(self.len),
+            SourceRangeKey {
+                frontend_id: self.frontend_id,
+                addr: self.addr,
+            },
+        )
+    }
+
+    /// The entry a map key stands for; `None` for a prefix length no agent writes.
+    pub fn from_map_key(prefix_len: u32, key: SourceRangeKey) -> Option<Self> {
+        let len = prefix_len.checked_sub(SOURCE_RANGE_ID_BITS)?;
+        (len <= 32).then_some(Self {
+            frontend_id: key.frontend_id,
+            addr: key.addr,
+            len: len as u8,
+        })
+    }
+
+    /// Whether `addr` is inside the prefix.
+    pub fn contains(&self, addr: [u8; 4]) -> bool {
+        u32::from_be_bytes(addr) & self.mask() == u32::from_be_bytes(self.addr)
+    }
+
+    /// Whether `addr` is a network address of this length (no host bit set), as the agent
+    /// writes them.
+    pub fn is_network(&self) -> bool {
+        u32::from_be_bytes(self.addr) & !self.mask() == 0
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.len.min(32)))
+            .unwrap_or(0)
+    }
+}
+
+/// The contents of the service maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSnapshot {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub slots: BTreeMap<SlotKey, Slot>,
     pub backends: BTreeMap<u32, Backend>,
+    /// `SVC_SOURCE_RANGES`.
+    pub source_ranges: BTreeSet<SourceRange>,
 }
 
 /// Map I/O failed. Expected at runtime only when a map is full or the kernel refuses a write;

@@ -1,20 +1,27 @@
 //! [`Dataplane`] on the real (pinned) BPF maps.
 use std::{os::fd::AsFd, path::Path};
 
-use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap, IterableMap, Map, MapData, MapError,
+};
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, FragKey, FragPorts, Frontend, FrontendKey,
-    Slot, SlotKey, SockKey, SockRevNat, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRAGS,
-    MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
+    Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, SOURCE_RANGE_ALLOW,
 };
 
-use super::{batch, Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
+use super::{batch, Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRange};
+
+/// The `loadBalancerSourceRanges` trie as the agent sees it.
+pub type SourceRangeMap = LpmTrie<MapData, SourceRangeKey, u8>;
 
 /// The service maps and the flow maps of a loaded (or adopted) datapath.
 pub struct PinnedMaps {
     pub frontends: HashMap<MapData, FrontendKey, Frontend>,
     pub slots: HashMap<MapData, SlotKey, Slot>,
     pub backends: HashMap<MapData, u32, Backend>,
+    pub source_ranges: SourceRangeMap,
     pub flows: FlowMaps,
 }
 
@@ -60,6 +67,8 @@ impl PinnedMaps {
             frontends: HashMap::create(1024, 0).map_err(err)?,
             slots: HashMap::create(1024, 0).map_err(err)?,
             backends: HashMap::create(1024, 0).map_err(err)?,
+            // BPF_F_NO_PREALLOC (1): the kernel refuses an LPM trie without it.
+            source_ranges: LpmTrie::create(1024, 1).map_err(err)?,
             flows: FlowMaps::new(
                 lru::<CtKey, CtEntry>(MAP_CONNTRACK, ct_max)?,
                 lru::<AffinityKey, Affinity>(MAP_AFFINITY, MAX_AFFINITY)?,
@@ -78,6 +87,7 @@ impl PinnedMaps {
             frontends: HashMap::try_from(open(MAP_FRONTENDS)?)?,
             slots: HashMap::try_from(open(MAP_SLOTS)?)?,
             backends: HashMap::try_from(open(MAP_BACKENDS)?)?,
+            source_ranges: LpmTrie::try_from(open(MAP_SOURCE_RANGES)?)?,
             flows: FlowMaps::new(
                 open(MAP_CONNTRACK)?,
                 open(MAP_AFFINITY)?,
@@ -96,11 +106,13 @@ fn io(e: aya::maps::MapError) -> std::io::Error {
     }
 }
 
-/// The contents of the three service maps.
+/// The contents of the service maps (`source_ranges`: `None` when not pinned, as under an
+/// agent that predates it).
 pub fn read_service_maps(
     frontends: &HashMap<MapData, FrontendKey, Frontend>,
     slots: &HashMap<MapData, SlotKey, Slot>,
     backends: &HashMap<MapData, u32, Backend>,
+    source_ranges: Option<&SourceRangeMap>,
 ) -> Result<MapSnapshot, DataplaneError> {
     let read = |map: &'static str| move |e| DataplaneError::Read { map, source: io(e) };
     Ok(MapSnapshot {
@@ -116,7 +128,23 @@ pub fn read_service_maps(
             .iter()
             .collect::<Result<_, _>>()
             .map_err(read(MAP_BACKENDS))?,
+        source_ranges: match source_ranges {
+            None => Default::default(),
+            Some(map) => map
+                .keys()
+                .filter_map(|k| {
+                    k.map(|k| SourceRange::from_map_key(k.prefix_len(), k.data()))
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()
+                .map_err(read(MAP_SOURCE_RANGES))?,
+        },
     })
+}
+
+fn lpm_key(range: &SourceRange) -> Key<SourceRangeKey> {
+    let (prefix_len, data) = range.map_key();
+    Key::new(prefix_len, data)
 }
 
 impl Dataplane for PinnedMaps {
@@ -128,6 +156,11 @@ impl Dataplane for PinnedMaps {
             MapOp::DeleteFrontend { key } => self.frontends.remove(&key),
             MapOp::DeleteSlot { key } => self.slots.remove(&key),
             MapOp::DeleteBackend { id } => self.backends.remove(&id),
+            MapOp::PutSourceRange { range } => {
+                self.source_ranges
+                    .insert(&lpm_key(&range), SOURCE_RANGE_ALLOW, 0)
+            }
+            MapOp::DeleteSourceRange { range } => self.source_ranges.remove(&lpm_key(&range)),
         };
         match result {
             // Deleting what is already gone is the state we wanted.
@@ -141,7 +174,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError> {
-        read_service_maps(&self.frontends, &self.slots, &self.backends)
+        read_service_maps(
+            &self.frontends,
+            &self.slots,
+            &self.backends,
+            Some(&self.source_ranges),
+        )
     }
 
     fn ct_scan(&self, each: &mut dyn FnMut(&[CtKey], &[CtEntry])) -> Result<usize, DataplaneError> {

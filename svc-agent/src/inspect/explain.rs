@@ -20,8 +20,8 @@ use svc_common::{
     ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, Config, CtEntry, CtKey,
     CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, ALL_REASONS, BACKEND_F_LOCAL,
     CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
-    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL,
-    SNAT_PORT_MAX, SNAT_PORT_MIN,
+    FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
+    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use super::{
@@ -635,6 +635,34 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
         SCOPE_EXTERNAL => "this node's endpoints (externalTrafficPolicy: Local)",
         _ => "the Service's endpoints",
     };
+    // lb.rs `new_flow` checks the source before the backend count.
+    if q.origin != Origin::Host && fe.flags & FRONTEND_F_SOURCE_RANGES != 0 {
+        let ranges = super::source_ranges_of(&snap.maps, fe.id);
+        match snap
+            .maps
+            .source_ranges
+            .iter()
+            .find(|r| r.frontend_id == fe.id && r.contains(q.src.octets()))
+        {
+            Some(r) => out.notes.push(format!(
+                "loadBalancerSourceRanges: {} is inside {}/{}",
+                q.src,
+                Ipv4Addr::from(r.addr),
+                r.len
+            )),
+            None => {
+                out.new_flow = drop(
+                    Reason::SourceRangeDenied,
+                    format!(
+                        "denied by loadBalancerSourceRanges: {} is outside [{}]",
+                        q.src,
+                        ranges.join(", ")
+                    ),
+                );
+                return out;
+            }
+        }
+    }
 
     if fe.backend_count == 0 {
         out.new_flow = if fe.flags & FRONTEND_F_DROP_NO_BACKEND != 0 {
@@ -658,6 +686,18 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
                 why: format!("no usable backend among {set} (as kube-proxy's REJECT)"),
             }
         };
+        return out;
+    }
+    // sock.rs `translate` checks the node's standing after the backend count.
+    if q.origin == Origin::Host && fe.flags & FRONTEND_F_DENY_NODE != 0 {
+        out.new_flow = drop(
+            Reason::SourceRangeDenied,
+            format!(
+                "denied by loadBalancerSourceRanges: no range contains a node address \
+                 (allowed: [{}]); connect() and sendmsg() fail with EPERM",
+                super::source_ranges_of(&snap.maps, fe.id).join(", ")
+            ),
+        );
         return out;
     }
 
@@ -924,6 +964,59 @@ mod tests {
             assert_eq!(e.new_flow, want, "{name}");
             assert_eq!(outcomes(&e), want_candidates, "{name}");
         }
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_deny_outside_sources_and_the_node_per_its_flag() {
+        use crate::dataplane::SourceRange;
+        const LB_IP: [u8; 4] = [203, 0, 113, 10];
+        let mut snap = scene();
+        let flags = svc_common::FRONTEND_F_EXTERNAL_IP | FRONTEND_F_SOURCE_RANGES;
+        add(&mut snap, fe_key(LB_IP, 80, SCOPE_ANY), 30, flags, &[1]);
+        add(
+            &mut snap,
+            fe_key(LB_IP, 81, SCOPE_ANY),
+            31,
+            flags | FRONTEND_F_DENY_NODE,
+            &[1],
+        );
+        // Port 80's ranges contain the node; port 81's do not (hence its deny-node).
+        for (id, addr) in [(30, [172, 18, 0, 0]), (31, [192, 0, 2, 0])] {
+            snap.maps.source_ranges.insert(SourceRange {
+                frontend_id: id,
+                addr,
+                len: 24,
+            });
+        }
+        let outside = [198, 51, 100, 7];
+        let allowed = explain(&snap, &q(EXTERNAL_CLIENT, LB_IP, 80, Origin::Uplink));
+        assert_eq!(allowed.candidates.len(), 1, "{allowed:?}");
+        assert!(allowed
+            .notes
+            .contains(&"loadBalancerSourceRanges: 172.18.0.100 is inside 172.18.0.0/24".into()));
+        let denied = explain(&snap, &q(outside, LB_IP, 80, Origin::Uplink));
+        assert_eq!(
+            denied.new_flow,
+            drop(
+                Reason::SourceRangeDenied,
+                "denied by loadBalancerSourceRanges: 198.51.100.7 is outside [172.18.0.0/24]"
+            )
+        );
+        let pod = explain(&snap, &q(CLIENT_POD, LB_IP, 80, Origin::Pod));
+        assert!(matches!(pod.new_flow, Outcome::Drop { .. }), "{pod:?}");
+        // The node: allowed on port 80 (no deny-node), refused on 81, whatever the query's
+        // source (a socket call has none yet).
+        let host = explain(&snap, &q(outside, LB_IP, 80, Origin::Host));
+        assert!(matches!(host.new_flow, Outcome::Balance { .. }), "{host:?}");
+        let host = explain(&snap, &q(NODE, LB_IP, 81, Origin::Host));
+        assert_eq!(
+            host.new_flow,
+            drop(
+                Reason::SourceRangeDenied,
+                "denied by loadBalancerSourceRanges: no range contains a node address \
+                 (allowed: [192.0.2.0/24]); connect() and sendmsg() fail with EPERM"
+            )
+        );
     }
 
     #[test]
