@@ -742,6 +742,14 @@ fn new_flow(
         }
         fwd.src_addr = config.node_addr;
         fwd.flags |= CT_F_SNAT;
+        // The first SNAT port tried is named by a hash of the client's tuple (salted, so it
+        // does not follow the backend choice, which uses the same hash); `commit` claims it as
+        // it claims a client's own port: a flow whose entries were evicted is picked up onto
+        // the port its SYN got, so the backend keeps seeing the same 4-tuple. Computed here,
+        // not in `commit`: there, the extra branch cost the verifier ~100k instructions in
+        // svc_pod_ingress, which never source-NATs.
+        let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+        fwd.src_port = SNAT_PORT_MIN + scale(mix(flow_hash(flow) ^ SNAT_PORT_SALT), span) as u16;
     }
     Ok(Step::Translate(reason))
 }
@@ -776,22 +784,13 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
         _pad: [0; 3],
     };
     let t = timeouts();
-    // Without SNAT the client's own port is tried first, with SNAT a port named by a hash of
-    // the client's tuple. When a live flow holds that reply tuple (one client port to two
-    // frontends sharing a backend; another client's SNAT flow), a port is chosen at random in
-    // the SNAT range, as nf_nat picks another source port on a clash: free ports first (a
-    // plain insert each: the loop stays cheap for the verifier), then a few ports whose flows
-    // may be over and can be taken over.
+    // The forward entry's source port is tried first: the client's own port, or with SNAT the
+    // one `new_flow` named by a hash of the client's tuple. When a live flow holds that reply
+    // tuple (one client port to two frontends sharing a backend; another client's SNAT flow),
+    // a port is chosen at random in the SNAT range, as nf_nat picks another source port on a
+    // clash: free ports first (a plain insert each: the loop stays cheap for the verifier),
+    // then a few ports whose flows may be over and can be taken over.
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-    if snat {
-        // With SNAT the first port tried is named by a hash of the client's tuple, claimed as
-        // the client's own port is: a flow whose entries were evicted is picked up onto the
-        // port its SYN got (its own reply entry there is rewritten, or the port is free), so
-        // the backend keeps seeing the same 4-tuple. Salted so the port does not follow the
-        // backend choice, which uses the same hash.
-        rep_key.dst_port =
-            SNAT_PORT_MIN + scale(mix(flow_hash(flow) ^ SNAT_PORT_SALT), span) as u16;
-    }
     let mut claimed = claim::<true>(t, &rep_key, rep, now);
     if !claimed {
         for _ in 0..SNAT_ATTEMPTS {
