@@ -120,6 +120,23 @@ impl Agent {
         Self::start_with(t, node, "", &["--manifests", dir], extra)
     }
 
+    /// [`Agent::start`] on nodes `1..=nodes`, each waited for until healthy (20 s after its
+    /// programs are loaded).
+    pub fn start_all(
+        t: &Topology,
+        nodes: usize,
+        manifests: &Path,
+        extra: &[&str],
+    ) -> Result<Vec<Self>> {
+        (1..=nodes)
+            .map(|n| {
+                let mut a = Self::start(t, n, manifests, extra)?;
+                a.wait_healthy(t, Duration::from_secs(20))?;
+                Ok(a)
+            })
+            .collect()
+    }
+
     /// Starts `svc-agent run --kubeconfig FILE` (the API-server source) on node `node`.
     pub fn start_kube(
         t: &Topology,
@@ -306,6 +323,26 @@ impl Agent {
         let maps = PinnedMaps::from_pins(&self.bpffs)
             .with_context(|| format!("opening the maps pinned under {}", self.bpffs.display()))?;
         Ok(maps.snapshot()?)
+    }
+
+    /// `svc-agent ARGS --bpffs <its pins> -o json` (`inspect services`, `explain …`), run
+    /// from the test process: these commands read pins only, in no namespace in particular.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let bin = workspace_bin("svc-agent")?;
+        let bpffs = self.bpffs.to_str().context("bpffs path is not UTF-8")?;
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .args(["--bpffs", bpffs, "-o", "json"])
+            .output()
+            .with_context(|| format!("running svc-agent {args:?}"))?;
+        ensure!(
+            out.status.success(),
+            "svc-agent {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("svc-agent {args:?}: output is not JSON"))
     }
 
     /// A datapath counter summed over CPUs.

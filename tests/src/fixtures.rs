@@ -1542,6 +1542,27 @@ impl Drop for XdpNode {
     }
 }
 
+/// Runs `body` on a thread inside a fresh [`XdpNode`] with a datapath whose every packet
+/// program is loaded (pod tc, [`XDP_PROGRAM`], uplink tc) and whose `SVC_CONFIG` names
+/// [`NODE_IP`]; returns at once (a skip) when not root. A missing object fails first, so an
+/// unbuilt tree can never look green. The namespace is deleted when this returns or panics.
+pub fn node_datapath_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
+    if let Err(e) = read_object() {
+        panic!("{e:#}");
+    }
+    if require_root().is_none() {
+        return;
+    }
+    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
+    node.run(|uplink| {
+        let mut dp = Datapath::load_xdp().unwrap_or_else(|e| panic!("{e:#}"));
+        dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        dp.set_config(NODE_IP).unwrap();
+        body(&mut dp, uplink);
+    });
+}
+
 /// Runs `ip <args>`, failing with its stderr on a non-zero exit.
 fn run_ip_cmd(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")

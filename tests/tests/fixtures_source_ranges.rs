@@ -68,25 +68,6 @@ fn datapath() -> Option<Datapath> {
     Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
 }
 
-/// Runs `body` with the pod, uplink and XDP programs loaded on a thread inside a fresh
-/// [`XdpNode`] (the uplink programs consult its FIB).
-fn node_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
-    if let Err(e) = read_object() {
-        panic!("{e:#}");
-    }
-    if require_root().is_none() {
-        return;
-    }
-    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
-    node.run(|uplink| {
-        let mut dp = Datapath::load_xdp().unwrap_or_else(|e| panic!("{e:#}"));
-        dp.load_programs(&[Program::UplinkIngress])
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        dp.set_config(NODE_IP).unwrap();
-        body(&mut dp, uplink);
-    });
-}
-
 fn assert_no_flow(dp: &Datapath, client: SocketAddrV4, frontend: SocketAddrV4) {
     assert!(
         dp.ct_get(&ct_forward(client, frontend, PROTO_TCP))
@@ -171,7 +152,7 @@ fn only_new_flows_are_checked() {
 
 #[test]
 fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
-    node_test(|dp, uplink| {
+    node_datapath_test(|dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);
         let allowed = Pkt::tcp(EXT_CLIENT, LB, TCP_SYN);
         dp.check_on(
@@ -212,7 +193,7 @@ fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
 
 #[test]
 fn xdp_filters_the_lb_ip_and_not_the_node_port() {
-    node_test(|dp, uplink| {
+    node_datapath_test(|dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);
         let from = |p: &Pkt, mac| p.build_eth(mac, NODE_MAC);
         let allowed = Pkt::tcp(EXT_CLIENT, LB, TCP_SYN);

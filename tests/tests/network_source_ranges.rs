@@ -109,12 +109,7 @@ impl Scene {
             )
             .unwrap();
         }
-        let mut agents = Vec::new();
-        for n in 1..=2 {
-            let mut a = Agent::start(&t, n, m.path(), &[]).unwrap();
-            a.wait_healthy(&t, Duration::from_secs(20)).unwrap();
-            agents.push(a);
-        }
+        let agents = Agent::start_all(&t, 2, m.path(), &[]).unwrap();
         Self {
             agents,
             _servers: servers,
@@ -259,24 +254,8 @@ fn load_balancer_source_ranges_filter_lb_ips_only() {
 
     // `inspect services` shows the ranges on the LB IP frontend only, and the malformed entry
     // is in the agent's log.
-    let agent_bin = tests::agent::workspace_bin("svc-agent").unwrap();
-    let bpffs = node1.bpffs().to_str().unwrap().to_owned();
-    let cmd = [
-        agent_bin.to_str().unwrap(),
-        "inspect",
-        "services",
-        "--bpffs",
-        &bpffs,
-        "-o",
-        "json",
-    ];
-    let done =
-        s.t.spawn_nsenter(&s.t.node(1).ns, &cmd)
-            .unwrap()
-            .finish(Duration::from_secs(20))
-            .unwrap();
-    assert!(done.status.success(), "inspect services: {}", done.stderr);
-    let views: Vec<serde_json::Value> = serde_json::from_str(&done.stdout).unwrap();
+    let views = node1.cli_json(&["inspect", "services"]).unwrap();
+    let views = views.as_array().unwrap();
     let ranges_of = |addr: &str| -> Vec<serde_json::Value> {
         views
             .iter()
@@ -287,14 +266,12 @@ fn load_balancer_source_ranges_filter_lb_ips_only() {
     assert_eq!(
         ranges_of(OPEN_LB),
         vec![serde_json::json!(["10.244.1.0/24", "172.18.0.100/32"])],
-        "{}",
-        done.stdout
+        "{views:?}"
     );
     assert_eq!(
         ranges_of("10.96.0.110"),
         vec![serde_json::json!([])],
-        "{}",
-        done.stdout
+        "{views:?}"
     );
     let log = node1.log();
     assert!(
