@@ -123,6 +123,35 @@ impl Summary {
     pub fn from_output(stdout: &str) -> Result<Summary> {
         parse_last_line(stdout)
     }
+
+    /// Runs the `svc-probe` binary in namespace `ns` for `count` short TCP exchanges with
+    /// `target` (4 at a time, 2 s timeout each) and returns their summary.
+    pub fn tcp_from(
+        t: &crate::topology::Topology,
+        ns: &str,
+        target: &str,
+        count: u32,
+    ) -> Result<Summary> {
+        let probe = crate::agent::workspace_bin("svc-probe")?;
+        let probe = probe.to_str().context("svc-probe path is not UTF-8")?;
+        let count = count.to_string();
+        let out = t.exec_ok(
+            ns,
+            &[
+                probe,
+                "tcp",
+                "--target",
+                target,
+                "--count",
+                &count,
+                "--timeout-ms",
+                "2000",
+                "--parallel",
+                "4",
+            ],
+        )?;
+        Summary::from_output(&out)
+    }
 }
 
 /// One long-lived connection of [`run_hold`].

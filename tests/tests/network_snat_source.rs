@@ -94,24 +94,7 @@ fn off_interface_external_ip_is_never_the_snat_source() {
 
     // 60 NodePort connections from outside through node 1 to the backend on node 2.
     let target = format!("{}:{NODEPORT}", t.node_ip(1));
-    let out = t
-        .exec_ok(
-            t.ext_ns().unwrap(),
-            &[
-                PROBE,
-                "tcp",
-                "--target",
-                &target,
-                "--count",
-                "60",
-                "--timeout-ms",
-                "2000",
-                "--parallel",
-                "4",
-            ],
-        )
-        .unwrap();
-    let r = Summary::from_output(&out).unwrap();
+    let r = Summary::tcp_from(&t, t.ext_ns().unwrap(), &target, 60).unwrap();
     let log = agents[0].log();
     assert_eq!(
         (r.ok, r.failed),

@@ -109,25 +109,7 @@ impl Scene {
     /// which must succeed).
     fn reached(&self, client: &str) -> Vec<String> {
         let target = format!("{}:80", std::net::Ipv4Addr::from(VIP));
-        let out = self
-            .t
-            .exec_ok(
-                self.t.pod_ns(client),
-                &[
-                    PROBE,
-                    "tcp",
-                    "--target",
-                    &target,
-                    "--count",
-                    &CONNS.to_string(),
-                    "--timeout-ms",
-                    "2000",
-                    "--parallel",
-                    "4",
-                ],
-            )
-            .unwrap();
-        let r = Summary::from_output(&out).unwrap();
+        let r = Summary::tcp_from(&self.t, self.t.pod_ns(client), &target, CONNS).unwrap();
         assert_eq!((r.ok, r.failed), (u64::from(CONNS), 0), "{client}: {r:?}");
         assert_eq!(r.reply_from, vec![target], "{client}: {r:?}");
         r.by_backend.into_keys().collect()
