@@ -1542,11 +1542,23 @@ impl Drop for XdpNode {
     }
 }
 
-/// Runs `body` on a thread inside a fresh [`XdpNode`] with a datapath whose every packet
-/// program is loaded (pod tc, [`XDP_PROGRAM`], uplink tc) and whose `SVC_CONFIG` names
-/// [`NODE_IP`]; returns at once (a skip) when not root. A missing object fails first, so an
-/// unbuilt tree can never look green. The namespace is deleted when this returns or panics.
-pub fn node_datapath_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
+/// Which programs [`node_datapath_test`] loads besides the pod programs.
+#[derive(Clone, Copy, Debug)]
+pub struct NodePrograms {
+    /// [`XDP_PROGRAM`] (and the XDP floor, when the object has it).
+    pub xdp: bool,
+    /// `svc_uplink_ingress` and `svc_uplink_egress`.
+    pub uplink_tc: bool,
+}
+
+/// Runs `body` on a thread inside a fresh [`XdpNode`] with a datapath: the pod programs plus
+/// `programs`, `SVC_CONFIG` naming [`NODE_IP`]; returns at once (a skip) when not root. A
+/// missing object fails first, so an unbuilt tree can never look green. The namespace is
+/// deleted when this returns or panics.
+pub fn node_datapath_test(
+    programs: NodePrograms,
+    body: impl FnOnce(&mut Datapath, XdpUplink) + Send,
+) {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
@@ -1555,9 +1567,16 @@ pub fn node_datapath_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
     }
     let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
     node.run(|uplink| {
-        let mut dp = Datapath::load_xdp().unwrap_or_else(|e| panic!("{e:#}"));
-        dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let loaded = if programs.xdp {
+            Datapath::load_xdp()
+        } else {
+            Datapath::load()
+        };
+        let mut dp = loaded.unwrap_or_else(|e| panic!("{e:#}"));
+        if programs.uplink_tc {
+            dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        }
         dp.set_config(NODE_IP).unwrap();
         body(&mut dp, uplink);
     });

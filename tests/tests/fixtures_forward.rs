@@ -27,20 +27,13 @@ const SELF_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2
 /// Runs `body` with a datapath (pod and uplink programs, `SVC_CONFIG` naming [`NODE_IP`]) on a
 /// thread inside a fresh [`XdpNode`].
 fn node_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
-    if let Err(e) = read_object() {
-        panic!("{e:#}");
-    }
-    if require_root().is_none() {
-        return;
-    }
-    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
-    node.run(|uplink| {
-        let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
-        dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        dp.set_config(NODE_IP).unwrap();
-        body(&mut dp, uplink);
-    });
+    node_datapath_test(
+        NodePrograms {
+            xdp: false,
+            uplink_tc: true,
+        },
+        body,
+    );
 }
 
 /// [`NODEPORT`] over `proto` to the one backend `addr` (`BACKEND_F_*` `flags`).

@@ -491,20 +491,13 @@ const NODEPORT_ID: u32 = 7;
 /// Runs `body` with a datapath whose uplink programs are loaded too, on a thread inside a
 /// fresh [`XdpNode`] (the tc runs' FIB lookups read its tables).
 fn node_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
-    if let Err(e) = read_object() {
-        panic!("{e:#}");
-    }
-    if require_root().is_none() {
-        return;
-    }
-    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
-    node.run(|uplink| {
-        let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
-        dp.load_programs(&[Program::UplinkIngress, Program::UplinkEgress])
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        dp.set_config(NODE_IP).unwrap();
-        body(&mut dp, uplink);
-    });
+    node_datapath_test(
+        NodePrograms {
+            xdp: false,
+            uplink_tc: true,
+        },
+        body,
+    );
 }
 
 /// A UDP NodePort to the remote [`BACKEND_B`]; returns the SNAT port of `EXT_CLIENT`'s flow,

@@ -68,6 +68,12 @@ fn datapath() -> Option<Datapath> {
     Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
 }
 
+/// XDP and the tc uplink program (both open flows from the wire).
+const BOTH_UPLINK_PATHS: NodePrograms = NodePrograms {
+    xdp: true,
+    uplink_tc: true,
+};
+
 fn assert_no_flow(dp: &Datapath, client: SocketAddrV4, frontend: SocketAddrV4) {
     assert!(
         dp.ct_get(&ct_forward(client, frontend, PROTO_TCP))
@@ -152,7 +158,7 @@ fn only_new_flows_are_checked() {
 
 #[test]
 fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
-    node_datapath_test(|dp, uplink| {
+    node_datapath_test(BOTH_UPLINK_PATHS, |dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);
         let allowed = Pkt::tcp(EXT_CLIENT, LB, TCP_SYN);
         dp.check_on(
@@ -193,7 +199,7 @@ fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
 
 #[test]
 fn xdp_filters_the_lb_ip_and_not_the_node_port() {
-    node_datapath_test(|dp, uplink| {
+    node_datapath_test(BOTH_UPLINK_PATHS, |dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);
         let from = |p: &Pkt, mac| p.build_eth(mac, NODE_MAC);
         let allowed = Pkt::tcp(EXT_CLIENT, LB, TCP_SYN);

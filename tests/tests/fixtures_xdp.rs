@@ -34,21 +34,15 @@ const BACKEND_UNRESOLVED_ID: u32 = 3;
 const SNAT_SPAN: usize = (SNAT_PORT_MAX - SNAT_PORT_MIN) as usize + 1;
 
 /// Runs `body` with a datapath (XDP programs loaded, `SVC_CONFIG` naming [`NODE_IP`]) on a
-/// thread inside a fresh [`XdpNode`]; skips when not root. A missing object fails first, so an
-/// unbuilt tree can never look green. The namespace is deleted when this returns or panics.
+/// thread inside a fresh [`XdpNode`] (see [`node_datapath_test`]).
 fn xdp_test(body: impl FnOnce(&mut Datapath, XdpUplink) + Send) {
-    if let Err(e) = read_object() {
-        panic!("{e:#}");
-    }
-    if require_root().is_none() {
-        return;
-    }
-    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
-    node.run(|uplink| {
-        let mut dp = Datapath::load_xdp().unwrap_or_else(|e| panic!("{e:#}"));
-        dp.set_config(NODE_IP).unwrap();
-        body(&mut dp, uplink);
-    });
+    node_datapath_test(
+        NodePrograms {
+            xdp: true,
+            uplink_tc: false,
+        },
+        body,
+    );
 }
 
 /// [`NODEPORT`] over `proto` balancing across `backends` (id, address, `BACKEND_F_*`), written
