@@ -48,6 +48,20 @@ pub fn node_name(n: usize) -> String {
     format!("node{n}")
 }
 
+/// The `endpoints:` items of an EndpointSlice (YAML, indented for a top-level `endpoints:`
+/// key): one ready endpoint per (address, topology node).
+pub fn ready_endpoints_yaml(endpoints: &[(String, usize)]) -> String {
+    endpoints
+        .iter()
+        .map(|(ip, node)| {
+            format!(
+                "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
+                node_name(*node)
+            )
+        })
+        .collect()
+}
+
 /// A directory of manifests the agents read. Files are written atomically (temp + rename) so an
 /// agent never reads half a file. Removed on drop.
 pub struct ManifestDir {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use svc_common::{Hook, Reason};
 use tests::{
-    agent::{node_name, Agent, ManifestDir},
+    agent::{ready_endpoints_yaml, Agent, ManifestDir},
     probe::Summary,
     topology::{skip_unless_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
 };
@@ -33,13 +33,7 @@ fn lb_service(
     ranges: &str,
     endpoints: &[(String, usize)],
 ) -> String {
-    let mut eps = String::new();
-    for (ip, node) in endpoints {
-        eps.push_str(&format!(
-            "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
-            node_name(*node)
-        ));
-    }
+    let eps = ready_endpoints_yaml(endpoints);
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: LoadBalancer\n  \
          clusterIP: {cluster_ip}\n  loadBalancerSourceRanges: {ranges}\n  ports:\n    \
