@@ -681,7 +681,8 @@ pub enum Reason {
     /// reply tuple the new flow then claimed. The ACK would make the client reset the
     /// backend's connection; instead it is dropped and the new flow's entries deleted, so the
     /// client's SYN retransmission is balanced afresh (and remapped if the old flow has its
-    /// entries back by then).
+    /// entries back by then). Not for source-NATed flows (see lb.rs: their earlier holder is
+    /// usually another client's flow in TIME_WAIT, which the client's reset clears).
     CtCollision = 31,
     /// Dropped: a packet to a LoadBalancer IP from a source outside the Service's
     /// `loadBalancerSourceRanges`.

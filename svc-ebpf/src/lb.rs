@@ -303,12 +303,17 @@ fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) ->
     if flow.proto == PROTO_TCP
         && e.dir == CT_DIR_REPLY
         && e.state == CT_STATE_SYN_SENT
+        && e.flags & CT_F_SNAT == 0
         && flags & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_ACK
     {
         // The backend answers a SYN with a bare ACK when the tuple is its live connection
         // (RFC 5961 challenge ACK, tcp_validate_incoming) or one in TIME_WAIT that does not
         // take the SYN (tcp_timewait_state_process): not this flow's answer. Passed on, it
         // would make the client reset the backend's connection.
+        // Not for source-NATed flows: their tuple's earlier holder was usually another
+        // client's flow, now in TIME_WAIT on the backend, which the client's reset clears so
+        // that its retransmitted SYN gets through; and a retransmitted SYN would be given the
+        // same (hashed) SNAT port again, so dropping would stall it for the whole TIME_WAIT.
         forget(&key, e);
         return Lookup::Collision;
     }

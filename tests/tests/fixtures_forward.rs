@@ -834,3 +834,43 @@ fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
         );
     });
 }
+
+/// A bare ACK from a remote backend to a source-NATed flow whose SYN it has not answered is
+/// passed on (translated), not dropped as a collision: the tuple's earlier holder is usually
+/// another client's flow in TIME_WAIT on the backend, which the client's reset clears; the
+/// client's retransmitted SYN would get the same hashed SNAT port again.
+#[test]
+fn a_bare_ack_to_a_source_natted_syn_is_passed_on() {
+    node_test(|dp, uplink| {
+        nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
+        let c = ext(40300);
+        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+        dp.run_on(
+            Program::UplinkIngress.name(),
+            &wire(&syn, EXT_CLIENT_MAC),
+            uplink.ifindex,
+        )
+        .unwrap();
+        let port = snat_port(dp, c, PROTO_TCP);
+        let collisions = dp.counter(Program::UplinkIngress.hook(), Reason::CtCollision);
+        let rev_nat = dp.counter(Program::UplinkIngress.hook(), Reason::RevNat);
+        let ack = Pkt::tcp(BACKEND_NARROW, SocketAddrV4::new(NODE_IP, port), TCP_ACK);
+        dp.run_on(
+            Program::UplinkIngress.name(),
+            &wire(&ack, ROUTER_MAC),
+            uplink.ifindex,
+        )
+        .unwrap();
+        assert_eq!(
+            dp.counter(Program::UplinkIngress.hook(), Reason::CtCollision),
+            collisions,
+            "not a collision"
+        );
+        assert_eq!(
+            dp.counter(Program::UplinkIngress.hook(), Reason::RevNat),
+            rev_nat + 1,
+            "translated back to the client"
+        );
+        assert_eq!(dp.ct_entries().len(), 2, "the flow's entries stay");
+    });
+}
