@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use svc_common::{CtTimeouts, MAX_CONNTRACK};
+use svc_common::{CtTimeouts, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS};
 
 use crate::model::Ipv4Cidr;
 
@@ -149,15 +149,48 @@ pub struct RunArgs {
     /// How often to check the --manifests directory for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
-    /// Test only: load a deliberately broken datapath to prove the tests catch it.
     /// How XDP is attached to uplinks: native where the driver supports it (auto), native,
     /// generic, or off (the tc uplink program alone then serves north-south traffic).
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: crate::datapath::XdpChoice,
+    /// Test only: load a deliberately broken datapath to prove the tests catch it.
     #[arg(long, hide = true)]
     pub fault_inject: Vec<Fault>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    #[command(flatten)]
+    pub service_maps: ServiceMapArgs,
+}
+
+/// Sizes of the service maps and the share one Service may take of them.
+///
+/// Sizing rule: frontends = Σ over Services of ports × (1 ClusterIP + external IPs + LB IPs
+/// + node addresses for NodePorts, twice where `externalTrafficPolicy: Local` adds a scoped
+/// entry); slots = Σ over frontends of their endpoints; backends = distinct (endpoint address,
+/// target port) pairs. Add 50 % headroom for rollouts (old and new pods are both endpoints for
+/// a while). Sizes apply when a map is created; a pinned map keeps its size (`svc-agent
+/// uninstall` removes them). A Service that does not fit is reported and not programmed (or
+/// kept as it was), never at the cost of the others (see `svc_agent::budget`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServiceMapArgs {
+    /// Entries of SVC_FRONTENDS (~100 bytes each in the kernel).
+    #[arg(long, value_name = "ENTRIES", default_value_t = MAX_FRONTENDS,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_frontends: u32,
+    /// Entries of SVC_SLOTS (~80 bytes each).
+    #[arg(long, value_name = "ENTRIES", default_value_t = MAX_SLOTS,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_slots: u32,
+    /// Entries of SVC_BACKENDS (~90 bytes each).
+    #[arg(long, value_name = "ENTRIES", default_value_t = MAX_BACKENDS,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_backends: u32,
+    /// The largest share of each service map one Service may use, in percent: a Service over
+    /// it is refused (and reported) however empty the maps are, so one object can never take
+    /// Service routing away from the rest of the node.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_service_share: u8,
 }
 
 /// Conntrack lifecycle flags, spelled as kube-proxy's where kube-proxy has them. Durations are

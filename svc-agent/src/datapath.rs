@@ -150,6 +150,7 @@ impl Datapath {
         xdp: XdpChoice,
         timeouts: &CtTimeouts,
         ct_max: u32,
+        service_maps: &crate::cli::ServiceMapArgs,
     ) -> Result<(Self, PinnedMaps)> {
         ensure_bpffs(bpffs)?;
         std::fs::create_dir_all(bpffs.join("links"))
@@ -169,6 +170,9 @@ impl Datapath {
         // `must_exist`: an object without the global would silently ignore the flags.
         loader.override_global(GLOBAL_CT_TIMEOUTS, timeouts, true);
         loader.map_max_entries(MAP_CONNTRACK, ct_max);
+        loader.map_max_entries(MAP_FRONTENDS, service_maps.max_frontends);
+        loader.map_max_entries(MAP_SLOTS, service_maps.max_slots);
+        loader.map_max_entries(MAP_BACKENDS, service_maps.max_backends);
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
             format!(
                 "loading the eBPF object with maps pinned under {}",
@@ -225,6 +229,24 @@ impl Datapath {
                 "a flow map (conntrack, affinity, socket, fragments) has an unexpected layout",
             )?,
         };
+        let capacity = maps
+            .service_capacity()
+            .context("reading the service maps' capacity")?;
+        for (map, pinned, requested) in [
+            (MAP_FRONTENDS, capacity.frontends, service_maps.max_frontends),
+            (MAP_SLOTS, capacity.slots, service_maps.max_slots),
+            (MAP_BACKENDS, capacity.backends, service_maps.max_backends),
+        ] {
+            if pinned != u64::from(requested) {
+                warn!(
+                    pinned,
+                    requested,
+                    "{map} was pinned by an earlier agent with another size and keeps it: \
+                     --max-frontends/--max-slots/--max-backends apply when the map is created \
+                     (`svc-agent uninstall` removes it)"
+                );
+            }
+        }
         if maps.ct_capacity() != ct_max {
             warn!(
                 pinned = maps.ct_capacity(),

@@ -5,6 +5,8 @@
 //!   re-read when it changes, with hand-written `Endpoints` mirrored to EndpointSlices.
 //! - [`model`]: pure. Services + EndpointSlices + this node → the desired frontends and their
 //!   backends, plus the problems found (object, field, why) for anything refused.
+//! - [`budget`]: pure. Which Services fit into the service maps (a budget per Service, what
+//!   is free); the rest are refused or held as programmed, and reported.
 //! - [`reconcile`]: pure. What is programmed + what is desired → an ordered list of map
 //!   operations that never exposes a half-built service (svc-common's update-order invariant).
 //! - [`dataplane`]: the narrow trait map I/O goes through; `aya` implements it on the pinned
@@ -21,6 +23,7 @@
 //!   tools, and what the datapath would do with a flow (a pure mirror of its decision).
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
+pub mod budget;
 pub mod cli;
 pub mod conntrack;
 pub mod datapath;

@@ -146,6 +146,7 @@ fn main() -> Result<()> {
         fault,
         ct_timeouts: args.conntrack.timeouts(),
         ct_max: args.conntrack.conntrack_max,
+        service_maps: args.service_maps.clone(),
         ct_gc_interval: Duration::from_secs(args.conntrack.conntrack_gc_interval.0.into()),
     };
     tokio::runtime::Builder::new_current_thread()

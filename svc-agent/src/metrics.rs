@@ -66,6 +66,9 @@ pub struct Metrics {
     pub watch_errors: Family<KindLabel, Counter>,
     /// Objects (or parts of them) refused, by kind and field.
     pub objects_skipped: Family<SkipLabel, Counter>,
+    /// Services not programmed (or held as programmed before) because they do not fit into
+    /// the service maps or over the per-Service budget (`svc_agent::budget`), now.
+    pub services_refused: Gauge,
     /// Entries in each service map and its capacity: the fill ratio is their quotient. The
     /// LRU maps (conntrack, affinity, socket, fragments) are counted by each GC pass.
     pub map_entries: Family<MapLabel, Gauge>,
@@ -113,6 +116,7 @@ impl Metrics {
             sync_errors: Counter::default(),
             watch_errors: Family::default(),
             objects_skipped: Family::default(),
+            services_refused: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
             map_fill_ratio: Family::default(),
@@ -192,6 +196,12 @@ impl Metrics {
                 "objects_skipped",
                 "Objects or parts of objects refused, by kind and field",
                 m.objects_skipped.clone(),
+            );
+            r.register(
+                "services_refused",
+                "Services not programmed, or kept as programmed before, because they do not fit \
+                 into the service maps or exceed the per-Service budget",
+                m.services_refused.clone(),
             );
             r.register(
                 "map_entries",

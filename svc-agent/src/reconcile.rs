@@ -7,11 +7,16 @@
 //! between any two of them sees either the old or the new service, never a half-built one:
 //!
 //! 0. delete stray slots (beyond a count, or of no frontend): no packet can reach them;
-//! 1. `PutBackend` for new backends;
-//! 2. per new or changed frontend: `PutSlot` for every slot whose content changes, then
+//! 1. per removed frontend: `DeleteFrontend`, then its `DeleteSlot`s and `DeleteSourceRange`s;
+//!    then `DeleteBackend` for backends only those frontends named and no wanted frontend
+//!    names. Removals come first so that a plan frees entries before it puts any: when the maps
+//!    are full, removals still apply (see [`crate::budget`]). Exception: a scoped entry whose
+//!    `SCOPE_ANY` sibling stays goes in step 4;
+//! 2. `PutBackend` for new backends;
+//! 3. per new or changed frontend: `PutSlot` for every slot whose content changes, then
 //!    `PutFrontend` (only if the value changed), then `DeleteSlot` past the new count;
-//! 3. per removed frontend: `DeleteFrontend`, then its `DeleteSlot`s and `DeleteSourceRange`s;
-//! 4. `DeleteBackend` for backends no slot names any more.
+//! 4. `DeleteFrontend` etc. of the scoped entries held back in step 1;
+//! 5. `DeleteBackend` for backends no slot names any more.
 //!
 //! A frontend's `loadBalancerSourceRanges` prefixes go with its slots: new ones (`PutSourceRange`)
 //! before its `PutFrontend`, which may set `FRONTEND_F_SOURCE_RANGES`, and those it no longer
@@ -19,7 +24,7 @@
 //! the new one, never empty under the flag. Prefixes of no frontend id are deleted in step 0.
 //!
 //! Ids freed in a plan (removed frontends, deleted backends) are not reused within the same
-//! plan: until step 3/4 runs, the old owner of the id is still live in the maps.
+//! plan: until step 4/5 runs, the old owner of the id may still be live in the maps.
 //!
 //! If a [`crate::dataplane::Dataplane`] fails midway, the maps are somewhere between `current`
 //! and `next`, still consistent (every prefix of a plan keeps the invariant). Recover by
@@ -363,11 +368,25 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Plan {
 /// [`plan`] without the clone: advances `state` and returns the ops and removals. If applying
 /// the ops fails, `state` no longer describes the maps; re-adopt them (see the module docs).
 pub fn plan_in_place(state: &mut Programmed, desired: &Desired) -> (Vec<MapOp>, Removals) {
+    plan_in_place_holding(state, desired, &BTreeSet::new())
+}
+
+/// [`plan_in_place`], except that the programmed frontends of the Services in `held` stay as
+/// they are (their Service's change was refused, see [`crate::budget`]). `desired` should hold
+/// no frontend of theirs.
+pub fn plan_in_place_holding(
+    state: &mut Programmed,
+    desired: &Desired,
+    held: &BTreeSet<ObjectRef>,
+) -> (Vec<MapOp>, Removals) {
     let removed: Vec<FrontendKey> = state
         .frontends
-        .keys()
-        .filter(|k| !desired.frontends.contains_key(k))
-        .copied()
+        .iter()
+        .filter(|(k, fe)| {
+            !desired.frontends.contains_key(k)
+                && !fe.owner.as_ref().is_some_and(|o| held.contains(o))
+        })
+        .map(|(k, _)| *k)
         .collect();
     let wanted: Vec<_> = desired.frontends.iter().collect();
     plan_core(state, &wanted, &removed)
@@ -433,14 +452,105 @@ fn plan_core(
                 .map(|range| MapOp::DeleteSourceRange { range }),
         )
         .collect();
+    // Removed frontends first (phase 1 of the module docs): deleting them before anything is
+    // put frees their entries when the maps are full. A scoped entry whose SCOPE_ANY sibling
+    // stays is the exception: it goes last, after the sibling is rewritten without
+    // FRONTEND_F_EXTERNAL_SCOPE (an uplink hook that sees the flag drops what has no scoped
+    // entry).
+    let wanted_keys: HashSet<&FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
+    let mut early_removal_ops = Vec::new();
+    let mut removal_ops = Vec::new();
+    let mut freed_frontend_ids = Vec::new();
+    for key in removed {
+        let Some(fe) = state.frontends.remove(key) else {
+            continue;
+        };
+        let sibling_stays = key.scope != SCOPE_ANY
+            && wanted_keys.contains(&FrontendKey {
+                scope: SCOPE_ANY,
+                ..*key
+            });
+        let out = if sibling_stays {
+            &mut removal_ops
+        } else {
+            &mut early_removal_ops
+        };
+        out.push(MapOp::DeleteFrontend { key: *key });
+        if fe.id != 0 {
+            removals.frontend_ids.push(fe.id);
+            removals
+                .backends
+                .extend(
+                    removed_backend_ids(&fe.slots, &[])
+                        .into_iter()
+                        .map(|backend_id| RemovedBackend {
+                            frontend_id: fe.id,
+                            proto: key.proto,
+                            backend_id,
+                        }),
+                );
+            for (i, slot) in fe.slots.iter().enumerate() {
+                if let Some(backend_id) = *slot {
+                    let key = SlotKey {
+                        frontend_id: fe.id,
+                        slot: slot_number(i),
+                    };
+                    out.push(MapOp::DeleteSlot { key });
+                    state.unref(backend_id);
+                }
+            }
+            out.extend(fe.source_ranges.iter().map(|&(addr, len)| {
+                MapOp::DeleteSourceRange {
+                    range: SourceRange {
+                        frontend_id: fe.id,
+                        addr,
+                        len,
+                    },
+                }
+            }));
+            freed_frontend_ids.push(fe.id);
+        }
+        state.set_owner(*key, fe.owner.as_ref(), None);
+    }
+    // Backends only removed frontends named, and no wanted frontend names again, can go now
+    // too (phase 1); the rest of the unreferenced ones go last (phase 5).
+    let mut early_backend_deletes = Vec::new();
+    if state.unreferenced.iter().any(|id| state.backends.get(id).is_some_and(|e| e.refs == 0)) {
+        let wanted_backends: HashSet<&Backend> =
+            wanted.iter().flat_map(|(_, f)| f.backends.iter()).collect();
+        let early: Vec<u32> = state
+            .unreferenced
+            .iter()
+            .copied()
+            .filter(|id| {
+                state
+                    .backends
+                    .get(id)
+                    .is_some_and(|e| e.refs == 0 && !wanted_backends.contains(&e.backend))
+            })
+            .collect();
+        for id in early {
+            state.unreferenced.remove(&id);
+            delete_backend(state, id, &mut early_backend_deletes);
+        }
+    }
+    // Their ids are released at the end, with the others: ids are not reused within a plan.
+    let early_freed: Vec<u32> = early_backend_deletes
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::DeleteBackend { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+
     let mut backend_puts = Vec::new();
     let mut frontend_ops = Vec::new();
 
     // Scoped entries (SCOPE_EXTERNAL) before the SCOPE_ANY ones: an uplink hook that finds
     // FRONTEND_F_EXTERNAL_SCOPE on the SCOPE_ANY entry looks the scoped one up next and drops
-    // the packet if it is missing, so it must exist before the flag is written. (Removal needs
-    // no care: a scoped entry that goes while its SCOPE_ANY entry stays is removed after that
-    // entry is rewritten without the flag, and removals come after all writes.)
+    // the packet if it is missing, so it must exist before the flag is written. (Removal: a
+    // scoped entry that goes while its SCOPE_ANY entry stays is removed after that entry is
+    // rewritten without the flag, see the removal loop above.)
     let scoped_first = wanted
         .iter()
         .filter(|(k, _)| k.scope != SCOPE_ANY)
@@ -565,49 +675,6 @@ fn plan_core(
         state.frontends.insert(key, fe);
     }
 
-    let mut removal_ops = Vec::new();
-    let mut freed_frontend_ids = Vec::new();
-    for key in removed {
-        let Some(fe) = state.frontends.remove(key) else {
-            continue;
-        };
-        removal_ops.push(MapOp::DeleteFrontend { key: *key });
-        if fe.id != 0 {
-            removals.frontend_ids.push(fe.id);
-            removals
-                .backends
-                .extend(
-                    removed_backend_ids(&fe.slots, &[])
-                        .into_iter()
-                        .map(|backend_id| RemovedBackend {
-                            frontend_id: fe.id,
-                            proto: key.proto,
-                            backend_id,
-                        }),
-                );
-            for (i, slot) in fe.slots.iter().enumerate() {
-                if let Some(backend_id) = *slot {
-                    let key = SlotKey {
-                        frontend_id: fe.id,
-                        slot: slot_number(i),
-                    };
-                    removal_ops.push(MapOp::DeleteSlot { key });
-                    state.unref(backend_id);
-                }
-            }
-            removal_ops.extend(fe.source_ranges.iter().map(|&(addr, len)| {
-                MapOp::DeleteSourceRange {
-                    range: SourceRange {
-                        frontend_id: fe.id,
-                        addr,
-                        len,
-                    },
-                }
-            }));
-            freed_frontend_ids.push(fe.id);
-        }
-        state.set_owner(*key, fe.owner.as_ref(), None);
-    }
     // Only now: a new frontend of this plan must not reuse an id whose old frontend was live
     // until its DeleteFrontend.
     for id in freed_frontend_ids {
@@ -617,26 +684,44 @@ fn plan_core(
     let mut backend_deletes = Vec::new();
     for id in std::mem::take(&mut state.unreferenced) {
         if state.backends.get(&id).is_some_and(|e| e.refs == 0) {
-            if let Some(entry) = state.backends.remove(&id) {
-                if state.backend_ids.get(&entry.backend) == Some(&id) {
-                    state.backend_ids.remove(&entry.backend);
-                }
-            }
-            backend_deletes.push(MapOp::DeleteBackend { id });
+            delete_backend(state, id, &mut backend_deletes);
             if id != 0 {
                 state.backend_id_alloc.release(id);
             }
         }
     }
+    for id in early_freed {
+        if id != 0 {
+            state.backend_id_alloc.release(id);
+        }
+    }
 
     ops.reserve(
-        backend_puts.len() + frontend_ops.len() + removal_ops.len() + backend_deletes.len(),
+        early_removal_ops.len()
+            + early_backend_deletes.len()
+            + backend_puts.len()
+            + frontend_ops.len()
+            + removal_ops.len()
+            + backend_deletes.len(),
     );
+    ops.extend(early_removal_ops);
+    ops.extend(early_backend_deletes);
     ops.extend(backend_puts);
     ops.extend(frontend_ops);
     ops.extend(removal_ops);
     ops.extend(backend_deletes);
     (ops, removals)
+}
+
+/// Forgets backend `id` and queues its `DeleteBackend`; the caller releases the id once no
+/// later op of the plan can allocate it.
+fn delete_backend(state: &mut Programmed, id: u32, ops: &mut Vec<MapOp>) {
+    if let Some(entry) = state.backends.remove(&id) {
+        if state.backend_ids.get(&entry.backend) == Some(&id) {
+            state.backend_ids.remove(&entry.backend);
+        }
+    }
+    ops.push(MapOp::DeleteBackend { id });
 }
 
 /// New slot contents for a frontend whose slots held `old` and should hold the backend ids
@@ -1103,6 +1188,12 @@ mod tests {
         assert_eq!(
             p2.removals.backends,
             vec![
+                // Removed frontends are planned (and written) first.
+                RemovedBackend {
+                    frontend_id: id(&fk(3, 80)),
+                    proto: PROTO_TCP,
+                    backend_id: backend(4),
+                },
                 RemovedBackend {
                     frontend_id: id(&fk(1, 80)),
                     proto: PROTO_TCP,
@@ -1112,11 +1203,6 @@ mod tests {
                     frontend_id: id(&udp),
                     proto: PROTO_UDP,
                     backend_id: backend(1),
-                },
-                RemovedBackend {
-                    frontend_id: id(&fk(3, 80)),
-                    proto: PROTO_TCP,
-                    backend_id: backend(4),
                 },
             ]
         );
@@ -1170,7 +1256,7 @@ mod tests {
     }
 
     #[test]
-    fn removed_frontend_is_deleted_before_its_slots_and_backends_last() {
+    fn removed_frontend_is_deleted_before_its_slots_and_before_anything_is_put() {
         let p1 = plan(
             &Programmed::default(),
             &desired(vec![
@@ -1179,17 +1265,19 @@ mod tests {
             ]),
         );
         let p2 = plan(&p1.next, &desired(vec![(fk(2, 80), fe("b", &[3, 4]))]));
+        // Removals first, so a full map gets room before the puts; a's backends are named by
+        // no wanted frontend, so they go at once too.
         assert_eq!(
             op_kinds(&p2.ops),
             [
-                "PutBackend",
-                "PutSlot",
-                "PutFrontend",
                 "DeleteFrontend",
                 "DeleteSlot",
                 "DeleteSlot",
                 "DeleteBackend",
-                "DeleteBackend"
+                "DeleteBackend",
+                "PutBackend",
+                "PutSlot",
+                "PutFrontend",
             ]
         );
         let mut fake = FakeDataplane::default();

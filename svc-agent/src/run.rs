@@ -15,7 +15,7 @@
 //! each plan this task deletes the session affinity of what the plan removed and sends the
 //! removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use svc_common::CtTimeouts;
 
 use crate::{
+    budget,
     conntrack::{self, Collector, CollectorHandle},
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
@@ -99,6 +100,8 @@ pub struct RunConfig {
     pub ct_max: u32,
     /// `--conntrack-gc-interval`.
     pub ct_gc_interval: Duration,
+    /// `--max-frontends`, `--max-slots`, `--max-backends`, `--max-service-share`.
+    pub service_maps: crate::cli::ServiceMapArgs,
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
@@ -118,7 +121,14 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         info!(cluster_cidr = ?cfg.cluster_cidrs, "cluster CIDR recorded (pod traffic is told by interface, --pod-ifaces)");
     }
     let (mut datapath, maps) =
-        Datapath::load(&cfg.bpffs, cfg.fault, cfg.xdp, &cfg.ct_timeouts, cfg.ct_max)?;
+        Datapath::load(
+            &cfg.bpffs,
+            cfg.fault,
+            cfg.xdp,
+            &cfg.ct_timeouts,
+            cfg.ct_max,
+            &cfg.service_maps,
+        )?;
     // The collector's two threads (passes, flushes) get handles of their own on the pinned maps.
     let open_pins = || {
         PinnedMaps::from_pins(&cfg.bpffs).with_context(|| {
@@ -154,6 +164,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         maps,
         metrics: metrics.clone(),
         last_problems: BTreeSet::new(),
+        refused: BTreeMap::new(),
+        service_share: cfg.service_maps.max_service_share,
         needs_full: true,
         gc,
         health: proxy_health.clone(),
@@ -447,6 +459,11 @@ struct Engine {
     metrics: Arc<Metrics>,
     /// Problems reported by the last full plan, so each is logged once.
     last_problems: BTreeSet<String>,
+    /// Services [`budget::admit`] did not let in, with why (logged when it changes). They are
+    /// planned again with every change, so they get in as soon as space returns.
+    refused: BTreeMap<ObjectRef, String>,
+    /// `--max-service-share`.
+    service_share: u8,
     /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
     needs_full: bool,
     /// The conntrack collector, told which UDP flows to flush.
@@ -481,7 +498,10 @@ impl Engine {
             }
         }
         self.last_problems = texts;
-        let (ops, removals) = reconcile::plan_in_place(&mut self.programmed, &desired);
+        let mut desired = desired;
+        let admission = self.admit(&mut desired, None);
+        let (ops, removals) =
+            reconcile::plan_in_place_holding(&mut self.programmed, &desired, &admission.held);
         if self.apply(&ops, &removals, since, started) {
             self.needs_full = false;
             info!(
@@ -503,14 +523,22 @@ impl Engine {
         since: Instant,
     ) {
         let started = Instant::now();
-        let desired =
-            model::desired_for_indexed(&store.objects, node, services, &store.slice_owners);
+        // Refused Services are planned again with every change: this one may have made room.
+        let mut scope = services.clone();
+        scope.extend(self.refused.keys().cloned());
+        let mut desired =
+            model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
         for p in &desired.problems {
             warn!("skipped: {p}");
             self.metrics.skipped(&p.object, &p.field);
         }
+        let admission = self.admit(&mut desired, Some(&scope));
+        // Held Services keep their frontends: leave them out of the plan altogether.
+        for held in &admission.held {
+            scope.remove(held);
+        }
         let (ops, removals) =
-            reconcile::plan_services_in_place(&mut self.programmed, &desired, services);
+            reconcile::plan_services_in_place(&mut self.programmed, &desired, &scope);
         if self.apply(&ops, &removals, since, started) {
             info!(
                 services = services.len(),
@@ -518,6 +546,47 @@ impl Engine {
                 "synced changed services"
             );
         }
+    }
+
+    /// Lets into `desired` only the Services of `scope` (`None`: all) that fit into the
+    /// service maps ([`budget::admit`]), and reports each change in what is refused.
+    fn admit(
+        &mut self,
+        desired: &mut model::Desired,
+        scope: Option<&BTreeSet<ObjectRef>>,
+    ) -> budget::Admission {
+        let capacity = self.maps.service_capacity().unwrap_or_else(|e| {
+            error!("{e}; assuming the ABI's map sizes");
+            budget::Entries {
+                frontends: svc_common::MAX_FRONTENDS.into(),
+                slots: svc_common::MAX_SLOTS.into(),
+                backends: svc_common::MAX_BACKENDS.into(),
+                source_ranges: svc_common::MAX_SOURCE_RANGES.into(),
+            }
+        });
+        let limits = budget::Limits {
+            capacity,
+            service_share_percent: self.service_share,
+        };
+        let admission = budget::admit(&self.programmed, desired, scope, &limits);
+        let in_scope = |s: &ObjectRef| scope.is_none_or(|set| set.contains(s));
+        self.refused.retain(|svc, _| {
+            let keep = !in_scope(svc) || admission.problems.contains_key(svc);
+            if !keep {
+                info!(service = %svc, "Service fits into the service maps now: programmed");
+            }
+            keep
+        });
+        for (svc, p) in &admission.problems {
+            let text = p.to_string();
+            if self.refused.get(svc) != Some(&text) {
+                warn!("refused: {text}");
+                self.metrics.skipped(&p.object, &p.field);
+                self.refused.insert(svc.clone(), text);
+            }
+        }
+        self.metrics.services_refused.set(self.refused.len() as i64);
+        admission
     }
 
     /// Writes `ops`, which the caller has already planned into `programmed` (in place: cloning
@@ -598,20 +667,13 @@ impl Engine {
         true
     }
 
+    /// Entries and capacity of each service map, for the fill metrics.
     fn update_fill(&self) {
-        use svc_common::{
-            MAP_BACKENDS, MAP_FRONTENDS, MAP_SLOTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SLOTS,
+        let used = budget::usage(&self.programmed);
+        let Ok(cap) = self.maps.service_capacity() else {
+            return;
         };
-        let frontends = self.programmed.frontends();
-        let slots: usize = frontends
-            .values()
-            .map(|f| f.value.backend_count as usize)
-            .sum();
-        for (map, entries, cap) in [
-            (MAP_FRONTENDS, frontends.len(), MAX_FRONTENDS),
-            (MAP_SLOTS, slots, MAX_SLOTS),
-            (MAP_BACKENDS, self.programmed.backend_count(), MAX_BACKENDS),
-        ] {
+        for ((map, entries), (_, cap)) in used.named().into_iter().zip(cap.named()) {
             self.metrics
                 .map_entries
                 .get_or_create(&MapLabel { map })

@@ -21,7 +21,7 @@ use std::io;
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, SlotKey,
     FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK,
-    SCOPE_ANY, SCOPE_EXTERNAL,
+    SCOPE_ANY, SCOPE_EXTERNAL, MAX_BACKENDS, MAX_FRONTENDS, MAX_SLOTS, MAX_SOURCE_RANGES,
 };
 
 use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRange};
@@ -45,12 +45,23 @@ pub struct FakeDataplane {
     ids: HashMap<u32, FrontendKey>,
     /// Backend id → slots naming it, so deleting a backend checks only its users.
     users: HashMap<u32, BTreeSet<SlotKey>>,
+    /// `max_entries` of the service maps; `None`: the ABI's sizes. A put of a new key into a
+    /// full map fails with `E2BIG`, as the kernel's hash maps do.
+    pub capacity: Option<crate::budget::Entries>,
 }
 
 impl FakeDataplane {
     /// An empty dataplane.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty dataplane whose service maps hold at most `capacity` entries each.
+    pub fn with_capacity(capacity: crate::budget::Entries) -> Self {
+        Self {
+            capacity: Some(capacity),
+            ..Self::default()
+        }
     }
 
     /// A dataplane holding `snapshot` (for adoption tests). It is not checked: junk is allowed
@@ -177,10 +188,44 @@ fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Re
     Ok(())
 }
 
+impl FakeDataplane {
+    /// Whether `op` puts a new key into a map that holds its `capacity` already.
+    fn is_full_for(&self, op: &MapOp) -> bool {
+        let Some(cap) = self.capacity else {
+            return false;
+        };
+        let m = &self.snapshot;
+        match op {
+            MapOp::PutFrontend { key, .. } => {
+                !m.frontends.contains_key(key) && m.frontends.len() as u64 >= cap.frontends
+            }
+            MapOp::PutSlot { key, .. } => {
+                !m.slots.contains_key(key) && m.slots.len() as u64 >= cap.slots
+            }
+            MapOp::PutBackend { id, .. } => {
+                !m.backends.contains_key(id) && m.backends.len() as u64 >= cap.backends
+            }
+            MapOp::PutSourceRange { range } => {
+                !m.source_ranges.contains(range)
+                    && m.source_ranges.len() as u64 >= cap.source_ranges
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Dataplane for FakeDataplane {
     /// Checks the state `op` would produce, then applies it; a rejected op changes nothing.
     fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         self.writes += 1;
+        if self.is_full_for(op) {
+            // E2BIG: what htab_map_update_elem returns for a new key when the map holds
+            // max_entries (kernel/bpf/hashtab.c, alloc_htab_elem).
+            return Err(DataplaneError::Write {
+                op: op.clone(),
+                source: io::Error::from_raw_os_error(7),
+            });
+        }
         match op {
             MapOp::PutBackend { id, backend } => {
                 if *id == 0 {
@@ -334,6 +379,15 @@ impl Dataplane for FakeDataplane {
 
     fn ct_capacity(&self) -> u32 {
         MAX_CONNTRACK
+    }
+
+    fn service_capacity(&self) -> Result<crate::budget::Entries, DataplaneError> {
+        Ok(self.capacity.unwrap_or(crate::budget::Entries {
+            frontends: MAX_FRONTENDS.into(),
+            slots: MAX_SLOTS.into(),
+            backends: MAX_BACKENDS.into(),
+            source_ranges: MAX_SOURCE_RANGES.into(),
+        }))
     }
 
     fn affinity_scan(

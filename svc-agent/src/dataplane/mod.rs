@@ -131,6 +131,8 @@ pub trait Dataplane {
     fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError>;
     /// Capacity (`max_entries`) of the conntrack map.
     fn ct_capacity(&self) -> u32;
+    /// Capacity (`max_entries`) of each service map, for [`crate::budget`].
+    fn service_capacity(&self) -> Result<crate::budget::Entries, DataplaneError>;
     /// Walks the session-affinity map (see [`Dataplane::ct_scan`]).
     fn affinity_scan(
         &self,

@@ -215,6 +215,23 @@ impl Dataplane for PinnedMaps {
         self.flows.ct_capacity
     }
 
+    fn service_capacity(&self) -> Result<crate::budget::Entries, DataplaneError> {
+        let max = |map: &'static str, data: &MapData| {
+            data.info()
+                .map(|i| u64::from(i.max_entries()))
+                .map_err(|e| DataplaneError::Read {
+                    map,
+                    source: std::io::Error::other(e),
+                })
+        };
+        Ok(crate::budget::Entries {
+            frontends: max(MAP_FRONTENDS, self.frontends.map())?,
+            slots: max(MAP_SLOTS, self.slots.map())?,
+            backends: max(MAP_BACKENDS, self.backends.map())?,
+            source_ranges: max(MAP_SOURCE_RANGES, self.source_ranges.map())?,
+        })
+    }
+
     fn affinity_scan(
         &self,
         each: &mut dyn FnMut(&[AffinityKey], &[Affinity]),

@@ -1,0 +1,240 @@
+//! Full service maps and one oversized Service, end to end (needs root).
+//!
+//! One node runs a client pod and two backends. Valid Services sit beside one that is a
+//! mistake or a hostile tenant: 3 000 ports, one EndpointSlice with 5 000 endpoints and 100
+//! ports (100 × 5 000 slots and backends, more than a Service may take). Before the budget
+//! (`svc_agent::budget`), the agent's first plan failed with E2BIG on `SVC_BACKENDS` and wrote
+//! nothing after it: 0 frontends, every Service of the node unreachable. Now the valid Services
+//! are programmed and served, the offender is refused and named (log, metric), and with maps
+//! sized small enough to fill, a full map still applies removals and lets a refused Service in
+//! as soon as space returns.
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+
+use svc_common::PROTO_TCP;
+use tests::{
+    agent::{fkey, ready_endpoints_yaml, Agent, ManifestDir},
+    probe::Summary,
+    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
+
+/// A ClusterIP Service `name` at `ip` with `ports` TCP ports from 80 up, target 8080 up.
+fn service_yaml(name: &str, ip: &str, ports: u16) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  type: ClusterIP\n  clusterIP: {ip}\n  ports:\n"
+    );
+    for i in 0..ports {
+        let _ = write!(
+            yaml,
+            "    - name: p{i}\n      protocol: TCP\n      port: {}\n      targetPort: {}\n",
+            80 + i,
+            8080 + i
+        );
+    }
+    yaml
+}
+
+/// `name`'s EndpointSlice: `endpoints` on ports 8080 up (`ports` of them, named as the
+/// Service's).
+fn slice_yaml(name: &str, ports: u16, endpoints: &[(String, usize)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
+         addressType: IPv4\nports:\n"
+    );
+    for i in 0..ports {
+        let _ = write!(
+            yaml,
+            "  - name: p{i}\n    protocol: TCP\n    port: {}\n",
+            8080 + i
+        );
+    }
+    yaml.push_str("endpoints:\n");
+    yaml.push_str(&ready_endpoints_yaml(endpoints));
+    yaml
+}
+
+struct Scene {
+    _servers: Vec<NsChild>,
+    manifests: ManifestDir,
+    t: Topology,
+}
+
+impl Scene {
+    fn start() -> Self {
+        let t = Topology::build(&TopologySpec::new().node(&["client", "be1", "be2"]))
+            .expect("building the topology");
+        let mut servers = Vec::new();
+        for be in ["be1", "be2"] {
+            let mut s = t
+                .spawn(t.pod_ns(be), &[PROBE, "serve", "--id", be, "--tcp", "8080"])
+                .expect("starting a backend server");
+            s.wait_for_line(Duration::from_secs(5), |l| l == "ready")
+                .expect("backend server ready");
+            servers.push(s);
+        }
+        let manifests = ManifestDir::new(&t).expect("manifest dir");
+        Self {
+            _servers: servers,
+            manifests,
+            t,
+        }
+    }
+
+    fn endpoints(&self, pods: &[&str]) -> Vec<(String, usize)> {
+        pods.iter()
+            .map(|p| (self.t.pod_ip(p).to_string(), 1))
+            .collect()
+    }
+
+    /// Writes Service `name` (one port, 80 → 8080) with `pods` as endpoints.
+    fn write_small(&self, name: &str, ip: &str, ports: u16, pods: &[&str]) {
+        self.manifests
+            .write(&format!("{name}.yaml"), &service_yaml(name, ip, ports))
+            .unwrap();
+        self.manifests
+            .write(
+                &format!("{name}-slice.yaml"),
+                &slice_yaml(name, ports, &self.endpoints(pods)),
+            )
+            .unwrap();
+    }
+
+    fn tcp(&self, target: &str, count: u32) -> Summary {
+        Summary::tcp_from(&self.t, self.t.pod_ns("client"), target, count)
+            .expect("running the client")
+    }
+}
+
+fn assert_all_ok(s: &Summary, count: u64, what: &str) {
+    assert_eq!(s.ok, count, "{what}: {s:?}");
+}
+
+#[test]
+fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
+    if skip_unless_root() {
+        return;
+    }
+    let scene = Scene::start();
+    scene.write_small("web", "10.96.0.10", 1, &["be1", "be2"]);
+    scene.write_small("api", "10.96.0.11", 1, &["be2"]);
+    // The offender: 3 000 ports; one slice of 5 000 endpoints (never sent to) and 100 ports.
+    let hostile_eps: Vec<(String, usize)> = (0..5000u32)
+        .map(|i| (format!("10.201.{}.{}", i / 250, 1 + i % 250), 1))
+        .collect();
+    scene
+        .manifests
+        .write("hostile.yaml", &service_yaml("hostile", "10.96.0.50", 3000))
+        .unwrap();
+    scene
+        .manifests
+        .write("hostile-slice.yaml", &slice_yaml("hostile", 100, &hostile_eps))
+        .unwrap();
+
+    let mut agent = Agent::start(&scene.t, 1, scene.manifests.path(), &[]).expect("agent");
+    let want = BTreeMap::from([
+        (fkey([10, 96, 0, 10], 80, PROTO_TCP), 2),
+        (fkey([10, 96, 0, 11], 80, PROTO_TCP), 1),
+    ]);
+    agent
+        .wait_frontends(&want, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+    let frontends = agent.frontends().unwrap();
+    assert_eq!(
+        frontends
+            .keys()
+            .filter(|k| k.addr == [10, 96, 0, 50])
+            .count(),
+        0,
+        "nothing of the offender is programmed"
+    );
+    assert_eq!(frontends.len(), 2);
+    assert_all_ok(&scene.tcp("10.96.0.10:80", 20), 20, "web");
+    assert_all_ok(&scene.tcp("10.96.0.11:80", 20), 20, "api");
+
+    let log = agent.log();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("refused: Service default/hostile"))
+        .unwrap_or_else(|| panic!("the offender is named in the log:\n{log}"));
+    assert!(
+        refusal.contains("endpoints: needs 500000 entries of SVC_SLOTS"),
+        "{refusal}"
+    );
+    assert_eq!(
+        agent.metric(&scene.t, "svc_services_refused").unwrap(),
+        1.0,
+        "refused Services metric"
+    );
+    assert!(
+        !log.contains("E2BIG") && !log.contains("Argument list too long"),
+        "no write failed:\n{log}"
+    );
+    agent.stop().unwrap();
+}
+
+#[test]
+fn a_full_map_applies_removals_and_lets_a_refused_service_in_when_space_returns() {
+    if skip_unless_root() {
+        return;
+    }
+    let scene = Scene::start();
+    scene.write_small("web", "10.96.0.10", 1, &["be1", "be2"]);
+    // 14 ports: with web and api, SVC_FRONTENDS (16) is full.
+    scene.write_small("filler", "10.96.0.20", 14, &["be1"]);
+    scene.write_small("api", "10.96.0.11", 1, &["be2"]);
+    let mut agent = Agent::start(
+        &scene.t,
+        1,
+        scene.manifests.path(),
+        &["--max-frontends", "16", "--max-service-share", "100"],
+    )
+    .expect("agent");
+    let mut want = BTreeMap::from([
+        (fkey([10, 96, 0, 10], 80, PROTO_TCP), 2),
+        (fkey([10, 96, 0, 11], 80, PROTO_TCP), 1),
+    ]);
+    for p in 0..14 {
+        want.insert(fkey([10, 96, 0, 20], 80 + p, PROTO_TCP), 1);
+    }
+    agent
+        .wait_frontends(&want, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+
+    // One more Service does not fit: refused and reported; the others keep working.
+    scene.write_small("late", "10.96.0.30", 1, &["be1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("refused: Service default/late") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late is reported:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log().contains("the map is full"), "{}", agent.log());
+    assert_eq!(agent.metric(&scene.t, "svc_services_refused").unwrap(), 1.0);
+    assert_eq!(agent.frontends().unwrap().len(), 16);
+    assert_all_ok(&scene.tcp("10.96.0.10:80", 20), 20, "web while full");
+
+    // Removing filler while the map is full is applied, and late gets in with it.
+    scene.manifests.remove("filler.yaml").unwrap();
+    scene.manifests.remove("filler-slice.yaml").unwrap();
+    let want = BTreeMap::from([
+        (fkey([10, 96, 0, 10], 80, PROTO_TCP), 2),
+        (fkey([10, 96, 0, 11], 80, PROTO_TCP), 1),
+        (fkey([10, 96, 0, 30], 80, PROTO_TCP), 1),
+    ]);
+    agent
+        .wait_frontends(&want, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+    assert_eq!(agent.frontends().unwrap().len(), 3, "filler is gone");
+    let late = scene.tcp("10.96.0.30:80", 20);
+    assert_all_ok(&late, 20, "late once space returned");
+    assert_eq!(late.by_backend.get("be1").copied(), Some(20));
+    assert_all_ok(&scene.tcp("10.96.0.11:80", 20), 20, "api");
+    assert_eq!(agent.metric(&scene.t, "svc_services_refused").unwrap(), 0.0);
+    agent.stop().unwrap();
+}
