@@ -3,10 +3,10 @@
 //! # Layout
 //! This crate alone defines the map names, key/value structs, capacities, flag bits and counter
 //! indices. Both sides compile against it, so a layout mismatch is a compile error, not a silent
-//! corruption. Every type is `#[repr(C)]` with explicit `_pad` fields and a size assertion; none
-//! holds a `bool`, enum or `Option`. Addresses are `[u8; 4]` in network order (so
-//! `bpftool map dump` prints `[10,96,0,10]`), ports are `u16` in **host** order (so a dump prints
-//! `80`, not `20480`).
+//! corruption. Every type is `#[repr(C)]` with explicit `_pad` fields and a size assertion, and
+//! derives `bytemuck::Pod`, so the compiler proves it has no padding; none holds a `bool`, enum
+//! or `Option`. Addresses are `[u8; 4]` in network order (so `bpftool map dump` prints
+//! `[10,96,0,10]`), ports are `u16` in **host** order (so a dump prints `80`, not `20480`).
 //!
 //! The service model follows Cilium's `lb4_*` maps:
 //! - [`FrontendKey`] → [`Frontend`] in [`MAP_FRONTENDS`]: one entry per (address, port, protocol)
@@ -39,6 +39,8 @@
 //! backend only when no slot names it. A packet therefore never sees a count that points at a
 //! missing slot or a slot that names a missing backend.
 #![no_std]
+
+use bytemuck::{Pod, Zeroable};
 
 /// Pinned name (and ELF symbol name) of the frontend map.
 pub const MAP_FRONTENDS: &str = "SVC_FRONTENDS";
@@ -144,7 +146,7 @@ pub const SNAT_ATTEMPTS: u32 = 16;
 
 /// Lookup key of [`MAP_FRONTENDS`]: one address, port and protocol a Service is reached on.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct FrontendKey {
     /// Frontend IPv4 address, network order (a ClusterIP, node address, external or LB IP).
     pub addr: [u8; 4],
@@ -159,7 +161,7 @@ const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
 
 /// Value of [`MAP_FRONTENDS`]. Written by the agent only, always *after* the slots it counts.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Frontend {
     /// Frontend id: the first half of every [`SlotKey`] of this frontend, and what conntrack
     /// entries record. Allocated by the agent, unique among live frontends, never 0.
@@ -177,7 +179,7 @@ const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
 
 /// Key of [`MAP_SLOTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct SlotKey {
     /// [`Frontend::id`] of the owning frontend.
     pub frontend_id: u32,
@@ -188,7 +190,7 @@ const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 
 /// Value of [`MAP_SLOTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Slot {
     /// Key into [`MAP_BACKENDS`]; never 0.
     pub backend_id: u32,
@@ -197,7 +199,7 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 4);
 
 /// Value of [`MAP_BACKENDS`] (keyed by a `u32` backend id, never 0).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct Backend {
     /// Endpoint IPv4 address, network order.
     pub addr: [u8; 4],
@@ -238,7 +240,7 @@ pub const CT_F_NODEPORT: u8 = 8;
 /// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook. Direction is in
 /// the value (see the module docs for why the two directions' tuples never coincide).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct CtKey {
     /// Source address, network order.
     pub src_addr: [u8; 4],
@@ -258,7 +260,7 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 /// Value of [`MAP_CONNTRACK`]. Written by the datapath when a flow starts; `last_seen_ns`,
 /// `tcp_flags`, `packets` and `bytes` are updated per packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtEntry {
     /// Source address the packet leaves with (network order): unchanged for a forward entry
     /// without SNAT, this node's address with [`CT_F_SNAT`], the frontend for a reply entry.
@@ -296,7 +298,7 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
 
 /// Value of [`MAP_CONFIG`] (one entry, index 0), written by the agent at start.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Config {
     /// This node's primary address (network order): the SNAT source when the FIB names none.
     pub node_addr: [u8; 4],
@@ -315,7 +317,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 16);
 /// address matches on the CIDR's bits. A lookup uses `SOURCE_RANGE_ID_BITS + 32` and the
 /// packet's source.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct SourceRangeKey {
     /// [`Frontend::id`] of the frontend the prefix belongs to.
     pub frontend_id: u32,
@@ -333,7 +335,7 @@ pub const MAX_SOURCE_RANGES: u32 = 262_144;
 
 /// Key of [`MAP_SOCK_REVNAT`]: a socket and the backend it was sent to by a cgroup hook.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct SockKey {
     /// `bpf_get_socket_cookie()` of the socket.
     pub cookie: u64,
@@ -351,7 +353,7 @@ const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 /// Value of [`MAP_SOCK_REVNAT`]: the frontend the application asked for, restored on
 /// `recvmsg` (UDP replies) and `getpeername`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct SockRevNat {
     /// Frontend address, network order.
     pub addr: [u8; 4],
@@ -366,7 +368,7 @@ pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
 /// Key of [`MAP_AFFINITY`]: a client of a frontend with `sessionAffinity: ClientIP`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct AffinityKey {
     /// [`Frontend::id`].
     pub frontend_id: u32,
@@ -380,7 +382,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 /// flow (kube-proxy's `recent` match refreshes on every new connection the same way). The
 /// backend's address is kept so an id reused for another backend is not followed.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Affinity {
     /// Key into [`MAP_BACKENDS`].
     pub backend_id: u32,
@@ -455,7 +457,7 @@ pub const CT_UDP_STREAM_AFTER_NS: u64 = 2_000_000_000;
 /// kube-proxy's where it does. The agent passes them to the programs as the load-time global
 /// [`GLOBAL_CT_TIMEOUTS`] and uses the same values in its garbage collector.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtTimeouts {
     /// [`CT_STATE_SYN_SENT`]: netfilter `nf_conntrack_tcp_timeout_syn_sent`, 120 s.
     pub tcp_syn_sent_s: u32,
@@ -745,7 +747,7 @@ pub const GLOBAL_CT_TIMEOUTS: &str = "SVC_CT_TIMEOUTS";
 /// Key of [`MAP_FRAGS`]: what identifies the fragments of one datagram (RFC 791), as they
 /// arrive at the hook.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct FragKey {
     /// Source address, network order.
     pub src_addr: [u8; 4],
@@ -762,7 +764,7 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 
 /// Value of [`MAP_FRAGS`]: the ports of the datagram, from its first fragment.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FragPorts {
     /// Source port, host order.
     pub src_port: u16,
@@ -783,7 +785,7 @@ pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Value of [`MAP_RATELIMIT`] (per CPU, one entry): a one-second window and how many packets
 /// this CPU generated in it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct RateWindow {
     /// `bpf_ktime_get_ns()` at the window's start.
     pub start_ns: u64,
@@ -800,7 +802,7 @@ pub const GENERATED_PER_CPU_PER_S: u64 = 1_000;
 /// 512-byte BPF stack. Contents are meaningless between packets (a program uses it only
 /// while it runs, and programs on one CPU never nest).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Scratch {
     /// A new flow's reply entry while its tuple is claimed.
     pub rep: CtEntry,
@@ -823,46 +825,51 @@ pub const GLOBAL_FAULT_INJECT: &str = "SVC_FAULT_INJECT";
 /// the bit is clear.
 pub const FAULT_SKIP_L4_CSUM: u32 = 1;
 
+/// `unsafe impl aya::Pod for T {}` for each `T`, allowed only if `T: bytemuck::Pod`.
+///
+/// Why this `unsafe impl` cannot be a derive: aya (0.14) ships no derive for `aya::Pod` and no
+/// blanket impl over `bytemuck::Pod`, so it accepts only an `unsafe impl` per type. One is
+/// generated here, and the proof it rests on is compiler-checked. Every ABI type derives
+/// `bytemuck::Pod`, whose derive refuses to compile unless the type is `#[repr(C)]`, `Copy`,
+/// has no padding (the field sizes must sum to the type's size) and has only `Pod` fields. A
+/// type missing the derive fails the bound below, so no type gets aya's `Pod` on a comment's
+/// word.
 #[cfg(feature = "user")]
-mod user {
-    // SAFETY: each type is `#[repr(C)]`, has only integer/array fields, no implicit padding
-    // (checked by the size assertions above), so every bit pattern is valid.
-    unsafe impl aya::Pod for super::FrontendKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Frontend {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SlotKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Slot {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Backend {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SourceRangeKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::CtKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::CtEntry {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Config {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockRevNat {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::AffinityKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Affinity {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::CtTimeouts {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FragKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FragPorts {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RateWindow {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Scratch {}
+macro_rules! aya_pod {
+    ($($t:ty),+ $(,)?) => {$(
+        const _: () = {
+            const fn bytemuck_pod<T: bytemuck::Pod>() {}
+            bytemuck_pod::<$t>()
+        };
+        // SAFETY: aya::Pod requires a `Copy + 'static` type that can be converted to and from
+        // bytes: no padding (uninitialised bytes) and every bit pattern valid. `$t: bytemuck::Pod`
+        // (asserted just above, derived and so compiler-checked) guarantees exactly that:
+        // `#[repr(C)]`, `Copy + 'static`, no padding, and only fields that are themselves Pod.
+        unsafe impl aya::Pod for $t {}
+    )+};
 }
+
+#[cfg(feature = "user")]
+aya_pod!(
+    FrontendKey,
+    Frontend,
+    SlotKey,
+    Slot,
+    Backend,
+    SourceRangeKey,
+    CtKey,
+    CtEntry,
+    Config,
+    SockKey,
+    SockRevNat,
+    AffinityKey,
+    Affinity,
+    CtTimeouts,
+    FragKey,
+    FragPorts,
+    RateWindow,
+    Scratch,
+);
 
 #[cfg(test)]
 mod tests {
