@@ -605,6 +605,25 @@ impl Topology {
         self.spawn_opts(ns, cmd, &SpawnOpts::default())
     }
 
+    /// Starts `svc-probe serve --id POD ARGS…` in each pod of `pods` (e.g. `args` =
+    /// `["--tcp", "8080"]`) and waits until each says it is ready.
+    pub fn serve(&self, pods: &[&str], args: &[&str]) -> Result<Vec<NsChild>> {
+        let probe = crate::agent::workspace_bin("svc-probe")?;
+        let probe = probe.to_str().context("svc-probe path is not UTF-8")?;
+        let mut servers = Vec::new();
+        for pod in pods {
+            let mut cmd = vec![probe, "serve", "--id", pod];
+            cmd.extend_from_slice(args);
+            let mut s = self
+                .spawn(self.pod_ns(pod), &cmd)
+                .with_context(|| format!("starting a server in {pod}"))?;
+            s.wait_for_line(Duration::from_secs(5), |l| l == "ready")
+                .with_context(|| format!("server in {pod} ready"))?;
+            servers.push(s);
+        }
+        Ok(servers)
+    }
+
     /// Starts `cmd` in `ns` via `nsenter --net=/run/netns/NS` (the agent: keeps bpffs visible).
     pub fn spawn_nsenter(&self, ns: &str, cmd: &[&str]) -> Result<NsChild> {
         self.spawn_opts(

@@ -71,6 +71,19 @@ fn wire(p: &Pkt, src_mac: [u8; 6]) -> Vec<u8> {
     p.build_eth(src_mac, NODE_MAC)
 }
 
+/// Sends a SYN from the external `client` to [`NODEPORT`] through the uplink's ingress and
+/// returns the SNAT port its flow got.
+fn syn_to_nodeport(dp: &mut Datapath, uplink: &XdpUplink, client: SocketAddrV4) -> u16 {
+    let syn = Pkt::tcp(client, NODEPORT, TCP_SYN);
+    dp.run_on(
+        Program::UplinkIngress.name(),
+        &wire(&syn, EXT_CLIENT_MAC),
+        uplink.ifindex,
+    )
+    .unwrap();
+    snat_port(dp, client, PROTO_TCP)
+}
+
 /// The SNAT port of the flow `client` → [`NODEPORT`].
 fn snat_port(dp: &Datapath, client: SocketAddrV4, proto: u8) -> u16 {
     dp.ct_get(&ct_forward(client, NODEPORT, proto))
@@ -767,14 +780,7 @@ fn an_evicted_snat_flow_is_picked_up_onto_its_port() {
         nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
         for port in 40100u16..40116 {
             let c = ext(port);
-            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
-            dp.run_on(
-                Program::UplinkIngress.name(),
-                &wire(&syn, EXT_CLIENT_MAC),
-                uplink.ifindex,
-            )
-            .unwrap();
-            let first = snat_port(dp, c, PROTO_TCP);
+            let first = syn_to_nodeport(dp, &uplink, c);
             for (k, _) in dp.ct_entries() {
                 dp.ct_remove(&k).unwrap();
             }
@@ -843,15 +849,7 @@ fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
 fn a_bare_ack_to_a_source_natted_syn_is_passed_on() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
-        let c = ext(40300);
-        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
-        dp.run_on(
-            Program::UplinkIngress.name(),
-            &wire(&syn, EXT_CLIENT_MAC),
-            uplink.ifindex,
-        )
-        .unwrap();
-        let port = snat_port(dp, c, PROTO_TCP);
+        let port = syn_to_nodeport(dp, &uplink, ext(40300));
         let collisions = dp.counter(Program::UplinkIngress.hook(), Reason::CtCollision);
         let rev_nat = dp.counter(Program::UplinkIngress.hook(), Reason::RevNat);
         let ack = Pkt::tcp(BACKEND_NARROW, SocketAddrV4::new(NODE_IP, port), TCP_ACK);

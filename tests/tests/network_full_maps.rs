@@ -17,8 +17,6 @@ use tests::{
     topology::{skip_unless_root, NsChild, Topology, TopologySpec},
 };
 
-const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
-
 /// A ClusterIP Service `name` at `ip` with `ports` TCP ports from 80 up, target 8080 up.
 fn service_yaml(name: &str, ip: &str, ports: u16) -> String {
     let mut yaml = format!(
@@ -66,15 +64,9 @@ impl Scene {
     fn start() -> Self {
         let t = Topology::build(&TopologySpec::new().node(&["client", "be1", "be2"]))
             .expect("building the topology");
-        let mut servers = Vec::new();
-        for be in ["be1", "be2"] {
-            let mut s = t
-                .spawn(t.pod_ns(be), &[PROBE, "serve", "--id", be, "--tcp", "8080"])
-                .expect("starting a backend server");
-            s.wait_for_line(Duration::from_secs(5), |l| l == "ready")
-                .expect("backend server ready");
-            servers.push(s);
-        }
+        let servers = t
+            .serve(&["be1", "be2"], &["--tcp", "8080"])
+            .expect("starting the backend servers");
         let manifests = ManifestDir::new(&t).expect("manifest dir");
         Self {
             _servers: servers,

@@ -18,7 +18,6 @@ use tests::{
     topology::{skip_unless_root, NsChild, Topology, TopologySpec},
 };
 
-const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
 const VIP: [u8; 4] = [10, 96, 0, 80];
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Connections per client and check: with two backends, 40 connections all landing on one by
@@ -42,15 +41,7 @@ impl Scene {
                 .node(&["client2", "be2"]),
         )
         .expect("building the topology");
-        let mut servers = Vec::new();
-        for be in ["be1", "be2"] {
-            let mut s = t
-                .spawn(t.pod_ns(be), &[PROBE, "serve", "--id", be, "--tcp", "8080"])
-                .expect("starting a backend server");
-            s.wait_for_line(Duration::from_secs(5), |l| l == "ready")
-                .unwrap();
-            servers.push(s);
-        }
+        let servers = t.serve(&["be1", "be2"], &["--tcp", "8080"]).unwrap();
         let dir = ManifestDir::new(&t).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let api = ApiServer::start_in_underlay(&t, &kubeconfig).unwrap();
