@@ -122,7 +122,10 @@ fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
         .unwrap();
     scene
         .manifests
-        .write("hostile-slice.yaml", &slice_yaml("hostile", 100, &hostile_eps))
+        .write(
+            "hostile-slice.yaml",
+            &slice_yaml("hostile", 100, &hostile_eps),
+        )
         .unwrap();
 
     let mut agent = Agent::start(&scene.t, 1, scene.manifests.path(), &[]).expect("agent");
