@@ -380,6 +380,15 @@ impl Agent {
         log
     }
 
+    /// SIGTERM and wait, as a rolling DaemonSet update stops the old pod: the agent must exit
+    /// 0 and leave its pins and links, which the next agent on this node adopts (and removes
+    /// when it is dropped). Returns the log.
+    pub fn sigterm(mut self) -> Result<String> {
+        let log = self.stop()?;
+        self.keep_pins = true;
+        Ok(log)
+    }
+
     /// GET `path` from the agent's metrics server (default `--metrics-bind-address`,
     /// 127.0.0.1:10249, inside the node's namespace): returns the status code and body.
     pub fn http_get(&self, t: &Topology, path: &str) -> Result<(u16, String)> {

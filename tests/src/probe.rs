@@ -689,6 +689,19 @@ pub fn run_tcp(cfg: &TcpClientConfig) -> Result<Summary> {
 /// `cfg.target` is ignored): one client run against several pod addresses, which is how the
 /// benchmark's no-translation floor mirrors a Service's balancing.
 pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddrV4]) -> Result<Summary> {
+    run_tcp_paced(cfg, targets, 0, &AtomicBool::new(false))
+}
+
+/// [`run_tcp_multi`] with connection `n` started no earlier than `n / rate_per_s` seconds
+/// after the first (0: as fast as `parallel` allows), so a load runs at a set arrival rate
+/// (it falls behind, never ahead, when connections take longer than `parallel / rate`).
+/// Once `stop` is set, no new connection starts; those in flight finish and are counted.
+pub fn run_tcp_paced(
+    cfg: &TcpClientConfig,
+    targets: &[SocketAddrV4],
+    rate_per_s: u32,
+    stop: &AtomicBool,
+) -> Result<Summary> {
     if targets.is_empty() {
         bail!("no target");
     }
@@ -711,6 +724,20 @@ pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddrV4]) -> Result<
                     break;
                 }
                 let target = targets[(seq % targets.len() as u64) as usize];
+                if rate_per_s > 0 {
+                    let due = started
+                        + Duration::from_micros(seq.saturating_mul(1_000_000) / u64::from(rate_per_s));
+                    // In short steps, so a stop is seen while waiting.
+                    while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(
+                            due.saturating_duration_since(Instant::now())
+                                .min(Duration::from_millis(50)),
+                        );
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let began = Instant::now();
                 match tcp_exchange(target, cfg.timeout, seq) {
                     Ok((reply, from)) => lock(&acc).ok(reply, from, began.elapsed()),

@@ -6,6 +6,8 @@
 //! - `build-ebpf`: the one way the kernel object is built; writes [`EBPF_OBJECT`].
 //! - `test`: every test tier (unit, `BPF_PROG_TEST_RUN` fixtures, network namespaces).
 //! - `demo`: the seed's Services in a two-node topology, traffic, a map dump, cleanup.
+//! - `soak`: restart under load at full size (20 restarts, 1 000 long-lived connections,
+//!   500 new connections/s); the test tier runs the same test smaller.
 //! - `bench`: per-packet cost of the programs beside an empty program, the control plane's
 //!   programming latency, full sync time and memory, and end to end beside kube-proxy's
 //!   iptables and nftables modes (`--only perpacket|control|e2e`).
@@ -46,6 +48,18 @@ enum Task {
     },
     /// Build everything and run the demo in network namespaces (needs root).
     Demo,
+    /// Restart under load at full size (needs root): the agent restarted `--restarts` times
+    /// (kill -9 and SIGTERM alternately, every other one loading a changed program) while
+    /// `--conns` long-lived connections exchange data and `--rate` new connections/s arrive
+    /// (tests/tests/network_restart_load.rs; `cargo xtask test` runs it smaller).
+    Soak {
+        #[arg(long, default_value_t = 20)]
+        restarts: u32,
+        #[arg(long, default_value_t = 1000)]
+        conns: u32,
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+    },
     /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN) beside an empty program, then the
     /// control plane: programming latency, full sync, agent memory (needs root).
     Bench {
@@ -86,6 +100,28 @@ fn main() -> Result<()> {
             setup::all()?;
             build_ebpf(&root)?;
             test(&args)
+        }
+        Task::Soak {
+            restarts,
+            conns,
+            rate,
+        } => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
+            run(clean_cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "tests",
+                    "--test",
+                    "network_restart_load",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("SVC_SOAK_RESTARTS", restarts.to_string())
+                .env("SVC_SOAK_CONNS", conns.to_string())
+                .env("SVC_SOAK_RATE", rate.to_string()))
         }
         Task::Demo => {
             setup::all()?;

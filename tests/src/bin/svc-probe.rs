@@ -133,6 +133,9 @@ enum Cmd {
         timeout_ms: u64,
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        /// New connections per second (0: as fast as `parallel` allows).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
     },
     /// UDP request/reply exchanges.
     Udp {
@@ -313,9 +316,10 @@ fn main() -> Result<()> {
             count,
             timeout_ms,
             parallel,
+            rate,
         } => {
             let targets = parse_targets(&target)?;
-            let s = probe::run_tcp_multi(
+            let s = probe::run_tcp_paced(
                 &probe::TcpClientConfig {
                     target: targets[0],
                     count,
@@ -323,6 +327,8 @@ fn main() -> Result<()> {
                     parallel,
                 },
                 &targets,
+                rate,
+                &STOP,
             )?;
             print_line(&serde_json::to_string(&s)?)?;
         }
