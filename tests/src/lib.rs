@@ -2,6 +2,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod capture;
 pub mod fixtures;
+pub mod fuzz;
 pub mod kubeproxy;
 pub mod probe;
 pub mod topology;
