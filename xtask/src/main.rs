@@ -11,8 +11,10 @@
 //! - `bench`: per-packet cost of the programs beside an empty program, the control plane's
 //!   programming latency, full sync time and memory, and end to end beside kube-proxy's
 //!   iptables and nftables modes (`--only perpacket|control|e2e`).
+//! - `fuzz`: the datapath fuzzer for `--packets N` (tests/src/fuzz.rs, docs/RELIABILITY.md).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -69,6 +71,16 @@ enum Task {
         /// Run only one benchmark (default: all).
         #[arg(long, value_enum)]
         only: Option<BenchKind>,
+    },
+    /// Fuzz every datapath program through BPF_PROG_TEST_RUN (release build, needs root):
+    /// packets/s, per-program counts, verdict distribution (docs/RELIABILITY.md).
+    Fuzz {
+        /// Frames to send over all programs (`100M`, `1m`, `50k`, `1000000`).
+        #[arg(long, default_value = "100M", value_parser = fuzz::parse_count)]
+        packets: u64,
+        /// Generator seed (default: the tests' fixed seed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Create the kind cluster of deploy/, build and load the image, apply, wait for rollout.
     KindUp {
@@ -141,6 +153,11 @@ fn main() -> Result<()> {
                 bench_e2e(&root)?;
             }
             Ok(())
+        }
+        Task::Fuzz { packets, seed } => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            fuzz::fuzz(packets, seed)
         }
         Task::KindUp { least_privilege } => deploy::kind_up(&root, least_privilege),
         Task::Manifests {
