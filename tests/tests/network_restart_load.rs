@@ -114,6 +114,14 @@ fn restarts_under_load_break_no_connection_and_converge() {
     dir.write(&format!("{name}-slice.yaml"), &slice_yaml(&name, &[ep("be2", 2)]))
         .unwrap();
     let mut agents = Agent::start_all(&t, 2, dir.path(), &[]).expect("agents");
+    // The load opens `rate` connections/s from one address to one frontend, and the client
+    // keeps each closed one in TIME_WAIT for 60 s: the default 28 232 ephemeral ports last
+    // only to ~470/s (EADDRNOTAVAIL beyond). Widen the client pod's range (its own namespace).
+    t.exec_ok(
+        t.pod_ns("client"),
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+    )
+    .expect("widening the client's port range");
 
     // Long enough for every restart (program loads take seconds of verifier time each).
     let duration_s = 60 + restarts * 30;
