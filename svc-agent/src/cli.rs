@@ -47,6 +47,9 @@ pub enum Fault {
     /// After the first sync, stop writing the maps while changes keep arriving (the health
     /// servers must then report the agent unhealthy).
     StallProgramming,
+    /// Plan every Service whether it fits the service maps or not, as before the per-Service
+    /// budget (`svc_agent::budget`): one oversized Service then stops the whole plan.
+    NoBudget,
 }
 
 /// `--log-format` / `logging.format`: kube-proxy's two formats.

@@ -103,7 +103,7 @@ fn main() -> Result<()> {
     let fault = args.fault_inject.iter().fold(0, |acc, f| {
         acc | match f {
             Fault::SkipL4Csum => svc_common::FAULT_SKIP_L4_CSUM,
-            Fault::StallProgramming => 0,
+            Fault::StallProgramming | Fault::NoBudget => 0,
         }
     });
     if args.manifests.is_some() && args.kubeconfig.is_some() {
@@ -143,6 +143,7 @@ fn main() -> Result<()> {
         health_timeout: 2 * Duration::from_secs(args.sync_period.0.into()),
         cluster_cidrs: args.cluster_cidr,
         stall_programming: args.fault_inject.contains(&Fault::StallProgramming),
+        no_budget: args.fault_inject.contains(&Fault::NoBudget),
         fault,
         ct_timeouts: args.conntrack.timeouts(),
         ct_max: args.conntrack.conntrack_max,

@@ -92,6 +92,8 @@ pub struct RunConfig {
     /// Test only (`--fault-inject stall-programming`): after the first sync, stop writing the
     /// maps while the loop keeps receiving changes.
     pub stall_programming: bool,
+    /// Test only (`--fault-inject no-budget`): plan every Service, fitting or not.
+    pub no_budget: bool,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
     /// Conntrack timeouts (`--conntrack-*-timeout*`), for the datapath and the collector.
@@ -166,6 +168,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         last_problems: BTreeSet::new(),
         refused: BTreeMap::new(),
         service_share: cfg.service_maps.max_service_share,
+        no_budget: cfg.no_budget,
         needs_full: true,
         gc,
         health: proxy_health.clone(),
@@ -464,6 +467,8 @@ struct Engine {
     refused: BTreeMap<ObjectRef, String>,
     /// `--max-service-share`.
     service_share: u8,
+    /// `--fault-inject no-budget`: let every Service in.
+    no_budget: bool,
     /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
     needs_full: bool,
     /// The conntrack collector, told which UDP flows to flush.
@@ -555,6 +560,10 @@ impl Engine {
         desired: &mut model::Desired,
         scope: Option<&BTreeSet<ObjectRef>>,
     ) -> budget::Admission {
+        if self.no_budget {
+            warn!("fault injected: every Service planned, fitting the maps or not");
+            return budget::Admission::default();
+        }
         let capacity = self.maps.service_capacity().unwrap_or_else(|e| {
             error!("{e}; assuming the ABI's map sizes");
             budget::Entries {

@@ -104,15 +104,12 @@ fn assert_all_ok(s: &Summary, count: u64, what: &str) {
     assert_eq!(s.ok, count, "{what}: {s:?}");
 }
 
-#[test]
-fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
-    if skip_unless_root() {
-        return;
-    }
+/// Valid `web` and `api` beside the offender: 3 000 ports; one slice of 5 000 endpoints
+/// (never sent to) and 100 ports.
+fn oversized_scene() -> Scene {
     let scene = Scene::start();
     scene.write_small("web", "10.96.0.10", 1, &["be1", "be2"]);
     scene.write_small("api", "10.96.0.11", 1, &["be2"]);
-    // The offender: 3 000 ports; one slice of 5 000 endpoints (never sent to) and 100 ports.
     let hostile_eps: Vec<(String, usize)> = (0..5000u32)
         .map(|i| (format!("10.201.{}.{}", i / 250, 1 + i % 250), 1))
         .collect();
@@ -122,12 +119,17 @@ fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
         .unwrap();
     scene
         .manifests
-        .write(
-            "hostile-slice.yaml",
-            &slice_yaml("hostile", 100, &hostile_eps),
-        )
+        .write("hostile-slice.yaml", &slice_yaml("hostile", 100, &hostile_eps))
         .unwrap();
+    scene
+}
 
+#[test]
+fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
+    if skip_unless_root() {
+        return;
+    }
+    let scene = oversized_scene();
     let mut agent = Agent::start(&scene.t, 1, scene.manifests.path(), &[]).expect("agent");
     let want = BTreeMap::from([
         (fkey([10, 96, 0, 10], 80, PROTO_TCP), 2),
@@ -232,4 +234,45 @@ fn a_full_map_applies_removals_and_lets_a_refused_service_in_when_space_returns(
     assert_all_ok(&scene.tcp("10.96.0.11:80", 20), 20, "api");
     assert_eq!(agent.metric(&scene.t, "svc_services_refused").unwrap(), 0.0);
     agent.stop().unwrap();
+}
+
+/// The control: with the budget switched off (`--fault-inject no-budget`) the same objects
+/// leave the valid Services unprogrammed — the failure the test above guards against.
+#[test]
+fn without_the_budget_the_oversized_service_takes_every_service_down() {
+    if skip_unless_root() {
+        return;
+    }
+    let scene = oversized_scene();
+    let mut agent = Agent::start(
+        &scene.t,
+        1,
+        scene.manifests.path(),
+        &["--fault-inject", "no-budget"],
+    )
+    .expect("agent");
+    agent.wait_loaded().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains("E2BIG") && !agent.log().contains("Argument list too long") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan must fail on a full map:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let frontends = agent.frontends().unwrap();
+    let served = [[10, 96, 0, 10], [10, 96, 0, 11]]
+        .iter()
+        .filter(|ip| frontends.keys().any(|k| k.addr == **ip))
+        .count();
+    assert!(
+        served < 2,
+        "without the budget, the valid Services are not both programmed"
+    );
+    assert_eq!(
+        scene.tcp("10.96.0.10:80", 5).ok + scene.tcp("10.96.0.11:80", 5).ok < 10,
+        true,
+        "and not both served"
+    );
 }
