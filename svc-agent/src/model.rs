@@ -1353,6 +1353,19 @@ fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> Backen
             });
         }
     }
+    // One backend per address and port, as kube-proxy keeps one endpoint per address:port
+    // (pkg/proxy/endpointslicecache.go, addEndpoints): an address listed twice (two slices,
+    // two nodes) is local if either listing says so, and ready if either is.
+    let ready_at: BTreeSet<([u8; 4], u16)> = ready.iter().map(|b| (b.addr, b.port)).collect();
+    terminating.retain(|b| !ready_at.contains(&(b.addr, b.port)));
+    for set in [&mut ready, &mut near, &mut terminating] {
+        let local_at: BTreeSet<([u8; 4], u16)> = set
+            .iter()
+            .filter(|b| b.flags & BACKEND_F_LOCAL != 0)
+            .map(|b| (b.addr, b.port))
+            .collect();
+        set.retain(|b| b.flags & BACKEND_F_LOCAL != 0 || !local_at.contains(&(b.addr, b.port)));
+    }
     let is_local = |b: &&Backend| b.flags & BACKEND_F_LOCAL != 0;
     let local: Vec<Backend> = if ready.iter().any(|b| is_local(&b)) {
         ready.iter().filter(is_local).copied().collect()

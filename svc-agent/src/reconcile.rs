@@ -418,10 +418,21 @@ pub fn plan_services_in_place(
     desired: &Desired,
     changed: &BTreeSet<ObjectRef>,
 ) -> (Vec<MapOp>, Removals) {
+    // A frontend another Service owns stays with it: `desired` was decided seeing only the
+    // Services in `changed`, so it cannot settle a claim on a key held by one outside them
+    // (the model gives a contested key to the Service whose name sorts first; the engine
+    // widens `changed` to the holders of contested keys, see `crate::run`).
     let wanted: Vec<_> = desired
         .frontends
         .iter()
-        .filter(|(_, f)| changed.contains(&f.service))
+        .filter(|(k, f)| {
+            changed.contains(&f.service)
+                && state
+                    .frontends
+                    .get(k)
+                    .and_then(|fe| fe.owner.as_ref())
+                    .is_none_or(|owner| changed.contains(owner))
+        })
         .collect();
     let wanted_keys: HashSet<&FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
     let removed: Vec<FrontendKey> = changed
@@ -461,6 +472,8 @@ fn plan_core(
     let mut early_removal_ops = Vec::new();
     let mut removal_ops = Vec::new();
     let mut freed_frontend_ids = Vec::new();
+    // Backends the held-back scoped entries' slots name: live in the maps until step 4.
+    let mut named_until_late: HashSet<u32> = HashSet::new();
     for key in removed {
         let Some(fe) = state.frontends.remove(key) else {
             continue;
@@ -471,6 +484,7 @@ fn plan_core(
                 ..*key
             });
         let out = if sibling_stays {
+            named_until_late.extend(fe.slots.iter().flatten());
             &mut removal_ops
         } else {
             &mut early_removal_ops
@@ -513,7 +527,8 @@ fn plan_core(
         state.set_owner(*key, fe.owner.as_ref(), None);
     }
     // Backends only removed frontends named, and no wanted frontend names again, can go now
-    // too (phase 1); the rest of the unreferenced ones go last (phase 5).
+    // too (phase 1), unless a held-back scoped entry still names them; the rest of the
+    // unreferenced ones go last (phase 5).
     let mut early_backend_deletes = Vec::new();
     if state.unreferenced.iter().any(|id| state.backends.get(id).is_some_and(|e| e.refs == 0)) {
         let wanted_backends: HashSet<&Backend> =
@@ -523,10 +538,11 @@ fn plan_core(
             .iter()
             .copied()
             .filter(|id| {
-                state
-                    .backends
-                    .get(id)
-                    .is_some_and(|e| e.refs == 0 && !wanted_backends.contains(&e.backend))
+                !named_until_late.contains(id)
+                    && state
+                        .backends
+                        .get(id)
+                        .is_some_and(|e| e.refs == 0 && !wanted_backends.contains(&e.backend))
             })
             .collect();
         for id in early {

@@ -533,6 +533,20 @@ impl Engine {
         scope.extend(self.refused.keys().cloned());
         let mut desired =
             model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
+        // A key one of them claims that a Service outside the scope holds (an external IP
+        // equal to another Service's ClusterIP, say): plan the holder too, so the model settles
+        // the claim as a full plan would.
+        let holders: BTreeSet<ObjectRef> = desired
+            .frontends
+            .keys()
+            .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
+            .filter(|owner| !scope.contains(owner))
+            .collect();
+        if !holders.is_empty() {
+            scope.extend(holders);
+            desired =
+                model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
+        }
         for p in &desired.problems {
             warn!("skipped: {p}");
             self.metrics.skipped(&p.object, &p.field);

@@ -1050,6 +1050,14 @@ fn desired_never_panics_and_names_every_problem() {
                 r.max(peak as f64 / allowed as f64),
             ));
 
+            // One backend per address:port of a frontend (kube-proxy keeps one endpoint per
+            // address:port; see one_endpoint_address_on_two_nodes_is_one_backend).
+            for (key, f) in &d.frontends {
+                let at: BTreeSet<([u8; 4], u16)> =
+                    f.backends.iter().map(|b| (b.addr, b.port)).collect();
+                prop_assert_eq!(at.len(), f.backends.len(), "{:?}: {:?}", key, f.backends);
+            }
+
             // Deterministic, and the incremental paths see the same objects the same way.
             prop_assert_eq!(&desired(&objects, &node), &d);
             let all: BTreeSet<ObjectRef> = objects.services.keys().cloned().collect();
@@ -1493,6 +1501,11 @@ fn hostile_sequences_keep_the_invariant_and_converge() {
         steps_run.get(),
         hijacked.get()
     );
+    assert_eq!(
+        hijacked.get(),
+        0,
+        "the incremental plan must leave frontends of Services outside its scope alone"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1601,11 +1614,10 @@ fn etp_local_to_cluster_with_a_terminating_local_endpoint() {
 /// outside the batch, so a new Service whose external IP is another Service's ClusterIP takes
 /// that ClusterIP:port over (CVE-2020-8554's shape) although `desired()` gives it to the
 /// Service that had it (the smaller name) and refuses the newcomer. The full plan gives it back;
-/// the agent runs one every 60 s, so the takeover lasts up to that, and again after every
-/// change to the newcomer. Ignored until the incremental plan leaves frontends of Services
-/// outside its scope alone; `--ignored` shows it.
+/// the agent runs one every 60 s, so the takeover lasted up to that, and again after every
+/// change to the newcomer. Fixed: the incremental plan leaves frontends of Services outside
+/// its scope alone (and the engine widens the scope to their holders).
 #[test]
-#[ignore = "known defect: the incremental plan overwrites a frontend an unchanged Service owns"]
 fn incremental_plan_leaves_a_frontend_another_service_owns() {
     let svc = |name: &str, spec: Value| {
         Manifest(json!({"metadata": {"namespace": "default", "name": name}, "spec": spec}))
@@ -1661,14 +1673,13 @@ fn incremental_plan_leaves_a_frontend_another_service_owns() {
     );
 }
 
-/// Found by [`desired_never_panics_and_names_every_problem`] (with a check that no address:port
-/// is a backend twice, left out of it until this is settled): the same endpoint address twice,
+/// Found by [`desired_never_panics_and_names_every_problem`] (which now checks that no
+/// address:port is a backend twice): the same endpoint address twice,
 /// once on this node and once not (two slices, or one hand-written slice), becomes two backends
 /// `10.244.0.2:8080` and `10.244.0.2:8080 LOCAL` of one frontend, so that pod gets twice the
 /// share of new flows. kube-proxy keeps one endpoint per address:port, the local one if any
 /// (pkg/proxy/endpointslicecache.go `addEndpoints` deduplicates them, favouring `isLocal`).
 #[test]
-#[ignore = "known model defect: one address:port becomes two backends (local and not)"]
 fn one_endpoint_address_on_two_nodes_is_one_backend() {
     let svc = Manifest(json!({
         "metadata": {"namespace": "default", "name": "web"},
