@@ -1112,6 +1112,63 @@ impl Options {
     }
 }
 
+/// One `BPF_PROG_TEST_RUN` of `t` on `input` (repeat 1), on the device the program sits on in
+/// the node: pod programs on the uplink's peer (standing for a pod's veth), uplink programs and
+/// XDP on the uplink. What `Datapath::run_on` / `run_xdp` do, without their per-call namespace
+/// check (done once per run: it costs two `stat`s a packet).
+fn run_once(
+    dp: &Datapath,
+    uplink: XdpUplink,
+    t: Target,
+    input: &[u8],
+) -> anyhow::Result<RunResult> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let mut out = vec![0u8; input.len() + 256];
+    let res = if t == Target::Xdp {
+        let fields: [u32; 6] = [0, input.len() as u32, 0, uplink.ifindex, 0, 0];
+        let mut ctx = [0u8; 24];
+        for (c, f) in ctx.chunks_exact_mut(4).zip(fields) {
+            c.copy_from_slice(&f.to_ne_bytes());
+        }
+        dp.xdp(XDP_PROGRAM).test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+    } else {
+        let ifindex = if t.on_uplink() {
+            uplink.ifindex
+        } else {
+            uplink.peer_ifindex
+        };
+        // `struct __sk_buff` with only `ifindex` (offset 40) set, as `Datapath::run_on` builds it.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        dp.classifier(t.name()).test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "BPF_PROG_TEST_RUN of {} on {} bytes: {e}",
+            t.name(),
+            input.len()
+        )
+    })?;
+    out.truncate(res.data_size_out as usize);
+    Ok(RunResult {
+        retval: res.return_value,
+        output: out,
+        duration_ns: res.duration.as_nanos() as u64,
+    })
+}
+
 /// `bpf_prog_test_run_skb` refuses (`EINVAL`) an IPv4 frame shorter than an IPv4 header (and an
 /// IPv6 one shorter than an IPv6 header) before any program runs: its own sanity check of the
 /// test input, not a verdict. Such frames cannot reach a tc program this way; XDP gets them.
@@ -1135,6 +1192,10 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
         seed,
         ..Default::default()
     };
+    assert!(
+        !in_launch_netns().expect("reading namespace ids"),
+        "fuzz::run must run inside an XdpNode: the programs' FIB lookups read its tables"
+    );
     let before = dp.counters();
     let start = Instant::now();
     for i in 0..packets {
@@ -1145,15 +1206,7 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
         let t = targets[(i % targets.len() as u64) as usize];
         let (input, kind) = gen.next(t);
         *rep.kinds.entry(kind).or_default() += 1;
-        let res = match t {
-            Target::Xdp => dp.run_xdp(XDP_PROGRAM, &input, 1, uplink.ifindex),
-            Target::PodIngress | Target::PodEgress => {
-                dp.run_on(t.name(), &input, uplink.peer_ifindex)
-            }
-            Target::UplinkIngress | Target::UplinkEgress => {
-                dp.run_on(t.name(), &input, uplink.ifindex)
-            }
-        };
+        let res = run_once(dp, uplink, t, &input);
         rep.packets += 1;
         if res.is_err() && kernel_refuses(t, &input) {
             *rep.verdicts
