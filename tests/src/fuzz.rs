@@ -1072,6 +1072,8 @@ pub struct Report {
     pub verdicts: BTreeMap<(Target, &'static str), u64>,
     /// (target, class) → packets.
     pub classes: BTreeMap<(Target, Class), u64>,
+    /// Target → frames the oracle judged by rule (a): nothing to the datapath, so passed untouched.
+    pub unrelated: BTreeMap<Target, u64>,
     /// Generator kinds → packets.
     pub kinds: BTreeMap<Kind, u64>,
     /// (hook, reason name) → packets counted by the datapath (`SVC_STATS`) during the run.
@@ -1226,6 +1228,9 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
         };
         match outcome {
             Ok(class) => {
+                if unrelated(set, &input) {
+                    *rep.unrelated.entry(t).or_default() += 1;
+                }
                 let r = res.as_ref().unwrap();
                 *rep.verdicts
                     .entry((t, t.verdict_name(r.retval).unwrap()))
@@ -1307,6 +1312,10 @@ impl Report {
                     s.push_str(&format!(" {c:?} {n}"));
                 }
             }
+            s.push_str(&format!(
+                "\n  judged unrelated (must pass untouched): {}",
+                self.unrelated.get(&t).copied().unwrap_or(0)
+            ));
             s.push_str("\n  reasons:");
             let hook = format!("{:?}", t.hook());
             for ((h, r), n) in &self.reasons {
