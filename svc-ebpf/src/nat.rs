@@ -46,8 +46,13 @@ pub fn rewrite(
     let new_a = u32::from_ne_bytes(addr) as u64;
     let old_p = old_port.to_be() as u64;
     let new_p = port.to_be() as u64;
-    // A UDP datagram without checksum keeps none; TCP always has one.
-    let mangled = if flow.udp_no_csum {
+    // Every UDP rewrite passes BPF_F_MARK_MANGLED_0, which does two things (net/core/filter.c,
+    // bpf_l4_csum_replace): a zero field ("no checksum") is left alone, and an update whose
+    // result is zero is written as 0xffff (CSUM_MANGLED_0), since a computed 0 is sent as
+    // 0xffff in UDP (RFC 768). Passing it only for datagrams without checksum let about one
+    // translated datagram in 65 536 leave with checksum 0, i.e. none (found by the fuzzer).
+    // TCP always has a checksum and 0 is a valid one.
+    let mangled = if flow.proto == svc_common::PROTO_UDP {
         BPF_F_MARK_MANGLED_0
     } else {
         0

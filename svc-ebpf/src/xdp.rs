@@ -219,7 +219,7 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, entry: &CtEntry, forwarded: bool) -> R
         if !flow.udp_no_csum {
             let mut l4 = csum_update(u16::from_ne_bytes(*check), &old, &new, 6);
             if flow.proto == PROTO_UDP && l4 == 0 {
-                // 0 means "no checksum" for UDP; an computed zero is sent as 0xffff.
+                // 0 means "no checksum" for UDP; a computed zero is sent as 0xffff.
                 l4 = 0xffff;
             }
             *check = l4.to_ne_bytes();
