@@ -1074,6 +1074,9 @@ pub struct Report {
     pub classes: BTreeMap<(Target, Class), u64>,
     /// Target → frames the oracle judged by rule (a): nothing to the datapath, so passed untouched.
     pub unrelated: BTreeMap<Target, u64>,
+    /// Target → translated UDP datagrams that carried a checksum (the population in which a
+    /// new checksum of 0 can occur, one in 65 536 for uniformly distributed checksums).
+    pub udp_csum_translated: BTreeMap<Target, u64>,
     /// Generator kinds → packets.
     pub kinds: BTreeMap<Kind, u64>,
     /// (hook, reason name) → packets counted by the datapath (`SVC_STATS`) during the run.
@@ -1231,6 +1234,14 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
                 if unrelated(set, &input) {
                     *rep.unrelated.entry(t).or_default() += 1;
                 }
+                if matches!(class, Class::Translated | Class::TranslatedUdpCsumZeroed)
+                    && input[23] == PROTO_UDP
+                    && be16(&input, 20) & 0x1fff == 0
+                    && input.len() >= 42
+                    && be16(&input, 40) != 0
+                {
+                    *rep.udp_csum_translated.entry(t).or_default() += 1;
+                }
                 let r = res.as_ref().unwrap();
                 *rep.verdicts
                     .entry((t, t.verdict_name(r.retval).unwrap()))
@@ -1315,6 +1326,10 @@ impl Report {
             s.push_str(&format!(
                 "\n  judged unrelated (must pass untouched): {}",
                 self.unrelated.get(&t).copied().unwrap_or(0)
+            ));
+            s.push_str(&format!(
+                "\n  translated UDP with a checksum: {}",
+                self.udp_csum_translated.get(&t).copied().unwrap_or(0)
             ));
             s.push_str("\n  reasons:");
             let hook = format!("{:?}", t.hook());
