@@ -177,6 +177,9 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
+/// (frontend address, proto, scope, id, `FRONTEND_F_*` flags, affinity timeout, backend ids).
+type FrontendRow = (SocketAddrV4, u8, u8, u32, u32, u32, Vec<u32>);
+
 /// Writes the Service set (backends, slots, source ranges, frontends last, as the agent does)
 /// and returns what the generator and the oracle know about it.
 pub fn install_services(dp: &mut Datapath) -> ServiceSet {
@@ -194,9 +197,8 @@ pub fn install_services(dp: &mut Datapath) -> ServiceSet {
     for (id, addr, proto, flags) in backends {
         dp.put_backend_flags(id, addr, proto, flags).unwrap();
     }
-    // (frontend address, proto, scope, id, flags, affinity, backend ids)
     let nodeport = NODEPORT.port();
-    let frontends: Vec<(SocketAddrV4, u8, u8, u32, u32, u32, Vec<u32>)> = vec![
+    let frontends: Vec<FrontendRow> = vec![
         (
             sa(FZ_CLUSTER_IP, 80),
             PROTO_TCP,
@@ -1078,7 +1080,7 @@ pub struct Report {
     /// Target → frames the oracle judged by rule (a): nothing to the datapath, so passed untouched.
     pub unrelated: BTreeMap<Target, u64>,
     /// Target → translated UDP datagrams that carried a checksum (the population in which a
-    /// new checksum of 0 can occur, one in 65 536 for uniformly distributed checksums).
+    /// new checksum of 0 can occur; see [`Class::TranslatedUdpCsumZeroed`]).
     pub udp_csum_translated: BTreeMap<Target, u64>,
     /// Generator kinds → packets.
     pub kinds: BTreeMap<Kind, u64>,
