@@ -744,20 +744,12 @@ pub enum Class {
     /// checksum is right. Linux's `tcp_manip_pkt` updates it when the quote holds the whole TCP
     /// header; the datapath does not (docs/RELIABILITY.md, "Defects found"). Counted, not failed.
     TranslatedStaleQuotedTcp,
-    /// A translated UDP datagram whose checksum, non-zero in the input, came out as 0 ("no
-    /// checksum") where RFC 768 sends the computed 0 as 0xffff: the tc rewrite passes
-    /// `BPF_F_MARK_MANGLED_0` only for datagrams that had no checksum (docs/RELIABILITY.md,
-    /// "Defects found"). Counted, not failed, unless `Options::strict`.
-    TranslatedUdpCsumZeroed,
 }
 
 impl Class {
     /// A known datapath defect: counted, and a failure only in strict runs.
     pub fn is_known_defect(self) -> bool {
-        matches!(
-            self,
-            Class::TranslatedStaleQuotedTcp | Class::TranslatedUdpCsumZeroed
-        )
+        matches!(self, Class::TranslatedStaleQuotedTcp)
     }
 }
 
@@ -1011,8 +1003,10 @@ fn check_translation(input: &[u8], output: &[u8]) -> Result<Class, String> {
                 }
                 if zeroed {
                     // The sum is right (checked above) but 0 means "no checksum" in UDP: RFC 768
-                    // transmits a computed 0 as 0xffff.
-                    return Ok(Class::TranslatedUdpCsumZeroed);
+                    // transmits a computed 0 as 0xffff (defect 1 of docs/RELIABILITY.md).
+                    return Err(format!(
+                        "UDP checksum {ci:#06x} became 0 (none), not 0xffff"
+                    ));
                 }
                 if l4_valid(input) == Some(true) && l4_valid(output) != Some(true) {
                     return Err("L4 checksum valid in the input, invalid in the output".into());
@@ -1080,7 +1074,7 @@ pub struct Report {
     /// Target → frames the oracle judged by rule (a): nothing to the datapath, so passed untouched.
     pub unrelated: BTreeMap<Target, u64>,
     /// Target → translated UDP datagrams that carried a checksum (the population in which a
-    /// new checksum of 0 can occur; see [`Class::TranslatedUdpCsumZeroed`]).
+    /// new checksum of 0 can occur, which must be sent as 0xffff).
     pub udp_csum_translated: BTreeMap<Target, u64>,
     /// Generator kinds → packets.
     pub kinds: BTreeMap<Kind, u64>,
@@ -1239,7 +1233,7 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
                 if unrelated(set, &input) {
                     *rep.unrelated.entry(t).or_default() += 1;
                 }
-                if matches!(class, Class::Translated | Class::TranslatedUdpCsumZeroed)
+                if class == Class::Translated
                     && input[23] == PROTO_UDP
                     && be16(&input, 20) & 0x1fff == 0
                     && input.len() >= 42

@@ -7,7 +7,8 @@
 //! - `fuzz_long` (`#[ignore]`, run by `cargo xtask fuzz`): `SVC_FUZZ_PACKETS` frames.
 //! - `fault_is_caught_*`: the L4-checksum fault makes the oracle fail on that program.
 //! - `defect_*` (`#[ignore]`d until fixed): minimal reproducers of the defects the fuzzer found
-//!   (docs/RELIABILITY.md, "Defects found"); they fail today.
+//!   (docs/RELIABILITY.md, "Defects found") that fail today; a fixed one loses its `defect_`
+//!   prefix and `#[ignore]` and stays as a regression test.
 use aya::EbpfLoader;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -189,13 +190,12 @@ fn fault_is_caught_in_xdp() {
 /// A Service of its own for the reproducers: one backend, so the translation is known.
 const REPRO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 77);
 
-/// Defect 1 (docs/RELIABILITY.md): a UDP datagram whose checksum after DNAT computes to 0 leaves
-/// `svc_pod_ingress` with checksum 0x0000, which UDP reads as "no checksum" (RFC 768 sends a
-/// computed 0 as 0xffff). The tc rewrite passes `BPF_F_MARK_MANGLED_0` to
-/// `bpf_l4_csum_replace` only when the datagram had no checksum. (XDP writes 0xffff.)
+/// Defect 1 of docs/RELIABILITY.md, fixed in 6ef4a37, kept as a regression test: a UDP datagram
+/// whose checksum after DNAT computes to 0 must leave `svc_pod_ingress` with 0xffff, not 0x0000
+/// ("no checksum", RFC 768). The tc rewrite passed `BPF_F_MARK_MANGLED_0` to
+/// `bpf_l4_csum_replace` only for datagrams without a checksum. (XDP wrote 0xffff already.)
 #[test]
-#[ignore = "known defect: UDP checksum rewritten to 0 (docs/RELIABILITY.md)"]
-fn defect_udp_checksum_computing_to_zero_is_sent_as_0xffff() {
+fn udp_checksum_computing_to_zero_is_sent_as_0xffff() {
     fuzz_node(0, |dp, uplink, _| {
         let vip = SocketAddrV4::new(REPRO_VIP, 53);
         let backend = SocketAddrV4::new(*BACKEND_A.ip(), 5353);
@@ -232,7 +232,7 @@ fn defect_udp_checksum_computing_to_zero_is_sent_as_0xffff() {
     });
 }
 
-/// Defect 2 (docs/RELIABILITY.md): an ICMP error quoting a whole TCP segment of a translated
+/// Defect 2 of docs/RELIABILITY.md: an ICMP error quoting a whole TCP segment of a translated
 /// flow gets its quoted addresses and ports rewritten but not the quoted TCP checksum, which
 /// then no longer verifies (every other checksum does). Linux's `nf_nat_icmp_reply_translation`
 /// updates it (`tcp_manip_pkt` does when the quote holds the whole TCP header).
