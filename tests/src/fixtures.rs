@@ -546,7 +546,8 @@ pub fn verify_icmp_error_checksums(frame: &[u8]) -> Result<Vec<&'static str>, St
     let ip = &frame[14..];
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if ihl != 20 || ip[9] != 1 || total > ip.len() {
+    // The total length must cover the ICMP header and the quoted IPv4 header read below.
+    if ihl != 20 || ip[9] != 1 || total > ip.len() || total < 20 + 8 + 20 {
         return Err(format!(
             "not an option-less IPv4 ICMP frame of its length (ihl {ihl}, proto {}, total {total}, {} bytes)",
             ip[9],
