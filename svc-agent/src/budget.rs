@@ -204,7 +204,7 @@ pub fn admit(
             .find(|((_, n), (_, b))| n > b);
         let refusal = if let Some(((map, n), (_, b))) = over_budget {
             let c = capacity_of(&cap, map);
-            Some(if n > c {
+            Some((map, if n > c {
                 format!("needs {n} entries of {map}, more than the map holds ({c})")
             } else {
                 format!(
@@ -212,7 +212,7 @@ pub fn admit(
                      ({}% of {c}, --max-service-share)",
                     limits.service_share_percent,
                 )
-            })
+            }))
         } else {
             let (delta, added) = growth(state, fes, &new_backends);
             // Frontends this Service drops go before anything is put.
@@ -226,9 +226,12 @@ pub fn admit(
             match after.named().into_iter().zip(cap.named()).find(|((_, a), (_, c))| a > c) {
                 Some(((map, a), (_, c))) => {
                     let n = need.named().into_iter().find(|(m, _)| *m == map).map_or(0, |(_, n)| n);
-                    Some(format!(
-                        "needs {n} entries of {map}, which would then hold {a} of its {c}: \
-                         the map is full"
+                    Some((
+                        map,
+                        format!(
+                            "needs {n} entries of {map}, which would then hold {a} of its {c}: \
+                             the map is full"
+                        ),
                     ))
                 }
                 None => {
@@ -238,11 +241,13 @@ pub fn admit(
                 }
             }
         };
-        let Some(why) = refusal else { continue };
-        let field = if need.frontends > budget.frontends {
-            "spec.ports"
-        } else {
-            "endpoints"
+        let Some((map, why)) = refusal else { continue };
+        // The part of the Service that fills `map`: its ports make frontends, its source
+        // ranges entries of their own, its endpoints (per port) slots and backends.
+        let field = match map {
+            svc_common::MAP_FRONTENDS => "spec.ports",
+            svc_common::MAP_SOURCE_RANGES => "spec.loadBalancerSourceRanges",
+            _ => "endpoints",
         };
         let fate = if is_new {
             out.refused.insert(svc.clone());
@@ -539,6 +544,7 @@ mod tests {
             &limits,
         );
         assert_eq!(a.refused, BTreeSet::from([svc("new")]), "4 frontends are taken");
+        assert_eq!(a.problems[&svc("new")].field, "spec.ports", "frontends come from ports");
         assert_eq!(fake.snapshot.frontends.len(), 4);
         // "old" is deleted while the map is full: its frontends go first, so "new" fits in
         // the same plan.
