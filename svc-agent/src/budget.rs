@@ -99,7 +99,8 @@ pub struct Limits {
 impl Limits {
     /// The per-Service budget: `service_share_percent` of each map, at least one entry.
     pub fn per_service(&self) -> Entries {
-        let share = |cap: u64| (cap * u64::from(self.service_share_percent.clamp(1, 100)) / 100).max(1);
+        let share =
+            |cap: u64| (cap * u64::from(self.service_share_percent.clamp(1, 100)) / 100).max(1);
         Entries {
             frontends: share(self.capacity.frontends),
             slots: share(self.capacity.slots),
@@ -204,15 +205,18 @@ pub fn admit(
             .find(|((_, n), (_, b))| n > b);
         let refusal = if let Some(((map, n), (_, b))) = over_budget {
             let c = capacity_of(&cap, map);
-            Some((map, if n > c {
-                format!("needs {n} entries of {map}, more than the map holds ({c})")
-            } else {
-                format!(
-                    "needs {n} entries of {map}, over the per-Service budget of {b} \
+            Some((
+                map,
+                if n > c {
+                    format!("needs {n} entries of {map}, more than the map holds ({c})")
+                } else {
+                    format!(
+                        "needs {n} entries of {map}, over the per-Service budget of {b} \
                      ({}% of {c}, --max-service-share)",
-                    limits.service_share_percent,
-                )
-            }))
+                        limits.service_share_percent,
+                    )
+                },
+            ))
         } else {
             let (delta, added) = growth(state, fes, &new_backends);
             // Frontends this Service drops go before anything is put.
@@ -223,9 +227,18 @@ pub fn admit(
                 .fold(Entries::default(), |acc, fe| acc.plus(&held_by(fe)));
             let mut after = used.minus(&dropped).plus(&delta);
             after.backends += (new_backends.len() + added.len()) as u64;
-            match after.named().into_iter().zip(cap.named()).find(|((_, a), (_, c))| a > c) {
+            match after
+                .named()
+                .into_iter()
+                .zip(cap.named())
+                .find(|((_, a), (_, c))| a > c)
+            {
                 Some(((map, a), (_, c))) => {
-                    let n = need.named().into_iter().find(|(m, _)| *m == map).map_or(0, |(_, n)| n);
+                    let n = need
+                        .named()
+                        .into_iter()
+                        .find(|(m, _)| *m == map)
+                        .map_or(0, |(_, n)| n);
                     Some((
                         map,
                         format!(
@@ -278,7 +291,10 @@ fn sort_key(n: &Entries) -> [u64; 4] {
 }
 
 fn capacity_of(cap: &Entries, map: &str) -> u64 {
-    cap.named().into_iter().find(|(m, _)| *m == map).map_or(0, |(_, c)| c)
+    cap.named()
+        .into_iter()
+        .find(|(m, _)| *m == map)
+        .map_or(0, |(_, c)| c)
 }
 
 /// Slots a desired frontend writes: one per distinct backend, at most
@@ -444,12 +460,18 @@ mod tests {
         // is written: what took every Service's routing away.
         let limits = limits(8, 16, 16, 100);
         let mut fake = fake(&limits);
-        let desired = union(vec![service(1, "huge", 1, 0..20), service(2, "small", 1, 100..102)]);
+        let desired = union(vec![
+            service(1, "huge", 1, 0..20),
+            service(2, "small", 1, 100..102),
+        ]);
         let mut state = Programmed::default();
         let (ops, _) = plan_in_place_holding(&mut state, &desired, &BTreeSet::new());
         let failed = ops.iter().position(|op| fake.apply(op).is_err());
         assert!(failed.is_some(), "a put beyond capacity must fail");
-        assert!(fake.snapshot.frontends.is_empty(), "the small Service never got written");
+        assert!(
+            fake.snapshot.frontends.is_empty(),
+            "the small Service never got written"
+        );
     }
 
     #[test]
@@ -469,7 +491,9 @@ mod tests {
         );
         // 25 is exactly the share: let in.
         let mut desired = service(1, "greedy", 1, 0..25);
-        assert!(admit(&Programmed::default(), &mut desired, None, &limits).problems.is_empty());
+        assert!(admit(&Programmed::default(), &mut desired, None, &limits)
+            .problems
+            .is_empty());
         // Too many ports: the field is spec.ports.
         let mut desired = service(1, "ports", 26, 0..1);
         let a = admit(&Programmed::default(), &mut desired, None, &limits);
@@ -494,13 +518,19 @@ mod tests {
         assert_eq!(a.refused, BTreeSet::from([svc("a-hostile")]));
         assert!(a.held.is_empty());
         for s in ["web", "dns", "api"] {
-            assert!(state.frontends_of(&svc(s)).next().is_some(), "{s} programmed");
+            assert!(
+                state.frontends_of(&svc(s)).next().is_some(),
+                "{s} programmed"
+            );
         }
         // Backends shared by web and api count once: 3 + 2.
         assert_eq!(fake.snapshot.backends.len(), 5);
         assert_eq!(a.usage, usage(&state));
         let why = &a.problems[&svc("a-hostile")].message;
-        assert!(why.contains("the map is full") && why.contains("not programmed"), "{why}");
+        assert!(
+            why.contains("the map is full") && why.contains("not programmed"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -512,13 +542,24 @@ mod tests {
         sync(&mut state, &mut fake, union(base()), &limits);
         let before = fake.snapshot.clone();
         // web scales to 16 endpoints: 16 + 8 slots > 20.
-        let grown = union(vec![service(1, "web", 1, 0..16), service(2, "api", 1, 100..108)]);
+        let grown = union(vec![
+            service(1, "web", 1, 0..16),
+            service(2, "api", 1, 100..108),
+        ]);
         let a = sync(&mut state, &mut fake, grown, &limits);
         assert_eq!(a.held, BTreeSet::from([svc("web")]));
-        assert_eq!(fake.snapshot, before, "web keeps its 8 backends, api is untouched");
-        assert!(a.problems[&svc("web")].message.contains("kept as programmed before"));
+        assert_eq!(
+            fake.snapshot, before,
+            "web keeps its 8 backends, api is untouched"
+        );
+        assert!(a.problems[&svc("web")]
+            .message
+            .contains("kept as programmed before"));
         // api shrinks: the room lets web's change in on the next plan.
-        let shrunk = union(vec![service(1, "web", 1, 0..16), service(2, "api", 1, 100..102)]);
+        let shrunk = union(vec![
+            service(1, "web", 1, 0..16),
+            service(2, "api", 1, 100..102),
+        ]);
         // api's shrink frees its slots only after its count is written (the peak is the old
         // count), so web is still held in this plan...
         let a = sync(&mut state, &mut fake, shrunk.clone(), &limits);
@@ -543,8 +584,16 @@ mod tests {
             union(vec![service(1, "old", 4, 0..2), service(2, "new", 2, 0..2)]),
             &limits,
         );
-        assert_eq!(a.refused, BTreeSet::from([svc("new")]), "4 frontends are taken");
-        assert_eq!(a.problems[&svc("new")].field, "spec.ports", "frontends come from ports");
+        assert_eq!(
+            a.refused,
+            BTreeSet::from([svc("new")]),
+            "4 frontends are taken"
+        );
+        assert_eq!(
+            a.problems[&svc("new")].field,
+            "spec.ports",
+            "frontends come from ports"
+        );
         assert_eq!(fake.snapshot.frontends.len(), 4);
         // "old" is deleted while the map is full: its frontends go first, so "new" fits in
         // the same plan.
@@ -561,14 +610,20 @@ mod tests {
         let mut fake = fake(&limits);
         sync(&mut state, &mut fake, service(1, "web", 1, 0..8), &limits);
         // Only "api" changed: 8 + 4 slots > 10, refused; web untouched.
-        let mut desired = union(vec![service(1, "web", 1, 0..8), service(2, "api", 1, 100..104)]);
+        let mut desired = union(vec![
+            service(1, "web", 1, 0..8),
+            service(2, "api", 1, 100..104),
+        ]);
         let scope = BTreeSet::from([svc("api")]);
         let a = admit(&state, &mut desired, Some(&scope), &limits);
         assert_eq!(a.refused, BTreeSet::from([svc("api")]));
         let (ops, _) = plan_services_in_place(&mut state, &desired, &scope);
         assert!(ops.is_empty(), "nothing to write: {ops:?}");
         // With 2 endpoints it fits.
-        let mut desired = union(vec![service(1, "web", 1, 0..8), service(2, "api", 1, 100..102)]);
+        let mut desired = union(vec![
+            service(1, "web", 1, 0..8),
+            service(2, "api", 1, 100..102),
+        ]);
         let a = admit(&state, &mut desired, Some(&scope), &limits);
         assert!(a.problems.is_empty());
         let (ops, _) = plan_services_in_place(&mut state, &desired, &scope);
@@ -588,7 +643,12 @@ mod tests {
         let a = sync(&mut state, &mut fake, service(1, "web", 1, 0..8), &limits);
         assert!(a.problems.is_empty(), "{:?}", a.problems);
         // Replacing every backend (0..8 → 100..108) keeps 8 slots: fits too.
-        let a = sync(&mut state, &mut fake, service(1, "web", 1, 100..108), &limits);
+        let a = sync(
+            &mut state,
+            &mut fake,
+            service(1, "web", 1, 100..108),
+            &limits,
+        );
         assert!(a.problems.is_empty(), "{:?}", a.problems);
     }
 }

@@ -119,7 +119,10 @@ fn oversized_scene() -> Scene {
         .unwrap();
     scene
         .manifests
-        .write("hostile-slice.yaml", &slice_yaml("hostile", 100, &hostile_eps))
+        .write(
+            "hostile-slice.yaml",
+            &slice_yaml("hostile", 100, &hostile_eps),
+        )
         .unwrap();
     scene
 }

@@ -36,7 +36,10 @@ const VIP: &str = "10.96.0.10";
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -111,8 +114,11 @@ fn restarts_under_load_break_no_connection_and_converge() {
     let (name, ip) = churn(0);
     dir.write(&format!("{name}.yaml"), &service_yaml(&name, &ip))
         .unwrap();
-    dir.write(&format!("{name}-slice.yaml"), &slice_yaml(&name, &[ep("be2", 2)]))
-        .unwrap();
+    dir.write(
+        &format!("{name}-slice.yaml"),
+        &slice_yaml(&name, &[ep("be2", 2)]),
+    )
+    .unwrap();
     let mut agents = Agent::start_all(&t, 2, dir.path(), &[]).expect("agents");
     // The load opens `rate` connections/s from one address to one frontend, and the client
     // keeps each closed one in TIME_WAIT for 60 s: the default 28 232 ephemeral ports last
@@ -175,7 +181,9 @@ fn restarts_under_load_break_no_connection_and_converge() {
         if i % 2 == 0 {
             agent.kill9();
         } else {
-            agent.sigterm().unwrap_or_else(|e| panic!("restart {i}: {e:#}"));
+            agent
+                .sigterm()
+                .unwrap_or_else(|e| panic!("restart {i}: {e:#}"));
         }
         // While it is down: a Service comes, the previous one goes.
         let (old, _) = churn(i);
@@ -186,7 +194,13 @@ fn restarts_under_load_break_no_connection_and_converge() {
             .unwrap();
         dir.write(
             &format!("{new}-slice.yaml"),
-            &slice_yaml(&new, &[ep(if i % 2 == 0 { "be1" } else { "be3" }, 1 + i as usize % 2)]),
+            &slice_yaml(
+                &new,
+                &[ep(
+                    if i % 2 == 0 { "be1" } else { "be3" },
+                    1 + i as usize % 2,
+                )],
+            ),
         )
         .unwrap();
         // Every other agent loads a different program (another load-time global).
@@ -213,7 +227,11 @@ fn restarts_under_load_break_no_connection_and_converge() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let s = Summary::tcp_from(&t, t.pod_ns("client"), &format!("{new_ip}:80"), 10).unwrap();
-        assert_eq!((s.ok, s.failed), (10, 0), "restart {i}: {new} answers: {s:?}");
+        assert_eq!(
+            (s.ok, s.failed),
+            (10, 0),
+            "restart {i}: {new} answers: {s:?}"
+        );
         println!(
             "restart {i} ({how}) done at {:.1} s",
             started.elapsed().as_secs_f64()
@@ -223,7 +241,9 @@ fn restarts_under_load_break_no_connection_and_converge() {
     hold.signal(libc::SIGTERM).unwrap();
     let done = hold.finish(Duration::from_secs(60)).expect("hold finished");
     let held = HoldSummary::from_output(&done.stdout).expect("hold summary");
-    let load = load.terminate(Duration::from_secs(10)).expect("load stopped");
+    let load = load
+        .terminate(Duration::from_secs(10))
+        .expect("load stopped");
     let fresh = Summary::from_output(&load.stdout).ok();
     let elapsed = started.elapsed().as_secs_f64();
     println!(
