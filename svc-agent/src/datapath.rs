@@ -233,7 +233,11 @@ impl Datapath {
             .service_capacity()
             .context("reading the service maps' capacity")?;
         for (map, pinned, requested) in [
-            (MAP_FRONTENDS, capacity.frontends, service_maps.max_frontends),
+            (
+                MAP_FRONTENDS,
+                capacity.frontends,
+                service_maps.max_frontends,
+            ),
             (MAP_SLOTS, capacity.slots, service_maps.max_slots),
             (MAP_BACKENDS, capacity.backends, service_maps.max_backends),
         ] {

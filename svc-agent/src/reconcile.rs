@@ -513,15 +513,17 @@ fn plan_core(
                     state.unref(backend_id);
                 }
             }
-            out.extend(fe.source_ranges.iter().map(|&(addr, len)| {
-                MapOp::DeleteSourceRange {
-                    range: SourceRange {
-                        frontend_id: fe.id,
-                        addr,
-                        len,
-                    },
-                }
-            }));
+            out.extend(
+                fe.source_ranges
+                    .iter()
+                    .map(|&(addr, len)| MapOp::DeleteSourceRange {
+                        range: SourceRange {
+                            frontend_id: fe.id,
+                            addr,
+                            len,
+                        },
+                    }),
+            );
             freed_frontend_ids.push(fe.id);
         }
         state.set_owner(*key, fe.owner.as_ref(), None);
@@ -530,7 +532,11 @@ fn plan_core(
     // too (phase 1), unless a held-back scoped entry still names them; the rest of the
     // unreferenced ones go last (phase 5).
     let mut early_backend_deletes = Vec::new();
-    if state.unreferenced.iter().any(|id| state.backends.get(id).is_some_and(|e| e.refs == 0)) {
+    if state
+        .unreferenced
+        .iter()
+        .any(|id| state.backends.get(id).is_some_and(|e| e.refs == 0))
+    {
         let wanted_backends: HashSet<&Backend> =
             wanted.iter().flat_map(|(_, f)| f.backends.iter()).collect();
         let early: Vec<u32> = state

@@ -122,15 +122,14 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     if !cfg.cluster_cidrs.is_empty() {
         info!(cluster_cidr = ?cfg.cluster_cidrs, "cluster CIDR recorded (pod traffic is told by interface, --pod-ifaces)");
     }
-    let (mut datapath, maps) =
-        Datapath::load(
-            &cfg.bpffs,
-            cfg.fault,
-            cfg.xdp,
-            &cfg.ct_timeouts,
-            cfg.ct_max,
-            &cfg.service_maps,
-        )?;
+    let (mut datapath, maps) = Datapath::load(
+        &cfg.bpffs,
+        cfg.fault,
+        cfg.xdp,
+        &cfg.ct_timeouts,
+        cfg.ct_max,
+        &cfg.service_maps,
+    )?;
     // The collector's two threads (passes, flushes) get handles of their own on the pinned maps.
     let open_pins = || {
         PinnedMaps::from_pins(&cfg.bpffs).with_context(|| {
@@ -544,8 +543,7 @@ impl Engine {
             .collect();
         if !holders.is_empty() {
             scope.extend(holders);
-            desired =
-                model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
+            desired = model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
         }
         for p in &desired.problems {
             warn!("skipped: {p}");

@@ -726,7 +726,9 @@ pub fn run_tcp_paced(
                 let target = targets[(seq % targets.len() as u64) as usize];
                 if rate_per_s > 0 {
                     let due = started
-                        + Duration::from_micros(seq.saturating_mul(1_000_000) / u64::from(rate_per_s));
+                        + Duration::from_micros(
+                            seq.saturating_mul(1_000_000) / u64::from(rate_per_s),
+                        );
                     // In short steps, so a stop is seen while waiting.
                     while Instant::now() < due && !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(

@@ -1133,7 +1133,11 @@ fn bare_ack_to_an_unanswered_syn_is_a_collision_and_the_live_flow_keeps_its_tupl
             Reason::CtCollision,
         ));
         assert_eq!(dp.counter(prog.hook(), Reason::CtCollision), before + 1);
-        assert_eq!(dp.ct_entries(), vec![], "the newcomer's entries are deleted");
+        assert_eq!(
+            dp.ct_entries(),
+            vec![],
+            "the newcomer's entries are deleted"
+        );
         // The client's SYN retransmission opens it again for the next round.
         dp.run(Program::Ingress.name(), &syn2.build(), 1).unwrap();
     }
@@ -1155,7 +1159,10 @@ fn bare_ack_to_an_unanswered_syn_is_a_collision_and_the_live_flow_keeps_its_tupl
         (SVC_VIP.ip().octets(), SVC_VIP.port()),
         "the reply tuple names the live flow's frontend again"
     );
-    assert!(dp.ct_get(&fwd2_key).is_none(), "the newcomer's forward entry is gone");
+    assert!(
+        dp.ct_get(&fwd2_key).is_none(),
+        "the newcomer's forward entry is gone"
+    );
     let reply = Pkt::tcp(BACKEND_A, c, TCP_PSH | TCP_ACK);
     dp.check(&Fixture::translate(
         "the backend's reply on the live flow",
@@ -1174,7 +1181,10 @@ fn bare_ack_to_an_unanswered_syn_is_a_collision_and_the_live_flow_keeps_its_tupl
             Reason::ClashRemapped,
         ),
         |dp| {
-            let port = dp.ct_get(&fwd2_key).expect("newcomer's forward entry").src_port;
+            let port = dp
+                .ct_get(&fwd2_key)
+                .expect("newcomer's forward entry")
+                .src_port;
             syn2.clone()
                 .with_src(client(port))
                 .with_dst(BACKEND_A)

@@ -84,6 +84,19 @@ fn syn_to_nodeport(dp: &mut Datapath, uplink: &XdpUplink, client: SocketAddrV4) 
     snat_port(dp, client, PROTO_TCP)
 }
 
+/// `syn` from the external client to a NodePort of the local [`BACKEND_A`]: DNATed and passed
+/// to the stack (which forwards it to the pod).
+fn to_local_backend(name: &str, syn: &Pkt) -> Fixture {
+    Fixture {
+        name: name.into(),
+        program: Program::UplinkIngress,
+        input: wire(syn, EXT_CLIENT_MAC),
+        verdict: TC_ACT_UNSPEC,
+        output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
+        reason: Reason::DnatNew,
+    }
+}
+
 /// The SNAT port of the flow `client` → [`NODEPORT`].
 fn snat_port(dp: &Datapath, client: SocketAddrV4, proto: u8) -> u16 {
     dp.ct_get(&ct_forward(client, NODEPORT, proto))
@@ -276,14 +289,10 @@ fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
         let syn = Pkt::tcp(ext(41001), NODEPORT, TCP_SYN).with_ttl(1);
         dp.check_on(
             uplink.ifindex,
-            &Fixture {
-                name: "SYN with TTL 1 to a local backend: the stack forwards it".into(),
-                program: Program::UplinkIngress,
-                input: wire(&syn, EXT_CLIENT_MAC),
-                verdict: TC_ACT_UNSPEC,
-                output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
-                reason: Reason::DnatNew,
-            },
+            &to_local_backend(
+                "SYN with TTL 1 to a local backend: the stack forwards it",
+                &syn,
+            ),
         );
     });
 }
@@ -299,14 +308,7 @@ fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
             let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
             dp.check_on(
                 uplink.ifindex,
-                &Fixture {
-                    name: "SYN → local BACKEND_A".into(),
-                    program: Program::UplinkIngress,
-                    input: wire(&syn, EXT_CLIENT_MAC),
-                    verdict: TC_ACT_UNSPEC,
-                    output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
-                    reason: Reason::DnatNew,
-                },
+                &to_local_backend("SYN → local BACKEND_A", &syn),
             );
             let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK).with_ttl(ttl);
             if ttl > 1 {
@@ -829,14 +831,7 @@ fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
         let syn = Pkt::tcp(ext(40201), NODEPORT, TCP_SYN);
         dp.check_on(
             uplink.ifindex,
-            &Fixture {
-                name: "SYN to a local backend without a SNAT address".into(),
-                program: Program::UplinkIngress,
-                input: wire(&syn, EXT_CLIENT_MAC),
-                verdict: TC_ACT_UNSPEC,
-                output: wire(&syn.clone().with_dst(BACKEND_A), EXT_CLIENT_MAC),
-                reason: Reason::DnatNew,
-            },
+            &to_local_backend("SYN to a local backend without a SNAT address", &syn),
         );
     });
 }
