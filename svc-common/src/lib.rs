@@ -257,6 +257,31 @@ pub struct CtKey {
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 
+impl CtKey {
+    /// The key of a 5-tuple, built as four 32-bit words (`proto` and the zero `_pad` in one).
+    ///
+    /// Written field by field, the 3-byte pad becomes a call to an outlined `memset` in the
+    /// BPF object (LLVM lowers the 3-byte zero array to a memset it does not expand inline).
+    /// Such a call from a BPF subprogram is one more frame on the verifier's call chain, and
+    /// the verifier of Linux 6.1 rounds every frame, an empty one too, up to 32 bytes
+    /// (`round_up(max_t(u32, depth, 1), 32)` in check_max_stack_depth, kernel/bpf/verifier.c):
+    /// `svc_xdp` → `commit_sub` → memset came to 288 + 224 + 32 = 544 bytes there, over the
+    /// 512 allowed, and 6.1 refused the program (found by `cargo xtask test-kernels`).
+    #[inline(always)]
+    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
+        let words = [
+            u32::from_ne_bytes(src),
+            u32::from_ne_bytes(dst),
+            u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+            u32::from_ne_bytes([proto, 0, 0, 0]),
+        ];
+        // SAFETY: CtKey is `Pod` (repr(C), no padding, every bit pattern valid) and 16 bytes
+        // (asserted above), as is [u32; 4]; its fields lie in the order the words hold them.
+        unsafe { core::mem::transmute::<[u32; 4], CtKey>(words) }
+    }
+}
+
 /// Value of [`MAP_CONNTRACK`]. Written by the datapath when a flow starts; `last_seen_ns`,
 /// `tcp_flags`, `packets` and `bytes` are updated per packet.
 #[repr(C)]
@@ -396,6 +421,27 @@ pub struct Affinity {
     pub last_used_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
+
+impl Affinity {
+    /// The entry for `backend_id` at `addr`:`port`, used at `now_ns`, built as three 64-bit
+    /// words so the 6-byte zero pad is no outlined `memset` call in the BPF object (see
+    /// [`CtKey::new`] for why such a call is one frame too many on Linux 6.1).
+    #[inline(always)]
+    pub const fn new(backend_id: u32, addr: [u8; 4], port: u16, now_ns: u64) -> Self {
+        let (id, p) = (backend_id.to_ne_bytes(), port.to_ne_bytes());
+        let words = [
+            u64::from_ne_bytes([
+                id[0], id[1], id[2], id[3], addr[0], addr[1], addr[2], addr[3],
+            ]),
+            u64::from_ne_bytes([p[0], p[1], 0, 0, 0, 0, 0, 0]),
+            now_ns,
+        ];
+        // SAFETY: Affinity is `Pod` (repr(C), no padding, every bit pattern valid) and 24
+        // bytes (asserted above), as is [u64; 3]; its fields lie in the order the words hold
+        // them (backend_id, backend_addr, backend_port + _pad, last_used_ns).
+        unsafe { core::mem::transmute::<[u64; 3], Affinity>(words) }
+    }
+}
 /// Capacity of [`MAP_AFFINITY`] (LRU).
 pub const MAX_AFFINITY: u32 = 131_072;
 
@@ -527,14 +573,7 @@ impl CtTimeouts {
 /// other direction's packets arrive with exactly that tuple reversed.
 #[inline(always)]
 pub const fn ct_peer_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey {
-        src_addr: e.dst_addr,
-        dst_addr: e.src_addr,
-        src_port: e.dst_port,
-        dst_port: e.src_port,
-        proto: key.proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(e.dst_addr, e.src_addr, e.dst_port, e.src_port, key.proto)
 }
 
 /// The state a flow moves to when a packet with TCP flags `flags` travels in direction `dir`
@@ -824,6 +863,10 @@ pub const GLOBAL_FAULT_INJECT: &str = "SVC_FAULT_INJECT";
 /// network tests can prove they detect a broken checksum; the verifier removes the branch when
 /// the bit is clear.
 pub const FAULT_SKIP_L4_CSUM: u32 = 1;
+/// Not a fault but an old kernel: the tc forward path's FIB lookup adds an unknown flag bit,
+/// which every kernel refuses with -EINVAL as kernels before 6.3 refuse
+/// `BPF_FIB_LOOKUP_SKIP_NEIGH`, so the fixtures prove that fallback on any kernel.
+pub const FAULT_NO_SKIP_NEIGH: u32 = 2;
 
 /// `unsafe impl aya::Pod for T {}` for each `T`, allowed only if `T: bytemuck::Pod`.
 ///
@@ -1007,6 +1050,33 @@ mod tests {
         assert_eq!(
             ct_next_state(PROTO_UDP, CT_STATE_UDP_REPLIED, CT_DIR_FORWARD, 0, false),
             CT_STATE_UDP_REPLIED
+        );
+    }
+
+    #[test]
+    fn word_built_keys_equal_field_built_ones() {
+        let k = CtKey::new([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, PROTO_TCP);
+        assert_eq!(
+            k,
+            CtKey {
+                src_addr: [10, 0, 0, 1],
+                dst_addr: [10, 96, 0, 10],
+                src_port: 40000,
+                dst_port: 80,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
+        let a = Affinity::new(0x0102_0304, [10, 244, 1, 2], 8080, u64::MAX - 1);
+        assert_eq!(
+            a,
+            Affinity {
+                backend_id: 0x0102_0304,
+                backend_addr: [10, 244, 1, 2],
+                backend_port: 8080,
+                _pad: [0; 6],
+                last_used_ns: u64::MAX - 1,
+            }
         );
     }
 
