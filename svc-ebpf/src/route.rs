@@ -6,13 +6,13 @@
 use aya_ebpf::{
     bindings::{
         __sk_buff, bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
     },
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
 use network_types::ip::Ipv4Hdr;
-use svc_common::{CtEntry, Reason};
+use svc_common::{CtEntry, Reason, FAULT_NO_SKIP_NEIGH};
 
 use crate::{
     lb::fib_params,
@@ -92,15 +92,42 @@ fn route_sub(skb: *mut __sk_buff, flow: &Flow, entry: &CtEntry) -> u64 {
     // SAFETY: reading the ifindex field of the program's own context.
     let ifindex = unsafe { (*skb).ifindex };
     let mut p = fib_params(flow, entry, ifindex, mtu_check_len(&ctx, flow));
+    let flags = if crate::fault(FAULT_NO_SKIP_NEIGH) {
+        BPF_FIB_LOOKUP_SKIP_NEIGH | 1 << 31
+    } else {
+        BPF_FIB_LOOKUP_SKIP_NEIGH
+    };
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
-    let rc = unsafe {
+    let mut rc = unsafe {
         bpf_fib_lookup(
             skb.cast(),
             &mut p,
             core::mem::size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
+            flags,
         )
     };
+    if rc < 0 {
+        // A kernel without BPF_FIB_LOOKUP_SKIP_NEIGH (before 6.3, unless backported as in
+        // Debian's 6.1.1xx) refuses the unknown flag before looking anything up
+        // (`if (flags & ~BPF_FIB_LOOKUP_MASK) return -EINVAL;`, bpf_skb_fib_lookup in
+        // net/core/filter.c) and leaves `p` as it was. Without the flag the same lookup also
+        // resolves the neighbour, and answers NO_NEIGH when there is none yet; the egress
+        // ifindex is already set then (`params->ifindex = dev->ifindex;` comes before the
+        // neighbour lookup in bpf_ipv4_fib_lookup), and bpf_redirect_neigh resolves it.
+        p = fib_params(flow, entry, ifindex, mtu_check_len(&ctx, flow));
+        // SAFETY: as above.
+        rc = unsafe {
+            bpf_fib_lookup(
+                skb.cast(),
+                &mut p,
+                core::mem::size_of::<FibParams>() as i32,
+                0,
+            )
+        };
+        if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            rc = BPF_FIB_LKUP_RET_SUCCESS as i64;
+        }
+    }
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         if flow.df {
             // `mtu_result` shares its place with `tot_len` and holds the route's MTU now.

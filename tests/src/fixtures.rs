@@ -1560,6 +1560,16 @@ pub fn node_datapath_test(
     programs: NodePrograms,
     body: impl FnOnce(&mut Datapath, XdpUplink) + Send,
 ) {
+    node_datapath_test_with_fault(programs, 0, body);
+}
+
+/// [`node_datapath_test`] with the load-time global `SVC_FAULT_INJECT` set to `fault`
+/// (`svc_common::FAULT_*` bits).
+pub fn node_datapath_test_with_fault(
+    programs: NodePrograms,
+    fault: u32,
+    body: impl FnOnce(&mut Datapath, XdpUplink) + Send,
+) {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
@@ -1568,10 +1578,14 @@ pub fn node_datapath_test(
     }
     let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
     node.run(|uplink| {
+        let mut loader = EbpfLoader::new();
+        if fault != 0 {
+            loader.override_global(svc_common::GLOBAL_FAULT_INJECT, &fault, true);
+        }
         let loaded = if programs.xdp {
-            Datapath::load_xdp()
+            Datapath::load_xdp_with(&mut loader)
         } else {
-            Datapath::load()
+            Datapath::load_with(&mut loader)
         };
         let mut dp = loaded.unwrap_or_else(|e| panic!("{e:#}"));
         if programs.uplink_tc {

@@ -13,8 +13,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{IpNumber, Ipv4Header};
 use svc_common::{
-    Frontend, FrontendKey, Reason, BACKEND_F_LOCAL, FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP,
-    SCOPE_ANY,
+    Frontend, FrontendKey, Reason, BACKEND_F_LOCAL, FAULT_NO_SKIP_NEIGH, FRONTEND_F_NODEPORT,
+    PROTO_TCP, PROTO_UDP, SCOPE_ANY,
 };
 use tests::fixtures::*;
 
@@ -222,7 +222,11 @@ fn hairpin_decrements_the_ttl_and_leaves_ttl_1_to_the_stack() {
 /// backend the stack forwards (and decrements) it, so the TTL is left alone.
 #[test]
 fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
-    node_test(|dp, uplink| {
+    node_test(uplink_redirects);
+}
+
+fn uplink_redirects(dp: &mut Datapath, uplink: XdpUplink) {
+    {
         nodeport(dp, PROTO_TCP, BACKEND_B, 0);
         for ttl in [64u8, 2] {
             let c = ext(40000 + u16::from(ttl));
@@ -294,14 +298,18 @@ fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
                 &syn,
             ),
         );
-    });
+    }
 }
 
 /// A local backend's reply to an external client leaves its veth redirected to the next hop
 /// with TTL − 1; with TTL 1 it is passed to the stack untranslated.
 #[test]
 fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
-    node_test(|dp, uplink| {
+    node_test(reply_to_an_external_client);
+}
+
+fn reply_to_an_external_client(dp: &mut Datapath, uplink: XdpUplink) {
+    {
         nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
         for (port, ttl) in [(40000u16, 64u8), (40001, 1)] {
             let c = ext(port);
@@ -336,7 +344,52 @@ fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
                 );
             }
         }
-    });
+    }
+}
+
+/// A kernel without `BPF_FIB_LOOKUP_SKIP_NEIGH` (before 6.3), emulated by
+/// `FAULT_NO_SKIP_NEIGH` (the flag is refused with -EINVAL as there): the lookup is retried
+/// without it and forwards as before, including towards a next hop with no neighbour entry yet
+/// (`BPF_FIB_LKUP_RET_NO_NEIGH`, which `bpf_redirect_neigh` resolves). Control: the same
+/// unresolved next hop on the normal path.
+#[test]
+fn without_skip_neigh_the_fib_lookup_falls_back_and_forwards_alike() {
+    let programs = || NodePrograms {
+        xdp: false,
+        uplink_tc: true,
+    };
+    node_datapath_test_with_fault(programs(), FAULT_NO_SKIP_NEIGH, uplink_redirects);
+    node_datapath_test_with_fault(programs(), FAULT_NO_SKIP_NEIGH, reply_to_an_external_client);
+    for fault in [0, FAULT_NO_SKIP_NEIGH] {
+        node_datapath_test_with_fault(programs(), fault, |dp, uplink| {
+            nodeport(dp, PROTO_TCP, BACKEND_UNRESOLVED, 0);
+            let c = ext(42000);
+            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+            dp.check_after(
+                Some(uplink.ifindex),
+                &Fixture {
+                    name: format!(
+                        "fault {fault}: SYN → node:snat → BACKEND_UNRESOLVED (no neighbour yet)"
+                    ),
+                    program: Program::UplinkIngress,
+                    input: wire(&syn, EXT_CLIENT_MAC),
+                    verdict: TC_ACT_REDIRECT,
+                    output: Vec::new(),
+                    reason: Reason::DnatNew,
+                },
+                |dp| {
+                    let port = snat_port(dp, c, PROTO_TCP);
+                    wire(
+                        &syn.clone()
+                            .with_src(SocketAddrV4::new(NODE_IP, port))
+                            .with_dst(BACKEND_UNRESOLVED)
+                            .with_ttl(63),
+                        EXT_CLIENT_MAC,
+                    )
+                },
+            );
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
