@@ -156,6 +156,10 @@ pub struct RunArgs {
     /// generic, or off (the tc uplink program alone then serves north-south traffic).
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: crate::datapath::XdpChoice,
+    /// How tc programs are attached: tcx links where the kernel has them (6.6+) and classic
+    /// tc filters (clsact qdisc, cls_bpf at priority 0x5356) otherwise (auto), tcx, or classic.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tc_attach: crate::datapath::TcChoice,
     /// Test only: load a deliberately broken datapath to prove the tests catch it.
     #[arg(long, hide = true)]
     pub fault_inject: Vec<Fault>,

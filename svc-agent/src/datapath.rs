@@ -13,6 +13,13 @@
 //!   while no agent runs (crash, upgrade). A restarted agent swaps its freshly loaded program
 //!   into the existing link with `BPF_LINK_UPDATE` (`attach_to_link`), which is atomic: there
 //!   is no instant without one.
+//! - `DIR/links/<ifindex>-<ifname>-<hook>_cls`: on kernels without tcx (before 6.6,
+//!   `--tc-attach classic`), the tc programs are classic `cls_bpf` filters under a `clsact`
+//!   qdisc at [`CLASSIC_PRIORITY`]/[`CLASSIC_HANDLE`]. Such a filter holds its program and
+//!   outlives the agent as a tcx link does, but it cannot be pinned; the pin is then the
+//!   attached *program*, as the record that this agent attached there (stale-pin removal,
+//!   `uninstall`). A restarted agent replaces the filter's program in place (`cls_bpf_change`
+//!   on an existing handle swaps `prog` under RCU: no instant without one).
 //! - `DIR/links/cgroup-<program>`: the socket hooks' links on `--cgroup`. Replaced
 //!   make-before-break (the new link is attached and pinned before the old one goes; two
 //!   translating hooks in a row are harmless, the second finds a backend, not a frontend).
@@ -34,6 +41,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use aya::{programs::tc::TcHandle, util::KernelVersion};
 use svc_common::{
     Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_FAULT_INJECT, MAP_AFFINITY,
     MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
@@ -87,6 +95,52 @@ pub enum XdpChoice {
     Off,
 }
 
+/// How tc programs are attached (`--tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcChoice {
+    /// tcx links where the kernel has them (Linux ≥ 6.6), classic tc filters otherwise.
+    Auto,
+    /// tcx links (bpf_mprog, Linux ≥ 6.6): pinned, atomically replaceable, ordered.
+    Tcx,
+    /// Classic tc: a `clsact` qdisc and a direct-action `cls_bpf` filter (any kernel svc-lb
+    /// supports).
+    Classic,
+}
+
+/// The oldest kernel svc-lb runs on (Debian 12's 6.1). What older kernels lack is not cheap to
+/// do without: `bpf_set_retval` (5.18) for the socket hooks' ECONNREFUSED, and the verifier of
+/// 6.1 is the oldest one the programs are proven on (`cargo xtask test-kernels`).
+pub const MIN_KERNEL: (u8, u8) = (6, 1);
+/// tcx (`BPF_LINK_TYPE_TCX`) arrived in Linux 6.6.
+const TCX_KERNEL: (u8, u8) = (6, 6);
+
+/// Classic-tc filter priority of every svc-lb filter: fixed, so a restarted agent finds and
+/// replaces its own filter instead of adding a second one. ("SV"; lower runs first. svc-lb
+/// returns `TC_ACT_UNSPEC` for what it leaves alone, and `cls_bpf` then goes on to the next
+/// filter, so it composes with filters behind it as with tcx programs.)
+pub const CLASSIC_PRIORITY: u16 = 0x5356;
+/// Classic-tc filter handle of every svc-lb filter (one filter per priority and hook).
+pub const CLASSIC_HANDLE: TcHandle = TcHandle::new(0, 1);
+/// Suffix of a classic-tc record pin (see the module docs).
+/// (bpffs refuses names with a `.`: `bpf_lookup` in kernel/bpf/inode.c.)
+const CLASSIC_SUFFIX: &str = "_cls";
+
+/// Fails with a message naming the kernel when it is older than [`MIN_KERNEL`].
+pub fn check_kernel() -> Result<KernelVersion> {
+    let v =
+        KernelVersion::current().map_err(|e| anyhow::anyhow!("reading the kernel version: {e}"))?;
+    if v < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+        bail!(
+            "svc-lb needs Linux {}.{} or newer; this kernel is {v:?}. Older kernels lack \
+             bpf_set_retval (5.18) for the socket hooks, and 6.1 is the oldest verifier the \
+             programs are tested on (README, \"Kernels\")",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+    }
+    Ok(v)
+}
+
 /// What an attached interface is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -137,6 +191,8 @@ pub struct Datapath {
     attached: BTreeMap<u32, (String, Role)>,
     config: Array<MapData, Config>,
     xdp: XdpChoice,
+    /// [`TcChoice::Tcx`] or [`TcChoice::Classic`] (`Auto` resolved at load).
+    tc: TcChoice,
 }
 
 impl Datapath {
@@ -148,10 +204,25 @@ impl Datapath {
         bpffs: &Path,
         fault: u32,
         xdp: XdpChoice,
+        tc: TcChoice,
         timeouts: &CtTimeouts,
         ct_max: u32,
         service_maps: &crate::cli::ServiceMapArgs,
     ) -> Result<(Self, PinnedMaps)> {
+        let kernel = check_kernel()?;
+        let has_tcx = kernel >= KernelVersion::new(TCX_KERNEL.0, TCX_KERNEL.1, 0);
+        let tc = match tc {
+            TcChoice::Auto if has_tcx => TcChoice::Tcx,
+            TcChoice::Auto => TcChoice::Classic,
+            TcChoice::Tcx if !has_tcx => bail!(
+                "--tc-attach tcx needs Linux {}.{} or newer; this kernel is {kernel}: use \
+                 --tc-attach classic (or auto)",
+                TCX_KERNEL.0,
+                TCX_KERNEL.1
+            ),
+            other => other,
+        };
+        info!(%kernel, tc_attach = ?tc, "kernel checked");
         ensure_bpffs(bpffs)?;
         std::fs::create_dir_all(bpffs.join("links"))
             .with_context(|| format!("creating {}", bpffs.join("links").display()))?;
@@ -275,6 +346,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             config,
             xdp,
+            tc,
         };
         Ok((datapath, maps))
     }
@@ -336,8 +408,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches tc program `prog_name` at `attach_type` of `ifname` as a pinned tcx link,
-    /// reusing (atomically swapping the program of) a link pinned by an earlier agent.
+    /// Attaches tc program `prog_name` at `attach_type` of `ifname`, as a tcx link or a classic
+    /// filter (`--tc-attach`), taking over what an earlier agent attached there; a record of
+    /// the other kind left there (the kernel or the flag changed) is removed afterwards.
     fn attach_tc(
         &mut self,
         ifindex: u32,
@@ -347,38 +420,35 @@ impl Datapath {
         hook: &str,
     ) -> Result<()> {
         let pin = self.link_pin(ifindex, ifname, hook);
+        let record = classic_record(&pin);
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(prog_name)
             .expect("loaded in Datapath::load")
             .try_into()?;
-        let adopted = pin.exists()
-            && match adopt(&pin, |fd| {
-                let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
-                drop(prog.take_link(id)?);
-                Ok(())
-            }) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!(pin = %pin.display(), "could not adopt pinned link ({e:#}); re-attaching");
+        let adopted = match self.tc {
+            TcChoice::Classic => {
+                let adopted =
+                    attach_classic(prog, ifname, attach_type, &record).with_context(|| {
+                        format!("attaching {prog_name} to {ifname} ({hook}, classic tc)")
+                    })?;
+                if pin.exists() {
+                    // A tcx link of an earlier agent: the filter now does its work.
                     let _ = std::fs::remove_file(&pin);
-                    false
                 }
-            };
-        if !adopted {
-            let id = prog
-                .attach_with_options(
-                    ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .with_context(|| format!("attaching {prog_name} to {ifname} ({hook})"))?;
-            let link = FdLink::try_from(prog.take_link(id)?)
-                .with_context(|| format!("{prog_name} on {ifname} is not a tcx link"))?;
-            link.pin(&pin)
-                .with_context(|| format!("pinning link at {}", pin.display()))?;
-        }
-        info!(iface = ifname, ifindex, hook, adopted, "attached");
+                adopted
+            }
+            _ => {
+                let adopted = attach_tcx(prog, ifname, attach_type, &pin)
+                    .with_context(|| format!("attaching {prog_name} to {ifname} ({hook})"))?;
+                if record.exists() {
+                    detach_classic(ifname, attach_type);
+                    let _ = std::fs::remove_file(&record);
+                }
+                adopted
+            }
+        };
+        info!(iface = ifname, ifindex, hook, adopted, tc_attach = ?self.tc, "attached");
         Ok(())
     }
 
@@ -502,7 +572,9 @@ impl Datapath {
     pub fn forget(&mut self, ifindex: u32) {
         if let Some((name, _)) = self.attached.remove(&ifindex) {
             for hook in IFACE_HOOKS {
-                let _ = std::fs::remove_file(self.link_pin(ifindex, &name, hook));
+                let pin = self.link_pin(ifindex, &name, hook);
+                let _ = std::fs::remove_file(classic_record(&pin));
+                let _ = std::fs::remove_file(pin);
             }
             info!(iface = %name, ifindex, "interface gone, links removed");
         }
@@ -540,6 +612,147 @@ fn adopt(pin: &Path, swap: impl FnOnce(FdLink) -> Result<()>) -> Result<()> {
     let pinned = PinnedLink::from_pin(pin)?;
     // The kernel link object stays pinned; we need not hold its fd afterwards.
     swap(FdLink::from(pinned))
+}
+
+/// A tcx link pinned at `pin`: the existing one gets `prog` (atomic `BPF_LINK_UPDATE`), or a
+/// new one is created (appended after other tcx programs) and pinned. Returns whether an
+/// existing link was taken over.
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<bool> {
+    if pin.exists() {
+        match adopt(pin, |fd| {
+            let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+            drop(prog.take_link(id)?);
+            Ok(())
+        }) {
+            Ok(()) => return Ok(true),
+            Err(e) => {
+                warn!(pin = %pin.display(), "could not adopt pinned link ({e:#}); re-attaching");
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
+    let id = prog.attach_with_options(
+        ifname,
+        attach_type,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link = FdLink::try_from(prog.take_link(id)?).context("not a tcx link")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning link at {}", pin.display()))?;
+    Ok(false)
+}
+
+/// The classic-tc record pin beside `pin` (the tcx link pin of the same hook).
+fn classic_record(pin: &Path) -> PathBuf {
+    let mut name = pin.as_os_str().to_owned();
+    name.push(CLASSIC_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// `prog` as the direct-action `cls_bpf` filter at [`CLASSIC_PRIORITY`]/[`CLASSIC_HANDLE`] of
+/// `ifname`'s `clsact` qdisc (created if missing). An existing filter there gets the new
+/// program in place: `RTM_NEWTFILTER` on its priority and handle without `NLM_F_CREATE`
+/// reaches `cls_bpf_change` for that filter, which swaps its program under RCU
+/// (net/sched/cls_bpf.c); with no filter there the kernel answers ENOENT ("Need both
+/// RTM_NEWTFILTER and NLM_F_CREATE to create a new filter", tc_new_tfilter in
+/// net/sched/cls_api.c) and a new filter is created. The program is pinned at `record`.
+/// Returns whether a filter was taken over.
+fn attach_classic(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    attach_type: TcAttachType,
+    record: &Path,
+) -> Result<bool> {
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {
+        // EEXIST: the qdisc is there already (ours from an earlier agent, or another tool's).
+        let exists = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<std::io::Error>())
+            .any(|io| io.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e).context("adding the clsact qdisc");
+        }
+    }
+    let existing =
+        SchedClassifierLink::attached(ifname, attach_type, CLASSIC_PRIORITY, CLASSIC_HANDLE, None)
+            .context("looking up the interface")?;
+    let (id, adopted) = match prog.attach_to_link(existing) {
+        Ok(id) => (id, true),
+        Err(_) => {
+            let id = prog.attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::Netlink(aya::programs::tc::NlOptions {
+                    priority: CLASSIC_PRIORITY,
+                    handle: CLASSIC_HANDLE,
+                    classid: None,
+                }),
+            )?;
+            (id, false)
+        }
+    };
+    // The filter must outlive this agent (a crash or upgrade keeps Services working), but
+    // aya detaches a link when it is dropped: keep it attached by never dropping the handle.
+    std::mem::forget(prog.take_link(id)?);
+    let _ = std::fs::remove_file(record);
+    prog.pin(record)
+        .with_context(|| format!("pinning the program at {}", record.display()))?;
+    Ok(adopted)
+}
+
+/// Removes svc-lb's classic filter from `attach_type` of `ifname`, if there is one.
+fn detach_classic(ifname: &str, attach_type: TcAttachType) {
+    use aya::programs::Link as _;
+    match SchedClassifierLink::attached(ifname, attach_type, CLASSIC_PRIORITY, CLASSIC_HANDLE, None)
+    {
+        Ok(link) => match link.detach() {
+            Ok(()) => info!(iface = ifname, ?attach_type, "classic tc filter removed"),
+            Err(e) => warn!(
+                iface = ifname,
+                ?attach_type,
+                "removing the classic tc filter: {e}"
+            ),
+        },
+        Err(e) => warn!(
+            iface = ifname,
+            "interface lookup for the classic tc filter: {e}"
+        ),
+    }
+}
+
+/// `(ifindex, ifname, attach point)` of a classic record's file name
+/// (`<ifindex>-<ifname>-<hook>_cls`; interface names may hold `-`, hook names hold none).
+fn parse_classic_record(name: &str) -> Option<(u32, &str, TcAttachType)> {
+    let rest = name.strip_suffix(CLASSIC_SUFFIX)?;
+    let (index, rest) = rest.split_once('-')?;
+    let (ifname, hook) = rest.rsplit_once('-')?;
+    Some((index.parse().ok()?, ifname, hook_attach_type(hook)?))
+}
+
+/// The name of interface `ifindex` in this network namespace, if it exists.
+fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success if_indextoname wrote a NUL-terminated name into `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The tc attach point of an interface hook's pin suffix (`None` for XDP).
+fn hook_attach_type(hook: &str) -> Option<TcAttachType> {
+    match hook {
+        "ingress" | "uplink" => Some(TcAttachType::Ingress),
+        "egress" | "uplink_egress" => Some(TcAttachType::Egress),
+        _ => None,
+    }
 }
 
 /// The cookie of the network namespace this process runs in (`SO_NETNS_COOKIE`).
@@ -676,12 +889,20 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Removes everything under `bpffs` that an agent pinned: link pins first (detaching the
-/// programs), then the maps. For uninstalling, and for tests and the demo to leave nothing
+/// programs; classic tc filters recorded there are removed from their interface), then the
+/// maps. For uninstalling, and for tests and the demo to leave nothing
 /// behind.
 pub fn uninstall(bpffs: &Path) -> Result<()> {
     let links = bpffs.join("links");
     if let Ok(dir) = std::fs::read_dir(&links) {
         for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((ifindex, ifname, attach_type)) = parse_classic_record(&name) {
+                // Only while the interface is still the one recorded (an ifindex is reused).
+                if ifname_of(ifindex).as_deref() == Some(ifname) {
+                    detach_classic(ifname, attach_type);
+                }
+            }
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
         }
@@ -697,4 +918,34 @@ pub fn uninstall(bpffs: &Path) -> Result<()> {
         std::fs::remove_dir(bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_records_name_their_interface_and_hook() {
+        let pin = Path::new("/b/links/7-veth-a-b-uplink_egress");
+        let record = classic_record(pin);
+        assert_eq!(record, Path::new("/b/links/7-veth-a-b-uplink_egress_cls"));
+        let name = record.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            parse_classic_record(name),
+            Some((7, "veth-a-b", TcAttachType::Egress))
+        );
+        assert_eq!(
+            parse_classic_record("3-eth0-uplink_cls"),
+            Some((3, "eth0", TcAttachType::Ingress))
+        );
+        // tcx link pins, XDP, socket hooks and junk are not classic records.
+        for other in [
+            "3-eth0-uplink",
+            "3-eth0-xdp_cls",
+            "cgroup-svc_sock_connect4",
+            "x-eth0-ingress_cls",
+        ] {
+            assert_eq!(parse_classic_record(other), None, "{other}");
+        }
+    }
 }

@@ -138,6 +138,7 @@ fn main() -> Result<()> {
         uplinks: args.uplink,
         cgroup: args.cgroup,
         xdp: args.xdp_mode,
+        tc: args.tc_attach,
         metrics_addr: bind_address("--metrics-bind-address", &args.metrics_bind_address)?,
         healthz_addr: bind_address("--healthz-bind-address", &args.healthz_bind_address)?,
         health_timeout: 2 * Duration::from_secs(args.sync_period.0.into()),

@@ -80,6 +80,8 @@ pub struct RunConfig {
     /// cgroup v2 directory for the socket hooks; `None` = the cgroup v2 root.
     pub cgroup: Option<PathBuf>,
     pub xdp: crate::datapath::XdpChoice,
+    /// `--tc-attach`.
+    pub tc: crate::datapath::TcChoice,
     pub metrics_addr: Option<SocketAddr>,
     /// `--healthz-bind-address`: kube-proxy's `/healthz` and `/livez`; `None` = not served.
     pub healthz_addr: Option<SocketAddr>,
@@ -126,6 +128,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         &cfg.bpffs,
         cfg.fault,
         cfg.xdp,
+        cfg.tc,
         &cfg.ct_timeouts,
         cfg.ct_max,
         &cfg.service_maps,

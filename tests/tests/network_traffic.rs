@@ -96,7 +96,7 @@ fn manifest(s: &Svc, t: &Topology) -> String {
 struct Scene {
     agents: Vec<Agent>,
     _servers: Vec<NsChild>,
-    _manifests: ManifestDir,
+    manifests: ManifestDir,
     t: Topology,
 }
 
@@ -162,7 +162,7 @@ impl Scene {
         Self {
             agents,
             _servers: servers,
-            _manifests: m,
+            manifests: m,
             t,
         }
     }
@@ -329,7 +329,13 @@ fn bulk_paths() -> Vec<Path> {
 /// Scenario 1: every path, 8 MB down and 8 MB up, each checked by SHA-256 and timed; UDP over
 /// the pod → NodePort paths. All failures are collected and reported together.
 fn bulk_everywhere(xdp_mode: &str) {
-    let scene = Scene::start(&["--xdp-mode", xdp_mode], |_| {});
+    bulk_everywhere_with(&["--xdp-mode", xdp_mode], xdp_mode, |_| {});
+}
+
+/// [`bulk_everywhere`] with agents started with `flags`; `check` looks at the scene first.
+fn bulk_everywhere_with(flags: &[&str], xdp_mode: &str, check: impl FnOnce(&Scene)) {
+    let scene = Scene::start(flags, |_| {});
+    check(&scene);
     let mut failures = Vec::new();
     let started = Instant::now();
     for p in bulk_paths() {
@@ -421,6 +427,171 @@ fn bulk_8mb_each_way_on_every_path_xdp_off() {
         return;
     }
     bulk_everywhere("off");
+}
+
+/// svc-lb's classic tc filters (`--tc-attach classic`) on `dev` of node `n` at `hook`
+/// (`ingress`/`egress`): (program name, program id) of each `bpf` filter at svc-lb's priority,
+/// from `tc -j filter show`.
+fn classic_filters(scene: &Scene, n: usize, dev: &str, hook: &str) -> Vec<(String, u64)> {
+    let out = scene
+        .t
+        .exec_ok(
+            &scene.t.node(n).ns,
+            &["tc", "-j", "filter", "show", "dev", dev, hook],
+        )
+        .unwrap_or_else(|e| panic!("tc filter show dev {dev} {hook}: {e:#}"));
+    let filters: Vec<serde_json::Value> = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("tc filter show dev {dev} {hook}: {e}: {out}"));
+    filters
+        .iter()
+        .filter(|f| f["pref"] == 0x5356 && f["kind"] == "bpf")
+        .filter_map(|f| {
+            let o = &f["options"];
+            Some((
+                o["bpf_name"].as_str()?.to_owned(),
+                o["prog"]["id"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// The tcx programs attached in node `n`'s namespace (`bpftool net -j`).
+fn tcx_programs(scene: &Scene, n: usize) -> String {
+    let out = scene
+        .t
+        .exec_ok(&scene.t.node(n).ns, &["bpftool", "-j", "net", "show"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["tcx"].to_string()
+}
+
+/// Classic tc (the fallback for kernels before 6.6, forced here with `--tc-attach classic`):
+/// every path of [`bulk_everywhere`] carries 8 MB each way through `cls_bpf` filters instead
+/// of tcx links, with XDP on; the filters are svc-lb's and no tcx program is attached.
+#[test]
+fn bulk_8mb_each_way_on_every_path_classic_tc() {
+    if skip_unless_root() {
+        return;
+    }
+    bulk_everywhere_with(&["--tc-attach", "classic"], "auto, classic tc", |scene| {
+        for n in 1..=2 {
+            let veth = &scene.t.pod(&format!("c{n}")).host_veth;
+            for (hook, prog) in [("ingress", "svc_pod_ingress"), ("egress", "svc_pod_egress")] {
+                let f = classic_filters(scene, n, veth, hook);
+                assert!(
+                    f.len() == 1 && f[0].0.starts_with(prog),
+                    "node {n} {veth} {hook}: want one {prog} filter, have {f:?}"
+                );
+            }
+            let tcx = tcx_programs(scene, n);
+            assert!(
+                !tcx.contains("svc_"),
+                "node {n}: classic mode must attach no tcx program: {tcx}"
+            );
+        }
+    });
+}
+
+/// Classic tc across restarts: a restarted agent (kill -9, then SIGTERM) replaces its
+/// filter's program in place (one filter, a new program id) while an 8 MB transfer over the
+/// old one keeps going and new ones work; a stopped agent leaves the filters; `svc-agent
+/// uninstall` removes them.
+#[test]
+fn classic_tc_filters_are_adopted_on_restart_and_removed_by_uninstall() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut scene = Scene::start(&["--tc-attach", "classic"], |_| {});
+    let veth = scene.t.pod("c1").host_veth.clone();
+    let first = classic_filters(&scene, 1, &veth, "egress");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let bpffs = scene.agents[0].bpffs().to_owned();
+    let flags = ["--tc-attach", "classic"];
+    for how in ["kill -9", "SIGTERM"] {
+        let before = classic_filters(&scene, 1, &veth, "egress");
+        // A transfer that runs across the restart (ClusterIP, remote backend).
+        let target = format!("{}:9000", TWO.cluster_ip);
+        let ns = scene.ns_of("c1");
+        let long = scene
+            .t
+            .spawn(
+                &ns,
+                &[
+                    PROBE,
+                    "bulk",
+                    "--target",
+                    &target,
+                    "--dir",
+                    "download",
+                    "--bytes",
+                    "67108864",
+                    "--stall-ms",
+                    "5000",
+                    "--deadline-ms",
+                    "60000",
+                ],
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let old = scene.agents.remove(0);
+        match how {
+            "kill -9" => {
+                old.kill9();
+            }
+            _ => {
+                old.sigterm().unwrap();
+            }
+        }
+        let gone = classic_filters(&scene, 1, &veth, "egress");
+        assert_eq!(
+            gone, before,
+            "{how}: the filter must stay while no agent runs"
+        );
+        let mut a = Agent::start(&scene.t, 1, scene.manifests.path(), &flags).unwrap();
+        a.wait_healthy(&scene.t, Duration::from_secs(60)).unwrap();
+        scene.agents.insert(0, a);
+        let after = classic_filters(&scene, 1, &veth, "egress");
+        assert_eq!(after.len(), 1, "{how}: one filter, not two: {after:?}");
+        assert_ne!(
+            after[0].1, before[0].1,
+            "{how}: the new agent's program is swapped in"
+        );
+        let fin = long.finish(Duration::from_secs(90)).unwrap();
+        let r: BulkResult = serde_json::from_str(last_line(&fin.stdout)).unwrap();
+        assert!(
+            r.ok && r.backend == "be2" && r.reply_from == target,
+            "{how}: a 64 MB download across the restart: {r:?}"
+        );
+        for dir in ["download", "upload"] {
+            let r = scene.bulk("c1", &target, dir);
+            assert!(
+                r.ok && r.backend == "be2",
+                "{how}: {dir} after restart: {r:?}"
+            );
+        }
+    }
+    scene.agents[0].stop().unwrap();
+    assert_eq!(classic_filters(&scene, 1, &veth, "egress").len(), 1);
+    // In the node's namespace, as the DaemonSet's uninstall runs on its node: a classic filter
+    // is found by the interface it was recorded with.
+    let agent = tests::agent::workspace_bin("svc-agent").unwrap();
+    // `nsenter --net` (not `ip netns exec`, which mounts a sysfs of its own over the bpffs).
+    let agent = agent.to_str().unwrap();
+    let done = scene
+        .t
+        .spawn_nsenter(
+            &scene.t.node(1).ns,
+            &[agent, "uninstall", "--bpffs", bpffs.to_str().unwrap()],
+        )
+        .unwrap()
+        .finish(Duration::from_secs(30))
+        .unwrap();
+    assert!(done.status.success(), "uninstall: {}", done.stderr);
+    assert!(!bpffs.exists(), "uninstall left {}", bpffs.display());
+    for hook in ["ingress", "egress"] {
+        let left = classic_filters(&scene, 1, &veth, hook);
+        assert!(left.is_empty(), "uninstall left {hook} filters: {left:?}");
+    }
 }
 
 /// Scenario 2: UDP replies of 1400, 3000, 9000 and 30000 bytes to 3000-byte requests through a
