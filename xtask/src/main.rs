@@ -11,10 +11,13 @@
 //! - `bench`: per-packet cost of the programs beside an empty program, the control plane's
 //!   programming latency, full sync time and memory, and end to end beside kube-proxy's
 //!   iptables and nftables modes (`--only perpacket|control|e2e`).
+//! - `test-kernels`: the fixture tier on this machine's kernel and on Debian 12's 6.1 under
+//!   qemu (`kernels.rs`).
 //! - `fuzz`: the datapath fuzzer for `--packets N` (tests/src/fuzz.rs, docs/RELIABILITY.md).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
 mod fuzz;
+mod kernels;
 mod setup;
 
 use std::{
@@ -71,6 +74,20 @@ enum Task {
         /// Run only one benchmark (default: all).
         #[arg(long, value_enum)]
         only: Option<BenchKind>,
+    },
+    /// The fixture tier (BPF_PROG_TEST_RUN) on this machine's kernel and on Debian 12's Linux
+    /// 6.1, the oldest supported, booted under qemu with software emulation (needs root;
+    /// 15–30 min on 2 cores).
+    TestKernels {
+        /// Only this machine's kernel.
+        #[arg(long, conflicts_with = "vm_only")]
+        host_only: bool,
+        /// Only Debian's 6.1 in the VM.
+        #[arg(long)]
+        vm_only: bool,
+        /// Arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Fuzz every datapath program through BPF_PROG_TEST_RUN (release build, needs root):
     /// packets/s, per-program counts, verdict distribution (docs/RELIABILITY.md).
@@ -153,6 +170,15 @@ fn main() -> Result<()> {
                 bench_e2e(&root)?;
             }
             Ok(())
+        }
+        Task::TestKernels {
+            host_only,
+            vm_only,
+            args,
+        } => {
+            setup::all()?;
+            build_ebpf(&root)?;
+            kernels::test_kernels(&root, !vm_only, !host_only, &args)
         }
         Task::Fuzz { packets, seed } => {
             setup::all()?;

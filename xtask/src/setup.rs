@@ -17,7 +17,12 @@ const PACKAGES: &[(&str, &str)] = &[
 
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
-    let missing: Vec<&str> = PACKAGES
+    apt_install_missing(PACKAGES)
+}
+
+/// Installs those of `pkgs` (package, command that proves it) whose command is missing.
+pub fn apt_install_missing(pkgs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
         .iter()
         .filter(|(_, bin)| !have(bin))
         .map(|(pkg, _)| *pkg)
