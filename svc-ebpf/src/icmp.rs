@@ -15,8 +15,10 @@
 //! - the quoted packet, which travelled the other way, becomes `entry.dst` → `entry.src`:
 //!   addresses and ports;
 //! - every checksum: the outer IPv4 header's, the quoted IPv4 header's, the quoted UDP
-//!   checksum (inside the quoted 8 bytes; a quoted TCP checksum is not, as netfilter notes),
-//!   and the ICMP checksum, which covers the quote and has no pseudo-header.
+//!   checksum (inside the quoted 8 bytes), the quoted TCP checksum when the error quotes the
+//!   whole TCP header (past the 8 bytes an error must quote: netfilter's `tcp_manip_pkt`
+//!   updates it exactly then, "if (skb->len >= hdroff + sizeof(*hdr))", and leaves a shorter
+//!   quote's alone), and the ICMP checksum, which covers the quote and has no pseudo-header.
 //!
 //! ICMP checksums are always complete (the kernel computes them in software,
 //! `icmp_push_reply`), so the arithmetic is done here on a stack copy of the 56 bytes and
@@ -26,7 +28,7 @@ use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use svc_common::{CtEntry, Reason, PROTO_UDP};
+use svc_common::{CtEntry, Reason, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     maps::SVC_SCRATCH,
@@ -74,12 +76,15 @@ fn fold(mut s: u32) -> u16 {
 /// summing to `new`.
 #[inline(always)]
 fn adjust(b: &mut [u8; ICMP_ERR_LEN], at: usize, old: u32, new: u32) {
-    let check = u16::from_ne_bytes([b[at], b[at + 1]]);
-    let old = fold(old);
-    let c = !fold(!check as u32 + !old as u32 + new);
-    let c = c.to_ne_bytes();
+    let c = adjusted(u16::from_ne_bytes([b[at], b[at + 1]]), old, new).to_ne_bytes();
     b[at] = c[0];
     b[at + 1] = c[1];
+}
+
+/// RFC 1624 eqn. 3 on a checksum value `check`.
+#[inline(always)]
+fn adjusted(check: u16, old: u32, new: u32) -> u16 {
+    !fold(!check as u32 + !fold(old) as u32 + new)
 }
 
 #[inline(always)]
@@ -92,9 +97,11 @@ fn put(b: &mut [u8; ICMP_ERR_LEN], at: usize, v: &[u8]) {
 }
 
 /// Rewrites an ICMP error (outer IPv4 header at `b[0]`) about the flow `flow` (the quoted
-/// tuple reversed) as conntrack `entry` says; see the module docs.
+/// tuple reversed) as conntrack `entry` says; see the module docs. Returns the sums of what a
+/// quoted L4 checksum covers of the rewritten fields, before and after, for a quoted TCP
+/// checksum beyond `b`.
 #[inline(always)]
-pub fn translate(b: &mut [u8; ICMP_ERR_LEN], flow: &Flow, entry: &CtEntry) {
+pub fn translate(b: &mut [u8; ICMP_ERR_LEN], flow: &Flow, entry: &CtEntry) -> (u32, u32) {
     let quote_before = sum::<QUOTE>(b, IN_IP);
 
     // The quoted L4 checksum (UDP only) covers the quoted addresses (pseudo-header) and ports.
@@ -128,7 +135,13 @@ pub fn translate(b: &mut [u8; ICMP_ERR_LEN], flow: &Flow, entry: &CtEntry) {
     put(b, OUT_DST, &entry.dst_addr);
     let out_new = sum::<8>(b, OUT_SRC);
     adjust(b, OUT_CSUM, out_old, out_new);
+    (l4_old, l4_new)
 }
+
+/// Offset in the packet of the quoted TCP header's checksum.
+const IN_TCP_CSUM_OFF: usize = IP_OFF + IN_L4 + 16;
+/// The packet length from which the error quotes the whole TCP header (20 bytes).
+const WHOLE_TCP_QUOTE_LEN: u32 = (IP_OFF + IN_L4 + 20) as u32;
 
 /// [`translate`] on a tc packet (the headers were made linear by `parse_tc`).
 #[inline(always)]
@@ -155,7 +168,22 @@ fn translate_sub(skb: *mut __sk_buff, flow: &Flow, entry: &CtEntry) -> u32 {
     if unsafe { bpf_skb_load_bytes(skb.cast(), IP_OFF as u32, p, ICMP_ERR_LEN as u32) } != 0 {
         return 1;
     }
-    translate(b, flow, entry);
+    let (l4_old, l4_new) = translate(b, flow, entry);
+    // SAFETY: reading a field of the program's own context.
+    let whole_tcp = flow.proto == PROTO_TCP && unsafe { (*skb).len } >= WHOLE_TCP_QUOTE_LEN;
+    let mut tcp_csum = [0u8; 2];
+    if whole_tcp {
+        let t = tcp_csum.as_mut_ptr().cast();
+        // SAFETY: `tcp_csum` is live memory of the 2 bytes read.
+        if unsafe { bpf_skb_load_bytes(skb.cast(), IN_TCP_CSUM_OFF as u32, t, 2) } != 0 {
+            return 1;
+        }
+        let old = u16::from_ne_bytes(tcp_csum);
+        let new = adjusted(old, l4_old, l4_new);
+        // The ICMP checksum covers the quoted TCP checksum too.
+        adjust(b, ICMP_CSUM, old as u32, new as u32);
+        tcp_csum = new.to_ne_bytes();
+    }
     // SAFETY: as above.
     let rc = unsafe {
         bpf_skb_store_bytes(
@@ -166,5 +194,22 @@ fn translate_sub(skb: *mut __sk_buff, flow: &Flow, entry: &CtEntry) -> u32 {
             BPF_F_RECOMPUTE_CSUM,
         )
     };
-    (rc != 0) as u32
+    if rc != 0 {
+        return 1;
+    }
+    if whole_tcp {
+        let t = tcp_csum.as_ptr() as *const core::ffi::c_void;
+        // SAFETY: `tcp_csum` is live memory of the 2 bytes written.
+        let rc = unsafe {
+            bpf_skb_store_bytes(
+                skb.cast(),
+                IN_TCP_CSUM_OFF as u32,
+                t,
+                2,
+                BPF_F_RECOMPUTE_CSUM,
+            )
+        };
+        return (rc != 0) as u32;
+    }
+    0
 }
