@@ -225,80 +225,92 @@ fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
     node_test(uplink_redirects);
 }
 
-fn uplink_redirects(dp: &mut Datapath, uplink: XdpUplink) {
-    {
-        nodeport(dp, PROTO_TCP, BACKEND_B, 0);
-        for ttl in [64u8, 2] {
-            let c = ext(40000 + u16::from(ttl));
-            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN).with_ttl(ttl);
-            dp.check_after(
-                Some(uplink.ifindex),
-                &Fixture {
-                    name: format!("SYN TTL {ttl} → node:snat → BACKEND_B, TTL {}", ttl - 1),
-                    program: Program::UplinkIngress,
-                    input: wire(&syn, EXT_CLIENT_MAC),
-                    verdict: TC_ACT_REDIRECT,
-                    output: Vec::new(),
-                    reason: Reason::DnatNew,
-                },
-                |dp| {
-                    let port = snat_port(dp, c, PROTO_TCP);
-                    wire(
-                        &syn.clone()
-                            .with_src(SocketAddrV4::new(NODE_IP, port))
-                            .with_dst(BACKEND_B)
-                            .with_ttl(ttl - 1),
-                        EXT_CLIENT_MAC,
-                    )
-                },
-            );
+/// An external client's `syn` to [`NODEPORT`] leaves redirected from the node's SNAT port to
+/// `backend`, with TTL − 1.
+fn check_snat_redirect(
+    dp: &mut Datapath,
+    uplink: XdpUplink,
+    name: String,
+    syn: &Pkt,
+    backend: SocketAddrV4,
+) {
+    let c = syn.src;
+    dp.check_after(
+        Some(uplink.ifindex),
+        &Fixture {
+            name,
+            program: Program::UplinkIngress,
+            input: wire(syn, EXT_CLIENT_MAC),
+            verdict: TC_ACT_REDIRECT,
+            output: Vec::new(),
+            reason: Reason::DnatNew,
+        },
+        |dp| {
             let port = snat_port(dp, c, PROTO_TCP);
-            let synack = Pkt::tcp(
-                BACKEND_B,
-                SocketAddrV4::new(NODE_IP, port),
-                TCP_SYN | TCP_ACK,
+            wire(
+                &syn.clone()
+                    .with_src(SocketAddrV4::new(NODE_IP, port))
+                    .with_dst(backend)
+                    .with_ttl(syn.ttl - 1),
+                EXT_CLIENT_MAC,
             )
-            .with_ttl(ttl);
-            dp.check_on(
-                uplink.ifindex,
-                &Fixture {
-                    name: format!("SYN-ACK TTL {ttl} → NODEPORT → client, TTL {}", ttl - 1),
-                    program: Program::UplinkIngress,
-                    input: wire(&synack, PEER_NODE_MAC),
-                    verdict: TC_ACT_REDIRECT,
-                    output: wire(
-                        &synack
-                            .clone()
-                            .with_src(NODEPORT)
-                            .with_dst(c)
-                            .with_ttl(ttl - 1),
-                        PEER_NODE_MAC,
-                    ),
-                    reason: Reason::RevNat,
-                },
-            );
-        }
-        let syn = Pkt::tcp(ext(41000), NODEPORT, TCP_SYN).with_ttl(1);
+        },
+    );
+}
+
+fn uplink_redirects(dp: &mut Datapath, uplink: XdpUplink) {
+    nodeport(dp, PROTO_TCP, BACKEND_B, 0);
+    for ttl in [64u8, 2] {
+        let c = ext(40000 + u16::from(ttl));
+        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN).with_ttl(ttl);
+        let name = format!("SYN TTL {ttl} → node:snat → BACKEND_B, TTL {}", ttl - 1);
+        check_snat_redirect(dp, uplink, name, &syn, BACKEND_B);
+        let port = snat_port(dp, c, PROTO_TCP);
+        let synack = Pkt::tcp(
+            BACKEND_B,
+            SocketAddrV4::new(NODE_IP, port),
+            TCP_SYN | TCP_ACK,
+        )
+        .with_ttl(ttl);
         dp.check_on(
             uplink.ifindex,
-            &Fixture::untouched(
-                "SYN with TTL 1 towards a remote backend",
-                Program::UplinkIngress,
-                wire(&syn, EXT_CLIENT_MAC),
-                Reason::TtlExceeded,
-            ),
-        );
-        // Local backend: translated, passed to the stack, TTL untouched.
-        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
-        let syn = Pkt::tcp(ext(41001), NODEPORT, TCP_SYN).with_ttl(1);
-        dp.check_on(
-            uplink.ifindex,
-            &to_local_backend(
-                "SYN with TTL 1 to a local backend: the stack forwards it",
-                &syn,
-            ),
+            &Fixture {
+                name: format!("SYN-ACK TTL {ttl} → NODEPORT → client, TTL {}", ttl - 1),
+                program: Program::UplinkIngress,
+                input: wire(&synack, PEER_NODE_MAC),
+                verdict: TC_ACT_REDIRECT,
+                output: wire(
+                    &synack
+                        .clone()
+                        .with_src(NODEPORT)
+                        .with_dst(c)
+                        .with_ttl(ttl - 1),
+                    PEER_NODE_MAC,
+                ),
+                reason: Reason::RevNat,
+            },
         );
     }
+    let syn = Pkt::tcp(ext(41000), NODEPORT, TCP_SYN).with_ttl(1);
+    dp.check_on(
+        uplink.ifindex,
+        &Fixture::untouched(
+            "SYN with TTL 1 towards a remote backend",
+            Program::UplinkIngress,
+            wire(&syn, EXT_CLIENT_MAC),
+            Reason::TtlExceeded,
+        ),
+    );
+    // Local backend: translated, passed to the stack, TTL untouched.
+    nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+    let syn = Pkt::tcp(ext(41001), NODEPORT, TCP_SYN).with_ttl(1);
+    dp.check_on(
+        uplink.ifindex,
+        &to_local_backend(
+            "SYN with TTL 1 to a local backend: the stack forwards it",
+            &syn,
+        ),
+    );
 }
 
 /// A local backend's reply to an external client leaves its veth redirected to the next hop
@@ -309,40 +321,37 @@ fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
 }
 
 fn reply_to_an_external_client(dp: &mut Datapath, uplink: XdpUplink) {
-    {
-        nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
-        for (port, ttl) in [(40000u16, 64u8), (40001, 1)] {
-            let c = ext(port);
-            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+    nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
+    for (port, ttl) in [(40000u16, 64u8), (40001, 1)] {
+        let c = ext(port);
+        let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
+        dp.check_on(
+            uplink.ifindex,
+            &to_local_backend("SYN → local BACKEND_A", &syn),
+        );
+        let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK).with_ttl(ttl);
+        if ttl > 1 {
             dp.check_on(
-                uplink.ifindex,
-                &to_local_backend("SYN → local BACKEND_A", &syn),
+                uplink.peer_ifindex,
+                &Fixture {
+                    name: "SYN-ACK BACKEND_A → client leaves as NODEPORT → client, TTL 63".into(),
+                    program: Program::Ingress,
+                    input: synack.build(),
+                    verdict: TC_ACT_REDIRECT,
+                    output: synack.clone().with_src(NODEPORT).with_ttl(ttl - 1).build(),
+                    reason: Reason::RevNat,
+                },
             );
-            let synack = Pkt::tcp(BACKEND_A, c, TCP_SYN | TCP_ACK).with_ttl(ttl);
-            if ttl > 1 {
-                dp.check_on(
-                    uplink.peer_ifindex,
-                    &Fixture {
-                        name: "SYN-ACK BACKEND_A → client leaves as NODEPORT → client, TTL 63"
-                            .into(),
-                        program: Program::Ingress,
-                        input: synack.build(),
-                        verdict: TC_ACT_REDIRECT,
-                        output: synack.clone().with_src(NODEPORT).with_ttl(ttl - 1).build(),
-                        reason: Reason::RevNat,
-                    },
-                );
-            } else {
-                dp.check_on(
-                    uplink.peer_ifindex,
-                    &Fixture::untouched(
-                        "SYN-ACK with TTL 1",
-                        Program::Ingress,
-                        synack.build(),
-                        Reason::TtlExceeded,
-                    ),
-                );
-            }
+        } else {
+            dp.check_on(
+                uplink.peer_ifindex,
+                &Fixture::untouched(
+                    "SYN-ACK with TTL 1",
+                    Program::Ingress,
+                    synack.build(),
+                    Reason::TtlExceeded,
+                ),
+            );
         }
     }
 }
@@ -363,31 +372,10 @@ fn without_skip_neigh_the_fib_lookup_falls_back_and_forwards_alike() {
     for fault in [0, FAULT_NO_SKIP_NEIGH] {
         node_datapath_test_with_fault(programs(), fault, |dp, uplink| {
             nodeport(dp, PROTO_TCP, BACKEND_UNRESOLVED, 0);
-            let c = ext(42000);
-            let syn = Pkt::tcp(c, NODEPORT, TCP_SYN);
-            dp.check_after(
-                Some(uplink.ifindex),
-                &Fixture {
-                    name: format!(
-                        "fault {fault}: SYN → node:snat → BACKEND_UNRESOLVED (no neighbour yet)"
-                    ),
-                    program: Program::UplinkIngress,
-                    input: wire(&syn, EXT_CLIENT_MAC),
-                    verdict: TC_ACT_REDIRECT,
-                    output: Vec::new(),
-                    reason: Reason::DnatNew,
-                },
-                |dp| {
-                    let port = snat_port(dp, c, PROTO_TCP);
-                    wire(
-                        &syn.clone()
-                            .with_src(SocketAddrV4::new(NODE_IP, port))
-                            .with_dst(BACKEND_UNRESOLVED)
-                            .with_ttl(63),
-                        EXT_CLIENT_MAC,
-                    )
-                },
-            );
+            let syn = Pkt::tcp(ext(42000), NODEPORT, TCP_SYN);
+            let name =
+                format!("fault {fault}: SYN → node:snat → BACKEND_UNRESOLVED (no neighbour yet)");
+            check_snat_redirect(dp, uplink, name, &syn, BACKEND_UNRESOLVED);
         });
     }
 }
