@@ -131,7 +131,7 @@ pub fn check_kernel() -> Result<KernelVersion> {
         KernelVersion::current().map_err(|e| anyhow::anyhow!("reading the kernel version: {e}"))?;
     if v < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
         bail!(
-            "svc-lb needs Linux {}.{} or newer; this kernel is {v:?}. Older kernels lack \
+            "svc-lb needs Linux {}.{} or newer; this kernel is {v}. Older kernels lack \
              bpf_set_retval (5.18) for the socket hooks, and 6.1 is the oldest verifier the \
              programs are tested on (README, \"Kernels\")",
             MIN_KERNEL.0,
@@ -682,6 +682,8 @@ fn attach_classic(
             .context("looking up the interface")?;
     let (id, adopted) = match prog.attach_to_link(existing) {
         Ok(id) => (id, true),
+        // ENOENT: no filter of ours there yet. Any other failure shows again, with its reason,
+        // when the filter is created.
         Err(_) => {
             let id = prog.attach_with_options(
                 ifname,
