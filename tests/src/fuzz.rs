@@ -515,6 +515,14 @@ impl Gen {
         f
     }
 
+    /// The next frame for `t` as built (a pending second fragment first), before mutation.
+    pub fn next_unmutated(&mut self, t: Target) -> (Vec<u8>, Kind) {
+        match self.pending.remove(&t) {
+            Some(f) => (f, Kind::Fragment),
+            None => self.base(t),
+        }
+    }
+
     /// The next frame for `t`, and what it was made as.
     pub fn next(&mut self, t: Target) -> (Vec<u8>, Kind) {
         if let Some(f) = self.pending.remove(&t) {
@@ -1181,84 +1189,116 @@ fn hexs(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `packets` frames through `targets` round robin, checking each with [`check`]. Must run
-/// on a thread inside an [`XdpNode`] (see [`node_datapath_test`]); `dp` holds the Service set
-/// of [`install_services`].
-pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -> Report {
-    let (seed, packets, targets) = (opts.seed, opts.packets, &opts.targets[..]);
-    let mut gen = Gen::new(seed, set.clone());
+/// Runs `input` through `t` and judges it with [`check`], recording the outcome in `rep`.
+/// `i` and `kind` only label a failure. Returns false when the run must stop (too many
+/// failures).
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    dp: &Datapath,
+    uplink: XdpUplink,
+    set: &ServiceSet,
+    opts: &Options,
+    rep: &mut Report,
+    i: u64,
+    t: Target,
+    input: &[u8],
+    kind: Kind,
+) -> bool {
+    *rep.kinds.entry(kind).or_default() += 1;
+    let res = run_once(dp, uplink, t, input);
+    rep.packets += 1;
+    if res.is_err() && kernel_refuses(t, input) {
+        *rep.verdicts
+            .entry((t, "refused by the kernel"))
+            .or_default() += 1;
+        return true;
+    }
+    let outcome = match &res {
+        Ok(r) => check(set, t, input, r.retval, &r.output),
+        Err(e) => Err(format!("BPF_PROG_TEST_RUN failed: {e:#}")),
+    };
+    match outcome {
+        Ok(class) => {
+            if unrelated(set, input) {
+                *rep.unrelated.entry(t).or_default() += 1;
+            }
+            if class == Class::Translated
+                && input[23] == PROTO_UDP
+                && be16(input, 20) & 0x1fff == 0
+                && input.len() >= 42
+                && be16(input, 40) != 0
+            {
+                *rep.udp_csum_translated.entry(t).or_default() += 1;
+            }
+            let r = res.as_ref().unwrap();
+            *rep.verdicts
+                .entry((t, t.verdict_name(r.retval).unwrap()))
+                .or_default() += 1;
+            *rep.classes.entry((t, class)).or_default() += 1;
+            true
+        }
+        Err(_) if !opts.judged.contains(&t) => true,
+        Err(problem) => {
+            let (verdict, output) = match &res {
+                Ok(r) => (r.retval as i32, r.output.clone()),
+                Err(_) => (0, Vec::new()),
+            };
+            let mut msg = format!(
+                "FUZZ FAILURE seed={} packet={i} program={} kind={kind:?}: {problem}\n\
+                 verdict: {verdict}\ninput:  {}\noutput: {}\n",
+                opts.seed,
+                t.name(),
+                hexs(input),
+                hexs(&output),
+            );
+            if !output.is_empty() {
+                for line in diff_frames(input, &output) {
+                    msg.push_str(&line);
+                    msg.push('\n');
+                }
+            }
+            rep.failures.push(msg);
+            rep.failures.len() < opts.max_failures
+        }
+    }
+}
+
+/// Drives `frames` (called with the running frame number, the generator and the target; it
+/// pushes the frames to judge) through `opts.targets` round robin, `opts.packets` calls in all.
+fn drive(
+    dp: &Datapath,
+    uplink: XdpUplink,
+    set: &ServiceSet,
+    opts: &Options,
+    mut frames: impl FnMut(&mut Gen, Target, &mut Vec<(Vec<u8>, Kind)>),
+) -> Report {
+    let mut gen = Gen::new(opts.seed, set.clone());
     let mut rep = Report {
-        seed,
+        seed: opts.seed,
         ..Default::default()
     };
     assert!(
         !in_launch_netns().expect("reading namespace ids"),
         "fuzz::run must run inside an XdpNode: the programs' FIB lookups read its tables"
     );
+    let targets = &opts.targets[..];
     let before = dp.counters();
     let start = Instant::now();
-    for i in 0..packets {
+    let mut batch = Vec::new();
+    let mut n = 0u64;
+    'calls: for i in 0..opts.packets {
         // Early and then regularly, so replies match the flows the first frames opened.
         if i % 20_000 == 0 || i == 500 || i == 2_000 || i == 5_000 {
             gen.refresh_ct(dp);
         }
         let t = targets[(i % targets.len() as u64) as usize];
-        let (input, kind) = gen.next(t);
-        *rep.kinds.entry(kind).or_default() += 1;
-        let res = run_once(dp, uplink, t, &input);
-        rep.packets += 1;
-        if res.is_err() && kernel_refuses(t, &input) {
-            *rep.verdicts
-                .entry((t, "refused by the kernel"))
-                .or_default() += 1;
-            continue;
-        }
-        let outcome = match &res {
-            Ok(r) => check(set, t, &input, r.retval, &r.output),
-            Err(e) => Err(format!("BPF_PROG_TEST_RUN failed: {e:#}")),
-        };
-        match outcome {
-            Ok(class) => {
-                if unrelated(set, &input) {
-                    *rep.unrelated.entry(t).or_default() += 1;
-                }
-                if class == Class::Translated
-                    && input[23] == PROTO_UDP
-                    && be16(&input, 20) & 0x1fff == 0
-                    && input.len() >= 42
-                    && be16(&input, 40) != 0
-                {
-                    *rep.udp_csum_translated.entry(t).or_default() += 1;
-                }
-                let r = res.as_ref().unwrap();
-                *rep.verdicts
-                    .entry((t, t.verdict_name(r.retval).unwrap()))
-                    .or_default() += 1;
-                *rep.classes.entry((t, class)).or_default() += 1;
-            }
-            Err(_) if !opts.judged.contains(&t) => {}
-            Err(problem) => {
-                let (verdict, output) = match &res {
-                    Ok(r) => (r.retval as i32, r.output.clone()),
-                    Err(_) => (0, Vec::new()),
-                };
-                let mut msg = format!(
-                    "FUZZ FAILURE seed={seed} packet={i} program={} kind={kind:?}: {problem}\n\
-                     verdict: {verdict}\ninput:  {}\noutput: {}\n",
-                    t.name(),
-                    hexs(&input),
-                    hexs(&output),
-                );
-                if !output.is_empty() {
-                    for line in diff_frames(&input, &output) {
-                        msg.push_str(&line);
-                        msg.push('\n');
-                    }
-                }
-                rep.failures.push(msg);
-                if rep.failures.len() >= opts.max_failures {
-                    break;
-                }
+        batch.clear();
+        frames(&mut gen, t, &mut batch);
+        for (input, kind) in batch.drain(..) {
+            let go_on = judge(dp, uplink, set, opts, &mut rep, n, t, &input, kind);
+            n += 1;
+            if !go_on {
+                break 'calls;
             }
         }
     }
@@ -1272,6 +1312,31 @@ pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -
         }
     }
     rep
+}
+
+/// Runs `opts.packets` frames through `opts.targets` round robin, checking each with [`check`].
+/// Must run on a thread inside an [`XdpNode`] (see [`node_datapath_test`]); `dp` holds the
+/// Service set of [`install_services`].
+pub fn run(dp: &Datapath, uplink: XdpUplink, set: &ServiceSet, opts: &Options) -> Report {
+    drive(dp, uplink, set, opts, |gen, t, out| out.push(gen.next(t)))
+}
+
+/// Truncation at **every** offset: `opts.packets` unmutated frames (every generator kind,
+/// round robin over `opts.targets`), each run whole and then cut to every length from 14 (the
+/// Ethernet header) up, every prefix judged by [`check`]. [`run`] truncates at one random
+/// offset per frame; this sweep leaves no offset of the frames it makes to chance.
+pub fn run_truncations(
+    dp: &Datapath,
+    uplink: XdpUplink,
+    set: &ServiceSet,
+    opts: &Options,
+) -> Report {
+    drive(dp, uplink, set, opts, |gen, t, out| {
+        let (f, kind) = gen.next_unmutated(t);
+        for len in 14..=f.len() {
+            out.push((f[..len].to_vec(), kind));
+        }
+    })
 }
 
 impl Report {

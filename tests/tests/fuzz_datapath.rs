@@ -4,6 +4,7 @@
 //! loaded with a fault (`SVC_FAULT_INJECT`).
 //!
 //! - `fuzz_every_program`: 1 000 000 frames (CI), `SVC_FUZZ_PACKETS` / `SVC_FUZZ_SEED` override.
+//! - `truncation_at_every_offset`: 3 000 frames, each cut to every length.
 //! - `fuzz_long` (`#[ignore]`, run by `cargo xtask fuzz`): `SVC_FUZZ_PACKETS` frames.
 //! - `fault_is_caught_*`: the L4-checksum fault makes the oracle fail on that program.
 //! - `defect_*` (`#[ignore]`d until fixed): minimal reproducers of the defects the fuzzer found
@@ -82,6 +83,49 @@ fn fuzz_clean(packets: u64) {
 #[test]
 fn fuzz_every_program() {
     fuzz_clean(env_u64("SVC_FUZZ_PACKETS").unwrap_or(CI_PACKETS));
+}
+
+/// Frames the truncation sweep makes (each then cut to every length: ~80 runs per frame).
+const SWEEP_FRAMES: u64 = 3_000;
+
+/// Truncation at every offset (`fuzz::run_truncations`): unmutated frames of every generator
+/// kind, on every program, each judged whole and cut to every length from the Ethernet header
+/// up. `SVC_FUZZ_SWEEP_FRAMES` overrides the frame count.
+#[test]
+fn truncation_at_every_offset() {
+    let seed = env_u64("SVC_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
+    let frames = env_u64("SVC_FUZZ_SWEEP_FRAMES").unwrap_or(SWEEP_FRAMES);
+    fuzz_node(0, |dp, uplink, set| {
+        let rep = run_truncations(dp, uplink, set, &Options::all(seed, frames));
+        println!("{}", rep.summary());
+        assert!(
+            rep.failures.is_empty(),
+            "the oracle failed {} time(s); first:\n{}",
+            rep.failures.len(),
+            rep.failures[0]
+        );
+        // Every prefix of every frame ran: more runs than frames by the frames' mean length.
+        assert!(rep.packets > frames * 40, "{} runs", rep.packets);
+        for kind in [
+            Kind::ToFrontend,
+            Kind::CtTuple,
+            Kind::IcmpError,
+            Kind::Fragment,
+        ] {
+            assert!(
+                rep.kinds.get(&kind).copied().unwrap_or(0) > 0,
+                "no {kind:?} frame was swept"
+            );
+        }
+        for t in ALL_TARGETS {
+            let translated = rep
+                .classes
+                .get(&(t, Class::Translated))
+                .copied()
+                .unwrap_or(0);
+            assert!(translated > 0, "{} translated no prefix", t.name());
+        }
+    });
 }
 
 #[test]
