@@ -38,6 +38,9 @@ pub enum Command {
     Inspect(crate::inspect::InspectCommand),
     /// What the datapath would do with a new flow from SRC to DST, from the pinned maps.
     Explain(crate::inspect::ExplainArgs),
+    /// What the datapath does with the packets of the flows given, one line per packet and
+    /// program, until --count events or Ctrl-C; no agent needed.
+    Trace(crate::trace::TraceArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -160,6 +163,12 @@ pub struct RunArgs {
     /// tc filters (clsact qdisc, cls_bpf at priority 0x5356) otherwise (auto), tcx, or classic.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_attach: crate::datapath::TcChoice,
+    /// Load the programs with their kernel debug messages (aya-log) on and show them in this
+    /// log (target `svc_ebpf`, level warn/debug). Off by default: the verifier then removes
+    /// the messages' code, so the datapath pays nothing for them. Changing it reloads the
+    /// programs (flows are kept: the maps are pinned).
+    #[arg(long)]
+    pub bpf_debug_log: bool,
     /// Test only: load a deliberately broken datapath to prove the tests catch it.
     #[arg(long, hide = true)]
     pub fault_inject: Vec<Fault>,

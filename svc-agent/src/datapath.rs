@@ -43,9 +43,9 @@ use aya::{
 };
 use aya::{programs::tc::TcHandle, util::KernelVersion};
 use svc_common::{
-    Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_FAULT_INJECT, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS, MAP_SOCK_REVNAT,
-    MAP_SOURCE_RANGES,
+    Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS,
+    MAP_SOCK_REVNAT, MAP_SOURCE_RANGES,
 };
 use tracing::{info, warn};
 
@@ -193,6 +193,17 @@ pub struct Datapath {
     xdp: XdpChoice,
     /// [`TcChoice::Tcx`] or [`TcChoice::Classic`] (`Auto` resolved at load).
     tc: TcChoice,
+    /// Loaded with [`LoadGlobals::debug_log`].
+    debug_log: bool,
+}
+
+/// The load-time globals (`.rodata`) the agent sets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadGlobals {
+    /// `svc_common::FAULT_*` bits; 0 except in tests.
+    pub fault: u32,
+    /// `svc_common::GLOBAL_DEBUG_LOG`: the programs' aya-log messages.
+    pub debug_log: bool,
 }
 
 impl Datapath {
@@ -202,7 +213,7 @@ impl Datapath {
     /// map when it is created (a pinned one keeps its size).
     pub fn load(
         bpffs: &Path,
-        fault: u32,
+        globals: LoadGlobals,
         xdp: XdpChoice,
         tc: TcChoice,
         timeouts: &CtTimeouts,
@@ -230,6 +241,10 @@ impl Datapath {
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, bpffs.join(m))).collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
+        }
+        let fault = globals.fault;
+        if globals.debug_log {
+            loader.override_global(GLOBAL_DEBUG_LOG, &1u32, true);
         }
         if fault != 0 {
             warn!(
@@ -347,8 +362,22 @@ impl Datapath {
             config,
             xdp,
             tc,
+            debug_log: globals.debug_log,
         };
         Ok((datapath, maps))
+    }
+
+    /// With `--bpf-debug-log`, the reader of the programs' aya-log ring (records go to the
+    /// `log` facade, which the agent's tracing subscriber receives); `None` without it.
+    pub fn take_debug_logger(
+        &mut self,
+    ) -> Result<Option<aya_log::EbpfLogger<&'static dyn log::Log>>> {
+        if !self.debug_log {
+            return Ok(None);
+        }
+        aya_log::EbpfLogger::init(&mut self.ebpf)
+            .map(Some)
+            .context("reading the programs' aya-log ring (AYA_LOGS)")
     }
 
     /// Writes the node settings the datapath reads: the SNAT address (`node_addr`) and this

@@ -164,7 +164,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn number(self) -> u8 {
+    pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => PROTO_TCP,
             Proto::Udp => PROTO_UDP,

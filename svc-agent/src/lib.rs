@@ -38,3 +38,4 @@ pub mod reconcile;
 pub mod run;
 pub mod snat;
 pub mod source;
+pub mod trace;

@@ -81,6 +81,10 @@ fn main() -> Result<()> {
             Command::Uninstall { bpffs } => svc_agent::datapath::uninstall(&bpffs),
             Command::Inspect(cmd) => Ok(svc_agent::inspect::run_inspect(&cmd)?),
             Command::Explain(args) => Ok(svc_agent::inspect::run_explain(&args)?),
+            Command::Trace(args) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(svc_agent::trace::run_trace(args)),
             Command::Run(_) => unreachable!("handled below"),
         };
     };
@@ -146,6 +150,7 @@ fn main() -> Result<()> {
         stall_programming: args.fault_inject.contains(&Fault::StallProgramming),
         no_budget: args.fault_inject.contains(&Fault::NoBudget),
         fault,
+        bpf_debug_log: args.bpf_debug_log,
         ct_timeouts: args.conntrack.timeouts(),
         ct_max: args.conntrack.conntrack_max,
         service_maps: args.service_maps.clone(),

@@ -98,6 +98,8 @@ pub struct RunConfig {
     pub no_budget: bool,
     /// `svc_common::FAULT_*` bits; 0 outside tests.
     pub fault: u32,
+    /// `--bpf-debug-log`: the programs' aya-log messages on, and forwarded to this log.
+    pub bpf_debug_log: bool,
     /// Conntrack timeouts (`--conntrack-*-timeout*`), for the datapath and the collector.
     pub ct_timeouts: CtTimeouts,
     /// `--conntrack-max`: entries of a newly created conntrack map.
@@ -126,7 +128,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     }
     let (mut datapath, maps) = Datapath::load(
         &cfg.bpffs,
-        cfg.fault,
+        crate::datapath::LoadGlobals {
+            fault: cfg.fault,
+            debug_log: cfg.bpf_debug_log,
+        },
         cfg.xdp,
         cfg.tc,
         &cfg.ct_timeouts,
@@ -155,6 +160,42 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         None => crate::datapath::cgroup2_root()?,
     };
     datapath.attach_cgroup(&cgroup)?;
+    if let Some(logger) = datapath.take_debug_logger()? {
+        // SAFETY: the logger owns the AYA_LOGS ring's descriptor and keeps it open, unchanged,
+        // for as long as the AsyncFd that owns it.
+        let mut logger = unsafe { tokio::io::unix::AsyncFd::register(logger) }
+            .map_err(|e| anyhow::anyhow!("polling the programs' log ring: {}", e.into_parts().1))?;
+        tokio::spawn(async move {
+            loop {
+                match logger.readable_mut().await {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        warn!("reading the programs' log ring: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        info!("kernel debug messages on (--bpf-debug-log)");
+    }
+    // Trace slots of tracers that died without releasing them (`svc-agent trace`).
+    let sweep_bpffs = cfg.bpffs.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::trace::SWEEP_PERIOD);
+        loop {
+            tick.tick().await;
+            match crate::trace::sweep(&sweep_bpffs) {
+                Ok(freed) if !freed.is_empty() => {
+                    info!(slots = ?freed, "freed the trace slots of tracers that exited")
+                }
+                Ok(_) => {}
+                Err(e) => warn!("checking the trace slots: {e:#}"),
+            }
+        }
+    });
     // Adopt whatever an earlier agent left in the pinned maps: the first plan then writes only
     // what differs, and traffic through unchanged services is never disturbed.
     let snapshot = maps.snapshot().context("reading the pinned service maps")?;
@@ -418,7 +459,7 @@ fn node_ips(cfg: &RunConfig, node: Option<&k8s_openapi::api::core::v1::Node>) ->
     ips.into_iter().collect()
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+pub(crate) async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)

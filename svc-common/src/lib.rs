@@ -68,8 +68,16 @@ pub const MAP_RATELIMIT: &str = "SVC_RATELIMIT";
 pub const MAP_SCRATCH: &str = "SVC_SCRATCH";
 /// Pinned name of the `loadBalancerSourceRanges` LPM trie: (frontend id, client prefix) → 1.
 pub const MAP_SOURCE_RANGES: &str = "SVC_SOURCE_RANGES";
+/// Pinned name of the tracing switch: one `u32` (index 0) whose bit `i` says that trace slot
+/// `i` is in use ([`TraceFilter`]). The programs read it once per packet; 0 means nobody traces.
+pub const MAP_TRACE_ON: &str = "SVC_TRACE_ON";
+/// Pinned name of the trace filters: [`TRACE_SLOTS`] × [`TraceFilter`], one per tracer.
+pub const MAP_TRACE_FILTERS: &str = "SVC_TRACE_FILTERS";
+/// Pinned name of the trace rings: an array of [`TRACE_SLOTS`] ring buffers (map in map),
+/// each created by the tracer that owns the slot and read by it alone ([`TraceEvent`]s).
+pub const MAP_TRACE_RINGS: &str = "SVC_TRACE_RINGS";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -82,6 +90,9 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_RATELIMIT,
     MAP_SCRATCH,
     MAP_SOURCE_RANGES,
+    MAP_TRACE_ON,
+    MAP_TRACE_FILTERS,
+    MAP_TRACE_RINGS,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -856,6 +867,94 @@ pub struct Scratch {
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 184);
 
+/// Trace slots: tracers (`svc-agent trace`) that can run at once.
+pub const TRACE_SLOTS: u32 = 8;
+/// Frontend ids one [`TraceFilter`] can name (a Service's frontends: ports × addresses).
+pub const TRACE_FRONTENDS: usize = 16;
+/// Bytes of each trace ring buffer (a power of two and a multiple of the page size, as
+/// `BPF_MAP_TYPE_RINGBUF` requires): 4096 events of [`TraceEvent`]'s 64 bytes plus headers.
+pub const TRACE_RING_BYTES: u32 = 512 * 1024;
+
+/// Value of [`MAP_TRACE_FILTERS`]: which packets one tracer wants. A packet matches when every
+/// criterion that is set matches, judged on its tuple as received **or** as translated, in
+/// either direction, so a client's requests and the replies to it (backend → client before the
+/// reverse NAT, frontend → client after it) both match `--src client --dst frontend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TraceFilter {
+    /// One end of the flow (network order); zero = any.
+    pub src_addr: [u8; 4],
+    /// The other end (network order); zero = any.
+    pub dst_addr: [u8; 4],
+    /// Either port of either tuple (host order); 0 = any.
+    pub port: u16,
+    /// `PROTO_*`; 0 = any.
+    pub proto: u8,
+    /// How many of `frontend_ids` are set; 0 = any frontend, or none.
+    pub frontend_count: u8,
+    /// The flow's frontend must be one of these (a `--service`'s frontends).
+    pub frontend_ids: [u32; TRACE_FRONTENDS],
+    /// The tracer's process id: a slot whose owner is gone is freed by the next tracer or
+    /// the agent. Not read by the programs.
+    pub owner_pid: u32,
+    /// The owner's start time (`/proc/PID/stat` field 22, clock ticks since boot), so a
+    /// recycled pid is not taken for the tracer. Not read by the programs.
+    pub owner_start: u64,
+    /// Inode of the owner's pid namespace (`/proc/self/ns/pid`): only a process in the same
+    /// pid namespace can tell whether the owner lives. Not read by the programs.
+    pub owner_pidns: u64,
+}
+const _: () = assert!(core::mem::size_of::<TraceFilter>() == 96);
+
+/// One trace event, as the programs write it into a tracer's ring ([`MAP_TRACE_RINGS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// [`Hook`] index.
+    pub hook: u8,
+    /// [`Reason`] index: why the program gave its verdict.
+    pub reason: u8,
+    /// `PROTO_*` of the packet (0 if it was not parsed that far).
+    pub proto: u8,
+    /// TCP flag byte of the packet.
+    pub tcp_flags: u8,
+    /// The program's return value (tc verdict, or XDP action for [`Hook::Xdp`]).
+    pub verdict: i32,
+    /// Packet length in bytes (skb length; frame length for XDP).
+    pub len: u32,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// The packet as received: source, destination (network order), ports (host order).
+    /// An ICMP error carries the tuple of the flow it reports (quoted, reversed).
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The conntrack entry the verdict used ([`CtEntry`]'s rewrite: what the packet leaves
+    /// with); all zero when no entry was found or made.
+    pub to_src_addr: [u8; 4],
+    pub to_dst_addr: [u8; 4],
+    pub to_src_port: u16,
+    pub to_dst_port: u16,
+    /// The flow's frontend (also set for a reject); 0 when none.
+    pub frontend_id: u32,
+    /// The flow's backend; 0 when none.
+    pub backend_id: u32,
+    /// The entry's `CT_DIR_*`, `CT_F_*` and `CT_STATE_*`.
+    pub ct_dir: u8,
+    pub ct_flags: u8,
+    pub ct_state: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
+
+/// Name of the load-time global (`.rodata`, `u32`) that switches the programs' aya-log debug
+/// messages on (1) or off (0, the default: the verifier then removes them).
+pub const GLOBAL_DEBUG_LOG: &str = "SVC_DEBUG_LOG";
+
 /// Name of the load-time global (`.rodata`) the agent may override to inject a fault in tests.
 /// 0 in production. See [`FAULT_SKIP_L4_CSUM`].
 pub const GLOBAL_FAULT_INJECT: &str = "SVC_FAULT_INJECT";
@@ -912,6 +1011,8 @@ aya_pod!(
     FragPorts,
     RateWindow,
     Scratch,
+    TraceFilter,
+    TraceEvent,
 );
 
 #[cfg(test)]

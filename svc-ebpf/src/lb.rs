@@ -660,6 +660,9 @@ fn new_flow(
     // `loadBalancerSourceRanges`, as kube-proxy's `firewall-check` chain applies them (filter
     // prerouting, `ct state new`: this runs only for packets without a live conntrack entry).
     // Before the no-backend reject, as prerouting comes before kube-proxy's endpoint check.
+    // The frontend is named in the entry from here on, also when the flow is refused, so a
+    // trace event (`trace`) says which frontend refused it.
+    fwd.frontend_id = fe.id;
     if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.id, flow.saddr) {
         return Err(Outcome::drop(Reason::SourceRangeDenied));
     }

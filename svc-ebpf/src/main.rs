@@ -15,6 +15,7 @@
 //! - `frag`: later IPv4 fragments of a translated datagram (ports from its first fragment).
 //! - `icmp`: ICMP errors about translated flows, outer and quoted headers.
 //! - `stats`: per-CPU counters, one per (hook, reason).
+//! - `trace`: events for `svc-agent trace`, only for packets a tracer's filter matches.
 //!
 //! Programs:
 //! - [`svc_pod_ingress`] (tc, host side of pod veths): packets *from* a pod. A known flow in
@@ -60,6 +61,8 @@ mod sock;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod trace;
+#[cfg(target_arch = "bpf")]
 mod uplink;
 #[cfg(target_arch = "bpf")]
 mod xdp;
@@ -92,6 +95,22 @@ static SVC_FAULT_INJECT: u32 = 0;
 #[cfg(target_arch = "bpf")]
 #[no_mangle]
 static SVC_CT_TIMEOUTS: svc_common::CtTimeouts = svc_common::CtTimeouts::DEFAULT;
+
+/// Kernel debug messages (aya-log), off unless the agent runs with `--bpf-debug-log`
+/// (`svc_common::GLOBAL_DEBUG_LOG`). A `.rodata` constant: at 0 the verifier removes every
+/// message's code, so a datapath without the flag pays nothing for them. The messages say
+/// what the trace events cannot: why a new flow found no backend or no SNAT port, which
+/// route lookup failed, which live flow a newcomer collided with.
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
+static SVC_DEBUG_LOG: u32 = 0;
+
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn debug_log() -> bool {
+    // SAFETY: reading a plain static; volatile so the compiler keeps the load the loader patches.
+    unsafe { core::ptr::read_volatile(&SVC_DEBUG_LOG) != 0 }
+}
 
 #[cfg(target_arch = "bpf")]
 #[inline(always)]

@@ -1,14 +1,14 @@
 //! Map definitions. Names, types and capacities all come from `svc-common`; the agent pins each
 //! map under its name (`svc_common::MAP_*`).
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use svc_common::{
     Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, FragKey, FragPorts, Frontend,
     FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey,
-    MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SLOTS,
-    MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN,
+    TraceEvent, TraceFilter, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS,
+    MAX_SLOTS, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN, TRACE_RING_BYTES, TRACE_SLOTS,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -62,3 +62,19 @@ pub static SVC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SVC_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8, { MAX_SOURCE_RANGES as usize }> =
     LpmTrie::new();
+
+/// Bit `i` of entry 0: trace slot `i` is in use (`svc_common::MAP_TRACE_ON`).
+#[btf_map]
+pub static SVC_TRACE_ON: Array<u32, 1> = Array::new();
+
+/// One filter per trace slot (`svc_common::TraceFilter`).
+#[btf_map]
+pub static SVC_TRACE_FILTERS: Array<TraceFilter, { TRACE_SLOTS as usize }> = Array::new();
+
+/// One ring per trace slot, created and read by its tracer. The inner definition is the
+/// template every ring must match (type and size: `bpf_map_meta_equal`).
+#[btf_map]
+pub static SVC_TRACE_RINGS: ArrayOfMaps<
+    RingBuf<TraceEvent, { TRACE_RING_BYTES as usize }>,
+    { TRACE_SLOTS as usize },
+> = ArrayOfMaps::new();

@@ -2,6 +2,8 @@
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
 use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_NODEPORT};
 
+use crate::trace::trace;
+
 use crate::{
     lb::{blank_entry, decide, Origin, Step},
     nat::{apply, decrement_ttl, swap_macs, ttl_expires},
@@ -15,20 +17,24 @@ use crate::{
 /// tc ingress on the host side of a pod veth: traffic leaving a pod.
 #[classifier]
 pub fn svc_pod_ingress(ctx: TcContext) -> i32 {
-    let out = match pod_ingress(&ctx) {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let out = match pod_ingress(&ctx, &mut flow, &mut entry) {
         Ok(out) | Err(out) => out,
     };
     count(Hook::PodIngress, out.reason);
+    trace_tc(&ctx, Hook::PodIngress, &flow, &entry, out);
     out.verdict
 }
 
 /// tc egress on the host side of a pod veth: traffic entering a pod.
 #[classifier]
 pub fn svc_pod_egress(ctx: TcContext) -> i32 {
-    let out = match pod_egress(&ctx) {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let out = match pod_egress(&ctx, &mut flow, &mut entry) {
         Ok(out) | Err(out) => out,
     };
     count(Hook::PodEgress, out.reason);
+    trace_tc(&ctx, Hook::PodEgress, &flow, &entry, out);
     out.verdict
 }
 
@@ -71,29 +77,43 @@ fn deliver(
     Ok(Outcome::pass(reason))
 }
 
+/// [`trace`] for a tc program: `ctx`'s length and interface.
 #[inline(always)]
-fn pod_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let mut flow = Flow::EMPTY;
-    parse_tc(ctx, &mut flow)?;
+pub fn trace_tc(ctx: &TcContext, hook: Hook, flow: &Flow, entry: &CtEntry, out: Outcome) {
+    // SAFETY: reading the ifindex field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    trace(
+        hook,
+        flow,
+        entry,
+        out.verdict,
+        out.reason as u32,
+        ctx.len(),
+        ifindex,
+    );
+}
+
+/// The flow and its entry live in the program's entry function, which traces them after the
+/// decision (`trace`).
+#[inline(always)]
+fn pod_ingress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<Outcome, Outcome> {
+    parse_tc(ctx, flow)?;
     // Conntrack first: a known flow keeps its backend whatever has happened to its Service
     // since, including deletion, as netfilter conntrack does for kube-proxy. One lookup finds
     // either direction: forward (this pod is a client) or reply (this pod is a backend
     // answering an external client or itself).
-    let mut entry = blank_entry();
-    match decide(&mut flow, Origin::Pod, true, &mut entry)? {
-        Step::Translate(reason) => deliver(ctx, &flow, &entry, reason),
-        Step::Reject => reject(ctx, &flow),
+    match decide(flow, Origin::Pod, true, entry)? {
+        Step::Translate(reason) => deliver(ctx, flow, entry, reason),
+        Step::Reject => reject(ctx, flow),
     }
 }
 
 #[inline(always)]
-fn pod_egress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let mut flow = Flow::EMPTY;
-    parse_tc(ctx, &mut flow)?;
-    let mut entry = blank_entry();
-    match decide(&mut flow, Origin::Pod, false, &mut entry)? {
+fn pod_egress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<Outcome, Outcome> {
+    parse_tc(ctx, flow)?;
+    match decide(flow, Origin::Pod, false, entry)? {
         Step::Translate(reason) if entry.dir == CT_DIR_REPLY => {
-            apply(ctx, &flow, &entry)?;
+            apply(ctx, flow, entry)?;
             Ok(Outcome::pass(reason))
         }
         _ => Ok(Outcome::pass(Reason::NotService)),

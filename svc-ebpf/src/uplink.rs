@@ -6,12 +6,13 @@
 //! a reject (built with skb helpers). This program therefore implements every case itself; on
 //! a node without XDP it is the whole north-south datapath.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use svc_common::{Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT};
+use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT};
 
 use crate::{
     lb::{blank_entry, decide, Origin, Step},
     nat::apply,
     parse::{parse_tc, Flow},
+    programs::trace_tc,
     reject::reject,
     route::forward,
     stats::count,
@@ -21,21 +22,25 @@ use crate::{
 /// tc ingress on a node uplink (`--uplink`).
 #[classifier]
 pub fn svc_uplink_ingress(ctx: TcContext) -> i32 {
-    let out = match uplink_ingress(&ctx) {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let out = match uplink_ingress(&ctx, &mut flow, &mut entry) {
         Ok(out) | Err(out) => out,
     };
     count(Hook::UplinkIngress, out.reason);
+    trace_tc(&ctx, Hook::UplinkIngress, &flow, &entry, out);
     out.verdict
 }
 
 #[inline(always)]
-fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let mut flow = Flow::EMPTY;
-    parse_tc(ctx, &mut flow)?;
-    let mut entry = blank_entry();
-    let reason = match decide(&mut flow, Origin::Uplink, true, &mut entry)? {
+fn uplink_ingress(
+    ctx: &TcContext,
+    flow: &mut Flow,
+    entry: &mut CtEntry,
+) -> Result<Outcome, Outcome> {
+    parse_tc(ctx, flow)?;
+    let reason = match decide(flow, Origin::Uplink, true, entry)? {
         Step::Translate(reason) => reason,
-        Step::Reject => return reject(ctx, &flow),
+        Step::Reject => return reject(ctx, flow),
     };
     if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL == 0 {
         // A reply to a flow a pod started: the pod veth's egress hook translates it.
@@ -44,13 +49,13 @@ fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_SNAT == 0 {
         // A local backend: the stack routes the packet to its pod's veth (or delivers it to a
         // hostNetwork endpoint on this node).
-        apply(ctx, &flow, &entry)?;
+        apply(ctx, flow, entry)?;
         return Ok(Outcome::pass(reason));
     }
     // Leaving the node again (to a remote backend, or a reply to the client): the packet's
     // source is now this node's address or a frontend, so the stack must not route it as a
     // received packet (it would drop a "martian" local source). Redirect it to the next hop.
-    forward(ctx, &flow, &entry, reason)
+    forward(ctx, flow, entry, reason)
 }
 
 /// tc egress on a node uplink: what this node's own stack sends out. A hostNetwork endpoint
@@ -59,23 +64,27 @@ fn uplink_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
 /// source, as the pod veth's hooks do for pods. Everything else passes untouched.
 #[classifier]
 pub fn svc_uplink_egress(ctx: TcContext) -> i32 {
-    let out = match uplink_egress(&ctx) {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let out = match uplink_egress(&ctx, &mut flow, &mut entry) {
         Ok(out) | Err(out) => out,
     };
     count(Hook::UplinkEgress, out.reason);
+    trace_tc(&ctx, Hook::UplinkEgress, &flow, &entry, out);
     out.verdict
 }
 
 #[inline(always)]
-fn uplink_egress(ctx: &TcContext) -> Result<Outcome, Outcome> {
-    let mut flow = Flow::EMPTY;
-    parse_tc(ctx, &mut flow)?;
-    let mut entry = blank_entry();
-    match decide(&mut flow, Origin::Uplink, false, &mut entry)? {
+fn uplink_egress(
+    ctx: &TcContext,
+    flow: &mut Flow,
+    entry: &mut CtEntry,
+) -> Result<Outcome, Outcome> {
+    parse_tc(ctx, flow)?;
+    match decide(flow, Origin::Uplink, false, entry)? {
         Step::Translate(reason)
             if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 =>
         {
-            apply(ctx, &flow, &entry)?;
+            apply(ctx, flow, entry)?;
             Ok(Outcome::pass(reason))
         }
         _ => Ok(Outcome::pass(Reason::NotService)),

@@ -36,19 +36,32 @@ use crate::{
     lb::{blank_entry, decide, fib_params, Origin, Step},
     parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
     stats::count,
+    trace::trace,
     Outcome, TC_ACT_SHOT,
 };
 
 /// XDP on a node uplink (`--uplink`).
 #[xdp]
 pub fn svc_xdp(ctx: XdpContext) -> u32 {
-    let (verdict, reason) = match run(&ctx) {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let (verdict, reason) = match run(&ctx, &mut flow, &mut entry) {
         Ok(v) => v,
         // Parse and load-balancing outcomes are tc verdicts: pass or drop.
         Err(out) if out.verdict == TC_ACT_SHOT => (xdp_action::XDP_DROP, out.reason),
         Err(out) => (xdp_action::XDP_PASS, out.reason),
     };
     count(Hook::Xdp, reason);
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    trace(
+        Hook::Xdp,
+        &flow,
+        &entry,
+        verdict as i32,
+        reason as u32,
+        len,
+        ifindex,
+    );
     verdict
 }
 
@@ -58,19 +71,17 @@ fn to_tc() -> Result<(u32, Reason), Outcome> {
 }
 
 #[inline(always)]
-fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
-    let mut flow = Flow::EMPTY;
-    parse_xdp(ctx, &mut flow)?;
+fn run(ctx: &XdpContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<(u32, Reason), Outcome> {
+    parse_xdp(ctx, flow)?;
     if flow.icmp {
         // ICMP errors are rare and need the quote rewritten: the tc path does it.
         return to_tc();
     }
     // A later fragment has no L4 checksum to worry about.
-    if flow.frag != FRAG_LATER && !checksum_is_full(&flow) {
+    if flow.frag != FRAG_LATER && !checksum_is_full(flow) {
         return to_tc();
     }
-    let mut entry = blank_entry();
-    let reason = match decide(&mut flow, Origin::Uplink, true, &mut entry)? {
+    let reason = match decide(flow, Origin::Uplink, true, entry)? {
         Step::Translate(reason) => reason,
         Step::Reject => return to_tc(),
     };
@@ -80,7 +91,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
     }
     if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_SNAT == 0 {
         // Local backend: the stack delivers it to the pod (and decrements the TTL).
-        rewrite(ctx, &flow, &entry, false)?;
+        rewrite(ctx, flow, entry, false)?;
         return Ok((xdp_action::XDP_PASS, reason));
     }
     if flow.ttl <= 1 {
@@ -90,7 +101,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
     }
     // Leaving the node again: find the next hop before touching the frame, so a frame we
     // cannot send ourselves reaches tc unchanged.
-    let mut p = fib_params(&flow, &entry, ctx.ingress_ifindex() as u32, flow.ip_len);
+    let mut p = fib_params(flow, entry, ctx.ingress_ifindex() as u32, flow.ip_len);
     // SAFETY: `p` is a live, correctly sized bpf_fib_lookup on the stack.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -114,7 +125,7 @@ fn run(ctx: &XdpContext) -> Result<(u32, Reason), Outcome> {
         // does when its peer runs XDP or GRO), so let tc's bpf_redirect_neigh send it.
         return to_tc();
     }
-    rewrite(ctx, &flow, &entry, true)?;
+    rewrite(ctx, flow, entry, true)?;
     let eth: *mut EthHdr = ptr_at(ctx.data(), ctx.data_end(), 0)?;
     // SAFETY: bounds checked by `ptr_at`.
     unsafe {

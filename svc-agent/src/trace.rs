@@ -1,0 +1,1017 @@
+//! `svc-agent trace`: what the datapath did with the packets of the flows one asks about, one
+//! event per packet and program, as it happens (in the spirit of `cilium-dbg monitor`).
+//!
+//! # How it works
+//! The programs end in `svc-ebpf/src/trace.rs`: while a bit of `SVC_TRACE_ON` is set they
+//! check the packet against that slot's [`TraceFilter`] and write a [`TraceEvent`] into the
+//! slot's ring. A tracer (this command; no agent needed, like `inspect`):
+//! 1. resolves `--service NS/NAME` to frontend ids ([`service_frontend_ids`], pure) from the
+//!    pinned frontend map and the Service (from `--manifests` or the API server);
+//! 2. creates a ring buffer of its own and, holding the slot lock ([`SlotLock`]: `flock` on
+//!    the bpffs directory), frees the slots of tracers that died ([`plan_slots`], pure), takes
+//!    a free slot and writes its filter, then its ring, then its bit: a program that sees the
+//!    bit sees the rest;
+//! 3. prints each event ([`EventView`]) until `--count` events, Ctrl-C or SIGTERM;
+//! 4. releases the slot in the reverse order (bit, ring, filter).
+//!
+//! Several tracers run at once, each with its own slot and ring (a ring buffer has one
+//! consumer position, so a shared ring would hand each event to one tracer only). A tracer
+//! killed with SIGKILL cannot release its slot: the next tracer or the agent ([`sweep`], every
+//! [`SWEEP_PERIOD`]) frees a slot whose owner process is gone (pid and start time, judged only
+//! from the owner's pid namespace).
+//!
+//! # Output
+//! - table (default): one line per event, decoded as `inspect` decodes maps.
+//! - `-o json`: one JSON object per line ([`EventView`]), flushed per event.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::Write as _,
+    net::Ipv4Addr,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, RingBuf};
+use k8s_openapi::api::core::v1::Service;
+use serde::Serialize;
+use svc_common::{
+    FrontendKey, Hook, TraceEvent, TraceFilter, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
+    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_FILTERS, MAP_TRACE_ON, MAP_TRACE_RINGS, PROTO_TCP,
+    PROTO_UDP, TRACE_FRONTENDS, TRACE_RING_BYTES, TRACE_SLOTS,
+};
+
+use crate::{
+    dataplane::MapSnapshot,
+    inspect::{
+        ct_flag_words, ct_state_name, hook_name, proto_name, read_snapshot, tcp_flag_words, Common,
+        Format, Proto,
+    },
+    model::ObjectRef,
+};
+
+/// How often the agent frees the slots of dead tracers.
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(2);
+
+/// `svc-agent trace`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TraceArgs {
+    /// One end of the flow (a client, or a pod). Matches either direction, before or after
+    /// translation.
+    #[arg(long)]
+    pub src: Option<Ipv4Addr>,
+    /// The other end (a frontend, a backend, a client).
+    #[arg(long)]
+    pub dst: Option<Ipv4Addr>,
+    /// Either port, before or after translation.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Only flows to this Service's frontends (NAMESPACE/NAME), resolved from the pinned
+    /// frontend map and the Service (from --manifests, else the API server).
+    #[arg(long, value_name = "NS/NAME")]
+    pub service: Option<String>,
+    /// Read --service from this manifest directory (the agent's --manifests) instead of the
+    /// API server.
+    #[arg(long, requires = "service")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for --service (default: in-cluster, $KUBECONFIG, ~/.kube/config).
+    #[arg(long, requires = "service", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure decisions.
+
+/// The Service's frontends among `frontends` (the pinned map): entries for its ClusterIPs,
+/// external IPs and load-balancer ingress IPs on its ports, and NodePort entries on its node
+/// ports (NodePort numbers are unique in a cluster), each protocol matched. With `port`, only
+/// the frontends on that port (service port or node port). Sorted, without duplicates.
+pub fn service_frontend_ids(
+    svc: &Service,
+    frontends: &BTreeMap<FrontendKey, svc_common::Frontend>,
+    port: Option<u16>,
+) -> Vec<u32> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut addrs: Vec<Ipv4Addr> = Vec::new();
+    let ips = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.cluster_ip.clone())
+        .chain(spec.external_ips.clone().unwrap_or_default())
+        .chain(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| i.ip),
+        );
+    for ip in ips {
+        if let Ok(a) = ip.parse() {
+            addrs.push(a);
+        }
+    }
+    let proto_of = |p: &Option<String>| match p.as_deref().unwrap_or("TCP") {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        _ => None,
+    };
+    let ports = spec.ports.unwrap_or_default();
+    let mut ids: Vec<u32> = frontends
+        .iter()
+        .filter(|(k, fe)| {
+            let wanted = |p: u16| port.is_none_or(|want| want == p);
+            ports.iter().any(|sp| {
+                if proto_of(&sp.protocol) != Some(k.proto) {
+                    return false;
+                }
+                if fe.flags & FRONTEND_F_NODEPORT != 0 {
+                    sp.node_port == Some(i32::from(k.port)) && wanted(k.port)
+                } else {
+                    sp.port == i32::from(k.port)
+                        && addrs.contains(&Ipv4Addr::from(k.addr))
+                        && wanted(k.port)
+                }
+            })
+        })
+        .map(|(_, fe)| fe.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Who owns a slot: pid, its start time, its pid namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub start: u64,
+    pub pidns: u64,
+}
+
+impl Owner {
+    fn of(f: &TraceFilter) -> Self {
+        Self {
+            pid: f.owner_pid,
+            start: f.owner_start,
+            pidns: f.owner_pidns,
+        }
+    }
+}
+
+/// The filter the programs get for `args` (and the frontend ids of `--service`).
+pub fn filter_of(args: &TraceArgs, frontend_ids: &[u32], owner: Owner) -> Result<TraceFilter> {
+    ensure!(
+        frontend_ids.len() <= TRACE_FRONTENDS,
+        "--service has {} frontends here, a trace filter holds {TRACE_FRONTENDS}: narrow it \
+         with --port",
+        frontend_ids.len()
+    );
+    let mut f = TraceFilter {
+        src_addr: args.src.map(|a| a.octets()).unwrap_or_default(),
+        dst_addr: args.dst.map(|a| a.octets()).unwrap_or_default(),
+        port: args.port.unwrap_or(0),
+        proto: args.proto.map(Proto::number).unwrap_or(0),
+        frontend_count: frontend_ids.len() as u8,
+        frontend_ids: [0; TRACE_FRONTENDS],
+        owner_pid: owner.pid,
+        owner_start: owner.start,
+        owner_pidns: owner.pidns,
+    };
+    f.frontend_ids[..frontend_ids.len()].copy_from_slice(frontend_ids);
+    Ok(f)
+}
+
+/// What to do with the slots: the first free one (bit clear in `on`, or held by a dead
+/// owner), and the slots of dead owners to free. `alive` answers for owners in `my_pidns`
+/// only; an owner in another pid namespace is never judged dead from here.
+pub fn plan_slots(
+    on: u32,
+    filters: &[TraceFilter],
+    my_pidns: u64,
+    alive: impl Fn(Owner) -> bool,
+) -> (Option<u32>, Vec<u32>) {
+    let mut dead = Vec::new();
+    let mut free = None;
+    for (slot, f) in filters.iter().enumerate().take(TRACE_SLOTS as usize) {
+        let slot = slot as u32;
+        let in_use = on & (1 << slot) != 0;
+        let owner = Owner::of(f);
+        if in_use && owner.pidns == my_pidns && !alive(owner) {
+            dead.push(slot);
+        }
+        if free.is_none() && (!in_use || dead.last() == Some(&slot)) {
+            free = Some(slot);
+        }
+    }
+    (free, dead)
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot). The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn start_time_of(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A tc verdict or XDP action by name.
+pub fn verdict_name(hook: Option<Hook>, v: i32) -> String {
+    let name = if hook == Some(Hook::Xdp) {
+        match v {
+            0 => "aborted",
+            1 => "drop",
+            2 => "pass",
+            3 => "tx",
+            4 => "redirect",
+            _ => "",
+        }
+    } else {
+        match v {
+            -1 => "next",
+            0 => "ok",
+            2 => "drop",
+            7 => "redirect",
+            _ => "",
+        }
+    };
+    if name.is_empty() {
+        v.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// One event as `trace` prints it (`-o json`: one object per line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventView {
+    /// `CLOCK_MONOTONIC` of the event, ns.
+    pub time_ns: u64,
+    pub hook: String,
+    /// tc verdict (`next`, `ok`, `drop`, `redirect`) or XDP action (`pass`, `tx`, `drop`).
+    pub verdict: String,
+    /// The datapath's reason (the `reason` of `inspect stats`).
+    pub reason: String,
+    pub proto: String,
+    pub tcp_flags: Vec<String>,
+    pub len: u32,
+    pub ifindex: u32,
+    /// The packet as received (an ICMP error: the flow it reports).
+    pub src: String,
+    pub dst: String,
+    /// What the conntrack entry rewrites it to; `None` when no entry was used.
+    pub new_src: Option<String>,
+    pub new_dst: Option<String>,
+    pub frontend_id: u32,
+    /// `ADDR:PORT/PROTO` of the frontend, when the pinned map still has it.
+    pub frontend: Option<String>,
+    pub backend_id: u32,
+    /// `ADDR:PORT` of the backend, when the pinned map still has it.
+    pub backend: Option<String>,
+    /// `forward` or `reply` (`None` without an entry).
+    pub ct_dir: Option<String>,
+    pub ct_flags: Vec<String>,
+    pub ct_state: Option<String>,
+}
+
+fn endpoint(addr: [u8; 4], port: u16) -> String {
+    format!("{}:{port}", Ipv4Addr::from(addr))
+}
+
+impl EventView {
+    pub fn new(e: &TraceEvent, snap: &MapSnapshot) -> Self {
+        let hook = ALL_HOOKS.get(e.hook as usize).copied();
+        let entry = e.to_src_addr != [0; 4] || e.to_dst_addr != [0; 4];
+        let frontend = snap
+            .frontends
+            .iter()
+            .find(|(_, fe)| e.frontend_id != 0 && fe.id == e.frontend_id)
+            .map(|(k, _)| {
+                format!(
+                    "{}/{}",
+                    endpoint(k.addr, k.port),
+                    proto_name(k.proto).to_uppercase()
+                )
+            });
+        let backend = snap
+            .backends
+            .get(&e.backend_id)
+            .filter(|_| e.backend_id != 0)
+            .map(|b| endpoint(b.addr, b.port));
+        Self {
+            time_ns: e.ts_ns,
+            hook: hook
+                .map(|h| hook_name(h).to_string())
+                .unwrap_or_else(|| e.hook.to_string()),
+            verdict: verdict_name(hook, e.verdict),
+            reason: ALL_REASONS
+                .get(e.reason as usize)
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|| e.reason.to_string()),
+            proto: proto_name(e.proto),
+            tcp_flags: if e.proto == PROTO_TCP {
+                tcp_flag_words(e.tcp_flags)
+            } else {
+                Vec::new()
+            },
+            len: e.len,
+            ifindex: e.ifindex,
+            src: endpoint(e.src_addr, e.src_port),
+            dst: endpoint(e.dst_addr, e.dst_port),
+            new_src: entry.then(|| endpoint(e.to_src_addr, e.to_src_port)),
+            new_dst: entry.then(|| endpoint(e.to_dst_addr, e.to_dst_port)),
+            frontend_id: e.frontend_id,
+            frontend,
+            backend_id: e.backend_id,
+            backend,
+            ct_dir: entry.then(|| {
+                match e.ct_dir {
+                    CT_DIR_FORWARD => "forward",
+                    CT_DIR_REPLY => "reply",
+                    _ => "?",
+                }
+                .to_string()
+            }),
+            ct_flags: if entry {
+                ct_flag_words(e.ct_flags)
+            } else {
+                Vec::new()
+            },
+            ct_state: entry.then(|| ct_state_name(e.ct_state)),
+        }
+    }
+
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:>6}.{:06} {:<14} {:<3} {} -> {}",
+            self.time_ns / 1_000_000_000,
+            self.time_ns % 1_000_000_000 / 1_000,
+            self.hook,
+            self.proto,
+            self.src,
+            self.dst
+        );
+        if !self.tcp_flags.is_empty() {
+            s.push_str(&format!(" [{}]", self.tcp_flags.join(",")));
+        }
+        if let (Some(ns), Some(nd)) = (&self.new_src, &self.new_dst) {
+            if *ns != self.src || *nd != self.dst {
+                s.push_str(&format!(" => {ns} -> {nd}"));
+            }
+        }
+        s.push_str(&format!(" {} {}", self.reason, self.verdict));
+        if self.frontend_id != 0 {
+            s.push_str(&format!(
+                " fe={}({})",
+                self.frontend_id,
+                self.frontend.as_deref().unwrap_or("gone")
+            ));
+        }
+        if self.backend_id != 0 {
+            s.push_str(&format!(
+                " be={}({})",
+                self.backend_id,
+                self.backend.as_deref().unwrap_or("gone")
+            ));
+        }
+        if let (Some(dir), Some(state)) = (&self.ct_dir, &self.ct_state) {
+            s.push_str(&format!(" ct={dir}/{state}"));
+            if !self.ct_flags.is_empty() {
+                s.push_str(&format!(",{}", self.ct_flags.join(",")));
+            }
+        }
+        s.push_str(&format!(" if={} len={}", self.ifindex, self.len));
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pinned trace maps.
+
+/// `flock` on the bpffs directory: every tracer and the agent's sweep change the slots only
+/// while holding it, so two tracers never take one slot and a bit is never lost.
+struct SlotLock(#[expect(dead_code, reason = "held for its descriptor: closing it unlocks")] File);
+
+impl SlotLock {
+    fn take(bpffs: &Path) -> Result<Self> {
+        let dir = File::open(bpffs).with_context(|| format!("opening {}", bpffs.display()))?;
+        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            bail!(
+                "locking {} for the trace slots: {}",
+                bpffs.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self(dir))
+    }
+}
+// The lock is released when the descriptor closes (drop).
+
+/// The three trace maps, opened from their pins.
+struct TraceMaps {
+    bpffs: PathBuf,
+    on: Array<MapData, u32>,
+    filters: Array<MapData, TraceFilter>,
+    rings: ArrayOfMaps<MapData, MapData>,
+    /// The rings map once more, for `BPF_MAP_DELETE_ELEM` (aya 0.14's `ArrayOfMaps` has no
+    /// delete and does not lend its descriptor).
+    rings_fd: MapData,
+}
+
+fn pinned(bpffs: &Path, name: &str) -> Result<MapData> {
+    let path = bpffs.join(name);
+    ensure!(
+        path.exists(),
+        "no map pinned at {}: is the agent running with this --bpffs (and new enough to \
+         trace)?",
+        path.display()
+    );
+    MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (needs root or CAP_BPF)",
+            path.display()
+        )
+    })
+}
+
+impl TraceMaps {
+    fn open(bpffs: &Path) -> Result<Self> {
+        Ok(Self {
+            bpffs: bpffs.to_owned(),
+            on: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_ON)?))
+                .with_context(|| format!("{MAP_TRACE_ON}: unexpected layout"))?,
+            filters: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_FILTERS)?))
+                .with_context(|| format!("{MAP_TRACE_FILTERS}: unexpected layout"))?,
+            rings: ArrayOfMaps::try_from(Map::ArrayOfMaps(pinned(bpffs, MAP_TRACE_RINGS)?))
+                .with_context(|| format!("{MAP_TRACE_RINGS}: unexpected layout"))?,
+            rings_fd: pinned(bpffs, MAP_TRACE_RINGS)?,
+        })
+    }
+
+    fn state(&self) -> Result<(u32, Vec<TraceFilter>)> {
+        let on = self.on.get(&0, 0).context("reading SVC_TRACE_ON")?;
+        let filters = (0..TRACE_SLOTS)
+            .map(|i| self.filters.get(&i, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading SVC_TRACE_FILTERS")?;
+        Ok((on, filters))
+    }
+
+    /// Frees the slots of dead owners (held lock assumed). Returns them.
+    fn free_dead(&mut self, on: &mut u32, filters: &[TraceFilter]) -> Result<Vec<u32>> {
+        let (_, dead) = plan_slots(*on, filters, own_pidns()?, owner_alive);
+        for &slot in &dead {
+            self.release_locked(on, slot)?;
+        }
+        Ok(dead)
+    }
+
+    /// Clears `slot`: its bit (so no program writes to it any more), then its ring, then its
+    /// filter.
+    fn release_locked(&mut self, on: &mut u32, slot: u32) -> Result<()> {
+        *on &= !(1 << slot);
+        self.on.set(0, *on, 0).context("writing SVC_TRACE_ON")?;
+        delete_elem(self.rings_fd.fd().as_fd().as_raw_fd(), slot)
+            .with_context(|| format!("removing the ring of trace slot {slot}"))?;
+        self.filters
+            .set(slot, TraceFilter::zeroed(), 0)
+            .context("clearing a trace filter")?;
+        Ok(())
+    }
+
+    /// Takes a free slot for `filter` and `ring`.
+    fn claim(&mut self, filter: &TraceFilter, ring: &MapData) -> Result<u32> {
+        let _lock = SlotLock::take(&self.bpffs)?;
+        let (mut on, filters) = self.state()?;
+        self.free_dead(&mut on, &filters)?;
+        let (on_now, filters) = self.state()?;
+        let (free, _) = plan_slots(on_now, &filters, own_pidns()?, |_| true);
+        let slot = free.with_context(|| {
+            format!("all {TRACE_SLOTS} trace slots are in use by running tracers")
+        })?;
+        self.filters
+            .set(slot, *filter, 0)
+            .context("writing SVC_TRACE_FILTERS")?;
+        self.rings
+            .set(slot, ring, 0)
+            .context("writing SVC_TRACE_RINGS")?;
+        self.on
+            .set(0, on_now | 1 << slot, 0)
+            .context("writing SVC_TRACE_ON")?;
+        Ok(slot)
+    }
+
+    fn release(&mut self, slot: u32) -> Result<()> {
+        let _lock = SlotLock::take(&self.bpffs)?;
+        let (mut on, _) = self.state()?;
+        self.release_locked(&mut on, slot)
+    }
+}
+
+/// Zeroed filter (bytemuck's, named for readability).
+trait Zeroed {
+    fn zeroed() -> Self;
+}
+impl Zeroed for TraceFilter {
+    fn zeroed() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+/// `BPF_MAP_DELETE_ELEM` on an array of maps (aya 0.14 has no delete for it). An empty slot is
+/// not an error.
+fn delete_elem(map_fd: i32, key: u32) -> Result<()> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: map_fd as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_DELETE_ELEM (map_fd, key
+    // pointer) that lives across the call; `key` outlives it too.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(());
+    }
+    Err(e.into())
+}
+
+fn own_pidns() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/pid")
+        .context("reading /proc/self/ns/pid")?
+        .ino())
+}
+
+fn owner_alive(o: Owner) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", o.pid)) {
+        Ok(stat) => start_time_of(&stat) == Some(o.start),
+        Err(_) => false,
+    }
+}
+
+fn this_owner() -> Result<Owner> {
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    Ok(Owner {
+        pid,
+        start: start_time_of(&stat).context("parsing /proc/self/stat")?,
+        pidns: own_pidns()?,
+    })
+}
+
+/// The agent's part: frees the slots of tracers that died without releasing them. Pins of an
+/// agent without trace maps are not an error.
+pub fn sweep(bpffs: &Path) -> Result<Vec<u32>> {
+    if !bpffs.join(MAP_TRACE_ON).exists() {
+        return Ok(Vec::new());
+    }
+    let mut maps = TraceMaps::open(bpffs)?;
+    let _lock = SlotLock::take(bpffs)?;
+    let (mut on, filters) = maps.state()?;
+    if on == 0 {
+        return Ok(Vec::new());
+    }
+    maps.free_dead(&mut on, &filters)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command.
+
+async fn resolve_service(args: &TraceArgs, snap: &MapSnapshot) -> Result<Vec<u32>> {
+    let Some(name) = &args.service else {
+        return Ok(Vec::new());
+    };
+    let (ns, n) = name
+        .split_once('/')
+        .with_context(|| format!("--service {name:?}: expected NAMESPACE/NAME"))?;
+    let svc = match &args.manifests {
+        Some(dir) => {
+            let objects = crate::source::manifests::load_dir(dir)?;
+            objects
+                .services
+                .get(&ObjectRef::new(ns, n))
+                .cloned()
+                .with_context(|| format!("no Service {name} in {}", dir.display()))?
+        }
+        None => {
+            let client = crate::run::kube_client(args.kubeconfig.as_deref()).await?;
+            kube::Api::<Service>::namespaced(client, ns)
+                .get(n)
+                .await
+                .with_context(|| format!("getting Service {name} from the API server"))?
+        }
+    };
+    let ids = service_frontend_ids(&svc, &snap.frontends, args.port);
+    ensure!(
+        !ids.is_empty(),
+        "Service {name} has no frontend in the pinned maps{}: is it programmed (see \
+         `svc-agent inspect services`)?",
+        args.port
+            .map(|p| format!(" on port {p}"))
+            .unwrap_or_default()
+    );
+    Ok(ids)
+}
+
+/// A ring buffer of the template's type and size ([`TRACE_RING_BYTES`]), as `SVC_TRACE_RINGS`
+/// accepts (`bpf_map_meta_equal`).
+pub fn new_ring() -> Result<MapData> {
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+        0,
+        0,
+        TRACE_RING_BYTES,
+        0,
+    );
+    MapData::create(obj, "svc_trace_ring", None).context("creating the trace ring buffer")
+}
+
+/// Runs `svc-agent trace` until `--count` events, Ctrl-C or SIGTERM.
+pub async fn run_trace(args: TraceArgs) -> Result<()> {
+    let bpffs = args.common.bpffs.clone();
+    let mut maps = TraceMaps::open(&bpffs)?;
+    let mut snap = read_snapshot(&bpffs)?;
+    let ids = resolve_service(&args, &snap).await?;
+    let filter = filter_of(&args, &ids, this_owner()?)?;
+    let ring_data = new_ring()?;
+    let slot = maps.claim(&filter, &ring_data)?;
+    let ring = RingBuf::try_from(Map::RingBuf(ring_data)).context("opening the ring buffer")?;
+    eprintln!(
+        "tracing in slot {slot}{} (Ctrl-C to stop)",
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(", frontends {ids:?}")
+        }
+    );
+    let result = pump(ring, &args, &bpffs, &mut snap).await;
+    let released = maps.release(slot);
+    result.and(released)
+}
+
+async fn pump(
+    ring: RingBuf<MapData>,
+    args: &TraceArgs,
+    bpffs: &Path,
+    snap: &mut MapSnapshot,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // SAFETY: the RingBuf owns its map descriptor and keeps it open, unchanged, until it is
+    // dropped, which happens only with the AsyncFd that owns it.
+    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut seen = 0u64;
+    let mut last_refresh = Instant::now();
+    let mut out = std::io::stdout().lock();
+    loop {
+        if args.count.is_some_and(|c| seen >= c) {
+            return Ok(());
+        }
+        let mut guard = tokio::select! {
+            g = ring.readable_mut() => g.context("waiting for trace events")?,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        };
+        let events: Vec<TraceEvent> = {
+            let r = guard.get_inner_mut();
+            let mut v = Vec::new();
+            while let Some(item) = r.next() {
+                if item.len() >= std::mem::size_of::<TraceEvent>() {
+                    v.push(bytemuck::pod_read_unaligned(
+                        &item[..std::mem::size_of::<TraceEvent>()],
+                    ));
+                }
+            }
+            v
+        };
+        guard.clear_ready();
+        for e in events {
+            let unknown = (e.frontend_id != 0
+                && !snap.frontends.values().any(|fe| fe.id == e.frontend_id))
+                || (e.backend_id != 0 && !snap.backends.contains_key(&e.backend_id));
+            if unknown && last_refresh.elapsed() > Duration::from_secs(1) {
+                if let Ok(s) = read_snapshot(bpffs) {
+                    *snap = s;
+                }
+                last_refresh = Instant::now();
+            }
+            let view = EventView::new(&e, snap);
+            let text = match args.common.output {
+                Format::Table => view.line(),
+                Format::Json => serde_json::to_string(&view)?,
+            };
+            match writeln!(out, "{text}").and_then(|_| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r.context("writing to stdout")?,
+            }
+            seen += 1;
+            if args.count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
+    use svc_common::{Frontend, FRONTEND_F_EXTERNAL_IP, SCOPE_ANY, SCOPE_EXTERNAL};
+
+    fn fe_key(addr: [u8; 4], port: u16, proto: u8, scope: u8) -> FrontendKey {
+        FrontendKey {
+            addr,
+            port,
+            proto,
+            scope,
+        }
+    }
+
+    fn fe(id: u32, flags: u32) -> Frontend {
+        Frontend {
+            id,
+            backend_count: 1,
+            flags,
+            affinity_timeout_s: 0,
+        }
+    }
+
+    fn service() -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                cluster_ips: Some(vec!["10.96.0.10".into()]),
+                external_ips: Some(vec!["192.0.2.7".into()]),
+                ports: Some(vec![
+                    ServicePort {
+                        port: 80,
+                        node_port: Some(30080),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    },
+                    ServicePort {
+                        port: 53,
+                        protocol: Some("UDP".into()),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some("203.0.113.9".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_service_resolves_to_its_frontends_only() {
+        let node = [198, 51, 100, 1];
+        let frontends: BTreeMap<FrontendKey, Frontend> = [
+            (fe_key([10, 96, 0, 10], 80, PROTO_TCP, SCOPE_ANY), fe(1, 0)),
+            (fe_key([10, 96, 0, 10], 53, PROTO_UDP, SCOPE_ANY), fe(2, 0)),
+            // Same address, a port of another protocol: not this Service's.
+            (fe_key([10, 96, 0, 10], 53, PROTO_TCP, SCOPE_ANY), fe(3, 0)),
+            (
+                fe_key([192, 0, 2, 7], 80, PROTO_TCP, SCOPE_ANY),
+                fe(4, FRONTEND_F_EXTERNAL_IP),
+            ),
+            (fe_key([203, 0, 113, 9], 80, PROTO_TCP, SCOPE_ANY), fe(5, 0)),
+            (
+                fe_key([203, 0, 113, 9], 80, PROTO_TCP, SCOPE_EXTERNAL),
+                fe(6, 0),
+            ),
+            (
+                fe_key(node, 30080, PROTO_TCP, SCOPE_ANY),
+                fe(7, FRONTEND_F_NODEPORT),
+            ),
+            // Another Service's NodePort and ClusterIP.
+            (
+                fe_key(node, 30081, PROTO_TCP, SCOPE_ANY),
+                fe(8, FRONTEND_F_NODEPORT),
+            ),
+            (fe_key([10, 96, 0, 11], 80, PROTO_TCP, SCOPE_ANY), fe(9, 0)),
+            // Port 80 on a node address without the NodePort flag: not this Service.
+            (fe_key(node, 80, PROTO_TCP, SCOPE_ANY), fe(10, 0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            service_frontend_ids(&service(), &frontends, None),
+            vec![1, 2, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            service_frontend_ids(&service(), &frontends, Some(53)),
+            vec![2]
+        );
+        assert_eq!(
+            service_frontend_ids(&service(), &frontends, Some(30080)),
+            vec![7]
+        );
+    }
+
+    fn args() -> TraceArgs {
+        TraceArgs {
+            src: Some(Ipv4Addr::new(10, 244, 1, 2)),
+            dst: None,
+            port: Some(80),
+            proto: Some(Proto::Tcp),
+            service: None,
+            manifests: None,
+            kubeconfig: None,
+            count: None,
+            common: Common {
+                bpffs: "/sys/fs/bpf/svc".into(),
+                output: Format::Table,
+            },
+        }
+    }
+
+    const ME: Owner = Owner {
+        pid: 42,
+        start: 7,
+        pidns: 99,
+    };
+
+    #[test]
+    fn filters_carry_the_criteria_and_the_owner() {
+        let f = filter_of(&args(), &[3, 5], ME).unwrap();
+        assert_eq!(f.src_addr, [10, 244, 1, 2]);
+        assert_eq!(f.dst_addr, [0; 4], "unset = any");
+        assert_eq!((f.port, f.proto), (80, PROTO_TCP));
+        assert_eq!(f.frontend_count, 2);
+        assert_eq!(f.frontend_ids[..3], [3, 5, 0]);
+        assert_eq!(Owner::of(&f), ME);
+        let many: Vec<u32> = (1..=TRACE_FRONTENDS as u32 + 1).collect();
+        let err = filter_of(&args(), &many, ME).unwrap_err().to_string();
+        assert!(err.contains("narrow it with --port"), "{err}");
+    }
+
+    fn owned(o: Owner) -> TraceFilter {
+        TraceFilter {
+            owner_pid: o.pid,
+            owner_start: o.start,
+            owner_pidns: o.pidns,
+            ..TraceFilter::zeroed()
+        }
+    }
+
+    #[test]
+    fn slots_of_dead_owners_are_freed_and_others_kept() {
+        let live = Owner { pid: 1, ..ME };
+        let dead = Owner { pid: 2, ..ME };
+        let elsewhere = Owner {
+            pid: 3,
+            pidns: 1234,
+            ..ME
+        };
+        let mut filters = vec![TraceFilter::zeroed(); TRACE_SLOTS as usize];
+        filters[0] = owned(live);
+        filters[1] = owned(dead);
+        filters[2] = owned(elsewhere);
+        let alive = |o: Owner| o.pid != 2 && o.pid != 3;
+        // Slots 0–2 in use: 1 is dead (freed, and the first free); 2's owner is in another
+        // pid namespace, so it is never judged from here even though `alive` says no.
+        assert_eq!(
+            plan_slots(0b111, &filters, ME.pidns, alive),
+            (Some(1), vec![1])
+        );
+        // All live: the first clear bit.
+        assert_eq!(
+            plan_slots(0b101, &filters, ME.pidns, |_| true),
+            (Some(1), vec![])
+        );
+        // Every slot in use by the living: none free.
+        assert_eq!(
+            plan_slots(0xff, &filters, ME.pidns, |_| true),
+            (None, vec![])
+        );
+        // A filter left behind with its bit clear is simply free (no sweep needed).
+        assert_eq!(
+            plan_slots(0, &filters, ME.pidns, |_| false),
+            (Some(0), vec![])
+        );
+    }
+
+    #[test]
+    fn start_time_is_read_after_the_command_name() {
+        // Field 22 (starttime) is 123456; the comm holds ") (" and spaces.
+        let stat = "4242 (a) (b c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 200 18446744073709551615";
+        assert_eq!(start_time_of(stat), Some(123456));
+        assert_eq!(start_time_of("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn events_are_decoded_as_inspect_decodes() {
+        let mut snap = MapSnapshot::default();
+        snap.frontends
+            .insert(fe_key([10, 96, 0, 10], 80, PROTO_TCP, SCOPE_ANY), fe(3, 0));
+        snap.backends.insert(
+            7,
+            svc_common::Backend {
+                addr: [10, 244, 2, 5],
+                port: 8080,
+                proto: PROTO_TCP,
+                flags: 0,
+            },
+        );
+        let e = TraceEvent {
+            ts_ns: 12_345_678_901,
+            hook: Hook::PodIngress as u8,
+            reason: svc_common::Reason::DnatNew as u8,
+            proto: PROTO_TCP,
+            tcp_flags: 0x02,
+            verdict: -1,
+            len: 60,
+            ifindex: 4,
+            src_addr: [10, 244, 1, 2],
+            dst_addr: [10, 96, 0, 10],
+            src_port: 40000,
+            dst_port: 80,
+            to_src_addr: [10, 244, 1, 2],
+            to_dst_addr: [10, 244, 2, 5],
+            to_src_port: 40000,
+            to_dst_port: 8080,
+            frontend_id: 3,
+            backend_id: 7,
+            ct_dir: CT_DIR_FORWARD,
+            ct_flags: 0,
+            ct_state: svc_common::CT_STATE_SYN_SENT,
+            _pad: [0; 5],
+        };
+        let v = EventView::new(&e, &snap);
+        assert_eq!(v.hook, "pod_ingress");
+        assert_eq!(v.verdict, "next");
+        assert_eq!(v.frontend.as_deref(), Some("10.96.0.10:80/TCP"));
+        assert_eq!(v.backend.as_deref(), Some("10.244.2.5:8080"));
+        assert_eq!(v.ct_dir.as_deref(), Some("forward"));
+        assert_eq!(
+            v.line(),
+            "    12.345678 pod_ingress    tcp 10.244.1.2:40000 -> 10.96.0.10:80 [SYN] => \
+             10.244.1.2:40000 -> 10.244.2.5:8080 dnat_new next fe=3(10.96.0.10:80/TCP) \
+             be=7(10.244.2.5:8080) ct=forward/syn_sent if=4 len=60"
+        );
+        // XDP actions by name; no entry, no rewrite.
+        let x = TraceEvent {
+            hook: Hook::Xdp as u8,
+            verdict: 2,
+            to_src_addr: [0; 4],
+            to_dst_addr: [0; 4],
+            frontend_id: 0,
+            backend_id: 0,
+            ..e
+        };
+        let v = EventView::new(&x, &snap);
+        assert_eq!(v.verdict, "pass");
+        assert_eq!((v.new_src, v.ct_dir), (None, None));
+    }
+}
