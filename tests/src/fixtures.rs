@@ -887,6 +887,13 @@ impl Datapath {
         })
     }
 
+    /// Takes map `name` out of the object (for the maps without a field here).
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .with_context(|| format!("map {name} not in the object (or taken already)"))
+    }
+
     /// Every counter of `SVC_STATS`, summed over CPUs, indexed by `stat_index`.
     pub fn counters(&self) -> Vec<u64> {
         (0..STATS_LEN)

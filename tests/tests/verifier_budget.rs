@@ -116,6 +116,36 @@ fn every_program_stays_within_its_verifier_budget() {
     }
 }
 
+/// `svc-agent run --bpf-debug-log` loads the object with `SVC_DEBUG_LOG` = 1, which brings the
+/// aya-log messages' code back to the verifier: every program must still load that way. The
+/// counts are printed, not budgeted (a debugging mode, not the production datapath).
+#[test]
+fn every_program_loads_with_debug_messages_on() {
+    let object = read_object().unwrap_or_else(|e| panic!("{e:#}"));
+    if require_root().is_none() {
+        return;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .override_global(svc_common::GLOBAL_DEBUG_LOG, &1u32, true)
+        .load(&object)
+        .unwrap_or_else(|e| panic!("loading with debug messages on: {e:#}"));
+    for (name, prog) in ebpf.programs_mut() {
+        let loaded = match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            other => panic!("{name}: unexpected program type {:?}", other.prog_type()),
+        };
+        loaded.unwrap_or_else(|e| panic!("{name} with debug messages on: {e:#}"));
+        let count = prog
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .unwrap_or(0);
+        println!("{name:<24} {count:>8} verified instructions with debug messages on");
+    }
+}
+
 fn run() -> Result<()> {
     let object = read_object()?;
     let names = program_names(&object)?;
