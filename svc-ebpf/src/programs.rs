@@ -17,25 +17,13 @@ use crate::{
 /// tc ingress on the host side of a pod veth: traffic leaving a pod.
 #[classifier]
 pub fn svc_pod_ingress(ctx: TcContext) -> i32 {
-    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
-    let out = match pod_ingress(&ctx, &mut flow, &mut entry) {
-        Ok(out) | Err(out) => out,
-    };
-    count(Hook::PodIngress, out.reason);
-    trace_tc(&ctx, Hook::PodIngress, &flow, &entry, out);
-    out.verdict
+    run_tc(&ctx, Hook::PodIngress, pod_ingress)
 }
 
 /// tc egress on the host side of a pod veth: traffic entering a pod.
 #[classifier]
 pub fn svc_pod_egress(ctx: TcContext) -> i32 {
-    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
-    let out = match pod_egress(&ctx, &mut flow, &mut entry) {
-        Ok(out) | Err(out) => out,
-    };
-    count(Hook::PodEgress, out.reason);
-    trace_tc(&ctx, Hook::PodEgress, &flow, &entry, out);
-    out.verdict
+    run_tc(&ctx, Hook::PodEgress, pod_egress)
 }
 
 /// Translates the packet and sends it on. A packet whose new destination is the pod that sent
@@ -77,24 +65,34 @@ fn deliver(
     Ok(Outcome::pass(reason))
 }
 
-/// [`trace`] for a tc program: `ctx`'s length and interface.
+/// Every tc program's entry: runs `body` with a flow and an entry that live here (so that
+/// they can be traced after the decision), counts the outcome's reason, [`trace`]s it with
+/// `ctx`'s length and interface, and returns its verdict.
 #[inline(always)]
-pub fn trace_tc(ctx: &TcContext, hook: Hook, flow: &Flow, entry: &CtEntry, out: Outcome) {
+pub fn run_tc(
+    ctx: &TcContext,
+    hook: Hook,
+    body: impl FnOnce(&TcContext, &mut Flow, &mut CtEntry) -> Result<Outcome, Outcome>,
+) -> i32 {
+    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
+    let out = match body(ctx, &mut flow, &mut entry) {
+        Ok(out) | Err(out) => out,
+    };
+    count(hook, out.reason);
     // SAFETY: reading the ifindex field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     trace(
         hook,
-        flow,
-        entry,
+        &flow,
+        &entry,
         out.verdict,
         out.reason as u32,
         ctx.len(),
         ifindex,
     );
+    out.verdict
 }
 
-/// The flow and its entry live in the program's entry function, which traces them after the
-/// decision (`trace`).
 #[inline(always)]
 fn pod_ingress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<Outcome, Outcome> {
     parse_tc(ctx, flow)?;

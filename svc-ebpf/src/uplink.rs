@@ -9,26 +9,19 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT};
 
 use crate::{
-    lb::{blank_entry, decide, Origin, Step},
+    lb::{decide, Origin, Step},
     nat::apply,
     parse::{parse_tc, Flow},
-    programs::trace_tc,
+    programs::run_tc,
     reject::reject,
     route::forward,
-    stats::count,
     Outcome,
 };
 
 /// tc ingress on a node uplink (`--uplink`).
 #[classifier]
 pub fn svc_uplink_ingress(ctx: TcContext) -> i32 {
-    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
-    let out = match uplink_ingress(&ctx, &mut flow, &mut entry) {
-        Ok(out) | Err(out) => out,
-    };
-    count(Hook::UplinkIngress, out.reason);
-    trace_tc(&ctx, Hook::UplinkIngress, &flow, &entry, out);
-    out.verdict
+    run_tc(&ctx, Hook::UplinkIngress, uplink_ingress)
 }
 
 #[inline(always)]
@@ -64,13 +57,7 @@ fn uplink_ingress(
 /// source, as the pod veth's hooks do for pods. Everything else passes untouched.
 #[classifier]
 pub fn svc_uplink_egress(ctx: TcContext) -> i32 {
-    let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
-    let out = match uplink_egress(&ctx, &mut flow, &mut entry) {
-        Ok(out) | Err(out) => out,
-    };
-    count(Hook::UplinkEgress, out.reason);
-    trace_tc(&ctx, Hook::UplinkEgress, &flow, &entry, out);
-    out.verdict
+    run_tc(&ctx, Hook::UplinkEgress, uplink_egress)
 }
 
 #[inline(always)]
