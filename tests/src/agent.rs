@@ -62,6 +62,21 @@ pub fn ready_endpoints_yaml(endpoints: &[(String, usize)]) -> String {
         .collect()
 }
 
+/// An EndpointSlice for `service` with one port, `http` TCP 8080, and one ready endpoint per
+/// (address, topology node).
+pub fn http_endpoint_slice(service: &str, endpoints: &[(std::net::Ipv4Addr, usize)]) -> String {
+    let eps: Vec<(String, usize)> = endpoints
+        .iter()
+        .map(|(ip, n)| (ip.to_string(), *n))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
+         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  \
+         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{}",
+        ready_endpoints_yaml(&eps)
+    )
+}
+
 /// A directory of manifests the agents read. Files are written atomically (temp + rename) so an
 /// agent never reads half a file. Removed on drop.
 pub struct ManifestDir {

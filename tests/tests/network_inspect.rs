@@ -18,7 +18,7 @@ use serde_json::Value;
 use svc_agent::inspect::{FlowView, ServiceView, StatView};
 use svc_common::{PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL};
 use tests::{
-    agent::{node_name, workspace_bin, Agent, ManifestDir},
+    agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
     topology::{skip_unless_root, NsChild, Topology, TopologySpec},
 };
@@ -28,21 +28,6 @@ const WEB: [u8; 4] = [10, 96, 0, 10];
 const EMPTY: [u8; 4] = [10, 96, 0, 20];
 const LOCAL_CLUSTER_IP: [u8; 4] = [10, 96, 0, 30];
 const NODEPORT: u16 = 30100;
-
-fn slice(service: &str, endpoints: &[(Ipv4Addr, usize)]) -> String {
-    let mut eps = String::new();
-    for (ip, node) in endpoints {
-        eps.push_str(&format!(
-            "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
-            node_name(*node)
-        ));
-    }
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
-         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  \
-         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{eps}"
-    )
-}
 
 /// Runs `svc-agent ARGS` and returns its stdout; fails with its stderr.
 fn agent_cli(args: &[&str]) -> String {
@@ -211,7 +196,7 @@ impl Scene {
             "web.yaml",
             &format!(
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n{port}---\n{}",
-                slice("web", &[ep("be1"), ep("be2")])
+                http_endpoint_slice("web", &[ep("be1"), ep("be2")])
             ),
         )
         .unwrap();
@@ -221,7 +206,7 @@ impl Scene {
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: local\nspec:\n  type: NodePort\n  \
                  clusterIP: 10.96.0.30\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  ports:\n    \
                  - {{name: http, port: 80, targetPort: 8080, nodePort: {NODEPORT}, protocol: TCP}}\n---\n{}",
-                slice("local", &[ep("be2")])
+                http_endpoint_slice("local", &[ep("be2")])
             ),
         )
         .unwrap();

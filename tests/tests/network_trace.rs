@@ -15,7 +15,7 @@ use aya::maps::{Array, Map, MapData};
 use serde_json::Value;
 use svc_common::{TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_ON};
 use tests::{
-    agent::{node_name, workspace_bin, Agent, ManifestDir},
+    agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
     topology::{skip_unless_root, NsChild, Topology, TopologySpec},
 };
@@ -27,19 +27,27 @@ const EMPTY: &str = "10.96.0.20:80";
 const CLIENT_CONNS: usize = 5;
 const OTHER_CONNS: usize = 200;
 
-fn slice(service: &str, endpoints: &[(Ipv4Addr, usize)]) -> String {
-    let mut eps = String::new();
-    for (ip, node) in endpoints {
-        eps.push_str(&format!(
-            "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
-            node_name(*node)
-        ));
-    }
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
-         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  \
-         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{eps}"
+/// The manifests: `web` (10.96.0.10:80 → `web_endpoints` on 8080) and `empty` (10.96.0.20:80,
+/// no endpoints).
+fn services(t: &Topology, web_endpoints: &[(Ipv4Addr, usize)]) -> ManifestDir {
+    let m = ManifestDir::new(t).unwrap();
+    let port = "  ports:\n    - {name: http, port: 80, targetPort: 8080, protocol: TCP}\n";
+    m.write(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n{port}---\n{}",
+            http_endpoint_slice("web", web_endpoints)
+        ),
     )
+    .unwrap();
+    m.write(
+        "empty.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.20\n{port}"
+        ),
+    )
+    .unwrap();
+    m
 }
 
 /// Starts `svc-agent trace ARGS --bpffs B -o json` in node 1's network namespace (nsenter:
@@ -119,23 +127,7 @@ fn trace_shows_one_clients_flows_and_nothing_else() {
     .expect("building the topology");
     let _servers = t.serve(&["be1", "be2"], &["--tcp", "8080"]).unwrap();
     let ep = |p: &str| (t.pod_ip(p), t.pod(p).node);
-    let m = ManifestDir::new(&t).unwrap();
-    let port = "  ports:\n    - {name: http, port: 80, targetPort: 8080, protocol: TCP}\n";
-    m.write(
-        "web.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n{port}---\n{}",
-            slice("web", &[ep("be1"), ep("be2")])
-        ),
-    )
-    .unwrap();
-    m.write(
-        "empty.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.20\n{port}"
-        ),
-    )
-    .unwrap();
+    let m = services(&t, &[ep("be1"), ep("be2")]);
     let mut agents = Vec::new();
     for n in 1..=2 {
         let mut a = Agent::start(&t, n, m.path(), &[]).unwrap();
@@ -377,23 +369,7 @@ fn kernel_debug_messages_reach_the_agent_log() {
     let t = Topology::build(&TopologySpec::new().node(&["client", "be1"]))
         .expect("building the topology");
     let _servers = t.serve(&["be1"], &["--tcp", "8080"]).unwrap();
-    let m = ManifestDir::new(&t).unwrap();
-    let port = "  ports:\n    - {name: http, port: 80, targetPort: 8080, protocol: TCP}\n";
-    m.write(
-        "web.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n{port}---\n{}",
-            slice("web", &[(t.pod_ip("be1"), 1)])
-        ),
-    )
-    .unwrap();
-    m.write(
-        "empty.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  clusterIP: 10.96.0.20\n{port}"
-        ),
-    )
-    .unwrap();
+    let m = services(&t, &[(t.pod_ip("be1"), 1)]);
     let mut agent = Agent::start(&t, 1, m.path(), &["--bpf-debug-log", "-v", "4"]).unwrap();
     agent.wait_healthy(&t, Duration::from_secs(20)).unwrap();
     let out = t
