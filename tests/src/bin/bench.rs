@@ -18,6 +18,11 @@
 //! - **established** (ingress, `DnatEstablished`): two frontends that are each other's backend,
 //!   X = `10.96.0.10:80` → Y = `10.96.0.11:8080` → X. Two warm-up SYNs let the datapath create
 //!   both flows; then an ACK to X alternates X→Y→X…, each iteration a conntrack hit.
+//! - **tracing** (ingress, `DnatEstablished`): the established ACK again with one
+//!   `svc-agent trace` slot in use, its filter for an address no packet has (what tracing
+//!   costs everyone else), then for the client (every packet writes an event into the slot's
+//!   ring; runs of 4 000, drained and counted between calls). The plain established row is
+//!   the cost with tracing off.
 //! - **reply** (egress, `RevNat`): the same two flows' reply entries form the same cycle:
 //!   Y:8080→client is restored to X:80, X:80→client to Y:8080, …
 //! - **new flow** (ingress, `DnatNew`): a conntrack miss needs a tuple never seen before, and
@@ -48,7 +53,9 @@
 //!   `CT_F_EXTERNAL | CT_F_SNAT`, that map onto each other: R1 = [`NODEPORT`] → [`EXT_CLIENT`]
 //!   is restored to R2 = `10.96.0.13:8082` → [`PEER_NODE`]`:40001` and R2 to R1. Both
 //!   destinations are on the uplink's subnet with a permanent neighbour, so every iteration
-//!   rewrites both addresses, both ports, both checksums and both MACs and returns `XDP_TX`.
+//!   rewrites both addresses, both ports, both checksums and both MACs, decrements the TTL (as
+//!   ip_forward would) and returns `XDP_TX`; the TTL limits a call to 60 hops, so the row runs
+//!   calls of `repeat 60` from the TTL-64 frame.
 //!
 //! The XDP program calls `bpf_fib_lookup` on other paths, which reads the routing tables of
 //! the calling thread's namespace, so every measurement runs on a thread inside an `XdpNode`
@@ -332,22 +339,33 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
     ));
     // The reply pair, checked frame by frame: R1 → R2 (towards PEER_NODE) → R1 (towards the
     // client), so R1 as it leaves the node is the input of the reply row.
-    let reply_frame = |(src, dst): (SocketAddrV4, SocketAddrV4), mac| {
-        Pkt::tcp(src, dst, TCP_SYN | TCP_ACK).build_eth(NODE_MAC, mac)
+    // Each hop decrements the TTL, as ip_forward would (`XDP_TX` bypasses it).
+    let reply_frame = |(src, dst): (SocketAddrV4, SocketAddrV4), mac, ttl| {
+        Pkt::tcp(src, dst, TCP_SYN | TCP_ACK)
+            .with_ttl(ttl)
+            .build_eth(NODE_MAC, mac)
     };
-    let xreply = reply_frame(XDP_REPLY_1, EXT_CLIENT_MAC);
-    let first = xdp.run(&dp, XDP_PROGRAM, &xreply, 1)?;
-    ensure!(
-        first.retval == XDP_TX && first.output == reply_frame(XDP_REPLY_2, PEER_NODE_MAC),
-        "the XDP reply pair does not translate R1 to R2 (verdict {})",
-        first.retval
-    );
-    let second = xdp.run(&dp, XDP_PROGRAM, &first.output, 1)?;
-    ensure!(
-        second.retval == XDP_TX && second.output == xreply,
-        "the XDP reply pair does not return to R1 (verdict {})",
-        second.retval
-    );
+    let xreply = reply_frame(XDP_REPLY_1, EXT_CLIENT_MAC, 64);
+    for (hop, input, want) in [
+        (
+            1,
+            xreply.clone(),
+            reply_frame(XDP_REPLY_2, PEER_NODE_MAC, 63),
+        ),
+        (
+            2,
+            reply_frame(XDP_REPLY_2, PEER_NODE_MAC, 63),
+            reply_frame(XDP_REPLY_1, EXT_CLIENT_MAC, 62),
+        ),
+    ] {
+        let out = xdp.run(&dp, XDP_PROGRAM, &input, 1)?;
+        ensure!(
+            out.retval == XDP_TX && out.output == want,
+            "the XDP reply pair's hop {hop} (R1 → R2 → R1) is not as expected (verdict {}):\n{}",
+            out.retval,
+            tests::fixtures::diff_frames(&want, &out.output).join("\n")
+        );
+    }
     ensure!(
         dp.counter(Hook::Xdp, Reason::RevNat) == 2,
         "XDP reply warm-up did not take the reverse-NAT path twice"
@@ -427,6 +445,25 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         &method,
         it,
     );
+    if let Some((off, traced)) = traced_runs(&mut dp, &ack_x, repeat)? {
+        row(
+            "conntrack hit, tracing on, filter not matching",
+            Program::Ingress.name(),
+            off,
+            floor.0,
+            &method,
+            it,
+        );
+        let calls = (repeat / TRACE_BATCH).max(1);
+        row(
+            "conntrack hit, tracing on, every packet traced",
+            Program::Ingress.name(),
+            traced,
+            floor.0,
+            &format!("repeat {TRACE_BATCH} × {calls}"),
+            u64::from(TRACE_BATCH) * u64::from(calls),
+        );
+    }
     let r = median_run(
         &dp,
         Runner::Tc,
@@ -489,22 +526,24 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
         it,
     );
 
-    let xr = median_run(
+    let reply_calls = (repeat / XDP_REPLY_BATCH).max(1);
+    let xr = batched_run(
         &dp,
         xdp,
         XDP_PROGRAM,
         &xreply,
-        repeat,
+        (XDP_REPLY_BATCH, reply_calls),
         XDP_TX,
         Some((Hook::Xdp, Reason::RevNat)),
+        || Ok(()),
     )?;
     row(
         "XDP reply translation (XDP_TX)",
         XDP_PROGRAM,
         xr,
         xfloor.0,
-        &method,
-        it,
+        &format!("repeat {XDP_REPLY_BATCH} × {reply_calls}"),
+        u64::from(XDP_REPLY_BATCH) * u64::from(reply_calls),
     );
 
     let calls = repeat / CHAIN;
@@ -596,6 +635,123 @@ fn prove(
         Some((h, r)) => format!("{} +{iters}", stat_name(stat_index(h, r) as usize)),
         None => "floor: no counter".to_string(),
     })
+}
+
+/// Iterations per call of the traced row: each writes one event, and the ring
+/// (`TRACE_RING_BYTES`, 72 bytes an event with its header) must hold a call's events until
+/// they are drained between calls, outside the timed loop.
+const TRACE_BATCH: u32 = 4_000;
+
+/// The conntrack-hit ACK with one trace slot in use (a ring of `svc_agent::trace::new_ring`,
+/// as `svc-agent trace` makes): first with a filter for an address no packet has (the cost
+/// of tracing for everyone else; [`ROUNDS`] calls of `repeat`, the ring proven empty), then
+/// with one for the client (every packet writes an event; calls of [`TRACE_BATCH`], each
+/// call's events drained and counted: exactly one per iteration). Tracing is switched off
+/// again after. `None` for an object without trace maps (`SVC_EBPF_OBJECT` naming an older
+/// build, to compare the other rows with and without the tracing code).
+#[allow(clippy::type_complexity)]
+fn traced_runs(
+    dp: &mut Datapath,
+    ack: &[u8],
+    repeat: u32,
+) -> Result<Option<((f64, String), (f64, String))>> {
+    use aya::maps::{of_maps::ArrayOfMaps, Array, MapData, RingBuf};
+    use svc_common::{TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_ON, MAP_TRACE_RINGS};
+    let Ok(on_map) = dp.take_map(MAP_TRACE_ON) else {
+        println!("note: the object has no {MAP_TRACE_ON}: tracing rows skipped");
+        return Ok(None);
+    };
+    let mut on: Array<MapData, u32> = Array::try_from(on_map)?;
+    let mut filters: Array<MapData, TraceFilter> =
+        Array::try_from(dp.take_map(MAP_TRACE_FILTERS)?)?;
+    let mut rings: ArrayOfMaps<MapData, MapData> =
+        ArrayOfMaps::try_from(dp.take_map(MAP_TRACE_RINGS)?)?;
+    let ring = svc_agent::trace::new_ring()?;
+    rings.set(0, &ring, 0)?;
+    let mut ring = RingBuf::try_from(aya::maps::Map::RingBuf(ring))?;
+    let mut drain = || {
+        let mut n = 0u64;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        n
+    };
+    let filter = |addr: Ipv4Addr| TraceFilter {
+        src_addr: addr.octets(),
+        ..bytemuck::Zeroable::zeroed()
+    };
+    let claim = Some((Hook::PodIngress, Reason::DnatEstablished));
+
+    filters.set(0, filter(Ipv4Addr::new(192, 0, 2, 99)), 0)?;
+    on.set(0, 1, 0)?;
+    let miss = median_run(
+        dp,
+        Runner::Tc,
+        Program::Ingress.name(),
+        ack,
+        repeat,
+        TC_ACT_UNSPEC,
+        claim,
+    )?;
+    ensure!(drain() == 0, "a filter for another address produced events");
+
+    filters.set(0, filter(*CLIENT_POD.ip()), 0)?;
+    let calls = (repeat / TRACE_BATCH).max(1);
+    let (ns, proof) = batched_run(
+        dp,
+        Runner::Tc,
+        Program::Ingress.name(),
+        ack,
+        (TRACE_BATCH, calls),
+        TC_ACT_UNSPEC,
+        claim,
+        || {
+            let events = drain();
+            ensure!(
+                events == u64::from(TRACE_BATCH),
+                "{events} trace events for {TRACE_BATCH} packets"
+            );
+            Ok(())
+        },
+    )?;
+    on.set(0, 0, 0)?;
+    let iters = u64::from(calls) * u64::from(TRACE_BATCH);
+    Ok(Some((miss, (ns, format!("{proof}, {iters} events read")))))
+}
+
+/// Iterations per call of the XDP reply row: each `XDP_TX` hop decrements the TTL as
+/// ip_forward would, so a frame sent with TTL 64 takes this many hops before the datapath
+/// leaves it to tc (TTL 1 would expire).
+const XDP_REPLY_BATCH: u32 = 60;
+
+/// `calls` runs of `input` with `repeat = batch` (each from the same input), `between` after
+/// each (outside the timed loop); the iteration-weighted mean ns/packet, proven.
+#[allow(clippy::too_many_arguments)]
+fn batched_run(
+    dp: &Datapath,
+    runner: Runner,
+    prog: &str,
+    input: &[u8],
+    (batch, calls): (u32, u32),
+    verdict: u32,
+    claim: Option<(Hook, Reason)>,
+    mut between: impl FnMut() -> Result<()>,
+) -> Result<(f64, String)> {
+    let before = dp.counters();
+    let mut total_ns = 0u128;
+    for _ in 0..calls {
+        let res = runner.run(dp, prog, input, batch)?;
+        ensure!(
+            res.retval == verdict,
+            "{prog} returned {}",
+            res.retval as i32
+        );
+        total_ns += u128::from(res.duration_ns) * u128::from(batch);
+        between()?;
+    }
+    let iters = u64::from(calls) * u64::from(batch);
+    let proof = prove(dp, &before, claim, iters)?;
+    Ok((total_ns as f64 / iters as f64, proof))
 }
 
 /// Median ns/packet of [`ROUNDS`] single calls with `repeat`, each proven.
