@@ -292,22 +292,44 @@ fn endpoint(addr: [u8; 4], port: u16) -> String {
     format!("{}:{port}", Ipv4Addr::from(addr))
 }
 
+/// What events name by id (frontends, backends), indexed from a snapshot of the pinned maps.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    frontends: BTreeMap<u32, FrontendKey>,
+    backends: BTreeMap<u32, svc_common::Backend>,
+}
+
+impl Names {
+    pub fn of(snap: &MapSnapshot) -> Self {
+        Self {
+            frontends: snap.frontends.iter().map(|(k, fe)| (fe.id, *k)).collect(),
+            backends: snap.backends.clone(),
+        }
+    }
+
+    /// Whether every id `e` names is known (else the maps changed since the snapshot).
+    fn knows(&self, e: &TraceEvent) -> bool {
+        (e.frontend_id == 0 || self.frontends.contains_key(&e.frontend_id))
+            && (e.backend_id == 0 || self.backends.contains_key(&e.backend_id))
+    }
+}
+
 impl EventView {
-    pub fn new(e: &TraceEvent, snap: &MapSnapshot) -> Self {
+    pub fn new(e: &TraceEvent, names: &Names) -> Self {
         let hook = ALL_HOOKS.get(e.hook as usize).copied();
         let entry = e.to_src_addr != [0; 4] || e.to_dst_addr != [0; 4];
-        let frontend = snap
+        let frontend = names
             .frontends
-            .iter()
-            .find(|(_, fe)| e.frontend_id != 0 && fe.id == e.frontend_id)
-            .map(|(k, _)| {
+            .get(&e.frontend_id)
+            .filter(|_| e.frontend_id != 0)
+            .map(|k| {
                 format!(
                     "{}/{}",
                     endpoint(k.addr, k.port),
                     proto_name(k.proto).to_uppercase()
                 )
             });
-        let backend = snap
+        let backend = names
             .backends
             .get(&e.backend_id)
             .filter(|_| e.backend_id != 0)
@@ -668,7 +690,7 @@ pub fn new_ring() -> Result<MapData> {
 pub async fn run_trace(args: TraceArgs) -> Result<()> {
     let bpffs = args.common.bpffs.clone();
     let mut maps = TraceMaps::open(&bpffs)?;
-    let mut snap = read_snapshot(&bpffs)?;
+    let snap = read_snapshot(&bpffs)?;
     let ids = resolve_service(&args, &snap).await?;
     let filter = filter_of(&args, &ids, this_owner()?)?;
     let ring_data = new_ring()?;
@@ -682,7 +704,7 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
             format!(", frontends {ids:?}")
         }
     );
-    let result = pump(ring, &args, &bpffs, &mut snap).await;
+    let result = pump(ring, &args, &bpffs, Names::of(&snap)).await;
     let released = maps.release(slot);
     result.and(released)
 }
@@ -691,7 +713,7 @@ async fn pump(
     ring: RingBuf<MapData>,
     args: &TraceArgs,
     bpffs: &Path,
-    snap: &mut MapSnapshot,
+    mut names: Names,
 ) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // SAFETY: the RingBuf owns its map descriptor and keeps it open, unchanged, until it is
@@ -726,16 +748,15 @@ async fn pump(
         };
         guard.clear_ready();
         for e in events {
-            let unknown = (e.frontend_id != 0
-                && !snap.frontends.values().any(|fe| fe.id == e.frontend_id))
-                || (e.backend_id != 0 && !snap.backends.contains_key(&e.backend_id));
-            if unknown && last_refresh.elapsed() > Duration::from_secs(1) {
+            // New frontends or backends since the snapshot: read the maps again, at most once a
+            // second.
+            if !names.knows(&e) && last_refresh.elapsed() > Duration::from_secs(1) {
                 if let Ok(s) = read_snapshot(bpffs) {
-                    *snap = s;
+                    names = Names::of(&s);
                 }
                 last_refresh = Instant::now();
             }
-            let view = EventView::new(&e, snap);
+            let view = EventView::new(&e, &names);
             let text = match args.common.output {
                 Format::Table => view.line(),
                 Format::Json => serde_json::to_string(&view)?,
@@ -988,7 +1009,8 @@ mod tests {
             ct_state: svc_common::CT_STATE_SYN_SENT,
             _pad: [0; 5],
         };
-        let v = EventView::new(&e, &snap);
+        let names = Names::of(&snap);
+        let v = EventView::new(&e, &names);
         assert_eq!(v.hook, "pod_ingress");
         assert_eq!(v.verdict, "next");
         assert_eq!(v.frontend.as_deref(), Some("10.96.0.10:80/TCP"));
@@ -1010,7 +1032,7 @@ mod tests {
             backend_id: 0,
             ..e
         };
-        let v = EventView::new(&x, &snap);
+        let v = EventView::new(&x, &names);
         assert_eq!(v.verdict, "pass");
         assert_eq!((v.new_src, v.ct_dir), (None, None));
     }
