@@ -55,8 +55,9 @@ pub fn trace(
     }
 }
 
-/// Whether `f` wants a packet with tuple (`sa`, `da`, `sp`, `dp`) before translation and
-/// (`tsa`, `tda`, `tsp`, `tdp`) after it (zero when there is no translation).
+/// Whether `f` wants the packet: its protocol, a port of its tuple as received (`flow`) or as
+/// rewritten (`entry`, all zero when there is no translation), and its two ends in either
+/// order, before or after translation; a criterion left zero matches anything.
 #[inline(always)]
 fn wants(f: &TraceFilter, flow: &Flow, entry: &CtEntry) -> bool {
     if f.proto != 0 && f.proto != flow.proto {
