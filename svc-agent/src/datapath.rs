@@ -208,9 +208,9 @@ pub struct LoadGlobals {
 
 impl Datapath {
     /// Mounts bpffs if needed, loads the programs, and opens (or creates and pins) the maps under
-    /// `bpffs`. `fault` is `svc_common::FAULT_*` bits; 0 except in tests. The programs read
-    /// `timeouts` as the load-time global `GLOBAL_CT_TIMEOUTS`; `ct_max` sizes the conntrack
-    /// map when it is created (a pinned one keeps its size).
+    /// `bpffs`. `globals` are the load-time switches ([`LoadGlobals`]: fault bits, debug
+    /// messages). The programs read `timeouts` as the load-time global `GLOBAL_CT_TIMEOUTS`;
+    /// `ct_max` sizes the conntrack map when it is created (a pinned one keeps its size).
     pub fn load(
         bpffs: &Path,
         globals: LoadGlobals,
