@@ -12,7 +12,9 @@
 //!    a free slot and writes its filter, then its ring, then its bit: a program that sees the
 //!    bit sees the rest;
 //! 3. prints each event ([`EventView`]) until `--count` events, Ctrl-C or SIGTERM;
-//! 4. releases the slot in the reverse order (bit, ring, filter).
+//! 4. says how many events it printed and how many the programs lost because its ring was
+//!    full (`SVC_TRACE_LOST`, zeroed when the slot was claimed), and releases the slot in the
+//!    reverse order (bit, ring, filter).
 //!
 //! Several tracers run at once, each with its own slot and ring (a ring buffer has one
 //! consumer position, so a shared ring would hand each event to one tracer only). A tracer
@@ -37,13 +39,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, RingBuf};
+use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 use svc_common::{
     FrontendKey, Hook, TraceEvent, TraceFilter, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
-    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_FILTERS, MAP_TRACE_ON, MAP_TRACE_RINGS, PROTO_TCP,
-    PROTO_UDP, TRACE_FRONTENDS, TRACE_RING_BYTES, TRACE_SLOTS,
+    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON,
+    MAP_TRACE_RINGS, PROTO_TCP, PROTO_UDP, TRACE_FRONTENDS, TRACE_RING_BYTES, TRACE_SLOTS,
 };
 
 use crate::{
@@ -455,6 +457,8 @@ struct TraceMaps {
     /// The rings map once more, for `BPF_MAP_DELETE_ELEM` (aya 0.14's `ArrayOfMaps` has no
     /// delete and does not lend its descriptor).
     rings_fd: MapData,
+    /// Events lost per slot and CPU (the ring was full).
+    lost: PerCpuArray<MapData, u64>,
 }
 
 fn pinned(bpffs: &Path, name: &str) -> Result<MapData> {
@@ -484,6 +488,8 @@ impl TraceMaps {
             rings: ArrayOfMaps::try_from(Map::ArrayOfMaps(pinned(bpffs, MAP_TRACE_RINGS)?))
                 .with_context(|| format!("{MAP_TRACE_RINGS}: unexpected layout"))?,
             rings_fd: pinned(bpffs, MAP_TRACE_RINGS)?,
+            lost: PerCpuArray::try_from(Map::PerCpuArray(pinned(bpffs, MAP_TRACE_LOST)?))
+                .with_context(|| format!("{MAP_TRACE_LOST}: unexpected layout"))?,
         })
     }
 
@@ -528,6 +534,10 @@ impl TraceMaps {
         let slot = free.with_context(|| {
             format!("all {TRACE_SLOTS} trace slots are in use by running tracers")
         })?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        self.lost
+            .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
+            .context("zeroing SVC_TRACE_LOST")?;
         self.filters
             .set(slot, *filter, 0)
             .context("writing SVC_TRACE_FILTERS")?;
@@ -538,6 +548,16 @@ impl TraceMaps {
             .set(0, on_now | 1 << slot, 0)
             .context("writing SVC_TRACE_ON")?;
         Ok(slot)
+    }
+
+    /// Events the programs could not write into `slot`'s ring, summed over CPUs.
+    fn lost(&self, slot: u32) -> Result<u64> {
+        Ok(self
+            .lost
+            .get(&slot, 0)
+            .context("reading SVC_TRACE_LOST")?
+            .iter()
+            .sum())
     }
 
     fn release(&mut self, slot: u32) -> Result<()> {
@@ -705,8 +725,18 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
         }
     );
     let result = pump(ring, &args, &bpffs, Names::of(&snap)).await;
+    // Read before the release: the next tracer of this slot zeroes them.
+    let lost = maps.lost(slot);
     let released = maps.release(slot);
-    result.and(released)
+    match (&result, lost) {
+        (Ok(shown), Ok(0)) => eprintln!("{shown} events"),
+        (Ok(shown), Ok(lost)) => eprintln!(
+            "{shown} events; {lost} more were lost because the ring was full (the output was              read too slowly: narrow the filter, or write to a file)"
+        ),
+        (_, Err(e)) => eprintln!("lost events unknown: {e:#}"),
+        (Err(_), _) => {}
+    }
+    result.map(|_| ()).and(released)
 }
 
 async fn pump(
@@ -714,7 +744,7 @@ async fn pump(
     args: &TraceArgs,
     bpffs: &Path,
     mut names: Names,
-) -> Result<()> {
+) -> Result<u64> {
     use tokio::signal::unix::{signal, SignalKind};
     // SAFETY: the RingBuf owns its map descriptor and keeps it open, unchanged, until it is
     // dropped, which happens only with the AsyncFd that owns it.
@@ -727,12 +757,12 @@ async fn pump(
     let mut out = std::io::stdout().lock();
     loop {
         if args.count.is_some_and(|c| seen >= c) {
-            return Ok(());
+            return Ok(seen);
         }
         let mut guard = tokio::select! {
             g = ring.readable_mut() => g.context("waiting for trace events")?,
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(seen),
+            _ = int.recv() => return Ok(seen),
         };
         let events: Vec<TraceEvent> = {
             let r = guard.get_inner_mut();
@@ -762,12 +792,12 @@ async fn pump(
                 Format::Json => serde_json::to_string(&view)?,
             };
             match writeln!(out, "{text}").and_then(|_| out.flush()) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(seen),
                 r => r.context("writing to stdout")?,
             }
             seen += 1;
             if args.count.is_some_and(|c| seen >= c) {
-                return Ok(());
+                return Ok(seen);
             }
         }
     }

@@ -76,8 +76,12 @@ pub const MAP_TRACE_FILTERS: &str = "SVC_TRACE_FILTERS";
 /// Pinned name of the trace rings: an array of [`TRACE_SLOTS`] ring buffers (map in map),
 /// each created by the tracer that owns the slot and read by it alone ([`TraceEvent`]s).
 pub const MAP_TRACE_RINGS: &str = "SVC_TRACE_RINGS";
+/// Pinned name of the lost-event counters: per CPU, per trace slot, the events the programs
+/// could not write because the slot's ring was full. A tracer zeroes its slot's counters when
+/// it claims the slot and reports them when it exits.
+pub const MAP_TRACE_LOST: &str = "SVC_TRACE_LOST";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -93,6 +97,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_TRACE_ON,
     MAP_TRACE_FILTERS,
     MAP_TRACE_RINGS,
+    MAP_TRACE_LOST,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large

@@ -71,6 +71,10 @@ pub static SVC_TRACE_ON: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static SVC_TRACE_FILTERS: Array<TraceFilter, { TRACE_SLOTS as usize }> = Array::new();
 
+/// Events lost per trace slot (per CPU) because the slot's ring was full.
+#[btf_map]
+pub static SVC_TRACE_LOST: PerCpuArray<u64, { TRACE_SLOTS as usize }> = PerCpuArray::new();
+
 /// One ring per trace slot, created and read by its tracer. The inner definition is the
 /// template every ring must match (type and size: `bpf_map_meta_equal`).
 #[btf_map]

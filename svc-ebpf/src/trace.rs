@@ -20,7 +20,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use svc_common::{CtEntry, Hook, Reason, TraceFilter, TRACE_FRONTENDS, TRACE_SLOTS};
 
 use crate::{
-    maps::{SVC_TRACE_FILTERS, SVC_TRACE_ON, SVC_TRACE_RINGS},
+    maps::{SVC_TRACE_FILTERS, SVC_TRACE_LOST, SVC_TRACE_ON, SVC_TRACE_RINGS},
     parse::Flow,
 };
 
@@ -122,7 +122,12 @@ fn write(slot: u32, how: u64, flow: &Flow, entry: &CtEntry, reason: u64, meta: u
         return;
     };
     // A full ring loses the event: the tracer reads too slowly, and the packet must not wait.
+    // The loss is counted per slot and CPU, for the tracer to report.
     let Some(mut e) = ring.reserve(0) else {
+        if let Some(lost) = SVC_TRACE_LOST.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU never nest.
+            unsafe { *lost += 1 };
+        }
         return;
     };
     let ev = e.as_mut_ptr();
