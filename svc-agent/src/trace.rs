@@ -448,7 +448,7 @@ impl SlotLock {
 }
 // The lock is released when the descriptor closes (drop).
 
-/// The three trace maps, opened from their pins.
+/// The trace maps, opened from their pins.
 struct TraceMaps {
     bpffs: PathBuf,
     on: Array<MapData, u32>,
@@ -560,9 +560,14 @@ impl TraceMaps {
             .sum())
     }
 
-    fn release(&mut self, slot: u32) -> Result<()> {
+    /// Releases `slot` if `me` still owns it (a slot freed as dead and taken by another
+    /// tracer in the meantime is theirs).
+    fn release(&mut self, slot: u32, me: Owner) -> Result<()> {
         let _lock = SlotLock::take(&self.bpffs)?;
-        let (mut on, _) = self.state()?;
+        let (mut on, filters) = self.state()?;
+        if Owner::of(&filters[slot as usize]) != me {
+            return Ok(());
+        }
         self.release_locked(&mut on, slot)
     }
 }
@@ -712,7 +717,8 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
     let mut maps = TraceMaps::open(&bpffs)?;
     let snap = read_snapshot(&bpffs)?;
     let ids = resolve_service(&args, &snap).await?;
-    let filter = filter_of(&args, &ids, this_owner()?)?;
+    let me = this_owner()?;
+    let filter = filter_of(&args, &ids, me)?;
     let ring_data = new_ring()?;
     let slot = maps.claim(&filter, &ring_data)?;
     let ring = RingBuf::try_from(Map::RingBuf(ring_data)).context("opening the ring buffer")?;
@@ -727,7 +733,7 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
     let result = pump(ring, &args, &bpffs, Names::of(&snap)).await;
     // Read before the release: the next tracer of this slot zeroes them.
     let lost = maps.lost(slot);
-    let released = maps.release(slot);
+    let released = maps.release(slot, me);
     match (&result, lost) {
         (Ok(shown), Ok(0)) => eprintln!("{shown} events"),
         (Ok(shown), Ok(lost)) => eprintln!(
