@@ -679,11 +679,18 @@ async fn resolve_service(args: &TraceArgs, snap: &MapSnapshot) -> Result<Vec<u32
                 .with_context(|| format!("no Service {name} in {}", dir.display()))?
         }
         None => {
+            // A list by field selector, not a get: the agent's ClusterRole (deploy/, that of
+            // kube-proxy's system:node-proxier) grants list and watch on Services, not get.
             let client = crate::run::kube_client(args.kubeconfig.as_deref()).await?;
+            let params = kube::api::ListParams::default().fields(&format!("metadata.name={n}"));
             kube::Api::<Service>::namespaced(client, ns)
-                .get(n)
+                .list(&params)
                 .await
-                .with_context(|| format!("getting Service {name} from the API server"))?
+                .with_context(|| format!("listing Service {name} from the API server"))?
+                .items
+                .into_iter()
+                .next()
+                .with_context(|| format!("no Service {name} in the API server"))?
         }
     };
     let ids = service_frontend_ids(&svc, &snap.frontends, args.port);
