@@ -689,7 +689,7 @@ async fn resolve_service(args: &TraceArgs, snap: &MapSnapshot) -> Result<Vec<u32
                 .with_context(|| format!("listing Service {name} from the API server"))?
                 .items
                 .into_iter()
-                .next()
+                .find(|s| s.metadata.name.as_deref() == Some(n))
                 .with_context(|| format!("no Service {name} in the API server"))?
         }
     };

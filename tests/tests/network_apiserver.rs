@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use svc_agent::dataplane::fake::canonical;
 use svc_common::{FrontendKey, PROTO_TCP};
 use tests::{
-    agent::{fkey, node_name, Agent, ManifestDir},
+    agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     apiserver::{ApiServer, Resource},
     probe::{HoldSummary, Summary},
     topology::{skip_unless_root, NsChild, Topology, TopologySpec},
@@ -217,6 +217,38 @@ fn seed_services_follow_the_api_server() {
         (fkey(cip, 9000, PROTO_TCP), 2),
     ]);
     s.expect(&want);
+    // `svc-agent trace --service` through the API server (a field-selected list: the agent's
+    // ClusterRole allows list, not get). Node 1's tracer for test-cip-service must show that
+    // Service's flows only, not test-app's (the same backends and port), which go first below.
+    let agent_bin = workspace_bin("svc-agent").unwrap();
+    let tracer =
+        s.t.spawn_nsenter(
+            s.t.underlay_ns(),
+            &[
+                agent_bin.to_str().unwrap(),
+                "trace",
+                "--service",
+                "default/test-cip-service",
+                "--kubeconfig",
+                s.kubeconfig.to_str().unwrap(),
+                "--bpffs",
+                s.agents[0].bpffs().to_str().unwrap(),
+                "-o",
+                "json",
+                "--count",
+                "1",
+            ],
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tracer.stderr().contains("tracing in slot") {
+        assert!(
+            Instant::now() < deadline,
+            "tracer did not start: {}",
+            tracer.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for (ip, port, backends) in [
         (app_ip, 9000, vec!["be1", "be2"]),
         (no_sel_ip, 30050, vec!["be3"]),
@@ -232,6 +264,18 @@ fn seed_services_follow_the_api_server() {
             "{target}: {r:?}"
         );
     }
+    let traced = tracer.finish(Duration::from_secs(10)).unwrap();
+    assert!(traced.status.success(), "tracer: {}", traced.stderr);
+    let event: serde_json::Value = serde_json::from_str(
+        traced
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no event; stderr: {}", traced.stderr)),
+    )
+    .unwrap();
+    assert_eq!(event["frontend"], "10.96.211.115:9000/TCP", "{event}");
+    assert_eq!(event["reason"], "dnat_new", "{event}");
 
     // Scale up and down.
     s.api
