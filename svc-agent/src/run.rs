@@ -187,12 +187,15 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         let mut tick = tokio::time::interval(crate::trace::SWEEP_PERIOD);
         loop {
             tick.tick().await;
-            match crate::trace::sweep(&sweep_bpffs) {
-                Ok(freed) if !freed.is_empty() => {
+            // Map and flock syscalls: off the runtime's one thread.
+            let path = sweep_bpffs.clone();
+            match tokio::task::spawn_blocking(move || crate::trace::sweep(&path)).await {
+                Ok(Ok(freed)) if !freed.is_empty() => {
                     info!(slots = ?freed, "freed the trace slots of tracers that exited")
                 }
-                Ok(_) => {}
-                Err(e) => warn!("checking the trace slots: {e:#}"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!("checking the trace slots: {e:#}"),
+                Err(e) => warn!("checking the trace slots: {e}"),
             }
         }
     });

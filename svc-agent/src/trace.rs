@@ -432,18 +432,28 @@ impl EventView {
 struct SlotLock(#[expect(dead_code, reason = "held for its descriptor: closing it unlocks")] File);
 
 impl SlotLock {
+    /// Waits for the lock (a tracer: it holds it for a few map writes at most).
     fn take(bpffs: &Path) -> Result<Self> {
+        Self::lock(bpffs, libc::LOCK_EX).map(|l| l.expect("a blocking flock returns locked"))
+    }
+
+    /// The lock if it is free now; `None` if another process holds it (the agent's sweep
+    /// skips a round rather than wait on a tracer that may be stopped while holding it).
+    fn try_take(bpffs: &Path) -> Result<Option<Self>> {
+        Self::lock(bpffs, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn lock(bpffs: &Path, how: libc::c_int) -> Result<Option<Self>> {
         let dir = File::open(bpffs).with_context(|| format!("opening {}", bpffs.display()))?;
-        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
-        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            bail!(
-                "locking {} for the trace slots: {}",
-                bpffs.display(),
-                std::io::Error::last_os_error()
-            );
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), how) } == 0 {
+            return Ok(Some(Self(dir)));
         }
-        Ok(Self(dir))
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        bail!("locking {} for the trace slots: {e}", bpffs.display())
     }
 }
 // The lock is released when the descriptor closes (drop).
@@ -645,13 +655,16 @@ fn this_owner() -> Result<Owner> {
 }
 
 /// The agent's part: frees the slots of tracers that died without releasing them. Pins of an
-/// agent without trace maps are not an error.
+/// agent without trace maps are not an error; a lock held by a tracer skips the round. Blocking
+/// syscalls: the agent runs it with `spawn_blocking`.
 pub fn sweep(bpffs: &Path) -> Result<Vec<u32>> {
     if !bpffs.join(MAP_TRACE_ON).exists() {
         return Ok(Vec::new());
     }
     let mut maps = TraceMaps::open(bpffs)?;
-    let _lock = SlotLock::take(bpffs)?;
+    let Some(_lock) = SlotLock::try_take(bpffs)? else {
+        return Ok(Vec::new());
+    };
     let (mut on, filters) = maps.state()?;
     if on == 0 {
         return Ok(Vec::new());

@@ -54,6 +54,19 @@ fn fuzz_node(fault: u32, body: impl FnOnce(&mut Datapath, XdpUplink, &ServiceSet
     });
 }
 
+/// Every program translated some frames, so the run exercised translations, not only
+/// refusals.
+fn every_program_translated(rep: &Report) {
+    for t in ALL_TARGETS {
+        let translated = rep
+            .classes
+            .get(&(t, Class::Translated))
+            .copied()
+            .unwrap_or(0);
+        assert!(translated > 0, "{} translated nothing", t.name());
+    }
+}
+
 fn fuzz_clean(packets: u64) {
     let seed = env_u64("SVC_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     fuzz_node(0, |dp, uplink, set| {
@@ -69,14 +82,7 @@ fn fuzz_clean(packets: u64) {
         assert_eq!(rep.packets, packets);
         // Every program saw every outcome class it can produce at least once, so the run
         // exercised translations, not only refusals.
-        for t in ALL_TARGETS {
-            let translated = rep
-                .classes
-                .get(&(t, Class::Translated))
-                .copied()
-                .unwrap_or(0);
-            assert!(translated > 0, "{} translated nothing", t.name());
-        }
+        every_program_translated(&rep);
     });
 }
 
@@ -117,14 +123,7 @@ fn truncation_at_every_offset() {
                 "no {kind:?} frame was swept"
             );
         }
-        for t in ALL_TARGETS {
-            let translated = rep
-                .classes
-                .get(&(t, Class::Translated))
-                .copied()
-                .unwrap_or(0);
-            assert!(translated > 0, "{} translated no prefix", t.name());
-        }
+        every_program_translated(&rep);
     });
 }
 

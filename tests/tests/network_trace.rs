@@ -50,6 +50,27 @@ fn services(t: &Topology, web_endpoints: &[(Ipv4Addr, usize)]) -> ManifestDir {
     m
 }
 
+/// `svc-probe tcp` from pod `client` to `target`, `count` connections; its summary (also when
+/// connections failed, as to a Service without endpoints).
+fn client_tcp(t: &Topology, target: &str, count: usize) -> Summary {
+    let out = t
+        .exec(
+            t.pod_ns("client"),
+            &[
+                PROBE,
+                "tcp",
+                "--target",
+                target,
+                "--count",
+                &count.to_string(),
+                "--timeout-ms",
+                "2000",
+            ],
+        )
+        .unwrap();
+    Summary::from_output(&String::from_utf8_lossy(&out.stdout)).unwrap()
+}
+
 /// Starts `svc-agent trace ARGS --bpffs B -o json` in node 1's network namespace (nsenter:
 /// the real bpffs) and waits until it has its slot.
 fn tracer(t: &Topology, bpffs: &Path, args: &[&str]) -> NsChild {
@@ -134,12 +155,7 @@ fn trace_shows_one_clients_flows_and_nothing_else() {
     let _servers = t.serve(&["be1", "be2"], &["--tcp", "8080"]).unwrap();
     let ep = |p: &str| (t.pod_ip(p), t.pod(p).node);
     let m = services(&t, &[ep("be1"), ep("be2")]);
-    let mut agents = Vec::new();
-    for n in 1..=2 {
-        let mut a = Agent::start(&t, n, m.path(), &[]).unwrap();
-        a.wait_healthy(&t, Duration::from_secs(20)).unwrap();
-        agents.push(a);
-    }
+    let agents = Agent::start_all(&t, 2, m.path(), &[]).unwrap();
     let bpffs = agents[0].bpffs().to_owned();
     let (client, other) = (t.pod_ip("client"), t.pod_ip("other"));
     let backends: BTreeSet<String> = [t.pod_ip("be1"), t.pod_ip("be2")]
@@ -186,37 +202,9 @@ fn trace_shows_one_clients_flows_and_nothing_else() {
             ],
         )
         .unwrap();
-    let out = t
-        .exec_ok(
-            t.pod_ns("client"),
-            &[
-                PROBE,
-                "tcp",
-                "--target",
-                WEB,
-                "--count",
-                &CLIENT_CONNS.to_string(),
-                "--timeout-ms",
-                "2000",
-            ],
-        )
-        .unwrap();
-    let summary = Summary::from_output(&out).unwrap();
+    let summary = client_tcp(&t, WEB, CLIENT_CONNS);
     assert_eq!(summary.ok, CLIENT_CONNS as u64, "{summary:?}");
-    let refused = t.exec(
-        t.pod_ns("client"),
-        &[
-            PROBE,
-            "tcp",
-            "--target",
-            EMPTY,
-            "--count",
-            "1",
-            "--timeout-ms",
-            "2000",
-        ],
-    );
-    let refused = Summary::from_output(&String::from_utf8_lossy(&refused.unwrap().stdout)).unwrap();
+    let refused = client_tcp(&t, EMPTY, 1);
     assert_eq!(refused.failed, 1, "empty rejects: {refused:?}");
     let fin = other_traffic.finish(Duration::from_secs(60)).unwrap();
     let other_summary = Summary::from_output(&fin.stdout).unwrap();
@@ -378,35 +366,8 @@ fn kernel_debug_messages_reach_the_agent_log() {
     let m = services(&t, &[(t.pod_ip("be1"), 1)]);
     let mut agent = Agent::start(&t, 1, m.path(), &["--bpf-debug-log", "-v", "4"]).unwrap();
     agent.wait_healthy(&t, Duration::from_secs(20)).unwrap();
-    let out = t
-        .exec_ok(
-            t.pod_ns("client"),
-            &[
-                PROBE,
-                "tcp",
-                "--target",
-                WEB,
-                "--count",
-                "1",
-                "--timeout-ms",
-                "2000",
-            ],
-        )
-        .unwrap();
-    assert_eq!(Summary::from_output(&out).unwrap().ok, 1);
-    let _ = t.exec(
-        t.pod_ns("client"),
-        &[
-            PROBE,
-            "tcp",
-            "--target",
-            EMPTY,
-            "--count",
-            "1",
-            "--timeout-ms",
-            "2000",
-        ],
-    );
+    assert_eq!(client_tcp(&t, WEB, 1).ok, 1);
+    assert_eq!(client_tcp(&t, EMPTY, 1).failed, 1);
     let (client, be1) = (t.pod_ip("client"), t.pod_ip("be1"));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
