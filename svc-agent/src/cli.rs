@@ -51,7 +51,7 @@ pub enum Fault {
     /// servers must then report the agent unhealthy).
     StallProgramming,
     /// Plan every Service whether it fits the service maps or not, as before the per-Service
-    /// budget (`svc_agent::budget`): one oversized Service then stops the whole plan.
+    /// budget (`svc_core::budget`): one oversized Service then stops the whole plan.
     NoBudget,
 }
 
@@ -186,7 +186,7 @@ pub struct RunArgs {
 /// target port) pairs. Add 50 % headroom for rollouts (old and new pods are both endpoints for
 /// a while). Sizes apply when a map is created; a pinned map keeps its size (`svc-agent
 /// uninstall` removes them). A Service that does not fit is reported and not programmed (or
-/// kept as it was), never at the cost of the others (see `svc_agent::budget`).
+/// kept as it was), never at the cost of the others (see `svc_core::budget`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServiceMapArgs {
     /// Entries of SVC_FRONTENDS (~100 bytes each in the kernel).

@@ -23,7 +23,6 @@
 //!   tools, and what the datapath would do with a flow (a pure mirror of its decision).
 //! - `loader` / `attach` (binary side): load and pin the programs and maps, attach them to pod
 //!   veths as they appear (netlink).
-pub mod budget;
 pub mod cli;
 pub mod conntrack;
 pub mod datapath;
@@ -33,9 +32,10 @@ pub mod ifwatch;
 pub mod inspect;
 pub mod kpconfig;
 pub mod metrics;
-pub mod model;
-pub mod reconcile;
 pub mod run;
 pub mod snat;
 pub mod source;
 pub mod trace;
+
+// The pure core, under the names the agent's modules have always used.
+pub use svc_core::{budget, model, reconcile};

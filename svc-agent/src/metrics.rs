@@ -67,7 +67,7 @@ pub struct Metrics {
     /// Objects (or parts of them) refused, by kind and field.
     pub objects_skipped: Family<SkipLabel, Counter>,
     /// Services not programmed (or held as programmed before) because they do not fit into
-    /// the service maps or over the per-Service budget (`svc_agent::budget`), now.
+    /// the service maps or over the per-Service budget (`svc_core::budget`), now.
     pub services_refused: Gauge,
     /// Entries in each service map and its capacity: the fill ratio is their quotient. The
     /// LRU maps (conntrack, affinity, socket, fragments) are counted by each GC pass.

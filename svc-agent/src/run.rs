@@ -40,11 +40,9 @@ use crate::{
     model::{self, NodeContext, ObjectRef, Objects},
     reconcile::{self, Programmed, Removals},
     snat,
-    source::{
-        kube::{self as kube_source, Delta, Store, Touched},
-        manifests,
-    },
+    source::{kube as kube_source, manifests},
 };
+use svc_core::store::{self, Delta, Store, Touched};
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -407,9 +405,7 @@ async fn program_snat_source(
     let local = ifwatch::ipv4_addresses()
         .await
         .context("listing this node's addresses for the SNAT source")?;
-    let (internal, external) = node
-        .map(kube_source::node_addresses_by_type)
-        .unwrap_or_default();
+    let (internal, external) = node.map(store::node_addresses_by_type).unwrap_or_default();
     let choice = snat::choose(&snat::Candidates {
         flag_ips: &cfg.node_ips,
         internal: &internal,
@@ -448,7 +444,7 @@ fn node_context(cfg: &RunConfig, store: Option<&Store>) -> NodeContext {
         node_ips: node_ips(cfg, node),
         nodeport_addresses: cfg.nodeport_addresses.clone(),
         external_ip_cidrs: cfg.external_ip_cidrs.clone(),
-        zone: node.and_then(kube_source::node_zone),
+        zone: node.and_then(store::node_zone),
         service_proxy_name: cfg.service_proxy_name.clone(),
     }
 }
@@ -457,7 +453,7 @@ fn node_context(cfg: &RunConfig, store: Option<&Store>) -> NodeContext {
 fn node_ips(cfg: &RunConfig, node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<Ipv4Addr> {
     let mut ips: BTreeSet<Ipv4Addr> = cfg.node_ips.iter().copied().collect();
     if let Some(node) = node {
-        ips.extend(kube_source::node_addresses(node));
+        ips.extend(store::node_addresses(node));
     }
     ips.into_iter().collect()
 }

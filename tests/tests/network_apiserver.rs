@@ -9,8 +9,8 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Service;
-use svc_agent::dataplane::fake::canonical;
 use svc_common::{FrontendKey, PROTO_TCP};
+use svc_core::dataplane::fake::canonical;
 use tests::{
     agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     apiserver::{ApiServer, Resource},

@@ -3,7 +3,7 @@
 //! One node runs a client pod and two backends. Valid Services sit beside one that is a
 //! mistake or a hostile tenant: 3 000 ports, one EndpointSlice with 5 000 endpoints and 100
 //! ports (100 × 5 000 slots and backends, more than a Service may take). Before the budget
-//! (`svc_agent::budget`), the agent's first plan failed with E2BIG on `SVC_BACKENDS` and wrote
+//! (`svc_core::budget`), the agent's first plan failed with E2BIG on `SVC_BACKENDS` and wrote
 //! nothing after it: 0 frontends, every Service of the node unreachable. Now the valid Services
 //! are programmed and served, the offender is refused and named (log, metric), and with maps
 //! sized small enough to fill, a full map still applies removals and lets a refused Service in

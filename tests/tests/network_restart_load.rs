@@ -15,7 +15,7 @@
 //! `cargo xtask soak` sets `SVC_SOAK_RESTARTS=20 SVC_SOAK_CONNS=1000 SVC_SOAK_RATE=500`.
 use std::time::{Duration, Instant};
 
-use svc_agent::{
+use svc_core::{
     dataplane::{
         fake::{canonical, CanonicalFrontend, FakeDataplane},
         Dataplane,

@@ -2,7 +2,7 @@
 //!
 //! For each change the agent makes to a Service (add, remove, scale up and down, replace every
 //! backend, to no endpoints and back, port change, target-port change, two Services sharing
-//! backends), the agent's own planner ([`svc_agent::reconcile::plan`]) produces the map writes
+//! backends), the agent's own planner ([`svc_core::reconcile::plan`]) produces the map writes
 //! from the old state to the new one. They are applied to a real datapath one at a time, and
 //! after **each** write new TCP flows from several client ports are sent to every frontend of
 //! either state through `svc_pod_ingress`. Each must be treated as the old Service or the new
@@ -25,12 +25,12 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use svc_agent::{
+use svc_common::{Backend, FrontendKey, Hook, PROTO_TCP, SCOPE_ANY, SOURCE_RANGE_ALLOW};
+use svc_core::{
     dataplane::MapOp,
     model::{Desired, DesiredFrontend, ObjectRef},
     reconcile::{plan, Programmed},
 };
-use svc_common::{Backend, FrontendKey, Hook, PROTO_TCP, SCOPE_ANY, SOURCE_RANGE_ALLOW};
 use tests::fixtures::*;
 
 /// What one new flow got: the program's verdict, the counters that moved at the pod ingress
@@ -472,7 +472,7 @@ const REMOTE_EPS: [&str; 2] = ["10.244.2.2", "10.244.2.3"];
 fn scene(kind: &str, policy: &str, ranges: &[&str], local: bool) -> Desired {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use serde_json::json;
-    use svc_agent::model::{self, NodeContext, Objects};
+    use svc_core::model::{self, NodeContext, Objects};
     let mut spec = json!({
         "type": kind,
         "clusterIP": "10.96.0.10",

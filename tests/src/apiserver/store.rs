@@ -582,7 +582,7 @@ impl Store {
     /// through the API server.
     fn mirror_after_write(&mut self, res: Resource, ns: &str, name: &str) {
         use k8s_openapi::api::core::v1::{Endpoints, Service};
-        use svc_agent::{
+        use svc_core::{
             model::{ObjectRef, LABEL_SERVICE_NAME},
             source::manifests::{mirror_endpoints, LABEL_MANAGED_BY, MIRRORING_CONTROLLER},
         };
@@ -903,7 +903,7 @@ impl Store {
     /// `sessionAffinity`, `ipFamilies`, policies, port `protocol`/`targetPort`), keeps the
     /// allocated `clusterIP`/`nodePort`s of the old object when the new one omits them, checks
     /// user-chosen ones (range, not taken: 422 Invalid) and allocates the missing ones.
-    /// Allocation is the static source's scheme (svc_agent::source::manifests): FNV-1a of
+    /// Allocation is the static source's scheme (svc_core::source::manifests): FNV-1a of
     /// `namespace/name` picks the start, linear probing skips taken values, so the same
     /// manifests get the same addresses from either source when nothing collides.
     fn prepare_service(

@@ -8,8 +8,8 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use svc_agent::source::manifests;
 use svc_common::PROTO_TCP;
+use svc_core::source::manifests;
 use tests::{
     agent::{node_name, Agent, ManifestDir},
     probe::{probe_bin, Summary},

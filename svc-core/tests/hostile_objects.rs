@@ -50,19 +50,19 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Map, Value};
-use svc_agent::dataplane::fake::FakeDataplane;
-use svc_agent::dataplane::{Dataplane, MapOp};
-use svc_agent::model::{
-    desired, desired_for, desired_for_indexed, health_checks, Desired, NodeContext, ObjectRef,
-    Objects, SliceOwners, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
-    MAX_AFFINITY_TIMEOUT_S,
-};
-use svc_agent::reconcile::{plan, plan_in_place, plan_services_in_place, Plan, Programmed};
 use svc_common::{
     FrontendKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_EXTERNAL_SCOPE,
     FRONTEND_F_SOURCE_RANGES, MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP, SCOPE_ANY,
     SCOPE_EXTERNAL,
 };
+use svc_core::dataplane::fake::FakeDataplane;
+use svc_core::dataplane::{Dataplane, MapOp};
+use svc_core::model::{
+    desired, desired_for, desired_for_indexed, health_checks, Desired, NodeContext, ObjectRef,
+    Objects, SliceOwners, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+    MAX_AFFINITY_TIMEOUT_S,
+};
+use svc_core::reconcile::{plan, plan_in_place, plan_services_in_place, Plan, Programmed};
 
 // ---------------------------------------------------------------------------------------------
 // Memory: a counting allocator, per thread, so one call's peak can be read back.

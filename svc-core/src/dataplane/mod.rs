@@ -1,0 +1,152 @@
+//! The narrow interface between the agent's decisions and the BPF maps.
+//!
+//! Everything the agent writes to the service maps is a [`MapOp`]; everything it needs to read
+//! back (to adopt pinned state after a restart, or to compare dumps in tests) is a
+//! [`MapSnapshot`]. The flow maps the datapath writes (conntrack, session affinity) are only
+//! scanned and pruned by the agent: the `ct_*` and `affinity_*` methods.
+use std::collections::{BTreeMap, BTreeSet};
+
+use svc_common::{
+    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, Slot, SlotKey,
+    SourceRangeKey, SOURCE_RANGE_ID_BITS,
+};
+
+pub mod fake;
+
+/// One write to the service maps. [`crate::reconcile`] emits these in an order that keeps the
+/// svc-common update-order invariant; implementations apply them exactly in that order.
+/// A frontend's `loadBalancerSourceRanges` prefixes are put before the `PutFrontend` that may
+/// set `FRONTEND_F_SOURCE_RANGES` and deleted after the frontend stopped needing them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend { id: u32, backend: Backend },
+    PutSlot { key: SlotKey, slot: Slot },
+    PutFrontend { key: FrontendKey, value: Frontend },
+    DeleteFrontend { key: FrontendKey },
+    DeleteSlot { key: SlotKey },
+    DeleteBackend { id: u32 },
+    PutSourceRange { range: SourceRange },
+    DeleteSourceRange { range: SourceRange },
+}
+
+/// One entry of `SVC_SOURCE_RANGES`: client prefix `addr/len` may open flows to the frontend
+/// with id `frontend_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub frontend_id: u32,
+    /// Network address (host bits zero), network order.
+    pub addr: [u8; 4],
+    /// CIDR prefix length, 0..=32.
+    pub len: u8,
+}
+
+impl SourceRange {
+    /// The LPM trie key: prefix length (id bits + CIDR bits) and data.
+    pub fn map_key(&self) -> (u32, SourceRangeKey) {
+        (
+            SOURCE_RANGE_ID_BITS + u32::from(self.len),
+            SourceRangeKey {
+                frontend_id: self.frontend_id,
+                addr: self.addr,
+            },
+        )
+    }
+
+    /// The entry a map key stands for; `None` for a prefix length no agent writes.
+    pub fn from_map_key(prefix_len: u32, key: SourceRangeKey) -> Option<Self> {
+        let len = prefix_len.checked_sub(SOURCE_RANGE_ID_BITS)?;
+        (len <= 32).then_some(Self {
+            frontend_id: key.frontend_id,
+            addr: key.addr,
+            len: len as u8,
+        })
+    }
+
+    /// Whether `addr` is inside the prefix.
+    pub fn contains(&self, addr: [u8; 4]) -> bool {
+        u32::from_be_bytes(addr) & self.mask() == u32::from_be_bytes(self.addr)
+    }
+
+    /// Whether `addr` is a network address of this length (no host bit set), as the agent
+    /// writes them.
+    pub fn is_network(&self) -> bool {
+        u32::from_be_bytes(self.addr) & !self.mask() == 0
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.len.min(32)))
+            .unwrap_or(0)
+    }
+}
+
+/// The contents of the service maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapSnapshot {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub slots: BTreeMap<SlotKey, Slot>,
+    pub backends: BTreeMap<u32, Backend>,
+    /// `SVC_SOURCE_RANGES`.
+    pub source_ranges: BTreeSet<SourceRange>,
+}
+
+/// Map I/O failed. Expected at runtime only when a map is full or the kernel refuses a write;
+/// every variant names the operation and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{op:?}: {source}")]
+    Write { op: MapOp, source: std::io::Error },
+    #[error("deleting from map {map}: {source}")]
+    Delete {
+        map: &'static str,
+        source: std::io::Error,
+    },
+    #[error("reading map {map}: {source}")]
+    Read {
+        map: &'static str,
+        source: std::io::Error,
+    },
+    /// Only the fake reports this: an operation would have broken the update-order invariant.
+    #[error("{op:?} breaks the update-order invariant: {why}")]
+    Invariant { op: MapOp, why: String },
+}
+
+/// Map I/O behind one trait, so the agent's logic runs against the real maps and against an
+/// in-memory fake alike.
+pub trait Dataplane {
+    /// Applies one operation.
+    fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError>;
+    /// Reads the service maps.
+    fn snapshot(&self) -> Result<MapSnapshot, DataplaneError>;
+
+    /// Walks the conntrack map, a chunk of entries at a time (keys and values index alike).
+    /// Entries the datapath adds or the LRU evicts meanwhile may or may not be seen. Returns how
+    /// many entries were read.
+    fn ct_scan(&self, each: &mut dyn FnMut(&[CtKey], &[CtEntry])) -> Result<usize, DataplaneError>;
+    /// One conntrack entry, `None` when absent.
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError>;
+    /// Deletes conntrack entries; absent ones are skipped. Returns how many were deleted.
+    fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError>;
+    /// Capacity (`max_entries`) of the conntrack map.
+    fn ct_capacity(&self) -> u32;
+    /// Capacity (`max_entries`) of each service map, for [`crate::budget`].
+    fn service_capacity(&self) -> Result<crate::budget::Entries, DataplaneError>;
+    /// Walks the session-affinity map (see [`Dataplane::ct_scan`]).
+    fn affinity_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey], &[Affinity]),
+    ) -> Result<usize, DataplaneError>;
+    /// Deletes affinity entries; absent ones are skipped. Returns how many were deleted.
+    fn affinity_delete(&mut self, keys: &[AffinityKey]) -> Result<usize, DataplaneError>;
+    /// Entries and capacity of each LRU map other than conntrack (whose count a GC pass
+    /// takes as it scans), for the fill-ratio metrics and warnings.
+    fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError>;
+}
+
+/// How full a map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}

@@ -1,0 +1,484 @@
+//! The objects the model reads, kept current from deltas (pure; the API-server source feeds it).
+//!
+//! The watchers (`svc-agent`'s `source::kube`) send [`Delta`]s to the agent's main loop, which
+//! owns the [`Objects`] and applies them with [`Store::apply`], learning which Services each delta
+//! touched. A (re)list arrives as one [`Change::Resync`] carrying the complete new set (kube-rs
+//! buffers pages between `Init` and `InitDone` for us to replace atomically), so a relist after
+//! a 410 or a reconnect is applied as a single diff, and an empty list during start-up can never
+//! be mistaken for "delete everything": nothing is planned until every kind has completed its
+//! first list ([`Store::ready`]).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Instant, SystemTime},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
+/// A change to one kind of object.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// The complete current set (first list, or a relist after 410 / reconnect).
+    Resync(Vec<K>),
+    /// Created or updated.
+    Upsert(K),
+    /// Deleted (the last state seen).
+    Delete(K),
+}
+
+/// What a watcher task reports to the main loop, stamped with when it was received (for the
+/// programming-latency histogram).
+#[derive(Debug)]
+pub enum Delta {
+    Services(Change<Service>, Instant),
+    Slices(Change<EndpointSlice>, Instant),
+    Node(Change<Node>, Instant),
+    /// A watcher hit an error (it retries with backoff by itself); for metrics and logs.
+    WatchError {
+        kind: &'static str,
+        error: String,
+    },
+}
+
+/// Starts the three watchers. Deltas arrive on the returned channel until the client is gone.
+/// The objects the model reads, kept current from deltas.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub objects: Objects,
+    /// Slices by Service, kept in step with `objects.slices`, so planning one changed Service
+    /// does not walk every slice ([`crate::model::desired_for_indexed`]).
+    pub slice_owners: SliceOwners,
+    /// This node's Node object, once seen.
+    pub node: Option<Node>,
+    listed: BTreeSet<&'static str>,
+}
+
+/// What applying a batch of deltas touched.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Services whose frontends or backends may have changed.
+    pub services: BTreeSet<ObjectRef>,
+    /// The Node's addresses or zone changed: they feed every Service (local endpoints,
+    /// NodePorts, topology hints), so plan all.
+    pub node: bool,
+    /// Earliest receive time among the deltas applied (for programming latency).
+    pub oldest: Option<Instant>,
+    /// The [`LAST_CHANGE_TRIGGER_TIME`]s of the EndpointSlices that changed (for kube-proxy's
+    /// network programming latency).
+    pub triggers: Vec<SystemTime>,
+}
+
+/// The annotation the EndpointSlice controller sets to when the change it mirrors happened
+/// (a Pod or Service change), RFC 3339.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// An EndpointSlice's [`LAST_CHANGE_TRIGGER_TIME`], if present and well formed.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    // Through a duration since the epoch: jiff's `From<Timestamp> for SystemTime` needs its
+    // `std` feature, which only the agent's dependencies switch on.
+    let since_epoch = ts.as_duration();
+    if since_epoch.is_negative() {
+        return None;
+    }
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+        since_epoch.as_secs() as u64,
+        since_epoch.subsec_nanos() as u32,
+    ))
+}
+
+impl Store {
+    /// True once Services, EndpointSlices and the Node have each completed a first list.
+    pub fn ready(&self) -> bool {
+        self.listed.len() == 3
+    }
+
+    /// Applies one delta, recording what it touched.
+    pub fn apply(&mut self, delta: Delta, touched: &mut Touched) {
+        let mut stamp = |t: Instant| {
+            touched.oldest = Some(touched.oldest.map_or(t, |o| o.min(t)));
+        };
+        match delta {
+            Delta::Services(change, at) => {
+                stamp(at);
+                if matches!(change, Change::Resync(_)) {
+                    self.listed.insert("Service");
+                }
+                apply_change(&mut self.objects.services, change, |r, _| {
+                    touched.services.insert(r.clone());
+                });
+            }
+            Delta::Slices(change, at) => {
+                stamp(at);
+                let one = match &change {
+                    Change::Upsert(s) | Change::Delete(s) => ObjectRef::from_meta(&s.metadata),
+                    Change::Resync(_) => None,
+                };
+                let resync = matches!(change, Change::Resync(_));
+                if resync {
+                    self.listed.insert("EndpointSlice");
+                }
+                // Trigger times of the versions the callback sees (old and new of each change).
+                let mut seen: BTreeSet<(ObjectRef, SystemTime)> = BTreeSet::new();
+                apply_change(&mut self.objects.slices, change, |r, slice| {
+                    if let Some(t) = trigger_time(slice) {
+                        seen.insert((r.clone(), t));
+                    }
+                    if let Some(name) = slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+                    {
+                        touched
+                            .services
+                            .insert(ObjectRef::new(r.namespace.clone(), name.clone()));
+                    }
+                });
+                // A slice that changed carries the trigger time of its new version (kube-proxy
+                // records it for every slice update that changes the slice).
+                touched
+                    .triggers
+                    .extend(seen.into_iter().filter_map(|(r, t)| {
+                        (self.objects.slices.get(&r).and_then(trigger_time) == Some(t)).then_some(t)
+                    }));
+                if resync {
+                    self.slice_owners = SliceOwners::build(&self.objects.slices);
+                } else if let Some(r) = one {
+                    self.slice_owners.update(&r, self.objects.slices.get(&r));
+                }
+            }
+            Delta::Node(change, at) => {
+                stamp(at);
+                let before = self.node.clone();
+                match change {
+                    Change::Resync(mut nodes) => {
+                        self.listed.insert("Node");
+                        self.node = nodes.pop();
+                    }
+                    Change::Upsert(n) => self.node = Some(n),
+                    Change::Delete(_) => self.node = None,
+                }
+                let what_counts = |n: &Node| (n.status.clone(), node_zone(n));
+                if before.as_ref().map(what_counts) != self.node.as_ref().map(what_counts) {
+                    touched.node = true;
+                }
+            }
+            Delta::WatchError { .. } => {}
+        }
+    }
+}
+
+/// Applies `change` to `map`, calling `touched` with every object (old and new state) that
+/// differs, so both the Service a slice used to name and the one it names now are re-planned.
+fn apply_change<K: k8s_openapi::Metadata<Ty = ObjectMeta> + PartialEq + Clone>(
+    map: &mut BTreeMap<ObjectRef, K>,
+    change: Change<K>,
+    mut touched: impl FnMut(&ObjectRef, &K),
+) {
+    let key = |o: &K| ObjectRef::from_meta(o.metadata());
+    match change {
+        Change::Upsert(obj) => {
+            let Some(r) = key(&obj) else { return };
+            if let Some(old) = map.get(&r) {
+                if *old == obj {
+                    return;
+                }
+                touched(&r, old);
+            }
+            touched(&r, &obj);
+            map.insert(r, obj);
+        }
+        Change::Delete(obj) => {
+            let Some(r) = key(&obj) else { return };
+            if let Some(old) = map.remove(&r) {
+                touched(&r, &old);
+            }
+        }
+        Change::Resync(all) => {
+            let mut new: BTreeMap<ObjectRef, K> = BTreeMap::new();
+            for obj in all {
+                if let Some(r) = key(&obj) {
+                    new.insert(r, obj);
+                }
+            }
+            for (r, old) in map.iter() {
+                if new.get(r) != Some(old) {
+                    touched(r, old);
+                }
+            }
+            for (r, obj) in &new {
+                if map.get(r) != Some(obj) {
+                    touched(r, obj);
+                }
+            }
+            *map = new;
+        }
+    }
+}
+
+/// This node's addresses from its Node object (InternalIP and ExternalIP, IPv4).
+pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
+    let (mut all, external) = node_addresses_by_type(node);
+    all.extend(external);
+    all
+}
+
+/// The Node's IPv4 `InternalIP` and `ExternalIP` addresses, each in the object's order.
+pub fn node_addresses_by_type(node: &Node) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv4Addr>) {
+    let of = |kind: &str| -> Vec<std::net::Ipv4Addr> {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == kind)
+            .filter_map(|a| a.address.parse().ok())
+            .collect()
+    };
+    (of("InternalIP"), of("ExternalIP"))
+}
+
+/// This node's zone: its Node object's [`LABEL_TOPOLOGY_ZONE`] label, `None` when absent or
+/// empty.
+pub fn node_zone(node: &Node) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_TOPOLOGY_ZONE)
+        .filter(|z| !z.is_empty())
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn nothing_is_ready_until_every_kind_has_listed() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(Delta::Services(Change::Resync(vec![]), now()), &mut t);
+        store.apply(Delta::Slices(Change::Resync(vec![]), now()), &mut t);
+        assert!(
+            !store.ready(),
+            "an empty Service list alone must not allow programming"
+        );
+        store.apply(Delta::Node(Change::Resync(vec![]), now()), &mut t);
+        assert!(store.ready());
+    }
+
+    #[test]
+    fn relist_touches_only_what_changed() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(
+                Change::Resync(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]),
+                now(),
+            ),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(
+                Change::Resync(vec![svc("a", "10.96.0.1"), svc("c", "10.96.0.3")]),
+                now(),
+            ),
+            &mut t,
+        );
+        let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "a is unchanged, b deleted, c new");
+        assert_eq!(store.objects.services.len(), 2);
+    }
+
+    #[test]
+    fn a_slice_moving_between_services_touches_both() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "api")), now()),
+            &mut t,
+        );
+        let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+        assert_eq!(
+            store.slice_owners,
+            SliceOwners::build(&store.objects.slices)
+        );
+        let api = ObjectRef::new("default", "api");
+        assert_eq!(store.slice_owners.slices_of(&api).count(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_upsert_touches_nothing() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            &mut t,
+        );
+        assert!(t.services.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_slice_touches_its_service() {
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Delete(slice("s1", "web")), now()),
+            &mut t,
+        );
+        assert_eq!(
+            t.services
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        assert!(store.objects.slices.is_empty());
+        assert_eq!(store.slice_owners, SliceOwners::default());
+    }
+
+    #[test]
+    fn a_zone_label_change_touches_the_node_and_other_labels_do_not() {
+        let node = |labels: &[(&str, &str)]| Node {
+            metadata: ObjectMeta {
+                name: Some("node-a".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        store.apply(Delta::Node(Change::Upsert(node(&[])), now()), &mut t);
+        assert_eq!(store.node.as_ref().and_then(node_zone), None);
+        for (labels, touches, zone) in [
+            (vec![(LABEL_TOPOLOGY_ZONE, "zone-a")], true, Some("zone-a")),
+            (
+                vec![(LABEL_TOPOLOGY_ZONE, "zone-a"), ("team", "x")],
+                false,
+                Some("zone-a"),
+            ),
+            (vec![(LABEL_TOPOLOGY_ZONE, "zone-b")], true, Some("zone-b")),
+            (vec![(LABEL_TOPOLOGY_ZONE, "")], true, None),
+        ] {
+            let mut t = Touched::default();
+            store.apply(Delta::Node(Change::Upsert(node(&labels)), now()), &mut t);
+            assert_eq!(t.node, touches, "{labels:?}");
+            assert_eq!(
+                store.node.as_ref().and_then(node_zone).as_deref(),
+                zone,
+                "{labels:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn changed_slices_report_their_trigger_time_once() {
+        let with_trigger = |name: &str, t: &str, port: i32| {
+            let mut s = slice(name, "web");
+            s.metadata.annotations =
+                Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), t.to_string())].into());
+            s.ports = Some(vec![k8s_openapi::api::discovery::v1::EndpointPort {
+                port: Some(port),
+                ..Default::default()
+            }]);
+            s
+        };
+        // Seconds since the epoch, written out so the parsing is checked, not repeated.
+        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        let first = with_trigger("a", "2025-12-01T02:00:00Z", 80);
+        store.apply(
+            Delta::Slices(Change::Resync(vec![first.clone()]), now()),
+            &mut t,
+        );
+        assert_eq!(t.triggers, [at(1_764_554_400_000)]);
+        // The same slice again (a relist): no change, no trigger.
+        let mut t = Touched::default();
+        store.apply(Delta::Slices(Change::Resync(vec![first]), now()), &mut t);
+        assert!(t.triggers.is_empty());
+        // An update: the new version's trigger time only.
+        let mut t = Touched::default();
+        let second = with_trigger("a", "2025-12-01T02:00:05.5Z", 81);
+        store.apply(Delta::Slices(Change::Upsert(second), now()), &mut t);
+        assert_eq!(t.triggers, [at(1_764_554_405_500)]);
+        // No annotation, or a malformed one: nothing to measure.
+        let mut t = Touched::default();
+        store.apply(
+            Delta::Slices(Change::Upsert(with_trigger("b", "yesterday", 80)), now()),
+            &mut t,
+        );
+        store.apply(
+            Delta::Slices(Change::Upsert(slice("c", "web")), now()),
+            &mut t,
+        );
+        assert!(t.triggers.is_empty());
+        assert!(t.services.contains(&ObjectRef::new("default", "web")));
+    }
+}
