@@ -1,21 +1,19 @@
-//! `svc-agent run`: the agent's main loop.
+//! `svc-agent run`: wires the agent together.
 //!
-//! One task owns the datapath, the objects and the programmed state, and reacts to: object
-//! changes (the API-server watchers' deltas, or the manifest directory's fingerprint changing),
-//! interfaces appearing or vanishing (rtnetlink), and SIGTERM/SIGINT. Map writes are
-//! synchronous syscalls of a few microseconds each; they run on this task.
-//!
-//! Planning is incremental: a batch of deltas re-plans only the Services it touched
-//! ([`model::desired_for`] + [`reconcile::plan_services_in_place`]). A full plan runs on the
-//! first sync (after adopting the pinned maps, so a restart writes only what differs), when the
-//! Node's addresses change, and after a failed write (when the maps are re-read).
+//! It loads the programs and opens the pinned maps, starts the conntrack collector, attaches
+//! the socket hooks and the interface programs, and then hands everything that changes to
+//! svc-core's [`Engine`]: one event stream (the source's objects or deltas, interface
+//! changes), the pinned maps as its [`svc_core::dataplane::Dataplane`], [`AgentHooks`] for
+//! what the agent does around a plan (metrics, `/healthz`, health-check servers, the SNAT
+//! source, interface attachment, flushing the flows of removed endpoints), and SIGTERM/SIGINT
+//! as its shutdown. Map writes are synchronous syscalls of a few microseconds each; they run
+//! on the engine's task.
 //!
 //! The conntrack collector ([`crate::conntrack::Collector`]) runs on threads of its own with
 //! its own handles on the pinned maps: a pass over a large `SVC_CT` never delays a plan. After
-//! each plan this task deletes the session affinity of what the plan removed and sends the
-//! removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
+//! each plan the engine's task deletes the session affinity of what the plan removed and sends
+//! the removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
 use std::{
-    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
@@ -33,16 +31,19 @@ use crate::{
     budget,
     conntrack::{self, Collector, CollectorHandle},
     datapath::Datapath,
-    dataplane::{pinned::PinnedMaps, Dataplane, MapOp},
+    dataplane::{pinned::PinnedMaps, DataplaneError, MapOp},
     health::{self, HealthServers, ProxyHealth},
     ifwatch::{self, LinkEvent},
     metrics::{self, MapLabel, Metrics},
-    model::{self, NodeContext, ObjectRef, Objects},
-    reconcile::{self, Programmed, Removals},
+    model::{HealthCheck, NodeContext, ObjectRef, Problem},
+    reconcile::Removals,
     snat,
     source::{kube as kube_source, manifests},
 };
-use svc_core::store::{self, Delta, Store, Touched};
+use k8s_openapi::api::core::v1::Node;
+use svc_core::engine::{Engine, EngineConfig, Event, Hooks, FULL_RESYNC};
+use svc_core::store::{self, Delta};
+use tokio::sync::mpsc;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -65,9 +66,9 @@ pub struct RunConfig {
     /// `--node-ip`; the Node object's addresses are added when the API server is the source.
     pub node_ips: Vec<Ipv4Addr>,
     /// `--nodeport-addresses` ([`NodeContext::nodeport_addresses`]).
-    pub nodeport_addresses: Vec<model::Ipv4Cidr>,
+    pub nodeport_addresses: Vec<svc_core::model::Ipv4Cidr>,
     /// `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs`]).
-    pub external_ip_cidrs: Option<Vec<model::Ipv4Cidr>>,
+    pub external_ip_cidrs: Option<Vec<svc_core::model::Ipv4Cidr>>,
     /// `--service-proxy-name` ([`NodeContext::service_proxy_name`]).
     pub service_proxy_name: Option<String>,
     pub bpffs: PathBuf,
@@ -197,30 +198,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             }
         }
     });
-    // Adopt whatever an earlier agent left in the pinned maps: the first plan then writes only
-    // what differs, and traffic through unchanged services is never disturbed.
-    let snapshot = maps.snapshot().context("reading the pinned service maps")?;
-    info!(
-        frontends = snapshot.frontends.len(),
-        backends = snapshot.backends.len(),
-        "adopted pinned maps"
-    );
-    let mut engine = Engine {
-        programmed: Programmed::from_snapshot(&snapshot),
-        maps,
-        metrics: metrics.clone(),
-        last_problems: BTreeSet::new(),
-        refused: BTreeMap::new(),
-        service_share: cfg.service_maps.max_service_share,
-        no_budget: cfg.no_budget,
-        needs_full: true,
-        gc,
-        health: proxy_health.clone(),
-        triggers: Vec::new(),
-        stall_programming: cfg.stall_programming,
-        synced_once: false,
-    };
-
     let (links, mut link_events) = ifwatch::start().await?;
     let mut cfg = cfg;
     if cfg.uplinks.is_empty() {
@@ -236,7 +213,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         }
     }
     let cfg = cfg;
-    // The SNAT source needs the uplinks (and, with the API server, the Node: again below).
+    // The SNAT source needs the uplinks (and, with the API server, the Node: again when the
+    // engine sees it).
     let mut last_snat = None;
     program_snat_source(&mut datapath, &cfg, None, &mut last_snat).await?;
     datapath.remove_stale_link_pins(&links);
@@ -244,134 +222,69 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         attach_link(&mut datapath, &cfg, *index, name);
     }
 
-    let mut health = HealthServers::new(proxy_health.clone());
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    match &cfg.source {
+    // One event stream for the engine: the source's objects, interface changes.
+    let (events, event_rx) = mpsc::unbounded_channel::<Event<LinkEvent>>();
+    let resync = match &cfg.source {
         Source::Manifests { dir, options, poll } => {
-            let node = node_context(&cfg, None);
-            let mut last_fingerprint = None;
-            let mut tick = tokio::time::interval(*poll);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        proxy_health.heartbeat();
-                        let fingerprint = match manifests::dir_fingerprint(dir) {
-                            Ok(f) => f,
-                            Err(e) => {
-                                warn!(dir = %dir.display(), "cannot read manifest directory: {e}; keeping what is programmed");
-                                continue;
-                            }
-                        };
-                        if last_fingerprint == Some(fingerprint) {
-                            continue;
-                        }
-                        let started = Instant::now();
-                        match manifests::load_dir_with(dir, options) {
-                            Ok(objects) => {
-                                last_fingerprint = Some(fingerprint);
-                                engine.queued();
-                                engine.full(&objects, &node, started);
-                                health.sync(&model::health_checks(&objects, &node)).await;
-                                metrics.ready.store(true, Ordering::Relaxed);
-                            }
-                            Err(e) => warn!("{e}; keeping what is programmed"),
-                        }
-                    }
-                    Some(event) = link_events.recv() => {
-                        on_link(&mut datapath, &cfg, event);
-                        // An uplink that appears (or changes) may bring the SNAT source.
-                        if let Err(e) = program_snat_source(&mut datapath, &cfg, None, &mut last_snat).await {
-                            warn!("{e:#}");
-                        }
-                    }
-                    _ = sigterm.recv() => break,
-                    _ = sigint.recv() => break,
-                }
-            }
+            tokio::spawn(poll_manifests(
+                dir.clone(),
+                options.clone(),
+                *poll,
+                events.clone(),
+            ));
+            None
         }
         Source::Kube { kubeconfig } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
-            let mut deltas = kube_source::start(client, &cfg.node_name);
-            let mut store = Store::default();
-            // A full plan now and then settles what incremental plans cannot see (a frontend
-            // address claimed by two Services, one of them unchanged), as kube-proxy resyncs
-            // periodically. With nothing to change it writes nothing.
-            let mut resync = tokio::time::interval(FULL_RESYNC);
-            resync.tick().await;
-            let mut heartbeat = tokio::time::interval(proxy_health.heartbeat_period());
-            loop {
-                tokio::select! {
-                    _ = heartbeat.tick() => proxy_health.heartbeat(),
-                    _ = resync.tick() => {
-                        if store.ready() && !engine.needs_full {
-                            let node = node_context(&cfg, Some(&store));
-                            engine.full(&store.objects, &node, Instant::now());
-                            health.sync(&model::health_checks(&store.objects, &node)).await;
-                        }
-                    }
-                    Some(delta) = deltas.recv() => {
-                        let mut touched = Touched::default();
-                        note_delta(&metrics, &delta);
-                        store.apply(delta, &mut touched);
-                        // Take everything already queued: one plan for a burst of events.
-                        while let Ok(delta) = deltas.try_recv() {
-                            note_delta(&metrics, &delta);
-                            store.apply(delta, &mut touched);
-                        }
-                        proxy_health.sync_node(store.node.as_ref());
-                        if touched.node || !touched.services.is_empty() {
-                            engine.queued();
-                        }
-                        // kube-proxy measures only changes made after it started.
-                        engine
-                            .triggers
-                            .extend(touched.triggers.iter().filter(|t| **t >= started_at));
-                        if !store.ready() {
-                            continue;
-                        }
-                        let node = node_context(&cfg, Some(&store));
-                        let oldest = touched.oldest.unwrap_or_else(Instant::now);
-                        if engine.needs_full || touched.node {
-                            // The Node object may have brought (new) addresses.
-                            if let Err(e) =
-                                program_snat_source(&mut datapath, &cfg, store.node.as_ref(), &mut last_snat).await
-                            {
-                                error!("{e:#}");
-                            }
-                            engine.full(&store.objects, &node, oldest);
-                            health.sync(&model::health_checks(&store.objects, &node)).await;
-                            metrics.ready.store(true, Ordering::Relaxed);
-                        } else if !touched.services.is_empty() {
-                            engine.incremental(&store, &node, &touched.services, oldest);
-                            // Health checks cost a pass over every Service and slice: redo them
-                            // only when a touched Service has (or had) a health-check port.
-                            let concerned = touched.services.iter().any(|r| {
-                                health.serves(r)
-                                    || store.objects.services.get(r).is_some_and(|svc| {
-                                        svc.spec
-                                            .as_ref()
-                                            .is_some_and(|s| s.health_check_node_port.is_some())
-                                    })
-                            });
-                            if concerned {
-                                health.sync(&model::health_checks(&store.objects, &node)).await;
-                            }
-                        }
-                    }
-                    Some(event) = link_events.recv() => {
-                        on_link(&mut datapath, &cfg, event);
-                        // An uplink that appears (or changes) may bring the SNAT source.
-                        if let Err(e) = program_snat_source(&mut datapath, &cfg, store.node.as_ref(), &mut last_snat).await {
-                            warn!("{e:#}");
-                        }
-                    }
-                    _ = sigterm.recv() => break,
-                    _ = sigint.recv() => break,
-                }
+            kube_source::start(client, &cfg.node_name, events.clone());
+            Some(FULL_RESYNC)
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(event) = link_events.recv().await {
+            if events.send(Event::Interface(event)).is_err() {
+                return;
             }
         }
-    }
+    });
+
+    let engine_cfg = EngineConfig {
+        node: NodeContext {
+            node_name: cfg.node_name.clone(),
+            node_ips: cfg.node_ips.clone(),
+            nodeport_addresses: cfg.nodeport_addresses.clone(),
+            external_ip_cidrs: cfg.external_ip_cidrs.clone(),
+            zone: None,
+            service_proxy_name: cfg.service_proxy_name.clone(),
+        },
+        resync,
+        heartbeat: proxy_health.heartbeat_period(),
+        service_share: cfg.service_maps.max_service_share,
+        no_budget: cfg.no_budget,
+        stall_programming: cfg.stall_programming,
+        started_at,
+    };
+    let hooks = AgentHooks {
+        metrics,
+        proxy_health: proxy_health.clone(),
+        health: HealthServers::new(proxy_health),
+        gc,
+        datapath,
+        last_snat,
+        cfg: cfg.clone(),
+    };
+    // Adopts whatever an earlier agent left in the pinned maps: the first plan then writes
+    // only what differs, and traffic through unchanged services is never disturbed.
+    let engine = Engine::new(maps, hooks, engine_cfg).context("reading the pinned service maps")?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    engine.run(event_rx, shutdown).await;
     info!(
         "stopping; maps and links stay pinned under {} for the next agent",
         cfg.bpffs.display()
@@ -379,17 +292,39 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// Period of the full plan in API-source mode (see where it is used).
-const FULL_RESYNC: Duration = Duration::from_secs(60);
-
-fn note_delta(metrics: &Metrics, delta: &Delta) {
-    if let Delta::WatchError { kind, .. } = delta {
-        metrics
-            .watch_errors
-            .get_or_create(&metrics::KindLabel {
-                kind: kind.to_string(),
-            })
-            .inc();
+/// The manifests source: reads `dir` every `poll` and sends its objects whenever its
+/// fingerprint changes. A directory that cannot be read, or a load that fails, keeps what is
+/// programmed (logged).
+async fn poll_manifests(
+    dir: PathBuf,
+    options: manifests::Options,
+    poll: Duration,
+    events: mpsc::UnboundedSender<Event<LinkEvent>>,
+) {
+    let mut last_fingerprint = None;
+    let mut tick = tokio::time::interval(poll);
+    loop {
+        tick.tick().await;
+        let fingerprint = match manifests::dir_fingerprint(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(dir = %dir.display(), "cannot read manifest directory: {e}; keeping what is programmed");
+                continue;
+            }
+        };
+        if last_fingerprint == Some(fingerprint) {
+            continue;
+        }
+        let started = Instant::now();
+        match manifests::load_dir_with(&dir, &options) {
+            Ok(objects) => {
+                last_fingerprint = Some(fingerprint);
+                if events.send(Event::Objects(objects, started)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => warn!("{e}; keeping what is programmed"),
+        }
     }
 }
 
@@ -434,30 +369,6 @@ async fn program_snat_source(
     Ok(())
 }
 
-/// What the model knows of this node: the flags, plus what its Node object says when the API
-/// server is the source (`store`): its addresses and its zone. `--manifests` has no Node
-/// object, so no zone there (zone hints are then ignored, as on an unlabelled node).
-fn node_context(cfg: &RunConfig, store: Option<&Store>) -> NodeContext {
-    let node = store.and_then(|s| s.node.as_ref());
-    NodeContext {
-        node_name: cfg.node_name.clone(),
-        node_ips: node_ips(cfg, node),
-        nodeport_addresses: cfg.nodeport_addresses.clone(),
-        external_ip_cidrs: cfg.external_ip_cidrs.clone(),
-        zone: node.and_then(store::node_zone),
-        service_proxy_name: cfg.service_proxy_name.clone(),
-    }
-}
-
-/// `--node-ip` plus the Node object's InternalIP/ExternalIP addresses, de-duplicated.
-fn node_ips(cfg: &RunConfig, node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<Ipv4Addr> {
-    let mut ips: BTreeSet<Ipv4Addr> = cfg.node_ips.iter().copied().collect();
-    if let Some(node) = node {
-        ips.extend(store::node_addresses(node));
-    }
-    ips.into_iter().collect()
-}
-
 pub(crate) async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -497,201 +408,111 @@ fn attach_link(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &str)
     }
 }
 
-/// The programmed state and the maps it describes.
-struct Engine {
-    maps: PinnedMaps,
-    programmed: Programmed,
+/// What the agent does around the engine: metrics, `/healthz`, the conntrack collector, the
+/// health-check servers, the SNAT source and attaching programs to interfaces.
+struct AgentHooks {
     metrics: Arc<Metrics>,
-    /// Problems reported by the last full plan, so each is logged once.
-    last_problems: BTreeSet<String>,
-    /// Services [`budget::admit`] did not let in, with why (logged when it changes). They are
-    /// planned again with every change, so they get in as soon as space returns.
-    refused: BTreeMap<ObjectRef, String>,
-    /// `--max-service-share`.
-    service_share: u8,
-    /// `--fault-inject no-budget`: let every Service in.
-    no_budget: bool,
-    /// The next plan must be full: first sync, or `programmed` was re-read from the maps.
-    needs_full: bool,
+    proxy_health: Arc<ProxyHealth>,
+    health: HealthServers,
     /// The conntrack collector, told which UDP flows to flush.
     gc: CollectorHandle,
-    /// Told when changes arrive and when the maps reflect them (`/healthz`, `/livez`).
-    health: Arc<ProxyHealth>,
-    /// Trigger times of EndpointSlice changes not yet written to the maps.
-    triggers: Vec<SystemTime>,
-    /// `--fault-inject stall-programming`: write nothing after the first sync.
-    stall_programming: bool,
-    /// A plan has been written in full once.
-    synced_once: bool,
+    datapath: Datapath,
+    last_snat: Option<snat::Choice>,
+    cfg: RunConfig,
 }
 
-impl Engine {
-    /// A change arrived that the maps do not reflect yet.
-    fn queued(&self) {
-        self.health.queued();
+impl Hooks<PinnedMaps> for AgentHooks {
+    type Interface = LinkEvent;
+
+    fn queued(&mut self) {
+        self.proxy_health.queued();
         self.metrics.queued();
     }
 
-    /// Plans every Service.
-    fn full(&mut self, objects: &Objects, node: &NodeContext, since: Instant) {
-        let started = Instant::now();
-        let desired = model::desired(objects, node);
-        let problems: Vec<_> = objects.problems.iter().chain(&desired.problems).collect();
-        let texts: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
-        for p in &problems {
-            if !self.last_problems.contains(&p.to_string()) {
-                warn!("skipped: {p}");
-                self.metrics.skipped(&p.object, &p.field);
-            }
-        }
-        self.last_problems = texts;
-        let mut desired = desired;
-        let admission = self.admit(&mut desired, None);
-        let (ops, removals) =
-            reconcile::plan_in_place_holding(&mut self.programmed, &desired, &admission.held);
-        if self.apply(&ops, &removals, since, started) {
-            self.needs_full = false;
-            info!(
-                services = objects.services.len(),
-                frontends = desired.frontends.len(),
-                writes = ops.len(),
-                "full sync: maps match the desired state"
-            );
+    fn heartbeat(&mut self) {
+        self.proxy_health.heartbeat();
+    }
+
+    fn delta(&mut self, delta: &Delta) {
+        if let Delta::WatchError { kind, .. } = delta {
+            self.metrics
+                .watch_errors
+                .get_or_create(&metrics::KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc();
         }
     }
 
-    /// Plans only `services`: O(those Services), nothing proportional to the cluster (the
-    /// slices come from the store's index, and the plan advances `programmed` in place).
-    fn incremental(
-        &mut self,
-        store: &Store,
-        node: &NodeContext,
-        services: &BTreeSet<ObjectRef>,
-        since: Instant,
-    ) {
-        let started = Instant::now();
-        // Refused Services are planned again with every change: this one may have made room.
-        let mut scope = services.clone();
-        scope.extend(self.refused.keys().cloned());
-        let mut desired =
-            model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
-        // A key one of them claims that a Service outside the scope holds (an external IP
-        // equal to another Service's ClusterIP, say): plan the holder too, so the model settles
-        // the claim as a full plan would.
-        let holders: BTreeSet<ObjectRef> = desired
-            .frontends
-            .keys()
-            .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
-            .filter(|owner| !scope.contains(owner))
-            .collect();
-        if !holders.is_empty() {
-            scope.extend(holders);
-            desired = model::desired_for_indexed(&store.objects, node, &scope, &store.slice_owners);
-        }
-        for p in &desired.problems {
-            warn!("skipped: {p}");
-            self.metrics.skipped(&p.object, &p.field);
-        }
-        let admission = self.admit(&mut desired, Some(&scope));
-        // Held Services keep their frontends: leave them out of the plan altogether.
-        for held in &admission.held {
-            scope.remove(held);
-        }
-        let (ops, removals) =
-            reconcile::plan_services_in_place(&mut self.programmed, &desired, &scope);
-        if self.apply(&ops, &removals, since, started) {
-            info!(
-                services = services.len(),
-                writes = ops.len(),
-                "synced changed services"
-            );
+    fn node_seen(&mut self, node: Option<&Node>) {
+        self.proxy_health.sync_node(node);
+    }
+
+    async fn node_changed(&mut self, node: Option<&Node>) {
+        if let Err(e) =
+            program_snat_source(&mut self.datapath, &self.cfg, node, &mut self.last_snat).await
+        {
+            error!("{e:#}");
         }
     }
 
-    /// Lets into `desired` only the Services of `scope` (`None`: all) that fit into the
-    /// service maps ([`budget::admit`]), and reports each change in what is refused.
-    fn admit(
-        &mut self,
-        desired: &mut model::Desired,
-        scope: Option<&BTreeSet<ObjectRef>>,
-    ) -> budget::Admission {
-        if self.no_budget {
-            warn!("fault injected: every Service planned, fitting the maps or not");
-            return budget::Admission::default();
+    async fn interface(&mut self, event: LinkEvent, node: Option<&Node>) {
+        on_link(&mut self.datapath, &self.cfg, event);
+        // An uplink that appears (or changes) may bring the SNAT source.
+        if let Err(e) =
+            program_snat_source(&mut self.datapath, &self.cfg, node, &mut self.last_snat).await
+        {
+            warn!("{e:#}");
         }
-        let capacity = self.maps.service_capacity().unwrap_or_else(|e| {
-            error!("{e}; assuming the ABI's map sizes");
-            budget::Entries {
-                frontends: svc_common::MAX_FRONTENDS.into(),
-                slots: svc_common::MAX_SLOTS.into(),
-                backends: svc_common::MAX_BACKENDS.into(),
-                source_ranges: svc_common::MAX_SOURCE_RANGES.into(),
-            }
-        });
-        let limits = budget::Limits {
-            capacity,
-            service_share_percent: self.service_share,
-        };
-        let admission = budget::admit(&self.programmed, desired, scope, &limits);
-        let in_scope = |s: &ObjectRef| scope.is_none_or(|set| set.contains(s));
-        self.refused.retain(|svc, _| {
-            let keep = !in_scope(svc) || admission.problems.contains_key(svc);
-            if !keep {
-                info!(service = %svc, "Service fits into the service maps now: programmed");
-            }
-            keep
-        });
-        for (svc, p) in &admission.problems {
-            let text = p.to_string();
-            if self.refused.get(svc) != Some(&text) {
-                warn!("refused: {text}");
-                self.metrics.skipped(&p.object, &p.field);
-                self.refused.insert(svc.clone(), text);
-            }
-        }
-        self.metrics.services_refused.set(self.refused.len() as i64);
-        admission
     }
 
-    /// Writes `ops`, which the caller has already planned into `programmed` (in place: cloning
-    /// the whole state per event cost ~8 ms at 10k Services / 100k backends). On failure
-    /// `programmed` is ahead of the maps, so it is re-read from them and the next plan is full.
-    /// Then clears the flow state of what the plan removed (see [`Engine::flush`]), also after a
-    /// failed write: clearing flows of a pair that is still live only re-balances them.
-    /// Returns whether every write succeeded. `started`: when planning began (for kube-proxy's
-    /// sync duration).
-    fn apply(
-        &mut self,
-        ops: &[MapOp],
-        removals: &Removals,
-        since: Instant,
-        started: Instant,
-    ) -> bool {
-        if self.stall_programming && self.synced_once {
-            warn!(writes = ops.len(), "fault injected: not writing the maps");
-            return false;
+    fn problem(&mut self, problem: &Problem) {
+        self.metrics.skipped(&problem.object, &problem.field);
+    }
+
+    fn refused(&mut self, count: usize) {
+        self.metrics.services_refused.set(count as i64);
+    }
+
+    fn wrote(&mut self, _op: &MapOp) {
+        self.metrics.map_writes.inc();
+    }
+
+    fn write_failed(&mut self, _error: &DataplaneError) {
+        self.metrics.sync_errors.inc();
+    }
+
+    fn programmed(&mut self, latency: Duration) {
+        self.metrics
+            .programming_latency
+            .observe(latency.as_secs_f64());
+    }
+
+    fn synced(&mut self, took: Duration, triggers: &[SystemTime]) {
+        self.proxy_health.updated();
+        self.metrics.synced(took);
+        self.metrics.network_programmed(triggers);
+    }
+
+    fn fill(&mut self, used: budget::Entries, capacity: budget::Entries) {
+        for ((map, entries), (_, cap)) in used.named().into_iter().zip(capacity.named()) {
+            self.metrics
+                .map_entries
+                .get_or_create(&MapLabel { map })
+                .set(entries as i64);
+            self.metrics
+                .map_capacity
+                .get_or_create(&MapLabel { map })
+                .set(cap as i64);
         }
-        let ok = self.write(ops, since);
-        self.flush(removals);
-        if ok {
-            self.synced_once = true;
-            self.health.updated();
-            self.metrics.synced(started.elapsed());
-            self.metrics.network_programmed(&self.triggers);
-            self.triggers.clear();
-        }
-        ok
     }
 
     /// Session affinity of removed pairs and deleted frontends is deleted here, before the next
     /// plan can hand a freed frontend id to another Service; the UDP conntrack entries of
     /// removed pairs are left to the collector's thread (a scan of the whole table), which
     /// starts on them at once.
-    fn flush(&mut self, removals: &Removals) {
-        if removals.is_empty() {
-            return;
-        }
-        match conntrack::flush_affinity(&mut self.maps, removals) {
+    fn removed(&mut self, maps: &mut PinnedMaps, removals: &Removals) {
+        match conntrack::flush_affinity(maps, removals) {
             Ok(n) => {
                 self.metrics.affinity_flushed.inc_by(n as u64);
             }
@@ -706,46 +527,15 @@ impl Engine {
         }
     }
 
-    fn write(&mut self, ops: &[MapOp], since: Instant) -> bool {
-        for op in ops {
-            if let Err(e) = self.maps.apply(op) {
-                error!("{e}");
-                self.metrics.sync_errors.inc();
-                match self.maps.snapshot() {
-                    Ok(s) => self.programmed = Programmed::from_snapshot(&s),
-                    Err(e) => error!("{e}"),
-                }
-                self.needs_full = true;
-                return false;
-            }
-            self.metrics.map_writes.inc();
-        }
-        // Latency of a change reaching the maps: a plan that writes nothing (nothing changed,
-        // or a periodic resync) is no such change.
-        if !ops.is_empty() {
-            self.metrics
-                .programming_latency
-                .observe(since.elapsed().as_secs_f64());
-        }
-        self.update_fill();
-        true
+    fn serves_health_check(&self, service: &ObjectRef) -> bool {
+        self.health.serves(service)
     }
 
-    /// Entries and capacity of each service map, for the fill metrics.
-    fn update_fill(&self) {
-        let used = budget::usage(&self.programmed);
-        let Ok(cap) = self.maps.service_capacity() else {
-            return;
-        };
-        for ((map, entries), (_, cap)) in used.named().into_iter().zip(cap.named()) {
-            self.metrics
-                .map_entries
-                .get_or_create(&MapLabel { map })
-                .set(entries as i64);
-            self.metrics
-                .map_capacity
-                .get_or_create(&MapLabel { map })
-                .set(cap as i64);
-        }
+    async fn health_checks(&mut self, checks: Vec<HealthCheck>) {
+        self.health.sync(&checks).await;
+    }
+
+    fn ready(&mut self) {
+        self.metrics.ready.store(true, Ordering::Relaxed);
     }
 }

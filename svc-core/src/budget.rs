@@ -55,6 +55,17 @@ impl Entries {
             (svc_common::MAP_SOURCE_RANGES, self.source_ranges),
         ]
     }
+
+    /// The ABI's default map sizes (`MAX_*` in svc-common): what the maps hold unless the
+    /// agent was told otherwise, and what is assumed when their sizes cannot be read.
+    pub fn abi() -> Entries {
+        Entries {
+            frontends: svc_common::MAX_FRONTENDS.into(),
+            slots: svc_common::MAX_SLOTS.into(),
+            backends: svc_common::MAX_BACKENDS.into(),
+            source_ranges: svc_common::MAX_SOURCE_RANGES.into(),
+        }
+    }
 }
 
 impl Entries {

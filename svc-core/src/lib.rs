@@ -17,6 +17,7 @@
 //!   implementation lives in `svc-agent` (it needs aya).
 pub mod budget;
 pub mod dataplane;
+pub mod engine;
 pub mod model;
 pub mod reconcile;
 pub mod source;

@@ -18,7 +18,9 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE};
+use crate::model::{
+    NodeContext, ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE,
+};
 /// A change to one kind of object.
 #[derive(Debug)]
 pub enum Change<K> {
@@ -65,6 +67,8 @@ pub struct Touched {
     /// The Node's addresses or zone changed: they feed every Service (local endpoints,
     /// NodePorts, topology hints), so plan all.
     pub node: bool,
+    /// Every object was replaced ([`Store::load`]): plan all.
+    pub loaded: bool,
     /// Earliest receive time among the deltas applied (for programming latency).
     pub oldest: Option<Instant>,
     /// The [`LAST_CHANGE_TRIGGER_TIME`]s of the EndpointSlices that changed (for kube-proxy's
@@ -100,6 +104,17 @@ impl Store {
     /// True once Services, EndpointSlices and the Node have each completed a first list.
     pub fn ready(&self) -> bool {
         self.listed.len() == 3
+    }
+
+    /// Replaces every object with `objects` (the manifests source's complete set, read at
+    /// `at`): the store is then ready, as after every kind's first list. The Node object is
+    /// left as it is (the manifests source has none).
+    pub fn load(&mut self, objects: Objects, at: Instant, touched: &mut Touched) {
+        touched.oldest = Some(touched.oldest.map_or(at, |o| o.min(at)));
+        touched.loaded = true;
+        self.slice_owners = SliceOwners::build(&objects.slices);
+        self.objects = objects;
+        self.listed.extend(["Service", "EndpointSlice", "Node"]);
     }
 
     /// Applies one delta, recording what it touched.
@@ -223,6 +238,23 @@ fn apply_change<K: k8s_openapi::Metadata<Ty = ObjectMeta> + PartialEq + Clone>(
             }
             *map = new;
         }
+    }
+}
+
+/// What the model knows of this node: `flags` (the command line's view: its `node_ips` are
+/// `--node-ip`, no zone), plus what its Node object says when the API server is the source:
+/// its InternalIP/ExternalIP addresses (merged, de-duplicated, sorted) and its zone.
+/// `--manifests` has no Node object, so no zone there (zone hints are then ignored, as on an
+/// unlabelled node).
+pub fn node_context(flags: &NodeContext, node: Option<&Node>) -> NodeContext {
+    let mut ips: BTreeSet<std::net::Ipv4Addr> = flags.node_ips.iter().copied().collect();
+    if let Some(node) = node {
+        ips.extend(node_addresses(node));
+    }
+    NodeContext {
+        node_ips: ips.into_iter().collect(),
+        zone: node.and_then(node_zone),
+        ..flags.clone()
     }
 }
 

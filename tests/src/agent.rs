@@ -17,7 +17,9 @@ use crate::topology::{NsChild, Topology};
 
 /// Path of a workspace binary built by `cargo build --workspace --bins` (xtask test does it).
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
-    let env = format!("SVC_{}_BIN", name.to_uppercase().replace('-', "_"));
+    // svc-agent → SVC_AGENT_BIN, svc-probe → SVC_PROBE_BIN (what probe.rs reads too).
+    let short = name.strip_prefix("svc-").unwrap_or(name);
+    let env = format!("SVC_{}_BIN", short.to_uppercase().replace('-', "_"));
     if let Some(p) = std::env::var_os(&env) {
         return Ok(p.into());
     }
@@ -139,7 +141,7 @@ pub struct Agent {
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the agent logs once every program is loaded and the pinned maps are read.
-const LOADED_LINE: &str = "adopted pinned maps";
+const LOADED_LINE: &str = "adopted the service maps";
 
 impl Agent {
     /// Starts `svc-agent run --manifests DIR` in node `node`'s namespace with the DESIGN §3

@@ -18,8 +18,13 @@ use tracing::{info, warn};
 
 pub use svc_core::store::{Change, Delta};
 
-pub fn start(client: Client, node_name: &str) -> mpsc::UnboundedReceiver<Delta> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// Starts the three watchers, which send their deltas on `tx` (as the receiver's event type)
+/// until it is closed.
+pub fn start<E: From<Delta> + Send + 'static>(
+    client: Client,
+    node_name: &str,
+    tx: mpsc::UnboundedSender<E>,
+) {
     spawn_watch(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -41,16 +46,16 @@ pub fn start(client: Client, node_name: &str) -> mpsc::UnboundedReceiver<Delta> 
         tx,
         Delta::Node,
     );
-    rx
 }
 
-fn spawn_watch<K>(
+fn spawn_watch<K, E>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,
-    tx: mpsc::UnboundedSender<Delta>,
+    tx: mpsc::UnboundedSender<E>,
     wrap: fn(Change<K>, Instant) -> Delta,
 ) where
+    E: From<Delta> + Send + 'static,
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
 {
@@ -82,7 +87,7 @@ fn spawn_watch<K>(
                     }
                 }
             };
-            if tx.send(delta).is_err() {
+            if tx.send(E::from(delta)).is_err() {
                 return;
             }
         }

@@ -20,8 +20,8 @@ use std::io;
 
 use svc_common::{
     Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, SlotKey,
-    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS, MAX_SOURCE_RANGES, SCOPE_ANY, SCOPE_EXTERNAL,
+    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK,
+    SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRange};
@@ -48,6 +48,10 @@ pub struct FakeDataplane {
     /// `max_entries` of the service maps; `None`: the ABI's sizes. A put of a new key into a
     /// full map fails with `E2BIG`, as the kernel's hash maps do.
     pub capacity: Option<crate::budget::Entries>,
+    /// The [`Dataplane::apply`] calls with these numbers (as [`FakeDataplane::writes`] counts
+    /// them: 1 is the first) fail, changing nothing, as a kernel refusing a write would; to
+    /// exercise the caller's recovery.
+    pub fail_writes: BTreeSet<usize>,
 }
 
 impl FakeDataplane {
@@ -218,6 +222,12 @@ impl Dataplane for FakeDataplane {
     /// Checks the state `op` would produce, then applies it; a rejected op changes nothing.
     fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         self.writes += 1;
+        if self.fail_writes.remove(&self.writes) {
+            return Err(DataplaneError::Write {
+                op: op.clone(),
+                source: io::Error::other("injected failure (FakeDataplane::fail_writes)"),
+            });
+        }
         if self.is_full_for(op) {
             // E2BIG: what htab_map_update_elem returns for a new key when the map holds
             // max_entries (kernel/bpf/hashtab.c, alloc_htab_elem).
@@ -382,12 +392,7 @@ impl Dataplane for FakeDataplane {
     }
 
     fn service_capacity(&self) -> Result<crate::budget::Entries, DataplaneError> {
-        Ok(self.capacity.unwrap_or(crate::budget::Entries {
-            frontends: MAX_FRONTENDS.into(),
-            slots: MAX_SLOTS.into(),
-            backends: MAX_BACKENDS.into(),
-            source_ranges: MAX_SOURCE_RANGES.into(),
-        }))
+        Ok(self.capacity.unwrap_or_else(crate::budget::Entries::abi))
     }
 
     fn affinity_scan(

@@ -6,7 +6,7 @@
 //! never asserted: they depend on the machine and on what else it is doing.
 //!
 //! # What is measured, and from where
-//! The agent is the real binary (`SVC_SVC_AGENT_BIN`, which xtask points at a release build;
+//! The agent is the real binary (`SVC_AGENT_BIN`, which xtask points at a release build;
 //! otherwise the debug build next to this binary — the output says which), in the node
 //! namespace of a one-node [`Topology`], reading the in-process fake API server
 //! ([`tests::apiserver`]) that listens on 172.18.0.1 in the topology's underlay namespace.
@@ -399,7 +399,7 @@ fn wait_full_sync(
     Ok(FullSync {
         maps_right_s: maps_right.unwrap_or_default().as_secs_f64(),
         healthy_s: healthy.unwrap_or_default().as_secs_f64(),
-        loaded_s: at("adopted pinned maps"),
+        loaded_s: at("adopted the service maps"),
         listed_s: listed,
         synced_s: at("full sync: maps match"),
         writes: log
