@@ -9,6 +9,9 @@ use svc_common::{CtTimeouts, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLO
 
 use crate::model::Ipv4Cidr;
 
+/// Where the maps and links are pinned unless `--bpffs` says otherwise (every subcommand).
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
+
 #[derive(Parser)]
 #[command(
     name = "svc-agent",
@@ -30,7 +33,7 @@ pub enum Command {
     Run(RunArgs),
     /// Detach the programs and remove every pinned map and link under --bpffs.
     Uninstall {
-        #[arg(long, default_value = "/sys/fs/bpf/svc")]
+        #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
     /// Read the pinned maps (services, conntrack, stats); no agent needed.
@@ -120,7 +123,7 @@ pub struct RunArgs {
     #[arg(short = 'v', long = "v", value_name = "LEVEL")]
     pub verbosity: Option<u8>,
     /// bpffs directory for the pinned maps and links.
-    #[arg(long, default_value = "/sys/fs/bpf/svc")]
+    #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// Node uplink interface(s) for the north-south XDP path (repeatable).
     #[arg(long)]

@@ -35,7 +35,7 @@ use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, Pe
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
 use svc_common::{
-    ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Hook,
+    ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts,
     ALL_CT_STATES, ALL_HOOKS, ALL_REASONS, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD,
     CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND,
     FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
@@ -51,8 +51,7 @@ use crate::{
 pub mod explain;
 pub mod links;
 
-/// Where `--bpffs` points by default (the agent's default too).
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
+pub use crate::cli::DEFAULT_BPFFS;
 
 /// Reading the pinned maps failed. `NotPinned` is the expected one (wrong `--bpffs`, agent
 /// never started); the others mean missing privilege or a map of another layout.
@@ -602,18 +601,6 @@ pub fn scope_name(scope: u8) -> String {
     }
 }
 
-/// The stable name of a hook (the `hook` of `inspect stats`).
-pub fn hook_name(hook: Hook) -> &'static str {
-    match hook {
-        Hook::PodIngress => "pod_ingress",
-        Hook::PodEgress => "pod_egress",
-        Hook::Xdp => "xdp",
-        Hook::UplinkIngress => "uplink_ingress",
-        Hook::Sock => "sock",
-        Hook::UplinkEgress => "uplink_egress",
-    }
-}
-
 fn words_or_dash(w: &[String]) -> String {
     if w.is_empty() {
         "-".into()
@@ -1009,7 +996,7 @@ pub fn stat_views(values: &[Vec<u64>], per_cpu: bool, all: bool) -> Vec<StatView
                 continue;
             }
             out.push(StatView {
-                hook: hook_name(hook).into(),
+                hook: hook.name().into(),
                 reason: name.into(),
                 packets,
                 per_cpu: per_cpu.then_some(cpus),

@@ -349,7 +349,7 @@ impl Metrics {
                     let total: u64 = v.iter().sum();
                     self.packets
                         .get_or_create(&PacketLabel {
-                            hook: format!("{hook:?}"),
+                            hook: hook.name().to_string(),
                             reason: name,
                         })
                         .set(total as i64);

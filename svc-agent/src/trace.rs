@@ -51,8 +51,8 @@ use svc_common::{
 use crate::{
     dataplane::MapSnapshot,
     inspect::{
-        ct_flag_words, ct_state_name, hook_name, proto_name, read_snapshot, tcp_flag_words, Common,
-        Format, Proto,
+        ct_flag_words, ct_state_name, proto_name, read_snapshot, tcp_flag_words, Common, Format,
+        Proto,
     },
     model::ObjectRef,
 };
@@ -339,7 +339,7 @@ impl EventView {
         Self {
             time_ns: e.ts_ns,
             hook: hook
-                .map(|h| hook_name(h).to_string())
+                .map(|h| h.name().to_string())
                 .unwrap_or_else(|| e.hook.to_string()),
             verdict: verdict_name(hook, e.verdict),
             reason: ALL_REASONS
@@ -946,7 +946,7 @@ mod tests {
             kubeconfig: None,
             count: None,
             common: Common {
-                bpffs: "/sys/fs/bpf/svc".into(),
+                bpffs: crate::cli::DEFAULT_BPFFS.into(),
                 output: Format::Table,
             },
         }

@@ -642,6 +642,21 @@ pub enum Hook {
     /// external clients get their frontend back.
     UplinkEgress = 5,
 }
+impl Hook {
+    /// The hook's stable name: the `hook` of `inspect stats`, of trace events and of the
+    /// `svc_datapath_packets` metric.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::PodIngress => "pod_ingress",
+            Hook::PodEgress => "pod_egress",
+            Hook::Xdp => "xdp",
+            Hook::UplinkIngress => "uplink_ingress",
+            Hook::Sock => "sock",
+            Hook::UplinkEgress => "uplink_egress",
+        }
+    }
+}
+
 /// Number of [`Hook`] values.
 pub const HOOK_COUNT: u32 = 6;
 /// Every hook, in index order.

@@ -606,7 +606,7 @@ fn add_service(
                         "{}:{}/{} is already served for Service {}; not programmed again",
                         Ipv4Addr::from(key.addr),
                         key.port,
-                        proto_name(key.proto),
+                        api_protocol(key.proto),
                         existing.service
                     ),
                 ));
@@ -1064,7 +1064,9 @@ fn protocol(
     }
 }
 
-fn proto_name(proto: u8) -> &'static str {
+/// The API's spelling of a protocol (`spec.ports[].protocol`), for problems; inspect's
+/// lower-case names are for people reading maps.
+fn api_protocol(proto: u8) -> &'static str {
     match proto {
         PROTO_TCP => "TCP",
         PROTO_UDP => "UDP",

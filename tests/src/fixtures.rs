@@ -1162,8 +1162,8 @@ pub fn ct_reply(backend: SocketAddrV4, client: SocketAddrV4, proto: u8) -> CtKey
 pub fn stat_name(i: usize) -> String {
     let hook = ALL_HOOKS
         .get(i / REASON_COUNT as usize)
-        .map(|h| format!("{h:?}"))
-        .unwrap_or("?".into());
+        .map(|h| h.name())
+        .unwrap_or("?");
     let reason = ALL_REASONS
         .get(i % REASON_COUNT as usize)
         .map(|(_, n)| *n)

@@ -1308,7 +1308,7 @@ fn drive(
         if a > b {
             let hook = svc_common::ALL_HOOKS[i / REASON_COUNT as usize];
             let reason = svc_common::ALL_REASONS[i % REASON_COUNT as usize].1;
-            rep.reasons.insert((format!("{hook:?}"), reason), a - b);
+            rep.reasons.insert((hook.name().to_string(), reason), a - b);
         }
     }
     rep

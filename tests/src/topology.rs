@@ -740,13 +740,13 @@ fn node_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 18, 0, (n + 1) as u8)
 }
 
+/// 32 bits of FNV-1a over `salt` and `s`: a short, stable interface-name suffix.
 fn fnv1a(s: &str, salt: u32) -> u32 {
-    let mut h: u32 = 0x811c_9dc5 ^ salt;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(&salt.to_le_bytes());
+    h.write(s.as_bytes());
+    h.finish() as u32
 }
 
 fn enter_netns(file: &File, path: &Path) -> Result<()> {

@@ -294,7 +294,7 @@ fn bench_control(root: &Path) -> Result<()> {
             "--bin",
             "bench_control",
         ])
-        .env("SVC_SVC_AGENT_BIN", &agent))
+        .env("SVC_AGENT_BIN", &agent))
 }
 
 /// The end-to-end benchmark, with the agent, the traffic tool and the benchmark itself
@@ -304,7 +304,7 @@ fn bench_e2e(root: &Path) -> Result<()> {
     run(clean_cargo().args(["build", "--release", "--package", "tests", "--bins"]))?;
     let release = root.join("target/release");
     run(Command::new(release.join("bench_e2e"))
-        .env("SVC_SVC_AGENT_BIN", release.join("svc-agent"))
+        .env("SVC_AGENT_BIN", release.join("svc-agent"))
         .env("SVC_PROBE_BIN", release.join("svc-probe")))
 }
 

@@ -22,12 +22,14 @@
 //!   way Kubernetes' endpointslicemirroring controller does (see [`mirror_endpoints`]).
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::hash::Hasher;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use fnv::FnvHasher;
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -119,7 +121,7 @@ pub fn load_dir_with(dir: &Path, options: &Options) -> Result<Objects, SourceErr
 /// re-parsing every file on every tick. (Editors that rewrite a file within the same mtime tick
 /// and keep its size are missed until the next change; acceptable for a static source.)
 pub fn dir_fingerprint(dir: &Path) -> io::Result<u64> {
-    let mut hash = Fnv1a::new();
+    let mut hash = FnvHasher::default();
     for (name, path) in manifest_files(dir)? {
         // A file deleted between listing and stat simply counts as gone.
         let Ok(meta) = fs::metadata(&path) else {
@@ -591,37 +593,17 @@ fn allocate(
 }
 
 /// Linear probing over `0..count` starting at FNV-1a(`key`) mod `count`; returns the first
-/// candidate `accept` takes. `accept` returns `None` for taken candidates.
+/// candidate `accept` takes. `accept` returns `None` for taken candidates. Allocation must give
+/// the same answer on every node and across releases: std's `DefaultHasher` is seeded per
+/// process and its algorithm may change, FNV-1a (64 bit, the `fnv` crate) is specified.
 fn probe<T>(key: &str, count: u64, mut accept: impl FnMut(u64) -> Option<T>) -> Option<T> {
     if count == 0 {
         return None;
     }
-    let mut hash = Fnv1a::new();
+    let mut hash = FnvHasher::default();
     hash.write(key.as_bytes());
     let start = hash.finish() % count;
     (0..count).find_map(|k| accept((start + k) % count))
-}
-
-/// FNV-1a, 64 bit. Allocation must give the same answer on every node and across releases;
-/// std's `DefaultHasher` is randomly seeded per process and its algorithm may change, so we
-/// carry our own (a few lines, specified at <http://www.isthe.com/chongo/tech/comp/fnv/>).
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// Converts a hand-written `v1/Endpoints` into EndpointSlices as Kubernetes'
@@ -1468,7 +1450,7 @@ items:
 
         // In a roomy CIDR, an auto Service whose hash lands on a user's address probes onward.
         let probe_start = |name: &str| {
-            let mut h = Fnv1a::new();
+            let mut h = FnvHasher::default();
             h.write(format!("ns/{name}").as_bytes());
             Ipv4Addr::from((10u32 << 24 | 96 << 16) + 2 + (h.finish() % 65533) as u32)
         };

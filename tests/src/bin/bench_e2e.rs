@@ -22,7 +22,7 @@
 //! - `iptables`: kube-proxy's iptables-mode rules ([`tests::kubeproxy::iptables_restore`]),
 //!   loaded with `iptables-restore` in both node namespaces.
 //! - `nftables`: kube-proxy's nftables-mode table ([`tests::kubeproxy::nft_full`]) via `nft -f`.
-//! - `svc-lb`: one `svc-agent --manifests` per node (release build via `SVC_SVC_AGENT_BIN`).
+//! - `svc-lb`: one `svc-agent --manifests` per node (release build via `SVC_AGENT_BIN`).
 //!
 //! Traffic (the release `svc-probe` in the client pod; see [`tests::probe`]): short TCP
 //! connections (connect, one line each way, close) with `--parallel` threads, giving
