@@ -31,8 +31,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use aya::{programs::tc::TcHandle, util::KernelVersion};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData},
     programs::{
         links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -41,16 +41,15 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use aya::{programs::tc::TcHandle, util::KernelVersion};
 use svc_common::{
     Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGS, MAP_FRONTENDS, MAP_SLOTS,
-    MAP_SOCK_REVNAT, MAP_SOURCE_RANGES,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
 };
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    pinned::{FlowMaps, PinnedMaps},
+    config::{self, ConfigMap},
+    pinned::PinnedMaps,
     Dataplane,
 };
 
@@ -153,33 +152,6 @@ enum Role {
 /// only) judge expiry as the datapath does. The datapath never reads it: `.rodata` is frozen.
 pub const TIMEOUTS_PIN: &str = GLOBAL_CT_TIMEOUTS;
 
-/// Writes `timeouts` to the [`TIMEOUTS_PIN`] array, creating (or, if it has another layout,
-/// replacing) it.
-fn pin_timeouts(bpffs: &Path, timeouts: &CtTimeouts) -> Result<()> {
-    let path = bpffs.join(TIMEOUTS_PIN);
-    let existing = MapData::from_pin(&path)
-        .ok()
-        .and_then(|d| aya::maps::Map::from_map_data(d).ok())
-        .and_then(|m| Array::<MapData, CtTimeouts>::try_from(m).ok());
-    let write = |array: &mut Array<MapData, CtTimeouts>| {
-        array
-            .set(0, timeouts, 0)
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    match existing {
-        Some(mut array) => write(&mut array),
-        None => {
-            let _ = std::fs::remove_file(&path);
-            let mut array = Array::<MapData, CtTimeouts>::create(1, 0)
-                .context("creating the conntrack timeouts array")?;
-            write(&mut array)?;
-            array
-                .pin(&path)
-                .with_context(|| format!("pinning {}", path.display()))
-        }
-    }
-}
-
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -189,7 +161,7 @@ pub struct Datapath {
     bpffs: PathBuf,
     /// Interfaces we have attached to, by ifindex → (name, role).
     attached: BTreeMap<u32, (String, Role)>,
-    config: Array<MapData, Config>,
+    config: ConfigMap,
     xdp: XdpChoice,
     /// [`TcChoice::Tcx`] or [`TcChoice::Classic`] (`Auto` resolved at load).
     tc: TcChoice,
@@ -292,29 +264,7 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifying and loading program {name}"))?;
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("map {name} missing from the object"))
-        };
-        let maps = PinnedMaps {
-            frontends: HashMap::try_from(take(&mut ebpf, MAP_FRONTENDS)?)
-                .with_context(|| format!("map {MAP_FRONTENDS} has an unexpected layout"))?,
-            slots: HashMap::try_from(take(&mut ebpf, MAP_SLOTS)?)
-                .with_context(|| format!("map {MAP_SLOTS} has an unexpected layout"))?,
-            backends: HashMap::try_from(take(&mut ebpf, MAP_BACKENDS)?)
-                .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
-            source_ranges: LpmTrie::try_from(take(&mut ebpf, MAP_SOURCE_RANGES)?)
-                .with_context(|| format!("map {MAP_SOURCE_RANGES} has an unexpected layout"))?,
-            flows: FlowMaps::new(
-                take(&mut ebpf, MAP_CONNTRACK)?,
-                take(&mut ebpf, MAP_AFFINITY)?,
-                take(&mut ebpf, MAP_SOCK_REVNAT)?,
-                take(&mut ebpf, MAP_FRAGS)?,
-            )
-            .context(
-                "a flow map (conntrack, affinity, socket, fragments) has an unexpected layout",
-            )?,
-        };
+        let maps = PinnedMaps::from_loaded(&mut ebpf)?;
         let capacity = maps
             .service_capacity()
             .context("reading the service maps' capacity")?;
@@ -346,9 +296,8 @@ impl Datapath {
                  it, and every tracked flow with it)"
             );
         }
-        pin_timeouts(bpffs, timeouts)?;
-        let config = Array::try_from(take(&mut ebpf, MAP_CONFIG)?)
-            .with_context(|| format!("map {MAP_CONFIG} has an unexpected layout"))?;
+        config::pin_timeouts(bpffs, timeouts)?;
+        let config = ConfigMap::from_loaded(&mut ebpf)?;
         info!(
             bpffs = %bpffs.display(),
             conntrack_max = maps.ct_capacity(),
@@ -390,14 +339,11 @@ impl Datapath {
             flags: 0,
             netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
         };
-        if self.config.get(&0, 0).ok() != Some(config) {
-            self.config
-                .set(0, config, 0)
-                .with_context(|| format!("writing {MAP_CONFIG}"))?;
+        let changed = self.config.write(config)?;
+        if changed {
             info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, "node config written");
-            return Ok(true);
         }
-        Ok(false)
+        Ok(changed)
     }
 
     fn link_pin(&self, ifindex: u32, ifname: &str, hook: &str) -> PathBuf {

@@ -23,58 +23,36 @@
 //!   `--per-cpu`).
 //! - `explain`: one [`explain::Explanation`].
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::Write as _,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
+    collections::BTreeMap, fmt::Write as _, io::Write as _, net::Ipv4Addr, path::PathBuf,
     str::FromStr,
 };
 
-use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsFd;
 use svc_common::{
-    ct_peer_key, stat_index, Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts,
-    ALL_CT_STATES, ALL_HOOKS, ALL_REASONS, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_DIR_FORWARD,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
-    FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS,
-    MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
+    ct_peer_key, stat_index, CtEntry, CtKey, CtTimeouts, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
+    PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{
-    datapath::TIMEOUTS_PIN,
-    dataplane::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot},
+use crate::datapath::TIMEOUTS_PIN;
+pub use crate::dataplane::read::{
+    read_affinity, read_config, read_conntrack, read_snapshot, read_stats, read_timeouts, PinError,
+};
+use crate::dataplane::MapSnapshot;
+pub use svc_core::names::{
+    backend_flag_words, ct_flag_words, ct_state_name, frontend_flag_words, proto_name,
+    remaining_ms, scope_name, source_ranges_of, tcp_flag_words,
 };
 
-pub mod explain;
+pub use svc_core::explain;
 pub mod links;
 
 pub use crate::cli::DEFAULT_BPFFS;
 
-/// Reading the pinned maps failed. `NotPinned` is the expected one (wrong `--bpffs`, agent
-/// never started); the others mean missing privilege or a map of another layout.
+/// `inspect`/`explain` failed: reading the pins (see [`PinError`]), the clock, or the output.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error(
-        "no map pinned at {}: is the agent running with this --bpffs? \
-         Pass --bpffs DIR to read the maps of another directory (default {DEFAULT_BPFFS})",
-        path.display()
-    )]
-    NotPinned { path: PathBuf },
-    #[error("opening pinned map {} (reading BPF maps needs root or CAP_BPF): {source}", path.display())]
-    Open { path: PathBuf, source: MapError },
-    #[error("map {} is not the {map} svc-agent pins (another version?): {source}", path.display())]
-    Layout {
-        map: &'static str,
-        path: PathBuf,
-        source: MapError,
-    },
-    #[error("reading map {map}: {source}")]
-    Read { map: &'static str, source: MapError },
     #[error(transparent)]
-    Snapshot(#[from] DataplaneError),
+    Pin(#[from] PinError),
     #[error("reading CLOCK_MONOTONIC: {0}")]
     Clock(std::io::Error),
     #[error("encoding JSON: {0}")]
@@ -187,9 +165,30 @@ pub struct ExplainArgs {
     /// Where the flow enters: a pod on this node, the wire through an uplink, or a process of
     /// the node (socket hooks).
     #[arg(long, value_enum, default_value = "pod")]
-    pub from: explain::Origin,
+    pub from: OriginArg,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// `--from`: svc-core's [`explain::Origin`] as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OriginArg {
+    /// A pod on this node: tc ingress on the host side of its veth.
+    Pod,
+    /// The wire, through a node uplink: XDP, then tc ingress for what XDP passes on.
+    Uplink,
+    /// A process in the node's network namespace: the cgroup socket hooks.
+    Host,
+}
+
+impl From<OriginArg> for explain::Origin {
+    fn from(o: OriginArg) -> Self {
+        match o {
+            OriginArg::Pod => Self::Pod,
+            OriginArg::Uplink => Self::Uplink,
+            OriginArg::Host => Self::Host,
+        }
+    }
 }
 
 /// `IP` or `IP:PORT`.
@@ -295,7 +294,7 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(), InspectError> {
         conntrack: read_conntrack(bpffs)?,
         // Pins of an agent older than session affinity lack the map: nothing is sticky then.
         affinity: match read_affinity(bpffs) {
-            Err(InspectError::NotPinned { .. }) => BTreeMap::new(),
+            Err(PinError::NotPinned { .. }) => BTreeMap::new(),
             other => other?,
         },
         now_ns: monotonic_now_ns()?,
@@ -307,7 +306,7 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(), InspectError> {
         dst: args.dst.addr,
         dst_port: args.dst.port,
         proto: args.dst.proto,
-        origin: args.from,
+        origin: args.from.into(),
     };
     let e = explain::explain(&snap, &query);
     let text = render(args.common.output, &e, render_explanation)?;
@@ -334,271 +333,11 @@ fn print(text: &str) -> Result<(), InspectError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading the pins.
-
-fn open(bpffs: &Path, name: &'static str) -> Result<(MapData, PathBuf), InspectError> {
-    let path = bpffs.join(name);
-    if !path.exists() {
-        return Err(InspectError::NotPinned { path });
-    }
-    match MapData::from_pin(&path) {
-        Ok(data) => Ok((data, path)),
-        Err(source) => Err(InspectError::Open { path, source }),
-    }
-}
-
-/// `data` as the typed map `convert` makes; a wrong kind or size is a layout mismatch.
-fn typed<T>(
-    name: &'static str,
-    path: PathBuf,
-    data: MapData,
-    convert: impl FnOnce(Map) -> Result<T, MapError>,
-) -> Result<T, InspectError> {
-    Map::from_map_data(data)
-        .and_then(convert)
-        .map_err(|source| InspectError::Layout {
-            map: name,
-            path,
-            source,
-        })
-}
-
-/// The service maps (`SVC_SOURCE_RANGES` read as empty where an older agent pinned none).
-pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, InspectError> {
-    let (frontends, path) = open(bpffs, MAP_FRONTENDS)?;
-    let frontends = typed(MAP_FRONTENDS, path, frontends, HashMap::try_from)?;
-    let (slots, path) = open(bpffs, MAP_SLOTS)?;
-    let slots = typed(MAP_SLOTS, path, slots, HashMap::try_from)?;
-    let (backends, path) = open(bpffs, MAP_BACKENDS)?;
-    let backends = typed(MAP_BACKENDS, path, backends, HashMap::try_from)?;
-    let ranges = match open(bpffs, MAP_SOURCE_RANGES) {
-        Ok((data, path)) => Some(typed(MAP_SOURCE_RANGES, path, data, LpmTrie::try_from)?),
-        Err(InspectError::NotPinned { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    Ok(read_service_maps(
-        &frontends,
-        &slots,
-        &backends,
-        ranges.as_ref(),
-    )?)
-}
-
-/// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).
-pub fn read_config(bpffs: &Path) -> Result<Option<Config>, InspectError> {
-    let (data, path) = open(bpffs, MAP_CONFIG)?;
-    let array: Array<MapData, Config> = typed(MAP_CONFIG, path, data, Array::try_from)?;
-    let config = array.get(&0, 0).map_err(|source| InspectError::Read {
-        map: MAP_CONFIG,
-        source,
-    })?;
-    Ok((config.node_addr != [0; 4] || config.netns_cookie != 0).then_some(config))
-}
-
-/// The whole conntrack table (entries evicted while it is read are skipped), read with
-/// `BPF_MAP_LOOKUP_BATCH`: 5× less CPU than per-entry iteration (docs/BENCHMARKS.md).
-pub fn read_conntrack(bpffs: &Path) -> Result<BTreeMap<CtKey, CtEntry>, InspectError> {
-    let (data, path) = open(bpffs, MAP_CONNTRACK)?;
-    let map: HashMap<MapData, CtKey, CtEntry> =
-        typed(MAP_CONNTRACK, path, data, HashMap::try_from)?;
-    let mut table = BTreeMap::new();
-    batch::lookup_batch::<CtKey, CtEntry>(map.map().fd().as_fd(), &mut |keys, entries| {
-        table.extend(keys.iter().copied().zip(entries.iter().copied()));
-    })
-    .map_err(|e| InspectError::Read {
-        map: MAP_CONNTRACK,
-        source: MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_lookup_batch",
-            io_error: e,
-        }),
-    })?;
-    Ok(table)
-}
-
-/// The conntrack timeouts the agent gave the datapath (its [`TIMEOUTS_PIN`] copy); `None`
-/// when an agent that predates it pinned the maps.
-pub fn read_timeouts(bpffs: &Path) -> Result<Option<CtTimeouts>, InspectError> {
-    let (data, path) = match open(bpffs, TIMEOUTS_PIN) {
-        Ok(d) => d,
-        Err(InspectError::NotPinned { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let array: Array<MapData, CtTimeouts> = typed(TIMEOUTS_PIN, path, data, Array::try_from)?;
-    array
-        .get(&0, 0)
-        .map(Some)
-        .map_err(|source| InspectError::Read {
-            map: TIMEOUTS_PIN,
-            source,
-        })
-}
-
-/// `CT_STATE_*` by name (`established`, `time_wait`, …), or the number if unknown.
-pub fn ct_state_name(state: u8) -> String {
-    ALL_CT_STATES
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map(|(_, n)| (*n).to_string())
-        .unwrap_or_else(|| state.to_string())
-}
-
-/// How long the flow of entry `e` (keyed `k`, with `peer` the entry at its peer key) lives
-/// without another packet, in ms: the longer of the two directions' remaining lifetimes, as
-/// an entry is removed only when its peer has expired too. `None`: expired (the datapath
-/// ignores it; the collector deletes it at its next pass).
-pub fn remaining_ms(
-    k: &CtKey,
-    e: &CtEntry,
-    peer: Option<&CtEntry>,
-    now_ns: u64,
-    t: &CtTimeouts,
-) -> Option<u64> {
-    let left = |key: &CtKey, entry: &CtEntry| {
-        (entry
-            .last_seen_ns
-            .saturating_add(t.for_entry(key.proto, entry)))
-        .checked_sub(now_ns)
-    };
-    let own = left(k, e);
-    let peer_key = ct_peer_key(k, e);
-    let theirs = peer
-        .filter(|p| ct_peer_key(&peer_key, p) == *k)
-        .and_then(|p| left(&peer_key, p));
-    own.max(theirs).map(|ns| ns / 1_000_000)
-}
-
-/// The session-affinity table.
-pub fn read_affinity(bpffs: &Path) -> Result<BTreeMap<AffinityKey, Affinity>, InspectError> {
-    let (data, path) = open(bpffs, MAP_AFFINITY)?;
-    let map: HashMap<MapData, AffinityKey, Affinity> =
-        typed(MAP_AFFINITY, path, data, HashMap::try_from)?;
-    map.iter()
-        .collect::<Result<_, _>>()
-        .map_err(|source| InspectError::Read {
-            map: MAP_AFFINITY,
-            source,
-        })
-}
-
-/// Per-CPU values of every counter, indexed like `SVC_STATS`.
-pub fn read_stats(bpffs: &Path) -> Result<Vec<Vec<u64>>, InspectError> {
-    let (data, path) = open(bpffs, MAP_STATS)?;
-    let map: PerCpuArray<MapData, u64> = typed(MAP_STATS, path, data, PerCpuArray::try_from)?;
-    (0..map.len())
-        .map(|i| {
-            map.get(&i, 0)
-                .map(|v| v.iter().copied().collect())
-                .map_err(|source| InspectError::Read {
-                    map: MAP_STATS,
-                    source,
-                })
-        })
-        .collect()
-}
+// Decoding.
 
 /// `CLOCK_MONOTONIC` now, in ns: the clock of `bpf_ktime_get_ns`, which stamps conntrack.
 pub fn monotonic_now_ns() -> Result<u64, InspectError> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return Err(InspectError::Clock(std::io::Error::last_os_error()));
-    }
-    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decoding.
-
-fn words<T: Copy + Into<u64>>(bits: T, names: &[(T, &str)]) -> Vec<String> {
-    let bits: u64 = bits.into();
-    let mut known = 0u64;
-    let mut out: Vec<String> = names
-        .iter()
-        .filter(|(bit, _)| {
-            let bit: u64 = (*bit).into();
-            known |= bit;
-            bits & bit != 0
-        })
-        .map(|(_, name)| (*name).to_string())
-        .collect();
-    if bits & !known != 0 {
-        out.push(format!("{:#x}", bits & !known));
-    }
-    out
-}
-
-/// `FRONTEND_F_*` as words.
-pub fn frontend_flag_words(flags: u32) -> Vec<String> {
-    words(
-        flags,
-        &[
-            (FRONTEND_F_NODEPORT, "nodeport"),
-            (FRONTEND_F_EXTERNAL_IP, "external-ip"),
-            (FRONTEND_F_EXTERNAL_SCOPE, "external-scope"),
-            (FRONTEND_F_DROP_NO_BACKEND, "drop-no-backend"),
-            (FRONTEND_F_SOURCE_RANGES, "source-ranges"),
-            (FRONTEND_F_DENY_NODE, "deny-node"),
-        ],
-    )
-}
-
-/// `BACKEND_F_*` as words.
-pub fn backend_flag_words(flags: u8) -> Vec<String> {
-    words(
-        flags,
-        &[
-            (BACKEND_F_LOCAL, "local"),
-            (BACKEND_F_TERMINATING, "terminating"),
-        ],
-    )
-}
-
-/// `CT_F_*` as words.
-pub fn ct_flag_words(flags: u8) -> Vec<String> {
-    words(
-        flags,
-        &[
-            (CT_F_SNAT, "snat"),
-            (CT_F_HAIRPIN, "hairpin"),
-            (CT_F_EXTERNAL, "external"),
-        ],
-    )
-}
-
-/// TCP header flag bits as words.
-pub fn tcp_flag_words(flags: u8) -> Vec<String> {
-    let names = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x08, "PSH"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x20, "URG"),
-        (0x40, "ECE"),
-        (0x80, "CWR"),
-    ];
-    words(flags, &names)
-}
-
-/// `tcp`, `udp`, or the number.
-pub fn proto_name(proto: u8) -> String {
-    match proto {
-        PROTO_TCP => "tcp".into(),
-        PROTO_UDP => "udp".into(),
-        p => p.to_string(),
-    }
-}
-
-/// `any`, `external`, or the number.
-pub fn scope_name(scope: u8) -> String {
-    match scope {
-        SCOPE_ANY => "any".into(),
-        SCOPE_EXTERNAL => "external".into(),
-        s => s.to_string(),
-    }
+    crate::conntrack::monotonic_now_ns().map_err(InspectError::Clock)
 }
 
 fn words_or_dash(w: &[String]) -> String {
@@ -698,15 +437,6 @@ pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
                 source_ranges: source_ranges_of(snap, fe.id),
             }
         })
-        .collect()
-}
-
-/// The `SVC_SOURCE_RANGES` prefixes of frontend `id`, as `a.b.c.d/len`.
-pub fn source_ranges_of(snap: &MapSnapshot, id: u32) -> Vec<String> {
-    snap.source_ranges
-        .iter()
-        .filter(|r| r.frontend_id == id)
-        .map(|r| format!("{}/{}", Ipv4Addr::from(r.addr), r.len))
         .collect()
 }
 
@@ -1230,7 +960,10 @@ fn render_explanation(e: &explain::Explanation) -> String {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey};
+    use svc_common::{
+        Backend, Frontend, FrontendKey, Slot, SlotKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING,
+        FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_NODEPORT, SCOPE_ANY,
+    };
 
     use super::*;
     use crate::cli::{Cli, Command};
@@ -1258,7 +991,7 @@ mod tests {
             (Ipv4Addr::new(10, 244, 1, 5), Some(40000))
         );
         assert_eq!((a.dst.port, a.dst.proto), (53, PROTO_UDP));
-        assert_eq!(a.from, explain::Origin::Uplink);
+        assert_eq!(a.from, OriginArg::Uplink);
         assert_eq!(a.common.output, Format::Json);
         assert_eq!("10.96.0.10:80".parse::<DstArg>().unwrap().proto, PROTO_TCP);
         assert!("10.96.0.10/tcp".parse::<DstArg>().is_err());
@@ -1421,18 +1154,5 @@ mod tests {
         let table = render_services(&v);
         assert!(table.starts_with("ID  FRONTEND"), "{table}");
         assert!(table.contains("10.244.0.2:8080/tcp"), "{table}");
-    }
-
-    #[test]
-    fn a_missing_pin_names_the_path_and_the_flag() {
-        let dir = std::env::temp_dir().join("svc-agent-inspect-no-such-bpffs");
-        let err = read_snapshot(&dir).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, InspectError::NotPinned { .. }), "{msg}");
-        assert!(
-            msg.contains(&dir.join(MAP_FRONTENDS).display().to_string()),
-            "{msg}"
-        );
-        assert!(msg.contains("--bpffs"), "{msg}");
     }
 }

@@ -22,7 +22,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use svc_common::{stat_index, ALL_HOOKS, ALL_REASONS, MAP_STATS};
+use svc_common::{stat_index, ALL_HOOKS, ALL_REASONS};
 use tracing::{info, warn};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -335,18 +335,14 @@ impl Metrics {
     }
 
     fn refresh_packets(&self) {
-        use aya::maps::{Map, MapData, PerCpuArray};
-        let path = self.bpffs.join(MAP_STATS);
-        let Ok(data) = MapData::from_pin(&path) else {
-            return;
-        };
-        let Ok(stats) = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data)) else {
+        // Before the agent pinned its maps there is nothing to report yet.
+        let Ok(stats) = crate::dataplane::read::read_stats(&self.bpffs) else {
             return;
         };
         for hook in ALL_HOOKS {
             for (reason, name) in ALL_REASONS {
-                if let Ok(v) = stats.get(&stat_index(hook, reason), 0) {
-                    let total: u64 = v.iter().sum();
+                if let Some(per_cpu) = stats.get(stat_index(hook, reason) as usize) {
+                    let total: u64 = per_cpu.iter().sum();
                     self.packets
                         .get_or_create(&PacketLabel {
                             hook: hook.name().to_string(),

@@ -27,29 +27,27 @@
 //! - `-o json`: one JSON object per line ([`EventView`]), flushed per event.
 use std::{
     collections::BTreeMap,
-    fs::File,
     io::Write as _,
     net::Ipv4Addr,
-    os::{
-        fd::{AsFd, AsRawFd},
-        unix::fs::MetadataExt,
-    },
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 use svc_common::{
     FrontendKey, Hook, TraceEvent, TraceFilter, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
-    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON,
-    MAP_TRACE_RINGS, PROTO_TCP, PROTO_UDP, TRACE_FRONTENDS, TRACE_RING_BYTES, TRACE_SLOTS,
+    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_ON, PROTO_TCP, PROTO_UDP, TRACE_FRONTENDS,
+    TRACE_SLOTS,
 };
 
 use crate::{
-    dataplane::MapSnapshot,
+    dataplane::{
+        trace::{new_ring, SlotLock, TraceMaps, TraceRing},
+        MapSnapshot,
+    },
     inspect::{
         ct_flag_words, ct_state_name, proto_name, read_snapshot, tcp_flag_words, Common, Format,
         Proto,
@@ -167,7 +165,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn of(f: &TraceFilter) -> Self {
+    pub(crate) fn of(f: &TraceFilter) -> Self {
         Self {
             pid: f.owner_pid,
             start: f.owner_start,
@@ -424,220 +422,13 @@ impl EventView {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The pinned trace maps.
-
-/// `flock` on the bpffs directory: every tracer and the agent's sweep change the slots only
-/// while holding it, so two tracers never take one slot and a bit is never lost.
-struct SlotLock(#[expect(dead_code, reason = "held for its descriptor: closing it unlocks")] File);
-
-impl SlotLock {
-    /// Waits for the lock (a tracer: it holds it for a few map writes at most).
-    fn take(bpffs: &Path) -> Result<Self> {
-        Self::lock(bpffs, libc::LOCK_EX).map(|l| l.expect("a blocking flock returns locked"))
-    }
-
-    /// The lock if it is free now; `None` if another process holds it (the agent's sweep
-    /// skips a round rather than wait on a tracer that may be stopped while holding it).
-    fn try_take(bpffs: &Path) -> Result<Option<Self>> {
-        Self::lock(bpffs, libc::LOCK_EX | libc::LOCK_NB)
-    }
-
-    fn lock(bpffs: &Path, how: libc::c_int) -> Result<Option<Self>> {
-        let dir = File::open(bpffs).with_context(|| format!("opening {}", bpffs.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(dir.as_raw_fd(), how) } == 0 {
-            return Ok(Some(Self(dir)));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        bail!("locking {} for the trace slots: {e}", bpffs.display())
-    }
-}
-// The lock is released when the descriptor closes (drop).
-
-/// The trace maps, opened from their pins.
-struct TraceMaps {
-    bpffs: PathBuf,
-    on: Array<MapData, u32>,
-    filters: Array<MapData, TraceFilter>,
-    rings: ArrayOfMaps<MapData, MapData>,
-    /// The rings map once more, for `BPF_MAP_DELETE_ELEM` (aya 0.14's `ArrayOfMaps` has no
-    /// delete and does not lend its descriptor).
-    rings_fd: MapData,
-    /// Events lost per slot and CPU (the ring was full).
-    lost: PerCpuArray<MapData, u64>,
-}
-
-fn pinned(bpffs: &Path, name: &str) -> Result<MapData> {
-    let path = bpffs.join(name);
-    ensure!(
-        path.exists(),
-        "no map pinned at {}: is the agent running with this --bpffs (and new enough to \
-         trace)?",
-        path.display()
-    );
-    MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening pinned map {} (needs root or CAP_BPF)",
-            path.display()
-        )
-    })
-}
-
-impl TraceMaps {
-    fn open(bpffs: &Path) -> Result<Self> {
-        Ok(Self {
-            bpffs: bpffs.to_owned(),
-            on: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_ON)?))
-                .with_context(|| format!("{MAP_TRACE_ON}: unexpected layout"))?,
-            filters: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_FILTERS)?))
-                .with_context(|| format!("{MAP_TRACE_FILTERS}: unexpected layout"))?,
-            rings: ArrayOfMaps::try_from(Map::ArrayOfMaps(pinned(bpffs, MAP_TRACE_RINGS)?))
-                .with_context(|| format!("{MAP_TRACE_RINGS}: unexpected layout"))?,
-            rings_fd: pinned(bpffs, MAP_TRACE_RINGS)?,
-            lost: PerCpuArray::try_from(Map::PerCpuArray(pinned(bpffs, MAP_TRACE_LOST)?))
-                .with_context(|| format!("{MAP_TRACE_LOST}: unexpected layout"))?,
-        })
-    }
-
-    fn state(&self) -> Result<(u32, Vec<TraceFilter>)> {
-        let on = self.on.get(&0, 0).context("reading SVC_TRACE_ON")?;
-        let filters = (0..TRACE_SLOTS)
-            .map(|i| self.filters.get(&i, 0))
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading SVC_TRACE_FILTERS")?;
-        Ok((on, filters))
-    }
-
-    /// Frees the slots of dead owners (held lock assumed). Returns them.
-    fn free_dead(&mut self, on: &mut u32, filters: &[TraceFilter]) -> Result<Vec<u32>> {
-        let (_, dead) = plan_slots(*on, filters, own_pidns()?, owner_alive);
-        for &slot in &dead {
-            self.release_locked(on, slot)?;
-        }
-        Ok(dead)
-    }
-
-    /// Clears `slot`: its bit (so no program writes to it any more), then its ring, then its
-    /// filter.
-    fn release_locked(&mut self, on: &mut u32, slot: u32) -> Result<()> {
-        *on &= !(1 << slot);
-        self.on.set(0, *on, 0).context("writing SVC_TRACE_ON")?;
-        delete_elem(self.rings_fd.fd().as_fd().as_raw_fd(), slot)
-            .with_context(|| format!("removing the ring of trace slot {slot}"))?;
-        self.filters
-            .set(slot, TraceFilter::zeroed(), 0)
-            .context("clearing a trace filter")?;
-        Ok(())
-    }
-
-    /// Takes a free slot for `filter` and `ring`.
-    fn claim(&mut self, filter: &TraceFilter, ring: &MapData) -> Result<u32> {
-        let _lock = SlotLock::take(&self.bpffs)?;
-        let (mut on, filters) = self.state()?;
-        self.free_dead(&mut on, &filters)?;
-        let (on_now, filters) = self.state()?;
-        let (free, _) = plan_slots(on_now, &filters, own_pidns()?, |_| true);
-        let slot = free.with_context(|| {
-            format!("all {TRACE_SLOTS} trace slots are in use by running tracers")
-        })?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        self.lost
-            .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
-            .context("zeroing SVC_TRACE_LOST")?;
-        self.filters
-            .set(slot, *filter, 0)
-            .context("writing SVC_TRACE_FILTERS")?;
-        self.rings
-            .set(slot, ring, 0)
-            .context("writing SVC_TRACE_RINGS")?;
-        self.on
-            .set(0, on_now | 1 << slot, 0)
-            .context("writing SVC_TRACE_ON")?;
-        Ok(slot)
-    }
-
-    /// Events the programs could not write into `slot`'s ring, summed over CPUs.
-    fn lost(&self, slot: u32) -> Result<u64> {
-        Ok(self
-            .lost
-            .get(&slot, 0)
-            .context("reading SVC_TRACE_LOST")?
-            .iter()
-            .sum())
-    }
-
-    /// Releases `slot` if `me` still owns it (a slot freed as dead and taken by another
-    /// tracer in the meantime is theirs).
-    fn release(&mut self, slot: u32, me: Owner) -> Result<()> {
-        let _lock = SlotLock::take(&self.bpffs)?;
-        let (mut on, filters) = self.state()?;
-        if Owner::of(&filters[slot as usize]) != me {
-            return Ok(());
-        }
-        self.release_locked(&mut on, slot)
-    }
-}
-
-/// Zeroed filter (bytemuck's, named for readability).
-trait Zeroed {
-    fn zeroed() -> Self;
-}
-impl Zeroed for TraceFilter {
-    fn zeroed() -> Self {
-        bytemuck::Zeroable::zeroed()
-    }
-}
-
-/// `BPF_MAP_DELETE_ELEM` on an array of maps (aya 0.14 has no delete for it). An empty slot is
-/// not an error.
-fn delete_elem(map_fd: i32, key: u32) -> Result<()> {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = Attr {
-        map_fd: map_fd as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_DELETE_ELEM (map_fd, key
-    // pointer) that lives across the call; `key` outlives it too.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        return Ok(());
-    }
-    Err(e.into())
-}
-
-fn own_pidns() -> Result<u64> {
+pub(crate) fn own_pidns() -> Result<u64> {
     Ok(std::fs::metadata("/proc/self/ns/pid")
         .context("reading /proc/self/ns/pid")?
         .ino())
 }
 
-fn owner_alive(o: Owner) -> bool {
+pub(crate) fn owner_alive(o: Owner) -> bool {
     match std::fs::read_to_string(format!("/proc/{}/stat", o.pid)) {
         Ok(stat) => start_time_of(&stat) == Some(o.start),
         Err(_) => false,
@@ -718,19 +509,6 @@ async fn resolve_service(args: &TraceArgs, snap: &MapSnapshot) -> Result<Vec<u32
     Ok(ids)
 }
 
-/// A ring buffer of the template's type and size ([`TRACE_RING_BYTES`]), as `SVC_TRACE_RINGS`
-/// accepts (`bpf_map_meta_equal`).
-pub fn new_ring() -> Result<MapData> {
-    let obj = aya_obj::Map::new_from_params(
-        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
-        0,
-        0,
-        TRACE_RING_BYTES,
-        0,
-    );
-    MapData::create(obj, "svc_trace_ring", None).context("creating the trace ring buffer")
-}
-
 /// Runs `svc-agent trace` until `--count` events, Ctrl-C or SIGTERM.
 pub async fn run_trace(args: TraceArgs) -> Result<()> {
     let bpffs = args.common.bpffs.clone();
@@ -741,7 +519,7 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
     let filter = filter_of(&args, &ids, me)?;
     let ring_data = new_ring()?;
     let slot = maps.claim(&filter, &ring_data)?;
-    let ring = RingBuf::try_from(Map::RingBuf(ring_data)).context("opening the ring buffer")?;
+    let ring = TraceRing::new(ring_data)?;
     eprintln!(
         "tracing in slot {slot}{} (Ctrl-C to stop)",
         if ids.is_empty() {
@@ -766,16 +544,12 @@ pub async fn run_trace(args: TraceArgs) -> Result<()> {
 }
 
 async fn pump(
-    ring: RingBuf<MapData>,
+    mut ring: TraceRing,
     args: &TraceArgs,
     bpffs: &Path,
     mut names: Names,
 ) -> Result<u64> {
     use tokio::signal::unix::{signal, SignalKind};
-    // SAFETY: the RingBuf owns its map descriptor and keeps it open, unchanged, until it is
-    // dropped, which happens only with the AsyncFd that owns it.
-    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let mut seen = 0u64;
@@ -785,24 +559,11 @@ async fn pump(
         if args.count.is_some_and(|c| seen >= c) {
             return Ok(seen);
         }
-        let mut guard = tokio::select! {
-            g = ring.readable_mut() => g.context("waiting for trace events")?,
+        let events = tokio::select! {
+            events = ring.events() => events?,
             _ = term.recv() => return Ok(seen),
             _ = int.recv() => return Ok(seen),
         };
-        let events: Vec<TraceEvent> = {
-            let r = guard.get_inner_mut();
-            let mut v = Vec::new();
-            while let Some(item) = r.next() {
-                if item.len() >= std::mem::size_of::<TraceEvent>() {
-                    v.push(bytemuck::pod_read_unaligned(
-                        &item[..std::mem::size_of::<TraceEvent>()],
-                    ));
-                }
-            }
-            v
-        };
-        guard.clear_ready();
         for e in events {
             // New frontends or backends since the snapshot: read the maps again, at most once a
             // second.
@@ -832,6 +593,7 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytemuck::Zeroable;
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
     };

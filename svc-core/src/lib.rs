@@ -18,7 +18,9 @@
 pub mod budget;
 pub mod dataplane;
 pub mod engine;
+pub mod explain;
 pub mod model;
+pub mod names;
 pub mod reconcile;
 pub mod source;
 pub mod store;

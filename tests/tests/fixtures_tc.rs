@@ -931,7 +931,7 @@ fn a_full_trace_ring_counts_what_it_loses() {
         (0, *CLIENT_POD.ip()),
         (1, std::net::Ipv4Addr::new(192, 0, 2, 99)),
     ] {
-        let ring = svc_agent::trace::new_ring().unwrap();
+        let ring = svc_agent::dataplane::trace::new_ring().unwrap();
         rings.set(slot, &ring, 0).unwrap();
         filters.set(slot, filter(addr), 0).unwrap();
         readers.push(RingBuf::try_from(Map::RingBuf(ring)).unwrap());

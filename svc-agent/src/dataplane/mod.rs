@@ -3,4 +3,7 @@
 pub use svc_core::dataplane::*;
 
 pub mod batch;
+pub mod config;
 pub mod pinned;
+pub mod read;
+pub mod trace;

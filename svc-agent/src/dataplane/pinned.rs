@@ -79,6 +79,38 @@ impl PinnedMaps {
         })
     }
 
+    /// Takes the maps out of a loaded object (whose maps are pinned as they load).
+    pub fn from_loaded(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        };
+        let frontends = take(MAP_FRONTENDS)?;
+        let slots = take(MAP_SLOTS)?;
+        let backends = take(MAP_BACKENDS)?;
+        let source_ranges = take(MAP_SOURCE_RANGES)?;
+        let (ct, affinity, sock_rev, frags) = (
+            take(MAP_CONNTRACK)?,
+            take(MAP_AFFINITY)?,
+            take(MAP_SOCK_REVNAT)?,
+            take(MAP_FRAGS)?,
+        );
+        Ok(Self {
+            frontends: HashMap::try_from(frontends)
+                .with_context(|| format!("map {MAP_FRONTENDS} has an unexpected layout"))?,
+            slots: HashMap::try_from(slots)
+                .with_context(|| format!("map {MAP_SLOTS} has an unexpected layout"))?,
+            backends: HashMap::try_from(backends)
+                .with_context(|| format!("map {MAP_BACKENDS} has an unexpected layout"))?,
+            source_ranges: LpmTrie::try_from(source_ranges)
+                .with_context(|| format!("map {MAP_SOURCE_RANGES} has an unexpected layout"))?,
+            flows: FlowMaps::new(ct, affinity, sock_rev, frags).context(
+                "a flow map (conntrack, affinity, socket, fragments) has an unexpected layout",
+            )?,
+        })
+    }
+
     /// Opens every map pinned under `bpffs` (a second handle beside the loader's, for the
     /// conntrack garbage collector's thread).
     pub fn from_pins(bpffs: &Path) -> Result<Self, MapError> {

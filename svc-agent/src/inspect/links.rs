@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
 use serde::Serialize;
 
-use super::{InspectError, Table};
+use super::{InspectError, PinError, Table};
 
 /// One pinned link.
 #[derive(Clone, Debug, Serialize)]
@@ -39,8 +39,8 @@ pub struct LinkView {
 /// Reads every link pin under `<bpffs>/links`.
 pub fn link_views(bpffs: &Path) -> Result<Vec<LinkView>, InspectError> {
     let dir = bpffs.join("links");
-    let entries =
-        std::fs::read_dir(&dir).map_err(|_| InspectError::NotPinned { path: dir.clone() })?;
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|_| InspectError::Pin(PinError::NotPinned { path: dir.clone() }))?;
     let mut views = Vec::new();
     for entry in entries.flatten() {
         let pin = entry.file_name().to_string_lossy().into_owned();

@@ -642,7 +642,7 @@ fn prove(
 /// they are drained between calls, outside the timed loop.
 const TRACE_BATCH: u32 = 4_000;
 
-/// The conntrack-hit ACK with one trace slot in use (a ring of `svc_agent::trace::new_ring`,
+/// The conntrack-hit ACK with one trace slot in use (a ring of `svc_agent::dataplane::trace::new_ring`,
 /// as `svc-agent trace` makes): first with a filter for an address no packet has (the cost
 /// of tracing for everyone else; [`ROUNDS`] calls of `repeat`, the ring proven empty), then
 /// with one for the client (every packet writes an event; calls of [`TRACE_BATCH`], each
@@ -666,7 +666,7 @@ fn traced_runs(
         Array::try_from(dp.take_map(MAP_TRACE_FILTERS)?)?;
     let mut rings: ArrayOfMaps<MapData, MapData> =
         ArrayOfMaps::try_from(dp.take_map(MAP_TRACE_RINGS)?)?;
-    let ring = svc_agent::trace::new_ring()?;
+    let ring = svc_agent::dataplane::trace::new_ring()?;
     rings.set(0, &ring, 0)?;
     let mut ring = RingBuf::try_from(aya::maps::Map::RingBuf(ring))?;
     let mut drain = || {

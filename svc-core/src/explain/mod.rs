@@ -1,4 +1,4 @@
-//! `svc-agent explain`: what the datapath would do with a flow, decided over a [`Snapshot`] of
+//! `svc-agent explain`'s decision: what the datapath would do with a flow, decided over a [`Snapshot`] of
 //! the maps by the datapath's own rules.
 //!
 //! [`explain`] is pure and mirrors, branch for branch:
@@ -24,14 +24,14 @@ use svc_common::{
     FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
-use super::{
-    backend_flag_words, ct_flag_words, ct_state_name, frontend_flag_words, proto_name,
-    remaining_ms, scope_name,
-};
 use crate::dataplane::MapSnapshot;
+use crate::names::{
+    backend_flag_words, ct_flag_words, ct_state_name, frontend_flag_words, proto_name,
+    remaining_ms, scope_name, source_ranges_of,
+};
 
 /// Where the flow's first packet meets the datapath (`--from`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// A pod on this node: tc ingress on the host side of its veth.
@@ -637,7 +637,7 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
     };
     // lb.rs `new_flow` checks the source before the backend count.
     if q.origin != Origin::Host && fe.flags & FRONTEND_F_SOURCE_RANGES != 0 {
-        let ranges = super::source_ranges_of(&snap.maps, fe.id);
+        let ranges = source_ranges_of(&snap.maps, fe.id);
         match snap
             .maps
             .source_ranges
@@ -695,7 +695,7 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
             format!(
                 "denied by loadBalancerSourceRanges: no range contains a node address \
                  (allowed: [{}]); connect() and sendmsg() fail with EPERM",
-                super::source_ranges_of(&snap.maps, fe.id).join(", ")
+                source_ranges_of(&snap.maps, fe.id).join(", ")
             ),
         );
         return out;

@@ -1,0 +1,183 @@
+//! Reading the maps pinned under `--bpffs`, for the tools that run beside (or without) an
+//! agent: `inspect`, `explain`, `trace`, the metrics and the tests. Nothing here writes.
+//! Every error names the pin and says what to do about it ([`PinError`]).
+use std::{
+    collections::BTreeMap,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use svc_common::{
+    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
+};
+
+use super::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot};
+use crate::cli::DEFAULT_BPFFS;
+use crate::datapath::TIMEOUTS_PIN;
+
+/// Reading a pinned map failed. `NotPinned` is the expected one (wrong `--bpffs`, agent
+/// never started); the others mean missing privilege or a map of another layout.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "no map pinned at {}: is the agent running with this --bpffs? \
+         Pass --bpffs DIR to read the maps of another directory (default {DEFAULT_BPFFS})",
+        path.display()
+    )]
+    NotPinned { path: PathBuf },
+    #[error("opening pinned map {} (reading BPF maps needs root or CAP_BPF): {source}", path.display())]
+    Open { path: PathBuf, source: MapError },
+    #[error("map {} is not the {map} svc-agent pins (another version?): {source}", path.display())]
+    Layout {
+        map: &'static str,
+        path: PathBuf,
+        source: MapError,
+    },
+    #[error("reading map {map}: {source}")]
+    Read { map: &'static str, source: MapError },
+    #[error(transparent)]
+    Snapshot(#[from] DataplaneError),
+}
+
+fn open(bpffs: &Path, name: &'static str) -> Result<(MapData, PathBuf), PinError> {
+    let path = bpffs.join(name);
+    if !path.exists() {
+        return Err(PinError::NotPinned { path });
+    }
+    match MapData::from_pin(&path) {
+        Ok(data) => Ok((data, path)),
+        Err(source) => Err(PinError::Open { path, source }),
+    }
+}
+
+/// `data` as the typed map `convert` makes; a wrong kind or size is a layout mismatch.
+fn typed<T>(
+    name: &'static str,
+    path: PathBuf,
+    data: MapData,
+    convert: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<T, PinError> {
+    Map::from_map_data(data)
+        .and_then(convert)
+        .map_err(|source| PinError::Layout {
+            map: name,
+            path,
+            source,
+        })
+}
+
+/// The service maps (`SVC_SOURCE_RANGES` read as empty where an older agent pinned none).
+pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
+    let (frontends, path) = open(bpffs, MAP_FRONTENDS)?;
+    let frontends = typed(MAP_FRONTENDS, path, frontends, HashMap::try_from)?;
+    let (slots, path) = open(bpffs, MAP_SLOTS)?;
+    let slots = typed(MAP_SLOTS, path, slots, HashMap::try_from)?;
+    let (backends, path) = open(bpffs, MAP_BACKENDS)?;
+    let backends = typed(MAP_BACKENDS, path, backends, HashMap::try_from)?;
+    let ranges = match open(bpffs, MAP_SOURCE_RANGES) {
+        Ok((data, path)) => Some(typed(MAP_SOURCE_RANGES, path, data, LpmTrie::try_from)?),
+        Err(PinError::NotPinned { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(read_service_maps(
+        &frontends,
+        &slots,
+        &backends,
+        ranges.as_ref(),
+    )?)
+}
+
+/// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).
+pub fn read_config(bpffs: &Path) -> Result<Option<Config>, PinError> {
+    let (data, path) = open(bpffs, MAP_CONFIG)?;
+    let array: Array<MapData, Config> = typed(MAP_CONFIG, path, data, Array::try_from)?;
+    let config = array.get(&0, 0).map_err(|source| PinError::Read {
+        map: MAP_CONFIG,
+        source,
+    })?;
+    Ok((config.node_addr != [0; 4] || config.netns_cookie != 0).then_some(config))
+}
+
+/// The whole conntrack table (entries evicted while it is read are skipped), read with
+/// `BPF_MAP_LOOKUP_BATCH`: 5× less CPU than per-entry iteration (docs/BENCHMARKS.md).
+pub fn read_conntrack(bpffs: &Path) -> Result<BTreeMap<CtKey, CtEntry>, PinError> {
+    let (data, path) = open(bpffs, MAP_CONNTRACK)?;
+    let map: HashMap<MapData, CtKey, CtEntry> =
+        typed(MAP_CONNTRACK, path, data, HashMap::try_from)?;
+    let mut table = BTreeMap::new();
+    batch::lookup_batch::<CtKey, CtEntry>(map.map().fd().as_fd(), &mut |keys, entries| {
+        table.extend(keys.iter().copied().zip(entries.iter().copied()));
+    })
+    .map_err(|e| PinError::Read {
+        map: MAP_CONNTRACK,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        }),
+    })?;
+    Ok(table)
+}
+
+/// The conntrack timeouts the agent gave the datapath (its [`TIMEOUTS_PIN`] copy); `None`
+/// when an agent that predates it pinned the maps.
+pub fn read_timeouts(bpffs: &Path) -> Result<Option<CtTimeouts>, PinError> {
+    let (data, path) = match open(bpffs, TIMEOUTS_PIN) {
+        Ok(d) => d,
+        Err(PinError::NotPinned { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let array: Array<MapData, CtTimeouts> = typed(TIMEOUTS_PIN, path, data, Array::try_from)?;
+    array.get(&0, 0).map(Some).map_err(|source| PinError::Read {
+        map: TIMEOUTS_PIN,
+        source,
+    })
+}
+
+/// The session-affinity table.
+pub fn read_affinity(bpffs: &Path) -> Result<BTreeMap<AffinityKey, Affinity>, PinError> {
+    let (data, path) = open(bpffs, MAP_AFFINITY)?;
+    let map: HashMap<MapData, AffinityKey, Affinity> =
+        typed(MAP_AFFINITY, path, data, HashMap::try_from)?;
+    map.iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| PinError::Read {
+            map: MAP_AFFINITY,
+            source,
+        })
+}
+
+/// Per-CPU values of every counter, indexed like `SVC_STATS`.
+pub fn read_stats(bpffs: &Path) -> Result<Vec<Vec<u64>>, PinError> {
+    let (data, path) = open(bpffs, MAP_STATS)?;
+    let map: PerCpuArray<MapData, u64> = typed(MAP_STATS, path, data, PerCpuArray::try_from)?;
+    (0..map.len())
+        .map(|i| {
+            map.get(&i, 0)
+                .map(|v| v.iter().copied().collect())
+                .map_err(|source| PinError::Read {
+                    map: MAP_STATS,
+                    source,
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_pin_names_the_path_and_the_flag() {
+        let dir = std::env::temp_dir().join("svc-agent-inspect-no-such-bpffs");
+        let err = read_snapshot(&dir).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PinError::NotPinned { .. }), "{msg}");
+        assert!(
+            msg.contains(&dir.join(MAP_FRONTENDS).display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("--bpffs"), "{msg}");
+    }
+}
