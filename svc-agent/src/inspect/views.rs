@@ -1,0 +1,616 @@
+//! What `inspect` and `explain` print: the views (`-o json`'s stable field names) built from
+//! map snapshots, and their aligned tables for people.
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use serde::Serialize;
+use svc_common::{stat_index, CtEntry, CtKey, CtTimeouts, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD};
+
+use super::*;
+// ---------------------------------------------------------------------------------------------
+// Services.
+
+/// One frontend map entry and its backends (`inspect services -o json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Frontend id (what slots and conntrack entries name).
+    pub id: u32,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// `tcp`, `udp` (or the protocol number).
+    pub protocol: String,
+    /// `any` (every hook) or `external` (uplink hooks, `externalTrafficPolicy: Local`).
+    pub scope: String,
+    /// `nodeport`, `external-ip`, `external-scope`, `drop-no-backend`, `source-ranges`,
+    /// `deny-node`.
+    pub flags: Vec<String>,
+    pub flags_raw: u32,
+    pub affinity_timeout_s: u32,
+    /// Valid slots (`1..=backend_count`); 0: new flows are rejected (or dropped).
+    pub backend_count: u32,
+    /// Slots `1..=backend_count` in order, those present in the maps.
+    pub backends: Vec<SlotView>,
+    /// Slots or backends the counted range names but the maps lack (should be empty).
+    pub problems: Vec<String>,
+    /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), with
+    /// `source-ranges`; empty otherwise.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
+}
+
+/// One slot of a frontend and the backend it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotView {
+    pub slot: u32,
+    pub backend_id: u32,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    /// `local`, `terminating`.
+    pub flags: Vec<String>,
+    pub flags_raw: u8,
+}
+
+/// Every frontend with its slots resolved, ordered by (address, port, protocol, scope).
+pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
+    snap.frontends
+        .iter()
+        .map(|(key, fe)| {
+            let mut backends = Vec::new();
+            let mut problems = Vec::new();
+            for slot in 1..=fe.backend_count {
+                let sk = svc_common::SlotKey {
+                    frontend_id: fe.id,
+                    slot,
+                };
+                let Some(s) = snap.slots.get(&sk) else {
+                    problems.push(format!("slot {slot} missing"));
+                    continue;
+                };
+                let Some(b) = snap.backends.get(&s.backend_id) else {
+                    problems.push(format!("slot {slot}: backend {} missing", s.backend_id));
+                    continue;
+                };
+                backends.push(SlotView {
+                    slot,
+                    backend_id: s.backend_id,
+                    address: b.addr.into(),
+                    port: b.port,
+                    protocol: proto_name(b.proto),
+                    flags: backend_flag_words(b.flags),
+                    flags_raw: b.flags,
+                });
+            }
+            ServiceView {
+                id: fe.id,
+                address: key.addr.into(),
+                port: key.port,
+                protocol: proto_name(key.proto),
+                scope: scope_name(key.scope),
+                flags: frontend_flag_words(fe.flags),
+                flags_raw: fe.flags,
+                affinity_timeout_s: fe.affinity_timeout_s,
+                backend_count: fe.backend_count,
+                backends,
+                problems,
+                source_ranges: source_ranges_of(snap, fe.id),
+            }
+        })
+        .collect()
+}
+
+/// Left-aligned columns separated by two spaces; trailing blanks trimmed.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let width: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                let _ = write!(line, "{cell:<w$}  ", w = width[c]);
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+pub(super) fn render_services(services: &Vec<ServiceView>) -> String {
+    let mut t = Table::new(&[
+        "ID", "FRONTEND", "SCOPE", "FLAGS", "COUNT", "SLOT", "BACKEND", "BE-ID", "BE-FLAGS",
+    ]);
+    for s in services {
+        let head = vec![
+            s.id.to_string(),
+            format!("{}:{}/{}", s.address, s.port, s.protocol),
+            s.scope.clone(),
+            words_or_dash(&s.flags),
+            s.backend_count.to_string(),
+        ];
+        let mut tails: Vec<Vec<String>> = s
+            .backends
+            .iter()
+            .map(|b| {
+                vec![
+                    b.slot.to_string(),
+                    format!("{}:{}/{}", b.address, b.port, b.protocol),
+                    b.backend_id.to_string(),
+                    words_or_dash(&b.flags),
+                ]
+            })
+            .collect();
+        tails.extend(s.problems.iter().map(|p| vec!["!".into(), p.clone()]));
+        if !s.source_ranges.is_empty() {
+            tails.push(vec![
+                "src".into(),
+                format!("allowed from {}", s.source_ranges.join(", ")),
+            ]);
+        }
+        if tails.is_empty() {
+            tails.push(vec![
+                "-".into(),
+                "(none: new flows rejected or dropped)".into(),
+            ]);
+        }
+        for (i, tail) in tails.into_iter().enumerate() {
+            let mut row = if i == 0 {
+                head.clone()
+            } else {
+                vec![String::new(); head.len()]
+            };
+            row.extend(tail);
+            t.row(row);
+        }
+    }
+    let mut out = t.render();
+    let _ = writeln!(out, "{} frontends", services.len());
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conntrack.
+
+impl CtFilter {
+    pub(super) fn matches(&self, k: &CtKey, e: &CtEntry) -> bool {
+        self.src.is_none_or(|a| a.octets() == k.src_addr)
+            && self.dst.is_none_or(|a| a.octets() == k.dst_addr)
+            && self.port.is_none_or(|p| p == k.src_port || p == k.dst_port)
+            && self.proto.is_none_or(|p| p.number() == k.proto)
+            && self
+                .dir
+                .is_none_or(|d| (d == Dir::Forward) == (e.dir == CT_DIR_FORWARD))
+            && self.frontend_id.is_none_or(|id| id == e.frontend_id)
+    }
+}
+
+/// One conntrack entry (`inspect conntrack -o json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    pub protocol: String,
+    /// `forward` (client → frontend) or `reply` (backend → client or SNAT address).
+    pub dir: String,
+    /// The tuple as a packet arrives (the map key).
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+    /// What the entry rewrites it to.
+    pub new_src: Ipv4Addr,
+    pub new_src_port: u16,
+    pub new_dst: Ipv4Addr,
+    pub new_dst_port: u16,
+    /// `snat`, `hairpin`, `external`.
+    pub flags: Vec<String>,
+    pub flags_raw: u8,
+    /// TCP flags seen in this direction (`SYN`, `ACK`, `FIN`, …).
+    pub tcp_flags: Vec<String>,
+    pub tcp_flags_raw: u8,
+    pub frontend_id: u32,
+    pub backend_id: u32,
+    /// `CT_STATE_*` name: `syn_sent`, `established`, `close_wait`, `time_wait`, `closed`,
+    /// `udp_unreplied`, `udp_replied`, `none`.
+    pub state: String,
+    pub state_raw: u8,
+    /// Whether the flow has expired (this entry and its peer outlived their timeouts): the
+    /// datapath ignores it and the collector deletes it.
+    pub expired: bool,
+    /// Seconds the flow lives without another packet (the longer-lived of its two entries);
+    /// `null` when expired.
+    pub expires_in_s: Option<u64>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC ns, as the datapath stamped them.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Since created / since the last packet, in ms.
+    pub age_ms: u64,
+    pub idle_ms: u64,
+}
+
+impl FlowView {
+    /// The view of entry `e` at key `k`; `peer` is the entry at `ct_peer_key(k, e)`, if any.
+    pub fn new(
+        k: &CtKey,
+        e: &CtEntry,
+        peer: Option<&CtEntry>,
+        now_ns: u64,
+        timeouts: &CtTimeouts,
+    ) -> Self {
+        let remaining = remaining_ms(k, e, peer, now_ns, timeouts);
+        Self {
+            protocol: proto_name(k.proto),
+            dir: if e.dir == CT_DIR_FORWARD {
+                "forward"
+            } else {
+                "reply"
+            }
+            .into(),
+            src: k.src_addr.into(),
+            src_port: k.src_port,
+            dst: k.dst_addr.into(),
+            dst_port: k.dst_port,
+            new_src: e.src_addr.into(),
+            new_src_port: e.src_port,
+            new_dst: e.dst_addr.into(),
+            new_dst_port: e.dst_port,
+            flags: ct_flag_words(e.flags),
+            flags_raw: e.flags,
+            tcp_flags: tcp_flag_words(e.tcp_flags),
+            tcp_flags_raw: e.tcp_flags,
+            frontend_id: e.frontend_id,
+            backend_id: e.backend_id,
+            state: ct_state_name(e.state),
+            state_raw: e.state,
+            expired: remaining.is_none(),
+            expires_in_s: remaining.map(|ms| ms.div_ceil(1000)),
+            packets: e.packets,
+            bytes: e.bytes,
+            created_ns: e.created_ns,
+            last_seen_ns: e.last_seen_ns,
+            age_ms: now_ns.saturating_sub(e.created_ns) / 1_000_000,
+            idle_ms: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000,
+        }
+    }
+}
+
+fn duration(ms: u64) -> String {
+    match ms {
+        0..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        10_000..=5_999_999 => format!("{}s", ms / 1000),
+        _ => format!("{}m", ms / 60_000),
+    }
+}
+
+pub(super) fn render_flows(flows: &Vec<FlowView>) -> String {
+    let mut t = Table::new(&[
+        "PROTO",
+        "DIR",
+        "TUPLE",
+        "",
+        "REWRITTEN TO",
+        "FLAGS",
+        "TCP",
+        "FE",
+        "BE",
+        "STATE",
+        "EXPIRES",
+        "PKTS",
+        "BYTES",
+        "AGE",
+        "IDLE",
+    ]);
+    for f in flows {
+        t.row(vec![
+            f.protocol.clone(),
+            f.dir.clone(),
+            format!("{}:{} → {}:{}", f.src, f.src_port, f.dst, f.dst_port),
+            "⇒".into(),
+            format!(
+                "{}:{} → {}:{}",
+                f.new_src, f.new_src_port, f.new_dst, f.new_dst_port
+            ),
+            words_or_dash(&f.flags),
+            words_or_dash(&f.tcp_flags),
+            f.frontend_id.to_string(),
+            f.backend_id.to_string(),
+            f.state.clone(),
+            match f.expires_in_s {
+                Some(s) => format!("{s}s"),
+                None => "expired".into(),
+            },
+            f.packets.to_string(),
+            f.bytes.to_string(),
+            duration(f.age_ms),
+            duration(f.idle_ms),
+        ]);
+    }
+    let mut out = t.render();
+    let _ = writeln!(out, "{} entries", flows.len());
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats.
+
+/// One counter (`inspect stats -o json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatView {
+    /// `pod_ingress`, `pod_egress`, `xdp`, `uplink_ingress`, `sock`, `uplink_egress`.
+    pub hook: String,
+    /// A reason name from svc-common's `ALL_REASONS` (`dnat_new`, `no_backend`, …).
+    pub reason: String,
+    /// Packets (socket calls for `sock`), summed over CPUs.
+    pub packets: u64,
+    /// One value per possible CPU, with `--per-cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_cpu: Option<Vec<u64>>,
+}
+
+/// Counters in hook, reason order; zeros skipped unless `all`.
+pub fn stat_views(values: &[Vec<u64>], per_cpu: bool, all: bool) -> Vec<StatView> {
+    let mut out = Vec::new();
+    for hook in ALL_HOOKS {
+        for (reason, name) in ALL_REASONS {
+            let cpus = values
+                .get(stat_index(hook, reason) as usize)
+                .cloned()
+                .unwrap_or_default();
+            let packets = cpus.iter().sum();
+            if packets == 0 && !all {
+                continue;
+            }
+            out.push(StatView {
+                hook: hook.name().into(),
+                reason: name.into(),
+                packets,
+                per_cpu: per_cpu.then_some(cpus),
+            });
+        }
+    }
+    out
+}
+
+pub(super) fn render_stats(stats: &Vec<StatView>, per_cpu: bool) -> String {
+    let cpus = stats
+        .iter()
+        .filter_map(|s| s.per_cpu.as_ref().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    let mut header: Vec<String> = ["HOOK", "REASON", "PACKETS"].map(String::from).into();
+    if per_cpu {
+        header.extend((0..cpus).map(|c| format!("CPU{c}")));
+    }
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    for s in stats {
+        let mut row = vec![s.hook.clone(), s.reason.clone(), s.packets.to_string()];
+        row.extend(s.per_cpu.iter().flatten().map(u64::to_string));
+        t.row(row);
+    }
+    let mut out = t.render();
+    if stats.is_empty() {
+        out.push_str("(every counter is zero; --all lists them)\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explain.
+
+fn endpoint(addr: Ipv4Addr, port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("{addr}:{p}"),
+        None => format!("{addr}:*"),
+    }
+}
+
+fn outcome_line(o: &explain::Outcome) -> String {
+    use explain::Outcome::*;
+    match o {
+        Translate {
+            new_src,
+            new_src_port,
+            new_src_port_range,
+            new_dst,
+            new_dst_port,
+            flags,
+            counter,
+        } => {
+            let sport = match (new_src_port, new_src_port_range) {
+                (_, Some([a, b])) => format!("{new_src}:{a}-{b} (random)"),
+                (p, None) => endpoint(*new_src, *p),
+            };
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(","))
+            };
+            format!("translate to {sport} → {new_dst}:{new_dst_port}{flags} (counter {counter})")
+        }
+        Balance { .. } => "balance (see backends)".into(),
+        Sticky { backend_id, .. } => format!("session affinity to backend {backend_id}"),
+        Pass { counter, why } => match counter {
+            Some(c) => format!("PASS untouched: {why} (counter {c})"),
+            None => format!("PASS untouched: {why}"),
+        },
+        Reject {
+            reply,
+            counter,
+            why,
+        } => format!("REJECT with {reply}: {why} (counter {counter})"),
+        Drop { counter, why } => format!("DROP: {why} (counter {counter})"),
+    }
+}
+
+fn candidate_table(out: &mut String, candidates: &[explain::Candidate]) {
+    let mut t = Table::new(&["SLOT", "BACKEND", "BE-ID", "BE-FLAGS", "THEN"]);
+    for c in candidates {
+        t.row(vec![
+            c.slot.to_string(),
+            match (c.address, c.port) {
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                _ => "(missing)".into(),
+            },
+            c.backend_id.map_or("-".into(), |id| id.to_string()),
+            words_or_dash(&c.backend_flags),
+            outcome_line(&c.outcome),
+        ]);
+    }
+    for line in t.render().lines() {
+        let _ = writeln!(out, "           {line}");
+    }
+}
+
+pub(super) fn render_explanation(e: &explain::Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "flow:      {} → {}:{}/{} from {}",
+        endpoint(e.src, e.src_port),
+        e.dst,
+        e.dst_port,
+        e.protocol,
+        match e.from {
+            explain::Origin::Pod => "a pod",
+            explain::Origin::Uplink => "the uplink",
+            explain::Origin::Host => "the host",
+        }
+    );
+    let _ = writeln!(out, "hook:      {}", e.hook);
+    let fe_line = |f: &explain::FrontendEntry| {
+        format!(
+            "id {}, scope {}, flags {}, {} backend(s)",
+            f.id,
+            f.scope,
+            words_or_dash(&f.flags),
+            f.backend_count
+        )
+    };
+    match &e.frontend {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "frontend:  {}:{}/{} {}",
+                e.dst,
+                e.dst_port,
+                e.protocol,
+                fe_line(f)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "frontend:  none");
+        }
+    }
+    if let Some(f) = &e.external_frontend {
+        let _ = writeln!(
+            out,
+            "external:  {} (used: traffic from the uplink)",
+            fe_line(f)
+        );
+    }
+    match &e.new_flow {
+        explain::Outcome::Balance { slots, translating } => {
+            let usable = if translating < slots {
+                format!(" ({translating} of them usable)")
+            } else {
+                String::new()
+            };
+            let scope = e.scope_used.as_deref().unwrap_or("any");
+            let _ = match slots {
+                1 => writeln!(out, "new flow:  TRANSLATE to the only backend{usable} (scope {scope}):"),
+                n => writeln!(
+                    out,
+                    "new flow:  TRANSLATE, choice by the client tuple's hash among {n} backends{usable} (scope {scope}):"
+                ),
+            };
+            candidate_table(&mut out, &e.candidates);
+        }
+        explain::Outcome::Sticky {
+            backend_id,
+            idle_ms,
+            timeout_s,
+        } => {
+            let _ = writeln!(
+                out,
+                "new flow:  TRANSLATE to backend {backend_id} by session affinity (this client's \
+                 last flow {} ago, timeout {timeout_s}s):",
+                duration(*idle_ms)
+            );
+            candidate_table(&mut out, &e.candidates);
+        }
+        other => {
+            let _ = writeln!(out, "new flow:  {}", outcome_line(other));
+        }
+    }
+    match (&e.conntrack, e.src_port, e.tracked_flows_from_src) {
+        (Some(t), _, _) if t.expired => {
+            let _ = writeln!(
+                out,
+                "conntrack: the {} entry for this tuple (state {}, frontend {}, backend {}) has \
+                 expired and is ignored: the packet is a new flow",
+                t.dir, t.state, t.frontend_id, t.backend_id
+            );
+        }
+        (Some(t), _, _) => {
+            let _ = writeln!(
+                out,
+                "conntrack: an existing {} entry pins this flow (state {}, frontend {}, backend \
+                 {}, expires in {}s without traffic): {}",
+                t.dir,
+                t.state,
+                t.frontend_id,
+                t.backend_id,
+                t.expires_in_s.unwrap_or(0),
+                outcome_line(&t.outcome)
+            );
+        }
+        (None, Some(_), _) => {
+            let _ = writeln!(
+                out,
+                "conntrack: no entry for this tuple: its next packet is a new flow"
+            );
+        }
+        (None, None, Some(0)) => {
+            let _ = writeln!(
+                out,
+                "conntrack: no tracked flow from {} to this destination",
+                e.src
+            );
+        }
+        (None, None, Some(n)) => {
+            let _ = writeln!(
+                out,
+                "conntrack: {n} tracked flow(s) from {} to this destination; give SRC:PORT to check one",
+                e.src
+            );
+        }
+        (None, None, None) => {}
+    }
+    for n in &e.notes {
+        let _ = writeln!(out, "note:      {n}");
+    }
+    out
+}
