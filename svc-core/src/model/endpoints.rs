@@ -1,0 +1,410 @@
+//! EndpointSlices → backends: which slices belong to which Service ([`SliceOwners`], kept by the
+//! watcher; [`SliceIndex`], built per pass), each slice parsed once ([`ParsedSlice`]: ports,
+//! endpoints, conditions, hints, with addresses the API server would refuse reported), the
+//! topology mode of each Service port ("Topology" in the `model` module docs) and the endpoint
+//! sets of kube-proxy's `CategorizeEndpoints` ([`choose_backends`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
+use svc_common::{
+    Backend, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND, PROTO_TCP,
+    PROTO_UDP,
+};
+
+#[cfg(doc)]
+use super::desired_for_indexed;
+use super::{label, Desired, NodeContext, ObjectRef, Problem, LABEL_HEADLESS, LABEL_SERVICE_NAME};
+
+/// Which EndpointSlices belong to which Service ([`LABEL_SERVICE_NAME`] in the slice's
+/// namespace), maintained slice by slice with [`SliceOwners::update`] by a source that applies
+/// changes one at a time (the API-server watcher), for [`desired_for_indexed`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceOwners {
+    by_service: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    owner_of: BTreeMap<ObjectRef, ObjectRef>,
+}
+
+impl SliceOwners {
+    /// The index of every slice in `slices`.
+    pub fn build(slices: &BTreeMap<ObjectRef, EndpointSlice>) -> Self {
+        let mut me = Self::default();
+        for (r, slice) in slices {
+            me.update(r, Some(slice));
+        }
+        me
+    }
+
+    /// Records that slice `slice_ref` now is `slice` (`None`: deleted).
+    pub fn update(&mut self, slice_ref: &ObjectRef, slice: Option<&EndpointSlice>) {
+        if let Some(old) = self.owner_of.remove(slice_ref) {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(slice_ref);
+                if set.is_empty() {
+                    self.by_service.remove(&old);
+                }
+            }
+        }
+        let owner = slice
+            .and_then(|s| label(&s.metadata, LABEL_SERVICE_NAME))
+            .map(|name| ObjectRef::new(slice_ref.namespace.clone(), name));
+        if let Some(owner) = owner {
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(slice_ref.clone());
+            self.owner_of.insert(slice_ref.clone(), owner);
+        }
+    }
+
+    /// The slices of `service`, in [`ObjectRef`] order.
+    pub fn slices_of(&self, service: &ObjectRef) -> impl Iterator<Item = &ObjectRef> {
+        self.by_service.get(service).into_iter().flatten()
+    }
+}
+
+/// EndpointSlices grouped by the Service they name in [`LABEL_SERVICE_NAME`].
+pub(super) struct SliceIndex<'a> {
+    by_service: BTreeMap<ObjectRef, Vec<(&'a ObjectRef, &'a EndpointSlice)>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub(super) fn build(
+        slices: &'a BTreeMap<ObjectRef, EndpointSlice>,
+        only: Option<&BTreeSet<ObjectRef>>,
+    ) -> Self {
+        let mut by_service: BTreeMap<ObjectRef, Vec<_>> = BTreeMap::new();
+        for (slice_ref, slice) in slices {
+            let Some(service) = label(&slice.metadata, LABEL_SERVICE_NAME) else {
+                continue;
+            };
+            let owner = ObjectRef::new(slice_ref.namespace.clone(), service);
+            if only.is_some_and(|set| !set.contains(&owner)) {
+                continue;
+            }
+            by_service
+                .entry(owner)
+                .or_default()
+                .push((slice_ref, slice));
+        }
+        Self { by_service }
+    }
+
+    pub(super) fn of(&self, service: &ObjectRef) -> &[(&'a ObjectRef, &'a EndpointSlice)] {
+        self.by_service
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// One EndpointSlice reduced to what backend selection needs, with its problems reported once.
+pub(super) struct ParsedSlice {
+    /// (name, protocol, port number) of each usable `ports[]` entry.
+    pub(super) ports: Vec<(String, u8, u16)>,
+    pub(super) endpoints: Vec<ParsedEndpoint>,
+}
+
+pub(super) struct ParsedEndpoint {
+    pub(super) addr: Ipv4Addr,
+    pub(super) ready: bool,
+    /// `serving && terminating`: usable only as a fallback when nothing is ready.
+    serving_terminating: bool,
+    /// `nodeName` is this node ([`NodeContext::node_name`]).
+    pub(super) local: bool,
+    /// Its `hints`, as they concern this node.
+    hints: HintsHere,
+}
+
+/// An endpoint's `hints` (`forZones`, `forNodes`) resolved against this node, as kube-proxy's
+/// endpoint cache reads them (pkg/proxy/endpointslicecache.go). `forNodes` is read as with
+/// the `PreferSameTrafficDistribution` gate on (beta and on by default since 1.34).
+#[derive(Clone, Copy, Debug, Default)]
+struct HintsHere {
+    /// `forZones` names some zone.
+    zoned: bool,
+    /// `forZones` names [`NodeContext::zone`].
+    for_zone: bool,
+    /// `forNodes` names some node.
+    noded: bool,
+    /// `forNodes` names [`NodeContext::node_name`].
+    for_node: bool,
+}
+
+impl HintsHere {
+    fn of(hints: Option<&EndpointHints>, node: &NodeContext) -> Self {
+        let zones = hints
+            .and_then(|h| h.for_zones.as_deref())
+            .unwrap_or_default();
+        let nodes = hints
+            .and_then(|h| h.for_nodes.as_deref())
+            .unwrap_or_default();
+        let zone = node.zone.as_deref().filter(|z| !z.is_empty());
+        Self {
+            zoned: !zones.is_empty(),
+            for_zone: zone.is_some_and(|z| zones.iter().any(|h| h.name == z)),
+            noded: !nodes.is_empty(),
+            for_node: !node.node_name.is_empty() && nodes.iter().any(|h| h.name == node.node_name),
+        }
+    }
+}
+
+/// Which ready endpoints the `Cluster` set of one Service port keeps: kube-proxy's "topology
+/// mode" (`topologyModeFromHints`, pkg/proxy/topology.go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every ready endpoint (no hints, or hints that cannot be honoured).
+    Any,
+    /// Those hinted `forNodes` this node.
+    SameNode,
+    /// Those hinted `forZones` this node's zone.
+    SameZone,
+}
+
+impl Topology {
+    /// Decided over the ready endpoints of one port, all or nothing: one ready endpoint
+    /// without node hints rules out [`Topology::SameNode`], one without zone hints rules out
+    /// [`Topology::SameZone`] (hints half-written by the controller, or a hand-written slice),
+    /// and a mode no ready endpoint is hinted for here is no mode: traffic then goes to every
+    /// ready endpoint rather than to none. So a chosen mode always keeps at least one.
+    fn of<'a>(ready: impl Iterator<Item = &'a HintsHere>) -> Self {
+        let (mut any, mut all_noded, mut all_zoned) = (false, true, true);
+        let (mut for_node, mut for_zone) = (false, false);
+        for h in ready {
+            any = true;
+            all_noded &= h.noded;
+            all_zoned &= h.zoned;
+            for_node |= h.for_node;
+            for_zone |= h.for_zone;
+        }
+        if any && all_noded && for_node {
+            Self::SameNode
+        } else if any && all_zoned && for_zone {
+            Self::SameZone
+        } else {
+            Self::Any
+        }
+    }
+
+    fn admits(self, h: &HintsHere) -> bool {
+        match self {
+            Self::Any => true,
+            Self::SameNode => h.for_node,
+            Self::SameZone => h.for_zone,
+        }
+    }
+}
+
+impl ParsedSlice {
+    /// `None` for slices a proxy ignores (not IPv4, headless-labelled).
+    pub(super) fn parse(
+        slice_ref: &ObjectRef,
+        slice: &EndpointSlice,
+        node: &NodeContext,
+        out: &mut Desired,
+    ) -> Option<Self> {
+        if slice.address_type != "IPv4" || label(&slice.metadata, LABEL_HEADLESS).is_some() {
+            return None;
+        }
+        let object = format!("EndpointSlice {slice_ref}");
+        let mut ports = Vec::new();
+        for (i, port) in slice.ports.iter().flatten().enumerate() {
+            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => PROTO_TCP,
+                "UDP" => PROTO_UDP,
+                // The Service port with that protocol is refused with its own problem.
+                _ => continue,
+            };
+            // A port without a number means "all ports" to some consumers; kube-proxy skips it.
+            let Some(number) = port.port else { continue };
+            match u16::try_from(number) {
+                Ok(n) if n != 0 => ports.push((port.name.clone().unwrap_or_default(), proto, n)),
+                _ => out.problems.push(Problem::new(
+                    &object,
+                    format!("ports[{i}].port"),
+                    "must be 1-65535",
+                )),
+            }
+        }
+        let mut endpoints = Vec::new();
+        for (i, ep) in slice.endpoints.iter().enumerate() {
+            // Addresses of one endpoint are fungible; consumers use the first (as kube-proxy
+            // does, https://issue.k8s.io/106267).
+            let Some(text) = ep.addresses.first() else {
+                out.problems.push(Problem::new(
+                    &object,
+                    format!("endpoints[{i}].addresses"),
+                    "empty",
+                ));
+                continue;
+            };
+            let field = format!("endpoints[{i}].addresses[0]");
+            let Ok(addr) = text.parse::<Ipv4Addr>() else {
+                out.problems.push(Problem::new(
+                    &object,
+                    field,
+                    format!("{text:?} is not an IPv4 address"),
+                ));
+                continue;
+            };
+            if let Some(why) = refused_endpoint(addr) {
+                out.problems.push(Problem::new(
+                    &object,
+                    field,
+                    format!(
+                        "{addr} {why}; refused, as the API server's endpoint validation \
+                         refuses it (ValidateEndpointIP, CVE-2021-25737)"
+                    ),
+                ));
+                continue;
+            }
+            let conditions = ep.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            // A hostNetwork endpoint's address is its node's: local here whatever `nodeName`
+            // says (the API server's own `kubernetes` slice has none).
+            let local = (!node.node_name.is_empty()
+                && ep.node_name.as_deref() == Some(node.node_name.as_str()))
+                || node.node_ips.contains(&addr);
+            endpoints.push(ParsedEndpoint {
+                addr,
+                ready,
+                serving_terminating: serving && terminating,
+                local,
+                hints: HintsHere::of(ep.hints.as_ref(), node),
+            });
+        }
+        Some(Self { ports, endpoints })
+    }
+
+    fn port(&self, name: &str, proto: u8) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == proto)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+/// Why an endpoint address must never be a backend, if it must not: exactly the addresses the
+/// API server refuses in Endpoints and EndpointSlices. Kubernetes `pkg/apis/core/validation`
+/// `ValidateEndpointIP` (formerly `ValidateNonSpecialIP`), called for every IPv4/IPv6 address
+/// by `pkg/apis/discovery/validation` (EndpointSlices, since the CVE-2021-25737 fix,
+/// kubernetes#101084) and by `validateEndpointAddress` (v1 Endpoints), refuses the unspecified
+/// address, loopback (127.0.0.0/8), link-local unicast (169.254.0.0/16) and link-local
+/// multicast (224.0.0.0/24). kube-proxy applies no filter of its own on top: it programs what
+/// validation admitted. We repeat the check because `--manifests` objects never went through
+/// an API server.
+///
+/// A node's own address is *not* special: it is what every hostNetwork pod's endpoint is, and
+/// what the `kubernetes` Service (10.96.0.1:443 → the API server's node:6443) points to.
+fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = addr.octets();
+    if addr.is_unspecified() {
+        Some("is unspecified")
+    } else if addr.is_loopback() {
+        Some("is in the loopback range (127.0.0.0/8)")
+    } else if addr.is_link_local() {
+        Some("is in the link-local range (169.254.0.0/16)")
+    } else if (a, b, c) == (224, 0, 0) {
+        Some("is in the link-local multicast range (224.0.0.0/24)")
+    } else {
+        None
+    }
+}
+
+/// The endpoint sets of one Service port, as kube-proxy's `CategorizeEndpoints`
+/// (pkg/proxy/topology.go) computes them; each sorted by [`Backend`]'s `Ord`, no duplicates.
+pub(super) struct BackendSets {
+    /// Traffic policy `Cluster`: ready endpoints anywhere that the [`Topology`] admits, else
+    /// (no ready endpoint at all) serving+terminating ones, hints ignored.
+    pub(super) cluster: Vec<Backend>,
+    /// Traffic policy `Local`: this node's ready endpoints, else this node's serving+terminating
+    /// ones. The fallback is decided on the local endpoints alone: a remote ready endpoint does
+    /// not stop a local terminating one from being used. Hints play no part.
+    pub(super) local: Vec<Backend>,
+}
+
+impl BackendSets {
+    /// Flags for an entry holding [`BackendSets::local`]: [`FRONTEND_F_DROP_NO_BACKEND`] when it
+    /// is empty while the Service has usable endpoints elsewhere. kube-proxy drops then (an
+    /// external load balancer retries another node; the health check already says "0 local"),
+    /// but rejects, like any Service, when there is no usable endpoint at all (its
+    /// `hasEndpoints` check comes before the policy ones).
+    pub(super) fn drop_if_no_local(&self) -> u32 {
+        if self.local.is_empty() && !self.cluster.is_empty() {
+            FRONTEND_F_DROP_NO_BACKEND
+        } else {
+            0
+        }
+    }
+}
+
+/// Backends of one Service port: see [`BackendSets`]. The port is matched by name and protocol
+/// in each slice separately, so a named `targetPort` resolves to whatever number each slice
+/// (each pod template) gives it. Local endpoints carry [`BACKEND_F_LOCAL`] in both sets, so a
+/// backend is one tuple whichever frontend names it; fallback ones [`BACKEND_F_TERMINATING`].
+pub(super) fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> BackendSets {
+    // The endpoints of this port, each with the number its slice gives the port.
+    let endpoints = || {
+        slices
+            .iter()
+            .filter_map(|s| Some((s, s.port(port_name, proto)?)))
+            .flat_map(|(s, port)| s.endpoints.iter().map(move |ep| (ep, port)))
+    };
+    let topology = Topology::of(
+        endpoints()
+            .filter(|(ep, _)| ep.ready)
+            .map(|(ep, _)| &ep.hints),
+    );
+    let mut ready = BTreeSet::new();
+    let mut near = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for (ep, port) in endpoints() {
+        let backend = Backend {
+            addr: ep.addr.octets(),
+            port,
+            proto,
+            flags: if ep.local { BACKEND_F_LOCAL } else { 0 },
+        };
+        if ep.ready {
+            ready.insert(backend);
+            if topology.admits(&ep.hints) {
+                near.insert(backend);
+            }
+        } else if ep.serving_terminating {
+            terminating.insert(Backend {
+                flags: backend.flags | BACKEND_F_TERMINATING,
+                ..backend
+            });
+        }
+    }
+    // One backend per address and port, as kube-proxy keeps one endpoint per address:port
+    // (pkg/proxy/endpointslicecache.go, addEndpoints): an address listed twice (two slices,
+    // two nodes) is local if either listing says so, and ready if either is.
+    let ready_at: BTreeSet<([u8; 4], u16)> = ready.iter().map(|b| (b.addr, b.port)).collect();
+    terminating.retain(|b| !ready_at.contains(&(b.addr, b.port)));
+    for set in [&mut ready, &mut near, &mut terminating] {
+        let local_at: BTreeSet<([u8; 4], u16)> = set
+            .iter()
+            .filter(|b| b.flags & BACKEND_F_LOCAL != 0)
+            .map(|b| (b.addr, b.port))
+            .collect();
+        set.retain(|b| b.flags & BACKEND_F_LOCAL != 0 || !local_at.contains(&(b.addr, b.port)));
+    }
+    let is_local = |b: &&Backend| b.flags & BACKEND_F_LOCAL != 0;
+    let local: Vec<Backend> = if ready.iter().any(|b| is_local(&b)) {
+        ready.iter().filter(is_local).copied().collect()
+    } else {
+        terminating.iter().filter(is_local).copied().collect()
+    };
+    // A chosen topology keeps at least one ready endpoint, so `near` is empty only when
+    // `ready` is; the terminating fallback then ignores hints, as kube-proxy's does.
+    let cluster = if ready.is_empty() {
+        terminating.into_iter().collect()
+    } else {
+        near.into_iter().collect()
+    };
+    BackendSets { cluster, local }
+}

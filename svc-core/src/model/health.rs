@@ -1,0 +1,75 @@
+//! The health checks kube-proxy answers for `externalTrafficPolicy: Local` Services
+//! ([`HealthCheck`], [`health_checks`]): on which port, and how many ready endpoints this node has.
+
+use std::collections::BTreeSet;
+
+#[cfg(doc)]
+use super::desired;
+use super::endpoints::{ParsedSlice, SliceIndex};
+use super::{Desired, NodeContext, ObjectRef, Objects};
+
+/// One health-check responder kube-proxy would run for a Service: `GET /` on
+/// `healthCheckNodePort` answers 200 when the node has local endpoints, 503 when not, so an
+/// external load balancer sends `externalTrafficPolicy: Local` traffic only to nodes that can
+/// serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service.
+    pub service: ObjectRef,
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// What the responder reports as `localEndpoints`: the number of distinct `address:port`
+    /// pairs of ready endpoints on this node over all the Service's slice ports, as
+    /// kube-proxy's `EndpointsMap::LocalReadyEndpoints` counts (so a pod serving two ports
+    /// counts twice). Terminating endpoints do not count, even when traffic falls back to
+    /// them: the load balancer should move new connections away from a draining node.
+    pub local_endpoints: usize,
+}
+
+/// The health checks this node should answer: every Service with `externalTrafficPolicy:
+/// Local` and a `healthCheckNodePort` (the API server allocates one for such LoadBalancer
+/// Services), in [`ObjectRef`] order. Services [`desired`] never programs (another proxy's,
+/// ExternalName, headless) get none, nor does a port outside 1-65535 (which the API server
+/// never accepts).
+pub fn health_checks(objects: &Objects, node: &NodeContext) -> Vec<HealthCheck> {
+    let slices = SliceIndex::build(&objects.slices, None);
+    // Problems found here are reported by `desired`; this pass only counts.
+    let mut scratch = Desired::default();
+    let mut out = Vec::new();
+    for (svc_ref, svc) in &objects.services {
+        if !node.claims(&svc.metadata) {
+            continue;
+        }
+        let Some(spec) = &svc.spec else { continue };
+        if spec.external_traffic_policy.as_deref() != Some("Local")
+            || spec.type_.as_deref() == Some("ExternalName")
+            || spec.cluster_ip.as_deref() == Some("None")
+        {
+            continue;
+        }
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        let mut local = BTreeSet::new();
+        for (slice_ref, slice) in slices.of(svc_ref) {
+            let Some(parsed) = ParsedSlice::parse(slice_ref, slice, node, &mut scratch) else {
+                continue;
+            };
+            for ep in parsed.endpoints.iter().filter(|e| e.ready && e.local) {
+                for (_, _, number) in &parsed.ports {
+                    local.insert((ep.addr, *number));
+                }
+            }
+        }
+        out.push(HealthCheck {
+            service: svc_ref.clone(),
+            port,
+            local_endpoints: local.len(),
+        });
+    }
+    out
+}
