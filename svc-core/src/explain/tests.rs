@@ -452,9 +452,7 @@ fn an_existing_conntrack_entry_pins_the_flow() {
     );
     reply.origin = Origin::Pod;
     let t = explain(&snap, &reply).conntrack.expect("reply entry");
-    assert!(
-        matches!(t.outcome, Outcome::Translate { ref counter, .. } if counter == "rev_nat")
-    );
+    assert!(matches!(t.outcome, Outcome::Translate { ref counter, .. } if counter == "rev_nat"));
 }
 
 #[test]
