@@ -10,8 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use svc_common::{stat_index, Frontend, FrontendKey, Hook, Reason, MAP_FRONTENDS, MAP_STATS};
+use svc_common::{stat_index, Frontend, FrontendKey, Hook, Reason};
 
 use crate::topology::{NsChild, Topology};
 
@@ -294,14 +293,7 @@ impl Agent {
 
     /// The frontend map as the agent programmed it (read from the pin, no agent involved).
     pub fn frontends(&self) -> Result<BTreeMap<FrontendKey, Frontend>> {
-        let path = self.bpffs.join(MAP_FRONTENDS);
-        let map = Map::HashMap(
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
-        );
-        let map: HashMap<MapData, FrontendKey, Frontend> = HashMap::try_from(map)?;
-        map.iter()
-            .collect::<Result<_, _>>()
-            .context("reading the frontend map")
+        Ok(svc_agent::dataplane::read::read_frontends(&self.bpffs)?)
     }
 
     /// Waits (up to [`LOAD_TIMEOUT`]) until the agent has loaded its programs and read its
@@ -350,10 +342,7 @@ impl Agent {
 
     /// The three service maps, read from their pins (no agent involved).
     pub fn snapshot(&self) -> Result<svc_agent::dataplane::MapSnapshot> {
-        use svc_agent::dataplane::{pinned::PinnedMaps, Dataplane};
-        let maps = PinnedMaps::from_pins(&self.bpffs)
-            .with_context(|| format!("opening the maps pinned under {}", self.bpffs.display()))?;
-        Ok(maps.snapshot()?)
+        Ok(svc_agent::dataplane::read::read_snapshot(&self.bpffs)?)
     }
 
     /// `svc-agent ARGS --bpffs <its pins> -o json` (`inspect services`, `explain …`), run
@@ -378,12 +367,8 @@ impl Agent {
 
     /// A datapath counter summed over CPUs.
     pub fn counter(&self, hook: Hook, reason: Reason) -> Result<u64> {
-        let path = self.bpffs.join(MAP_STATS);
-        let map = Map::PerCpuArray(
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
-        );
-        let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map)?;
-        Ok(map.get(&stat_index(hook, reason), 0)?.iter().sum())
+        let per_cpu = svc_agent::dataplane::read::read_stat(&self.bpffs, stat_index(hook, reason))?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// `kill -9`: no chance to clean up. Pins stay for the next agent on this node to adopt

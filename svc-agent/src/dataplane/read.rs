@@ -9,8 +9,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use svc_common::{
-    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
+    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Frontend, FrontendKey, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_SOURCE_RANGES,
+    MAP_STATS,
 };
 
 use super::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot};
@@ -89,6 +90,47 @@ pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
     )?)
 }
 
+/// `SVC_FRONTENDS` alone (what a test polls while the agent programs).
+pub fn read_frontends(bpffs: &Path) -> Result<BTreeMap<FrontendKey, Frontend>, PinError> {
+    let (data, path) = open(bpffs, MAP_FRONTENDS)?;
+    let map: HashMap<MapData, FrontendKey, Frontend> =
+        typed(MAP_FRONTENDS, path, data, HashMap::try_from)?;
+    map.iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| PinError::Read {
+            map: MAP_FRONTENDS,
+            source,
+        })
+}
+
+/// `SVC_FRONTENDS` opened once, for point lookups in a tight loop (the control-plane
+/// benchmark's wait for one change).
+pub struct FrontendLookup(HashMap<MapData, FrontendKey, Frontend>);
+
+impl FrontendLookup {
+    pub fn open(bpffs: &Path) -> Result<Self, PinError> {
+        let (data, path) = open(bpffs, MAP_FRONTENDS)?;
+        typed(MAP_FRONTENDS, path, data, HashMap::try_from).map(Self)
+    }
+
+    /// The entry under `key`, `None` when absent.
+    pub fn get(&self, key: &FrontendKey) -> Result<Option<Frontend>, PinError> {
+        match self.0.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(PinError::Read {
+                map: MAP_FRONTENDS,
+                source,
+            }),
+        }
+    }
+
+    /// How many entries the map holds (a walk of its keys).
+    pub fn len(&self) -> usize {
+        self.0.keys().count()
+    }
+}
+
 /// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).
 pub fn read_config(bpffs: &Path) -> Result<Option<Config>, PinError> {
     let (data, path) = open(bpffs, MAP_CONFIG)?;
@@ -150,18 +192,27 @@ pub fn read_affinity(bpffs: &Path) -> Result<BTreeMap<AffinityKey, Affinity>, Pi
 
 /// Per-CPU values of every counter, indexed like `SVC_STATS`.
 pub fn read_stats(bpffs: &Path) -> Result<Vec<Vec<u64>>, PinError> {
+    let map = stats_map(bpffs)?;
+    (0..map.len()).map(|i| stat_of(&map, i)).collect()
+}
+
+/// Per-CPU values of one counter (`svc_common::stat_index`).
+pub fn read_stat(bpffs: &Path, index: u32) -> Result<Vec<u64>, PinError> {
+    stat_of(&stats_map(bpffs)?, index)
+}
+
+fn stats_map(bpffs: &Path) -> Result<PerCpuArray<MapData, u64>, PinError> {
     let (data, path) = open(bpffs, MAP_STATS)?;
-    let map: PerCpuArray<MapData, u64> = typed(MAP_STATS, path, data, PerCpuArray::try_from)?;
-    (0..map.len())
-        .map(|i| {
-            map.get(&i, 0)
-                .map(|v| v.iter().copied().collect())
-                .map_err(|source| PinError::Read {
-                    map: MAP_STATS,
-                    source,
-                })
+    typed(MAP_STATS, path, data, PerCpuArray::try_from)
+}
+
+fn stat_of(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<Vec<u64>, PinError> {
+    map.get(&index, 0)
+        .map(|v| v.iter().copied().collect())
+        .map_err(|source| PinError::Read {
+            map: MAP_STATS,
+            source,
         })
-        .collect()
 }
 
 #[cfg(test)]

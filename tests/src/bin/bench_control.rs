@@ -44,10 +44,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError};
 use clap::Parser;
 use serde_json::{json, Value};
-use svc_common::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP, SCOPE_ANY};
+use svc_agent::dataplane::read::FrontendLookup;
+use svc_common::{Frontend, FrontendKey, PROTO_TCP, SCOPE_ANY};
 use tests::{
     agent::{workspace_bin, Agent, ManifestDir},
     apiserver::ApiServer,
@@ -373,11 +373,11 @@ fn wait_full_sync(
             if let Some(m) = &map {
                 // Newest writes first: the frontends are written in key order, so while the
                 // sync is under way the first lookup already fails.
-                let all = want
-                    .iter()
-                    .rev()
-                    .all(|(k, count)| m.get(k, 0).is_ok_and(|f| f.backend_count == *count));
-                if all && m.keys().count() == want.len() {
+                let all = want.iter().rev().all(|(k, count)| {
+                    m.get(k)
+                        .is_ok_and(|f| f.is_some_and(|f| f.backend_count == *count))
+                });
+                if all && m.len() == want.len() {
                     maps_right = Some(clock.elapsed());
                 }
             }
@@ -499,13 +499,11 @@ fn record(samples: &mut Samples, landed: Option<Instant>, written: Instant) {
     }
 }
 
-type FrontendMap = HashMap<MapData, FrontendKey, Frontend>;
+type FrontendMap = FrontendLookup;
 
 /// The agent's pinned frontend map, opened once and looked up directly (no agent involved).
 fn frontend_map(agent: &Agent) -> Result<FrontendMap> {
-    let path = agent.bpffs().join(MAP_FRONTENDS);
-    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(HashMap::try_from(Map::HashMap(map))?)
+    Ok(FrontendLookup::open(agent.bpffs())?)
 }
 
 /// Spins (with [`CHANGE_POLL`] sleeps) until `done` holds for `key`'s entry; when it first
@@ -517,10 +515,8 @@ fn wait_for(
 ) -> Option<Instant> {
     let deadline = Instant::now() + CHANGE_TIMEOUT;
     loop {
-        let entry = match map.get(key, 0) {
-            Ok(f) => Some(f),
-            Err(MapError::KeyNotFound) => None,
-            Err(_) => return None,
+        let Ok(entry) = map.get(key) else {
+            return None;
         };
         if done(entry) {
             return Some(Instant::now());
