@@ -5,5 +5,6 @@ pub mod fixtures;
 pub mod fuzz;
 pub mod kubeproxy;
 pub mod probe;
+pub mod root;
 pub mod topology;
 pub mod traffic;
