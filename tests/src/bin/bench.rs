@@ -82,10 +82,10 @@ use svc_common::{
     MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP, REASON_COUNT, STATS_LEN,
 };
 use tests::fixtures::{
-    ct_forward, ct_key, ct_reply, require_root, stat_name, Datapath, Pkt, Program, RunResult,
-    XdpNode, XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODEPORT, NODE_IP,
-    NODE_MAC, OTHER_POD, PEER_NODE, PEER_NODE_MAC, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC,
-    XDP_FLOOR_PROGRAM, XDP_PASS, XDP_PROGRAM, XDP_TX,
+    ct_forward, ct_key, ct_reply, is_root, stat_name, Datapath, Pkt, Program, RunResult, XdpNode,
+    XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODEPORT, NODE_IP, NODE_MAC,
+    OTHER_POD, PEER_NODE, PEER_NODE_MAC, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC, XDP_FLOOR_PROGRAM,
+    XDP_PASS, XDP_PROGRAM, XDP_TX,
 };
 
 /// Length of the new-flow chain: iterations per call of the new-flow row. Long enough that the
@@ -130,9 +130,10 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if require_root().is_none() {
-        return Ok(());
-    }
+    ensure!(
+        is_root(),
+        "needs root (BPF_PROG_TEST_RUN): run the benchmark as root"
+    );
     ensure!(
         args.repeat >= 2 * CHAIN,
         "--repeat must be at least {}",

@@ -95,10 +95,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !is_root() {
-        println!("skipped: needs root (network namespaces, BPF maps)");
-        return Ok(());
-    }
+    ensure!(
+        is_root(),
+        "needs root (network namespaces, BPF maps): run the benchmark as root"
+    );
     let started = Instant::now();
     let agent_bin = workspace_bin("svc-agent")?;
     let build = if agent_bin.components().any(|c| c.as_os_str() == "release") {

@@ -144,10 +144,10 @@ fn main() -> Result<()> {
     if args.modes.is_empty() {
         args.modes = Mode::ALL.to_vec();
     }
-    if !tests::topology::is_root() {
-        println!("skipped: needs root (network namespaces, BPF, netfilter)");
-        return Ok(());
-    }
+    ensure!(
+        tests::topology::is_root(),
+        "needs root (network namespaces, BPF, netfilter): run the benchmark as root"
+    );
     let started = Instant::now();
     let agent = workspace_bin("svc-agent")?;
     let probe = probe_bin()?;
