@@ -704,10 +704,7 @@ pub fn ebpf_object() -> PathBuf {
 
 /// True when the process may use `BPF_PROG_TEST_RUN` (we require root; CAP_BPF alone is not
 /// enough for `CAP_NET_ADMIN`-gated tc program loads in our setup).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::root::is_root;
 
 /// Reads the object, failing with the command that produces it when it is missing: a fixture
 /// run without the object must fail, not pass vacuously.
@@ -722,14 +719,12 @@ pub fn read_object() -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Returns `None` (after printing why) when not root, so callers can `return` as a skip.
-pub fn require_root() -> Option<()> {
-    if is_root() {
-        Some(())
-    } else {
-        println!("skipped: needs root (BPF_PROG_TEST_RUN)");
-        None
-    }
+/// For root-only tests (marked `#[cfg_attr(svc_unprivileged, ignore = "needs root
+/// (BPF_PROG_TEST_RUN)")]`): panics unless running as root, so they fail rather than pass
+/// unrun.
+#[track_caller]
+pub fn require_root() {
+    crate::root::require_root("BPF_PROG_TEST_RUN");
 }
 
 /// Output of one `BPF_PROG_TEST_RUN`.
@@ -1560,8 +1555,8 @@ pub struct NodePrograms {
 }
 
 /// Runs `body` on a thread inside a fresh [`XdpNode`] with a datapath: the pod programs plus
-/// `programs`, `SVC_CONFIG` naming [`NODE_IP`]; returns at once (a skip) when not root. A
-/// missing object fails first, so an unbuilt tree can never look green. The namespace is
+/// `programs`, `SVC_CONFIG` naming [`NODE_IP`]; panics when not root. A missing object fails
+/// first, so an unbuilt tree can never look green. The namespace is
 /// deleted when this returns or panics.
 pub fn node_datapath_test(
     programs: NodePrograms,
@@ -1580,9 +1575,7 @@ pub fn node_datapath_test_with_fault(
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    if require_root().is_none() {
-        return;
-    }
+    require_root();
     let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
     node.run(|uplink| {
         let mut loader = EbpfLoader::new();

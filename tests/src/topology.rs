@@ -63,20 +63,13 @@ pub const EXT_ROUTED: [&str; 4] = [
 /// Largest number of nodes (addresses 172.18.0.2..=5; pod CIDRs 10.244.1..=4.0/24).
 pub const MAX_NODES: usize = 4;
 
-/// True when running as root (namespaces, veths and tcpdump need it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::root::is_root;
 
-/// For root-only tests: prints `skipped: needs root` and returns true when not root.
-pub fn skip_unless_root() -> bool {
-    if is_root() {
-        false
-    } else {
-        eprintln!("skipped: needs root");
-        true
-    }
+/// For root-only tests (marked `#[cfg_attr(svc_unprivileged, ignore = "needs root (network
+/// namespaces)")]`): panics unless running as root, so they fail rather than pass unrun.
+#[track_caller]
+pub fn require_root() {
+    crate::root::require_root("network namespaces");
 }
 
 /// What to build. Pod names are labels for [`Topology::pod`]; they must be unique.
@@ -201,7 +194,10 @@ static STALE_CLEANUP: Once = Once::new();
 impl Topology {
     /// Builds the topology of `spec`. On error everything created so far is removed again.
     pub fn build(spec: &TopologySpec) -> Result<Topology> {
-        ensure!(is_root(), "building a test topology needs root");
+        ensure!(
+            is_root(),
+            "building a test topology needs root (network namespaces)"
+        );
         ensure!(
             (1..=MAX_NODES).contains(&spec.nodes.len()),
             "{} nodes requested; 1..={MAX_NODES} supported",
@@ -1106,10 +1102,9 @@ mod tests {
     /// capture there whose checksums must all verify), a pod added later, and no namespace
     /// left after drop.
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn two_nodes_cross_node_traffic_and_cleanup() {
-        if skip_unless_root() {
-            return;
-        }
+        require_root();
         let spec = TopologySpec::new()
             .node(&["a1", "a2"])
             .node(&["b1", "b2"])
@@ -1233,10 +1228,9 @@ mod tests {
     /// Spawned processes are killed and namespaces deleted when the topology drops, also
     /// when a build fails half way.
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn drop_kills_children_and_failed_build_cleans_up() {
-        if skip_unless_root() {
-            return;
-        }
+        require_root();
         let t = Topology::build(&TopologySpec::new().node(&["p"])).unwrap();
         let prefix = t.prefix().to_owned();
         let mut c = t
@@ -1272,10 +1266,9 @@ mod tests {
     /// — and the verifier must flag them. (The receiver still accepts them: over veth the
     /// partial state travels with the skb, which is why DESIGN §3 turns offload off.)
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn verifier_flags_partial_checksums_when_offload_is_on() {
-        if skip_unless_root() {
-            return;
-        }
+        require_root();
         let t = Topology::build(&TopologySpec::new().node(&["c"]).node(&["s"])).unwrap();
         t.exec_ok(&t.node(1).ns, &["ethtool", "-K", "eth0", "tx", "on"])
             .unwrap();
@@ -1316,14 +1309,11 @@ mod tests {
     /// The `svc-probe` binary end to end, as integration tests use it: servers in two pods,
     /// TCP/UDP clients and a held connection (stopped by SIGTERM) in a third.
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn svc_probe_binary_in_pods() {
-        if skip_unless_root() {
-            return;
-        }
-        let Ok(bin) = probe::probe_bin() else {
-            eprintln!("skipped: svc-probe binary not built (cargo build -p tests)");
-            return;
-        };
+        require_root();
+        // Built with the package (`cargo test -p tests` builds it; `--lib` alone does not).
+        let bin = probe::probe_bin().unwrap_or_else(|e| panic!("{e:#}"));
         let bin = bin.to_str().expect("utf-8 path").to_owned();
         let t = Topology::build(&TopologySpec::new().node(&["a", "client"]).node(&["b"])).unwrap();
         let mut servers = Vec::new();
@@ -1427,10 +1417,9 @@ mod tests {
     /// Leftovers of a crashed run (a prefix whose pid is gone) are removed; namespaces of a
     /// live process are not.
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn stale_namespaces_of_dead_pids_are_removed() {
-        if skip_unless_root() {
-            return;
-        }
+        require_root();
         let mut dead = Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
         dead.wait().unwrap();
@@ -1449,15 +1438,11 @@ mod tests {
     /// `SpawnOpts::cgroup` puts the process into the cgroup before it runs (for cgroup
     /// socket hooks, DESIGN §3).
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn spawn_into_cgroup() {
-        if skip_unless_root() {
-            return;
-        }
-        let root = Path::new("/sys/fs/cgroup/unified");
-        if !root.join("cgroup.procs").exists() {
-            eprintln!("skipped: no cgroup v2 at {}", root.display());
-            return;
-        }
+        require_root();
+        // Required, not optional: every agent attaches its socket hooks to a cgroup v2.
+        let root = crate::agent::cgroup2_root().unwrap_or_else(|e| panic!("{e:#}"));
         let t = Topology::build(&TopologySpec::new().node(&[])).unwrap();
         let name = format!("{}cgtest", t.prefix());
         let cg = root.join(&name);
@@ -1477,10 +1462,9 @@ mod tests {
 
     /// The largest topology: every node routes every other node's pod CIDR.
     #[test]
+    #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
     fn four_nodes_full_mesh() {
-        if skip_unless_root() {
-            return;
-        }
+        require_root();
         let started = Instant::now();
         let spec = TopologySpec::new()
             .node(&["p1"])

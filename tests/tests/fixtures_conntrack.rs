@@ -48,22 +48,17 @@ fn timeouts_for_this_machine() -> CtTimeouts {
     t
 }
 
-/// The datapath for one test, loaded with `timeouts`, or `None` (skip) when not root.
-fn datapath_with(timeouts: &CtTimeouts) -> Option<Datapath> {
+/// The datapath for one test, loaded with `timeouts`; panics when not root.
+fn datapath_with(timeouts: &CtTimeouts) -> Datapath {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    require_root()?;
-    let dp = Datapath::load_with(aya::EbpfLoader::new().override_global(
-        GLOBAL_CT_TIMEOUTS,
-        timeouts,
-        true,
-    ))
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    Some(dp)
+    require_root();
+    Datapath::load_with(aya::EbpfLoader::new().override_global(GLOBAL_CT_TIMEOUTS, timeouts, true))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn datapath() -> Option<Datapath> {
+fn datapath() -> Datapath {
     datapath_with(&CtTimeouts::DEFAULT)
 }
 
@@ -207,12 +202,11 @@ fn assert_new_entry(
 /// reply passes untranslated, a TCP segment without SYN is dropped as having no entry, and a
 /// SYN (or, for UDP, any datagram) opens a new flow whose entries are written afresh.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn every_state_times_out_after_its_own_timeout() {
     let t = timeouts_for_this_machine();
     println!("timeouts: {t:?}");
-    let Some(mut dp) = datapath_with(&t) else {
-        return;
-    };
+    let mut dp = datapath_with(&t);
     one_backend(&mut dp);
     let sec = |s: u32| u64::from(s) * S;
     // (protocol, state, timeout, how long before the last packet the flow was created)
@@ -352,8 +346,9 @@ fn bid(proto: u8) -> u32 {
 /// past its timeout still translates while its peer is fresh (a one-way UDP stream's reply
 /// entry sees no packets, yet must translate the first reply).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn an_idle_direction_lives_while_its_peer_is_fresh() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let t = CtTimeouts::DEFAULT;
     for (proto, state, timeout_s) in [
@@ -416,8 +411,9 @@ fn an_idle_direction_lives_while_its_peer_is_fresh() {
 /// CLOSE_WAIT — balances the flow afresh: counted as `ct_reopened`, both entries written anew.
 /// A SYN on a live established flow whose backend still serves (a retransmission) keeps it.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn syn_on_a_closed_flow_is_balanced_afresh() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let syn = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_SYN);
     for state in [CT_STATE_TIME_WAIT, CT_STATE_CLOSED, CT_STATE_CLOSE_WAIT] {
@@ -478,8 +474,9 @@ fn syn_on_a_closed_flow_is_balanced_afresh() {
 /// A SYN on a live flow whose backend has left the frontend's slots is balanced afresh onto
 /// a current backend; mid-stream packets of that flow keep the old backend.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn syn_on_a_live_flow_whose_backend_left_is_balanced_afresh() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let keys = open(&dp, PROTO_TCP, CLIENT_POD);
     rewrite_flow(&mut dp, &keys, CT_STATE_ESTABLISHED, S, 5 * S);
@@ -538,8 +535,9 @@ fn syn_on_a_live_flow_whose_backend_left_is_balanced_afresh() {
 /// Only a SYN opens a TCP flow: any other segment to a frontend without a live entry is
 /// dropped and writes nothing. To a non-frontend it passes; UDP has no SYN and opens a flow.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn tcp_without_syn_and_without_entry_is_dropped() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     for (name, flags) in [
         ("RST", TCP_RST),
@@ -574,8 +572,9 @@ fn tcp_without_syn_and_without_entry_is_dropped() {
 /// (the client reused its port towards the backend's own address): it passes untranslated and
 /// both entries of the old flow are deleted. On a live flow it is translated.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn syn_ack_on_the_reply_entry_of_a_closed_flow_passes_and_forgets_it() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let synack = Pkt::tcp(BACKEND_A, CLIENT_POD, TCP_SYN | TCP_ACK);
     for (prog, state) in [
@@ -636,8 +635,9 @@ fn states(dp: &Datapath, keys: &(CtKey, CtKey)) -> (&'static str, &'static str) 
 /// SYN, SYN-ACK, ACK, FIN (client), ACK, FIN (backend), ACK, RST: each packet translated, the
 /// state of both entries read back after each.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn tcp_states_follow_the_packets_of_a_connection() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let c = CLIENT_POD;
     let keys = (
@@ -808,8 +808,9 @@ fn tcp_states_follow_the_packets_of_a_connection() {
 
 /// UDP: unreplied until the backend answers, replied after.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn udp_states_follow_the_first_reply() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let keys = open(&dp, PROTO_UDP, CLIENT_POD);
     assert_eq!(states(&dp, &keys), ("udp_unreplied", "udp_unreplied"));
@@ -850,8 +851,9 @@ fn two_frontends_one_backend(dp: &mut Datapath) {
 /// source port remapped into the SNAT range (as nf_nat does), the first flow's reply entry is
 /// untouched, and each flow's replies get their own frontend back.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_tuple_clash_remaps_the_second_flows_port() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     two_frontends_one_backend(&mut dp);
     let c = CLIENT_POD;
     let syn1 = Pkt::tcp(c, SVC_VIP, TCP_SYN);
@@ -966,8 +968,9 @@ fn reply_tuple_clash_remaps_the_second_flows_port() {
 /// When the flow holding the reply tuple is over (closed by a RST, or expired), the new flow
 /// takes the tuple over with the client's own port, and the old flow's forward entry goes.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_tuple_of_a_closed_flow_is_taken_over() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     two_frontends_one_backend(&mut dp);
     for how in ["closed by RST", "expired"] {
         clear_ct(&mut dp);
@@ -1043,8 +1046,9 @@ fn reply_tuple_of_a_closed_flow_is_taken_over() {
 /// backend the tuple hashes to, which is the one its SYN got: both entries are written again,
 /// established, and the connection goes on.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn tcp_without_entry_is_picked_up_onto_the_backend_its_syn_got() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     dp.add_service(
         SVC_VIP,
         PROTO_TCP,
@@ -1108,8 +1112,9 @@ fn tcp_without_entry_is_picked_up_onto_the_backend_its_syn_got() {
 /// old connection's next packet is picked up and, when a newcomer holds its tuple with an
 /// unanswered SYN, takes the tuple back.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn bare_ack_to_an_unanswered_syn_is_a_collision_and_the_live_flow_keeps_its_tuple() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     two_frontends_one_backend(&mut dp);
     let c = CLIENT_POD;
     let rep_key = ct_reply(BACKEND_A, c, PROTO_TCP);

@@ -149,11 +149,12 @@ fn assert_frag_needed(what: &str, frame: &[u8]) {
 /// TTL − 1 (and a valid IP checksum), both directions; with TTL 1 it is passed to the stack
 /// untranslated.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn hairpin_decrements_the_ttl_and_leaves_ttl_1_to_the_stack() {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    let Some(()) = require_root() else { return };
+    require_root();
     let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
     dp.add_service(SVC_VIP, PROTO_TCP, SVC_ID, &[(BACKEND_A_ID, SELF_BACKEND)])
         .unwrap();
@@ -221,6 +222,7 @@ fn hairpin_decrements_the_ttl_and_leaves_ttl_1_to_the_stack() {
 /// `bpf_redirect_neigh`, TTL − 1, both directions; TTL 1 is passed untranslated. To a local
 /// backend the stack forwards (and decrements) it, so the TTL is left alone.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
     node_test(uplink_redirects);
 }
@@ -316,6 +318,7 @@ fn uplink_redirects(dp: &mut Datapath, uplink: XdpUplink) {
 /// A local backend's reply to an external client leaves its veth redirected to the next hop
 /// with TTL − 1; with TTL 1 it is passed to the stack untranslated.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_to_an_external_client_is_redirected_with_ttl_minus_1() {
     node_test(reply_to_an_external_client);
 }
@@ -362,6 +365,7 @@ fn reply_to_an_external_client(dp: &mut Datapath, uplink: XdpUplink) {
 /// (`BPF_FIB_LKUP_RET_NO_NEIGH`, which `bpf_redirect_neigh` resolves). Control: the same
 /// unresolved next hop on the normal path.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn without_skip_neigh_the_fib_lookup_falls_back_and_forwards_alike() {
     let programs = || NodePrograms {
         xdp: false,
@@ -389,6 +393,7 @@ fn without_skip_neigh_the_fib_lookup_falls_back_and_forwards_alike() {
 /// client sent it) sent back to the client; without DF it is dropped (a BPF program cannot
 /// fragment); one that fits is redirected.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn too_big_for_the_path_to_a_backend_gets_frag_needed_or_is_dropped() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_UDP, BACKEND_NARROW, 0);
@@ -491,6 +496,7 @@ fn too_big_for_the_path_to_a_backend_gets_frag_needed_or_is_dropped() {
 /// backend gets ICMP fragmentation-needed back out of its veth, quoting its reply as it sent
 /// it; without DF it is dropped.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);
@@ -556,6 +562,7 @@ fn reply_too_big_for_the_path_to_the_client_gets_frag_needed() {
 /// path MTU is sent when its segments (IP + TCP header + `gso_size`) fit, and answered with
 /// fragmentation-needed when they do not.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn gso_packets_are_checked_by_their_segment_size() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
@@ -631,6 +638,7 @@ fn gso_packets_are_checked_by_their_segment_size() {
 /// uplink gets the NodePort back as source at its egress. Other traffic leaving the node is
 /// untouched.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn host_network_endpoint_replies_get_the_nodeport_back_at_uplink_egress() {
     node_test(|dp, uplink| {
         let host_ep = SocketAddrV4::new(NODE_IP, 8080);
@@ -697,6 +705,7 @@ fn host_network_endpoint_replies_get_the_nodeport_back_at_uplink_egress() {
 /// An ICMP error is never answered with another (RFC 1122 §3.2.2): one too big for the path,
 /// with DF, is dropped as too big instead of getting a fragmentation-needed.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_error_too_big_for_the_path_is_dropped_not_answered() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_UDP, BACKEND_NARROW, 0);
@@ -752,11 +761,12 @@ fn icmp_error_too_big_for_the_path_is_dropped_not_answered() {
 /// window, then dropped as `rate_limited`. The thread is pinned to one CPU so every run
 /// draws on the same budget.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn rejects_are_rate_limited_per_cpu() {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    let Some(()) = require_root() else { return };
+    require_root();
     let mut dp = Datapath::load().unwrap_or_else(|e| panic!("{e:#}"));
     dp.put_frontend(SVC_VIP, PROTO_UDP, SVC_ID, 0).unwrap();
     // On a thread of its own, so the pinning ends with it.
@@ -818,6 +828,7 @@ fn rate_limit_body(dp: &Datapath) {
 /// is picked up onto the same SNAT port: the port is first tried at a hash of the client's
 /// tuple, so the backend keeps seeing the same 4-tuple and the connection continues.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn an_evicted_snat_flow_is_picked_up_onto_its_port() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);
@@ -853,6 +864,7 @@ fn an_evicted_snat_flow_is_picked_up_onto_its_port() {
 /// 0.0.0.0), a flow to a remote backend is dropped and counted, never sent from 0.0.0.0; a
 /// local backend needs no SNAT and is still served.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
     node_test(|dp, uplink| {
         dp.set_config(Ipv4Addr::UNSPECIFIED).unwrap();
@@ -882,6 +894,7 @@ fn without_a_snat_address_remote_flows_are_dropped_and_counted() {
 /// another client's flow in TIME_WAIT on the backend, which the client's reset clears; the
 /// client's retransmitted SYN would get the same hashed SNAT port again.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn a_bare_ack_to_a_source_natted_syn_is_passed_on() {
     node_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, BACKEND_NARROW, 0);

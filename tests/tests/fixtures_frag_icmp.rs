@@ -24,12 +24,12 @@ const TC_ACT_REDIRECT: u32 = 7;
 /// itself sends.
 const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 
-fn datapath() -> Option<Datapath> {
+fn datapath() -> Datapath {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    require_root()?;
-    Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
+    require_root();
+    Datapath::load().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// [`SVC_VIP`] over UDP and TCP to `backend` (id [`BACKEND_A_ID`] / +10).
@@ -72,8 +72,9 @@ fn assert_icmp_checksums(what: &str, frame: &[u8], whole_quote: bool) {
 /// the whole datagram) and its ports are remembered under (source, destination, id, protocol);
 /// the later fragment gets the same addresses, a valid IP checksum and nothing else.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fragments_of_a_datagram_to_a_frontend_are_translated() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_A);
     let dgram = Pkt::udp(CLIENT_POD, SVC_VIP)
         .with_payload((0..120u8).collect())
@@ -121,8 +122,9 @@ fn fragments_of_a_datagram_to_a_frontend_are_translated() {
 /// overtaken by its follower, for a datagram to no frontend, under another IP id, or once its
 /// first fragment is older than the reassembly timeout.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn later_fragments_without_their_first_pass_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_A);
     // Out of order: the later fragment first.
     let dgram = Pkt::udp(client(40001), SVC_VIP)
@@ -195,8 +197,9 @@ fn later_fragments_without_their_first_pass_untouched() {
 /// Reply-direction fragments: the backend's fragmented reply gets the frontend as source on
 /// the client's veth, first and later fragment alike.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fragments_of_a_reply_are_translated() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     let q = Pkt::udp(CLIENT_POD, SVC_VIP);
     dp.check(&Fixture::translate(
@@ -265,8 +268,9 @@ fn open_udp(dp: &Datapath, backend: SocketAddrV4) {
 /// a quoted datagram without UDP checksum. The flow's entries are neither refreshed nor
 /// changed.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn port_unreachable_from_a_backend_gets_the_frontend_back() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     for (prog, backend) in [(Program::Egress, BACKEND_B), (Program::Ingress, BACKEND_A)] {
         for (k, v) in dp.ct_entries() {
             let _ = v;
@@ -330,8 +334,9 @@ fn port_unreachable_from_a_backend_gets_the_frontend_back() {
 /// An error about a translated flow from a node on the way (not the quoted packet's
 /// destination) keeps its own source address; only the destination and the quote change.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn time_exceeded_from_a_router_keeps_the_router_as_source() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     open_udp(&dp, BACKEND_B);
     let input = icmp_error(
@@ -366,8 +371,9 @@ fn time_exceeded_from_a_router_keeps_the_router_as_source() {
 /// Forward direction: the client answers a reply it no longer wants (SVC_VIP → client) with
 /// port unreachable; the error goes to the backend, quoting backend → client.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn port_unreachable_about_a_reply_goes_to_the_backend() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     open_udp(&dp, BACKEND_B);
     let input = icmp_error(
@@ -402,8 +408,9 @@ fn port_unreachable_about_a_reply_goes_to_the_backend() {
 /// An error quoting TCP: the ports in the first 8 quoted bytes are rewritten (the quoted TCP
 /// checksum lies beyond them and, as in netfilter, is not touched).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn port_unreachable_quoting_tcp_is_translated() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     let syn = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_SYN);
     dp.check(&Fixture::translate(
@@ -444,8 +451,9 @@ fn port_unreachable_quoting_tcp_is_translated() {
 
 /// An ICMP error about no known flow passes untouched on every hook.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_error_about_no_known_flow_passes_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     open_udp(&dp, BACKEND_B);
     for (name, inner) in [
@@ -549,6 +557,7 @@ fn snat_udp_flow(dp: &mut Datapath, uplink: XdpUplink) -> u16 {
 /// this node, quoting node:snat → backend) becomes NODEPORT → client quoting client →
 /// NODEPORT, redirected towards the client with its TTL decremented.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn port_unreachable_of_a_snat_flow_is_translated_at_the_uplink() {
     node_test(|dp, uplink| {
         let port = snat_udp_flow(dp, uplink);
@@ -595,6 +604,7 @@ fn port_unreachable_of_a_snat_flow_is_translated_at_the_uplink() {
 /// reply (NODEPORT → client) expired; the error goes to the backend, quoting backend →
 /// node:snat, the router's address kept as its source.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn time_exceeded_about_a_reply_goes_to_the_remote_backend() {
     node_test(|dp, uplink| {
         let port = snat_udp_flow(dp, uplink);
@@ -634,6 +644,7 @@ fn time_exceeded_about_a_reply_goes_to_the_remote_backend() {
 
 /// North-south: an ICMP error about no known flow passes the uplink untouched.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_error_about_no_flow_passes_the_uplink_untouched() {
     node_test(|dp, uplink| {
         let _ = snat_udp_flow(dp, uplink);
@@ -665,8 +676,9 @@ fn icmp_error_about_no_flow_passes_the_uplink_untouched() {
 /// requires (only the ports) cannot be rewritten completely; parse.rs documents such "quotes
 /// we cannot read" as passed untouched (`not_tcp_udp`). It must never be dropped.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_error_with_a_short_quote_about_a_known_flow_passes_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service_to(&mut dp, BACKEND_B);
     open_udp(&dp, BACKEND_B);
     let err = icmp_error(
@@ -690,6 +702,7 @@ fn icmp_error_with_a_short_quote_about_a_known_flow_passes_untouched() {
 /// is source-NATed and redirected fragment by fragment (TTL − 1 on each), and the backend's
 /// fragmented reply gets the NodePort and client back, fragment by fragment.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fragments_of_a_snat_flow_are_translated_at_the_uplink() {
     node_test(|dp, uplink| {
         let port = snat_udp_flow(dp, uplink);

@@ -59,13 +59,13 @@ fn service(dp: &mut Datapath, allowed: &[(Ipv4Addr, u8)]) {
     }
 }
 
-/// The datapath for one test, or `None` (skip) when not root.
-fn datapath() -> Option<Datapath> {
+/// The datapath for one test; panics when not root.
+fn datapath() -> Datapath {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    require_root()?;
-    Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
+    require_root();
+    Datapath::load().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// XDP and the tc uplink program (both open flows from the wire).
@@ -87,8 +87,9 @@ fn assert_no_flow(dp: &Datapath, client: SocketAddrV4, frontend: SocketAddrV4) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn pod_sources_inside_the_ranges_reach_the_lb_ip_and_others_are_dropped() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     service(&mut dp, &[(Ipv4Addr::new(10, 244, 1, 0), 30)]);
     let allowed = Pkt::tcp(CLIENT_POD, LB, TCP_SYN);
     dp.check(&Fixture::translate(
@@ -124,8 +125,9 @@ fn pod_sources_inside_the_ranges_reach_the_lb_ip_and_others_are_dropped() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn only_new_flows_are_checked() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     let range = (Ipv4Addr::new(10, 244, 1, 0), 24);
     service(&mut dp, &[range]);
     let syn = Pkt::tcp(CLIENT_POD, LB, TCP_SYN);
@@ -157,6 +159,7 @@ fn only_new_flows_are_checked() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
     node_datapath_test(BOTH_UPLINK_PATHS, |dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);
@@ -198,6 +201,7 @@ fn uplink_tc_filters_the_lb_ip_and_not_the_node_port() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn xdp_filters_the_lb_ip_and_not_the_node_port() {
     node_datapath_test(BOTH_UPLINK_PATHS, |dp, uplink| {
         service(dp, &[(Ipv4Addr::new(172, 18, 0, 0), 24)]);

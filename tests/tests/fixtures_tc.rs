@@ -5,9 +5,9 @@
 //! expected verdict, expected output frame (built independently with etherparse, which computes
 //! the checksums) and the one counter that must move. See `tests/src/fixtures.rs`.
 //!
-//! Run as root: `cargo test -p tests --test fixtures_tc`. Without root every test prints
-//! "skipped: needs root (BPF_PROG_TEST_RUN)"; without the object every test fails and says to
-//! run `cargo xtask build-ebpf`.
+//! Run as root: `cargo test -p tests --test fixtures_tc`. Built without root, the tests that
+//! load programs are reported as ignored (tests/build.rs); run without root anyway, they fail.
+//! Without the object every test fails and says to run `cargo xtask build-ebpf`.
 use std::{net::SocketAddrV4, process::Command};
 
 use svc_common::{
@@ -16,14 +16,14 @@ use svc_common::{
 };
 use tests::fixtures::*;
 
-/// The datapath for one test, or `None` (skip) when not root. A missing object fails first, so
-/// an unbuilt tree can never look green.
-fn datapath() -> Option<Datapath> {
+/// The datapath for one test; panics when not root. A missing object fails first, so an
+/// unbuilt tree can never look green.
+fn datapath() -> Datapath {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    require_root()?;
-    Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
+    require_root();
+    Datapath::load().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// [`SVC_VIP`] over TCP and UDP, each balancing across [`BACKEND_A`] only.
@@ -49,8 +49,9 @@ fn client(port: u16) -> SocketAddrV4 {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn syn_to_frontend_is_dnatted_to_the_only_backend() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     dp.check(&Fixture::translate(
         "SYN client→SVC_VIP:80 becomes client→BACKEND_A:8080",
@@ -140,8 +141,9 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn established_flow_stays_on_its_backend_when_the_slot_changes() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     dp.check(&Fixture::translate(
         "SYN",
@@ -186,8 +188,9 @@ fn established_flow_stays_on_its_backend_when_the_slot_changes() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn established_flow_survives_deletion_of_its_frontend() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     dp.check(&Fixture::translate(
         "SYN",
@@ -219,8 +222,9 @@ fn established_flow_survives_deletion_of_its_frontend() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_on_egress_comes_from_the_frontend() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     dp.check(&Fixture::translate(
         "SYN",
@@ -248,8 +252,9 @@ fn reply_on_egress_comes_from_the_frontend() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn reply_without_conntrack_entry_is_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let synack = Pkt::tcp(BACKEND_A, CLIENT_POD, TCP_SYN | TCP_ACK);
     dp.check(&Fixture::untouched(
@@ -268,8 +273,9 @@ fn reply_without_conntrack_entry_is_untouched() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn non_service_packets_are_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let other = SocketAddrV4::new(OTHER_POD, 80);
     for (name, pkt) in [
@@ -293,8 +299,9 @@ fn non_service_packets_are_untouched() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn udp_to_frontend_is_dnatted_with_and_without_checksum() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let udp = Pkt::udp(CLIENT_POD, SVC_VIP);
     dp.check(&Fixture::translate(
@@ -349,8 +356,9 @@ fn answer_ip(
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn frontend_without_backends_rejects_like_kube_proxy() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     dp.put_frontend(SVC_VIP, PROTO_TCP, SVC_ID, 0).unwrap();
     dp.put_frontend(SVC_VIP, PROTO_UDP, SVC_ID + 1, 0).unwrap();
 
@@ -421,8 +429,9 @@ fn frontend_without_backends_rejects_like_kube_proxy() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn missing_slot_or_backend_drops() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     // Count 1 but no slot: what an agent writing the frontend before its slots would cause.
     dp.put_frontend(SVC_VIP, PROTO_TCP, SVC_ID, 1).unwrap();
     dp.check(&Fixture::dropped(
@@ -447,8 +456,9 @@ fn missing_slot_or_backend_drops() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn non_ipv4_frames_pass() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     for prog in [Program::Ingress, Program::Egress] {
         dp.check(&Fixture::untouched(
@@ -479,8 +489,9 @@ fn non_ipv4_frames_pass() {
 /// an echo request (short, as `ping -s 0` sends, and long), an error quoting an ICMP echo, and
 /// an error whose quote is cut short of the 8 L4 bytes (parse.rs: "quotes we cannot read").
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_is_not_tcp_udp() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let echo = Pkt::icmp_echo(CLIENT_POD, SVC_VIP);
     dp.check(&Fixture::untouched(
@@ -540,8 +551,9 @@ fn icmp_is_not_tcp_udp() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn ip_options_are_refused_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let mut pkt = syn();
     pkt.ip_options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL: IHL 6
@@ -568,8 +580,9 @@ fn ip_options_are_refused_untouched() {
 /// A later fragment of a datagram whose first fragment was never seen passes untouched as
 /// `fragment` (first fragments and their followers are translated: `fixtures_frag_icmp`).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn later_fragments_without_a_first_are_refused_untouched() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let mut later = syn();
     later.frag_offset = 185;
@@ -605,8 +618,9 @@ fn later_fragments_without_a_first_are_refused_untouched() {
 /// A 14-byte non-IP frame is always accepted, so the shortest frame the datapath can see is
 /// covered by the ARP cut at the end.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn truncated_headers_at_every_length() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let errno = |r: anyhow::Result<RunResult>| -> Option<i32> {
         let err = r.err()?;
@@ -690,8 +704,9 @@ fn truncated_headers_at_every_length() {
 /// `bpf_get_prandom_u32() % 2`: a fair coin, so each backend gets 100 ± 7 (1σ); asserting at
 /// least 40 each fails by chance with probability below 1e-17.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn new_flows_are_spread_over_backends() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     dp.add_service(
         SVC_VIP,
         PROTO_TCP,
@@ -738,8 +753,9 @@ fn new_flows_are_spread_over_backends() {
 /// is no longer addressed to a frontend. This is why fixtures use `repeat = 1` and why the
 /// benchmark needs self-reproducing setups.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn test_run_repeat_reuses_the_rewritten_skb() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     one_backend(&mut dp);
     let res = dp.run(Program::Ingress.name(), &syn().build(), 2).unwrap();
     assert_eq!(
@@ -763,11 +779,12 @@ fn test_run_repeat_reuses_the_rewritten_skb() {
 /// with `SVC_FAULT_INJECT = FAULT_SKIP_L4_CSUM` (addresses rewritten, L4 checksum not updated)
 /// must fail, and its report must name the TCP checksum as the (only) wrong field.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fixtures_detect_a_skipped_l4_checksum_update() {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    let Some(()) = require_root() else { return };
+    require_root();
     let mut dp = Datapath::load_with(aya::EbpfLoader::new().override_global(
         GLOBAL_FAULT_INJECT,
         &FAULT_SKIP_L4_CSUM,
@@ -852,8 +869,9 @@ fn aya_obj_maps(object: &[u8]) -> std::collections::BTreeSet<String> {
 /// `sessionAffinity: ClientIP`: every new flow of a client goes to the backend its first flow
 /// got, while the timeout has not expired; without affinity the same flows are spread.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn session_affinity_keeps_a_client_on_one_backend() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     dp.add_service(
         SVC_VIP,
         PROTO_TCP,
@@ -908,12 +926,13 @@ fn session_affinity_keeps_a_client_on_one_backend() {
 /// lost are exactly 10 000, some of each. A slot whose filter does not match writes nothing
 /// and loses nothing.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn a_full_trace_ring_counts_what_it_loses() {
     use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, PerCpuArray, RingBuf};
     use svc_common::{
         TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON, MAP_TRACE_RINGS,
     };
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     let mut on: Array<MapData, u32> = Array::try_from(dp.take_map(MAP_TRACE_ON).unwrap()).unwrap();
     let mut filters: Array<MapData, TraceFilter> =
         Array::try_from(dp.take_map(MAP_TRACE_FILTERS).unwrap()).unwrap();

@@ -8,9 +8,9 @@
 //! the checksums) and the one `Hook::Xdp` counter that must move. The conntrack entries each
 //! new flow writes are read back from `SVC_CT` and compared field by field.
 //!
-//! Run as root: `cargo test -p tests --test fixtures_xdp`. Without root every test prints
-//! "skipped: needs root (BPF_PROG_TEST_RUN)"; without the object every test fails and says to
-//! run `cargo xtask build-ebpf`.
+//! Run as root: `cargo test -p tests --test fixtures_xdp`. Built without root, the tests that
+//! load programs are reported as ignored (tests/build.rs); run without root anyway, they fail.
+//! Without the object every test fails and says to run `cargo xtask build-ebpf`.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
@@ -213,6 +213,7 @@ fn remote_syn(dp: &Datapath, uplink: XdpUplink, name: &str, client: SocketAddrV4
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn nodeport_syn_to_local_backend_keeps_the_client_source() {
     xdp_test(|dp, uplink| {
         local_nodeport(dp);
@@ -270,6 +271,7 @@ fn nodeport_syn_to_local_backend_keeps_the_client_source() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
     xdp_test(|dp, uplink| {
         remote_nodeport(dp);
@@ -386,6 +388,7 @@ fn nodeport_flow_to_remote_backend_is_snatted_and_replies_come_back() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn snat_ports_of_concurrent_flows_are_distinct() {
     // 300 flows in 4536 ports: a birthday collision of the random first choice is all but
     // certain (expected ≈ 10), so this exercises the retry; a program that claimed a taken
@@ -539,6 +542,7 @@ fn claim_against(
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn snat_never_claims_a_taken_port_half_full() {
     // Every other port is held: each random try collides with probability 1/2, so about half
     // of the flows need the retry, and a program that did not check (or overwrote) would hand
@@ -556,6 +560,7 @@ fn snat_never_claims_a_taken_port_half_full() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn snat_with_almost_every_port_taken_finds_a_free_one_or_drops() {
     // 6 of 4536 ports free: 16 random tries find one with probability ≈ 2%, so most flows are
     // dropped as snat_no_port, and whichever succeed must be on one of the 6.
@@ -582,6 +587,7 @@ fn snat_with_almost_every_port_taken_finds_a_free_one_or_drops() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn non_frontend_traffic_is_untouched() {
     xdp_test(|dp, uplink| {
         local_nodeport(dp);
@@ -625,6 +631,7 @@ fn non_frontend_traffic_is_untouched() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn partial_checksum_goes_to_tc_untouched() {
     xdp_test(|dp, uplink| {
         local_nodeport(dp);
@@ -688,6 +695,7 @@ fn partial_checksum_goes_to_tc_untouched() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn remote_backend_without_neighbour_goes_to_tc_with_conntrack_written() {
     xdp_test(|dp, uplink| {
         nodeport(
@@ -759,6 +767,7 @@ fn remote_backend_without_neighbour_goes_to_tc_with_conntrack_written() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn external_traffic_policy_local_uses_the_external_scope() {
     xdp_test(|dp, uplink| {
         // Scope any: the remote BACKEND_B (what in-cluster clients get).
@@ -846,6 +855,7 @@ fn external_traffic_policy_local_uses_the_external_scope() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn frontend_without_backend_goes_to_tc_for_the_reject() {
     xdp_test(|dp, uplink| {
         nodeport(dp, PROTO_TCP, NODEPORT_ID, &[]);
@@ -867,6 +877,7 @@ fn frontend_without_backend_goes_to_tc_for_the_reject() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn udp_nodeport_zero_checksum_stays_zero_and_real_one_is_updated() {
     xdp_test(|dp, uplink| {
         nodeport(
@@ -926,13 +937,12 @@ fn udp_nodeport_zero_checksum_stays_zero_and_real_one_is_updated() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn xdp_runs_are_refused_outside_a_node_namespace_and_namespaces_are_removed() {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    if require_root().is_none() {
-        return;
-    }
+    require_root();
     // This test's own thread is in the namespace the test binary started in: run_xdp must
     // refuse (the program's FIB lookups would read the machine's tables).
     assert!(in_launch_netns().unwrap());
@@ -965,6 +975,7 @@ fn xdp_runs_are_refused_outside_a_node_namespace_and_namespaces_are_removed() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn xdp_tx_decrements_the_ttl_and_ttl_1_goes_to_tc_untouched() {
     xdp_test(|dp, uplink| {
         remote_nodeport(dp);
@@ -1015,6 +1026,7 @@ fn xdp_tx_decrements_the_ttl_and_ttl_1_goes_to_tc_untouched() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_errors_go_to_tc_untouched() {
     xdp_test(|dp, uplink| {
         nodeport(dp, PROTO_UDP, NODEPORT_ID, &[(BACKEND_B_ID, BACKEND_B, 0)]);
@@ -1063,6 +1075,7 @@ fn icmp_errors_go_to_tc_untouched() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn frame_too_big_for_the_path_goes_to_tc_untouched() {
     xdp_test(|dp, uplink| {
         nodeport(
@@ -1109,6 +1122,7 @@ fn frame_too_big_for_the_path_goes_to_tc_untouched() {
 /// and its ports remembered, the second gets the same addresses (and nothing else); towards a
 /// remote backend both leave by XDP_TX with the TTL decremented.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fragments_of_a_nodeport_datagram_are_translated() {
     xdp_test(|dp, uplink| {
         nodeport(

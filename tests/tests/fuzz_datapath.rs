@@ -30,14 +30,12 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Runs `body` in a fresh node namespace with every program loaded from a datapath loaded with
 /// `fault` as `SVC_FAULT_INJECT`, `SVC_CONFIG` naming [`NODE_IP`], and the fuzzer's Service set
-/// installed. Skips (returns) when not root; fails when the object is missing.
+/// installed. Panics when not root or when the object is missing.
 fn fuzz_node(fault: u32, body: impl FnOnce(&mut Datapath, XdpUplink, &ServiceSet) + Send) {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    if require_root().is_none() {
-        return;
-    }
+    require_root();
     let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
     node.run(|uplink| {
         let mut dp = Datapath::load_xdp_with(EbpfLoader::new().override_global(
@@ -87,6 +85,7 @@ fn fuzz_clean(packets: u64) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fuzz_every_program() {
     fuzz_clean(env_u64("SVC_FUZZ_PACKETS").unwrap_or(CI_PACKETS));
 }
@@ -98,6 +97,7 @@ const SWEEP_FRAMES: u64 = 3_000;
 /// kind, on every program, each judged whole and cut to every length from the Ethernet header
 /// up. `SVC_FUZZ_SWEEP_FRAMES` overrides the frame count.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn truncation_at_every_offset() {
     let seed = env_u64("SVC_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let frames = env_u64("SVC_FUZZ_SWEEP_FRAMES").unwrap_or(SWEEP_FRAMES);
@@ -165,21 +165,25 @@ fn fault_is_caught(target: Target) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fault_is_caught_in_pod_ingress() {
     fault_is_caught(Target::PodIngress);
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fault_is_caught_in_pod_egress() {
     fault_is_caught(Target::PodEgress);
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fault_is_caught_in_uplink_ingress() {
     fault_is_caught(Target::UplinkIngress);
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fault_is_caught_in_uplink_egress() {
     fault_is_caught(Target::UplinkEgress);
 }
@@ -188,6 +192,7 @@ fn fault_is_caught_in_uplink_egress() {
 /// NodePort SYN translated by the faulty XDP program fails the oracle, and so does the fuzzer
 /// on XDP alone.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn fault_is_caught_in_xdp() {
     fuzz_node(FAULT_SKIP_L4_CSUM, |dp, uplink, set| {
         let syn = Pkt::tcp(EXT_CLIENT, NODEPORT, TCP_SYN).build_eth(EXT_CLIENT_MAC, NODE_MAC);
@@ -227,6 +232,7 @@ const REPRO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 77);
 /// ("no checksum", RFC 768). The tc rewrite passed `BPF_F_MARK_MANGLED_0` to
 /// `bpf_l4_csum_replace` only for datagrams without a checksum. (XDP wrote 0xffff already.)
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn udp_checksum_computing_to_zero_is_sent_as_0xffff() {
     fuzz_node(0, |dp, uplink, _| {
         let vip = SocketAddrV4::new(REPRO_VIP, 53);
@@ -270,6 +276,7 @@ fn udp_checksum_computing_to_zero_is_sent_as_0xffff() {
 /// updates it (`tcp_manip_pkt` does when the quote holds the whole TCP header); so does the
 /// datapath now.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn icmp_error_quoting_a_whole_tcp_segment_keeps_it_valid() {
     fuzz_node(0, |dp, uplink, _| {
         let vip = SocketAddrV4::new(REPRO_VIP, 80);

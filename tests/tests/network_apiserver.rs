@@ -15,7 +15,7 @@ use tests::{
     agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     apiserver::{ApiServer, Resource},
     probe::{HoldSummary, Summary},
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -150,10 +150,12 @@ fn ip_str(a: [u8; 4]) -> String {
 /// The seed document's ClusterIP walkthrough, replayed with kubectl against the fake API
 /// server (from inside the underlay namespace, where the server listens).
 #[test]
+#[cfg_attr(
+    any(svc_unprivileged, svc_no_kubectl),
+    ignore = "needs root (network namespaces) and kubectl"
+)]
 fn seed_services_follow_the_api_server() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut s = KubeScene::start();
     // The seed's manifests, verbatim but for the selector-less Service's hand-written
     // Endpoints (the seed says you must create them; their address is a pod here).
@@ -342,10 +344,9 @@ fn seed_services_follow_the_api_server() {
 /// The API server drops the watches, expires them (410), and goes away for 30 s; changes made
 /// meanwhile arrive, forwarding never stops, and the maps end equal to a fresh agent's.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn watch_faults_never_stop_forwarding_and_converge() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut s = KubeScene::start();
     let web = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
                clusterIP: 10.96.0.10\n  ports:\n    - {port: 80, targetPort: 8080, protocol: TCP}\n";

@@ -12,7 +12,7 @@ use tests::{
     agent::{fkey, node_name, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::{HoldSummary, Summary},
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const VIP: &str = "10.96.0.10";
@@ -193,10 +193,9 @@ fn assert_balanced(s: &Summary, total: u64, min_share: u64) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = Scene::start(&[]);
     let capture = Capture::start(&scene.t, scene.t.underlay_ns(), "br0").expect("capture");
 
@@ -269,10 +268,9 @@ fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn bpftool_dump_shows_field_names_and_readable_frontends() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = Scene::start(&[]);
     let path = scene.agents[0].bpffs().join(svc_common::MAP_FRONTENDS);
     let out = std::process::Command::new("bpftool")
@@ -326,10 +324,9 @@ fn bpftool_dump_shows_field_names_and_readable_frontends() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn established_flows_keep_their_backend_while_the_backend_set_changes() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut scene = Scene::start(&[]);
     let mut hold = scene
         .t
@@ -392,10 +389,9 @@ fn established_flows_keep_their_backend_while_the_backend_set_changes() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn pods_created_after_the_agent_started_are_served() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut scene = Scene::start(&[]);
     let late = scene.t.add_pod(1, "late").expect("adding a pod");
     // The agent attaches to the new veth on the netlink event; give it a moment to do so.
@@ -439,10 +435,9 @@ fn pods_created_after_the_agent_started_are_served() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn a_broken_l4_checksum_update_is_caught() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     // Same scene, but the datapath skips the L4 checksum update (hidden test flag). Packets to
     // the local backend still work (veth trusts partial checksums); packets forwarded to node 2
     // get a checksum computed from the stale pseudo-header and are dropped there. Both the
@@ -477,10 +472,9 @@ fn a_broken_l4_checksum_update_is_caught() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn a_service_without_endpoints_rejects_tcp_and_udp() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut scene = Scene::start(&[]);
     scene
         .manifests
@@ -528,10 +522,9 @@ fn a_service_without_endpoints_rejects_tcp_and_udp() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn kill_9_and_restart_breaks_no_connection_and_writes_nothing() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut scene = Scene::start(&[]);
     for agent in &mut scene.agents {
         agent

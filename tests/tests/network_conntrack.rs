@@ -23,7 +23,7 @@ use svc_common::{Hook, Reason, CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP};
 use tests::{
     agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     probe::{HoldSummary, Summary},
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
     traffic::{unix_ms, RstSummary, StreamSummary},
 };
 
@@ -276,10 +276,9 @@ fn assert_no_failure(phase: &str, s: &Summary, count: u64) {
 /// phases, so a reply tuple left by a ClusterIP flow meets a direct flow with the same tuple:
 /// the direct flow must not be reverse-NATed to the ClusterIP.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn twenty_thousand_short_connections_then_the_same_backends_directly() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let direct = format!("{}:8080,{}:8080", s.t.pod_ip("be1"), s.t.pod_ip("be2"));
     let r = s.short_tcp("client", &format!("{A}:80"), 20_000, 32);
@@ -301,10 +300,9 @@ fn twenty_thousand_short_connections_then_the_same_backends_directly() {
 /// phase reusing source ports of the one before (a narrow port range with `tcp_tw_reuse`, as
 /// busy clients run): none may hang.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn clusterip_a_then_b_then_a_with_reused_ports() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let client = s.t.pod_ns("client").to_owned();
     s.t.sysctl(&client, "net.ipv4.ip_local_port_range", "40000 47999")
@@ -325,10 +323,9 @@ fn clusterip_a_then_b_then_a_with_reused_ports() {
 /// Service (the backend keeps running); within 1 s of the change every reply comes from the
 /// remaining backend (kube-proxy deletes the removed endpoint's UDP conntrack entries).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let mut stream = s.spawn_probe(
         "client",
@@ -413,10 +410,9 @@ fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal() {
 /// backend left the Service must reach a remaining backend (a SYN on a closed flow is a new
 /// flow, balanced again).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let target = format!("{A}:80");
     let run = |count: u32| -> RstSummary {
@@ -464,10 +460,9 @@ fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
 /// (c) Established connections to a backend removed from the Service (still running) keep
 /// working, on the same backend, until they close.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn established_tcp_to_a_removed_backend_keeps_working() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let mut hold = s.spawn_probe(
         "client",
@@ -521,10 +516,9 @@ fn established_tcp_to_a_removed_backend_keeps_working() {
 /// ports of closed flows must be reused). None may fail, and afterwards the SNAT ports in use
 /// must drop back within the TCP close timeout plus a garbage-collection interval.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn twenty_thousand_nodeport_connections_recycle_snat_ports() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let r = s.short_tcp("ext", &format!("172.18.0.2:{NODEPORT}"), 20_000, 32);
     assert_no_failure(
@@ -561,10 +555,9 @@ fn twenty_thousand_nodeport_connections_recycle_snat_ports() {
 /// hash), by taking their reply tuple back from a newcomer's unanswered SYN, and by the
 /// newcomer's colliding handshake being dropped (`ct_collision`, see lb.rs).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn lru_pressure_does_not_break_long_lived_connections() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     const CT_MAX: u32 = 4096;
     let agent = workspace_bin("svc-agent").unwrap();
     let help = std::process::Command::new(&agent)

@@ -14,7 +14,7 @@ use svc_common::PROTO_TCP;
 use tests::{
     agent::{fkey, ready_endpoints_yaml, Agent, ManifestDir},
     probe::Summary,
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 /// A ClusterIP Service `name` at `ip` with `ports` TCP ports from 80 up, target 8080 up.
@@ -128,10 +128,9 @@ fn oversized_scene() -> Scene {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = oversized_scene();
     let mut agent = Agent::start(&scene.t, 1, scene.manifests.path(), &[]).expect("agent");
     let want = BTreeMap::from([
@@ -176,10 +175,9 @@ fn an_oversized_service_is_refused_and_every_valid_service_is_served() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn a_full_map_applies_removals_and_lets_a_refused_service_in_when_space_returns() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = Scene::start();
     scene.write_small("web", "10.96.0.10", 1, &["be1", "be2"]);
     // 14 ports: with web and api, SVC_FRONTENDS (16) is full.
@@ -242,10 +240,9 @@ fn a_full_map_applies_removals_and_lets_a_refused_service_in_when_space_returns(
 /// The control: with the budget switched off (`--fault-inject no-budget`) the same objects
 /// leave the valid Services unprogrammed — the failure the test above guards against.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn without_the_budget_the_oversized_service_takes_every_service_down() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = oversized_scene();
     let mut agent = Agent::start(
         &scene.t,

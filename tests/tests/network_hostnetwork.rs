@@ -21,7 +21,7 @@ use tests::{
     agent::{node_name, workspace_bin, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::Summary,
-    topology::{skip_unless_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
+    topology::{require_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -320,10 +320,9 @@ fn link_exists(id: u64) -> bool {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_frontend() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     let capture = Capture::start(&s.t, s.t.underlay_ns(), "br0").unwrap();
     for (from, home) in [("c1", Some(1)), ("c2", Some(2)), ("ext", None)] {
@@ -351,10 +350,9 @@ fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_fronte
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     for n in 1..=2 {
         for (what, tcp, udp) in s.frontends(Some(n)) {
@@ -368,10 +366,9 @@ fn node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     let target = format!("{KUBERNETES_IP}:443");
     for from in ["c1", "c2"] {
@@ -399,10 +396,9 @@ fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn uplink_egress_link_is_listed_adopted_on_restart_needed_and_removed_by_uninstall() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut s = Scene::start();
     let n1 = s.t.node_ip(1);
     let (tcp, udp) = (format!("{n1}:30443"), format!("{n1}:30353"));

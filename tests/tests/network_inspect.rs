@@ -20,7 +20,7 @@ use svc_common::{PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL};
 use tests::{
     agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -250,10 +250,9 @@ fn candidate_addrs(e: &Value) -> BTreeSet<String> {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn inspect_and_explain_agree_with_the_maps_the_manifests_and_the_traffic() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     let (be1, be2, client) = (s.t.pod_ip("be1"), s.t.pod_ip("be2"), s.t.pod_ip("client"));
     let node = |n: usize| s.t.node_ip(n);

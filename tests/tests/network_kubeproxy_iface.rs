@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tests::{
     agent::{http_get, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
-    topology::{skip_unless_root, Topology, TopologySpec},
+    topology::{require_root, Topology, TopologySpec},
 };
 
 /// `--sync-period` for these agents: the health timeout is twice this.
@@ -182,10 +182,9 @@ fn metric_with_samples(body: &str, name: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn health_metrics_and_stalled_programming_as_kube_proxy_reports_them() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     let t = &s.t;
 

@@ -12,7 +12,7 @@ use tests::{
     agent::{http_get, node_name, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::Summary,
-    topology::{skip_unless_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
+    topology::{require_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -202,10 +202,9 @@ fn assert_both_backends(what: &str, s: &Summary, total: u64) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let ext = s.ext();
     let capture = Capture::start(&s.t, s.t.underlay_ns(), "br0").unwrap();
@@ -286,10 +285,9 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_local_endpoint() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let ext = s.ext();
     let r = s.tcp(&ext, "172.18.0.3:30100", 50, 2000);
@@ -321,10 +319,9 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_loca
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn a_pod_reaches_itself_through_its_service() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let hp = s.t.pod_ns("hp").to_owned();
     let r = s.tcp(&hp, "10.96.0.50:80", 30, 2000);
@@ -342,10 +339,9 @@ fn a_pod_reaches_itself_through_its_service() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn internal_traffic_policy_local_keeps_pods_on_their_node() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&[]);
     let c1 = s.t.pod_ns("c1").to_owned();
     let c2 = s.t.pod_ns("c2").to_owned();
@@ -366,10 +362,9 @@ fn internal_traffic_policy_local_keeps_pods_on_their_node() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start(&["--nodeport-addresses", "127.0.0.0/8"]);
     let node1 = s.t.node(1).ns.clone();
     // A process on node 1 (in the node's namespace, in the cgroup the agent's hooks serve).

@@ -27,7 +27,7 @@ use svc_core::{
 use tests::{
     agent::{node_name, ready_endpoints_yaml, Agent, ManifestDir},
     probe::{HoldSummary, Summary},
-    topology::{skip_unless_root, Topology, TopologySpec},
+    topology::{require_root, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -86,10 +86,9 @@ fn fresh_maps(
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn restarts_under_load_break_no_connection_and_converge() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let restarts = env_or("SVC_SOAK_RESTARTS", 4);
     let conns = env_or("SVC_SOAK_CONNS", 300);
     let rate = env_or("SVC_SOAK_RATE", 100);

@@ -13,7 +13,7 @@ use tests::{
     agent::{fkey, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
     probe::Summary,
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -23,10 +23,9 @@ const NODEPORT: u16 = 31090;
 const OFF_NODE_EXTERNAL_IP: &str = "10.250.0.1";
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn off_interface_external_ip_is_never_the_snat_source() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let t = Topology::build(
         &TopologySpec::new()
             .node(&["client1"])

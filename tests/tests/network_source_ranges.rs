@@ -15,7 +15,7 @@ use svc_common::{Hook, Reason};
 use tests::{
     agent::{ready_endpoints_yaml, Agent, ManifestDir},
     probe::Summary,
-    topology::{skip_unless_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
+    topology::{require_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -170,10 +170,9 @@ fn assert_dropped(what: &str, r: &Summary) {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn load_balancer_source_ranges_filter_lb_ips_only() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let s = Scene::start();
     let ext = s.t.ext_ns().unwrap().to_owned();
     let c1 = s.t.pod_ns("c1").to_owned();

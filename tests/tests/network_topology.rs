@@ -15,7 +15,7 @@ use tests::{
     agent::{fkey, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
     probe::Summary,
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const VIP: [u8; 4] = [10, 96, 0, 80];
@@ -112,10 +112,9 @@ fn zone(n: usize) -> &'static str {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn prefer_close_keeps_each_zone_on_its_own_backends() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut s = Scene::start();
     s.api
         .apply_yaml(

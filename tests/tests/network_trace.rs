@@ -17,7 +17,7 @@ use svc_common::{TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_ON};
 use tests::{
     agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
@@ -142,10 +142,9 @@ fn ip_of(endpoint: &str) -> &str {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn trace_shows_one_clients_flows_and_nothing_else() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let t = Topology::build(
         &TopologySpec::new()
             .node(&["client", "other", "be1"])
@@ -356,10 +355,9 @@ fn trace_shows_one_clients_flows_and_nothing_else() {
 /// `empty` the refusal. Without the flag (every other network test) the messages' code is
 /// removed by the verifier (tests/tests/verifier_budget.rs loads the object both ways).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn kernel_debug_messages_reach_the_agent_log() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let t = Topology::build(&TopologySpec::new().node(&["client", "be1"]))
         .expect("building the topology");
     let _servers = t.serve(&["be1"], &["--tcp", "8080"]).unwrap();

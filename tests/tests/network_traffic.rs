@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tests::{
     agent::{node_name, Agent, ManifestDir},
     capture::{read_packets, verify_checksums, Capture},
-    topology::{skip_unless_root, NsChild, Topology, TopologySpec},
+    topology::{require_root, NsChild, Topology, TopologySpec},
     traffic::{BulkResult, ConnectedUdpResult, SizedUdpSummary},
 };
 
@@ -414,18 +414,16 @@ fn bulk_everywhere_with(flags: &[&str], xdp_mode: &str, check: impl FnOnce(&Scen
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn bulk_8mb_each_way_on_every_path_xdp_auto() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     bulk_everywhere("auto");
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn bulk_8mb_each_way_on_every_path_xdp_off() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     bulk_everywhere("off");
 }
 
@@ -469,10 +467,9 @@ fn tcx_programs(scene: &Scene, n: usize) -> String {
 /// every path of [`bulk_everywhere`] carries 8 MB each way through `cls_bpf` filters instead
 /// of tcx links, with XDP on; the filters are svc-lb's and no tcx program is attached.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn bulk_8mb_each_way_on_every_path_classic_tc() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     bulk_everywhere_with(&["--tc-attach", "classic"], "auto, classic tc", |scene| {
         for n in 1..=2 {
             let veth = &scene.t.pod(&format!("c{n}")).host_veth;
@@ -497,10 +494,9 @@ fn bulk_8mb_each_way_on_every_path_classic_tc() {
 /// old one keeps going and new ones work; a stopped agent leaves the filters; `svc-agent
 /// uninstall` removes them.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn classic_tc_filters_are_adopted_on_restart_and_removed_by_uninstall() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut scene = Scene::start(&["--tc-attach", "classic"], |_| {});
     let veth = scene.t.pod("c1").host_veth.clone();
     let first = classic_filters(&scene, 1, &veth, "egress");
@@ -599,10 +595,9 @@ fn classic_tc_filters_are_adopted_on_restart_and_removed_by_uninstall() {
 /// the underlay capture must hold the translated fragments, every fragment's IP header checksum
 /// right and every reassembled datagram's UDP checksum right.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn large_udp_fragments_are_translated_and_arrive_intact() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = Scene::start(&[], |_| {});
     let cap = Capture::start(&scene.t, scene.t.underlay_ns(), "br0").unwrap();
     let mut failures = Vec::new();
@@ -747,10 +742,9 @@ fn large_udp_fragments_are_translated_and_arrive_intact() {
 /// Scenario 3a: a connected UDP socket sending to a Service port whose backend does not listen
 /// must get ECONNREFUSED (the backend's ICMP port unreachable, translated back), within 1 s.
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn connected_udp_to_a_port_without_listener_gets_econnrefused() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let scene = Scene::start(&[], |_| {});
     // Control without a Service: the backend's own ICMP port unreachable must reach the socket.
     let control = format!("{}:5454", scene.t.pod_ip("be2"));
@@ -815,10 +809,9 @@ fn connected_udp_to_a_port_without_listener_gets_econnrefused() {
 /// drops to 1300) and an 8 MB TCP transfer must complete, for a pod through a ClusterIP and for
 /// the external client through a NodePort (both to the remote backend be2).
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn lower_mtu_hop_sends_frag_needed_and_tcp_completes() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     const MTU: u32 = 1300;
     let scene = Scene::start(&[], |t| {
         t.set_route_mtu(&t.node(1).ns, "10.244.2.0/24", t.node_ip(2), "eth0", MTU)

@@ -373,12 +373,12 @@ fn changes() -> Vec<(&'static str, State, State)> {
     ]
 }
 
-fn datapath() -> Option<Datapath> {
+fn datapath() -> Datapath {
     if let Err(e) = read_object() {
         panic!("{e:#}");
     }
-    require_root()?;
-    Some(Datapath::load().unwrap_or_else(|e| panic!("{e:#}")))
+    require_root();
+    Datapath::load().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The frontends of `states`, as pod-ingress probe targets.
@@ -431,8 +431,9 @@ fn frontends_first(ops: Vec<MapOp>) -> Vec<MapOp> {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn every_write_of_every_change_shows_the_old_or_the_new_service() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     let changes = pod_changes();
     let (_, report, writes) = run_all(&mut dp, &changes, None, |ops| ops);
     println!(
@@ -444,8 +445,9 @@ fn every_write_of_every_change_shows_the_old_or_the_new_service() {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn writing_frontends_before_their_slots_is_caught() {
-    let Some(mut dp) = datapath() else { return };
+    let mut dp = datapath();
     let (caught, _, _) = run_all(&mut dp, &pod_changes(), None, frontends_first);
     // (A shrink writes the count first anyway, so only growing changes can show it.)
     for must in [
@@ -591,6 +593,7 @@ fn policy_changes() -> Vec<(&'static str, Desired, Desired)> {
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn type_and_policy_changes_show_the_old_or_the_new_service_from_pods_and_outside() {
     node_datapath_test(
         NodePrograms {
@@ -623,6 +626,7 @@ fn type_and_policy_changes_show_the_old_or_the_new_service_from_pods_and_outside
 }
 
 #[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn a_flag_written_before_its_scoped_entry_is_caught() {
     node_datapath_test(
         NodePrograms {
