@@ -257,7 +257,8 @@ fn build_ebpf(root: &Path) -> Result<()> {
 }
 
 /// Builds every test binary, then runs them. Fixture and network tests need root: we run as
-/// root in CI; elsewhere they report themselves skipped with the reason.
+/// root in CI; built without root they are reported as ignored, with the reason
+/// (tests/build.rs).
 fn test(args: &[String]) -> Result<()> {
     run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
     let mut cmd = clean_cargo();
