@@ -26,7 +26,7 @@
 //! - `logging.format` → `--log-format`; `logging.verbosity` → `-v`.
 use std::{net::IpAddr, path::PathBuf, str::FromStr};
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::{
     cli::{LogFormat, RunArgs, Secs},
@@ -120,20 +120,18 @@ fn is_unset(v: &Value) -> bool {
         Value::Bool(b) => !b,
         Value::Number(n) => n.as_f64() == Some(0.0),
         Value::String(s) => s.is_empty() || s == "0s" || s == "0",
-        Value::Sequence(items) => items.iter().all(is_unset),
-        Value::Mapping(m) => m.values().all(is_unset),
-        Value::Tagged(t) => is_unset(&t.value),
+        Value::Array(items) => items.iter().all(is_unset),
+        Value::Object(m) => m.values().all(is_unset),
     }
 }
 
 /// Every leaf under `value` as (path, value); a map or list that is empty is a leaf.
 pub fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
     match value {
-        Value::Mapping(m) if !m.is_empty() => {
-            for (k, v) in m {
-                let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+        Value::Object(m) if !m.is_empty() => {
+            for (key, v) in m {
                 let path = if prefix.is_empty() {
-                    key
+                    key.clone()
                 } else {
                     format!("{prefix}.{key}")
                 };
@@ -152,8 +150,9 @@ fn as_str<'a>(field: &str, v: &'a Value) -> Result<&'a str, ConfigError> {
     }
 }
 
+/// A value as YAML on one line, for messages.
 fn short(v: &Value) -> String {
-    serde_yaml::to_string(v)
+    serde_saphyr::to_string(v)
         .map(|s| s.trim().replace('\n', " "))
         .unwrap_or_default()
 }
@@ -201,6 +200,21 @@ fn used(report: &mut Report, path: &str) {
     report.applied.push(path.to_string());
 }
 
+/// The file as a generic value: YAML 1.2 booleans only (`yes`, `on` stay strings, as serde_yaml
+/// read them); an error is one line with its line and column.
+fn parse(text: &str) -> Result<Value, String> {
+    serde_saphyr::from_str_with_options(
+        text,
+        serde_saphyr::options! { strict_booleans: true, with_snippet: false },
+    )
+    .map_err(|e| {
+        e.render_with_options(serde_saphyr::render_options! {
+            formatter: &serde_saphyr::UserMessageFormatter,
+            snippets: serde_saphyr::SnippetMode::Off,
+        })
+    })
+}
+
 /// Applies the `KubeProxyConfiguration` in `text` to `args`, except the settings whose flag
 /// `given(id)` says was on the command line (ids are [`RunArgs`] field names). `cpus` sizes
 /// `conntrack.maxPerCore`.
@@ -210,9 +224,8 @@ pub fn apply(
     given: &dyn Fn(&str) -> bool,
     cpus: u32,
 ) -> Result<Report, ConfigError> {
-    let doc: Value =
-        serde_yaml::from_str(text).map_err(|e| bad("(document)", format!("not YAML: {e}")))?;
-    let Value::Mapping(_) = doc else {
+    let doc = parse(text).map_err(|e| bad("(document)", format!("not YAML: {e}")))?;
+    let Value::Object(_) = doc else {
         return Err(bad(
             "(document)",
             "expected a KubeProxyConfiguration mapping",
@@ -339,7 +352,7 @@ pub fn apply(
 
     match get("nodePortAddresses") {
         Value::Null => {}
-        Value::Sequence(items) => {
+        Value::Array(items) => {
             let mut cidrs = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let field = format!("nodePortAddresses[{i}]");

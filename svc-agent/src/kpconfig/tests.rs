@@ -27,7 +27,7 @@ fn apply_to(text: &str, argv: &[&str], given: &[&str]) -> Result<(RunArgs, Repor
 
 /// Every leaf of `text` is applied or ignored, itself or through an enclosing field.
 fn assert_every_field_accounted_for(text: &str, report: &Report) {
-    let doc: Value = serde_yaml::from_str(text).unwrap();
+    let doc: Value = parse(text).unwrap();
     let mut all = Vec::new();
     leaves("", &doc, &mut all);
     for (path, _) in all {
@@ -310,6 +310,22 @@ fn a_bad_value_is_an_error_naming_its_field() {
     assert_eq!(
         apply_to("- a\n", &[], &[]).err().map(|e| e.field),
         Some("(document)".into())
+    );
+}
+
+#[test]
+fn a_file_that_is_not_yaml_is_an_error_with_its_line() {
+    let err = apply_to(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: [KubeProxyConfiguration\n",
+        &[],
+        &[],
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(err.field, "(document)");
+    assert!(
+        err.why.starts_with("not YAML: ") && err.why.contains("line 2"),
+        "{err}"
     );
 }
 

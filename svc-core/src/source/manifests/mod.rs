@@ -6,9 +6,10 @@
 //!   by name, symlinks followed so a mounted ConfigMap works) is split into its `---` documents.
 //!   Each document is identified by `apiVersion`/`kind` and decoded into the k8s-openapi type:
 //!   `v1/Service`, `v1/Endpoints`, `discovery.k8s.io/v1/EndpointSlice`, and `v1/List` of those.
-//!   Anything else is skipped with a [`Problem`]; a document that fails to decode is a
-//!   [`Problem`] naming the file, the document (1-based among non-empty documents) and serde's
-//!   message with its line number in the file. Neither stops the rest from loading.
+//!   Anything else is skipped with a [`Problem`]; a document that is not YAML or fails to
+//!   decode is a [`Problem`] naming the file, the document (1-based among non-empty documents),
+//!   the field when the parser points at one, and the parser's message with its line and column
+//!   in the file. Neither stops the rest from loading.
 //! - Defaults: namespace `default`, `type: ClusterIP`, port protocol `TCP`, `targetPort = port`.
 //! - A Service without `spec.clusterIP` gets one **allocated** from `--service-cidr`, and a
 //!   NodePort/LoadBalancer port without `nodePort` gets one from the node-port range. There is no
@@ -40,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use fnv::FnvHasher;
-use serde_yaml::Value;
+use serde_json::Value;
 
 pub use crate::model::Objects;
 use crate::model::{Ipv4Cidr, Problem};
@@ -160,11 +161,11 @@ fn manifest_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 pub fn load_texts(files: &[(String, String)], options: &Options) -> Objects {
     let mut loader = Loader::default();
     for (file, text) in files {
-        for (index, padded) in split_documents(text).into_iter().enumerate() {
+        for (index, doc) in split_documents(text).into_iter().enumerate() {
             let origin = format!("{file}#{}", index + 1);
-            match serde_yaml::from_str::<Value>(&padded) {
+            match doc.value() {
                 Ok(Value::Null) => {}
-                Ok(value) => loader.document(&origin, Doc::Text(&padded), &value),
+                Ok(value) => loader.document(&origin, Doc::Text(doc), &value),
                 Err(e) => loader
                     .problems
                     .push(Problem::new(origin, "", format!("not YAML: {e}"))),

@@ -5,12 +5,15 @@
 //! server's steps (`allocate`, `mirror`).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
 
 use crate::model::{ObjectRef, Objects, Problem};
 
@@ -18,59 +21,230 @@ use super::allocate::{allocate, apply_service_defaults};
 use super::mirror::mirror_endpoints;
 use super::Options;
 
-/// Splits a multi-document YAML text at `---` lines. Each non-blank document is returned
-/// prefixed with as many newlines as lines precede it, so serde's line numbers are the file's.
-/// (Splitting ourselves rather than with serde_yaml's multi-document reader keeps a syntax error
-/// in one document from losing the documents after it.)
-pub(super) fn split_documents(text: &str) -> Vec<String> {
-    let mut docs = Vec::new();
-    let mut current = String::new();
-    let mut start_line = 0;
-    let mut flush = |current: &mut String, start_line: usize| {
-        let blank = current
+/// One document of a manifest file, as [`split_documents`] cuts it: its text, borrowed from the
+/// file, and how many of the file's lines precede it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Document<'a> {
+    pub(super) text: &'a str,
+    pub(super) lines_before: u64,
+}
+
+/// Splits a multi-document YAML text at its `---` and `...` lines, in one pass, into the
+/// non-blank documents (not only whitespace and comments). Each is a slice of `text`: no copy,
+/// no padding, so loading a file costs time in proportion to its length however many documents
+/// it holds. Error locations are turned into the file's lines with [`Document::lines_before`].
+///
+/// Content after `---` on the marker line belongs to the new document: its slice starts right
+/// after the marker (so columns on that one line count from there). serde-saphyr's own multi-document readers are not used: they stop at the
+/// first syntax error (the whole file for `from_multiple`, the rest of it for `read`), while one
+/// broken document must not lose the documents after it; and they decode every document into
+/// one type, while a manifest's type is known only once its `kind` is read.
+pub(super) fn split_documents(text: &str) -> Vec<Document<'_>> {
+    fn push<'a>(docs: &mut Vec<Document<'a>>, text: &'a str, lines_before: u64) {
+        let blank = text
             .lines()
             .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
         if !blank {
-            docs.push(format!("{}{}", "\n".repeat(start_line), current));
-        }
-        current.clear();
-    };
-    for (n, line) in text.lines().enumerate() {
-        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
-        if marker || line == "..." {
-            flush(&mut current, start_line);
-            start_line = n;
-            if marker {
-                // Content after the marker on the same line belongs to the new document; keep
-                // its column.
-                current.push_str("   ");
-                current.push_str(&line[3..]);
-            }
-            current.push('\n');
-        } else {
-            if current.is_empty() {
-                start_line = n;
-            }
-            current.push_str(line);
-            current.push('\n');
+            docs.push(Document { text, lines_before });
         }
     }
-    flush(&mut current, start_line);
+    let mut docs = Vec::new();
+    // The current document starts at byte `start`, after `start_line` lines.
+    let (mut start, mut start_line) = (0, 0);
+    let mut offset = 0;
+    for (n, raw) in (0u64..).zip(text.split_inclusive('\n')) {
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker || line == "..." {
+            push(&mut docs, &text[start..offset], start_line);
+            (start, start_line) = if marker {
+                (offset + 3, n)
+            } else {
+                (offset + raw.len(), n + 1)
+            };
+        }
+        offset += raw.len();
+    }
+    push(&mut docs, &text[start..], start_line);
     docs
+}
+
+/// Parsing options: YAML 1.2 booleans only (`yes`, `on` stay strings, as serde_yaml read them),
+/// and no source snippet kept for errors, which become one-line [`Problem`]s.
+fn parse_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true, with_snippet: false }
+}
+
+/// A parse or decode error as one line for an operator, its location in the file's lines.
+fn render(e: &serde_saphyr::Error, lines_before: u64) -> String {
+    e.render_with_options(serde_saphyr::render_options! {
+        formatter: &serde_saphyr::UserMessageFormatter,
+        snippets: serde_saphyr::SnippetMode::Off,
+        line_offset: lines_before,
+    })
+}
+
+impl Document<'_> {
+    /// The document as a generic value (`Null` when it holds none), from which its `apiVersion`
+    /// and `kind` are read; `Err` (the message) when it is not YAML.
+    pub(super) fn value(&self) -> Result<Value, String> {
+        serde_saphyr::from_str_with_options(self.text, parse_options())
+            .map_err(|e| render(&e, self.lines_before))
+    }
+
+    /// The document decoded as `T` straight from its text, so an error carries its line and
+    /// column in the file and, when the crate points at a node, that node's field path.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        serde_saphyr::from_str_with_options(self.text, parse_options()).map_err(|e| DecodeError {
+            field: e
+                .location()
+                .and_then(|at| path_at(self.text, (at.line(), at.column())))
+                .unwrap_or_default(),
+            message: render(&e, self.lines_before),
+        })
+    }
+}
+
+/// Why a document did not decode: the field path when known (else empty), and the message.
+struct DecodeError {
+    field: String,
+    message: String,
 }
 
 /// A document to decode: its text (for errors with line numbers) or, inside a `List`, a value.
 pub(super) enum Doc<'a> {
-    Text(&'a str),
+    Text(Document<'a>),
     Value(&'a Value),
 }
 
 impl Doc<'_> {
-    fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_yaml::Error> {
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         match self {
-            Doc::Text(text) => serde_yaml::from_str(text),
-            Doc::Value(value) => serde_yaml::from_value((*value).clone()),
+            Doc::Text(doc) => doc.decode(),
+            Doc::Value(value) => {
+                serde_json::from_value((*value).clone()).map_err(|e| DecodeError {
+                    field: String::new(),
+                    message: e.to_string(),
+                })
+            }
         }
+    }
+}
+
+/// The field path (`spec.ports[0].port`) of the node of `text` at `at` (line, column, as the
+/// crate counts them in `text`), if one starts exactly there. Only run for a document that
+/// failed to decode.
+fn path_at(text: &str, at: (u64, u64)) -> Option<String> {
+    fn walk(path: &str, node: &Node, at: (u64, u64), found: &mut Option<String>) {
+        let mut visit = |child: String, spanned: &Spanned<Node>| {
+            let loc = &spanned.referenced;
+            if (loc.line(), loc.column()) == at {
+                *found = Some(child.clone());
+            }
+            walk(&child, &spanned.value, at, found);
+        };
+        match node {
+            Node::Map(entries) => {
+                for (key, value) in entries {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    visit(child, value);
+                }
+            }
+            Node::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    visit(format!("{path}[{i}]"), item);
+                }
+            }
+            Node::Leaf => {}
+        }
+    }
+    let root: Node = serde_saphyr::from_str_with_options(text, parse_options()).ok()?;
+    let mut found = None;
+    walk("", &root, at, &mut found);
+    found
+}
+
+/// A document's shape with where each node starts, for [`path_at`]. Keys that are not strings
+/// are read as their text.
+enum Node {
+    Map(Vec<(String, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Leaf,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML node")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<Key, Spanned<Node>>()? {
+                    entries.push((entry.0 .0, entry.1));
+                }
+                Ok(Node::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+/// A mapping key as text, whatever its YAML type (`80: x` is key `80`).
+struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Ok(Key(match value {
+            Value::String(s) => s,
+            other => other.to_string(),
+        }))
     }
 }
 
@@ -95,11 +269,11 @@ impl Loader {
         };
         let described = describe(kind, value);
         let problems = &mut self.problems;
-        let decode_failed = |problems: &mut Vec<Problem>, e: serde_yaml::Error| {
+        let decode_failed = |problems: &mut Vec<Problem>, e: DecodeError| {
             problems.push(Problem::new(
                 format!("{origin} ({described})"),
-                "",
-                e.to_string(),
+                e.field,
+                e.message,
             ))
         };
         match (api_version, kind) {
@@ -116,7 +290,7 @@ impl Loader {
                 Err(e) => decode_failed(problems, e),
             },
             ("v1", "List") => match value.get("items") {
-                Some(Value::Sequence(items)) => {
+                Some(Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
                         self.document(&format!("{origin}.items[{i}]"), Doc::Value(item), item);
                     }

@@ -1,6 +1,7 @@
 //! Documents: kinds read and skipped, bad documents, `v1/List`, redefinitions, line numbers.
 
 use super::*;
+use crate::source::manifests::yaml::Document;
 
 #[test]
 fn unknown_kinds_and_bad_documents_are_problems_and_the_rest_loads() {
@@ -44,7 +45,7 @@ just: a map
         shown[0]
     );
     assert!(
-        shown[1].starts_with("a.yaml#2 (Service shop/bad): spec.ports[0].port: invalid type"),
+        shown[1].starts_with("a.yaml#2 (Service shop/bad): spec.ports[0].port: invalid i32"),
         "{}",
         shown[1]
     );
@@ -100,9 +101,18 @@ fn later_definition_of_the_same_object_wins() {
 
 #[test]
 fn split_documents_keeps_file_line_numbers() {
-    let docs = split_documents("a: 1\n---\n\nb: 2\n--- c: 3\n...\n");
-    assert_eq!(docs.len(), 3);
-    assert_eq!(docs[0], "a: 1\n");
-    assert_eq!(docs[1], "\n   \n\nb: 2\n");
-    assert_eq!(docs[2], "\n\n\n\n    c: 3\n");
+    let text = "a: 1\n---\n\nb: 2\n--- c: 3\n...\n";
+    let docs = split_documents(text);
+    let doc = |text, lines_before| Document { text, lines_before };
+    assert_eq!(
+        docs,
+        [doc("a: 1\n", 0), doc("\n\nb: 2\n", 1), doc(" c: 3\n", 4)]
+    );
+    // Slices of the file, not padded copies: splitting is linear in the file's length.
+    let file = text.as_bytes().as_ptr_range();
+    assert!(docs.iter().all(|d| file.contains(&d.text.as_ptr())));
+    // Locations in a later document are the file's lines.
+    let docs = split_documents("a: 1\n---\n# two\nb: [\n");
+    let err = docs[1].value().expect_err("not YAML");
+    assert!(err.contains("line 4"), "{err}");
 }
