@@ -33,10 +33,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{
-        lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, PerCpuArray,
-    },
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
@@ -44,11 +40,14 @@ use etherparse::{
     ArpEthIpv4Packet, ArpOperation, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv4Options,
     LaxPacketHeaders, LinkHeader, NetHeaders, PacketBuilder, TransportHeader,
 };
+pub use svc_agent::dataplane::MapOp;
+use svc_agent::dataplane::{
+    config::ConfigMap, pinned::PinnedMaps, read::Counters, Dataplane, SourceRange,
+};
 use svc_common::{
     stat_index, Backend, CtEntry, CtKey, Frontend, FrontendKey, Hook, Reason, Slot, SlotKey,
-    SourceRangeKey, ALL_HOOKS, ALL_REASONS, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
-    MAP_SOURCE_RANGES, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT, SCOPE_ANY,
-    SOURCE_RANGE_ALLOW, SOURCE_RANGE_ID_BITS, STATS_LEN,
+    ALL_HOOKS, ALL_REASONS, MAP_CONNTRACK, MAP_STATS, PROTO_TCP, PROTO_UDP, REASON_COUNT,
+    SCOPE_ANY, STATS_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -738,18 +737,17 @@ pub struct RunResult {
     pub duration_ns: u64,
 }
 
-/// The object loaded, its tc programs verified, typed handles on its maps. Nothing is pinned:
+/// The object loaded, its tc programs verified, its maps behind svc-agent's dataplane (the
+/// agent's own map I/O: service state is written as the agent's `MapOp`s). Nothing is pinned:
 /// every map and program is freed when this is dropped, so each test has a private datapath.
 pub struct Datapath {
     ebpf: Ebpf,
-    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
-    pub slots: HashMap<MapData, SlotKey, Slot>,
-    pub backends: HashMap<MapData, u32, Backend>,
-    /// `SVC_CT` is an LRU hash; aya's `HashMap` wrapper serves both hash kinds.
-    pub ct: HashMap<MapData, CtKey, CtEntry>,
-    pub stats: PerCpuArray<MapData, u64>,
-    /// `SVC_SOURCE_RANGES` (`loadBalancerSourceRanges`).
-    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    /// The service and flow maps.
+    pub maps: PinnedMaps,
+    /// `SVC_STATS`.
+    counters: Counters,
+    /// `SVC_CONFIG`, taken from the object on first use.
+    config: Option<ConfigMap>,
 }
 
 impl Datapath {
@@ -775,25 +773,13 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("loading (verifying) program {name}"))?;
         }
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("map {name} not in the object"))
-        };
-        let frontends = HashMap::try_from(take(MAP_FRONTENDS)?).context(MAP_FRONTENDS)?;
-        let slots = HashMap::try_from(take(MAP_SLOTS)?).context(MAP_SLOTS)?;
-        let backends = HashMap::try_from(take(MAP_BACKENDS)?).context(MAP_BACKENDS)?;
-        let ct = HashMap::try_from(take(MAP_CONNTRACK)?).context(MAP_CONNTRACK)?;
-        let stats = PerCpuArray::try_from(take(MAP_STATS)?).context(MAP_STATS)?;
-        let source_ranges =
-            LpmTrie::try_from(take(MAP_SOURCE_RANGES)?).context(MAP_SOURCE_RANGES)?;
+        let maps = PinnedMaps::from_loaded(&mut ebpf)?;
+        let counters = Counters::from_loaded(&mut ebpf)?;
         Ok(Self {
             ebpf,
-            frontends,
-            slots,
-            backends,
-            ct,
-            stats,
-            source_ranges,
+            maps,
+            counters,
+            config: None,
         })
     }
 
@@ -882,24 +868,19 @@ impl Datapath {
         })
     }
 
-    /// Takes map `name` out of the object (for the maps without a field here).
-    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
-        self.ebpf
-            .take_map(name)
-            .with_context(|| format!("map {name} not in the object (or taken already)"))
+    /// The trace maps, taken out of the object (`None`: an object built before tracing).
+    pub fn trace_maps(&mut self) -> Result<Option<svc_agent::dataplane::trace::TraceMaps>> {
+        svc_agent::dataplane::trace::TraceMaps::from_loaded(&mut self.ebpf)
     }
 
     /// Every counter of `SVC_STATS`, summed over CPUs, indexed by `stat_index`.
     pub fn counters(&self) -> Vec<u64> {
-        (0..STATS_LEN)
-            .map(|i| {
-                self.stats
-                    .get(&i, 0)
-                    .unwrap_or_else(|e| panic!("reading {MAP_STATS}[{i}]: {e}"))
-                    .iter()
-                    .sum()
-            })
-            .collect()
+        let all = self
+            .counters
+            .all()
+            .unwrap_or_else(|e| panic!("reading {MAP_STATS}: {e}"));
+        assert_eq!(all.len(), STATS_LEN as usize, "{MAP_STATS} length");
+        all.iter().map(|per_cpu| per_cpu.iter().sum()).collect()
     }
 
     /// One counter, summed over CPUs.
@@ -907,26 +888,24 @@ impl Datapath {
         self.counters()[stat_index(hook, reason) as usize]
     }
 
+    /// Applies one of the agent's map operations.
+    pub fn apply(&mut self, op: MapOp) -> Result<()> {
+        self.maps
+            .apply(&op)
+            .with_context(|| format!("applying {op:?}"))
+    }
+
     /// Writes `backend` under `id`.
     pub fn put_backend(&mut self, id: u32, addr: SocketAddrV4, proto: u8) -> Result<()> {
-        let b = Backend {
-            addr: addr.ip().octets(),
-            port: addr.port(),
-            proto,
-            flags: 0,
-        };
-        self.backends
-            .insert(id, b, 0)
-            .with_context(|| format!("writing backend {id}"))?;
-        Ok(())
+        self.put_backend_flags(id, addr, proto, 0)
     }
 
     /// Points slot `slot` of `frontend_id` at `backend_id`.
     pub fn put_slot(&mut self, frontend_id: u32, slot: u32, backend_id: u32) -> Result<()> {
-        self.slots
-            .insert(SlotKey { frontend_id, slot }, Slot { backend_id }, 0)
-            .with_context(|| format!("writing slot {frontend_id}/{slot}"))?;
-        Ok(())
+        self.apply(MapOp::PutSlot {
+            key: SlotKey { frontend_id, slot },
+            slot: Slot { backend_id },
+        })
     }
 
     /// Writes the frontend entry for `addr`/`proto` with `backend_count` valid slots.
@@ -937,17 +916,15 @@ impl Datapath {
         id: u32,
         backend_count: u32,
     ) -> Result<()> {
-        let key = frontend_key(addr, proto);
-        let value = Frontend {
-            id,
-            backend_count,
-            flags: 0,
-            affinity_timeout_s: 0,
-        };
-        self.frontends
-            .insert(key, value, 0)
-            .with_context(|| format!("writing frontend {addr}/{proto}"))?;
-        Ok(())
+        self.put_frontend_entry(
+            frontend_key(addr, proto),
+            Frontend {
+                id,
+                backend_count,
+                flags: 0,
+                affinity_timeout_s: 0,
+            },
+        )
     }
 
     /// A whole service in the agent's order (DESIGN §2): backends, slots `1..=n`, then the
@@ -971,27 +948,47 @@ impl Datapath {
     /// Allows clients in `addr/len` to open flows to frontend `frontend_id`, as the agent
     /// writes a `loadBalancerSourceRanges` entry.
     pub fn put_source_range(&mut self, frontend_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        self.source_ranges
-            .insert(
-                &source_range_key(frontend_id, addr, len),
-                SOURCE_RANGE_ALLOW,
-                0,
-            )
-            .with_context(|| format!("writing source range {addr}/{len} of {frontend_id}"))?;
-        Ok(())
+        self.apply(MapOp::PutSourceRange {
+            range: source_range(frontend_id, addr, len),
+        })
     }
 
     /// Removes what [`Datapath::put_source_range`] wrote.
     pub fn delete_source_range(&mut self, frontend_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        self.source_ranges
-            .remove(&source_range_key(frontend_id, addr, len))
-            .with_context(|| format!("deleting source range {addr}/{len} of {frontend_id}"))?;
-        Ok(())
+        self.apply(MapOp::DeleteSourceRange {
+            range: source_range(frontend_id, addr, len),
+        })
+    }
+
+    /// The frontend entry under `key`, if any.
+    pub fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
+        self.maps
+            .frontend(key)
+            .unwrap_or_else(|e| panic!("reading frontend {key:?}: {e}"))
     }
 
     /// The conntrack entry under `key`, if any.
     pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
-        self.ct.get(key, 0).ok()
+        self.maps
+            .ct_get(key)
+            .unwrap_or_else(|e| panic!("reading conntrack {key:?}: {e}"))
+    }
+
+    /// Every conntrack key.
+    pub fn ct_keys(&self) -> Vec<CtKey> {
+        self.maps
+            .ct_keys()
+            .unwrap_or_else(|e| panic!("walking conntrack: {e}"))
+    }
+
+    /// Deletes conntrack entries (absent ones are skipped); returns how many were deleted.
+    pub fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize> {
+        Ok(self.maps.ct_delete(keys)?)
+    }
+
+    /// How many conntrack entries there are.
+    pub fn ct_count(&self) -> usize {
+        self.ct_keys().len()
     }
 
     /// Runs a fixture once and checks verdict, output bytes and that exactly its counter moved
@@ -1110,15 +1107,13 @@ impl Datapath {
     }
 }
 
-/// The `SVC_SOURCE_RANGES` key of prefix `addr/len` of frontend `frontend_id`.
-fn source_range_key(frontend_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKey> {
-    Key::new(
-        SOURCE_RANGE_ID_BITS + u32::from(len),
-        SourceRangeKey {
-            frontend_id,
-            addr: addr.octets(),
-        },
-    )
+/// The `SVC_SOURCE_RANGES` entry of prefix `addr/len` of frontend `frontend_id`.
+fn source_range(frontend_id: u32, addr: Ipv4Addr, len: u8) -> SourceRange {
+    SourceRange {
+        frontend_id,
+        addr: addr.octets(),
+        len,
+    }
 }
 
 /// The frontend key of `addr`/`proto`.
@@ -1276,9 +1271,9 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::{maps::Array, programs::Xdp};
+use aya::programs::Xdp;
 use etherparse::checksum::Sum16BitWords;
-use svc_common::{Config, FragKey, FragPorts, MAP_CONFIG, MAP_FRAGS};
+use svc_common::{Config, FragKey, FragPorts, MAP_FRAGS};
 
 /// ELF name of the uplink XDP program.
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -1758,19 +1753,15 @@ impl Datapath {
     /// Writes `SVC_CONFIG[0]` as the agent does at start (only the node address matters to
     /// the packet programs).
     pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_CONFIG)
-            .with_context(|| format!("map {MAP_CONFIG} not in the object"))?;
-        let mut config: Array<_, Config> = Array::try_from(map).context(MAP_CONFIG)?;
-        let value = Config {
+        if self.config.is_none() {
+            self.config = Some(ConfigMap::from_loaded(&mut self.ebpf)?);
+        }
+        let config = self.config.as_mut().expect("taken above");
+        config.write(Config {
             node_addr: node_addr.octets(),
             flags: 0,
             netns_cookie: 0,
-        };
-        config
-            .set(0, value, 0)
-            .with_context(|| format!("writing {MAP_CONFIG}[0]"))?;
+        })?;
         Ok(())
     }
 
@@ -1782,24 +1773,20 @@ impl Datapath {
         proto: u8,
         flags: u8,
     ) -> Result<()> {
-        let b = Backend {
-            addr: addr.ip().octets(),
-            port: addr.port(),
-            proto,
-            flags,
-        };
-        self.backends
-            .insert(id, b, 0)
-            .with_context(|| format!("writing backend {id}"))?;
-        Ok(())
+        self.apply(MapOp::PutBackend {
+            id,
+            backend: Backend {
+                addr: addr.ip().octets(),
+                port: addr.port(),
+                proto,
+                flags,
+            },
+        })
     }
 
     /// Writes any frontend entry (any scope, any flags).
     pub fn put_frontend_entry(&mut self, key: FrontendKey, value: Frontend) -> Result<()> {
-        self.frontends
-            .insert(key, value, 0)
-            .with_context(|| format!("writing frontend {key:?}"))?;
-        Ok(())
+        self.apply(MapOp::PutFrontend { key, value })
     }
 
     /// Runs an XDP fixture once on `uplink` and checks verdict, output bytes and that exactly
@@ -1894,70 +1881,53 @@ fn sk_buff_ctx(ifindex: u32, gso_size: u32) -> [u8; 192] {
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_ns` reads, so conntrack
 /// timestamps can be written relative to the datapath's "now".
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    svc_agent::conntrack::monotonic_now_ns().expect("clock_gettime(CLOCK_MONOTONIC)")
 }
 
 impl Datapath {
     /// Writes (or overwrites) the conntrack entry under `key`, as an earlier packet would have.
     pub fn ct_put(&mut self, key: &CtKey, entry: CtEntry) {
-        self.ct
-            .insert(key, entry, 0)
+        self.maps
+            .ct_insert(key, &entry)
             .unwrap_or_else(|e| panic!("writing {MAP_CONNTRACK} {key:?}: {e}"));
     }
 
     /// Deletes the conntrack entry under `key`, as LRU eviction or the collector would.
     pub fn ct_remove(&mut self, key: &CtKey) -> Result<()> {
-        Ok(self.ct.remove(key)?)
+        let deleted = self.maps.ct_delete(&[*key])?;
+        anyhow::ensure!(deleted == 1, "no conntrack entry under {key:?}");
+        Ok(())
     }
 
     /// Every conntrack entry, sorted by key.
     pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
-        let mut all: Vec<(CtKey, CtEntry)> = self
-            .ct
-            .iter()
-            .collect::<Result<_, _>>()
+        let mut all: Vec<(CtKey, CtEntry)> = Vec::new();
+        self.maps
+            .ct_scan(&mut |k, e| all.extend(k.iter().copied().zip(e.iter().copied())))
             .unwrap_or_else(|e| panic!("reading {MAP_CONNTRACK}: {e}"));
         all.sort_by_key(|(k, _)| *k);
         all
     }
 
-    /// `SVC_FRAGS` (read-only view).
-    fn frags(&self) -> aya::maps::HashMap<&MapData, FragKey, FragPorts> {
-        let map = self
-            .ebpf
-            .map(MAP_FRAGS)
-            .unwrap_or_else(|| panic!("map {MAP_FRAGS} not in the object"));
-        aya::maps::HashMap::try_from(map).unwrap_or_else(|e| panic!("{MAP_FRAGS}: {e}"))
-    }
-
     /// The fragment entry under `key`, if any.
     pub fn frag_get(&self, key: &FragKey) -> Option<FragPorts> {
-        self.frags().get(key, 0).ok()
+        self.maps
+            .frag_get(key)
+            .unwrap_or_else(|e| panic!("reading {MAP_FRAGS} {key:?}: {e}"))
     }
 
     /// Writes the fragment entry under `key`, as a first fragment would have.
     pub fn frag_put(&mut self, key: &FragKey, value: FragPorts) {
-        let map = self
-            .ebpf
-            .map_mut(MAP_FRAGS)
-            .unwrap_or_else(|| panic!("map {MAP_FRAGS} not in the object"));
-        let mut frags: aya::maps::HashMap<&mut MapData, FragKey, FragPorts> =
-            aya::maps::HashMap::try_from(map).unwrap_or_else(|e| panic!("{MAP_FRAGS}: {e}"));
-        frags
-            .insert(key, value, 0)
+        self.maps
+            .frag_insert(key, &value)
             .unwrap_or_else(|e| panic!("writing {MAP_FRAGS} {key:?}: {e}"));
     }
 
     /// How many datagrams `SVC_FRAGS` remembers.
     pub fn frag_count(&self) -> usize {
-        self.frags().keys().count()
+        self.maps
+            .frag_count()
+            .unwrap_or_else(|e| panic!("reading {MAP_FRAGS}: {e}"))
     }
 }
 

@@ -425,7 +425,7 @@ impl Gen {
 
     /// Re-reads up to 1024 conntrack keys, so generated replies match live flows.
     pub fn refresh_ct(&mut self, dp: &Datapath) {
-        self.ct_keys = dp.ct.keys().take(1024).filter_map(Result::ok).collect();
+        self.ct_keys = dp.ct_keys().into_iter().take(1024).collect();
     }
 
     fn port(&mut self) -> u16 {
@@ -1385,7 +1385,7 @@ impl Report {
                 self.udp_csum_translated.get(&t).copied().unwrap_or(0)
             ));
             s.push_str("\n  reasons:");
-            let hook = format!("{:?}", t.hook());
+            let hook = t.hook().name();
             for ((h, r), n) in &self.reasons {
                 if *h == hook {
                     s.push_str(&format!(" {r} {n}"));

@@ -89,7 +89,7 @@ fn state_name(s: u8) -> &'static str {
 
 fn clear_ct(dp: &mut Datapath) {
     for (k, _) in dp.ct_entries() {
-        dp.ct.remove(&k).unwrap();
+        dp.ct_remove(&k).unwrap();
     }
 }
 

@@ -274,7 +274,7 @@ fn port_unreachable_from_a_backend_gets_the_frontend_back() {
     for (prog, backend) in [(Program::Egress, BACKEND_B), (Program::Ingress, BACKEND_A)] {
         for (k, v) in dp.ct_entries() {
             let _ = v;
-            dp.ct.remove(&k).unwrap();
+            dp.ct_remove(&k).unwrap();
         }
         service_to(&mut dp, backend);
         open_udp(&dp, backend);

@@ -133,11 +133,7 @@ fn syn_to_frontend_is_dnatted_to_the_only_backend() {
         rep.created_ns, fwd.created_ns,
         "both entries written by the same packet"
     );
-    assert_eq!(
-        dp.ct.keys().count(),
-        2,
-        "exactly the forward and reply entries"
-    );
+    assert_eq!(dp.ct_count(), 2, "exactly the forward and reply entries");
 }
 
 #[test]
@@ -200,9 +196,10 @@ fn established_flow_survives_deletion_of_its_frontend() {
         Reason::DnatNew,
     ));
     // The Service goes away: the agent deletes the frontend first.
-    dp.frontends
-        .remove(&frontend_key(SVC_VIP, PROTO_TCP))
-        .expect("deleting the frontend");
+    dp.apply(MapOp::DeleteFrontend {
+        key: frontend_key(SVC_VIP, PROTO_TCP),
+    })
+    .expect("deleting the frontend");
     let ack = Pkt::tcp(CLIENT_POD, SVC_VIP, TCP_ACK);
     dp.check(&Fixture::translate(
         "ACK of the established flow is still translated (conntrack before frontend)",
@@ -421,11 +418,7 @@ fn frontend_without_backends_rejects_like_kube_proxy() {
         output: icmp,
         reason: Reason::NoBackend,
     });
-    assert_eq!(
-        dp.ct.keys().count(),
-        0,
-        "no conntrack entry for a rejected flow"
-    );
+    assert_eq!(dp.ct_count(), 0, "no conntrack entry for a rejected flow");
 }
 
 #[test]
@@ -448,11 +441,7 @@ fn missing_slot_or_backend_drops() {
         syn().build(),
         Reason::BackendMissing,
     ));
-    assert_eq!(
-        dp.ct.keys().count(),
-        0,
-        "no conntrack entry for a refused flow"
-    );
+    assert_eq!(dp.ct_count(), 0, "no conntrack entry for a refused flow");
 }
 
 #[test]
@@ -574,7 +563,7 @@ fn ip_options_are_refused_untouched() {
         short_ihl,
         Reason::Truncated,
     ));
-    assert_eq!(dp.ct.keys().count(), 0);
+    assert_eq!(dp.ct_count(), 0);
 }
 
 /// A later fragment of a datagram whose first fragment was never seen passes untouched as
@@ -601,7 +590,7 @@ fn later_fragments_without_a_first_are_refused_untouched() {
             Reason::Fragment,
         ));
     }
-    assert_eq!(dp.ct.keys().count(), 0);
+    assert_eq!(dp.ct_count(), 0);
 }
 
 /// Every cut of a TCP and a UDP frame to the frontend, up to one byte short of the full L4
@@ -674,8 +663,8 @@ fn truncated_headers_at_every_length() {
             }
         }
         // The full headers with no payload are translated: the bound is exact.
-        let keys: Vec<_> = dp.ct.keys().collect::<Result<_, _>>().unwrap();
-        keys.iter().for_each(|k| dp.ct.remove(k).unwrap());
+        let keys = dp.ct_keys();
+        dp.ct_delete(&keys).unwrap();
         let mut headers_only = if what == "TCP" {
             syn()
         } else {
@@ -898,9 +887,9 @@ fn session_affinity_keeps_a_client_on_one_backend() {
 
     // With affinity (kube-proxy's default 10800 s), every flow follows the first.
     let key = frontend_key(SVC_VIP, PROTO_TCP);
-    let mut fe = dp.frontends.get(&key, 0).unwrap();
+    let mut fe = dp.frontend(&key).unwrap();
     fe.affinity_timeout_s = 10_800;
-    dp.frontends.insert(key, fe, 0).unwrap();
+    dp.put_frontend_entry(key, fe).unwrap();
     let before = dp.counter(Hook::PodIngress, Reason::Affinity);
     let first = backend_of(&dp, client(42000));
     for i in 1..30 {
@@ -928,18 +917,13 @@ fn session_affinity_keeps_a_client_on_one_backend() {
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn a_full_trace_ring_counts_what_it_loses() {
-    use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, PerCpuArray, RingBuf};
-    use svc_common::{
-        TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON, MAP_TRACE_RINGS,
-    };
+    use svc_agent::dataplane::trace::{new_ring, RingReader};
+    use svc_common::TraceFilter;
     let mut dp = datapath();
-    let mut on: Array<MapData, u32> = Array::try_from(dp.take_map(MAP_TRACE_ON).unwrap()).unwrap();
-    let mut filters: Array<MapData, TraceFilter> =
-        Array::try_from(dp.take_map(MAP_TRACE_FILTERS).unwrap()).unwrap();
-    let mut rings: ArrayOfMaps<MapData, MapData> =
-        ArrayOfMaps::try_from(dp.take_map(MAP_TRACE_RINGS).unwrap()).unwrap();
-    let lost: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(dp.take_map(MAP_TRACE_LOST).unwrap()).unwrap();
+    let mut trace = dp
+        .trace_maps()
+        .unwrap()
+        .expect("the object has the trace maps");
     let filter = |addr: std::net::Ipv4Addr| TraceFilter {
         src_addr: addr.octets(),
         ..bytemuck::Zeroable::zeroed()
@@ -950,12 +934,11 @@ fn a_full_trace_ring_counts_what_it_loses() {
         (0, *CLIENT_POD.ip()),
         (1, std::net::Ipv4Addr::new(192, 0, 2, 99)),
     ] {
-        let ring = svc_agent::dataplane::trace::new_ring().unwrap();
-        rings.set(slot, &ring, 0).unwrap();
-        filters.set(slot, filter(addr), 0).unwrap();
-        readers.push(RingBuf::try_from(Map::RingBuf(ring)).unwrap());
+        let ring = new_ring().unwrap();
+        trace.install(slot, &filter(addr), &ring).unwrap();
+        readers.push(RingReader::new(ring).unwrap());
     }
-    on.set(0, 0b11, 0).unwrap();
+    trace.set_on(0b11).unwrap();
     const PACKETS: u32 = 10_000;
     let miss = Pkt::tcp(CLIENT_POD, SocketAddrV4::new(OTHER_POD, 80), TCP_SYN).build();
     let res = dp.run(Program::Ingress.name(), &miss, PACKETS).unwrap();
@@ -969,11 +952,9 @@ fn a_full_trace_ring_counts_what_it_loses() {
     );
     let mut read = [0u64; 2];
     for (n, r) in read.iter_mut().zip(&mut readers) {
-        while r.next().is_some() {
-            *n += 1;
-        }
+        *n = r.drain().len() as u64;
     }
-    let lost_of = |slot: u32| -> u64 { lost.get(&slot, 0).unwrap().iter().sum() };
+    let lost_of = |slot: u32| -> u64 { trace.lost(slot).unwrap() };
     println!(
         "slot 0: {} events read, {} lost; slot 1: {} read, {} lost",
         read[0],

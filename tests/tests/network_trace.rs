@@ -11,9 +11,8 @@
 //! slot freed by the agent.
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
-use aya::maps::{Array, Map, MapData};
 use serde_json::Value;
-use svc_common::{TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_ON};
+use svc_common::TraceFilter;
 use tests::{
     agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
@@ -119,18 +118,9 @@ fn stop(mut tracer: NsChild) -> Vec<Value> {
 }
 
 fn trace_state(bpffs: &Path) -> (u32, Vec<TraceFilter>) {
-    let on: Array<MapData, u32> = Array::try_from(Map::Array(
-        MapData::from_pin(bpffs.join(MAP_TRACE_ON)).unwrap(),
-    ))
-    .unwrap();
-    let filters: Array<MapData, TraceFilter> = Array::try_from(Map::Array(
-        MapData::from_pin(bpffs.join(MAP_TRACE_FILTERS)).unwrap(),
-    ))
-    .unwrap();
-    let all = (0..filters.len())
-        .map(|i| filters.get(&i, 0).unwrap())
-        .collect();
-    (on.get(&0, 0).unwrap(), all)
+    svc_agent::dataplane::trace::TraceMaps::open(bpffs)
+        .and_then(|t| t.state())
+        .unwrap()
 }
 
 fn s<'a>(v: &'a Value, field: &str) -> &'a str {

@@ -24,10 +24,9 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::lpm_trie::Key;
-use svc_common::{Backend, FrontendKey, Hook, PROTO_TCP, SCOPE_ANY, SOURCE_RANGE_ALLOW};
+use svc_common::{Backend, FrontendKey, Hook, PROTO_TCP, SCOPE_ANY};
 use svc_core::{
-    dataplane::MapOp,
+    dataplane::{Dataplane, MapOp},
     model::{Desired, DesiredFrontend, ObjectRef},
     reconcile::{plan, Programmed},
 };
@@ -82,26 +81,9 @@ fn desired(state: &State) -> Desired {
     d
 }
 
-/// Writes one planned op to the fixture's maps, as the agent's pinned dataplane does.
+/// Writes one planned op to the fixture's maps through the agent's pinned dataplane.
 fn write(dp: &mut Datapath, op: &MapOp) {
-    let r = match op {
-        MapOp::PutBackend { id, backend } => dp.backends.insert(id, backend, 0),
-        MapOp::PutSlot { key, slot } => dp.slots.insert(key, slot, 0),
-        MapOp::PutFrontend { key, value } => dp.frontends.insert(key, value, 0),
-        MapOp::DeleteFrontend { key } => dp.frontends.remove(key),
-        MapOp::DeleteSlot { key } => dp.slots.remove(key),
-        MapOp::DeleteBackend { id } => dp.backends.remove(id),
-        MapOp::PutSourceRange { range } => {
-            let (len, k) = range.map_key();
-            dp.source_ranges
-                .insert(&Key::new(len, k), SOURCE_RANGE_ALLOW, 0)
-        }
-        MapOp::DeleteSourceRange { range } => {
-            let (len, k) = range.map_key();
-            dp.source_ranges.remove(&Key::new(len, k))
-        }
-    };
-    r.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    dp.apply(op.clone()).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Client ports each frontend is probed from: different hashes, so different slots.
@@ -150,14 +132,12 @@ fn probe(
     targets: &BTreeSet<SocketAddrV4>,
 ) -> BTreeMap<(SocketAddrV4, u16), Outcome> {
     let mut out = BTreeMap::new();
-    let hook = format!("{:?}/", entry.hook());
+    let hook = format!("{}/", entry.hook().name());
     for &target in targets {
         for port in PORTS {
             // A new flow each time: no entry from an earlier probe may decide it.
-            let ct: Vec<_> = dp.ct.keys().filter_map(Result::ok).collect();
-            for c in ct {
-                let _ = dp.ct.remove(&c);
-            }
+            let ct = dp.ct_keys();
+            dp.ct_delete(&ct).expect("clearing conntrack");
             let syn = Pkt::tcp(entry.client(port), target, TCP_SYN);
             let before = dp.counters();
             let r = entry.run(dp, &syn);
@@ -236,21 +216,20 @@ thread_local! {
 
 /// Empties the service maps.
 fn clear(dp: &mut Datapath) {
-    let keys: Vec<_> = dp.frontends.keys().filter_map(Result::ok).collect();
-    for k in keys {
-        dp.frontends.remove(&k).unwrap();
-    }
-    let slots: Vec<_> = dp.slots.keys().filter_map(Result::ok).collect();
-    for k in slots {
-        dp.slots.remove(&k).unwrap();
-    }
-    let backends: Vec<_> = dp.backends.keys().filter_map(Result::ok).collect();
-    for k in backends {
-        dp.backends.remove(&k).unwrap();
-    }
-    let ranges: Vec<_> = dp.source_ranges.keys().filter_map(Result::ok).collect();
-    for k in ranges {
-        dp.source_ranges.remove(&k).unwrap();
+    let snap = dp.maps.snapshot().expect("reading the service maps");
+    let ops = snap
+        .frontends
+        .keys()
+        .map(|&key| MapOp::DeleteFrontend { key })
+        .chain(snap.slots.keys().map(|&key| MapOp::DeleteSlot { key }))
+        .chain(snap.backends.keys().map(|&id| MapOp::DeleteBackend { id }))
+        .chain(
+            snap.source_ranges
+                .iter()
+                .map(|&range| MapOp::DeleteSourceRange { range }),
+        );
+    for op in ops {
+        write(dp, &op);
     }
 }
 
@@ -614,10 +593,10 @@ fn type_and_policy_changes_show_the_old_or_the_new_service_from_pods_and_outside
             );
             assert!(report.is_empty(), "{}", report.join("\n"));
             for must in [
-                "UplinkIngress/dnat_new",
-                "UplinkIngress/policy_drop",
-                "UplinkIngress/source_range_denied",
-                "UplinkIngress/not_service",
+                "uplink_ingress/dnat_new",
+                "uplink_ingress/policy_drop",
+                "uplink_ingress/source_range_denied",
+                "uplink_ingress/not_service",
             ] {
                 assert!(seen.contains(must), "the probes never saw {must}: {seen:?}");
             }

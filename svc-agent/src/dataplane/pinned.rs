@@ -130,6 +130,74 @@ impl PinnedMaps {
     }
 }
 
+impl PinnedMaps {
+    /// Writes a conntrack entry. The agent never does (the datapath owns the flows): this is
+    /// for fixtures and benchmarks that start from a given flow table.
+    pub fn ct_insert(&mut self, key: &CtKey, entry: &CtEntry) -> Result<(), DataplaneError> {
+        self.flows
+            .ct
+            .insert(key, entry, 0)
+            .map_err(|e| DataplaneError::Put {
+                map: MAP_CONNTRACK,
+                source: io(e),
+            })
+    }
+
+    /// Every conntrack key (entries evicted meanwhile may be missed).
+    pub fn ct_keys(&self) -> Result<Vec<CtKey>, DataplaneError> {
+        let mut keys = Vec::new();
+        self.ct_scan(&mut |k, _| keys.extend_from_slice(k))?;
+        Ok(keys)
+    }
+
+    /// The `SVC_FRAGS` entry under `key`, `None` when absent.
+    pub fn frag_get(&self, key: &FragKey) -> Result<Option<FragPorts>, DataplaneError> {
+        match self.flows.frags.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::Read {
+                map: MAP_FRAGS,
+                source: io(e),
+            }),
+        }
+    }
+
+    /// Writes a `SVC_FRAGS` entry (as a first fragment would: fixtures only).
+    pub fn frag_insert(&mut self, key: &FragKey, ports: &FragPorts) -> Result<(), DataplaneError> {
+        self.flows
+            .frags
+            .insert(key, ports, 0)
+            .map_err(|e| DataplaneError::Put {
+                map: MAP_FRAGS,
+                source: io(e),
+            })
+    }
+
+    /// How many datagrams `SVC_FRAGS` remembers.
+    pub fn frag_count(&self) -> Result<usize, DataplaneError> {
+        batch::lookup_batch::<FragKey, FragPorts>(
+            self.flows.frags.map().fd().as_fd(),
+            &mut |_, _| {},
+        )
+        .map_err(|source| DataplaneError::Read {
+            map: MAP_FRAGS,
+            source,
+        })
+    }
+
+    /// One frontend entry, `None` when absent.
+    pub fn frontend(&self, key: &FrontendKey) -> Result<Option<Frontend>, DataplaneError> {
+        match self.frontends.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::Read {
+                map: MAP_FRONTENDS,
+                source: io(e),
+            }),
+        }
+    }
+}
+
 fn io(e: aya::maps::MapError) -> std::io::Error {
     match e {
         aya::maps::MapError::SyscallError(s) => s.io_error,

@@ -192,27 +192,49 @@ pub fn read_affinity(bpffs: &Path) -> Result<BTreeMap<AffinityKey, Affinity>, Pi
 
 /// Per-CPU values of every counter, indexed like `SVC_STATS`.
 pub fn read_stats(bpffs: &Path) -> Result<Vec<Vec<u64>>, PinError> {
-    let map = stats_map(bpffs)?;
-    (0..map.len()).map(|i| stat_of(&map, i)).collect()
+    Counters::open(bpffs)?.all()
 }
 
 /// Per-CPU values of one counter (`svc_common::stat_index`).
 pub fn read_stat(bpffs: &Path, index: u32) -> Result<Vec<u64>, PinError> {
-    stat_of(&stats_map(bpffs)?, index)
+    Counters::open(bpffs)?.per_cpu(index)
 }
 
-fn stats_map(bpffs: &Path) -> Result<PerCpuArray<MapData, u64>, PinError> {
-    let (data, path) = open(bpffs, MAP_STATS)?;
-    typed(MAP_STATS, path, data, PerCpuArray::try_from)
-}
+/// `SVC_STATS`, the per-CPU packet counters (hook × reason), from a pin or a loaded object.
+pub struct Counters(PerCpuArray<MapData, u64>);
 
-fn stat_of(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<Vec<u64>, PinError> {
-    map.get(&index, 0)
-        .map(|v| v.iter().copied().collect())
-        .map_err(|source| PinError::Read {
-            map: MAP_STATS,
-            source,
-        })
+impl Counters {
+    pub fn open(bpffs: &Path) -> Result<Self, PinError> {
+        let (data, path) = open(bpffs, MAP_STATS)?;
+        typed(MAP_STATS, path, data, PerCpuArray::try_from).map(Self)
+    }
+
+    /// Takes the map out of a loaded (unpinned) object: the fixtures and benchmarks.
+    pub fn from_loaded(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let map = ebpf
+            .take_map(MAP_STATS)
+            .with_context(|| format!("map {MAP_STATS} missing from the object"))?;
+        PerCpuArray::try_from(map)
+            .map(Self)
+            .with_context(|| format!("map {MAP_STATS} has an unexpected layout"))
+    }
+
+    /// One counter's per-CPU values.
+    pub fn per_cpu(&self, index: u32) -> Result<Vec<u64>, PinError> {
+        self.0
+            .get(&index, 0)
+            .map(|v| v.iter().copied().collect())
+            .map_err(|source| PinError::Read {
+                map: MAP_STATS,
+                source,
+            })
+    }
+
+    /// Every counter's per-CPU values, by index.
+    pub fn all(&self) -> Result<Vec<Vec<u64>>, PinError> {
+        (0..self.0.len()).map(|i| self.per_cpu(i)).collect()
+    }
 }
 
 #[cfg(test)]

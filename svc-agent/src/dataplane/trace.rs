@@ -50,9 +50,11 @@ impl SlotLock {
 }
 // The lock is released when the descriptor closes (drop).
 
-/// The trace maps, opened from their pins.
-pub(crate) struct TraceMaps {
-    bpffs: PathBuf,
+/// The trace maps, opened from their pins (or taken out of a loaded object: fixtures and
+/// benchmarks, which have no pins and no slot lock).
+pub struct TraceMaps {
+    /// Where the slot lock is taken; `None` for maps of an unpinned object.
+    bpffs: Option<PathBuf>,
     on: Array<MapData, u32>,
     filters: Array<MapData, TraceFilter>,
     rings: ArrayOfMaps<MapData, MapData>,
@@ -80,22 +82,76 @@ fn pinned(bpffs: &Path, name: &str) -> Result<MapData> {
 }
 
 impl TraceMaps {
-    pub(crate) fn open(bpffs: &Path) -> Result<Self> {
+    pub fn open(bpffs: &Path) -> Result<Self> {
+        Self::from_maps(
+            Some(bpffs.to_owned()),
+            pinned(bpffs, MAP_TRACE_ON)?,
+            pinned(bpffs, MAP_TRACE_FILTERS)?,
+            pinned(bpffs, MAP_TRACE_RINGS)?,
+            pinned(bpffs, MAP_TRACE_LOST)?,
+        )
+    }
+
+    /// Takes the trace maps out of a loaded object; `None` when it has none (an object built
+    /// before tracing).
+    pub fn from_loaded(ebpf: &mut aya::Ebpf) -> Result<Option<Self>> {
+        let mut take = |name: &str| -> Result<Option<MapData>> {
+            Ok(match ebpf.take_map(name) {
+                None => None,
+                Some(Map::Array(d) | Map::ArrayOfMaps(d) | Map::PerCpuArray(d)) => Some(d),
+                Some(other) => bail!("map {name} has an unexpected type: {other:?}"),
+            })
+        };
+        let (Some(on), Some(filters), Some(rings), Some(lost)) = (
+            take(MAP_TRACE_ON)?,
+            take(MAP_TRACE_FILTERS)?,
+            take(MAP_TRACE_RINGS)?,
+            take(MAP_TRACE_LOST)?,
+        ) else {
+            return Ok(None);
+        };
+        Self::from_maps(None, on, filters, rings, lost).map(Some)
+    }
+
+    fn from_maps(
+        bpffs: Option<PathBuf>,
+        on: MapData,
+        filters: MapData,
+        rings: MapData,
+        lost: MapData,
+    ) -> Result<Self> {
+        // A second descriptor of the rings map for BPF_MAP_DELETE_ELEM.
+        let rings_fd = MapData::from_fd(
+            rings
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the SVC_TRACE_RINGS descriptor")?,
+        )?;
         Ok(Self {
-            bpffs: bpffs.to_owned(),
-            on: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_ON)?))
+            bpffs,
+            on: Array::try_from(Map::Array(on))
                 .with_context(|| format!("{MAP_TRACE_ON}: unexpected layout"))?,
-            filters: Array::try_from(Map::Array(pinned(bpffs, MAP_TRACE_FILTERS)?))
+            filters: Array::try_from(Map::Array(filters))
                 .with_context(|| format!("{MAP_TRACE_FILTERS}: unexpected layout"))?,
-            rings: ArrayOfMaps::try_from(Map::ArrayOfMaps(pinned(bpffs, MAP_TRACE_RINGS)?))
+            rings: ArrayOfMaps::try_from(Map::ArrayOfMaps(rings))
                 .with_context(|| format!("{MAP_TRACE_RINGS}: unexpected layout"))?,
-            rings_fd: pinned(bpffs, MAP_TRACE_RINGS)?,
-            lost: PerCpuArray::try_from(Map::PerCpuArray(pinned(bpffs, MAP_TRACE_LOST)?))
+            rings_fd,
+            lost: PerCpuArray::try_from(Map::PerCpuArray(lost))
                 .with_context(|| format!("{MAP_TRACE_LOST}: unexpected layout"))?,
         })
     }
 
-    pub(crate) fn state(&self) -> Result<(u32, Vec<TraceFilter>)> {
+    fn lock(&self) -> Result<SlotLock> {
+        let bpffs = self
+            .bpffs
+            .as_deref()
+            .context("the trace maps of an unpinned object have no slot lock")?;
+        SlotLock::take(bpffs)
+    }
+
+    /// The slot bits and every slot's filter.
+    pub fn state(&self) -> Result<(u32, Vec<TraceFilter>)> {
         let on = self.on.get(&0, 0).context("reading SVC_TRACE_ON")?;
         let filters = (0..TRACE_SLOTS)
             .map(|i| self.filters.get(&i, 0))
@@ -117,7 +173,7 @@ impl TraceMaps {
     /// filter.
     fn release_locked(&mut self, on: &mut u32, slot: u32) -> Result<()> {
         *on &= !(1 << slot);
-        self.on.set(0, *on, 0).context("writing SVC_TRACE_ON")?;
+        self.set_on(*on)?;
         delete_elem(self.rings_fd.fd().as_fd().as_raw_fd(), slot)
             .with_context(|| format!("removing the ring of trace slot {slot}"))?;
         self.filters
@@ -128,7 +184,7 @@ impl TraceMaps {
 
     /// Takes a free slot for `filter` and `ring`.
     pub(crate) fn claim(&mut self, filter: &TraceFilter, ring: &MapData) -> Result<u32> {
-        let _lock = SlotLock::take(&self.bpffs)?;
+        let _lock = self.lock()?;
         let (mut on, filters) = self.state()?;
         self.free_dead(&mut on, &filters)?;
         let (on_now, filters) = self.state()?;
@@ -136,24 +192,39 @@ impl TraceMaps {
         let slot = free.with_context(|| {
             format!("all {TRACE_SLOTS} trace slots are in use by running tracers")
         })?;
+        self.install(slot, filter, ring)?;
+        self.set_on(on_now | 1 << slot)?;
+        Ok(slot)
+    }
+
+    /// Puts `filter` and `ring` into `slot` and zeroes its lost counters; the programs use it
+    /// once its bit is set ([`TraceMaps::set_on`]). Under the slot lock, unless the maps are
+    /// an unpinned object's.
+    pub fn install(&mut self, slot: u32, filter: &TraceFilter, ring: &MapData) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         self.lost
             .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
             .context("zeroing SVC_TRACE_LOST")?;
-        self.filters
-            .set(slot, *filter, 0)
-            .context("writing SVC_TRACE_FILTERS")?;
+        self.set_filter(slot, filter)?;
         self.rings
             .set(slot, ring, 0)
-            .context("writing SVC_TRACE_RINGS")?;
-        self.on
-            .set(0, on_now | 1 << slot, 0)
-            .context("writing SVC_TRACE_ON")?;
-        Ok(slot)
+            .context("writing SVC_TRACE_RINGS")
+    }
+
+    /// Replaces `slot`'s filter.
+    pub fn set_filter(&mut self, slot: u32, filter: &TraceFilter) -> Result<()> {
+        self.filters
+            .set(slot, *filter, 0)
+            .context("writing SVC_TRACE_FILTERS")
+    }
+
+    /// Writes the slot bits (`SVC_TRACE_ON`).
+    pub fn set_on(&mut self, bits: u32) -> Result<()> {
+        self.on.set(0, bits, 0).context("writing SVC_TRACE_ON")
     }
 
     /// Events the programs could not write into `slot`'s ring, summed over CPUs.
-    pub(crate) fn lost(&self, slot: u32) -> Result<u64> {
+    pub fn lost(&self, slot: u32) -> Result<u64> {
         Ok(self
             .lost
             .get(&slot, 0)
@@ -165,7 +236,7 @@ impl TraceMaps {
     /// Releases `slot` if `me` still owns it (a slot freed as dead and taken by another
     /// tracer in the meantime is theirs).
     pub(crate) fn release(&mut self, slot: u32, me: Owner) -> Result<()> {
-        let _lock = SlotLock::take(&self.bpffs)?;
+        let _lock = self.lock()?;
         let (mut on, filters) = self.state()?;
         if Owner::of(&filters[slot as usize]) != me {
             return Ok(());
@@ -258,17 +329,38 @@ impl TraceRing {
             .readable_mut()
             .await
             .context("waiting for trace events")?;
-        let mut events = Vec::new();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            // Records shorter than an event are not ours to decode.
-            if item.len() >= std::mem::size_of::<TraceEvent>() {
-                events.push(bytemuck::pod_read_unaligned(
-                    &item[..std::mem::size_of::<TraceEvent>()],
-                ));
-            }
-        }
+        let events = drain(guard.get_inner_mut());
         guard.clear_ready();
         Ok(events)
     }
+}
+
+/// A ring made by [`new_ring`], read without waiting (fixtures and benchmarks).
+pub struct RingReader(RingBuf<MapData>);
+
+impl RingReader {
+    pub fn new(ring: MapData) -> Result<Self> {
+        RingBuf::try_from(Map::RingBuf(ring))
+            .map(Self)
+            .context("opening the ring buffer")
+    }
+
+    /// Every event waiting now.
+    pub fn drain(&mut self) -> Vec<TraceEvent> {
+        drain(&mut self.0)
+    }
+}
+
+/// Takes every record waiting in `ring`; records shorter than an event are not ours to
+/// decode and are skipped.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<TraceEvent>() {
+            events.push(bytemuck::pod_read_unaligned(
+                &item[..std::mem::size_of::<TraceEvent>()],
+            ));
+        }
+    }
+    events
 }

@@ -96,6 +96,12 @@ pub struct MapSnapshot {
 pub enum DataplaneError {
     #[error("{op:?}: {source}")]
     Write { op: MapOp, source: std::io::Error },
+    /// A write that is no [`MapOp`] (tests seeding a flow table).
+    #[error("writing map {map}: {source}")]
+    Put {
+        map: &'static str,
+        source: std::io::Error,
+    },
     #[error("deleting from map {map}: {source}")]
     Delete {
         map: &'static str,

@@ -289,15 +289,15 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
     }
     // The XDP reply pair: R1 → R2 → R1 (see the module doc).
     for (key, to) in [(XDP_REPLY_1, XDP_REPLY_2), (XDP_REPLY_2, XDP_REPLY_1)] {
-        dp.ct
-            .insert(ct_key(key.0, key.1, PROTO_TCP), xdp_reply_entry(to), 0)
-            .context("writing the XDP reply pair's conntrack entries")?;
+        dp.ct_put(&ct_key(key.0, key.1, PROTO_TCP), xdp_reply_entry(to));
     }
     let t = Instant::now();
     for i in 0..total - needed {
         dp.put_frontend(filler_frontend(i), PROTO_TCP, 1_000_000 + i, 1)?;
     }
-    let count = dp.frontends.keys().count() as u32;
+    let count = svc_agent::dataplane::Dataplane::snapshot(&dp.maps)?
+        .frontends
+        .len() as u32;
     ensure!(
         count == total,
         "expected {total} frontends in the map, found {count}"
@@ -656,35 +656,25 @@ fn traced_runs(
     ack: &[u8],
     repeat: u32,
 ) -> Result<Option<((f64, String), (f64, String))>> {
-    use aya::maps::{of_maps::ArrayOfMaps, Array, MapData, RingBuf};
-    use svc_common::{TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_ON, MAP_TRACE_RINGS};
-    let Ok(on_map) = dp.take_map(MAP_TRACE_ON) else {
+    use svc_agent::dataplane::trace::{new_ring, RingReader};
+    use svc_common::{TraceFilter, MAP_TRACE_ON};
+    let Some(mut trace) = dp.trace_maps()? else {
         println!("note: the object has no {MAP_TRACE_ON}: tracing rows skipped");
         return Ok(None);
     };
-    let mut on: Array<MapData, u32> = Array::try_from(on_map)?;
-    let mut filters: Array<MapData, TraceFilter> =
-        Array::try_from(dp.take_map(MAP_TRACE_FILTERS)?)?;
-    let mut rings: ArrayOfMaps<MapData, MapData> =
-        ArrayOfMaps::try_from(dp.take_map(MAP_TRACE_RINGS)?)?;
-    let ring = svc_agent::dataplane::trace::new_ring()?;
-    rings.set(0, &ring, 0)?;
-    let mut ring = RingBuf::try_from(aya::maps::Map::RingBuf(ring))?;
-    let mut drain = || {
-        let mut n = 0u64;
-        while ring.next().is_some() {
-            n += 1;
-        }
-        n
-    };
+    let ring = new_ring()?;
+    let zeroed: TraceFilter = bytemuck::Zeroable::zeroed();
+    trace.install(0, &zeroed, &ring)?;
+    let mut ring = RingReader::new(ring)?;
+    let mut drain = || ring.drain().len() as u64;
     let filter = |addr: Ipv4Addr| TraceFilter {
         src_addr: addr.octets(),
         ..bytemuck::Zeroable::zeroed()
     };
     let claim = Some((Hook::PodIngress, Reason::DnatEstablished));
 
-    filters.set(0, filter(Ipv4Addr::new(192, 0, 2, 99)), 0)?;
-    on.set(0, 1, 0)?;
+    trace.set_filter(0, &filter(Ipv4Addr::new(192, 0, 2, 99)))?;
+    trace.set_on(1)?;
     let miss = median_run(
         dp,
         Runner::Tc,
@@ -696,7 +686,7 @@ fn traced_runs(
     )?;
     ensure!(drain() == 0, "a filter for another address produced events");
 
-    filters.set(0, filter(*CLIENT_POD.ip()), 0)?;
+    trace.set_filter(0, &filter(*CLIENT_POD.ip()))?;
     let calls = (repeat / TRACE_BATCH).max(1);
     let (ns, proof) = batched_run(
         dp,
@@ -715,7 +705,7 @@ fn traced_runs(
             Ok(())
         },
     )?;
-    on.set(0, 0, 0)?;
+    trace.set_on(0)?;
     let iters = u64::from(calls) * u64::from(TRACE_BATCH);
     Ok(Some((miss, (ns, format!("{proof}, {iters} events read")))))
 }
@@ -821,11 +811,15 @@ fn chain_run(
         );
         total_ns += u128::from(res.duration_ns) * u128::from(CHAIN);
         if claim.is_some() {
-            for k in fwd_keys.iter().chain(&reply_keys) {
-                dp.ct
-                    .remove(k)
-                    .context("clearing the chain's conntrack entries")?;
-            }
+            let keys: Vec<_> = fwd_keys.iter().chain(&reply_keys).copied().collect();
+            let deleted = dp
+                .ct_delete(&keys)
+                .context("clearing the chain's conntrack entries")?;
+            ensure!(
+                deleted == keys.len(),
+                "the chain left {deleted} of its {} conntrack entries",
+                keys.len()
+            );
         }
     }
     let iters = u64::from(calls) * u64::from(CHAIN);
