@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use svc_common::{CtTimeouts, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS};
 
-use crate::model::Ipv4Cidr;
+use crate::model::{parse_cidr, Ipv4Net};
 
 /// Where the maps and links are pinned unless `--bpffs` says otherwise (every subcommand).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
@@ -138,12 +138,12 @@ pub struct RunArgs {
     /// CIDRs of node addresses that serve NodePorts (kube-proxy's nodePortAddresses); default:
     /// every --node-ip / Node address. One containing 127.0.0.1 (e.g. 127.0.0.0/8) also serves
     /// localhost NodePorts to the node's own processes.
-    #[arg(long, value_delimiter = ',')]
-    pub nodeport_addresses: Vec<Ipv4Cidr>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+    pub nodeport_addresses: Vec<Ipv4Net>,
     /// Allow-list for spec.externalIPs (comma-separated CIDRs): an external IP outside every
     /// CIDR is refused (CVE-2020-8554). Absent: every external IP is served, as kube-proxy does.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
-    pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_cidr)]
+    pub external_ip_cidrs: Option<Vec<Ipv4Net>>,
     /// Serve exactly the Services labelled service.kubernetes.io/service-proxy-name=NAME, so
     /// this agent can run beside another proxy. Absent or empty: the Services without that
     /// label, as kube-proxy.
@@ -153,8 +153,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
     /// Range ClusterIPs are allocated from for manifests that do not set one.
-    #[arg(long, default_value = "10.96.0.0/16")]
-    pub service_cidr: Ipv4Cidr,
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_cidr)]
+    pub service_cidr: Ipv4Net,
     /// How often to check the --manifests directory for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,

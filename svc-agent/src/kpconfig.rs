@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::{
     cli::{LogFormat, RunArgs, Secs},
-    model::Ipv4Cidr,
+    model::parse_cidr,
 };
 
 /// The only version kube-proxy reads (and kubeadm writes).
@@ -337,7 +337,7 @@ pub fn apply(
                         && l.parse::<u8>().is_ok_and(|l| l <= 128)
                 })
             } else {
-                Ipv4Cidr::from_str(cidr).is_ok()
+                parse_cidr(cidr).is_ok()
             };
             if !ok {
                 return Err(bad("clusterCIDR", format!("{cidr:?} is not a CIDR")));
@@ -366,7 +366,7 @@ pub fn apply(
                         .warnings
                         .push(format!("{field} {text} ignored: svc-lb serves IPv4 only"));
                 } else {
-                    cidrs.push(Ipv4Cidr::from_str(text).map_err(|e| bad(&field, e.to_string()))?);
+                    cidrs.push(parse_cidr(text).map_err(|e| bad(&field, e.to_string()))?);
                 }
             }
             if !cidrs.is_empty() && !given("nodeport_addresses") {

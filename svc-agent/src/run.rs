@@ -66,9 +66,9 @@ pub struct RunConfig {
     /// `--node-ip`; the Node object's addresses are added when the API server is the source.
     pub node_ips: Vec<Ipv4Addr>,
     /// `--nodeport-addresses` ([`NodeContext::nodeport_addresses`]).
-    pub nodeport_addresses: Vec<svc_core::model::Ipv4Cidr>,
+    pub nodeport_addresses: Vec<svc_core::model::Ipv4Net>,
     /// `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs`]).
-    pub external_ip_cidrs: Option<Vec<svc_core::model::Ipv4Cidr>>,
+    pub external_ip_cidrs: Option<Vec<svc_core::model::Ipv4Net>>,
     /// `--service-proxy-name` ([`NodeContext::service_proxy_name`]).
     pub service_proxy_name: Option<String>,
     pub bpffs: PathBuf,

@@ -190,7 +190,7 @@ fn every_applicable_field_reaches_the_command_line() {
     assert_eq!(args.verbosity, Some(4));
     assert_eq!(
         args.nodeport_addresses,
-        [Ipv4Cidr::from_str("192.168.0.0/16").unwrap()]
+        [parse_cidr("192.168.0.0/16").unwrap()]
     );
     for prefix in [
         "clientConnection.qps: 50 ignored",

@@ -62,7 +62,7 @@ mod node;
 mod service;
 mod source_ranges;
 
-pub use cidr::{CidrError, Ipv4Cidr};
+pub use cidr::{cidr, default_service_cidr, parse_cidr, CidrError, Ipv4Net};
 pub use endpoints::SliceOwners;
 pub use health::{health_checks, HealthCheck};
 pub use node::NodeContext;
@@ -215,7 +215,7 @@ pub struct DesiredFrontend {
     /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), sorted and
     /// de-duplicated; non-empty exactly when `flags` has [`FRONTEND_F_SOURCE_RANGES`] (see
     /// "Source ranges" in the module docs).
-    pub source_ranges: Vec<Ipv4Cidr>,
+    pub source_ranges: Vec<Ipv4Net>,
 }
 
 /// Everything the node should serve, plus the problems found while deciding it.

@@ -12,7 +12,7 @@ use svc_common::BACKEND_F_LOCAL;
 
 #[cfg(doc)]
 use super::LABEL_TOPOLOGY_ZONE;
-use super::{label, Ipv4Cidr, LABEL_SERVICE_PROXY_NAME};
+use super::{label, Ipv4Net, LABEL_SERVICE_PROXY_NAME};
 
 /// What the model needs to know about the node it runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,12 +33,12 @@ pub struct NodeContext {
     /// addresses inside any of them; and if one contains `127.0.0.1` (`127.0.0.0/8`,
     /// `0.0.0.0/0`), also `127.0.0.1` itself, the localhost NodePort that only the node's own
     /// processes reach (through the cgroup socket hooks, never through `route_localnet`).
-    pub nodeport_addresses: Vec<Ipv4Cidr>,
+    pub nodeport_addresses: Vec<Ipv4Net>,
     /// `--external-ip-cidrs`, the CVE-2020-8554 mitigation (what the upstream externalip-webhook
     /// enforces at admission): when set, a `spec.externalIPs` entry outside every prefix is
     /// refused, so whoever may create Services cannot capture traffic to an arbitrary address.
     /// `None` (the default) accepts every external IP, as kube-proxy does.
-    pub external_ip_cidrs: Option<Vec<Ipv4Cidr>>,
+    pub external_ip_cidrs: Option<Vec<Ipv4Net>>,
     /// This node's zone, its Node object's [`LABEL_TOPOLOGY_ZONE`] label: endpoints hinted
     /// `forZones` it are preferred (see "Topology" in the module docs). `None` (no label, or no
     /// Node object as with `--manifests`) ignores zone hints, as kube-proxy on an unlabelled node
@@ -74,13 +74,13 @@ impl NodeContext {
             self.node_ips
                 .iter()
                 .copied()
-                .filter(|ip| self.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+                .filter(|ip| self.nodeport_addresses.iter().any(|c| c.contains(ip)))
                 .collect()
         };
         if self
             .nodeport_addresses
             .iter()
-            .any(|c| c.contains(Ipv4Addr::LOCALHOST))
+            .any(|c| c.contains(&Ipv4Addr::LOCALHOST))
         {
             ips.insert(Ipv4Addr::LOCALHOST);
         }

@@ -294,7 +294,7 @@ impl ServiceAddresses {
                 continue;
             };
             if let Some(allowed) = &node.external_ip_cidrs {
-                if !allowed.iter().any(|c| c.contains(ip)) {
+                if !allowed.iter().any(|c| c.contains(&ip)) {
                     problems.push(Problem::new(
                         object,
                         field,

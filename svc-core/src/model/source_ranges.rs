@@ -7,13 +7,13 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use svc_common::{FRONTEND_F_DENY_NODE, FRONTEND_F_SOURCE_RANGES};
 
-use super::{Ipv4Cidr, NodeContext, Problem};
+use super::{cidr, Ipv4Net, NodeContext, Problem};
 
 /// A Service's `loadBalancerSourceRanges`, as they apply to its LB IP frontends (see "Source
 /// ranges" in the module docs).
 pub(super) struct SourceRanges {
     /// The IPv4 prefixes, sorted and de-duplicated; empty: no filtering.
-    allowed: Vec<Ipv4Cidr>,
+    allowed: Vec<Ipv4Net>,
     /// No prefix contains a node address: the node's own processes are refused.
     deny_node: bool,
 }
@@ -47,12 +47,12 @@ impl SourceRanges {
         let deny_node = !node
             .node_ips
             .iter()
-            .any(|ip| allowed.iter().any(|c| c.contains(*ip)));
+            .any(|ip| allowed.iter().any(|c| c.contains(ip)));
         Self { allowed, deny_node }
     }
 
     /// The extra flags and the prefixes of an LB IP frontend.
-    pub(super) fn for_lb_ip(&self) -> (u32, Vec<Ipv4Cidr>) {
+    pub(super) fn for_lb_ip(&self) -> (u32, Vec<Ipv4Net>) {
         if self.allowed.is_empty() {
             return (0, Vec::new());
         }
@@ -67,7 +67,7 @@ impl SourceRanges {
 /// One `loadBalancerSourceRanges` entry as kube-proxy reads it (`MapCIDRsByIPFamily`:
 /// whitespace trimmed, netutils' `ParseCIDRSloppy`, so host bits are cleared and IPv4 octets
 /// may have leading zeros). `Ok(None)`: an IPv6 prefix, the other family's business.
-fn parse_source_range(text: &str) -> Result<Option<Ipv4Cidr>, &'static str> {
+fn parse_source_range(text: &str) -> Result<Option<Ipv4Net>, &'static str> {
     let text = text.trim();
     let (addr, len) = text.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
     if addr.contains(':') {
@@ -93,7 +93,7 @@ fn parse_source_range(text: &str) -> Result<Option<Ipv4Cidr>, &'static str> {
         .filter(|l| is_decimal(l))
         .and_then(|l| l.parse().ok())
         .ok_or("prefix length is not a number")?;
-    Ipv4Cidr::new(Ipv4Addr::from(octets), len)
+    cidr(Ipv4Addr::from(octets), len)
         .map(Some)
         .ok_or("prefix length above 32")
 }

@@ -282,8 +282,8 @@ const NODE_IP: [u8; 4] = [172, 18, 0, 2];
 /// A second node address, outside the kind network (an "ExternalIP" of the Node).
 const NODE_IP_PUBLIC: [u8; 4] = [203, 0, 113, 2];
 
-fn cidrs(list: &[&str]) -> Vec<Ipv4Cidr> {
-    list.iter().map(|c| c.parse().expect("cidr")).collect()
+fn cidrs(list: &[&str]) -> Vec<Ipv4Net> {
+    list.iter().map(|c| parse_cidr(c).expect("cidr")).collect()
 }
 
 fn node_with(nodeport_addresses: &[&str]) -> NodeContext {

@@ -30,7 +30,7 @@ type RangeCase = (
     &'static str,
     serde_json::Value,
     u32,
-    Vec<Ipv4Cidr>,
+    Vec<Ipv4Net>,
     Vec<&'static str>,
 );
 

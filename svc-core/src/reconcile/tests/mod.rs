@@ -19,7 +19,7 @@ use svc_common::{
 use super::*;
 use crate::dataplane::fake::{canonical, FakeDataplane};
 use crate::dataplane::{Dataplane, MapSnapshot, SourceRange};
-use crate::model::{DesiredFrontend, Ipv4Cidr};
+use crate::model::{cidr, DesiredFrontend, Ipv4Net};
 
 fn fk(last: u8, port: u16) -> FrontendKey {
     FrontendKey {

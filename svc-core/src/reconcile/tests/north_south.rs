@@ -21,7 +21,7 @@ fn with_ranges(mut f: DesiredFrontend, ranges: &[&str]) -> DesiredFrontend {
 }
 
 fn range(id: u32, text: &str) -> SourceRange {
-    let c: Ipv4Cidr = text.parse().unwrap();
+    let c = crate::model::parse_cidr(text).unwrap();
     SourceRange {
         frontend_id: id,
         addr: c.network().octets(),

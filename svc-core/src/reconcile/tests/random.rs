@@ -47,11 +47,11 @@ fn random_desired(rng: &mut Rng) -> Desired {
         backends.dedup();
         let service = svc(&format!("s{}", f % 4));
         // Half the frontends filter sources, over a few overlapping prefixes.
-        let source_ranges: Vec<Ipv4Cidr> = if rng.below(2) == 0 {
+        let source_ranges: Vec<Ipv4Net> = if rng.below(2) == 0 {
             Vec::new()
         } else {
-            let mut r: Vec<Ipv4Cidr> = (0..1 + rng.below(3))
-                .filter_map(|_| Ipv4Cidr::new([198, 51, 100, rng.below(4) as u8 * 64].into(), 26))
+            let mut r: Vec<Ipv4Net> = (0..1 + rng.below(3))
+                .filter_map(|_| cidr([198, 51, 100, rng.below(4) as u8 * 64].into(), 26))
                 .collect();
             r.sort();
             r.dedup();

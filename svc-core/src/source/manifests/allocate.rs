@@ -114,7 +114,7 @@ pub(super) fn allocate(
             continue;
         }
         if let Some(ip) = chosen_ip {
-            if !options.service_cidr.contains(ip) {
+            if !options.service_cidr.contains(&ip) {
                 problems.push(Problem::new(
                     &object,
                     "spec.clusterIP",

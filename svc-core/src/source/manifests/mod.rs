@@ -44,7 +44,7 @@ use fnv::FnvHasher;
 use serde_json::Value;
 
 pub use crate::model::Objects;
-use crate::model::{Ipv4Cidr, Problem};
+use crate::model::{default_service_cidr, Ipv4Net, Problem};
 
 use yaml::{split_documents, Doc, Loader};
 
@@ -69,7 +69,7 @@ pub enum SourceError {
 pub struct Options {
     /// Where ClusterIPs are allocated (`--service-cidr`). The network, broadcast and first host
     /// (`.1`, conventionally the `kubernetes` Service) addresses are never allocated.
-    pub service_cidr: Ipv4Cidr,
+    pub service_cidr: Ipv4Net,
     /// Where NodePorts are allocated (the API server's `--service-node-port-range`).
     pub node_port_range: RangeInclusive<u16>,
 }
@@ -78,7 +78,7 @@ impl Default for Options {
     /// `10.96.0.0/16` and `30000-32767`, the kubeadm/kind defaults.
     fn default() -> Self {
         Self {
-            service_cidr: Ipv4Cidr::default(),
+            service_cidr: default_service_cidr(),
             node_port_range: 30000..=32767,
         }
     }

@@ -23,7 +23,7 @@ fn seed_manifests_load_as_the_api_server_would_accept_them() {
             "prod/my-service",
         ]
     );
-    let cidr = Ipv4Cidr::default();
+    let cidr = default_service_cidr();
     for name in [
         "test-app",
         "test-app-no-selector",
@@ -33,7 +33,7 @@ fn seed_manifests_load_as_the_api_server_would_accept_them() {
         let ip: Ipv4Addr = cluster_ip(&objects, "default", name)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{name} has an allocated clusterIP"));
-        assert!(cidr.contains(ip) && ip.octets()[2..] != [0, 0] && ip.octets()[2..] != [0, 1]);
+        assert!(cidr.contains(&ip) && ip.octets()[2..] != [0, 0] && ip.octets()[2..] != [0, 1]);
         assert_ne!(ip.octets()[2..], [255, 255]);
         let spec = objects.services[&r("default", name)]
             .spec
