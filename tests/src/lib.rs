@@ -1,10 +1,6 @@
-pub mod agent;
-pub mod apiserver;
-pub mod capture;
-pub mod fixtures;
-pub mod fuzz;
-pub mod kubeproxy;
-pub mod probe;
-pub mod root;
-pub mod topology;
-pub mod traffic;
+//! svc-lb's integration tests live in `tests/` beside this file: fixtures
+//! (`BPF_PROG_TEST_RUN`), network tests in namespaces, the fuzzer, torn updates, the verifier
+//! budget, the fake API server's protocol and the deploy manifests. What they are built from
+//! — topology, processes, capture, the fake API server, the fixture vocabulary — is the
+//! `svc-testkit` crate; the benchmarks are `svc-bench`. This library is empty: a package
+//! needs a target of its own besides its tests.

@@ -1,4 +1,4 @@
-//! The fake API server (`tests::apiserver`) against the clients that will use it: kube-rs's
+//! The fake API server (`svc_testkit::apiserver`) against the clients that will use it: kube-rs's
 //! watcher + reflector (what svc-agent runs) and kubectl. Everything listens on 127.0.0.1; no
 //! root needed.
 //!
@@ -22,7 +22,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
-use tests::apiserver::{ApiServer, Resource};
+use svc_testkit::apiserver::{ApiServer, Resource};
 
 /// How long convergence may take. Generous: a watcher that backs off after an outage waits
 /// up to its backoff cap, and CI shares two cores.
@@ -663,7 +663,7 @@ fn kubectl_apply_get_delete() {
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn serves_inside_the_underlay_namespace() {
-    use tests::topology::{require_root, Topology, TopologySpec};
+    use svc_testkit::topology::{require_root, Topology, TopologySpec};
     require_root();
     let topo = Topology::build(&TopologySpec::new().node(&[])).expect("topology");
     let ul = topo.underlay_ns().to_owned();

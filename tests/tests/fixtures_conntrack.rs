@@ -18,7 +18,7 @@ use svc_common::{
     CT_STATE_TIME_WAIT, CT_STATE_UDP_REPLIED, CT_STATE_UDP_UNREPLIED, GLOBAL_CT_TIMEOUTS,
     PROTO_TCP, PROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 const S: u64 = 1_000_000_000;
 

@@ -16,7 +16,7 @@ use svc_common::{
     Frontend, FrontendKey, Reason, FRAG_TIMEOUT_NS, FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP,
     SCOPE_ANY,
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 /// `TC_ACT_REDIRECT`.
 const TC_ACT_REDIRECT: u32 = 7;

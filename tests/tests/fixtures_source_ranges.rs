@@ -13,7 +13,7 @@ use svc_common::{
     Frontend, FrontendKey, Reason, BACKEND_F_LOCAL, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_NODEPORT,
     FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY,
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 /// The Service's LoadBalancer ingress IP.
 const LB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);

@@ -3,7 +3,7 @@
 //! Each test loads its own copy of `target/svc-ebpf.o` (nothing pinned: the maps die with the
 //! test), programs the maps the way the agent would, and runs named [`Fixture`]s: input frame,
 //! expected verdict, expected output frame (built independently with etherparse, which computes
-//! the checksums) and the one counter that must move. See `tests/src/fixtures.rs`.
+//! the checksums) and the one counter that must move. See `svc-testkit/src/fixtures.rs`.
 //!
 //! Run as root: `cargo test -p tests --test fixtures_tc`. Built without root, the tests that
 //! load programs are reported as ignored (tests/build.rs); run without root anyway, they fail.
@@ -14,7 +14,7 @@ use svc_common::{
     Hook, Reason, ALL_MAPS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_TCP_SYN, FAULT_SKIP_L4_CSUM,
     GLOBAL_FAULT_INJECT, MAP_FRONTENDS, PROTO_TCP, PROTO_UDP,
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 /// The datapath for one test; panics when not root. A missing object fails first, so an
 /// unbuilt tree can never look green.

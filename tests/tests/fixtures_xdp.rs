@@ -22,7 +22,7 @@ use svc_common::{
     FRONTEND_F_NODEPORT, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
     SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 /// Frontend id of [`NODEPORT`] (scope any).
 const NODEPORT_ID: u32 = 7;

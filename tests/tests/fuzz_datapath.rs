@@ -1,4 +1,4 @@
-//! Datapath fuzzing through `BPF_PROG_TEST_RUN` (tests/src/fuzz.rs, docs/RELIABILITY.md): every
+//! Datapath fuzzing through `BPF_PROG_TEST_RUN` (svc-testkit/src/fuzz.rs, docs/RELIABILITY.md): every
 //! program on generated and mutated frames against a realistic Service set, judged by an oracle
 //! that does not trust the program; and, per program, proof that the oracle catches a datapath
 //! loaded with a fault (`SVC_FAULT_INJECT`).
@@ -14,7 +14,7 @@ use aya::EbpfLoader;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use svc_common::{FAULT_SKIP_L4_CSUM, GLOBAL_FAULT_INJECT, PROTO_TCP, PROTO_UDP};
-use tests::{fixtures::*, fuzz::*};
+use svc_testkit::{fixtures::*, fuzz::*};
 
 /// Frames the CI run sends (over all five programs).
 const CI_PACKETS: u64 = 1_000_000;

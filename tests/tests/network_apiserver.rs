@@ -1,5 +1,5 @@
 //! The API-server source end to end (needs root): agents in node namespaces follow the fake
-//! Kubernetes API server (tests::apiserver) through an ordinary kubeconfig, exactly the code
+//! Kubernetes API server (svc_testkit::apiserver) through an ordinary kubeconfig, exactly the code
 //! path they take in a cluster. The server listens on 172.18.0.1 in the underlay namespace,
 //! where the nodes reach it over their eth0.
 use std::{
@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use svc_common::{FrontendKey, PROTO_TCP};
 use svc_core::dataplane::fake::canonical;
-use tests::{
+use svc_testkit::{
     agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     apiserver::{ApiServer, Resource},
     probe::{HoldSummary, Summary},

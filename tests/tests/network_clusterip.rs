@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use svc_common::{Hook, Reason, PROTO_TCP, PROTO_UDP};
-use tests::{
+use svc_testkit::{
     agent::{fkey, node_name, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::{HoldSummary, Summary},

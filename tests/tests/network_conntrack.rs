@@ -20,7 +20,7 @@ use std::{
 };
 
 use svc_common::{Hook, Reason, CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP};
-use tests::{
+use svc_testkit::{
     agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
     probe::{HoldSummary, Summary},
     topology::{require_root, NsChild, Topology, TopologySpec},

@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use svc_common::PROTO_TCP;
-use tests::{
+use svc_testkit::{
     agent::{fkey, ready_endpoints_yaml, Agent, ManifestDir},
     probe::Summary,
     topology::{require_root, NsChild, Topology, TopologySpec},

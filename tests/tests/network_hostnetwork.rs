@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use svc_common::{Hook, Reason};
-use tests::{
+use svc_testkit::{
     agent::{node_name, workspace_bin, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::Summary,

@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 use svc_agent::inspect::{FlowView, ServiceView, StatView};
 use svc_common::{PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL};
-use tests::{
+use svc_testkit::{
     agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
     topology::{require_root, NsChild, Topology, TopologySpec},

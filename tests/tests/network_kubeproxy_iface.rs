@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-use tests::{
+use svc_testkit::{
     agent::{http_get, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
     topology::{require_root, Topology, TopologySpec},

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use svc_common::{Hook, Reason};
-use tests::{
+use svc_testkit::{
     agent::{http_get, node_name, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::Summary,
@@ -243,7 +243,7 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
 
     // `svc-agent inspect links` (in the node's namespace) says where everything is attached
     // and which XDP mode the uplink got: generic on a veth (see --xdp-mode auto).
-    let agent_bin = tests::agent::workspace_bin("svc-agent").unwrap();
+    let agent_bin = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
     // nsenter, not `ip netns exec` (which remounts /sys and hides bpffs).
     let bpffs = node1.bpffs().to_str().unwrap().to_owned();
     let cmd = [

@@ -24,7 +24,7 @@ use svc_core::{
     reconcile::{plan, Programmed},
     source::manifests,
 };
-use tests::{
+use svc_testkit::{
     agent::{node_name, ready_endpoints_yaml, Agent, ManifestDir},
     probe::{HoldSummary, Summary},
     topology::{require_root, Topology, TopologySpec},

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use svc_common::{CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP};
-use tests::{
+use svc_testkit::{
     agent::{fkey, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
     probe::Summary,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use svc_common::{Hook, Reason};
-use tests::{
+use svc_testkit::{
     agent::{ready_endpoints_yaml, Agent, ManifestDir},
     probe::Summary,
     topology::{require_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::core::v1::Node;
 use svc_common::PROTO_TCP;
-use tests::{
+use svc_testkit::{
     agent::{fkey, node_name, Agent, ManifestDir},
     apiserver::ApiServer,
     probe::Summary,

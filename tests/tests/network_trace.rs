@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
 use serde_json::Value;
 use svc_common::TraceFilter;
-use tests::{
+use svc_testkit::{
     agent::{http_endpoint_slice, workspace_bin, Agent, ManifestDir},
     probe::Summary,
     topology::{require_root, NsChild, Topology, TopologySpec},

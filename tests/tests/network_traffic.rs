@@ -18,7 +18,7 @@
 //! Failures name the path (client, frontend, which node, where the backend is) and what broke.
 use std::time::{Duration, Instant};
 
-use tests::{
+use svc_testkit::{
     agent::{node_name, Agent, ManifestDir},
     capture::{read_packets, verify_checksums, Capture},
     topology::{require_root, NsChild, Topology, TopologySpec},
@@ -570,7 +570,7 @@ fn classic_tc_filters_are_adopted_on_restart_and_removed_by_uninstall() {
     assert_eq!(classic_filters(&scene, 1, &veth, "egress").len(), 1);
     // In the node's namespace, as the DaemonSet's uninstall runs on its node: a classic filter
     // is found by the interface it was recorded with.
-    let agent = tests::agent::workspace_bin("svc-agent").unwrap();
+    let agent = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
     // `nsenter --net` (not `ip netns exec`, which mounts a sysfs of its own over the bpffs).
     let agent = agent.to_str().unwrap();
     let done = scene
@@ -681,7 +681,7 @@ fn large_udp_fragments_are_translated_and_arrive_intact() {
     let be2 = scene.t.pod_ip("be2");
     let c1 = scene.t.pod_ip("c1");
     let node1 = scene.t.node_ip(1);
-    let ext = tests::topology::EXT_IP;
+    let ext = svc_testkit::topology::EXT_IP;
     let has = |src, sport: Option<u16>, dst, dport: Option<u16>, min_len| {
         report.datagrams.iter().any(|d| {
             d.proto == 17
@@ -893,8 +893,8 @@ fn lower_mtu_hop_sends_frag_needed_and_tcp_completes() {
     eprintln!("ICMP fragmentation-needed on the underlay: {icmp_seen:#?}");
     let want = format!(
         "172.18.0.2 -> {} frag-needed mtu {MTU}, quoting {} -> 172.18.0.2:Some({})",
-        tests::topology::EXT_IP,
-        tests::topology::EXT_IP,
+        svc_testkit::topology::EXT_IP,
+        svc_testkit::topology::EXT_IP,
         TWO.np_bulk
     );
     if !icmp_seen.contains(&want) {

@@ -30,7 +30,7 @@ use svc_core::{
     model::{Desired, DesiredFrontend, ObjectRef},
     reconcile::{plan, Programmed},
 };
-use tests::fixtures::*;
+use svc_testkit::fixtures::*;
 
 /// What one new flow got: the program's verdict, the counters that moved at the pod ingress
 /// hook, and where the packet was sent (destination address and port of the output).

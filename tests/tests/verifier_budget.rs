@@ -46,7 +46,7 @@ use aya_obj::{
     },
     Features, Object, ProgramSection,
 };
-use tests::fixtures::{ebpf_object, read_object, require_root, workspace_root};
+use svc_testkit::fixtures::{ebpf_object, read_object, require_root, workspace_root};
 
 /// Setting this to `1` rewrites the budget file with the measured figures instead of checking.
 const WRITE_ENV: &str = "SVC_VERIFIER_BUDGET_WRITE";

@@ -13,7 +13,7 @@
 //!   iptables and nftables modes (`--only perpacket|control|e2e`).
 //! - `test-kernels`: the fixture tier on this machine's kernel and on Debian 12's 6.1 under
 //!   qemu (`kernels.rs`).
-//! - `fuzz`: the datapath fuzzer for `--packets N` (tests/src/fuzz.rs, docs/RELIABILITY.md).
+//! - `fuzz`: the datapath fuzzer for `--packets N` (svc-testkit/src/fuzz.rs, docs/RELIABILITY.md).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
 mod fuzz;
@@ -155,13 +155,21 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::all()?;
             build_ebpf(&root)?;
-            run_test_bin("demo", &[])
+            run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
+            run(clean_cargo().args([
+                "run",
+                "--quiet",
+                "--package",
+                "svc-testkit",
+                "--example",
+                "demo",
+            ]))
         }
         Task::Bench { repeat, only } => {
             setup::all()?;
             build_ebpf(&root)?;
             if only.is_none() || only == Some(BenchKind::Perpacket) {
-                run_test_bin("bench", &["--repeat".into(), repeat.to_string()])?;
+                run_bench_bin("bench", &["--repeat".into(), repeat.to_string()])?;
             }
             if only.is_none() || only == Some(BenchKind::Control) {
                 bench_control(&root)?;
@@ -272,12 +280,12 @@ fn test(args: &[String]) -> Result<()> {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchKind {
-    /// BPF_PROG_TEST_RUN cost per packet (tests/src/bin/bench.rs).
+    /// BPF_PROG_TEST_RUN cost per packet (svc-bench/src/bin/bench.rs).
     Perpacket,
-    /// Programming latency, full sync, agent memory (tests/src/bin/bench_control.rs).
+    /// Programming latency, full sync, agent memory (svc-bench/src/bin/bench_control.rs).
     Control,
     /// svc-lb beside kube-proxy iptables/nftables and no translation, in the DESIGN §3
-    /// topology (tests/src/bin/bench_e2e.rs).
+    /// topology (svc-bench/src/bin/bench_e2e.rs).
     E2e,
 }
 
@@ -291,7 +299,7 @@ fn bench_control(root: &Path) -> Result<()> {
             "run",
             "--quiet",
             "--package",
-            "tests",
+            "svc-bench",
             "--bin",
             "bench_control",
         ])
@@ -302,6 +310,8 @@ fn bench_control(root: &Path) -> Result<()> {
 /// release-built: a debug `svc-probe` would measure its own overhead, not the datapath.
 fn bench_e2e(root: &Path) -> Result<()> {
     run(clean_cargo().args(["build", "--release", "--package", "svc-agent"]))?;
+    // The benchmark, and svc-probe (the tests package's binary) for the client pod.
+    run(clean_cargo().args(["build", "--release", "--package", "svc-bench", "--bins"]))?;
     run(clean_cargo().args(["build", "--release", "--package", "tests", "--bins"]))?;
     let release = root.join("target/release");
     run(Command::new(release.join("bench_e2e"))
@@ -309,10 +319,18 @@ fn bench_e2e(root: &Path) -> Result<()> {
         .env("SVC_PROBE_BIN", release.join("svc-probe")))
 }
 
-/// Runs one of the `tests` crate's binaries (demo, bench) as built by cargo.
-fn run_test_bin(name: &str, args: &[String]) -> Result<()> {
+/// Runs one of svc-bench's binaries as built by cargo.
+fn run_bench_bin(name: &str, args: &[String]) -> Result<()> {
     run(clean_cargo().args(["build", "--workspace", "--bins"]))?;
     run(clean_cargo()
-        .args(["run", "--quiet", "--package", "tests", "--bin", name, "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "svc-bench",
+            "--bin",
+            name,
+            "--",
+        ])
         .args(args))
 }

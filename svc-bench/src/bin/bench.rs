@@ -81,7 +81,7 @@ use svc_common::{
     stat_index, CtEntry, Hook, Reason, BACKEND_F_LOCAL, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT,
     MAP_FRONTENDS, MAX_FRONTENDS, PROTO_TCP, REASON_COUNT, STATS_LEN,
 };
-use tests::fixtures::{
+use svc_testkit::fixtures::{
     ct_forward, ct_key, ct_reply, is_root, stat_name, Datapath, Pkt, Program, RunResult, XdpNode,
     XdpUplink, CLIENT_POD, EXT_CLIENT, EXT_CLIENT_MAC, FLOOR_PROGRAM, NODEPORT, NODE_IP, NODE_MAC,
     OTHER_POD, PEER_NODE, PEER_NODE_MAC, TCP_ACK, TCP_SYN, TC_ACT_UNSPEC, XDP_FLOOR_PROGRAM,
@@ -154,7 +154,7 @@ fn main() -> Result<()> {
     })?;
     drop(node);
     print_table(&rows);
-    let path = tests::fixtures::workspace_root().join("target/bench/perpacket.json");
+    let path = svc_testkit::fixtures::workspace_root().join("target/bench/perpacket.json");
     std::fs::create_dir_all(path.parent().unwrap())?;
     let json = serde_json::json!({
         "kernel": kernel_release(),
@@ -364,7 +364,7 @@ fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row
             out.retval == XDP_TX && out.output == want,
             "the XDP reply pair's hop {hop} (R1 → R2 → R1) is not as expected (verdict {}):\n{}",
             out.retval,
-            tests::fixtures::diff_frames(&want, &out.output).join("\n")
+            svc_testkit::fixtures::diff_frames(&want, &out.output).join("\n")
         );
     }
     ensure!(

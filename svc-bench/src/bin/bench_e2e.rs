@@ -19,12 +19,12 @@
 //! checks that each node's nftables ruleset and XDP attachment are what the mode expects):
 //! - `floor`: the client connects straight to `be1`/`be2` pod addresses, alternately; no agent,
 //!   no rules (so no conntrack in the nodes either).
-//! - `iptables`: kube-proxy's iptables-mode rules ([`tests::kubeproxy::iptables_restore`]),
+//! - `iptables`: kube-proxy's iptables-mode rules ([`svc_bench::kubeproxy::iptables_restore`]),
 //!   loaded with `iptables-restore` in both node namespaces.
-//! - `nftables`: kube-proxy's nftables-mode table ([`tests::kubeproxy::nft_full`]) via `nft -f`.
+//! - `nftables`: kube-proxy's nftables-mode table ([`svc_bench::kubeproxy::nft_full`]) via `nft -f`.
 //! - `svc-lb`: one `svc-agent --manifests` per node (release build via `SVC_AGENT_BIN`).
 //!
-//! Traffic (the release `svc-probe` in the client pod; see [`tests::probe`]): short TCP
+//! Traffic (the release `svc-probe` in the client pod; see [`svc_testkit::probe`]): short TCP
 //! connections (connect, one line each way, close) with `--parallel` threads, giving
 //! connections/s and per-connection latency percentiles (connect → reply); and UDP
 //! request/reply exchanges (a new socket each, i.e. a new flow each, like DNS clients) with
@@ -53,9 +53,9 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
-use tests::{
+use svc_bench::kubeproxy::{self, Port, Proto, Service};
+use svc_testkit::{
     agent::{node_name, workspace_bin, Agent, ManifestDir},
-    kubeproxy::{self, Port, Proto, Service},
     probe::{probe_bin, Summary},
     topology::{list_our_namespaces, Topology, TopologySpec, MAX_NODES, NS_PREFIX},
 };
@@ -145,7 +145,7 @@ fn main() -> Result<()> {
         args.modes = Mode::ALL.to_vec();
     }
     ensure!(
-        tests::topology::is_root(),
+        svc_testkit::topology::is_root(),
         "needs root (network namespaces, BPF, netfilter): run the benchmark as root"
     );
     let started = Instant::now();
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
         agent.display(),
         probe.display()
     );
-    let out_dir = tests::fixtures::workspace_root().join("target/bench");
+    let out_dir = svc_testkit::fixtures::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
 
     let mut runs = Vec::new();

@@ -268,7 +268,7 @@ pub fn probe_bin() -> Result<std::path::PathBuf> {
         .find(|p| p.is_file())
         .with_context(|| {
             format!(
-                "svc-probe not found near {} (build it: cargo build -p tests)",
+                "svc-probe not found near {} (build it: cargo build -p tests --bins)",
                 exe.display()
             )
         })

@@ -3,7 +3,7 @@
 //! - `cfg(svc_unprivileged)`: this build runs without root. The root-only tests (network
 //!   namespaces, `BPF_PROG_TEST_RUN`) carry `#[cfg_attr(svc_unprivileged, ignore = "needs
 //!   root (…)")]`, so such a build lists them as ignored. A build made as root and run without
-//!   it fails them instead (`tests::root::require_root`).
+//!   it fails them instead (`svc_testkit::root::require_root`).
 //! - `cfg(svc_no_kubectl)`: no `kubectl` on `PATH` (`cargo xtask setup` does not install
 //!   it), so the tests that drive it are ignored; they fail if it is gone when they run.
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
@@ -25,7 +25,7 @@ fn main() {
             println!("cargo:rustc-cfg=svc_no_kubectl");
             println!(
                 "cargo:warning=no kubectl on PATH: the tests that drive kubectl are reported \
-                 as ignored (after installing it: touch tests/build.rs)"
+                 as ignored (after installing it: touch svc-testkit/build.rs)"
             );
         }
     }

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use anyhow::{ensure, Context, Result};
 use svc_common::PROTO_TCP;
 use svc_core::source::manifests;
-use tests::{
+use svc_testkit::{
     agent::{node_name, Agent, ManifestDir},
     probe::{probe_bin, Summary},
     topology::{is_root, Topology, TopologySpec},

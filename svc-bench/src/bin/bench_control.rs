@@ -9,7 +9,7 @@
 //! The agent is the real binary (`SVC_AGENT_BIN`, which xtask points at a release build;
 //! otherwise the debug build next to this binary — the output says which), in the node
 //! namespace of a one-node [`Topology`], reading the in-process fake API server
-//! ([`tests::apiserver`]) that listens on 172.18.0.1 in the topology's underlay namespace.
+//! ([`svc_testkit::apiserver`]) that listens on 172.18.0.1 in the topology's underlay namespace.
 //! Every figure is taken from outside the agent, from what a packet would see: the pinned
 //! `SVC_FRONTENDS` map, read by this process.
 //! - **Full sync**: every object exists before the agent starts. From spawning the process to
@@ -48,7 +48,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use svc_agent::dataplane::read::FrontendLookup;
 use svc_common::{Frontend, FrontendKey, PROTO_TCP, SCOPE_ANY};
-use tests::{
+use svc_testkit::{
     agent::{workspace_bin, Agent, ManifestDir},
     apiserver::ApiServer,
     topology::{is_root, Topology, TopologySpec},
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
         print_size(&size);
         sizes.push(size);
     }
-    let path = tests::fixtures::workspace_root().join("target/bench/control.json");
+    let path = svc_testkit::fixtures::workspace_root().join("target/bench/control.json");
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     let doc = json!({
         "agent": agent_bin.display().to_string(),
