@@ -183,8 +183,8 @@ pub struct RunArgs {
 
 /// Sizes of the service maps and the share one Service may take of them.
 ///
-/// Sizing rule: frontends = Σ over Services of ports × (1 ClusterIP + external IPs + LB IPs
-/// + node addresses for NodePorts, twice where `externalTrafficPolicy: Local` adds a scoped
+/// Sizing rule: frontends = Σ over Services of ports × (1 ClusterIP + external IPs + LB IPs +
+/// node addresses for NodePorts, twice where `externalTrafficPolicy: Local` adds a scoped
 /// entry); slots = Σ over frontends of their endpoints; backends = distinct (endpoint address,
 /// target port) pairs. Add 50 % headroom for rollouts (old and new pods are both endpoints for
 /// a while). Sizes apply when a map is created; a pinned map keeps its size (`svc-agent

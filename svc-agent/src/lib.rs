@@ -39,3 +39,6 @@ pub mod trace;
 
 // The pure core, under the names the agent's modules have always used.
 pub use svc_core::{budget, model, reconcile};
+
+// The binary (main.rs) sets up logging with it; Cargo has no binary-only dependencies.
+use tracing_subscriber as _;

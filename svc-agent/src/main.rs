@@ -1,4 +1,7 @@
 //! The svc-agent binary: command line, `--config` and logging; the work is in the library.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the library.
+#![allow(unused_crate_dependencies)]
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};

@@ -29,6 +29,8 @@ use crate::store::{self, Delta, Store, Touched};
 
 /// What the engine consumes. `I` is the agent's interface event ([`Hooks::Interface`]),
 /// passed to [`Hooks::interface`] in order with everything else.
+// A delta carries its object inline (see `Delta`): moved once through the channel.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event<I> {
     /// Every object, read at the given instant (the manifests source).

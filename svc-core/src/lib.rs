@@ -15,6 +15,8 @@
 //! - [`dataplane`]: the narrow trait map I/O goes through, and [`dataplane::fake`], the
 //!   in-memory implementation that checks the invariant after every operation. The pinned-map
 //!   implementation lives in `svc-agent` (it needs aya).
+// The unit-test build also sees the dev-dependencies only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod budget;
 pub mod dataplane;
 pub mod engine;

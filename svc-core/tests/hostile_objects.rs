@@ -37,6 +37,9 @@
 //!
 //! [`one_slice_of_10k_endpoints_in_a_service_of_3000_ports`] is the one-off size case. The last
 //! three tests are defects the targets found, reduced to plain objects.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the library.
+#![allow(unused_crate_dependencies)]
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,6 +89,7 @@ fn note(delta: isize) {
 // SAFETY: every call is forwarded to `System` unchanged; the bookkeeping allocates nothing.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` (a non-zero-size layout) is passed on.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             note(layout.size() as isize);
@@ -94,6 +98,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             note(layout.size() as isize);
@@ -102,11 +107,13 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (that is, from `System`) with `layout`.
         unsafe { System.dealloc(ptr, layout) };
         note(-(layout.size() as isize));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from `System` with `layout`; `new_size` is the caller's, valid.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             note(new_size as isize - layout.size() as isize);

@@ -21,7 +21,7 @@ const IMAGE_REPOSITORY: &str = "svc-lb-agent";
 
 /// The image tag for this tree: the commit, and the time when there are uncommitted changes,
 /// so that every `kind-up` after an edit changes the pod template and so rolls the DaemonSet.
-pub fn default_image(root: &Path) -> Result<String> {
+pub(crate) fn default_image(root: &Path) -> Result<String> {
     let git = |args: &[&str]| -> Result<String> {
         let out = Command::new("git")
             .args(args)
@@ -40,7 +40,7 @@ pub fn default_image(root: &Path) -> Result<String> {
 }
 
 /// deploy/svc-lb.yaml with `image` in place of the placeholder.
-pub fn render(root: &Path, image: &str, least_privilege: bool) -> Result<String> {
+pub(crate) fn render(root: &Path, image: &str, least_privilege: bool) -> Result<String> {
     let read = |file: &str| {
         let path = root.join("deploy").join(file);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
@@ -86,7 +86,7 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-pub fn kind_up(root: &Path, least_privilege: bool) -> Result<()> {
+pub(crate) fn kind_up(root: &Path, least_privilege: bool) -> Result<()> {
     let missing: Vec<&str> = [
         ("docker", "builds the image and runs the kind nodes"),
         ("kind", "creates the cluster (kind 0.29 or newer)"),

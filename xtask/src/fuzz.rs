@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use crate::{clean_cargo, run};
 
 /// `100M`, `2.5m`, `1k`, `1000000` → a packet count.
-pub fn parse_count(s: &str) -> Result<u64> {
+pub(crate) fn parse_count(s: &str) -> Result<u64> {
     let s = s.trim().replace('_', "");
     let (num, mul) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
@@ -24,7 +24,7 @@ pub fn parse_count(s: &str) -> Result<u64> {
     Ok((n * mul).round() as u64)
 }
 
-pub fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
+pub(crate) fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
     let mut cmd = clean_cargo();
     cmd.args([
         "test",

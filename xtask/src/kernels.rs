@@ -63,7 +63,7 @@ poweroff -f
 /// One kernel's results: per test binary, (passed, failed, exit code).
 type Results = BTreeMap<String, (u32, u32, i32)>;
 
-pub fn test_kernels(root: &Path, host: bool, vm: bool, filter: &[String]) -> Result<()> {
+pub(crate) fn test_kernels(root: &Path, host: bool, vm: bool, filter: &[String]) -> Result<()> {
     crate::setup::apt_install_missing(&[
         ("qemu-system-x86", "qemu-system-x86_64"),
         ("busybox-static", "busybox"),

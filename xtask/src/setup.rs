@@ -15,13 +15,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
 ];
 
-pub fn all() -> Result<()> {
+pub(crate) fn all() -> Result<()> {
     ebpf_toolchain()?;
     apt_install_missing(PACKAGES)
 }
 
 /// Installs those of `pkgs` (package, command that proves it) whose command is missing.
-pub fn apt_install_missing(pkgs: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn apt_install_missing(pkgs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = pkgs
         .iter()
         .filter(|(_, bin)| !have(bin))
@@ -54,7 +54,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 }
 
 /// Nightly with `rust-src`, and a `bpf-linker` linked against nightly's LLVM major version.
-pub fn ebpf_toolchain() -> Result<()> {
+pub(crate) fn ebpf_toolchain() -> Result<()> {
     let out = Command::new("rustup")
         .args(["toolchain", "list"])
         .output()?;

@@ -129,6 +129,11 @@ impl FrontendLookup {
     pub fn len(&self) -> usize {
         self.0.keys().count()
     }
+
+    /// Whether the map holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.keys().next().is_none()
+    }
 }
 
 /// `SVC_CONFIG[0]`, `None` when the agent has not written it (all zero).
