@@ -1,0 +1,91 @@
+//! Trace events (`svc-agent trace`): the slots, the filter a tracer writes and the event the
+//! programs write into its ring.
+use bytemuck::{Pod, Zeroable};
+
+// For the intra-doc links to the maps and types of the other modules.
+#[cfg(doc)]
+use crate::*;
+
+/// Trace slots: tracers (`svc-agent trace`) that can run at once.
+pub const TRACE_SLOTS: u32 = 8;
+/// Frontend ids one [`TraceFilter`] can name (a Service's frontends: ports × addresses).
+pub const TRACE_FRONTENDS: usize = 16;
+/// Bytes of each trace ring buffer (a power of two and a multiple of the page size, as
+/// `BPF_MAP_TYPE_RINGBUF` requires): 4096 events of [`TraceEvent`]'s 64 bytes plus headers.
+pub const TRACE_RING_BYTES: u32 = 512 * 1024;
+
+/// Value of [`MAP_TRACE_FILTERS`]: which packets one tracer wants. A packet matches when every
+/// criterion that is set matches, judged on its tuple as received **or** as translated, in
+/// either direction, so a client's requests and the replies to it (backend → client before the
+/// reverse NAT, frontend → client after it) both match `--src client --dst frontend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TraceFilter {
+    /// One end of the flow (network order); zero = any.
+    pub src_addr: [u8; 4],
+    /// The other end (network order); zero = any.
+    pub dst_addr: [u8; 4],
+    /// Either port of either tuple (host order); 0 = any.
+    pub port: u16,
+    /// `PROTO_*`; 0 = any.
+    pub proto: u8,
+    /// How many of `frontend_ids` are set; 0 = any frontend, or none.
+    pub frontend_count: u8,
+    /// The flow's frontend must be one of these (a `--service`'s frontends).
+    pub frontend_ids: [u32; TRACE_FRONTENDS],
+    /// The tracer's process id: a slot whose owner is gone is freed by the next tracer or
+    /// the agent. Not read by the programs.
+    pub owner_pid: u32,
+    /// The owner's start time (`/proc/PID/stat` field 22, clock ticks since boot), so a
+    /// recycled pid is not taken for the tracer. Not read by the programs.
+    pub owner_start: u64,
+    /// Inode of the owner's pid namespace (`/proc/self/ns/pid`): only a process in the same
+    /// pid namespace can tell whether the owner lives. Not read by the programs.
+    pub owner_pidns: u64,
+}
+const _: () = assert!(core::mem::size_of::<TraceFilter>() == 96);
+
+/// One trace event, as the programs write it into a tracer's ring ([`MAP_TRACE_RINGS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// [`Hook`] index.
+    pub hook: u8,
+    /// [`Reason`] index: why the program gave its verdict.
+    pub reason: u8,
+    /// `PROTO_*` of the packet (0 if it was not parsed that far).
+    pub proto: u8,
+    /// TCP flag byte of the packet.
+    pub tcp_flags: u8,
+    /// The program's return value (tc verdict, or XDP action for [`Hook::Xdp`]).
+    pub verdict: i32,
+    /// Packet length in bytes (skb length; frame length for XDP).
+    pub len: u32,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// The packet as received: source, destination (network order), ports (host order).
+    /// An ICMP error carries the tuple of the flow it reports (quoted, reversed).
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The conntrack entry the verdict used ([`CtEntry`]'s rewrite: what the packet leaves
+    /// with); all zero when no entry was found or made.
+    pub to_src_addr: [u8; 4],
+    pub to_dst_addr: [u8; 4],
+    pub to_src_port: u16,
+    pub to_dst_port: u16,
+    /// The flow's frontend (also set for a reject); 0 when none.
+    pub frontend_id: u32,
+    /// The flow's backend; 0 when none.
+    pub backend_id: u32,
+    /// The entry's `CT_DIR_*`, `CT_F_*` and `CT_STATE_*`.
+    pub ct_dir: u8,
+    pub ct_flags: u8,
+    pub ct_state: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
