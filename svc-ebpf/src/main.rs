@@ -35,6 +35,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod ct;
 /// Benchmark floors only (empty tc and XDP programs the agent never attaches); see `floor.rs`.
 #[cfg(target_arch = "bpf")]
 mod floor;
