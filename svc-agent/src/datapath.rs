@@ -374,7 +374,8 @@ impl Datapath {
     /// Attaches the uplink programs (tc egress, tc ingress, and XDP unless `--xdp-mode off`)
     /// unless already done. Egress first: the hook that translates replies is in place before
     /// the hooks that open the flows whose replies it translates.
-    pub fn ensure_uplink(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+    /// `veth`: the link's rtnetlink kind is `veth` (see [`XdpChoice::Auto`]).
+    pub fn ensure_uplink(&mut self, ifindex: u32, ifname: &str, veth: bool) -> Result<()> {
         if self.attached.get(&ifindex) == Some(&(ifname.to_owned(), Role::Uplink)) {
             return Ok(());
         }
@@ -382,7 +383,7 @@ impl Datapath {
             self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
         }
         if self.xdp != XdpChoice::Off {
-            self.attach_xdp(ifindex, ifname)?;
+            self.attach_xdp(ifindex, ifname, veth)?;
         }
         self.attached
             .insert(ifindex, (ifname.to_owned(), Role::Uplink));
@@ -435,7 +436,7 @@ impl Datapath {
 
     /// Attaches XDP to an uplink: native mode where the driver supports it (`auto`), else
     /// generic; says which. A pinned link from an earlier agent keeps its mode.
-    fn attach_xdp(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+    fn attach_xdp(&mut self, ifindex: u32, ifname: &str, veth: bool) -> Result<()> {
         let pin = self.link_pin(ifindex, ifname, "xdp");
         let choice = self.xdp;
         let prog: &mut Xdp = self
@@ -465,13 +466,12 @@ impl Datapath {
                 }
             }
         }
-        let driver = driver_name(ifname);
         let modes: &[(XdpMode, &str)] = match choice {
             // A veth delivers native XDP_TX frames to its peer only while the peer runs XDP
             // itself, which this node does not control (a kind node's eth0 is a veth whose peer
             // sits on the host's bridge): frames are then lost or late. Generic mode transmits
             // through the stack and always works there.
-            XdpChoice::Auto if driver.as_deref() == Some("veth") => {
+            XdpChoice::Auto if veth => {
                 info!(
                     iface = ifname,
                     "veth: native XDP_TX needs XDP on the peer; using generic mode"
@@ -607,60 +607,6 @@ fn netns_cookie() -> Result<u64> {
         return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
     }
     Ok(cookie)
-}
-
-/// The kernel driver of `ifname` (`ETHTOOL_GDRVINFO`), in this network namespace.
-fn driver_name(ifname: &str) -> Option<String> {
-    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    /// `struct ethtool_drvinfo` from linux/ethtool.h.
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        version: [u8; 32],
-        fw_version: [u8; 32],
-        bus_info: [u8; 32],
-        erom_version: [u8; 32],
-        reserved2: [u8; 12],
-        n_priv_flags: u32,
-        n_stats: u32,
-        testinfo_len: u32,
-        eedump_len: u32,
-        regdump_len: u32,
-    }
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-    // SAFETY: all-zero is a valid DrvInfo and ifreq.
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
-    // SAFETY: as above.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: SIOCETHTOOL reads ifr (name, data pointer) and writes into `info`, which outlives
-    // the call.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            SIOCETHTOOL,
-            &mut ifr,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let end = info
-        .driver
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(info.driver.len());
-    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The cgroup v2 root (the default `--cgroup`): where the cgroup2 filesystem is mounted.

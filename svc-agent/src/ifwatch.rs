@@ -10,29 +10,51 @@ use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     packet_core::NetlinkPayload,
-    packet_route::{link::LinkAttribute, link::LinkMessage, RouteNetlinkMessage},
+    packet_route::{
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        RouteNetlinkMessage,
+    },
     MulticastGroup,
 };
 use tokio::sync::mpsc;
 use tracing::warn;
 
+/// What the agent needs to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    /// Its kind (`IFLA_INFO_KIND`) is `veth`: native XDP there needs XDP on the peer too.
+    pub veth: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// A link exists (new, or changed state). Sent again for every change.
-    Present { index: u32, name: String },
+    Present { index: u32, link: Link },
     /// A link was deleted.
     Gone { index: u32 },
 }
 
-fn name_of(msg: &LinkMessage) -> Option<String> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.clone()),
-        _ => None,
-    })
+/// The link a `RTM_NEWLINK` message describes; `None` without a name.
+fn link_of(msg: &LinkMessage) -> Option<Link> {
+    let mut name = None;
+    let mut veth = false;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                veth |= infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    Some(Link { name: name?, veth })
 }
 
 /// Returns the links that exist now and a channel of later changes.
-pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<LinkEvent>)> {
+pub async fn start() -> Result<(BTreeMap<u32, Link>, mpsc::UnboundedReceiver<LinkEvent>)> {
     let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
         .context("opening an rtnetlink socket subscribed to link events")?;
     tokio::spawn(conn);
@@ -43,8 +65,8 @@ pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<L
         .await
         .context("dumping links over rtnetlink")?
     {
-        if let Some(name) = name_of(&msg) {
-            links.insert(msg.header.index, name);
+        if let Some(link) = link_of(&msg) {
+            links.insert(msg.header.index, link);
         }
     }
     let (tx, rx) = mpsc::unbounded_channel();
@@ -54,9 +76,9 @@ pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<L
         while let Some((msg, _)) = messages.next().await {
             let event = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                    name_of(&l).map(|name| LinkEvent::Present {
+                    link_of(&l).map(|link| LinkEvent::Present {
                         index: l.header.index,
-                        name,
+                        link,
                     })
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
@@ -78,7 +100,7 @@ pub async fn start() -> Result<(BTreeMap<u32, String>, mpsc::UnboundedReceiver<L
 }
 
 /// The interface of the IPv4 default route (the default `--uplink`), by name.
-pub async fn default_route_interface(links: &BTreeMap<u32, String>) -> Result<Option<String>> {
+pub async fn default_route_interface(links: &BTreeMap<u32, Link>) -> Result<Option<String>> {
     use rtnetlink::{packet_route::route::RouteAttribute, RouteMessageBuilder};
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     tokio::spawn(conn);
@@ -92,8 +114,8 @@ pub async fn default_route_interface(links: &BTreeMap<u32, String>) -> Result<Op
             RouteAttribute::Oif(i) => Some(*i),
             _ => None,
         });
-        if let Some(name) = oif.and_then(|i| links.get(&i)) {
-            return Ok(Some(name.clone()));
+        if let Some(link) = oif.and_then(|i| links.get(&i)) {
+            return Ok(Some(link.name.clone()));
         }
     }
     Ok(None)

@@ -33,7 +33,7 @@ use crate::{
     datapath::Datapath,
     dataplane::{pinned::PinnedMaps, DataplaneError, MapOp},
     health::{self, HealthServers, ProxyHealth},
-    ifwatch::{self, LinkEvent},
+    ifwatch::{self, Link, LinkEvent},
     metrics::{self, MapLabel, Metrics},
     model::{HealthCheck, NodeContext, ObjectRef, Problem},
     reconcile::Removals,
@@ -217,9 +217,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     // engine sees it).
     let mut last_snat = None;
     program_snat_source(&mut datapath, &cfg, None, &mut last_snat).await?;
-    datapath.remove_stale_link_pins(&links);
-    for (index, name) in &links {
-        attach_link(&mut datapath, &cfg, *index, name);
+    let names = links.iter().map(|(i, l)| (*i, l.name.clone())).collect();
+    datapath.remove_stale_link_pins(&names);
+    for (index, link) in &links {
+        attach_link(&mut datapath, &cfg, *index, link);
     }
 
     // One event stream for the engine: the source's objects, interface changes.
@@ -388,16 +389,17 @@ pub(crate) async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<
 
 fn on_link(datapath: &mut Datapath, cfg: &RunConfig, event: LinkEvent) {
     match event {
-        LinkEvent::Present { index, name } => attach_link(datapath, cfg, index, &name),
+        LinkEvent::Present { index, link } => attach_link(datapath, cfg, index, &link),
         LinkEvent::Gone { index } => datapath.forget(index),
     }
 }
 
 /// Attaches the uplink programs to `--uplink` interfaces and the pod programs to interfaces
 /// named with a `--pod-ifaces` prefix; ignores every other interface.
-fn attach_link(datapath: &mut Datapath, cfg: &RunConfig, index: u32, name: &str) {
+fn attach_link(datapath: &mut Datapath, cfg: &RunConfig, index: u32, link: &Link) {
+    let name = link.name.as_str();
     let result = if cfg.uplinks.iter().any(|u| u == name) {
-        datapath.ensure_uplink(index, name)
+        datapath.ensure_uplink(index, name, link.veth)
     } else if cfg.pod_ifaces.iter().any(|p| name.starts_with(p.as_str())) {
         datapath.ensure_pod(index, name)
     } else {
