@@ -6,7 +6,7 @@
 //! fragment's L4 checksum is the whole datagram's; the expected output is the fragments of the
 //! translated datagram, built the same way. ICMP errors are built with etherparse around a
 //! quote of an etherparse-built packet; every checksum of the output is compared bytewise
-//! with the expected frame *and* verified with the RFC 1071 code in `fixtures.rs`
+//! with the expected frame *and* verified with the RFC 1071 code in `fixtures/checks.rs`
 //! ([`verify_icmp_error_checksums`]).
 //!
 //! Run as root: `cargo test -p tests --test fixtures_frag_icmp`.

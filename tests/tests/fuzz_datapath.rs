@@ -1,4 +1,4 @@
-//! Datapath fuzzing through `BPF_PROG_TEST_RUN` (svc-testkit/src/fuzz.rs, docs/RELIABILITY.md): every
+//! Datapath fuzzing through `BPF_PROG_TEST_RUN` (svc-testkit/src/fuzz/, docs/RELIABILITY.md): every
 //! program on generated and mutated frames against a realistic Service set, judged by an oracle
 //! that does not trust the program; and, per program, proof that the oracle catches a datapath
 //! loaded with a fault (`SVC_FAULT_INJECT`).
