@@ -22,7 +22,7 @@ pub(crate) fn timeouts() -> &'static CtTimeouts {
 }
 
 #[inline(always)]
-pub fn ct_key(flow: &Flow) -> CtKey {
+pub(crate) fn ct_key(flow: &Flow) -> CtKey {
     CtKey::new(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
 }
 
@@ -134,7 +134,7 @@ pub(crate) fn forget(key: &CtKey, e: &CtEntry) {
 
 /// What conntrack says about a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// A live flow: translate as the (refreshed) entry says.
     Hit,
     /// No live flow.

@@ -15,13 +15,13 @@ use aya_ebpf::{
 /// Returns `TC_ACT_UNSPEC` like the real programs' pass verdict, doing nothing else. Floor of
 /// `svc_pod_ingress`/`svc_pod_egress`.
 #[classifier]
-pub fn svc_floor(_ctx: TcContext) -> i32 {
+pub(crate) fn svc_floor(_ctx: TcContext) -> i32 {
     crate::TC_ACT_UNSPEC
 }
 
 /// Benchmark floor only: returns `XDP_PASS` (2), like `svc_xdp`'s pass verdict, doing nothing
 /// else. Floor of `svc_xdp`.
 #[xdp]
-pub fn svc_floor_xdp(_ctx: XdpContext) -> u32 {
+pub(crate) fn svc_floor_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

@@ -31,7 +31,7 @@ fn key(flow: &Flow) -> FragKey {
 
 /// After a first fragment was translated: remember its ports for the later ones.
 #[inline(always)]
-pub fn remember(flow: &Flow, now: u64) {
+pub(crate) fn remember(flow: &Flow, now: u64) {
     if flow.frag != FRAG_FIRST {
         return;
     }
@@ -47,7 +47,7 @@ pub fn remember(flow: &Flow, now: u64) {
 
 /// A later fragment: fills in the ports its first fragment carried.
 #[inline(always)]
-pub fn later(flow: &mut Flow, now: u64) -> Result<(), Outcome> {
+pub(crate) fn later(flow: &mut Flow, now: u64) -> Result<(), Outcome> {
     // SAFETY: the value is copied out at once.
     let Some(ports) = (unsafe { SVC_FRAGS.get(&key(flow)) }).copied() else {
         return Err(Outcome::pass(Reason::Fragment));

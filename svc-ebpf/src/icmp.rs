@@ -101,7 +101,7 @@ fn put(b: &mut [u8; ICMP_ERR_LEN], at: usize, v: &[u8]) {
 /// quoted L4 checksum covers of the rewritten fields, before and after, for a quoted TCP
 /// checksum beyond `b`.
 #[inline(always)]
-pub fn translate(b: &mut [u8; ICMP_ERR_LEN], flow: &Flow, entry: &CtEntry) -> (u32, u32) {
+pub(crate) fn translate(b: &mut [u8; ICMP_ERR_LEN], flow: &Flow, entry: &CtEntry) -> (u32, u32) {
     let quote_before = sum::<QUOTE>(b, IN_IP);
 
     // The quoted L4 checksum (UDP only) covers the quoted addresses (pseudo-header) and ports.
@@ -145,7 +145,7 @@ const WHOLE_TCP_QUOTE_LEN: u32 = (IP_OFF + IN_L4 + 20) as u32;
 
 /// [`translate`] on a tc packet (the headers were made linear by `parse_tc`).
 #[inline(always)]
-pub fn translate_tc(ctx: &TcContext, flow: &Flow, entry: &CtEntry) -> Result<(), Outcome> {
+pub(crate) fn translate_tc(ctx: &TcContext, flow: &Flow, entry: &CtEntry) -> Result<(), Outcome> {
     if translate_sub(ctx.skb.skb, flow, entry) != 0 {
         return Err(Outcome::drop(Reason::RewriteFailed));
     }

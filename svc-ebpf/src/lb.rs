@@ -30,13 +30,13 @@ use crate::{
 
 /// Where a packet entered: from a pod on this node, or from the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Pod,
     Uplink,
 }
 
 /// What to do with a packet.
-pub enum Step {
+pub(crate) enum Step {
     /// Rewrite the packet as the conntrack entry [`decide`] wrote out says (for a new flow,
     /// its forward entry, already stored).
     Translate(Reason),
@@ -46,7 +46,7 @@ pub enum Step {
 
 /// An entry for [`decide`] to fill in (the hooks keep it in their own stack frame).
 #[inline(always)]
-pub fn blank_entry() -> CtEntry {
+pub(crate) fn blank_entry() -> CtEntry {
     // SAFETY: an all-zero CtEntry is a valid value.
     unsafe { core::mem::zeroed() }
 }
@@ -64,7 +64,7 @@ fn flow_hash(flow: &Flow) -> u32 {
 
 /// `v` (uniform over u32) scaled to `0..n` (multiply-shift: no division, no modulo bias).
 #[inline(always)]
-pub fn scale(v: u32, n: u32) -> u32 {
+pub(crate) fn scale(v: u32, n: u32) -> u32 {
     ((v as u64 * n as u64) >> 32) as u32
 }
 
@@ -92,7 +92,7 @@ fn random_below(n: u32) -> u32 {
 }
 
 #[inline(always)]
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -143,7 +143,7 @@ pub(crate) fn frontend_for(flow: &Flow, origin: Origin) -> Option<Frontend> {
 /// known ones: conntrack first, then a new flow. Later fragments get their ports from their
 /// first fragment; ICMP errors are only ever translated for a known flow.
 #[inline(always)]
-pub fn decide(
+pub(crate) fn decide(
     flow: &mut Flow,
     origin: Origin,
     open: bool,
@@ -185,7 +185,7 @@ pub fn decide(
 /// uniformly random slot. Records the choice for affinity. Returns (id, backend, from
 /// affinity); `None` if a slot or backend entry is missing.
 #[inline(always)]
-pub fn pick_backend(
+pub(crate) fn pick_backend(
     fe: &Frontend,
     client: [u8; 4],
     now: u64,
@@ -532,7 +532,7 @@ const AF_INET: u8 = 2;
 /// whose length to check against the MTU is `tot_len`: shared by XDP and tc, which differ in
 /// the context they pass, the flags and the length (`route::mtu_check_len`).
 #[inline(always)]
-pub fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32, tot_len: u16) -> FibParams {
+pub(crate) fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32, tot_len: u16) -> FibParams {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;

@@ -13,14 +13,14 @@ use svc_common::{
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
 #[btf_map]
-pub static SVC_FRONTENDS: HashMap<FrontendKey, Frontend, { MAX_FRONTENDS as usize }> =
+pub(crate) static SVC_FRONTENDS: HashMap<FrontendKey, Frontend, { MAX_FRONTENDS as usize }> =
     HashMap::new();
 
 #[btf_map]
-pub static SVC_SLOTS: HashMap<SlotKey, Slot, { MAX_SLOTS as usize }> = HashMap::new();
+pub(crate) static SVC_SLOTS: HashMap<SlotKey, Slot, { MAX_SLOTS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static SVC_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
+pub(crate) static SVC_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
 
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. With the common list a new entry waits on its
 /// CPU's pending list with the reference bit clear, and a shrink that finds only referenced
@@ -31,54 +31,59 @@ pub static SVC_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = Hash
 const BPF_F_NO_COMMON_LRU: usize = 2;
 
 #[btf_map]
-pub static SVC_CT: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }, BPF_F_NO_COMMON_LRU> =
+pub(crate) static SVC_CT: LruHashMap<
+    CtKey,
+    CtEntry,
+    { MAX_CONNTRACK as usize },
+    BPF_F_NO_COMMON_LRU,
+> = LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub(crate) static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as usize }> =
     LruHashMap::new();
 
 #[btf_map]
-pub static SVC_STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
-
-#[btf_map]
-pub static SVC_CONFIG: Array<Config, 1> = Array::new();
-
-#[btf_map]
-pub static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as usize }> =
+pub(crate) static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> =
     LruHashMap::new();
 
 #[btf_map]
-pub static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> =
+pub(crate) static SVC_FRAGS: LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> =
     LruHashMap::new();
 
 #[btf_map]
-pub static SVC_FRAGS: LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> = LruHashMap::new();
+pub(crate) static SVC_RATELIMIT: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
 
 #[btf_map]
-pub static SVC_RATELIMIT: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
-
-#[btf_map]
-pub static SVC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+pub(crate) static SVC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// `loadBalancerSourceRanges`: (frontend id, client prefix) → `SOURCE_RANGE_ALLOW`. Written by
 /// the agent, read only for new flows to frontends with `FRONTEND_F_SOURCE_RANGES`.
 #[btf_map]
-pub static SVC_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8, { MAX_SOURCE_RANGES as usize }> =
+pub(crate) static SVC_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8, { MAX_SOURCE_RANGES as usize }> =
     LpmTrie::new();
 
 /// Bit `i` of entry 0: trace slot `i` is in use (`svc_common::MAP_TRACE_ON`).
 #[btf_map]
-pub static SVC_TRACE_ON: Array<u32, 1> = Array::new();
+pub(crate) static SVC_TRACE_ON: Array<u32, 1> = Array::new();
 
 /// One filter per trace slot (`svc_common::TraceFilter`).
 #[btf_map]
-pub static SVC_TRACE_FILTERS: Array<TraceFilter, { TRACE_SLOTS as usize }> = Array::new();
+pub(crate) static SVC_TRACE_FILTERS: Array<TraceFilter, { TRACE_SLOTS as usize }> = Array::new();
 
 /// Events lost per trace slot (per CPU) because the slot's ring was full.
 #[btf_map]
-pub static SVC_TRACE_LOST: PerCpuArray<u64, { TRACE_SLOTS as usize }> = PerCpuArray::new();
+pub(crate) static SVC_TRACE_LOST: PerCpuArray<u64, { TRACE_SLOTS as usize }> = PerCpuArray::new();
 
 /// One ring per trace slot, created and read by its tracer. The inner definition is the
 /// template every ring must match (type and size: `bpf_map_meta_equal`).
 #[btf_map]
-pub static SVC_TRACE_RINGS: ArrayOfMaps<
+pub(crate) static SVC_TRACE_RINGS: ArrayOfMaps<
     RingBuf<TraceEvent, { TRACE_RING_BYTES as usize }>,
     { TRACE_SLOTS as usize },
 > = ArrayOfMaps::new();

@@ -21,7 +21,7 @@ const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
-pub enum End {
+pub(crate) enum End {
     Source,
     Destination,
 }
@@ -29,7 +29,7 @@ pub enum End {
 /// Rewrites the `end` address and port of the packet to `addr`:`port` and fixes the IPv4 and
 /// L4 checksums.
 #[inline(always)]
-pub fn rewrite(
+pub(crate) fn rewrite(
     ctx: &TcContext,
     flow: &Flow,
     end: End,
@@ -91,7 +91,11 @@ pub fn rewrite(
 /// Rewrites the packet to what conntrack `entry` says: source and destination (each only if
 /// it differs), or, for an ICMP error, its outer and quoted headers (`icmp`).
 #[inline(always)]
-pub fn apply(ctx: &TcContext, flow: &Flow, entry: &svc_common::CtEntry) -> Result<(), Outcome> {
+pub(crate) fn apply(
+    ctx: &TcContext,
+    flow: &Flow,
+    entry: &svc_common::CtEntry,
+) -> Result<(), Outcome> {
     if flow.icmp {
         // Called from here, not from `apply_sub`, so the two frames never add up.
         return crate::icmp::translate_tc(ctx, flow, entry);
@@ -125,7 +129,7 @@ const IP_TTL_OFF: usize = crate::parse::IP_OFF + 8;
 /// back out of its interface), as `ip_forward` would, updating the IPv4 checksum. The caller
 /// has made sure the TTL is above 1 ([`ttl_expires`]).
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, flow: &Flow) -> Result<(), Outcome> {
+pub(crate) fn decrement_ttl(ctx: &TcContext, flow: &Flow) -> Result<(), Outcome> {
     let failed = |_| Outcome::drop(Reason::RewriteFailed);
     let old = u16::from_be_bytes([flow.ttl, flow.proto_on_wire()]);
     let new = u16::from_be_bytes([flow.ttl - 1, flow.proto_on_wire()]);
@@ -138,14 +142,14 @@ pub fn decrement_ttl(ctx: &TcContext, flow: &Flow) -> Result<(), Outcome> {
 /// the stack untranslated instead, which answers ICMP time-exceeded about the packet its
 /// sender sent (RFC 1812 §5.3.1).
 #[inline(always)]
-pub fn ttl_expires(flow: &Flow) -> bool {
+pub(crate) fn ttl_expires(flow: &Flow) -> bool {
     flow.ttl <= 1
 }
 
 /// Swaps the Ethernet addresses: a frame sent back out of the interface it came in on must be
 /// addressed to its sender, or the sender drops it as meant for another host.
 #[inline(always)]
-pub fn swap_macs(ctx: &TcContext) -> Result<(), Outcome> {
+pub(crate) fn swap_macs(ctx: &TcContext) -> Result<(), Outcome> {
     let failed = |_| Outcome::drop(Reason::RewriteFailed);
     let eth: [u8; 12] = ctx.load(0).map_err(failed)?;
     let mut out = [0u8; 12];

@@ -9,17 +9,17 @@ use svc_common::{Reason, PROTO_TCP, PROTO_UDP};
 use crate::Outcome;
 
 /// Offset of the IPv4 header: frames on veths and test runs start with an Ethernet header.
-pub const IP_OFF: usize = EthHdr::LEN;
+pub(crate) const IP_OFF: usize = EthHdr::LEN;
 /// Offset of the L4 header. Only option-less IPv4 headers are translated, so it is fixed.
-pub const L4_OFF: usize = IP_OFF + Ipv4Hdr::LEN;
-pub const IP_CSUM_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, check);
-pub const IP_SRC_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, src_addr);
-pub const IP_DST_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, dst_addr);
+pub(crate) const L4_OFF: usize = IP_OFF + Ipv4Hdr::LEN;
+pub(crate) const IP_CSUM_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, check);
+pub(crate) const IP_SRC_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, src_addr);
+pub(crate) const IP_DST_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, dst_addr);
 /// TCP and UDP share the position of the ports.
-pub const L4_SPORT_OFF: usize = L4_OFF + offset_of!(UdpHdr, src);
-pub const L4_DPORT_OFF: usize = L4_OFF + offset_of!(UdpHdr, dst);
-pub const TCP_CSUM_OFF: usize = L4_OFF + offset_of!(TcpHdr, check);
-pub const UDP_CSUM_OFF: usize = L4_OFF + offset_of!(UdpHdr, check);
+pub(crate) const L4_SPORT_OFF: usize = L4_OFF + offset_of!(UdpHdr, src);
+pub(crate) const L4_DPORT_OFF: usize = L4_OFF + offset_of!(UdpHdr, dst);
+pub(crate) const TCP_CSUM_OFF: usize = L4_OFF + offset_of!(TcpHdr, check);
+pub(crate) const UDP_CSUM_OFF: usize = L4_OFF + offset_of!(UdpHdr, check);
 /// Byte 13 of the TCP header holds FIN/SYN/RST/PSH/ACK/URG/ECE/CWR.
 const TCP_FLAGS_OFF: usize = L4_OFF + 13;
 /// The most we ever read: Ethernet + IPv4 + TCP, or an ICMP error with its quote.
@@ -34,15 +34,15 @@ const IP_MF: u16 = 0x2000;
 const IP_DF: u16 = 0x4000;
 
 /// [`Flow::frag`]: not a fragment.
-pub const FRAG_NONE: u8 = 0;
+pub(crate) const FRAG_NONE: u8 = 0;
 /// [`Flow::frag`]: the first fragment of a datagram (offset 0, more fragments): it carries the
 /// L4 header, and its ports are remembered for the later fragments (`frag`).
-pub const FRAG_FIRST: u8 = 1;
+pub(crate) const FRAG_FIRST: u8 = 1;
 /// [`Flow::frag`]: a later fragment: no L4 header; the ports come from the first fragment.
-pub const FRAG_LATER: u8 = 2;
+pub(crate) const FRAG_LATER: u8 = 2;
 
 /// IP protocol number of ICMP.
-pub const PROTO_ICMP: u8 = 1;
+pub(crate) const PROTO_ICMP: u8 = 1;
 
 /// What the programs need from a TCP/UDP over IPv4 packet. Addresses network order, ports host
 /// order, like the map keys.
@@ -51,7 +51,7 @@ pub const PROTO_ICMP: u8 = 1;
 /// *reversed*: the tuple a packet of the quoted flow has when it travels the way the error
 /// travels. Conntrack keyed by it says how such a packet is translated, and the error is
 /// translated to match (see `icmp`).
-pub struct Flow {
+pub(crate) struct Flow {
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
     pub sport: u16,
@@ -86,7 +86,7 @@ impl Flow {
     /// pass it by reference: built field by field and returned by value, its fields were
     /// spilled to the stack and copied once more, and the programs ran out of the verifier's
     /// 512 bytes.
-    pub const EMPTY: Self = Self {
+    pub(crate) const EMPTY: Self = Self {
         saddr: [0; 4],
         daddr: [0; 4],
         sport: 0,
@@ -108,7 +108,7 @@ impl Flow {
     /// The IP protocol byte as it sits in the packet's own header (ICMP for an ICMP error,
     /// whose `proto` names the quoted datagram's).
     #[inline(always)]
-    pub fn proto_on_wire(&self) -> u8 {
+    pub(crate) fn proto_on_wire(&self) -> u8 {
         if self.icmp {
             PROTO_ICMP
         } else {
@@ -119,7 +119,7 @@ impl Flow {
 
 /// Bounds-checked pointer into the packet data `[start, end)`.
 #[inline(always)]
-pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*mut T, Outcome> {
+pub(crate) fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*mut T, Outcome> {
     if start + off + size_of::<T>() > end {
         return Err(Outcome::pass(Reason::Truncated));
     }
@@ -128,7 +128,7 @@ pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*mut T, Outcome
 
 /// Parses a tc packet, first making its headers linear when the skb is long enough.
 #[inline(always)]
-pub fn parse_tc(ctx: &TcContext, flow: &mut Flow) -> Result<(), Outcome> {
+pub(crate) fn parse_tc(ctx: &TcContext, flow: &mut Flow) -> Result<(), Outcome> {
     // Headers of locally generated skbs can sit outside the linear area; make them linear when
     // the packet is long enough, so direct access below sees them.
     let linear = ctx.data_end() - ctx.data();
@@ -142,7 +142,7 @@ pub fn parse_tc(ctx: &TcContext, flow: &mut Flow) -> Result<(), Outcome> {
 
 /// Parses an XDP frame (always linear for the headers we read).
 #[inline(always)]
-pub fn parse_xdp(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Outcome> {
+pub(crate) fn parse_xdp(ctx: &XdpContext, flow: &mut Flow) -> Result<(), Outcome> {
     parse(ctx.data(), ctx.data_end(), flow)
 }
 
@@ -237,12 +237,12 @@ fn parse(start: usize, end: usize, flow: &mut Flow) -> Result<(), Outcome> {
 
 /// Offset of the IPv4 header an ICMP error quotes (after the outer IPv4 and the 8-byte ICMP
 /// header).
-pub const ICMP_INNER_IP_OFF: usize = L4_OFF + 8;
+pub(crate) const ICMP_INNER_IP_OFF: usize = L4_OFF + 8;
 /// Offset of the quoted datagram's L4 header (RFC 792: at least its first 8 bytes are quoted).
-pub const ICMP_INNER_L4_OFF: usize = ICMP_INNER_IP_OFF + Ipv4Hdr::LEN;
+pub(crate) const ICMP_INNER_L4_OFF: usize = ICMP_INNER_IP_OFF + Ipv4Hdr::LEN;
 /// Everything an ICMP error translation reads and rewrites: outer IPv4, ICMP header, quoted
 /// IPv4 header and the quoted datagram's first 8 bytes.
-pub const ICMP_ERR_LEN: usize = ICMP_INNER_L4_OFF + 8 - IP_OFF;
+pub(crate) const ICMP_ERR_LEN: usize = ICMP_INNER_L4_OFF + 8 - IP_OFF;
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;

@@ -16,13 +16,13 @@ use crate::{
 
 /// tc ingress on the host side of a pod veth: traffic leaving a pod.
 #[classifier]
-pub fn svc_pod_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn svc_pod_ingress(ctx: TcContext) -> i32 {
     run_tc(&ctx, Hook::PodIngress, pod_ingress)
 }
 
 /// tc egress on the host side of a pod veth: traffic entering a pod.
 #[classifier]
-pub fn svc_pod_egress(ctx: TcContext) -> i32 {
+pub(crate) fn svc_pod_egress(ctx: TcContext) -> i32 {
     run_tc(&ctx, Hook::PodEgress, pod_egress)
 }
 
@@ -69,7 +69,7 @@ fn deliver(
 /// they can be traced after the decision), counts the outcome's reason, [`trace`]s it with
 /// `ctx`'s length and interface, and returns its verdict.
 #[inline(always)]
-pub fn run_tc(
+pub(crate) fn run_tc(
     ctx: &TcContext,
     hook: Hook,
     body: impl FnOnce(&TcContext, &mut Flow, &mut CtEntry) -> Result<Outcome, Outcome>,

@@ -130,7 +130,7 @@ fn within_budget() -> bool {
 
 /// Answers `flow` with a TCP RST (RFC 9293 §3.10.7.1) or an ICMP port unreachable.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
+pub(crate) fn reject(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
     if !within_budget() {
         return Err(Outcome::drop(Reason::RateLimited));
     }
@@ -153,7 +153,7 @@ pub fn reject(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
 /// ICMP fragmentation-needed (RFC 1191), from this node's address, so that the sender lowers
 /// its path MTU. Never about an ICMP error itself (RFC 1122 §3.2.2).
 #[inline(always)]
-pub fn frag_needed(ctx: &TcContext, flow: &Flow, mtu: u16) -> Outcome {
+pub(crate) fn frag_needed(ctx: &TcContext, flow: &Flow, mtu: u16) -> Outcome {
     if flow.icmp {
         return Outcome::drop(Reason::TooBig);
     }

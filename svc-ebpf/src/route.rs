@@ -54,7 +54,7 @@ fn mtu_check_len(ctx: &TcContext, flow: &Flow) -> u16 {
 /// A packet whose TTL would expire is passed to the stack untranslated: it answers
 /// time-exceeded to the sender about the packet the sender knows.
 #[inline(always)]
-pub fn forward(
+pub(crate) fn forward(
     ctx: &TcContext,
     flow: &Flow,
     entry: &CtEntry,

@@ -38,22 +38,22 @@ const DENY: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
-pub fn svc_sock_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn svc_sock_connect4(ctx: SockAddrContext) -> i32 {
     translate(&ctx, None)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn svc_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn svc_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
     translate(&ctx, Some(PROTO_UDP))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
-pub fn svc_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn svc_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
     restore(&ctx, Some(PROTO_UDP))
 }
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn svc_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn svc_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     restore(&ctx, None)
 }
 

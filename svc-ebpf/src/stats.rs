@@ -4,7 +4,7 @@ use svc_common::{stat_index, Hook, Reason};
 use crate::maps::SVC_STATS;
 
 #[inline(always)]
-pub fn count(hook: Hook, reason: Reason) {
+pub(crate) fn count(hook: Hook, reason: Reason) {
     if let Some(ptr) = SVC_STATS.get_ptr_mut(stat_index(hook, reason)) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *ptr += 1 };

@@ -28,7 +28,7 @@ use crate::{
 /// returns, `reason` its `Reason` index; `entry` the conntrack entry the decision used (all
 /// zero when none).
 #[inline(always)]
-pub fn trace(
+pub(crate) fn trace(
     hook: Hook,
     flow: &Flow,
     entry: &CtEntry,

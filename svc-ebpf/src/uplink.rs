@@ -20,7 +20,7 @@ use crate::{
 
 /// tc ingress on a node uplink (`--uplink`).
 #[classifier]
-pub fn svc_uplink_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn svc_uplink_ingress(ctx: TcContext) -> i32 {
     run_tc(&ctx, Hook::UplinkIngress, uplink_ingress)
 }
 
@@ -56,7 +56,7 @@ fn uplink_ingress(
 /// endpoint's port; its reply entry restores the frontend (a NodePort, LB or external IP) as
 /// source, as the pod veth's hooks do for pods. Everything else passes untouched.
 #[classifier]
-pub fn svc_uplink_egress(ctx: TcContext) -> i32 {
+pub(crate) fn svc_uplink_egress(ctx: TcContext) -> i32 {
     run_tc(&ctx, Hook::UplinkEgress, uplink_egress)
 }
 

@@ -42,7 +42,7 @@ use crate::{
 
 /// XDP on a node uplink (`--uplink`).
 #[xdp]
-pub fn svc_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn svc_xdp(ctx: XdpContext) -> u32 {
     let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
     let (verdict, reason) = match run(&ctx, &mut flow, &mut entry) {
         Ok(v) => v,

@@ -5,6 +5,9 @@
 //!
 //! Everything runs inside namespaces this program creates; they, the agents' pins and the
 //! attached programs are removed on exit, failure included (the `Topology` and `Agent` drops).
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};

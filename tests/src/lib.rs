@@ -4,3 +4,6 @@
 //! — topology, processes, capture, the fake API server, the fixture vocabulary — is the
 //! `svc-testkit` crate; the benchmarks are `svc-bench`. This library is empty: a package
 //! needs a target of its own besides its tests.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]

@@ -9,6 +9,9 @@
 //! after the program, so redirected outputs keep the input's Ethernet addresses.
 //!
 //! Run as root: `cargo test -p tests --test fixtures_forward`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{IpNumber, Ipv4Header};

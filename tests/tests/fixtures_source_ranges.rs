@@ -7,6 +7,9 @@
 //! every hook that opens flows: `svc_pod_ingress`, `svc_uplink_ingress` and `svc_xdp`.
 //!
 //! Run as root: `cargo test -p tests --test fixtures_source_ranges`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use svc_common::{

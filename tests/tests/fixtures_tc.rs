@@ -11,6 +11,9 @@
 //! Run as root: `cargo test -p tests --test fixtures_tc`. Built without root, the tests that
 //! load programs are reported as ignored (tests/build.rs); run without root anyway, they fail.
 //! Without the object every test fails and says to run `cargo xtask build-ebpf`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{net::SocketAddrV4, process::Command};
 
 use svc_common::{

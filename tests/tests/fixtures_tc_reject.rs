@@ -5,6 +5,9 @@
 //!
 //! Each test loads its own datapath, as in `fixtures_tc` (whose module docs say how); run as
 //! root: `cargo test -p tests --test fixtures_tc_reject`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use svc_common::{Reason, PROTO_TCP, PROTO_UDP};
 use svc_testkit::fixtures::*;
 

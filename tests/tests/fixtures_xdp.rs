@@ -14,6 +14,9 @@
 //! Run as root: `cargo test -p tests --test fixtures_xdp`. Built without root, the tests that
 //! load programs are reported as ignored (tests/build.rs); run without root anyway, they fail.
 //! Without the object every test fails and says to run `cargo xtask build-ebpf`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use svc_common::{

@@ -3,6 +3,9 @@
 //!
 //! Each test runs in an [`XdpNode`] of its own, as in `fixtures_xdp` (whose module docs say
 //! how); run as root: `cargo test -p tests --test fixtures_xdp_ip`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 
 use svc_common::{Reason, BACKEND_F_LOCAL, PROTO_TCP, PROTO_UDP};
 use svc_testkit::fixtures::*;

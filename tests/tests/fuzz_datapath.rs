@@ -10,6 +10,9 @@
 //! - `defect_*` (`#[ignore]`d until fixed): minimal reproducers of the defects the fuzzer found
 //!   (docs/RELIABILITY.md, "Defects found") that fail today; a fixed one loses its `defect_`
 //!   prefix and `#[ignore]` and stays as a regression test.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use aya::EbpfLoader;
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -2,6 +2,9 @@
 //! Kubernetes API server (svc_testkit::apiserver) through an ordinary kubeconfig, exactly the code
 //! path they take in a cluster. The server listens on 172.18.0.1 in the underlay namespace,
 //! where the nodes reach it over their eth0.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{
     collections::BTreeMap,
     path::PathBuf,

@@ -5,6 +5,9 @@
 //! from two EndpointSlices. Pods keep default offloads (partial checksums); node uplinks have
 //! TX checksum offload off, so what crosses the underlay carries checksums computed from what
 //! the datapath left, and a capture on the underlay bridge checks every one of them.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{collections::BTreeMap, time::Duration};
 
 use svc_common::{Hook, Reason, PROTO_TCP, PROTO_UDP};

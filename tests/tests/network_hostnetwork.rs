@@ -14,6 +14,9 @@
 //! (or to a pod on another node that used this node's NodePort) is sent by the node's own
 //! stack, so it never crosses a pod veth; it leaves through the uplink's egress, where
 //! `svc_uplink_egress` restores the frontend.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::time::{Duration, Instant};
 
 use svc_common::{Hook, Reason};

@@ -7,6 +7,9 @@
 //! on both routes and on the `healthCheckNodePort` (`serviceProxyHealthy: false`).
 //!
 //! Every request is made from inside the node's namespace, to the agent's bind addresses there.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};

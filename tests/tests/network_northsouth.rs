@@ -5,6 +5,9 @@
 //! Node 1 runs pods c1, be1 and hp; node 2 runs be2 and c2. The external client (172.18.0.100)
 //! routes the documentation ranges via node 1, like a router in front of one node; NodePorts it
 //! reaches on either node directly.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::time::Duration;
 
 use svc_common::{Hook, Reason};

@@ -9,6 +9,9 @@
 //!   nodes);
 //! - `closed`: range 203.0.113.0/24 (nobody here), plus a malformed entry that is skipped;
 //! - `nodes`: range 172.18.0.0/16 (the client and both nodes, not the pods).
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::time::Duration;
 
 use svc_common::{Hook, Reason};

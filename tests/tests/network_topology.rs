@@ -7,6 +7,9 @@
 //! kube-proxy routes by the hints (pkg/proxy/topology.go). A slice where one endpoint lacks its
 //! hints turns topology off: every client reaches both backends again. Finally node 2 loses its
 //! zone label, and its agent stops using hints while node 1's keeps them.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::core::v1::Node;

@@ -9,6 +9,9 @@
 //! nothing of `other`'s; the Service's tracer must see both clients' flows to `web` and
 //! nothing of `empty`. Both release their slots on exit; a tracer killed with SIGKILL has its
 //! slot freed by the agent.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
 use serde_json::Value;

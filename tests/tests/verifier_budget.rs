@@ -27,6 +27,9 @@
 //! root, only the program names are checked and the measuring tests are reported as ignored
 //! (tests/build.rs); run without root anyway, they fail. Without the object every test fails
 //! and says to run `cargo xtask build-ebpf`.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ffi::CString,

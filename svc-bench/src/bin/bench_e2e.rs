@@ -41,6 +41,9 @@
 //! command is timed, started from a thread inside the namespace (no `ip netns exec` remount);
 //! generating the text is not (kube-proxy's own Go code would). svc-lb's own figures come from
 //! `target/bench/control.json` (bench_control) when it exists.
+// `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
+// dependency of its package while it uses a few: the lint is for the libraries.
+#![allow(unused_crate_dependencies)]
 use std::{
     collections::BTreeMap,
     fmt::Write as _,

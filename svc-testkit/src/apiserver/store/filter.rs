@@ -29,7 +29,7 @@ impl Filter {
     /// Parses the selectors as the real server does: equality (`k=v`, `k==v`, `k!=v`),
     /// existence (`k`, `!k`) and set-based (`k in (a,b)`, `k notin (a,b)`) label requirements,
     /// comma-separated; `metadata.name` and `metadata.namespace` field requirements.
-    pub fn parse(
+    pub(crate) fn parse(
         namespace: Option<String>,
         label_selector: Option<&str>,
         field_selector: Option<&str>,
@@ -71,7 +71,7 @@ impl Filter {
     }
 
     /// Whether `obj` is in the URL's namespace and matches both selectors.
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         let meta = &obj["metadata"];
         let ns = meta["namespace"].as_str().unwrap_or("");
         if self.namespace.as_deref().is_some_and(|want| want != ns) {

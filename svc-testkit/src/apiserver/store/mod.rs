@@ -230,7 +230,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub fn new(history_cap: usize) -> Store {
+    pub(crate) fn new(history_cap: usize) -> Store {
         Store {
             // Real clusters never show RV 0 or 1 for objects; start somewhere recognisable.
             rv: 1000,
@@ -245,12 +245,12 @@ impl Store {
     }
 
     /// The current global resourceVersion.
-    pub fn rv(&self) -> u64 {
+    pub(crate) fn rv(&self) -> u64 {
         self.rv
     }
 
     /// One object, with kind/apiVersion.
-    pub fn get(&self, res: Resource, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    pub(crate) fn get(&self, res: Resource, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
         self.objects
             .get(&res)
             .and_then(|m| m.get(&key(res, ns, name)))
@@ -259,7 +259,7 @@ impl Store {
     }
 
     /// Every object of `res` in `namespace` (or all namespaces), in (namespace, name) order.
-    pub fn all(&self, res: Resource, namespace: Option<&str>) -> Vec<Value> {
+    pub(crate) fn all(&self, res: Resource, namespace: Option<&str>) -> Vec<Value> {
         self.objects
             .get(&res)
             .into_iter()
@@ -270,7 +270,12 @@ impl Store {
     }
 
     /// POST: creates `obj` (namespace defaulted from `ns`), 409 AlreadyExists if present.
-    pub fn create(&mut self, res: Resource, ns: &str, obj: Value) -> Result<Arc<Value>, ApiError> {
+    pub(crate) fn create(
+        &mut self,
+        res: Resource,
+        ns: &str,
+        obj: Value,
+    ) -> Result<Arc<Value>, ApiError> {
         let mut obj = self.check_type(res, ns, obj)?;
         let meta = meta_mut(&mut obj);
         if meta
@@ -327,7 +332,7 @@ impl Store {
     /// `metadata.resourceVersion` in `obj` must equal the stored one (409 Conflict otherwise),
     /// as optimistic concurrency on the real server. `status_only` is the `/status`
     /// subresource: only `status` is taken from `obj`.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         res: Resource,
         ns: &str,
@@ -397,7 +402,12 @@ impl Store {
 
     /// DELETE: removes the object (no finalizers, no grace period) and returns it as last
     /// seen, with the resourceVersion of the deletion, as the DELETED event carries it.
-    pub fn delete(&mut self, res: Resource, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    pub(crate) fn delete(
+        &mut self,
+        res: Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
         let old = self.get(res, ns, name)?;
         let out = self.commit(res, EventType::Deleted, (*old).clone(), Some(old));
         self.mirror_after_write(res, ns, name);
@@ -533,7 +543,7 @@ impl Store {
     /// Compacts: forgets the whole history and list snapshots and bumps the RV without an
     /// event, so any watch resuming from an RV seen so far gets 410 Expired, while a fresh
     /// list (which returns the new RV) can be watched from.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         self.rv += 1;
         self.resumable_from = self.rv;
         self.history.clear();
@@ -543,7 +553,7 @@ impl Store {
     /// A list response (`kind: <Kind>List`): items without kind/apiVersion, as the real server
     /// sends them. With `limit`, results are paged from a snapshot taken by the first page, so
     /// every page is consistent with the list RV; `continue` tokens name the snapshot.
-    pub fn list(
+    pub(crate) fn list(
         &mut self,
         res: Resource,
         filter: &Filter,
@@ -626,7 +636,7 @@ impl Store {
     /// Watch events for the objects `filter` selects, as the real server would send them to
     /// a watch starting now "from the beginning": ADDED for every object, and the RV they are
     /// current at.
-    pub fn initial_events(&self, res: Resource, filter: &Filter) -> (Vec<Value>, u64) {
+    pub(crate) fn initial_events(&self, res: Resource, filter: &Filter) -> (Vec<Value>, u64) {
         let events = self
             .objects
             .get(&res)
@@ -642,7 +652,7 @@ impl Store {
     /// `Err(Expired)` when events after `cursor` were compacted away. Modifications that move
     /// an object into or out of the selection become ADDED or DELETED (the latter carrying the
     /// previous object with the new RV), as in the real watch cache.
-    pub fn events_after(
+    pub(crate) fn events_after(
         &self,
         res: Resource,
         cursor: u64,
