@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz`: the datapath fuzzer (svc-testkit/src/fuzz.rs) for N packets, release-built.
+//! `cargo xtask fuzz`: the datapath fuzzer (svc-testkit/src/fuzz/) for N packets, release-built.
 //!
 //! Runs the `#[ignore]`d `fuzz_long` test of tests/tests/fuzz_datapath.rs with
 //! `SVC_FUZZ_PACKETS` / `SVC_FUZZ_SEED`; it prints packets/s, per-program counts and the

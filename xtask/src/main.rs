@@ -13,7 +13,7 @@
 //!   iptables and nftables modes (`--only perpacket|control|e2e`).
 //! - `test-kernels`: the fixture tier on this machine's kernel and on Debian 12's 6.1 under
 //!   qemu (`kernels.rs`).
-//! - `fuzz`: the datapath fuzzer for `--packets N` (svc-testkit/src/fuzz.rs, docs/RELIABILITY.md).
+//! - `fuzz`: the datapath fuzzer for `--packets N` (svc-testkit/src/fuzz/, docs/RELIABILITY.md).
 //! - `kind-up`, `manifests`: svc-lb as a DaemonSet in kind (deploy/; `deploy.rs`).
 mod deploy;
 mod fuzz;
