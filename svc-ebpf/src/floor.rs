@@ -1,6 +1,6 @@
 //! The benchmark floors: an empty tc classifier and an empty XDP program.
 //!
-//! Not part of the datapath — the agent never attaches either. `svc-bench/src/bin/bench.rs` times
+//! Not part of the datapath — the agent never attaches either. svc-bench's `bench` binary times
 //! them with `BPF_PROG_TEST_RUN` beside the real programs of the same type, so the per-packet
 //! cost it reports is the programs' own work, with the test harness's fixed cost (skb or
 //! xdp_buff setup per run, program dispatch per repeat) subtracted. Each must stay the program

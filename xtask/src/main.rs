@@ -280,12 +280,12 @@ fn test(args: &[String]) -> Result<()> {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchKind {
-    /// BPF_PROG_TEST_RUN cost per packet (svc-bench/src/bin/bench.rs).
+    /// BPF_PROG_TEST_RUN cost per packet (svc-bench/src/bin/bench/main.rs).
     Perpacket,
-    /// Programming latency, full sync, agent memory (svc-bench/src/bin/bench_control.rs).
+    /// Programming latency, full sync, agent memory (svc-bench/src/bin/bench_control/main.rs).
     Control,
     /// svc-lb beside kube-proxy iptables/nftables and no translation, in the DESIGN §3
-    /// topology (svc-bench/src/bin/bench_e2e.rs).
+    /// topology (svc-bench/src/bin/bench_e2e/main.rs).
     E2e,
 }
 
