@@ -1,0 +1,238 @@
+//! What the `network_traffic*` test binaries share: the scene (two nodes, client pods, backends,
+//! the external client, two Services pinning one backend each; see `network_traffic`'s module
+//! docs for the table) and the probes run in it: bulk transfers, sized UDP, connected UDP.
+// Each binary uses a part of these.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use svc_testkit::{
+    agent::{node_name, Agent, ManifestDir},
+    topology::{NsChild, Topology, TopologySpec},
+    traffic::{BulkResult, ConnectedUdpResult, SizedUdpSummary},
+};
+
+pub(crate) const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
+/// 8 MB each way.
+pub(crate) const BULK: u64 = 8 << 20;
+/// Every 8 MB transfer must finish within this.
+pub(crate) const BULK_DEADLINE: Duration = Duration::from_secs(20);
+
+/// One Service of the scene.
+pub(crate) struct Svc {
+    pub(crate) name: &'static str,
+    pub(crate) cluster_ip: &'static str,
+    pub(crate) lb_ip: &'static str,
+    pub(crate) external_ip: &'static str,
+    pub(crate) np_bulk: u16,
+    pub(crate) np_sized: u16,
+    pub(crate) np_closed: u16,
+    pub(crate) backend: &'static str,
+    pub(crate) backend_node: usize,
+}
+
+pub(crate) const ONE: Svc = Svc {
+    name: "one",
+    cluster_ip: "10.96.1.1",
+    lb_ip: "192.0.2.11",
+    external_ip: "198.51.100.11",
+    np_bulk: 31001,
+    np_sized: 31053,
+    np_closed: 31054,
+    backend: "be1",
+    backend_node: 1,
+};
+pub(crate) const TWO: Svc = Svc {
+    name: "two",
+    cluster_ip: "10.96.1.2",
+    lb_ip: "192.0.2.12",
+    external_ip: "198.51.100.12",
+    np_bulk: 31002,
+    np_sized: 31153,
+    np_closed: 31154,
+    backend: "be2",
+    backend_node: 2,
+};
+pub(crate) const SERVICES: [&Svc; 2] = [&ONE, &TWO];
+
+pub(crate) fn manifest(s: &Svc, t: &Topology) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: {cip}\n  externalIPs: [\"{eip}\"]\n  ports:\n    \
+         - {{name: bulk, port: 9000, targetPort: 9000, nodePort: {nb}, protocol: TCP}}\n    \
+         - {{name: sized, port: 7053, targetPort: 7053, nodePort: {ns}, protocol: UDP}}\n    \
+         - {{name: closed, port: 5454, targetPort: 5454, nodePort: {nc}, protocol: UDP}}\n\
+         status:\n  loadBalancer:\n    ingress:\n    - ip: {lb}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n  \
+         - {{name: bulk, port: 9000, protocol: TCP}}\n  - {{name: sized, port: 7053, protocol: UDP}}\n  \
+         - {{name: closed, port: 5454, protocol: UDP}}\nendpoints:\n  \
+         - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {node}\n",
+        name = s.name,
+        cip = s.cluster_ip,
+        eip = s.external_ip,
+        lb = s.lb_ip,
+        nb = s.np_bulk,
+        ns = s.np_sized,
+        nc = s.np_closed,
+        ip = t.pod_ip(s.backend),
+        node = node_name(s.backend_node),
+    )
+}
+
+pub(crate) struct Scene {
+    pub(crate) agents: Vec<Agent>,
+    pub(crate) _servers: Vec<NsChild>,
+    pub(crate) manifests: ManifestDir,
+    pub(crate) t: Topology,
+}
+
+impl Scene {
+    /// Builds the topology, starts the servers and one agent per node with `agent_flags`.
+    /// `before_agents` runs on the bare topology (e.g. to lower a route's MTU).
+    pub(crate) fn start(agent_flags: &[&str], before_agents: impl FnOnce(&Topology)) -> Self {
+        let t = Topology::build(
+            &TopologySpec::new()
+                .node(&["c1", "be1"])
+                .node(&["c2", "be2"])
+                .external_client(true)
+                .ext_gateway(1),
+        )
+        .expect("building the topology");
+        for pod in ["c1", "c2", "be1", "be2"] {
+            let on = t.offloads_on(t.pod_ns(pod), "eth0").unwrap();
+            for f in [
+                "tcp-segmentation-offload",
+                "generic-segmentation-offload",
+                "tx-checksumming",
+            ] {
+                assert!(
+                    on.iter().any(|o| o == f),
+                    "pod {pod} must keep {f} on (kernel default): on = {on:?}"
+                );
+            }
+        }
+        before_agents(&t);
+        let mut servers = Vec::new();
+        for be in ["be1", "be2"] {
+            let mut s = t
+                .spawn(
+                    t.pod_ns(be),
+                    &[
+                        PROBE,
+                        "serve",
+                        "--id",
+                        be,
+                        "--bulk",
+                        "9000",
+                        "--sized-udp",
+                        "7053",
+                    ],
+                )
+                .unwrap();
+            s.wait_for_line(Duration::from_secs(5), |l| l == "ready")
+                .unwrap_or_else(|e| panic!("server in {be}: {e:#}"));
+            servers.push(s);
+        }
+        let m = ManifestDir::new(&t).unwrap();
+        for s in SERVICES {
+            m.write(&format!("{}.yaml", s.name), &manifest(s, &t))
+                .unwrap();
+        }
+        let mut agents = Vec::new();
+        for n in 1..=2 {
+            let mut a = Agent::start(&t, n, m.path(), agent_flags).unwrap();
+            a.wait_healthy(&t, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("agent on node {n}: {e:#}"));
+            agents.push(a);
+        }
+        Self {
+            agents,
+            _servers: servers,
+            manifests: m,
+            t,
+        }
+    }
+
+    pub(crate) fn probe(&self, ns: &str, args: &[&str]) -> String {
+        let mut cmd = vec![PROBE];
+        cmd.extend_from_slice(args);
+        self.t
+            .exec_ok(ns, &cmd)
+            .unwrap_or_else(|e| panic!("svc-probe {args:?}: {e:#}"))
+    }
+
+    pub(crate) fn ns_of(&self, client: &str) -> String {
+        match client {
+            "ext" => self.t.ext_ns().unwrap().to_owned(),
+            pod => self.t.pod_ns(pod).to_owned(),
+        }
+    }
+
+    pub(crate) fn bulk(&self, client: &str, target: &str, dir: &str) -> BulkResult {
+        let out = self.probe(
+            &self.ns_of(client),
+            &[
+                "bulk",
+                "--target",
+                target,
+                "--dir",
+                dir,
+                "--bytes",
+                &BULK.to_string(),
+                "--stall-ms",
+                "5000",
+                "--deadline-ms",
+                &BULK_DEADLINE.as_millis().to_string(),
+            ],
+        );
+        serde_json::from_str(last_line(&out)).unwrap()
+    }
+
+    pub(crate) fn sized(
+        &self,
+        client: &str,
+        target: &str,
+        count: u32,
+        request: usize,
+        reply: usize,
+    ) -> SizedUdpSummary {
+        let out = self.probe(
+            &self.ns_of(client),
+            &[
+                "sized-udp",
+                "--target",
+                target,
+                "--count",
+                &count.to_string(),
+                "--request-len",
+                &request.to_string(),
+                "--reply-len",
+                &reply.to_string(),
+                "--timeout-ms",
+                "500",
+            ],
+        );
+        serde_json::from_str(last_line(&out)).unwrap()
+    }
+
+    pub(crate) fn connected_udp(&self, client: &str, target: &str) -> ConnectedUdpResult {
+        let out = self.probe(
+            &self.ns_of(client),
+            &[
+                "udp-connected",
+                "--target",
+                target,
+                "--timeout-ms",
+                "3000",
+                "--resend-ms",
+                "500",
+            ],
+        );
+        serde_json::from_str(last_line(&out)).unwrap()
+    }
+}
+
+pub(crate) fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
