@@ -481,11 +481,15 @@ impl ApiServer {
     /// Stops at the first document that fails. Returns the stored objects.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<Value>> {
         let mut applied = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-            let value = serde_yaml::Value::deserialize(doc)
-                .with_context(|| format!("YAML document {}", i + 1))?;
-            let value: Value = serde_json::to_value(value)
-                .with_context(|| format!("YAML document {} as JSON", i + 1))?;
+        let mut text = yaml.as_bytes();
+        // Document by document, so the ones before a broken one are applied; empty documents
+        // are skipped (and not counted). YAML 1.2 booleans only, as the agent reads them.
+        let docs = serde_saphyr::read_with_options::<_, Value>(
+            &mut text,
+            serde_saphyr::options! { strict_booleans: true },
+        );
+        for (i, value) in docs.enumerate() {
+            let value = value.with_context(|| format!("YAML document {}", i + 1))?;
             if value.is_null() {
                 continue;
             }
@@ -611,8 +615,6 @@ pub fn write_kubeconfig(path: &Path, server_url: &str) -> Result<()> {
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
-
-use serde::Deserialize as _;
 
 fn to_value<K: Serialize>(obj: &K) -> Result<Value, ApiError> {
     serde_json::to_value(obj).map_err(|e| ApiError::bad_request(format!("serialising: {e}")))

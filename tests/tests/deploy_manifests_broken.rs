@@ -18,7 +18,7 @@ use deploy_common::*;
 // The checks above can fail: each checker, fed a deliberately broken copy, reports the breakage.
 
 /// The privileged DaemonSet, edited as a YAML tree by `edit`, then parsed.
-fn broken_daemon_set(edit: impl FnOnce(&mut serde_yaml::Value)) -> Result<Result<DaemonSet>> {
+fn broken_daemon_set(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Result<DaemonSet>> {
     let text = read(PRIVILEGED)?;
     let mut doc = documents(&text)?
         .into_iter()
@@ -28,7 +28,7 @@ fn broken_daemon_set(edit: impl FnOnce(&mut serde_yaml::Value)) -> Result<Result
     Ok(parse_strict(&doc))
 }
 
-fn container_yaml(doc: &mut serde_yaml::Value) -> &mut serde_yaml::Value {
+fn container_yaml(doc: &mut serde_json::Value) -> &mut serde_json::Value {
     &mut doc["spec"]["template"]["spec"]["containers"][0]
 }
 
@@ -54,7 +54,7 @@ fn a_wrong_metrics_or_healthz_port_is_reported_for_its_probe_and_the_container_p
         ("--healthz-bind-address=0.0.0.0:9998", "livenessProbe"),
     ] {
         let ds = broken_daemon_set(|doc| {
-            let args = container_yaml(doc)["args"].as_sequence_mut().unwrap();
+            let args = container_yaml(doc)["args"].as_array_mut().unwrap();
             args.push(arg.into());
         })??;
         let problems = daemonset_problems(&ds, &kind_cluster()?);
@@ -168,7 +168,7 @@ fn an_unknown_or_misplaced_field_is_reported() -> Result<()> {
 #[test]
 fn an_agent_flag_that_does_not_exist_is_reported() -> Result<()> {
     let ds = broken_daemon_set(|doc| {
-        let args = container_yaml(doc)["args"].as_sequence_mut().unwrap();
+        let args = container_yaml(doc)["args"].as_array_mut().unwrap();
         args.push("--nodeport-adresses=127.0.0.0/8".into());
     })??;
     let problems = daemonset_problems(&ds, &kind_cluster()?);
@@ -196,7 +196,7 @@ fn node_name_from_the_wrong_field_or_missing_is_reported() -> Result<()> {
     // the node's, as kube-proxy): reported, the node name must come from the pod's node.
     let ds = broken_daemon_set(|doc| {
         container_yaml(doc)["env"]
-            .as_sequence_mut()
+            .as_array_mut()
             .unwrap()
             .retain(|e| e["name"].as_str() != Some("NODE_NAME"));
     })??;
@@ -213,7 +213,7 @@ fn node_name_from_the_wrong_field_or_missing_is_reported() -> Result<()> {
 #[test]
 fn bpffs_outside_the_host_mount_and_drift_are_reported() -> Result<()> {
     let ds = broken_daemon_set(|doc| {
-        let args = container_yaml(doc)["args"].as_sequence_mut().unwrap();
+        let args = container_yaml(doc)["args"].as_array_mut().unwrap();
         for arg in args {
             if arg.as_str() == Some("--bpffs=/sys/fs/bpf/svc") {
                 *arg = "--bpffs=/var/run/svc".into();
@@ -259,7 +259,7 @@ fn env_expansion_follows_kubernetes() -> Result<()> {
     // An undefined reference stays literal, so it fails to parse as an address.
     let ds = broken_daemon_set(|doc| {
         container_yaml(doc)["env"]
-            .as_sequence_mut()
+            .as_array_mut()
             .unwrap()
             .retain(|e| e["name"].as_str() != Some("NODE_IP"));
     })??;

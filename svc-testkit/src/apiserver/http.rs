@@ -273,7 +273,12 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
         .to_bytes();
     serde_json::from_slice(&bytes)
-        .or_else(|_| serde_yaml::from_slice(&bytes))
+        .or_else(|_| {
+            serde_saphyr::from_slice_with_options(
+                &bytes,
+                serde_saphyr::options! { strict_booleans: true },
+            )
+        })
         .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 

@@ -41,23 +41,33 @@ pub(crate) fn read(file: &str) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The `---` documents of a YAML text, as untyped trees.
-pub(crate) fn documents(text: &str) -> Result<Vec<serde_yaml::Value>> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| serde_yaml::Value::deserialize(doc).map_err(Into::into))
-        .filter(|doc| !matches!(doc, Ok(serde_yaml::Value::Null)))
-        .collect()
+/// YAML 1.2 booleans only (`yes`, `on` stay strings), as the agent reads YAML.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
+/// The `---` documents of a YAML text, as untyped trees (empty documents skipped).
+pub(crate) fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
+    Ok(serde_saphyr::from_multiple_with_options(
+        text,
+        yaml_options(),
+    )?)
+}
+
+/// One YAML document as an untyped tree.
+pub(crate) fn document(text: &str) -> Result<serde_json::Value> {
+    Ok(serde_saphyr::from_str_with_options(text, yaml_options())?)
 }
 
 /// Parses `doc` as `T` and fails if re-serialising the result loses or changes anything: serde
 /// (and k8s-openapi) skip unknown fields silently, so this is how a typo such as `hostNetwrok`
 /// or a field at the wrong level is caught.
-pub(crate) fn parse_strict<T: DeserializeOwned + Serialize>(doc: &serde_yaml::Value) -> Result<T> {
-    let typed: T = serde_yaml::from_value(doc.clone())?;
-    let original = serde_json::to_value(doc)?;
+pub(crate) fn parse_strict<T: DeserializeOwned + Serialize>(doc: &serde_json::Value) -> Result<T> {
+    let typed: T = serde_json::from_value(doc.clone())?;
+    let original = doc;
     let round_trip = serde_json::to_value(&typed)?;
     let mut lost = Vec::new();
-    diff_lost(&original, &round_trip, String::new(), &mut lost);
+    diff_lost(original, &round_trip, String::new(), &mut lost);
     ensure!(lost.is_empty(), "not part of the type: {}", lost.join(", "));
     Ok(typed)
 }
@@ -554,7 +564,7 @@ pub(crate) fn daemonset_problems_with(
             format!("no kubeconfig: the in-cluster default is the `kubernetes` ClusterIP, served by svc-lb itself; point one at {server}"),
         ),
         Some(file) => match config_map_file(file, container, pod, config_maps)
-            .and_then(|text| Ok(serde_yaml::from_str::<serde_yaml::Value>(&text)?))
+            .and_then(|text| document(&text))
         {
             Err(e) => problem(false, format!("kubeconfig: {e:#}")),
             Ok(kc) => {

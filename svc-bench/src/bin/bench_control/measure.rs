@@ -97,7 +97,7 @@ pub(crate) fn manifests_full_sync(
         for i in first..(first + per_file).min(n) {
             for obj in [service(i), slice(i, &eps)] {
                 yaml.push_str("---\n");
-                yaml.push_str(&serde_yaml::to_string(&obj)?);
+                yaml.push_str(&serde_saphyr::to_string(&obj)?);
             }
         }
         dir.write(&format!("svc-{first:05}.yaml"), &yaml)?;
