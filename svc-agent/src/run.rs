@@ -317,7 +317,17 @@ async fn poll_manifests(
             continue;
         }
         let started = Instant::now();
-        match manifests::load_dir_with(&dir, &options) {
+        // File reads and YAML parsing: off the runtime, which also runs the engine.
+        let (d, o) = (dir.clone(), options.clone());
+        let loaded =
+            match tokio::task::spawn_blocking(move || manifests::load_dir_with(&d, &o)).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    warn!("loading the manifest directory: {e}; keeping what is programmed");
+                    continue;
+                }
+            };
+        match loaded {
             Ok(objects) => {
                 last_fingerprint = Some(fingerprint);
                 if events.send(Event::Objects(objects, started)).is_err() {

@@ -152,14 +152,7 @@ impl PinnedMaps {
 
     /// The `SVC_FRAGS` entry under `key`, `None` when absent.
     pub fn frag_get(&self, key: &FragKey) -> Result<Option<FragPorts>, DataplaneError> {
-        match self.flows.frags.get(key, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DataplaneError::Read {
-                map: MAP_FRAGS,
-                source: io(e),
-            }),
-        }
+        get_opt(&self.flows.frags, key, MAP_FRAGS)
     }
 
     /// Writes a `SVC_FRAGS` entry (as a first fragment would: fixtures only).
@@ -187,14 +180,23 @@ impl PinnedMaps {
 
     /// One frontend entry, `None` when absent.
     pub fn frontend(&self, key: &FrontendKey) -> Result<Option<Frontend>, DataplaneError> {
-        match self.frontends.get(key, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DataplaneError::Read {
-                map: MAP_FRONTENDS,
-                source: io(e),
-            }),
-        }
+        get_opt(&self.frontends, key, MAP_FRONTENDS)
+    }
+}
+
+/// The entry under `key`, `None` when absent; other errors name `map`.
+fn get_opt<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<Option<V>, DataplaneError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(DataplaneError::Read {
+            map: name,
+            source: io(e),
+        }),
     }
 }
 
@@ -292,14 +294,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn ct_get(&self, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError> {
-        match self.flows.ct.get(key, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DataplaneError::Read {
-                map: MAP_CONNTRACK,
-                source: io(e),
-            }),
-        }
+        get_opt(&self.flows.ct, key, MAP_CONNTRACK)
     }
 
     fn ct_delete(&mut self, keys: &[CtKey]) -> Result<usize, DataplaneError> {

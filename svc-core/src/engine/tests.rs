@@ -13,7 +13,7 @@ use tokio::time::{sleep, Instant as TokioInstant};
 use super::*;
 use crate::dataplane::fake::{canonical, FakeDataplane};
 use crate::dataplane::{MapFill, MapSnapshot};
-use crate::model::tests::{slice, svc};
+use crate::model::tests::{objects, slice, svc};
 use crate::store::Change;
 
 /// The fake, shared with the test script while the engine owns its handle.
@@ -131,17 +131,6 @@ fn web_slice(ips: &[&str]) -> (ObjectRef, EndpointSlice) {
         "web",
         json!({"ports": [{"name": "", "port": 8080}], "endpoints": eps}),
     )
-}
-
-fn objects(
-    services: Vec<(ObjectRef, Service)>,
-    slices: Vec<(ObjectRef, EndpointSlice)>,
-) -> Objects {
-    Objects {
-        services: services.into_iter().collect(),
-        slices: slices.into_iter().collect(),
-        problems: vec![],
-    }
 }
 
 /// What the maps hold when `objects` are planned from scratch on a fresh fake: the expected

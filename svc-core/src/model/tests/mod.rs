@@ -70,7 +70,7 @@ fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
-fn objects(
+pub(crate) fn objects(
     services: Vec<(ObjectRef, Service)>,
     slices: Vec<(ObjectRef, EndpointSlice)>,
 ) -> Objects {
