@@ -152,6 +152,13 @@ pub struct RunArgs {
     /// cgroup v2 directory the socket hooks attach to.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Socket-level load balancing for pods: the socket hooks also translate the sockets of
+    /// pods in --cgroup (every other network namespace than the node's), so their connections
+    /// go straight to a backend with no per-packet NAT. What a socket call cannot decide
+    /// exactly as the per-packet path would (session affinity, loadBalancerSourceRanges, no
+    /// endpoints, UDP connect() on kernels without bpf_sock_destroy) stays per packet.
+    #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
+    pub pod_socket_lb: bool,
     /// Range ClusterIPs are allocated from for manifests that do not set one.
     #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_cidr)]
     pub service_cidr: Ipv4Net,

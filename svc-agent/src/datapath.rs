@@ -20,6 +20,8 @@
 //!   attached *program*, as the record that this agent attached there (stale-pin removal,
 //!   `uninstall`). A restarted agent replaces the filter's program in place (`cls_bpf_change`
 //!   on an existing handle swaps `prog` under RCU: no instant without one).
+//! - `DIR/svc_sock_reap_udp_link` ([`sockreap::SOCK_REAP_PIN`]): the UDP socket iterator's
+//!   link, opened by the reaper thread in each namespace it runs the iterator in.
 //! - `DIR/links/cgroup-<program>`: the socket hooks' links on `--cgroup`. Replaced
 //!   make-before-break (the new link is attached and pinned before the old one goes; two
 //!   translating hooks in a row are harmless, the second finds a backend, not a frontend).
@@ -42,8 +44,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use svc_common::{
-    Config, CtTimeouts, ALL_MAPS, GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    Config, CtTimeouts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS, GLOBAL_CT_TIMEOUTS,
+    GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -53,6 +55,7 @@ use crate::dataplane::{
     Dataplane,
 };
 
+pub mod sockreap;
 mod tc;
 use tc::{
     adopt, attach_classic, attach_tcx, classic_record, detach_classic, ifname_of,
@@ -173,6 +176,11 @@ pub struct Datapath {
     tc: TcChoice,
     /// Loaded with [`LoadGlobals::debug_log`].
     debug_log: bool,
+    /// The pinned link of the UDP socket iterator ([`sockreap`]); `None` on kernels without
+    /// `bpf_sock_destroy`.
+    sock_reap: Option<PathBuf>,
+    /// `--pod-socket-lb`: [`svc_common::CONFIG_F_SOCK_PODS`].
+    pod_socket_lb: bool,
 }
 
 /// The load-time globals (`.rodata`) the agent sets.
@@ -237,7 +245,22 @@ impl Datapath {
         loader.map_max_entries(MAP_FRONTENDS, service_maps.max_frontends);
         loader.map_max_entries(MAP_SLOTS, service_maps.max_slots);
         loader.map_max_entries(MAP_BACKENDS, service_maps.max_backends);
-        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+        let btf = match aya::Btf::from_sys_fs() {
+            Ok(btf) => Some(btf),
+            Err(e) => {
+                warn!("reading the kernel's BTF: {e}; no socket destruction");
+                None
+            }
+        };
+        let patched = match &btf {
+            Some(btf) => sockreap::patch(EBPF_OBJECT, btf)?,
+            None => None,
+        };
+        let object: &[u8] = match &patched {
+            Some(words) => &bytemuck::cast_slice(words)[..EBPF_OBJECT.len()],
+            None => EBPF_OBJECT,
+        };
+        let mut ebpf = loader.load(object).with_context(|| {
             format!(
                 "loading the eBPF object with maps pinned under {}",
                 bpffs.display()
@@ -269,6 +292,28 @@ impl Datapath {
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("verifying and loading program {name}"))?;
+        }
+        let sock_reap = match (&btf, &patched) {
+            (Some(btf), Some(_)) => match sockreap::load(&mut ebpf, btf, bpffs) {
+                Ok(pin) => Some(pin),
+                Err(e) => {
+                    warn!(
+                        "the UDP socket iterator did not load: {e:#}; pods' UDP connect() \
+                           stays on the per-packet path"
+                    );
+                    None
+                }
+            },
+            _ => {
+                info!(
+                    "this kernel has no bpf_sock_destroy (Linux 6.5): pods' UDP connect() \
+                       stays on the per-packet path"
+                );
+                None
+            }
+        };
+        if sock_reap.is_none() {
+            let _ = std::fs::remove_file(bpffs.join(sockreap::SOCK_REAP_PIN));
         }
         let maps = PinnedMaps::from_loaded(&mut ebpf)?;
         let capacity = maps
@@ -318,6 +363,8 @@ impl Datapath {
             xdp,
             tc,
             debug_log: globals.debug_log,
+            sock_reap,
+            pod_socket_lb: false,
         };
         Ok((datapath, maps))
     }
@@ -335,21 +382,38 @@ impl Datapath {
             .context("reading the programs' aya-log ring (AYA_LOGS)")
     }
 
-    /// Writes the node settings the datapath reads: the SNAT address (`node_addr`) and this
-    /// network namespace's cookie (socket hooks translate only sockets of this namespace).
-    /// Writes the node config (SNAT source `node_addr`, 0.0.0.0 for none); returns whether it
-    /// changed.
+    /// Writes the node settings the datapath reads: the SNAT source `node_addr` (0.0.0.0 for
+    /// none), this network namespace's cookie (the socket hooks tell the node's sockets from
+    /// pods' by it) and the socket-LB flags; returns whether they changed.
     pub fn set_config(&mut self, node_addr: Option<std::net::Ipv4Addr>) -> Result<bool> {
+        let mut flags = 0;
+        if self.pod_socket_lb {
+            flags |= CONFIG_F_SOCK_PODS;
+        }
+        if self.sock_reap.is_some() {
+            flags |= CONFIG_F_SOCK_DESTROY;
+        }
         let config = Config {
             node_addr: node_addr.map(|a| a.octets()).unwrap_or_default(),
-            flags: 0,
+            flags,
             netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
         };
         let changed = self.config.write(config)?;
         if changed {
-            info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, "node config written");
+            info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, flags, "node config written");
         }
         Ok(changed)
+    }
+
+    /// `--pod-socket-lb`: the socket hooks serve pods' sockets too (from the next
+    /// [`Datapath::set_config`]).
+    pub fn set_pod_socket_lb(&mut self, on: bool) {
+        self.pod_socket_lb = on;
+    }
+
+    /// The pinned link of the UDP socket iterator, if this kernel can destroy sockets.
+    pub fn sock_reap_link(&self) -> Option<&Path> {
+        self.sock_reap.as_deref()
     }
 
     fn link_pin(&self, ifindex: u32, ifname: &str, hook: &str) -> PathBuf {
@@ -687,7 +751,10 @@ pub fn uninstall(bpffs: &Path) -> Result<()> {
         }
         std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for map in ALL_MAPS.iter().chain([&TIMEOUTS_PIN]) {
+    for map in ALL_MAPS
+        .iter()
+        .chain([&TIMEOUTS_PIN, &sockreap::SOCK_REAP_PIN])
+    {
         let path = bpffs.join(map);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -144,6 +144,7 @@ fn main() -> Result<()> {
         pod_ifaces: args.pod_ifaces,
         uplinks: args.uplink,
         cgroup: args.cgroup,
+        pod_socket_lb: args.pod_socket_lb,
         xdp: args.xdp_mode,
         tc: args.tc_attach,
         metrics_addr: bind_address("--metrics-bind-address", &args.metrics_bind_address)?,

@@ -25,13 +25,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use svc_common::CtTimeouts;
+use svc_common::{CtTimeouts, DoomedPair};
 
 use crate::{
     budget,
     conntrack::{self, Collector, CollectorHandle},
     datapath::Datapath,
-    dataplane::{pinned::PinnedMaps, DataplaneError, MapOp},
+    dataplane::{pinned::PinnedMaps, sockreap::Reaper, DataplaneError, MapOp},
     health::{self, HealthServers, ProxyHealth},
     ifwatch::{self, Link, LinkEvent},
     metrics::{self, MapLabel, Metrics},
@@ -78,6 +78,8 @@ pub struct RunConfig {
     pub uplinks: Vec<String>,
     /// cgroup v2 directory for the socket hooks; `None` = the cgroup v2 root.
     pub cgroup: Option<PathBuf>,
+    /// `--pod-socket-lb`.
+    pub pod_socket_lb: bool,
     pub xdp: crate::datapath::XdpChoice,
     /// `--tc-attach`.
     pub tc: crate::datapath::TcChoice,
@@ -158,7 +160,15 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         Some(c) => c.clone(),
         None => crate::datapath::cgroup2_root()?,
     };
+    datapath.set_pod_socket_lb(cfg.pod_socket_lb);
     datapath.attach_cgroup(&cgroup)?;
+    let reaper = match datapath.sock_reap_link() {
+        Some(link) => Some(
+            Reaper::start(&cfg.bpffs, link.to_owned(), cgroup.clone())
+                .context("starting the socket reaper")?,
+        ),
+        None => None,
+    };
     if let Some(logger) = datapath.take_debug_logger()? {
         // SAFETY: the logger owns the AYA_LOGS ring's descriptor and keeps it open, unchanged,
         // for as long as the AsyncFd that owns it.
@@ -270,6 +280,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         proxy_health: proxy_health.clone(),
         health: HealthServers::new(proxy_health),
         gc,
+        reaper,
         datapath,
         last_snat,
         cfg: cfg.clone(),
@@ -428,6 +439,8 @@ struct AgentHooks {
     health: HealthServers,
     /// The conntrack collector, told which UDP flows to flush.
     gc: CollectorHandle,
+    /// Destroys connected UDP sockets of removed pairs (kernels with `bpf_sock_destroy`).
+    reaper: Option<Reaper>,
     datapath: Datapath,
     last_snat: Option<snat::Choice>,
     cfg: RunConfig,
@@ -534,6 +547,18 @@ impl Hooks<PinnedMaps> for AgentHooks {
             }
         }
         let udp = removals.udp_pairs();
+        if let Some(reaper) = &self.reaper {
+            let pairs = udp
+                .iter()
+                .map(|&(frontend_id, backend_id)| DoomedPair {
+                    frontend_id,
+                    backend_id,
+                })
+                .collect();
+            if !reaper.reap(pairs) {
+                error!("the socket reaper thread has stopped: connected UDP sockets of removed endpoints keep them");
+            }
+        }
         if !udp.is_empty() && !self.gc.flush_udp(udp) {
             error!("the conntrack collector thread has stopped: UDP flows of removed endpoints stay until they expire");
         }

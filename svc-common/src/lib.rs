@@ -63,6 +63,9 @@ pub const MAP_STATS: &str = "SVC_STATS";
 pub const MAP_CONFIG: &str = "SVC_CONFIG";
 /// Pinned name of the socket-LB reverse map (cgroup hooks: socket + backend → frontend).
 pub const MAP_SOCK_REVNAT: &str = "SVC_SOCK_REV";
+/// Pinned name of the set of removed (frontend, backend) UDP pairs whose connected sockets
+/// the socket iterator destroys; filled and emptied by the agent around each run.
+pub const MAP_SOCK_DOOMED: &str = "SVC_SOCK_DOOMED";
 /// Pinned name of the session-affinity map (`sessionAffinity: ClientIP`).
 pub const MAP_AFFINITY: &str = "SVC_AFFINITY";
 /// Pinned name of the IPv4 fragment map: the ports of a datagram whose first fragment was seen,
@@ -88,7 +91,7 @@ pub const MAP_TRACE_RINGS: &str = "SVC_TRACE_RINGS";
 /// it claims the slot and reports them when it exits.
 pub const MAP_TRACE_LOST: &str = "SVC_TRACE_LOST";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -105,6 +108,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_TRACE_FILTERS,
     MAP_TRACE_RINGS,
     MAP_TRACE_LOST,
+    MAP_SOCK_DOOMED,
 ];
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
@@ -248,13 +252,23 @@ pub const BACKEND_F_LOCAL: u8 = 2;
 pub struct Config {
     /// This node's primary address (network order): the SNAT source when the FIB names none.
     pub node_addr: [u8; 4],
-    /// Reserved, always zero.
+    /// `CONFIG_F_*` bits.
     pub flags: u32,
-    /// Network-namespace cookie of the node (`SO_NETNS_COOKIE`): cgroup socket hooks translate
-    /// only sockets of this namespace, so pods (own namespaces) never see localhost NodePorts.
+    /// Network-namespace cookie of the node (`SO_NETNS_COOKIE`): cgroup socket hooks tell the
+    /// node's own sockets (every Service, localhost NodePorts included) from pods' sockets
+    /// (translated only with [`CONFIG_F_SOCK_PODS`], never for their own loopback).
     pub netns_cookie: u64,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+/// [`Config::flags`]: socket-level load balancing for pods (`--pod-socket-lb on`). The cgroup
+/// hooks translate sockets of every other network namespace of their cgroup too, so a pod's
+/// connection goes straight to its backend and its packets need no NAT.
+pub const CONFIG_F_SOCK_PODS: u32 = 1;
+/// [`Config::flags`]: the agent can destroy sockets (`bpf_sock_destroy`, Linux 6.5, from its
+/// UDP socket iterator). Without it a pod's `connect()` on a UDP socket is left to the
+/// per-packet path, where conntrack follows backend changes: a connected socket translated in
+/// the call would keep a backend that left the Service until the application closed it.
+pub const CONFIG_F_SOCK_DESTROY: u32 = 2;
 
 /// The data of a [`MAP_SOURCE_RANGES`] key, after its `u32` prefix length (an LPM trie key is
 /// `{prefix_len, data}`, aya's `lpm_trie::Key<SourceRangeKey>`, 12 bytes). The prefix length
@@ -297,7 +311,8 @@ pub struct SockKey {
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 
 /// Value of [`MAP_SOCK_REVNAT`]: the frontend the application asked for, restored on
-/// `recvmsg` (UDP replies) and `getpeername`.
+/// `recvmsg` (UDP replies) and `getpeername`, and the (frontend, backend) pair the choice was
+/// made from, which the socket iterator matches against [`MAP_SOCK_DOOMED`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct SockRevNat {
@@ -307,8 +322,34 @@ pub struct SockRevNat {
     pub port: u16,
     /// Always zero.
     pub _pad: u16,
+    /// [`Frontend::id`] of the frontend.
+    pub frontend_id: u32,
+    /// Backend id the socket was sent to (a [`MAP_BACKENDS`] key when chosen).
+    pub backend_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockRevNat>() == 8);
+const _: () = assert!(core::mem::size_of::<SockRevNat>() == 16);
+
+/// Key of [`MAP_SOCK_DOOMED`]: a (frontend, backend) pair a plan removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct DoomedPair {
+    /// [`Frontend::id`].
+    pub frontend_id: u32,
+    /// Backend id.
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<DoomedPair>() == 8);
+/// The immediate of the placeholder `call` the socket iterator makes for `bpf_sock_destroy`
+/// (svc-ebpf `sockreap.rs`); the agent rewrites that instruction into the kfunc call. Not a
+/// helper id any kernel has (they are below 300).
+pub const SOCK_DESTROY_MARK: i32 = 0x5d5e_0001;
+/// ELF section of the socket iterator, where the agent looks for [`SOCK_DESTROY_MARK`].
+pub const SOCK_REAP_SECTION: &str = "iter/udp";
+/// Name of the socket iterator program.
+pub const SOCK_REAP_PROGRAM: &str = "svc_sock_reap_udp";
+/// Capacity of [`MAP_SOCK_DOOMED`]: removed UDP pairs per iterator run (the agent runs the
+/// iterator again for more).
+pub const MAX_SOCK_DOOMED: u32 = 4096;
 /// Capacity of [`MAP_SOCK_REVNAT`] (LRU).
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
@@ -495,6 +536,7 @@ aya_pod!(
     Config,
     SockKey,
     SockRevNat,
+    DoomedPair,
     AffinityKey,
     Affinity,
     CtTimeouts,

@@ -142,9 +142,17 @@ pub enum Reason {
     /// Dropped: a new flow needs source NAT, but this node has no usable SNAT address (none of
     /// `--node-ip` and the Node's addresses is on one of its interfaces; the agent logs why).
     SnatNoAddress = 33,
+    /// Socket hook, a pod's socket: left untranslated for the per-packet path, which decides
+    /// what a socket call cannot (the client's address for session affinity and
+    /// `loadBalancerSourceRanges`, the reject of a frontend without endpoints, a connected UDP
+    /// socket where it could not be destroyed later, the pod's own loopback).
+    SockPerPacket = 34,
+    /// Socket iterator: a connected UDP socket whose backend left its frontend was destroyed
+    /// (`bpf_sock_destroy`); the application sees ECONNABORTED and reconnects.
+    SockDestroyed = 35,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 34;
+pub const REASON_COUNT: u32 = 36;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -181,6 +189,8 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::CtCollision, "ct_collision"),
     (Reason::SourceRangeDenied, "source_range_denied"),
     (Reason::SnatNoAddress, "snat_no_address"),
+    (Reason::SockPerPacket, "sock_per_packet"),
+    (Reason::SockDestroyed, "sock_destroyed"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;

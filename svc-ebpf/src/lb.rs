@@ -76,7 +76,7 @@ const HASH_SEED: u32 = 0x9e37_79b9;
 
 /// murmur3's 32-bit finaliser: every input bit affects every output bit.
 #[inline(always)]
-fn mix(mut h: u32) -> u32 {
+pub(crate) fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -27,13 +27,16 @@
 //! - [`svc_uplink_ingress`] (tc, node uplinks): the complete north-south path.
 //! - [`svc_uplink_egress`] (tc, node uplinks): replies of hostNetwork endpoints on this node
 //!   to external clients.
-//! - `svc_sock_*` (cgroup socket hooks): Services for the node's own processes, including
-//!   localhost NodePorts without `route_localnet`.
+//! - `svc_sock_*` (cgroup socket hooks): socket-level load balancing for the node's own
+//!   processes (including localhost NodePorts without `route_localnet`) and for pods.
+//! - `svc_sock_reap_udp` (`iter/udp`): destroys connected UDP sockets whose backend left.
 //!
 //! Every outcome is an [`Outcome`] (verdict + reason): stages return `Result<_, Outcome>`, the
 //! program entry counts the reason and returns the verdict, so no verdict is dropped silently.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `asm!` on BPF: the socket iterator's kfunc call (sockreap.rs). The eBPF build is nightly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Built for the host (cargo check/clippy of the workspace) every program is cfg'd out, so its
 // dependencies are unused there.
 #![cfg_attr(not(target_arch = "bpf"), allow(unused_crate_dependencies))]
@@ -63,6 +66,8 @@ mod reject;
 mod route;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod sockreap;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]

@@ -5,10 +5,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, FragKey, FragPorts, Frontend,
-    FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey,
+    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, DoomedPair, FragKey, FragPorts,
+    Frontend, FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey,
     TraceEvent, TraceFilter, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS,
-    MAX_SLOTS, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN, TRACE_RING_BYTES, TRACE_SLOTS,
+    MAX_SLOTS, MAX_SOCK_DOOMED, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN, TRACE_RING_BYTES,
+    TRACE_SLOTS,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -47,6 +48,12 @@ pub(crate) static SVC_CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub(crate) static SVC_SOCK_REV: LruHashMap<SockKey, SockRevNat, { MAX_SOCK_REVNAT as usize }> =
     LruHashMap::new();
+
+/// Removed (frontend, backend) UDP pairs for the socket iterator (`sockreap.rs`); empty
+/// between the agent's runs.
+#[btf_map]
+pub(crate) static SVC_SOCK_DOOMED: HashMap<DoomedPair, u8, { MAX_SOCK_DOOMED as usize }> =
+    HashMap::new();
 
 #[btf_map]
 pub(crate) static SVC_AFFINITY: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> =

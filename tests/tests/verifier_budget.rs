@@ -97,6 +97,20 @@ struct Measured {
     frames: String,
 }
 
+/// The object as the agent loads it: its socket iterator's placeholder call patched into the
+/// `bpf_sock_destroy` kfunc call (svc-agent `datapath/sockreap.rs`), and the kernel's BTF the
+/// iterator is loaded against. The budget is measured on kernels with the kfunc (6.5+).
+fn loadable_object() -> Result<(Vec<u8>, Btf)> {
+    let object = read_object()?;
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let words = svc_agent::datapath::sockreap::patch(&object, &btf)?.context(
+        "this kernel has no bpf_sock_destroy (Linux 6.5): the socket iterator cannot load, and \
+         the budget is measured with every program",
+    )?;
+    let bytes: &[u8] = bytemuck::cast_slice(&words);
+    Ok((bytes[..object.len()].to_vec(), btf))
+}
+
 fn budget_path() -> PathBuf {
     workspace_root().join(BUDGET_FILE)
 }
@@ -143,8 +157,8 @@ fn the_budget_file_names_the_objects_programs() {
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn every_program_loads_with_debug_messages_on() {
-    let object = read_object().unwrap_or_else(|e| panic!("{e:#}"));
     require_root();
+    let (object, btf) = loadable_object().unwrap_or_else(|e| panic!("{e:#}"));
     let mut ebpf = EbpfLoader::new()
         .override_global(svc_common::GLOBAL_DEBUG_LOG, &1u32, true)
         .load(&object)
@@ -154,6 +168,7 @@ fn every_program_loads_with_debug_messages_on() {
             Program::SchedClassifier(p) => p.load(),
             Program::Xdp(p) => p.load(),
             Program::CgroupSockAddr(p) => p.load(),
+            Program::Iter(p) => p.load("udp", &btf),
             other => panic!("{name}: unexpected program type {:?}", other.prog_type()),
         };
         loaded.unwrap_or_else(|e| panic!("{name} with debug messages on: {e:#}"));
@@ -177,7 +192,8 @@ fn run() -> Result<()> {
         budget
     };
     require_root();
-    let measured = measure(&object)?;
+    let (object, btf) = loadable_object()?;
+    let measured = measure(&object, &btf)?;
     ensure!(
         measured.keys().eq(names.iter()),
         "measured {:?}, but the object names {names:?}",
@@ -413,7 +429,7 @@ fn kernel_release() -> String {
 
 /// Loads every program with aya (verified instructions), then each again with a verifier log
 /// (stack), and checks both loads processed the same number of instructions.
-fn measure(object: &[u8]) -> Result<BTreeMap<String, Measured>> {
+fn measure(object: &[u8], btf: &Btf) -> Result<BTreeMap<String, Measured>> {
     let mut ebpf = EbpfLoader::new()
         .load(object)
         .context("loading target/svc-ebpf.o")?;
@@ -424,6 +440,7 @@ fn measure(object: &[u8]) -> Result<BTreeMap<String, Measured>> {
             Program::SchedClassifier(p) => p.load(),
             Program::Xdp(p) => p.load(),
             Program::CgroupSockAddr(p) => p.load(),
+            Program::Iter(p) => p.load("udp", btf),
             other => bail!(
                 "{name} is a {:?} program, which this test does not load yet: add it to measure()",
                 other.prog_type()
@@ -456,7 +473,7 @@ fn measure(object: &[u8]) -> Result<BTreeMap<String, Measured>> {
             .to_string();
         maps.insert(name, map);
     }
-    let logs = load_with_stats(object, &maps)?;
+    let logs = load_with_stats(object, &maps, btf)?;
     drop(ebpf);
 
     let mut measured = BTreeMap::new();
@@ -504,6 +521,7 @@ struct Stats {
 fn load_with_stats(
     object: &[u8],
     maps: &HashMap<String, MapData>,
+    kernel_btf: &Btf,
 ) -> Result<BTreeMap<String, Stats>> {
     let mut obj = Object::parse(object).context("parsing the eBPF object")?;
     // Every BTF feature a kernel new enough for this datapath has (aya probes them).
@@ -513,8 +531,7 @@ fn load_with_stats(
         None => None,
     };
     if obj.has_btf_relocations() {
-        let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        obj.relocate_btf(&kernel_btf)?;
+        obj.relocate_btf(kernel_btf)?;
     }
     let obj_maps: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
     let mut relocs = Vec::new();
@@ -540,8 +557,22 @@ fn load_with_stats(
 
     let mut out = BTreeMap::new();
     for (name, prog) in &obj.programs {
+        let mut attach_btf_id = None;
         let (prog_type, attach_type, flags) = match &prog.section {
             ProgramSection::SchedClassifier => (bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, None, 0),
+            // As aya's `Iter::load("udp", …)`: the iterator's target is a kernel function.
+            ProgramSection::Iter { .. } => {
+                attach_btf_id = Some(
+                    kernel_btf
+                        .id_by_type_name_kind("bpf_iter_udp", aya_obj::btf::BtfKind::Func)
+                        .context("bpf_iter_udp in the kernel's BTF")?,
+                );
+                (
+                    bpf_prog_type::BPF_PROG_TYPE_TRACING,
+                    Some(bpf_attach_type::BPF_TRACE_ITER),
+                    0,
+                )
+            }
             ProgramSection::Xdp { frags, attach_type } => (
                 bpf_prog_type::BPF_PROG_TYPE_XDP,
                 Some(bpf_attach_type::from(*attach_type)),
@@ -567,6 +598,7 @@ fn load_with_stats(
             prog_type,
             attach_type,
             flags,
+            attach_btf_id,
             &prog.license,
             function,
             btf_fd.as_ref(),
@@ -615,6 +647,7 @@ fn load_program(
     prog_type: bpf_prog_type,
     attach_type: Option<bpf_attach_type>,
     flags: u32,
+    attach_btf_id: Option<u32>,
     license: &CString,
     function: &aya_obj::Function,
     btf_fd: Option<&OwnedFd>,
@@ -635,6 +668,9 @@ fn load_program(
         u.expected_attach_type = t as u32;
     }
     u.prog_flags = flags;
+    if let Some(id) = attach_btf_id {
+        u.attach_btf_id = id;
+    }
     u.insns = insns.as_ptr() as u64;
     u.insn_cnt = insns.len() as u32;
     u.license = license.as_ptr() as u64;

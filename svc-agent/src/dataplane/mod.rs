@@ -6,4 +6,5 @@ pub mod batch;
 pub mod config;
 pub mod pinned;
 pub mod read;
+pub mod sockreap;
 pub mod trace;
