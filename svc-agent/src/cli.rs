@@ -157,7 +157,7 @@ pub struct RunArgs {
     /// go straight to a backend with no per-packet NAT. What a socket call cannot decide
     /// exactly as the per-packet path would (session affinity, loadBalancerSourceRanges, no
     /// endpoints, UDP connect() on kernels without bpf_sock_destroy) stays per packet.
-    #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
+    #[arg(long, default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
     pub pod_socket_lb: bool,
     /// Range ClusterIPs are allocated from for manifests that do not set one.
     #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_cidr)]
@@ -450,5 +450,23 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(err.contains("--conntrack-max"), "{err}");
+    }
+
+    #[test]
+    fn pod_socket_lb_is_on_unless_turned_off() {
+        assert!(run_args(&[]).unwrap().pod_socket_lb);
+        for (value, on) in [
+            ("on", true),
+            ("off", false),
+            ("true", true),
+            ("false", false),
+        ] {
+            let args = run_args(&["--pod-socket-lb", value]).unwrap();
+            assert_eq!(args.pod_socket_lb, on, "--pod-socket-lb {value}");
+        }
+        let err = run_args(&["--pod-socket-lb", "maybe"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("--pod-socket-lb"), "{err}");
     }
 }

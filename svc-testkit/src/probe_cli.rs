@@ -122,6 +122,9 @@ enum Cmd {
         interval_ms: u64,
         #[arg(long)]
         duration_s: u64,
+        /// Connect the socket (send/recv); connect again after an error.
+        #[arg(long)]
+        connect: bool,
     },
     /// Short TCP connections, one exchange each.
     Tcp {
@@ -299,12 +302,14 @@ pub fn main() -> Result<()> {
             target,
             interval_ms,
             duration_s,
+            connect,
         } => {
             let mut ready_err = None;
             let r = traffic::run_udp_stream(
                 probe::parse_target(&target)?,
                 ms(interval_ms),
                 Duration::from_secs(duration_s),
+                connect,
                 &STOP,
                 |id| ready_err = print_line(&format!("first {id}")).err(),
             )?;

@@ -593,17 +593,14 @@ fn load_with_stats(
             .functions
             .get(&prog.function_key())
             .with_context(|| format!("{name}: no function at its address"))?;
-        let log = load_program(
-            name,
+        let attrs = LoadAttrs {
             prog_type,
             attach_type,
             flags,
             attach_btf_id,
-            &prog.license,
-            function,
-            btf_fd.as_ref(),
-        )
-        .with_context(|| format!("loading {name} with a verifier log"))?;
+        };
+        let log = load_program(name, &attrs, &prog.license, function, btf_fd.as_ref())
+            .with_context(|| format!("loading {name} with a verifier log"))?;
         let stats = parse_stats(&log, &function.instructions)
             .with_context(|| format!("{name}: reading the verifier's statistics:\n{log}"))?;
         out.insert(name.clone(), stats);
@@ -642,12 +639,18 @@ fn load_btf(raw: &[u8]) -> io::Result<OwnedFd> {
 
 /// `BPF_PROG_LOAD` of `function` with the attributes aya gives it, plus a statistics log;
 /// returns the log (the program is closed again at once).
-fn load_program(
-    name: &str,
+/// What `BPF_PROG_LOAD` is told about a program besides its code, as aya tells it.
+struct LoadAttrs {
     prog_type: bpf_prog_type,
     attach_type: Option<bpf_attach_type>,
     flags: u32,
+    /// The kernel function a tracing program (the socket iterator) attaches to.
     attach_btf_id: Option<u32>,
+}
+
+fn load_program(
+    name: &str,
+    attrs: &LoadAttrs,
     license: &CString,
     function: &aya_obj::Function,
     btf_fd: Option<&OwnedFd>,
@@ -663,12 +666,12 @@ fn load_program(
     for (dst, src) in u.prog_name[..15].iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
-    u.prog_type = prog_type as u32;
-    if let Some(t) = attach_type {
+    u.prog_type = attrs.prog_type as u32;
+    if let Some(t) = attrs.attach_type {
         u.expected_attach_type = t as u32;
     }
-    u.prog_flags = flags;
-    if let Some(id) = attach_btf_id {
+    u.prog_flags = attrs.flags;
+    if let Some(id) = attrs.attach_btf_id {
         u.attach_btf_id = id;
     }
     u.insns = insns.as_ptr() as u64;

@@ -275,8 +275,33 @@ fn test(args: &[String]) -> Result<()> {
     // Network tests share nothing but the machine; keep them sequential so one's traffic
     // figures are not another's noise, and so namespace prefixes stay easy to follow.
     cmd.arg("--test-threads=1");
-    run(&mut cmd)
+    let all = run(&mut cmd);
+    // The ClusterIP network tests again with the pods' processes in their node's cgroup, so
+    // their sockets take socket-level load balancing (svc-testkit topology,
+    // POD_SOCKET_LB_ENV): the same tests must pass with it on and off.
+    let mut cmd = clean_cargo();
+    cmd.args(["test", "--no-fail-fast", "--package", "tests"]);
+    for t in SOCKET_LB_TESTS {
+        cmd.args(["--test", t]);
+    }
+    cmd.arg("--").args(args).arg("--test-threads=1");
+    cmd.env("SVC_TEST_POD_SOCKET_LB", "1");
+    eprintln!(
+        "xtask: the ClusterIP network tests again, with socket-level load balancing for pods"
+    );
+    let socket_lb = run(&mut cmd);
+    all.and(socket_lb)
 }
+
+/// The network tests of pods reaching ClusterIPs, run a second time by `cargo xtask test`
+/// with socket-level load balancing.
+const SOCKET_LB_TESTS: [&str; 5] = [
+    "network_clusterip",
+    "network_conntrack",
+    "network_northsouth",
+    "network_traffic",
+    "network_traffic_udp_mtu",
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchKind {

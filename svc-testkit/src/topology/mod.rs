@@ -83,6 +83,9 @@ pub struct TopologySpec {
     pub external_client: bool,
     /// Node (1-based) the external client routes [`EXT_ROUTED`] through; 0 means node 1.
     pub ext_gateway: usize,
+    /// Pods' processes in their node's cgroup (socket-level load balancing); `None`: as
+    /// [`POD_SOCKET_LB_ENV`] says.
+    pub pod_socket_lb: Option<bool>,
 }
 
 impl TopologySpec {
@@ -107,6 +110,12 @@ impl TopologySpec {
     /// Routes the external client's public/service destinations through node `n` (1-based).
     pub fn ext_gateway(mut self, n: usize) -> Self {
         self.ext_gateway = n;
+        self
+    }
+
+    /// Runs pods' processes in their node's cgroup whatever [`POD_SOCKET_LB_ENV`] says.
+    pub fn pod_socket_lb(mut self, yes: bool) -> Self {
+        self.pod_socket_lb = Some(yes);
         self
     }
 }
@@ -188,7 +197,19 @@ pub struct Topology {
     /// Next pod number per node (index 0 = node 1).
     next_pod: Vec<usize>,
     children: Registry,
+    /// [`POD_SOCKET_LB_ENV`] was set: pods' processes run in their node's cgroup.
+    pod_socket_lb: bool,
+    /// The node cgroups [`Topology::node_cgroup`] created (removed on drop).
+    cgroups: Mutex<BTreeSet<PathBuf>>,
 }
+
+/// Set to `1`, the topology runs every process it starts in a pod namespace inside the pod's
+/// node cgroup ([`Topology::node_cgroup`]), the one that node's agent attaches its socket
+/// hooks to (`Agent::start`), as a real node's pods are under the cgroup root the agent
+/// attaches to: the pods' sockets then take socket-level load balancing. `cargo xtask test`
+/// runs the ClusterIP network tests once without and once with it. Threads of the test
+/// process (`run_in`) stay in the test's own cgroup and keep the per-packet path.
+pub const POD_SOCKET_LB_ENV: &str = "SVC_TEST_POD_SOCKET_LB";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static STALE_CLEANUP: Once = Once::new();
@@ -265,6 +286,34 @@ impl Topology {
     }
 
     // --- configuration helpers --------------------------------------------------------------
+
+    /// Whether pods' processes take socket-level load balancing ([`POD_SOCKET_LB_ENV`]).
+    pub fn pod_socket_lb(&self) -> bool {
+        self.pod_socket_lb
+    }
+
+    /// The cgroup of node `n`'s processes and (with [`POD_SOCKET_LB_ENV`]) its pods'
+    /// (`<cgroup2 root>/<prefix>nN`, created on first use): where node `n`'s agent attaches its
+    /// socket hooks.
+    pub fn node_cgroup(&self, n: usize) -> Result<PathBuf> {
+        let path = crate::agent::cgroup2_root()?.join(format!("{}n{n}", self.prefix));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        lock(&self.cgroups).insert(path.clone());
+        Ok(path)
+    }
+
+    /// The cgroup a process started in `ns` runs in when the caller names none: its node's,
+    /// for a pod namespace with [`POD_SOCKET_LB_ENV`].
+    fn default_cgroup(&self, ns: &str) -> Result<Option<PathBuf>> {
+        if !self.pod_socket_lb {
+            return Ok(None);
+        }
+        match self.pods.iter().find(|p| p.ns == ns) {
+            Some(pod) => self.node_cgroup(pod.node).map(Some),
+            None => Ok(None),
+        }
+    }
 
     fn check_ours(&self, ns: &str) -> Result<()> {
         ensure!(

@@ -59,6 +59,10 @@ impl Topology {
             namespaces: Vec::new(),
             next_pod: vec![1; spec.nodes.len()],
             children: Arc::default(),
+            pod_socket_lb: spec
+                .pod_socket_lb
+                .unwrap_or_else(|| std::env::var(super::POD_SOCKET_LB_ENV).is_ok_and(|v| v == "1")),
+            cgroups: std::sync::Mutex::default(),
         };
         // From here on an early return drops `t`, which deletes what exists so far.
         let prefix = t.prefix.clone();
@@ -231,6 +235,15 @@ impl Drop for Topology {
             }
         }
         drop(reg);
+        // Empty once the processes above are gone (an exiting process leaves its cgroup
+        // before it is reaped); an agent may have removed its own already.
+        for cg in std::mem::take(&mut *lock(&self.cgroups)) {
+            if cg.exists() {
+                if let Err(e) = std::fs::remove_dir(&cg) {
+                    eprintln!("topology: removing cgroup {}: {e}", cg.display());
+                }
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = run_ip(&["netns", "delete", ns]) {
                 eprintln!("topology: deleting namespace {ns}: {e:#}");

@@ -59,11 +59,13 @@ impl Topology {
     pub fn exec(&self, ns: &str, cmd: &[&str]) -> Result<Output> {
         self.check_ours(ns)?;
         ensure!(!cmd.is_empty(), "exec in {ns}: empty command");
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .stdin(Stdio::null())
-            .output()
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(cmd).stdin(Stdio::null());
+        let _procs = match self.default_cgroup(ns)? {
+            Some(cg) => Some(join_cgroup(&mut c, &cg)?),
+            None => None,
+        };
+        c.output()
             .with_context(|| format!("running {cmd:?} in {ns}"))
     }
 
@@ -146,33 +148,14 @@ impl Topology {
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             // Own group: one kill(-pgid) also reaches anything the command forks.
             .process_group(0);
-        let procs = match &opts.cgroup {
-            Some(cg) => {
-                let p = cg.join("cgroup.procs");
-                Some(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .with_context(|| format!("opening {}", p.display()))?,
-                )
-            }
+        let cgroup = match &opts.cgroup {
+            Some(cg) => Some(cg.clone()),
+            None => self.default_cgroup(ns)?,
+        };
+        let _procs = match &cgroup {
+            Some(cg) => Some(join_cgroup(&mut c, cg)?),
             None => None,
         };
-        if let Some(procs) = &procs {
-            let fd = procs.as_raw_fd();
-            // SAFETY: the closure runs between fork and exec and only calls write(2), which is
-            // async-signal-safe; `fd` stays open in the child until exec (it is CLOEXEC).
-            // Writing "0" to cgroup.procs moves the writing process (cgroup v2).
-            unsafe {
-                c.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
         let what = format!("{cmd:?} in {ns}");
         // Register under the lock so a concurrent drop cannot miss the new child.
         let mut reg = lock(&self.children);
@@ -444,4 +427,28 @@ impl Drop for NsChild {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Makes `c` join the cgroup v2 directory `cg` between fork and exec, so the process never runs
+/// outside it. Returns the open `cgroup.procs`, which must live until `c` is spawned.
+fn join_cgroup(c: &mut Command, cg: &std::path::Path) -> Result<File> {
+    let p = cg.join("cgroup.procs");
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    let fd = procs.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only calls write(2), which is
+    // async-signal-safe; `fd` stays open in the child until exec (it is CLOEXEC).
+    // Writing "0" to cgroup.procs moves the writing process (cgroup v2).
+    unsafe {
+        c.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(procs)
 }

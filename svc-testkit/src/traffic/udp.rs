@@ -400,6 +400,10 @@ pub struct StreamSummary {
     /// Socket errors (e.g. ECONNREFUSED from an ICMP error), first few.
     pub errors: Vec<String>,
     pub stopped_early: bool,
+    /// With `connect`: when (unix ms) a send or receive failed and the socket was connected
+    /// again (as an application does after ECONNABORTED).
+    #[serde(default)]
+    pub reconnects_ms: Vec<u64>,
 }
 
 impl StreamSummary {
@@ -422,10 +426,14 @@ impl StreamSummary {
 /// Sends `probe <seq>` every `interval` from one unconnected socket for `duration` (or until
 /// `stop`), recording every reply. `on_first_reply` runs with the backend id of the first
 /// reply (the binary prints `first <id>`, so a test knows which backend the flow is on).
+///
+/// `connect`: the socket is connected to `target` (send/recv instead of sendto/recvfrom); a
+/// send or receive that fails connects it again, and the time is recorded.
 pub fn run_udp_stream(
     target: SocketAddrV4,
     interval: Duration,
     duration: Duration,
+    connect: bool,
     stop: &AtomicBool,
     on_first_reply: impl FnOnce(&str),
 ) -> Result<StreamSummary> {
@@ -433,6 +441,9 @@ pub fn run_udp_stream(
     check_duration("interval", interval)?;
     check_duration("duration", duration)?;
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+    if connect {
+        sock.connect(target).context("connecting")?;
+    }
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let mut sum = StreamSummary {
         target: target.to_string(),
@@ -456,8 +467,17 @@ pub fn run_udp_stream(
         if now >= next {
             let seq = sum.sent;
             sent_at.push(unix_ms());
-            if let Err(e) = sock.send_to(format!("probe {seq}\n").as_bytes(), target) {
-                push_err(&mut sum.errors, format!("sendto: {e}"));
+            let msg = format!("probe {seq}\n");
+            let sent = if connect {
+                sock.send(msg.as_bytes())
+            } else {
+                sock.send_to(msg.as_bytes(), target)
+            };
+            if let Err(e) = sent {
+                push_err(&mut sum.errors, format!("send: {e}"));
+                if connect {
+                    reconnect(&sock, target, &mut sum)?;
+                }
             }
             sum.sent += 1;
             next += interval;
@@ -490,10 +510,21 @@ pub fn run_udp_stream(
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => push_err(&mut sum.errors, format!("recvfrom: {e}")),
+            Err(e) => {
+                push_err(&mut sum.errors, format!("recv: {e}"));
+                if connect {
+                    reconnect(&sock, target, &mut sum)?;
+                }
+            }
         }
     }
     Ok(sum)
+}
+
+/// Connects `sock` to `target` again after an error, recording when.
+fn reconnect(sock: &UdpSocket, target: SocketAddrV4, sum: &mut StreamSummary) -> Result<()> {
+    sum.reconnects_ms.push(unix_ms());
+    sock.connect(target).context("connecting again")
 }
 
 fn push_err(v: &mut Vec<String>, e: String) {
