@@ -22,7 +22,15 @@
 //! - `iptables`: kube-proxy's iptables-mode rules ([`svc_bench::kubeproxy::iptables_restore`]),
 //!   loaded with `iptables-restore` in both node namespaces.
 //! - `nftables`: kube-proxy's nftables-mode table ([`svc_bench::kubeproxy::nft_full`]) via `nft -f`.
-//! - `svc-lb`: one `svc-agent --manifests` per node (release build via `SVC_AGENT_BIN`).
+//! - `svc-lb`: one `svc-agent --manifests` per node (release build via `SVC_AGENT_BIN`); the
+//!   client pod's processes are outside the agents' cgroup, so pods are translated per packet.
+//! - `svc-lb-sock`: the same with the client pod's processes in node 1's agent cgroup:
+//!   socket-level load balancing (`--pod-socket-lb`).
+//! - `svc-lb-direct`: the floor's traffic (pod IPs) with svc-lb loaded as in `svc-lb`: the
+//!   cost of svc-lb to traffic that is not for a Service.
+//!
+//! Each svc-lb mode proves its path by the agent's counters after the correctness check
+//! (socket-translated calls, per-packet new flows, or neither).
 //!
 //! Traffic (the release `svc-probe` in the client pod; see [`svc_testkit::probe`]): short TCP
 //! connections (connect, one line each way, close) with `--parallel` threads, giving
@@ -97,7 +105,7 @@ struct Args {
     /// Service counts to measure at.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 1_000, 10_000])]
     services: Vec<usize>,
-    /// Modes to measure (default: all four).
+    /// Modes to measure (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
     /// Timed repetitions of each measurement (after one warm-up).
@@ -130,18 +138,35 @@ enum Mode {
     Floor,
     Iptables,
     Nftables,
+    /// svc-lb, pods translated per packet (tc on their veths): the client pod's processes are
+    /// outside the agent's cgroup.
     SvcLb,
+    /// svc-lb with socket-level load balancing: the client pod's processes in the agent's
+    /// cgroup (`--pod-socket-lb on`, the default).
+    SvcLbSock,
+    /// The floor's traffic (straight to pod IPs) with svc-lb loaded: what svc-lb costs traffic
+    /// that is not for a Service.
+    SvcLbDirect,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Floor, Mode::Iptables, Mode::Nftables, Mode::SvcLb];
+    const ALL: [Mode; 6] = [
+        Mode::Floor,
+        Mode::Iptables,
+        Mode::Nftables,
+        Mode::SvcLb,
+        Mode::SvcLbSock,
+        Mode::SvcLbDirect,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Floor => "floor (pod IP)",
             Mode::Iptables => "kube-proxy iptables",
             Mode::Nftables => "kube-proxy nftables",
-            Mode::SvcLb => "svc-lb",
+            Mode::SvcLb => "svc-lb (tc, per packet)",
+            Mode::SvcLbSock => "svc-lb (socket-LB)",
+            Mode::SvcLbDirect => "pod IP, svc-lb loaded",
         }
     }
 
@@ -151,7 +176,19 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
             Mode::SvcLb => "svc-lb",
+            Mode::SvcLbSock => "svc-lb-sock",
+            Mode::SvcLbDirect => "svc-lb-direct",
         }
+    }
+
+    /// svc-lb's agents run in this mode.
+    fn svc_lb(self) -> bool {
+        matches!(self, Mode::SvcLb | Mode::SvcLbSock | Mode::SvcLbDirect)
+    }
+
+    /// The client targets pod addresses, not the ClusterIP.
+    fn direct(self) -> bool {
+        matches!(self, Mode::Floor | Mode::SvcLbDirect)
     }
 }
 

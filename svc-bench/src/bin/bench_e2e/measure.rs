@@ -2,6 +2,8 @@
 //! rules), checking that nothing of another mode is present and that traffic balances across
 //! both backends, then the timed repetitions of TCP connections and UDP exchanges.
 
+use svc_common::{Hook, Reason};
+
 use super::*;
 
 /// One timed repetition.
@@ -69,7 +71,12 @@ pub(crate) struct Programmed {
 }
 
 pub(crate) fn measure(mode: Mode, n: usize, args: &Args, probe: &Path) -> Result<Run> {
-    let t = Topology::build(&TopologySpec::new().node(&["client", "be1"]).node(&["be2"]))?;
+    let t = Topology::build(
+        &TopologySpec::new()
+            .node(&["client", "be1"])
+            .node(&["be2"])
+            .pod_socket_lb(mode == Mode::SvcLbSock),
+    )?;
     let probe_s = probe.to_str().context("probe path is not UTF-8")?;
     let mut servers = Vec::new();
     for be in ["be1", "be2"] {
@@ -97,12 +104,13 @@ pub(crate) fn measure(mode: Mode, n: usize, args: &Args, probe: &Path) -> Result
     let program_s = began.elapsed().as_secs_f64();
     let xdp = check_exclusive(&t, mode)?;
 
-    let (tcp_targets, udp_targets) = match mode {
-        Mode::Floor => (
+    let (tcp_targets, udp_targets) = if mode.direct() {
+        (
             format!("{}:{TCP_TARGET},{}:{TCP_TARGET}", backends[0], backends[1]),
             format!("{}:{UDP_TARGET},{}:{UDP_TARGET}", backends[0], backends[1]),
-        ),
-        _ => (format!("{VIP}:{TCP_PORT}"), format!("{VIP}:{UDP_PORT}")),
+        )
+    } else {
+        (format!("{VIP}:{TCP_PORT}"), format!("{VIP}:{UDP_PORT}"))
     };
     let run_probe = |proto: &str, target: &str, count: u64| -> Result<Summary> {
         let (count, parallel) = (count.to_string(), args.parallel.to_string());
@@ -126,10 +134,12 @@ pub(crate) fn measure(mode: Mode, n: usize, args: &Args, probe: &Path) -> Result
     };
 
     // Correctness before timing: both backends answer, through the mode's translation.
+    let before = path_counters(&programmed)?;
     let check_tcp = run_probe("tcp", &tcp_targets, CHECK_COUNT)?;
     check_balanced("TCP", &check_tcp)?;
     let check_udp = run_probe("udp", &udp_targets, CHECK_COUNT)?;
     check_balanced("UDP", &check_udp)?;
+    check_path(mode, before, path_counters(&programmed)?)?;
 
     run_probe("tcp", &tcp_targets, args.tcp_count / 4)?;
     let (mut tcp, mut udp) = (Vec::new(), Vec::new());
@@ -192,6 +202,43 @@ pub(crate) fn check_balanced(what: &str, s: &Summary) -> Result<()> {
     Ok(())
 }
 
+/// Node 1's agent's (socket-translated calls, per-packet new flows from pods), if svc-lb runs.
+pub(crate) fn path_counters(p: &Programmed) -> Result<Option<(u64, u64)>> {
+    let Some(a) = p.agents.first() else {
+        return Ok(None);
+    };
+    Ok(Some((
+        a.counter(Hook::Sock, Reason::SockTranslated)?,
+        a.counter(Hook::PodIngress, Reason::DnatNew)?,
+    )))
+}
+
+/// Fails unless the correctness check went through the mode's own path: every exchange
+/// translated in the socket call (socket-LB), per packet (tc), or not at all (pod IPs).
+pub(crate) fn check_path(
+    mode: Mode,
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+) -> Result<()> {
+    let (Some(b), Some(a)) = (before, after) else {
+        return Ok(());
+    };
+    let (sock, dnat) = (a.0 - b.0, a.1 - b.1);
+    let want = 2 * CHECK_COUNT;
+    let ok = match mode {
+        Mode::SvcLbSock => sock >= want && dnat == 0,
+        Mode::SvcLb => sock == 0 && dnat >= CHECK_COUNT,
+        _ => sock == 0 && dnat == 0,
+    };
+    ensure!(
+        ok,
+        "mode {}: the check took another path ({sock} socket-translated calls, {dnat} \
+         per-packet new flows on node 1 for {want} exchanges)",
+        mode.key()
+    );
+    Ok(())
+}
+
 /// Programs `mode` on both nodes and waits until it is complete.
 pub(crate) fn program(t: &Topology, mode: Mode, services: &[Service]) -> Result<Programmed> {
     let mut p = Programmed::default();
@@ -210,7 +257,7 @@ pub(crate) fn program(t: &Topology, mode: Mode, services: &[Service]) -> Result<
                 timed_cmd(t, &node.ns, cmd, &file)?;
             }
         }
-        Mode::SvcLb => {
+        Mode::SvcLb | Mode::SvcLbSock | Mode::SvcLbDirect => {
             let dir = ManifestDir::new(t)?;
             for (k, chunk) in services.chunks(PER_FILE).enumerate() {
                 let text: String = chunk.iter().map(manifest).collect();
@@ -284,7 +331,7 @@ pub(crate) fn check_exclusive(t: &Topology, mode: Mode) -> Result<String> {
             node.index,
             mode.key()
         );
-        if matches!(mode, Mode::Floor | Mode::SvcLb) {
+        if mode == Mode::Floor || mode.svc_lb() {
             ensure!(
                 rules.trim().is_empty(),
                 "node {}: unexpected ruleset: {rules}",
@@ -297,7 +344,7 @@ pub(crate) fn check_exclusive(t: &Topology, mode: Mode) -> Result<String> {
             .find(|k| link.split_whitespace().any(|w| w == *k))
             .unwrap_or("none");
         ensure!(
-            (xdp != "none") == (mode == Mode::SvcLb),
+            (xdp != "none") == mode.svc_lb(),
             "node {}: XDP on eth0 is {xdp} in mode {}",
             node.index,
             mode.key()
