@@ -131,6 +131,10 @@ struct Args {
     /// Skip the baselines' control-plane figures.
     #[arg(long)]
     no_control: bool,
+    /// Extra `svc-agent run` flags for the svc-lb modes (e.g. `--agent-arg=--xdp-mode=off`),
+    /// for A/B runs; the report records them.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -270,7 +274,7 @@ fn write_reports(
         "agent": agent.display().to_string(),
         "args": {
             "repeats": args.repeats, "tcp_count": args.tcp_count, "udp_count": args.udp_count,
-            "parallel": args.parallel,
+            "parallel": args.parallel, "agent_args": args.agent_args,
         },
         "e2e": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "control_baselines": control.iter().map(ControlRow::to_json).collect::<Vec<_>>(),

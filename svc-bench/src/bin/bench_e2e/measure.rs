@@ -100,9 +100,12 @@ pub(crate) fn measure(mode: Mode, n: usize, args: &Args, probe: &Path) -> Result
     let services = e2e_services(n, backends);
     let load_before = loadavg();
     let began = Instant::now();
-    let programmed = program(&t, mode, &services)?;
+    let agent_args: Vec<&str> = args.agent_args.iter().map(String::as_str).collect();
+    let programmed = program(&t, mode, &services, &agent_args)?;
     let program_s = began.elapsed().as_secs_f64();
-    let xdp = check_exclusive(&t, mode)?;
+    let xdp_off = agent_args.windows(2).any(|w| w == ["--xdp-mode", "off"])
+        || agent_args.contains(&"--xdp-mode=off");
+    let xdp = check_exclusive(&t, mode, mode.svc_lb() && !xdp_off)?;
 
     let (tcp_targets, udp_targets) = if mode.direct() {
         (
@@ -240,7 +243,12 @@ pub(crate) fn check_path(
 }
 
 /// Programs `mode` on both nodes and waits until it is complete.
-pub(crate) fn program(t: &Topology, mode: Mode, services: &[Service]) -> Result<Programmed> {
+pub(crate) fn program(
+    t: &Topology,
+    mode: Mode,
+    services: &[Service],
+    agent_args: &[&str],
+) -> Result<Programmed> {
     let mut p = Programmed::default();
     match mode {
         Mode::Floor => {}
@@ -264,7 +272,8 @@ pub(crate) fn program(t: &Topology, mode: Mode, services: &[Service]) -> Result<
                 dir.write(&format!("svc-{k:05}.yaml"), &text)?;
             }
             for node in 1..=2 {
-                p.agents.push(Agent::start(t, node, dir.path(), &[])?);
+                p.agents
+                    .push(Agent::start(t, node, dir.path(), agent_args)?);
             }
             p._manifests = Some(dir);
             let want = services.len() * 2;
@@ -317,8 +326,9 @@ pub(crate) fn timed_cmd(t: &Topology, ns: &str, cmd: &[&str], file: &Path) -> Re
 
 /// Checks that only `mode` is present in the nodes: no nftables ruleset but the mode's (the
 /// iptables baseline is iptables-nft, so its tables show there too), XDP on the uplinks only
-/// for svc-lb. Returns the XDP attachment kind seen on node 1's `eth0`.
-pub(crate) fn check_exclusive(t: &Topology, mode: Mode) -> Result<String> {
+/// for svc-lb (`want_xdp`: not with `--xdp-mode off`). Returns the XDP attachment kind seen on
+/// node 1's `eth0`.
+pub(crate) fn check_exclusive(t: &Topology, mode: Mode, want_xdp: bool) -> Result<String> {
     let mut xdp_seen = String::new();
     for node in t.nodes() {
         let rules = t.exec_ok(&node.ns, &["nft", "list", "ruleset"])?;
@@ -344,7 +354,7 @@ pub(crate) fn check_exclusive(t: &Topology, mode: Mode) -> Result<String> {
             .find(|k| link.split_whitespace().any(|w| w == *k))
             .unwrap_or("none");
         ensure!(
-            (xdp != "none") == mode.svc_lb(),
+            (xdp != "none") == want_xdp,
             "node {}: XDP on eth0 is {xdp} in mode {}",
             node.index,
             mode.key()
