@@ -42,6 +42,8 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(unused_crate_dependencies))]
 
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
 mod ct;
 /// Benchmark floors only (empty tc and XDP programs the agent never attaches); see `floor.rs`.
 #[cfg(target_arch = "bpf")]

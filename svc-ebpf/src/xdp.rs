@@ -33,6 +33,7 @@ use svc_common::{
 };
 
 use crate::{
+    csum::{csum_update, fold, halves, words},
     lb::{blank_entry, decide, fib_params, Origin, Step},
     parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
     stats::count,
@@ -135,19 +136,6 @@ fn run(ctx: &XdpContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<(u32, R
     Ok((xdp_action::XDP_TX, reason))
 }
 
-/// Folds a one's-complement sum of 16-bit words to 16 bits.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-#[inline(always)]
-fn words(a: [u8; 4]) -> u32 {
-    u16::from_ne_bytes([a[0], a[1]]) as u32 + u16::from_ne_bytes([a[2], a[3]]) as u32
-}
-
 /// Whether the L4 checksum field cannot be a `CHECKSUM_PARTIAL` placeholder: a partial field
 /// holds the folded (uncomplemented) pseudo-header sum. Sums are taken over the packet's bytes
 /// read as native-order words, which yields the field's own representation.
@@ -162,26 +150,6 @@ fn checksum_is_full(flow: &Flow) -> bool {
         + u16::from_ne_bytes([0, flow.proto]) as u32
         + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
     u16::from_ne_bytes(flow.l4_check) != fold(pseudo)
-}
-
-/// RFC 1624 incremental update: `HC' = ~(~HC + ~m + m')` over the changed 16-bit words.
-#[inline(always)]
-fn csum_update(check: u16, old: &[u16; 6], new: &[u16; 6], n: usize) -> u16 {
-    let mut sum = !check as u32;
-    for i in 0..6 {
-        if i < n {
-            sum += !old[i] as u32 + new[i] as u32;
-        }
-    }
-    !fold(sum)
-}
-
-#[inline(always)]
-fn halves(a: [u8; 4]) -> [u16; 2] {
-    [
-        u16::from_ne_bytes([a[0], a[1]]),
-        u16::from_ne_bytes([a[2], a[3]]),
-    ]
 }
 
 /// Rewrites source and destination to `entry`'s, updating both checksums incrementally (the
