@@ -171,4 +171,4 @@ pub fn load_texts(files: &[(String, String)], options: &Options) -> Objects {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

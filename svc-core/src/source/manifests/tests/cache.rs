@@ -9,7 +9,7 @@ use crate::model::SliceOwners;
 use crate::store::{Change, ObjectChanges, Store, Touched};
 
 /// xorshift64*: deterministic, so a failing seed reproduces.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -18,10 +18,10 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.below(from.len())]
     }
 }
@@ -49,9 +49,11 @@ fn document(rng: &mut Rng) -> String {
             let port_name = rng.pick(&["", ", name: http"]);
             let selector = rng.pick(&["", ", selector: {app: x}"]);
             let extra = rng.pick(&["", ", {port: 443, name: https}"]);
+            // An address another Service may have as its ClusterIP: a contested frontend.
+            let external = rng.pick(&["", "", ", externalIPs: [10.96.0.10]"]);
             format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-                 spec: {{type: {kind}{ip}{selector}, ports: [{{port: {port}{port_name}{node_port}}}{extra}]}}\n"
+                 spec: {{type: {kind}{ip}{selector}{external}, ports: [{{port: {port}{port_name}{node_port}}}{extra}]}}\n"
             )
         }
         4..=5 => {
@@ -88,7 +90,8 @@ fn document(rng: &mut Rng) -> String {
     }
 }
 
-fn file(rng: &mut Rng) -> String {
+/// A random manifest file of up to 4 documents.
+pub(crate) fn file(rng: &mut Rng) -> String {
     let docs: Vec<String> = (0..rng.below(5)).map(|_| document(rng)).collect();
     docs.join("---\n")
 }

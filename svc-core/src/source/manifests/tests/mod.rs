@@ -2,7 +2,7 @@
 //! examples), a temporary directory and the shared helpers; each child file tests one concern.
 
 mod allocate;
-mod cache;
+pub(crate) mod cache;
 mod dir;
 mod mirror;
 mod seed;
