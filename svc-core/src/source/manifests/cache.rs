@@ -59,6 +59,22 @@ struct CachedFile {
     id: Option<FileId>,
     read_error: Option<Problem>,
     items: Vec<Item>,
+    /// Where `items` has problems.
+    problems: Vec<usize>,
+}
+
+impl CachedFile {
+    fn new(id: Option<FileId>, read_error: Option<Problem>, items: Vec<Item>) -> Self {
+        let problems = (0..items.len())
+            .filter(|&i| matches!(items[i], Item::Problem(_)))
+            .collect();
+        Self {
+            id,
+            read_error,
+            items,
+            problems,
+        }
+    }
 }
 
 /// Where a definition is: file name, index among the file's items.
@@ -140,16 +156,11 @@ impl ManifestDir {
             }
             // Identity first: a write during the read changes it, and the next poll reads again.
             let file = match fs::read_to_string(&path) {
-                Ok(text) => CachedFile {
-                    id: Some(id),
-                    read_error: None,
-                    items: parse_file(&name, &text),
-                },
-                Err(e) => CachedFile {
-                    id: None,
-                    read_error: Some(Problem::new(&name, "", format!("reading: {e}"))),
-                    items: Vec::new(),
-                },
+                Ok(text) => CachedFile::new(Some(id), None, parse_file(&name, &text)),
+                Err(e) => {
+                    let problem = Problem::new(&name, "", format!("reading: {e}"));
+                    CachedFile::new(None, Some(problem), Vec::new())
+                }
             };
             edits.push((name, Some(file)));
         }
@@ -167,11 +178,9 @@ impl ManifestDir {
         let edits = edits
             .iter()
             .map(|(name, text)| {
-                let file = text.as_ref().map(|text| CachedFile {
-                    id: None,
-                    read_error: None,
-                    items: parse_file(name, text),
-                });
+                let file = text
+                    .as_ref()
+                    .map(|text| CachedFile::new(None, None, parse_file(name, text)));
                 (name.clone(), file)
             })
             .collect();
@@ -415,20 +424,27 @@ impl ManifestDir {
             .values()
             .filter_map(|f| f.read_error.clone())
             .collect();
+        // Both in (file, index) order: merged, without walking the files' objects.
         let mut redefined = self.redefined.iter().peekable();
         for (name, file) in &self.files {
-            for (i, item) in file.items.iter().enumerate() {
-                match item {
-                    Item::Problem(p) => problems.push(p.clone()),
-                    Item::Object { .. } => {
-                        // Reports are keyed by (file, index): they come in this loop's order.
-                        if let Some(((file, at), p)) = redefined.peek() {
-                            if file == name && *at == i {
-                                problems.push((*p).clone());
-                                redefined.next();
-                            }
-                        }
+            let mut own = file.problems.iter().copied().peekable();
+            loop {
+                let redefined_at = redefined
+                    .peek()
+                    .filter(|((f, _), _)| f == name)
+                    .map(|((_, at), _)| *at);
+                let take_own = match (own.peek(), redefined_at) {
+                    (None, None) => break,
+                    (Some(&i), Some(at)) => i < at,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                };
+                if take_own {
+                    if let Some(Item::Problem(p)) = own.next().map(|i| &file.items[i]) {
+                        problems.push(p.clone());
                     }
+                } else if let Some((_, p)) = redefined.next() {
+                    problems.push(p.clone());
                 }
             }
         }
