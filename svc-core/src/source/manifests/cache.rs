@@ -30,7 +30,9 @@ use super::yaml::{accept_mirrored, parse_file, redefined, Item, Kind, Object};
 use super::{manifest_files, Options, SourceError};
 
 /// What a file is, as far as telling a changed one goes: size, modification and change times
-/// (nanoseconds), inode and device (a mounted ConfigMap swaps the file for a new inode).
+/// (nanoseconds), inode and device (a mounted ConfigMap swaps the file for a new inode). A
+/// rewrite in place within one timestamp tick (file systems stamp with a coarse clock) that
+/// keeps the size is missed until the file changes again; acceptable for a static source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FileId {
     len: u64,

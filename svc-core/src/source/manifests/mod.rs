@@ -41,13 +41,9 @@ pub use mirror::{
 };
 
 use std::fs;
-use std::hash::Hasher;
 use std::io;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
-
-use fnv::FnvHasher;
 
 pub use crate::model::Objects;
 use crate::model::{default_service_cidr, Ipv4Net, Problem};
@@ -114,26 +110,6 @@ pub fn load_dir_with(dir: &Path, options: &Options) -> Result<Objects, SourceErr
     problems.append(&mut objects.problems);
     objects.problems = problems;
     Ok(objects)
-}
-
-/// A cheap change detector for `dir`: a hash of the manifest files' names, sizes and
-/// modification times. The runtime polls it and reloads only when it changes, instead of
-/// re-parsing every file on every tick. (Editors that rewrite a file within the same mtime tick
-/// and keep its size are missed until the next change; acceptable for a static source.)
-pub fn dir_fingerprint(dir: &Path) -> io::Result<u64> {
-    let mut hash = FnvHasher::default();
-    for (name, _, meta) in manifest_files(dir)? {
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        hash.write(name.as_bytes());
-        hash.write(&[0]);
-        hash.write(&meta.len().to_le_bytes());
-        hash.write(&mtime.to_le_bytes());
-    }
-    Ok(hash.finish())
 }
 
 /// The manifest files of `dir`, sorted by name, with their metadata: `*.yaml`/`*.yml`, regular

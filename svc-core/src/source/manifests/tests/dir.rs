@@ -1,4 +1,4 @@
-//! The directory: which files count, and the change fingerprint.
+//! The directory: which files count, for a load and for changes.
 
 use super::*;
 
@@ -15,16 +15,20 @@ fn load_dir_reports_unreadable_dir_as_error_and_skips_other_files() {
 }
 
 #[test]
-fn dir_fingerprint_changes_with_manifest_files_only() {
-    let dir = TempDir::new("fingerprint");
-    let empty = dir_fingerprint(&dir.0).expect("fingerprint");
+fn only_manifest_files_are_read_for_changes() {
+    let dir = TempDir::new("changes");
+    let mut cache = ManifestDir::new(&dir.0, Options::default());
+    assert!(matches!(cache.refresh(), Ok(Some(Update::Load(_)))));
+    assert!(cache.refresh().expect("refresh").is_none());
     dir.write("a.yaml", SEED_TEST_APP);
-    let one = dir_fingerprint(&dir.0).expect("fingerprint");
-    assert_ne!(empty, one);
-    assert_eq!(one, dir_fingerprint(&dir.0).expect("fingerprint"));
+    assert!(matches!(cache.refresh(), Ok(Some(Update::Changes(_)))));
     dir.write("notes.txt", "x");
-    assert_eq!(one, dir_fingerprint(&dir.0).expect("fingerprint"));
+    dir.write(".hidden.yaml", SEED_CIP);
+    assert!(cache.refresh().expect("refresh").is_none());
     dir.write("a.yaml", SEED_CIP);
-    assert_ne!(one, dir_fingerprint(&dir.0).expect("fingerprint"));
-    assert!(dir_fingerprint(&dir.0.join("missing")).is_err());
+    assert!(matches!(cache.refresh(), Ok(Some(Update::Changes(_)))));
+    assert_eq!(cache.objects(), load_dir(&dir.0).expect("load"));
+    assert!(ManifestDir::new(dir.0.join("missing"), Options::default())
+        .refresh()
+        .is_err());
 }
