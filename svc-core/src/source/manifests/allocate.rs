@@ -200,7 +200,7 @@ pub(super) fn decide(
         };
         let object = || format!("Service {svc_ref}");
         if needs_ip(svc) {
-            let key = svc_ref.to_string();
+            let key = [svc_ref.namespace.as_str(), "/", svc_ref.name.as_str()];
             let found = probe(&key, ip_count, |offset| {
                 let Ok(candidate) = u32::try_from(first_ip + offset) else {
                     return None;
@@ -236,7 +236,8 @@ pub(super) fn decide(
                     port.protocol.as_deref().unwrap_or("TCP")
                 ),
             };
-            let found = probe(&format!("{svc_ref}/{which}"), port_count, |offset| {
+            let key = [&svc_ref.namespace, "/", &svc_ref.name, "/", &which];
+            let found = probe(&key, port_count, |offset| {
                 let n = u16::try_from(first_port + offset).ok()?;
                 (!node_ports.contains_key(&n)).then_some(n)
             });
@@ -319,16 +320,19 @@ pub(super) fn allocation_inputs(svc: &Service) -> impl PartialEq + '_ {
     )
 }
 
-/// Linear probing over `0..count` starting at FNV-1a(`key`) mod `count`; returns the first
+/// Linear probing over `0..count` starting at FNV-1a(`key`, its parts concatenated: FNV-1a
+/// reads bytes one at a time, so no string is built) mod `count`; returns the first
 /// candidate `accept` takes. `accept` returns `None` for taken candidates. Allocation must give
 /// the same answer on every node and across releases: std's `DefaultHasher` is seeded per
 /// process and its algorithm may change, FNV-1a (64 bit, the `fnv` crate) is specified.
-fn probe<T>(key: &str, count: u64, mut accept: impl FnMut(u64) -> Option<T>) -> Option<T> {
+fn probe<T>(key: &[&str], count: u64, mut accept: impl FnMut(u64) -> Option<T>) -> Option<T> {
     if count == 0 {
         return None;
     }
     let mut hash = FnvHasher::default();
-    hash.write(key.as_bytes());
+    for part in key {
+        hash.write(part.as_bytes());
+    }
     let start = hash.finish() % count;
     (0..count).find_map(|k| accept((start + k) % count))
 }

@@ -252,8 +252,7 @@ impl ManifestDir {
             });
         let mut reallocated = BTreeMap::new();
         if first || inputs_changed {
-            let old = self.allocate();
-            reallocated = changed_allocations(&old, &self.allocations);
+            reallocated = self.allocate(&affected[Kind::Service as usize]);
         }
         // Services changed by their own definitions, or by the allocation of others (their
         // state before: their unchanged definition with the old allocation).
@@ -379,8 +378,13 @@ impl ManifestDir {
         }
     }
 
-    /// Allocates over every winning Service definition; returns the previous allocations.
-    fn allocate(&mut self) -> BTreeMap<ObjectRef, Allocation> {
+    /// Allocates over every winning Service definition; returns the Services whose allocation
+    /// changed, with the previous one. Only those entries are written: no map is rebuilt.
+    /// `edited`: the Services a changed file defined, before or after.
+    fn allocate(
+        &mut self,
+        edited: &BTreeSet<ObjectRef>,
+    ) -> BTreeMap<ObjectRef, Option<Allocation>> {
         self.allocation_runs += 1;
         let winners: Vec<(&ObjectRef, &Service)> = self.defs[Kind::Service as usize]
             .iter()
@@ -391,13 +395,27 @@ impl ManifestDir {
             .collect();
         let mut problems = Vec::new();
         let decided = decide(&winners, &self.options, &mut problems);
-        let allocations = winners
+        let changed: Vec<(ObjectRef, Allocation)> = winners
             .iter()
             .zip(decided)
+            .filter(|((r, _), a)| self.allocations.get(*r) != Some(a))
             .map(|((r, _), a)| ((*r).clone(), a))
             .collect();
         self.allocation_problems = problems;
-        std::mem::replace(&mut self.allocations, allocations)
+        let mut previous = BTreeMap::new();
+        // Services no longer defined: only those a changed file defined.
+        for r in edited {
+            if !self.defs[Kind::Service as usize].contains_key(r) {
+                if let Some(old) = self.allocations.remove(r) {
+                    previous.insert(r.clone(), Some(old));
+                }
+            }
+        }
+        for (r, a) in changed {
+            let old = self.allocations.insert(r.clone(), a);
+            previous.insert(r, old);
+        }
+        previous
     }
 
     /// Mirrors `ep_ref` again; returns what it mirrored before.
@@ -522,25 +540,6 @@ fn allocated(svc: &Service, allocation: Option<&Allocation>) -> Option<Service> 
             Some(svc)
         }
     }
-}
-
-/// The Services whose allocation differs between `old` and `new`, with the old one.
-fn changed_allocations(
-    old: &BTreeMap<ObjectRef, Allocation>,
-    new: &BTreeMap<ObjectRef, Allocation>,
-) -> BTreeMap<ObjectRef, Option<Allocation>> {
-    let mut changed = BTreeMap::new();
-    for (r, a) in old {
-        if new.get(r) != Some(a) {
-            changed.insert(r.clone(), Some(a.clone()));
-        }
-    }
-    for r in new.keys() {
-        if !old.contains_key(r) {
-            changed.insert(r.clone(), None);
-        }
-    }
-    changed
 }
 
 /// The Endpoints whose mirrored slices may have this name (`<name>-mirror-<n>`,
