@@ -103,3 +103,122 @@ async fn a_problem_is_reported_when_it_appears_and_again_after_it_was_gone() {
     }
     assert_eq!(engine.store().objects.problems.len(), 2);
 }
+
+/// A manifest file of Services `range`, each with one EndpointSlice of 10 endpoints; the
+/// Service `bump` (if in range) has its first endpoint moved, `port` its extra port.
+fn bench_file(range: std::ops::Range<usize>, bump: Option<usize>, port: Option<usize>) -> String {
+    let mut text = String::new();
+    for i in range {
+        let extra = if port == Some(i) {
+            ", {name: extra, port: 81}"
+        } else {
+            ""
+        };
+        text += &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i:05}, namespace: bench}}\n\
+             spec: {{selector: {{app: svc-{i:05}}}, ports: [{{name: http, port: 80, targetPort: 8080}}{extra}]}}\n---\n"
+        );
+        let endpoints: Vec<String> = (0..10)
+            .map(|j| {
+                let k = (i * 16 + j + usize::from(bump == Some(i) && j == 0) * 10) as u32;
+                let ip =
+                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + k);
+                format!("{{addresses: [\"{ip}\"]}}")
+            })
+            .collect();
+        text += &format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc-{i:05}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i:05}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n---\n",
+            endpoints.join(", ")
+        );
+    }
+    text
+}
+
+/// What one changed file costs at 10k Services, before (every file read and decoded again, a
+/// full plan) and now (that file, the changed objects planned). Printed, not asserted; run with
+/// `cargo test --release -p svc-core one_file_change_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a measurement: prints figures, run in release"]
+async fn one_file_change_cost_at_10k_services() {
+    const SERVICES: usize = 10_000;
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+    for per_file in [500, 50, 1] {
+        let dir = std::env::temp_dir().join(format!(
+            "svc-core-manifests-bench-{}-{per_file}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = |f: usize| format!("f{f:05}.yaml");
+        let write = |f: usize, bump: Option<usize>, port: Option<usize>| {
+            let range = f * per_file..(f + 1) * per_file;
+            std::fs::write(dir.join(name(f)), bench_file(range, bump, port)).unwrap();
+        };
+        for f in 0..SERVICES / per_file {
+            write(f, None, None);
+        }
+        let options = Options::default();
+        let (mut full_engine, _, _) = engine();
+        let (mut engine, _, _) = engine();
+        let t = std::time::Instant::now();
+        let objects = crate::source::manifests::load_dir_with(&dir, &options).unwrap();
+        let full_load = ms(t);
+        full_engine
+            .handle(vec![Event::Objects(objects, Instant::now())])
+            .await;
+        let mut cache = ManifestDir::new(&dir, options.clone());
+        let t = std::time::Instant::now();
+        let Ok(Some(Update::Load(objects))) = cache.refresh() else {
+            panic!("a first load");
+        };
+        let first = ms(t);
+        engine
+            .handle(vec![Event::Objects(objects, Instant::now())])
+            .await;
+        let t = std::time::Instant::now();
+        assert!(cache.refresh().unwrap().is_none());
+        let idle = ms(t);
+        println!(
+            "{SERVICES} Services, {per_file} per file: full load {full_load:.1} ms, \
+             ManifestDir first load {first:.1} ms, a poll with nothing changed {idle:.2} ms"
+        );
+        // The Service in the middle of the directory: one endpoint moved, then a port added
+        // (allocation runs again), then both undone.
+        let s = SERVICES / 2;
+        let f = s / per_file;
+        for (what, bump, port) in [
+            ("an endpoint moved", Some(s), None),
+            ("a port added", Some(s), Some(s)),
+            ("both undone", None, None),
+        ] {
+            // mtime granularity: make sure the identity changes even within one tick.
+            std::fs::remove_file(dir.join(name(f))).unwrap();
+            write(f, bump, port);
+            let t = std::time::Instant::now();
+            let objects = crate::source::manifests::load_dir_with(&dir, &options).unwrap();
+            let before_load = ms(t);
+            let t = std::time::Instant::now();
+            full_engine
+                .handle(vec![Event::Objects(objects, Instant::now())])
+                .await;
+            let before_plan = ms(t);
+            let t = std::time::Instant::now();
+            let Ok(Some(Update::Changes(changes))) = cache.refresh() else {
+                panic!("a change");
+            };
+            let after_load = ms(t);
+            let t = std::time::Instant::now();
+            engine
+                .handle(vec![Event::Changes(changes, Instant::now())])
+                .await;
+            let after_plan = ms(t);
+            println!(
+                "  {what}: before {before_load:.1} ms load + {before_plan:.1} ms full plan; \
+                 now {after_load:.2} ms refresh + {after_plan:.2} ms plan"
+            );
+        }
+        assert_eq!(engine.store().objects, full_engine.store().objects);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
