@@ -136,6 +136,16 @@ fn bench_file(range: std::ops::Range<usize>, bump: Option<usize>, port: Option<u
     text
 }
 
+/// This process's resident memory, MiB (0 where /proc is not there).
+fn rss_mib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
 /// What one changed file costs at 10k Services, before (every file read and decoded again, a
 /// full plan) and now (that file, the changed objects planned). Printed, not asserted; run with
 /// `cargo test --release -p svc-core one_file_change_cost -- --ignored --nocapture`.
@@ -161,12 +171,14 @@ async fn one_file_change_cost_at_10k_services() {
         let options = Options::default();
         let (mut full_engine, _, _) = engine();
         let (mut engine, _, _) = engine();
+        let rss0 = rss_mib();
         let t = std::time::Instant::now();
         let objects = crate::source::manifests::load_dir_with(&dir, &options).unwrap();
         let full_load = ms(t);
         full_engine
             .handle(vec![Event::Objects(objects, Instant::now())])
             .await;
+        let rss1 = rss_mib();
         let mut cache = ManifestDir::new(&dir, options.clone());
         let t = std::time::Instant::now();
         let Ok(Some(Update::Load(objects))) = cache.refresh() else {
@@ -176,9 +188,19 @@ async fn one_file_change_cost_at_10k_services() {
         engine
             .handle(vec![Event::Objects(objects, Instant::now())])
             .await;
+        let rss2 = rss_mib();
         let t = std::time::Instant::now();
         assert!(cache.refresh().unwrap().is_none());
         let idle = ms(t);
+        // Rough (the allocator keeps what it freed, so only the first layout's figures mean
+        // anything): an engine with its objects, then another with its objects plus the cache.
+        if per_file == 500 {
+            println!(
+                "VmRSS growth: full load + engine {} MiB, then ManifestDir + engine {} MiB",
+                rss1 - rss0,
+                rss2 - rss1
+            );
+        }
         println!(
             "{SERVICES} Services, {per_file} per file: full load {full_load:.1} ms, \
              ManifestDir first load {first:.1} ms, a poll with nothing changed {idle:.2} ms"
