@@ -304,48 +304,53 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// The manifests source: reads `dir` every `poll` and sends its objects whenever its
-/// fingerprint changes. A directory that cannot be read, or a load that fails, keeps what is
-/// programmed (logged).
+/// The manifests source: every `poll`, re-stats `dir` and re-reads only the files that changed
+/// ([`manifests::ManifestDir`]); sends the first load whole ([`Event::Objects`]) and then only
+/// the objects that changed ([`Event::Changes`]). A directory that cannot be listed keeps what
+/// is programmed (logged).
 async fn poll_manifests(
     dir: PathBuf,
     options: manifests::Options,
     poll: Duration,
     events: mpsc::UnboundedSender<Event<LinkEvent>>,
 ) {
-    let mut last_fingerprint = None;
+    let mut cache = None;
     let mut tick = tokio::time::interval(poll);
     loop {
         tick.tick().await;
-        let fingerprint = match manifests::dir_fingerprint(&dir) {
-            Ok(f) => f,
+        let started = Instant::now();
+        // Lost only if a refresh panicked: a new one loads everything again, which the engine
+        // applies as a complete set.
+        let mut dir_cache = cache
+            .take()
+            .unwrap_or_else(|| manifests::ManifestDir::new(&dir, options.clone()));
+        // Stats, file reads and YAML parsing: off the runtime, which also runs the engine.
+        let refreshed = tokio::task::spawn_blocking(move || {
+            let update = dir_cache.refresh();
+            (dir_cache, update)
+        })
+        .await;
+        let update = match refreshed {
+            Ok((dir_cache, update)) => {
+                cache = Some(dir_cache);
+                update
+            }
             Err(e) => {
-                warn!(dir = %dir.display(), "cannot read manifest directory: {e}; keeping what is programmed");
+                warn!("loading the manifest directory: {e}; keeping what is programmed");
                 continue;
             }
         };
-        if last_fingerprint == Some(fingerprint) {
-            continue;
-        }
-        let started = Instant::now();
-        // File reads and YAML parsing: off the runtime, which also runs the engine.
-        let (d, o) = (dir.clone(), options.clone());
-        let loaded =
-            match tokio::task::spawn_blocking(move || manifests::load_dir_with(&d, &o)).await {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    warn!("loading the manifest directory: {e}; keeping what is programmed");
-                    continue;
-                }
-            };
-        match loaded {
-            Ok(objects) => {
-                last_fingerprint = Some(fingerprint);
-                if events.send(Event::Objects(objects, started)).is_err() {
-                    return;
-                }
+        let event = match update {
+            Ok(Some(manifests::Update::Load(objects))) => Event::Objects(objects, started),
+            Ok(Some(manifests::Update::Changes(changes))) => Event::Changes(changes, started),
+            Ok(None) => continue,
+            Err(e) => {
+                warn!("{e}; keeping what is programmed");
+                continue;
             }
-            Err(e) => warn!("{e}; keeping what is programmed"),
+        };
+        if events.send(event).is_err() {
+            return;
         }
     }
 }

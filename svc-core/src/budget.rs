@@ -416,6 +416,7 @@ mod tests {
                 })
                 .collect(),
             problems: vec![],
+            lost: vec![],
         }
     }
 

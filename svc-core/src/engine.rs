@@ -1,8 +1,9 @@
 //! The engine: one loop from events to map writes, over any [`Dataplane`].
 //!
 //! Both sources produce the same [`Event`]s: the manifests source a complete set of objects
-//! each time its directory changes ([`Event::Objects`]), the API source one watcher delta at a
-//! time ([`Event::Delta`]); the agent's interface watch adds [`Event::Interface`]. The engine
+//! at its first load ([`Event::Objects`]) and then what changed in its directory, as one batch
+//! ([`Event::Changes`]), the API source one watcher delta at a time ([`Event::Delta`]); the
+//! agent's interface watch adds [`Event::Interface`]. The engine
 //! keeps them in a [`Store`], plans what they touched (every Service after a load, a Node
 //! change, a failed write and each [`EngineConfig::resync`] period; only the touched Services
 //! otherwise) and writes the plan through the [`Dataplane`]. What the agent does around it —
@@ -25,7 +26,8 @@ use crate::budget;
 use crate::dataplane::{Dataplane, DataplaneError, MapOp};
 use crate::model::{self, Desired, HealthCheck, NodeContext, ObjectRef, Objects, Problem};
 use crate::reconcile::{self, Programmed, Removals};
-use crate::store::{self, Delta, Store, Touched};
+use crate::store::{self, Delta, ObjectChanges, Store, Touched};
+use svc_common::FrontendKey;
 
 /// What the engine consumes. `I` is the agent's interface event ([`Hooks::Interface`]),
 /// passed to [`Hooks::interface`] in order with everything else.
@@ -33,8 +35,10 @@ use crate::store::{self, Delta, Store, Touched};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event<I> {
-    /// Every object, read at the given instant (the manifests source).
+    /// Every object, read at the given instant (the manifests source's first load).
     Objects(Objects, Instant),
+    /// What changed since, read at the given instant (the manifests source's later polls).
+    Changes(ObjectChanges, Instant),
     /// One change from a watcher (the API source).
     Delta(Delta),
     /// An interface appeared, changed or went.
@@ -143,6 +147,40 @@ pub struct Engine<D: Dataplane, H: Hooks<D>> {
     triggers: Vec<SystemTime>,
     /// A plan has been written in full once.
     synced_once: bool,
+    /// Which Services lost which frontend to another, so they are planned when it is let go.
+    contested: Contested,
+}
+
+/// The frontends Services claim but lost to another Service ([`Desired::lost`]), as of the
+/// last plan that planned each loser, both ways round.
+#[derive(Debug, Default)]
+struct Contested {
+    losers: BTreeMap<FrontendKey, BTreeSet<ObjectRef>>,
+    lost_by: BTreeMap<ObjectRef, BTreeSet<FrontendKey>>,
+}
+
+impl Contested {
+    /// `planned` were planned again and lost `lost`: their earlier losses are forgotten.
+    fn replan(&mut self, planned: &BTreeSet<ObjectRef>, lost: &[(FrontendKey, ObjectRef)]) {
+        for svc in planned {
+            for key in self.lost_by.remove(svc).into_iter().flatten() {
+                if let Some(losers) = self.losers.get_mut(&key) {
+                    losers.remove(svc);
+                    if losers.is_empty() {
+                        self.losers.remove(&key);
+                    }
+                }
+            }
+        }
+        for (key, svc) in lost {
+            self.losers.entry(*key).or_default().insert(svc.clone());
+            self.lost_by.entry(svc.clone()).or_default().insert(*key);
+        }
+    }
+
+    fn losers(&self, key: &FrontendKey) -> impl Iterator<Item = &ObjectRef> {
+        self.losers.get(key).into_iter().flatten()
+    }
 }
 
 impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
@@ -166,6 +204,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
             needs_full: true,
             triggers: Vec::new(),
             synced_once: false,
+            contested: Contested::default(),
         })
     }
 
@@ -265,6 +304,12 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         for event in events {
             match event {
                 Event::Objects(objects, at) => self.store.load(objects, at, &mut touched),
+                Event::Changes(changes, at) => {
+                    if let Some(problems) = &changes.problems {
+                        self.source_problems(problems);
+                    }
+                    self.store.apply_changes(changes, at, &mut touched);
+                }
                 Event::Delta(delta) => {
                     deltas = true;
                     self.hooks.delta(&delta);
@@ -310,6 +355,28 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         }
     }
 
+    /// The source's problems are about to become `problems`: reports those it did not have
+    /// (and no full plan reported), as a full plan over the new objects would.
+    fn source_problems(&mut self, problems: &[Problem]) {
+        let old: BTreeSet<String> = self
+            .store
+            .objects
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for p in problems {
+            let text = p.to_string();
+            if !old.contains(&text) && !self.last_problems.contains(&text) {
+                warn!("skipped: {p}");
+                self.hooks.problem(p);
+            }
+        }
+        self.last_problems.retain(|text| !old.contains(text));
+        self.last_problems
+            .extend(problems.iter().map(ToString::to_string));
+    }
+
     fn node_context(&self) -> NodeContext {
         store::node_context(&self.cfg.node, self.store.node.as_ref())
     }
@@ -328,6 +395,8 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
             }
         }
         self.last_problems = texts;
+        self.contested = Contested::default();
+        self.contested.replan(&BTreeSet::new(), &desired.lost);
         let services = objects.services.len();
         let admission = self.admit(&mut desired, None);
         let (ops, removals) =
@@ -355,19 +424,31 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         let mut scope = services.clone();
         scope.extend(self.refused.keys().cloned());
         let mut desired = model::desired_for_indexed(objects, node, &scope, owners);
-        // A key one of them claims that a Service outside the scope holds (an external IP
-        // equal to another Service's ClusterIP, say): plan the holder too, so the model settles
-        // the claim as a full plan would.
-        let holders: BTreeSet<ObjectRef> = desired
-            .frontends
-            .keys()
-            .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
-            .filter(|owner| !scope.contains(owner))
-            .collect();
-        if !holders.is_empty() {
-            scope.extend(holders);
+        // Services outside the scope that a full plan would settle a claim with: the holder
+        // of a key one of them claims (an external IP equal to another Service's ClusterIP,
+        // say), and those that lost a key one of them no longer claims. Plan them too, until
+        // there are none, so the model settles every claim as a full plan would.
+        loop {
+            let mut more: BTreeSet<ObjectRef> = desired
+                .frontends
+                .keys()
+                .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
+                .collect();
+            for svc in &scope {
+                for key in self.programmed.frontends_of(svc) {
+                    if !desired.frontends.contains_key(key) {
+                        more.extend(self.contested.losers(key).cloned());
+                    }
+                }
+            }
+            more.retain(|svc| !scope.contains(svc));
+            if more.is_empty() {
+                break;
+            }
+            scope.extend(more);
             desired = model::desired_for_indexed(objects, node, &scope, owners);
         }
+        self.contested.replan(&scope, &desired.lost);
         for p in &desired.problems {
             warn!("skipped: {p}");
             self.hooks.problem(p);

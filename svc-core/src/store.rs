@@ -19,7 +19,7 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    NodeContext, ObjectRef, Objects, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE,
+    NodeContext, ObjectRef, Objects, Problem, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE,
 };
 /// A change to one kind of object.
 #[derive(Debug)]
@@ -49,7 +49,24 @@ pub enum Delta {
     },
 }
 
-/// Starts the three watchers. Deltas arrive on the returned channel until the client is gone.
+/// What changed in a source that knows its complete state (the manifests source, see
+/// `source::manifests::ManifestDir`), applied as one batch with [`Store::apply_changes`]:
+/// only `Upsert` and `Delete`.
+#[derive(Debug, Default)]
+pub struct ObjectChanges {
+    pub services: Vec<Change<Service>>,
+    pub slices: Vec<Change<EndpointSlice>>,
+    /// The source's complete problem list, when it changed.
+    pub problems: Option<Vec<Problem>>,
+}
+
+impl ObjectChanges {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.problems.is_none()
+    }
+}
+
 /// The objects the model reads, kept current from deltas.
 #[derive(Debug, Default)]
 pub struct Store {
@@ -118,6 +135,20 @@ impl Store {
         self.slice_owners = SliceOwners::build(&objects.slices);
         self.objects = objects;
         self.listed.extend(["Service", "EndpointSlice", "Node"]);
+    }
+
+    /// Applies a source's changes, received at `at`, as the deltas they are (the source's
+    /// problems replace [`Objects::problems`]).
+    pub fn apply_changes(&mut self, changes: ObjectChanges, at: Instant, touched: &mut Touched) {
+        for change in changes.services {
+            self.apply(Delta::Services(change, at), touched);
+        }
+        for change in changes.slices {
+            self.apply(Delta::Slices(change, at), touched);
+        }
+        if let Some(problems) = changes.problems {
+            self.objects.problems = problems;
+        }
     }
 
     /// Applies one delta, recording what it touched.

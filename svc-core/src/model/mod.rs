@@ -225,6 +225,10 @@ pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
     /// Refusals, in the order found (Services in [`ObjectRef`] order).
     pub problems: Vec<Problem>,
+    /// Frontends a Service claims that another Service, planned before it, holds: the key and
+    /// the Service that lost it. A planner that re-plans only some Services uses them to plan
+    /// a loser again when the holder lets the key go.
+    pub lost: Vec<(FrontendKey, ObjectRef)>,
 }
 
 /// Computes what this node should serve for every Service in `objects`.
@@ -247,7 +251,8 @@ pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
 ///
 /// A frontend claimed by two Services is given to the smallest [`ObjectRef`] by [`desired`]; this
 /// function sees only the listed Services, so such conflicts with unlisted Services are not
-/// detected here (the periodic full [`desired`] settles them).
+/// detected here: the caller lists them too (the engine adds the Services holding a key the
+/// listed ones claim, and those that lost a key the listed ones let go, [`Desired::lost`]).
 pub fn desired_for(
     objects: &Objects,
     node: &NodeContext,

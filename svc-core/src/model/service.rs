@@ -96,6 +96,9 @@ pub(super) fn add_service(
         for fe in addrs.frontends(&field, number, node_port, proto) {
             let key = fe.key;
             if let Some(existing) = out.frontends.get(&key) {
+                if existing.service != *svc_ref {
+                    out.lost.push((key, svc_ref.clone()));
+                }
                 out.problems.push(Problem::new(
                     &object,
                     &fe.field,

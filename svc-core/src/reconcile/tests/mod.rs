@@ -60,6 +60,7 @@ fn desired(items: Vec<(FrontendKey, DesiredFrontend)>) -> Desired {
     Desired {
         frontends: items.into_iter().collect(),
         problems: vec![],
+        lost: vec![],
     }
 }
 

@@ -21,32 +21,34 @@
 //!   refused (the API server would refuse to create it); the smaller (namespace, name) keeps it.
 //! - A hand-written `v1/Endpoints` for a selector-less Service is converted to EndpointSlices the
 //!   way Kubernetes' endpointslicemirroring controller does (see [`mirror_endpoints`]).
+//!
+//! [`load_dir_with`] reads everything, every time. The agent polls with [`ManifestDir`]
+//! instead: it keeps each file's decoded objects and re-reads only the files whose identity
+//! (size, mtime, ctime, inode) changed, and reports what changed in the objects as
+//! [`crate::store::ObjectChanges`]; what it holds equals what [`load_dir_with`] loads.
 
 // What each child owns (see its first lines); the rules above are documented here, where
 // `svc_core::source::manifests` renders them.
 mod allocate;
+mod cache;
 mod mirror;
 mod yaml;
 
+pub use cache::{ManifestDir, Update};
 pub use mirror::{
     mirror_endpoints, LABEL_MANAGED_BY, LABEL_SKIP_MIRROR, MAX_ENDPOINTS_PER_MIRRORED_SLICE,
     MIRRORING_CONTROLLER,
 };
 
 use std::fs;
-use std::hash::Hasher;
 use std::io;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
-
-use fnv::FnvHasher;
-use serde_json::Value;
 
 pub use crate::model::Objects;
 use crate::model::{default_service_cidr, Ipv4Net, Problem};
 
-use yaml::{split_documents, Doc, Loader};
+use yaml::{assemble, parse_file, Item};
 
 /// The directory could not be read. Problems inside it (unreadable files, bad documents) are
 /// not errors: they are reported in [`Objects::problems`] and the rest still loads, because one
@@ -98,7 +100,7 @@ pub fn load_dir_with(dir: &Path, options: &Options) -> Result<Objects, SourceErr
     })?;
     let mut texts = Vec::with_capacity(files.len());
     let mut problems = Vec::new();
-    for (name, path) in files {
+    for (name, path, _) in files {
         match fs::read_to_string(&path) {
             Ok(text) => texts.push((name, text)),
             Err(e) => problems.push(Problem::new(name, "", format!("reading: {e}"))),
@@ -110,33 +112,10 @@ pub fn load_dir_with(dir: &Path, options: &Options) -> Result<Objects, SourceErr
     Ok(objects)
 }
 
-/// A cheap change detector for `dir`: a hash of the manifest files' names, sizes and
-/// modification times. The runtime polls it and reloads only when it changes, instead of
-/// re-parsing every file on every tick. (Editors that rewrite a file within the same mtime tick
-/// and keep its size are missed until the next change; acceptable for a static source.)
-pub fn dir_fingerprint(dir: &Path) -> io::Result<u64> {
-    let mut hash = FnvHasher::default();
-    for (name, path) in manifest_files(dir)? {
-        // A file deleted between listing and stat simply counts as gone.
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        hash.write(name.as_bytes());
-        hash.write(&[0]);
-        hash.write(&meta.len().to_le_bytes());
-        hash.write(&mtime.to_le_bytes());
-    }
-    Ok(hash.finish())
-}
-
-/// The manifest files of `dir`, sorted by name: `*.yaml`/`*.yml`, regular files or symlinks to
-/// them, names not starting with `.` (a mounted ConfigMap's `..data` bookkeeping).
-fn manifest_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+/// The manifest files of `dir`, sorted by name, with their metadata: `*.yaml`/`*.yml`, regular
+/// files or symlinks to them, names not starting with `.` (a mounted ConfigMap's `..data`
+/// bookkeeping). A file deleted between listing and stat simply counts as gone.
+fn manifest_files(dir: &Path) -> io::Result<Vec<(String, PathBuf, fs::Metadata)>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -147,11 +126,18 @@ fn manifest_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
             continue;
         }
         let path = entry.path();
-        if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            files.push((name, path));
+        // Through the directory's entry (no lookup of the whole path) unless it is a symlink,
+        // which is followed: one stat per file is most of what a poll costs.
+        let meta = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => entry.metadata(),
+            _ => fs::metadata(&path),
+        };
+        match meta {
+            Ok(meta) if meta.is_file() => files.push((name, path, meta)),
+            _ => {}
         }
     }
-    files.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
 }
 
@@ -159,21 +145,12 @@ fn manifest_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 /// the same object win, as with a second `kubectl apply`). Pure: [`load_dir_with`] is this plus
 /// file reading, and tests call it directly.
 pub fn load_texts(files: &[(String, String)], options: &Options) -> Objects {
-    let mut loader = Loader::default();
-    for (file, text) in files {
-        for (index, doc) in split_documents(text).into_iter().enumerate() {
-            let origin = format!("{file}#{}", index + 1);
-            match doc.value() {
-                Ok(Value::Null) => {}
-                Ok(value) => loader.document(&origin, Doc::Text(doc), &value),
-                Err(e) => loader
-                    .problems
-                    .push(Problem::new(origin, "", format!("not YAML: {e}"))),
-            }
-        }
-    }
-    loader.finish(options)
+    let items: Vec<Vec<Item>> = files
+        .iter()
+        .map(|(file, text)| parse_file(file, text))
+        .collect();
+    assemble(items.iter().map(Vec::as_slice), options, Vec::new())
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,6 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -248,107 +247,248 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// Objects as decoded, before defaulting, allocation and mirroring. Each remembers the document
-/// it came from for duplicate reports.
+/// A decoded object, its namespace defaulted (and, for a Service, the API server's defaults
+/// applied: they are the object's own, whichever definition wins).
+// Every variant is hundreds of bytes, and each object is moved once into its file's items:
+// boxing would add an allocation per object and save little.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Object {
+    Service(Service),
+    Endpoints(Endpoints),
+    Slice(EndpointSlice),
+}
+
+/// The kinds of [`Object`], for indexes and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Kind {
+    Service,
+    Endpoints,
+    Slice,
+}
+
+impl Kind {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::Slice => "EndpointSlice",
+        }
+    }
+}
+
+impl Object {
+    pub(super) fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Slice(_) => Kind::Slice,
+        }
+    }
+}
+
+/// What one document (or `List` item) of a file gave, in the file's order: a problem, or an
+/// object with the document it came from (`a.yaml#2`, for redefinition reports).
+// Problems are the rare variant; objects are not boxed (see `Object`).
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Item {
+    Problem(Problem),
+    Object {
+        origin: String,
+        obj_ref: ObjectRef,
+        object: Object,
+    },
+}
+
+/// Splits one file into its documents and decodes them: everything loading needs from the
+/// file, independent of every other file (so a cache can keep it per file).
+pub(super) fn parse_file(file: &str, text: &str) -> Vec<Item> {
+    let mut loader = Loader::default();
+    for (index, doc) in split_documents(text).into_iter().enumerate() {
+        let origin = format!("{file}#{}", index + 1);
+        match doc.value() {
+            Ok(Value::Null) => {}
+            Ok(value) => loader.document(&origin, Doc::Text(doc), &value),
+            Err(e) => loader.problem(Problem::new(origin, "", format!("not YAML: {e}"))),
+        }
+    }
+    loader.items
+}
+
+/// The items of one file as they are decoded.
 #[derive(Default)]
-pub(super) struct Loader {
-    services: BTreeMap<ObjectRef, (String, Service)>,
-    endpoints: BTreeMap<ObjectRef, (String, Endpoints)>,
-    slices: BTreeMap<ObjectRef, (String, EndpointSlice)>,
-    pub(super) problems: Vec<Problem>,
+struct Loader {
+    items: Vec<Item>,
 }
 
 impl Loader {
-    pub(super) fn document(&mut self, origin: &str, doc: Doc<'_>, value: &Value) {
+    fn problem(&mut self, problem: Problem) {
+        self.items.push(Item::Problem(problem));
+    }
+
+    fn document(&mut self, origin: &str, doc: Doc<'_>, value: &Value) {
         let text = |key: &str| value.get(key).and_then(Value::as_str);
         let (api_version, kind) = (text("apiVersion").unwrap_or(""), text("kind"));
         let Some(kind) = kind else {
-            self.problems
-                .push(Problem::new(origin, "kind", "missing; document skipped"));
+            self.problem(Problem::new(origin, "kind", "missing; document skipped"));
             return;
         };
         let described = describe(kind, value);
-        let problems = &mut self.problems;
-        let decode_failed = |problems: &mut Vec<Problem>, e: DecodeError| {
-            problems.push(Problem::new(
-                format!("{origin} ({described})"),
-                e.field,
-                e.message,
-            ))
-        };
-        match (api_version, kind) {
-            ("v1", "Service") => match doc.decode::<Service>() {
-                Ok(obj) => insert(&mut self.services, "Service", origin, obj, problems),
-                Err(e) => decode_failed(problems, e),
-            },
-            ("v1", "Endpoints") => match doc.decode::<Endpoints>() {
-                Ok(obj) => insert(&mut self.endpoints, "Endpoints", origin, obj, problems),
-                Err(e) => decode_failed(problems, e),
-            },
-            ("discovery.k8s.io/v1", "EndpointSlice") => match doc.decode::<EndpointSlice>() {
-                Ok(obj) => insert(&mut self.slices, "EndpointSlice", origin, obj, problems),
-                Err(e) => decode_failed(problems, e),
-            },
-            ("v1", "List") => match value.get("items") {
-                Some(Value::Array(items)) => {
-                    for (i, item) in items.iter().enumerate() {
-                        self.document(&format!("{origin}.items[{i}]"), Doc::Value(item), item);
+        let decode_failed =
+            |e: DecodeError| Problem::new(format!("{origin} ({described})"), e.field, e.message);
+        let item = match (api_version, kind) {
+            ("v1", "Service") => doc.decode::<Service>().map(|mut svc| {
+                apply_service_defaults(&mut svc);
+                Object::Service(svc)
+            }),
+            ("v1", "Endpoints") => doc.decode::<Endpoints>().map(Object::Endpoints),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                doc.decode::<EndpointSlice>().map(Object::Slice)
+            }
+            ("v1", "List") => {
+                match value.get("items") {
+                    Some(Value::Array(items)) => {
+                        for (i, item) in items.iter().enumerate() {
+                            self.document(&format!("{origin}.items[{i}]"), Doc::Value(item), item);
+                        }
                     }
+                    None | Some(Value::Null) => {}
+                    Some(_) => self.problem(Problem::new(origin, "items", "not a list")),
                 }
-                None | Some(Value::Null) => {}
-                Some(_) => self
-                    .problems
-                    .push(Problem::new(origin, "items", "not a list")),
-            },
-            _ => self.problems.push(Problem::new(
-                format!("{origin} ({described})"),
-                "",
-                format!("{api_version}/{kind} is not read by svc-lb; skipped"),
-            )),
+                return;
+            }
+            _ => {
+                self.problem(Problem::new(
+                    format!("{origin} ({described})"),
+                    "",
+                    format!("{api_version}/{kind} is not read by svc-lb; skipped"),
+                ));
+                return;
+            }
+        };
+        match item {
+            Ok(object) => self.object(origin, object),
+            Err(e) => self.problem(decode_failed(e)),
         }
     }
 
-    /// Defaulting, allocation, mirroring: turns the decoded objects into [`Objects`].
-    pub(super) fn finish(self, options: &Options) -> Objects {
-        let Loader {
-            services,
-            endpoints,
-            slices,
-            mut problems,
-        } = self;
-        let mut services: BTreeMap<ObjectRef, Service> =
-            services.into_iter().map(|(r, (_, s))| (r, s)).collect();
-        let mut slices: BTreeMap<ObjectRef, EndpointSlice> =
-            slices.into_iter().map(|(r, (_, s))| (r, s)).collect();
-        for svc in services.values_mut() {
-            apply_service_defaults(svc);
-        }
-        allocate(&mut services, options, &mut problems);
-        for (ep_ref, (_, ep)) in &endpoints {
-            for slice in mirror_endpoints(ep_ref, ep, services.get(ep_ref), &mut problems) {
-                let Some(slice_ref) = ObjectRef::from_meta(&slice.metadata) else {
-                    continue;
-                };
-                if slices.contains_key(&slice_ref) {
-                    problems.push(Problem::new(
-                        format!("Endpoints {ep_ref}"),
-                        "",
-                        format!(
-                            "mirrored slice name {slice_ref} is taken by an EndpointSlice in \
-                             the manifests; not mirrored"
-                        ),
-                    ));
-                    continue;
-                }
-                slices.insert(slice_ref, slice);
+    /// Files a decoded object under its namespace/name, defaulting the namespace in the object.
+    fn object(&mut self, origin: &str, mut object: Object) {
+        let kind = object.kind();
+        let meta = match &mut object {
+            Object::Service(o) => &mut o.metadata,
+            Object::Endpoints(o) => &mut o.metadata,
+            Object::Slice(o) => &mut o.metadata,
+        };
+        let Some(obj_ref) = ObjectRef::from_meta(meta) else {
+            self.problem(Problem::new(
+                format!("{origin} ({})", kind.name()),
+                "metadata.name",
+                "required",
+            ));
+            return;
+        };
+        meta.namespace = Some(obj_ref.namespace.clone());
+        self.items.push(Item::Object {
+            origin: origin.to_owned(),
+            obj_ref,
+            object,
+        });
+    }
+}
+
+/// The problem reported for a second definition of an object: the later one wins.
+pub(super) fn redefined(kind: Kind, obj_ref: &ObjectRef, previous: &str, origin: &str) -> Problem {
+    Problem::new(
+        format!("{} {obj_ref}", kind.name()),
+        "",
+        format!("defined in {previous} and again in {origin}; the later definition wins"),
+    )
+}
+
+/// A full load: the files' items, in order, with later definitions winning, then allocation
+/// and mirroring. The reference for what [`super::ManifestDir`] maintains incrementally.
+pub(super) fn assemble<'a>(
+    files: impl IntoIterator<Item = &'a [Item]>,
+    options: &Options,
+    mut problems: Vec<Problem>,
+) -> Objects {
+    let mut services: BTreeMap<ObjectRef, (&str, &Service)> = BTreeMap::new();
+    let mut endpoints: BTreeMap<ObjectRef, (&str, &Endpoints)> = BTreeMap::new();
+    let mut slices: BTreeMap<ObjectRef, (&str, &EndpointSlice)> = BTreeMap::new();
+    for item in files.into_iter().flatten() {
+        let (origin, obj_ref, object) = match item {
+            Item::Problem(p) => {
+                problems.push(p.clone());
+                continue;
             }
-        }
-        Objects {
-            services,
-            slices,
-            problems,
+            Item::Object {
+                origin,
+                obj_ref,
+                object,
+            } => (origin.as_str(), obj_ref, object),
+        };
+        let previous = match object {
+            Object::Service(o) => services.insert(obj_ref.clone(), (origin, o)).map(|p| p.0),
+            Object::Endpoints(o) => endpoints.insert(obj_ref.clone(), (origin, o)).map(|p| p.0),
+            Object::Slice(o) => slices.insert(obj_ref.clone(), (origin, o)).map(|p| p.0),
+        };
+        if let Some(previous) = previous {
+            problems.push(redefined(object.kind(), obj_ref, previous, origin));
         }
     }
+    let mut services: BTreeMap<ObjectRef, Service> = services
+        .into_iter()
+        .map(|(r, (_, s))| (r, s.clone()))
+        .collect();
+    let mut slices: BTreeMap<ObjectRef, EndpointSlice> = slices
+        .into_iter()
+        .map(|(r, (_, s))| (r, s.clone()))
+        .collect();
+    allocate(&mut services, options, &mut problems);
+    for (ep_ref, (_, ep)) in &endpoints {
+        let mirrored = mirror_endpoints(ep_ref, ep, services.get(ep_ref), &mut problems);
+        for (slice_ref, slice) in
+            accept_mirrored(ep_ref, mirrored, &mut problems, |r| slices.contains_key(r))
+        {
+            slices.insert(slice_ref, slice);
+        }
+    }
+    Objects {
+        services,
+        slices,
+        problems,
+    }
+}
+
+/// The mirrored slices of Endpoints `ep_ref` that may be added: not those whose name an
+/// EndpointSlice of the manifests already has (`taken`), which are reported.
+pub(super) fn accept_mirrored(
+    ep_ref: &ObjectRef,
+    mirrored: Vec<EndpointSlice>,
+    problems: &mut Vec<Problem>,
+    taken: impl Fn(&ObjectRef) -> bool,
+) -> Vec<(ObjectRef, EndpointSlice)> {
+    let mut accepted = Vec::new();
+    for slice in mirrored {
+        let Some(slice_ref) = ObjectRef::from_meta(&slice.metadata) else {
+            continue;
+        };
+        if taken(&slice_ref) {
+            problems.push(Problem::new(
+                format!("Endpoints {ep_ref}"),
+                "",
+                format!(
+                    "mirrored slice name {slice_ref} is taken by an EndpointSlice in the \
+                     manifests; not mirrored"
+                ),
+            ));
+            continue;
+        }
+        accepted.push((slice_ref, slice));
+    }
+    accepted
 }
 
 /// `"Service default/foo"` from a raw document, as far as it can be known.
@@ -358,33 +498,5 @@ fn describe(kind: &str, value: &Value) -> String {
     match field("name") {
         Some(name) => format!("{kind} {}/{name}", field("namespace").unwrap_or("default")),
         None => kind.to_owned(),
-    }
-}
-
-/// Files a decoded object under its namespace/name (defaulting the namespace in the object too).
-fn insert<T>(
-    map: &mut BTreeMap<ObjectRef, (String, T)>,
-    kind: &str,
-    origin: &str,
-    mut obj: T,
-    problems: &mut Vec<Problem>,
-) where
-    T: k8s_openapi::Metadata<Ty = ObjectMeta>,
-{
-    let Some(obj_ref) = ObjectRef::from_meta(obj.metadata()) else {
-        problems.push(Problem::new(
-            format!("{origin} ({kind})"),
-            "metadata.name",
-            "required",
-        ));
-        return;
-    };
-    obj.metadata_mut().namespace = Some(obj_ref.namespace.clone());
-    if let Some((previous, _)) = map.insert(obj_ref.clone(), (origin.to_owned(), obj)) {
-        problems.push(Problem::new(
-            format!("{kind} {obj_ref}"),
-            "",
-            format!("defined in {previous} and again in {origin}; the later definition wins"),
-        ));
     }
 }

@@ -1,6 +1,10 @@
 //! ClusterIP and NodePort allocation: deterministic, reserved values, conflicts, the types
 //! that get none.
 
+use std::hash::Hasher;
+
+use fnv::FnvHasher;
+
 use super::*;
 
 #[test]

@@ -2,6 +2,7 @@
 //! examples), a temporary directory and the shared helpers; each child file tests one concern.
 
 mod allocate;
+pub(crate) mod cache;
 mod dir;
 mod mirror;
 mod seed;

@@ -1,7 +1,7 @@
 //! Documents: kinds read and skipped, bad documents, `v1/List`, redefinitions, line numbers.
 
 use super::*;
-use crate::source::manifests::yaml::Document;
+use crate::source::manifests::yaml::{split_documents, Document};
 
 #[test]
 fn unknown_kinds_and_bad_documents_are_problems_and_the_rest_loads() {
