@@ -44,7 +44,7 @@ pub(super) fn plan_core(
     // Backends the held-back scoped entries' slots name: live in the maps until step 4.
     let mut named_until_late: HashSet<u32> = HashSet::new();
     for key in removed {
-        let Some(fe) = state.frontends.remove(key) else {
+        let Some(fe) = state.remove_frontend(key) else {
             continue;
         };
         let sibling_stays = key.scope != SCOPE_ANY
@@ -159,7 +159,7 @@ pub(super) fn plan_core(
             ids.push(state.backend_id_or_insert(backend, &mut backend_puts));
         }
 
-        let old = state.frontends.remove(&key);
+        let old = state.remove_frontend(&key);
         let (id, old_slots, old_value, old_owner, old_ranges) = match old {
             Some(fe) if fe.id != 0 => (fe.id, fe.slots, Some(fe.value), fe.owner, fe.source_ranges),
             // A conflicting adopted id: its slots belong to whoever owns the id.
@@ -263,7 +263,7 @@ pub(super) fn plan_core(
             owner: Some(want.service.clone()),
             source_ranges: new_ranges,
         };
-        state.frontends.insert(key, fe);
+        state.insert_frontend(key, fe);
     }
 
     // Only now: a new frontend of this plan must not reuse an id whose old frontend was live

@@ -65,6 +65,12 @@ pub struct Programmed {
     pub(super) unreferenced: BTreeSet<u32>,
     pub(super) frontend_id_alloc: IdAllocator,
     pub(super) backend_id_alloc: IdAllocator,
+    /// Slot entries the frontends hold (their `Some` slots), kept as frontends come and go
+    /// ([`Programmed::insert_frontend`], [`Programmed::remove_frontend`]) so that what the
+    /// maps use costs no pass over every frontend ([`Programmed::held`]).
+    held_slots: u64,
+    /// Source-range entries the frontends hold, kept the same way.
+    held_ranges: u64,
 }
 
 impl Programmed {
@@ -117,7 +123,7 @@ impl Programmed {
                     }
                 }
             }
-            me.frontends.insert(
+            me.insert_frontend(
                 key,
                 ProgrammedFrontend {
                     id,
@@ -131,12 +137,14 @@ impl Programmed {
         // BTreeSet order: each frontend's prefixes come sorted.
         for range in &snapshot.source_ranges {
             match key_of.get(&range.frontend_id) {
-                Some(key) => me
-                    .frontends
-                    .get_mut(key)
-                    .expect("key_of names programmed frontends")
-                    .source_ranges
-                    .push((range.addr, range.len)),
+                Some(key) => {
+                    me.frontends
+                        .get_mut(key)
+                        .expect("key_of names programmed frontends")
+                        .source_ranges
+                        .push((range.addr, range.len));
+                    me.held_ranges += 1;
+                }
                 None => {
                     me.range_strays.insert(*range);
                 }
@@ -206,6 +214,33 @@ impl Programmed {
         &self.frontends
     }
 
+    /// Slot and source-range entries the programmed frontends hold: what a pass summing
+    /// every frontend's `Some` slots and prefixes would find, in O(1).
+    pub fn held(&self) -> (u64, u64) {
+        (self.held_slots, self.held_ranges)
+    }
+
+    /// Inserts (or replaces) a frontend, keeping [`Programmed::held`] right.
+    pub(super) fn insert_frontend(&mut self, key: FrontendKey, fe: ProgrammedFrontend) {
+        self.held_slots += held_slots(&fe);
+        self.held_ranges += fe.source_ranges.len() as u64;
+        if let Some(old) = self.frontends.insert(key, fe) {
+            self.forget(&old);
+        }
+    }
+
+    /// Removes a frontend, keeping [`Programmed::held`] right.
+    pub(super) fn remove_frontend(&mut self, key: &FrontendKey) -> Option<ProgrammedFrontend> {
+        let fe = self.frontends.remove(key)?;
+        self.forget(&fe);
+        Some(fe)
+    }
+
+    fn forget(&mut self, fe: &ProgrammedFrontend) {
+        self.held_slots -= held_slots(fe);
+        self.held_ranges -= fe.source_ranges.len() as u64;
+    }
+
     /// The id slots use for `backend`, if it is programmed.
     pub fn backend_id(&self, backend: &Backend) -> Option<u32> {
         self.backend_ids.get(backend).copied()
@@ -263,6 +298,10 @@ impl Programmed {
         puts.push(MapOp::PutBackend { id, backend });
         id
     }
+}
+
+fn held_slots(fe: &ProgrammedFrontend) -> u64 {
+    fe.slots.iter().flatten().count() as u64
 }
 
 pub(super) fn slot_number(index: usize) -> u32 {
