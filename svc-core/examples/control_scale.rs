@@ -30,7 +30,7 @@ use svc_common::{Affinity, AffinityKey, CtEntry, CtKey};
 use svc_core::budget::Entries;
 use svc_core::dataplane::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
 use svc_core::engine::{Engine, EngineConfig, Event, Hooks};
-use svc_core::model::{self, NodeContext, SliceOwners};
+use svc_core::model::{self, slim_service, Interner, NodeContext, SliceOwners, SlimSlice};
 use svc_core::reconcile::{self, Programmed};
 use svc_core::store::{Change, Delta, Store, Touched};
 
@@ -227,6 +227,16 @@ fn slice(i: usize, endpoints: u16, realistic: bool) -> EndpointSlice {
     serde_json::from_value(v).expect("an EndpointSlice")
 }
 
+/// Slice `i` as the watcher delivers it: with its reference, read into the model's form.
+fn keyed(
+    i: usize,
+    endpoints: u16,
+    realistic: bool,
+    names: &mut Interner,
+) -> (svc_core::model::ObjectRef, SlimSlice) {
+    SlimSlice::keyed(&slice(i, endpoints, realistic), names).expect("a named slice")
+}
+
 fn node() -> Node {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -359,12 +369,18 @@ fn main() {
     // 1. Accounting, structure by structure, through the store and the planner directly.
     println!("memory (live bytes from the allocator):");
     let m0 = mark();
-    let services: Vec<Service> = (0..n).map(|i| service(i, realistic)).collect();
+    // As the watchers do: each object made slim as it is decoded, before it is buffered.
+    let services: Vec<Service> = (0..n)
+        .map(|i| slim_service(service(i, realistic)))
+        .collect();
     let m1 = live();
-    t.row("decoded Services (a watcher's list buffer)", m1 - m0);
-    let slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, full, realistic)).collect();
+    t.row("slim Services (a watcher's list buffer)", m1 - m0);
+    let mut names = Interner::default();
+    let slices: Vec<_> = (0..n)
+        .map(|i| keyed(i, full, realistic, &mut names))
+        .collect();
     let m2 = live();
-    t.row("decoded EndpointSlices (a watcher's list buffer)", m2 - m1);
+    t.row("slim EndpointSlices (a watcher's list buffer)", m2 - m1);
     let mut store = Store::default();
     let mut touched = Touched::default();
     let now = Instant::now();
@@ -380,7 +396,7 @@ fn main() {
     let ctx = node_context();
     let m4 = mark();
     let started = Instant::now();
-    let desired = model::desired(&store.objects, &ctx);
+    let desired = model::slim_desired(&store.objects, &ctx);
     let t_desired = started.elapsed();
     t.row("desired state of a full plan (transient)", live() - m4);
     let m5 = live();
@@ -421,8 +437,12 @@ fn main() {
         started_at: std::time::SystemTime::now(),
     };
     let mut engine = Engine::new(NullDataplane { writes: 0 }, NoHooks, cfg).expect("an engine");
-    let services: Vec<Service> = (0..n).map(|i| service(i, realistic)).collect();
-    let slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, full, realistic)).collect();
+    let services: Vec<Service> = (0..n)
+        .map(|i| slim_service(service(i, realistic)))
+        .collect();
+    let slices: Vec<_> = (0..n)
+        .map(|i| keyed(i, full, realistic, &mut names))
+        .collect();
     let now = Instant::now();
     let started = Instant::now();
     rt.block_on(engine.handle(vec![
@@ -445,7 +465,7 @@ fn main() {
         if next != 0 {
             endpoints[i] = next;
         }
-        let obj = slice(i, endpoints[i], realistic);
+        let obj = keyed(i, endpoints[i], realistic, &mut names);
         let started = Instant::now();
         rt.block_on(engine.handle(vec![Event::Delta(Delta::Slices(
             Change::Upsert(obj),
@@ -463,7 +483,7 @@ fn main() {
     let mut times = Vec::new();
     for k in 0..50 {
         let i = n + k;
-        let (svc, sl) = (service(i, realistic), slice(i, full, realistic));
+        let (svc, sl) = (service(i, realistic), keyed(i, full, realistic, &mut names));
         rt.block_on(engine.handle(vec![Event::Delta(Delta::Slices(
             Change::Upsert(sl),
             Instant::now(),

@@ -254,7 +254,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         if self.full(&node, since) {
             self.hooks.ready();
         }
-        let checks = model::health_checks(&self.store.objects, &node);
+        let checks = model::slim_health_checks(&self.store.objects, &node);
         self.hooks.health_checks(checks).await;
     }
 
@@ -304,7 +304,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
                     })
             });
             if concerned {
-                let checks = model::health_checks(&self.store.objects, &node);
+                let checks = model::slim_health_checks(&self.store.objects, &node);
                 self.hooks.health_checks(checks).await;
             }
         }
@@ -318,7 +318,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
     fn full(&mut self, node: &NodeContext, since: Instant) -> bool {
         let started = Instant::now();
         let objects = &self.store.objects;
-        let mut desired = model::desired(objects, node);
+        let mut desired = model::slim_desired(objects, node);
         let problems: Vec<&Problem> = objects.problems.iter().chain(&desired.problems).collect();
         let texts: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
         for p in problems {

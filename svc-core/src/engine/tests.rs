@@ -257,10 +257,9 @@ async fn a_failed_incremental_write_makes_the_next_plan_full() {
         let writes = maps.0.borrow().writes;
         maps.0.borrow_mut().fail_writes = [writes + 1].into();
         let (_, slice) = web_slice(&["10.244.1.5", "10.244.2.7"]);
-        tx.send(Event::Delta(Delta::Slices(
-            Change::Upsert(slice),
-            Instant::now(),
-        )))
+        tx.send(Event::Delta(
+            Delta::slices(Change::Upsert(slice), Instant::now()).expect("a named slice"),
+        ))
         .unwrap();
         sleep(Duration::from_millis(10)).await;
         assert_eq!(rec.0.borrow().failed.len(), 1);
@@ -288,10 +287,11 @@ fn api_lists(objs: &Objects) -> Vec<Delta> {
             Change::Resync(objs.services.values().cloned().collect()),
             Instant::now(),
         ),
-        Delta::Slices(
+        Delta::slices(
             Change::Resync(objs.slices.values().cloned().collect()),
             Instant::now(),
-        ),
+        )
+        .expect("a named slice"),
         Delta::Node(Change::Resync(vec![node]), Instant::now()),
     ]
 }

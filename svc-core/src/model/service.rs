@@ -7,13 +7,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use svc_common::{
     Backend, FrontendKey, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
     MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use super::endpoints::{choose_backends, ParsedSlice};
+use super::slim::SlimSlice;
 use super::source_ranges::SourceRanges;
 use super::{
     Desired, DesiredFrontend, NodeContext, ObjectRef, Problem, DEFAULT_AFFINITY_TIMEOUT_S,
@@ -24,7 +24,7 @@ use super::{
 pub(super) fn add_service(
     svc_ref: &ObjectRef,
     svc: &Service,
-    slices: &[(&ObjectRef, &EndpointSlice)],
+    slices: &[(&ObjectRef, &SlimSlice)],
     node: &NodeContext,
     out: &mut Desired,
 ) {
@@ -58,7 +58,7 @@ pub(super) fn add_service(
     let policy = TrafficPolicy::of(spec);
     let parsed: Vec<ParsedSlice> = slices
         .iter()
-        .filter_map(|(slice_ref, slice)| ParsedSlice::parse(slice_ref, slice, node, out))
+        .filter_map(|(_, slice)| ParsedSlice::parse(slice, node, out))
         .collect();
 
     for (i, port) in spec.ports.iter().flatten().enumerate() {
