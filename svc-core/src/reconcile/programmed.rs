@@ -53,8 +53,9 @@ pub struct Programmed {
     pub(super) backends: BTreeMap<u32, BackendEntry>,
     /// Backend tuple → the id slots should use for it (one id per tuple, shared by frontends).
     pub(super) backend_ids: HashMap<Backend, u32>,
-    /// Service → the frontend keys it owns, for [`plan_services`].
-    pub(super) owners: BTreeMap<ObjectRef, BTreeSet<FrontendKey>>,
+    /// Service → the frontend keys it owns, sorted, for [`plan_services`]. A sorted `Vec`:
+    /// most Services own one to a few keys, and a one-key `BTreeSet` costs a whole node.
+    pub(super) owners: BTreeMap<ObjectRef, Vec<FrontendKey>>,
     /// Slot entries no frontend counts (beyond a count, slot 0, or of an unknown frontend id):
     /// deleted by the next plan.
     pub(super) strays: BTreeMap<SlotKey, Slot>,
@@ -267,14 +268,19 @@ impl Programmed {
         }
         if let Some(old) = old {
             if let Some(keys) = self.owners.get_mut(old) {
-                keys.remove(&key);
+                if let Ok(i) = keys.binary_search(&key) {
+                    keys.remove(i);
+                }
                 if keys.is_empty() {
                     self.owners.remove(old);
                 }
             }
         }
         if let Some(new) = new {
-            self.owners.entry(new.clone()).or_default().insert(key);
+            let keys = self.owners.entry(new.clone()).or_default();
+            if let Err(i) = keys.binary_search(&key) {
+                keys.insert(i, key);
+            }
         }
     }
 
