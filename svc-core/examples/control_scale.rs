@@ -30,7 +30,9 @@ use svc_common::{Affinity, AffinityKey, CtEntry, CtKey};
 use svc_core::budget::Entries;
 use svc_core::dataplane::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
 use svc_core::engine::{Engine, EngineConfig, Event, Hooks};
-use svc_core::model::{self, slim_service, Interner, NodeContext, SliceOwners, SlimSlice};
+use svc_core::model::{
+    self, Interner, NodeContext, ObjectRef, SliceOwners, SlimService, SlimSlice,
+};
 use svc_core::reconcile::{self, Programmed};
 use svc_core::store::{Change, Delta, Store, Touched};
 
@@ -227,13 +229,18 @@ fn slice(i: usize, endpoints: u16, realistic: bool) -> EndpointSlice {
     serde_json::from_value(v).expect("an EndpointSlice")
 }
 
+/// Service `i` as the watcher delivers it: with its reference, read into the model's form.
+fn slim(i: usize, realistic: bool, names: &mut Interner) -> (ObjectRef, SlimService) {
+    SlimService::keyed(service(i, realistic), names).expect("a named Service")
+}
+
 /// Slice `i` as the watcher delivers it: with its reference, read into the model's form.
 fn keyed(
     i: usize,
     endpoints: u16,
     realistic: bool,
     names: &mut Interner,
-) -> (svc_core::model::ObjectRef, SlimSlice) {
+) -> (ObjectRef, SlimSlice) {
     SlimSlice::keyed(&slice(i, endpoints, realistic), names).expect("a named slice")
 }
 
@@ -370,9 +377,8 @@ fn main() {
     println!("memory (live bytes from the allocator):");
     let m0 = mark();
     // As the watchers do: each object made slim as it is decoded, before it is buffered.
-    let services: Vec<Service> = (0..n)
-        .map(|i| slim_service(service(i, realistic)))
-        .collect();
+    let mut names = Interner::default();
+    let services: Vec<_> = (0..n).map(|i| slim(i, realistic, &mut names)).collect();
     let m1 = live();
     t.row("slim Services (a watcher's list buffer)", m1 - m0);
     let mut names = Interner::default();
@@ -437,9 +443,7 @@ fn main() {
         started_at: std::time::SystemTime::now(),
     };
     let mut engine = Engine::new(NullDataplane { writes: 0 }, NoHooks, cfg).expect("an engine");
-    let services: Vec<Service> = (0..n)
-        .map(|i| slim_service(service(i, realistic)))
-        .collect();
+    let services: Vec<_> = (0..n).map(|i| slim(i, realistic, &mut names)).collect();
     let slices: Vec<_> = (0..n)
         .map(|i| keyed(i, full, realistic, &mut names))
         .collect();
@@ -483,7 +487,10 @@ fn main() {
     let mut times = Vec::new();
     for k in 0..50 {
         let i = n + k;
-        let (svc, sl) = (service(i, realistic), keyed(i, full, realistic, &mut names));
+        let (svc, sl) = (
+            slim(i, realistic, &mut names),
+            keyed(i, full, realistic, &mut names),
+        );
         rt.block_on(engine.handle(vec![Event::Delta(Delta::Slices(
             Change::Upsert(sl),
             Instant::now(),

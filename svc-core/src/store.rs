@@ -18,7 +18,7 @@ use k8s_openapi::api::{
 };
 
 use crate::model::{
-    slim_service, Interner, NodeContext, ObjectRef, Objects, SliceOwners, SlimObjects, SlimSlice,
+    Interner, NodeContext, ObjectRef, Objects, SliceOwners, SlimObjects, SlimService, SlimSlice,
     LABEL_TOPOLOGY_ZONE,
 };
 /// A change to one kind of object.
@@ -51,7 +51,9 @@ impl<K> Change<K> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Delta {
-    Services(Change<Service>, Instant),
+    /// Services with their references, already read into the model's form
+    /// ([`SlimService::of`]) by the watcher ([`Delta::services`] converts full ones).
+    Services(Change<(ObjectRef, SlimService)>, Instant),
     /// EndpointSlices with their references, already read into the model's form
     /// ([`SlimSlice::keyed`]): the watcher converts each as it arrives, so a list is never
     /// buffered as full objects ([`Delta::slices`] converts full ones).
@@ -65,6 +67,14 @@ pub enum Delta {
 }
 
 impl Delta {
+    /// [`Delta::Services`] of full Services; `None` for a single change of a Service without
+    /// a name (which the store would ignore).
+    pub fn services(change: Change<Service>, at: Instant) -> Option<Self> {
+        let mut names = Interner::default();
+        let change = change.filter_map(|s| SlimService::keyed(s, &mut names))?;
+        Some(Delta::Services(change, at))
+    }
+
     /// [`Delta::Slices`] of full EndpointSlices; `None` for a single change of a slice without
     /// a name (which the store would ignore).
     pub fn slices(change: Change<EndpointSlice>, at: Instant) -> Option<Self> {
@@ -157,14 +167,9 @@ impl Store {
                 if matches!(change, Change::Resync(_)) {
                     self.listed.insert("Service");
                 }
-                // Kept slim whoever sent them (the watcher strips them already).
-                let change = change
-                    .filter_map(|s| Some((ObjectRef::from_meta(&s.metadata)?, slim_service(s))));
-                if let Some(change) = change {
-                    apply_change(&mut self.objects.services, change, |r, _| {
-                        touched.services.insert(r.clone());
-                    });
-                }
+                apply_change(&mut self.objects.services, change, |r, _| {
+                    touched.services.insert(r.clone());
+                });
             }
             Delta::Slices(change, at) => {
                 stamp(at);
@@ -367,7 +372,10 @@ mod tests {
     fn nothing_is_ready_until_every_kind_has_listed() {
         let mut store = Store::default();
         let mut t = Touched::default();
-        store.apply(Delta::Services(Change::Resync(vec![]), now()), &mut t);
+        store.apply(
+            Delta::services(Change::Resync(vec![]), now()).expect("a named Service"),
+            &mut t,
+        );
         store.apply(
             Delta::slices(Change::Resync(vec![]), now()).expect("a named slice"),
             &mut t,
@@ -385,18 +393,20 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(
+            Delta::services(
                 Change::Resync(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]),
                 now(),
-            ),
+            )
+            .expect("a named Service"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(
+            Delta::services(
                 Change::Resync(vec![svc("a", "10.96.0.1"), svc("c", "10.96.0.3")]),
                 now(),
-            ),
+            )
+            .expect("a named Service"),
             &mut t,
         );
         let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
@@ -432,12 +442,12 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            Delta::services(Change::Upsert(svc("a", "10.96.0.1")), now()).expect("a named Service"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            Delta::services(Change::Upsert(svc("a", "10.96.0.1")), now()).expect("a named Service"),
             &mut t,
         );
         assert!(t.services.is_empty());
@@ -455,7 +465,8 @@ mod tests {
             ..Default::default()
         }];
         store.apply(
-            Delta::Services(Change::Upsert(svc("web", "10.96.0.1")), now()),
+            Delta::services(Change::Upsert(svc("web", "10.96.0.1")), now())
+                .expect("a named Service"),
             &mut t,
         );
         store.apply(
@@ -466,7 +477,10 @@ mod tests {
         let mut v = svc("web", "10.96.0.1");
         v.metadata.resource_version = Some("2".into());
         v.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
-        store.apply(Delta::Services(Change::Upsert(v), now()), &mut t);
+        store.apply(
+            Delta::services(Change::Upsert(v), now()).expect("a named Service"),
+            &mut t,
+        );
         s.metadata.resource_version = Some("2".into());
         s.endpoints[0].target_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
             name: Some("web-1".into()),

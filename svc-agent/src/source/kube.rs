@@ -2,10 +2,10 @@
 //!
 //! Each watcher runs in its own task and sends [`Delta`]s to the agent's main loop, which
 //! applies them to its [`svc_core::store::Store`]. Objects are made slim as they arrive, before
-//! a list is buffered: Services keep only the fields the model reads
-//! ([`svc_core::model::slim_service`]), EndpointSlices become [`SlimSlice`]s (node and zone
-//! names shared within the watcher), so the full objects (managedFields, annotations,
-//! targetRefs…) never pile up, not even during a list of the whole cluster.
+//! a list is buffered: Services become [`SlimService`]s and EndpointSlices [`SlimSlice`]s, with
+//! only the fields the model reads and repeated names (node, zone, port, type) shared within
+//! the watcher, so the full objects (managedFields, annotations, targetRefs…) never pile up,
+//! not even during a list of the whole cluster.
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use svc_core::model::{slim_service, Interner, SlimSlice};
+use svc_core::model::{Interner, SlimService, SlimSlice};
 pub use svc_core::store::{Change, Delta};
 
 /// Starts the three watchers, which send their deltas on `tx` (as the receiver's event type)
@@ -35,25 +35,17 @@ pub fn start<E: From<Delta> + Send + 'static>(
         watcher::Config::default(),
         "Service",
         tx.clone(),
-        |svc| Some(slim_service(svc)),
+        slim_with_names(SlimService::keyed),
         Delta::Services,
     );
-    let mut names = Interner::default();
-    let mut since_prune = 0usize;
     spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
         "EndpointSlice",
         tx.clone(),
-        move |slice| {
-            // Node and zone names of nodes that are gone: forgotten now and then.
-            since_prune += 1;
-            if since_prune >= PRUNE_EVERY && names.len() > PRUNE_ABOVE {
-                names.prune();
-                since_prune = 0;
-            }
-            SlimSlice::keyed(&slice, &mut names)
-        },
+        slim_with_names(|slice: EndpointSlice, names: &mut Interner| {
+            SlimSlice::keyed(&slice, names)
+        }),
         Delta::Slices,
     );
     spawn_watch(
@@ -66,7 +58,24 @@ pub fn start<E: From<Delta> + Send + 'static>(
     );
 }
 
-/// The EndpointSlice watcher's shared names are pruned after this many objects…
+/// `slim` with names shared across the objects of one watcher; names no object uses any
+/// more (nodes, zones that are gone) are forgotten now and then.
+fn slim_with_names<K, T>(
+    slim: impl Fn(K, &mut Interner) -> Option<T> + Send + 'static,
+) -> impl FnMut(K) -> Option<T> + Send + 'static {
+    let mut names = Interner::default();
+    let mut since_prune = 0usize;
+    move |obj| {
+        since_prune += 1;
+        if since_prune >= PRUNE_EVERY && names.len() > PRUNE_ABOVE {
+            names.prune();
+            since_prune = 0;
+        }
+        slim(obj, &mut names)
+    }
+}
+
+/// A watcher's shared names are pruned after this many objects…
 const PRUNE_EVERY: usize = 100_000;
 /// …when it holds more than this many (a cluster's node, zone and port names).
 const PRUNE_ABOVE: usize = 1_000;

@@ -283,10 +283,11 @@ fn api_lists(objs: &Objects) -> Vec<Delta> {
     }))
     .unwrap();
     vec![
-        Delta::Services(
+        Delta::services(
             Change::Resync(objs.services.values().cloned().collect()),
             Instant::now(),
-        ),
+        )
+        .expect("a named Service"),
         Delta::slices(
             Change::Resync(objs.slices.values().cloned().collect()),
             Instant::now(),
@@ -357,10 +358,9 @@ async fn the_periodic_full_plan_gives_a_freed_address_to_the_other_claimant() {
         let contested = key([10, 96, 0, 10], 80);
         let held_by_a = maps.0.borrow().snapshot.frontends[&contested];
         assert_eq!(held_by_a.backend_count, 0, "a has no endpoints: it rejects");
-        tx.send(Event::Delta(Delta::Services(
-            Change::Delete(a.1),
-            Instant::now(),
-        )))
+        tx.send(Event::Delta(
+            Delta::services(Change::Delete(a.1), Instant::now()).expect("a named Service"),
+        ))
         .unwrap();
         sleep(Duration::from_millis(10)).await;
         assert!(!maps.0.borrow().snapshot.frontends.contains_key(&contested));

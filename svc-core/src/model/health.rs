@@ -42,11 +42,11 @@ pub fn slim_health_checks(objects: &SlimObjects, node: &NodeContext) -> Vec<Heal
     let mut scratch = Desired::default();
     let mut out = Vec::new();
     for (svc_ref, svc) in &objects.services {
-        if !node.claims(&svc.metadata) {
+        if !node.claims_labelled(svc.proxy_name.as_deref()) {
             continue;
         }
         let Some(spec) = &svc.spec else { continue };
-        if spec.external_traffic_policy.as_deref() != Some("Local")
+        if !spec.external_local
             || spec.type_.as_deref() == Some("ExternalName")
             || spec.cluster_ip.as_deref() == Some("None")
         {

@@ -61,13 +61,15 @@ mod health;
 mod node;
 mod service;
 mod slim;
+mod slim_service;
 mod source_ranges;
 
 pub use cidr::{cidr, default_service_cidr, parse_cidr, CidrError, Ipv4Net};
 pub use endpoints::SliceOwners;
 pub use health::{health_checks, slim_health_checks, HealthCheck};
 pub use node::NodeContext;
-pub use slim::{slim_service, Interner, SlimObjects, SlimSlice};
+pub use slim::{Interner, SlimObjects, SlimSlice};
+pub use slim_service::{SlimIngress, SlimPort, SlimService, SlimSpec};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,32 +1,26 @@
 //! What the model keeps of each object between plans, and nothing more: an agent runs on every
 //! node, so every byte kept per Service or endpoint is paid once per node. A Service is kept as
-//! its k8s-openapi object with only the fields the model reads ([`slim_service`]); an
-//! EndpointSlice as a [`SlimSlice`]: addresses as `Ipv4Addr`s, conditions as bits, node and
+//! a [`SlimService`] (only the fields the model reads); an EndpointSlice as a [`SlimSlice`]: addresses as `Ipv4Addr`s, conditions as bits, node and
 //! zone names shared ([`Interner`]), and the problems its parsing found, kept to be reported
 //! as before. Everything that depends on this node (which endpoints are local, which hints are
 //! for it) is decided at plan time ([`super::endpoints::ParsedSlice`]), so a slim object stays
 //! right when the Node changes.
 //!
 //! At 10k Services of 10 endpoints (bench_control's objects), the full objects cost ~6.8 KB per
-//! Service in the store and the slim ones ~1.5 KB; objects from a real cluster (managedFields,
-//! annotations, targetRefs) cost several times more in full, and the same slim.
+//! Service in the store and the slim ones under 1 KB; objects from a real cluster (managedFields,
+//! annotations, targetRefs) cost several times more in full, and the same slim
+//! (docs/BENCHMARKS.md, "Memory and the pure part at 100k Services").
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
-};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use svc_common::{PROTO_TCP, PROTO_UDP};
 
-use super::{
-    label, ObjectRef, Objects, Problem, LABEL_HEADLESS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME,
-};
+use super::slim_service::SlimService;
+use super::{label, ObjectRef, Objects, Problem, LABEL_HEADLESS, LABEL_SERVICE_NAME};
 
 /// Shares the text of names that repeat across objects (node names, zones, port names): one
 /// allocation per distinct name instead of one per endpoint.
@@ -62,12 +56,12 @@ impl Interner {
     }
 }
 
-/// The objects the model reads, as the store keeps them: Services stripped by
-/// [`slim_service`], EndpointSlices as [`SlimSlice`]s, and the source's problems.
+/// The objects the model reads, as the store keeps them: [`SlimService`]s, [`SlimSlice`]s,
+/// and the source's problems.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SlimObjects {
-    /// Services by namespace/name, with only the fields the model reads.
-    pub services: BTreeMap<ObjectRef, Service>,
+    /// Services by namespace/name.
+    pub services: BTreeMap<ObjectRef, SlimService>,
     /// EndpointSlices by namespace/name.
     pub slices: BTreeMap<ObjectRef, SlimSlice>,
     /// What the source refused or skipped while producing these objects.
@@ -82,7 +76,7 @@ impl SlimObjects {
             services: objects
                 .services
                 .into_iter()
-                .map(|(r, s)| (r, slim_service(s)))
+                .map(|(r, s)| (r, SlimService::of(s, &mut names)))
                 .collect(),
             slices: objects
                 .slices
@@ -258,80 +252,6 @@ impl SliceContent {
             endpoints: endpoints.into(),
             problems: problems.into(),
         }
-    }
-}
-
-/// `service` with only what the model reads: name, namespace and the
-/// [`LABEL_SERVICE_PROXY_NAME`] label; of the spec, type, ClusterIPs, external IPs, ports
-/// (name, protocol, port, nodePort), traffic policies, session affinity, health-check port and
-/// source ranges; of the status, the LoadBalancer ingress IPs and their `ipMode`. Gone are
-/// managedFields, annotations, other labels, owner references, the selector and every other
-/// field. Idempotent; the model decides the same for the slim Service as for the full one
-/// (`model::tests::slim`).
-pub fn slim_service(service: Service) -> Service {
-    let Service {
-        metadata,
-        spec,
-        status,
-        ..
-    } = service;
-    // Read by the model only as "is it `Local`" / "is it `ClientIP`".
-    let only = |v: Option<String>, wanted: &str| v.filter(|v| v == wanted);
-    Service {
-        metadata: ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            labels: metadata
-                .labels
-                .map(|mut l| {
-                    l.retain(|k, _| k == LABEL_SERVICE_PROXY_NAME);
-                    l
-                })
-                .filter(|l| !l.is_empty()),
-            ..ObjectMeta::default()
-        },
-        spec: spec.map(|s| ServiceSpec {
-            type_: s.type_,
-            cluster_ip: s.cluster_ip,
-            cluster_ips: s.cluster_ips,
-            external_ips: s.external_ips,
-            external_traffic_policy: only(s.external_traffic_policy, "Local"),
-            internal_traffic_policy: only(s.internal_traffic_policy, "Local"),
-            health_check_node_port: s.health_check_node_port,
-            load_balancer_source_ranges: s.load_balancer_source_ranges,
-            ports: s.ports.map(|ports| {
-                ports
-                    .into_iter()
-                    .map(|p| ServicePort {
-                        name: p.name,
-                        protocol: p.protocol,
-                        port: p.port,
-                        node_port: p.node_port,
-                        ..ServicePort::default()
-                    })
-                    .collect()
-            }),
-            session_affinity: only(s.session_affinity, "ClientIP"),
-            session_affinity_config: s.session_affinity_config,
-            ..ServiceSpec::default()
-        }),
-        status: status
-            .and_then(|s| s.load_balancer?.ingress)
-            .map(|ingress| ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ingress
-                            .into_iter()
-                            .map(|i| LoadBalancerIngress {
-                                ip: i.ip,
-                                ip_mode: i.ip_mode,
-                                ..LoadBalancerIngress::default()
-                            })
-                            .collect(),
-                    ),
-                }),
-                ..ServiceStatus::default()
-            }),
     }
 }
 
