@@ -181,7 +181,7 @@ pub fn admit(
     let mut used = usage(state);
     let goes = |key: &FrontendKey, fe: &ProgrammedFrontend| {
         let unwanted = !desired.frontends.contains_key(key);
-        let goes = match &fe.owner {
+        let goes = match fe.owner.as_deref() {
             Some(owner) => in_scope(owner) && !by_service.contains_key(owner),
             None => scope.is_none(),
         };

@@ -361,7 +361,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         let holders: BTreeSet<ObjectRef> = desired
             .frontends
             .keys()
-            .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
+            .filter_map(|k| Some((**self.programmed.frontends().get(k)?.owner.as_ref()?).clone()))
             .filter(|owner| !scope.contains(owner))
             .collect();
         if !holders.is_empty() {

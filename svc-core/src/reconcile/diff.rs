@@ -95,7 +95,7 @@ pub(super) fn plan_core(
             );
             freed_frontend_ids.push(fe.id);
         }
-        state.set_owner(*key, fe.owner.as_ref(), None);
+        state.set_owner(*key, fe.owner.as_deref(), None);
     }
     // Backends only removed frontends named, and no wanted frontend names again, can go now
     // too (phase 1), unless a held-back scoped entry still names them; the rest of the
@@ -257,13 +257,13 @@ pub(super) fn plan_core(
         for backend_id in old_slots.iter().flatten() {
             state.unref(*backend_id);
         }
-        state.set_owner(key, old_owner.as_ref(), Some(&want.service));
+        let owner = state.set_owner(key, old_owner.as_deref(), Some(&want.service));
         let slots = new_slots.into_iter().map(Some).collect();
         let fe = ProgrammedFrontend {
             id,
             value,
             slots,
-            owner: Some(want.service.clone()),
+            owner,
             source_ranges: new_ranges,
         };
         state.insert_frontend(key, fe);

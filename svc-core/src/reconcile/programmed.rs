@@ -5,6 +5,7 @@
 //! for ([`Programmed::to_snapshot`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND};
 
@@ -30,8 +31,9 @@ pub struct ProgrammedFrontend {
     /// never equals a desired one, so the next plan rewrites it.
     pub slots: Vec<Option<u32>>,
     /// The Service it was programmed for; `None` when adopted from the maps (which do not record
-    /// owners) and not planned since.
-    pub owner: Option<ObjectRef>,
+    /// owners) and not planned since. Shared with the owner index: one copy per Service, not
+    /// one per frontend.
+    pub owner: Option<Arc<ObjectRef>>,
     /// Its `SVC_SOURCE_RANGES` prefixes, sorted.
     pub source_ranges: Vec<Prefix>,
 }
@@ -55,7 +57,7 @@ pub struct Programmed {
     pub(super) backend_ids: HashMap<Backend, u32>,
     /// Service → the frontend keys it owns, sorted, for [`plan_services`]. A sorted `Vec`:
     /// most Services own one to a few keys, and a one-key `BTreeSet` costs a whole node.
-    pub(super) owners: BTreeMap<ObjectRef, Vec<FrontendKey>>,
+    pub(super) owners: BTreeMap<Arc<ObjectRef>, Vec<FrontendKey>>,
     /// Slot entries no frontend counts (beyond a count, slot 0, or of an unknown frontend id):
     /// deleted by the next plan.
     pub(super) strays: BTreeMap<SlotKey, Slot>,
@@ -257,16 +259,15 @@ impl Programmed {
         self.owners.get(service).into_iter().flatten()
     }
 
+    /// Moves `key` from `old`'s frontends to `new`'s in the owner index, and returns the shared
+    /// reference of `new` for the frontend to keep.
     pub(super) fn set_owner(
         &mut self,
         key: FrontendKey,
         old: Option<&ObjectRef>,
         new: Option<&ObjectRef>,
-    ) {
-        if old == new {
-            return;
-        }
-        if let Some(old) = old {
+    ) -> Option<Arc<ObjectRef>> {
+        if let Some(old) = old.filter(|old| Some(*old) != new) {
             if let Some(keys) = self.owners.get_mut(old) {
                 if let Ok(i) = keys.binary_search(&key) {
                     keys.remove(i);
@@ -276,12 +277,16 @@ impl Programmed {
                 }
             }
         }
-        if let Some(new) = new {
-            let keys = self.owners.entry(new.clone()).or_default();
-            if let Err(i) = keys.binary_search(&key) {
-                keys.insert(i, key);
-            }
+        let new = new?;
+        let shared = match self.owners.get_key_value(new) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(new.clone()),
+        };
+        let keys = self.owners.entry(shared.clone()).or_default();
+        if let Err(i) = keys.binary_search(&key) {
+            keys.insert(i, key);
         }
+        Some(shared)
     }
 
     pub(super) fn unref(&mut self, backend_id: u32) {

@@ -779,8 +779,8 @@ fn incremental_plan_leaves_a_frontend_another_service_owns() {
     let (ops, _) = plan_services_in_place(&mut state, &desired_for(&after, &node, &scope), &scope);
     apply_ops(&mut fake, &ops).expect("incremental plan");
     assert_eq!(
-        state.frontends()[&key].owner,
-        Some(ObjectRef::new("default", "aaa")),
+        state.frontends()[&key].owner.as_deref(),
+        Some(&ObjectRef::new("default", "aaa")),
         "10.96.0.10:80 was taken over by the incremental plan: {ops:?}"
     );
 }
