@@ -293,7 +293,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         if self.full(&node, since) {
             self.hooks.ready();
         }
-        let checks = model::health_checks(&self.store.objects, &node);
+        let checks = model::slim_health_checks(&self.store.objects, &node);
         self.hooks.health_checks(checks).await;
     }
 
@@ -349,7 +349,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
                     })
             });
             if concerned {
-                let checks = model::health_checks(&self.store.objects, &node);
+                let checks = model::slim_health_checks(&self.store.objects, &node);
                 self.hooks.health_checks(checks).await;
             }
         }
@@ -385,7 +385,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
     fn full(&mut self, node: &NodeContext, since: Instant) -> bool {
         let started = Instant::now();
         let objects = &self.store.objects;
-        let mut desired = model::desired(objects, node);
+        let mut desired = model::slim_desired(objects, node);
         let problems: Vec<&Problem> = objects.problems.iter().chain(&desired.problems).collect();
         let texts: BTreeSet<String> = problems.iter().map(|p| p.to_string()).collect();
         for p in problems {
@@ -432,7 +432,14 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
             let mut more: BTreeSet<ObjectRef> = desired
                 .frontends
                 .keys()
-                .filter_map(|k| self.programmed.frontends().get(k)?.owner.clone())
+                .filter_map(|k| {
+                    self.programmed
+                        .frontends()
+                        .get(k)?
+                        .owner
+                        .as_deref()
+                        .cloned()
+                })
                 .collect();
             for svc in &scope {
                 for key in self.programmed.frontends_of(svc) {

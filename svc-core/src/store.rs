@@ -1,7 +1,7 @@
 //! The objects the model reads, kept current from deltas (pure; the API-server source feeds it).
 //!
 //! The watchers (`svc-agent`'s `source::kube`) send [`Delta`]s to the agent's main loop, which
-//! owns the [`Objects`] and applies them with [`Store::apply`], learning which Services each delta
+//! owns the objects ([`SlimObjects`]) and applies them with [`Store::apply`], learning which Services each delta
 //! touched. A (re)list arrives as one [`Change::Resync`] carrying the complete new set (kube-rs
 //! buffers pages between `Init` and `InitDone` for us to replace atomically), so a relist after
 //! a 410 or a reconnect is applied as a single diff, and an empty list during start-up can never
@@ -16,10 +16,10 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    NodeContext, ObjectRef, Objects, Problem, SliceOwners, LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE,
+    Interner, NodeContext, ObjectRef, Objects, Problem, SliceOwners, SlimObjects, SlimService,
+    SlimSlice, LABEL_TOPOLOGY_ZONE,
 };
 /// A change to one kind of object.
 #[derive(Debug)]
@@ -32,6 +32,18 @@ pub enum Change<K> {
     Delete(K),
 }
 
+impl<K> Change<K> {
+    /// The same change with each object mapped by `f`; objects it maps to `None` are left
+    /// out, and a single change of such an object is no change (`None`).
+    pub fn filter_map<T>(self, mut f: impl FnMut(K) -> Option<T>) -> Option<Change<T>> {
+        Some(match self {
+            Change::Resync(all) => Change::Resync(all.into_iter().filter_map(f).collect()),
+            Change::Upsert(k) => Change::Upsert(f(k)?),
+            Change::Delete(k) => Change::Delete(f(k)?),
+        })
+    }
+}
+
 /// What a watcher task reports to the main loop, stamped with when it was received (for the
 /// programming-latency histogram).
 // Objects are moved through the channel once each; boxing them would add an allocation per
@@ -39,8 +51,13 @@ pub enum Change<K> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Delta {
-    Services(Change<Service>, Instant),
-    Slices(Change<EndpointSlice>, Instant),
+    /// Services with their references, already read into the model's form
+    /// ([`SlimService::of`]) by the watcher ([`Delta::services`] converts full ones).
+    Services(Change<(ObjectRef, SlimService)>, Instant),
+    /// EndpointSlices with their references, already read into the model's form
+    /// ([`SlimSlice::keyed`]): the watcher converts each as it arrives, so a list is never
+    /// buffered as full objects ([`Delta::slices`] converts full ones).
+    Slices(Change<(ObjectRef, SlimSlice)>, Instant),
     Node(Change<Node>, Instant),
     /// A watcher hit an error (it retries with backoff by itself); for metrics and logs.
     WatchError {
@@ -67,10 +84,30 @@ impl ObjectChanges {
     }
 }
 
-/// The objects the model reads, kept current from deltas.
+impl Delta {
+    /// [`Delta::Services`] of full Services; `None` for a single change of a Service without
+    /// a name (which the store would ignore).
+    pub fn services(change: Change<Service>, at: Instant) -> Option<Self> {
+        let mut names = Interner::default();
+        let change = change.filter_map(|s| SlimService::keyed(s, &mut names))?;
+        Some(Delta::Services(change, at))
+    }
+
+    /// [`Delta::Slices`] of full EndpointSlices; `None` for a single change of a slice without
+    /// a name (which the store would ignore).
+    pub fn slices(change: Change<EndpointSlice>, at: Instant) -> Option<Self> {
+        let mut names = Interner::default();
+        let change = change.filter_map(|s| SlimSlice::keyed(&s, &mut names))?;
+        Some(Delta::Slices(change, at))
+    }
+}
+
+/// The objects the model reads, kept current from deltas, in their slim form
+/// ([`SlimObjects`]): Services with only the fields the model reads, EndpointSlices as
+/// [`SlimSlice`]s.
 #[derive(Debug, Default)]
 pub struct Store {
-    pub objects: Objects,
+    pub objects: SlimObjects,
     /// Slices by Service, kept in step with `objects.slices`, so planning one changed Service
     /// does not walk every slice ([`crate::model::desired_for_indexed`]).
     pub slice_owners: SliceOwners,
@@ -132,8 +169,8 @@ impl Store {
     pub fn load(&mut self, objects: Objects, at: Instant, touched: &mut Touched) {
         touched.oldest = Some(touched.oldest.map_or(at, |o| o.min(at)));
         touched.loaded = true;
-        self.slice_owners = SliceOwners::build(&objects.slices);
-        self.objects = objects;
+        self.objects = SlimObjects::from_objects(objects);
+        self.slice_owners = SliceOwners::build(&self.objects.slices);
         self.listed.extend(["Service", "EndpointSlice", "Node"]);
     }
 
@@ -141,10 +178,14 @@ impl Store {
     /// problems replace [`Objects::problems`]).
     pub fn apply_changes(&mut self, changes: ObjectChanges, at: Instant, touched: &mut Touched) {
         for change in changes.services {
-            self.apply(Delta::Services(change, at), touched);
+            if let Some(delta) = Delta::services(change, at) {
+                self.apply(delta, touched);
+            }
         }
         for change in changes.slices {
-            self.apply(Delta::Slices(change, at), touched);
+            if let Some(delta) = Delta::slices(change, at) {
+                self.apply(delta, touched);
+            }
         }
         if let Some(problems) = changes.problems {
             self.objects.problems = problems;
@@ -169,28 +210,27 @@ impl Store {
             Delta::Slices(change, at) => {
                 stamp(at);
                 let one = match &change {
-                    Change::Upsert(s) | Change::Delete(s) => ObjectRef::from_meta(&s.metadata),
+                    Change::Upsert((r, _)) | Change::Delete((r, _)) => Some(r.clone()),
                     Change::Resync(_) => None,
                 };
                 let resync = matches!(change, Change::Resync(_));
                 if resync {
                     self.listed.insert("EndpointSlice");
                 }
+                let old_owner = one
+                    .as_ref()
+                    .and_then(|r| self.objects.slices.get(r))
+                    .and_then(|s| s.service.clone());
                 // Trigger times of the versions the callback sees (old and new of each change).
                 let mut seen: BTreeSet<(ObjectRef, SystemTime)> = BTreeSet::new();
                 apply_change(&mut self.objects.slices, change, |r, slice| {
-                    if let Some(t) = trigger_time(slice) {
+                    if let Some(t) = slice.trigger {
                         seen.insert((r.clone(), t));
                     }
-                    if let Some(name) = slice
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_SERVICE_NAME))
-                    {
+                    if let Some(name) = &slice.service {
                         touched
                             .services
-                            .insert(ObjectRef::new(r.namespace.clone(), name.clone()));
+                            .insert(ObjectRef::new(r.namespace.clone(), &**name));
                     }
                 });
                 // A slice that changed carries the trigger time of its new version (kube-proxy
@@ -198,12 +238,19 @@ impl Store {
                 touched
                     .triggers
                     .extend(seen.into_iter().filter_map(|(r, t)| {
-                        (self.objects.slices.get(&r).and_then(trigger_time) == Some(t)).then_some(t)
+                        (self.objects.slices.get(&r).and_then(|s| s.trigger) == Some(t))
+                            .then_some(t)
                     }));
                 if resync {
                     self.slice_owners = SliceOwners::build(&self.objects.slices);
                 } else if let Some(r) = one {
-                    self.slice_owners.update(&r, self.objects.slices.get(&r));
+                    let new_owner = self
+                        .objects
+                        .slices
+                        .get(&r)
+                        .and_then(|s| s.service.as_deref());
+                    self.slice_owners
+                        .update(&r, old_owner.as_deref(), new_owner);
                 }
             }
             Delta::Node(change, at) => {
@@ -227,17 +274,16 @@ impl Store {
     }
 }
 
-/// Applies `change` to `map`, calling `touched` with every object (old and new state) that
-/// differs, so both the Service a slice used to name and the one it names now are re-planned.
-fn apply_change<K: k8s_openapi::Metadata<Ty = ObjectMeta> + PartialEq + Clone>(
-    map: &mut BTreeMap<ObjectRef, K>,
-    change: Change<K>,
-    mut touched: impl FnMut(&ObjectRef, &K),
+/// Applies `change` (objects with their references) to `map`, calling `touched` with every
+/// object (old and new state) that differs, so both the Service a slice used to name and the
+/// one it names now are re-planned.
+fn apply_change<V: PartialEq>(
+    map: &mut BTreeMap<ObjectRef, V>,
+    change: Change<(ObjectRef, V)>,
+    mut touched: impl FnMut(&ObjectRef, &V),
 ) {
-    let key = |o: &K| ObjectRef::from_meta(o.metadata());
     match change {
-        Change::Upsert(obj) => {
-            let Some(r) = key(&obj) else { return };
+        Change::Upsert((r, obj)) => {
             if let Some(old) = map.get(&r) {
                 if *old == obj {
                     return;
@@ -247,19 +293,13 @@ fn apply_change<K: k8s_openapi::Metadata<Ty = ObjectMeta> + PartialEq + Clone>(
             touched(&r, &obj);
             map.insert(r, obj);
         }
-        Change::Delete(obj) => {
-            let Some(r) = key(&obj) else { return };
+        Change::Delete((r, _)) => {
             if let Some(old) = map.remove(&r) {
                 touched(&r, &old);
             }
         }
         Change::Resync(all) => {
-            let mut new: BTreeMap<ObjectRef, K> = BTreeMap::new();
-            for obj in all {
-                if let Some(r) = key(&obj) {
-                    new.insert(r, obj);
-                }
-            }
+            let new: BTreeMap<ObjectRef, V> = all.into_iter().collect();
             for (r, old) in map.iter() {
                 if new.get(r) != Some(old) {
                     touched(r, old);
@@ -328,6 +368,8 @@ pub fn node_zone(node: &Node) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LABEL_SERVICE_NAME;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(name: &str, ip: &str) -> Service {
         Service {
@@ -366,8 +408,14 @@ mod tests {
     fn nothing_is_ready_until_every_kind_has_listed() {
         let mut store = Store::default();
         let mut t = Touched::default();
-        store.apply(Delta::Services(Change::Resync(vec![]), now()), &mut t);
-        store.apply(Delta::Slices(Change::Resync(vec![]), now()), &mut t);
+        store.apply(
+            Delta::services(Change::Resync(vec![]), now()).expect("a named Service"),
+            &mut t,
+        );
+        store.apply(
+            Delta::slices(Change::Resync(vec![]), now()).expect("a named slice"),
+            &mut t,
+        );
         assert!(
             !store.ready(),
             "an empty Service list alone must not allow programming"
@@ -381,18 +429,20 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(
+            Delta::services(
                 Change::Resync(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]),
                 now(),
-            ),
+            )
+            .expect("a named Service"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(
+            Delta::services(
                 Change::Resync(vec![svc("a", "10.96.0.1"), svc("c", "10.96.0.3")]),
                 now(),
-            ),
+            )
+            .expect("a named Service"),
             &mut t,
         );
         let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
@@ -405,12 +455,12 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            Delta::slices(Change::Upsert(slice("s1", "web")), now()).expect("a named slice"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Slices(Change::Upsert(slice("s1", "api")), now()),
+            Delta::slices(Change::Upsert(slice("s1", "api")), now()).expect("a named slice"),
             &mut t,
         );
         let names: Vec<_> = t.services.iter().map(|r| r.name.as_str()).collect();
@@ -428,15 +478,62 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            Delta::services(Change::Upsert(svc("a", "10.96.0.1")), now()).expect("a named Service"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Services(Change::Upsert(svc("a", "10.96.0.1")), now()),
+            Delta::services(Change::Upsert(svc("a", "10.96.0.1")), now()).expect("a named Service"),
             &mut t,
         );
         assert!(t.services.is_empty());
+    }
+
+    #[test]
+    fn a_change_the_model_does_not_read_touches_nothing() {
+        // kube-proxy's caches compare what they keep, not the objects: a new resourceVersion,
+        // annotation or targetRef re-plans nothing.
+        let mut store = Store::default();
+        let mut t = Touched::default();
+        let mut s = slice("s1", "web");
+        s.endpoints = vec![k8s_openapi::api::discovery::v1::Endpoint {
+            addresses: vec!["10.244.1.5".into()],
+            ..Default::default()
+        }];
+        store.apply(
+            Delta::services(Change::Upsert(svc("web", "10.96.0.1")), now())
+                .expect("a named Service"),
+            &mut t,
+        );
+        store.apply(
+            Delta::slices(Change::Upsert(s.clone()), now()).expect("a named slice"),
+            &mut t,
+        );
+        let mut t = Touched::default();
+        let mut v = svc("web", "10.96.0.1");
+        v.metadata.resource_version = Some("2".into());
+        v.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+        store.apply(
+            Delta::services(Change::Upsert(v), now()).expect("a named Service"),
+            &mut t,
+        );
+        s.metadata.resource_version = Some("2".into());
+        s.endpoints[0].target_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
+            name: Some("web-1".into()),
+            ..Default::default()
+        });
+        store.apply(
+            Delta::slices(Change::Upsert(s.clone()), now()).expect("a named slice"),
+            &mut t,
+        );
+        assert!(t.services.is_empty(), "{:?}", t.services);
+        // What the model reads does touch.
+        s.endpoints[0].addresses = vec!["10.244.1.6".into()];
+        store.apply(
+            Delta::slices(Change::Upsert(s), now()).expect("a named slice"),
+            &mut t,
+        );
+        assert_eq!(t.services.len(), 1);
     }
 
     #[test]
@@ -444,12 +541,12 @@ mod tests {
         let mut store = Store::default();
         let mut t = Touched::default();
         store.apply(
-            Delta::Slices(Change::Upsert(slice("s1", "web")), now()),
+            Delta::slices(Change::Upsert(slice("s1", "web")), now()).expect("a named slice"),
             &mut t,
         );
         let mut t = Touched::default();
         store.apply(
-            Delta::Slices(Change::Delete(slice("s1", "web")), now()),
+            Delta::slices(Change::Delete(slice("s1", "web")), now()).expect("a named slice"),
             &mut t,
         );
         assert_eq!(
@@ -521,27 +618,34 @@ mod tests {
         let mut t = Touched::default();
         let first = with_trigger("a", "2025-12-01T02:00:00Z", 80);
         store.apply(
-            Delta::Slices(Change::Resync(vec![first.clone()]), now()),
+            Delta::slices(Change::Resync(vec![first.clone()]), now()).expect("a named slice"),
             &mut t,
         );
         assert_eq!(t.triggers, [at(1_764_554_400_000)]);
         // The same slice again (a relist): no change, no trigger.
         let mut t = Touched::default();
-        store.apply(Delta::Slices(Change::Resync(vec![first]), now()), &mut t);
+        store.apply(
+            Delta::slices(Change::Resync(vec![first]), now()).expect("a named slice"),
+            &mut t,
+        );
         assert!(t.triggers.is_empty());
         // An update: the new version's trigger time only.
         let mut t = Touched::default();
         let second = with_trigger("a", "2025-12-01T02:00:05.5Z", 81);
-        store.apply(Delta::Slices(Change::Upsert(second), now()), &mut t);
+        store.apply(
+            Delta::slices(Change::Upsert(second), now()).expect("a named slice"),
+            &mut t,
+        );
         assert_eq!(t.triggers, [at(1_764_554_405_500)]);
         // No annotation, or a malformed one: nothing to measure.
         let mut t = Touched::default();
         store.apply(
-            Delta::Slices(Change::Upsert(with_trigger("b", "yesterday", 80)), now()),
+            Delta::slices(Change::Upsert(with_trigger("b", "yesterday", 80)), now())
+                .expect("a named slice"),
             &mut t,
         );
         store.apply(
-            Delta::Slices(Change::Upsert(slice("c", "web")), now()),
+            Delta::slices(Change::Upsert(slice("c", "web")), now()).expect("a named slice"),
             &mut t,
         );
         assert!(t.triggers.is_empty());

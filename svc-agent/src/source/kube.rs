@@ -1,7 +1,11 @@
 //! The API-server source: kube-rs watchers for Services, EndpointSlices and this node's Node.
 //!
 //! Each watcher runs in its own task and sends [`Delta`]s to the agent's main loop, which
-//! applies them to its [`svc_core::store::Store`].
+//! applies them to its [`svc_core::store::Store`]. Objects are made slim as they arrive, before
+//! a list is buffered: Services become [`SlimService`]s and EndpointSlices [`SlimSlice`]s, with
+//! only the fields the model reads and repeated names (node, zone, port, type) shared within
+//! the watcher, so the full objects (managedFields, annotations, targetRefs…) never pile up,
+//! not even during a list of the whole cluster.
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -16,6 +20,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use svc_core::model::{Interner, SlimService, SlimSlice};
 pub use svc_core::store::{Change, Delta};
 
 /// Starts the three watchers, which send their deltas on `tx` (as the receiver's event type)
@@ -30,6 +35,7 @@ pub fn start<E: From<Delta> + Send + 'static>(
         watcher::Config::default(),
         "Service",
         tx.clone(),
+        slim_with_names(SlimService::keyed),
         Delta::Services,
     );
     spawn_watch(
@@ -37,6 +43,9 @@ pub fn start<E: From<Delta> + Send + 'static>(
         watcher::Config::default(),
         "EndpointSlice",
         tx.clone(),
+        slim_with_names(|slice: EndpointSlice, names: &mut Interner| {
+            SlimSlice::keyed(&slice, names)
+        }),
         Delta::Slices,
     );
     spawn_watch(
@@ -44,24 +53,51 @@ pub fn start<E: From<Delta> + Send + 'static>(
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         "Node",
         tx,
+        Some,
         Delta::Node,
     );
 }
 
-fn spawn_watch<K, E>(
+/// `slim` with names shared across the objects of one watcher; names no object uses any
+/// more (nodes, zones that are gone) are forgotten now and then.
+fn slim_with_names<K, T>(
+    slim: impl Fn(K, &mut Interner) -> Option<T> + Send + 'static,
+) -> impl FnMut(K) -> Option<T> + Send + 'static {
+    let mut names = Interner::default();
+    let mut since_prune = 0usize;
+    move |obj| {
+        since_prune += 1;
+        if since_prune >= PRUNE_EVERY && names.len() > PRUNE_ABOVE {
+            names.prune();
+            since_prune = 0;
+        }
+        slim(obj, &mut names)
+    }
+}
+
+/// A watcher's shared names are pruned after this many objects…
+const PRUNE_EVERY: usize = 100_000;
+/// …when it holds more than this many (a cluster's node, zone and port names).
+const PRUNE_ABOVE: usize = 1_000;
+
+/// Watches `api`, maps each object with `slim` as it arrives (`None`: dropped), and sends the
+/// changes wrapped by `wrap`.
+fn spawn_watch<K, T, E>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,
     tx: mpsc::UnboundedSender<E>,
-    wrap: fn(Change<K>, Instant) -> Delta,
+    mut slim: impl FnMut(K) -> Option<T> + Send + 'static,
+    wrap: fn(Change<T>, Instant) -> Delta,
 ) where
+    T: Send + 'static,
     E: From<Delta> + Send + 'static,
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
 {
     tokio::spawn(async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
-        let mut buffer: Option<Vec<K>> = None;
+        let mut buffer: Option<Vec<T>> = None;
         while let Some(event) = stream.next().await {
             let delta = match event {
                 Ok(watcher::Event::Init) => {
@@ -69,7 +105,7 @@ fn spawn_watch<K, E>(
                     continue;
                 }
                 Ok(watcher::Event::InitApply(obj)) => {
-                    buffer.get_or_insert_with(Vec::new).push(obj);
+                    buffer.get_or_insert_with(Vec::new).extend(slim(obj));
                     continue;
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -77,8 +113,14 @@ fn spawn_watch<K, E>(
                     info!(kind, objects = all.len(), "list complete");
                     wrap(Change::Resync(all), Instant::now())
                 }
-                Ok(watcher::Event::Apply(obj)) => wrap(Change::Upsert(obj), Instant::now()),
-                Ok(watcher::Event::Delete(obj)) => wrap(Change::Delete(obj), Instant::now()),
+                Ok(watcher::Event::Apply(obj)) => match slim(obj) {
+                    Some(obj) => wrap(Change::Upsert(obj), Instant::now()),
+                    None => continue,
+                },
+                Ok(watcher::Event::Delete(obj)) => match slim(obj) {
+                    Some(obj) => wrap(Change::Delete(obj), Instant::now()),
+                    None => continue,
+                },
                 Err(e) => {
                     warn!(kind, "watch error (retrying with backoff): {e}");
                     Delta::WatchError {

@@ -257,10 +257,9 @@ async fn a_failed_incremental_write_makes_the_next_plan_full() {
         let writes = maps.0.borrow().writes;
         maps.0.borrow_mut().fail_writes = [writes + 1].into();
         let (_, slice) = web_slice(&["10.244.1.5", "10.244.2.7"]);
-        tx.send(Event::Delta(Delta::Slices(
-            Change::Upsert(slice),
-            Instant::now(),
-        )))
+        tx.send(Event::Delta(
+            Delta::slices(Change::Upsert(slice), Instant::now()).expect("a named slice"),
+        ))
         .unwrap();
         sleep(Duration::from_millis(10)).await;
         assert_eq!(rec.0.borrow().failed.len(), 1);
@@ -284,14 +283,16 @@ fn api_lists(objs: &Objects) -> Vec<Delta> {
     }))
     .unwrap();
     vec![
-        Delta::Services(
+        Delta::services(
             Change::Resync(objs.services.values().cloned().collect()),
             Instant::now(),
-        ),
-        Delta::Slices(
+        )
+        .expect("a named Service"),
+        Delta::slices(
             Change::Resync(objs.slices.values().cloned().collect()),
             Instant::now(),
-        ),
+        )
+        .expect("a named slice"),
         Delta::Node(Change::Resync(vec![node]), Instant::now()),
     ]
 }
@@ -357,10 +358,9 @@ async fn a_freed_address_goes_to_the_other_claimant_at_once() {
         let contested = key([10, 96, 0, 10], 80);
         let held_by_a = maps.0.borrow().snapshot.frontends[&contested];
         assert_eq!(held_by_a.backend_count, 0, "a has no endpoints: it rejects");
-        tx.send(Event::Delta(Delta::Services(
-            Change::Delete(a.1),
-            Instant::now(),
-        )))
+        tx.send(Event::Delta(
+            Delta::services(Change::Delete(a.1), Instant::now()).expect("a named Service"),
+        ))
         .unwrap();
         sleep(Duration::from_millis(10)).await;
         let synced = rec.0.borrow().synced.clone();

@@ -1,60 +1,64 @@
 //! EndpointSlices → backends: which slices belong to which Service ([`SliceOwners`], kept by the
-//! watcher; [`SliceIndex`], built per pass), each slice parsed once ([`ParsedSlice`]: ports,
-//! endpoints, conditions, hints, with addresses the API server would refuse reported), the
-//! topology mode of each Service port ("Topology" in the `model` module docs) and the endpoint
-//! sets of kube-proxy's `CategorizeEndpoints` ([`choose_backends`]).
+//! watcher; [`SliceIndex`], built per pass), each slice resolved against this node
+//! ([`ParsedSlice`]: which endpoints are local, which hints are for us; the slice itself was
+//! read once into a [`SlimSlice`], with the addresses the API server would refuse reported),
+//! the topology mode of each Service port ("Topology" in the `model` module docs) and the
+//! endpoint sets of kube-proxy's `CategorizeEndpoints` ([`choose_backends`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
-use svc_common::{
-    Backend, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND, PROTO_TCP,
-    PROTO_UDP,
-};
+use svc_common::{Backend, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND};
 
 #[cfg(doc)]
 use super::desired_for_indexed;
-use super::{label, Desired, NodeContext, ObjectRef, Problem, LABEL_HEADLESS, LABEL_SERVICE_NAME};
+use super::slim::{SlimEndpoint, SlimHints, SlimSlice};
+#[cfg(doc)]
+use super::LABEL_SERVICE_NAME;
+use super::{Desired, NodeContext, ObjectRef};
 
 /// Which EndpointSlices belong to which Service ([`LABEL_SERVICE_NAME`] in the slice's
 /// namespace), maintained slice by slice with [`SliceOwners::update`] by a source that applies
-/// changes one at a time (the API-server watcher), for [`desired_for_indexed`].
+/// changes one at a time (the API-server watcher), for [`desired_for_indexed`]. A slice's owner
+/// is read from the slice itself ([`SlimSlice::service`]), so only the Service → slices
+/// direction is kept, as a sorted list (most Services have one slice).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SliceOwners {
-    by_service: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
-    owner_of: BTreeMap<ObjectRef, ObjectRef>,
+    by_service: BTreeMap<ObjectRef, Vec<ObjectRef>>,
 }
 
 impl SliceOwners {
     /// The index of every slice in `slices`.
-    pub fn build(slices: &BTreeMap<ObjectRef, EndpointSlice>) -> Self {
+    pub fn build(slices: &BTreeMap<ObjectRef, SlimSlice>) -> Self {
         let mut me = Self::default();
         for (r, slice) in slices {
-            me.update(r, Some(slice));
+            me.update(r, None, slice.service.as_deref());
         }
         me
     }
 
-    /// Records that slice `slice_ref` now is `slice` (`None`: deleted).
-    pub fn update(&mut self, slice_ref: &ObjectRef, slice: Option<&EndpointSlice>) {
-        if let Some(old) = self.owner_of.remove(slice_ref) {
-            if let Some(set) = self.by_service.get_mut(&old) {
-                set.remove(slice_ref);
-                if set.is_empty() {
+    /// Records that slice `slice_ref`, which named Service `old` (`None`: absent, or named
+    /// none), now names `new` (`None`: deleted, or names none), both in its namespace.
+    pub fn update(&mut self, slice_ref: &ObjectRef, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
+        }
+        let owner = |name: &str| ObjectRef::new(slice_ref.namespace.clone(), name);
+        if let Some(old) = old.map(owner) {
+            if let Some(list) = self.by_service.get_mut(&old) {
+                if let Ok(i) = list.binary_search(slice_ref) {
+                    list.remove(i);
+                }
+                if list.is_empty() {
                     self.by_service.remove(&old);
                 }
             }
         }
-        let owner = slice
-            .and_then(|s| label(&s.metadata, LABEL_SERVICE_NAME))
-            .map(|name| ObjectRef::new(slice_ref.namespace.clone(), name));
-        if let Some(owner) = owner {
-            self.by_service
-                .entry(owner.clone())
-                .or_default()
-                .insert(slice_ref.clone());
-            self.owner_of.insert(slice_ref.clone(), owner);
+        if let Some(new) = new.map(owner) {
+            let list = self.by_service.entry(new).or_default();
+            if let Err(i) = list.binary_search(slice_ref) {
+                list.insert(i, slice_ref.clone());
+            }
         }
     }
 
@@ -66,17 +70,17 @@ impl SliceOwners {
 
 /// EndpointSlices grouped by the Service they name in [`LABEL_SERVICE_NAME`].
 pub(super) struct SliceIndex<'a> {
-    by_service: BTreeMap<ObjectRef, Vec<(&'a ObjectRef, &'a EndpointSlice)>>,
+    by_service: BTreeMap<ObjectRef, Vec<(&'a ObjectRef, &'a SlimSlice)>>,
 }
 
 impl<'a> SliceIndex<'a> {
     pub(super) fn build(
-        slices: &'a BTreeMap<ObjectRef, EndpointSlice>,
+        slices: &'a BTreeMap<ObjectRef, SlimSlice>,
         only: Option<&BTreeSet<ObjectRef>>,
     ) -> Self {
         let mut by_service: BTreeMap<ObjectRef, Vec<_>> = BTreeMap::new();
         for (slice_ref, slice) in slices {
-            let Some(service) = label(&slice.metadata, LABEL_SERVICE_NAME) else {
+            let Some(service) = slice.service.as_deref() else {
                 continue;
             };
             let owner = ObjectRef::new(slice_ref.namespace.clone(), service);
@@ -91,7 +95,7 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    pub(super) fn of(&self, service: &ObjectRef) -> &[(&'a ObjectRef, &'a EndpointSlice)] {
+    pub(super) fn of(&self, service: &ObjectRef) -> &[(&'a ObjectRef, &'a SlimSlice)] {
         self.by_service
             .get(service)
             .map(Vec::as_slice)
@@ -99,10 +103,10 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
-/// One EndpointSlice reduced to what backend selection needs, with its problems reported once.
-pub(super) struct ParsedSlice {
+/// One slice as it concerns this node: what backend selection needs.
+pub(super) struct ParsedSlice<'a> {
     /// (name, protocol, port number) of each usable `ports[]` entry.
-    pub(super) ports: Vec<(String, u8, u16)>,
+    pub(super) ports: &'a [(std::sync::Arc<str>, u8, u16)],
     pub(super) endpoints: Vec<ParsedEndpoint>,
 }
 
@@ -133,19 +137,17 @@ struct HintsHere {
 }
 
 impl HintsHere {
-    fn of(hints: Option<&EndpointHints>, node: &NodeContext) -> Self {
-        let zones = hints
-            .and_then(|h| h.for_zones.as_deref())
-            .unwrap_or_default();
-        let nodes = hints
-            .and_then(|h| h.for_nodes.as_deref())
-            .unwrap_or_default();
+    fn of(hints: Option<&SlimHints>, node: &NodeContext) -> Self {
+        let Some(hints) = hints else {
+            return Self::default();
+        };
         let zone = node.zone.as_deref().filter(|z| !z.is_empty());
         Self {
-            zoned: !zones.is_empty(),
-            for_zone: zone.is_some_and(|z| zones.iter().any(|h| h.name == z)),
-            noded: !nodes.is_empty(),
-            for_node: !node.node_name.is_empty() && nodes.iter().any(|h| h.name == node.node_name),
+            zoned: !hints.zones.is_empty(),
+            for_zone: zone.is_some_and(|z| hints.zones.iter().any(|h| &**h == z)),
+            noded: !hints.nodes.is_empty(),
+            for_node: !node.node_name.is_empty()
+                && hints.nodes.iter().any(|h| **h == *node.node_name),
         }
     }
 }
@@ -196,121 +198,49 @@ impl Topology {
     }
 }
 
-impl ParsedSlice {
+impl<'a> ParsedSlice<'a> {
+    /// `slice` as it concerns `node`, with the problems found reading it added to `out`;
     /// `None` for slices a proxy ignores (not IPv4, headless-labelled).
     pub(super) fn parse(
-        slice_ref: &ObjectRef,
-        slice: &EndpointSlice,
+        slice: &'a SlimSlice,
         node: &NodeContext,
         out: &mut Desired,
     ) -> Option<Self> {
-        if slice.address_type != "IPv4" || label(&slice.metadata, LABEL_HEADLESS).is_some() {
-            return None;
-        }
-        let object = format!("EndpointSlice {slice_ref}");
-        let mut ports = Vec::new();
-        for (i, port) in slice.ports.iter().flatten().enumerate() {
-            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => PROTO_TCP,
-                "UDP" => PROTO_UDP,
-                // The Service port with that protocol is refused with its own problem.
-                _ => continue,
-            };
-            // A port without a number means "all ports" to some consumers; kube-proxy skips it.
-            let Some(number) = port.port else { continue };
-            match u16::try_from(number) {
-                Ok(n) if n != 0 => ports.push((port.name.clone().unwrap_or_default(), proto, n)),
-                _ => out.problems.push(Problem::new(
-                    &object,
-                    format!("ports[{i}].port"),
-                    "must be 1-65535",
-                )),
-            }
-        }
-        let mut endpoints = Vec::new();
-        for (i, ep) in slice.endpoints.iter().enumerate() {
-            // Addresses of one endpoint are fungible; consumers use the first (as kube-proxy
-            // does, https://issue.k8s.io/106267).
-            let Some(text) = ep.addresses.first() else {
-                out.problems.push(Problem::new(
-                    &object,
-                    format!("endpoints[{i}].addresses"),
-                    "empty",
-                ));
-                continue;
-            };
-            let field = format!("endpoints[{i}].addresses[0]");
-            let Ok(addr) = text.parse::<Ipv4Addr>() else {
-                out.problems.push(Problem::new(
-                    &object,
-                    field,
-                    format!("{text:?} is not an IPv4 address"),
-                ));
-                continue;
-            };
-            if let Some(why) = refused_endpoint(addr) {
-                out.problems.push(Problem::new(
-                    &object,
-                    field,
-                    format!(
-                        "{addr} {why}; refused, as the API server's endpoint validation \
-                         refuses it (ValidateEndpointIP, CVE-2021-25737)"
-                    ),
-                ));
-                continue;
-            }
-            let conditions = ep.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            // A hostNetwork endpoint's address is its node's: local here whatever `nodeName`
-            // says (the API server's own `kubernetes` slice has none).
-            let local = (!node.node_name.is_empty()
-                && ep.node_name.as_deref() == Some(node.node_name.as_str()))
-                || node.node_ips.contains(&addr);
-            endpoints.push(ParsedEndpoint {
-                addr,
-                ready,
-                serving_terminating: serving && terminating,
-                local,
-                hints: HintsHere::of(ep.hints.as_ref(), node),
-            });
-        }
-        Some(Self { ports, endpoints })
+        let content = slice.content.as_deref()?;
+        out.problems.extend(content.problems.iter().cloned());
+        let endpoints = content
+            .endpoints
+            .iter()
+            .map(|ep| ParsedEndpoint::of(ep, node))
+            .collect();
+        Some(Self {
+            ports: &content.ports,
+            endpoints,
+        })
     }
 
     fn port(&self, name: &str, proto: u8) -> Option<u16> {
         self.ports
             .iter()
-            .find(|(n, p, _)| n == name && *p == proto)
+            .find(|(n, p, _)| **n == *name && *p == proto)
             .map(|(_, _, port)| *port)
     }
 }
 
-/// Why an endpoint address must never be a backend, if it must not: exactly the addresses the
-/// API server refuses in Endpoints and EndpointSlices. Kubernetes `pkg/apis/core/validation`
-/// `ValidateEndpointIP` (formerly `ValidateNonSpecialIP`), called for every IPv4/IPv6 address
-/// by `pkg/apis/discovery/validation` (EndpointSlices, since the CVE-2021-25737 fix,
-/// kubernetes#101084) and by `validateEndpointAddress` (v1 Endpoints), refuses the unspecified
-/// address, loopback (127.0.0.0/8), link-local unicast (169.254.0.0/16) and link-local
-/// multicast (224.0.0.0/24). kube-proxy applies no filter of its own on top: it programs what
-/// validation admitted. We repeat the check because `--manifests` objects never went through
-/// an API server.
-///
-/// A node's own address is *not* special: it is what every hostNetwork pod's endpoint is, and
-/// what the `kubernetes` Service (10.96.0.1:443 → the API server's node:6443) points to.
-fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = addr.octets();
-    if addr.is_unspecified() {
-        Some("is unspecified")
-    } else if addr.is_loopback() {
-        Some("is in the loopback range (127.0.0.0/8)")
-    } else if addr.is_link_local() {
-        Some("is in the link-local range (169.254.0.0/16)")
-    } else if (a, b, c) == (224, 0, 0) {
-        Some("is in the link-local multicast range (224.0.0.0/24)")
-    } else {
-        None
+impl ParsedEndpoint {
+    fn of(ep: &SlimEndpoint, node: &NodeContext) -> Self {
+        // A hostNetwork endpoint's address is its node's: local here whatever `nodeName`
+        // says (the API server's own `kubernetes` slice has none).
+        let local = (!node.node_name.is_empty()
+            && ep.node_name.as_deref() == Some(node.node_name.as_str()))
+            || node.node_ips.contains(&ep.addr);
+        Self {
+            addr: ep.addr,
+            ready: ep.ready,
+            serving_terminating: ep.serving_terminating,
+            local,
+            hints: HintsHere::of(ep.hints.as_deref(), node),
+        }
     }
 }
 

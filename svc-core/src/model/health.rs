@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 #[cfg(doc)]
 use super::desired;
 use super::endpoints::{ParsedSlice, SliceIndex};
-use super::{Desired, NodeContext, ObjectRef, Objects};
+use super::{Desired, NodeContext, ObjectRef, Objects, SlimObjects};
 
 /// One health-check responder kube-proxy would run for a Service: `GET /` on
 /// `healthCheckNodePort` answers 200 when the node has local endpoints, 503 when not, so an
@@ -32,16 +32,21 @@ pub struct HealthCheck {
 /// ExternalName, headless) get none, nor does a port outside 1-65535 (which the API server
 /// never accepts).
 pub fn health_checks(objects: &Objects, node: &NodeContext) -> Vec<HealthCheck> {
+    slim_health_checks(&SlimObjects::of(objects), node)
+}
+
+/// [`health_checks`] of the objects as the store keeps them.
+pub fn slim_health_checks(objects: &SlimObjects, node: &NodeContext) -> Vec<HealthCheck> {
     let slices = SliceIndex::build(&objects.slices, None);
     // Problems found here are reported by `desired`; this pass only counts.
     let mut scratch = Desired::default();
     let mut out = Vec::new();
     for (svc_ref, svc) in &objects.services {
-        if !node.claims(&svc.metadata) {
+        if !node.claims_labelled(svc.proxy_name.as_deref()) {
             continue;
         }
         let Some(spec) = &svc.spec else { continue };
-        if spec.external_traffic_policy.as_deref() != Some("Local")
+        if !spec.external_local
             || spec.type_.as_deref() == Some("ExternalName")
             || spec.cluster_ip.as_deref() == Some("None")
         {
@@ -55,12 +60,12 @@ pub fn health_checks(objects: &Objects, node: &NodeContext) -> Vec<HealthCheck> 
             continue;
         };
         let mut local = BTreeSet::new();
-        for (slice_ref, slice) in slices.of(svc_ref) {
-            let Some(parsed) = ParsedSlice::parse(slice_ref, slice, node, &mut scratch) else {
+        for (_, slice) in slices.of(svc_ref) {
+            let Some(parsed) = ParsedSlice::parse(slice, node, &mut scratch) else {
                 continue;
             };
             for ep in parsed.endpoints.iter().filter(|e| e.ready && e.local) {
-                for (_, _, number) in &parsed.ports {
+                for (_, _, number) in parsed.ports {
                     local.insert((ep.addr, *number));
                 }
             }

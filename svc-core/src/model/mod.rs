@@ -60,12 +60,16 @@ mod endpoints;
 mod health;
 mod node;
 mod service;
+mod slim;
+mod slim_service;
 mod source_ranges;
 
 pub use cidr::{cidr, default_service_cidr, parse_cidr, CidrError, Ipv4Net};
 pub use endpoints::SliceOwners;
-pub use health::{health_checks, HealthCheck};
+pub use health::{health_checks, slim_health_checks, HealthCheck};
 pub use node::NodeContext;
+pub use slim::{Interner, SlimObjects, SlimSlice};
+pub use slim_service::{SlimIngress, SlimPort, SlimService, SlimSpec};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -237,6 +241,11 @@ pub struct Desired {
 /// slice is parsed once per Service (not once per port), so a Service with many ports and many
 /// endpoints costs ports × endpoints comparisons and no more.
 pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
+    slim_desired(&SlimObjects::of(objects), node)
+}
+
+/// [`desired`] of the objects as the store keeps them.
+pub fn slim_desired(objects: &SlimObjects, node: &NodeContext) -> Desired {
     let slices = SliceIndex::build(&objects.slices, None);
     let mut out = Desired::default();
     for (svc_ref, svc) in &objects.services {
@@ -258,6 +267,7 @@ pub fn desired_for(
     node: &NodeContext,
     services: &BTreeSet<ObjectRef>,
 ) -> Desired {
+    let objects = SlimObjects::of(objects);
     let slices = SliceIndex::build(&objects.slices, Some(services));
     let mut out = Desired::default();
     for svc_ref in services {
@@ -268,12 +278,13 @@ pub fn desired_for(
     out
 }
 
-/// [`desired_for`] with the slices of each Service looked up in `owners` (kept current by the
-/// caller as objects change) instead of found by a pass over every slice: an incremental update
-/// then costs O(changed Services × their slices), not O(all slices). The result equals
-/// [`desired_for`]'s whenever `owners` describes `objects.slices`.
+/// [`desired_for`] of the objects as the store keeps them, with the slices of each Service
+/// looked up in `owners` (kept current by the caller as objects change) instead of found by a
+/// pass over every slice: an incremental update then costs O(changed Services × their
+/// slices), not O(all slices). The result equals [`desired_for`]'s whenever `owners` describes
+/// `objects.slices`.
 pub fn desired_for_indexed(
-    objects: &Objects,
+    objects: &SlimObjects,
     node: &NodeContext,
     services: &BTreeSet<ObjectRef>,
     owners: &SliceOwners,
@@ -281,8 +292,8 @@ pub fn desired_for_indexed(
     let mut out = Desired::default();
     for svc_ref in services {
         if let Some(svc) = objects.services.get(svc_ref) {
-            // Slice refs come sorted (a BTreeSet), as in SliceIndex::build, so the result
-            // does not depend on which function built it.
+            // Slice refs come sorted, as in SliceIndex::build, so the result does not depend
+            // on which function built it.
             let slices: Vec<_> = owners
                 .slices_of(svc_ref)
                 .filter_map(|r| objects.slices.get_key_value(r))

@@ -57,9 +57,15 @@ impl NodeContext {
     /// [`NodeContext::service_proxy_name`]). A label with an empty value is still a label
     /// (kube-proxy selects "label absent"), so it is never ours; an empty name means `None`.
     pub fn claims(&self, meta: &ObjectMeta) -> bool {
+        self.claims_labelled(label(meta, LABEL_SERVICE_PROXY_NAME))
+    }
+
+    /// [`NodeContext::claims`] of a Service whose [`LABEL_SERVICE_PROXY_NAME`] label is
+    /// `proxy_name` (`None`: no such label).
+    pub fn claims_labelled(&self, proxy_name: Option<&str>) -> bool {
         match self.service_proxy_name.as_deref().filter(|n| !n.is_empty()) {
-            None => label(meta, LABEL_SERVICE_PROXY_NAME).is_none(),
-            Some(name) => label(meta, LABEL_SERVICE_PROXY_NAME) == Some(name),
+            None => proxy_name.is_none(),
+            Some(name) => proxy_name == Some(name),
         }
     }
 

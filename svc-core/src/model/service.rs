@@ -6,14 +6,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use svc_common::{
     Backend, FrontendKey, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
     MAX_BACKENDS_PER_FRONTEND, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use super::endpoints::{choose_backends, ParsedSlice};
+use super::slim::SlimSlice;
+use super::slim_service::{SlimService, SlimSpec};
 use super::source_ranges::SourceRanges;
 use super::{
     Desired, DesiredFrontend, NodeContext, ObjectRef, Problem, DEFAULT_AFFINITY_TIMEOUT_S,
@@ -23,13 +23,13 @@ use super::{
 /// Adds the frontends of one Service to `out`.
 pub(super) fn add_service(
     svc_ref: &ObjectRef,
-    svc: &Service,
-    slices: &[(&ObjectRef, &EndpointSlice)],
+    svc: &SlimService,
+    slices: &[(&ObjectRef, &SlimSlice)],
     node: &NodeContext,
     out: &mut Desired,
 ) {
     let object = format!("Service {svc_ref}");
-    if !node.claims(&svc.metadata) {
+    if !node.claims_labelled(svc.proxy_name.as_deref()) {
         // Meant for another proxy, or (with --service-proxy-name) not labelled for us.
         return;
     }
@@ -50,7 +50,7 @@ pub(super) fn add_service(
             return;
         }
     }
-    let Some(addrs) = ServiceAddresses::of(spec, svc, node, &object, &mut out.problems) else {
+    let Some(addrs) = ServiceAddresses::of(spec, node, &object, &mut out.problems) else {
         return; // headless
     };
     let affinity_timeout_s = affinity_timeout(spec, &object, &mut out.problems);
@@ -58,10 +58,10 @@ pub(super) fn add_service(
     let policy = TrafficPolicy::of(spec);
     let parsed: Vec<ParsedSlice> = slices
         .iter()
-        .filter_map(|(slice_ref, slice)| ParsedSlice::parse(slice_ref, slice, node, out))
+        .filter_map(|(_, slice)| ParsedSlice::parse(slice, node, out))
         .collect();
 
-    for (i, port) in spec.ports.iter().flatten().enumerate() {
+    for (i, port) in spec.ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");
         let Some(proto) = protocol(port.protocol.as_deref(), &object, &field, &mut out.problems)
         else {
@@ -70,7 +70,7 @@ pub(super) fn add_service(
         let Some(number) = port_number(port.port, &object, &format!("{field}.port"), out) else {
             continue;
         };
-        let port_name = port.name.clone().unwrap_or_default();
+        let port_name = port.name.as_deref().unwrap_or_default().to_owned();
         let mut sets = choose_backends(&parsed, &port_name, proto);
         for set in [&mut sets.cluster, &mut sets.local] {
             if set.len() > MAX_BACKENDS_PER_FRONTEND as usize {
@@ -186,10 +186,10 @@ struct TrafficPolicy {
 }
 
 impl TrafficPolicy {
-    fn of(spec: &ServiceSpec) -> Self {
+    fn of(spec: &SlimSpec) -> Self {
         Self {
-            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_local: spec.internal_local,
+            external_local: spec.external_local,
         }
     }
 }
@@ -237,8 +237,7 @@ impl ServiceAddresses {
     /// `None` for a headless Service (`clusterIP: None`), which is never programmed (not even
     /// its external IPs: kube-proxy ignores headless Services altogether).
     fn of(
-        spec: &ServiceSpec,
-        svc: &Service,
+        spec: &SlimSpec,
         node: &NodeContext,
         object: &str,
         problems: &mut Vec<Problem>,
@@ -246,9 +245,7 @@ impl ServiceAddresses {
         // `clusterIPs` is authoritative when set (dual-stack); `clusterIP` is its first entry
         // and the only one older objects carry.
         let (field, ips): (&str, Vec<&str>) = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => {
-                ("spec.clusterIPs", ips.iter().map(|s| s.as_str()).collect())
-            }
+            ips if !ips.is_empty() => ("spec.clusterIPs", ips.iter().map(|s| &**s).collect()),
             _ => (
                 "spec.clusterIP",
                 spec.cluster_ip.as_deref().into_iter().collect(),
@@ -291,7 +288,7 @@ impl ServiceAddresses {
             Vec::new()
         };
         let mut external_ips = Vec::new();
-        for (i, text) in spec.external_ips.iter().flatten().enumerate() {
+        for (i, text) in spec.external_ips.iter().enumerate() {
             let field = format!("spec.externalIPs[{i}]");
             let Some(ip) = ipv4_field(text, object, &field, problems) else {
                 continue;
@@ -313,20 +310,15 @@ impl ServiceAddresses {
         }
         // The ingress status only means something for a LoadBalancer: the service controller
         // clears it when the type changes, and until then it is stale.
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .filter(|_| is_lb);
-        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let ingress = if is_lb { &spec.ingress[..] } else { &[] };
+        for (i, ing) in ingress.iter().enumerate() {
             // Hostname-only entries name no address we could serve. `ipMode: Proxy`: the load
             // balancer proxies to the NodePorts itself, and kube-proxy deliberately does not
             // program the IP, so that pods reaching it go through the load balancer too.
             let Some(text) = ing.ip.as_deref().filter(|t| !t.is_empty()) else {
                 continue;
             };
-            if ing.ip_mode.as_deref() == Some("Proxy") {
+            if ing.proxy_mode {
                 continue;
             }
             let field = format!("status.loadBalancer.ingress[{i}].ip");
@@ -412,16 +404,11 @@ fn ipv4_field(
     }
 }
 
-fn affinity_timeout(spec: &ServiceSpec, object: &str, problems: &mut Vec<Problem>) -> u32 {
-    if spec.session_affinity.as_deref() != Some("ClientIP") {
+fn affinity_timeout(spec: &SlimSpec, object: &str, problems: &mut Vec<Problem>) -> u32 {
+    if !spec.client_ip_affinity {
         return 0;
     }
-    let timeout = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|c| c.client_ip.as_ref())
-        .and_then(|c| c.timeout_seconds);
-    match timeout {
+    match spec.affinity_timeout_s {
         None => DEFAULT_AFFINITY_TIMEOUT_S,
         Some(t) => match u32::try_from(t) {
             Ok(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t,

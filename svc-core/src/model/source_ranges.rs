@@ -4,9 +4,9 @@
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::ServiceSpec;
 use svc_common::{FRONTEND_F_DENY_NODE, FRONTEND_F_SOURCE_RANGES};
 
+use super::slim_service::SlimSpec;
 use super::{cidr, Ipv4Net, NodeContext, Problem};
 
 /// A Service's `loadBalancerSourceRanges`, as they apply to its LB IP frontends (see "Source
@@ -20,18 +20,13 @@ pub(super) struct SourceRanges {
 
 impl SourceRanges {
     pub(super) fn of(
-        spec: &ServiceSpec,
+        spec: &SlimSpec,
         node: &NodeContext,
         object: &str,
         problems: &mut Vec<Problem>,
     ) -> Self {
         let mut allowed = Vec::new();
-        for (i, text) in spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .enumerate()
-        {
+        for (i, text) in spec.source_ranges.iter().enumerate() {
             match parse_source_range(text) {
                 Ok(Some(cidr)) => allowed.push(cidr),
                 Ok(None) => {}

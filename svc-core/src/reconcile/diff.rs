@@ -44,7 +44,7 @@ pub(super) fn plan_core(
     // Backends the held-back scoped entries' slots name: live in the maps until step 4.
     let mut named_until_late: HashSet<u32> = HashSet::new();
     for key in removed {
-        let Some(fe) = state.frontends.remove(key) else {
+        let Some(fe) = state.remove_frontend(key) else {
             continue;
         };
         let sibling_stays = key.scope != SCOPE_ANY
@@ -95,7 +95,7 @@ pub(super) fn plan_core(
             );
             freed_frontend_ids.push(fe.id);
         }
-        state.set_owner(*key, fe.owner.as_ref(), None);
+        state.set_owner(*key, fe.owner.as_deref(), None);
     }
     // Backends only removed frontends named, and no wanted frontend names again, can go now
     // too (phase 1), unless a held-back scoped entry still names them; the rest of the
@@ -134,8 +134,10 @@ pub(super) fn plan_core(
         })
         .collect();
 
-    let mut backend_puts = Vec::new();
-    let mut frontend_ops = Vec::new();
+    // Straight into `ops`, in their phases' order (no per-phase vectors: at 100k Services
+    // those held a second and third copy of the full plan's 2M ops at its peak).
+    ops.extend(early_removal_ops);
+    ops.extend(early_backend_deletes);
 
     // Scoped entries (SCOPE_EXTERNAL) before the SCOPE_ANY ones: an uplink hook that finds
     // FRONTEND_F_EXTERNAL_SCOPE on the SCOPE_ANY entry looks the scoped one up next and drops
@@ -146,20 +148,21 @@ pub(super) fn plan_core(
         .iter()
         .filter(|(k, _)| k.scope != SCOPE_ANY)
         .chain(wanted.iter().filter(|(k, _)| k.scope == SCOPE_ANY));
+    // Phase 2 first, for every frontend: the new backends' ids are allocated in the same order
+    // as the frontend pass below then looks them up.
+    for &(_, want) in scoped_first.clone() {
+        for backend in programmed_backends(want) {
+            state.backend_id_or_insert(backend, &mut ops);
+        }
+    }
+    let frontend_ops = &mut ops;
     for &(&key, want) in scoped_first {
         let mut ids: Vec<u32> = Vec::with_capacity(want.backends.len());
-        let sorted = want.backends.windows(2).all(|w| w[0] < w[1]);
-        let mut backends = want.backends.clone();
-        if !sorted {
-            backends.sort_unstable();
-            backends.dedup();
-        }
-        backends.truncate(MAX_BACKENDS_PER_FRONTEND as usize);
-        for backend in backends {
-            ids.push(state.backend_id_or_insert(backend, &mut backend_puts));
+        for backend in programmed_backends(want) {
+            ids.push(state.backend_id_or_insert(backend, frontend_ops));
         }
 
-        let old = state.frontends.remove(&key);
+        let old = state.remove_frontend(&key);
         let (id, old_slots, old_value, old_owner, old_ranges) = match old {
             Some(fe) if fe.id != 0 => (fe.id, fe.slots, Some(fe.value), fe.owner, fe.source_ranges),
             // A conflicting adopted id: its slots belong to whoever owns the id.
@@ -254,16 +257,16 @@ pub(super) fn plan_core(
         for backend_id in old_slots.iter().flatten() {
             state.unref(*backend_id);
         }
-        state.set_owner(key, old_owner.as_ref(), Some(&want.service));
+        let owner = state.set_owner(key, old_owner.as_deref(), Some(&want.service));
         let slots = new_slots.into_iter().map(Some).collect();
         let fe = ProgrammedFrontend {
             id,
             value,
             slots,
-            owner: Some(want.service.clone()),
+            owner,
             source_ranges: new_ranges,
         };
-        state.frontends.insert(key, fe);
+        state.insert_frontend(key, fe);
     }
 
     // Only now: a new frontend of this plan must not reuse an id whose old frontend was live
@@ -287,21 +290,22 @@ pub(super) fn plan_core(
         }
     }
 
-    ops.reserve(
-        early_removal_ops.len()
-            + early_backend_deletes.len()
-            + backend_puts.len()
-            + frontend_ops.len()
-            + removal_ops.len()
-            + backend_deletes.len(),
-    );
-    ops.extend(early_removal_ops);
-    ops.extend(early_backend_deletes);
-    ops.extend(backend_puts);
-    ops.extend(frontend_ops);
     ops.extend(removal_ops);
     ops.extend(backend_deletes);
     (ops, removals)
+}
+
+/// The backends a frontend's slots name: `want`'s, sorted and distinct, at most
+/// [`MAX_BACKENDS_PER_FRONTEND`].
+fn programmed_backends(want: &DesiredFrontend) -> Vec<Backend> {
+    let sorted = want.backends.windows(2).all(|w| w[0] < w[1]);
+    let mut backends = want.backends.clone();
+    if !sorted {
+        backends.sort_unstable();
+        backends.dedup();
+    }
+    backends.truncate(MAX_BACKENDS_PER_FRONTEND as usize);
+    backends
 }
 
 /// Forgets backend `id` and queues its `DeleteBackend`; the caller releases the id once no

@@ -144,7 +144,7 @@ pub fn plan_in_place_holding(
         .iter()
         .filter(|(k, fe)| {
             !desired.frontends.contains_key(k)
-                && !fe.owner.as_ref().is_some_and(|o| held.contains(o))
+                && !fe.owner.as_ref().is_some_and(|o| held.contains(&**o))
         })
         .map(|(k, _)| *k)
         .collect();
@@ -190,7 +190,7 @@ pub fn plan_services_in_place(
                 && state
                     .frontends
                     .get(k)
-                    .and_then(|fe| fe.owner.as_ref())
+                    .and_then(|fe| fe.owner.as_deref())
                     .is_none_or(|owner| changed.contains(owner))
         })
         .collect();

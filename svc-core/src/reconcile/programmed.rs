@@ -5,6 +5,7 @@
 //! for ([`Programmed::to_snapshot`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use svc_common::{Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND};
 
@@ -30,8 +31,9 @@ pub struct ProgrammedFrontend {
     /// never equals a desired one, so the next plan rewrites it.
     pub slots: Vec<Option<u32>>,
     /// The Service it was programmed for; `None` when adopted from the maps (which do not record
-    /// owners) and not planned since.
-    pub owner: Option<ObjectRef>,
+    /// owners) and not planned since. Shared with the owner index: one copy per Service, not
+    /// one per frontend.
+    pub owner: Option<Arc<ObjectRef>>,
     /// Its `SVC_SOURCE_RANGES` prefixes, sorted.
     pub source_ranges: Vec<Prefix>,
 }
@@ -53,8 +55,9 @@ pub struct Programmed {
     pub(super) backends: BTreeMap<u32, BackendEntry>,
     /// Backend tuple → the id slots should use for it (one id per tuple, shared by frontends).
     pub(super) backend_ids: HashMap<Backend, u32>,
-    /// Service → the frontend keys it owns, for [`plan_services`].
-    pub(super) owners: BTreeMap<ObjectRef, BTreeSet<FrontendKey>>,
+    /// Service → the frontend keys it owns, sorted, for [`plan_services`]. A sorted `Vec`:
+    /// most Services own one to a few keys, and a one-key `BTreeSet` costs a whole node.
+    pub(super) owners: BTreeMap<Arc<ObjectRef>, Vec<FrontendKey>>,
     /// Slot entries no frontend counts (beyond a count, slot 0, or of an unknown frontend id):
     /// deleted by the next plan.
     pub(super) strays: BTreeMap<SlotKey, Slot>,
@@ -65,6 +68,12 @@ pub struct Programmed {
     pub(super) unreferenced: BTreeSet<u32>,
     pub(super) frontend_id_alloc: IdAllocator,
     pub(super) backend_id_alloc: IdAllocator,
+    /// Slot entries the frontends hold (their `Some` slots), kept as frontends come and go
+    /// ([`Programmed::insert_frontend`], [`Programmed::remove_frontend`]) so that what the
+    /// maps use costs no pass over every frontend ([`Programmed::held`]).
+    held_slots: u64,
+    /// Source-range entries the frontends hold, kept the same way.
+    held_ranges: u64,
 }
 
 impl Programmed {
@@ -117,7 +126,7 @@ impl Programmed {
                     }
                 }
             }
-            me.frontends.insert(
+            me.insert_frontend(
                 key,
                 ProgrammedFrontend {
                     id,
@@ -131,12 +140,14 @@ impl Programmed {
         // BTreeSet order: each frontend's prefixes come sorted.
         for range in &snapshot.source_ranges {
             match key_of.get(&range.frontend_id) {
-                Some(key) => me
-                    .frontends
-                    .get_mut(key)
-                    .expect("key_of names programmed frontends")
-                    .source_ranges
-                    .push((range.addr, range.len)),
+                Some(key) => {
+                    me.frontends
+                        .get_mut(key)
+                        .expect("key_of names programmed frontends")
+                        .source_ranges
+                        .push((range.addr, range.len));
+                    me.held_ranges += 1;
+                }
                 None => {
                     me.range_strays.insert(*range);
                 }
@@ -206,6 +217,33 @@ impl Programmed {
         &self.frontends
     }
 
+    /// Slot and source-range entries the programmed frontends hold: what a pass summing
+    /// every frontend's `Some` slots and prefixes would find, in O(1).
+    pub fn held(&self) -> (u64, u64) {
+        (self.held_slots, self.held_ranges)
+    }
+
+    /// Inserts (or replaces) a frontend, keeping [`Programmed::held`] right.
+    pub(super) fn insert_frontend(&mut self, key: FrontendKey, fe: ProgrammedFrontend) {
+        self.held_slots += held_slots(&fe);
+        self.held_ranges += fe.source_ranges.len() as u64;
+        if let Some(old) = self.frontends.insert(key, fe) {
+            self.forget(&old);
+        }
+    }
+
+    /// Removes a frontend, keeping [`Programmed::held`] right.
+    pub(super) fn remove_frontend(&mut self, key: &FrontendKey) -> Option<ProgrammedFrontend> {
+        let fe = self.frontends.remove(key)?;
+        self.forget(&fe);
+        Some(fe)
+    }
+
+    fn forget(&mut self, fe: &ProgrammedFrontend) {
+        self.held_slots -= held_slots(fe);
+        self.held_ranges -= fe.source_ranges.len() as u64;
+    }
+
     /// The id slots use for `backend`, if it is programmed.
     pub fn backend_id(&self, backend: &Backend) -> Option<u32> {
         self.backend_ids.get(backend).copied()
@@ -221,26 +259,34 @@ impl Programmed {
         self.owners.get(service).into_iter().flatten()
     }
 
+    /// Moves `key` from `old`'s frontends to `new`'s in the owner index, and returns the shared
+    /// reference of `new` for the frontend to keep.
     pub(super) fn set_owner(
         &mut self,
         key: FrontendKey,
         old: Option<&ObjectRef>,
         new: Option<&ObjectRef>,
-    ) {
-        if old == new {
-            return;
-        }
-        if let Some(old) = old {
+    ) -> Option<Arc<ObjectRef>> {
+        if let Some(old) = old.filter(|old| Some(*old) != new) {
             if let Some(keys) = self.owners.get_mut(old) {
-                keys.remove(&key);
+                if let Ok(i) = keys.binary_search(&key) {
+                    keys.remove(i);
+                }
                 if keys.is_empty() {
                     self.owners.remove(old);
                 }
             }
         }
-        if let Some(new) = new {
-            self.owners.entry(new.clone()).or_default().insert(key);
+        let new = new?;
+        let shared = match self.owners.get_key_value(new) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(new.clone()),
+        };
+        let keys = self.owners.entry(shared.clone()).or_default();
+        if let Err(i) = keys.binary_search(&key) {
+            keys.insert(i, key);
         }
+        Some(shared)
     }
 
     pub(super) fn unref(&mut self, backend_id: u32) {
@@ -263,6 +309,10 @@ impl Programmed {
         puts.push(MapOp::PutBackend { id, backend });
         id
     }
+}
+
+fn held_slots(fe: &ProgrammedFrontend) -> u64 {
+    fe.slots.iter().flatten().count() as u64
 }
 
 pub(super) fn slot_number(index: usize) -> u32 {

@@ -62,8 +62,8 @@ use svc_core::dataplane::fake::FakeDataplane;
 use svc_core::dataplane::{Dataplane, MapOp};
 use svc_core::model::{
     desired, desired_for, desired_for_indexed, health_checks, Desired, NodeContext, ObjectRef,
-    Objects, SliceOwners, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
-    MAX_AFFINITY_TIMEOUT_S,
+    Objects, SliceOwners, SlimObjects, LABEL_HEADLESS, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT_S,
 };
 use svc_core::reconcile::{plan, plan_in_place, plan_services_in_place, Plan, Programmed};
 
@@ -173,8 +173,9 @@ fn desired_never_panics_and_names_every_problem() {
             prop_assert_eq!(&desired(&objects, &node), &d);
             let all: BTreeSet<ObjectRef> = objects.services.keys().cloned().collect();
             prop_assert_eq!(&desired_for(&objects, &node, &all), &d);
-            let owners = SliceOwners::build(&objects.slices);
-            prop_assert_eq!(&desired_for_indexed(&objects, &node, &all, &owners), &d);
+            let slim = SlimObjects::of(&objects);
+            let owners = SliceOwners::build(&slim.slices);
+            prop_assert_eq!(&desired_for_indexed(&slim, &node, &all, &owners), &d);
             for hc in health_checks(&objects, &node) {
                 prop_assert!(objects.services.contains_key(&hc.service) && hc.port != 0);
             }
@@ -778,8 +779,8 @@ fn incremental_plan_leaves_a_frontend_another_service_owns() {
     let (ops, _) = plan_services_in_place(&mut state, &desired_for(&after, &node, &scope), &scope);
     apply_ops(&mut fake, &ops).expect("incremental plan");
     assert_eq!(
-        state.frontends()[&key].owner,
-        Some(ObjectRef::new("default", "aaa")),
+        state.frontends()[&key].owner.as_deref(),
+        Some(&ObjectRef::new("default", "aaa")),
         "10.96.0.10:80 was taken over by the incremental plan: {ops:?}"
     );
 }

@@ -8,6 +8,7 @@ mod endpoints;
 mod frontends;
 mod health;
 mod service;
+mod slim;
 mod source_ranges;
 mod topology;
 mod traffic_policy;
@@ -246,7 +247,14 @@ fn slice_owners_follow_moves_and_deletes_and_match_desired_for() {
             web_slice("web-2", 80, vec![ep("10.244.1.6")]),
         ],
     );
-    let mut owners = SliceOwners::build(&objs.slices);
+    // The owners index follows the slim slices, as the store keeps it.
+    let owner = |objs: &Objects, r: &ObjectRef| {
+        objs.slices
+            .get(r)
+            .and_then(|s| label(&s.metadata, LABEL_SERVICE_NAME))
+            .map(str::to_owned)
+    };
+    let mut owners = SliceOwners::build(&SlimObjects::of(&objs).slices);
     // web-2 moves to api; web-1 is deleted; a slice without the label is ignored.
     let (r2, moved) = slice(
         "default",
@@ -254,24 +262,27 @@ fn slice_owners_follow_moves_and_deletes_and_match_desired_for() {
         "api",
         json!({"ports": [{"port": 80}], "endpoints": [ep("10.244.1.7")]}),
     );
+    let before = owner(&objs, &r2);
     objs.slices.insert(r2.clone(), moved);
-    owners.update(&r2, objs.slices.get(&r2));
+    owners.update(&r2, before.as_deref(), owner(&objs, &r2).as_deref());
     let r1 = ObjectRef::new("default", "web-1");
+    let before = owner(&objs, &r1);
     objs.slices.remove(&r1);
-    owners.update(&r1, None);
+    owners.update(&r1, before.as_deref(), None);
     let (r3, mut orphan) = web_slice("orphan", 80, vec![ep("10.244.1.8")]);
     orphan.metadata.labels = None;
     objs.slices.insert(r3.clone(), orphan);
-    owners.update(&r3, objs.slices.get(&r3));
+    owners.update(&r3, None, owner(&objs, &r3).as_deref());
 
-    assert_eq!(owners, SliceOwners::build(&objs.slices));
+    let slim = SlimObjects::of(&objs);
+    assert_eq!(owners, SliceOwners::build(&slim.slices));
     let set: BTreeSet<_> = [
         ObjectRef::new("default", "web"),
         ObjectRef::new("default", "api"),
     ]
     .into();
     assert_eq!(
-        desired_for_indexed(&objs, &node(), &set, &owners),
+        desired_for_indexed(&slim, &node(), &set, &owners),
         desired_for(&objs, &node(), &set)
     );
 }

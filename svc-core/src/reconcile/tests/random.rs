@@ -77,6 +77,19 @@ fn random_desired(rng: &mut Rng) -> Desired {
     desired(items)
 }
 
+/// What [`Programmed::held`] keeps count of, summed the long way.
+fn summed(state: &Programmed) -> (u64, u64) {
+    state
+        .frontends()
+        .values()
+        .fold((0, 0), |(slots, ranges), fe| {
+            (
+                slots + fe.slots.iter().flatten().count() as u64,
+                ranges + fe.source_ranges.len() as u64,
+            )
+        })
+}
+
 #[test]
 fn random_sequences_keep_the_invariant_and_converge() {
     for seed in 1..=40u64 {
@@ -95,9 +108,11 @@ fn random_sequences_keep_the_invariant_and_converge() {
             };
             apply(&mut fake, &p);
             state = p.next;
+            assert_eq!(state.held(), summed(&state), "seed {seed} step {step}");
             if step % 7 == 6 {
                 // Restart: adopt the maps, nothing to write.
                 state = Programmed::from_snapshot(&fake.snapshot);
+                assert_eq!(state.held(), summed(&state), "seed {seed} step {step}");
                 let again = plan(&state, &d);
                 assert!(
                     again.ops.is_empty(),

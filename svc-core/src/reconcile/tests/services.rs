@@ -53,3 +53,32 @@ fn plan_services_removes_frontends_the_service_no_longer_has() {
         apply(&mut fake, p);
     }
 }
+
+#[test]
+fn a_services_frontends_share_one_copy_of_its_name() {
+    let d1 = desired(vec![
+        (fk(1, 80), fe("a", &[1])),
+        (fk(1, 443), fe("a", &[1])),
+        (fk(2, 80), fe("b", &[2])),
+    ]);
+    let p1 = plan(&Programmed::default(), &d1);
+    let owner = |p: &Plan, k: FrontendKey| p.next.frontends()[&k].owner.clone().expect("owned");
+    assert!(std::sync::Arc::ptr_eq(
+        &owner(&p1, fk(1, 80)),
+        &owner(&p1, fk(1, 443))
+    ));
+    assert_eq!(*owner(&p1, fk(2, 80)), svc("b"));
+    // Moved to another Service: the frontend names that one, and the index follows.
+    let d2 = desired(vec![
+        (fk(1, 80), fe("a", &[1])),
+        (fk(1, 443), fe("b", &[1])),
+        (fk(2, 80), fe("b", &[2])),
+    ]);
+    let p2 = plan(&p1.next, &d2);
+    assert!(std::sync::Arc::ptr_eq(
+        &owner(&p2, fk(1, 443)),
+        &owner(&p2, fk(2, 80))
+    ));
+    assert_eq!(p2.next.frontends_of(&svc("a")).count(), 1);
+    assert_eq!(p2.next.frontends_of(&svc("b")).count(), 2);
+}
