@@ -44,8 +44,14 @@ impl Reaper {
     pub fn start(bpffs: &Path, link: PathBuf, cgroup: PathBuf) -> Result<Self> {
         let pin = bpffs.join(MAP_SOCK_DOOMED);
         let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-        let doomed: HashMap<MapData, DoomedPair, u8> = HashMap::try_from(Map::HashMap(data))
+        let mut doomed: HashMap<MapData, DoomedPair, u8> = HashMap::try_from(Map::HashMap(data))
             .with_context(|| format!("{MAP_SOCK_DOOMED} has an unexpected layout"))?;
+        // Pairs an agent that died mid-pass left behind: their ids may name other pairs by
+        // now, whose sockets the next pass must not destroy.
+        let stale: Vec<DoomedPair> = doomed.keys().filter_map(Result::ok).collect();
+        for pair in &stale {
+            let _ = doomed.remove(pair);
+        }
         let (tx, rx) = mpsc::channel::<Vec<DoomedPair>>();
         std::thread::Builder::new()
             .name("sock-reaper".into())
