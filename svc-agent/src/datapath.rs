@@ -252,8 +252,13 @@ impl Datapath {
                 None
             }
         };
-        let patched = match &btf {
-            Some(btf) => sockreap::patch(EBPF_OBJECT, btf)?,
+        // A patch that cannot be made costs socket destruction, not the datapath.
+        let patched = match btf.as_ref().map(|btf| sockreap::patch(EBPF_OBJECT, btf)) {
+            Some(Ok(patched)) => patched,
+            Some(Err(e)) => {
+                warn!("patching the socket iterator's kfunc call: {e:#}");
+                None
+            }
             None => None,
         };
         let object: &[u8] = match &patched {
