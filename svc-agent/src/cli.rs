@@ -165,8 +165,9 @@ pub struct RunArgs {
     /// How often to check the --manifests directory for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
-    /// How XDP is attached to uplinks: native where the driver supports it (auto), native,
-    /// generic, or off (the tc uplink program alone then serves north-south traffic).
+    /// How XDP is attached to uplinks: auto (native where the driver supports it, never on a
+    /// veth, otherwise none), native, generic, or off. Without XDP the tc uplink program alone
+    /// serves north-south traffic.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: crate::datapath::XdpChoice,
     /// How tc programs are attached: tcx links where the kernel has them (6.6+) and classic

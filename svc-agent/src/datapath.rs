@@ -93,7 +93,8 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
 /// How to attach XDP to uplinks (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpChoice {
-    /// Native (driver) mode where the driver supports it, generic otherwise.
+    /// Native (driver) mode where the driver supports it; otherwise no XDP, the tc uplink
+    /// program alone (never generic: see [`xdp_modes`]).
     Auto,
     /// Native mode only; fail if the driver lacks it.
     Native,
@@ -113,6 +114,26 @@ pub enum TcChoice {
     /// Classic tc: a `clsact` qdisc and a direct-action `cls_bpf` filter (any kernel svc-lb
     /// supports).
     Classic,
+}
+
+/// The XDP modes to try on an uplink, in order; empty: no XDP, the tc uplink program alone.
+///
+/// `auto` never picks generic mode: generic XDP runs on the skb after the stack built it (the
+/// frame is linearised for the program), so it costs every packet crossing the uplink more than
+/// the tc program that does the same translation there; measured end to end on veth uplinks,
+/// traffic not even for a Service ran at 0.92–0.93× the floor with it and at the floor without
+/// (docs/BENCHMARKS.md). Cilium likewise accelerates only with native XDP. On a veth (a kind
+/// node's `eth0`) native mode is not usable either: a veth passes native `XDP_TX` frames to its
+/// peer only while the peer runs XDP itself, which this node does not control (frames were lost
+/// or 180 ms late in our topology). `generic` stays available on request (the network tests use
+/// it to exercise the XDP path that a native driver runs).
+pub fn xdp_modes(choice: XdpChoice, veth: bool) -> &'static [(XdpMode, &'static str)] {
+    match choice {
+        XdpChoice::Auto if veth => &[],
+        XdpChoice::Auto | XdpChoice::Native => &[(XdpMode::Driver, "native")],
+        XdpChoice::Generic => &[(XdpMode::Skb, "generic")],
+        XdpChoice::Off => &[],
+    }
 }
 
 /// The oldest kernel svc-lb runs on (Debian 12's 6.1). What older kernels lack is not cheap to
@@ -451,8 +472,11 @@ impl Datapath {
         for (prog, attach_type, hook) in [UPLINK_TC_EGRESS, UPLINK_TC] {
             self.attach_tc(ifindex, ifname, prog, attach_type, hook)?;
         }
-        if self.xdp != XdpChoice::Off {
-            self.attach_xdp(ifindex, ifname, veth)?;
+        let modes = xdp_modes(self.xdp, veth);
+        if modes.is_empty() {
+            self.drop_xdp(ifindex, ifname, veth);
+        } else {
+            self.attach_xdp(ifindex, ifname, modes)?;
         }
         self.attached
             .insert(ifindex, (ifname.to_owned(), Role::Uplink));
@@ -503,9 +527,39 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches XDP to an uplink: native mode where the driver supports it (`auto`), else
-    /// generic; says which. A pinned link from an earlier agent keeps its mode.
-    fn attach_xdp(&mut self, ifindex: u32, ifname: &str, veth: bool) -> Result<()> {
+    /// No XDP on this uplink (`--xdp-mode off`, or `auto` on a veth): a link an earlier agent
+    /// pinned there is unpinned, which detaches it (the pin holds the link's last reference),
+    /// so the choice of this agent is what runs.
+    fn drop_xdp(&mut self, ifindex: u32, ifname: &str, veth: bool) {
+        if self.xdp == XdpChoice::Auto && veth {
+            info!(
+                iface = ifname,
+                "veth: no XDP (generic mode costs more than the tc path, native XDP_TX needs XDP \
+                 on the peer); the tc uplink program serves north-south traffic"
+            );
+        }
+        let pin = self.link_pin(ifindex, ifname, "xdp");
+        if pin.exists() {
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {
+                    info!(iface = ifname, pin = %pin.display(), "detached the XDP link of an earlier agent")
+                }
+                Err(e) => {
+                    warn!(iface = ifname, pin = %pin.display(), "could not unpin an earlier XDP link: {e}")
+                }
+            }
+        }
+    }
+
+    /// Attaches XDP to an uplink in the first of `modes` the driver accepts ([`xdp_modes`]);
+    /// says which. A pinned link from an earlier agent keeps its mode. Under `auto`, a driver
+    /// without native XDP leaves the uplink to tc (not an error).
+    fn attach_xdp(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        modes: &[(XdpMode, &'static str)],
+    ) -> Result<()> {
         let pin = self.link_pin(ifindex, ifname, "xdp");
         let choice = self.xdp;
         let prog: &mut Xdp = self
@@ -535,22 +589,6 @@ impl Datapath {
                 }
             }
         }
-        let modes: &[(XdpMode, &str)] = match choice {
-            // A veth delivers native XDP_TX frames to its peer only while the peer runs XDP
-            // itself, which this node does not control (a kind node's eth0 is a veth whose peer
-            // sits on the host's bridge): frames are then lost or late. Generic mode transmits
-            // through the stack and always works there.
-            XdpChoice::Auto if veth => {
-                info!(
-                    iface = ifname,
-                    "veth: native XDP_TX needs XDP on the peer; using generic mode"
-                );
-                &[(XdpMode::Skb, "generic")]
-            }
-            XdpChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            XdpChoice::Native => &[(XdpMode::Driver, "native")],
-            XdpChoice::Generic | XdpChoice::Off => &[(XdpMode::Skb, "generic")],
-        };
         let mut last = None;
         for (mode, name) in modes {
             match prog.attach(ifname, *mode) {
@@ -573,8 +611,10 @@ impl Datapath {
                     if choice == XdpChoice::Auto {
                         info!(
                             iface = ifname,
-                            "XDP {name} mode unavailable ({e}); trying the next mode"
+                            "XDP {name} mode unavailable ({e}); the tc uplink program serves \
+                             north-south traffic"
                         );
+                        return Ok(());
                     }
                     last = Some(e);
                 }

@@ -250,6 +250,12 @@ impl Agent {
         if !extra.contains(&"--pod-ifaces") {
             args.extend_from_slice(&["--pod-ifaces", "veth"]);
         }
+        // The network tests run the XDP path (what a native-XDP NIC runs) in generic mode on
+        // the topology's veth uplinks unless a test chooses: `--xdp-mode auto`, the agent's
+        // default, attaches no XDP to a veth (tests choose it where that is what they check).
+        if !extra.iter().any(|a| a.starts_with("--xdp-mode")) {
+            args.extend_from_slice(&["--xdp-mode", "generic"]);
+        }
         args.extend_from_slice(&extra);
         let child = t.spawn_nsenter(&t.node(node).ns, &args)?;
         Ok(Self {

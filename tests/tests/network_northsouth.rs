@@ -245,7 +245,8 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
     assert_eq!(node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap(), 0);
 
     // `svc-agent inspect links` (in the node's namespace) says where everything is attached
-    // and which XDP mode the uplink got: generic on a veth (see --xdp-mode auto).
+    // and which XDP mode the uplink got: generic, as the harness asks (`auto` attaches none to a
+    // veth).
     let agent_bin = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
     // nsenter, not `ip netns exec` (which remounts /sys and hides bpffs).
     let bpffs = node1.bpffs().to_str().unwrap().to_owned();

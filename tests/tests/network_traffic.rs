@@ -194,16 +194,29 @@ fn bulk_everywhere_with(flags: &[&str], xdp_mode: &str, check: impl FnOnce(&Scen
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn bulk_8mb_each_way_on_every_path_xdp_auto() {
+fn bulk_8mb_each_way_on_every_path_xdp_generic() {
     require_root();
-    bulk_everywhere("auto");
+    bulk_everywhere("generic");
 }
 
+/// The agent's default on a veth uplink: no XDP at all (`--xdp-mode auto`), the tc uplink
+/// program serves north-south traffic alone.
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn bulk_8mb_each_way_on_every_path_xdp_off() {
+fn bulk_8mb_each_way_on_every_path_xdp_auto_is_tc_alone_on_veth() {
     require_root();
-    bulk_everywhere("off");
+    bulk_everywhere_with(&["--xdp-mode", "auto"], "auto", |s| {
+        for node in s.t.nodes() {
+            let link =
+                s.t.exec_ok(&node.ns, &["ip", "-d", "link", "show", "dev", "eth0"])
+                    .unwrap();
+            assert!(
+                !link.split_whitespace().any(|w| w.starts_with("xdp")),
+                "node {}: auto attached XDP to a veth uplink: {link}",
+                node.index
+            );
+        }
+    });
 }
 
 /// svc-lb's classic tc filters (`--tc-attach classic`) on `dev` of node `n` at `hook`

@@ -25,3 +25,21 @@ fn classic_records_name_their_interface_and_hook() {
         assert_eq!(parse_classic_record(other), None, "{other}");
     }
 }
+
+#[test]
+fn xdp_modes_never_fall_back_to_generic_unasked() {
+    let names = |c, veth| -> Vec<&str> { xdp_modes(c, veth).iter().map(|(_, n)| *n).collect() };
+    let table: [(XdpChoice, bool, &[&str]); 8] = [
+        (XdpChoice::Auto, false, &["native"]),
+        (XdpChoice::Auto, true, &[]),
+        (XdpChoice::Native, false, &["native"]),
+        (XdpChoice::Native, true, &["native"]),
+        (XdpChoice::Generic, false, &["generic"]),
+        (XdpChoice::Generic, true, &["generic"]),
+        (XdpChoice::Off, false, &[]),
+        (XdpChoice::Off, true, &[]),
+    ];
+    for (choice, veth, want) in table {
+        assert_eq!(names(choice, veth), want, "{choice:?}, veth {veth}");
+    }
+}
