@@ -77,6 +77,9 @@ enum Cmd {
         /// Bound on the whole transfer.
         #[arg(long, default_value_t = 60_000)]
         deadline_ms: u64,
+        /// Zeros and no SHA-256 on either side: a throughput figure, not a correctness check.
+        #[arg(long)]
+        raw: bool,
     },
     /// UDP exchanges with requests and replies of chosen sizes, checked byte for byte.
     SizedUdp {
@@ -244,6 +247,7 @@ pub fn main() -> Result<()> {
             bytes,
             stall_ms,
             deadline_ms,
+            raw,
         } => {
             let r = traffic::run_bulk(&traffic::BulkConfig {
                 target: probe::parse_target(&target)?,
@@ -251,6 +255,7 @@ pub fn main() -> Result<()> {
                 bytes,
                 stall: ms(stall_ms),
                 deadline: ms(deadline_ms),
+                raw,
             })?;
             print_line(&serde_json::to_string(&r)?)?;
         }

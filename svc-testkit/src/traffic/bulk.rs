@@ -122,13 +122,19 @@ fn bulk_conn(s: TcpStream, peer: SocketAddr, id: &str, stop: &AtomicBool) -> Res
     s.set_write_timeout(Some(SERVER_STALL))?;
     let local = s.local_addr()?;
     let line = read_line(&s)?;
-    let (verb, n) = line
-        .split_once(' ')
+    let mut words = line.split_whitespace();
+    let (verb, n) = words
+        .next()
+        .zip(words.next())
         .with_context(|| format!("bad request {line:?}"))?;
-    let n: u64 = n
-        .trim()
-        .parse()
-        .with_context(|| format!("bad size in {line:?}"))?;
+    let n: u64 = n.parse().with_context(|| format!("bad size in {line:?}"))?;
+    // `raw`: a throughput measurement (benchmarks): zeros, no hashing on either side, so the
+    // figure is the path's, not SHA-256's.
+    let raw = match words.next() {
+        None => false,
+        Some("raw") => true,
+        Some(w) => bail!("unknown option {w:?} in {line:?}"),
+    };
     ensure!(n <= MAX_BULK, "size {n} exceeds {MAX_BULK}");
     let mut hdr = BulkHeader {
         id: id.to_owned(),
@@ -140,7 +146,9 @@ fn bulk_conn(s: TcpStream, peer: SocketAddr, id: &str, stop: &AtomicBool) -> Res
     let mut w = &s;
     match verb {
         "GET" => {
-            hdr.sha256 = stream_sha256(n);
+            if !raw {
+                hdr.sha256 = stream_sha256(n);
+            }
             let mut out = serde_json::to_vec(&hdr)?;
             out.push(b'\n');
             w.write_all(&out)?;
@@ -149,7 +157,9 @@ fn bulk_conn(s: TcpStream, peer: SocketAddr, id: &str, stop: &AtomicBool) -> Res
             while off < n {
                 ensure!(!stop.load(Ordering::Relaxed), "stopped");
                 let k = (n - off).min(buf.len() as u64) as usize;
-                fill(&mut buf[..k], off);
+                if !raw {
+                    fill(&mut buf[..k], off);
+                }
                 w.write_all(&buf[..k]).context("sending")?;
                 off += k as u64;
             }
@@ -172,7 +182,9 @@ fn bulk_conn(s: TcpStream, peer: SocketAddr, id: &str, stop: &AtomicBool) -> Res
                         break;
                     }
                     Ok(k) => {
-                        h.update(&buf[..k]);
+                        if !raw {
+                            h.update(&buf[..k]);
+                        }
                         got += k as u64;
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -180,7 +192,9 @@ fn bulk_conn(s: TcpStream, peer: SocketAddr, id: &str, stop: &AtomicBool) -> Res
                 }
             }
             hdr.bytes = got;
-            hdr.sha256 = hex(&h.finalize());
+            if !raw {
+                hdr.sha256 = hex(&h.finalize());
+            }
             let mut out = serde_json::to_vec(&hdr)?;
             out.push(b'\n');
             w.write_all(&out)?;
@@ -213,6 +227,9 @@ pub struct BulkConfig {
     pub stall: Duration,
     /// Bound on the whole transfer.
     pub deadline: Duration,
+    /// Verify nothing (zeros, no SHA-256 anywhere): for throughput figures, where hashing
+    /// would be what is measured. `ok` then means every byte arrived.
+    pub raw: bool,
 }
 
 /// Result of [`run_bulk`], printed by `svc-probe bulk` as one JSON line.
@@ -257,7 +274,11 @@ pub fn run_bulk(cfg: &BulkConfig) -> Result<BulkResult> {
         target: cfg.target.to_string(),
         dir: format!("{:?}", cfg.dir).to_lowercase(),
         expected_bytes: cfg.bytes,
-        sha256_expected: stream_sha256(cfg.bytes),
+        sha256_expected: if cfg.raw {
+            String::new()
+        } else {
+            stream_sha256(cfg.bytes)
+        },
         ..BulkResult::default()
     };
     let started = Instant::now();
@@ -299,7 +320,7 @@ fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<
     let mut w = &s;
     match cfg.dir {
         BulkDir::Download => {
-            w.write_all(format!("GET {}\n", cfg.bytes).as_bytes())?;
+            w.write_all(format!("GET {}{}\n", cfg.bytes, raw_word(cfg.raw)).as_bytes())?;
             let hdr: BulkHeader =
                 serde_json::from_str(&read_line(&s)?).context("server header (GET)")?;
             r.backend = hdr.id.clone();
@@ -319,7 +340,9 @@ fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<
                 match rd.read(&mut buf) {
                     Ok(0) => break,
                     Ok(k) => {
-                        h.update(&buf[..k]);
+                        if !cfg.raw {
+                            h.update(&buf[..k]);
+                        }
                         r.bytes += k as u64;
                         ensure!(
                             r.bytes <= cfg.bytes,
@@ -340,15 +363,19 @@ fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<
                 }
                 over("receiving", r.bytes)?;
             }
-            r.sha256_got = hex(&h.finalize());
+            if !cfg.raw {
+                r.sha256_got = hex(&h.finalize());
+            }
         }
         BulkDir::Upload => {
-            w.write_all(format!("PUT {}\n", cfg.bytes).as_bytes())?;
+            w.write_all(format!("PUT {}{}\n", cfg.bytes, raw_word(cfg.raw)).as_bytes())?;
             let mut buf = vec![0u8; 128 * 1024];
             let mut off = 0u64;
             while off < cfg.bytes {
                 let k = (cfg.bytes - off).min(buf.len() as u64) as usize;
-                fill(&mut buf[..k], off);
+                if !cfg.raw {
+                    fill(&mut buf[..k], off);
+                }
                 match w.write_all(&buf[..k]) {
                     Ok(()) => {}
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -374,6 +401,15 @@ fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<
     r.path_mtu = ip_mtu(&s);
     let _ = s.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// The request's option word for a raw transfer.
+fn raw_word(raw: bool) -> &'static str {
+    if raw {
+        " raw"
+    } else {
+        ""
+    }
 }
 
 /// `getsockopt(IP_MTU)` of a connected socket.

@@ -1,6 +1,7 @@
 //! Unit tests of the traffic pattern and the sized request layout.
 
 use super::*;
+use std::net::Ipv4Addr;
 
 #[test]
 fn pattern_is_deterministic_and_fill_wraps() {
@@ -20,4 +21,34 @@ fn sized_request_layout() {
     assert!(r.starts_with(b"sized 7 3000\n"));
     let short = sized_request(7, 3000, 3);
     assert_eq!(short, b"sized 7 3000\n");
+}
+
+/// Both kinds of transfer, both ways, over loopback: verified ones agree on SHA-256, raw ones
+/// count bytes and hash nothing.
+#[test]
+fn bulk_verified_and_raw_transfers_over_loopback() {
+    // A port the kernel just handed out and took back: free unless something races for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = BulkServer::start("lo", &[port]).unwrap();
+    for raw in [false, true] {
+        for dir in [BulkDir::Download, BulkDir::Upload] {
+            let r = run_bulk(&BulkConfig {
+                target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+                dir,
+                bytes: 3 << 20,
+                stall: Duration::from_secs(5),
+                deadline: Duration::from_secs(30),
+                raw,
+            })
+            .unwrap();
+            assert!(r.ok, "raw {raw}, {dir:?}: {r:?}");
+            assert_eq!((r.bytes, r.backend.as_str()), (3 << 20, "lo"));
+            assert_eq!(r.sha256_got.is_empty(), raw, "{r:?}");
+        }
+    }
+    server.stop();
 }
