@@ -11,10 +11,12 @@
 //!   transaction; [`nft_endpoints_changed`] the incremental transaction for one Service whose
 //!   endpoints changed.
 //!
-//! Simplified, and the same for every Service: ClusterIP only (no NodePorts, externalIPs, LB
-//! IPs, firewall/source ranges, session affinity, traffic policies, IPv6), every Service has
-//! endpoints (so the "no endpoints" reject sets stay empty), and chain-name hashes are FNV-1a
-//! instead of SHA-256 (same alphabet and length; the rules never depend on the hash value).
+//! Simplified, and the same for every Service: ClusterIP only in the iptables mode; the
+//! nftables mode adds NodePorts and LoadBalancer IPs with `externalTrafficPolicy: Cluster` (the
+//! `external-…` chains masquerade all of it); no externalIPs, firewall/source ranges, session
+//! affinity, `Local` traffic policies or IPv6; every Service has endpoints (so the "no
+//! endpoints" reject sets stay empty), and chain-name hashes are FNV-1a instead of SHA-256
+//! (same alphabet and length; the rules never depend on the hash value).
 //! What a packet walks through — the chain layout, the matches, the random choice, the DNAT,
 //! the masquerade marks and the conntrack-state filter rules — is kube-proxy's.
 use std::fmt::Write as _;
@@ -47,6 +49,8 @@ pub struct Port {
     pub port: u16,
     /// The endpoints' port.
     pub target_port: u16,
+    /// The NodePort, if the Service has one (nftables mode only).
+    pub node_port: Option<u16>,
 }
 
 /// A ClusterIP Service with its ready endpoints (the same for every port).
@@ -57,6 +61,8 @@ pub struct Service {
     pub cluster_ip: Ipv4Addr,
     pub ports: Vec<Port>,
     pub endpoints: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress` IPs (nftables mode only).
+    pub lb_ips: Vec<Ipv4Addr>,
 }
 
 /// kube-proxy's `--cluster-cidr`: traffic to a ClusterIP from outside it gets masqueraded.
@@ -102,6 +108,12 @@ impl Service {
     fn nft_svc_chain(&self, p: &Port) -> String {
         let id = self.nft_id(p);
         format!("service-{}-{id}", hash32(&id, 8))
+    }
+
+    /// Where NodePort and LB IP traffic enters (`external-…`): masquerade, then the service.
+    fn nft_ext_chain(&self, p: &Port) -> String {
+        let id = self.nft_id(p);
+        format!("external-{}-{id}", hash32(&id, 8))
     }
 
     fn nft_ep_chain(&self, p: &Port, ep: Ipv4Addr) -> String {
@@ -304,8 +316,9 @@ fn nat_service_rules(out: &mut String, s: &Service) {
 /// The nftables table name kube-proxy uses for IPv4.
 pub const NFT_TABLE: &str = "kube-proxy";
 
-/// A transaction creating kube-proxy's `ip kube-proxy` table from nothing with every Service.
-pub fn nft_full(services: &[Service]) -> String {
+/// A transaction creating kube-proxy's `ip kube-proxy` table from nothing with every Service;
+/// `node_ips` accept NodePort traffic (kube-proxy's default `--nodeport-addresses primary`).
+pub fn nft_full(services: &[Service], node_ips: &[Ipv4Addr]) -> String {
     let mut out = String::with_capacity(services.len() * 2048);
     let t = format!("ip {NFT_TABLE}");
     writeln!(
@@ -324,6 +337,14 @@ pub fn nft_full(services: &[Service]) -> String {
          add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"\n\
          add chain {t} service-endpoints-check\n\
          add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n\
+         add set {t} nodeport-ips {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}\n\
+         add map {t} service-nodeports {{ type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ; }}\n\
+         add map {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}\n\
+         add chain {t} nodeport-endpoints-check\n\
+         add rule {t} nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports\n\
+         add chain {t} filter-input {{ type filter hook input priority -110 ; }}\n\
+         add rule {t} filter-input ct state new jump nodeport-endpoints-check\n\
+         add rule {t} filter-input ct state new jump service-endpoints-check\n\
          add chain {t} filter-forward {{ type filter hook forward priority -110 ; }}\n\
          add rule {t} filter-forward ct state new jump service-endpoints-check\n\
          add rule {t} filter-forward ct state new jump cluster-ips-check\n\
@@ -333,6 +354,7 @@ pub fn nft_full(services: &[Service]) -> String {
          add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check\n\
          add chain {t} services\n\
          add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips\n\
+         add rule {t} services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n\
          add chain {t} nat-prerouting {{ type nat hook prerouting priority -100 ; }}\n\
          add rule {t} nat-prerouting jump services\n\
          add chain {t} nat-output {{ type nat hook output priority -100 ; }}\n\
@@ -341,19 +363,50 @@ pub fn nft_full(services: &[Service]) -> String {
          add rule {t} nat-postrouting jump masquerading"
     )
     .unwrap();
+    for ip in node_ips {
+        writeln!(out, "add element {t} nodeport-ips {{ {ip} }}").unwrap();
+    }
     for s in services {
         nft_service(&mut out, s, &s.endpoints);
         writeln!(out, "add element {t} cluster-ips {{ {} }}", s.cluster_ip).unwrap();
         for p in &s.ports {
+            let proto = p.proto.lower();
             writeln!(
                 out,
-                "add element {t} service-ips {{ {} . {} . {} : goto {} }}",
+                "add element {t} service-ips {{ {} . {proto} . {} : goto {} }}",
                 s.cluster_ip,
-                p.proto.lower(),
                 p.port,
                 s.nft_svc_chain(p)
             )
             .unwrap();
+            if p.node_port.is_none() && s.lb_ips.is_empty() {
+                continue;
+            }
+            // externalTrafficPolicy: Cluster: everything from outside is masqueraded.
+            let ext = s.nft_ext_chain(p);
+            writeln!(
+                out,
+                "add chain {t} {ext}\n\
+                 add rule {t} {ext} jump mark-for-masquerade\n\
+                 add rule {t} {ext} goto {}",
+                s.nft_svc_chain(p)
+            )
+            .unwrap();
+            if let Some(np) = p.node_port {
+                writeln!(
+                    out,
+                    "add element {t} service-nodeports {{ {proto} . {np} : goto {ext} }}"
+                )
+                .unwrap();
+            }
+            for ip in &s.lb_ips {
+                writeln!(
+                    out,
+                    "add element {t} service-ips {{ {ip} . {proto} . {} : goto {ext} }}",
+                    p.port
+                )
+                .unwrap();
+            }
         }
     }
     out
@@ -426,8 +479,10 @@ mod tests {
                 proto: Proto::Tcp,
                 port: 80,
                 target_port: 8080,
+                node_port: Some(30080),
             }],
             endpoints: endpoints.iter().map(|&o| Ipv4Addr::from(o)).collect(),
+            lb_ips: vec![Ipv4Addr::new(203, 0, 113, 10)],
         }
     }
 
@@ -455,6 +510,26 @@ mod tests {
             .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
             .unwrap();
         assert!(last.contains("KUBE-NODEPORTS"), "{last}");
+    }
+
+    #[test]
+    fn nft_nodeports_and_lb_ips_enter_through_the_external_chain() {
+        let s = web(&[[10, 244, 1, 3]]);
+        let text = nft_full(std::slice::from_ref(&s), &[Ipv4Addr::new(172, 18, 0, 2)]);
+        let ext = s.nft_ext_chain(&s.ports[0]);
+        assert!(text.contains("add element ip kube-proxy nodeport-ips { 172.18.0.2 }"));
+        assert!(text.contains(&format!(
+            "add element ip kube-proxy service-nodeports {{ tcp . 30080 : goto {ext} }}"
+        )));
+        assert!(text.contains(&format!(
+            "add element ip kube-proxy service-ips {{ 203.0.113.10 . tcp . 80 : goto {ext} }}"
+        )));
+        assert!(text.contains(&format!(
+            "add rule ip kube-proxy {ext} jump mark-for-masquerade"
+        )));
+        assert!(
+            text.contains("ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub(crate) fn control_services(n: usize, endpoints: usize) -> Vec<Service> {
                     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 16 + j) as u32)
                 })
                 .collect(),
+            lb_ips: Vec::new(),
         })
         .collect()
 }
@@ -76,7 +77,7 @@ pub(crate) fn control_baselines(sizes: &[usize], repeats: usize) -> Result<Vec<C
             &files[3].0,
             &kubeproxy::iptables_partial(&base, &base[changed_at], &[extra]),
         )?;
-        write(&files[4].0, &kubeproxy::nft_full(&base))?;
+        write(&files[4].0, &kubeproxy::nft_full(&base, &[]))?;
         write(
             &files[5].0,
             &kubeproxy::nft_endpoints_changed(&grown[changed_at], &[]),

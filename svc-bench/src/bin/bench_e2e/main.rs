@@ -77,11 +77,13 @@ use svc_testkit::{
 mod charts;
 mod control;
 mod measure;
+mod northsouth;
 mod report;
 
 use charts::*;
 use control::*;
 use measure::*;
+use northsouth::*;
 use report::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -135,6 +137,18 @@ struct Args {
     /// for A/B runs; the report records them.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// North-south modes (external client → NodePort / LB IP; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    ns_modes: Vec<NsMode>,
+    /// Skip the north-south rows.
+    #[arg(long)]
+    no_northsouth: bool,
+    /// Only the north-south rows (no east-west modes).
+    #[arg(long, conflicts_with = "no_northsouth")]
+    only_northsouth: bool,
+    /// MiB of each north-south bulk transfer.
+    #[arg(long, default_value_t = 512)]
+    ns_bulk_mib: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -217,8 +231,16 @@ fn main() -> Result<()> {
     let out_dir = svc_testkit::fixtures::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
 
+    if args.ns_modes.is_empty() {
+        args.ns_modes = NsMode::ALL.to_vec();
+    }
     let mut runs = Vec::new();
-    for &n in &args.services {
+    let sizes = if args.only_northsouth {
+        Vec::new()
+    } else {
+        args.services.clone()
+    };
+    for &n in &sizes {
         for &mode in &args.modes {
             let load = loadavg();
             println!("== {n} Services, {} (load {load})", mode.name());
@@ -229,10 +251,15 @@ fn main() -> Result<()> {
             ensure_no_leftovers()?;
         }
     }
+    let ns = if args.no_northsouth {
+        (Vec::new(), Vec::new())
+    } else {
+        northsouth(&args.ns_modes, &args, &probe)?
+    };
     // Written once without and once with the control-plane figures, so a run stopped during
     // the (slow, at 10k Services) baselines' control plane still leaves the end-to-end report.
-    let md = write_reports(&out_dir, &runs, &[], &machine, &agent, &args, started)?;
-    let control = if args.no_control {
+    let md = write_reports(&out_dir, &runs, &ns, &[], &machine, &agent, &args, started)?;
+    let control = if args.no_control || args.only_northsouth {
         Vec::new()
     } else {
         println!("== control plane of the baselines");
@@ -242,7 +269,9 @@ fn main() -> Result<()> {
     let md = if control.is_empty() {
         md
     } else {
-        write_reports(&out_dir, &runs, &control, &machine, &agent, &args, started)?
+        write_reports(
+            &out_dir, &runs, &ns, &control, &machine, &agent, &args, started,
+        )?
     };
     println!("{md}");
     println!(
@@ -254,9 +283,11 @@ fn main() -> Result<()> {
 }
 
 /// Writes e2e.json, report.json, report.md and the charts; returns the Markdown.
+#[allow(clippy::too_many_arguments)]
 fn write_reports(
     out_dir: &Path,
     runs: &[Run],
+    ns: &NsResults,
     control: &[ControlRow],
     machine: &str,
     agent: &Path,
@@ -277,6 +308,8 @@ fn write_reports(
             "parallel": args.parallel, "agent_args": args.agent_args,
         },
         "e2e": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "northsouth": ns.0.iter().map(NsRun::to_json).collect::<Vec<_>>(),
+        "northsouth_failed": ns.1.iter().map(|(m, why)| json!({"mode": format!("{m:?}"), "error": why})).collect::<Vec<_>>(),
         "control_baselines": control.iter().map(ControlRow::to_json).collect::<Vec<_>>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -289,7 +322,8 @@ fn write_reports(
         &out_dir.join("report.json"),
         &serde_json::to_string_pretty(&report)?,
     )?;
-    let md = report_md(runs, control, svc_lb_control.as_ref(), machine, args);
+    let mut md = report_md(runs, control, svc_lb_control.as_ref(), machine, args);
+    md.push_str(&ns_report_md(&ns.0, &ns.1, args));
     write(&out_dir.join("report.md"), &md)?;
     for (name, svg) in charts(runs, control, svc_lb_control.as_ref()) {
         write(&out_dir.join(name), &svg)?;
@@ -312,12 +346,14 @@ fn ports() -> Vec<Port> {
             proto: Proto::Tcp,
             port: TCP_PORT,
             target_port: TCP_TARGET,
+            node_port: None,
         },
         Port {
             name: "dns".into(),
             proto: Proto::Udp,
             port: UDP_PORT,
             target_port: UDP_TARGET,
+            node_port: None,
         },
     ]
 }
@@ -337,6 +373,7 @@ fn e2e_services(n: usize, backends: [Ipv4Addr; 2]) -> Vec<Service> {
             cluster_ip: Ipv4Addr::new(10, 96, (1 + i / 250) as u8, (1 + i % 250) as u8),
             ports: ports(),
             endpoints: vec![unused(2 * i), unused(2 * i + 1)],
+            lb_ips: Vec::new(),
         })
         .collect();
     v.push(Service {
@@ -345,24 +382,38 @@ fn e2e_services(n: usize, backends: [Ipv4Addr; 2]) -> Vec<Service> {
         cluster_ip: VIP,
         ports: ports(),
         endpoints: backends.to_vec(),
+        lb_ips: Vec::new(),
     });
     v
 }
 
 /// Service `s` and its EndpointSlice as manifests (JSON documents, which are YAML).
 fn manifest(s: &Service) -> String {
-    let svc = json!({
+    let mut svc = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": s.name, "namespace": s.namespace},
         "spec": {
             "clusterIP": s.cluster_ip.to_string(),
             "selector": {"app": s.name},
-            "ports": s.ports.iter().map(|p| json!({
-                "name": p.name, "port": p.port, "targetPort": p.target_port,
-                "protocol": p.proto.lower().to_uppercase(),
-            })).collect::<Vec<_>>(),
+            "ports": s.ports.iter().map(|p| {
+                let mut port = json!({
+                    "name": p.name, "port": p.port, "targetPort": p.target_port,
+                    "protocol": p.proto.lower().to_uppercase(),
+                });
+                if let Some(np) = p.node_port {
+                    port["nodePort"] = json!(np);
+                }
+                port
+            }).collect::<Vec<_>>(),
         },
     });
+    if !s.lb_ips.is_empty() {
+        svc["spec"]["type"] = json!("LoadBalancer");
+        svc["status"] = json!({"loadBalancer": {"ingress":
+            s.lb_ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>()}});
+    } else if s.ports.iter().any(|p| p.node_port.is_some()) {
+        svc["spec"]["type"] = json!("NodePort");
+    }
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {

@@ -256,7 +256,7 @@ pub(crate) fn program(
             let (text, cmd): (String, &[&str]) = if mode == Mode::Iptables {
                 (kubeproxy::iptables_restore(services), &["iptables-restore"])
             } else {
-                (kubeproxy::nft_full(services), &["nft", "-f"])
+                (kubeproxy::nft_full(services, &node_ips(t)), &["nft", "-f"])
             };
             let file = std::env::temp_dir().join(format!("{}{}.rules", t.prefix(), mode.key()));
             write(&file, &text)?;
@@ -302,6 +302,11 @@ pub(crate) fn program(
         }
     }
     Ok(p)
+}
+
+/// Every node's underlay address (kube-proxy's NodePort addresses).
+pub(crate) fn node_ips(t: &Topology) -> Vec<Ipv4Addr> {
+    t.nodes().iter().map(|n| t.node_ip(n.index)).collect()
 }
 
 /// Runs `cmd FILE` (or `iptables-restore < FILE` style tools given the file as last argument)
