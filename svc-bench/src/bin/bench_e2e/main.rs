@@ -133,7 +133,7 @@ struct Args {
     /// Skip the baselines' control-plane figures.
     #[arg(long)]
     no_control: bool,
-    /// Extra `svc-agent run` flags for the svc-lb modes (e.g. `--agent-arg=--xdp-mode=off`),
+    /// Extra `svc-agent run` flags for the svc-lb modes (e.g. `--agent-arg=--xdp-mode=generic`),
     /// for A/B runs; the report records them.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
