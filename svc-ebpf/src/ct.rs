@@ -290,7 +290,7 @@ pub(crate) fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut 
 /// Asked only for a SYN that hits a live entry, so the cost stays off the common path.
 #[inline(always)]
 pub(crate) fn backend_current(flow: &Flow, origin: Origin, e: &CtEntry) -> bool {
-    let Some(fe) = frontend_for(flow, origin) else {
+    let Ok(fe) = frontend_for(flow, origin) else {
         return false;
     };
     if fe.id != e.frontend_id {

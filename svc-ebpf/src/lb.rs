@@ -122,21 +122,25 @@ fn source_allowed(frontend_id: u32, saddr: [u8; 4]) -> bool {
 }
 
 /// The frontend entry new flows of `flow` use: `SCOPE_EXTERNAL` for traffic from outside when
-/// the frontend has one (externalTrafficPolicy: Local).
+/// the frontend has one (externalTrafficPolicy: Local). `Err(false)`: not a frontend;
+/// `Err(true)`: a frontend whose external entry is missing (no local endpoint). Telling the two
+/// apart here keeps packets not for a Service, the most common ones, at one frontend lookup.
 #[inline(always)]
-pub(crate) fn frontend_for(flow: &Flow, origin: Origin) -> Option<Frontend> {
+pub(crate) fn frontend_for(flow: &Flow, origin: Origin) -> Result<Frontend, bool> {
     let mut key = FrontendKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
         scope: SCOPE_ANY,
     };
-    let fe = frontend(&key)?;
+    let Some(fe) = frontend(&key) else {
+        return Err(false);
+    };
     if origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
         key.scope = SCOPE_EXTERNAL;
-        return frontend(&key);
+        return frontend(&key).ok_or(true);
     }
-    Some(fe)
+    Ok(fe)
 }
 
 /// The whole decision for a packet at a hook that may open flows (`open`) or only translate
@@ -332,18 +336,11 @@ fn new_flow(
     reopened: bool,
     fwd: &mut CtEntry,
 ) -> Result<Step, Outcome> {
-    let Some(fe) = frontend_for(flow, origin) else {
-        // Not a frontend, or (externalTrafficPolicy: Local) its external entry is missing.
-        let any = FrontendKey {
-            addr: flow.daddr,
-            port: flow.dport,
-            proto: flow.proto,
-            scope: SCOPE_ANY,
-        };
-        return Err(match frontend(&any) {
-            None => Outcome::pass(Reason::NotService),
-            Some(_) => Outcome::drop(Reason::BackendMissing),
-        });
+    let fe = match frontend_for(flow, origin) {
+        Ok(fe) => fe,
+        Err(false) => return Err(Outcome::pass(Reason::NotService)),
+        // externalTrafficPolicy: Local without a local endpoint.
+        Err(true) => return Err(Outcome::drop(Reason::BackendMissing)),
     };
     // `loadBalancerSourceRanges`, as kube-proxy's `firewall-check` chain applies them (filter
     // prerouting, `ct state new`: this runs only for packets without a live conntrack entry).
