@@ -44,8 +44,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use svc_common::{
-    Config, CtTimeouts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS, GLOBAL_CT_TIMEOUTS,
-    GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    Config, CtTimeouts, SnatPorts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
+    GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, GLOBAL_SNAT_PORTS, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -205,12 +206,14 @@ pub struct Datapath {
 }
 
 /// The load-time globals (`.rodata`) the agent sets.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadGlobals {
     /// `svc_common::FAULT_*` bits; 0 except in tests.
     pub fault: u32,
     /// `svc_common::GLOBAL_DEBUG_LOG`: the programs' aya-log messages.
     pub debug_log: bool,
+    /// `svc_common::GLOBAL_SNAT_PORTS`: the source ports SNAT allocates from.
+    pub snat_ports: SnatPorts,
 }
 
 impl Datapath {
@@ -262,6 +265,7 @@ impl Datapath {
         }
         // `must_exist`: an object without the global would silently ignore the flags.
         loader.override_global(GLOBAL_CT_TIMEOUTS, timeouts, true);
+        loader.override_global(GLOBAL_SNAT_PORTS, &globals.snat_ports, true);
         loader.map_max_entries(MAP_CONNTRACK, ct_max);
         loader.map_max_entries(MAP_FRONTENDS, service_maps.max_frontends);
         loader.map_max_entries(MAP_SLOTS, service_maps.max_slots);
