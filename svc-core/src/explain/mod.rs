@@ -10,7 +10,9 @@
 //! What it cannot know is said, not guessed: the backend of a new flow is a uniformly random
 //! slot (`bpf_get_prandom_u32`) unless a fresh session-affinity entry names one (`SVC_AFFINITY`,
 //! lb.rs `pick_backend`), so every eligible slot is listed with what choosing it does; a
-//! source-NAT port is random in [`SNAT_PORT_MIN`]`..=`[`SNAT_PORT_MAX`]; whether the socket
+//! source-NAT port is random among the SNAT ports (reported as the object's built-in range
+//! [`SNAT_PORT_MIN`]`..=`[`SNAT_PORT_MAX`]: the ranges the agent loaded, `--snat-port-range` or
+//! its default from the node, are in no map, and the agent logs them at start); whether the socket
 //! hooks are attached to the caller's cgroup is not in any map. When the datapath changes, this
 //! file must change with it: its table tests name each branch of `new_flow`.
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -106,7 +108,11 @@ pub enum Outcome {
         /// The source port written; `None` when it is the client's own (unknown without
         /// `SRC:PORT`) or a random SNAT port (see `new_src_port_range`).
         new_src_port: Option<u16>,
-        /// `[first, last]` of the random SNAT port range, with `snat`.
+        /// `[first, last]` of the object's built-in SNAT port range ([`SNAT_PORT_MIN`],
+        /// [`SNAT_PORT_MAX`]), with `snat`. The agent usually loads wider ranges
+        /// (`--snat-port-range`, or its default from the node's ephemeral range, logged at
+        /// start); they live in the programs' `.rodata`, which explain does not read, so this
+        /// field shows the built-in default, not necessarily the port's actual range.
         new_src_port_range: Option<[u16; 2]>,
         new_dst: Ipv4Addr,
         new_dst_port: u16,
