@@ -7,6 +7,7 @@
 //!   survive restarts and upgrades. `SVC_CT` gets `--conntrack-max` entries when created.
 //! - `DIR/SVC_CT_TIMEOUTS` ([`TIMEOUTS_PIN`]): a copy of the conntrack timeouts the programs
 //!   were loaded with, rewritten at every start, for `inspect` and `explain`.
+//! - `DIR/SVC_SNAT_PORTS` ([`SNAT_PORTS_PIN`]): likewise, the SNAT ports, for `explain`.
 //! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|uplink_egress|xdp>`: one link per
 //!   hook per interface (`ingress`/`egress` on pod veths; `uplink` (tc ingress),
 //!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached
@@ -182,6 +183,11 @@ enum Role {
 /// the programs as `GLOBAL_CT_TIMEOUTS`, so `svc-agent inspect` and `explain` (which read pins
 /// only) judge expiry as the datapath does. The datapath never reads it: `.rodata` is frozen.
 pub const TIMEOUTS_PIN: &str = GLOBAL_CT_TIMEOUTS;
+
+/// Pin (under `--bpffs`) of a one-entry array holding the [`SnatPorts`] this agent passed to
+/// the programs as `GLOBAL_SNAT_PORTS`, so that `explain` reports the ports a new SNAT flow
+/// can get. The datapath never reads it: `.rodata` is frozen.
+pub const SNAT_PORTS_PIN: &str = GLOBAL_SNAT_PORTS;
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -378,6 +384,7 @@ impl Datapath {
             );
         }
         config::pin_timeouts(bpffs, timeouts)?;
+        config::pin_snat_ports(bpffs, &globals.snat_ports)?;
         let config = ConfigMap::from_loaded(&mut ebpf)?;
         info!(
             bpffs = %bpffs.display(),
@@ -802,7 +809,7 @@ pub fn uninstall(bpffs: &Path) -> Result<()> {
     }
     for map in ALL_MAPS
         .iter()
-        .chain([&TIMEOUTS_PIN, &sockreap::SOCK_REAP_PIN])
+        .chain([&TIMEOUTS_PIN, &SNAT_PORTS_PIN, &sockreap::SOCK_REAP_PIN])
     {
         let path = bpffs.join(map);
         if path.exists() {

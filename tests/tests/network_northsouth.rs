@@ -502,6 +502,30 @@ fn many_new_udp_flows_to_a_remote_backend_all_get_a_snat_port() {
         "a SNAT port outside 1024-29999 and 61000-65535"
     );
     assert!(ports.iter().any(|&p| p < 30_000) && ports.iter().any(|&p| p >= 61_000));
+    // `explain` reports the ports the agent loaded (its SVC_SNAT_PORTS pin).
+    let agent_bin = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
+    let bpffs = s.agents[0].bpffs().to_str().unwrap().to_owned();
+    let cmd = [
+        agent_bin.to_str().unwrap(),
+        "explain",
+        "172.18.0.100",
+        "172.18.0.2:30300/udp",
+        "--from",
+        "uplink",
+        "--bpffs",
+        &bpffs,
+    ];
+    let done =
+        s.t.spawn_nsenter(&s.t.node(1).ns, &cmd)
+            .unwrap()
+            .finish(Duration::from_secs(20))
+            .unwrap();
+    assert!(done.status.success(), "explain: {}", done.stderr);
+    assert!(
+        done.stdout.contains(":1024-29999,61000-65535 (random)"),
+        "explain does not show the loaded SNAT ports: {}",
+        done.stdout
+    );
     let node1 = &s.agents[0];
     let no_port = node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap()
         + node1
