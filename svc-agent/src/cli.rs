@@ -174,6 +174,15 @@ pub struct RunArgs {
     /// tc filters (clsact qdisc, cls_bpf at priority 0x5356) otherwise (auto), tcx, or classic.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_attach: crate::datapath::TcChoice,
+    /// Source ports for source NAT of external traffic to remote backends (and for remapping
+    /// a clashing client port): one or two ranges, e.g. `1024-29999,61000-65535`. Each new
+    /// flow to one backend ip:port holds a port until it expires, so the ranges bound the
+    /// rate of new flows per backend. A range may not overlap the node's ephemeral range
+    /// (net.ipv4.ip_local_port_range: node sockets use it and the datapath does not see their
+    /// flows) nor the NodePort range 30000–32767. Default: everything else above 1023, its
+    /// two largest pieces (1024–29999 and 61000–65535 with Linux's defaults).
+    #[arg(long, value_name = "LOW-HIGH[,LOW-HIGH]")]
+    pub snat_port_range: Option<crate::snat_ports::SnatRangeArg>,
     /// Load the programs with their kernel debug messages (aya-log) on and show them in this
     /// log (target `svc_ebpf`, level warn/debug). Off by default: the verifier then removes
     /// the messages' code, so the datapath pays nothing for them. Changing it reloads the
@@ -401,6 +410,24 @@ mod tests {
             Command::Run(args) => args,
             _ => unreachable!("parsed `run`"),
         })
+    }
+
+    #[test]
+    fn snat_port_range_parses_or_is_refused() {
+        use crate::snat_ports::SnatRangeArg;
+        assert_eq!(run_args(&[]).expect("defaults parse").snat_port_range, None);
+        let args = run_args(&["--snat-port-range", "1024-29999,61000-65535"]).expect("valid");
+        assert_eq!(
+            args.snat_port_range,
+            Some(SnatRangeArg(vec![1024..=29_999, 61_000..=65_535]))
+        );
+        for bad in ["65535-61000", "1-2,3-4,5-6", "61000-70000", "61000"] {
+            let err = run_args(&["--snat-port-range", bad])
+                .err()
+                .expect(bad)
+                .to_string();
+            assert!(err.contains("--snat-port-range"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   survive restarts and upgrades. `SVC_CT` gets `--conntrack-max` entries when created.
 //! - `DIR/SVC_CT_TIMEOUTS` ([`TIMEOUTS_PIN`]): a copy of the conntrack timeouts the programs
 //!   were loaded with, rewritten at every start, for `inspect` and `explain`.
+//! - `DIR/SVC_SNAT_PORTS` ([`SNAT_PORTS_PIN`]): likewise, the SNAT ports, for `explain`.
 //! - `DIR/links/<ifindex>-<ifname>-<ingress|egress|uplink|uplink_egress|xdp>`: one link per
 //!   hook per interface (`ingress`/`egress` on pod veths; `uplink` (tc ingress),
 //!   `uplink_egress` (tc egress) and `xdp` on uplinks). The pin keeps the program attached
@@ -44,8 +45,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use svc_common::{
-    Config, CtTimeouts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS, GLOBAL_CT_TIMEOUTS,
-    GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    Config, CtTimeouts, SnatPorts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
+    GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, GLOBAL_SNAT_PORTS, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -182,6 +184,11 @@ enum Role {
 /// only) judge expiry as the datapath does. The datapath never reads it: `.rodata` is frozen.
 pub const TIMEOUTS_PIN: &str = GLOBAL_CT_TIMEOUTS;
 
+/// Pin (under `--bpffs`) of a one-entry array holding the [`SnatPorts`] this agent passed to
+/// the programs as `GLOBAL_SNAT_PORTS`, so that `explain` reports the ports a new SNAT flow
+/// can get. The datapath never reads it: `.rodata` is frozen.
+pub const SNAT_PORTS_PIN: &str = GLOBAL_SNAT_PORTS;
+
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -205,12 +212,14 @@ pub struct Datapath {
 }
 
 /// The load-time globals (`.rodata`) the agent sets.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadGlobals {
     /// `svc_common::FAULT_*` bits; 0 except in tests.
     pub fault: u32,
     /// `svc_common::GLOBAL_DEBUG_LOG`: the programs' aya-log messages.
     pub debug_log: bool,
+    /// `svc_common::GLOBAL_SNAT_PORTS`: the source ports SNAT allocates from.
+    pub snat_ports: SnatPorts,
 }
 
 impl Datapath {
@@ -262,6 +271,7 @@ impl Datapath {
         }
         // `must_exist`: an object without the global would silently ignore the flags.
         loader.override_global(GLOBAL_CT_TIMEOUTS, timeouts, true);
+        loader.override_global(GLOBAL_SNAT_PORTS, &globals.snat_ports, true);
         loader.map_max_entries(MAP_CONNTRACK, ct_max);
         loader.map_max_entries(MAP_FRONTENDS, service_maps.max_frontends);
         loader.map_max_entries(MAP_SLOTS, service_maps.max_slots);
@@ -374,6 +384,7 @@ impl Datapath {
             );
         }
         config::pin_timeouts(bpffs, timeouts)?;
+        config::pin_snat_ports(bpffs, &globals.snat_ports)?;
         let config = ConfigMap::from_loaded(&mut ebpf)?;
         info!(
             bpffs = %bpffs.display(),
@@ -798,7 +809,7 @@ pub fn uninstall(bpffs: &Path) -> Result<()> {
     }
     for map in ALL_MAPS
         .iter()
-        .chain([&TIMEOUTS_PIN, &sockreap::SOCK_REAP_PIN])
+        .chain([&TIMEOUTS_PIN, &SNAT_PORTS_PIN, &sockreap::SOCK_REAP_PIN])
     {
         let path = bpffs.join(map);
         if path.exists() {

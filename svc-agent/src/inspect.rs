@@ -29,7 +29,8 @@ use svc_common::{ct_peer_key, CtTimeouts, PROTO_TCP, PROTO_UDP};
 
 use crate::datapath::TIMEOUTS_PIN;
 pub use crate::dataplane::read::{
-    read_affinity, read_config, read_conntrack, read_snapshot, read_stats, read_timeouts, PinError,
+    read_affinity, read_config, read_conntrack, read_snapshot, read_snat_ports, read_stats,
+    read_timeouts, PinError,
 };
 use crate::dataplane::MapSnapshot;
 pub use svc_core::names::{
@@ -297,6 +298,7 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(), InspectError> {
         },
         now_ns: monotonic_now_ns()?,
         ct_timeouts: read_timeouts(bpffs)?,
+        snat_ports: read_snat_ports(bpffs)?,
     };
     let query = explain::Query {
         src: args.src.addr,

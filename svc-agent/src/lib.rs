@@ -34,6 +34,7 @@ pub mod kpconfig;
 pub mod metrics;
 pub mod run;
 pub mod snat;
+pub mod snat_ports;
 pub mod source;
 pub mod trace;
 

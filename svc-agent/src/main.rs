@@ -11,7 +11,7 @@ use svc_agent::{
     run::{RunConfig, Source},
     source::manifests,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Logs to stderr in `format`; the level is `-v` on kube-proxy's scale when given, else
 /// RUST_LOG, else info.
@@ -107,6 +107,8 @@ fn main() -> Result<()> {
             bail!("--cgroup {}: not a cgroup v2 directory", cgroup.display());
         }
     }
+    // Before anything is loaded: a bad --snat-port-range must not leave a half-programmed node.
+    let snat_ports = snat_ports(args.snat_port_range.as_ref())?;
     let fault = args.fault_inject.iter().fold(0, |acc, f| {
         acc | match f {
             Fault::SkipL4Csum => svc_common::FAULT_SKIP_L4_CSUM,
@@ -155,6 +157,7 @@ fn main() -> Result<()> {
         no_budget: args.fault_inject.contains(&Fault::NoBudget),
         fault,
         bpf_debug_log: args.bpf_debug_log,
+        snat_ports,
         ct_timeouts: args.conntrack.timeouts(),
         ct_max: args.conntrack.conntrack_max,
         service_maps: args.service_maps.clone(),
@@ -164,4 +167,27 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(svc_agent::run::run(cfg))
+}
+
+/// `--snat-port-range` checked against this node, or the default computed from it
+/// (`svc_agent::snat_ports`), logged.
+fn snat_ports(
+    given: Option<&svc_agent::snat_ports::SnatRangeArg>,
+) -> Result<svc_common::SnatPorts> {
+    use svc_agent::snat_ports::{
+        choose, describe, parse_ephemeral, EPHEMERAL_SYSCTL, NODEPORT_RANGE,
+    };
+    let text = std::fs::read_to_string(EPHEMERAL_SYSCTL)
+        .with_context(|| format!("reading {EPHEMERAL_SYSCTL} (the ephemeral port range)"))?;
+    let ephemeral =
+        parse_ephemeral(&text).map_err(|e| anyhow::anyhow!("{EPHEMERAL_SYSCTL}: {e}"))?;
+    let ports = choose(given, &ephemeral, &NODEPORT_RANGE).map_err(|e| anyhow::anyhow!(e))?;
+    info!(
+        snat_ports = %describe(&ports),
+        total = ports.total(),
+        ephemeral = %format!("{}-{}", ephemeral.start(), ephemeral.end()),
+        from_flag = given.is_some(),
+        "source ports for SNAT chosen"
+    );
+    Ok(ports)
 }

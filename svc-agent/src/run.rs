@@ -101,6 +101,9 @@ pub struct RunConfig {
     pub fault: u32,
     /// `--bpf-debug-log`: the programs' aya-log messages on, and forwarded to this log.
     pub bpf_debug_log: bool,
+    /// Source ports for SNAT and clash remapping (`--snat-port-range` or the node's default,
+    /// `crate::snat_ports`), passed to the datapath as `svc_common::GLOBAL_SNAT_PORTS`.
+    pub snat_ports: svc_common::SnatPorts,
     /// Conntrack timeouts (`--conntrack-*-timeout*`), for the datapath and the collector.
     pub ct_timeouts: CtTimeouts,
     /// `--conntrack-max`: entries of a newly created conntrack map.
@@ -132,6 +135,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         crate::datapath::LoadGlobals {
             fault: cfg.fault,
             debug_log: cfg.bpf_debug_log,
+            snat_ports: cfg.snat_ports,
         },
         cfg.xdp,
         cfg.tc,

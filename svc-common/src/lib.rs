@@ -26,7 +26,7 @@
 //!   The direction is in the value, not the key, so every hook finds either direction with one
 //!   lookup. The two tuples never coincide: a forward tuple's destination is a frontend, a reply
 //!   tuple's source is a backend; frontends are never pod addresses, and SNAT ports
-//!   ([`SNAT_PORT_MIN`]..) never overlap NodePorts.
+//!   ([`SnatPorts`]) never overlap NodePorts.
 //! - [`SourceRangeKey`] in [`MAP_SOURCE_RANGES`]: an LPM trie of the client prefixes allowed to
 //!   open flows to frontends flagged [`FRONTEND_F_SOURCE_RANGES`] (`loadBalancerSourceRanges`).
 //! - [`Config`] in [`MAP_CONFIG`]: per-node settings the agent writes once at start.
@@ -159,12 +159,81 @@ pub const FRONTEND_F_SOURCE_RANGES: u32 = 16;
 /// yet; kube-proxy allows node traffic exactly when a range contains the node IP.
 pub const FRONTEND_F_DENY_NODE: u32 = 32;
 
-/// First port of the range the uplink path allocates for source NAT (remote backends of
-/// external traffic). Above Linux's default ephemeral range (32768–60999) so node sockets never
-/// collide with it, and above the NodePort range (30000–32767).
+/// First port of the object's built-in SNAT range ([`SnatPorts::DEFAULT`]), the one a datapath
+/// loaded without the agent uses. Above Linux's default ephemeral range (32768–60999) so node
+/// sockets never collide with it, and above the NodePort range (30000–32767). The agent
+/// replaces it at load time with `--snat-port-range` or a larger range computed from the node.
 pub const SNAT_PORT_MIN: u16 = 61_000;
-/// Last port of the SNAT range.
+/// Last port of the built-in SNAT range.
 pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Name of the load-time global (`.rodata`, a [`SnatPorts`]) holding the source ports the
+/// datapath allocates for source NAT (remote backends of external traffic) and for the
+/// remapping of a client port that clashes with a live flow.
+pub const GLOBAL_SNAT_PORTS: &str = "SVC_SNAT_PORTS";
+
+/// The source ports source NAT allocates from: up to two contiguous ranges, range `k` being
+/// `first[k]..first[k] + count[k]`. A zero count means range `k` is unused; the agent always
+/// passes a total of at least one port, and ranges that do not overlap (overlapping ranges
+/// would only make some ports likelier). Two ranges, not one, because the ports that are safe
+/// on a node are the complement of the ephemeral range and the NodePort range, which is two
+/// pieces on a default Linux node (1024–29999 and 61000–65535).
+///
+/// The datapath names a port by an index in `0..`[`total`](Self::total) and maps it with
+/// [`port`](Self::port), without a branch (the index is random, so a branch would double the
+/// verifier's paths in every retry of `commit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SnatPorts {
+    /// First port of each range, host order.
+    pub first: [u16; 2],
+    /// Number of ports of each range (0: unused). A `u16` holds any valid range: ports
+    /// 1–65535 are 65535 ports.
+    pub count: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<SnatPorts>() == 8);
+
+impl SnatPorts {
+    /// [`SNAT_PORT_MIN`]`..=`[`SNAT_PORT_MAX`] alone: the object's built-in default (what
+    /// fixture tests get when they load the object without the agent).
+    pub const DEFAULT: Self = Self {
+        first: [SNAT_PORT_MIN, 0],
+        count: [SNAT_PORT_MAX - SNAT_PORT_MIN + 1, 0],
+    };
+
+    /// How many ports the two ranges hold.
+    #[inline(always)]
+    pub const fn total(&self) -> u32 {
+        self.count[0] as u32 + self.count[1] as u32
+    }
+
+    /// The `i`-th port, `i` in `0..total()`: ports of range 0 first, then range 1. Branch
+    /// free: `i - count[0]` wraps (bit 31 set) exactly when `i` lies in range 0, and the sign
+    /// spreads into an all-ones mask that selects between the two candidates.
+    #[inline(always)]
+    pub const fn port(&self, i: u32) -> u16 {
+        let c0 = self.count[0] as u32;
+        let off1 = i.wrapping_sub(c0);
+        let in_first = ((off1 as i32) >> 31) as u32;
+        let p0 = (self.first[0] as u32).wrapping_add(i);
+        let p1 = (self.first[1] as u32).wrapping_add(off1);
+        ((p0 & in_first) | (p1 & !in_first)) as u16
+    }
+
+    /// Range `k` (0 or 1) as an inclusive range, `None` when unused.
+    pub fn range(&self, k: usize) -> Option<core::ops::RangeInclusive<u16>> {
+        let count = *self.count.get(k)?;
+        (count != 0).then(|| {
+            let first = self.first[k];
+            first..=first.wrapping_add(count - 1)
+        })
+    }
+
+    /// Whether `port` is one of the ports.
+    pub fn contains(&self, port: u16) -> bool {
+        (0..2).any(|k| self.range(k).is_some_and(|r| r.contains(&port)))
+    }
+}
 /// How many random ports a new flow tries before giving up with [`Reason::SnatNoPort`]. A port
 /// held by an expired or closed flow is taken over, so with short flows nearly every first try
 /// succeeds; 16 tries fail only when more than ~75 % of the range is held by live flows to the
@@ -540,6 +609,7 @@ aya_pod!(
     AffinityKey,
     Affinity,
     CtTimeouts,
+    SnatPorts,
     FragKey,
     FragPorts,
     RateWindow,

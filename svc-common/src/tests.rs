@@ -190,3 +190,44 @@ fn peer_keys_pair_up_for_dnat_snat_and_remapped_flows() {
     rep.dst_port = fwd_key.src_port;
     assert_eq!(ct_peer_key(&rep_key, &rep), fwd_key);
 }
+
+#[test]
+fn snat_ports_map_every_index_once() {
+    // The built-in default: one range, 61000–65535.
+    let d = SnatPorts::DEFAULT;
+    assert_eq!(d.total(), 4536);
+    assert_eq!(d.port(0), SNAT_PORT_MIN);
+    assert_eq!(d.port(d.total() - 1), SNAT_PORT_MAX);
+    assert_eq!(d.range(0), Some(SNAT_PORT_MIN..=SNAT_PORT_MAX));
+    assert_eq!(d.range(1), None);
+    // Two ranges (the agent's default on a Linux node with default sysctls), a one-port
+    // second range, a second range alone, and the largest range a u16 count holds.
+    for ports in [
+        SnatPorts {
+            first: [1024, 61_000],
+            count: [28_976, 4536],
+        },
+        SnatPorts {
+            first: [1024, 65_535],
+            count: [100, 1],
+        },
+        SnatPorts {
+            first: [0, 40_000],
+            count: [0, 10],
+        },
+        SnatPorts {
+            first: [1, 0],
+            count: [65_535, 0],
+        },
+    ] {
+        let expected = (0..2).filter_map(|k| ports.range(k)).flatten();
+        let got = (0..ports.total()).map(|i| ports.port(i));
+        assert!(got.clone().eq(expected), "{ports:?}");
+        assert!(got.into_iter().all(|p| ports.contains(p)));
+    }
+    assert!(!SnatPorts {
+        first: [1024, 61_000],
+        count: [28_976, 4536]
+    }
+    .contains(30_000));
+}

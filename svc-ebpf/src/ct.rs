@@ -2,7 +2,7 @@
 //! key), expiry by state, the repair of a lost reply entry, and whether a live entry's
 //! backend still belongs to its frontend. The decisions for new flows are in `lb`.
 use svc_common::{
-    ct_next_state, ct_peer_key, ct_state_closed, CtEntry, CtKey, CtTimeouts, SlotKey,
+    ct_next_state, ct_peer_key, ct_state_closed, CtEntry, CtKey, CtTimeouts, SlotKey, SnatPorts,
     CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED,
     CT_STATE_NONE, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST,
     CT_TCP_SYN, PROTO_TCP, PROTO_UDP,
@@ -17,6 +17,15 @@ use crate::{
 #[inline(always)]
 pub(crate) fn timeouts() -> &'static CtTimeouts {
     let p: *const CtTimeouts = &crate::SVC_CT_TIMEOUTS;
+    // SAFETY: `p` points at a static that lives as long as the program.
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+/// The SNAT ports, read through a volatile pointer like [`timeouts`] so the compiler cannot
+/// fold the built-in default the agent overrides.
+#[inline(always)]
+pub(crate) fn snat_ports() -> &'static SnatPorts {
+    let p: *const SnatPorts = &crate::SVC_SNAT_PORTS;
     // SAFETY: `p` points at a static that lives as long as the program.
     unsafe { &*core::ptr::read_volatile(&p) }
 }

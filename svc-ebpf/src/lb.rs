@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use svc_common::{
     ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, CtEntry, CtKey, CtTimeouts,
-    Frontend, FrontendKey, Reason, SlotKey, SourceRangeKey, BACKEND_F_LOCAL, CT_DIR_FORWARD,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT,
-    CT_STATE_UDP_UNREPLIED, CT_TCP_RST, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
-    FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
-    SNAT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_ID_BITS,
+    Frontend, FrontendKey, Reason, SlotKey, SnatPorts, SourceRangeKey, BACKEND_F_LOCAL,
+    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_ESTABLISHED,
+    CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_RST, FRONTEND_F_DROP_NO_BACKEND,
+    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
+    SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SOURCE_RANGE_ID_BITS,
 };
 
 use crate::ct::*;
@@ -82,6 +82,49 @@ pub(crate) fn mix(mut h: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+/// [`SnatPorts`] prepared for [`snat_port`]: what depends on the ranges only, computed once
+/// before the retry loops of `commit` so that each try adds a few ALU instructions.
+#[derive(Clone, Copy)]
+pub(crate) struct SnatMap {
+    /// Ports in range 0: indexes below it are in range 0.
+    c0: u32,
+    /// First port of range 1.
+    f1: u32,
+    /// What range 0 adds on top of range 1's mapping: `first[0] + count[0] - first[1]`.
+    d: u32,
+    /// Ports in both ranges.
+    total: u32,
+}
+
+impl SnatMap {
+    #[inline(always)]
+    pub(crate) fn new(p: &SnatPorts) -> Self {
+        let c0 = p.count[0] as u32;
+        let f1 = p.first[1] as u32;
+        Self {
+            c0,
+            f1,
+            d: (p.first[0] as u32).wrapping_add(c0).wrapping_sub(f1),
+            total: p.total(),
+        }
+    }
+}
+
+/// The `i`-th SNAT port, `i` in `0..total`: `SnatPorts::port` (table-tested in svc-common) in
+/// fewer instructions and without a branch. `t = i - c0` maps into range 1 (`t + f1`); when it
+/// wraps (`i` in range 0) its sign bit spreads into a mask that adds `d`, giving
+/// `i + first[0]`. LLVM would turn the mask back into a select, which BPF can only lower as a
+/// branch on the random index in every retry of `commit`: the mask goes through a volatile
+/// stack slot so it stays arithmetic.
+#[inline(always)]
+pub(crate) fn snat_port(m: &SnatMap, i: u32) -> u16 {
+    let t = i.wrapping_sub(m.c0);
+    let mut mask = ((t as i32) >> 31) as u32;
+    // SAFETY: a local read back at once.
+    mask = unsafe { core::ptr::read_volatile(&mask) };
+    t.wrapping_add(m.f1).wrapping_add(m.d & mask) as u16
 }
 
 /// A uniformly random number in `0..n`.
@@ -434,8 +477,9 @@ fn new_flow(
         // the port its SYN got, so the backend keeps seeing the same 4-tuple. Computed here,
         // not in `commit`: there, the extra branch cost the verifier ~100k instructions in
         // svc_pod_ingress, which never source-NATs.
-        let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-        fwd.src_port = SNAT_PORT_MIN + scale(mix(flow_hash(flow) ^ SNAT_PORT_SALT), span) as u16;
+        let ports = SnatMap::new(snat_ports());
+        let i = scale(mix(flow_hash(flow) ^ SNAT_PORT_SALT), ports.total);
+        fwd.src_port = snat_port(&ports, i);
     }
     Ok(Step::Translate(reason))
 }
@@ -472,14 +516,16 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     // The forward entry's source port is tried first: the client's own port, or with SNAT the
     // one `new_flow` named by a hash of the client's tuple. When a live flow holds that reply
     // tuple (one client port to two frontends sharing a backend; another client's SNAT flow),
-    // a port is chosen at random in the SNAT range, as nf_nat picks another source port on a
-    // clash: free ports first (a plain insert each: the loop stays cheap for the verifier),
-    // then a few ports whose flows may be over and can be taken over.
-    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    // a port is chosen at random among the SNAT ports, as nf_nat picks another source port on
+    // a clash: free ports first (a plain insert each: the loop stays cheap for the verifier),
+    // then a few ports whose flows may be over and can be taken over. `snat_port` maps
+    // the random index across the (up to two) ranges without a branch.
+    let ports = SnatMap::new(snat_ports());
+    let span = ports.total;
     let mut claimed = claim::<true>(t, &rep_key, rep, now);
     if !claimed {
         for _ in 0..SNAT_ATTEMPTS {
-            rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
+            rep_key.dst_port = snat_port(&ports, random_below(span));
             if SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST).is_ok() {
                 claimed = true;
                 break;
@@ -489,7 +535,7 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
             if claimed {
                 break;
             }
-            rep_key.dst_port = SNAT_PORT_MIN + random_below(span) as u16;
+            rep_key.dst_port = snat_port(&ports, random_below(span));
             claimed = claim::<false>(t, &rep_key, rep, now);
         }
         if !claimed {

@@ -105,6 +105,13 @@ static SVC_FAULT_INJECT: u32 = 0;
 #[no_mangle]
 static SVC_CT_TIMEOUTS: svc_common::CtTimeouts = svc_common::CtTimeouts::DEFAULT;
 
+/// Source ports for source NAT and clash remapping (`svc_common::GLOBAL_SNAT_PORTS`): the agent
+/// overrides them from `--snat-port-range` or the node's sysctls at load time; the built-in
+/// default is 61000–65535 alone, what the fixture tests expect when they load the object as is.
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
+static SVC_SNAT_PORTS: svc_common::SnatPorts = svc_common::SnatPorts::DEFAULT;
+
 /// Kernel debug messages (aya-log), off unless the agent runs with `--bpf-debug-log`
 /// (`svc_common::GLOBAL_DEBUG_LOG`). A `.rodata` constant: at 0 the verifier removes every
 /// message's code, so a datapath without the flag pays nothing for them. The messages say

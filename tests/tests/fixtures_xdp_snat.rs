@@ -13,7 +13,7 @@ use std::{
 };
 
 use svc_common::{
-    CtEntry, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT, PROTO_TCP, SNAT_ATTEMPTS,
+    CtEntry, Reason, SnatPorts, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT, PROTO_TCP, SNAT_ATTEMPTS,
     SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 use svc_testkit::fixtures::*;
@@ -218,5 +218,101 @@ fn snat_with_almost_every_port_taken_finds_a_free_one_or_drops() {
              the program cannot be honouring the pre-filled entries"
         );
         println!("{translated} translated onto a free port, {dropped} dropped as snat_no_port");
+    });
+}
+
+/// Two small ranges, so that both are certainly drawn from and their ends are reachable.
+const TWO_RANGES: SnatPorts = SnatPorts {
+    first: [2000, 61_000],
+    count: [50, 50],
+};
+
+/// Runs the SYN of a new flow `client` → [`NODEPORT`] (remote backend): `Some(port)` with the
+/// frame checked when it is translated, `None` when dropped as `snat_no_port`.
+fn syn_with_ports(dp: &Datapath, uplink: XdpUplink, i: u16, client: SocketAddrV4) -> Option<u16> {
+    let syn = Pkt::tcp(client, NODEPORT, TCP_SYN);
+    let res = dp
+        .run_xdp(XDP_PROGRAM, &from_client(&syn), 1, uplink.ifindex)
+        .unwrap();
+    match res.retval {
+        XDP_TX => {
+            let port = dp
+                .ct_get(&ct_forward(client, NODEPORT, PROTO_TCP))
+                .unwrap_or_else(|| panic!("flow {i}: no forward entry"))
+                .src_port;
+            let want = syn
+                .clone()
+                .with_src(snat(port))
+                .with_dst(BACKEND_B)
+                .with_ttl(63)
+                .build_eth(NODE_MAC, PEER_NODE_MAC);
+            assert!(
+                res.output == want,
+                "flow {i}: output differs:\n{}",
+                diff_frames(&want, &res.output).join("\n")
+            );
+            Some(port)
+        }
+        XDP_DROP => None,
+        v => panic!("flow {i}: verdict {v}, expected XDP_TX or XDP_DROP"),
+    }
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn snat_ports_come_from_both_configured_ranges() {
+    // 40 flows in 2 × 50 ports: every flow finds a free port, each port is in one of the two
+    // ranges (not the built-in 61000–65535 beyond them), both ranges are used.
+    let programs = NodePrograms {
+        xdp: true,
+        uplink_tc: false,
+    };
+    node_datapath_test_with_snat_ports(programs, TWO_RANGES, |dp, uplink| {
+        remote_nodeport(dp);
+        let mut ports = BTreeSet::new();
+        for i in 0..40 {
+            let port = syn_with_ports(dp, uplink, i, ext_client(44000 + i))
+                .unwrap_or_else(|| panic!("flow {i} dropped with 60 of 100 ports free"));
+            assert!(
+                TWO_RANGES.contains(port),
+                "flow {i}: port {port} outside {TWO_RANGES:?}"
+            );
+            assert!(ports.insert(port), "flow {i}: port {port} given twice");
+        }
+        assert!(ports.iter().any(|&p| p < 3000) && ports.iter().any(|&p| p >= 61_000));
+    });
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn snat_reaches_the_ends_of_both_ranges() {
+    // Every port but the first and last of each range is held: a flow that gets a port gets
+    // one of those four (an off-by-one in the index-to-port mapping would hand out 1999, 2050,
+    // 60999 or 61050, whose reply entries are free and would be claimed).
+    let programs = NodePrograms {
+        xdp: true,
+        uplink_tc: false,
+    };
+    node_datapath_test_with_snat_ports(programs, TWO_RANGES, |dp, uplink| {
+        remote_nodeport(dp);
+        let free = [2000u16, 2049, 61_000, 61_049];
+        let taken: BTreeSet<u16> = (0..TWO_RANGES.total())
+            .map(|i| TWO_RANGES.port(i))
+            .filter(|p| !free.contains(p))
+            .collect();
+        assert_eq!(taken.len(), 96);
+        occupy(dp, &taken);
+        let mut got = BTreeSet::new();
+        for i in 0..60 {
+            if let Some(port) = syn_with_ports(dp, uplink, i, ext_client(45000 + i)) {
+                assert!(
+                    free.contains(&port),
+                    "flow {i}: port {port}, not one of {free:?}"
+                );
+                assert!(got.insert(port), "flow {i}: port {port} given twice");
+            }
+        }
+        assert!(!got.is_empty(), "no flow found one of the 4 free ports");
+        println!("free ports claimed: {got:?}");
     });
 }

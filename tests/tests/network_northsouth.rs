@@ -1,6 +1,7 @@
 //! North-south end to end (needs root): NodePorts, a LoadBalancer IP and an external IP
 //! reached from the external client over the underlay, on XDP and the tc uplink path; traffic
-//! policies, hairpin, and localhost NodePorts through the cgroup socket hooks.
+//! policies, hairpin, localhost NodePorts through the cgroup socket hooks, and enough SNAT ports
+//! for thousands of new UDP flows to a remote backend.
 //!
 //! Node 1 runs pods c1, be1 and hp; node 2 runs be2 and c2. The external client (172.18.0.100)
 //! routes the documentation ranges via node 1, like a router in front of one node; NodePorts it
@@ -134,6 +135,17 @@ impl Scene {
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: itp\nspec:\n  clusterIP: 10.96.0.60\n  \
                  internalTrafficPolicy: Local\n{PORTS}---\n{}",
                 endpoint_slice("itp", &both)
+            ),
+        )
+        .unwrap();
+        // A UDP NodePort whose only endpoint is on node 2: every flow through node 1 is
+        // source-NATed, so each new one holds one of node 1's SNAT ports.
+        m.write(
+            "remote-only.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: remote-only\nspec:\n  type: NodePort\n  \
+                 ports:\n    - {{name: dns, port: 53, targetPort: 5353, nodePort: 30300, protocol: UDP}}\n---\n{}",
+                endpoint_slice("remote-only", &[ep("be2")])
             ),
         )
         .unwrap();
@@ -436,4 +448,88 @@ fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
         "0",
         "route_localnet must stay 0 (CVE-2020-8558)"
     );
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn many_new_udp_flows_to_a_remote_backend_all_get_a_snat_port() {
+    // 6000 new UDP flows (a socket each) through node 1's NodePort to the one backend, on node 2,
+    // within a few seconds: each holds an SNAT port for 30 s, so with the former fixed
+    // 61000–65535 (4536 ports) the flows past ~4500 were dropped as snat_no_port. The agent's
+    // default from the node (1024–29999 and 61000–65535) leaves room for all of them.
+    require_root();
+    let s = Scene::start(&[]);
+    let ext = s.ext();
+    let started = std::time::Instant::now();
+    let r = s.run(
+        &ext,
+        &[
+            "udp",
+            "--target",
+            "172.18.0.2:30300",
+            "--count",
+            "6000",
+            "--timeout-ms",
+            "1000",
+            "--sockets",
+            "per-request",
+            "--parallel",
+            "8",
+        ],
+    );
+    let elapsed = started.elapsed();
+    println!(
+        "6000 new UDP flows in {elapsed:?}: {} answered, {} failed, errors {:?}",
+        r.ok, r.failed, r.errors
+    );
+    assert_eq!((r.ok, r.failed), (6000, 0), "errors: {:?}", r.errors);
+    assert_eq!(r.by_backend.get("be2").copied(), Some(6000));
+    assert_eq!(r.reply_from, vec!["172.18.0.2:30300".to_string()]);
+    // The backend saw node 1's SNAT ports: both ranges, never an ephemeral or NodePort one.
+    let ports: Vec<u16> = r
+        .peers_seen_by_backend
+        .iter()
+        .map(|p| {
+            let (addr, port) = p.rsplit_once(':').expect("ADDR:PORT");
+            assert_eq!(addr, "172.18.0.2", "peer {p}: not node 1's address");
+            port.parse().expect("a port")
+        })
+        .collect();
+    assert!(
+        ports
+            .iter()
+            .all(|p| (1024..=29_999).contains(p) || (61_000..=65_535).contains(p)),
+        "a SNAT port outside 1024-29999 and 61000-65535"
+    );
+    assert!(ports.iter().any(|&p| p < 30_000) && ports.iter().any(|&p| p >= 61_000));
+    // `explain` reports the ports the agent loaded (its SVC_SNAT_PORTS pin).
+    let agent_bin = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
+    let bpffs = s.agents[0].bpffs().to_str().unwrap().to_owned();
+    let cmd = [
+        agent_bin.to_str().unwrap(),
+        "explain",
+        "172.18.0.100",
+        "172.18.0.2:30300/udp",
+        "--from",
+        "uplink",
+        "--bpffs",
+        &bpffs,
+    ];
+    let done =
+        s.t.spawn_nsenter(&s.t.node(1).ns, &cmd)
+            .unwrap()
+            .finish(Duration::from_secs(20))
+            .unwrap();
+    assert!(done.status.success(), "explain: {}", done.stderr);
+    assert!(
+        done.stdout.contains(":1024-29999,61000-65535 (random)"),
+        "explain does not show the loaded SNAT ports: {}",
+        done.stdout
+    );
+    let node1 = &s.agents[0];
+    let no_port = node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap()
+        + node1
+            .counter(Hook::UplinkIngress, Reason::SnatNoPort)
+            .unwrap();
+    assert_eq!(no_port, 0, "node 1 dropped flows for want of an SNAT port");
 }

@@ -157,12 +157,41 @@ fn the_budget_file_names_the_objects_programs() {
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn every_program_loads_with_debug_messages_on() {
+    load_every_program(
+        EbpfLoader::new().override_global(svc_common::GLOBAL_DEBUG_LOG, &1u32, true),
+        "debug messages on",
+    );
+}
+
+/// The agent's default SNAT ports on a node with Linux's default ephemeral range are two
+/// ranges (svc-agent `snat_ports`), where the object's built-in default (the budgeted load) is
+/// one: the index-to-port mapping is branch-free, so both must cost the same; printed, and
+/// every program must load that way, with and without debug messages.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn every_program_loads_with_two_snat_ranges() {
+    let two = svc_common::SnatPorts {
+        first: [1024, 61_000],
+        count: [28_976, 4536],
+    };
+    load_every_program(
+        EbpfLoader::new().override_global(svc_common::GLOBAL_SNAT_PORTS, &two, true),
+        "two SNAT ranges",
+    );
+    load_every_program(
+        EbpfLoader::new()
+            .override_global(svc_common::GLOBAL_SNAT_PORTS, &two, true)
+            .override_global(svc_common::GLOBAL_DEBUG_LOG, &1u32, true),
+        "two SNAT ranges, debug messages on",
+    );
+}
+
+fn load_every_program(loader: &mut EbpfLoader<'_>, what: &str) {
     require_root();
     let (object, btf) = loadable_object().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut ebpf = EbpfLoader::new()
-        .override_global(svc_common::GLOBAL_DEBUG_LOG, &1u32, true)
+    let mut ebpf = loader
         .load(&object)
-        .unwrap_or_else(|e| panic!("loading with debug messages on: {e:#}"));
+        .unwrap_or_else(|e| panic!("loading with {what}: {e:#}"));
     for (name, prog) in ebpf.programs_mut() {
         let loaded = match prog {
             Program::SchedClassifier(p) => p.load(),
@@ -171,13 +200,13 @@ fn every_program_loads_with_debug_messages_on() {
             Program::Iter(p) => p.load("udp", &btf),
             other => panic!("{name}: unexpected program type {:?}", other.prog_type()),
         };
-        loaded.unwrap_or_else(|e| panic!("{name} with debug messages on: {e:#}"));
+        loaded.unwrap_or_else(|e| panic!("{name} with {what}: {e:#}"));
         let count = prog
             .info()
             .unwrap()
             .verified_instruction_count()
             .unwrap_or(0);
-        println!("{name:<24} {count:>8} verified instructions with debug messages on");
+        println!("{name:<24} {count:>8} verified instructions with {what}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! `SVC_CONFIG` (the node settings the programs read) and the pinned copy of the conntrack
-//! timeouts (`SVC_CT_TIMEOUTS`, for the tools that judge expiry as the datapath does).
+//! timeouts (`SVC_CT_TIMEOUTS`, for the tools that judge expiry as the datapath does) and of the
+//! SNAT ports (`SVC_SNAT_PORTS`, for `explain`).
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -7,9 +8,9 @@ use aya::{
     maps::{Array, Map, MapData},
     Ebpf,
 };
-use svc_common::{Config, CtTimeouts, MAP_CONFIG};
+use svc_common::{Config, CtTimeouts, SnatPorts, MAP_CONFIG};
 
-use crate::datapath::TIMEOUTS_PIN;
+use crate::datapath::{SNAT_PORTS_PIN, TIMEOUTS_PIN};
 
 /// `SVC_CONFIG`, one entry.
 pub struct ConfigMap(Array<MapData, Config>);
@@ -40,22 +41,38 @@ impl ConfigMap {
 /// Writes `timeouts` to the [`TIMEOUTS_PIN`] array, creating (or, if it has another layout,
 /// replacing) it.
 pub fn pin_timeouts(bpffs: &Path, timeouts: &CtTimeouts) -> Result<()> {
-    let path = bpffs.join(TIMEOUTS_PIN);
+    pin_value(
+        bpffs,
+        TIMEOUTS_PIN,
+        timeouts,
+        "the conntrack timeouts array",
+    )
+}
+
+/// Writes `ports` to the [`SNAT_PORTS_PIN`] array, as [`pin_timeouts`].
+pub fn pin_snat_ports(bpffs: &Path, ports: &SnatPorts) -> Result<()> {
+    pin_value(bpffs, SNAT_PORTS_PIN, ports, "the SNAT ports array")
+}
+
+/// Writes `value` to the one-entry array pinned as `name`, creating (or, if it has another
+/// layout, replacing) it.
+fn pin_value<T: aya::Pod>(bpffs: &Path, name: &str, value: &T, what: &str) -> Result<()> {
+    let path = bpffs.join(name);
     let existing = MapData::from_pin(&path)
         .ok()
         .and_then(|d| Map::from_map_data(d).ok())
-        .and_then(|m| Array::<MapData, CtTimeouts>::try_from(m).ok());
-    let write = |array: &mut Array<MapData, CtTimeouts>| {
+        .and_then(|m| Array::<MapData, T>::try_from(m).ok());
+    let write = |array: &mut Array<MapData, T>| {
         array
-            .set(0, timeouts, 0)
+            .set(0, value, 0)
             .with_context(|| format!("writing {}", path.display()))
     };
     match existing {
         Some(mut array) => write(&mut array),
         None => {
             let _ = std::fs::remove_file(&path);
-            let mut array = Array::<MapData, CtTimeouts>::create(1, 0)
-                .context("creating the conntrack timeouts array")?;
+            let mut array =
+                Array::<MapData, T>::create(1, 0).with_context(|| format!("creating {what}"))?;
             write(&mut array)?;
             array
                 .pin(&path)

@@ -9,14 +9,14 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use svc_common::{
-    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Frontend, FrontendKey, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS, MAP_SOURCE_RANGES,
-    MAP_STATS,
+    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Frontend, FrontendKey, SnatPorts,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 use super::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot};
 use crate::cli::DEFAULT_BPFFS;
-use crate::datapath::TIMEOUTS_PIN;
+use crate::datapath::{SNAT_PORTS_PIN, TIMEOUTS_PIN};
 
 /// Reading a pinned map failed. `NotPinned` is the expected one (wrong `--bpffs`, agent
 /// never started); the others mean missing privilege or a map of another layout.
@@ -178,6 +178,21 @@ pub fn read_timeouts(bpffs: &Path) -> Result<Option<CtTimeouts>, PinError> {
     let array: Array<MapData, CtTimeouts> = typed(TIMEOUTS_PIN, path, data, Array::try_from)?;
     array.get(&0, 0).map(Some).map_err(|source| PinError::Read {
         map: TIMEOUTS_PIN,
+        source,
+    })
+}
+
+/// The SNAT ports the agent gave the datapath (its [`SNAT_PORTS_PIN`] copy); `None` when an
+/// agent that predates it pinned the maps.
+pub fn read_snat_ports(bpffs: &Path) -> Result<Option<SnatPorts>, PinError> {
+    let (data, path) = match open(bpffs, SNAT_PORTS_PIN) {
+        Ok(d) => d,
+        Err(PinError::NotPinned { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let array: Array<MapData, SnatPorts> = typed(SNAT_PORTS_PIN, path, data, Array::try_from)?;
+    array.get(&0, 0).map(Some).map_err(|source| PinError::Read {
+        map: SNAT_PORTS_PIN,
         source,
     })
 }

@@ -433,14 +433,18 @@ fn outcome_line(o: &explain::Outcome) -> String {
         Translate {
             new_src,
             new_src_port,
-            new_src_port_range,
+            new_src_port_ranges,
             new_dst,
             new_dst_port,
             flags,
             counter,
         } => {
-            let sport = match (new_src_port, new_src_port_range) {
-                (_, Some([a, b])) => format!("{new_src}:{a}-{b} (random)"),
+            let sport = match (new_src_port, new_src_port_ranges) {
+                (_, Some(ranges)) => {
+                    let ranges: Vec<String> =
+                        ranges.iter().map(|[a, b]| format!("{a}-{b}")).collect();
+                    format!("{new_src}:{} (random)", ranges.join(","))
+                }
                 (p, None) => endpoint(*new_src, *p),
             };
             let flags = if flags.is_empty() {

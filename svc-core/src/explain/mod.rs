@@ -10,7 +10,7 @@
 //! What it cannot know is said, not guessed: the backend of a new flow is a uniformly random
 //! slot (`bpf_get_prandom_u32`) unless a fresh session-affinity entry names one (`SVC_AFFINITY`,
 //! lb.rs `pick_backend`), so every eligible slot is listed with what choosing it does; a
-//! source-NAT port is random in [`SNAT_PORT_MIN`]`..=`[`SNAT_PORT_MAX`]; whether the socket
+//! source-NAT port is random among the SNAT ports ([`Snapshot::snat_ports`]); whether the socket
 //! hooks are attached to the caller's cgroup is not in any map. When the datapath changes, this
 //! file must change with it: its table tests name each branch of `new_flow`.
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -18,10 +18,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use serde::{Deserialize, Serialize};
 use svc_common::{
     ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, Config, CtEntry, CtKey,
-    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, ALL_REASONS, BACKEND_F_LOCAL,
+    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, SnatPorts, ALL_REASONS, BACKEND_F_LOCAL,
     CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
     FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
-    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use crate::dataplane::MapSnapshot;
@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub now_ns: u64,
     /// The conntrack timeouts the agent gave the datapath; `None`: the defaults.
     pub ct_timeouts: Option<CtTimeouts>,
+    /// The SNAT ports the agent gave the datapath (`SVC_SNAT_PORTS` pin); `None`: the object's
+    /// built-in [`SnatPorts::DEFAULT`] (pins of an agent that predates them).
+    pub snat_ports: Option<SnatPorts>,
 }
 
 /// One frontend map entry as `explain` shows it.
@@ -104,10 +107,11 @@ pub enum Outcome {
     Translate {
         new_src: Ipv4Addr,
         /// The source port written; `None` when it is the client's own (unknown without
-        /// `SRC:PORT`) or a random SNAT port (see `new_src_port_range`).
+        /// `SRC:PORT`) or a random SNAT port (see `new_src_port_ranges`).
         new_src_port: Option<u16>,
-        /// `[first, last]` of the random SNAT port range, with `snat`.
-        new_src_port_range: Option<[u16; 2]>,
+        /// With `snat`: `[first, last]` of each range of SNAT ports the random port is drawn
+        /// from (the agent's `--snat-port-range` or its default from the node).
+        new_src_port_ranges: Option<Vec<[u16; 2]>>,
         new_dst: Ipv4Addr,
         new_dst_port: u16,
         /// `CT_F_*` words the conntrack entries get: `snat`, `hairpin`, `external`.
@@ -214,7 +218,7 @@ fn tracked(q: &Query, entry: &CtEntry) -> Tracked {
     let translate = |reason: Reason| Outcome::Translate {
         new_src: entry.src_addr.into(),
         new_src_port: Some(entry.src_port),
-        new_src_port_range: None,
+        new_src_port_ranges: None,
         new_dst: entry.dst_addr.into(),
         new_dst_port: entry.dst_port,
         flags: ct_flag_words(entry.flags),
@@ -392,7 +396,7 @@ fn candidate(
     };
     let mut new_src = q.src;
     let mut new_src_port = q.src_port;
-    let mut new_src_port_range = None;
+    let mut new_src_port_ranges = None;
     let mut flags = 0u8;
     let mut reason = match sticky {
         Some(_) => Reason::Affinity,
@@ -420,7 +424,13 @@ fn candidate(
                 };
                 new_src = config.node_addr.into();
                 new_src_port = None;
-                new_src_port_range = Some([SNAT_PORT_MIN, SNAT_PORT_MAX]);
+                let ports = snap.snat_ports.unwrap_or(SnatPorts::DEFAULT);
+                new_src_port_ranges = Some(
+                    (0..2)
+                        .filter_map(|k| ports.range(k))
+                        .map(|r| [*r.start(), *r.end()])
+                        .collect(),
+                );
                 flags |= CT_F_SNAT;
             }
         }
@@ -428,7 +438,7 @@ fn candidate(
     c.outcome = Outcome::Translate {
         new_src,
         new_src_port,
-        new_src_port_range,
+        new_src_port_ranges,
         new_dst: backend.addr.into(),
         new_dst_port: backend.port,
         flags: ct_flag_words(flags),

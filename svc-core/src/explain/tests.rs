@@ -123,7 +123,7 @@ fn translate(
     Outcome::Translate {
         new_src: src.into(),
         new_src_port: sport,
-        new_src_port_range: None,
+        new_src_port_ranges: None,
         new_dst: dst.into(),
         new_dst_port: 8080,
         flags: flags.iter().map(|f| f.to_string()).collect(),
@@ -135,7 +135,7 @@ fn snat(dst: [u8; 4]) -> Outcome {
     Outcome::Translate {
         new_src: NODE.into(),
         new_src_port: None,
-        new_src_port_range: Some([SNAT_PORT_MIN, SNAT_PORT_MAX]),
+        new_src_port_ranges: Some(vec![[svc_common::SNAT_PORT_MIN, svc_common::SNAT_PORT_MAX]]),
         new_dst: dst.into(),
         new_dst_port: 8080,
         flags: vec!["snat".into(), "external".into()],
@@ -229,6 +229,28 @@ fn new_flow_decisions() {
         assert_eq!(e.new_flow, want, "{name}");
         assert_eq!(outcomes(&e), want_candidates, "{name}");
     }
+}
+
+#[test]
+fn snat_reports_the_ports_the_agent_loaded() {
+    // Pins of an agent that predates the SNAT ports pin: the object's built-in range (above);
+    // with the pin, every range the agent gave the datapath.
+    let mut snap = scene();
+    snap.snat_ports = Some(svc_common::SnatPorts {
+        first: [1024, 61_000],
+        count: [28_976, 4536],
+    });
+    let e = explain(&snap, &q(EXTERNAL_CLIENT, NODE, 30007, Origin::Uplink));
+    let want = Outcome::Translate {
+        new_src: NODE.into(),
+        new_src_port: None,
+        new_src_port_ranges: Some(vec![[1024, 29_999], [61_000, 65_535]]),
+        new_dst: BACKEND_REMOTE.into(),
+        new_dst_port: 8080,
+        flags: vec!["snat".into(), "external".into()],
+        counter: "dnat_new".into(),
+    };
+    assert_eq!(outcomes(&e)[1], (2, want));
 }
 
 #[test]
