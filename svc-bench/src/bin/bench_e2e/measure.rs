@@ -363,11 +363,7 @@ pub(crate) fn check_exclusive(t: &Topology, mode: Mode, want_xdp: bool) -> Resul
                 node.index
             );
         }
-        let link = t.exec_ok(&node.ns, &["ip", "-d", "link", "show", "dev", "eth0"])?;
-        let xdp = ["xdpgeneric", "xdpdrv", "xdpoffload", "xdp"]
-            .into_iter()
-            .find(|k| link.split_whitespace().any(|w| w == *k))
-            .unwrap_or("none");
+        let xdp = eth0_xdp(t, &node.ns)?;
         ensure!(
             (xdp != "none") == want_xdp,
             "node {}: XDP on eth0 is {xdp} in mode {}",
@@ -379,6 +375,16 @@ pub(crate) fn check_exclusive(t: &Topology, mode: Mode, want_xdp: bool) -> Resul
         }
     }
     Ok(xdp_seen)
+}
+
+/// What XDP `eth0` of namespace `ns` carries: `xdpgeneric`, `xdpdrv`, `xdpoffload`, `xdp`
+/// (native, as `ip` shows a link-based attachment), or `none`.
+pub(crate) fn eth0_xdp(t: &Topology, ns: &str) -> Result<&'static str> {
+    let link = t.exec_ok(ns, &["ip", "-d", "link", "show", "dev", "eth0"])?;
+    Ok(["xdpgeneric", "xdpdrv", "xdpoffload", "xdp"]
+        .into_iter()
+        .find(|k| link.split_whitespace().any(|w| w == *k))
+        .unwrap_or("none"))
 }
 
 /// No namespace, bpffs directory or cgroup of this process is left between modes.

@@ -444,12 +444,7 @@ fn ns_measure(mode: NsMode, only: usize, args: &Args, probe: &Path) -> Result<Ve
 fn uplink_xdp(t: &Topology) -> Result<String> {
     let mut seen = Vec::new();
     for node in t.nodes() {
-        let link = t.exec_ok(&node.ns, &["ip", "-d", "link", "show", "dev", "eth0"])?;
-        let xdp = ["xdpgeneric", "xdpdrv", "xdpoffload", "xdp"]
-            .into_iter()
-            .find(|k| link.split_whitespace().any(|w| w == *k))
-            .unwrap_or("none");
-        seen.push(xdp.to_owned());
+        seen.push(eth0_xdp(t, &node.ns)?.to_owned());
     }
     ensure!(
         seen.windows(2).all(|w| w[0] == w[1]),
