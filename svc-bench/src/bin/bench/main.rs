@@ -46,6 +46,10 @@
 //!   Every backend is node-local, so each hop creates both conntrack entries without SNAT,
 //!   rewrites the destination and returns `XDP_PASS` without a FIB lookup. Run and cleared
 //!   like the tc row (`repeat = CHAIN` × calls), beside an XDP floor run the same way.
+//! - **new flow, cache-cold**: the tc new-flow chain again, 300 calls with a 5 ms pause before
+//!   each. Every XDP test-run call sleeps for the dispatcher swap's RCU grace period, so each
+//!   starts with caches that other work has evicted; this row shows what that alone costs the
+//!   same work on tc (it explains most of the XDP new flow's figure).
 //! - **XDP reply** (`RevNat`): a reply of an external flow is translated and sent back out of
 //!   the uplink (`bpf_fib_lookup`, MAC rewrite, `XDP_TX`). No flow the datapath creates has a
 //!   reply whose translation is again such a reply (an SNAT'd reply is addressed to this node,
@@ -73,7 +77,7 @@
 #![allow(unused_crate_dependencies)]
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -104,6 +108,9 @@ use runs::*;
 const CHAIN: u32 = 64;
 /// Calls of the XDP new-flow chain (and its floor) per configuration; see where it is used.
 const XDP_CHAIN_CALLS: u32 = 300;
+/// The pause before each call of the cache-cold tc new-flow row: about an RCU grace period,
+/// what every XDP test-run call waits for.
+const COLD_PAUSE: Duration = Duration::from_millis(5);
 
 /// Runs per single-call row; the median is reported.
 const ROUNDS: usize = 5;

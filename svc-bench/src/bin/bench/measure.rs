@@ -297,7 +297,15 @@ pub(crate) fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Res
 
     let calls = repeat / CHAIN;
     let chain_method = format!("repeat {CHAIN} x {calls} calls");
-    let chain_floor = chain_run(&mut dp, Runner::Tc, FLOOR_PROGRAM, CLIENT_POD, calls, None)?;
+    let chain_floor = chain_run(
+        &mut dp,
+        Runner::Tc,
+        FLOOR_PROGRAM,
+        CLIENT_POD,
+        calls,
+        None,
+        Duration::ZERO,
+    )?;
     let n = chain_run(
         &mut dp,
         Runner::Tc,
@@ -305,6 +313,7 @@ pub(crate) fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Res
         CLIENT_POD,
         calls,
         Some((Hook::PodIngress, Reason::DnatNew)),
+        Duration::ZERO,
     )?;
     row(
         "floor: empty tc program",
@@ -322,12 +331,41 @@ pub(crate) fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Res
         &chain_method,
         u64::from(calls * CHAIN),
     );
+    // The same chain with a pause before each call, as every XDP call has one (the dispatcher
+    // swap's RCU grace period): each call then starts with caches other work has evicted. This
+    // row is what explains the XDP new flow's figure (BENCHMARKS.md, Per-packet).
+    let cold_calls = calls.min(XDP_CHAIN_CALLS);
+    let cold = chain_run(
+        &mut dp,
+        Runner::Tc,
+        Program::Ingress.name(),
+        CLIENT_POD,
+        cold_calls,
+        Some((Hook::PodIngress, Reason::DnatNew)),
+        COLD_PAUSE,
+    )?;
+    row(
+        "new flow, cache-cold (5 ms pauses)",
+        Program::Ingress.name(),
+        cold,
+        chain_floor.0,
+        &format!("repeat {CHAIN} x {cold_calls} calls"),
+        u64::from(cold_calls * CHAIN),
+    );
     // Each XDP BPF_PROG_TEST_RUN call swaps the program into and out of the kernel's XDP
     // dispatcher, and each swap waits for an RCU grace period (milliseconds): tens of thousands
     // of calls take minutes. The XDP chain rows use at most XDP_CHAIN_CALLS calls.
     let xcalls = calls.min(XDP_CHAIN_CALLS);
     let xchain_method = format!("repeat {CHAIN} x {xcalls} calls");
-    let xchain_floor = chain_run(&mut dp, xdp, XDP_FLOOR_PROGRAM, EXT_CLIENT, xcalls, None)?;
+    let xchain_floor = chain_run(
+        &mut dp,
+        xdp,
+        XDP_FLOOR_PROGRAM,
+        EXT_CLIENT,
+        xcalls,
+        None,
+        Duration::ZERO,
+    )?;
     let xn = chain_run(
         &mut dp,
         xdp,
@@ -335,6 +373,7 @@ pub(crate) fn measure_config(config: u32, repeat: u32, uplink: XdpUplink) -> Res
         EXT_CLIENT,
         xcalls,
         Some((Hook::Xdp, Reason::DnatNew)),
+        Duration::ZERO,
     )?;
     row(
         "floor: empty XDP program",

@@ -177,7 +177,9 @@ pub(crate) fn median_run(
 
 /// `calls` runs of `client`'s SYN through the chain (`repeat = CHAIN`), conntrack cleared
 /// between calls; returns the iteration-weighted mean ns/packet, proven. XDP runs get the SYN
-/// as a frame from the external client's MAC.
+/// as a frame from the external client's MAC. `pause` sleeps before each call: every XDP call
+/// sleeps anyway (the dispatcher swap waits for an RCU grace period), and a tc chain with
+/// pauses shows what that does to the caches (the cache-cold row).
 pub(crate) fn chain_run(
     dp: &mut Datapath,
     runner: Runner,
@@ -185,6 +187,7 @@ pub(crate) fn chain_run(
     client: SocketAddrV4,
     calls: u32,
     claim: Option<(Hook, Reason)>,
+    pause: std::time::Duration,
 ) -> Result<(f64, String)> {
     let pkt = Pkt::tcp(client, chain_frontend(0), TCP_SYN);
     let syn = match runner {
@@ -200,6 +203,9 @@ pub(crate) fn chain_run(
     let before = dp.counters();
     let mut total_ns = 0u128;
     for _ in 0..calls {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         let res = runner.run(dp, prog, &syn, CHAIN)?;
         ensure!(
             res.retval == runner.pass(),
