@@ -132,17 +132,7 @@ fn claim_against(
                         " (an earlier flow's)"
                     }
                 );
-                let want = syn
-                    .clone()
-                    .with_src(snat(port))
-                    .with_dst(BACKEND_B)
-                    .with_ttl(63)
-                    .build_eth(NODE_MAC, PEER_NODE_MAC);
-                assert!(
-                    res.output == want,
-                    "flow {i}: output differs:\n{}",
-                    diff_frames(&want, &res.output).join("\n")
-                );
+                assert_snat_frame(i, &syn, port, &res.output);
                 held.insert(port);
                 translated += 1;
             }
@@ -221,6 +211,22 @@ fn snat_with_almost_every_port_taken_finds_a_free_one_or_drops() {
     });
 }
 
+/// Checks that flow `i`'s SYN left as the source-NATed frame to the remote backend: source
+/// `port` on the node, TTL decremented, MACs of the next hop.
+fn assert_snat_frame(i: impl std::fmt::Display, syn: &Pkt, port: u16, output: &[u8]) {
+    let want = syn
+        .clone()
+        .with_src(snat(port))
+        .with_dst(BACKEND_B)
+        .with_ttl(63)
+        .build_eth(NODE_MAC, PEER_NODE_MAC);
+    assert!(
+        output == want,
+        "flow {i}: output differs:\n{}",
+        diff_frames(&want, output).join("\n")
+    );
+}
+
 /// Two small ranges, so that both are certainly drawn from and their ends are reachable.
 const TWO_RANGES: SnatPorts = SnatPorts {
     first: [2000, 61_000],
@@ -240,17 +246,7 @@ fn syn_with_ports(dp: &Datapath, uplink: XdpUplink, i: u16, client: SocketAddrV4
                 .ct_get(&ct_forward(client, NODEPORT, PROTO_TCP))
                 .unwrap_or_else(|| panic!("flow {i}: no forward entry"))
                 .src_port;
-            let want = syn
-                .clone()
-                .with_src(snat(port))
-                .with_dst(BACKEND_B)
-                .with_ttl(63)
-                .build_eth(NODE_MAC, PEER_NODE_MAC);
-            assert!(
-                res.output == want,
-                "flow {i}: output differs:\n{}",
-                diff_frames(&want, &res.output).join("\n")
-            );
+            assert_snat_frame(i, &syn, port, &res.output);
             Some(port)
         }
         XDP_DROP => None,
