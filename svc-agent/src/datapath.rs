@@ -434,6 +434,8 @@ impl Datapath {
             node_addr: node_addr.map(|a| a.octets()).unwrap_or_default(),
             flags,
             netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
+            // No IPv6 SNAT source yet: IPv6 flows that need SNAT are dropped (SnatNoAddress).
+            node_addr6: [0; 16],
         };
         let changed = self.config.write(config)?;
         if changed {

@@ -22,15 +22,16 @@ pub const CT_F_EXTERNAL: u8 = 4;
 /// martian.
 pub const CT_F_NODEPORT: u8 = 8;
 
-/// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the hook. Direction is in
-/// the value (see the module docs for why the two directions' tuples never coincide).
+/// Key of [`MAP_CONNTRACK`] ([`CtKey`]) and [`MAP_CONNTRACK6`] ([`CtKey6`]): the packet's
+/// 5-tuple as it arrives at the hook. Direction is in the value (see the module docs for why
+/// the two directions' tuples never coincide).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct CtKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKeyOf<A> {
     /// Source address, network order.
-    pub src_addr: [u8; 4],
+    pub src_addr: A,
     /// Destination address, network order.
-    pub dst_addr: [u8; 4],
+    pub dst_addr: A,
     /// Source port, host order.
     pub src_port: u16,
     /// Destination port, host order.
@@ -40,7 +41,11 @@ pub struct CtKey {
     /// Always zero (part of the hash key).
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+/// IPv4 key of [`MAP_CONNTRACK`].
+pub type CtKey = CtKeyOf<[u8; 4]>;
+/// IPv6 key of [`MAP_CONNTRACK6`].
+pub type CtKey6 = CtKeyOf<[u8; 16]>;
+pod_per_family!(CtKeyOf, |a| 2 * a + 2 + 2 + 1 + 3);
 
 impl CtKey {
     /// The key of a 5-tuple, built as four 32-bit words (`proto` and the zero `_pad` in one).
@@ -67,16 +72,46 @@ impl CtKey {
     }
 }
 
-/// Value of [`MAP_CONNTRACK`]. Written by the datapath when a flow starts; `last_seen_ns`,
-/// `tcp_flags`, `packets` and `bytes` are updated per packet.
+/// Word `i / 4` of an IPv6 address, as it lies in memory.
+#[inline(always)]
+const fn w(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+}
+
+impl CtKey6 {
+    /// The key of an IPv6 5-tuple, built as 32-bit words for the reason [`CtKey::new`] gives.
+    #[inline(always)]
+    pub const fn new(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> Self {
+        let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
+        let words = [
+            w(&src, 0),
+            w(&src, 4),
+            w(&src, 8),
+            w(&src, 12),
+            w(&dst, 0),
+            w(&dst, 4),
+            w(&dst, 8),
+            w(&dst, 12),
+            u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+            u32::from_ne_bytes([proto, 0, 0, 0]),
+        ];
+        // SAFETY: CtKey6 is `Pod` and 40 bytes (asserted by `pod_per_family`), as is
+        // [u32; 10]; its fields lie in the order the words hold them.
+        unsafe { core::mem::transmute::<[u32; 10], CtKey6>(words) }
+    }
+}
+
+/// Value of [`MAP_CONNTRACK`] ([`CtEntry`]) and [`MAP_CONNTRACK6`] ([`CtEntry6`]). Written by
+/// the datapath when a flow starts; `last_seen_ns`, `tcp_flags`, `packets` and `bytes` are
+/// updated per packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CtEntry {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtEntryOf<A> {
     /// Source address the packet leaves with (network order): unchanged for a forward entry
     /// without SNAT, this node's address with [`CT_F_SNAT`], the frontend for a reply entry.
-    pub src_addr: [u8; 4],
+    pub src_addr: A,
     /// Destination address the packet leaves with: the backend (forward), the client (reply).
-    pub dst_addr: [u8; 4],
+    pub dst_addr: A,
     /// Source port to write, host order; pairs with `src_addr`.
     pub src_port: u16,
     /// Destination port to write, host order; pairs with `dst_addr`.
@@ -104,7 +139,11 @@ pub struct CtEntry {
     /// Bytes (L3 length) seen in this direction.
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+/// IPv4 value of [`MAP_CONNTRACK`].
+pub type CtEntry = CtEntryOf<[u8; 4]>;
+/// IPv6 value of [`MAP_CONNTRACK6`].
+pub type CtEntry6 = CtEntryOf<[u8; 16]>;
+pod_per_family!(CtEntryOf, |a| 2 * a + 2 + 2 + 4 + 4 + 4 + 4 * 8);
 /// [`CtEntry::tcp_flags`] bits (the TCP header's own flag bit values).
 pub const CT_TCP_FIN: u8 = 0x01;
 /// See [`CT_TCP_FIN`].
@@ -197,7 +236,7 @@ impl CtTimeouts {
 
     /// Lifetime in nanoseconds of `e` after its last packet.
     #[inline(always)]
-    pub const fn for_entry(&self, proto: u8, e: &CtEntry) -> u64 {
+    pub fn for_entry<A>(&self, proto: u8, e: &CtEntryOf<A>) -> u64 {
         let s = if proto == PROTO_UDP {
             if e.state == CT_STATE_UDP_REPLIED || e.state == CT_STATE_NONE {
                 if e.last_seen_ns.saturating_sub(e.created_ns) > CT_UDP_STREAM_AFTER_NS {
@@ -223,7 +262,7 @@ impl CtTimeouts {
     /// (`CLOCK_MONOTONIC`, what `bpf_ktime_get_ns` returns). A `last_seen_ns` ahead of `now_ns`
     /// (written by another CPU a moment later) is fresh.
     #[inline(always)]
-    pub const fn expired(&self, proto: u8, e: &CtEntry, now_ns: u64) -> bool {
+    pub fn expired<A>(&self, proto: u8, e: &CtEntryOf<A>, now_ns: u64) -> bool {
         now_ns.saturating_sub(e.last_seen_ns) > self.for_entry(proto, e)
     }
 }
@@ -232,8 +271,8 @@ impl CtTimeouts {
 /// or a reply entry's forward key. Each entry holds the tuple its packets leave with, and the
 /// other direction's packets arrive with exactly that tuple reversed.
 #[inline(always)]
-pub const fn ct_peer_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey::new(e.dst_addr, e.src_addr, e.dst_port, e.src_port, key.proto)
+pub fn ct_peer_key<A: Addr>(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
+    A::ct_key(e.dst_addr, e.src_addr, e.dst_port, e.src_port, key.proto)
 }
 
 /// The state a flow moves to when a packet with TCP flags `flags` travels in direction `dir`

@@ -42,6 +42,31 @@
 
 use bytemuck::{Pod, Zeroable};
 
+/// `bytemuck::Pod` and `Zeroable` for both instantiations of a struct generic over its address
+/// width. bytemuck's derive does not take generic `repr(C)` structs (it cannot prove the
+/// absence of padding for every parameter), so the proof is written here per instantiation:
+/// `$size` computes the sum of the field sizes from the address width `a`, and the assertion
+/// that the struct is exactly that large is the proof that it has no padding (every field is
+/// itself `Pod`: arrays of `u8` and unsigned integers).
+macro_rules! pod_per_family {
+    ($t:ident, |$a:ident| $size:expr) => {
+        pod_per_family!(@one $t, [u8; 4], 4, |$a| $size);
+        pod_per_family!(@one $t, [u8; 16], 16, |$a| $size);
+    };
+    (@one $t:ident, $ty:ty, $width:expr, |$a:ident| $size:expr) => {
+        const _: () = {
+            let $a: usize = $width;
+            assert!(core::mem::size_of::<$t<$ty>>() == $size);
+        };
+        // SAFETY: repr(C), every field Pod (u8 arrays and unsigned integers), and no padding:
+        // the size equals the sum of the field sizes (asserted just above). An all-zero value
+        // is valid.
+        unsafe impl Zeroable for $t<$ty> {}
+        // SAFETY: as above; `Copy + 'static` by derive.
+        unsafe impl Pod for $t<$ty> {}
+    };
+}
+
 mod ct;
 mod stats;
 mod trace;
@@ -90,8 +115,22 @@ pub const MAP_TRACE_RINGS: &str = "SVC_TRACE_RINGS";
 /// could not write because the slot's ring was full. A tracer zeroes its slot's counters when
 /// it claims the slot and reports them when it exits.
 pub const MAP_TRACE_LOST: &str = "SVC_TRACE_LOST";
+/// Pinned name of the IPv6 frontend map ([`FrontendKey6`] → [`Frontend`]).
+pub const MAP_FRONTENDS6: &str = "SVC_FRONTENDS6";
+/// Pinned name of the IPv6 backend map (backend id → [`Backend6`]).
+pub const MAP_BACKENDS6: &str = "SVC_BACKENDS6";
+/// Pinned name of the IPv6 conntrack map ([`CtKey6`] → [`CtEntry6`]).
+pub const MAP_CONNTRACK6: &str = "SVC_CT6";
+/// Pinned name of the IPv6 session-affinity map ([`AffinityKey6`] → [`Affinity6`]).
+pub const MAP_AFFINITY6: &str = "SVC_AFFINITY6";
+/// Pinned name of the IPv6 fragment map ([`FragKey6`] → [`FragPorts`]).
+pub const MAP_FRAGS6: &str = "SVC_FRAGS6";
+/// Pinned name of the IPv6 `loadBalancerSourceRanges` trie ([`SourceRangeKey6`]).
+pub const MAP_SOURCE_RANGES6: &str = "SVC_SOURCE_RANGES6";
+/// Pinned name of the IPv6 socket-LB reverse map ([`SockKey6`] → [`SockRevNat6`]).
+pub const MAP_SOCK_REVNAT6: &str = "SVC_SOCK_REV6";
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 24] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -109,7 +148,99 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_TRACE_RINGS,
     MAP_TRACE_LOST,
     MAP_SOCK_DOOMED,
+    MAP_FRONTENDS6,
+    MAP_BACKENDS6,
+    MAP_CONNTRACK6,
+    MAP_AFFINITY6,
+    MAP_FRAGS6,
+    MAP_SOURCE_RANGES6,
+    MAP_SOCK_REVNAT6,
 ];
+
+/// An address as the maps hold it, network order: `[u8; 4]` (IPv4) or `[u8; 16]` (IPv6).
+/// The structs that differ between the families only in the width of their addresses are
+/// generic over it (`FrontendKeyOf<A>`, `CtKeyOf<A>`, …, with the aliases `FrontendKey` /
+/// `FrontendKey6` …), so the kernel programs and the agent write one decision for both
+/// families and the compiler instantiates it per family. Each family has maps of its own
+/// (`SVC_CT` / `SVC_CT6`, …): an IPv4 packet never pays for an IPv6-wide key (see
+/// docs/ARCHITECTURE.md, "IPv6", for the measured choice).
+pub trait Addr:
+    Copy + Eq + Ord + core::hash::Hash + core::fmt::Debug + Pod + sealed::Sealed + 'static
+{
+    /// `AF_INET` or `AF_INET6` (what `bpf_fib_lookup` and socket addresses name).
+    const FAMILY: u8;
+    /// The address's width in bits (an LPM trie lookup of a whole address).
+    const BITS: u32;
+    /// The all-zero address (`0.0.0.0`, `::`): "none" where a value needs one.
+    const UNSPECIFIED: Self;
+    /// The family's session-affinity value ([`Affinity`], [`Affinity6`]).
+    type Affinity: Pod + core::fmt::Debug + PartialEq;
+
+    /// The conntrack key of a 5-tuple ([`CtKeyOf::new`] for IPv4, built without a `memset`).
+    fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKeyOf<Self>;
+    /// The session-affinity value for `backend_id` at `addr`:`port`, used at `now_ns`.
+    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Self::Affinity;
+    /// `(backend_id, backend_addr, backend_port, last_used_ns)` of an affinity value.
+    fn affinity_parts(a: &Self::Affinity) -> (u32, Self, u16, u64);
+}
+
+mod sealed {
+    /// Only the two address widths are [`super::Addr`]s.
+    pub trait Sealed {}
+    impl Sealed for [u8; 4] {}
+    impl Sealed for [u8; 16] {}
+}
+
+/// `AF_INET`.
+pub const AF_INET: u8 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u8 = 10;
+
+impl Addr for [u8; 4] {
+    const FAMILY: u8 = AF_INET;
+    const BITS: u32 = 32;
+    const UNSPECIFIED: Self = [0; 4];
+    type Affinity = Affinity;
+
+    #[inline(always)]
+    fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey::new(src, dst, sport, dport, proto)
+    }
+    #[inline(always)]
+    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Affinity {
+        Affinity::new(backend_id, addr, port, now_ns)
+    }
+    #[inline(always)]
+    fn affinity_parts(a: &Affinity) -> (u32, Self, u16, u64) {
+        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
+    }
+}
+
+impl Addr for [u8; 16] {
+    const FAMILY: u8 = AF_INET6;
+    const BITS: u32 = 128;
+    const UNSPECIFIED: Self = [0; 16];
+    type Affinity = Affinity6;
+
+    #[inline(always)]
+    fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey6 {
+        CtKey6::new(src, dst, sport, dport, proto)
+    }
+    #[inline(always)]
+    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Affinity6 {
+        Affinity6 {
+            backend_id,
+            backend_addr: addr,
+            backend_port: port,
+            _pad: [0; 2],
+            last_used_ns: now_ns,
+        }
+    }
+    #[inline(always)]
+    fn affinity_parts(a: &Affinity6) -> (u32, Self, u16, u64) {
+        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
+    }
+}
 
 /// Capacity of [`MAP_FRONTENDS`]: 128k frontends (the benchmarks program 100k; a large
 /// cluster has 10k Services × a few ports × a few addresses).
@@ -240,12 +371,13 @@ impl SnatPorts {
 /// same backend (0.75^16 ≈ 1 %).
 pub const SNAT_ATTEMPTS: u32 = 16;
 
-/// Lookup key of [`MAP_FRONTENDS`]: one address, port and protocol a Service is reached on.
+/// Lookup key of [`MAP_FRONTENDS`] ([`FrontendKey`]) and [`MAP_FRONTENDS6`] ([`FrontendKey6`]):
+/// one address, port and protocol a Service is reached on.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct FrontendKey {
-    /// Frontend IPv4 address, network order (a ClusterIP, node address, external or LB IP).
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKeyOf<A> {
+    /// Frontend address, network order (a ClusterIP, node address, external or LB IP).
+    pub addr: A,
     /// Frontend port, host order (`spec.ports[].port`, or `nodePort`).
     pub port: u16,
     /// IP protocol number ([`PROTO_TCP`], [`PROTO_UDP`]).
@@ -253,7 +385,11 @@ pub struct FrontendKey {
     /// Which sources this entry applies to ([`SCOPE_ANY`]).
     pub scope: u8,
 }
-const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+/// IPv4 key of [`MAP_FRONTENDS`].
+pub type FrontendKey = FrontendKeyOf<[u8; 4]>;
+/// IPv6 key of [`MAP_FRONTENDS6`].
+pub type FrontendKey6 = FrontendKeyOf<[u8; 16]>;
+pod_per_family!(FrontendKeyOf, |a| a + 2 + 1 + 1);
 
 /// Value of [`MAP_FRONTENDS`]. Written by the agent only, always *after* the slots it counts.
 #[repr(C)]
@@ -293,12 +429,14 @@ pub struct Slot {
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == 4);
 
-/// Value of [`MAP_BACKENDS`] (keyed by a `u32` backend id, never 0).
+/// Value of [`MAP_BACKENDS`] ([`Backend`]) and [`MAP_BACKENDS6`] ([`Backend6`]), keyed by a
+/// `u32` backend id, never 0. Ids are one space over both maps: a slot names an id, and the
+/// family of the frontend that owns the slot says which map holds it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct Backend {
-    /// Endpoint IPv4 address, network order.
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendOf<A> {
+    /// Endpoint address, network order.
+    pub addr: A,
     /// Endpoint port, host order (the resolved `targetPort`).
     pub port: u16,
     /// IP protocol number.
@@ -306,7 +444,11 @@ pub struct Backend {
     /// `BACKEND_F_*` bits.
     pub flags: u8,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+/// IPv4 value of [`MAP_BACKENDS`].
+pub type Backend = BackendOf<[u8; 4]>;
+/// IPv6 value of [`MAP_BACKENDS6`].
+pub type Backend6 = BackendOf<[u8; 16]>;
+pod_per_family!(BackendOf, |a| a + 2 + 1 + 1);
 
 /// [`Backend::flags`]: the endpoint is terminating (used only because no ready one exists).
 pub const BACKEND_F_TERMINATING: u8 = 1;
@@ -327,8 +469,11 @@ pub struct Config {
     /// node's own sockets (every Service, localhost NodePorts included) from pods' sockets
     /// (translated only with [`CONFIG_F_SOCK_PODS`], never for their own loopback).
     pub netns_cookie: u64,
+    /// This node's primary IPv6 address: the SNAT source of IPv6 flows when the FIB names
+    /// none; all zero when the node has none (IPv6 flows that need SNAT are then dropped).
+    pub node_addr6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 /// [`Config::flags`]: socket-level load balancing for pods (`--pod-socket-lb on`). The cgroup
 /// hooks translate sockets of every other network namespace of their cgroup too, so a pod's
 /// connection goes straight to its backend and its packets need no NAT.
@@ -339,21 +484,26 @@ pub const CONFIG_F_SOCK_PODS: u32 = 1;
 /// the call would keep a backend that left the Service until the application closed it.
 pub const CONFIG_F_SOCK_DESTROY: u32 = 2;
 
-/// The data of a [`MAP_SOURCE_RANGES`] key, after its `u32` prefix length (an LPM trie key is
+/// The data of a [`MAP_SOURCE_RANGES`] ([`SourceRangeKey`]) or [`MAP_SOURCE_RANGES6`]
+/// ([`SourceRangeKey6`]) key, after its `u32` prefix length (an LPM trie key is
 /// `{prefix_len, data}`, aya's `lpm_trie::Key<SourceRangeKey>`, 12 bytes). The prefix length
 /// is [`SOURCE_RANGE_ID_BITS`] + the CIDR length, so the frontend id always matches whole (its
 /// byte order is then irrelevant, so it is kept in host order, readable in a dump) and the
-/// address matches on the CIDR's bits. A lookup uses `SOURCE_RANGE_ID_BITS + 32` and the
-/// packet's source.
+/// address matches on the CIDR's bits. A lookup uses `SOURCE_RANGE_ID_BITS` + the address's
+/// bits (32 or 128) and the packet's source.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct SourceRangeKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKeyOf<A> {
     /// [`Frontend::id`] of the frontend the prefix belongs to.
     pub frontend_id: u32,
     /// The prefix's network address (host bits zero), network order.
-    pub addr: [u8; 4],
+    pub addr: A,
 }
-const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 8);
+/// IPv4 [`MAP_SOURCE_RANGES`] key data.
+pub type SourceRangeKey = SourceRangeKeyOf<[u8; 4]>;
+/// IPv6 [`MAP_SOURCE_RANGES6`] key data.
+pub type SourceRangeKey6 = SourceRangeKeyOf<[u8; 16]>;
+pod_per_family!(SourceRangeKeyOf, |a| 4 + a);
 /// Bits of a [`SourceRangeKey`] before the address: the frontend id.
 pub const SOURCE_RANGE_ID_BITS: u32 = 32;
 /// Value of every [`MAP_SOURCE_RANGES`] entry (the trie is a set).
@@ -379,14 +529,33 @@ pub struct SockKey {
 }
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 
-/// Value of [`MAP_SOCK_REVNAT`]: the frontend the application asked for, restored on
-/// `recvmsg` (UDP replies) and `getpeername`, and the (frontend, backend) pair the choice was
-/// made from, which the socket iterator matches against [`MAP_SOCK_DOOMED`].
+/// Key of [`MAP_SOCK_REVNAT6`]: [`SockKey`] for an IPv6 socket (the pad makes the size a
+/// multiple of the cookie's alignment).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockRevNat {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SockKey6 {
+    /// `bpf_get_socket_cookie()` of the socket.
+    pub cookie: u64,
+    /// Backend address, network order.
+    pub backend_addr: [u8; 16],
+    /// Backend port, host order.
+    pub backend_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<SockKey6>() == 32);
+
+/// Value of [`MAP_SOCK_REVNAT`] ([`SockRevNat`]) and [`MAP_SOCK_REVNAT6`] ([`SockRevNat6`]):
+/// the frontend the application asked for, restored on `recvmsg` (UDP replies) and
+/// `getpeername`, and the (frontend, backend) pair the choice was made from, which the socket
+/// iterator matches against [`MAP_SOCK_DOOMED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatOf<A> {
     /// Frontend address, network order.
-    pub addr: [u8; 4],
+    pub addr: A,
     /// Frontend port, host order.
     pub port: u16,
     /// Always zero.
@@ -396,7 +565,11 @@ pub struct SockRevNat {
     /// Backend id the socket was sent to (a [`MAP_BACKENDS`] key when chosen).
     pub backend_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockRevNat>() == 16);
+/// IPv4 value of [`MAP_SOCK_REVNAT`].
+pub type SockRevNat = SockRevNatOf<[u8; 4]>;
+/// IPv6 value of [`MAP_SOCK_REVNAT6`].
+pub type SockRevNat6 = SockRevNatOf<[u8; 16]>;
+pod_per_family!(SockRevNatOf, |a| a + 2 + 2 + 4 + 4);
 
 /// Key of [`MAP_SOCK_DOOMED`]: a (frontend, backend) pair a plan removed.
 #[repr(C)]
@@ -422,16 +595,21 @@ pub const MAX_SOCK_DOOMED: u32 = 4096;
 /// Capacity of [`MAP_SOCK_REVNAT`] (LRU).
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
-/// Key of [`MAP_AFFINITY`]: a client of a frontend with `sessionAffinity: ClientIP`.
+/// Key of [`MAP_AFFINITY`] ([`AffinityKey`]) and [`MAP_AFFINITY6`] ([`AffinityKey6`]): a
+/// client of a frontend with `sessionAffinity: ClientIP`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct AffinityKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKeyOf<A> {
     /// [`Frontend::id`].
     pub frontend_id: u32,
     /// Client address, network order.
-    pub client_addr: [u8; 4],
+    pub client_addr: A,
 }
-const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+/// IPv4 key of [`MAP_AFFINITY`].
+pub type AffinityKey = AffinityKeyOf<[u8; 4]>;
+/// IPv6 key of [`MAP_AFFINITY6`].
+pub type AffinityKey6 = AffinityKeyOf<[u8; 16]>;
+pod_per_family!(AffinityKeyOf, |a| 4 + a);
 
 /// Value of [`MAP_AFFINITY`]: the backend new flows of this client go to while
 /// `now - last_used_ns < Frontend::affinity_timeout_s`. Written by the datapath on every new
@@ -473,6 +651,24 @@ impl Affinity {
         unsafe { core::mem::transmute::<[u64; 3], Affinity>(words) }
     }
 }
+/// Value of [`MAP_AFFINITY6`]: [`Affinity`] for IPv6 (one struct per family because the
+/// timestamp must stay 8-byte aligned, which takes a pad of another size in each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Affinity6 {
+    /// Key into [`MAP_BACKENDS6`].
+    pub backend_id: u32,
+    /// The backend's address when chosen, network order.
+    pub backend_addr: [u8; 16],
+    /// The backend's port when chosen, host order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns()` of the last new flow that used it.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Affinity6>() == 32);
+
 /// Capacity of [`MAP_AFFINITY`] (LRU).
 pub const MAX_AFFINITY: u32 = 131_072;
 
@@ -497,7 +693,26 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 
-/// Value of [`MAP_FRAGS`]: the ports of the datagram, from its first fragment.
+/// Key of [`MAP_FRAGS6`]: what identifies the fragments of one IPv6 datagram (RFC 8200 §4.5:
+/// source, destination and the Fragment header's 32-bit identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct FragKey6 {
+    /// Source address, network order.
+    pub src_addr: [u8; 16],
+    /// Destination address, network order.
+    pub dst_addr: [u8; 16],
+    /// Fragment identification, host order.
+    pub id: u32,
+    /// Upper-layer protocol (the Fragment header's next header).
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey6>() == 40);
+
+/// Value of [`MAP_FRAGS`] and [`MAP_FRAGS6`]: the ports of the datagram, from its first
+/// fragment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FragPorts {
@@ -539,8 +754,10 @@ pub const GENERATED_PER_CPU_PER_S: u64 = 1_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Scratch {
-    /// A new flow's reply entry while its tuple is claimed.
+    /// A new IPv4 flow's reply entry while its tuple is claimed.
     pub rep: CtEntry,
+    /// A new IPv6 flow's reply entry while its tuple is claimed.
+    pub rep6: CtEntry6,
     /// An ICMP error's outer IPv4 header, ICMP header, quoted IPv4 header and quoted 8 L4
     /// bytes while they are rewritten.
     pub icmp: [u8; 56],
@@ -550,7 +767,7 @@ pub struct Scratch {
     /// Always zero.
     pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 184);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 264);
 
 /// Name of the load-time global (`.rodata`, `u32`) that switches the programs' aya-log debug
 /// messages on (1) or off (0, the default: the verifier then removes them).
@@ -616,6 +833,16 @@ aya_pod!(
     Scratch,
     TraceFilter,
     TraceEvent,
+    FrontendKey6,
+    Backend6,
+    SourceRangeKey6,
+    CtKey6,
+    CtEntry6,
+    SockKey6,
+    SockRevNat6,
+    AffinityKey6,
+    Affinity6,
+    FragKey6,
 );
 
 #[cfg(test)]

@@ -21,6 +21,16 @@ pub enum Hook {
     /// tc egress on a node uplink: replies of node processes (hostNetwork endpoints) to
     /// external clients get their frontend back.
     UplinkEgress = 5,
+    /// [`Hook::PodIngress`] for IPv6: the IPv6 program on the same veth, after the IPv4 one.
+    PodIngress6 = 6,
+    /// [`Hook::PodEgress`] for IPv6.
+    PodEgress6 = 7,
+    /// [`Hook::UplinkIngress`] for IPv6.
+    UplinkIngress6 = 8,
+    /// [`Hook::UplinkEgress`] for IPv6.
+    UplinkEgress6 = 9,
+    /// cgroup socket hooks for IPv6 (connect6, sendmsg6, recvmsg6, getpeername6).
+    Sock6 = 10,
 }
 impl Hook {
     /// The hook's stable name: the `hook` of `inspect stats`, of trace events and of the
@@ -33,12 +43,17 @@ impl Hook {
             Hook::UplinkIngress => "uplink_ingress",
             Hook::Sock => "sock",
             Hook::UplinkEgress => "uplink_egress",
+            Hook::PodIngress6 => "pod_ingress6",
+            Hook::PodEgress6 => "pod_egress6",
+            Hook::UplinkIngress6 => "uplink_ingress6",
+            Hook::UplinkEgress6 => "uplink_egress6",
+            Hook::Sock6 => "sock6",
         }
     }
 }
 
 /// Number of [`Hook`] values.
-pub const HOOK_COUNT: u32 = 6;
+pub const HOOK_COUNT: u32 = 11;
 /// Every hook, in index order.
 pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::PodIngress,
@@ -47,6 +62,11 @@ pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::UplinkIngress,
     Hook::Sock,
     Hook::UplinkEgress,
+    Hook::PodIngress6,
+    Hook::PodEgress6,
+    Hook::UplinkIngress6,
+    Hook::UplinkEgress6,
+    Hook::Sock6,
 ];
 
 /// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a
@@ -54,7 +74,8 @@ pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Passed: not an IPv4 frame (ARP, IPv6, …).
+    /// Passed: not an IPv4 frame (ARP, IPv6, …); the IPv4 programs' count of what the IPv6
+    /// programs after them see.
     NotIpv4 = 0,
     /// Passed: IPv4 but neither TCP nor UDP.
     NotTcpUdp = 1,
@@ -150,9 +171,15 @@ pub enum Reason {
     /// Socket iterator: a connected UDP socket whose backend left its frontend was destroyed
     /// (`bpf_sock_destroy`); the application sees ECONNABORTED and reconnects.
     SockDestroyed = 35,
+    /// Passed: not an IPv6 frame (the IPv6 programs; IPv4 is the IPv4 programs' to count).
+    NotIpv6 = 36,
+    /// Passed untouched: an IPv6 header chain the datapath does not walk: a routing header
+    /// with segments left (the destination is not final), ESP, AH, an unknown next header,
+    /// or more extension headers than it skips.
+    ExtHeader = 37,
 }
 /// Number of [`Reason`] values.
-pub const REASON_COUNT: u32 = 36;
+pub const REASON_COUNT: u32 = 38;
 /// Every reason, in index order, with a stable name for metrics and CLIs.
 pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::NotIpv4, "not_ipv4"),
@@ -191,6 +218,8 @@ pub const ALL_REASONS: [(Reason, &str); REASON_COUNT as usize] = [
     (Reason::SnatNoAddress, "snat_no_address"),
     (Reason::SockPerPacket, "sock_per_packet"),
     (Reason::SockDestroyed, "sock_destroyed"),
+    (Reason::NotIpv6, "not_ipv6"),
+    (Reason::ExtHeader, "ext_header"),
 ];
 /// Entries in [`MAP_STATS`].
 pub const STATS_LEN: u32 = HOOK_COUNT * REASON_COUNT;

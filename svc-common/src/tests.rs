@@ -24,6 +24,78 @@ fn no_implicit_padding() {
     assert_eq!(offset_of!(CtEntry, bytes) + 8, size_of::<CtEntry>());
     assert_eq!(offset_of!(FragKey, _pad) + 1, size_of::<FragKey>());
     assert_eq!(offset_of!(FragPorts, created_ns), 8);
+    // IPv6: the same fields after wider addresses.
+    assert_eq!(
+        offset_of!(FrontendKey6, scope) + 1,
+        size_of::<FrontendKey6>()
+    );
+    assert_eq!(offset_of!(Backend6, flags) + 1, size_of::<Backend6>());
+    assert_eq!(offset_of!(CtKey6, _pad) + 3, size_of::<CtKey6>());
+    assert_eq!(offset_of!(CtEntry6, backend_id), 40);
+    assert_eq!(offset_of!(CtEntry6, bytes) + 8, size_of::<CtEntry6>());
+    assert_eq!(offset_of!(Config, node_addr6), 16);
+    assert_eq!(offset_of!(SockKey6, _pad) + 5, size_of::<SockKey6>());
+    assert_eq!(offset_of!(Affinity6, last_used_ns), 24);
+    assert_eq!(offset_of!(FragKey6, _pad) + 3, size_of::<FragKey6>());
+    assert_eq!(
+        offset_of!(SockRevNat6, backend_id) + 4,
+        size_of::<SockRevNat6>()
+    );
+}
+
+#[test]
+fn ipv6_keys_are_built_in_field_order() {
+    let src: [u8; 16] = core::array::from_fn(|i| i as u8);
+    let dst: [u8; 16] = core::array::from_fn(|i| 0x80 | i as u8);
+    let key = CtKey6::new(src, dst, 40_000, 443, PROTO_TCP);
+    assert_eq!(
+        key,
+        CtKeyOf {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: 40_000,
+            dst_port: 443,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        }
+    );
+    assert_eq!(
+        <[u8; 16] as Addr>::ct_key(src, dst, 40_000, 443, PROTO_TCP),
+        key
+    );
+    let a = <[u8; 16] as Addr>::affinity(7, dst, 8080, 99);
+    assert_eq!(<[u8; 16] as Addr>::affinity_parts(&a), (7, dst, 8080, 99));
+    let a4 = <[u8; 4] as Addr>::affinity(7, [10, 0, 0, 1], 8080, 99);
+    assert_eq!(
+        <[u8; 4] as Addr>::affinity_parts(&a4),
+        (7, [10, 0, 0, 1], 8080, 99)
+    );
+}
+
+#[test]
+fn peer_key_of_an_ipv6_entry_reverses_its_tuple() {
+    let (c, f, b) = ([0xfd; 16], [0x20; 16], [0x30; 16]);
+    let key = CtKey6::new(c, f, 5000, 80, PROTO_UDP);
+    let e = CtEntry6 {
+        src_addr: c,
+        dst_addr: b,
+        src_port: 5000,
+        dst_port: 8080,
+        dir: CT_DIR_FORWARD,
+        flags: 0,
+        tcp_flags: 0,
+        state: CT_STATE_UDP_UNREPLIED,
+        backend_id: 1,
+        frontend_id: 1,
+        created_ns: 0,
+        last_seen_ns: 0,
+        packets: 0,
+        bytes: 0,
+    };
+    assert_eq!(
+        ct_peer_key(&key, &e),
+        CtKey6::new(b, c, 8080, 5000, PROTO_UDP)
+    );
 }
 
 fn entry(state: u8, created_ns: u64, last_seen_ns: u64) -> CtEntry {

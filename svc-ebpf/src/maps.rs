@@ -5,11 +5,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svc_common::{
-    Affinity, AffinityKey, Backend, Config, CtEntry, CtKey, DoomedPair, FragKey, FragPorts,
-    Frontend, FrontendKey, RateWindow, Scratch, Slot, SlotKey, SockKey, SockRevNat, SourceRangeKey,
-    TraceEvent, TraceFilter, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS,
-    MAX_SLOTS, MAX_SOCK_DOOMED, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN, TRACE_RING_BYTES,
-    TRACE_SLOTS,
+    Affinity, Affinity6, AffinityKey, AffinityKey6, Backend, Backend6, Config, CtEntry, CtEntry6,
+    CtKey, CtKey6, DoomedPair, FragKey, FragKey6, FragPorts, Frontend, FrontendKey, FrontendKey6,
+    RateWindow, Scratch, Slot, SlotKey, SockKey, SockKey6, SockRevNat, SockRevNat6, SourceRangeKey,
+    SourceRangeKey6, TraceEvent, TraceFilter, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS,
+    MAX_FRONTENDS, MAX_SLOTS, MAX_SOCK_DOOMED, MAX_SOCK_REVNAT, MAX_SOURCE_RANGES, STATS_LEN,
+    TRACE_RING_BYTES, TRACE_SLOTS,
 };
 
 // The ELF symbol names must equal `svc_common::MAP_*`; `tests` checks this against the object.
@@ -94,3 +95,38 @@ pub(crate) static SVC_TRACE_RINGS: ArrayOfMaps<
     RingBuf<TraceEvent, { TRACE_RING_BYTES as usize }>,
     { TRACE_SLOTS as usize },
 > = ArrayOfMaps::new();
+
+// IPv6: one map per IPv4 map whose keys or values hold addresses, same capacities. The slots
+// (`SVC_SLOTS`) are shared: frontend and backend ids are one space over both families.
+
+#[btf_map]
+pub(crate) static SVC_FRONTENDS6: HashMap<FrontendKey6, Frontend, { MAX_FRONTENDS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_BACKENDS6: HashMap<u32, Backend6, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Per-CPU LRU lists for the reason given at [`SVC_CT`].
+#[btf_map]
+pub(crate) static SVC_CT6: LruHashMap<
+    CtKey6,
+    CtEntry6,
+    { MAX_CONNTRACK as usize },
+    BPF_F_NO_COMMON_LRU,
+> = LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_AFFINITY6: LruHashMap<AffinityKey6, Affinity6, { MAX_AFFINITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_FRAGS6: LruHashMap<FragKey6, FragPorts, { MAX_FRAGS as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub(crate) static SVC_SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8, { MAX_SOURCE_RANGES as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub(crate) static SVC_SOCK_REV6: LruHashMap<SockKey6, SockRevNat6, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();

@@ -443,15 +443,23 @@ fn object_map_names_and_btf_types_match_the_abi() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dump = String::from_utf8_lossy(&out.stdout);
-    for ty in [
-        "FrontendKey",
-        "Frontend",
-        "SlotKey",
-        "Slot",
-        "Backend",
-        "CtKey",
-        "CtEntry",
-    ] {
+    // The structs generic over the address width (`CtKeyOf<[u8; 4]>`, …) are named with
+    // bpf-linker's escapes of `<`, `[`, `;`, ` `, `]`, `>`; `bpftool map dump` prints their
+    // fields by name either way.
+    let width = |ty: &str, w: u32| format!("{ty}Of_3C__5B_u8_3B__20_{w}_5D__3E_");
+    let mut want = vec![
+        "Frontend".to_string(),
+        "SlotKey".to_string(),
+        "Slot".to_string(),
+        "Affinity6".to_string(),
+        "SockKey6".to_string(),
+        "FragKey6".to_string(),
+    ];
+    for ty in ["FrontendKey", "Backend", "CtKey", "CtEntry", "AffinityKey"] {
+        want.push(width(ty, 4));
+        want.push(width(ty, 16));
+    }
+    for ty in want {
         let line = format!("STRUCT '{ty}'");
         assert!(
             dump.contains(&line),
