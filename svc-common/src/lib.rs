@@ -178,10 +178,6 @@ pub trait Addr:
 
     /// The conntrack key of a 5-tuple ([`CtKeyOf::new`] for IPv4, built without a `memset`).
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKeyOf<Self>;
-    /// The session-affinity value for `backend_id` at `addr`:`port`, used at `now_ns`.
-    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Self::Affinity;
-    /// `(backend_id, backend_addr, backend_port, last_used_ns)` of an affinity value.
-    fn affinity_parts(a: &Self::Affinity) -> (u32, Self, u16, u64);
 }
 
 mod sealed {
@@ -206,14 +202,6 @@ impl Addr for [u8; 4] {
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey {
         CtKey::new(src, dst, sport, dport, proto)
     }
-    #[inline(always)]
-    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Affinity {
-        Affinity::new(backend_id, addr, port, now_ns)
-    }
-    #[inline(always)]
-    fn affinity_parts(a: &Affinity) -> (u32, Self, u16, u64) {
-        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
-    }
 }
 
 impl Addr for [u8; 16] {
@@ -225,20 +213,6 @@ impl Addr for [u8; 16] {
     #[inline(always)]
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey6 {
         CtKey6::new(src, dst, sport, dport, proto)
-    }
-    #[inline(always)]
-    fn affinity(backend_id: u32, addr: Self, port: u16, now_ns: u64) -> Affinity6 {
-        Affinity6 {
-            backend_id,
-            backend_addr: addr,
-            backend_port: port,
-            _pad: [0; 2],
-            last_used_ns: now_ns,
-        }
-    }
-    #[inline(always)]
-    fn affinity_parts(a: &Affinity6) -> (u32, Self, u16, u64) {
-        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
     }
 }
 
@@ -668,6 +642,20 @@ pub struct Affinity6 {
     pub last_used_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Affinity6>() == 32);
+
+impl Affinity6 {
+    /// The entry for `backend_id` at `addr`:`port`, used at `now_ns` ([`Affinity::new`]).
+    #[inline(always)]
+    pub const fn new(backend_id: u32, addr: [u8; 16], port: u16, now_ns: u64) -> Self {
+        Self {
+            backend_id,
+            backend_addr: addr,
+            backend_port: port,
+            _pad: [0; 2],
+            last_used_ns: now_ns,
+        }
+    }
+}
 
 /// Capacity of [`MAP_AFFINITY`] (LRU).
 pub const MAX_AFFINITY: u32 = 131_072;

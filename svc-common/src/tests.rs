@@ -63,12 +63,10 @@ fn ipv6_keys_are_built_in_field_order() {
         <[u8; 16] as Addr>::ct_key(src, dst, 40_000, 443, PROTO_TCP),
         key
     );
-    let a = <[u8; 16] as Addr>::affinity(7, dst, 8080, 99);
-    assert_eq!(<[u8; 16] as Addr>::affinity_parts(&a), (7, dst, 8080, 99));
-    let a4 = <[u8; 4] as Addr>::affinity(7, [10, 0, 0, 1], 8080, 99);
+    let a = Affinity6::new(7, dst, 8080, 99);
     assert_eq!(
-        <[u8; 4] as Addr>::affinity_parts(&a4),
-        (7, [10, 0, 0, 1], 8080, 99)
+        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns),
+        (7, dst, 8080, 99)
     );
 }
 

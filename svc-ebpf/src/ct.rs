@@ -1,17 +1,20 @@
 //! Conntrack on the datapath: the lookup every hook does first (either direction with one
 //! key), expiry by state, the repair of a lost reply entry, and whether a live entry's
 //! backend still belongs to its frontend. The decisions for new flows are in `lb`.
+use super::A;
+use svc_common::Addr as _;
 use svc_common::{
-    ct_next_state, ct_peer_key, ct_state_closed, CtEntry, CtKey, CtTimeouts, SlotKey, SnatPorts,
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED,
+    ct_next_state, ct_peer_key, ct_state_closed, CtEntryOf, CtKeyOf, CtTimeouts, SlotKey,
+    SnatPorts, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED,
     CT_STATE_NONE, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST,
     CT_TCP_SYN, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::lb::*;
+use super::lb::*;
 use crate::{
-    maps::{SVC_BACKENDS, SVC_CT, SVC_SCRATCH, SVC_SLOTS},
-    parse::Flow,
+    family::Family,
+    maps::{SVC_SCRATCH, SVC_SLOTS},
+    parse::FlowOf,
 };
 
 #[inline(always)]
@@ -31,20 +34,20 @@ pub(crate) fn snat_ports() -> &'static SnatPorts {
 }
 
 #[inline(always)]
-pub(crate) fn ct_key(flow: &Flow) -> CtKey {
-    CtKey::new(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
+pub(crate) fn ct_key(flow: &FlowOf<A>) -> CtKeyOf<A> {
+    A::ct_key(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
 }
 
 /// The other entry of the flow `e` (stored under `key`) belongs to, if it still pairs back
 /// (an entry under that key written for another flow is not ours to touch).
 #[inline(always)]
-pub(crate) fn peer_of(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
+pub(crate) fn peer_of(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> Option<*mut CtEntryOf<A>> {
     let peer_key = ct_peer_key(key, e);
-    let peer = SVC_CT.get_ptr_mut(&peer_key)?;
+    let peer = A::ct().get_ptr_mut(&peer_key)?;
     // SAFETY: `peer` came from a successful lookup; copied fields only.
     let back = ct_peer_key(&peer_key, unsafe { &*peer });
-    if back.src_addr == key.src_addr
-        && back.dst_addr == key.dst_addr
+    if A::same(back.src_addr, key.src_addr)
+        && A::same(back.dst_addr, key.dst_addr)
         && back.src_port == key.src_port
         && back.dst_port == key.dst_port
     {
@@ -54,6 +57,16 @@ pub(crate) fn peer_of(key: &CtKey, e: &CtEntry) -> Option<*mut CtEntry> {
     }
 }
 
+/// Whether two conntrack keys are equal ([`Family::same`] on the addresses).
+#[inline(always)]
+fn same_key(a: &CtKeyOf<A>, b: &CtKeyOf<A>) -> bool {
+    A::same(a.src_addr, b.src_addr)
+        && A::same(a.dst_addr, b.dst_addr)
+        && a.src_port == b.src_port
+        && a.dst_port == b.dst_port
+        && a.proto == b.proto
+}
+
 /// How long a forward entry must have been quiet before a packet checks that its reply entry
 /// still exists.
 pub(crate) const REPAIR_IDLE_NS: u64 = 500_000_000;
@@ -61,18 +74,18 @@ pub(crate) const REPAIR_IDLE_NS: u64 = 500_000_000;
 /// Writes the reply entry of forward entry `fwd` (stored under `key`) again if it is gone, or
 /// if a flow that never got an answer ([`displaces`]) claimed its tuple while it was gone.
 #[inline(always)]
-pub(crate) fn repair_reply(key: &CtKey, fwd: &CtEntry) {
+pub(crate) fn repair_reply(key: &CtKeyOf<A>, fwd: &CtEntryOf<A>) {
     let rep_key = ct_peer_key(key, fwd);
     // Never over another flow's entry written meanwhile.
     let mut flags = BPF_NOEXIST;
-    if let Some(old) = SVC_CT.get_ptr(&rep_key) {
+    if let Some(old) = A::ct().get_ptr(&rep_key) {
         // SAFETY: pointer from a successful lookup; read in place.
         let old = unsafe { &*old };
-        if !displaces(fwd, old) || ct_peer_key(&rep_key, old) == *key {
+        if !displaces(fwd, old) || same_key(&ct_peer_key(&rep_key, old), key) {
             return;
         }
         if peer_of(&rep_key, old).is_some() {
-            let _ = SVC_CT.remove(&ct_peer_key(&rep_key, old));
+            let _ = A::ct().remove(&ct_peer_key(&rep_key, old));
         }
         flags = BPF_EXIST;
     }
@@ -80,9 +93,9 @@ pub(crate) fn repair_reply(key: &CtKey, fwd: &CtEntry) {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
-    let rep = unsafe { &mut (*scratch).rep };
+    let rep = unsafe { &mut *A::scratch_rep(scratch) };
     reply_of(key, fwd, rep);
-    let _ = SVC_CT.insert(&rep_key, &*rep, flags);
+    let _ = A::ct().insert(&rep_key, &*rep, flags);
 }
 
 /// Whether the established flow `ours` takes its reply tuple back from `holder`, a TCP flow
@@ -92,14 +105,14 @@ pub(crate) fn repair_reply(key: &CtKey, fwd: &CtEntry) {
 /// which [`Lookup::Collision`] drops). Without this, `ours`'s next reply would be rewritten to
 /// `holder`'s frontend and the client would reset the backend's connection.
 #[inline(always)]
-pub(crate) fn displaces(ours: &CtEntry, holder: &CtEntry) -> bool {
+pub(crate) fn displaces(ours: &CtEntryOf<A>, holder: &CtEntryOf<A>) -> bool {
     ours.state == CT_STATE_ESTABLISHED && holder.state == CT_STATE_SYN_SENT
 }
 
 /// The reply entry of forward entry `fwd`, stored under `key` (the client's tuple): the
 /// backend's packets get the frontend back as source and the client as destination.
 #[inline(always)]
-pub(crate) fn reply_of(key: &CtKey, fwd: &CtEntry, rep: &mut CtEntry) {
+pub(crate) fn reply_of(key: &CtKeyOf<A>, fwd: &CtEntryOf<A>, rep: &mut CtEntryOf<A>) {
     *rep = *fwd;
     rep.dir = CT_DIR_REPLY;
     rep.src_addr = key.dst_addr;
@@ -121,7 +134,7 @@ pub(crate) fn reply_of(key: &CtKey, fwd: &CtEntry, rep: &mut CtEntry) {
 /// peer (a flow lives while either direction is fresh: a one-way UDP stream's reply entry
 /// sees no packets, yet must translate the first reply that comes).
 #[inline(always)]
-pub(crate) fn flow_expired(t: &CtTimeouts, key: &CtKey, e: &CtEntry, now: u64) -> bool {
+pub(crate) fn flow_expired(t: &CtTimeouts, key: &CtKeyOf<A>, e: &CtEntryOf<A>, now: u64) -> bool {
     if !t.expired(key.proto, e, now) {
         return false;
     }
@@ -134,11 +147,11 @@ pub(crate) fn flow_expired(t: &CtTimeouts, key: &CtKey, e: &CtEntry, now: u64) -
 
 /// Deletes both entries of the flow stored under `key`.
 #[inline(always)]
-pub(crate) fn forget(key: &CtKey, e: &CtEntry) {
+pub(crate) fn forget(key: &CtKeyOf<A>, e: &CtEntryOf<A>) {
     if peer_of(key, e).is_some() {
-        let _ = SVC_CT.remove(&ct_peer_key(key, e));
+        let _ = A::ct().remove(&ct_peer_key(key, e));
     }
-    let _ = SVC_CT.remove(key);
+    let _ = A::ct().remove(key);
 }
 
 /// What conntrack says about a packet.
@@ -170,7 +183,12 @@ pub(crate) fn is_syn(flags: u8) -> bool {
 /// its flow's state advanced (`svc_common::ct_next_state`; both entries on a transition).
 /// ICMP errors only read: they neither refresh nor change a flow.
 #[inline(always)]
-pub(crate) fn ct_lookup(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) -> Lookup {
+pub(crate) fn ct_lookup(
+    flow: &FlowOf<A>,
+    origin: Origin,
+    now: u64,
+    out: &mut CtEntryOf<A>,
+) -> Lookup {
     match ct_lookup_sub(flow, (origin == Origin::Uplink) as u32, now, out) {
         0 => Lookup::Hit,
         1 => Lookup::Miss,
@@ -183,7 +201,12 @@ pub(crate) fn ct_lookup(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry
 /// [`ct_lookup_inline`] in a BPF subprogram of its own (see `Outcome::pack`); the entry is
 /// copied to `out` on a hit.
 #[inline(never)]
-pub(crate) fn ct_lookup_sub(flow: &Flow, uplink: u32, now: u64, out: &mut CtEntry) -> u32 {
+pub(crate) fn ct_lookup_sub(
+    flow: &FlowOf<A>,
+    uplink: u32,
+    now: u64,
+    out: &mut CtEntryOf<A>,
+) -> u32 {
     let origin = if uplink != 0 {
         Origin::Uplink
     } else {
@@ -199,9 +222,14 @@ pub(crate) fn ct_lookup_sub(flow: &Flow, uplink: u32, now: u64, out: &mut CtEntr
 }
 
 #[inline(always)]
-pub(crate) fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut CtEntry) -> Lookup {
+pub(crate) fn ct_lookup_inline(
+    flow: &FlowOf<A>,
+    origin: Origin,
+    now: u64,
+    out: &mut CtEntryOf<A>,
+) -> Lookup {
     let key = ct_key(flow);
-    let Some(ptr) = SVC_CT.get_ptr_mut(&key) else {
+    let Some(ptr) = A::ct().get_ptr_mut(&key) else {
         return Lookup::Miss;
     };
     let t = timeouts();
@@ -298,7 +326,7 @@ pub(crate) fn ct_lookup_inline(flow: &Flow, origin: Origin, now: u64, out: &mut 
 /// for frontends of up to [`MEMBERSHIP_SCAN`] backends, it is still in one of their slots.
 /// Asked only for a SYN that hits a live entry, so the cost stays off the common path.
 #[inline(always)]
-pub(crate) fn backend_current(flow: &Flow, origin: Origin, e: &CtEntry) -> bool {
+pub(crate) fn backend_current(flow: &FlowOf<A>, origin: Origin, e: &CtEntryOf<A>) -> bool {
     let Ok(fe) = frontend_for(flow, origin) else {
         return false;
     };
@@ -306,10 +334,10 @@ pub(crate) fn backend_current(flow: &Flow, origin: Origin, e: &CtEntry) -> bool 
         return false;
     }
     // SAFETY: value copied out at once.
-    let Some(b) = (unsafe { SVC_BACKENDS.get(&e.backend_id) }).copied() else {
+    let Some(b) = (unsafe { A::backends().get(&e.backend_id) }).copied() else {
         return false;
     };
-    if b.addr != e.dst_addr || b.port != e.dst_port {
+    if !A::same(b.addr, e.dst_addr) || b.port != e.dst_port {
         return false;
     }
     if fe.backend_count > MEMBERSHIP_SCAN {

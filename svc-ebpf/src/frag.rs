@@ -10,28 +10,18 @@
 //!
 //! A later fragment whose first fragment was not seen (not a translated flow's, or overtaken
 //! on the way) is passed untouched and counted as `Reason::Fragment`.
-use svc_common::{FragKey, FragPorts, Reason, FRAG_TIMEOUT_NS};
+use super::A;
+use svc_common::{FragPorts, Reason, FRAG_TIMEOUT_NS};
 
 use crate::{
-    maps::SVC_FRAGS,
-    parse::{Flow, FRAG_FIRST},
+    family::Family,
+    parse::{FlowOf, FRAG_FIRST},
     Outcome,
 };
 
-#[inline(always)]
-fn key(flow: &Flow) -> FragKey {
-    FragKey {
-        src_addr: flow.saddr,
-        dst_addr: flow.daddr,
-        id: flow.ip_id,
-        proto: flow.proto,
-        _pad: 0,
-    }
-}
-
 /// After a first fragment was translated: remember its ports for the later ones.
 #[inline(always)]
-pub(crate) fn remember(flow: &Flow, now: u64) {
+pub(crate) fn remember(flow: &FlowOf<A>, now: u64) {
     if flow.frag != FRAG_FIRST {
         return;
     }
@@ -42,14 +32,14 @@ pub(crate) fn remember(flow: &Flow, now: u64) {
         created_ns: now,
     };
     // Best effort: without it the later fragments pass untranslated and are counted.
-    let _ = SVC_FRAGS.insert(&key(flow), &ports, 0);
+    let _ = A::frags().insert(&A::frag_key(flow), &ports, 0);
 }
 
 /// A later fragment: fills in the ports its first fragment carried.
 #[inline(always)]
-pub(crate) fn later(flow: &mut Flow, now: u64) -> Result<(), Outcome> {
+pub(crate) fn later(flow: &mut FlowOf<A>, now: u64) -> Result<(), Outcome> {
     // SAFETY: the value is copied out at once.
-    let Some(ports) = (unsafe { SVC_FRAGS.get(&key(flow)) }).copied() else {
+    let Some(ports) = (unsafe { A::frags().get(&A::frag_key(flow)) }).copied() else {
         return Err(Outcome::pass(Reason::Fragment));
     };
     // An IP id reused long after (it wraps at 65536) names another datagram.

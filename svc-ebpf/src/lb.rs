@@ -3,28 +3,29 @@
 //!
 //! These functions decide; they never touch the packet. Each hook applies the decision with
 //! the rewrite primitives of its own program type (`nat` for tc, `xdp` for XDP).
+use super::A;
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     btf_maps::lpm_trie::Key,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
+use svc_common::Addr;
 use svc_common::{
-    ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, CtEntry, CtKey, CtTimeouts,
-    Frontend, FrontendKey, Reason, SlotKey, SnatPorts, SourceRangeKey, BACKEND_F_LOCAL,
-    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_ESTABLISHED,
-    CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_RST, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
-    SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SOURCE_RANGE_ID_BITS,
+    ct_peer_key, ct_state_closed, AffinityKeyOf, BackendOf, CtEntry, CtEntryOf, CtKeyOf,
+    CtTimeouts, Frontend, FrontendKeyOf, Reason, SlotKey, SnatPorts, SourceRangeKeyOf,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT,
+    CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_RST,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
+    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
+    SOURCE_RANGE_ID_BITS,
 };
 
-use crate::ct::*;
+use super::ct::*;
+use super::frag;
 use crate::{
-    frag,
-    maps::{
-        SVC_AFFINITY, SVC_BACKENDS, SVC_CONFIG, SVC_CT, SVC_FRONTENDS, SVC_SCRATCH, SVC_SLOTS,
-        SVC_SOURCE_RANGES,
-    },
-    parse::{Flow, FRAG_LATER},
+    family::Family,
+    maps::{SVC_CONFIG, SVC_SCRATCH, SVC_SLOTS},
+    parse::{FlowOf, FRAG_LATER},
     Outcome,
 };
 
@@ -55,9 +56,9 @@ pub(crate) fn blank_entry() -> CtEntry {
 /// backends as evenly as with a random choice (every connection has its own source port), and
 /// a flow whose entries were lost maps to the same backend again.
 #[inline(always)]
-fn flow_hash(flow: &Flow) -> u32 {
-    let mut h = u32::from_ne_bytes(flow.saddr) ^ HASH_SEED;
-    h = mix(h ^ u32::from_ne_bytes(flow.daddr));
+fn flow_hash(flow: &FlowOf<A>) -> u32 {
+    let mut h = flow.saddr.fold32() ^ HASH_SEED;
+    h = mix(h ^ flow.daddr.fold32());
     h = mix(h ^ ((flow.sport as u32) << 16 | flow.dport as u32));
     mix(h ^ flow.proto as u32)
 }
@@ -145,23 +146,23 @@ pub(crate) fn now_ns() -> u64 {
 /// them), and the fields are read in place rather than copied to the stack.
 
 #[inline(always)]
-fn frontend(key: &FrontendKey) -> Option<Frontend> {
+fn frontend(key: &FrontendKeyOf<A>) -> Option<Frontend> {
     // SAFETY: the value is copied out before any map update.
-    unsafe { SVC_FRONTENDS.get(key) }.copied()
+    unsafe { A::frontends().get(key) }.copied()
 }
 
 /// Whether `saddr` is inside one of the `loadBalancerSourceRanges` prefixes the agent wrote for
 /// frontend `frontend_id` (`SVC_SOURCE_RANGES`, a longest-prefix-match lookup).
 #[inline(always)]
-fn source_allowed(frontend_id: u32, saddr: [u8; 4]) -> bool {
+fn source_allowed(frontend_id: u32, saddr: A) -> bool {
     let key = Key::new(
-        SOURCE_RANGE_ID_BITS + 32,
-        SourceRangeKey {
+        SOURCE_RANGE_ID_BITS + A::BITS,
+        SourceRangeKeyOf {
             frontend_id,
             addr: saddr,
         },
     );
-    SVC_SOURCE_RANGES.get(&key).is_some()
+    A::source_ranges().get(&key).is_some()
 }
 
 /// The frontend entry new flows of `flow` use: `SCOPE_EXTERNAL` for traffic from outside when
@@ -169,8 +170,8 @@ fn source_allowed(frontend_id: u32, saddr: [u8; 4]) -> bool {
 /// `Err(true)`: a frontend whose external entry is missing (no local endpoint). Telling the two
 /// apart here keeps packets not for a Service, the most common ones, at one frontend lookup.
 #[inline(always)]
-pub(crate) fn frontend_for(flow: &Flow, origin: Origin) -> Result<Frontend, bool> {
-    let mut key = FrontendKey {
+pub(crate) fn frontend_for(flow: &FlowOf<A>, origin: Origin) -> Result<Frontend, bool> {
+    let mut key = FrontendKeyOf {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
@@ -191,10 +192,10 @@ pub(crate) fn frontend_for(flow: &Flow, origin: Origin) -> Result<Frontend, bool
 /// first fragment; ICMP errors are only ever translated for a known flow.
 #[inline(always)]
 pub(crate) fn decide(
-    flow: &mut Flow,
+    flow: &mut FlowOf<A>,
     origin: Origin,
     open: bool,
-    entry: &mut CtEntry,
+    entry: &mut CtEntryOf<A>,
 ) -> Result<Step, Outcome> {
     let now = now_ns();
     if flow.frag == FRAG_LATER {
@@ -234,24 +235,24 @@ pub(crate) fn decide(
 #[inline(always)]
 pub(crate) fn pick_backend(
     fe: &Frontend,
-    client: [u8; 4],
+    client: A,
     now: u64,
     choice: u32,
-) -> Option<(u32, Backend, bool)> {
-    let akey = AffinityKey {
+) -> Option<(u32, BackendOf<A>, bool)> {
+    let akey = AffinityKeyOf {
         frontend_id: fe.id,
         client_addr: client,
     };
     if fe.affinity_timeout_s != 0 {
         // SAFETY: values copied out immediately.
-        if let Some(a) = unsafe { SVC_AFFINITY.get(&akey) }.copied() {
+        if let Some(a) = unsafe { A::affinities().get(&akey) }.copied() {
             let fresh =
                 now.wrapping_sub(a.last_used_ns) < fe.affinity_timeout_s as u64 * 1_000_000_000;
             // SAFETY: as above.
-            let current = unsafe { SVC_BACKENDS.get(&a.backend_id) }.copied();
+            let current = unsafe { A::backends().get(&a.backend_id) }.copied();
             if let Some(b) = current {
                 // Still the backend chosen before (an id can be reused for another one).
-                if fresh && b.addr == a.backend_addr && b.port == a.backend_port {
+                if fresh && A::same(b.addr, a.backend_addr) && b.port == a.backend_port {
                     remember(&akey, a.backend_id, &b, now);
                     return Some((a.backend_id, b, true));
                 }
@@ -265,7 +266,7 @@ pub(crate) fn pick_backend(
     // SAFETY: values copied out immediately.
     let backend_id = unsafe { SVC_SLOTS.get(&slot) }.map(|s| s.backend_id)?;
     // SAFETY: as above.
-    let backend = unsafe { SVC_BACKENDS.get(&backend_id) }.copied()?;
+    let backend = unsafe { A::backends().get(&backend_id) }.copied()?;
     if fe.affinity_timeout_s != 0 {
         remember(&akey, backend_id, &backend, now);
     }
@@ -273,10 +274,10 @@ pub(crate) fn pick_backend(
 }
 
 #[inline(always)]
-fn remember(key: &AffinityKey, backend_id: u32, backend: &Backend, now: u64) {
-    let value = Affinity::new(backend_id, backend.addr, backend.port, now);
+fn remember(key: &AffinityKeyOf<A>, backend_id: u32, backend: &BackendOf<A>, now: u64) {
+    let value = <A as Addr>::Affinity::new(backend_id, backend.addr, backend.port, now);
     // Best effort: without the entry the next flow is merely balanced afresh.
-    let _ = SVC_AFFINITY.insert(key, &value, 0);
+    let _ = A::affinities().insert(key, &value, 0);
 }
 
 /// Stores reply entry `rep` under `key` unless a live flow holds that tuple: an absent key is
@@ -285,13 +286,13 @@ fn remember(key: &AffinityKey, backend_id: u32, backend: &Backend, now: u64) {
 /// deleted. Never overwrites a live flow's reverse NAT, except, with `OWN`, the same flow's own
 /// (a picked-up flow whose forward entry alone was lost).
 #[inline(always)]
-fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) -> bool {
-    if SVC_CT.insert(key, rep, BPF_NOEXIST).is_ok() {
+fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKeyOf<A>, rep: &CtEntryOf<A>, now: u64) -> bool {
+    if A::ct().insert(key, rep, BPF_NOEXIST).is_ok() {
         return true;
     }
-    let Some(old) = SVC_CT.get_ptr_mut(key) else {
+    let Some(old) = A::ct().get_ptr_mut(key) else {
         // Deleted meanwhile (GC, LRU): try once more.
-        return SVC_CT.insert(key, rep, BPF_NOEXIST).is_ok();
+        return A::ct().insert(key, rep, BPF_NOEXIST).is_ok();
     };
     // SAFETY: pointer from a successful lookup; read in place (no copy on the stack).
     let old = unsafe { &*old };
@@ -304,9 +305,9 @@ fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) 
     // The same flow's own reply entry (a picked-up flow whose forward entry alone was
     // evicted): it names the same client tuple and frontend, so it is simply rewritten.
     let own = OWN
-        && old.dst_addr == rep.dst_addr
+        && A::same(old.dst_addr, rep.dst_addr)
         && old.dst_port == rep.dst_port
-        && old.src_addr == rep.src_addr
+        && A::same(old.src_addr, rep.src_addr)
         && old.src_port == rep.src_port;
     // A picked-up flow takes its tuple back from a flow that claimed it while the picked-up
     // one had no entries (see `displaces`).
@@ -315,12 +316,12 @@ fn claim<const OWN: bool>(t: &CtTimeouts, key: &CtKey, rep: &CtEntry, now: u64) 
         return false;
     }
     if own {
-        return SVC_CT.insert(key, rep, BPF_EXIST).is_ok();
+        return A::ct().insert(key, rep, BPF_EXIST).is_ok();
     }
     if peer_of(key, old).is_some() {
-        let _ = SVC_CT.remove(&ct_peer_key(key, old));
+        let _ = A::ct().remove(&ct_peer_key(key, old));
     }
-    SVC_CT.insert(key, rep, BPF_EXIST).is_ok()
+    A::ct().insert(key, rep, BPF_EXIST).is_ok()
 }
 
 /// Tags on [`new_flow_sub`]'s result (above `Outcome::pack`'s bits).
@@ -331,11 +332,11 @@ const NEW_REJECT: u64 = 2 << 40;
 /// callers' stack; see `Outcome::pack`).
 #[inline(always)]
 fn open_flow(
-    flow: &Flow,
+    flow: &FlowOf<A>,
     origin: Origin,
     now: u64,
     reopened: bool,
-    entry: &mut CtEntry,
+    entry: &mut CtEntryOf<A>,
 ) -> Result<Step, Outcome> {
     let how = (origin == Origin::Uplink) as u32 | (reopened as u32) << 1;
     let r = new_flow_sub(flow, how, now, entry);
@@ -353,7 +354,7 @@ fn open_flow(
 }
 
 #[inline(never)]
-fn new_flow_sub(flow: &Flow, how: u32, now: u64, out: &mut CtEntry) -> u64 {
+fn new_flow_sub(flow: &FlowOf<A>, how: u32, now: u64, out: &mut CtEntryOf<A>) -> u64 {
     let origin = if how & 1 != 0 {
         Origin::Uplink
     } else {
@@ -373,11 +374,11 @@ fn new_flow_sub(flow: &Flow, how: u32, now: u64, out: &mut CtEntry) -> u64 {
 /// The forward entry is built in `fwd` (the caller's memory).
 #[inline(always)]
 fn new_flow(
-    flow: &Flow,
+    flow: &FlowOf<A>,
     origin: Origin,
     now: u64,
     reopened: bool,
-    fwd: &mut CtEntry,
+    fwd: &mut CtEntryOf<A>,
 ) -> Result<Step, Outcome> {
     let fe = match frontend_for(flow, origin) {
         Ok(fe) => fe,
@@ -412,7 +413,7 @@ fn new_flow(
     let (backend_id, backend, sticky) = pick_backend(&fe, flow.saddr, now, flow_hash(flow))
         .ok_or(Outcome::drop(Reason::BackendMissing))?;
     // Forward: the client's tuple → the backend, source as decided below.
-    *fwd = CtEntry {
+    *fwd = CtEntryOf {
         src_addr: flow.saddr,
         dst_addr: backend.addr,
         src_port: flow.sport,
@@ -449,7 +450,7 @@ fn new_flow(
     if fe.flags & FRONTEND_F_NODEPORT != 0 {
         fwd.flags |= CT_F_NODEPORT;
     }
-    if origin == Origin::Pod && backend.addr == flow.saddr {
+    if origin == Origin::Pod && A::same(backend.addr, flow.saddr) {
         // Hairpin: the pod reaches itself. It must not see a packet from its own address (the
         // stack would drop it as martian), so the frontend becomes the source; the client port
         // is kept, which keeps the reply tuple unique.
@@ -466,10 +467,11 @@ fn new_flow(
         };
         // The agent writes 0.0.0.0 when no address of this node qualifies (run.rs,
         // `snat_source`): a packet from 0.0.0.0 would never be answered.
-        if config.node_addr == [0; 4] {
+        let node_addr = A::snat_addr(config);
+        if A::same(node_addr, A::UNSPECIFIED) {
             return Err(Outcome::drop(Reason::SnatNoAddress));
         }
-        fwd.src_addr = config.node_addr;
+        fwd.src_addr = node_addr;
         fwd.flags |= CT_F_SNAT;
         // The first SNAT port tried is named by a hash of the client's tuple (salted, so it
         // does not follow the backend choice, which uses the same hash); `commit` claims it as
@@ -489,7 +491,7 @@ fn new_flow(
 /// clash, and stores both entries. Returns the (possibly changed) reason, or a packed
 /// outcome tagged [`NEW_REJECT`]-free (see [`open_flow`]).
 #[inline(never)]
-fn commit_sub(flow: &Flow, now: u64, fwd: &mut CtEntry, reason: u32) -> u64 {
+fn commit_sub(flow: &FlowOf<A>, now: u64, fwd: &mut CtEntryOf<A>, reason: u32) -> u64 {
     match commit(flow, now, fwd, crate::reason_from(reason)) {
         Ok(reason) => NEW_TRANSLATE | reason as u32 as u64,
         Err(out) => out.pack(),
@@ -497,15 +499,20 @@ fn commit_sub(flow: &Flow, now: u64, fwd: &mut CtEntry, reason: u32) -> u64 {
 }
 
 #[inline(always)]
-fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Result<Reason, Outcome> {
+fn commit(
+    flow: &FlowOf<A>,
+    now: u64,
+    fwd: &mut CtEntryOf<A>,
+    mut reason: Reason,
+) -> Result<Reason, Outcome> {
     let snat = fwd.flags & CT_F_SNAT != 0;
     let Some(scratch) = SVC_SCRATCH.get_ptr_mut(0) else {
         return Err(Outcome::drop(Reason::CtInsertFailed));
     };
     // SAFETY: this CPU's slot of a per-CPU array, used only while this program runs.
-    let rep = unsafe { &mut (*scratch).rep };
+    let rep = unsafe { &mut *A::scratch_rep(scratch) };
     reply_of(&ct_key(flow), fwd, rep);
-    let mut rep_key = CtKey::new(
+    let mut rep_key = A::ct_key(
         fwd.dst_addr,
         fwd.src_addr,
         fwd.dst_port,
@@ -526,7 +533,7 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
     if !claimed {
         for _ in 0..SNAT_ATTEMPTS {
             rep_key.dst_port = snat_port(&ports, random_below(span));
-            if SVC_CT.insert(&rep_key, &*rep, BPF_NOEXIST).is_ok() {
+            if A::ct().insert(&rep_key, &*rep, BPF_NOEXIST).is_ok() {
                 claimed = true;
                 break;
             }
@@ -546,9 +553,9 @@ fn commit(flow: &Flow, now: u64, fwd: &mut CtEntry, mut reason: Reason) -> Resul
         }
     }
     fwd.src_port = rep_key.dst_port;
-    if SVC_CT.insert(ct_key(flow), &*fwd, 0).is_err() {
+    if A::ct().insert(ct_key(flow), &*fwd, 0).is_err() {
         // The reply entry alone would hold its tuple until it expires.
-        let _ = SVC_CT.remove(&rep_key);
+        let _ = A::ct().remove(&rep_key);
         reason = Reason::CtInsertFailed;
     }
     Ok(reason)
@@ -569,22 +576,24 @@ pub(crate) const BPF_NOEXIST: u64 = 1;
 /// `BPF_EXIST`: update only if the key is present.
 pub(crate) const BPF_EXIST: u64 = 2;
 
-const AF_INET: u8 = 2;
-
 /// `bpf_fib_lookup` input for a packet translated as `entry` says, arriving on `ifindex`,
 /// whose length to check against the MTU is `tot_len`: shared by XDP and tc, which differ in
 /// the context they pass, the flags and the length (`route::mtu_check_len`).
 #[inline(always)]
-pub(crate) fn fib_params(flow: &Flow, entry: &CtEntry, ifindex: u32, tot_len: u16) -> FibParams {
+pub(crate) fn fib_params(
+    flow: &FlowOf<A>,
+    entry: &CtEntryOf<A>,
+    ifindex: u32,
+    tot_len: u16,
+) -> FibParams {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
+    p.family = A::FAMILY;
     p.l4_protocol = flow.proto_on_wire();
     p.sport = entry.src_port.to_be();
     p.dport = entry.dst_port.to_be();
     p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = ifindex;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(entry.src_addr);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(entry.dst_addr);
+    A::fib_addrs(&mut p, entry.src_addr, entry.dst_addr);
     p
 }

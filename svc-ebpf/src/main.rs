@@ -43,17 +43,13 @@
 
 #[cfg(target_arch = "bpf")]
 mod csum;
-#[cfg(target_arch = "bpf")]
-mod ct;
 /// Benchmark floors only (empty tc and XDP programs the agent never attaches); see `floor.rs`.
+#[cfg(target_arch = "bpf")]
+mod family;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
-mod frag;
-#[cfg(target_arch = "bpf")]
 mod icmp;
-#[cfg(target_arch = "bpf")]
-mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -76,6 +72,10 @@ mod stats;
 mod trace;
 #[cfg(target_arch = "bpf")]
 mod uplink;
+#[cfg(target_arch = "bpf")]
+mod v4;
+#[cfg(target_arch = "bpf")]
+mod v6;
 #[cfg(target_arch = "bpf")]
 mod xdp;
 

@@ -30,7 +30,7 @@ pub(crate) static SVC_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }>
 /// `__bpf_lru_list_shrink`); under churn a reply entry was seen evicted between a connection's
 /// request and its answer. A per-CPU list puts a new entry at the head of its inactive list
 /// (`bpf_percpu_lru_pop_free`). Each CPU then evicts within its own share of the capacity.
-const BPF_F_NO_COMMON_LRU: usize = 2;
+pub(crate) const BPF_F_NO_COMMON_LRU: usize = 2;
 
 #[btf_map]
 pub(crate) static SVC_CT: LruHashMap<

@@ -6,7 +6,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use svc_common::{Reason, PROTO_TCP, PROTO_UDP};
 
-use crate::Outcome;
+use crate::{family::Family, Outcome};
 
 /// Offset of the IPv4 header: frames on veths and test runs start with an Ethernet header.
 pub(crate) const IP_OFF: usize = EthHdr::LEN;
@@ -43,6 +43,8 @@ pub(crate) const FRAG_LATER: u8 = 2;
 
 /// IP protocol number of ICMP.
 pub(crate) const PROTO_ICMP: u8 = 1;
+/// IP protocol number (next header) of ICMPv6.
+pub(crate) const PROTO_ICMPV6: u8 = 58;
 
 /// What the programs need from a TCP/UDP over IPv4 packet. Addresses network order, ports host
 /// order, like the map keys.
@@ -51,9 +53,9 @@ pub(crate) const PROTO_ICMP: u8 = 1;
 /// *reversed*: the tuple a packet of the quoted flow has when it travels the way the error
 /// travels. Conntrack keyed by it says how such a packet is translated, and the error is
 /// translated to match (see `icmp`).
-pub(crate) struct Flow {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub(crate) struct FlowOf<A: Family> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -79,16 +81,21 @@ pub(crate) struct Flow {
     pub l4_hdr_len: u8,
     /// An ICMP destination-unreachable or time-exceeded error (tuple reversed, see above).
     pub icmp: bool,
+    /// What only this family's packets carry (`Family::Extra`; nothing for IPv4).
+    pub x: A::Extra,
 }
 
-impl Flow {
+/// An IPv4 packet's flow.
+pub(crate) type Flow = FlowOf<[u8; 4]>;
+
+impl<A: Family> FlowOf<A> {
     /// A flow for [`parse_tc`] / [`parse_xdp`] to fill in. The hooks keep it in memory and
     /// pass it by reference: built field by field and returned by value, its fields were
     /// spilled to the stack and copied once more, and the programs ran out of the verifier's
     /// 512 bytes.
     pub(crate) const EMPTY: Self = Self {
-        saddr: [0; 4],
-        daddr: [0; 4],
+        saddr: A::UNSPECIFIED,
+        daddr: A::UNSPECIFIED,
         sport: 0,
         dport: 0,
         proto: 0,
@@ -103,6 +110,7 @@ impl Flow {
         df: false,
         l4_hdr_len: 0,
         icmp: false,
+        x: A::EXTRA,
     };
 
     /// The IP protocol byte as it sits in the packet's own header (ICMP for an ICMP error,
@@ -110,7 +118,7 @@ impl Flow {
     #[inline(always)]
     pub(crate) fn proto_on_wire(&self) -> u8 {
         if self.icmp {
-            PROTO_ICMP
+            A::PROTO_ICMP
         } else {
             self.proto
         }
@@ -194,6 +202,7 @@ fn parse(start: usize, end: usize, flow: &mut Flow) -> Result<(), Outcome> {
         df: frags & IP_DF != 0,
         l4_hdr_len: 0,
         icmp: false,
+        x: (),
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         if proto == PROTO_ICMP && frag == FRAG_NONE {

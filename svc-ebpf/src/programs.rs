@@ -5,12 +5,12 @@ use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_NODEPO
 use crate::trace::trace;
 
 use crate::{
-    lb::{blank_entry, decide, Origin, Step},
     nat::{apply, decrement_ttl, swap_macs, ttl_expires},
     parse::{parse_tc, Flow},
     reject::reject,
     route::forward,
     stats::count,
+    v4::lb::{blank_entry, decide, Origin, Step},
     Outcome,
 };
 

@@ -113,7 +113,7 @@ fn within_budget() -> bool {
     let Some(w) = SVC_RATELIMIT.get_ptr_mut(0) else {
         return false;
     };
-    let now = crate::lb::now_ns();
+    let now = crate::v4::lb::now_ns();
     // SAFETY: this CPU's own slot of a per-CPU array; nothing else writes it meanwhile.
     unsafe {
         if now.saturating_sub((*w).start_ns) >= 1_000_000_000 {

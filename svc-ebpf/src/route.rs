@@ -15,10 +15,10 @@ use network_types::ip::Ipv4Hdr;
 use svc_common::{CtEntry, Reason, FAULT_NO_SKIP_NEIGH};
 
 use crate::{
-    lb::fib_params,
     nat::{apply, decrement_ttl, ttl_expires},
     parse::{Flow, FRAG_NONE},
     reject::frag_needed,
+    v4::lb::fib_params,
     Outcome,
 };
 

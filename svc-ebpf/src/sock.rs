@@ -41,9 +41,9 @@ use svc_common::{
 };
 
 use crate::{
-    lb::{mix, pick_backend},
     maps::{SVC_CONFIG, SVC_FRONTENDS, SVC_SOCK_REV},
     stats::count,
+    v4::lb::{mix, pick_backend},
 };
 
 /// Let the call proceed.

@@ -9,12 +9,12 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT};
 
 use crate::{
-    lb::{decide, Origin, Step},
     nat::apply,
     parse::{parse_tc, Flow},
     programs::run_tc,
     reject::reject,
     route::forward,
+    v4::lb::{decide, Origin, Step},
     Outcome,
 };
 

@@ -34,10 +34,10 @@ use svc_common::{
 
 use crate::{
     csum::{csum_update, fold, halves, words},
-    lb::{blank_entry, decide, fib_params, Origin, Step},
     parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
     stats::count,
     trace::trace,
+    v4::lb::{blank_entry, decide, fib_params, Origin, Step},
     Outcome, TC_ACT_SHOT,
 };
 

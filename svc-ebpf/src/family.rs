@@ -1,0 +1,224 @@
+//! What the shared decisions (`lb`, `ct`, `frag`) need to know of an address family: its maps
+//! and the few computations whose shape depends on the address width.
+//!
+//! Every decision is written once, generic over `A: Family` (`[u8; 4]` or `[u8; 16]`, the
+//! `svc_common::Addr` widths), and the compiler instantiates it per family: the IPv4 programs
+//! use only IPv4 maps and 16-byte conntrack keys, the IPv6 programs only the `*6` maps. A
+//! program is one family's, so the verifier never walks the other family's code in it.
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    btf_maps::{HashMap, LpmTrie, LruHashMap},
+};
+use svc_common::{
+    Addr, AffinityKeyOf, BackendOf, Config, CtEntryOf, CtKeyOf, FragKey, FragKey6, FragPorts,
+    Frontend, FrontendKeyOf, Scratch, SourceRangeKeyOf, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_FRAGS, MAX_FRONTENDS, MAX_SOURCE_RANGES,
+};
+
+use crate::{
+    maps::{
+        BPF_F_NO_COMMON_LRU, SVC_AFFINITY, SVC_AFFINITY6, SVC_BACKENDS, SVC_BACKENDS6, SVC_CT,
+        SVC_CT6, SVC_FRAGS, SVC_FRAGS6, SVC_FRONTENDS, SVC_FRONTENDS6, SVC_SOURCE_RANGES,
+        SVC_SOURCE_RANGES6,
+    },
+    parse::FlowOf,
+};
+
+pub(crate) type Frontends<A> = HashMap<FrontendKeyOf<A>, Frontend, { MAX_FRONTENDS as usize }>;
+pub(crate) type Backends<A> = HashMap<u32, BackendOf<A>, { MAX_BACKENDS as usize }>;
+pub(crate) type Conntrack<A> =
+    LruHashMap<CtKeyOf<A>, CtEntryOf<A>, { MAX_CONNTRACK as usize }, BPF_F_NO_COMMON_LRU>;
+pub(crate) type Affinities<A> =
+    LruHashMap<AffinityKeyOf<A>, <A as Addr>::Affinity, { MAX_AFFINITY as usize }>;
+pub(crate) type SourceRanges<A> = LpmTrie<SourceRangeKeyOf<A>, u8, { MAX_SOURCE_RANGES as usize }>;
+
+/// An address family as the programs see it (implemented for the two `svc_common::Addr`s).
+pub(crate) trait Family: Addr {
+    /// What a parsed packet of this family carries beyond the fields both share
+    /// ([`FlowOf::x`]): nothing for IPv4 (the layout of its `Flow` is what the verifier
+    /// budget was measured with), the L4 offset and the fragment id for IPv6.
+    type Extra: Copy;
+    /// [`Self::Extra`] of a flow not parsed yet.
+    const EXTRA: Self::Extra;
+    /// The IP protocol number of the family's ICMP (1, or 58 for ICMPv6).
+    const PROTO_ICMP: u8;
+    /// The key of the family's fragment map.
+    type FragKey;
+
+    fn frontends() -> &'static Frontends<Self>;
+    fn backends() -> &'static Backends<Self>;
+    fn ct() -> &'static Conntrack<Self>;
+    fn affinities() -> &'static Affinities<Self>;
+    fn source_ranges() -> &'static SourceRanges<Self>;
+    fn frags() -> &'static LruHashMap<Self::FragKey, FragPorts, { MAX_FRAGS as usize }>;
+    /// The fragment-map key of a (first or later) fragment.
+    fn frag_key(flow: &FlowOf<Self>) -> Self::FragKey;
+    /// This family's reply entry in the per-CPU scratch memory.
+    fn scratch_rep(s: *mut Scratch) -> *mut CtEntryOf<Self>;
+    /// This node's source-NAT address of the family (unspecified: none).
+    fn snat_addr(c: &Config) -> Self;
+    /// The address folded to 32 bits (xor of its words) for the flow hash.
+    fn fold32(self) -> u32;
+    /// Whether two addresses are equal, compared as whole words. Not `==`: in code generic
+    /// over the family, `==` on `[u8; 4]` fields of map values was lowered to byte loads
+    /// (the callee's `&[u8; 4]` has alignment 1), which cost the IPv4 programs ~20 % more
+    /// verified instructions; taken by value, the caller loads each field with the alignment
+    /// of its place in the struct.
+    fn same(a: Self, b: Self) -> bool;
+    /// Writes `src` and `dst` into a FIB lookup's parameters.
+    fn fib_addrs(p: &mut FibParams, src: Self, dst: Self);
+}
+
+impl Family for [u8; 4] {
+    type Extra = ();
+    const EXTRA: () = ();
+    const PROTO_ICMP: u8 = crate::parse::PROTO_ICMP;
+    type FragKey = FragKey;
+
+    #[inline(always)]
+    fn frontends() -> &'static Frontends<Self> {
+        &SVC_FRONTENDS
+    }
+    #[inline(always)]
+    fn backends() -> &'static Backends<Self> {
+        &SVC_BACKENDS
+    }
+    #[inline(always)]
+    fn ct() -> &'static Conntrack<Self> {
+        &SVC_CT
+    }
+    #[inline(always)]
+    fn affinities() -> &'static Affinities<Self> {
+        &SVC_AFFINITY
+    }
+    #[inline(always)]
+    fn source_ranges() -> &'static SourceRanges<Self> {
+        &SVC_SOURCE_RANGES
+    }
+    #[inline(always)]
+    fn frags() -> &'static LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> {
+        &SVC_FRAGS
+    }
+    #[inline(always)]
+    fn frag_key(flow: &FlowOf<Self>) -> FragKey {
+        FragKey {
+            src_addr: flow.saddr,
+            dst_addr: flow.daddr,
+            id: flow.ip_id,
+            proto: flow.proto,
+            _pad: 0,
+        }
+    }
+    #[inline(always)]
+    fn scratch_rep(s: *mut Scratch) -> *mut CtEntryOf<Self> {
+        // SAFETY: a field address of a valid pointer; nothing is read.
+        unsafe { core::ptr::addr_of_mut!((*s).rep) }
+    }
+    #[inline(always)]
+    fn snat_addr(c: &Config) -> Self {
+        c.node_addr
+    }
+    #[inline(always)]
+    fn fold32(self) -> u32 {
+        u32::from_ne_bytes(self)
+    }
+    #[inline(always)]
+    fn same(a: Self, b: Self) -> bool {
+        u32::from_ne_bytes(a) == u32::from_ne_bytes(b)
+    }
+    #[inline(always)]
+    fn fib_addrs(p: &mut FibParams, src: Self, dst: Self) {
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    }
+}
+
+/// [`FlowOf::x`] of an IPv6 packet.
+#[derive(Clone, Copy)]
+pub(crate) struct V6Extra {
+    /// Offset of the L4 header (after the extension headers skipped).
+    pub l4_off: u16,
+    /// The Fragment header's identification, host order (fragments only).
+    pub frag_id: u32,
+}
+
+impl Family for [u8; 16] {
+    type Extra = V6Extra;
+    const EXTRA: V6Extra = V6Extra {
+        l4_off: 0,
+        frag_id: 0,
+    };
+    const PROTO_ICMP: u8 = crate::parse::PROTO_ICMPV6;
+    type FragKey = FragKey6;
+
+    #[inline(always)]
+    fn frontends() -> &'static Frontends<Self> {
+        &SVC_FRONTENDS6
+    }
+    #[inline(always)]
+    fn backends() -> &'static Backends<Self> {
+        &SVC_BACKENDS6
+    }
+    #[inline(always)]
+    fn ct() -> &'static Conntrack<Self> {
+        &SVC_CT6
+    }
+    #[inline(always)]
+    fn affinities() -> &'static Affinities<Self> {
+        &SVC_AFFINITY6
+    }
+    #[inline(always)]
+    fn source_ranges() -> &'static SourceRanges<Self> {
+        &SVC_SOURCE_RANGES6
+    }
+    #[inline(always)]
+    fn frags() -> &'static LruHashMap<FragKey6, FragPorts, { MAX_FRAGS as usize }> {
+        &SVC_FRAGS6
+    }
+    #[inline(always)]
+    fn frag_key(flow: &FlowOf<Self>) -> FragKey6 {
+        FragKey6 {
+            src_addr: flow.saddr,
+            dst_addr: flow.daddr,
+            id: flow.x.frag_id,
+            proto: flow.proto,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn scratch_rep(s: *mut Scratch) -> *mut CtEntryOf<Self> {
+        // SAFETY: a field address of a valid pointer; nothing is read.
+        unsafe { core::ptr::addr_of_mut!((*s).rep6) }
+    }
+    #[inline(always)]
+    fn snat_addr(c: &Config) -> Self {
+        c.node_addr6
+    }
+    #[inline(always)]
+    fn fold32(self) -> u32 {
+        let w = |i: usize| u32::from_ne_bytes([self[i], self[i + 1], self[i + 2], self[i + 3]]);
+        w(0) ^ w(4) ^ w(8) ^ w(12)
+    }
+    #[inline(always)]
+    fn same(a: Self, b: Self) -> bool {
+        let h = |x: &[u8; 16], i: usize| {
+            u64::from_ne_bytes([
+                x[i],
+                x[i + 1],
+                x[i + 2],
+                x[i + 3],
+                x[i + 4],
+                x[i + 5],
+                x[i + 6],
+                x[i + 7],
+            ])
+        };
+        h(&a, 0) == h(&b, 0) && h(&a, 8) == h(&b, 8)
+    }
+    #[inline(always)]
+    fn fib_addrs(p: &mut FibParams, src: Self, dst: Self) {
+        let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        p.__bindgen_anon_3.ipv6_src = [w(&src, 0), w(&src, 4), w(&src, 8), w(&src, 12)];
+        p.__bindgen_anon_4.ipv6_dst = [w(&dst, 0), w(&dst, 4), w(&dst, 8), w(&dst, 12)];
+    }
+}
