@@ -1,11 +1,12 @@
 //! Packet capture in a test namespace and independent checksum verification.
 //!
-//! The datapath rewrites addresses and ports and must fix IPv4, TCP and UDP checksums as it
-//! goes; DESIGN §2 ("the checksum trap") explains how that goes wrong silently over veth.
+//! The datapath rewrites addresses and ports and must fix IPv4, TCP, UDP and ICMPv6 checksums
+//! as it goes; DESIGN §2 ("the checksum trap") explains how that goes wrong silently over veth.
 //! Tests capture on the underlay, where every packet has passed a node `eth0` with TX checksum
-//! offload off — so every checksum is real — and [`verify_checksums`] recomputes each one with
-//! the RFC 1071 code in this file, which shares nothing with the kernel or with the eBPF
-//! programs under test.
+//! offload off — so every checksum is real — and [`verify_checksums`] recomputes each one, for
+//! IPv4 and IPv6 (pseudo-header, extension headers, fragments), with the RFC 1071 code of
+//! `verify.rs` and `verify6.rs`, which shares nothing with the kernel or with the eBPF programs
+//! under test.
 //!
 //! Capturing on `br0` in the underlay namespace sees traffic forwarded between ports because
 //! tcpdump puts the bridge into promiscuous mode, and a promiscuous bridge also delivers a copy
@@ -14,7 +15,10 @@
 // What each child owns (see its first lines); capturing (tcpdump in a namespace) stays here.
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;
 mod verify;
+mod verify6;
 
 pub use verify::*;
 
