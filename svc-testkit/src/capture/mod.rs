@@ -36,6 +36,9 @@ const TCPDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET_FOR: Duration = Duration::from_millis(50);
 /// …but not longer than this in total (steady background traffic never goes quiet).
 const QUIET_MAX: Duration = Duration::from_secs(1);
+/// A snap length that holds a whole underlay frame (MTU 1500, Ethernet header, a VLAN tag,
+/// with room to spare): for [`Capture::start_snaplen`] on the underlay.
+pub const UNDERLAY_SNAPLEN: u32 = 1600;
 /// At most this many bad packets are described in a [`Report`] (the counts stay exact).
 const MAX_DESCRIBED: usize = 50;
 
@@ -62,12 +65,28 @@ impl Capture {
         iface: &str,
         filter: &[&str],
     ) -> Result<Capture> {
+        Self::start_snaplen(topology, ns, iface, 0, filter)
+    }
+
+    /// Like [`Capture::start_filtered`] with a snap length (`-s`; 0: the whole packet, up to
+    /// 256 KiB for GSO packets). On the underlay, where node `eth0`s have TX offloads off and
+    /// every frame is at most one MTU, [`UNDERLAY_SNAPLEN`] keeps every byte while fitting
+    /// about 160 times more packets in the capture ring than `-s 0`: a full capture of bulk
+    /// transfers then keeps up instead of dropping.
+    pub fn start_snaplen(
+        topology: &Topology,
+        ns: &str,
+        iface: &str,
+        snaplen: u32,
+        filter: &[&str],
+    ) -> Result<Capture> {
         let path = std::env::temp_dir().join(format!(
             "{}cap{}-{iface}.pcap",
             topology.prefix(),
             CAPTURES.fetch_add(1, Ordering::Relaxed)
         ));
         let path_s = path.to_string_lossy().into_owned();
+        let snaplen = snaplen.to_string();
         // --immediate-mode: without it libpcap's TPACKET_V3 ring hands packets to tcpdump
         //   only when a block fills or its timeout (1 s) expires, and tcpdump exits on SIGINT
         //   without draining the ring: the last second of traffic would be counted by the
@@ -89,7 +108,7 @@ impl Capture {
             "-B",
             "65536",
             "-s",
-            "0",
+            &snaplen,
             "-n",
             "-Z",
             "root",
