@@ -291,3 +291,50 @@ fn dual_stack_topology_carries_ipv6_and_ipv4_with_valid_checksums() {
         "IPv4 across the underlay: {report}"
     );
 }
+
+/// The proof that the test above would catch a wrong IPv6 checksum: with TX checksum offload
+/// back on on node 1's `eth0`, its packets cross the underlay with partial checksums (the
+/// pseudo-header sum only: no NIC completes them on a veth), which the receiving veth still
+/// trusts — traffic works, and only the capture can tell. It must name the IPv6 packets.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn a_partial_ipv6_checksum_on_the_underlay_is_caught() {
+    require_root();
+    let t = Topology::build(
+        &TopologySpec::new()
+            .node(&["c1"])
+            .node(&["s2"])
+            .dual_stack(true),
+    )
+    .expect("building the dual-stack topology");
+    let _servers = t
+        .serve(&["s2"], &["--tcp", "8080", "--udp", "5353"])
+        .unwrap();
+    t.exec_ok(&t.node(1).ns, &["ethtool", "-K", "eth0", "tx", "on"])
+        .unwrap();
+    let capture = Capture::start_snaplen(&t, t.underlay_ns(), "br0", UNDERLAY_SNAPLEN, &[])
+        .expect("capturing on the underlay");
+    let (c1, s2) = (t.pod_ip6("c1"), t.pod_ip6("s2"));
+    exchanges(
+        &t,
+        "IPv6 across nodes",
+        t.pod_ns("c1"),
+        c1.into(),
+        s2.into(),
+    );
+    let report = verify_checksums(capture.stop().unwrap().path()).unwrap();
+    for proto in ["TCP", "UDP"] {
+        let want = format!("{proto} {c1} -> {s2}");
+        assert!(
+            report.bad_l4.iter().any(|m| m.contains(&want)),
+            "the capture must name the partial {want} checksums: {report}"
+        );
+    }
+    assert!(
+        !report
+            .bad_l4
+            .iter()
+            .any(|m| m.contains(&format!("{s2} -> {c1}"))),
+        "node 2 still has offload off: its packets are right: {report}"
+    );
+}
