@@ -521,7 +521,7 @@ fn dual_stack_layout_and_ipv6_clients_in_process() {
     for fam in Family::BOTH {
         let b1 = t.pod_addr("b1", fam);
         let me = host_port(t.pod_addr("a1", fam), 0);
-        let me = me.trim_end_matches('0').to_owned();
+        let me = me.strip_suffix('0').expect("port 0").to_owned();
         let tcp_target = SocketAddr::new(b1, 8080);
         let udp_target = SocketAddr::new(b1, 5353);
         let (tcp, udp, hold) = t
