@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! svc-probe serve --id NAME --tcp 80,8080 --udp 53      # prints "ready" once bound
+//!                                                       # (0.0.0.0 and [::] unless --bind)
 //! svc-probe tcp  --target IP:PORT[,IP:PORT…] --count N --timeout-ms T [--parallel P]
 //! svc-probe udp  --target IP:PORT[,IP:PORT…] --count N --timeout-ms T [--sockets per-request|one]
 //!                [--parallel P]
@@ -18,10 +19,11 @@
 //! completed, however many exchanges failed: judging the numbers is the test's job. A non-zero
 //! exit means a usage or setup error (message on stderr). Several `tcp`/`udp` targets are used
 //! round-robin (the benchmark's floor: straight to each backend pod in turn). SIGTERM/SIGINT stop `serve` and
-//! `hold` cleanly (`hold` still prints its summary). See `svc_testkit::probe` for the semantics.
+//! `hold` cleanly (`hold` still prints its summary). Targets are `IP:PORT` or `[IPv6]:PORT`;
+//! servers listen on both families. See `svc_testkit::probe` for the semantics.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -53,9 +55,10 @@ enum Cmd {
         /// UDP ports to answer on.
         #[arg(long, value_delimiter = ',')]
         udp: Vec<u16>,
-        /// Address to bind.
+        /// Address to bind: 0.0.0.0 or :: (the default) listens on both families, one socket
+        /// each; another address on that address alone.
         #[arg(long, default_value = "0.0.0.0")]
-        bind: Ipv4Addr,
+        bind: IpAddr,
         /// TCP ports for bulk transfers (`GET n` / `PUT n`, svc_testkit::traffic).
         #[arg(long, value_delimiter = ',')]
         bulk: Vec<u16>,
@@ -199,7 +202,7 @@ fn print_line(s: &str) -> Result<()> {
 }
 
 /// Parses every `--target` (at least one; clap requires the flag).
-fn parse_targets(targets: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+fn parse_targets(targets: &[String]) -> Result<Vec<std::net::SocketAddr>> {
     let parsed: Vec<_> = targets
         .iter()
         .map(|t| probe::parse_target(t))

@@ -1,11 +1,12 @@
 //! Packet capture in a test namespace and independent checksum verification.
 //!
-//! The datapath rewrites addresses and ports and must fix IPv4, TCP and UDP checksums as it
-//! goes; DESIGN §2 ("the checksum trap") explains how that goes wrong silently over veth.
+//! The datapath rewrites addresses and ports and must fix IPv4, TCP, UDP and ICMPv6 checksums
+//! as it goes; DESIGN §2 ("the checksum trap") explains how that goes wrong silently over veth.
 //! Tests capture on the underlay, where every packet has passed a node `eth0` with TX checksum
-//! offload off — so every checksum is real — and [`verify_checksums`] recomputes each one with
-//! the RFC 1071 code in this file, which shares nothing with the kernel or with the eBPF
-//! programs under test.
+//! offload off — so every checksum is real — and [`verify_checksums`] recomputes each one, for
+//! IPv4 and IPv6 (pseudo-header, extension headers, fragments), with the RFC 1071 code of
+//! `verify.rs` and `verify6.rs`, which shares nothing with the kernel or with the eBPF programs
+//! under test.
 //!
 //! Capturing on `br0` in the underlay namespace sees traffic forwarded between ports because
 //! tcpdump puts the bridge into promiscuous mode, and a promiscuous bridge also delivers a copy
@@ -14,7 +15,10 @@
 // What each child owns (see its first lines); capturing (tcpdump in a namespace) stays here.
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;
 mod verify;
+mod verify6;
 
 pub use verify::*;
 
@@ -32,6 +36,9 @@ const TCPDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET_FOR: Duration = Duration::from_millis(50);
 /// …but not longer than this in total (steady background traffic never goes quiet).
 const QUIET_MAX: Duration = Duration::from_secs(1);
+/// A snap length that holds a whole underlay frame (MTU 1500, Ethernet header, a VLAN tag,
+/// with room to spare): for [`Capture::start_snaplen`] on the underlay.
+pub const UNDERLAY_SNAPLEN: u32 = 1600;
 /// At most this many bad packets are described in a [`Report`] (the counts stay exact).
 const MAX_DESCRIBED: usize = 50;
 
@@ -58,12 +65,28 @@ impl Capture {
         iface: &str,
         filter: &[&str],
     ) -> Result<Capture> {
+        Self::start_snaplen(topology, ns, iface, 0, filter)
+    }
+
+    /// Like [`Capture::start_filtered`] with a snap length (`-s`; 0: the whole packet, up to
+    /// 256 KiB for GSO packets). On the underlay, where node `eth0`s have TX offloads off and
+    /// every frame is at most one MTU, [`UNDERLAY_SNAPLEN`] keeps every byte while fitting
+    /// about 160 times more packets in the capture ring than `-s 0`: a full capture of bulk
+    /// transfers then keeps up instead of dropping.
+    pub fn start_snaplen(
+        topology: &Topology,
+        ns: &str,
+        iface: &str,
+        snaplen: u32,
+        filter: &[&str],
+    ) -> Result<Capture> {
         let path = std::env::temp_dir().join(format!(
             "{}cap{}-{iface}.pcap",
             topology.prefix(),
             CAPTURES.fetch_add(1, Ordering::Relaxed)
         ));
         let path_s = path.to_string_lossy().into_owned();
+        let snaplen = snaplen.to_string();
         // --immediate-mode: without it libpcap's TPACKET_V3 ring hands packets to tcpdump
         //   only when a block fills or its timeout (1 s) expires, and tcpdump exits on SIGINT
         //   without draining the ring: the last second of traffic would be counted by the
@@ -85,7 +108,7 @@ impl Capture {
             "-B",
             "65536",
             "-s",
-            "0",
+            &snaplen,
             "-n",
             "-Z",
             "root",

@@ -1,12 +1,13 @@
 //! Independent checksum verification of a capture: [`verify_checksums`] reads a pcap file,
-//! reassembles IPv4 fragments and recomputes every IPv4, TCP, UDP and ICMP checksum with the
-//! RFC 1071 code here, reporting what it found as a [`Report`].
+//! reassembles IPv4 and IPv6 fragments and recomputes every IPv4, TCP, UDP, ICMP and ICMPv6
+//! checksum with the RFC 1071 code here, reporting what it found as a [`Report`]. The IPv6
+//! half (pseudo-header of RFC 8200 §8.1, extension headers, fragments) is in `verify6.rs`.
 
 use std::{
     fmt,
     fs::File,
     io::{BufReader, Read},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -20,7 +21,7 @@ use super::MAX_DESCRIBED;
 pub struct Report {
     /// Packets in the file.
     pub packets: u64,
-    /// IPv4 packets (others — ARP, IPv6 — are skipped).
+    /// IPv4 packets (IPv6 ones are counted in [`Report::ipv6`]; others, ARP, are skipped).
     pub ipv4: u64,
     /// TCP segments whose checksum was verified.
     pub tcp: u64,
@@ -41,10 +42,35 @@ pub struct Report {
     pub incomplete: Vec<String>,
     /// Every reassembled datagram, in order of completion.
     pub datagrams: Vec<Reassembled>,
-    /// Packets with a wrong IPv4 header checksum (or a malformed header).
+    /// Packets with a wrong IPv4 header checksum (or a malformed IPv4 or IPv6 header).
     pub bad_ip: Vec<String>,
-    /// Packets with a wrong TCP/UDP/ICMP checksum.
+    /// Packets with a wrong TCP/UDP/ICMP/ICMPv6 checksum (over IPv6 also: UDP checksum 0).
     pub bad_l4: Vec<String>,
+    /// IPv6 packets (the counters above, but `bad_*` and `incomplete`, are IPv4 only).
+    pub ipv6: u64,
+    /// TCP segments over IPv6 whose checksum was verified.
+    pub tcp6: u64,
+    /// UDP datagrams over IPv6 whose checksum was verified (0 is never accepted: RFC 8200
+    /// §8.1 makes it mandatory).
+    pub udp6: u64,
+    /// ICMPv6 messages other than neighbour discovery and MLD whose checksum was verified:
+    /// echo, errors — test traffic.
+    pub icmp6: u64,
+    /// Neighbour discovery (types 133–137) and MLD (130–132, 143) messages: verified like the
+    /// rest, counted apart because every IPv6 link sends them by itself.
+    pub nd_mld: u64,
+    /// IPv6 packets whose L4 checksum could not be verified on their own: fragments (verified
+    /// once reassembled), packets captured short, a routing header hiding the final
+    /// destination, jumbograms.
+    pub l4_unverifiable6: u64,
+    /// IPv6 packets carrying a fragment header (other than atomic fragments).
+    pub fragments6: u64,
+    /// IPv6 datagrams reassembled from fragments (RFC 8200 §4.5) whose TCP/UDP/ICMPv6
+    /// checksum was then verified over the whole datagram. Described in
+    /// [`Report::datagrams6`].
+    pub reassembled6: u64,
+    /// Every reassembled IPv6 datagram, in order of completion.
+    pub datagrams6: Vec<Reassembled<Ipv6Addr>>,
 }
 
 impl Report {
@@ -52,13 +78,21 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.bad_ip.is_empty() && self.bad_l4.is_empty()
     }
+
+    /// IPv6 test traffic whose checksums were verified: TCP, UDP and ICMPv6 packets (not
+    /// neighbour discovery or MLD) and reassembled datagrams. A test over IPv6 checks this is
+    /// not zero, so that a capture which saw none of its traffic cannot pass.
+    pub fn ipv6_verified(&self) -> u64 {
+        self.tcp6 + self.udp6 + self.icmp6 + self.reassembled6
+    }
 }
 
-/// A datagram put together from the fragments in a capture.
+/// A datagram put together from the fragments in a capture (`A`: [`Ipv4Addr`] in
+/// [`Report::datagrams`], [`Ipv6Addr`] in [`Report::datagrams6`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reassembled {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct Reassembled<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     /// From the first fragment's L4 header (0 for other protocols).
     pub src_port: u16,
@@ -71,7 +105,7 @@ pub struct Reassembled {
     pub checksum_ok: bool,
 }
 
-impl fmt::Display for Reassembled {
+impl<A: fmt::Display> fmt::Display for Reassembled<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -92,15 +126,91 @@ impl fmt::Display for Reassembled {
     }
 }
 
-/// Fragments of one datagram seen so far, keyed by (src, dst, proto, id).
+/// Fragments of one datagram seen so far, keyed by (src, dst, proto, id) (IPv6: (src, dst,
+/// id)).
 #[derive(Default)]
-struct Partial {
+pub(super) struct Partial {
     /// offset (bytes) → fragment payload.
     pieces: std::collections::BTreeMap<usize, Vec<u8>>,
     /// Known once the last fragment (MF clear) arrived: total L4 length.
     total: Option<usize>,
     /// Packet number of the first fragment seen, for messages.
     first_seen: u64,
+    /// IPv6: the next header of the fragmentable part (from the fragment header of the
+    /// fragment at offset 0) and the pseudo-header destination (final destination).
+    pub(super) next_header: Option<u8>,
+    pub(super) final_dst: Option<Ipv6Addr>,
+}
+
+impl Partial {
+    pub(super) fn new(first_seen: u64) -> Partial {
+        Partial {
+            first_seen,
+            ..Partial::default()
+        }
+    }
+
+    /// Files `data` at `offset` (`more`: MF set). Returns the reassembled bytes once the pieces
+    /// cover 0..total without a hole, or a message if a piece contradicts an earlier copy.
+    pub(super) fn add(
+        &mut self,
+        offset: usize,
+        more: bool,
+        data: Vec<u8>,
+    ) -> (Option<Vec<u8>>, Option<String>) {
+        if !more {
+            self.total = Some(offset + data.len());
+        }
+        let mut conflict = None;
+        match self.pieces.get(&offset) {
+            Some(old) if *old != data => {
+                conflict = Some(format!(
+                    "offset {offset} seen twice with different contents"
+                ))
+            }
+            Some(_) => {} // an identical copy
+            None => {
+                self.pieces.insert(offset, data);
+            }
+        }
+        let Some(total) = self.total else {
+            return (None, conflict);
+        };
+        let mut covered = 0;
+        for (&off, d) in &self.pieces {
+            if off > covered {
+                return (None, conflict);
+            }
+            covered = covered.max(off + d.len());
+        }
+        if covered < total {
+            return (None, conflict);
+        }
+        let mut whole = vec![0u8; total];
+        for (off, d) in &self.pieces {
+            let end = (off + d.len()).min(total);
+            whole[*off..end].copy_from_slice(&d[..end - off]);
+        }
+        (Some(whole), conflict)
+    }
+
+    pub(super) fn first_seen(&self) -> u64 {
+        self.first_seen
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// `N fragments, B bytes[ of T]` for an incomplete datagram.
+    pub(super) fn describe(&self) -> String {
+        let have: usize = self.pieces.values().map(Vec::len).sum();
+        format!(
+            "{} fragments, {have} bytes{}",
+            self.pieces.len(),
+            self.total.map(|t| format!(" of {t}")).unwrap_or_default()
+        )
+    }
 }
 
 type FragId = (Ipv4Addr, Ipv4Addr, u8, u16);
@@ -123,6 +233,21 @@ impl fmt::Display for Report {
             self.bad_ip.len(),
             self.bad_l4.len()
         )?;
+        if self.ipv6 > 0 {
+            write!(
+                f,
+                "; {} IPv6 ({} TCP, {} UDP, {} ICMPv6, {} ND/MLD, {} L4 unverifiable; {} \
+                 fragments, {} datagrams reassembled)",
+                self.ipv6,
+                self.tcp6,
+                self.udp6,
+                self.icmp6,
+                self.nd_mld,
+                self.l4_unverifiable6,
+                self.fragments6,
+                self.reassembled6
+            )?;
+        }
         for d in self
             .bad_ip
             .iter()
@@ -139,8 +264,10 @@ impl fmt::Display for Report {
 /// Reads a pcap file and checks the IPv4 header checksum of every IPv4 packet (fragments
 /// included), the TCP/UDP/ICMP checksum of every complete, unfragmented one, and the TCP/UDP
 /// checksum of every datagram reassembled from its fragments (RFC 791 reassembly, written here
-/// independently of the kernel and the datapath). Link types: Ethernet (with 802.1Q tags),
-/// Linux cooked v1/v2 (`-i any`), raw IP.
+/// independently of the kernel and the datapath). IPv6 likewise: the TCP/UDP/ICMPv6 checksum
+/// (with the RFC 8200 §8.1 pseudo-header, after any extension headers) of every packet, or of
+/// the datagram reassembled from its fragments (RFC 8200 §4.5). Link types: Ethernet (with
+/// 802.1Q tags), Linux cooked v1/v2 (`-i any`), raw IP.
 pub fn verify_checksums(path: &Path) -> Result<Report> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = PcapReader::new(BufReader::new(f))
@@ -148,6 +275,7 @@ pub fn verify_checksums(path: &Path) -> Result<Report> {
     let link = reader.header().datalink;
     let mut report = Report::default();
     let mut partial: std::collections::HashMap<FragId, Partial> = Default::default();
+    let mut partial6: super::verify6::Partials6 = Default::default();
     while let Some(pkt) = reader.next_packet() {
         let pkt = pkt.with_context(|| {
             format!(
@@ -157,9 +285,15 @@ pub fn verify_checksums(path: &Path) -> Result<Report> {
             )
         })?;
         report.packets += 1;
-        if let Some(ip) = ipv4_payload(link, &pkt.data)? {
-            check_ipv4(report.packets, ip, &mut report);
-            collect_fragment(report.packets, ip, &mut partial, &mut report);
+        match ip_payload(link, &pkt.data)? {
+            Some((4, ip)) => {
+                check_ipv4(report.packets, ip, &mut report);
+                collect_fragment(report.packets, ip, &mut partial, &mut report);
+            }
+            Some((_, ip)) => {
+                super::verify6::check_ipv6(report.packets, ip, &mut partial6, &mut report)
+            }
+            None => {}
         }
     }
     let mut left: Vec<_> = partial.into_iter().collect();
@@ -173,6 +307,7 @@ pub fn verify_checksums(path: &Path) -> Result<Report> {
             p.total.map(|t| format!(" of {t}")).unwrap_or_default()
         ));
     }
+    super::verify6::report_incomplete(partial6, &mut report);
     Ok(report)
 }
 
@@ -303,9 +438,11 @@ fn collect_fragment(
     });
 }
 
-/// Returns the bytes from the IPv4 header on, or None for anything that is not IPv4.
-fn ipv4_payload(link: DataLink, frame: &[u8]) -> Result<Option<&[u8]>> {
+/// Returns the IP version (4 or 6) and the bytes from the IP header on, or None for anything
+/// that is neither IPv4 nor IPv6.
+fn ip_payload(link: DataLink, frame: &[u8]) -> Result<Option<(u8, &[u8])>> {
     const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86dd;
     let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]]));
     let (ethertype, off) = match link {
         DataLink::ETHERNET => {
@@ -320,13 +457,18 @@ fn ipv4_payload(link: DataLink, frame: &[u8]) -> Result<Option<&[u8]>> {
         }
         DataLink::LINUX_SLL => (be16(frame, 14), 16),
         DataLink::LINUX_SLL2 => (be16(frame, 0), 20),
-        DataLink::RAW | DataLink::IPV4 => {
-            return Ok(frame.first().filter(|b| *b >> 4 == 4).map(|_| frame));
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
+            return Ok(frame
+                .first()
+                .map(|b| b >> 4)
+                .filter(|v| matches!(v, 4 | 6))
+                .map(|v| (v, frame)));
         }
         other => bail!("unsupported pcap link type {other:?}"),
     };
     Ok(match ethertype {
-        Some(ETH_P_IP) => frame.get(off..),
+        Some(ETH_P_IP) => frame.get(off..).map(|ip| (4, ip)),
+        Some(ETH_P_IPV6) => frame.get(off..).map(|ip| (6, ip)),
         _ => None,
     })
 }
@@ -353,7 +495,7 @@ pub(super) fn fold(mut acc: u32) -> u16 {
 /// A correct checksum makes the one's-complement sum over the covered bytes, checksum field
 /// included, 0xffff. That also holds for a UDP checksum that computed to 0 and was sent as
 /// 0xffff (RFC 768), so no special case is needed besides "0 = none".
-fn sums_ok(acc: u32) -> bool {
+pub(super) fn sums_ok(acc: u32) -> bool {
     fold(acc) == 0xffff
 }
 

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{Shutdown, SocketAddr, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex,
@@ -16,8 +16,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::{
-    check_duration, check_target, server::lock, HoldConn, HoldSummary, Latency, Reply, Summary,
-    MAX_COUNT, MAX_ERRORS, MAX_HOLD_CONNS, MAX_LINE, MAX_PARALLEL,
+    any_of, check_duration, check_target, server::lock, HoldConn, HoldSummary, Latency, Reply,
+    Summary, MAX_COUNT, MAX_ERRORS, MAX_HOLD_CONNS, MAX_LINE, MAX_PARALLEL,
 };
 
 /// Accumulates exchange results from several threads into a [`Summary`].
@@ -63,7 +63,7 @@ fn push_error(errors: &mut Vec<String>, err: String) {
 #[derive(Debug, Clone)]
 pub struct TcpClientConfig {
     /// Where to connect (a frontend or a pod address).
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// Number of connections, each carrying one exchange.
     pub count: u64,
     /// Bound on connect, and on each send and receive.
@@ -81,7 +81,7 @@ pub fn run_tcp(cfg: &TcpClientConfig) -> Result<Summary> {
 /// [`run_tcp`] spreading the connections round-robin over `targets` (by sequence number;
 /// `cfg.target` is ignored): one client run against several pod addresses, which is how the
 /// benchmark's no-translation floor mirrors a Service's balancing.
-pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddrV4]) -> Result<Summary> {
+pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddr]) -> Result<Summary> {
     run_tcp_paced(cfg, targets, 0, &AtomicBool::new(false))
 }
 
@@ -91,7 +91,7 @@ pub fn run_tcp_multi(cfg: &TcpClientConfig, targets: &[SocketAddrV4]) -> Result<
 /// Once `stop` is set, no new connection starts; those in flight finish and are counted.
 pub fn run_tcp_paced(
     cfg: &TcpClientConfig,
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     rate_per_s: u32,
     stop: &AtomicBool,
 ) -> Result<Summary> {
@@ -99,7 +99,7 @@ pub fn run_tcp_paced(
         bail!("no target");
     }
     for t in targets {
-        check_target((*t).into())?;
+        check_target(*t)?;
     }
     check_duration("timeout", cfg.timeout)?;
     if cfg.count > MAX_COUNT {
@@ -145,8 +145,8 @@ pub fn run_tcp_paced(
     Ok(acc.finish(started))
 }
 
-fn tcp_exchange(target: SocketAddrV4, timeout: Duration, seq: u64) -> Result<(Reply, SocketAddr)> {
-    let stream = TcpStream::connect_timeout(&target.into(), timeout)
+fn tcp_exchange(target: SocketAddr, timeout: Duration, seq: u64) -> Result<(Reply, SocketAddr)> {
+    let stream = TcpStream::connect_timeout(&target, timeout)
         .with_context(|| format!("connect {target}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -199,7 +199,7 @@ pub enum UdpSockets {
 #[derive(Debug, Clone)]
 pub struct UdpClientConfig {
     /// Where to send.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// Number of request/reply exchanges.
     pub count: u64,
     /// How long to wait for each reply.
@@ -220,14 +220,14 @@ pub fn run_udp(cfg: &UdpClientConfig) -> Result<Summary> {
 /// round-robin over `targets` by sequence number (`cfg.target` is ignored).
 pub fn run_udp_multi(
     cfg: &UdpClientConfig,
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     parallel: usize,
 ) -> Result<Summary> {
     if targets.is_empty() {
         bail!("no target");
     }
     for t in targets {
-        check_target((*t).into())?;
+        check_target(*t)?;
     }
     check_duration("timeout", cfg.timeout)?;
     if cfg.count > MAX_COUNT {
@@ -238,9 +238,13 @@ pub fn run_udp_multi(
     let next = AtomicU64::new(0);
     let acc = Mutex::new(Acc::default());
     // Bound before any exchange, so a bind failure fails the run as a whole, as before.
+    // One socket serves one family: a run's targets must share it.
+    if let Some(t) = targets.iter().find(|t| t.is_ipv4() != targets[0].is_ipv4()) {
+        bail!("targets {} and {t} are of different families", targets[0]);
+    }
     let shared: Vec<Option<UdpSocket>> = (0..parallel)
         .map(|_| match cfg.sockets {
-            UdpSockets::One => udp_socket().map(Some),
+            UdpSockets::One => udp_socket(targets[0]).map(Some),
             UdpSockets::PerRequest => Ok(None),
         })
         .collect::<Result<_>>()?;
@@ -257,7 +261,7 @@ pub fn run_udp_multi(
 /// One thread of [`run_udp_multi`]: takes sequence numbers until `count` is reached.
 fn udp_worker(
     cfg: &UdpClientConfig,
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     shared: Option<&UdpSocket>,
     next: &AtomicU64,
     acc: &Mutex<Acc>,
@@ -270,7 +274,7 @@ fn udp_worker(
         let owned;
         let sock = match shared {
             Some(s) => s,
-            None => match udp_socket() {
+            None => match udp_socket(targets[(seq % targets.len() as u64) as usize]) {
                 Ok(s) => {
                     owned = s;
                     &owned
@@ -290,13 +294,14 @@ fn udp_worker(
     }
 }
 
-fn udp_socket() -> Result<UdpSocket> {
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding UDP client socket")
+/// An unconnected UDP socket of `target`'s family.
+fn udp_socket(target: SocketAddr) -> Result<UdpSocket> {
+    UdpSocket::bind(any_of(target)).context("binding UDP client socket")
 }
 
 fn udp_exchange(
     sock: &UdpSocket,
-    target: SocketAddrV4,
+    target: SocketAddr,
     timeout: Duration,
     seq: u64,
 ) -> Result<(Reply, SocketAddr)> {
@@ -331,7 +336,7 @@ fn udp_exchange(
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
     /// Where to connect.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// Number of connections held open.
     pub conns: usize,
     /// How long to keep exchanging.
@@ -351,7 +356,7 @@ pub fn run_hold(
     stop: &AtomicBool,
     on_ready: impl FnOnce(),
 ) -> Result<HoldSummary> {
-    check_target(cfg.target.into())?;
+    check_target(cfg.target)?;
     check_duration("timeout", cfg.timeout)?;
     check_duration("duration", cfg.duration)?;
     check_duration("interval", cfg.interval)?;
@@ -363,7 +368,7 @@ pub fn run_hold(
     let mut conns: Vec<(HoldConn, Option<TcpStream>)> = Vec::with_capacity(cfg.conns);
     for _ in 0..cfg.conns {
         let mut c = HoldConn::default();
-        let stream = TcpStream::connect_timeout(&cfg.target.into(), cfg.timeout)
+        let stream = TcpStream::connect_timeout(&cfg.target, cfg.timeout)
             .and_then(|s| {
                 s.set_read_timeout(Some(cfg.timeout))?;
                 s.set_write_timeout(Some(cfg.timeout))?;

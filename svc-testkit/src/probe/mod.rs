@@ -25,14 +25,16 @@
 // the target checks stay here.
 mod client;
 mod server;
+mod sock;
 #[cfg(test)]
 mod tests;
 
 pub use client::*;
 pub use server::*;
+pub use sock::*;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -214,42 +216,64 @@ fn parse_last_line<T: for<'de> Deserialize<'de>>(stdout: &str) -> Result<T> {
 
 /// Refuses targets outside the test address plan (DESIGN §3): pod (10.244/16), service
 /// (10.96/16) and underlay (172.18/16) networks, loopback (localhost NodePorts) and the three
-/// documentation ranges used for "public" addresses.
-pub fn check_target(target: SocketAddr) -> Result<SocketAddrV4> {
-    let SocketAddr::V4(v4) = target else {
-        bail!("target {target}: only IPv4 targets are supported");
-    };
-    let o = v4.ip().octets();
-    let allowed = matches!(
-        o,
-        [10, 244, ..]
-            | [10, 96, ..]
-            | [172, 18, ..]
-            // The seed document's LoadBalancer example chooses this clusterIP; like every
-            // Service address it exists only in the datapath of our namespaces.
-            | [10, 0, 171, 239]
-            | [127, ..]
-            | [192, 0, 2, _]
-            | [198, 51, 100, _]
-            | [203, 0, 113, _]
-    );
-    if !allowed {
+/// documentation ranges used for "public" addresses; over IPv6 the dual-stack plan's pod
+/// (fd00:10:244::/48), service (fd00:10:96::/48) and underlay (fd00:18::/64) networks,
+/// loopback `::1` and the documentation range 2001:db8::/32. Both families are accepted
+/// (`IP:PORT` or `[IPv6]:PORT`).
+pub fn check_target(target: SocketAddr) -> Result<SocketAddr> {
+    if !in_plan(target.ip()) {
         bail!(
             "target {target} is outside the test address plan (10.244/16, 10.96/16, \
-             10.0.171.239, 172.18/16, 127/8, 192.0.2/24, 198.51.100/24, 203.0.113/24)"
+             10.0.171.239, 172.18/16, 127/8, 192.0.2/24, 198.51.100/24, 203.0.113/24; \
+             fd00:10:244::/48, fd00:10:96::/48, fd00:18::/64, ::1, 2001:db8::/32)"
         );
     }
-    if v4.port() == 0 {
+    if target.port() == 0 {
         bail!("target {target}: port 0");
     }
-    Ok(v4)
+    Ok(target)
 }
 
-/// Parses `IP:PORT` and applies [`check_target`].
-pub fn parse_target(s: &str) -> Result<SocketAddrV4> {
+/// Whether `ip` is in the test address plan of [`check_target`].
+pub fn in_plan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => matches!(
+            v4.octets(),
+            [10, 244, ..]
+                | [10, 96, ..]
+                | [172, 18, ..]
+                // The seed document's LoadBalancer example chooses this clusterIP; like every
+                // Service address it exists only in the datapath of our namespaces.
+                | [10, 0, 171, 239]
+                | [127, ..]
+                | [192, 0, 2, _]
+                | [198, 51, 100, _]
+                | [203, 0, 113, _]
+        ),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || matches!(
+                    s,
+                    [0xfd00, 0x10, 0x244, ..] | [0xfd00, 0x10, 0x96, ..] | [0xfd00, 0x18, 0, 0, ..]
+                )
+                || s[..2] == [0x2001, 0xdb8]
+        }
+    }
+}
+
+/// Parses `IP:PORT` or `[IPv6]:PORT` and applies [`check_target`].
+pub fn parse_target(s: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return check_target(addr);
+    }
+    // `fd00::2:80` is itself an IPv6 address: without brackets the port is a guess.
+    if s.matches(':').count() > 1 {
+        bail!("target {s:?}: an IPv6 target needs brackets, [ADDR]:PORT");
+    }
     let addr = s
         .to_socket_addrs()
-        .with_context(|| format!("parsing target {s:?} (want IP:PORT)"))?
+        .with_context(|| format!("parsing target {s:?} (want IP:PORT or [IPv6]:PORT)"))?
         .next()
         .with_context(|| format!("target {s:?} resolves to nothing"))?;
     check_target(addr)

@@ -1,11 +1,12 @@
 //! The echo-identity [`Server`]: TCP and UDP listeners that answer every request with one
 //! JSON [`Reply`] naming the backend, the client address as seen and the local address the
-//! request arrived on (UDP through `IP_PKTINFO`).
+//! request arrived on (UDP through `IP_PKTINFO` / `IPV6_PKTINFO`). Bound to the unspecified
+//! address, a server answers on both families, one socket each (see `sock.rs` for why).
 
 use std::{
     io::{self, BufRead, BufReader, ErrorKind, Write},
     mem::{size_of, zeroed},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{Reply, MAX_LINE, STOP_POLL};
+use super::{sockaddr_from_raw, tcp_listeners, udp_sockets, Reply, MAX_LINE, STOP_POLL};
 
 /// What [`Server::start`] binds.
 #[derive(Debug, Clone)]
@@ -28,9 +29,9 @@ pub struct ServeConfig {
     pub tcp: Vec<u16>,
     /// UDP ports to answer on.
     pub udp: Vec<u16>,
-    /// Address to bind; `0.0.0.0` (the default for the binary) answers on every address of the
-    /// namespace, like a pod's server does.
-    pub bind: Ipv4Addr,
+    /// Address to bind; `0.0.0.0` (the default for the binary) or `::` answers on every
+    /// address of the namespace, of both families (one socket each), like a pod's server does.
+    pub bind: IpAddr,
 }
 
 /// Running TCP/UDP servers. Sockets are bound when [`Server::start`] returns (so a caller can
@@ -65,16 +66,18 @@ impl Server {
         // Bind everything first: a bind failure must surface before any thread runs.
         let mut listeners = Vec::new();
         for &port in &cfg.tcp {
-            let l = TcpListener::bind((cfg.bind, port))
-                .with_context(|| format!("binding TCP {}:{port}", cfg.bind))?;
-            listeners.push(l);
+            let l = tcp_listeners(cfg.bind, port)
+                .with_context(|| format!("binding TCP {}", SocketAddr::new(cfg.bind, port)))?;
+            listeners.extend(l);
         }
         let mut udps = Vec::new();
         for &port in &cfg.udp {
-            let s = UdpSocket::bind((cfg.bind, port))
-                .with_context(|| format!("binding UDP {}:{port}", cfg.bind))?;
-            set_pktinfo(&s).with_context(|| format!("IP_PKTINFO on UDP port {port}"))?;
-            udps.push(s);
+            for s in udp_sockets(cfg.bind, port)
+                .with_context(|| format!("binding UDP {}", SocketAddr::new(cfg.bind, port)))?
+            {
+                set_pktinfo(&s).with_context(|| format!("PKTINFO on UDP port {port}"))?;
+                udps.push(s);
+            }
         }
         for l in listeners {
             let (id, stop, conns, served) =
@@ -255,30 +258,21 @@ fn echo(req: &[u8]) -> String {
     s[..end].to_owned()
 }
 
+/// Asks for the destination address of every datagram (`IP_PKTINFO` / `IPV6_RECVPKTINFO`).
 fn set_pktinfo(s: &UdpSocket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: valid socket fd; the option value points at a c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
+    if s.local_addr()?.is_ipv4() {
+        super::setsockopt_int(s, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
     } else {
-        Err(io::Error::last_os_error())
+        super::setsockopt_int(s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
     }
 }
 
-/// `recvmsg` with `IP_PKTINFO`: returns (length, source, destination address of the datagram).
-/// The destination is what makes `local` meaningful for a socket bound to 0.0.0.0.
-fn recv_with_dst(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
+/// `recvmsg` with `IP_PKTINFO` / `IPV6_PKTINFO`: returns (length, source, destination address
+/// of the datagram). The destination is what makes `local` meaningful for a socket bound to
+/// the unspecified address.
+fn recv_with_dst(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, IpAddr)> {
     // SAFETY: all-zero is a valid bit pattern for these plain C structs.
-    let mut src: libc::sockaddr_in = unsafe { zeroed() };
+    let mut src: libc::sockaddr_storage = unsafe { zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -287,8 +281,8 @@ fn recv_with_dst(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr
     let mut cbuf = [0u64; 16];
     // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut src as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut src as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
@@ -298,24 +292,31 @@ fn recv_with_dst(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let src = sockaddr_from_raw(&src)
+        .ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+    let mut dst: IpAddr = if src.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, bounded by
-    // msg_controllen; IP_PKTINFO payloads are in_pktinfo structs (read unaligned to be safe).
+    // msg_controllen; the payloads are in_pktinfo / in6_pktinfo structs (read unaligned).
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
                 let info: libc::in_pktinfo =
                     std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
-                dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).into();
+            } else if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO
+            {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
+                dst = Ipv6Addr::from(info.ipi6_addr.s6_addr).into();
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    let src = SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
-        u16::from_be(src.sin_port),
-    );
     Ok((n as usize, src, dst))
 }
 
@@ -341,7 +342,7 @@ fn udp_loop(s: UdpSocket, id: &str, stop: &AtomicBool, served: &AtomicU64) {
         let reply = Reply {
             id: id.to_owned(),
             peer: src.to_string(),
-            local: SocketAddrV4::new(dst, port).to_string(),
+            local: SocketAddr::new(dst, port).to_string(),
             req: echo(&buf[..n]),
         };
         let Ok(mut out) = serde_json::to_vec(&reply) else {

@@ -24,7 +24,7 @@ fn loopback_server(id: &str) -> (Server, u16, u16) {
         id: id.into(),
         tcp: vec![tcp],
         udp: vec![udp],
-        bind: Ipv4Addr::LOCALHOST,
+        bind: Ipv4Addr::LOCALHOST.into(),
     })
     .expect("start server");
     (srv, tcp, udp)
@@ -34,7 +34,7 @@ fn loopback_server(id: &str) -> (Server, u16, u16) {
 fn tcp_udp_and_hold_over_loopback() {
     let (srv, tcp, udp) = loopback_server("a");
     let t = run_tcp(&TcpClientConfig {
-        target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, tcp),
+        target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, tcp).into(),
         count: 20,
         timeout: Duration::from_secs(2),
         parallel: 4,
@@ -47,7 +47,7 @@ fn tcp_udp_and_hold_over_loopback() {
 
     for sockets in [UdpSockets::PerRequest, UdpSockets::One] {
         let u = run_udp(&UdpClientConfig {
-            target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, udp),
+            target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, udp).into(),
             count: 10,
             timeout: Duration::from_secs(2),
             sockets,
@@ -62,7 +62,7 @@ fn tcp_udp_and_hold_over_loopback() {
     let stop = AtomicBool::new(false);
     let h = run_hold(
         &HoldConfig {
-            target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, tcp),
+            target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, tcp).into(),
             conns: 3,
             duration: Duration::from_millis(300),
             interval: Duration::from_millis(50),
@@ -93,6 +93,31 @@ fn refuses_targets_outside_the_plan() {
 }
 
 #[test]
+fn ipv6_targets_follow_the_dual_stack_plan() {
+    for ok in [
+        "[fd00:10:244:1::2]:8080",
+        "[fd00:10:96::a]:80",
+        "[fd00:18::100]:443",
+        "[::1]:30080",
+        "[2001:db8::7]:53",
+    ] {
+        let t = parse_target(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        assert_eq!(t.to_string(), ok);
+    }
+    for bad in [
+        "[2001:4860:4860::8888]:53",
+        "[fd00:10:245::1]:80",
+        "[fd00:18:0:1::2]:80",
+        "[fe80::1]:80",
+        "[::ffff:8.8.8.8]:53",
+        "[fd00:10:244:1::2]:0",
+        "fd00:10:244:1::2:80",
+    ] {
+        assert!(parse_target(bad).is_err(), "{bad} must be refused");
+    }
+}
+
+#[test]
 fn refused_connection_is_counted_not_fatal() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -100,7 +125,7 @@ fn refused_connection_is_counted_not_fatal() {
         .unwrap()
         .port();
     let s = run_tcp(&TcpClientConfig {
-        target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+        target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
         count: 3,
         timeout: Duration::from_millis(500),
         parallel: 1,

@@ -9,6 +9,23 @@
 //!   <prefix>n1p1  eth0 10.244.1.2/24 noprefixroute, default via 10.244.1.1
 //!   <prefix>ext   eth0 172.18.0.100/16 (tx csum off), public ranges + 10.96/16 via node 1
 //! ```
+//!
+//! # Dual stack (opt-in: [`TopologySpec::dual_stack`])
+//! Every link also carries IPv6, mirroring the IPv4 plan number for number (only fd00::/8 and
+//! 2001:db8::/32):
+//! ```text
+//!   underlay fd00:18::/64: node N eth0 fd00:18::(N+1)/64, external client fd00:18::100/64
+//!   node N: pod CIDR fd00:10:244:N::/64, fd00:10:244:N::1/128 on every host-side veth,
+//!           fd00:10:244:N::(k+1)/128 route per pod via its veth, other nodes' /64 via their
+//!           underlay address, net.ipv6.conf.all.forwarding=1
+//!   pod k:  eth0 fd00:10:244:N::(k+1)/128, route to fd00:10:244:N::1 on eth0, default via it
+//!   ext:    fd00:10:96::/112 (services) and 2001:db8::/32 (public) via its gateway node
+//! ```
+//! Pod k's IPv6 address ends in the same number as its IPv4 one (10.244.1.2 ↔
+//! fd00:10:244:1::2): `::1` is the gateway, as `.1` is. DAD is off (`accept_dad=0` and `nodad`)
+//! so addresses are usable at once, and router solicitations, RA and autoconf are off so the
+//! only IPv6 chatter is neighbour discovery and MLD. [`Family`] lets a test run the same
+//! steps over either family ([`Pod::addr`], [`Node::addr`], [`ext_addr`]).
 //! `<prefix>` is `svct-<pid>-<counter>-`: unique per topology, and the pid lets
 //! [`cleanup_stale_namespaces`] recognise leftovers of crashed runs (their pid is gone).
 //!
@@ -41,7 +58,7 @@ pub use netns::*;
 pub use process::*;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, Once};
@@ -62,6 +79,66 @@ pub const EXT_ROUTED: [&str; 4] = [
     "203.0.113.0/24",
     "10.96.0.0/16",
 ];
+/// IPv6 address of the external client on the underlay (dual stack).
+pub const EXT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x100);
+/// The IPv6 destinations the external client routes via its gateway node (dual stack): the
+/// service range and the documentation range for "public" addresses.
+pub const EXT_ROUTED6: [&str; 2] = ["fd00:10:96::/112", "2001:db8::/32"];
+/// The IPv6 service range (dual stack).
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
+/// The IPv6 underlay prefix (dual stack).
+pub const UNDERLAY_CIDR6: &str = "fd00:18::/64";
+
+/// An address family: lets a test run the same steps over IPv4 and IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The unspecified address (`0.0.0.0` / `::`).
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+            Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// The external client's address in `family` ([`EXT_IP`] / [`EXT_IP6`]).
+pub fn ext_addr(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => EXT_IP.into(),
+        Family::V6 => EXT_IP6.into(),
+    }
+}
+
+/// `ip:port` for either family (`[v6]:port` for IPv6), as `--target` takes it.
+pub fn host_port(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
 /// Largest number of nodes (addresses 172.18.0.2..=5; pod CIDRs 10.244.1..=4.0/24).
 pub const MAX_NODES: usize = 4;
 
@@ -86,6 +163,8 @@ pub struct TopologySpec {
     /// Pods' processes in their node's cgroup (socket-level load balancing); `None`: as
     /// [`POD_SOCKET_LB_ENV`] says.
     pub pod_socket_lb: Option<bool>,
+    /// Give every link IPv6 as well (see "Dual stack" in the module docs). Off by default.
+    pub dual_stack: bool,
 }
 
 impl TopologySpec {
@@ -113,6 +192,12 @@ impl TopologySpec {
         self
     }
 
+    /// Builds (or not) the IPv6 half of a dual-stack topology (module docs, "Dual stack").
+    pub fn dual_stack(mut self, yes: bool) -> Self {
+        self.dual_stack = yes;
+        self
+    }
+
     /// Runs pods' processes in their node's cgroup whatever [`POD_SOCKET_LB_ENV`] says.
     pub fn pod_socket_lb(mut self, yes: bool) -> Self {
         self.pod_socket_lb = Some(yes);
@@ -133,6 +218,54 @@ pub struct Node {
     pub pod_cidr: String,
     /// Pod gateway 10.244.N.1, carried by every host-side veth of the node.
     pub gateway: Ipv4Addr,
+    /// Dual stack: underlay IPv6 address fd00:18::(N+1).
+    pub ipv6: Option<Ipv6Addr>,
+    /// Dual stack: IPv6 pod CIDR fd00:10:244:N::/64, as text.
+    pub pod_cidr6: Option<String>,
+    /// Dual stack: IPv6 pod gateway fd00:10:244:N::1 on every host-side veth.
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// Underlay IPv6 address. Panics unless the topology is dual stack (a test bug).
+    #[track_caller]
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.ipv6
+            .unwrap_or_else(|| panic!("node {} has no IPv6: build with dual_stack", self.ns))
+    }
+
+    /// Underlay address in `family`.
+    #[track_caller]
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6().into(),
+        }
+    }
+
+    /// Pod CIDR in `family`, as text.
+    #[track_caller]
+    pub fn pod_cidr_of(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.pod_cidr,
+            Family::V6 => self
+                .pod_cidr6
+                .as_deref()
+                .unwrap_or_else(|| panic!("node {} has no IPv6: build with dual_stack", self.ns)),
+        }
+    }
+
+    /// Pod gateway in `family`.
+    #[track_caller]
+    pub fn gateway_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.gateway.into(),
+            Family::V6 => self
+                .gateway6
+                .unwrap_or_else(|| panic!("node {} has no IPv6: build with dual_stack", self.ns))
+                .into(),
+        }
+    }
 }
 
 /// A pod namespace.
@@ -150,6 +283,26 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Host-side veth in the node namespace (`veth` + 8 hex digits, like kindnet's).
     pub host_veth: String,
+    /// Dual stack: IPv6 address of the pod's `eth0`, fd00:10:244:N::(k+1).
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl Pod {
+    /// IPv6 address. Panics unless the topology is dual stack (a test bug).
+    #[track_caller]
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.ipv6
+            .unwrap_or_else(|| panic!("pod {} has no IPv6: build with dual_stack", self.name))
+    }
+
+    /// Address in `family`.
+    #[track_caller]
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6().into(),
+        }
+    }
 }
 
 /// How a spawned process enters its namespace.
@@ -201,6 +354,8 @@ pub struct Topology {
     pod_socket_lb: bool,
     /// The node cgroups [`Topology::node_cgroup`] created (removed on drop).
     cgroups: Mutex<BTreeSet<PathBuf>>,
+    /// Built with [`TopologySpec::dual_stack`].
+    dual_stack: bool,
 }
 
 /// Set to `1`, the topology runs every process it starts in a pod namespace inside the pod's
@@ -252,6 +407,26 @@ impl Topology {
         self.node(n).ip
     }
 
+    /// Underlay IPv6 address of node `n` (1-based); panics unless dual stack.
+    #[track_caller]
+    pub fn node_ip6(&self, n: usize) -> Ipv6Addr {
+        self.node(n).ip6()
+    }
+
+    /// Whether the topology was built dual stack.
+    pub fn dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
+    /// The families this topology carries: IPv4, and IPv6 when dual stack.
+    pub fn families(&self) -> Vec<Family> {
+        if self.dual_stack {
+            Family::BOTH.to_vec()
+        } else {
+            vec![Family::V4]
+        }
+    }
+
     /// All pods, in creation order.
     pub fn pods(&self) -> &[Pod] {
         &self.pods
@@ -268,6 +443,18 @@ impl Topology {
     /// Address of pod `name`.
     pub fn pod_ip(&self, name: &str) -> Ipv4Addr {
         self.pod(name).ip
+    }
+
+    /// IPv6 address of pod `name`; panics unless dual stack.
+    #[track_caller]
+    pub fn pod_ip6(&self, name: &str) -> Ipv6Addr {
+        self.pod(name).ip6()
+    }
+
+    /// Address of pod `name` in `family`.
+    #[track_caller]
+    pub fn pod_addr(&self, name: &str, family: Family) -> IpAddr {
+        self.pod(name).addr(family)
     }
 
     /// Namespace of pod `name`.
@@ -353,10 +540,11 @@ impl Topology {
         &self,
         ns: &str,
         dst: &str,
-        via: Ipv4Addr,
+        via: impl Into<IpAddr>,
         dev: &str,
         mtu: u32,
     ) -> Result<()> {
+        let via = via.into();
         ensure!(
             (576..=65535).contains(&mtu),
             "route MTU {mtu} is outside 576..=65535"

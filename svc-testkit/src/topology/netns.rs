@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::Path,
     process::{Command, Stdio},
@@ -14,8 +14,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 
 use super::{
-    lock, Node, Pod, Topology, TopologySpec, COUNTER, EXT_IP, EXT_ROUTED, MAX_NODES, NETNS_DIR,
-    NS_PREFIX, STALE_CLEANUP,
+    lock, Node, Pod, Topology, TopologySpec, COUNTER, EXT_IP, EXT_IP6, EXT_ROUTED, EXT_ROUTED6,
+    MAX_NODES, NETNS_DIR, NS_PREFIX, STALE_CLEANUP,
 };
 use crate::root::is_root;
 
@@ -63,6 +63,7 @@ impl Topology {
                 .pod_socket_lb
                 .unwrap_or_else(|| std::env::var(super::POD_SOCKET_LB_ENV).is_ok_and(|v| v == "1")),
             cgroups: std::sync::Mutex::default(),
+            dual_stack: spec.dual_stack,
         };
         // From here on an early return drops `t`, which deletes what exists so far.
         let prefix = t.prefix.clone();
@@ -95,12 +96,42 @@ impl Topology {
     fn add_ns(&mut self, ns: &str) -> Result<()> {
         run_ip(&["netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());
+        if self.dual_stack {
+            // Before any interface exists: a new device (a veth end created in or moved into
+            // this namespace) takes the namespace's `default` settings.
+            self.ipv6_sysctls(ns)?;
+        }
         self.ip(ns, "link set lo up")
     }
 
-    /// Creates an underlay-attached namespace: `eth0` with `addr`/16, its peer `ul_port` in br0,
-    /// TX checksum offload off.
-    fn attach_underlay(&mut self, ns: &str, ul_port: &str, addr: Ipv4Addr) -> Result<()> {
+    /// IPv6 on and quiet in `ns` (dual stack): enabled whatever the namespace was born with,
+    /// addresses usable at once (no DAD), no router solicitations, RA or autoconf (our routes
+    /// are static, as the IPv4 ones are). Neighbour discovery and MLD remain, as on any link.
+    fn ipv6_sysctls(&self, ns: &str) -> Result<()> {
+        for scope in ["all", "default"] {
+            for (key, value) in [
+                ("disable_ipv6", "0"),
+                ("accept_dad", "0"),
+                ("dad_transmits", "0"),
+                ("accept_ra", "0"),
+                ("autoconf", "0"),
+                ("router_solicitations", "0"),
+            ] {
+                self.sysctl(ns, &format!("net.ipv6.conf.{scope}.{key}"), value)?;
+            }
+        }
+        self.sysctl(ns, "net.ipv6.conf.lo.disable_ipv6", "0")
+    }
+
+    /// Creates an underlay-attached namespace: `eth0` with `addr`/16 (and `addr6`/64), its peer
+    /// `ul_port` in br0, TX checksum offload off (for both families: it is per device).
+    fn attach_underlay(
+        &mut self,
+        ns: &str,
+        ul_port: &str,
+        addr: Ipv4Addr,
+        addr6: Option<Ipv6Addr>,
+    ) -> Result<()> {
         let ul = self.underlay.clone();
         self.ip(
             &ul,
@@ -109,6 +140,9 @@ impl Topology {
         self.ip(&ul, &format!("link set {ul_port} master br0"))?;
         self.ip(&ul, &format!("link set {ul_port} up"))?;
         self.ip(ns, &format!("addr add {addr}/16 dev eth0"))?;
+        if let Some(addr6) = addr6 {
+            self.ip(ns, &format!("-6 addr add {addr6}/64 dev eth0 nodad"))?;
+        }
         self.ip(ns, "link set eth0 up")?;
         // DESIGN §3: the underlay behaves like a wire behind a NIC without checksum offload.
         self.exec_ok(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
@@ -118,14 +152,24 @@ impl Topology {
     fn add_node(&mut self, n: usize, count: usize) -> Result<()> {
         let ns = format!("{}n{n}", self.prefix);
         let ip = node_ip(n);
+        let ip6 = self.dual_stack.then(|| node_ip6(n));
         self.add_ns(&ns)?;
-        self.attach_underlay(&ns, &format!("ul-n{n}"), ip)?;
+        self.attach_underlay(&ns, &format!("ul-n{n}"), ip, ip6)?;
         self.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+        if self.dual_stack {
+            self.sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
         for m in (1..=count).filter(|&m| m != n) {
             self.ip(
                 &ns,
                 &format!("route add 10.244.{m}.0/24 via {} dev eth0", node_ip(m)),
             )?;
+            if self.dual_stack {
+                self.ip(
+                    &ns,
+                    &format!("-6 route add {} via {} dev eth0", pod_cidr6(m), node_ip6(m)),
+                )?;
+            }
         }
         self.nodes.push(Node {
             index: n,
@@ -133,6 +177,9 @@ impl Topology {
             ip,
             pod_cidr: format!("10.244.{n}.0/24"),
             gateway: Ipv4Addr::new(10, 244, n as u8, 1),
+            ipv6: ip6,
+            pod_cidr6: self.dual_stack.then(|| pod_cidr6(n)),
+            gateway6: self.dual_stack.then(|| pod_ip6(n, 1)),
         });
         Ok(())
     }
@@ -140,9 +187,15 @@ impl Topology {
     fn add_ext(&mut self, gw: usize) -> Result<()> {
         let ns = format!("{}ext", self.prefix);
         self.add_ns(&ns)?;
-        self.attach_underlay(&ns, "ul-ext", EXT_IP)?;
+        let ip6 = self.dual_stack.then_some(EXT_IP6);
+        self.attach_underlay(&ns, "ul-ext", EXT_IP, ip6)?;
         for dst in EXT_ROUTED {
             self.add_route(&ns, &format!("{dst} via {} dev eth0", node_ip(gw)))?;
+        }
+        if self.dual_stack {
+            for dst in EXT_ROUTED6 {
+                self.add_route(&ns, &format!("{dst} via {} dev eth0", node_ip6(gw)))?;
+            }
         }
         self.ext = Some(ns);
         Ok(())
@@ -166,6 +219,8 @@ impl Topology {
         let gw = self.nodes[node - 1].gateway;
         let ns = format!("{}n{node}p{k}", self.prefix);
         let ip = Ipv4Addr::new(10, 244, node as u8, (k + 1) as u8);
+        let ip6 = self.dual_stack.then(|| pod_ip6(node, k + 1));
+        let gw6 = self.nodes[node - 1].gateway6;
         // kindnet names host veths `veth` + 8 random hex digits; a hash of the (unique)
         // namespace name gives the same shape, reproducibly. ≤ 15 chars (IFNAMSIZ - 1).
         let mut salt = 0u32;
@@ -191,12 +246,33 @@ impl Topology {
             &format!("route add 10.244.{node}.0/24 via {gw} dev eth0 src {ip}"),
         )?;
         self.ip(&ns, &format!("route add default via {gw} dev eth0"))?;
+        if let (Some(ip6), Some(gw6)) = (ip6, gw6) {
+            // The same ptp layout: a /128 on eth0, the gateway reachable on the link, the
+            // node's pod /64 and the default route through it.
+            self.ip(&ns, &format!("-6 addr add {ip6}/128 dev eth0 nodad"))?;
+            self.ip(&ns, &format!("-6 route add {gw6} dev eth0"))?;
+            self.ip(
+                &ns,
+                &format!(
+                    "-6 route add {} via {gw6} dev eth0 src {ip6}",
+                    pod_cidr6(node)
+                ),
+            )?;
+            self.ip(&ns, &format!("-6 route add default via {gw6} dev eth0"))?;
+            self.ip(
+                &node_ns,
+                &format!("-6 addr add {gw6}/128 dev {host_veth} nodad"),
+            )?;
+        }
         self.ip(&node_ns, &format!("addr add {gw}/32 dev {host_veth}"))?;
         self.ip(&node_ns, &format!("link set {host_veth} up"))?;
         self.ip(
             &node_ns,
             &format!("route add {ip}/32 dev {host_veth} scope link"),
         )?;
+        if let Some(ip6) = ip6 {
+            self.ip(&node_ns, &format!("-6 route add {ip6}/128 dev {host_veth}"))?;
+        }
         let pod = Pod {
             name: name.to_owned(),
             node,
@@ -204,6 +280,7 @@ impl Topology {
             ns,
             ip,
             host_veth,
+            ipv6: ip6,
         };
         self.pods.push(pod.clone());
         Ok(pod)
@@ -254,6 +331,21 @@ impl Drop for Topology {
 
 fn node_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 18, 0, (n + 1) as u8)
+}
+
+/// Underlay IPv6 address of node `n`: fd00:18::(n+1).
+fn node_ip6(n: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, (n + 1) as u16)
+}
+
+/// IPv6 pod CIDR of node `n`: fd00:10:244:n::/64.
+fn pod_cidr6(n: usize) -> String {
+    format!("{}/64", pod_ip6(n, 0))
+}
+
+/// fd00:10:244:n::h (h = 1: the gateway; pod k: h = k + 1).
+fn pod_ip6(n: usize, h: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, n as u16, 0, 0, 0, h as u16)
 }
 
 /// 32 bits of FNV-1a over `salt` and `s`: a short, stable interface-name suffix.

@@ -1,7 +1,7 @@
 //! Topology tests: real namespaces, traffic across nodes, cleanup (root only).
 
 use std::{
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4},
     process::Command,
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ fn serve_in(t: &Topology, pod: &str, id: &str) -> Server {
             id: id.into(),
             tcp: vec![8080],
             udp: vec![5353],
-            bind: Ipv4Addr::UNSPECIFIED,
+            bind: Ipv4Addr::UNSPECIFIED.into(),
         })
     })
     .expect("enter pod namespace")
@@ -41,6 +41,16 @@ fn two_nodes_cross_node_traffic_and_cleanup() {
     assert_eq!(list_our_namespaces(&prefix).len(), 1 + 2 + 4 + 1);
     assert_eq!(t.pod_ip("b2"), Ipv4Addr::new(10, 244, 2, 3));
     assert_eq!(t.node_ip(2), Ipv4Addr::new(172, 18, 0, 3));
+    // Not dual stack unless asked: no IPv6 plan, nothing configured for it.
+    assert_eq!((t.pod("a1").ipv6, t.node(1).ipv6), (None, None));
+    assert_eq!(t.families(), [Family::V4]);
+    let v6 = t
+        .exec_ok(
+            t.pod_ns("a1"),
+            &["ip", "-6", "addr", "show", "scope", "global"],
+        )
+        .unwrap();
+    assert!(v6.trim().is_empty(), "{v6}");
     assert!(t.pod("a1").host_veth.starts_with("veth") && t.pod("a1").host_veth.len() <= 15);
     let routes = t.exec_ok(t.pod_ns("a2"), &["ip", "route"]).unwrap();
     assert!(
@@ -58,7 +68,7 @@ fn two_nodes_cross_node_traffic_and_cleanup() {
 
     let cap = Capture::start(&t, t.underlay_ns(), "br0").expect("start capture");
     let srv = serve_in(&t, "b2", "b2");
-    let target = SocketAddrV4::new(t.pod_ip("b2"), 8080);
+    let target = SocketAddr::from(SocketAddrV4::new(t.pod_ip("b2"), 8080));
     let tcp = t
         .run_in(t.pod_ns("a1"), || {
             probe::run_tcp(&TcpClientConfig {
@@ -78,7 +88,7 @@ fn two_nodes_cross_node_traffic_and_cleanup() {
         .iter()
         .all(|p| p.starts_with("10.244.1.2:")));
 
-    let udp_target = SocketAddrV4::new(t.pod_ip("b2"), 5353);
+    let udp_target = SocketAddr::from(SocketAddrV4::new(t.pod_ip("b2"), 5353));
     let udp = t
         .run_in(t.pod_ns("a1"), || {
             probe::run_udp(&UdpClientConfig {
@@ -118,12 +128,12 @@ fn two_nodes_cross_node_traffic_and_cleanup() {
                 id: "node2".into(),
                 tcp: vec![9000],
                 udp: vec![],
-                bind: Ipv4Addr::UNSPECIFIED,
+                bind: Ipv4Addr::UNSPECIFIED.into(),
             })
         })
         .unwrap()
         .unwrap();
-    let node_target = SocketAddrV4::new(t.node_ip(2), 9000);
+    let node_target = SocketAddr::from(SocketAddrV4::new(t.node_ip(2), 9000));
     let s = t
         .run_in(t.ext_ns().unwrap(), || {
             probe::run_tcp(&TcpClientConfig {
@@ -201,7 +211,7 @@ fn verifier_flags_partial_checksums_when_offload_is_on() {
         .unwrap();
     let cap = Capture::start(&t, t.underlay_ns(), "br0").unwrap();
     let srv = serve_in(&t, "s", "s");
-    let target = SocketAddrV4::new(t.pod_ip("s"), 8080);
+    let target = SocketAddr::from(SocketAddrV4::new(t.pod_ip("s"), 8080));
     let s = t
         .run_in(t.pod_ns("c"), || {
             probe::run_tcp(&TcpClientConfig {
@@ -409,7 +419,7 @@ fn four_nodes_full_mesh() {
     );
     let servers: Vec<Server> = ["p1", "p4"].iter().map(|p| serve_in(&t, p, p)).collect();
     for (from, to) in [("p4", "p1"), ("p2", "p4"), ("p3", "p1")] {
-        let target = SocketAddrV4::new(t.pod_ip(to), 8080);
+        let target = SocketAddr::from(SocketAddrV4::new(t.pod_ip(to), 8080));
         let s = t
             .run_in(t.pod_ns(from), || {
                 probe::run_tcp(&TcpClientConfig {
@@ -424,4 +434,215 @@ fn four_nodes_full_mesh() {
         assert_eq!(s.by_backend.get(to), Some(&2), "{from} -> {to}: {s:?}");
     }
     drop(servers);
+}
+
+/// Reads a sysctl in one of our namespaces.
+fn read_sysctl(t: &Topology, ns: &str, key: &str) -> String {
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    t.run_in(ns, move || std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The dual-stack topology, driven in-process: the IPv6 layout, then every client of the probe
+/// and traffic libraries over IPv6 across nodes — and IPv4 beside it, unchanged (a server bound
+/// to the unspecified address reports IPv4 peers as plain IPv4, not `::ffff:`-mapped).
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn dual_stack_layout_and_ipv6_clients_in_process() {
+    use crate::traffic;
+    use std::sync::atomic::AtomicBool;
+
+    require_root();
+    let spec = TopologySpec::new()
+        .node(&["a1", "a2"])
+        .node(&["b1"])
+        .external_client(true)
+        .dual_stack(true);
+    let t = Topology::build(&spec).expect("build topology");
+    let a1 = t.pod_ip6("a1");
+    assert_eq!(a1.to_string(), "fd00:10:244:1::2");
+    assert_eq!(t.pod_ip6("b1").to_string(), "fd00:10:244:2::2");
+    assert_eq!(
+        t.node(1).gateway_of(Family::V6).to_string(),
+        "fd00:10:244:1::1"
+    );
+    let routes = t.exec_ok(t.pod_ns("a2"), &["ip", "-6", "route"]).unwrap();
+    for want in [
+        "fd00:10:244:1::/64 via fd00:10:244:1::1 dev eth0 src fd00:10:244:1::3",
+        "default via fd00:10:244:1::1 dev eth0",
+    ] {
+        assert!(routes.contains(want), "pod a2 needs {want:?}: {routes}");
+    }
+    let routes = t.exec_ok(&t.node(1).ns, &["ip", "-6", "route"]).unwrap();
+    for want in [
+        "fd00:10:244:1::2 dev veth",
+        "fd00:10:244:2::/64 via fd00:18::3 dev eth0",
+        "fd00:18::/64 dev eth0",
+    ] {
+        assert!(routes.contains(want), "node 1 needs {want:?}: {routes}");
+    }
+    let routes = t
+        .exec_ok(t.ext_ns().unwrap(), &["ip", "-6", "route"])
+        .unwrap();
+    for want in [
+        "fd00:10:96::/112 via fd00:18::2",
+        "2001:db8::/32 via fd00:18::2",
+    ] {
+        assert!(routes.contains(want), "ext needs {want:?}: {routes}");
+    }
+    let node1 = t.node(1).ns.clone();
+    assert_eq!(read_sysctl(&t, &node1, "net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(
+        read_sysctl(&t, &node1, "net.ipv6.conf.eth0.accept_dad"),
+        "0"
+    );
+    assert_eq!(
+        read_sysctl(&t, t.pod_ns("a1"), "net.ipv6.conf.eth0.disable_ipv6"),
+        "0"
+    );
+    // No address waits for DAD: all are usable at once.
+    let addrs = t.exec_ok(t.pod_ns("a1"), &["ip", "-6", "addr"]).unwrap();
+    assert!(!addrs.contains("tentative"), "{addrs}");
+
+    let srv = serve_in(&t, "b1", "b1");
+    let bulk_srv = t
+        .run_in(t.pod_ns("b1"), || traffic::BulkServer::start("b1", &[9000]))
+        .unwrap()
+        .unwrap();
+    let sized_srv = t
+        .run_in(t.pod_ns("b1"), || {
+            traffic::SizedUdpServer::start("b1", &[7053])
+        })
+        .unwrap()
+        .unwrap();
+    let cap = Capture::start(&t, t.underlay_ns(), "br0").expect("start capture");
+    for fam in Family::BOTH {
+        let b1 = t.pod_addr("b1", fam);
+        let me = host_port(t.pod_addr("a1", fam), 0);
+        let me = me.strip_suffix('0').expect("port 0").to_owned();
+        let tcp_target = SocketAddr::new(b1, 8080);
+        let udp_target = SocketAddr::new(b1, 5353);
+        let (tcp, udp, hold) = t
+            .run_in(t.pod_ns("a1"), || {
+                let tcp = probe::run_tcp(&TcpClientConfig {
+                    target: tcp_target,
+                    count: 10,
+                    timeout: Duration::from_secs(2),
+                    parallel: 2,
+                });
+                let udp = probe::run_udp(&UdpClientConfig {
+                    target: udp_target,
+                    count: 10,
+                    timeout: Duration::from_secs(2),
+                    sockets: UdpSockets::One,
+                });
+                let hold = probe::run_hold(
+                    &probe::HoldConfig {
+                        target: tcp_target,
+                        conns: 2,
+                        duration: Duration::from_millis(300),
+                        interval: Duration::from_millis(100),
+                        timeout: Duration::from_secs(2),
+                    },
+                    &AtomicBool::new(false),
+                    || {},
+                );
+                (tcp.unwrap(), udp.unwrap(), hold.unwrap())
+            })
+            .unwrap();
+        assert_eq!((tcp.ok, tcp.failed), (10, 0), "{fam}: {tcp:?}");
+        assert_eq!(tcp.reply_from, [tcp_target.to_string()], "{fam}: {tcp:?}");
+        assert!(
+            tcp.peers_seen_by_backend.iter().all(|p| p.starts_with(&me)),
+            "{fam}: the backend must see {me}…: {tcp:?}"
+        );
+        assert_eq!((udp.ok, udp.failed), (10, 0), "{fam}: {udp:?}");
+        assert_eq!(udp.reply_from, [udp_target.to_string()], "{fam}: {udp:?}");
+        assert!(
+            udp.peers_seen_by_backend[0].starts_with(&me),
+            "{fam}: {udp:?}"
+        );
+        assert_eq!((hold.broken, hold.switched), (0, 0), "{fam}: {hold:?}");
+
+        let (bulk, sized, rst, refused, stream) = t
+            .run_in(t.pod_ns("a1"), || {
+                let bulk = [traffic::BulkDir::Download, traffic::BulkDir::Upload].map(|dir| {
+                    traffic::run_bulk(&traffic::BulkConfig {
+                        target: SocketAddr::new(b1, 9000),
+                        dir,
+                        bytes: 1 << 20,
+                        stall: Duration::from_secs(5),
+                        deadline: Duration::from_secs(30),
+                        raw: false,
+                    })
+                    .unwrap()
+                });
+                let sized = traffic::run_sized_udp(&traffic::SizedUdpConfig {
+                    target: SocketAddr::new(b1, 7053),
+                    count: 2,
+                    request_len: 3000,
+                    reply_len: 4000,
+                    timeout: Duration::from_secs(2),
+                });
+                let rst = traffic::run_tcp_rst(
+                    tcp_target,
+                    41000,
+                    3,
+                    Duration::ZERO,
+                    Duration::from_secs(2),
+                );
+                let refused = traffic::run_udp_connected(
+                    SocketAddr::new(b1, 5999),
+                    Duration::from_secs(2),
+                    Duration::from_millis(200),
+                );
+                let stream = traffic::run_udp_stream(
+                    udp_target,
+                    Duration::from_millis(50),
+                    Duration::from_millis(300),
+                    true,
+                    &AtomicBool::new(false),
+                    |_| {},
+                );
+                (
+                    bulk,
+                    sized.unwrap(),
+                    rst.unwrap(),
+                    refused.unwrap(),
+                    stream.unwrap(),
+                )
+            })
+            .unwrap();
+        for b in &bulk {
+            assert!(b.ok && b.backend == "b1", "{fam}: {b:?}");
+            assert!(b.path_mtu.is_some_and(|m| m >= 1280), "{fam}: {b:?}");
+        }
+        assert_eq!((sized.ok, sized.corrupt), (2, 0), "{fam}: {sized:?}");
+        assert!(rst.attempts.iter().all(|a| a.ok), "{fam}: {rst:?}");
+        assert!(
+            rst.attempts.iter().all(|a| a.local.ends_with(":41000")),
+            "{fam}: {rst:?}"
+        );
+        assert_eq!(
+            refused.outcome, "refused",
+            "{fam}: ICMP port unreachable: {refused:?}"
+        );
+        assert!(!stream.replies.is_empty(), "{fam}: {stream:?}");
+        assert!(stream.local.starts_with(&me), "{fam}: {stream:?}");
+    }
+    let report = verify_checksums(cap.stop().unwrap().path()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.tcp6 > 0 && report.udp6 > 0 && report.icmp6 > 0,
+        "{report}"
+    );
+    assert!(
+        report.reassembled6 >= 4 && report.incomplete.is_empty(),
+        "{report}"
+    );
+    srv.stop();
+    bulk_srv.stop();
+    sized_srv.stop();
 }

@@ -4,7 +4,7 @@
 use std::{
     io::{ErrorKind, Read, Write},
     mem::size_of,
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -22,7 +22,7 @@ use super::{
     check_duration, fill, hex, lock, pattern, read_line, stream_sha256, wait_readable, MAX_BULK,
     SERVER_STALL, STOP_POLL,
 };
-use crate::probe::check_target;
+use crate::probe::{check_target, tcp_listeners};
 
 /// The JSON header line of a bulk server: before the data of a `GET`, after the data of a `PUT`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,14 +50,15 @@ pub struct BulkServer {
 }
 
 impl BulkServer {
-    /// Binds every port (on 0.0.0.0) in the calling thread's namespace and starts serving.
+    /// Binds every port (on 0.0.0.0 and `[::]`, one socket each) in the calling thread's
+    /// namespace and starts serving.
     pub fn start(id: &str, ports: &[u16]) -> Result<BulkServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
         let mut listeners = Vec::new();
         for &port in ports {
-            listeners.push(
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            listeners.extend(
+                tcp_listeners(Ipv4Addr::UNSPECIFIED.into(), port)
                     .with_context(|| format!("binding bulk TCP port {port}"))?,
             );
         }
@@ -220,7 +221,8 @@ pub enum BulkDir {
 /// Parameters of [`run_bulk`].
 #[derive(Debug, Clone)]
 pub struct BulkConfig {
-    pub target: SocketAddrV4,
+    /// `IP:PORT` of either family.
+    pub target: SocketAddr,
     pub dir: BulkDir,
     pub bytes: u64,
     /// Bound on connect and on any single read or write (a stall).
@@ -251,7 +253,8 @@ pub struct BulkResult {
     pub peer_seen_by_backend: String,
     /// `getpeername` on the client socket (reverse NAT: should be the target).
     pub reply_from: String,
-    /// `IP_MTU` of the connected socket at the end: the path MTU the client's kernel learnt.
+    /// `IP_MTU` (`IPV6_MTU`) of the connected socket at the end: the path MTU the client's
+    /// kernel learnt.
     pub path_mtu: Option<u32>,
     /// From connect to the last byte (download) or the server's verdict (upload).
     pub elapsed_ms: u64,
@@ -262,7 +265,7 @@ pub struct BulkResult {
 /// One bulk transfer. Never fails as a whole once the target is valid: failures are in
 /// [`BulkResult::error`].
 pub fn run_bulk(cfg: &BulkConfig) -> Result<BulkResult> {
-    check_target(cfg.target.into())?;
+    check_target(cfg.target)?;
     check_duration("stall", cfg.stall)?;
     check_duration("deadline", cfg.deadline)?;
     ensure!(
@@ -303,7 +306,7 @@ pub fn run_bulk(cfg: &BulkConfig) -> Result<BulkResult> {
 }
 
 fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<()> {
-    let s = TcpStream::connect_timeout(&cfg.target.into(), cfg.stall)
+    let s = TcpStream::connect_timeout(&cfg.target, cfg.stall)
         .with_context(|| format!("connect {}", cfg.target))?;
     s.set_read_timeout(Some(cfg.stall))?;
     s.set_write_timeout(Some(cfg.stall))?;
@@ -398,7 +401,7 @@ fn bulk_inner(cfg: &BulkConfig, r: &mut BulkResult, started: Instant) -> Result<
             }
         }
     }
-    r.path_mtu = ip_mtu(&s);
+    r.path_mtu = ip_mtu(&s, cfg.target.is_ipv6());
     let _ = s.shutdown(Shutdown::Both);
     Ok(())
 }
@@ -412,16 +415,21 @@ fn raw_word(raw: bool) -> &'static str {
     }
 }
 
-/// `getsockopt(IP_MTU)` of a connected socket.
-fn ip_mtu(s: &impl AsRawFd) -> Option<u32> {
+/// `getsockopt(IP_MTU)` (`IPV6_MTU` for IPv6) of a connected socket.
+fn ip_mtu(s: &impl AsRawFd, v6: bool) -> Option<u32> {
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd; `v` and `len` describe a c_int buffer.
     let rc = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
+            level,
+            name,
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )

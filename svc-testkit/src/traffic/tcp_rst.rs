@@ -4,7 +4,7 @@
 use std::{
     io::{self, Write},
     mem::size_of,
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{check_duration, read_line};
-use crate::probe::{check_target, Reply};
+use crate::probe::{any_of, check_target, setsockopt_int, sockaddr_raw, Reply};
 
 /// One connection of [`run_tcp_rst`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,35 +33,30 @@ pub struct RstSummary {
     pub attempts: Vec<RstAttempt>,
 }
 
-fn tcp_socket_bound(port: u16) -> Result<TcpStreamBuilder> {
+/// A TCP socket of `target`'s family bound to source port `port` with `SO_REUSEADDR`.
+fn tcp_socket_bound(target: SocketAddr, port: u16) -> Result<TcpStreamBuilder> {
+    let family = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error()).context("socket");
     }
     // SAFETY: fd is a fresh socket we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd, option value is a c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("SO_REUSEADDR");
-    }
-    let sa = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    // SAFETY: `sa` is a valid sockaddr_in of the given size.
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("SO_REUSEADDR")?;
+    let mut local = any_of(target);
+    local.set_port(port);
+    let (sa, len) = sockaddr_raw(local);
+    // SAFETY: `sa` is a valid sockaddr of length `len`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
         )
     };
     if rc != 0 {
@@ -74,22 +69,16 @@ struct TcpStreamBuilder(OwnedFd);
 
 impl TcpStreamBuilder {
     /// Non-blocking connect bounded by `timeout`, then back to blocking.
-    fn connect(self, target: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+    fn connect(self, target: SocketAddr, timeout: Duration) -> Result<TcpStream> {
         let fd = self.0.as_raw_fd();
         // SAFETY: fcntl on our fd.
         unsafe {
             let fl = libc::fcntl(fd, libc::F_GETFL);
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
-        let sa = sockaddr(target);
-        // SAFETY: `sa` is a valid sockaddr_in.
-        let rc = unsafe {
-            libc::connect(
-                fd,
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
+        let (sa, len) = sockaddr_raw(target);
+        // SAFETY: `sa` is a valid sockaddr of length `len`.
+        let rc = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) };
         if rc != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -129,17 +118,6 @@ impl TcpStreamBuilder {
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 /// Closes with RST: `SO_LINGER {on, 0}` then close.
 fn close_with_rst(s: TcpStream) {
     let l = libc::linger {
@@ -171,13 +149,13 @@ pub fn line_exchange(s: &TcpStream, seq: u64) -> Result<Reply> {
 /// `count` connections one after another, each bound to `src_port`, one exchange, closed with
 /// RST; `interval` apart.
 pub fn run_tcp_rst(
-    target: SocketAddrV4,
+    target: SocketAddr,
     src_port: u16,
     count: u64,
     interval: Duration,
     timeout: Duration,
 ) -> Result<RstSummary> {
-    check_target(target.into())?;
+    check_target(target)?;
     check_duration("timeout", timeout)?;
     ensure!(count <= 10_000, "count {count} exceeds 10000");
     ensure!(src_port != 0, "a fixed source port is required");
@@ -192,7 +170,7 @@ pub fn run_tcp_rst(
         }
         let began = Instant::now();
         let mut a = RstAttempt::default();
-        let res = tcp_socket_bound(src_port)
+        let res = tcp_socket_bound(target, src_port)
             .and_then(|b| b.connect(target, timeout))
             .and_then(|s| {
                 s.set_read_timeout(Some(timeout))?;

@@ -37,7 +37,7 @@ fn bulk_verified_and_raw_transfers_over_loopback() {
     for raw in [false, true] {
         for dir in [BulkDir::Download, BulkDir::Upload] {
             let r = run_bulk(&BulkConfig {
-                target: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+                target: (Ipv4Addr::LOCALHOST, port).into(),
                 dir,
                 bytes: 3 << 20,
                 stall: Duration::from_secs(5),

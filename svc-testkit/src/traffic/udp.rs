@@ -5,7 +5,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{
     check_duration, fill, hex, pattern, unix_ms, wait_readable, MAX_UDP_PAYLOAD, STOP_POLL,
 };
-use crate::probe::{check_target, Reply, MAX_COUNT};
+use crate::probe::{any_of, check_target, udp_sockets, Reply, MAX_COUNT};
 
 // ---------------------------------------------------------------------------------------------
 // Sized UDP
@@ -59,12 +59,14 @@ pub struct SizedUdpServer {
 }
 
 impl SizedUdpServer {
+    /// Binds every port (on 0.0.0.0 and `[::]`, one socket each) in the calling thread's
+    /// namespace and starts serving.
     pub fn start(id: &str, ports: &[u16]) -> Result<SizedUdpServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut socks = Vec::new();
         for &port in ports {
-            socks.push(
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+            socks.extend(
+                udp_sockets(Ipv4Addr::UNSPECIFIED.into(), port)
                     .with_context(|| format!("binding sized UDP port {port}"))?,
             );
         }
@@ -151,7 +153,8 @@ fn sized_loop(s: UdpSocket, id: &str, stop: &AtomicBool) {
 /// Parameters of [`run_sized_udp`].
 #[derive(Debug, Clone)]
 pub struct SizedUdpConfig {
-    pub target: SocketAddrV4,
+    /// `IP:PORT` of either family.
+    pub target: SocketAddr,
     pub count: u64,
     pub request_len: usize,
     pub reply_len: usize,
@@ -180,7 +183,7 @@ pub struct SizedUdpSummary {
 /// `count` exchanges on one socket, one at a time. Each request is `request_len` bytes and asks
 /// for `reply_len` bytes back; both are checked byte for byte.
 pub fn run_sized_udp(cfg: &SizedUdpConfig) -> Result<SizedUdpSummary> {
-    check_target(cfg.target.into())?;
+    check_target(cfg.target)?;
     check_duration("timeout", cfg.timeout)?;
     ensure!(
         cfg.count <= MAX_COUNT,
@@ -199,7 +202,7 @@ pub fn run_sized_udp(cfg: &SizedUdpConfig) -> Result<SizedUdpSummary> {
         ..SizedUdpSummary::default()
     };
     let mut from_set = std::collections::BTreeSet::new();
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding UDP socket")?;
+    let sock = UdpSocket::bind(any_of(cfg.target)).context("binding UDP socket")?;
     let mut buf = vec![0u8; 65_536];
     let err = |sum: &mut SizedUdpSummary, e: String| {
         if sum.errors.len() < 8 && !sum.errors.contains(&e) {
@@ -310,14 +313,14 @@ pub struct ConnectedUdpResult {
 /// Connects a UDP socket to `target`, sends a request every `resend` and waits for the first
 /// outcome until `timeout`.
 pub fn run_udp_connected(
-    target: SocketAddrV4,
+    target: SocketAddr,
     timeout: Duration,
     resend: Duration,
 ) -> Result<ConnectedUdpResult> {
-    check_target(target.into())?;
+    check_target(target)?;
     check_duration("timeout", timeout)?;
     check_duration("resend", resend)?;
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+    let sock = UdpSocket::bind(any_of(target)).context("binding")?;
     sock.connect(target).context("connect")?;
     let mut r = ConnectedUdpResult {
         target: target.to_string(),
@@ -430,17 +433,17 @@ impl StreamSummary {
 /// `connect`: the socket is connected to `target` (send/recv instead of sendto/recvfrom); a
 /// send or receive that fails connects it again, and the time is recorded.
 pub fn run_udp_stream(
-    target: SocketAddrV4,
+    target: SocketAddr,
     interval: Duration,
     duration: Duration,
     connect: bool,
     stop: &AtomicBool,
     on_first_reply: impl FnOnce(&str),
 ) -> Result<StreamSummary> {
-    check_target(target.into())?;
+    check_target(target)?;
     check_duration("interval", interval)?;
     check_duration("duration", duration)?;
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+    let sock = UdpSocket::bind(any_of(target)).context("binding")?;
     if connect {
         sock.connect(target).context("connecting")?;
     }
@@ -522,7 +525,7 @@ pub fn run_udp_stream(
 }
 
 /// Connects `sock` to `target` again after an error, recording when.
-fn reconnect(sock: &UdpSocket, target: SocketAddrV4, sum: &mut StreamSummary) -> Result<()> {
+fn reconnect(sock: &UdpSocket, target: SocketAddr, sum: &mut StreamSummary) -> Result<()> {
     sum.reconnects_ms.push(unix_ms());
     sock.connect(target).context("connecting again")
 }
