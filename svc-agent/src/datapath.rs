@@ -34,8 +34,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::{programs::tc::TcHandle, util::KernelVersion};
 use aya::{
+    maps::{MapData, ProgramArray},
     programs::{
         links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -44,10 +44,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use aya::{programs::tc::TcHandle, util::KernelVersion};
 use svc_common::{
     Config, CtTimeouts, SnatPorts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
     GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, GLOBAL_SNAT_PORTS, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
+    MAP_CONNTRACK, MAP_FRONTENDS, MAP_PROGS6, MAP_SLOTS, PROGS6,
 };
 use tracing::{info, warn};
 
@@ -91,6 +92,37 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "svc_sock_recvmsg4",
     "svc_sock_getpeername4",
 ];
+
+/// Loads the IPv6 tc programs and puts each into `SVC_PROGS6` at its index, where the IPv4
+/// program of the same hook tail-calls it for IPv6 frames (`svc_common::PROGS6`). The array
+/// is pinned with the other maps, so an agent that restarts replaces the entries with its own
+/// programs while the links (still running the earlier agent's IPv4 programs until they are
+/// updated) keep handing IPv6 over.
+fn load_progs6(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, index, _) in PROGS6 {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a tc classifier"))?;
+        prog.load()
+            .with_context(|| format!("verifying and loading program {name}"))?;
+        let fd = prog
+            .fd()
+            .with_context(|| format!("program {name} has no fd"))?
+            .try_clone()
+            .with_context(|| format!("duplicating the fd of program {name}"))?;
+        let mut array: ProgramArray<&mut MapData> = ebpf
+            .map_mut(MAP_PROGS6)
+            .with_context(|| format!("map {MAP_PROGS6} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("map {MAP_PROGS6} is not a program array"))?;
+        array
+            .set(index, &fd, 0)
+            .with_context(|| format!("putting {name} into {MAP_PROGS6}[{index}]"))?;
+    }
+    Ok(())
+}
 
 /// How to attach XDP to uplinks (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -315,6 +347,7 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifying and loading program {name}"))?;
         }
+        load_progs6(&mut ebpf)?;
         let prog: &mut Xdp = ebpf
             .program_mut(UPLINK_XDP)
             .with_context(|| format!("program {UPLINK_XDP} missing from the object"))?
@@ -435,7 +468,7 @@ impl Datapath {
             flags,
             netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
             // No IPv6 SNAT source yet: IPv6 flows that need SNAT are dropped (SnatNoAddress).
-            node_addr6: [0; 16],
+            node_addr6: svc_common::Addr6::default(),
         };
         let changed = self.config.write(config)?;
         if changed {

@@ -44,7 +44,7 @@ pub struct CtKeyOf<A> {
 /// IPv4 key of [`MAP_CONNTRACK`].
 pub type CtKey = CtKeyOf<[u8; 4]>;
 /// IPv6 key of [`MAP_CONNTRACK6`].
-pub type CtKey6 = CtKeyOf<[u8; 16]>;
+pub type CtKey6 = CtKeyOf<Addr6>;
 pod_per_family!(CtKeyOf, |a| 2 * a + 2 + 2 + 1 + 3);
 
 impl CtKey {
@@ -72,26 +72,20 @@ impl CtKey {
     }
 }
 
-/// Word `i / 4` of an IPv6 address, as it lies in memory.
-#[inline(always)]
-const fn w(a: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
-}
-
 impl CtKey6 {
     /// The key of an IPv6 5-tuple, built as 32-bit words for the reason [`CtKey::new`] gives.
     #[inline(always)]
-    pub const fn new(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> Self {
+    pub fn new(src: Addr6, dst: Addr6, sport: u16, dport: u16, proto: u8) -> Self {
         let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
         let words = [
-            w(&src, 0),
-            w(&src, 4),
-            w(&src, 8),
-            w(&src, 12),
-            w(&dst, 0),
-            w(&dst, 4),
-            w(&dst, 8),
-            w(&dst, 12),
+            src.words()[0],
+            src.words()[1],
+            src.words()[2],
+            src.words()[3],
+            dst.words()[0],
+            dst.words()[1],
+            dst.words()[2],
+            dst.words()[3],
             u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
             u32::from_ne_bytes([proto, 0, 0, 0]),
         ];
@@ -142,7 +136,7 @@ pub struct CtEntryOf<A> {
 /// IPv4 value of [`MAP_CONNTRACK`].
 pub type CtEntry = CtEntryOf<[u8; 4]>;
 /// IPv6 value of [`MAP_CONNTRACK6`].
-pub type CtEntry6 = CtEntryOf<[u8; 16]>;
+pub type CtEntry6 = CtEntryOf<Addr6>;
 pod_per_family!(CtEntryOf, |a| 2 * a + 2 + 2 + 4 + 4 + 4 + 4 * 8);
 /// [`CtEntry::tcp_flags`] bits (the TCP header's own flag bit values).
 pub const CT_TCP_FIN: u8 = 0x01;

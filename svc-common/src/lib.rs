@@ -51,7 +51,7 @@ use bytemuck::{Pod, Zeroable};
 macro_rules! pod_per_family {
     ($t:ident, |$a:ident| $size:expr) => {
         pod_per_family!(@one $t, [u8; 4], 4, |$a| $size);
-        pod_per_family!(@one $t, [u8; 16], 16, |$a| $size);
+        pod_per_family!(@one $t, Addr6, 16, |$a| $size);
     };
     (@one $t:ident, $ty:ty, $width:expr, |$a:ident| $size:expr) => {
         const _: () = {
@@ -129,8 +129,21 @@ pub const MAP_FRAGS6: &str = "SVC_FRAGS6";
 pub const MAP_SOURCE_RANGES6: &str = "SVC_SOURCE_RANGES6";
 /// Pinned name of the IPv6 socket-LB reverse map ([`SockKey6`] → [`SockRevNat6`]).
 pub const MAP_SOCK_REVNAT6: &str = "SVC_SOCK_REV6";
+/// Pinned name of the IPv6 tc programs' array: the IPv4 program of each tc hook tail-calls
+/// entry [`PROGS6`]`[i].1` for IPv6 frames.
+pub const MAP_PROGS6: &str = "SVC_PROGS6";
+/// The IPv6 tc programs by their index in [`MAP_PROGS6`], with the IPv4 program that hands
+/// IPv6 frames over to each.
+pub const PROGS6: [(&str, u32, &str); 4] = [
+    ("svc_pod_ingress6", 0, "svc_pod_ingress"),
+    ("svc_pod_egress6", 1, "svc_pod_egress"),
+    ("svc_uplink_ingress6", 2, "svc_uplink_ingress"),
+    ("svc_uplink_egress6", 3, "svc_uplink_egress"),
+];
+/// Entries of [`MAP_PROGS6`].
+pub const PROGS6_LEN: u32 = PROGS6.len() as u32;
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -155,9 +168,10 @@ pub const ALL_MAPS: [&str; 24] = [
     MAP_FRAGS6,
     MAP_SOURCE_RANGES6,
     MAP_SOCK_REVNAT6,
+    MAP_PROGS6,
 ];
 
-/// An address as the maps hold it, network order: `[u8; 4]` (IPv4) or `[u8; 16]` (IPv6).
+/// An address as the maps hold it, network order: `[u8; 4]` (IPv4) or [`Addr6`] (IPv6).
 /// The structs that differ between the families only in the width of their addresses are
 /// generic over it (`FrontendKeyOf<A>`, `CtKeyOf<A>`, …, with the aliases `FrontendKey` /
 /// `FrontendKey6` …), so the kernel programs and the agent write one decision for both
@@ -184,7 +198,7 @@ mod sealed {
     /// Only the two address widths are [`super::Addr`]s.
     pub trait Sealed {}
     impl Sealed for [u8; 4] {}
-    impl Sealed for [u8; 16] {}
+    impl Sealed for super::Addr6 {}
 }
 
 /// `AF_INET`.
@@ -204,10 +218,43 @@ impl Addr for [u8; 4] {
     }
 }
 
-impl Addr for [u8; 16] {
+/// An IPv6 address as the maps hold it: 16 bytes in network order (`bpftool map dump` prints
+/// them as bytes, like the IPv4 `[u8; 4]`), 4-byte aligned. A bare `[u8; 16]` has alignment 1,
+/// and inside keys aligned to 2 (ports) the eBPF programs moved and compared every address
+/// byte by byte or half-word by half-word: the IPv6 programs came out twice the size of the
+/// IPv4 ones with frames over the verifier's 512 bytes. Aligned, they move words.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Addr6 {
+    /// The address, network order.
+    pub octets: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
+
+impl Addr6 {
+    /// The address as four 32-bit words, as they lie in memory.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 4] {
+        bytemuck::cast_ref(self)
+    }
+}
+
+impl From<core::net::Ipv6Addr> for Addr6 {
+    fn from(a: core::net::Ipv6Addr) -> Self {
+        Self { octets: a.octets() }
+    }
+}
+
+impl From<Addr6> for core::net::Ipv6Addr {
+    fn from(a: Addr6) -> Self {
+        core::net::Ipv6Addr::from(a.octets)
+    }
+}
+
+impl Addr for Addr6 {
     const FAMILY: u8 = AF_INET6;
     const BITS: u32 = 128;
-    const UNSPECIFIED: Self = [0; 16];
+    const UNSPECIFIED: Self = Self { octets: [0; 16] };
     type Affinity = Affinity6;
 
     #[inline(always)]
@@ -362,7 +409,7 @@ pub struct FrontendKeyOf<A> {
 /// IPv4 key of [`MAP_FRONTENDS`].
 pub type FrontendKey = FrontendKeyOf<[u8; 4]>;
 /// IPv6 key of [`MAP_FRONTENDS6`].
-pub type FrontendKey6 = FrontendKeyOf<[u8; 16]>;
+pub type FrontendKey6 = FrontendKeyOf<Addr6>;
 pod_per_family!(FrontendKeyOf, |a| a + 2 + 1 + 1);
 
 /// Value of [`MAP_FRONTENDS`]. Written by the agent only, always *after* the slots it counts.
@@ -421,7 +468,7 @@ pub struct BackendOf<A> {
 /// IPv4 value of [`MAP_BACKENDS`].
 pub type Backend = BackendOf<[u8; 4]>;
 /// IPv6 value of [`MAP_BACKENDS6`].
-pub type Backend6 = BackendOf<[u8; 16]>;
+pub type Backend6 = BackendOf<Addr6>;
 pod_per_family!(BackendOf, |a| a + 2 + 1 + 1);
 
 /// [`Backend::flags`]: the endpoint is terminating (used only because no ready one exists).
@@ -445,7 +492,7 @@ pub struct Config {
     pub netns_cookie: u64,
     /// This node's primary IPv6 address: the SNAT source of IPv6 flows when the FIB names
     /// none; all zero when the node has none (IPv6 flows that need SNAT are then dropped).
-    pub node_addr6: [u8; 16],
+    pub node_addr6: Addr6,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 /// [`Config::flags`]: socket-level load balancing for pods (`--pod-socket-lb on`). The cgroup
@@ -476,7 +523,7 @@ pub struct SourceRangeKeyOf<A> {
 /// IPv4 [`MAP_SOURCE_RANGES`] key data.
 pub type SourceRangeKey = SourceRangeKeyOf<[u8; 4]>;
 /// IPv6 [`MAP_SOURCE_RANGES6`] key data.
-pub type SourceRangeKey6 = SourceRangeKeyOf<[u8; 16]>;
+pub type SourceRangeKey6 = SourceRangeKeyOf<Addr6>;
 pod_per_family!(SourceRangeKeyOf, |a| 4 + a);
 /// Bits of a [`SourceRangeKey`] before the address: the frontend id.
 pub const SOURCE_RANGE_ID_BITS: u32 = 32;
@@ -511,7 +558,7 @@ pub struct SockKey6 {
     /// `bpf_get_socket_cookie()` of the socket.
     pub cookie: u64,
     /// Backend address, network order.
-    pub backend_addr: [u8; 16],
+    pub backend_addr: Addr6,
     /// Backend port, host order.
     pub backend_port: u16,
     /// IP protocol number.
@@ -542,7 +589,7 @@ pub struct SockRevNatOf<A> {
 /// IPv4 value of [`MAP_SOCK_REVNAT`].
 pub type SockRevNat = SockRevNatOf<[u8; 4]>;
 /// IPv6 value of [`MAP_SOCK_REVNAT6`].
-pub type SockRevNat6 = SockRevNatOf<[u8; 16]>;
+pub type SockRevNat6 = SockRevNatOf<Addr6>;
 pod_per_family!(SockRevNatOf, |a| a + 2 + 2 + 4 + 4);
 
 /// Key of [`MAP_SOCK_DOOMED`]: a (frontend, backend) pair a plan removed.
@@ -582,7 +629,7 @@ pub struct AffinityKeyOf<A> {
 /// IPv4 key of [`MAP_AFFINITY`].
 pub type AffinityKey = AffinityKeyOf<[u8; 4]>;
 /// IPv6 key of [`MAP_AFFINITY6`].
-pub type AffinityKey6 = AffinityKeyOf<[u8; 16]>;
+pub type AffinityKey6 = AffinityKeyOf<Addr6>;
 pod_per_family!(AffinityKeyOf, |a| 4 + a);
 
 /// Value of [`MAP_AFFINITY`]: the backend new flows of this client go to while
@@ -633,7 +680,7 @@ pub struct Affinity6 {
     /// Key into [`MAP_BACKENDS6`].
     pub backend_id: u32,
     /// The backend's address when chosen, network order.
-    pub backend_addr: [u8; 16],
+    pub backend_addr: Addr6,
     /// The backend's port when chosen, host order.
     pub backend_port: u16,
     /// Always zero.
@@ -646,7 +693,7 @@ const _: () = assert!(core::mem::size_of::<Affinity6>() == 32);
 impl Affinity6 {
     /// The entry for `backend_id` at `addr`:`port`, used at `now_ns` ([`Affinity::new`]).
     #[inline(always)]
-    pub const fn new(backend_id: u32, addr: [u8; 16], port: u16, now_ns: u64) -> Self {
+    pub const fn new(backend_id: u32, addr: Addr6, port: u16, now_ns: u64) -> Self {
         Self {
             backend_id,
             backend_addr: addr,
@@ -687,9 +734,9 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct FragKey6 {
     /// Source address, network order.
-    pub src_addr: [u8; 16],
+    pub src_addr: Addr6,
     /// Destination address, network order.
-    pub dst_addr: [u8; 16],
+    pub dst_addr: Addr6,
     /// Fragment identification, host order.
     pub id: u32,
     /// Upper-layer protocol (the Fragment header's next header).
@@ -746,6 +793,11 @@ pub struct Scratch {
     pub rep: CtEntry,
     /// A new IPv6 flow's reply entry while its tuple is claimed.
     pub rep6: CtEntry6,
+    /// The IPv6 programs' conntrack entry while they run: kept off their stack, whose 512
+    /// bytes the IPv6 decisions' frames (40-byte keys, 80-byte entries) need.
+    pub entry6: CtEntry6,
+    /// The IPv6 programs' parsed packet (`svc-ebpf`'s `Flow6`, which asserts that it fits).
+    pub flow6: [u64; 10],
     /// An ICMP error's outer IPv4 header, ICMP header, quoted IPv4 header and quoted 8 L4
     /// bytes while they are rewritten.
     pub icmp: [u8; 56],
@@ -755,7 +807,7 @@ pub struct Scratch {
     /// Always zero.
     pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 264);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 424);
 
 /// Name of the load-time global (`.rodata`, `u32`) that switches the programs' aya-log debug
 /// messages on (1) or off (0, the default: the verifier then removes them).

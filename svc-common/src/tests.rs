@@ -45,8 +45,12 @@ fn no_implicit_padding() {
 
 #[test]
 fn ipv6_keys_are_built_in_field_order() {
-    let src: [u8; 16] = core::array::from_fn(|i| i as u8);
-    let dst: [u8; 16] = core::array::from_fn(|i| 0x80 | i as u8);
+    let src = Addr6 {
+        octets: core::array::from_fn(|i| i as u8),
+    };
+    let dst = Addr6 {
+        octets: core::array::from_fn(|i| 0x80 | i as u8),
+    };
     let key = CtKey6::new(src, dst, 40_000, 443, PROTO_TCP);
     assert_eq!(
         key,
@@ -60,7 +64,7 @@ fn ipv6_keys_are_built_in_field_order() {
         }
     );
     assert_eq!(
-        <[u8; 16] as Addr>::ct_key(src, dst, 40_000, 443, PROTO_TCP),
+        <Addr6 as Addr>::ct_key(src, dst, 40_000, 443, PROTO_TCP),
         key
     );
     let a = Affinity6::new(7, dst, 8080, 99);
@@ -72,7 +76,8 @@ fn ipv6_keys_are_built_in_field_order() {
 
 #[test]
 fn peer_key_of_an_ipv6_entry_reverses_its_tuple() {
-    let (c, f, b) = ([0xfd; 16], [0x20; 16], [0x30; 16]);
+    let a = |b: u8| Addr6 { octets: [b; 16] };
+    let (c, f, b) = (a(0xfd), a(0x20), a(0x30));
     let key = CtKey6::new(c, f, 5000, 80, PROTO_UDP);
     let e = CtEntry6 {
         src_addr: c,

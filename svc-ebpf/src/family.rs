@@ -1,7 +1,7 @@
 //! What the shared decisions (`lb`, `ct`, `frag`) need to know of an address family: its maps
 //! and the few computations whose shape depends on the address width.
 //!
-//! Every decision is written once, generic over `A: Family` (`[u8; 4]` or `[u8; 16]`, the
+//! Every decision is written once, generic over `A: Family` (`[u8; 4]` or `Addr6`, the
 //! `svc_common::Addr` widths), and the compiler instantiates it per family: the IPv4 programs
 //! use only IPv4 maps and 16-byte conntrack keys, the IPv6 programs only the `*6` maps. A
 //! program is one family's, so the verifier never walks the other family's code in it.
@@ -10,9 +10,9 @@ use aya_ebpf::{
     btf_maps::{HashMap, LpmTrie, LruHashMap},
 };
 use svc_common::{
-    Addr, AffinityKeyOf, BackendOf, Config, CtEntryOf, CtKeyOf, FragKey, FragKey6, FragPorts,
-    Frontend, FrontendKeyOf, Scratch, SourceRangeKeyOf, MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_FRAGS, MAX_FRONTENDS, MAX_SOURCE_RANGES,
+    Addr, Addr6, AffinityKeyOf, BackendOf, Config, CtEntryOf, CtKeyOf, FragKey, FragKey6,
+    FragPorts, Frontend, FrontendKeyOf, Scratch, SourceRangeKeyOf, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SOURCE_RANGES,
 };
 
 use crate::{
@@ -142,7 +142,7 @@ pub(crate) struct V6Extra {
     pub frag_id: u32,
 }
 
-impl Family for [u8; 16] {
+impl Family for Addr6 {
     type Extra = V6Extra;
     const EXTRA: V6Extra = V6Extra {
         l4_off: 0,
@@ -196,29 +196,17 @@ impl Family for [u8; 16] {
     }
     #[inline(always)]
     fn fold32(self) -> u32 {
-        let w = |i: usize| u32::from_ne_bytes([self[i], self[i + 1], self[i + 2], self[i + 3]]);
-        w(0) ^ w(4) ^ w(8) ^ w(12)
+        let w = self.words();
+        w[0] ^ w[1] ^ w[2] ^ w[3]
     }
     #[inline(always)]
     fn same(a: Self, b: Self) -> bool {
-        let h = |x: &[u8; 16], i: usize| {
-            u64::from_ne_bytes([
-                x[i],
-                x[i + 1],
-                x[i + 2],
-                x[i + 3],
-                x[i + 4],
-                x[i + 5],
-                x[i + 6],
-                x[i + 7],
-            ])
-        };
-        h(&a, 0) == h(&b, 0) && h(&a, 8) == h(&b, 8)
+        let (x, y) = (a.words(), b.words());
+        (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) == 0
     }
     #[inline(always)]
     fn fib_addrs(p: &mut FibParams, src: Self, dst: Self) {
-        let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        p.__bindgen_anon_3.ipv6_src = [w(&src, 0), w(&src, 4), w(&src, 8), w(&src, 12)];
-        p.__bindgen_anon_4.ipv6_dst = [w(&dst, 0), w(&dst, 4), w(&dst, 8), w(&dst, 12)];
+        p.__bindgen_anon_3.ipv6_src = *src.words();
+        p.__bindgen_anon_4.ipv6_dst = *dst.words();
     }
 }

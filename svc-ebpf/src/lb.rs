@@ -11,13 +11,12 @@ use aya_ebpf::{
 };
 use svc_common::Addr;
 use svc_common::{
-    ct_peer_key, ct_state_closed, AffinityKeyOf, BackendOf, CtEntry, CtEntryOf, CtKeyOf,
-    CtTimeouts, Frontend, FrontendKeyOf, Reason, SlotKey, SnatPorts, SourceRangeKeyOf,
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT,
-    CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_RST,
-    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
-    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS,
-    SOURCE_RANGE_ID_BITS,
+    ct_peer_key, ct_state_closed, AffinityKeyOf, BackendOf, CtEntryOf, CtKeyOf, CtTimeouts,
+    Frontend, FrontendKeyOf, Reason, SlotKey, SnatPorts, SourceRangeKeyOf, BACKEND_F_LOCAL,
+    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SNAT, CT_STATE_ESTABLISHED,
+    CT_STATE_SYN_SENT, CT_STATE_UDP_UNREPLIED, CT_TCP_RST, FRONTEND_F_DROP_NO_BACKEND,
+    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
+    SCOPE_ANY, SCOPE_EXTERNAL, SNAT_ATTEMPTS, SOURCE_RANGE_ID_BITS,
 };
 
 use super::ct::*;
@@ -47,7 +46,7 @@ pub(crate) enum Step {
 
 /// An entry for [`decide`] to fill in (the hooks keep it in their own stack frame).
 #[inline(always)]
-pub(crate) fn blank_entry() -> CtEntry {
+pub(crate) fn blank_entry() -> CtEntryOf<A> {
     // SAFETY: an all-zero CtEntry is a valid value.
     unsafe { core::mem::zeroed() }
 }

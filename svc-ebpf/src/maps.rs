@@ -1,7 +1,9 @@
 //! Map definitions. Names, types and capacities all come from `svc-common`; the agent pins each
 //! map under its name (`svc_common::MAP_*`).
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use svc_common::{
@@ -130,3 +132,9 @@ pub(crate) static SVC_SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8, { MAX_SOURCE_
 #[btf_map]
 pub(crate) static SVC_SOCK_REV6: LruHashMap<SockKey6, SockRevNat6, { MAX_SOCK_REVNAT as usize }> =
     LruHashMap::new();
+
+/// The IPv6 tc programs, by `programs6::PROG6_*`: the IPv4 program of each tc hook tail-calls
+/// its IPv6 sibling for IPv6 frames. Filled by the agent after it loads the programs.
+#[btf_map]
+pub(crate) static SVC_PROGS6: ProgramArray<{ svc_common::PROGS6_LEN as usize }> =
+    ProgramArray::new();

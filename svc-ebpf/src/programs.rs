@@ -5,8 +5,11 @@ use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_NODEPO
 use crate::trace::trace;
 
 use crate::{
+    maps::SVC_PROGS6,
     nat::{apply, decrement_ttl, swap_macs, ttl_expires},
     parse::{parse_tc, Flow},
+    parse6::is_ipv6,
+    programs6::{PROG6_POD_EGRESS, PROG6_POD_INGRESS},
     reject::reject,
     route::forward,
     stats::count,
@@ -93,9 +96,22 @@ pub(crate) fn run_tc(
     out.verdict
 }
 
+/// Hands an IPv6 frame (which the IPv4 parser refused as `not_ipv4`) to the IPv6 program of
+/// the same hook, `programs6::PROG6_*` in `SVC_PROGS6`, by a tail call that does not return.
+/// When the slot is empty (an agent that has not filled it yet) the frame passes as before,
+/// counted `not_ipv4`. On the not-IPv4 branch only, so IPv4 packets pay nothing for it.
+#[inline(always)]
+pub(crate) fn to_v6(ctx: &TcContext, out: Outcome, prog: u32) -> Outcome {
+    if out.reason == Reason::NotIpv4 && is_ipv6(ctx.data(), ctx.data_end()) {
+        // SAFETY: a tail call with the program's own context; it returns only on failure.
+        unsafe { SVC_PROGS6.tail_call(ctx, prog) };
+    }
+    out
+}
+
 #[inline(always)]
 fn pod_ingress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow)?;
+    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_POD_INGRESS))?;
     // Conntrack first: a known flow keeps its backend whatever has happened to its Service
     // since, including deletion, as netfilter conntrack does for kube-proxy. One lookup finds
     // either direction: forward (this pod is a client) or reply (this pod is a backend
@@ -108,7 +124,7 @@ fn pod_ingress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<
 
 #[inline(always)]
 fn pod_egress(ctx: &TcContext, flow: &mut Flow, entry: &mut CtEntry) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow)?;
+    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_POD_EGRESS))?;
     match decide(flow, Origin::Pod, false, entry)? {
         Step::Translate(reason) if entry.dir == CT_DIR_REPLY => {
             apply(ctx, flow, entry)?;

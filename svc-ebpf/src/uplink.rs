@@ -11,7 +11,8 @@ use svc_common::{CtEntry, Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTER
 use crate::{
     nat::apply,
     parse::{parse_tc, Flow},
-    programs::run_tc,
+    programs::{run_tc, to_v6},
+    programs6::{PROG6_UPLINK_EGRESS, PROG6_UPLINK_INGRESS},
     reject::reject,
     route::forward,
     v4::lb::{decide, Origin, Step},
@@ -30,7 +31,7 @@ fn uplink_ingress(
     flow: &mut Flow,
     entry: &mut CtEntry,
 ) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow)?;
+    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_UPLINK_INGRESS))?;
     let reason = match decide(flow, Origin::Uplink, true, entry)? {
         Step::Translate(reason) => reason,
         Step::Reject => return reject(ctx, flow),
@@ -66,7 +67,7 @@ fn uplink_egress(
     flow: &mut Flow,
     entry: &mut CtEntry,
 ) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow)?;
+    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_UPLINK_EGRESS))?;
     match decide(flow, Origin::Uplink, false, entry)? {
         Step::Translate(reason)
             if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 =>

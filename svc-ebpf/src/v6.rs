@@ -2,7 +2,7 @@
 //! compiled in `v4` with `A = [u8; 4]`: each family's copy is concrete code.
 //! See `v4` for why the decisions are compiled once per family instead of being generic.
 /// The address type of this instance.
-pub(crate) type A = [u8; 16];
+pub(crate) type A = svc_common::Addr6;
 #[path = "ct.rs"]
 pub(crate) mod ct;
 #[path = "frag.rs"]

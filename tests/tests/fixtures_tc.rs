@@ -446,7 +446,8 @@ fn object_map_names_and_btf_types_match_the_abi() {
     // The structs generic over the address width (`CtKeyOf<[u8; 4]>`, …) are named with
     // bpf-linker's escapes of `<`, `[`, `;`, ` `, `]`, `>`; `bpftool map dump` prints their
     // fields by name either way.
-    let width = |ty: &str, w: u32| format!("{ty}Of_3C__5B_u8_3B__20_{w}_5D__3E_");
+    let v4 = |ty: &str| format!("{ty}Of_3C__5B_u8_3B__20_4_5D__3E_");
+    let v6 = |ty: &str| format!("{ty}Of_3C_svc_common_3A__3A_Addr6_3E_");
     let mut want = vec![
         "Frontend".to_string(),
         "SlotKey".to_string(),
@@ -454,10 +455,11 @@ fn object_map_names_and_btf_types_match_the_abi() {
         "Affinity6".to_string(),
         "SockKey6".to_string(),
         "FragKey6".to_string(),
+        "Addr6".to_string(),
     ];
     for ty in ["FrontendKey", "Backend", "CtKey", "CtEntry", "AffinityKey"] {
-        want.push(width(ty, 4));
-        want.push(width(ty, 16));
+        want.push(v4(ty));
+        want.push(v6(ty));
     }
     for ty in want {
         let line = format!("STRUCT '{ty}'");

@@ -53,7 +53,7 @@ fn scene() -> Snapshot {
             node_addr: NODE,
             flags: 0,
             netns_cookie: 4096,
-            node_addr6: [0; 16],
+            node_addr6: svc_common::Addr6::default(),
         }),
         ..Default::default()
     };
