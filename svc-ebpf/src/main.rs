@@ -82,6 +82,9 @@ mod uplink;
 mod v4;
 #[cfg(target_arch = "bpf")]
 mod v6;
+/// Benchmark only: the family-generic-keys alternative, measured (see `wide.rs`).
+#[cfg(target_arch = "bpf")]
+mod wide;
 #[cfg(target_arch = "bpf")]
 mod xdp;
 

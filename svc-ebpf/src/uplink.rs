@@ -22,6 +22,7 @@ use crate::{
 /// tc ingress on a node uplink (`--uplink`).
 #[classifier]
 pub(crate) fn svc_uplink_ingress(ctx: TcContext) -> i32 {
+    to_v6(&ctx, PROG6_UPLINK_INGRESS);
     run_tc(&ctx, Hook::UplinkIngress, uplink_ingress)
 }
 
@@ -31,7 +32,7 @@ fn uplink_ingress(
     flow: &mut Flow,
     entry: &mut CtEntry,
 ) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_UPLINK_INGRESS))?;
+    parse_tc(ctx, flow)?;
     let reason = match decide(flow, Origin::Uplink, true, entry)? {
         Step::Translate(reason) => reason,
         Step::Reject => return reject(ctx, flow),
@@ -58,6 +59,7 @@ fn uplink_ingress(
 /// source, as the pod veth's hooks do for pods. Everything else passes untouched.
 #[classifier]
 pub(crate) fn svc_uplink_egress(ctx: TcContext) -> i32 {
+    to_v6(&ctx, PROG6_UPLINK_EGRESS);
     run_tc(&ctx, Hook::UplinkEgress, uplink_egress)
 }
 
@@ -67,7 +69,7 @@ fn uplink_egress(
     flow: &mut Flow,
     entry: &mut CtEntry,
 ) -> Result<Outcome, Outcome> {
-    parse_tc(ctx, flow).map_err(|o| to_v6(ctx, o, PROG6_UPLINK_EGRESS))?;
+    parse_tc(ctx, flow)?;
     match decide(flow, Origin::Uplink, false, entry)? {
         Step::Translate(reason)
             if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL != 0 =>

@@ -97,6 +97,7 @@ use svc_testkit::fixtures::{
 
 // What each module owns (see its first lines): measure.rs one frontend configuration timed,
 // row by row; runs.rs how a row is run and proven (counters, traced, batched, median, chained).
+mod ipv6;
 mod measure;
 mod runs;
 
@@ -166,6 +167,14 @@ fn main() -> Result<()> {
         for &n in &args.frontends {
             rows.extend(
                 measure_config(n, args.repeat, uplink).with_context(|| format!("{n} frontends"))?,
+            );
+            rows.extend(
+                ipv6::measure_config6(n, args.repeat)
+                    .with_context(|| format!("IPv6, {n} frontends"))?,
+            );
+            rows.extend(
+                ipv6::measure_wide(n, args.repeat)
+                    .with_context(|| format!("generic keys, {n} frontends"))?,
             );
         }
         Ok(rows)
