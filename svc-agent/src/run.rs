@@ -271,6 +271,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             external_ip_cidrs: cfg.external_ip_cidrs.clone(),
             zone: None,
             service_proxy_name: cfg.service_proxy_name.clone(),
+            ..NodeContext::default()
         },
         resync,
         heartbeat: proxy_health.heartbeat_period(),

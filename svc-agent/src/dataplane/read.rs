@@ -10,11 +10,12 @@ use std::{
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use svc_common::{
     Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Frontend, FrontendKey, SnatPorts,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
-    MAP_SOURCE_RANGES, MAP_STATS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_BACKENDS6, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS,
+    MAP_FRONTENDS6, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_SOURCE_RANGES6, MAP_STATS,
 };
 
-use super::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot};
+use super::pinned::{read_service_maps, FamilyMaps};
+use super::{batch, DataplaneError, MapSnapshot};
 use crate::cli::DEFAULT_BPFFS;
 use crate::datapath::{SNAT_PORTS_PIN, TIMEOUTS_PIN};
 
@@ -69,7 +70,8 @@ fn typed<T>(
         })
 }
 
-/// The service maps (`SVC_SOURCE_RANGES` read as empty where an older agent pinned none).
+/// The service maps of both families (`SVC_SOURCE_RANGES` and the IPv6 maps read as empty
+/// where an older agent pinned none).
 pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
     let (frontends, path) = open(bpffs, MAP_FRONTENDS)?;
     let frontends = typed(MAP_FRONTENDS, path, frontends, HashMap::try_from)?;
@@ -82,12 +84,39 @@ pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
         Err(PinError::NotPinned { .. }) => None,
         Err(e) => return Err(e),
     };
+    let frontends6 = optional(bpffs, MAP_FRONTENDS6, HashMap::try_from)?;
+    let backends6 = optional(bpffs, MAP_BACKENDS6, HashMap::try_from)?;
+    let ranges6 = optional(bpffs, MAP_SOURCE_RANGES6, LpmTrie::try_from)?;
+    let v6 = match (&frontends6, &backends6) {
+        (Some(frontends), Some(backends)) => Some(FamilyMaps {
+            frontends,
+            backends,
+            source_ranges: ranges6.as_ref(),
+        }),
+        _ => None,
+    };
     Ok(read_service_maps(
-        &frontends,
+        FamilyMaps {
+            frontends: &frontends,
+            backends: &backends,
+            source_ranges: ranges.as_ref(),
+        },
         &slots,
-        &backends,
-        ranges.as_ref(),
+        v6,
     )?)
+}
+
+/// The map pinned as `name`, `None` when nothing is (an agent that predates it).
+fn optional<T>(
+    bpffs: &Path,
+    name: &'static str,
+    convert: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<Option<T>, PinError> {
+    match open(bpffs, name) {
+        Ok((data, path)) => typed(name, path, data, convert).map(Some),
+        Err(PinError::NotPinned { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `SVC_FRONTENDS` alone (what a test polls while the agent programs).

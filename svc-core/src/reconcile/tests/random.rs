@@ -1,6 +1,7 @@
 //! Random sequences of desired states (the invariant holds and plans converge), and scale.
 
 use super::*;
+use crate::family::AnyFrontendKey;
 
 /// Deterministic xorshift64* PRNG: reproducible random-ish sequences without a crate.
 struct Rng(u64);
@@ -78,15 +79,17 @@ fn random_desired(rng: &mut Rng) -> Desired {
 }
 
 /// What [`Programmed::held`] keeps count of, summed the long way.
-fn summed(state: &Programmed) -> (u64, u64) {
+fn summed(state: &Programmed) -> (u64, (u64, u64)) {
     state
         .frontends()
-        .values()
-        .fold((0, 0), |(slots, ranges), fe| {
-            (
-                slots + fe.slots.iter().flatten().count() as u64,
-                ranges + fe.source_ranges.len() as u64,
-            )
+        .iter()
+        .fold((0, (0, 0)), |(slots, (r4, r6)), (key, fe)| {
+            let ranges = fe.source_ranges.len() as u64;
+            let (r4, r6) = match key {
+                AnyFrontendKey::V4(_) => (r4 + ranges, r6),
+                AnyFrontendKey::V6(_) => (r4, r6 + ranges),
+            };
+            (slots + fe.slots.iter().flatten().count() as u64, (r4, r6))
         })
 }
 
