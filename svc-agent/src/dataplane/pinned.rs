@@ -48,6 +48,9 @@ pub struct FlowMaps {
     pub frags6: HashMap<MapData, FragKey6, FragPorts>,
     /// `max_entries` of `ct`, read once (`ct6` is created with the same size).
     ct_capacity: u32,
+    /// `max_entries` of `ct6`, read once (differs from `ct`'s only when an earlier agent
+    /// pinned them with other sizes).
+    ct6_capacity: u32,
 }
 
 impl FlowMaps {
@@ -58,17 +61,25 @@ impl FlowMaps {
     ) -> Result<Self, E> {
         let ct: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(take(MAP_CONNTRACK)?)?;
         let ct_capacity = ct.map().info()?.max_entries();
+        let ct6: HashMap<MapData, CtKey6, CtEntry6> = HashMap::try_from(take(MAP_CONNTRACK6)?)?;
+        let ct6_capacity = ct6.map().info()?.max_entries();
         Ok(Self {
             ct,
+            ct6,
             affinity: HashMap::try_from(take(MAP_AFFINITY)?)?,
             sock_rev: HashMap::try_from(take(MAP_SOCK_REVNAT)?)?,
             frags: HashMap::try_from(take(MAP_FRAGS)?)?,
-            ct6: HashMap::try_from(take(MAP_CONNTRACK6)?)?,
             affinity6: HashMap::try_from(take(MAP_AFFINITY6)?)?,
             sock_rev6: HashMap::try_from(take(MAP_SOCK_REVNAT6)?)?,
             frags6: HashMap::try_from(take(MAP_FRAGS6)?)?,
             ct_capacity,
+            ct6_capacity,
         })
+    }
+
+    /// `max_entries` of `SVC_CT6`.
+    pub fn ct6_capacity(&self) -> u32 {
+        self.ct6_capacity
     }
 }
 
