@@ -322,11 +322,15 @@ fn apply_change<V: PartialEq>(
 /// unlabelled node).
 pub fn node_context(flags: &NodeContext, node: Option<&Node>) -> NodeContext {
     let mut ips: BTreeSet<std::net::Ipv4Addr> = flags.node_ips.iter().copied().collect();
+    let mut ips6: BTreeSet<std::net::Ipv6Addr> = flags.node_ips6.iter().copied().collect();
     if let Some(node) = node {
         ips.extend(node_addresses(node));
+        let (internal6, external6) = node_addresses_by_type6(node);
+        ips6.extend(internal6.into_iter().chain(external6));
     }
     NodeContext {
         node_ips: ips.into_iter().collect(),
+        node_ips6: ips6.into_iter().collect(),
         zone: node.and_then(node_zone),
         ..flags.clone()
     }
@@ -341,7 +345,18 @@ pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
 
 /// The Node's IPv4 `InternalIP` and `ExternalIP` addresses, each in the object's order.
 pub fn node_addresses_by_type(node: &Node) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv4Addr>) {
-    let of = |kind: &str| -> Vec<std::net::Ipv4Addr> {
+    addresses_by_type(node)
+}
+
+/// The Node's IPv6 `InternalIP` and `ExternalIP` addresses, each in the object's order (a
+/// dual-stack node lists one of each family per type).
+pub fn node_addresses_by_type6(node: &Node) -> (Vec<std::net::Ipv6Addr>, Vec<std::net::Ipv6Addr>) {
+    addresses_by_type(node)
+}
+
+/// The Node's `InternalIP` and `ExternalIP` addresses that parse as `T`.
+fn addresses_by_type<T: std::str::FromStr>(node: &Node) -> (Vec<T>, Vec<T>) {
+    let of = |kind: &str| -> Vec<T> {
         node.status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())

@@ -85,7 +85,10 @@ mod slim;
 mod slim_service;
 mod source_ranges;
 
-pub use cidr::{cidr, default_service_cidr, parse_cidr, CidrError, Ipv4Net, Ipv6Net};
+pub use cidr::{
+    cidr, default_service_cidr, parse_cidr, parse_cidr_any, split_families, CidrError, IpNet,
+    Ipv4Net, Ipv6Net,
+};
 pub use endpoints::SliceOwners;
 pub use health::{health_checks, slim_health_checks, HealthCheck};
 pub use node::NodeContext;
