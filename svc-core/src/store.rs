@@ -489,6 +489,42 @@ mod tests {
     }
 
     #[test]
+    fn node_context_merges_the_nodes_addresses_of_both_families() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-a"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "172.18.0.2"},
+                {"type": "InternalIP", "address": "fd00:18::2"},
+                {"type": "ExternalIP", "address": "2001:db8::2"},
+                {"type": "Hostname", "address": "node-a"},
+            ]},
+        }))
+        .expect("Node");
+        let flags = NodeContext {
+            node_ips: vec!["172.18.0.9".parse().expect("IPv4")],
+            node_ips6: vec!["fd00:18::9".parse().expect("IPv6")],
+            ..NodeContext::default()
+        };
+        let ctx = node_context(&flags, Some(&node));
+        let v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().expect("IPv6");
+        assert_eq!(
+            ctx.node_ips,
+            vec![
+                "172.18.0.2".parse::<std::net::Ipv4Addr>().expect("IPv4"),
+                "172.18.0.9".parse().expect("IPv4")
+            ]
+        );
+        assert_eq!(
+            ctx.node_ips6,
+            vec![v6("2001:db8::2"), v6("fd00:18::2"), v6("fd00:18::9")]
+        );
+        assert_eq!(
+            node_addresses_by_type6(&node),
+            (vec![v6("fd00:18::2")], vec![v6("2001:db8::2")])
+        );
+    }
+
+    #[test]
     fn an_unchanged_upsert_touches_nothing() {
         let mut store = Store::default();
         let mut t = Touched::default();
