@@ -313,7 +313,7 @@ fn programmed_backends(want: &DesiredRef) -> Vec<AnyBackend> {
 /// Forgets backend `id` and queues its `DeleteBackend`; the caller releases the id once no
 /// later op of the plan can allocate it.
 fn delete_backend(state: &mut Programmed, id: u32, ops: &mut Vec<MapOp>) {
-    let Some(entry) = state.backends.remove(&id) else {
+    let Some(entry) = state.remove_backend(id) else {
         return;
     };
     if state.backend_ids.get(&entry.backend) == Some(&id) {

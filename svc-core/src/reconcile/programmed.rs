@@ -86,6 +86,9 @@ pub struct Programmed {
     held_ranges: (u64, u64),
     /// IPv6 frontends among `frontends`, kept the same way.
     frontends6: u64,
+    /// IPv6 backends among `backends`, kept as backends come and go
+    /// ([`Programmed::insert_backend`], [`Programmed::remove_backend`]).
+    backends6: u64,
 }
 
 impl Programmed {
@@ -143,7 +146,7 @@ impl Programmed {
                 both.insert(id);
                 continue;
             }
-            self.backends.insert(id, BackendEntry { backend, refs: 0 });
+            self.insert_backend(id, backend);
             if id != 0 {
                 // Duplicate tuples: the lowest id is canonical; the others lose their slots as
                 // frontends are rewritten, then get deleted.
@@ -306,14 +309,30 @@ impl Programmed {
         (all - self.frontends6, self.frontends6)
     }
 
-    /// Backend entries (IPv4, IPv6), including any awaiting deletion.
+    /// Backend entries (IPv4, IPv6), including any awaiting deletion, in O(1).
     pub fn backend_counts(&self) -> (u64, u64) {
-        let v6 = self
-            .backends
-            .values()
-            .filter(|e| matches!(e.backend, AnyBackend::V6(_)))
-            .count() as u64;
-        (self.backends.len() as u64 - v6, v6)
+        (self.backends.len() as u64 - self.backends6, self.backends6)
+    }
+
+    /// Adds backend `id` (unreferenced), keeping [`Programmed::backend_counts`] right.
+    fn insert_backend(&mut self, id: u32, backend: AnyBackend) {
+        if matches!(backend, AnyBackend::V6(_)) {
+            self.backends6 += 1;
+        }
+        if let Some(old) = self.backends.insert(id, BackendEntry { backend, refs: 0 }) {
+            if matches!(old.backend, AnyBackend::V6(_)) {
+                self.backends6 -= 1;
+            }
+        }
+    }
+
+    /// Removes backend `id`, keeping [`Programmed::backend_counts`] right.
+    pub(super) fn remove_backend(&mut self, id: u32) -> Option<BackendEntry> {
+        let entry = self.backends.remove(&id)?;
+        if matches!(entry.backend, AnyBackend::V6(_)) {
+            self.backends6 -= 1;
+        }
+        Some(entry)
     }
 
     /// Inserts (or replaces) a frontend, keeping [`Programmed::held`] right.
@@ -414,7 +433,7 @@ impl Programmed {
             return id;
         }
         let id = self.backend_id_alloc.alloc();
-        self.backends.insert(id, BackendEntry { backend, refs: 0 });
+        self.insert_backend(id, backend);
         self.backend_ids.insert(backend, id);
         puts.push(match backend {
             AnyBackend::V4(backend) => MapOp::PutBackend { id, backend },

@@ -164,6 +164,12 @@ fn random_sequences_keep_the_invariant_and_converge() {
             ipv6_frontends_seen += fake.snapshot.frontends6.len();
             state = p.next;
             assert_eq!(state.held(), summed(&state), "seed {seed} step {step}");
+            let snap = state.to_snapshot();
+            assert_eq!(
+                state.backend_counts(),
+                (snap.backends.len() as u64, snap.backends6.len() as u64),
+                "seed {seed} step {step}"
+            );
             if step % 7 == 6 {
                 // Restart: adopt the maps, nothing to write.
                 state = Programmed::from_snapshot(&fake.snapshot);
