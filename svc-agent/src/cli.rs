@@ -1,13 +1,13 @@
 //! The agent's command line, in the library so that everything that starts the agent (the
 //! DaemonSet manifests in `deploy/`, tests) can be checked against the one definition with
 //! `Cli::try_parse_from` instead of a hand-kept copy of the flag names.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use svc_common::{CtTimeouts, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS};
 
-use crate::model::{parse_cidr, Ipv4Net};
+use crate::model::{parse_cidr, parse_cidr_any, IpNet, Ipv4Net};
 
 /// Where the maps and links are pinned unless `--bpffs` says otherwise (every subcommand).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
@@ -128,22 +128,25 @@ pub struct RunArgs {
     /// Node uplink interface(s) for the north-south XDP path (repeatable).
     #[arg(long)]
     pub uplink: Vec<String>,
-    /// This node's address(es): NodePorts are served on them, and endpoints at one of them
-    /// (hostNetwork pods, the API server behind the `kubernetes` Service) are local backends.
+    /// This node's address(es), IPv4 or IPv6: NodePorts are served on them, and endpoints at
+    /// one of them (hostNetwork pods, the API server behind the `kubernetes` Service) are local
+    /// backends. The first one of each family on this node is the preferred SNAT source.
     #[arg(long)]
-    pub node_ip: Vec<Ipv4Addr>,
+    pub node_ip: Vec<std::net::IpAddr>,
     /// Prefixes of the host-side pod veth names to attach to (comma-separated).
     #[arg(long, default_value = "veth", value_delimiter = ',')]
     pub pod_ifaces: Vec<String>,
     /// CIDRs of node addresses that serve NodePorts (kube-proxy's nodePortAddresses); default:
     /// every --node-ip / Node address. One containing 127.0.0.1 (e.g. 127.0.0.0/8) also serves
-    /// localhost NodePorts to the node's own processes.
-    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-    pub nodeport_addresses: Vec<Ipv4Net>,
+    /// localhost NodePorts to the node's own processes. IPv4 and IPv6 CIDRs: each family's
+    /// NodePorts are restricted by that family's CIDRs only (none: every address of it).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr_any)]
+    pub nodeport_addresses: Vec<IpNet>,
     /// Allow-list for spec.externalIPs (comma-separated CIDRs): an external IP outside every
     /// CIDR is refused (CVE-2020-8554). Absent: every external IP is served, as kube-proxy does.
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_cidr)]
-    pub external_ip_cidrs: Option<Vec<Ipv4Net>>,
+    /// IPv4 and IPv6 CIDRs; an external IP of a family no CIDR is of is refused.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_cidr_any)]
+    pub external_ip_cidrs: Option<Vec<IpNet>>,
     /// Serve exactly the Services labelled service.kubernetes.io/service-proxy-name=NAME, so
     /// this agent can run beside another proxy. Absent or empty: the Services without that
     /// label, as kube-proxy.

@@ -1,5 +1,10 @@
 //! The agent's side of the conntrack lifecycle: the garbage collector that removes expired
-//! flows from `SVC_CT`, and the flushes that follow endpoint removal.
+//! flows from `SVC_CT` and `SVC_CT6`, and the flushes that follow endpoint removal.
+//!
+//! Both families follow the same rules, written once over [`CtFamily`] (the map's address
+//! width): a pass scans and prunes `SVC_CT`, then `SVC_CT6`, each bounded by
+//! [`MAX_DELETES_PER_PASS`]; a flush deletes the UDP flows of removed (frontend, backend)
+//! pairs from both (ids are one space over both families, so a pair names one family's flows).
 //!
 //! # Expiry (the rule the datapath applies too)
 //! An entry is expired when [`CtTimeouts::expired`] says so for its state and idle time. A flow
@@ -34,7 +39,8 @@ use std::{
 
 use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet, HashSetExt};
 use svc_common::{
-    ct_peer_key, Affinity, AffinityKey, CtEntry, CtKey, CtTimeouts, MAP_CONNTRACK, PROTO_UDP,
+    ct_peer_key, Addr, AffinityKey, AffinityKey6, AffinityKeyOf, CtEntry, CtEntryOf, CtKey,
+    CtKeyOf, CtTimeouts, MAP_CONNTRACK, MAP_CONNTRACK6, PROTO_UDP,
 };
 use tracing::{debug, error, info, warn};
 
@@ -77,11 +83,109 @@ pub enum Verdict {
     Delete { with_peer: bool },
 }
 
+/// A conntrack family: how the collector reaches its conntrack and affinity maps through a
+/// [`Dataplane`].
+#[expect(
+    clippy::type_complexity,
+    reason = "the callbacks are the Dataplane trait's own, spelled per family"
+)]
+pub trait CtFamily: Addr {
+    /// The conntrack map's name.
+    const CT_MAP: &'static str;
+    /// [`Dataplane::ct_scan`] or [`Dataplane::ct6_scan`].
+    fn scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[CtKeyOf<Self>], &[CtEntryOf<Self>]),
+    ) -> Result<usize, DataplaneError>;
+    /// [`Dataplane::ct_get`] or [`Dataplane::ct6_get`].
+    fn get<D: Dataplane + ?Sized>(
+        dp: &D,
+        key: &CtKeyOf<Self>,
+    ) -> Result<Option<CtEntryOf<Self>>, DataplaneError>;
+    /// [`Dataplane::ct_delete`] or [`Dataplane::ct6_delete`].
+    fn delete<D: Dataplane + ?Sized>(
+        dp: &mut D,
+        keys: &[CtKeyOf<Self>],
+    ) -> Result<usize, DataplaneError>;
+    /// [`Dataplane::affinity_scan`] or [`Dataplane::affinity6_scan`].
+    fn affinity_scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[AffinityKeyOf<Self>], &[Self::Affinity]),
+    ) -> Result<usize, DataplaneError>;
+    /// [`Dataplane::affinity_delete`] or [`Dataplane::affinity6_delete`].
+    fn affinity_delete<D: Dataplane + ?Sized>(
+        dp: &mut D,
+        keys: &[AffinityKeyOf<Self>],
+    ) -> Result<usize, DataplaneError>;
+}
+
+impl CtFamily for [u8; 4] {
+    const CT_MAP: &'static str = MAP_CONNTRACK;
+    fn scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[CtKey], &[CtEntry]),
+    ) -> Result<usize, DataplaneError> {
+        dp.ct_scan(each)
+    }
+    fn get<D: Dataplane + ?Sized>(dp: &D, key: &CtKey) -> Result<Option<CtEntry>, DataplaneError> {
+        dp.ct_get(key)
+    }
+    fn delete<D: Dataplane + ?Sized>(dp: &mut D, keys: &[CtKey]) -> Result<usize, DataplaneError> {
+        dp.ct_delete(keys)
+    }
+    fn affinity_scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[AffinityKey], &[svc_common::Affinity]),
+    ) -> Result<usize, DataplaneError> {
+        dp.affinity_scan(each)
+    }
+    fn affinity_delete<D: Dataplane + ?Sized>(
+        dp: &mut D,
+        keys: &[AffinityKey],
+    ) -> Result<usize, DataplaneError> {
+        dp.affinity_delete(keys)
+    }
+}
+
+impl CtFamily for svc_common::Addr6 {
+    const CT_MAP: &'static str = MAP_CONNTRACK6;
+    fn scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[svc_common::CtKey6], &[svc_common::CtEntry6]),
+    ) -> Result<usize, DataplaneError> {
+        dp.ct6_scan(each)
+    }
+    fn get<D: Dataplane + ?Sized>(
+        dp: &D,
+        key: &svc_common::CtKey6,
+    ) -> Result<Option<svc_common::CtEntry6>, DataplaneError> {
+        dp.ct6_get(key)
+    }
+    fn delete<D: Dataplane + ?Sized>(
+        dp: &mut D,
+        keys: &[svc_common::CtKey6],
+    ) -> Result<usize, DataplaneError> {
+        dp.ct6_delete(keys)
+    }
+    fn affinity_scan<D: Dataplane + ?Sized>(
+        dp: &D,
+        each: &mut dyn FnMut(&[AffinityKey6], &[svc_common::Affinity6]),
+    ) -> Result<usize, DataplaneError> {
+        dp.affinity6_scan(each)
+    }
+    fn affinity_delete<D: Dataplane + ?Sized>(
+        dp: &mut D,
+        keys: &[AffinityKey6],
+    ) -> Result<usize, DataplaneError> {
+        dp.affinity6_delete(keys)
+    }
+}
+
 /// The collector's rule for one entry (see the module docs).
-pub fn verdict(
-    key: &CtKey,
-    entry: &CtEntry,
-    peer: Option<&CtEntry>,
+pub fn verdict<A: Addr>(
+    key: &CtKeyOf<A>,
+    entry: &CtEntryOf<A>,
+    peer: Option<&CtEntryOf<A>>,
     now_ns: u64,
     t: &CtTimeouts,
 ) -> Verdict {
@@ -100,19 +204,20 @@ pub fn verdict(
 }
 
 /// One pass's decision, built while the map is read (pure: no map I/O). Memory: the keys of
-/// every entry (32 bytes each with its peer key), released after the pass.
-pub struct GcScan {
+/// every entry (32 bytes each with its peer key for IPv4, 80 for IPv6), released after the
+/// pass.
+pub struct GcScan<A: Addr = [u8; 4]> {
     now_ns: u64,
     timeouts: CtTimeouts,
     /// Fresh entries: key → the key of its peer.
-    fresh: FastMap<CtKey, CtKey>,
+    fresh: FastMap<CtKeyOf<A>, CtKeyOf<A>>,
     /// Expired entries, in scan order: (key, peer key).
-    expired: Vec<(CtKey, CtKey)>,
+    expired: Vec<(CtKeyOf<A>, CtKeyOf<A>)>,
     /// Entries seen.
     pub scanned: usize,
 }
 
-impl GcScan {
+impl<A: Addr> GcScan<A> {
     pub fn new(now_ns: u64, timeouts: CtTimeouts) -> Self {
         Self {
             now_ns,
@@ -124,7 +229,7 @@ impl GcScan {
     }
 
     /// Notes one entry of the map.
-    pub fn add(&mut self, key: &CtKey, entry: &CtEntry) {
+    pub fn add(&mut self, key: &CtKeyOf<A>, entry: &CtEntryOf<A>) {
         self.scanned += 1;
         let peer = ct_peer_key(key, entry);
         if self.timeouts.expired(key.proto, entry, self.now_ns) {
@@ -142,10 +247,11 @@ impl GcScan {
     /// The flows to delete, each as its one or two keys, at most `limit` keys in all (a pair
     /// is never split), and whether more were left for a later pass. Same rule as
     /// [`verdict`]; an expired peer counts as pairing back when its own peer key is this entry.
-    pub fn plan(&self, limit: usize) -> (Vec<Vec<CtKey>>, bool) {
-        let mut expired: FastMap<&CtKey, &CtKey> = FastMap::with_capacity(self.expired.len());
+    pub fn plan(&self, limit: usize) -> (Vec<Vec<CtKeyOf<A>>>, bool) {
+        let mut expired: FastMap<&CtKeyOf<A>, &CtKeyOf<A>> =
+            FastMap::with_capacity(self.expired.len());
         expired.extend(self.expired.iter().map(|(k, p)| (k, p)));
-        let mut taken: FastSet<CtKey> = FastSet::new();
+        let mut taken: FastSet<CtKeyOf<A>> = FastSet::new();
         let mut groups = Vec::new();
         let mut keys = 0;
         for (key, peer) in &self.expired {
@@ -171,12 +277,12 @@ impl GcScan {
 }
 
 /// [`GcScan`] over a whole table at once: the keys to delete at `now_ns`.
-pub fn gc_plan<'a>(
-    entries: impl IntoIterator<Item = (&'a CtKey, &'a CtEntry)>,
+pub fn gc_plan<'a, A: Addr>(
+    entries: impl IntoIterator<Item = (&'a CtKeyOf<A>, &'a CtEntryOf<A>)>,
     now_ns: u64,
     timeouts: &CtTimeouts,
     limit: usize,
-) -> Vec<CtKey> {
+) -> Vec<CtKeyOf<A>> {
     let mut scan = GcScan::new(now_ns, *timeouts);
     for (k, e) in entries {
         scan.add(k, e);
@@ -199,16 +305,48 @@ pub struct PassStats {
     pub capped: bool,
 }
 
-/// One garbage-collection pass over the conntrack map at `now_ns`, deleting at most `limit`
-/// entries.
+impl PassStats {
+    /// Both families' passes as one.
+    fn plus(self, o: PassStats) -> PassStats {
+        PassStats {
+            scanned: self.scanned + o.scanned,
+            expired: self.expired + o.expired,
+            removed: self.removed + o.removed,
+            revived: self.revived + o.revived,
+            capped: self.capped || o.capped,
+        }
+    }
+}
+
+/// One garbage-collection pass over the IPv4 conntrack map at `now_ns`, deleting at most
+/// `limit` entries.
 pub fn gc_pass<D: Dataplane + ?Sized>(
     dp: &mut D,
     now_ns: u64,
     timeouts: &CtTimeouts,
     limit: usize,
 ) -> Result<PassStats, DataplaneError> {
-    let mut scan = GcScan::new(now_ns, *timeouts);
-    dp.ct_scan(&mut |keys, entries| {
+    gc_pass_of::<[u8; 4], D>(dp, now_ns, timeouts, limit)
+}
+
+/// [`gc_pass`] over the IPv6 conntrack map (`SVC_CT6`): the same rules.
+pub fn gc_pass6<D: Dataplane + ?Sized>(
+    dp: &mut D,
+    now_ns: u64,
+    timeouts: &CtTimeouts,
+    limit: usize,
+) -> Result<PassStats, DataplaneError> {
+    gc_pass_of::<svc_common::Addr6, D>(dp, now_ns, timeouts, limit)
+}
+
+fn gc_pass_of<A: CtFamily, D: Dataplane + ?Sized>(
+    dp: &mut D,
+    now_ns: u64,
+    timeouts: &CtTimeouts,
+    limit: usize,
+) -> Result<PassStats, DataplaneError> {
+    let mut scan = GcScan::<A>::new(now_ns, *timeouts);
+    A::scan(dp, &mut |keys, entries| {
         for (k, e) in keys.iter().zip(entries) {
             scan.add(k, e);
         }
@@ -231,14 +369,14 @@ pub fn gc_pass<D: Dataplane + ?Sized>(
     for group in groups {
         let mut alive = false;
         for key in &group {
-            if let Some(e) = dp.ct_get(key)? {
+            if let Some(e) = A::get(dp, key)? {
                 alive |= !timeouts.expired(key.proto, &e, now_ns);
             }
         }
         if alive {
             stats.revived += group.len();
         } else {
-            stats.removed += dp.ct_delete(&group)?;
+            stats.removed += A::delete(dp, &group)?;
         }
     }
     Ok(stats)
@@ -246,10 +384,10 @@ pub fn gc_pass<D: Dataplane + ?Sized>(
 
 /// The UDP conntrack entries to delete after `removed` (frontend id, backend id) pairs left
 /// their frontends: every entry, forward or reply, of a UDP flow of one of those pairs.
-pub fn udp_flush_keys<'a>(
-    entries: impl IntoIterator<Item = (&'a CtKey, &'a CtEntry)>,
+pub fn udp_flush_keys<'a, A: Addr>(
+    entries: impl IntoIterator<Item = (&'a CtKeyOf<A>, &'a CtEntryOf<A>)>,
     removed: &HashSet<(u32, u32)>,
-) -> Vec<CtKey> {
+) -> Vec<CtKeyOf<A>> {
     entries
         .into_iter()
         .filter(|(k, e)| k.proto == PROTO_UDP && removed.contains(&(e.frontend_id, e.backend_id)))
@@ -257,8 +395,8 @@ pub fn udp_flush_keys<'a>(
         .collect()
 }
 
-/// Deletes the UDP conntrack entries of `removed` pairs (see [`udp_flush_keys`]). Returns how
-/// many were deleted.
+/// Deletes the UDP conntrack entries of `removed` pairs (see [`udp_flush_keys`]) from both
+/// families' maps. Returns how many were deleted.
 pub fn flush_udp<D: Dataplane + ?Sized>(
     dp: &mut D,
     removed: &HashSet<(u32, u32)>,
@@ -266,17 +404,27 @@ pub fn flush_udp<D: Dataplane + ?Sized>(
     if removed.is_empty() {
         return Ok(0);
     }
+    Ok(flush_udp_of::<[u8; 4], D>(dp, removed)?
+        + flush_udp_of::<svc_common::Addr6, D>(dp, removed)?)
+}
+
+fn flush_udp_of<A: CtFamily, D: Dataplane + ?Sized>(
+    dp: &mut D,
+    removed: &HashSet<(u32, u32)>,
+) -> Result<usize, DataplaneError> {
     let mut keys = Vec::new();
-    dp.ct_scan(&mut |k, e| keys.extend(udp_flush_keys(k.iter().zip(e), removed)))?;
-    dp.ct_delete(&keys)
+    A::scan(dp, &mut |k, e| {
+        keys.extend(udp_flush_keys(k.iter().zip(e), removed))
+    })?;
+    A::delete(dp, &keys)
 }
 
 /// The affinity entries to delete after a plan: those naming a removed (frontend id, backend
 /// id) pair, and every entry of a deleted frontend id.
-pub fn affinity_flush_keys<'a>(
-    entries: impl IntoIterator<Item = (&'a AffinityKey, &'a Affinity)>,
+pub fn affinity_flush_keys<'a, A: Addr>(
+    entries: impl IntoIterator<Item = (&'a AffinityKeyOf<A>, &'a A::Affinity)>,
     removals: &Removals,
-) -> Vec<AffinityKey> {
+) -> Vec<AffinityKeyOf<A>> {
     let pairs: HashSet<(u32, u32)> = removals
         .backends
         .iter()
@@ -286,13 +434,14 @@ pub fn affinity_flush_keys<'a>(
     entries
         .into_iter()
         .filter(|(k, a)| {
-            ids.contains(&k.frontend_id) || pairs.contains(&(k.frontend_id, a.backend_id))
+            ids.contains(&k.frontend_id) || pairs.contains(&(k.frontend_id, A::affinity_parts(a).0))
         })
         .map(|(k, _)| *k)
         .collect()
 }
 
-/// Deletes the affinity entries [`affinity_flush_keys`] names. Returns how many were deleted.
+/// Deletes the affinity entries [`affinity_flush_keys`] names, from both families' maps.
+/// Returns how many were deleted.
 pub fn flush_affinity<D: Dataplane + ?Sized>(
     dp: &mut D,
     removals: &Removals,
@@ -300,10 +449,20 @@ pub fn flush_affinity<D: Dataplane + ?Sized>(
     if removals.backends.is_empty() && removals.frontend_ids.is_empty() {
         return Ok(0);
     }
+    Ok(flush_affinity_of::<[u8; 4], D>(dp, removals)?
+        + flush_affinity_of::<svc_common::Addr6, D>(dp, removals)?)
+}
+
+fn flush_affinity_of<A: CtFamily, D: Dataplane + ?Sized>(
+    dp: &mut D,
+    removals: &Removals,
+) -> Result<usize, DataplaneError> {
     let mut entries = Vec::new();
-    dp.affinity_scan(&mut |k, a| entries.extend(k.iter().copied().zip(a.iter().copied())))?;
-    let keys = affinity_flush_keys(entries.iter().map(|(k, a)| (k, a)), removals);
-    dp.affinity_delete(&keys)
+    A::affinity_scan(dp, &mut |k, a| {
+        entries.extend(k.iter().copied().zip(a.iter().copied()))
+    })?;
+    let keys = affinity_flush_keys::<A>(entries.iter().map(|(k, a)| (k, a)), removals);
+    A::affinity_delete(dp, &keys)
 }
 
 /// Messages to the collector's flush thread.
@@ -421,7 +580,8 @@ impl<D: Dataplane + Send + 'static> Collector<D> {
         };
         let started = Instant::now();
         let cpu_started = thread_cpu_ns();
-        let stats = match gc_pass(&mut self.dp, now, &self.timeouts, MAX_DELETES_PER_PASS) {
+        let limit = MAX_DELETES_PER_PASS;
+        let stats = match gc_pass(&mut self.dp, now, &self.timeouts, limit) {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.ct_gc_errors.inc();
@@ -429,19 +589,33 @@ impl<D: Dataplane + Send + 'static> Collector<D> {
                 return false;
             }
         };
+        let stats6 = match gc_pass6(&mut self.dp, now, &self.timeouts, limit) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.ct_gc_errors.inc();
+                error!("conntrack garbage collection (IPv6): {e}");
+                PassStats::default()
+            }
+        };
+        let both = stats.plus(stats6);
         let elapsed = started.elapsed();
         let m = &self.metrics;
         m.ct_gc_passes.inc();
-        m.ct_gc_scanned.inc_by(stats.scanned as u64);
-        m.ct_gc_removed.inc_by(stats.removed as u64);
+        m.ct_gc_scanned.inc_by(both.scanned as u64);
+        m.ct_gc_removed.inc_by(both.removed as u64);
         m.ct_gc_last_pass_seconds.set(elapsed.as_secs_f64());
-        // Entries after the pass: what was read minus what went.
+        // Entries after the pass: what was read minus what went. SVC_CT6 has SVC_CT's size.
         let ct = MapFill {
             map: MAP_CONNTRACK,
             entries: stats.scanned.saturating_sub(stats.removed),
             capacity: self.dp.ct_capacity(),
         };
-        let mut fills = vec![ct];
+        let ct6 = MapFill {
+            map: MAP_CONNTRACK6,
+            entries: stats6.scanned.saturating_sub(stats6.removed),
+            capacity: self.dp.ct_capacity(),
+        };
+        let mut fills = vec![ct, ct6];
         match self.dp.lru_fill() {
             Ok(f) => fills.extend(f),
             Err(e) => warn!("counting LRU map entries: {e}"),
@@ -450,16 +624,17 @@ impl<D: Dataplane + Send + 'static> Collector<D> {
             self.note_fill(fill);
         }
         debug!(
-            scanned = stats.scanned,
-            expired = stats.expired,
-            removed = stats.removed,
-            revived = stats.revived,
-            capped = stats.capped,
+            scanned = both.scanned,
+            expired = both.expired,
+            removed = both.removed,
+            revived = both.revived,
+            capped = both.capped,
+            scanned6 = stats6.scanned,
             ms = elapsed.as_millis() as u64,
             cpu_ms = thread_cpu_ns().saturating_sub(cpu_started) / 1_000_000,
             "conntrack GC pass"
         );
-        stats.capped
+        both.capped
     }
 
     fn note_fill(&mut self, fill: MapFill) {
@@ -478,7 +653,7 @@ impl<D: Dataplane + Send + 'static> Collector<D> {
                     capacity = fill.capacity,
                     "map is {:.0} % full: the least recently used entries are being evicted{}",
                     ratio * 100.0,
-                    if fill.map == MAP_CONNTRACK {
+                    if fill.map == MAP_CONNTRACK || fill.map == MAP_CONNTRACK6 {
                         " (flows lose their backend); raise --conntrack-max or lower the timeouts"
                     } else {
                         ""

@@ -48,7 +48,8 @@ use aya::{programs::tc::TcHandle, util::KernelVersion};
 use svc_common::{
     Config, CtTimeouts, SnatPorts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
     GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, GLOBAL_SNAT_PORTS, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_FRONTENDS, MAP_PROGS6, MAP_SLOTS, PROGS6,
+    MAP_BACKENDS6, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_FRONTENDS, MAP_FRONTENDS6, MAP_PROGS6,
+    MAP_SLOTS, PROGS6,
 };
 use tracing::{info, warn};
 
@@ -304,10 +305,14 @@ impl Datapath {
         // `must_exist`: an object without the global would silently ignore the flags.
         loader.override_global(GLOBAL_CT_TIMEOUTS, timeouts, true);
         loader.override_global(GLOBAL_SNAT_PORTS, &globals.snat_ports, true);
+        // Each IPv6 map is sized as its IPv4 twin (the ABI's rule), so one flag sizes both.
         loader.map_max_entries(MAP_CONNTRACK, ct_max);
+        loader.map_max_entries(MAP_CONNTRACK6, ct_max);
         loader.map_max_entries(MAP_FRONTENDS, service_maps.max_frontends);
+        loader.map_max_entries(MAP_FRONTENDS6, service_maps.max_frontends);
         loader.map_max_entries(MAP_SLOTS, service_maps.max_slots);
         loader.map_max_entries(MAP_BACKENDS, service_maps.max_backends);
+        loader.map_max_entries(MAP_BACKENDS6, service_maps.max_backends);
         let btf = match aya::Btf::from_sys_fs() {
             Ok(btf) => Some(btf),
             Err(e) => {
@@ -396,6 +401,12 @@ impl Datapath {
             ),
             (MAP_SLOTS, capacity.slots, service_maps.max_slots),
             (MAP_BACKENDS, capacity.backends, service_maps.max_backends),
+            (
+                MAP_FRONTENDS6,
+                capacity.frontends6,
+                service_maps.max_frontends,
+            ),
+            (MAP_BACKENDS6, capacity.backends6, service_maps.max_backends),
         ] {
             if pinned != u64::from(requested) {
                 warn!(
@@ -407,14 +418,20 @@ impl Datapath {
                 );
             }
         }
-        if maps.ct_capacity() != ct_max {
-            warn!(
-                pinned = maps.ct_capacity(),
-                requested = ct_max,
-                "{MAP_CONNTRACK} was pinned by an earlier agent with another size and keeps it: \
-                 --conntrack-max applies when the map is created (`svc-agent uninstall` removes \
-                 it, and every tracked flow with it)"
-            );
+        let ct6_capacity = maps.flows.ct6_capacity();
+        for (map, pinned) in [
+            (MAP_CONNTRACK, maps.ct_capacity()),
+            (MAP_CONNTRACK6, ct6_capacity),
+        ] {
+            if pinned != ct_max {
+                warn!(
+                    pinned,
+                    requested = ct_max,
+                    "{map} was pinned by an earlier agent with another size and keeps it: \
+                     --conntrack-max applies when the map is created (`svc-agent uninstall` \
+                     removes it, and every tracked flow with it)"
+                );
+            }
         }
         config::pin_timeouts(bpffs, timeouts)?;
         config::pin_snat_ports(bpffs, &globals.snat_ports)?;
@@ -452,10 +469,15 @@ impl Datapath {
             .context("reading the programs' aya-log ring (AYA_LOGS)")
     }
 
-    /// Writes the node settings the datapath reads: the SNAT source `node_addr` (0.0.0.0 for
-    /// none), this network namespace's cookie (the socket hooks tell the node's sockets from
-    /// pods' by it) and the socket-LB flags; returns whether they changed.
-    pub fn set_config(&mut self, node_addr: Option<std::net::Ipv4Addr>) -> Result<bool> {
+    /// Writes the node settings the datapath reads: the SNAT sources `node_addr` (0.0.0.0 for
+    /// none) and `node_addr6` (`::` for none: IPv6 flows that need SNAT are then dropped), this
+    /// network namespace's cookie (the socket hooks tell the node's sockets from pods' by it)
+    /// and the socket-LB flags; returns whether they changed.
+    pub fn set_config(
+        &mut self,
+        node_addr: Option<std::net::Ipv4Addr>,
+        node_addr6: Option<std::net::Ipv6Addr>,
+    ) -> Result<bool> {
         let mut flags = 0;
         if self.pod_socket_lb {
             flags |= CONFIG_F_SOCK_PODS;
@@ -467,12 +489,11 @@ impl Datapath {
             node_addr: node_addr.map(|a| a.octets()).unwrap_or_default(),
             flags,
             netns_cookie: netns_cookie().context("reading this network namespace's cookie")?,
-            // No IPv6 SNAT source yet: IPv6 flows that need SNAT are dropped (SnatNoAddress).
-            node_addr6: svc_common::Addr6::default(),
+            node_addr6: node_addr6.map(svc_common::Addr6::from).unwrap_or_default(),
         };
         let changed = self.config.write(config)?;
         if changed {
-            info!(node_addr = ?node_addr, netns_cookie = config.netns_cookie, flags, "node config written");
+            info!(node_addr = ?node_addr, node_addr6 = ?node_addr6, netns_cookie = config.netns_cookie, flags, "node config written");
         }
         Ok(changed)
     }

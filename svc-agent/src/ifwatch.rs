@@ -161,3 +161,53 @@ pub async fn ipv4_addresses() -> Result<Vec<crate::snat::LocalAddr>> {
     }
     Ok(out)
 }
+
+/// Every IPv6 address of this network namespace's interfaces except link-local and host
+/// ones (never a source for another node), with its interface's name (IPv6 addresses carry
+/// no label: the name comes from a link dump) and whether it is a global, permanent one
+/// (neither `IFA_F_TEMPORARY` nor deprecated nor tentative), the kind the kernel prefers as
+/// source: what [`crate::snat::choose`] calls primary.
+pub async fn ipv6_addresses() -> Result<Vec<crate::snat::LocalAddr<std::net::Ipv6Addr>>> {
+    use rtnetlink::packet_route::{
+        address::{AddressAttribute, AddressHeaderFlags, AddressScope},
+        AddressFamily,
+    };
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(conn);
+    let mut names = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("dumping links")? {
+        if let Some(link) = link_of(&msg) {
+            names.insert(msg.header.index, link.name);
+        }
+    }
+    let mut dump = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = dump.try_next().await.context("dumping IPv6 addresses")? {
+        if msg.header.family != AddressFamily::Inet6
+            || matches!(msg.header.scope, AddressScope::Link | AddressScope::Host)
+        {
+            continue;
+        }
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(std::net::IpAddr::V6(v6))
+            | AddressAttribute::Local(std::net::IpAddr::V6(v6)) => Some(*v6),
+            _ => None,
+        });
+        let Some(addr) = addr else { continue };
+        let Some(ifname) = names.get(&msg.header.index) else {
+            continue;
+        };
+        // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit, read for IPv6.
+        let unpreferred = AddressHeaderFlags::Secondary
+            | AddressHeaderFlags::Deprecated
+            | AddressHeaderFlags::Tentative;
+        out.push(crate::snat::LocalAddr {
+            ifname: ifname.clone(),
+            addr,
+            primary: msg.header.scope == AddressScope::Universe
+                && !msg.header.flags.intersects(unpreferred),
+        });
+    }
+    Ok(out)
+}

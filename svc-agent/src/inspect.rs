@@ -13,8 +13,10 @@
 //!
 //! # JSON
 //! - `inspect services`: an array of [`ServiceView`] ordered by (address, port, protocol,
-//!   scope); `backends` in slot order; `problems` lists slots or backends the maps lack.
-//! - `inspect conntrack`: an array of [`FlowView`]; `src…dst_port` is the tuple a packet
+//!   scope), IPv4 frontends then IPv6 ones ([`ServiceView6`], the same fields with IPv6
+//!   addresses); `backends` in slot order; `problems` lists slots or backends the maps lack.
+//! - `inspect conntrack`: an array of [`FlowView`], `SVC_CT`'s then `SVC_CT6`'s
+//!   ([`FlowView6`]); `src…dst_port` is the tuple a packet
 //!   arrives with, `new_*` what the entry rewrites it to, `age_ms`/`idle_ms` relative to
 //!   `CLOCK_MONOTONIC` now (the clock `bpf_ktime_get_ns` reads), `state` the lifecycle state
 //!   and `expires_in_s` how long the flow lives without another packet (`null`, with
@@ -22,15 +24,15 @@
 //! - `inspect stats`: an array of [`StatView`] (`hook`, `reason`, `packets`; `per_cpu` with
 //!   `--per-cpu`).
 //! - `explain`: one [`explain::Explanation`].
-use std::{collections::BTreeMap, io::Write as _, net::Ipv4Addr, path::PathBuf, str::FromStr};
+use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 use svc_common::{ct_peer_key, CtTimeouts, PROTO_TCP, PROTO_UDP};
 
 use crate::datapath::TIMEOUTS_PIN;
 pub use crate::dataplane::read::{
-    read_affinity, read_config, read_conntrack, read_snapshot, read_snat_ports, read_stats,
-    read_timeouts, PinError,
+    read_affinity, read_affinity6, read_config, read_conntrack, read_conntrack6, read_snapshot,
+    read_snat_ports, read_stats, read_timeouts, PinError,
 };
 use crate::dataplane::MapSnapshot;
 pub use svc_core::names::{
@@ -42,8 +44,12 @@ pub use svc_core::explain;
 pub mod links;
 mod views;
 
+pub use views::{
+    all_service_views, service_views, service_views6, stat_views, AnyFlowView, AnyServiceView,
+    FlowView, FlowView6, FlowViewOf, ServiceView, ServiceView6, ServiceViewOf, SlotView,
+    SlotViewOf, StatView, Table,
+};
 use views::{render_explanation, render_flows, render_services, render_stats};
-pub use views::{service_views, stat_views, FlowView, ServiceView, SlotView, StatView, Table};
 
 pub use crate::cli::DEFAULT_BPFFS;
 
@@ -116,12 +122,12 @@ pub enum InspectCommand {
 /// arrives with (the map key), not to the rewrite.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct CtFilter {
-    /// Source address of the tuple.
+    /// Source address of the tuple (IPv4 or IPv6).
     #[arg(long)]
-    pub src: Option<Ipv4Addr>,
-    /// Destination address of the tuple.
+    pub src: Option<IpAddr>,
+    /// Destination address of the tuple (IPv4 or IPv6).
     #[arg(long)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// Source or destination port of the tuple.
     #[arg(long)]
     pub port: Option<u16>,
@@ -190,32 +196,57 @@ impl From<OriginArg> for explain::Origin {
     }
 }
 
-/// `IP` or `IP:PORT`.
+/// `IP` or `IP:PORT`; an IPv6 address is bare (`fd00::5`) or bracketed, and bracketed
+/// before a port (`[fd00::5]:41234`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SrcArg {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: Option<u16>,
+}
+
+/// `addr` and the text after `addr:` of `IPV4[:REST]`, `[IPV6][:REST]` or a bare IPv6.
+fn split_host(s: &str) -> Result<(IpAddr, Option<&str>), String> {
+    let (addr, rest) = if let Some(inner) = s.strip_prefix('[') {
+        let (addr, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: no ']' after the IPv6 address"))?;
+        let rest = match after {
+            "" => None,
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: expected ':' after ']'"))?,
+            ),
+        };
+        (addr, rest)
+    } else if s.matches(':').count() > 1 {
+        (s, None)
+    } else {
+        match s.split_once(':') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        }
+    };
+    let addr = addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
+    Ok((addr, rest))
 }
 
 impl FromStr for SrcArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, port) = match s.split_once(':') {
-            Some((a, p)) => (a, Some(p.parse().map_err(|e| format!("port {p:?}: {e}"))?)),
-            None => (s, None),
-        };
-        Ok(Self {
-            addr: addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?,
-            port,
-        })
+        let (addr, port) = split_host(s)?;
+        let port = port
+            .map(|p| p.parse().map_err(|e| format!("port {p:?}: {e}")))
+            .transpose()?;
+        Ok(Self { addr, port })
     }
 }
 
-/// `IP:PORT/PROTO` (`/PROTO` optional, default tcp).
+/// `IP:PORT/PROTO` (`/PROTO` optional, default tcp); IPv6 as `[IP]:PORT/PROTO`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DstArg {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: u8,
 }
@@ -230,11 +261,10 @@ impl FromStr for DstArg {
             Some((_, p)) => return Err(format!("protocol {p:?}: expected tcp or udp")),
             None => (s, PROTO_TCP),
         };
-        let (addr, port) = rest
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?}: expected IP:PORT/PROTO"))?;
+        let (addr, port) = split_host(rest)?;
+        let port = port.ok_or_else(|| format!("{s:?}: expected IP:PORT/PROTO"))?;
         Ok(Self {
-            addr: addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?,
+            addr,
             port: port.parse().map_err(|e| format!("port {port:?}: {e}"))?,
             proto,
         })
@@ -243,44 +273,57 @@ impl FromStr for DstArg {
 
 /// Runs one `inspect` subcommand, printing to stdout.
 pub fn run_inspect(cmd: &InspectCommand) -> Result<(), InspectError> {
-    let text = match cmd {
-        InspectCommand::Services(c) => {
-            let services = service_views(&read_snapshot(&c.bpffs)?);
-            render(c.output, &services, render_services)?
-        }
-        InspectCommand::Conntrack { common, filter } => {
-            let now = monotonic_now_ns()?;
-            let timeouts = read_timeouts(&common.bpffs)?;
-            let table = read_conntrack(&common.bpffs)?;
-            let flows: Vec<FlowView> = table
-                .iter()
-                .filter(|(k, e)| filter.matches(k, e))
-                .map(|(k, e)| {
-                    let peer = table.get(&ct_peer_key(k, e));
-                    FlowView::new(k, e, peer, now, &timeouts.unwrap_or(CtTimeouts::DEFAULT))
-                })
-                .collect();
-            let mut text = render(common.output, &flows, render_flows)?;
-            if timeouts.is_none() && common.output == Format::Table {
-                text.push_str(&format!(
-                    "(no {TIMEOUTS_PIN} pinned: lifetimes use the default timeouts)\n"
-                ));
+    let text =
+        match cmd {
+            InspectCommand::Services(c) => {
+                let services = all_service_views(&read_snapshot(&c.bpffs)?);
+                render(c.output, &services, render_services)?
             }
-            text
-        }
-        InspectCommand::Links(c) => {
-            let links = links::link_views(&c.bpffs)?;
-            render(c.output, &links, links::render_links)?
-        }
-        InspectCommand::Stats {
-            common,
-            per_cpu,
-            all,
-        } => {
-            let stats = stat_views(&read_stats(&common.bpffs)?, *per_cpu, *all);
-            render(common.output, &stats, |s| render_stats(s, *per_cpu))?
-        }
-    };
+            InspectCommand::Conntrack { common, filter } => {
+                let now = monotonic_now_ns()?;
+                let timeouts = read_timeouts(&common.bpffs)?.unwrap_or(CtTimeouts::DEFAULT);
+                let table = read_conntrack(&common.bpffs)?;
+                // Pins of an agent that predates IPv6 have no SVC_CT6: no IPv6 flows then.
+                let table6 = match read_conntrack6(&common.bpffs) {
+                    Err(PinError::NotPinned { .. }) => BTreeMap::new(),
+                    other => other?,
+                };
+                let mut flows: Vec<AnyFlowView> = table
+                    .iter()
+                    .filter(|(k, e)| filter.matches(*k, *e))
+                    .map(|(k, e)| {
+                        let peer = table.get(&ct_peer_key(k, e));
+                        AnyFlowView::V4(FlowView::new(k, e, peer, now, &timeouts))
+                    })
+                    .collect();
+                flows.extend(table6.iter().filter(|(k, e)| filter.matches(*k, *e)).map(
+                    |(k, e)| {
+                        let peer = table6.get(&ct_peer_key(k, e));
+                        AnyFlowView::V6(FlowView6::new(k, e, peer, now, &timeouts))
+                    },
+                ));
+                let timeouts = read_timeouts(&common.bpffs)?;
+                let mut text = render(common.output, &flows, render_flows)?;
+                if timeouts.is_none() && common.output == Format::Table {
+                    text.push_str(&format!(
+                        "(no {TIMEOUTS_PIN} pinned: lifetimes use the default timeouts)\n"
+                    ));
+                }
+                text
+            }
+            InspectCommand::Links(c) => {
+                let links = links::link_views(&c.bpffs)?;
+                render(c.output, &links, links::render_links)?
+            }
+            InspectCommand::Stats {
+                common,
+                per_cpu,
+                all,
+            } => {
+                let stats = stat_views(&read_stats(&common.bpffs)?, *per_cpu, *all);
+                render(common.output, &stats, |s| render_stats(s, *per_cpu))?
+            }
+        };
     print(&text)
 }
 
@@ -293,6 +336,15 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(), InspectError> {
         conntrack: read_conntrack(bpffs)?,
         // Pins of an agent older than session affinity lack the map: nothing is sticky then.
         affinity: match read_affinity(bpffs) {
+            Err(PinError::NotPinned { .. }) => BTreeMap::new(),
+            other => other?,
+        },
+        // Likewise for the IPv6 maps of an agent that predates them.
+        conntrack6: match read_conntrack6(bpffs) {
+            Err(PinError::NotPinned { .. }) => BTreeMap::new(),
+            other => other?,
+        },
+        affinity6: match read_affinity6(bpffs) {
             Err(PinError::NotPinned { .. }) => BTreeMap::new(),
             other => other?,
         },

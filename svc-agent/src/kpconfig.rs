@@ -11,11 +11,13 @@
 //! What applies, and how (README.md, "kube-proxy compatibility", has the table):
 //! - `clientConnection.kubeconfig` → `--kubeconfig` (unless `--manifests`);
 //! - `hostnameOverride` → `--node-name` (trimmed and lower-cased, as kube-proxy does);
-//! - `bindAddress` (a specific IPv4 address) → `--node-ip`; unspecified: the Node's addresses;
+//! - `bindAddress` (a specific IPv4 or IPv6 address) → `--node-ip`; unspecified: the Node's
+//!   addresses;
 //! - `healthzBindAddress`, `metricsBindAddress` → `--healthz-bind-address`,
 //!   `--metrics-bind-address` (a bare address gets kube-proxy's port);
 //! - `clusterCIDR` → `--cluster-cidr` (recorded);
-//! - `nodePortAddresses` → `--nodeport-addresses` (IPv4 CIDRs; `primary` is our default);
+//! - `nodePortAddresses` → `--nodeport-addresses` (IPv4 and IPv6 CIDRs; `primary` is our
+//!   default);
 //! - `conntrack.maxPerCore` × CPUs, at least `conntrack.min` → `--conntrack-max` (0: keep
 //!   ours); `conntrack.{tcpEstablishedTimeout, tcpCloseWaitTimeout, udpTimeout,
 //!   udpStreamTimeout}` → the `--conntrack-*` timeouts (0 or null: keep ours, as kube-proxy
@@ -30,7 +32,7 @@ use serde_json::Value;
 
 use crate::{
     cli::{LogFormat, RunArgs, Secs},
-    model::parse_cidr,
+    model::{parse_cidr, parse_cidr_any},
 };
 
 /// The only version kube-proxy reads (and kubeadm writes).
@@ -298,14 +300,11 @@ pub fn apply(
         match bind.parse::<IpAddr>() {
             Err(_) => return Err(bad("bindAddress", format!("{bind:?} is not an IP address"))),
             Ok(ip) if ip.is_unspecified() => {}
-            Ok(IpAddr::V4(ip)) => {
+            Ok(ip) => {
                 if !given("node_ip") {
                     args.node_ip = vec![ip];
                 }
             }
-            Ok(IpAddr::V6(ip)) => report
-                .warnings
-                .push(format!("bindAddress {ip} ignored: svc-lb serves IPv4 only")),
         }
     }
     used(&mut report, "bindAddress");
@@ -361,12 +360,8 @@ pub fn apply(
                     report.warnings.push(format!(
                         "{field} primary: svc-lb serves NodePorts on every node address (--node-ip and the Node's), kube-proxy's primary ones only"
                     ));
-                } else if text.contains(':') {
-                    report
-                        .warnings
-                        .push(format!("{field} {text} ignored: svc-lb serves IPv4 only"));
                 } else {
-                    cidrs.push(parse_cidr(text).map_err(|e| bad(&field, e.to_string()))?);
+                    cidrs.push(parse_cidr_any(text).map_err(|e| bad(&field, e.to_string()))?);
                 }
             }
             if !cidrs.is_empty() && !given("nodeport_addresses") {

@@ -135,12 +135,25 @@ fn main() -> Result<()> {
         Some(name) => name,
         None => hostname()?,
     };
+    let (node_ips, node_ips6) = split_ips(&args.node_ip);
+    let (nodeport_addresses, nodeport_addresses6) =
+        svc_core::model::split_families(&args.nodeport_addresses);
+    let (external_ip_cidrs, external_ip_cidrs6) = match &args.external_ip_cidrs {
+        Some(list) => {
+            let (v4, v6) = svc_core::model::split_families(list);
+            (Some(v4), v6)
+        }
+        None => (None, Vec::new()),
+    };
     let cfg = RunConfig {
         source,
         node_name,
-        node_ips: args.node_ip,
-        nodeport_addresses: args.nodeport_addresses,
-        external_ip_cidrs: args.external_ip_cidrs,
+        node_ips,
+        node_ips6,
+        nodeport_addresses,
+        nodeport_addresses6,
+        external_ip_cidrs,
+        external_ip_cidrs6,
         service_proxy_name: args.service_proxy_name,
         bpffs: args.bpffs,
         pod_ifaces: args.pod_ifaces,
@@ -190,4 +203,17 @@ fn snat_ports(
         "source ports for SNAT chosen"
     );
     Ok(ports)
+}
+
+/// The IPv4 and the IPv6 addresses of `ips`, in order.
+fn split_ips(ips: &[std::net::IpAddr]) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv6Addr>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for ip in ips {
+        match ip {
+            std::net::IpAddr::V4(ip) => v4.push(*ip),
+            std::net::IpAddr::V6(ip) => v6.push(*ip),
+        }
+    }
+    (v4, v6)
 }

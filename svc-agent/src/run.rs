@@ -14,7 +14,7 @@
 //! each plan the engine's task deletes the session affinity of what the plan removed and sends
 //! the removed UDP (frontend, backend) pairs to the collector, which flushes their flows at once.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
@@ -65,6 +65,12 @@ pub struct RunConfig {
     pub node_name: String,
     /// `--node-ip`; the Node object's addresses are added when the API server is the source.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The IPv6 `--node-ip`s ([`NodeContext::node_ips6`]).
+    pub node_ips6: Vec<Ipv6Addr>,
+    /// The IPv6 prefixes of `--nodeport-addresses` ([`NodeContext::nodeport_addresses6`]).
+    pub nodeport_addresses6: Vec<svc_core::model::Ipv6Net>,
+    /// The IPv6 prefixes of `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs6`]).
+    pub external_ip_cidrs6: Vec<svc_core::model::Ipv6Net>,
     /// `--nodeport-addresses` ([`NodeContext::nodeport_addresses`]).
     pub nodeport_addresses: Vec<svc_core::model::Ipv4Net>,
     /// `--external-ip-cidrs` ([`NodeContext::external_ip_cidrs`]).
@@ -269,6 +275,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             node_ips: cfg.node_ips.clone(),
             nodeport_addresses: cfg.nodeport_addresses.clone(),
             external_ip_cidrs: cfg.external_ip_cidrs.clone(),
+            node_ips6: cfg.node_ips6.clone(),
+            nodeport_addresses6: cfg.nodeport_addresses6.clone(),
+            external_ip_cidrs6: cfg.external_ip_cidrs6.clone(),
             zone: None,
             service_proxy_name: cfg.service_proxy_name.clone(),
         },
@@ -366,12 +375,16 @@ async fn program_snat_source(
     datapath: &mut Datapath,
     cfg: &RunConfig,
     node: Option<&k8s_openapi::api::core::v1::Node>,
-    last: &mut Option<snat::Choice>,
+    last: &mut Option<(snat::Choice, snat::Choice<Ipv6Addr>)>,
 ) -> Result<()> {
     let local = ifwatch::ipv4_addresses()
         .await
         .context("listing this node's addresses for the SNAT source")?;
+    let local6 = ifwatch::ipv6_addresses()
+        .await
+        .context("listing this node's IPv6 addresses for the IPv6 SNAT source")?;
     let (internal, external) = node.map(store::node_addresses_by_type).unwrap_or_default();
+    let (internal6, external6) = node.map(store::node_addresses_by_type6).unwrap_or_default();
     let choice = snat::choose(&snat::Candidates {
         flag_ips: &cfg.node_ips,
         internal: &internal,
@@ -379,10 +392,18 @@ async fn program_snat_source(
         local: &local,
         uplinks: &cfg.uplinks,
     });
-    datapath.set_config(choice.addr)?;
+    // The same rules for IPv6, from the IPv6 candidates.
+    let choice6 = snat::choose(&snat::Candidates {
+        flag_ips: &cfg.node_ips6,
+        internal: &internal6,
+        external: &external6,
+        local: &local6,
+        uplinks: &cfg.uplinks,
+    });
+    datapath.set_config(choice.addr, choice6.addr)?;
     // Logged when the choice or what was passed over changes (a Node update can add an
     // unusable address without changing the source).
-    if last.as_ref() != Some(&choice) {
+    if last.as_ref().map(|(c, _)| c) != Some(&choice) {
         for (addr, why) in &choice.skipped {
             warn!(%addr, "not used as the SNAT source: {why}");
         }
@@ -395,8 +416,21 @@ async fn program_snat_source(
                  (snat_no_address)"
             ),
         }
-        *last = Some(choice);
     }
+    if last.as_ref().map(|(_, c)| c) != Some(&choice6) {
+        for (addr, why) in &choice6.skipped {
+            warn!(%addr, "not used as the IPv6 SNAT source: {why}");
+        }
+        match choice6.addr {
+            Some(addr) => info!(%addr, rule = choice6.rule, "IPv6 SNAT source chosen"),
+            // A node without IPv6 is normal: only say so, IPv6 frontends then have no SNAT.
+            None => info!(
+                "no IPv6 SNAT source (no global IPv6 address on this node): external IPv6 \
+                 flows to remote backends are dropped (snat_no_address)"
+            ),
+        }
+    }
+    *last = Some((choice, choice6));
     Ok(())
 }
 
@@ -451,7 +485,7 @@ struct AgentHooks {
     /// Destroys connected UDP sockets of removed pairs (kernels with `bpf_sock_destroy`).
     reaper: Option<Reaper>,
     datapath: Datapath,
-    last_snat: Option<snat::Choice>,
+    last_snat: Option<(snat::Choice, snat::Choice<Ipv6Addr>)>,
     cfg: RunConfig,
 }
 

@@ -13,51 +13,69 @@
 //!
 //! No match: no SNAT address. The datapath then drops such flows and counts
 //! `snat_no_address`, and the agent logs why — never 0.0.0.0 on the wire.
+//!
+//! The IPv6 source (`Config::node_addr6`) is chosen by the same rules from the IPv6
+//! candidates ([`choose`] is generic over the address type): `--node-ip`s and Node addresses
+//! of the family, and the interfaces' global IPv6 addresses, where "primary" means a global,
+//! permanent (not temporary, not deprecated) one, the kind the kernel prefers as source.
 use std::net::Ipv4Addr;
 
-/// An IPv4 address configured on an interface of this node.
+/// An address configured on an interface of this node (`Ipv4Addr` or `Ipv6Addr`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalAddr {
+pub struct LocalAddr<A = Ipv4Addr> {
     /// The interface (its name: uplinks are named by `--uplink`).
     pub ifname: String,
-    pub addr: Ipv4Addr,
-    /// Not `IFA_F_SECONDARY`: the address the kernel uses as source on that interface.
+    pub addr: A,
+    /// IPv4: not `IFA_F_SECONDARY`, the address the kernel uses as source on that interface.
+    /// IPv6: global scope, neither temporary nor deprecated.
     pub primary: bool,
 }
 
 /// What the choice was made from.
-#[derive(Clone, Debug, Default)]
-pub struct Candidates<'a> {
+#[derive(Clone, Debug)]
+pub struct Candidates<'a, A = Ipv4Addr> {
     /// `--node-ip`, in the order given.
-    pub flag_ips: &'a [Ipv4Addr],
+    pub flag_ips: &'a [A],
     /// The Node object's `InternalIP` and `ExternalIP` addresses (empty without a Node).
-    pub internal: &'a [Ipv4Addr],
-    pub external: &'a [Ipv4Addr],
-    /// Every IPv4 address of this node's interfaces.
-    pub local: &'a [LocalAddr],
+    pub internal: &'a [A],
+    pub external: &'a [A],
+    /// Every address of the family on this node's interfaces.
+    pub local: &'a [LocalAddr<A>],
     /// The uplinks (`--uplink`, or the default route's interface), in order.
     pub uplinks: &'a [String],
+}
+
+impl<A> Default for Candidates<'_, A> {
+    fn default() -> Self {
+        Self {
+            flag_ips: &[],
+            internal: &[],
+            external: &[],
+            local: &[],
+            uplinks: &[],
+        }
+    }
 }
 
 /// The chosen address (if any), which rule chose it, and the candidates passed over that an
 /// operator would expect to be used (`--node-ip`s and Node addresses not on this node).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Choice {
-    pub addr: Option<Ipv4Addr>,
+pub struct Choice<A = Ipv4Addr> {
+    pub addr: Option<A>,
     pub rule: &'static str,
-    pub skipped: Vec<(Ipv4Addr, &'static str)>,
+    pub skipped: Vec<(A, &'static str)>,
 }
 
 const NOT_LOCAL: &str = "not on any interface of this node";
 
-pub fn choose(c: &Candidates<'_>) -> Choice {
-    let local = |a: &Ipv4Addr| c.local.iter().any(|l| l.addr == *a);
-    let on_uplink = |a: &Ipv4Addr| {
+pub fn choose<A: Copy + PartialEq>(c: &Candidates<'_, A>) -> Choice<A> {
+    let local = |a: &A| c.local.iter().any(|l| l.addr == *a);
+    let on_uplink = |a: &A| {
         c.local
             .iter()
             .any(|l| l.addr == *a && c.uplinks.contains(&l.ifname))
     };
-    let mut skipped: Vec<(Ipv4Addr, &'static str)> = c
+    let mut skipped: Vec<(A, &'static str)> = c
         .flag_ips
         .iter()
         .chain(c.internal)
@@ -66,7 +84,7 @@ pub fn choose(c: &Candidates<'_>) -> Choice {
         .map(|a| (*a, NOT_LOCAL))
         .collect();
     skipped.dedup();
-    let pick = |addr: Ipv4Addr, rule: &'static str, skipped: Vec<_>| Choice {
+    let pick = |addr: A, rule: &'static str, skipped: Vec<_>| Choice {
         addr: Some(addr),
         rule,
         skipped,

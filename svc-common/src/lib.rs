@@ -189,6 +189,9 @@ pub trait Addr:
     const UNSPECIFIED: Self;
     /// The family's session-affinity value ([`Affinity`], [`Affinity6`]).
     type Affinity: Pod + core::fmt::Debug + PartialEq;
+    /// `(backend_id, backend_addr, backend_port, last_used_ns)` of an affinity value (for the
+    /// agent; the kernel programs, compiled per family, read the fields).
+    fn affinity_parts(a: &Self::Affinity) -> (u32, Self, u16, u64);
 
     /// The conntrack key of a 5-tuple ([`CtKeyOf::new`] for IPv4, built without a `memset`).
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKeyOf<Self>;
@@ -211,6 +214,10 @@ impl Addr for [u8; 4] {
     const BITS: u32 = 32;
     const UNSPECIFIED: Self = [0; 4];
     type Affinity = Affinity;
+
+    fn affinity_parts(a: &Affinity) -> (u32, Self, u16, u64) {
+        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
+    }
 
     #[inline(always)]
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey {
@@ -239,6 +246,24 @@ impl Addr6 {
     }
 }
 
+impl AsRef<[u8]> for Addr6 {
+    fn as_ref(&self) -> &[u8] {
+        &self.octets
+    }
+}
+
+impl AsMut<[u8]> for Addr6 {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.octets
+    }
+}
+
+impl From<[u8; 16]> for Addr6 {
+    fn from(octets: [u8; 16]) -> Self {
+        Self { octets }
+    }
+}
+
 impl From<core::net::Ipv6Addr> for Addr6 {
     fn from(a: core::net::Ipv6Addr) -> Self {
         Self { octets: a.octets() }
@@ -256,6 +281,10 @@ impl Addr for Addr6 {
     const BITS: u32 = 128;
     const UNSPECIFIED: Self = Self { octets: [0; 16] };
     type Affinity = Affinity6;
+
+    fn affinity_parts(a: &Affinity6) -> (u32, Self, u16, u64) {
+        (a.backend_id, a.backend_addr, a.backend_port, a.last_used_ns)
+    }
 
     #[inline(always)]
     fn ct_key(src: Self, dst: Self, sport: u16, dport: u16, proto: u8) -> CtKey6 {

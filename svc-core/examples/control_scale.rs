@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
-use svc_common::{Affinity, AffinityKey, CtEntry, CtKey};
+use svc_common::{
+    Affinity, Affinity6, AffinityKey, AffinityKey6, CtEntry, CtEntry6, CtKey, CtKey6,
+};
 use svc_core::budget::Entries;
 use svc_core::dataplane::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot};
 use svc_core::engine::{Engine, EngineConfig, Event, Hooks};
@@ -293,6 +295,9 @@ impl Dataplane for NullDataplane {
             slots: 1 << 24,
             backends: 1 << 22,
             source_ranges: 1 << 16,
+            frontends6: 1 << 21,
+            backends6: 1 << 22,
+            source_ranges6: 1 << 16,
         })
     }
     fn affinity_scan(
@@ -302,6 +307,24 @@ impl Dataplane for NullDataplane {
         Ok(0)
     }
     fn affinity_delete(&mut self, _: &[AffinityKey]) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+    fn ct6_scan(&self, _: &mut dyn FnMut(&[CtKey6], &[CtEntry6])) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+    fn ct6_get(&self, _: &CtKey6) -> Result<Option<CtEntry6>, DataplaneError> {
+        Ok(None)
+    }
+    fn ct6_delete(&mut self, _: &[CtKey6]) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+    fn affinity6_scan(
+        &self,
+        _: &mut dyn FnMut(&[AffinityKey6], &[Affinity6]),
+    ) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+    fn affinity6_delete(&mut self, _: &[AffinityKey6]) -> Result<usize, DataplaneError> {
         Ok(0)
     }
     fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {

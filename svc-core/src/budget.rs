@@ -27,12 +27,14 @@
 //! kept frontend counts `max(old, new)` slots and the union of its old and new source ranges.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use svc_common::{Backend, FrontendKey, MAX_BACKENDS_PER_FRONTEND};
+use svc_common::MAX_BACKENDS_PER_FRONTEND;
 
-use crate::model::{Desired, DesiredFrontend, ObjectRef, Problem};
+use crate::family::{AnyBackend, AnyFrontendKey};
+use crate::model::{Desired, DesiredRef, ObjectRef, Problem};
 use crate::reconcile::{Programmed, ProgrammedFrontend};
 
-/// Entries of each service map: a capacity, a usage, or a need.
+/// Entries of each service map: a capacity, a usage, or a need. The IPv6 maps have their own
+/// capacities (the ABI gives them the IPv4 maps' sizes); `SVC_SLOTS` serves both families.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Entries {
     /// `SVC_FRONTENDS`.
@@ -43,16 +45,25 @@ pub struct Entries {
     pub backends: u64,
     /// `SVC_SOURCE_RANGES`.
     pub source_ranges: u64,
+    /// `SVC_FRONTENDS6`.
+    pub frontends6: u64,
+    /// `SVC_BACKENDS6`.
+    pub backends6: u64,
+    /// `SVC_SOURCE_RANGES6`.
+    pub source_ranges6: u64,
 }
 
 impl Entries {
     /// The maps' names with their counts, in a fixed order.
-    pub fn named(&self) -> [(&'static str, u64); 4] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             (svc_common::MAP_FRONTENDS, self.frontends),
             (svc_common::MAP_SLOTS, self.slots),
             (svc_common::MAP_BACKENDS, self.backends),
             (svc_common::MAP_SOURCE_RANGES, self.source_ranges),
+            (svc_common::MAP_FRONTENDS6, self.frontends6),
+            (svc_common::MAP_BACKENDS6, self.backends6),
+            (svc_common::MAP_SOURCE_RANGES6, self.source_ranges6),
         ]
     }
 
@@ -64,38 +75,76 @@ impl Entries {
             slots: svc_common::MAX_SLOTS.into(),
             backends: svc_common::MAX_BACKENDS.into(),
             source_ranges: svc_common::MAX_SOURCE_RANGES.into(),
+            frontends6: svc_common::MAX_FRONTENDS.into(),
+            backends6: svc_common::MAX_BACKENDS.into(),
+            source_ranges6: svc_common::MAX_SOURCE_RANGES.into(),
         }
+    }
+
+    /// One entry more of the frontend (`v6`: IPv6) map.
+    fn add_frontend(&mut self, v6: bool, n: u64) {
+        *if v6 {
+            &mut self.frontends6
+        } else {
+            &mut self.frontends
+        } += n;
+    }
+
+    /// `n` entries more of a backend map.
+    fn add_backends(&mut self, v6: bool, n: u64) {
+        *if v6 {
+            &mut self.backends6
+        } else {
+            &mut self.backends
+        } += n;
+    }
+
+    /// `n` entries more of a source-range map.
+    fn add_ranges(&mut self, v6: bool, n: u64) {
+        *if v6 {
+            &mut self.source_ranges6
+        } else {
+            &mut self.source_ranges
+        } += n;
     }
 }
 
 impl Entries {
-    fn plus(&self, o: &Entries) -> Entries {
+    fn zip(&self, o: &Entries, f: impl Fn(u64, u64) -> u64) -> Entries {
         Entries {
-            frontends: self.frontends + o.frontends,
-            slots: self.slots + o.slots,
-            backends: self.backends + o.backends,
-            source_ranges: self.source_ranges + o.source_ranges,
+            frontends: f(self.frontends, o.frontends),
+            slots: f(self.slots, o.slots),
+            backends: f(self.backends, o.backends),
+            source_ranges: f(self.source_ranges, o.source_ranges),
+            frontends6: f(self.frontends6, o.frontends6),
+            backends6: f(self.backends6, o.backends6),
+            source_ranges6: f(self.source_ranges6, o.source_ranges6),
         }
+    }
+
+    fn plus(&self, o: &Entries) -> Entries {
+        self.zip(o, |a, b| a + b)
     }
 
     fn minus(&self, o: &Entries) -> Entries {
-        Entries {
-            frontends: self.frontends.saturating_sub(o.frontends),
-            slots: self.slots.saturating_sub(o.slots),
-            backends: self.backends.saturating_sub(o.backends),
-            source_ranges: self.source_ranges.saturating_sub(o.source_ranges),
-        }
+        self.zip(o, u64::saturating_sub)
     }
 }
 
+/// Whether a frontend key is an IPv6 one.
+fn is_v6(key: &AnyFrontendKey) -> bool {
+    matches!(key, AnyFrontendKey::V6(_))
+}
+
 /// The entries a programmed frontend holds (its backends are shared, so not counted here).
-fn held_by(fe: &ProgrammedFrontend) -> Entries {
-    Entries {
-        frontends: 1,
+fn held_by(key: &AnyFrontendKey, fe: &ProgrammedFrontend) -> Entries {
+    let mut e = Entries {
         slots: fe.slots.iter().flatten().count() as u64,
-        backends: 0,
-        source_ranges: fe.source_ranges.len() as u64,
-    }
+        ..Entries::default()
+    };
+    e.add_frontend(is_v6(key), 1);
+    e.add_ranges(is_v6(key), fe.source_ranges.len() as u64);
+    e
 }
 
 /// The limits [`admit`] checks.
@@ -112,12 +161,7 @@ impl Limits {
     pub fn per_service(&self) -> Entries {
         let share =
             |cap: u64| (cap * u64::from(self.service_share_percent.clamp(1, 100)) / 100).max(1);
-        Entries {
-            frontends: share(self.capacity.frontends),
-            slots: share(self.capacity.slots),
-            backends: share(self.capacity.backends),
-            source_ranges: share(self.capacity.source_ranges),
-        }
+        self.capacity.zip(&Entries::default(), |cap, _| share(cap))
     }
 }
 
@@ -145,12 +189,17 @@ impl Admission {
 pub fn usage(state: &Programmed) -> Entries {
     // Kept by `Programmed` as frontends come and go: called after every plan, a sum over
     // every frontend here cost a few ms per change at 100k Services.
-    let (slots, source_ranges) = state.held();
+    let (slots, (source_ranges, source_ranges6)) = state.held();
+    let (frontends, frontends6) = state.frontend_counts();
+    let (backends, backends6) = state.backend_counts();
     Entries {
-        frontends: state.frontends().len() as u64,
+        frontends,
         slots,
-        backends: state.backend_count() as u64,
+        backends,
         source_ranges,
+        frontends6,
+        backends6,
+        source_ranges6,
     }
 }
 
@@ -166,11 +215,10 @@ pub fn admit(
     limits: &Limits,
 ) -> Admission {
     let in_scope = |s: &ObjectRef| scope.is_none_or(|set| set.contains(s));
-    let mut by_service: BTreeMap<&ObjectRef, Vec<(&FrontendKey, &DesiredFrontend)>> =
-        BTreeMap::new();
-    for (key, f) in &desired.frontends {
-        if in_scope(&f.service) {
-            by_service.entry(&f.service).or_default().push((key, f));
+    let mut by_service: BTreeMap<&ObjectRef, Vec<(AnyFrontendKey, DesiredRef)>> = BTreeMap::new();
+    for (key, f) in desired.iter_any() {
+        if in_scope(f.service()) {
+            by_service.entry(f.service()).or_default().push((key, f));
         }
     }
 
@@ -179,8 +227,8 @@ pub fn admit(
     // unowned ones; a Service in scope that wants nothing loses all of its). The frontends a
     // Service let in drops are credited when it is let in (a held one keeps them).
     let mut used = usage(state);
-    let goes = |key: &FrontendKey, fe: &ProgrammedFrontend| {
-        let unwanted = !desired.frontends.contains_key(key);
+    let goes = |key: &AnyFrontendKey, fe: &ProgrammedFrontend| {
+        let unwanted = !desired.contains(key);
         let goes = match fe.owner.as_deref() {
             Some(owner) => in_scope(owner) && !by_service.contains_key(owner),
             None => scope.is_none(),
@@ -189,7 +237,7 @@ pub fn admit(
     };
     // An incremental plan can only remove frontends its Services own: walk those, not every
     // frontend (the same set, in O(scope) rather than O(all frontends)).
-    let candidates: Box<dyn Iterator<Item = (&FrontendKey, &ProgrammedFrontend)>> = match scope {
+    let candidates: Box<dyn Iterator<Item = (&AnyFrontendKey, &ProgrammedFrontend)>> = match scope {
         None => Box::new(state.frontends().iter()),
         Some(set) => Box::new(
             set.iter()
@@ -199,7 +247,7 @@ pub fn admit(
     };
     for (key, fe) in candidates {
         if goes(key, fe) {
-            used = used.minus(&held_by(fe));
+            used = used.minus(&held_by(key, fe));
         }
     }
 
@@ -221,7 +269,7 @@ pub fn admit(
 
     let budget = limits.per_service();
     let cap = limits.capacity;
-    let mut new_backends: HashSet<Backend> = HashSet::new();
+    let mut new_backends: HashSet<AnyBackend> = HashSet::new();
     let mut out = Admission::default();
     for (is_new, need, svc) in order {
         let fes = &by_service[svc];
@@ -249,11 +297,11 @@ pub fn admit(
             // Frontends this Service drops go before anything is put.
             let dropped = state
                 .frontends_of(svc)
-                .filter(|k| !desired.frontends.contains_key(k))
-                .filter_map(|k| state.frontends().get(k))
-                .fold(Entries::default(), |acc, fe| acc.plus(&held_by(fe)));
+                .filter(|k| !desired.contains(k))
+                .filter_map(|k| state.frontends().get_key_value(k))
+                .fold(Entries::default(), |acc, (k, fe)| acc.plus(&held_by(k, fe)));
             let mut after = used.minus(&dropped).plus(&delta);
-            after.backends += (new_backends.len() + added.len()) as u64;
+            after = after.plus(&backend_entries(new_backends.iter().chain(&added)));
             match after
                 .named()
                 .into_iter()
@@ -285,8 +333,10 @@ pub fn admit(
         // The part of the Service that fills `map`: its ports make frontends, its source
         // ranges entries of their own, its endpoints (per port) slots and backends.
         let field = match map {
-            svc_common::MAP_FRONTENDS => "spec.ports",
-            svc_common::MAP_SOURCE_RANGES => "spec.loadBalancerSourceRanges",
+            svc_common::MAP_FRONTENDS | svc_common::MAP_FRONTENDS6 => "spec.ports",
+            svc_common::MAP_SOURCE_RANGES | svc_common::MAP_SOURCE_RANGES6 => {
+                "spec.loadBalancerSourceRanges"
+            }
             _ => "endpoints",
         };
         let fate = if is_new {
@@ -301,20 +351,32 @@ pub fn admit(
             Problem::new(format!("Service {svc}"), field, format!("{why}; {fate}")),
         );
     }
-    used.backends += new_backends.len() as u64;
+    used = used.plus(&backend_entries(new_backends.iter()));
     out.usage = used;
 
     if !out.held.is_empty() || !out.refused.is_empty() {
-        desired
-            .frontends
-            .retain(|_, f| !out.held.contains(&f.service) && !out.refused.contains(&f.service));
+        desired.retain_services(|s| !out.held.contains(s) && !out.refused.contains(s));
     }
     out
 }
 
-/// Smallest first: slots, then backends, frontends and source ranges.
+/// The backend-map entries `backends` take, per family.
+fn backend_entries<'a>(backends: impl Iterator<Item = &'a AnyBackend>) -> Entries {
+    let mut e = Entries::default();
+    for b in backends {
+        e.add_backends(matches!(b, AnyBackend::V6(_)), 1);
+    }
+    e
+}
+
+/// Smallest first: slots, then backends, frontends and source ranges (both families summed).
 fn sort_key(n: &Entries) -> [u64; 4] {
-    [n.slots, n.backends, n.frontends, n.source_ranges]
+    [
+        n.slots,
+        n.backends + n.backends6,
+        n.frontends + n.frontends6,
+        n.source_ranges + n.source_ranges6,
+    ]
 }
 
 fn capacity_of(cap: &Entries, map: &str) -> u64 {
@@ -326,22 +388,21 @@ fn capacity_of(cap: &Entries, map: &str) -> u64 {
 
 /// Slots a desired frontend writes: one per distinct backend, at most
 /// [`MAX_BACKENDS_PER_FRONTEND`] (what [`crate::reconcile`] programs).
-fn slots_of(f: &DesiredFrontend) -> u64 {
-    (f.backends.len() as u64).min(u64::from(MAX_BACKENDS_PER_FRONTEND))
+fn slots_of(f: &DesiredRef) -> u64 {
+    (f.backend_len() as u64).min(u64::from(MAX_BACKENDS_PER_FRONTEND))
 }
 
 /// A Service's own need, as if the maps were empty: for the per-Service budget and the order.
-fn own_need(fes: &[(&FrontendKey, &DesiredFrontend)]) -> Entries {
-    let mut backends: HashSet<&Backend> = HashSet::new();
+fn own_need(fes: &[(AnyFrontendKey, DesiredRef)]) -> Entries {
+    let mut backends: HashSet<AnyBackend> = HashSet::new();
     let mut need = Entries::default();
-    for (_, f) in fes {
-        need.frontends += 1;
+    for (key, f) in fes {
+        need.add_frontend(is_v6(key), 1);
         need.slots += slots_of(f);
-        need.source_ranges += f.source_ranges.len() as u64;
-        backends.extend(f.backends.iter().take(MAX_BACKENDS_PER_FRONTEND as usize));
+        need.add_ranges(is_v6(key), f.prefix_len() as u64);
+        backends.extend(f.backends(MAX_BACKENDS_PER_FRONTEND as usize));
     }
-    need.backends = backends.len() as u64;
-    need
+    need.plus(&backend_entries(backends.iter()))
 }
 
 /// What letting a Service in adds to the maps' peak: new frontends, slots beyond each kept
@@ -349,9 +410,9 @@ fn own_need(fes: &[(&FrontendKey, &DesiredFrontend)]) -> Entries {
 /// programmed nor added by a Service let in before (`taken`); plus those backends.
 fn growth(
     state: &Programmed,
-    fes: &[(&FrontendKey, &DesiredFrontend)],
-    taken: &HashSet<Backend>,
-) -> (Entries, HashSet<Backend>) {
+    fes: &[(AnyFrontendKey, DesiredRef)],
+    taken: &HashSet<AnyBackend>,
+) -> (Entries, HashSet<AnyBackend>) {
     let mut delta = Entries::default();
     let mut added = HashSet::new();
     for (key, f) in fes {
@@ -360,25 +421,22 @@ fn growth(
             Some(old) => {
                 let old_slots = old.slots.iter().flatten().count() as u64;
                 delta.slots += slots.saturating_sub(old_slots);
-                delta.source_ranges += f
-                    .source_ranges
+                let new_ranges = f
+                    .prefixes()
                     .iter()
-                    .filter(|c| {
-                        old.source_ranges
-                            .binary_search(&(c.network().octets(), c.prefix_len()))
-                            .is_err()
-                    })
+                    .filter(|p| old.source_ranges.binary_search(p).is_err())
                     .count() as u64;
+                delta.add_ranges(is_v6(key), new_ranges);
             }
             None => {
-                delta.frontends += 1;
+                delta.add_frontend(is_v6(key), 1);
                 delta.slots += slots;
-                delta.source_ranges += f.source_ranges.len() as u64;
+                delta.add_ranges(is_v6(key), f.prefix_len() as u64);
             }
         }
-        for b in f.backends.iter().take(MAX_BACKENDS_PER_FRONTEND as usize) {
-            if state.backend_id(b).is_none() && !taken.contains(b) {
-                added.insert(*b);
+        for b in f.backends(MAX_BACKENDS_PER_FRONTEND as usize) {
+            if state.backend_id(&b).is_none() && !taken.contains(&b) {
+                added.insert(b);
             }
         }
     }
@@ -390,8 +448,9 @@ mod tests {
     use super::*;
     use crate::dataplane::fake::FakeDataplane;
     use crate::dataplane::Dataplane;
+    use crate::model::DesiredFrontend;
     use crate::reconcile::{plan_in_place_holding, plan_services_in_place};
-    use svc_common::{PROTO_TCP, SCOPE_ANY};
+    use svc_common::{Backend, FrontendKey, PROTO_TCP, SCOPE_ANY};
 
     /// Frontend `port` of Service `name` (each Service has its own ClusterIP 10.96.0.`ip`).
     fn fk(ip: u8, port: u16) -> FrontendKey {
@@ -431,8 +490,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            problems: vec![],
-            lost: vec![],
+            ..Desired::default()
         }
     }
 
@@ -451,6 +509,7 @@ mod tests {
                 slots,
                 backends,
                 source_ranges: 64,
+                ..Entries::abi()
             },
             service_share_percent: share,
         }

@@ -24,10 +24,10 @@ use tracing::{error, info, warn};
 
 use crate::budget;
 use crate::dataplane::{Dataplane, DataplaneError, MapOp};
+use crate::family::AnyFrontendKey;
 use crate::model::{self, Desired, HealthCheck, NodeContext, ObjectRef, Objects, Problem};
 use crate::reconcile::{self, Programmed, Removals};
 use crate::store::{self, Delta, ObjectChanges, Store, Touched};
-use svc_common::FrontendKey;
 
 /// What the engine consumes. `I` is the agent's interface event ([`Hooks::Interface`]),
 /// passed to [`Hooks::interface`] in order with everything else.
@@ -155,13 +155,13 @@ pub struct Engine<D: Dataplane, H: Hooks<D>> {
 /// last plan that planned each loser, both ways round.
 #[derive(Debug, Default)]
 struct Contested {
-    losers: BTreeMap<FrontendKey, BTreeSet<ObjectRef>>,
-    lost_by: BTreeMap<ObjectRef, BTreeSet<FrontendKey>>,
+    losers: BTreeMap<AnyFrontendKey, BTreeSet<ObjectRef>>,
+    lost_by: BTreeMap<ObjectRef, BTreeSet<AnyFrontendKey>>,
 }
 
 impl Contested {
     /// `planned` were planned again and lost `lost`: their earlier losses are forgotten.
-    fn replan(&mut self, planned: &BTreeSet<ObjectRef>, lost: &[(FrontendKey, ObjectRef)]) {
+    fn replan(&mut self, planned: &BTreeSet<ObjectRef>, lost: &[(AnyFrontendKey, ObjectRef)]) {
         for svc in planned {
             for key in self.lost_by.remove(svc).into_iter().flatten() {
                 if let Some(losers) = self.losers.get_mut(&key) {
@@ -178,7 +178,7 @@ impl Contested {
         }
     }
 
-    fn losers(&self, key: &FrontendKey) -> impl Iterator<Item = &ObjectRef> {
+    fn losers(&self, key: &AnyFrontendKey) -> impl Iterator<Item = &ObjectRef> {
         self.losers.get(key).into_iter().flatten()
     }
 }
@@ -191,6 +191,8 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         info!(
             frontends = snapshot.frontends.len(),
             backends = snapshot.backends.len(),
+            frontends6 = snapshot.frontends6.len(),
+            backends6 = snapshot.backends6.len(),
             "adopted the service maps"
         );
         Ok(Self {
@@ -407,6 +409,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
             info!(
                 services,
                 frontends = desired.frontends.len(),
+                frontends6 = desired.frontends6.len(),
                 writes = ops.len(),
                 "full sync: maps match the desired state"
             );
@@ -430,12 +433,11 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
         // there are none, so the model settles every claim as a full plan would.
         loop {
             let mut more: BTreeSet<ObjectRef> = desired
-                .frontends
                 .keys()
                 .filter_map(|k| {
                     self.programmed
                         .frontends()
-                        .get(k)?
+                        .get(&k)?
                         .owner
                         .as_deref()
                         .cloned()
@@ -443,7 +445,7 @@ impl<D: Dataplane, H: Hooks<D>> Engine<D, H> {
                 .collect();
             for svc in &scope {
                 for key in self.programmed.frontends_of(svc) {
-                    if !desired.frontends.contains_key(key) {
+                    if !desired.contains(key) {
                         more.extend(self.contested.losers(key).cloned());
                     }
                 }

@@ -21,6 +21,7 @@ pub mod budget;
 pub mod dataplane;
 pub mod engine;
 pub mod explain;
+pub mod family;
 pub mod model;
 pub mod names;
 pub mod reconcile;

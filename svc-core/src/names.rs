@@ -1,16 +1,15 @@
 //! How the datapath's numbers read to people: flag bits as words, protocol, scope and
 //! conntrack state names, a flow's remaining lifetime. Shared by `inspect`, `explain` and
 //! `trace`, so one bit has one name everywhere.
-use std::net::Ipv4Addr;
-
 use svc_common::{
-    ct_peer_key, CtEntry, CtKey, CtTimeouts, ALL_CT_STATES, BACKEND_F_LOCAL, BACKEND_F_TERMINATING,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND,
-    FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_NODEPORT,
-    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
+    ct_peer_key, CtEntryOf, CtKeyOf, CtTimeouts, ALL_CT_STATES, BACKEND_F_LOCAL,
+    BACKEND_F_TERMINATING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FRONTEND_F_DENY_NODE,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_IP, FRONTEND_F_EXTERNAL_SCOPE,
+    FRONTEND_F_NODEPORT, FRONTEND_F_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use crate::dataplane::MapSnapshot;
+use crate::family::Family;
 
 /// `CT_STATE_*` by name (`established`, `time_wait`, …), or the number if unknown.
 pub fn ct_state_name(state: u8) -> String {
@@ -25,14 +24,14 @@ pub fn ct_state_name(state: u8) -> String {
 /// without another packet, in ms: the longer of the two directions' remaining lifetimes, as
 /// an entry is removed only when its peer has expired too. `None`: expired (the datapath
 /// ignores it; the collector deletes it at its next pass).
-pub fn remaining_ms(
-    k: &CtKey,
-    e: &CtEntry,
-    peer: Option<&CtEntry>,
+pub fn remaining_ms<A: svc_common::Addr>(
+    k: &CtKeyOf<A>,
+    e: &CtEntryOf<A>,
+    peer: Option<&CtEntryOf<A>>,
     now_ns: u64,
     t: &CtTimeouts,
 ) -> Option<u64> {
-    let left = |key: &CtKey, entry: &CtEntry| {
+    let left = |key: &CtKeyOf<A>, entry: &CtEntryOf<A>| {
         (entry
             .last_seen_ns
             .saturating_add(t.for_entry(key.proto, entry)))
@@ -135,11 +134,12 @@ pub fn scope_name(scope: u8) -> String {
     }
 }
 
-/// The `SVC_SOURCE_RANGES` prefixes of frontend `id`, as `a.b.c.d/len`.
-pub fn source_ranges_of(snap: &MapSnapshot, id: u32) -> Vec<String> {
-    snap.source_ranges
+/// The source-range prefixes (`SVC_SOURCE_RANGES`, `SVC_SOURCE_RANGES6`) of frontend `id`
+/// of family `A`, as `a.b.c.d/len` or `2001:db8::/48`.
+pub fn source_ranges_of<A: Family>(snap: &MapSnapshot, id: u32) -> Vec<String> {
+    A::snap_ranges(snap)
         .iter()
         .filter(|r| r.frontend_id == id)
-        .map(|r| format!("{}/{}", Ipv4Addr::from(r.addr), r.len))
+        .map(|r| format!("{}/{}", A::to_ip(r.addr), r.len))
         .collect()
 }

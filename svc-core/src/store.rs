@@ -322,11 +322,15 @@ fn apply_change<V: PartialEq>(
 /// unlabelled node).
 pub fn node_context(flags: &NodeContext, node: Option<&Node>) -> NodeContext {
     let mut ips: BTreeSet<std::net::Ipv4Addr> = flags.node_ips.iter().copied().collect();
+    let mut ips6: BTreeSet<std::net::Ipv6Addr> = flags.node_ips6.iter().copied().collect();
     if let Some(node) = node {
         ips.extend(node_addresses(node));
+        let (internal6, external6) = node_addresses_by_type6(node);
+        ips6.extend(internal6.into_iter().chain(external6));
     }
     NodeContext {
         node_ips: ips.into_iter().collect(),
+        node_ips6: ips6.into_iter().collect(),
         zone: node.and_then(node_zone),
         ..flags.clone()
     }
@@ -341,7 +345,18 @@ pub fn node_addresses(node: &Node) -> Vec<std::net::Ipv4Addr> {
 
 /// The Node's IPv4 `InternalIP` and `ExternalIP` addresses, each in the object's order.
 pub fn node_addresses_by_type(node: &Node) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv4Addr>) {
-    let of = |kind: &str| -> Vec<std::net::Ipv4Addr> {
+    addresses_by_type(node)
+}
+
+/// The Node's IPv6 `InternalIP` and `ExternalIP` addresses, each in the object's order (a
+/// dual-stack node lists one of each family per type).
+pub fn node_addresses_by_type6(node: &Node) -> (Vec<std::net::Ipv6Addr>, Vec<std::net::Ipv6Addr>) {
+    addresses_by_type(node)
+}
+
+/// The Node's `InternalIP` and `ExternalIP` addresses that parse as `T`.
+fn addresses_by_type<T: std::str::FromStr>(node: &Node) -> (Vec<T>, Vec<T>) {
+    let of = |kind: &str| -> Vec<T> {
         node.status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
@@ -471,6 +486,42 @@ mod tests {
         );
         let api = ObjectRef::new("default", "api");
         assert_eq!(store.slice_owners.slices_of(&api).count(), 1);
+    }
+
+    #[test]
+    fn node_context_merges_the_nodes_addresses_of_both_families() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-a"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "172.18.0.2"},
+                {"type": "InternalIP", "address": "fd00:18::2"},
+                {"type": "ExternalIP", "address": "2001:db8::2"},
+                {"type": "Hostname", "address": "node-a"},
+            ]},
+        }))
+        .expect("Node");
+        let flags = NodeContext {
+            node_ips: vec!["172.18.0.9".parse().expect("IPv4")],
+            node_ips6: vec!["fd00:18::9".parse().expect("IPv6")],
+            ..NodeContext::default()
+        };
+        let ctx = node_context(&flags, Some(&node));
+        let v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().expect("IPv6");
+        assert_eq!(
+            ctx.node_ips,
+            vec![
+                "172.18.0.2".parse::<std::net::Ipv4Addr>().expect("IPv4"),
+                "172.18.0.9".parse().expect("IPv4")
+            ]
+        );
+        assert_eq!(
+            ctx.node_ips6,
+            vec![v6("2001:db8::2"), v6("fd00:18::2"), v6("fd00:18::9")]
+        );
+        assert_eq!(
+            node_addresses_by_type6(&node),
+            (vec![v6("fd00:18::2")], vec![v6("2001:db8::2")])
+        );
     }
 
     #[test]

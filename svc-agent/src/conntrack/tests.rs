@@ -2,8 +2,9 @@
 use std::collections::BTreeMap;
 
 use svc_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_CLOSED, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED,
-    CT_STATE_SYN_SENT, CT_STATE_TIME_WAIT, CT_STATE_UDP_REPLIED, CT_STATE_UDP_UNREPLIED, PROTO_TCP,
+    Affinity, Affinity6, CtEntry6, CtKey6, CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_CLOSED,
+    CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, CT_STATE_TIME_WAIT,
+    CT_STATE_UDP_REPLIED, CT_STATE_UDP_UNREPLIED, PROTO_TCP,
 };
 
 use super::*;
@@ -326,4 +327,145 @@ fn affinity_flush_takes_removed_pairs_and_deleted_frontends() {
         .map(|k| (k.frontend_id, k.client_addr[3]))
         .collect();
     assert_eq!(left, vec![(1, 2), (2, 1)]);
+}
+
+/// `fd00::a.b.c.d`: the IPv6 twin of an IPv4 address in these tests.
+fn six(a: [u8; 4]) -> svc_common::Addr6 {
+    let mut out = [0; 16];
+    out[0] = 0xfd;
+    out[12..].copy_from_slice(&a);
+    out.into()
+}
+
+/// [`flow`] as an IPv6 flow (every address through [`six`]).
+fn flow6(
+    proto: u8,
+    port: u16,
+    state: u8,
+    backend: u32,
+    fwd_seen: u64,
+    rep_seen: u64,
+) -> [(CtKey6, CtEntry6); 2] {
+    flow(proto, port, state, backend, fwd_seen, rep_seen).map(|(k, e)| {
+        let key = CtKey6::new(
+            six(k.src_addr),
+            six(k.dst_addr),
+            k.src_port,
+            k.dst_port,
+            k.proto,
+        );
+        let entry = CtEntry6 {
+            src_addr: six(e.src_addr),
+            dst_addr: six(e.dst_addr),
+            src_port: e.src_port,
+            dst_port: e.dst_port,
+            dir: e.dir,
+            flags: e.flags,
+            tcp_flags: e.tcp_flags,
+            state: e.state,
+            backend_id: e.backend_id,
+            frontend_id: e.frontend_id,
+            created_ns: e.created_ns,
+            last_seen_ns: e.last_seen_ns,
+            packets: e.packets,
+            bytes: e.bytes,
+        };
+        (key, entry)
+    })
+}
+
+fn table6(flows: &[[(CtKey6, CtEntry6); 2]]) -> BTreeMap<CtKey6, CtEntry6> {
+    flows.iter().flatten().copied().collect()
+}
+
+#[test]
+fn ipv6_flows_expire_pair_up_and_are_pruned_like_ipv4_ones() {
+    let [(fk, fe), (rk, re)] = flow6(PROTO_TCP, 40_000, CT_STATE_ESTABLISHED, 7, 0, 0);
+    assert_eq!(ct_peer_key(&fk, &fe), rk, "the IPv6 test flow pairs up");
+    assert_eq!(ct_peer_key(&rk, &re), fk);
+    // The same table of cases as IPv4: a dead pair goes whole, one fresh side keeps both.
+    let dead: Vec<_> = (0..4)
+        .map(|i| flow6(PROTO_UDP, 40_000 + i, CT_STATE_UDP_UNREPLIED, 1, 0, 0))
+        .collect();
+    let live = flow6(PROTO_UDP, 41_000, CT_STATE_UDP_REPLIED, 1, 40 * S, 40 * S);
+    let half = flow6(PROTO_UDP, 42_000, CT_STATE_UDP_REPLIED, 1, 0, 40 * S);
+    let mut fake = FakeDataplane::new();
+    fake.ct6 = table6(&dead);
+    fake.ct6.extend(live);
+    fake.ct6.extend(half);
+    let stats = gc_pass6(&mut fake, 45 * S, &T, 4).expect("pass");
+    assert_eq!((stats.scanned, stats.expired, stats.removed), (12, 9, 4));
+    assert!(stats.capped);
+    let stats = gc_pass6(&mut fake, 45 * S, &T, 4).expect("second pass");
+    assert_eq!((stats.scanned, stats.removed, stats.capped), (8, 4, false));
+    assert_eq!(fake.ct6, table6(&[live, half]));
+    // The IPv4 map is another map: untouched by the IPv6 pass.
+    assert!(fake.ct.is_empty());
+}
+
+#[test]
+fn the_collector_prunes_both_families_and_flushes_removed_ipv6_backends() {
+    let now = monotonic_now_ns().expect("clock");
+    let old = now - 31 * S;
+    let dead4 = flow(PROTO_UDP, 40_000, CT_STATE_UDP_UNREPLIED, 1, old, old);
+    let dead6 = flow6(PROTO_UDP, 40_000, CT_STATE_UDP_UNREPLIED, 1, old, old);
+    let live6 = flow6(PROTO_UDP, 40_001, CT_STATE_UDP_REPLIED, 7, now, now);
+    let tcp6 = flow6(PROTO_TCP, 40_002, CT_STATE_ESTABLISHED, 7, now, now);
+    let mut fake = FakeDataplane::new();
+    fake.ct = table(&[dead4]);
+    fake.ct6 = table6(&[dead6, live6, tcp6]);
+    let metrics = Metrics::new(std::path::PathBuf::from("/nonexistent"));
+    let mut gc = Collector::new(fake, T, Duration::from_secs(10), metrics.clone());
+    assert!(!gc.pass());
+    assert!(gc.dp.ct.is_empty());
+    assert_eq!(gc.dp.ct6, table6(&[live6, tcp6]));
+    // Backend 7 leaves frontend 1: its UDP flow goes, its TCP connection stays (as IPv4).
+    gc.flush(&[(1, 7)].into());
+    assert_eq!(gc.dp.ct6, table6(&[tcp6]));
+    let text = metrics.render_for_tests();
+    for line in [
+        "svc_conntrack_gc_scanned_entries_total 8",
+        "svc_conntrack_gc_removed_entries_total 4",
+        "svc_conntrack_flushed_entries_total 2",
+        "svc_map_entries{map=\"SVC_CT6\"} 4",
+        "svc_map_capacity{map=\"SVC_CT6\"} 262144",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
+
+#[test]
+fn ipv6_affinity_of_removed_pairs_and_deleted_frontends_is_flushed() {
+    let entry = |frontend_id: u32, client: u8, backend_id: u32| {
+        (
+            svc_common::AffinityKey6 {
+                frontend_id,
+                client_addr: six([10, 244, 1, client]),
+            },
+            Affinity6 {
+                backend_id,
+                backend_addr: six([10, 244, 2, backend_id as u8]),
+                backend_port: 8080,
+                _pad: [0; 2],
+                last_used_ns: S,
+            },
+        )
+    };
+    let mut fake = FakeDataplane::new();
+    fake.affinity6 = [entry(1, 1, 7), entry(1, 2, 8), entry(3, 1, 9)].into();
+    let removals = Removals {
+        backends: vec![RemovedBackend {
+            frontend_id: 1,
+            proto: PROTO_TCP,
+            backend_id: 7,
+        }],
+        frontend_ids: vec![3],
+    };
+    assert_eq!(flush_affinity(&mut fake, &removals).expect("flush"), 2);
+    let left: Vec<_> = fake
+        .affinity6
+        .keys()
+        .map(|k| (k.frontend_id, k.client_addr.octets[15]))
+        .collect();
+    assert_eq!(left, vec![(1, 2)]);
 }

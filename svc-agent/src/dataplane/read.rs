@@ -9,12 +9,14 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use svc_common::{
-    Affinity, AffinityKey, Config, CtEntry, CtKey, CtTimeouts, Frontend, FrontendKey, SnatPorts,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRONTENDS, MAP_SLOTS,
-    MAP_SOURCE_RANGES, MAP_STATS,
+    Affinity, Affinity6, AffinityKey, AffinityKey6, Config, CtEntry, CtEntry6, CtKey, CtKey6,
+    CtTimeouts, Frontend, FrontendKey, SnatPorts, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKENDS,
+    MAP_BACKENDS6, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_FRONTENDS, MAP_FRONTENDS6,
+    MAP_SLOTS, MAP_SOURCE_RANGES, MAP_SOURCE_RANGES6, MAP_STATS,
 };
 
-use super::{batch, pinned::read_service_maps, DataplaneError, MapSnapshot};
+use super::pinned::{read_service_maps, FamilyMaps};
+use super::{batch, DataplaneError, MapSnapshot};
 use crate::cli::DEFAULT_BPFFS;
 use crate::datapath::{SNAT_PORTS_PIN, TIMEOUTS_PIN};
 
@@ -69,7 +71,8 @@ fn typed<T>(
         })
 }
 
-/// The service maps (`SVC_SOURCE_RANGES` read as empty where an older agent pinned none).
+/// The service maps of both families (`SVC_SOURCE_RANGES` and the IPv6 maps read as empty
+/// where an older agent pinned none).
 pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
     let (frontends, path) = open(bpffs, MAP_FRONTENDS)?;
     let frontends = typed(MAP_FRONTENDS, path, frontends, HashMap::try_from)?;
@@ -82,12 +85,39 @@ pub fn read_snapshot(bpffs: &Path) -> Result<MapSnapshot, PinError> {
         Err(PinError::NotPinned { .. }) => None,
         Err(e) => return Err(e),
     };
+    let frontends6 = optional(bpffs, MAP_FRONTENDS6, HashMap::try_from)?;
+    let backends6 = optional(bpffs, MAP_BACKENDS6, HashMap::try_from)?;
+    let ranges6 = optional(bpffs, MAP_SOURCE_RANGES6, LpmTrie::try_from)?;
+    let v6 = match (&frontends6, &backends6) {
+        (Some(frontends), Some(backends)) => Some(FamilyMaps {
+            frontends,
+            backends,
+            source_ranges: ranges6.as_ref(),
+        }),
+        _ => None,
+    };
     Ok(read_service_maps(
-        &frontends,
+        FamilyMaps {
+            frontends: &frontends,
+            backends: &backends,
+            source_ranges: ranges.as_ref(),
+        },
         &slots,
-        &backends,
-        ranges.as_ref(),
+        v6,
     )?)
+}
+
+/// The map pinned as `name`, `None` when nothing is (an agent that predates it).
+fn optional<T>(
+    bpffs: &Path,
+    name: &'static str,
+    convert: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<Option<T>, PinError> {
+    match open(bpffs, name) {
+        Ok((data, path)) => typed(name, path, data, convert).map(Some),
+        Err(PinError::NotPinned { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `SVC_FRONTENDS` alone (what a test polls while the agent programs).
@@ -150,15 +180,27 @@ pub fn read_config(bpffs: &Path) -> Result<Option<Config>, PinError> {
 /// The whole conntrack table (entries evicted while it is read are skipped), read with
 /// `BPF_MAP_LOOKUP_BATCH`: 5× less CPU than per-entry iteration (docs/BENCHMARKS.md).
 pub fn read_conntrack(bpffs: &Path) -> Result<BTreeMap<CtKey, CtEntry>, PinError> {
-    let (data, path) = open(bpffs, MAP_CONNTRACK)?;
-    let map: HashMap<MapData, CtKey, CtEntry> =
-        typed(MAP_CONNTRACK, path, data, HashMap::try_from)?;
+    read_ct_table(bpffs, MAP_CONNTRACK)
+}
+
+/// `SVC_CT6`, the IPv6 conntrack table (see [`read_conntrack`]).
+pub fn read_conntrack6(bpffs: &Path) -> Result<BTreeMap<CtKey6, CtEntry6>, PinError> {
+    read_ct_table(bpffs, MAP_CONNTRACK6)
+}
+
+fn read_ct_table<K, V>(bpffs: &Path, name: &'static str) -> Result<BTreeMap<K, V>, PinError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let (data, path) = open(bpffs, name)?;
+    let map: HashMap<MapData, K, V> = typed(name, path, data, HashMap::try_from)?;
     let mut table = BTreeMap::new();
-    batch::lookup_batch::<CtKey, CtEntry>(map.map().fd().as_fd(), &mut |keys, entries| {
+    batch::lookup_batch::<K, V>(map.map().fd().as_fd(), &mut |keys, entries| {
         table.extend(keys.iter().copied().zip(entries.iter().copied()));
     })
     .map_err(|e| PinError::Read {
-        map: MAP_CONNTRACK,
+        map: name,
         source: MapError::SyscallError(aya::sys::SyscallError {
             call: "bpf_map_lookup_batch",
             io_error: e,
@@ -199,15 +241,24 @@ pub fn read_snat_ports(bpffs: &Path) -> Result<Option<SnatPorts>, PinError> {
 
 /// The session-affinity table.
 pub fn read_affinity(bpffs: &Path) -> Result<BTreeMap<AffinityKey, Affinity>, PinError> {
-    let (data, path) = open(bpffs, MAP_AFFINITY)?;
-    let map: HashMap<MapData, AffinityKey, Affinity> =
-        typed(MAP_AFFINITY, path, data, HashMap::try_from)?;
+    read_hash(bpffs, MAP_AFFINITY)
+}
+
+/// `SVC_AFFINITY6` (see [`read_affinity`]).
+pub fn read_affinity6(bpffs: &Path) -> Result<BTreeMap<AffinityKey6, Affinity6>, PinError> {
+    read_hash(bpffs, MAP_AFFINITY6)
+}
+
+fn read_hash<K, V>(bpffs: &Path, name: &'static str) -> Result<BTreeMap<K, V>, PinError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let (data, path) = open(bpffs, name)?;
+    let map: HashMap<MapData, K, V> = typed(name, path, data, HashMap::try_from)?;
     map.iter()
         .collect::<Result<_, _>>()
-        .map_err(|source| PinError::Read {
-            map: MAP_AFFINITY,
-            source,
-        })
+        .map_err(|source| PinError::Read { map: name, source })
 }
 
 /// Per-CPU values of every counter, indexed like `SVC_STATS`.

@@ -29,7 +29,7 @@ fn explain_arguments_parse() {
     };
     assert_eq!(
         (a.src.addr, a.src.port),
-        (Ipv4Addr::new(10, 244, 1, 5), Some(40000))
+        (IpAddr::from([10, 244, 1, 5]), Some(40000))
     );
     assert_eq!((a.dst.port, a.dst.proto), (53, PROTO_UDP));
     assert_eq!(a.from, OriginArg::Uplink);
@@ -122,7 +122,13 @@ fn conntrack_views_show_the_state_and_the_flow_s_remaining_lifetime() {
     );
     assert!(FlowView::new(&fk, &fe, Some(&re), 16 * S, &t).expired);
     assert_eq!(ct_state_name(200), "200");
-    let table = render_flows(&vec![FlowView::new(&fk, &fe, Some(&re), 16 * S, &t)]);
+    let table = render_flows(&vec![AnyFlowView::V4(FlowView::new(
+        &fk,
+        &fe,
+        Some(&re),
+        16 * S,
+        &t,
+    ))]);
     assert!(
         table.contains("time_wait") && table.contains("expired"),
         "{table}"
@@ -190,7 +196,145 @@ fn services_list_slots_in_order_and_report_holes() {
         .collect();
     assert_eq!(slots, vec![(1, 10), (2, 20)]);
     assert_eq!(v[0].problems, vec!["slot 3 missing".to_string()]);
-    let table = render_services(&v);
+    let table = render_services(&v.into_iter().map(AnyServiceView::V4).collect());
     assert!(table.starts_with("ID  FRONTEND"), "{table}");
     assert!(table.contains("10.244.0.2:8080/tcp"), "{table}");
+}
+
+#[test]
+fn ipv6_arguments_parse_bare_or_bracketed() {
+    let src: SrcArg = "[fd00:10:244:1::5]:40000".parse().unwrap();
+    assert_eq!(
+        (src.addr, src.port),
+        ("fd00:10:244:1::5".parse().unwrap(), Some(40000))
+    );
+    let bare: SrcArg = "fd00:10:244:1::5".parse().unwrap();
+    assert_eq!((bare.addr, bare.port), (src.addr, None));
+    let dst: DstArg = "[fd00:10:96::10]:53/udp".parse().unwrap();
+    assert_eq!(
+        (dst.addr, dst.port, dst.proto),
+        ("fd00:10:96::10".parse().unwrap(), 53, PROTO_UDP)
+    );
+    assert!("fd00:10:96::10/udp".parse::<DstArg>().is_err(), "no port");
+    assert!("[fd00::1".parse::<SrcArg>().is_err());
+    let filter = Cli::try_parse_from(["svc-agent", "inspect", "conntrack", "--src", "fd00::1"]);
+    assert!(filter.is_ok());
+}
+
+#[test]
+fn ipv6_services_and_flows_show_as_ipv6_text_with_brackets_before_ports() {
+    let mut snap = MapSnapshot::default();
+    let key = svc_common::FrontendKey6 {
+        addr: "fd00:10:96::10"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into(),
+        port: 80,
+        proto: PROTO_TCP,
+        scope: SCOPE_ANY,
+    };
+    snap.frontends6.insert(
+        key,
+        Frontend {
+            id: 9,
+            backend_count: 1,
+            flags: 0,
+            affinity_timeout_s: 0,
+        },
+    );
+    snap.slots.insert(
+        SlotKey {
+            frontend_id: 9,
+            slot: 1,
+        },
+        Slot { backend_id: 30 },
+    );
+    snap.backends6.insert(
+        30,
+        svc_common::Backend6 {
+            addr: "fd00:10:244:1::5"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .into(),
+            port: 8080,
+            proto: PROTO_TCP,
+            flags: 0,
+        },
+    );
+    let all = all_service_views(&snap);
+    assert_eq!(all.len(), 1);
+    let table = render_services(&all);
+    assert!(table.contains("[fd00:10:96::10]:80/tcp"), "{table}");
+    assert!(table.contains("[fd00:10:244:1::5]:8080/tcp"), "{table}");
+    let json = serde_json::to_value(&all).unwrap();
+    assert_eq!(json[0]["address"], "fd00:10:96::10");
+    assert_eq!(json[0]["backends"][0]["address"], "fd00:10:244:1::5");
+
+    let six = |a: [u8; 4]| {
+        let mut o = [0u8; 16];
+        o[0] = 0xfd;
+        o[12..].copy_from_slice(&a);
+        svc_common::Addr6::from(o)
+    };
+    let [(fk, fe), (rk, re)] = ct_pair(PROTO_TCP, svc_common::CT_STATE_ESTABLISHED, 5, 5);
+    let k6 = svc_common::CtKey6::new(
+        six(fk.src_addr),
+        six(fk.dst_addr),
+        fk.src_port,
+        fk.dst_port,
+        fk.proto,
+    );
+    let e6 = svc_common::CtEntry6 {
+        src_addr: six(fe.src_addr),
+        dst_addr: six(fe.dst_addr),
+        src_port: fe.src_port,
+        dst_port: fe.dst_port,
+        dir: fe.dir,
+        flags: fe.flags,
+        tcp_flags: fe.tcp_flags,
+        state: fe.state,
+        backend_id: fe.backend_id,
+        frontend_id: fe.frontend_id,
+        created_ns: fe.created_ns,
+        last_seen_ns: fe.last_seen_ns,
+        packets: fe.packets,
+        bytes: fe.bytes,
+    };
+    let _ = (rk, re);
+    let t = CtTimeouts::DEFAULT;
+    let v = FlowView6::new(&k6, &e6, None, 6_000_000_000, &t);
+    assert_eq!(v.src, std::net::Ipv6Addr::from(six(fk.src_addr)));
+    assert_eq!(v.src.to_string(), "fd00::af4:105");
+    let table = render_flows(&vec![AnyFlowView::V6(v)]);
+    assert!(table.contains("]:40000 → ["), "{table}");
+    let filter = CtFilter {
+        src: Some(IpAddr::V6(std::net::Ipv6Addr::from(six(fk.src_addr)))),
+        ..CtFilter::default()
+    };
+    assert!(filter.matches(&k6, &e6));
+    assert!(
+        !filter.matches(&fk, &fe),
+        "an IPv4 tuple never matches an IPv6 address"
+    );
+}
+
+#[test]
+fn stats_list_the_ipv6_hooks_from_all_hooks() {
+    use svc_common::{stat_index, Hook, Reason, HOOK_COUNT, REASON_COUNT};
+    let mut values = vec![vec![0u64; 2]; (HOOK_COUNT * REASON_COUNT) as usize];
+    values[stat_index(Hook::PodIngress6, Reason::DnatNew) as usize] = vec![2, 3];
+    values[stat_index(Hook::Sock6, Reason::SockTranslated) as usize] = vec![1, 0];
+    let views = stat_views(&values, false, false);
+    let rows: Vec<(&str, &str, u64)> = views
+        .iter()
+        .map(|v| (v.hook.as_str(), v.reason.as_str(), v.packets))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("pod_ingress6", "dnat_new", 5),
+            ("sock6", "sock_translated", 1)
+        ]
+    );
+    assert_eq!(stat_views(&values, false, true).len(), values.len());
 }

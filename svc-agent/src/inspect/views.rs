@@ -1,20 +1,45 @@
 //! What `inspect` and `explain` print: the views (`-o json`'s stable field names) built from
 //! map snapshots, and their aligned tables for people.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::Serialize;
-use svc_common::{stat_index, CtEntry, CtKey, CtTimeouts, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD};
+use svc_common::{
+    stat_index, CtEntryOf, CtKeyOf, CtTimeouts, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
+};
+use svc_core::family::{host_port, Family};
 
 use super::*;
+
+/// An address type of the views: `Ipv4Addr` or `Ipv6Addr` (printed `[addr]:port` before a
+/// port).
+pub trait ViewAddr:
+    Copy + std::fmt::Display + Into<IpAddr> + Serialize + serde::de::DeserializeOwned
+{
+}
+impl ViewAddr for Ipv4Addr {}
+impl ViewAddr for Ipv6Addr {}
+
+/// `addr:port`, `[addr]:port` for IPv6.
+fn at<A: ViewAddr>(addr: A, port: impl std::fmt::Display) -> String {
+    match addr.into() {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
 // ---------------------------------------------------------------------------------------------
 // Services.
 
-/// One frontend map entry and its backends (`inspect services -o json`).
+/// One frontend map entry and its backends (`inspect services -o json`): [`ServiceView`]
+/// (IPv4, `SVC_FRONTENDS`) or [`ServiceView6`] (IPv6, `SVC_FRONTENDS6`), the same fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceView {
+#[serde(bound = "A: ViewAddr")]
+pub struct ServiceViewOf<A> {
     /// Frontend id (what slots and conntrack entries name).
     pub id: u32,
-    pub address: Ipv4Addr,
+    pub address: A,
     pub port: u16,
     /// `tcp`, `udp` (or the protocol number).
     pub protocol: String,
@@ -28,7 +53,7 @@ pub struct ServiceView {
     /// Valid slots (`1..=backend_count`); 0: new flows are rejected (or dropped).
     pub backend_count: u32,
     /// Slots `1..=backend_count` in order, those present in the maps.
-    pub backends: Vec<SlotView>,
+    pub backends: Vec<SlotViewOf<A>>,
     /// Slots or backends the counted range names but the maps lack (should be empty).
     pub problems: Vec<String>,
     /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), with
@@ -37,12 +62,18 @@ pub struct ServiceView {
     pub source_ranges: Vec<String>,
 }
 
-/// One slot of a frontend and the backend it names.
+/// An IPv4 frontend's view.
+pub type ServiceView = ServiceViewOf<Ipv4Addr>;
+/// An IPv6 frontend's view.
+pub type ServiceView6 = ServiceViewOf<Ipv6Addr>;
+
+/// One slot of a frontend and the backend it names (in the frontend's family's backend map).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotView {
+#[serde(bound = "A: ViewAddr")]
+pub struct SlotViewOf<A> {
     pub slot: u32,
     pub backend_id: u32,
-    pub address: Ipv4Addr,
+    pub address: A,
     pub port: u16,
     pub protocol: String,
     /// `local`, `terminating`.
@@ -50,9 +81,39 @@ pub struct SlotView {
     pub flags_raw: u8,
 }
 
-/// Every frontend with its slots resolved, ordered by (address, port, protocol, scope).
+/// An IPv4 slot's view.
+pub type SlotView = SlotViewOf<Ipv4Addr>;
+
+/// Every IPv4 frontend with its slots resolved, ordered by (address, port, protocol, scope).
 pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
-    snap.frontends
+    service_views_of::<[u8; 4]>(snap)
+}
+
+/// [`service_views`] of the IPv6 frontends.
+pub fn service_views6(snap: &MapSnapshot) -> Vec<ServiceView6> {
+    service_views_of::<svc_common::Addr6>(snap)
+}
+
+/// Both families' frontends, IPv4 first: what `inspect services` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnyServiceView {
+    V4(ServiceView),
+    V6(ServiceView6),
+}
+
+/// [`service_views`] and [`service_views6`] in one list.
+pub fn all_service_views(snap: &MapSnapshot) -> Vec<AnyServiceView> {
+    (service_views(snap).into_iter().map(AnyServiceView::V4))
+        .chain(service_views6(snap).into_iter().map(AnyServiceView::V6))
+        .collect()
+}
+
+fn service_views_of<F: Family>(snap: &MapSnapshot) -> Vec<ServiceViewOf<F::Ip>>
+where
+    F::Ip: ViewAddr,
+{
+    F::snap_frontends(snap)
         .iter()
         .map(|(key, fe)| {
             let mut backends = Vec::new();
@@ -66,23 +127,23 @@ pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
                     problems.push(format!("slot {slot} missing"));
                     continue;
                 };
-                let Some(b) = snap.backends.get(&s.backend_id) else {
+                let Some(b) = F::snap_backends(snap).get(&s.backend_id) else {
                     problems.push(format!("slot {slot}: backend {} missing", s.backend_id));
                     continue;
                 };
-                backends.push(SlotView {
+                backends.push(SlotViewOf {
                     slot,
                     backend_id: s.backend_id,
-                    address: b.addr.into(),
+                    address: F::to_ip(b.addr),
                     port: b.port,
                     protocol: proto_name(b.proto),
                     flags: backend_flag_words(b.flags),
                     flags_raw: b.flags,
                 });
             }
-            ServiceView {
+            ServiceViewOf {
                 id: fe.id,
-                address: key.addr.into(),
+                address: F::to_ip(key.addr),
                 port: key.port,
                 protocol: proto_name(key.proto),
                 scope: scope_name(key.scope),
@@ -92,7 +153,7 @@ pub fn service_views(snap: &MapSnapshot) -> Vec<ServiceView> {
                 backend_count: fe.backend_count,
                 backends,
                 problems,
-                source_ranges: source_ranges_of(snap, fe.id),
+                source_ranges: source_ranges_of::<F>(snap, fe.id),
             }
         })
         .collect()
@@ -139,14 +200,26 @@ impl Table {
     }
 }
 
-pub(super) fn render_services(services: &Vec<ServiceView>) -> String {
+pub(super) fn render_services(services: &Vec<AnyServiceView>) -> String {
     let mut t = Table::new(&[
         "ID", "FRONTEND", "SCOPE", "FLAGS", "COUNT", "SLOT", "BACKEND", "BE-ID", "BE-FLAGS",
     ]);
     for s in services {
+        match s {
+            AnyServiceView::V4(s) => service_rows(&mut t, s),
+            AnyServiceView::V6(s) => service_rows(&mut t, s),
+        }
+    }
+    let mut out = t.render();
+    let _ = writeln!(out, "{} frontends", services.len());
+    out
+}
+
+fn service_rows<A: ViewAddr>(t: &mut Table, s: &ServiceViewOf<A>) {
+    {
         let head = vec![
             s.id.to_string(),
-            format!("{}:{}/{}", s.address, s.port, s.protocol),
+            format!("{}/{}", at(s.address, s.port), s.protocol),
             s.scope.clone(),
             words_or_dash(&s.flags),
             s.backend_count.to_string(),
@@ -157,7 +230,7 @@ pub(super) fn render_services(services: &Vec<ServiceView>) -> String {
             .map(|b| {
                 vec![
                     b.slot.to_string(),
-                    format!("{}:{}/{}", b.address, b.port, b.protocol),
+                    format!("{}/{}", at(b.address, b.port), b.protocol),
                     b.backend_id.to_string(),
                     words_or_dash(&b.flags),
                 ]
@@ -186,18 +259,16 @@ pub(super) fn render_services(services: &Vec<ServiceView>) -> String {
             t.row(row);
         }
     }
-    let mut out = t.render();
-    let _ = writeln!(out, "{} frontends", services.len());
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
 // Conntrack.
 
 impl CtFilter {
-    pub(super) fn matches(&self, k: &CtKey, e: &CtEntry) -> bool {
-        self.src.is_none_or(|a| a.octets() == k.src_addr)
-            && self.dst.is_none_or(|a| a.octets() == k.dst_addr)
+    pub(super) fn matches<F: Family>(&self, k: &CtKeyOf<F>, e: &CtEntryOf<F>) -> bool {
+        let ip = |a: F| -> IpAddr { F::to_ip(a).into() };
+        self.src.is_none_or(|a| a == ip(k.src_addr))
+            && self.dst.is_none_or(|a| a == ip(k.dst_addr))
             && self.port.is_none_or(|p| p == k.src_port || p == k.dst_port)
             && self.proto.is_none_or(|p| p.number() == k.proto)
             && self
@@ -207,21 +278,23 @@ impl CtFilter {
     }
 }
 
-/// One conntrack entry (`inspect conntrack -o json`).
+/// One conntrack entry (`inspect conntrack -o json`): [`FlowView`] (`SVC_CT`) or
+/// [`FlowView6`] (`SVC_CT6`), the same fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowView {
+#[serde(bound = "A: ViewAddr")]
+pub struct FlowViewOf<A> {
     pub protocol: String,
     /// `forward` (client → frontend) or `reply` (backend → client or SNAT address).
     pub dir: String,
     /// The tuple as a packet arrives (the map key).
-    pub src: Ipv4Addr,
+    pub src: A,
     pub src_port: u16,
-    pub dst: Ipv4Addr,
+    pub dst: A,
     pub dst_port: u16,
     /// What the entry rewrites it to.
-    pub new_src: Ipv4Addr,
+    pub new_src: A,
     pub new_src_port: u16,
-    pub new_dst: Ipv4Addr,
+    pub new_dst: A,
     pub new_dst_port: u16,
     /// `snat`, `hairpin`, `external`.
     pub flags: Vec<String>,
@@ -251,12 +324,25 @@ pub struct FlowView {
     pub idle_ms: u64,
 }
 
-impl FlowView {
+/// An IPv4 flow's view.
+pub type FlowView = FlowViewOf<Ipv4Addr>;
+/// An IPv6 flow's view.
+pub type FlowView6 = FlowViewOf<Ipv6Addr>;
+
+/// Both families' flows, IPv4 first: what `inspect conntrack` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnyFlowView {
+    V4(FlowView),
+    V6(FlowView6),
+}
+
+impl<A: ViewAddr> FlowViewOf<A> {
     /// The view of entry `e` at key `k`; `peer` is the entry at `ct_peer_key(k, e)`, if any.
-    pub fn new(
-        k: &CtKey,
-        e: &CtEntry,
-        peer: Option<&CtEntry>,
+    pub fn new<F: Family<Ip = A>>(
+        k: &CtKeyOf<F>,
+        e: &CtEntryOf<F>,
+        peer: Option<&CtEntryOf<F>>,
         now_ns: u64,
         timeouts: &CtTimeouts,
     ) -> Self {
@@ -269,13 +355,13 @@ impl FlowView {
                 "reply"
             }
             .into(),
-            src: k.src_addr.into(),
+            src: F::to_ip(k.src_addr),
             src_port: k.src_port,
-            dst: k.dst_addr.into(),
+            dst: F::to_ip(k.dst_addr),
             dst_port: k.dst_port,
-            new_src: e.src_addr.into(),
+            new_src: F::to_ip(e.src_addr),
             new_src_port: e.src_port,
-            new_dst: e.dst_addr.into(),
+            new_dst: F::to_ip(e.dst_addr),
             new_dst_port: e.dst_port,
             flags: ct_flag_words(e.flags),
             flags_raw: e.flags,
@@ -305,7 +391,7 @@ fn duration(ms: u64) -> String {
     }
 }
 
-pub(super) fn render_flows(flows: &Vec<FlowView>) -> String {
+pub(super) fn render_flows(flows: &Vec<AnyFlowView>) -> String {
     let mut t = Table::new(&[
         "PROTO",
         "DIR",
@@ -324,14 +410,27 @@ pub(super) fn render_flows(flows: &Vec<FlowView>) -> String {
         "IDLE",
     ]);
     for f in flows {
+        match f {
+            AnyFlowView::V4(f) => flow_row(&mut t, f),
+            AnyFlowView::V6(f) => flow_row(&mut t, f),
+        }
+    }
+    let mut out = t.render();
+    let _ = writeln!(out, "{} entries", flows.len());
+    out
+}
+
+fn flow_row<A: ViewAddr>(t: &mut Table, f: &FlowViewOf<A>) {
+    {
         t.row(vec![
             f.protocol.clone(),
             f.dir.clone(),
-            format!("{}:{} → {}:{}", f.src, f.src_port, f.dst, f.dst_port),
+            format!("{} → {}", at(f.src, f.src_port), at(f.dst, f.dst_port)),
             "⇒".into(),
             format!(
-                "{}:{} → {}:{}",
-                f.new_src, f.new_src_port, f.new_dst, f.new_dst_port
+                "{} → {}",
+                at(f.new_src, f.new_src_port),
+                at(f.new_dst, f.new_dst_port)
             ),
             words_or_dash(&f.flags),
             words_or_dash(&f.tcp_flags),
@@ -348,9 +447,6 @@ pub(super) fn render_flows(flows: &Vec<FlowView>) -> String {
             duration(f.idle_ms),
         ]);
     }
-    let mut out = t.render();
-    let _ = writeln!(out, "{} entries", flows.len());
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,7 +455,9 @@ pub(super) fn render_flows(flows: &Vec<FlowView>) -> String {
 /// One counter (`inspect stats -o json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatView {
-    /// `pod_ingress`, `pod_egress`, `xdp`, `uplink_ingress`, `sock`, `uplink_egress`.
+    /// `pod_ingress`, `pod_egress`, `xdp`, `uplink_ingress`, `sock`, `uplink_egress`, and the
+    /// IPv6 hooks `pod_ingress6`, `pod_egress6`, `uplink_ingress6`, `uplink_egress6`, `sock6`
+    /// (svc-common's `ALL_HOOKS`).
     pub hook: String,
     /// A reason name from svc-common's `ALL_REASONS` (`dnat_new`, `no_backend`, …).
     pub reason: String,
@@ -420,10 +518,21 @@ pub(super) fn render_stats(stats: &Vec<StatView>, per_cpu: bool) -> String {
 // ---------------------------------------------------------------------------------------------
 // Explain.
 
-fn endpoint(addr: Ipv4Addr, port: Option<u16>) -> String {
+fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
     match port {
-        Some(p) => format!("{addr}:{p}"),
-        None => format!("{addr}:*"),
+        Some(p) => host_port(addr, p),
+        None => match addr {
+            IpAddr::V4(a) => format!("{a}:*"),
+            IpAddr::V6(a) => format!("[{a}]:*"),
+        },
+    }
+}
+
+/// `addr:text`, `[addr]:text` for IPv6.
+fn endpoint_text(addr: IpAddr, text: &str) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{text}"),
+        IpAddr::V6(a) => format!("[{a}]:{text}"),
     }
 }
 
@@ -443,7 +552,7 @@ fn outcome_line(o: &explain::Outcome) -> String {
                 (_, Some(ranges)) => {
                     let ranges: Vec<String> =
                         ranges.iter().map(|[a, b]| format!("{a}-{b}")).collect();
-                    format!("{new_src}:{} (random)", ranges.join(","))
+                    format!("{} (random)", endpoint_text(*new_src, &ranges.join(",")))
                 }
                 (p, None) => endpoint(*new_src, *p),
             };
@@ -452,7 +561,10 @@ fn outcome_line(o: &explain::Outcome) -> String {
             } else {
                 format!(" [{}]", flags.join(","))
             };
-            format!("translate to {sport} → {new_dst}:{new_dst_port}{flags} (counter {counter})")
+            format!(
+                "translate to {sport} → {}{flags} (counter {counter})",
+                host_port(*new_dst, *new_dst_port)
+            )
         }
         Balance { .. } => "balance (see backends)".into(),
         Sticky { backend_id, .. } => format!("session affinity to backend {backend_id}"),
@@ -475,7 +587,7 @@ fn candidate_table(out: &mut String, candidates: &[explain::Candidate]) {
         t.row(vec![
             c.slot.to_string(),
             match (c.address, c.port) {
-                (Some(a), Some(p)) => format!("{a}:{p}"),
+                (Some(a), Some(p)) => host_port(a, p),
                 _ => "(missing)".into(),
             },
             c.backend_id.map_or("-".into(), |id| id.to_string()),
@@ -492,10 +604,9 @@ pub(super) fn render_explanation(e: &explain::Explanation) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "flow:      {} → {}:{}/{} from {}",
+        "flow:      {} → {}/{} from {}",
         endpoint(e.src, e.src_port),
-        e.dst,
-        e.dst_port,
+        host_port(e.dst, e.dst_port),
         e.protocol,
         match e.from {
             explain::Origin::Pod => "a pod",
@@ -517,9 +628,8 @@ pub(super) fn render_explanation(e: &explain::Explanation) -> String {
         Some(f) => {
             let _ = writeln!(
                 out,
-                "frontend:  {}:{}/{} {}",
-                e.dst,
-                e.dst_port,
+                "frontend:  {}/{} {}",
+                host_port(e.dst, e.dst_port),
                 e.protocol,
                 fe_line(f)
             );

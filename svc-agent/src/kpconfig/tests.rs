@@ -172,7 +172,10 @@ nodePortAddresses: [192.168.0.0/16, primary, 'fd00::/64']
 fn every_applicable_field_reaches_the_command_line() {
     let (args, report) = apply_to(SET, &[], &[]).expect("parses");
     assert_every_field_accounted_for(SET, &report);
-    assert_eq!(args.node_ip, [Ipv4Addr::new(172, 18, 0, 2)]);
+    assert_eq!(
+        args.node_ip,
+        [std::net::IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2))]
+    );
     assert_eq!(args.kubeconfig, Some(PathBuf::from("/etc/kp.conf")));
     assert_eq!(args.cluster_cidr, ["10.244.0.0/16", "fd00:10:244::/56"]);
     // 65536 × 4 CPUs = 262144 > min.
@@ -190,7 +193,10 @@ fn every_applicable_field_reaches_the_command_line() {
     assert_eq!(args.verbosity, Some(4));
     assert_eq!(
         args.nodeport_addresses,
-        [parse_cidr("192.168.0.0/16").unwrap()]
+        [
+            parse_cidr_any("192.168.0.0/16").unwrap(),
+            parse_cidr_any("fd00::/64").unwrap()
+        ]
     );
     for prefix in [
         "clientConnection.qps: 50 ignored",
@@ -199,7 +205,6 @@ fn every_applicable_field_reaches_the_command_line() {
         "ipvs.syncPeriod: 5s ignored",
         "mode: iptables ignored",
         "nodePortAddresses[1] primary:",
-        "nodePortAddresses[2] fd00::/64 ignored",
     ] {
         assert!(
             report.warnings.iter().any(|w| w.starts_with(prefix)),

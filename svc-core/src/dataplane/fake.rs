@@ -15,16 +15,22 @@
 //! them a few operations later. It also rejects what the kernel would reject or what would be an
 //! agent bug outright: deleting an absent entry (the kernel says `ENOENT`), id 0, and two
 //! frontends sharing an id.
+//!
+//! Both families are checked alike: frontend and backend ids are one space over both (an id
+//! in one family's map may not be put into the other's), and the slots of a frontend must
+//! name backends of its own family's map.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 
 use svc_common::{
-    Affinity, AffinityKey, Backend, CtEntry, CtKey, Frontend, FrontendKey, SlotKey,
-    FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAX_AFFINITY, MAX_CONNTRACK,
-    SCOPE_ANY, SCOPE_EXTERNAL,
+    Affinity, Affinity6, AffinityKey, AffinityKey6, BackendOf, CtEntry, CtEntry6, CtKey, CtKey6,
+    Frontend, FrontendKey, FrontendKeyOf, SlotKey, FRONTEND_F_EXTERNAL_SCOPE,
+    FRONTEND_F_SOURCE_RANGES, MAP_AFFINITY, MAP_AFFINITY6, MAX_AFFINITY, MAX_CONNTRACK, SCOPE_ANY,
+    SCOPE_EXTERNAL,
 };
 
-use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRange};
+use super::{Dataplane, DataplaneError, MapFill, MapOp, MapSnapshot, SourceRangeOf};
+use crate::family::{AnyFrontendKey, Family};
 
 /// In-memory service maps with the invariant checked on every write.
 ///
@@ -41,8 +47,13 @@ pub struct FakeDataplane {
     pub ct: BTreeMap<CtKey, CtEntry>,
     /// The session-affinity map (likewise).
     pub affinity: BTreeMap<AffinityKey, Affinity>,
-    /// Frontend id → key, for "is this slot's frontend present" and id uniqueness.
-    ids: HashMap<u32, FrontendKey>,
+    /// The IPv6 conntrack map (likewise).
+    pub ct6: BTreeMap<CtKey6, CtEntry6>,
+    /// The IPv6 session-affinity map (likewise).
+    pub affinity6: BTreeMap<AffinityKey6, Affinity6>,
+    /// Frontend id → key, for "is this slot's frontend present" and id uniqueness (over both
+    /// families: ids are one space).
+    ids: HashMap<u32, AnyFrontendKey>,
     /// Backend id → slots naming it, so deleting a backend checks only its users.
     users: HashMap<u32, BTreeSet<SlotKey>>,
     /// `max_entries` of the service maps; `None`: the ABI's sizes. A put of a new key into a
@@ -76,7 +87,10 @@ impl FakeDataplane {
             ..Self::default()
         };
         for (key, value) in &me.snapshot.frontends {
-            me.ids.insert(value.id, *key);
+            me.ids.insert(value.id, AnyFrontendKey::V4(*key));
+        }
+        for (key, value) in &me.snapshot.frontends6 {
+            me.ids.insert(value.id, AnyFrontendKey::V6(*key));
         }
         for (key, slot) in &me.snapshot.slots {
             me.users.entry(slot.backend_id).or_default().insert(*key);
@@ -87,15 +101,16 @@ impl FakeDataplane {
     /// Checks the whole invariant (and id uniqueness) from `snapshot`, independently of the
     /// per-op checks. Returns what is wrong.
     pub fn check_all(&self) -> Result<(), String> {
-        let mut seen: HashMap<u32, FrontendKey> = HashMap::new();
-        for (key, value) in &self.snapshot.frontends {
-            if let Some(other) = seen.insert(value.id, *key) {
-                return Err(format!(
-                    "frontends {other:?} and {key:?} share id {}",
-                    value.id
-                ));
-            }
-            check_frontend(&self.snapshot, key, value)?;
+        let mut seen: HashMap<u32, AnyFrontendKey> = HashMap::new();
+        check_all_of::<[u8; 4]>(&self.snapshot, &mut seen)?;
+        check_all_of::<svc_common::Addr6>(&self.snapshot, &mut seen)?;
+        if let Some(id) = self
+            .snapshot
+            .backends
+            .keys()
+            .find(|id| self.snapshot.backends6.contains_key(id))
+        {
+            return Err(format!("backend id {id} is in both families' maps"));
         }
         Ok(())
     }
@@ -114,51 +129,87 @@ impl FakeDataplane {
         }
     }
 
-    fn frontend_present(&self, id: u32) -> Option<&Frontend> {
-        let key = self.ids.get(&id)?;
-        self.snapshot.frontends.get(key)
+    /// The live frontend with id `id` and whether it is an IPv6 one.
+    fn frontend_present(&self, id: u32) -> Option<(&Frontend, bool)> {
+        match self.ids.get(&id)? {
+            AnyFrontendKey::V4(key) => self.snapshot.frontends.get(key).map(|f| (f, false)),
+            AnyFrontendKey::V6(key) => self.snapshot.frontends6.get(key).map(|f| (f, true)),
+        }
     }
 }
 
+/// [`FakeDataplane::check_all`] of one family's frontends.
+fn check_all_of<A: Family>(
+    snap: &MapSnapshot,
+    seen: &mut HashMap<u32, AnyFrontendKey>,
+) -> Result<(), String> {
+    for (key, value) in A::snap_frontends(snap) {
+        if let Some(other) = seen.insert(value.id, A::any_key(*key)) {
+            return Err(format!(
+                "frontends {other:?} and {key:?} share id {}",
+                value.id
+            ));
+        }
+        check_frontend::<A>(snap, key, value)?;
+    }
+    Ok(())
+}
+
+/// Whether family `A` is IPv6 (its frontends' slots name `SVC_BACKENDS6` ids).
+fn is_v6<A: Family>() -> bool {
+    A::BITS == 128
+}
+
 /// The [`SCOPE_EXTERNAL`] key beside `key`, if `value` tells the datapath to look it up.
-fn external_scope_of(key: &FrontendKey, value: &Frontend) -> Option<FrontendKey> {
+fn external_scope_of<A: Family>(
+    key: &FrontendKeyOf<A>,
+    value: &Frontend,
+) -> Option<FrontendKeyOf<A>> {
     (key.scope == SCOPE_ANY && value.flags & FRONTEND_F_EXTERNAL_SCOPE != 0).then_some(
-        FrontendKey {
+        FrontendKeyOf {
             scope: SCOPE_EXTERNAL,
             ..*key
         },
     )
 }
 
-/// The source ranges of frontend id `id`.
-fn ranges_of(snap: &MapSnapshot, id: u32) -> impl Iterator<Item = &SourceRange> {
-    let first = SourceRange {
+/// The source ranges of frontend id `id` in family `A`'s trie.
+fn ranges_of<A: Family>(snap: &MapSnapshot, id: u32) -> impl Iterator<Item = &SourceRangeOf<A>> {
+    let mut top = A::UNSPECIFIED;
+    top.as_mut().fill(255);
+    let first = SourceRangeOf {
         frontend_id: id,
-        addr: [0; 4],
+        addr: A::UNSPECIFIED,
         len: 0,
     };
-    let last = SourceRange {
+    let last = SourceRangeOf {
         frontend_id: id,
-        addr: [255; 4],
+        addr: top,
         len: u8::MAX,
     };
-    snap.source_ranges.range(first..=last)
+    A::snap_ranges(snap).range(first..=last)
 }
 
-/// The invariant for one frontend: slots `1..=count` exist, every slot of it names a backend,
-/// and the scoped entry its flags point at exists.
-fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Result<(), String> {
+/// The invariant for one frontend: slots `1..=count` exist, every slot of it names a backend
+/// of its family, and the scoped entry its flags point at exists.
+fn check_frontend<A: Family>(
+    snap: &MapSnapshot,
+    key: &FrontendKeyOf<A>,
+    value: &Frontend,
+) -> Result<(), String> {
     if value.id == 0 {
         return Err(format!("frontend {key:?} has id 0"));
     }
     if let Some(external) = external_scope_of(key, value) {
-        if !snap.frontends.contains_key(&external) {
+        if !A::snap_frontends(snap).contains_key(&external) {
             return Err(format!(
                 "frontend {key:?} has FRONTEND_F_EXTERNAL_SCOPE but {external:?} is missing"
             ));
         }
     }
-    if value.flags & FRONTEND_F_SOURCE_RANGES != 0 && ranges_of(snap, value.id).next().is_none() {
+    if value.flags & FRONTEND_F_SOURCE_RANGES != 0
+        && ranges_of::<A>(snap, value.id).next().is_none()
+    {
         return Err(format!(
             "frontend {key:?} has FRONTEND_F_SOURCE_RANGES but no source range"
         ));
@@ -182,7 +233,7 @@ fn check_frontend(snap: &MapSnapshot, key: &FrontendKey, value: &Frontend) -> Re
         slot: u32::MAX,
     };
     for (slot_key, slot) in snap.slots.range(range) {
-        if !snap.backends.contains_key(&slot.backend_id) {
+        if !A::snap_backends(snap).contains_key(&slot.backend_id) {
             return Err(format!(
                 "slot {slot_key:?} of frontend {key:?} names missing backend {}",
                 slot.backend_id
@@ -213,8 +264,152 @@ impl FakeDataplane {
                 !m.source_ranges.contains(range)
                     && m.source_ranges.len() as u64 >= cap.source_ranges
             }
+            MapOp::PutFrontend6 { key, .. } => {
+                !m.frontends6.contains_key(key) && m.frontends6.len() as u64 >= cap.frontends6
+            }
+            MapOp::PutBackend6 { id, .. } => {
+                !m.backends6.contains_key(id) && m.backends6.len() as u64 >= cap.backends6
+            }
+            MapOp::PutSourceRange6 { range } => {
+                !m.source_ranges6.contains(range)
+                    && m.source_ranges6.len() as u64 >= cap.source_ranges6
+            }
             _ => false,
         }
+    }
+}
+
+impl FakeDataplane {
+    fn put_backend<A: Family>(
+        &mut self,
+        op: &MapOp,
+        id: u32,
+        backend: &BackendOf<A>,
+    ) -> Result<(), DataplaneError> {
+        if id == 0 {
+            return Err(Self::invariant(op, "backend id 0".into()));
+        }
+        let other_family = if is_v6::<A>() {
+            self.snapshot.backends.contains_key(&id)
+        } else {
+            self.snapshot.backends6.contains_key(&id)
+        };
+        if other_family {
+            return Err(Self::invariant(
+                op,
+                format!("backend id {id} is in the other family's map (ids are one space)"),
+            ));
+        }
+        A::snap_backends_mut(&mut self.snapshot).insert(id, *backend);
+        Ok(())
+    }
+
+    fn put_frontend<A: Family>(
+        &mut self,
+        op: &MapOp,
+        key: &FrontendKeyOf<A>,
+        value: &Frontend,
+    ) -> Result<(), DataplaneError> {
+        let any = A::any_key(*key);
+        if let Some(other) = self.ids.get(&value.id).filter(|k| **k != any) {
+            return Err(Self::invariant(
+                op,
+                format!("id {} is already used by {other:?}", value.id),
+            ));
+        }
+        check_frontend::<A>(&self.snapshot, key, value).map_err(|why| Self::invariant(op, why))?;
+        if let Some(old) = A::snap_frontends_mut(&mut self.snapshot).insert(*key, *value) {
+            if old.id != value.id {
+                self.ids.remove(&old.id);
+            }
+        }
+        self.ids.insert(value.id, any);
+        Ok(())
+    }
+
+    fn delete_frontend<A: Family>(
+        &mut self,
+        op: &MapOp,
+        key: &FrontendKeyOf<A>,
+    ) -> Result<(), DataplaneError> {
+        if key.scope == SCOPE_EXTERNAL {
+            let any = FrontendKeyOf {
+                scope: SCOPE_ANY,
+                ..*key
+            };
+            if let Some(value) = A::snap_frontends(&self.snapshot).get(&any) {
+                if external_scope_of(&any, value).is_some() {
+                    return Err(Self::invariant(
+                        op,
+                        "the live SCOPE_ANY entry still has FRONTEND_F_EXTERNAL_SCOPE".into(),
+                    ));
+                }
+            }
+        }
+        let Some(old) = A::snap_frontends_mut(&mut self.snapshot).remove(key) else {
+            return Err(Self::not_found(op));
+        };
+        if self.ids.get(&old.id) == Some(&A::any_key(*key)) {
+            self.ids.remove(&old.id);
+        }
+        Ok(())
+    }
+
+    fn delete_backend<A: Family>(&mut self, op: &MapOp, id: u32) -> Result<(), DataplaneError> {
+        if !A::snap_backends(&self.snapshot).contains_key(&id) {
+            return Err(Self::not_found(op));
+        }
+        for slot_key in self.users.get(&id).into_iter().flatten() {
+            // Only a live frontend of this family reads this map through its slots.
+            if self
+                .frontend_present(slot_key.frontend_id)
+                .is_some_and(|(_, v6)| v6 == is_v6::<A>())
+            {
+                return Err(Self::invariant(
+                    op,
+                    format!("slot {slot_key:?} of a live frontend still names it"),
+                ));
+            }
+        }
+        A::snap_backends_mut(&mut self.snapshot).remove(&id);
+        Ok(())
+    }
+
+    fn put_range<A: Family>(
+        &mut self,
+        op: &MapOp,
+        range: &SourceRangeOf<A>,
+    ) -> Result<(), DataplaneError> {
+        if range.frontend_id == 0 || u32::from(range.len) > A::BITS || !range.is_network() {
+            return Err(Self::invariant(
+                op,
+                format!("frontend id 0, length above {} or host bits set", A::BITS),
+            ));
+        }
+        A::snap_ranges_mut(&mut self.snapshot).insert(*range);
+        Ok(())
+    }
+
+    fn delete_range<A: Family>(
+        &mut self,
+        op: &MapOp,
+        range: &SourceRangeOf<A>,
+    ) -> Result<(), DataplaneError> {
+        if !A::snap_ranges(&self.snapshot).contains(range) {
+            return Err(Self::not_found(op));
+        }
+        if let Some((fe, _)) = self.frontend_present(range.frontend_id) {
+            if fe.flags & FRONTEND_F_SOURCE_RANGES != 0
+                && ranges_of::<A>(&self.snapshot, range.frontend_id).count() == 1
+            {
+                return Err(Self::invariant(
+                    op,
+                    "the last source range of a live frontend with FRONTEND_F_SOURCE_RANGES".into(),
+                ));
+            }
+        }
+        A::snap_ranges_mut(&mut self.snapshot).remove(range);
+        Ok(())
     }
 }
 
@@ -237,26 +432,30 @@ impl Dataplane for FakeDataplane {
             });
         }
         match op {
-            MapOp::PutBackend { id, backend } => {
-                if *id == 0 {
-                    return Err(Self::invariant(op, "backend id 0".into()));
-                }
-                self.snapshot.backends.insert(*id, *backend);
+            MapOp::PutBackend { id, backend } => self.put_backend::<[u8; 4]>(op, *id, backend),
+            MapOp::PutBackend6 { id, backend } => {
+                self.put_backend::<svc_common::Addr6>(op, *id, backend)
             }
             MapOp::PutSlot { key, slot } => {
                 if key.slot == 0 || slot.backend_id == 0 {
                     return Err(Self::invariant(op, "slot 0 or backend id 0".into()));
                 }
-                if self.frontend_present(key.frontend_id).is_some()
-                    && !self.snapshot.backends.contains_key(&slot.backend_id)
-                {
-                    return Err(Self::invariant(
-                        op,
-                        format!(
-                            "frontend is live and backend {} does not exist",
-                            slot.backend_id
-                        ),
-                    ));
+                if let Some((_, v6)) = self.frontend_present(key.frontend_id) {
+                    let exists = if v6 {
+                        self.snapshot.backends6.contains_key(&slot.backend_id)
+                    } else {
+                        self.snapshot.backends.contains_key(&slot.backend_id)
+                    };
+                    if !exists {
+                        return Err(Self::invariant(
+                            op,
+                            format!(
+                                "frontend is live and backend {} does not exist in its \
+                                 family's map",
+                                slot.backend_id
+                            ),
+                        ));
+                    }
                 }
                 if let Some(old) = self.snapshot.slots.insert(*key, *slot) {
                     if let Some(users) = self.users.get_mut(&old.backend_id) {
@@ -264,48 +463,16 @@ impl Dataplane for FakeDataplane {
                     }
                 }
                 self.users.entry(slot.backend_id).or_default().insert(*key);
+                Ok(())
             }
-            MapOp::PutFrontend { key, value } => {
-                if let Some(other) = self.ids.get(&value.id).filter(|k| *k != key) {
-                    return Err(Self::invariant(
-                        op,
-                        format!("id {} is already used by {other:?}", value.id),
-                    ));
-                }
-                check_frontend(&self.snapshot, key, value)
-                    .map_err(|why| Self::invariant(op, why))?;
-                if let Some(old) = self.snapshot.frontends.insert(*key, *value) {
-                    if old.id != value.id {
-                        self.ids.remove(&old.id);
-                    }
-                }
-                self.ids.insert(value.id, *key);
+            MapOp::PutFrontend { key, value } => self.put_frontend::<[u8; 4]>(op, key, value),
+            MapOp::PutFrontend6 { key, value } => {
+                self.put_frontend::<svc_common::Addr6>(op, key, value)
             }
-            MapOp::DeleteFrontend { key } => {
-                if key.scope == SCOPE_EXTERNAL {
-                    let any = FrontendKey {
-                        scope: SCOPE_ANY,
-                        ..*key
-                    };
-                    if let Some(value) = self.snapshot.frontends.get(&any) {
-                        if external_scope_of(&any, value).is_some() {
-                            return Err(Self::invariant(
-                                op,
-                                "the live SCOPE_ANY entry still has FRONTEND_F_EXTERNAL_SCOPE"
-                                    .into(),
-                            ));
-                        }
-                    }
-                }
-                let Some(old) = self.snapshot.frontends.remove(key) else {
-                    return Err(Self::not_found(op));
-                };
-                if self.ids.get(&old.id) == Some(key) {
-                    self.ids.remove(&old.id);
-                }
-            }
+            MapOp::DeleteFrontend { key } => self.delete_frontend::<[u8; 4]>(op, key),
+            MapOp::DeleteFrontend6 { key } => self.delete_frontend::<svc_common::Addr6>(op, key),
             MapOp::DeleteSlot { key } => {
-                if let Some(fe) = self.frontend_present(key.frontend_id) {
+                if let Some((fe, _)) = self.frontend_present(key.frontend_id) {
                     if (1..=fe.backend_count).contains(&key.slot) {
                         return Err(Self::invariant(
                             op,
@@ -319,50 +486,17 @@ impl Dataplane for FakeDataplane {
                 if let Some(users) = self.users.get_mut(&old.backend_id) {
                     users.remove(key);
                 }
+                Ok(())
             }
-            MapOp::DeleteBackend { id } => {
-                if !self.snapshot.backends.contains_key(id) {
-                    return Err(Self::not_found(op));
-                }
-                for slot_key in self.users.get(id).into_iter().flatten() {
-                    if self.frontend_present(slot_key.frontend_id).is_some() {
-                        return Err(Self::invariant(
-                            op,
-                            format!("slot {slot_key:?} of a live frontend still names it"),
-                        ));
-                    }
-                }
-                self.snapshot.backends.remove(id);
-            }
-            MapOp::PutSourceRange { range } => {
-                if range.frontend_id == 0 || range.len > 32 || !range.is_network() {
-                    return Err(Self::invariant(
-                        op,
-                        "frontend id 0, length above 32 or host bits set".into(),
-                    ));
-                }
-                self.snapshot.source_ranges.insert(*range);
-            }
-            MapOp::DeleteSourceRange { range } => {
-                if !self.snapshot.source_ranges.contains(range) {
-                    return Err(Self::not_found(op));
-                }
-                if let Some(fe) = self.frontend_present(range.frontend_id) {
-                    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0
-                        && ranges_of(&self.snapshot, range.frontend_id).count() == 1
-                    {
-                        return Err(Self::invariant(
-                            op,
-                            "the last source range of a live frontend with \
-                             FRONTEND_F_SOURCE_RANGES"
-                                .into(),
-                        ));
-                    }
-                }
-                self.snapshot.source_ranges.remove(range);
+            MapOp::DeleteBackend { id } => self.delete_backend::<[u8; 4]>(op, *id),
+            MapOp::DeleteBackend6 { id } => self.delete_backend::<svc_common::Addr6>(op, *id),
+            MapOp::PutSourceRange { range } => self.put_range::<[u8; 4]>(op, range),
+            MapOp::PutSourceRange6 { range } => self.put_range::<svc_common::Addr6>(op, range),
+            MapOp::DeleteSourceRange { range } => self.delete_range::<[u8; 4]>(op, range),
+            MapOp::DeleteSourceRange6 { range } => {
+                self.delete_range::<svc_common::Addr6>(op, range)
             }
         }
-        Ok(())
     }
 
     fn snapshot(&self) -> Result<MapSnapshot, DataplaneError> {
@@ -414,35 +548,96 @@ impl Dataplane for FakeDataplane {
             .count())
     }
 
+    fn ct6_scan(
+        &self,
+        each: &mut dyn FnMut(&[CtKey6], &[CtEntry6]),
+    ) -> Result<usize, DataplaneError> {
+        let (keys, entries): (Vec<CtKey6>, Vec<CtEntry6>) =
+            self.ct6.iter().map(|(k, e)| (*k, *e)).unzip();
+        for (k, e) in keys.chunks(3).zip(entries.chunks(3)) {
+            each(k, e);
+        }
+        Ok(keys.len())
+    }
+
+    fn ct6_get(&self, key: &CtKey6) -> Result<Option<CtEntry6>, DataplaneError> {
+        Ok(self.ct6.get(key).copied())
+    }
+
+    fn ct6_delete(&mut self, keys: &[CtKey6]) -> Result<usize, DataplaneError> {
+        Ok(keys.iter().filter(|k| self.ct6.remove(k).is_some()).count())
+    }
+
+    fn affinity6_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey6], &[Affinity6]),
+    ) -> Result<usize, DataplaneError> {
+        let (keys, values): (Vec<AffinityKey6>, Vec<Affinity6>) =
+            self.affinity6.iter().map(|(k, a)| (*k, *a)).unzip();
+        for (k, a) in keys.chunks(3).zip(values.chunks(3)) {
+            each(k, a);
+        }
+        Ok(keys.len())
+    }
+
+    fn affinity6_delete(&mut self, keys: &[AffinityKey6]) -> Result<usize, DataplaneError> {
+        Ok(keys
+            .iter()
+            .filter(|k| self.affinity6.remove(k).is_some())
+            .count())
+    }
+
     fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
-        Ok(vec![MapFill {
-            map: MAP_AFFINITY,
-            entries: self.affinity.len(),
-            capacity: MAX_AFFINITY,
-        }])
+        Ok(vec![
+            MapFill {
+                map: MAP_AFFINITY,
+                entries: self.affinity.len(),
+                capacity: MAX_AFFINITY,
+            },
+            MapFill {
+                map: MAP_AFFINITY6,
+                entries: self.affinity6.len(),
+                capacity: MAX_AFFINITY,
+            },
+        ])
     }
 }
 
 /// A frontend as a packet experiences it: what [`canonical`] compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CanonicalFrontend {
+pub struct CanonicalFrontendOf<A: Family> {
     /// Backends reachable through slots `1..=backend_count`, as a set (slot order and ids are
     /// allocation history, not behaviour).
-    pub backends: BTreeSet<Backend>,
+    pub backends: BTreeSet<BackendOf<A>>,
     /// `Frontend::flags`.
     pub flags: u32,
     /// `Frontend::affinity_timeout_s`.
     pub affinity_timeout_s: u32,
     /// Its source ranges, `(network, prefix length)`.
-    pub source_ranges: BTreeSet<([u8; 4], u8)>,
+    pub source_ranges: BTreeSet<(A, u8)>,
 }
+/// [`CanonicalFrontendOf`] an IPv4 frontend.
+pub type CanonicalFrontend = CanonicalFrontendOf<[u8; 4]>;
 
 /// The maps' behaviour without ids: frontend → the backends it balances across. Two snapshots
 /// reached by different histories (a restart, an incremental path) are equivalent when their
-/// canonical forms are equal. A slot naming a missing backend shows up as no backend.
+/// canonical forms are equal. A slot naming a missing backend shows up as no backend. IPv4
+/// frontends; [`canonical6`] for the IPv6 ones.
 pub fn canonical(snapshot: &MapSnapshot) -> BTreeMap<FrontendKey, CanonicalFrontend> {
-    snapshot
-        .frontends
+    canonical_of::<[u8; 4]>(snapshot)
+}
+
+/// [`canonical`] of the IPv6 frontends.
+pub fn canonical6(
+    snapshot: &MapSnapshot,
+) -> BTreeMap<svc_common::FrontendKey6, CanonicalFrontendOf<svc_common::Addr6>> {
+    canonical_of::<svc_common::Addr6>(snapshot)
+}
+
+fn canonical_of<A: Family>(
+    snapshot: &MapSnapshot,
+) -> BTreeMap<FrontendKeyOf<A>, CanonicalFrontendOf<A>> {
+    A::snap_frontends(snapshot)
         .iter()
         .map(|(key, value)| {
             let backends = (1..=value.backend_count)
@@ -452,13 +647,13 @@ pub fn canonical(snapshot: &MapSnapshot) -> BTreeMap<FrontendKey, CanonicalFront
                         slot,
                     })
                 })
-                .filter_map(|s| snapshot.backends.get(&s.backend_id).copied())
+                .filter_map(|s| A::snap_backends(snapshot).get(&s.backend_id).copied())
                 .collect();
-            let canon = CanonicalFrontend {
+            let canon = CanonicalFrontendOf {
                 backends,
                 flags: value.flags,
                 affinity_timeout_s: value.affinity_timeout_s,
-                source_ranges: ranges_of(snapshot, value.id)
+                source_ranges: ranges_of::<A>(snapshot, value.id)
                     .map(|r| (r.addr, r.len))
                     .collect(),
             };
@@ -470,7 +665,7 @@ pub fn canonical(snapshot: &MapSnapshot) -> BTreeMap<FrontendKey, CanonicalFront
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svc_common::{Slot, PROTO_TCP, SCOPE_ANY};
+    use svc_common::{Backend, Slot, PROTO_TCP, SCOPE_ANY};
 
     const KEY: FrontendKey = FrontendKey {
         addr: [10, 96, 0, 10],

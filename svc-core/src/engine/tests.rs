@@ -6,7 +6,10 @@ use std::rc::Rc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
-use svc_common::{Affinity, AffinityKey, CtEntry, CtKey, FrontendKey, PROTO_TCP, SCOPE_ANY};
+use svc_common::{
+    Affinity, Affinity6, AffinityKey, AffinityKey6, CtEntry, CtEntry6, CtKey, CtKey6, FrontendKey,
+    PROTO_TCP, SCOPE_ANY,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant as TokioInstant};
 
@@ -50,6 +53,27 @@ impl Dataplane for Shared {
     }
     fn affinity_delete(&mut self, keys: &[AffinityKey]) -> Result<usize, DataplaneError> {
         self.0.borrow_mut().affinity_delete(keys)
+    }
+    fn ct6_scan(
+        &self,
+        each: &mut dyn FnMut(&[CtKey6], &[CtEntry6]),
+    ) -> Result<usize, DataplaneError> {
+        self.0.borrow().ct6_scan(each)
+    }
+    fn ct6_get(&self, key: &CtKey6) -> Result<Option<CtEntry6>, DataplaneError> {
+        self.0.borrow().ct6_get(key)
+    }
+    fn ct6_delete(&mut self, keys: &[CtKey6]) -> Result<usize, DataplaneError> {
+        self.0.borrow_mut().ct6_delete(keys)
+    }
+    fn affinity6_scan(
+        &self,
+        each: &mut dyn FnMut(&[AffinityKey6], &[Affinity6]),
+    ) -> Result<usize, DataplaneError> {
+        self.0.borrow().affinity6_scan(each)
+    }
+    fn affinity6_delete(&mut self, keys: &[AffinityKey6]) -> Result<usize, DataplaneError> {
+        self.0.borrow_mut().affinity6_delete(keys)
     }
     fn lru_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
         self.0.borrow().lru_fill()

@@ -13,18 +13,20 @@
 //! source-NAT port is random among the SNAT ports ([`Snapshot::snat_ports`]); whether the socket
 //! hooks are attached to the caller's cgroup is not in any map. When the datapath changes, this
 //! file must change with it: its table tests name each branch of `new_flow`.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use svc_common::{
-    ct_peer_key, ct_state_closed, Affinity, AffinityKey, Backend, Config, CtEntry, CtKey,
-    CtTimeouts, Frontend, FrontendKey, Reason, SlotKey, SnatPorts, ALL_REASONS, BACKEND_F_LOCAL,
-    CT_DIR_FORWARD, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT,
-    FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE,
-    FRONTEND_F_SOURCE_RANGES, PROTO_TCP, SCOPE_ANY, SCOPE_EXTERNAL,
+    ct_peer_key, ct_state_closed, Affinity, Affinity6, AffinityKey, AffinityKey6, AffinityKeyOf,
+    BackendOf, Config, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf, CtTimeouts, Frontend,
+    FrontendKeyOf, Reason, SlotKey, SnatPorts, ALL_REASONS, BACKEND_F_LOCAL, CT_DIR_FORWARD,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_STATE_CLOSE_WAIT, FRONTEND_F_DENY_NODE,
+    FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_EXTERNAL_SCOPE, FRONTEND_F_SOURCE_RANGES, PROTO_TCP,
+    SCOPE_ANY, SCOPE_EXTERNAL,
 };
 
 use crate::dataplane::MapSnapshot;
+use crate::family::{host_port, Family};
 use crate::names::{
     backend_flag_words, ct_flag_words, ct_state_name, frontend_flag_words, proto_name,
     remaining_ms, scope_name, source_ranges_of,
@@ -42,13 +44,14 @@ pub enum Origin {
     Host,
 }
 
-/// The flow to explain: `SRC_IP[:PORT] DST_IP:PORT/PROTO --from ORIGIN`.
+/// The flow to explain: `SRC_IP[:PORT] DST_IP:PORT/PROTO --from ORIGIN`, IPv4 or IPv6 (both
+/// addresses of one family: the IPv6 maps decide an IPv6 flow).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Query {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// The client's port, when known: only then can an existing conntrack entry be found.
     pub src_port: Option<u16>,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dst_port: u16,
     /// IP protocol number.
     pub proto: u8,
@@ -65,6 +68,10 @@ pub struct Snapshot {
     /// `SVC_AFFINITY`: the backend each (frontend, client) of a `sessionAffinity: ClientIP`
     /// frontend last used.
     pub affinity: BTreeMap<AffinityKey, Affinity>,
+    /// `SVC_CT6`.
+    pub conntrack6: BTreeMap<CtKey6, CtEntry6>,
+    /// `SVC_AFFINITY6`.
+    pub affinity6: BTreeMap<AffinityKey6, Affinity6>,
     /// `CLOCK_MONOTONIC` now, to judge whether an affinity or conntrack entry is still fresh.
     pub now_ns: u64,
     /// The conntrack timeouts the agent gave the datapath; `None`: the defaults.
@@ -91,7 +98,7 @@ pub struct Candidate {
     /// Backend id the slot names; `None` when the slot entry is missing.
     pub backend_id: Option<u32>,
     /// Backend address; `None` when the slot or the backend entry is missing.
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     pub port: Option<u16>,
     /// `local`, `terminating`.
     pub backend_flags: Vec<String>,
@@ -105,14 +112,14 @@ pub struct Candidate {
 pub enum Outcome {
     /// Rewritten to `new_src:new_src_port → new_dst:new_dst_port`.
     Translate {
-        new_src: Ipv4Addr,
+        new_src: IpAddr,
         /// The source port written; `None` when it is the client's own (unknown without
         /// `SRC:PORT`) or a random SNAT port (see `new_src_port_ranges`).
         new_src_port: Option<u16>,
         /// With `snat`: `[first, last]` of each range of SNAT ports the random port is drawn
         /// from (the agent's `--snat-port-range` or its default from the node).
         new_src_port_ranges: Option<Vec<[u16; 2]>>,
-        new_dst: Ipv4Addr,
+        new_dst: IpAddr,
         new_dst_port: u16,
         /// `CT_F_*` words the conntrack entries get: `snat`, `hairpin`, `external`.
         flags: Vec<String>,
@@ -165,9 +172,9 @@ pub struct Tracked {
 /// Everything `explain` found, in the order the datapath looks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub src_port: Option<u16>,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dst_port: u16,
     pub protocol: String,
     pub from: Origin,
@@ -213,13 +220,13 @@ fn entry_view(fe: &Frontend, scope: u8) -> FrontendEntry {
 
 /// What a packet gets from an existing conntrack entry at the hooks of `q.origin` (the
 /// `ct_lookup` branch every packet hook takes first).
-fn tracked(q: &Query, entry: &CtEntry) -> Tracked {
+fn tracked<A: ExplainFamily>(q: &Q<A>, entry: &CtEntryOf<A>) -> Tracked {
     let forward = entry.dir == CT_DIR_FORWARD;
     let translate = |reason: Reason| Outcome::Translate {
-        new_src: entry.src_addr.into(),
+        new_src: ip(entry.src_addr),
         new_src_port: Some(entry.src_port),
         new_src_port_ranges: None,
-        new_dst: entry.dst_addr.into(),
+        new_dst: ip(entry.dst_addr),
         new_dst_port: entry.dst_port,
         flags: ct_flag_words(entry.flags),
         counter: counter(reason),
@@ -246,9 +253,14 @@ fn tracked(q: &Query, entry: &CtEntry) -> Tracked {
 }
 
 /// [`tracked`], judged for expiry at `snap.now_ns`, with the notes that go with its state.
-fn tracked_at(snap: &Snapshot, q: &Query, key: &CtKey, entry: &CtEntry) -> (Tracked, Vec<String>) {
+fn tracked_at<A: ExplainFamily>(
+    snap: &Snapshot,
+    q: &Q<A>,
+    key: &CtKeyOf<A>,
+    entry: &CtEntryOf<A>,
+) -> (Tracked, Vec<String>) {
     let timeouts = snap.ct_timeouts.unwrap_or(CtTimeouts::DEFAULT);
-    let peer = snap.conntrack.get(&ct_peer_key(key, entry));
+    let peer = A::conntrack(snap).get(&ct_peer_key(key, entry));
     let remaining = remaining_ms(key, entry, peer, snap.now_ns, &timeouts);
     let mut t = tracked(q, entry);
     t.expired = remaining.is_none();
@@ -305,19 +317,19 @@ const MEMBERSHIP_SCAN: u32 = 16;
 /// Mirrors lb.rs `backend_current`: the entry's frontend is the one the query's destination
 /// resolves to (the external-scope entry from the uplink when flagged), its backend still has
 /// the address the entry translates to, and a counted slot names it.
-fn backend_current(snap: &Snapshot, q: &Query, e: &CtEntry) -> bool {
-    let mut key = FrontendKey {
-        addr: q.dst.octets(),
+fn backend_current<A: ExplainFamily>(snap: &Snapshot, q: &Q<A>, e: &CtEntryOf<A>) -> bool {
+    let mut key = FrontendKeyOf {
+        addr: q.dst,
         port: q.dst_port,
         proto: q.proto,
         scope: SCOPE_ANY,
     };
-    let Some(mut fe) = snap.maps.frontends.get(&key) else {
+    let Some(mut fe) = A::snap_frontends(&snap.maps).get(&key) else {
         return false;
     };
     if q.origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
         key.scope = SCOPE_EXTERNAL;
-        let Some(external) = snap.maps.frontends.get(&key) else {
+        let Some(external) = A::snap_frontends(&snap.maps).get(&key) else {
             return false;
         };
         fe = external;
@@ -325,7 +337,7 @@ fn backend_current(snap: &Snapshot, q: &Query, e: &CtEntry) -> bool {
     if fe.id != e.frontend_id {
         return false;
     }
-    match snap.maps.backends.get(&e.backend_id) {
+    match A::snap_backends(&snap.maps).get(&e.backend_id) {
         Some(b) if b.addr == e.dst_addr && b.port == e.dst_port => {}
         _ => return false,
     }
@@ -346,9 +358,9 @@ fn backend_current(snap: &Snapshot, q: &Query, e: &CtEntry) -> bool {
 ///
 /// `sticky`: the backend session affinity names instead of a slot's (`slot` is then the slot
 /// holding it, 0 if none does any more).
-fn candidate(
+fn candidate<A: ExplainFamily>(
     snap: &Snapshot,
-    q: &Query,
+    q: &Q<A>,
     fe: &Frontend,
     slot: u32,
     sticky: Option<u32>,
@@ -362,11 +374,12 @@ fn candidate(
             })
             .map(|s| s.backend_id)
     });
-    let backend: Option<Backend> = backend_id.and_then(|id| snap.maps.backends.get(&id).copied());
+    let backend: Option<BackendOf<A>> =
+        backend_id.and_then(|id| A::snap_backends(&snap.maps).get(&id).copied());
     let mut c = Candidate {
         slot,
         backend_id,
-        address: backend.map(|b| b.addr.into()),
+        address: backend.map(|b| ip(b.addr)),
         port: backend.map(|b| b.port),
         backend_flags: backend
             .map(|b| backend_flag_words(b.flags))
@@ -405,7 +418,7 @@ fn candidate(
     match q.origin {
         Origin::Host => reason = Reason::SockTranslated,
         Origin::Pod => {
-            if Ipv4Addr::from(backend.addr) == q.src {
+            if backend.addr == q.src {
                 new_src = q.dst;
                 flags |= CT_F_HAIRPIN;
                 reason = Reason::Hairpin;
@@ -414,15 +427,22 @@ fn candidate(
         Origin::Uplink => {
             flags |= CT_F_EXTERNAL;
             if backend.flags & BACKEND_F_LOCAL == 0 {
-                let Some(config) = snap.config else {
+                let node_addr = snap
+                    .config
+                    .map(|c| A::node_addr(&c))
+                    .filter(|a| *a != A::UNSPECIFIED);
+                let Some(node_addr) = node_addr else {
                     c.outcome = drop(
-                        Reason::SnatNoPort,
-                        "the backend is remote and needs source NAT, but SVC_CONFIG holds no \
-                         node address",
+                        A::NO_SNAT_ADDRESS,
+                        format!(
+                            "the backend is remote and needs source NAT, but SVC_CONFIG holds \
+                             no {} node address",
+                            A::NAME
+                        ),
                     );
                     return c;
                 };
-                new_src = config.node_addr.into();
+                new_src = node_addr;
                 new_src_port = None;
                 let ports = snap.snat_ports.unwrap_or(SnatPorts::DEFAULT);
                 new_src_port_ranges = Some(
@@ -436,10 +456,10 @@ fn candidate(
         }
     }
     c.outcome = Outcome::Translate {
-        new_src,
+        new_src: ip(new_src),
         new_src_port,
         new_src_port_ranges,
-        new_dst: backend.addr.into(),
+        new_dst: ip(backend.addr),
         new_dst_port: backend.port,
         flags: ct_flag_words(flags),
         counter: counter(reason),
@@ -449,38 +469,45 @@ fn candidate(
 
 /// lb.rs `pick_backend`'s affinity branch: `true` (and `out` filled) when a fresh entry for
 /// this client names a backend that is still the same, so the new flow goes there.
-fn sticky(snap: &Snapshot, q: &Query, fe: &Frontend, out: &mut Explanation) -> bool {
+fn sticky<A: ExplainFamily>(
+    snap: &Snapshot,
+    q: &Q<A>,
+    fe: &Frontend,
+    out: &mut Explanation,
+) -> bool {
     // Node processes (socket hooks) key on the node's address.
     let client = match q.origin {
-        Origin::Host => snap.config.map(|c| c.node_addr).unwrap_or_default(),
-        _ => q.src.octets(),
+        Origin::Host => snap
+            .config
+            .map(|c| A::node_addr(&c))
+            .unwrap_or(A::UNSPECIFIED),
+        _ => q.src,
     };
     let timeout_ns = u64::from(fe.affinity_timeout_s) * 1_000_000_000;
-    let key = AffinityKey {
+    let key = AffinityKeyOf {
         frontend_id: fe.id,
         client_addr: client,
     };
-    let Some(a) = snap.affinity.get(&key) else {
+    let Some(a) = A::affinity_table(snap).get(&key) else {
         out.notes.push(format!(
             "sessionAffinity: ClientIP ({} s): no recent flow from {}; the backend drawn is \
              recorded and this client's next flows follow it",
             fe.affinity_timeout_s,
-            Ipv4Addr::from(client)
+            ip(client)
         ));
         return false;
     };
-    let idle = snap.now_ns.wrapping_sub(a.last_used_ns);
-    let same = snap
-        .maps
-        .backends
-        .get(&a.backend_id)
-        .is_some_and(|b| b.addr == a.backend_addr && b.port == a.backend_port);
+    let (a_backend_id, a_addr, a_port, a_last_used) = A::affinity_parts(a);
+    let idle = snap.now_ns.wrapping_sub(a_last_used);
+    let same = A::snap_backends(&snap.maps)
+        .get(&a_backend_id)
+        .is_some_and(|b| b.addr == a_addr && b.port == a_port);
     if idle >= timeout_ns || !same {
         out.notes.push(format!(
             "sessionAffinity: ClientIP ({} s): this client's entry (backend {}) is {}; a slot is \
              drawn afresh and recorded",
             fe.affinity_timeout_s,
-            a.backend_id,
+            a_backend_id,
             if same {
                 "expired"
             } else {
@@ -495,22 +522,40 @@ fn sticky(snap: &Snapshot, q: &Query, fe: &Frontend, out: &mut Explanation) -> b
                 frontend_id: fe.id,
                 slot: n,
             }) == Some(&svc_common::Slot {
-                backend_id: a.backend_id,
+                backend_id: a_backend_id,
             })
         })
         .unwrap_or(0);
-    out.candidates = vec![candidate(snap, q, fe, slot, Some(a.backend_id))];
+    out.candidates = vec![candidate(snap, q, fe, slot, Some(a_backend_id))];
     out.new_flow = Outcome::Sticky {
-        backend_id: a.backend_id,
+        backend_id: a_backend_id,
         idle_ms: idle / 1_000_000,
         timeout_s: fe.affinity_timeout_s,
     };
     true
 }
 
-/// Explains what the datapath does with the flow `q`, reading only `snap`.
+/// Explains what the datapath does with the flow `q`, reading only `snap`: an IPv4 flow by
+/// the IPv4 maps, an IPv6 one by the IPv6 maps (the datapath's hooks do the same per
+/// family). Addresses of two families name no flow.
 pub fn explain(snap: &Snapshot, q: &Query) -> Explanation {
-    let mut out = decide(snap, q);
+    let mut out = match (q.src, q.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => decide(snap, &Q::of(q, src.octets(), dst.octets())),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            decide(snap, &Q::<svc_common::Addr6>::of(q, src.into(), dst.into()))
+        }
+        _ => {
+            let mut out = skeleton(q);
+            out.new_flow = Outcome::Pass {
+                counter: None,
+                why: format!(
+                    "{} and {} are of two address families: no packet carries both",
+                    q.src, q.dst
+                ),
+            };
+            out
+        }
+    };
     // An expired entry is no entry: the packet gets the new-flow decision.
     if let Some(t) = out.conntrack.as_mut().filter(|t| t.expired) {
         t.outcome = out.new_flow.clone();
@@ -518,22 +563,107 @@ pub fn explain(snap: &Snapshot, q: &Query) -> Explanation {
     out
 }
 
-fn decide(snap: &Snapshot, q: &Query) -> Explanation {
-    let hook = match q.origin {
-        Origin::Pod => "tc svc_pod_ingress (host side of the pod's veth)",
-        Origin::Uplink => {
-            "XDP svc_xdp on the uplink, then tc svc_uplink_ingress for what it passes on"
+/// The query, its addresses as the family's maps hold them.
+#[derive(Clone, Copy, Debug)]
+struct Q<A> {
+    src: A,
+    src_port: Option<u16>,
+    dst: A,
+    dst_port: u16,
+    proto: u8,
+    origin: Origin,
+}
+
+impl<A> Q<A> {
+    fn of(q: &Query, src: A, dst: A) -> Self {
+        Self {
+            src,
+            src_port: q.src_port,
+            dst,
+            dst_port: q.dst_port,
+            proto: q.proto,
+            origin: q.origin,
         }
-        Origin::Host => "cgroup svc_sock_connect4 / svc_sock_sendmsg4 (socket calls, not packets)",
-    };
-    let mut out = Explanation {
+    }
+}
+
+/// An address as `explain` shows it.
+fn ip<A: Family>(a: A) -> IpAddr {
+    A::to_ip(a).into()
+}
+
+/// What `explain` reads per family beyond [`Family`]: its conntrack and affinity tables, its
+/// node address and the hook names.
+trait ExplainFamily: Family {
+    /// What a remote backend's flow is dropped as when there is no SNAT source.
+    const NO_SNAT_ADDRESS: Reason;
+    fn conntrack(s: &Snapshot) -> &BTreeMap<CtKeyOf<Self>, CtEntryOf<Self>>;
+    fn affinity_table(s: &Snapshot) -> &BTreeMap<AffinityKeyOf<Self>, Self::Affinity>;
+    fn node_addr(c: &Config) -> Self;
+    /// The hooks of `origin` for this family.
+    fn hook(origin: Origin) -> &'static str;
+}
+
+impl ExplainFamily for [u8; 4] {
+    const NO_SNAT_ADDRESS: Reason = Reason::SnatNoPort;
+    fn conntrack(s: &Snapshot) -> &BTreeMap<CtKey, CtEntry> {
+        &s.conntrack
+    }
+    fn affinity_table(s: &Snapshot) -> &BTreeMap<AffinityKey, Affinity> {
+        &s.affinity
+    }
+    fn node_addr(c: &Config) -> Self {
+        c.node_addr
+    }
+    fn hook(origin: Origin) -> &'static str {
+        match origin {
+            Origin::Pod => "tc svc_pod_ingress (host side of the pod's veth)",
+            Origin::Uplink => {
+                "XDP svc_xdp on the uplink, then tc svc_uplink_ingress for what it passes on"
+            }
+            Origin::Host => {
+                "cgroup svc_sock_connect4 / svc_sock_sendmsg4 (socket calls, not packets)"
+            }
+        }
+    }
+}
+
+impl ExplainFamily for svc_common::Addr6 {
+    // svc-common `Config::node_addr6`: IPv6 flows that need SNAT without one are dropped.
+    const NO_SNAT_ADDRESS: Reason = Reason::SnatNoAddress;
+    fn conntrack(s: &Snapshot) -> &BTreeMap<CtKey6, CtEntry6> {
+        &s.conntrack6
+    }
+    fn affinity_table(s: &Snapshot) -> &BTreeMap<AffinityKey6, Affinity6> {
+        &s.affinity6
+    }
+    fn node_addr(c: &Config) -> Self {
+        c.node_addr6
+    }
+    fn hook(origin: Origin) -> &'static str {
+        match origin {
+            Origin::Pod => "tc on the host side of the pod's veth, IPv6 (hook pod_ingress6)",
+            Origin::Uplink => {
+                "tc ingress on the uplink, IPv6 (hook uplink_ingress6; IPv6 has no XDP fast \
+                 path)"
+            }
+            Origin::Host => {
+                "cgroup connect6 / sendmsg6, IPv6 (hook sock6; socket calls, not packets)"
+            }
+        }
+    }
+}
+
+/// An explanation of `q` with nothing decided yet.
+fn skeleton(q: &Query) -> Explanation {
+    Explanation {
         src: q.src,
         src_port: q.src_port,
         dst: q.dst,
         dst_port: q.dst_port,
         protocol: proto_name(q.proto),
         from: q.origin,
-        hook: hook.into(),
+        hook: String::new(),
         frontend: None,
         external_frontend: None,
         scope_used: None,
@@ -545,6 +675,21 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
         conntrack: None,
         tracked_flows_from_src: None,
         notes: Vec::new(),
+    }
+}
+
+fn decide<A: ExplainFamily>(snap: &Snapshot, q: &Q<A>) -> Explanation {
+    let hook = A::hook(q.origin);
+    let mut out = Explanation {
+        hook: hook.into(),
+        ..skeleton(&Query {
+            src: ip(q.src),
+            src_port: q.src_port,
+            dst: ip(q.dst),
+            dst_port: q.dst_port,
+            proto: q.proto,
+            origin: q.origin,
+        })
     };
 
     // Conntrack first, as every packet hook does; the socket hooks keep none.
@@ -555,15 +700,8 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
                 .into(),
         ),
         (_, Some(sport)) => {
-            let key = CtKey {
-                src_addr: q.src.octets(),
-                dst_addr: q.dst.octets(),
-                src_port: sport,
-                dst_port: q.dst_port,
-                proto: q.proto,
-                _pad: [0; 3],
-            };
-            if let Some(e) = snap.conntrack.get(&key) {
+            let key = A::ct_key(q.src, q.dst, sport, q.dst_port, q.proto);
+            if let Some(e) = A::conntrack(snap).get(&key) {
                 let (t, notes) = tracked_at(snap, q, &key, e);
                 out.conntrack = Some(t);
                 out.notes.extend(notes);
@@ -571,12 +709,12 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
         }
         (_, None) => {
             out.tracked_flows_from_src = Some(
-                snap.conntrack
+                A::conntrack(snap)
                     .iter()
                     .filter(|(k, e)| {
                         e.dir == CT_DIR_FORWARD
-                            && k.src_addr == q.src.octets()
-                            && k.dst_addr == q.dst.octets()
+                            && k.src_addr == q.src
+                            && k.dst_addr == q.dst
                             && k.dst_port == q.dst_port
                             && k.proto == q.proto
                     })
@@ -600,23 +738,22 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
         );
     }
 
-    let mut key = FrontendKey {
-        addr: q.dst.octets(),
+    let mut key = FrontendKeyOf {
+        addr: q.dst,
         port: q.dst_port,
         proto: q.proto,
         scope: SCOPE_ANY,
     };
-    let Some(mut fe) = snap.maps.frontends.get(&key).copied() else {
+    let Some(mut fe) = A::snap_frontends(&snap.maps).get(&key).copied() else {
         out.new_flow = Outcome::Pass {
             counter: match q.origin {
                 Origin::Host => None,
                 _ => Some(counter(Reason::NotService)),
             },
             why: format!(
-                "not a Service frontend: no {} entry for {}:{}/{}",
+                "not a Service frontend: no {} entry for {}/{}",
                 scope_name(SCOPE_ANY),
-                q.dst,
-                q.dst_port,
+                host_port(ip(q.dst), q.dst_port),
                 proto_name(q.proto)
             ),
         };
@@ -625,7 +762,7 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
     out.frontend = Some(entry_view(&fe, SCOPE_ANY));
     if q.origin == Origin::Uplink && fe.flags & FRONTEND_F_EXTERNAL_SCOPE != 0 {
         key.scope = SCOPE_EXTERNAL;
-        match snap.maps.frontends.get(&key).copied() {
+        match A::snap_frontends(&snap.maps).get(&key).copied() {
             Some(ext) => {
                 fe = ext;
                 out.external_frontend = Some(entry_view(&fe, SCOPE_EXTERNAL));
@@ -647,17 +784,15 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
     };
     // lb.rs `new_flow` checks the source before the backend count.
     if q.origin != Origin::Host && fe.flags & FRONTEND_F_SOURCE_RANGES != 0 {
-        let ranges = source_ranges_of(&snap.maps, fe.id);
-        match snap
-            .maps
-            .source_ranges
+        let ranges = source_ranges_of::<A>(&snap.maps, fe.id);
+        match A::snap_ranges(&snap.maps)
             .iter()
-            .find(|r| r.frontend_id == fe.id && r.contains(q.src.octets()))
+            .find(|r| r.frontend_id == fe.id && r.contains(q.src))
         {
             Some(r) => out.notes.push(format!(
                 "loadBalancerSourceRanges: {} is inside {}/{}",
-                q.src,
-                Ipv4Addr::from(r.addr),
+                ip(q.src),
+                ip(r.addr),
                 r.len
             )),
             None => {
@@ -665,7 +800,7 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
                     Reason::SourceRangeDenied,
                     format!(
                         "denied by loadBalancerSourceRanges: {} is outside [{}]",
-                        q.src,
+                        ip(q.src),
                         ranges.join(", ")
                     ),
                 );
@@ -705,7 +840,7 @@ fn decide(snap: &Snapshot, q: &Query) -> Explanation {
             format!(
                 "denied by loadBalancerSourceRanges: no range contains a node address \
                  (allowed: [{}]); connect() and sendmsg() fail with EPERM",
-                source_ranges_of(&snap.maps, fe.id).join(", ")
+                source_ranges_of::<A>(&snap.maps, fe.id).join(", ")
             ),
         );
         return out;

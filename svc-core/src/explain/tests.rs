@@ -1,5 +1,7 @@
 //! Table tests of the decision, one per branch of lb.rs's `new_flow` and each hook's conntrack lookup.
-use svc_common::{Slot, BACKEND_F_TERMINATING, CT_DIR_REPLY, FRONTEND_F_NODEPORT, PROTO_UDP};
+use svc_common::{
+    Backend, FrontendKey, Slot, BACKEND_F_TERMINATING, CT_DIR_REPLY, FRONTEND_F_NODEPORT, PROTO_UDP,
+};
 
 use super::*;
 
@@ -669,4 +671,246 @@ fn session_affinity_sends_a_recent_client_back_to_its_backend() {
             "{e:?}"
         );
     }
+}
+
+// IPv6: the same Service dual-stack, its IPv6 side in the IPv6 maps (one id space: the
+// IPv6 frontends and backends have ids of their own).
+const NODE6: &str = "fd00:18::2";
+const CLIENT_POD6: &str = "fd00:10:244:1::5";
+const SVC_VIP6: &str = "fd00:10:96::10";
+const BACKEND_LOCAL6: &str = "fd00:10:244:1::2";
+const BACKEND_REMOTE6: &str = "fd00:10:244:2::2";
+
+fn a6(text: &str) -> svc_common::Addr6 {
+    text.parse::<std::net::Ipv6Addr>().expect("IPv6").into()
+}
+
+fn ip6(text: &str) -> IpAddr {
+    IpAddr::V6(text.parse().expect("IPv6"))
+}
+
+/// [`scene`] plus the IPv6 side: the ClusterIP over a local and a remote backend, and a
+/// NodePort with cluster policy; the node's IPv6 SNAT source is `NODE6` when `node_addr6`.
+fn scene6(node_addr6: bool) -> Snapshot {
+    let mut s = scene();
+    if let Some(c) = s.config.as_mut() {
+        c.node_addr6 = if node_addr6 {
+            a6(NODE6)
+        } else {
+            Default::default()
+        };
+    }
+    let backend = |addr: &str, flags| svc_common::Backend6 {
+        addr: a6(addr),
+        port: 8080,
+        proto: PROTO_TCP,
+        flags,
+    };
+    s.maps
+        .backends6
+        .insert(21, backend(BACKEND_LOCAL6, BACKEND_F_LOCAL));
+    s.maps.backends6.insert(22, backend(BACKEND_REMOTE6, 0));
+    for (addr, port, id, flags) in [
+        (SVC_VIP6, 80, 30, 0),
+        (NODE6, 30007, 31, FRONTEND_F_NODEPORT),
+    ] {
+        for (i, b) in [21, 22].into_iter().enumerate() {
+            s.maps.slots.insert(
+                SlotKey {
+                    frontend_id: id,
+                    slot: i as u32 + 1,
+                },
+                Slot { backend_id: b },
+            );
+        }
+        s.maps.frontends6.insert(
+            svc_common::FrontendKey6 {
+                addr: a6(addr),
+                port,
+                proto: PROTO_TCP,
+                scope: SCOPE_ANY,
+            },
+            Frontend {
+                id,
+                backend_count: 2,
+                flags,
+                affinity_timeout_s: 0,
+            },
+        );
+    }
+    s
+}
+
+fn q6(src: &str, dst: &str, port: u16, origin: Origin) -> Query {
+    Query {
+        src: ip6(src),
+        src_port: None,
+        dst: ip6(dst),
+        dst_port: port,
+        proto: PROTO_TCP,
+        origin,
+    }
+}
+
+fn translate6(src: IpAddr, dst: &str, flags: &[&str], counter: &str) -> Outcome {
+    Outcome::Translate {
+        new_src: src,
+        new_src_port: None,
+        new_src_port_ranges: None,
+        new_dst: ip6(dst),
+        new_dst_port: 8080,
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+        counter: counter.into(),
+    }
+}
+
+#[test]
+fn ipv6_flows_are_decided_by_the_ipv6_maps() {
+    let snap = scene6(true);
+    let snat6 = |dst: &str| Outcome::Translate {
+        new_src: ip6(NODE6),
+        new_src_port: None,
+        new_src_port_ranges: Some(vec![[svc_common::SNAT_PORT_MIN, svc_common::SNAT_PORT_MAX]]),
+        new_dst: ip6(dst),
+        new_dst_port: 8080,
+        flags: vec!["snat".into(), "external".into()],
+        counter: "dnat_new".into(),
+    };
+    let cases: Vec<Row> = vec![
+        (
+            "a pod to the IPv6 ClusterIP: random among the IPv6 backends only",
+            q6(CLIENT_POD6, SVC_VIP6, 80, Origin::Pod),
+            Outcome::Balance {
+                slots: 2,
+                translating: 2,
+            },
+            vec![
+                (
+                    1,
+                    translate6(ip6(CLIENT_POD6), BACKEND_LOCAL6, &[], "dnat_new"),
+                ),
+                (
+                    2,
+                    translate6(ip6(CLIENT_POD6), BACKEND_REMOTE6, &[], "dnat_new"),
+                ),
+            ],
+        ),
+        (
+            "the IPv6 NodePort from the wire: the remote backend is source-NATed to node_addr6",
+            q6("2001:db8::100", NODE6, 30007, Origin::Uplink),
+            Outcome::Balance {
+                slots: 2,
+                translating: 2,
+            },
+            vec![
+                (
+                    1,
+                    translate6(
+                        ip6("2001:db8::100"),
+                        BACKEND_LOCAL6,
+                        &["external"],
+                        "dnat_new",
+                    ),
+                ),
+                (2, snat6(BACKEND_REMOTE6)),
+            ],
+        ),
+        (
+            "no IPv6 frontend on that port: passed untouched, named as [addr]:port",
+            q6(CLIENT_POD6, SVC_VIP6, 81, Origin::Pod),
+            Outcome::Pass {
+                counter: Some("not_service".into()),
+                why: "not a Service frontend: no any entry for [fd00:10:96::10]:81/tcp".into(),
+            },
+            vec![],
+        ),
+    ];
+    for (name, query, new_flow, candidates) in cases {
+        let e = explain(&snap, &query);
+        assert_eq!(e.new_flow, new_flow, "{name}");
+        assert_eq!(outcomes(&e), candidates, "{name}");
+        assert_eq!((e.src, e.dst), (query.src, query.dst), "{name}");
+    }
+    let e = explain(&snap, &q6(CLIENT_POD6, SVC_VIP6, 80, Origin::Pod));
+    assert_eq!(e.frontend.as_ref().map(|f| f.id), Some(30));
+    assert!(e.hook.contains("pod_ingress6"), "{}", e.hook);
+    assert_eq!(e.candidates[0].address, Some(ip6(BACKEND_LOCAL6)));
+}
+
+#[test]
+fn an_ipv6_remote_backend_without_an_ipv6_snat_source_is_dropped() {
+    let snap = scene6(false);
+    let e = explain(&snap, &q6("2001:db8::100", NODE6, 30007, Origin::Uplink));
+    assert_eq!(
+        e.candidates[1].outcome,
+        drop(
+            Reason::SnatNoAddress,
+            "the backend is remote and needs source NAT, but SVC_CONFIG holds no IPv6 node \
+             address"
+        )
+    );
+    // The IPv4 side still has its source.
+    let e = explain(&snap, &q(EXTERNAL_CLIENT, NODE, 30007, Origin::Uplink));
+    assert_eq!(e.candidates[1].outcome, snat(BACKEND_REMOTE));
+}
+
+#[test]
+fn an_ipv6_conntrack_entry_pins_the_flow() {
+    let mut snap = scene6(true);
+    snap.now_ns = 10 * 1_000_000_000;
+    let key = svc_common::CtKey6::new(a6(CLIENT_POD6), a6(SVC_VIP6), 40_000, 80, PROTO_TCP);
+    let entry = svc_common::CtEntry6 {
+        src_addr: a6(CLIENT_POD6),
+        dst_addr: a6(BACKEND_REMOTE6),
+        src_port: 40_000,
+        dst_port: 8080,
+        dir: CT_DIR_FORWARD,
+        flags: 0,
+        tcp_flags: 0,
+        state: svc_common::CT_STATE_ESTABLISHED,
+        backend_id: 22,
+        frontend_id: 30,
+        created_ns: snap.now_ns,
+        last_seen_ns: snap.now_ns,
+        packets: 3,
+        bytes: 180,
+    };
+    snap.conntrack6.insert(key, entry);
+    let mut query = q6(CLIENT_POD6, SVC_VIP6, 80, Origin::Pod);
+    query.src_port = Some(40_000);
+    let e = explain(&snap, &query);
+    let t = e.conntrack.expect("the IPv6 entry is found");
+    assert_eq!(
+        (t.dir.as_str(), t.backend_id, t.expired),
+        ("forward", 22, false)
+    );
+    assert_eq!(
+        t.outcome,
+        Outcome::Translate {
+            new_src: ip6(CLIENT_POD6),
+            new_src_port: Some(40_000),
+            new_src_port_ranges: None,
+            new_dst: ip6(BACKEND_REMOTE6),
+            new_dst_port: 8080,
+            flags: vec![],
+            counter: "dnat_established".into(),
+        }
+    );
+    // Without the port: counted among the client's tracked flows to the frontend.
+    let e = explain(&snap, &q6(CLIENT_POD6, SVC_VIP6, 80, Origin::Pod));
+    assert_eq!(e.tracked_flows_from_src, Some(1));
+}
+
+#[test]
+fn addresses_of_two_families_name_no_flow() {
+    let snap = scene6(true);
+    let mut query = q6(CLIENT_POD6, SVC_VIP6, 80, Origin::Pod);
+    query.dst = IpAddr::V4(SVC_VIP.into());
+    let e = explain(&snap, &query);
+    assert!(
+        matches!(&e.new_flow, Outcome::Pass { counter: None, why } if why.contains("two address families")),
+        "{:?}",
+        e.new_flow
+    );
+    assert!(e.frontend.is_none() && e.candidates.is_empty());
 }

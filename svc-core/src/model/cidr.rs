@@ -6,11 +6,11 @@
 
 use std::net::Ipv4Addr;
 
-pub use ipnet::Ipv4Net;
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// A CIDR string did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IPv4 CIDR {input:?}: {why}")]
+#[error("invalid {} CIDR {input:?}: {why}", if input.contains(':') { "IPv6" } else { "IPv4" })]
 pub struct CidrError {
     /// The text given.
     pub input: String,
@@ -43,4 +43,41 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Net, CidrError> {
         .parse()
         .map_err(|_| err("prefix length is not a number"))?;
     cidr(addr, len).ok_or_else(|| err("prefix length above 32"))
+}
+
+/// [`parse_cidr`] of either family: `ADDRESS/LENGTH` with an IPv4 or an IPv6 address, host
+/// bits cleared (`fd00::5/64` is `fd00::/64`). For the flags that take prefixes of both
+/// families (`--nodeport-addresses`, `--external-ip-cidrs`), each family's prefixes then
+/// applying to that family alone.
+pub fn parse_cidr_any(s: &str) -> Result<IpNet, CidrError> {
+    if !s.contains(':') {
+        return parse_cidr(s).map(IpNet::V4);
+    }
+    let err = |why| CidrError {
+        input: s.to_owned(),
+        why,
+    };
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| err("expected ADDRESS/LENGTH"))?;
+    let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| err("not an IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| err("prefix length is not a number"))?;
+    Ipv6Net::new(addr, len)
+        .map(|n| IpNet::V6(n.trunc()))
+        .map_err(|_| err("prefix length above 128"))
+}
+
+/// The IPv4 and the IPv6 prefixes of `list`, in order.
+pub fn split_families(list: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for net in list {
+        match net {
+            IpNet::V4(n) => v4.push(*n),
+            IpNet::V6(n) => v6.push(*n),
+        }
+    }
+    (v4, v6)
 }

@@ -6,16 +6,14 @@
 //! endpoint sets of kube-proxy's `CategorizeEndpoints` ([`choose_backends`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
-
-use svc_common::{Backend, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND};
+use svc_common::{BackendOf, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_DROP_NO_BACKEND};
 
 #[cfg(doc)]
 use super::desired_for_indexed;
 use super::slim::{SlimEndpoint, SlimHints, SlimSlice};
 #[cfg(doc)]
 use super::LABEL_SERVICE_NAME;
-use super::{Desired, NodeContext, ObjectRef};
+use super::{Desired, ModelFamily, NodeContext, ObjectRef};
 
 /// Which EndpointSlices belong to which Service ([`LABEL_SERVICE_NAME`] in the slice's
 /// namespace), maintained slice by slice with [`SliceOwners::update`] by a source that applies
@@ -103,15 +101,15 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
-/// One slice as it concerns this node: what backend selection needs.
-pub(super) struct ParsedSlice<'a> {
+/// One slice of family `A` as it concerns this node: what backend selection needs.
+pub(super) struct ParsedSlice<'a, A: ModelFamily> {
     /// (name, protocol, port number) of each usable `ports[]` entry.
     pub(super) ports: &'a [(std::sync::Arc<str>, u8, u16)],
-    pub(super) endpoints: Vec<ParsedEndpoint>,
+    pub(super) endpoints: Vec<ParsedEndpoint<A>>,
 }
 
-pub(super) struct ParsedEndpoint {
-    pub(super) addr: Ipv4Addr,
+pub(super) struct ParsedEndpoint<A: ModelFamily> {
+    pub(super) addr: A::Ip,
     pub(super) ready: bool,
     /// `serving && terminating`: usable only as a fallback when nothing is ready.
     serving_terminating: bool,
@@ -198,18 +196,19 @@ impl Topology {
     }
 }
 
-impl<'a> ParsedSlice<'a> {
+impl<'a, A: ModelFamily> ParsedSlice<'a, A> {
     /// `slice` as it concerns `node`, with the problems found reading it added to `out`;
-    /// `None` for slices a proxy ignores (not IPv4, headless-labelled).
+    /// `None` for slices a proxy ignores (headless-labelled, neither IPv4 nor IPv6) and for
+    /// those of the other family (whose problems that family's pass reports).
     pub(super) fn parse(
         slice: &'a SlimSlice,
         node: &NodeContext,
         out: &mut Desired,
     ) -> Option<Self> {
         let content = slice.content.as_deref()?;
+        let endpoints = A::slice_endpoints(&content.endpoints)?;
         out.problems.extend(content.problems.iter().cloned());
-        let endpoints = content
-            .endpoints
+        let endpoints = endpoints
             .iter()
             .map(|ep| ParsedEndpoint::of(ep, node))
             .collect();
@@ -227,13 +226,13 @@ impl<'a> ParsedSlice<'a> {
     }
 }
 
-impl ParsedEndpoint {
-    fn of(ep: &SlimEndpoint, node: &NodeContext) -> Self {
+impl<A: ModelFamily> ParsedEndpoint<A> {
+    fn of(ep: &SlimEndpoint<A::Ip>, node: &NodeContext) -> Self {
         // A hostNetwork endpoint's address is its node's: local here whatever `nodeName`
         // says (the API server's own `kubernetes` slice has none).
         let local = (!node.node_name.is_empty()
             && ep.node_name.as_deref() == Some(node.node_name.as_str()))
-            || node.node_ips.contains(&ep.addr);
+            || A::node_ips(node).contains(&ep.addr);
         Self {
             addr: ep.addr,
             ready: ep.ready,
@@ -245,18 +244,18 @@ impl ParsedEndpoint {
 }
 
 /// The endpoint sets of one Service port, as kube-proxy's `CategorizeEndpoints`
-/// (pkg/proxy/topology.go) computes them; each sorted by [`Backend`]'s `Ord`, no duplicates.
-pub(super) struct BackendSets {
+/// (pkg/proxy/topology.go) computes them; each sorted by [`BackendOf`]'s `Ord`, no duplicates.
+pub(super) struct BackendSets<A: ModelFamily> {
     /// Traffic policy `Cluster`: ready endpoints anywhere that the [`Topology`] admits, else
     /// (no ready endpoint at all) serving+terminating ones, hints ignored.
-    pub(super) cluster: Vec<Backend>,
+    pub(super) cluster: Vec<BackendOf<A>>,
     /// Traffic policy `Local`: this node's ready endpoints, else this node's serving+terminating
     /// ones. The fallback is decided on the local endpoints alone: a remote ready endpoint does
     /// not stop a local terminating one from being used. Hints play no part.
-    pub(super) local: Vec<Backend>,
+    pub(super) local: Vec<BackendOf<A>>,
 }
 
-impl BackendSets {
+impl<A: ModelFamily> BackendSets<A> {
     /// Flags for an entry holding [`BackendSets::local`]: [`FRONTEND_F_DROP_NO_BACKEND`] when it
     /// is empty while the Service has usable endpoints elsewhere. kube-proxy drops then (an
     /// external load balancer retries another node; the health check already says "0 local"),
@@ -275,7 +274,11 @@ impl BackendSets {
 /// in each slice separately, so a named `targetPort` resolves to whatever number each slice
 /// (each pod template) gives it. Local endpoints carry [`BACKEND_F_LOCAL`] in both sets, so a
 /// backend is one tuple whichever frontend names it; fallback ones [`BACKEND_F_TERMINATING`].
-pub(super) fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8) -> BackendSets {
+pub(super) fn choose_backends<A: ModelFamily>(
+    slices: &[ParsedSlice<A>],
+    port_name: &str,
+    proto: u8,
+) -> BackendSets<A> {
     // The endpoints of this port, each with the number its slice gives the port.
     let endpoints = || {
         slices
@@ -292,8 +295,8 @@ pub(super) fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8
     let mut near = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for (ep, port) in endpoints() {
-        let backend = Backend {
-            addr: ep.addr.octets(),
+        let backend = BackendOf {
+            addr: A::from_ip(ep.addr),
             port,
             proto,
             flags: if ep.local { BACKEND_F_LOCAL } else { 0 },
@@ -304,7 +307,7 @@ pub(super) fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8
                 near.insert(backend);
             }
         } else if ep.serving_terminating {
-            terminating.insert(Backend {
+            terminating.insert(BackendOf {
                 flags: backend.flags | BACKEND_F_TERMINATING,
                 ..backend
             });
@@ -313,18 +316,18 @@ pub(super) fn choose_backends(slices: &[ParsedSlice], port_name: &str, proto: u8
     // One backend per address and port, as kube-proxy keeps one endpoint per address:port
     // (pkg/proxy/endpointslicecache.go, addEndpoints): an address listed twice (two slices,
     // two nodes) is local if either listing says so, and ready if either is.
-    let ready_at: BTreeSet<([u8; 4], u16)> = ready.iter().map(|b| (b.addr, b.port)).collect();
+    let ready_at: BTreeSet<(A, u16)> = ready.iter().map(|b| (b.addr, b.port)).collect();
     terminating.retain(|b| !ready_at.contains(&(b.addr, b.port)));
     for set in [&mut ready, &mut near, &mut terminating] {
-        let local_at: BTreeSet<([u8; 4], u16)> = set
+        let local_at: BTreeSet<(A, u16)> = set
             .iter()
             .filter(|b| b.flags & BACKEND_F_LOCAL != 0)
             .map(|b| (b.addr, b.port))
             .collect();
         set.retain(|b| b.flags & BACKEND_F_LOCAL != 0 || !local_at.contains(&(b.addr, b.port)));
     }
-    let is_local = |b: &&Backend| b.flags & BACKEND_F_LOCAL != 0;
-    let local: Vec<Backend> = if ready.iter().any(|b| is_local(&b)) {
+    let is_local = |b: &&BackendOf<A>| b.flags & BACKEND_F_LOCAL != 0;
+    let local: Vec<BackendOf<A>> = if ready.iter().any(|b| is_local(&b)) {
         ready.iter().filter(is_local).copied().collect()
     } else {
         terminating.iter().filter(is_local).copied().collect()

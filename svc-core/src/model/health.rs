@@ -2,11 +2,12 @@
 //! ([`HealthCheck`], [`health_checks`]): on which port, and how many ready endpoints this node has.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 #[cfg(doc)]
 use super::desired;
 use super::endpoints::{ParsedSlice, SliceIndex};
-use super::{Desired, NodeContext, ObjectRef, Objects, SlimObjects};
+use super::{Desired, ModelFamily, NodeContext, ObjectRef, Objects, SlimObjects};
 
 /// One health-check responder kube-proxy would run for a Service: `GET /` on
 /// `healthCheckNodePort` answers 200 when the node has local endpoints, 503 when not, so an
@@ -59,15 +60,17 @@ pub fn slim_health_checks(objects: &SlimObjects, node: &NodeContext) -> Vec<Heal
         else {
             continue;
         };
+        // Both families' local endpoints: kube-proxy runs a responder per family, each
+        // counting its own family's; ours is one responder, so a dual-stack Service's count
+        // is their sum (a node with local endpoints of either family can serve).
         let mut local = BTreeSet::new();
         for (_, slice) in slices.of(svc_ref) {
-            let Some(parsed) = ParsedSlice::parse(slice, node, &mut scratch) else {
-                continue;
-            };
-            for ep in parsed.endpoints.iter().filter(|e| e.ready && e.local) {
-                for (_, _, number) in parsed.ports {
-                    local.insert((ep.addr, *number));
-                }
+            if let Some(parsed) = ParsedSlice::<[u8; 4]>::parse(slice, node, &mut scratch) {
+                count_local(&parsed, &mut local);
+            }
+            if let Some(parsed) = ParsedSlice::<svc_common::Addr6>::parse(slice, node, &mut scratch)
+            {
+                count_local(&parsed, &mut local);
             }
         }
         out.push(HealthCheck {
@@ -77,4 +80,13 @@ pub fn slim_health_checks(objects: &SlimObjects, node: &NodeContext) -> Vec<Heal
         });
     }
     out
+}
+
+/// Adds the ready local `address:port` pairs of `parsed` to `local`.
+fn count_local<A: ModelFamily>(parsed: &ParsedSlice<A>, local: &mut BTreeSet<(IpAddr, u16)>) {
+    for ep in parsed.endpoints.iter().filter(|e| e.ready && e.local) {
+        for (_, _, number) in parsed.ports {
+            local.insert((ep.addr.into(), *number));
+        }
+    }
 }

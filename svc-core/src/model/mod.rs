@@ -21,6 +21,25 @@
 //! "short circuit"). An empty `Local` set drops ([`FRONTEND_F_DROP_NO_BACKEND`]) unless the
 //! Service has no usable endpoint anywhere, which rejects as kube-proxy does.
 //!
+//! # Families
+//! kube-proxy runs one proxier per IP family (pkg/proxy/: each sees only its family's
+//! addresses; `pkg/proxy/util` `GetClusterIPByFamily`, `MapIPsByIPFamily`,
+//! `MapCIDRsByIPFamily`), and this model decides the same way, family by family, into
+//! [`Desired::frontends`] (IPv4) and [`Desired::frontends6`] (IPv6):
+//! - a Service is served in family F exactly when it has a ClusterIP of family F: with
+//!   `spec.ipFamilies`, `clusterIPs[i]` is the family `ipFamilies[i]` one (a mismatch is a
+//!   [`Problem`], that address is skipped); without (objects older than dual-stack, hand-written
+//!   manifests), each `clusterIPs` entry (or `clusterIP`) counts for its own family, the first
+//!   of each family winning. `ipFamilyPolicy` decides nothing here (the API server allocated
+//!   the ClusterIPs by it): a policy the ClusterIPs contradict is reported;
+//! - its `externalIPs`, LoadBalancer ingress IPs and `loadBalancerSourceRanges` of family F
+//!   apply to its family-F frontends only; those of a family it is not served in are skipped
+//!   without a word (kube-proxy logs them at V(4));
+//! - NodePorts are served on the node's addresses of each family it is served in
+//!   ([`NodeContext::nodeport_ips`], [`NodeContext::nodeport_ips6`]);
+//! - a family-F frontend takes its backends from `addressType: F` EndpointSlices only, never
+//!   mixed; an endpoint at one of the node's own addresses of that family is local.
+//!
 //! # Topology
 //! The `Cluster` endpoint set (what every entry but the `Local` ones holds) follows the
 //! EndpointSlice hints as kube-proxy's `topologyModeFromHints` / `availableForTopology`
@@ -42,15 +61,17 @@
 //!   filtered; ClusterIPs, NodePorts and `externalIPs` of the same Service never are;
 //! - every source is checked: clients from the wire, pods, and the node's own processes;
 //! - entries are trimmed and parsed loosely (host bits cleared, leading zeros accepted);
-//!   IPv6 prefixes belong to the other family's proxy and are skipped without a word; a
-//!   malformed entry is reported ([`Problem`] at `spec.loadBalancerSourceRanges[i]`) and
+//!   each family's LB IPs get that family's prefixes only (kube-proxy's per-family proxiers);
+//!   a malformed entry is reported ([`Problem`] at `spec.loadBalancerSourceRanges[i]`) and
 //!   skipped, the others apply;
-//! - an empty IPv4 list (absent, empty, only IPv6, or nothing parsed) filters nothing:
-//!   kube-proxy builds no firewall chain without ranges of its family;
+//! - an empty list of a family (absent, empty, only the other family's, or nothing parsed)
+//!   filters nothing in that family: kube-proxy builds no firewall chain without ranges of
+//!   its family;
 //! - node processes: kube-proxy's chain allows the node's packets by their source address, and
 //!   when a range contains the node IP it also allows the LB IPs as sources (a VIP bound on the
 //!   node is then the source). A socket call has no source yet, so the agent decides: when no
-//!   range contains a node address ([`NodeContext::node_ips`]), [`FRONTEND_F_DENY_NODE`] makes
+//!   range contains a node address of the family ([`NodeContext::node_ips`],
+//!   [`NodeContext::node_ips6`]), [`FRONTEND_F_DENY_NODE`] makes
 //!   the socket hooks refuse the call.
 
 // What each child owns (see its first lines); the rules above are documented here, where
@@ -64,7 +85,10 @@ mod slim;
 mod slim_service;
 mod source_ranges;
 
-pub use cidr::{cidr, default_service_cidr, parse_cidr, CidrError, Ipv4Net};
+pub use cidr::{
+    cidr, default_service_cidr, parse_cidr, parse_cidr_any, split_families, CidrError, IpNet,
+    Ipv4Net, Ipv6Net,
+};
 pub use endpoints::SliceOwners;
 pub use health::{health_checks, slim_health_checks, HealthCheck};
 pub use node::NodeContext;
@@ -73,11 +97,14 @@ pub use slim_service::{SlimIngress, SlimPort, SlimService, SlimSpec};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use svc_common::{Backend, FrontendKey};
+use svc_common::{BackendOf, FrontendKey, FrontendKey6, FrontendKeyOf};
+
+use crate::family::{AnyBackend, AnyFrontendKey, Family};
 // Named by the docs above only.
 #[cfg(doc)]
 use svc_common::{
@@ -87,6 +114,7 @@ use svc_common::{
 
 use endpoints::SliceIndex;
 use service::add_service;
+use slim::{SliceEndpoints, SlimEndpoint};
 
 /// Label naming the Service an EndpointSlice belongs to (set by the EndpointSlice controllers).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -197,18 +225,20 @@ pub struct Objects {
     pub problems: Vec<Problem>,
 }
 
-/// One frontend the node should serve.
+/// One frontend the node should serve, of the family of its address `A` (`[u8; 4]`,
+/// `svc_common::Addr6`): [`DesiredFrontend`] or [`DesiredFrontend6`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredFrontend {
+pub struct DesiredFrontendOf<A: Family> {
     /// The Service it comes from; [`crate::reconcile`] records it as the frontend's owner so a
     /// change to one Service can be planned without looking at the others.
     pub service: ObjectRef,
     /// `spec.ports[].name` it was built from (`""` when unnamed); for logs and metrics.
     pub port_name: String,
-    /// Where new flows go: sorted by [`Backend`]'s `Ord`, no duplicates. Empty means "no usable
-    /// endpoint": the frontend is still programmed so the datapath rejects instead of letting the
-    /// packet wander off to the ClusterIP's (non-existent) owner.
-    pub backends: Vec<Backend>,
+    /// Where new flows go: sorted by [`BackendOf`]'s `Ord`, no duplicates, all of the
+    /// frontend's family. Empty means "no usable endpoint": the frontend is still programmed so
+    /// the datapath rejects instead of letting the packet wander off to the ClusterIP's
+    /// (non-existent) owner.
+    pub backends: Vec<BackendOf<A>>,
     /// `sessionAffinity: ClientIP` timeout in seconds, 0 for no affinity.
     pub affinity_timeout_s: u32,
     /// `FRONTEND_F_*` bits for [`svc_common::Frontend::flags`]: what kind of frontend it is
@@ -219,20 +249,219 @@ pub struct DesiredFrontend {
     /// The client prefixes allowed to open flows (`loadBalancerSourceRanges`), sorted and
     /// de-duplicated; non-empty exactly when `flags` has [`FRONTEND_F_SOURCE_RANGES`] (see
     /// "Source ranges" in the module docs).
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: Vec<A::Net>,
 }
+
+/// An IPv4 frontend the node should serve (an `SVC_FRONTENDS` entry).
+pub type DesiredFrontend = DesiredFrontendOf<[u8; 4]>;
+/// An IPv6 frontend the node should serve (an `SVC_FRONTENDS6` entry).
+pub type DesiredFrontend6 = DesiredFrontendOf<svc_common::Addr6>;
 
 /// Everything the node should serve, plus the problems found while deciding it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// Frontends by map key; a `BTreeMap` so plans and dumps come out in a stable order.
+    /// IPv4 frontends by map key; a `BTreeMap` so plans and dumps come out in a stable order.
     pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    /// IPv6 frontends by map key (see "Families" in the module docs).
+    pub frontends6: BTreeMap<FrontendKey6, DesiredFrontend6>,
     /// Refusals, in the order found (Services in [`ObjectRef`] order).
     pub problems: Vec<Problem>,
     /// Frontends a Service claims that another Service, planned before it, holds: the key and
     /// the Service that lost it. A planner that re-plans only some Services uses them to plan
     /// a loser again when the holder lets the key go.
-    pub lost: Vec<(FrontendKey, ObjectRef)>,
+    pub lost: Vec<(AnyFrontendKey, ObjectRef)>,
+}
+
+impl Desired {
+    /// Whether a frontend of either family is desired at `key`.
+    pub fn contains(&self, key: &AnyFrontendKey) -> bool {
+        match key {
+            AnyFrontendKey::V4(k) => self.frontends.contains_key(k),
+            AnyFrontendKey::V6(k) => self.frontends6.contains_key(k),
+        }
+    }
+
+    /// The Service a desired frontend at `key` belongs to.
+    pub fn service_of(&self, key: &AnyFrontendKey) -> Option<&ObjectRef> {
+        match key {
+            AnyFrontendKey::V4(k) => self.frontends.get(k).map(|f| &f.service),
+            AnyFrontendKey::V6(k) => self.frontends6.get(k).map(|f| &f.service),
+        }
+    }
+
+    /// Every desired frontend key, IPv4 ones first.
+    pub fn keys(&self) -> impl Iterator<Item = AnyFrontendKey> + '_ {
+        (self.frontends.keys().map(|&k| AnyFrontendKey::V4(k)))
+            .chain(self.frontends6.keys().map(|&k| AnyFrontendKey::V6(k)))
+    }
+
+    /// Number of desired frontends of both families.
+    pub fn len(&self) -> usize {
+        self.frontends.len() + self.frontends6.len()
+    }
+
+    /// No frontend is desired.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A desired frontend of either family, borrowed: what the family-neutral passes (budget,
+/// reconcile) read.
+#[derive(Clone, Copy, Debug)]
+pub enum DesiredRef<'a> {
+    /// An IPv4 frontend.
+    V4(&'a DesiredFrontend),
+    /// An IPv6 frontend.
+    V6(&'a DesiredFrontend6),
+}
+
+impl<'a> DesiredRef<'a> {
+    /// [`DesiredFrontendOf::service`].
+    pub fn service(&self) -> &'a ObjectRef {
+        match self {
+            Self::V4(f) => &f.service,
+            Self::V6(f) => &f.service,
+        }
+    }
+    /// [`DesiredFrontendOf::flags`].
+    pub fn flags(&self) -> u32 {
+        match self {
+            Self::V4(f) => f.flags,
+            Self::V6(f) => f.flags,
+        }
+    }
+    /// [`DesiredFrontendOf::affinity_timeout_s`].
+    pub fn affinity_timeout_s(&self) -> u32 {
+        match self {
+            Self::V4(f) => f.affinity_timeout_s,
+            Self::V6(f) => f.affinity_timeout_s,
+        }
+    }
+    /// Number of [`DesiredFrontendOf::backends`].
+    pub fn backend_len(&self) -> usize {
+        match self {
+            Self::V4(f) => f.backends.len(),
+            Self::V6(f) => f.backends.len(),
+        }
+    }
+    /// The first `n` backends, family-tagged.
+    pub fn backends(&self, n: usize) -> Vec<AnyBackend> {
+        match self {
+            Self::V4(f) => f
+                .backends
+                .iter()
+                .take(n)
+                .map(|&b| AnyBackend::V4(b))
+                .collect(),
+            Self::V6(f) => f
+                .backends
+                .iter()
+                .take(n)
+                .map(|&b| AnyBackend::V6(b))
+                .collect(),
+        }
+    }
+    /// [`DesiredFrontendOf::source_ranges`] as (network address, length).
+    pub fn prefixes(&self) -> Vec<(IpAddr, u8)> {
+        match self {
+            Self::V4(f) => f
+                .source_ranges
+                .iter()
+                .map(|c| (IpAddr::V4(c.network()), c.prefix_len()))
+                .collect(),
+            Self::V6(f) => f
+                .source_ranges
+                .iter()
+                .map(|c| (IpAddr::V6(c.network()), c.prefix_len()))
+                .collect(),
+        }
+    }
+    /// Number of [`DesiredFrontendOf::source_ranges`].
+    pub fn prefix_len(&self) -> usize {
+        match self {
+            Self::V4(f) => f.source_ranges.len(),
+            Self::V6(f) => f.source_ranges.len(),
+        }
+    }
+}
+
+impl Desired {
+    /// Every desired frontend of both families, IPv4 ones first, each in key order.
+    pub fn iter_any(&self) -> impl Iterator<Item = (AnyFrontendKey, DesiredRef<'_>)> + '_ {
+        (self.frontends.iter())
+            .map(|(&k, f)| (AnyFrontendKey::V4(k), DesiredRef::V4(f)))
+            .chain(
+                self.frontends6
+                    .iter()
+                    .map(|(&k, f)| (AnyFrontendKey::V6(k), DesiredRef::V6(f))),
+            )
+    }
+
+    /// Keeps the frontends of both families whose Service `keep` accepts.
+    pub fn retain_services(&mut self, mut keep: impl FnMut(&ObjectRef) -> bool) {
+        self.frontends.retain(|_, f| keep(&f.service));
+        self.frontends6.retain(|_, f| keep(&f.service));
+    }
+}
+
+/// What the model needs per family beyond [`Family`]: where a family's endpoints, node
+/// addresses and frontends are kept.
+pub(in crate::model) trait ModelFamily: Family {
+    /// The endpoints of a slice if it is of this family.
+    fn slice_endpoints(e: &SliceEndpoints) -> Option<&[SlimEndpoint<Self::Ip>]>;
+    /// [`NodeContext::node_ips`] of this family.
+    fn node_ips(node: &NodeContext) -> &[Self::Ip];
+    /// [`NodeContext::nodeport_ips`] of this family.
+    fn nodeport_ips(node: &NodeContext) -> Vec<Self::Ip>;
+    /// `--external-ip-cidrs` of this family; `None` when the flag is not set.
+    fn external_ip_cidrs(node: &NodeContext) -> Option<&[Self::Net]>;
+    /// The family's frontends in `out`.
+    fn frontends(out: &mut Desired) -> &mut BTreeMap<FrontendKeyOf<Self>, DesiredFrontendOf<Self>>;
+}
+
+impl ModelFamily for [u8; 4] {
+    fn slice_endpoints(e: &SliceEndpoints) -> Option<&[SlimEndpoint<Self::Ip>]> {
+        match e {
+            SliceEndpoints::V4(e) => Some(e),
+            SliceEndpoints::V6(_) => None,
+        }
+    }
+    fn node_ips(node: &NodeContext) -> &[Self::Ip] {
+        &node.node_ips
+    }
+    fn nodeport_ips(node: &NodeContext) -> Vec<Self::Ip> {
+        node.nodeport_ips()
+    }
+    fn external_ip_cidrs(node: &NodeContext) -> Option<&[Self::Net]> {
+        node.external_ip_cidrs.as_deref()
+    }
+    fn frontends(out: &mut Desired) -> &mut BTreeMap<FrontendKey, DesiredFrontend> {
+        &mut out.frontends
+    }
+}
+
+impl ModelFamily for svc_common::Addr6 {
+    fn slice_endpoints(e: &SliceEndpoints) -> Option<&[SlimEndpoint<Self::Ip>]> {
+        match e {
+            SliceEndpoints::V6(e) => Some(e),
+            SliceEndpoints::V4(_) => None,
+        }
+    }
+    fn node_ips(node: &NodeContext) -> &[Self::Ip] {
+        &node.node_ips6
+    }
+    fn nodeport_ips(node: &NodeContext) -> Vec<Self::Ip> {
+        node.nodeport_ips6()
+    }
+    fn external_ip_cidrs(node: &NodeContext) -> Option<&[Self::Net]> {
+        node.external_ip_cidrs
+            .as_ref()
+            .map(|_| node.external_ip_cidrs6.as_slice())
+    }
+    fn frontends(out: &mut Desired) -> &mut BTreeMap<FrontendKey6, DesiredFrontend6> {
+        &mut out.frontends6
+    }
 }
 
 /// Computes what this node should serve for every Service in `objects`.

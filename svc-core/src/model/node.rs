@@ -3,7 +3,9 @@
 //! ([`NodeContext::claims`]) and which addresses serve NodePorts ([`NodeContext::nodeport_ips`]).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::Ipv6Net;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 // Named by the docs only.
@@ -28,17 +30,32 @@ pub struct NodeContext {
     /// ordinary backend, and a local one even when its slice names no node (the API server
     /// writes the `kubernetes` slice without `nodeName`).
     pub node_ips: Vec<Ipv4Addr>,
+    /// This node's own IPv6 addresses: [`NodeContext::node_ips`] for the IPv6 family (IPv6
+    /// NodePorts are served on them, an IPv6 endpoint at one of them is a local hostNetwork
+    /// endpoint).
+    pub node_ips6: Vec<Ipv6Addr>,
     /// kube-proxy's `--nodeport-addresses`: which of [`NodeContext::node_ips`] serve NodePorts.
     /// Empty (the default) means all of them, kube-proxy's `primary`. With prefixes, the node
     /// addresses inside any of them; and if one contains `127.0.0.1` (`127.0.0.0/8`,
     /// `0.0.0.0/0`), also `127.0.0.1` itself, the localhost NodePort that only the node's own
     /// processes reach (through the cgroup socket hooks, never through `route_localnet`).
     pub nodeport_addresses: Vec<Ipv4Net>,
+    /// The IPv6 prefixes of `--nodeport-addresses`: which of [`NodeContext::node_ips6`] serve
+    /// NodePorts, empty meaning all of them. Each family is restricted by its own prefixes
+    /// only, as kube-proxy's `NewNodePortAddresses(family, cidrs)` keeps the CIDRs of its
+    /// family and matches every address when none is left (pkg/proxy/util/nodeport_addresses.go).
+    /// No IPv6 localhost NodePort: kube-proxy serves localhost NodePorts for IPv4 only (there
+    /// is no `route_localnet` for IPv6).
+    pub nodeport_addresses6: Vec<Ipv6Net>,
     /// `--external-ip-cidrs`, the CVE-2020-8554 mitigation (what the upstream externalip-webhook
     /// enforces at admission): when set, a `spec.externalIPs` entry outside every prefix is
     /// refused, so whoever may create Services cannot capture traffic to an arbitrary address.
     /// `None` (the default) accepts every external IP, as kube-proxy does.
     pub external_ip_cidrs: Option<Vec<Ipv4Net>>,
+    /// The IPv6 prefixes of `--external-ip-cidrs`, which apply only when it is set
+    /// ([`NodeContext::external_ip_cidrs`] is `Some`): an IPv6 `externalIPs` entry outside all
+    /// of them is refused, so a list of IPv4 prefixes alone refuses every IPv6 external IP.
+    pub external_ip_cidrs6: Vec<Ipv6Net>,
     /// This node's zone, its Node object's [`LABEL_TOPOLOGY_ZONE`] label: endpoints hinted
     /// `forZones` it are preferred (see "Topology" in the module docs). `None` (no label, or no
     /// Node object as with `--manifests`) ignores zone hints, as kube-proxy on an unlabelled node
@@ -90,6 +107,21 @@ impl NodeContext {
         {
             ips.insert(Ipv4Addr::LOCALHOST);
         }
+        ips.into_iter().collect()
+    }
+
+    /// The IPv6 addresses NodePorts are served on, sorted and de-duplicated (see
+    /// [`NodeContext::nodeport_addresses6`]).
+    pub fn nodeport_ips6(&self) -> Vec<Ipv6Addr> {
+        let ips: BTreeSet<Ipv6Addr> = self
+            .node_ips6
+            .iter()
+            .copied()
+            .filter(|ip| {
+                self.nodeport_addresses6.is_empty()
+                    || self.nodeport_addresses6.iter().any(|c| c.contains(ip))
+            })
+            .collect();
         ips.into_iter().collect()
     }
 }

@@ -1,6 +1,6 @@
 //! What the model keeps of each object between plans, and nothing more: an agent runs on every
 //! node, so every byte kept per Service or endpoint is paid once per node. A Service is kept as
-//! a [`SlimService`] (only the fields the model reads); an EndpointSlice as a [`SlimSlice`]: addresses as `Ipv4Addr`s, conditions as bits, node and
+//! a [`SlimService`] (only the fields the model reads); an EndpointSlice as a [`SlimSlice`]: addresses as `Ipv4Addr`s or `Ipv6Addr`s (its `addressType`), conditions as bits, node and
 //! zone names shared ([`Interner`]), and the problems its parsing found, kept to be reported
 //! as before. Everything that depends on this node (which endpoints are local, which hints are
 //! for it) is decided at plan time ([`super::endpoints::ParsedSlice`]), so a slim object stays
@@ -12,7 +12,7 @@
 //! (docs/BENCHMARKS.md, "Memory and the pure part at 100k Services").
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,6 +21,7 @@ use svc_common::{PROTO_TCP, PROTO_UDP};
 
 use super::slim_service::SlimService;
 use super::{label, ObjectRef, Objects, Problem, LABEL_HEADLESS, LABEL_SERVICE_NAME};
+use crate::family::Family;
 
 /// Shares the text of names that repeat across objects (node names, zones, port names): one
 /// allocation per distinct name instead of one per endpoint.
@@ -101,7 +102,8 @@ impl SlimObjects {
 pub struct SlimSlice {
     /// Its [`LABEL_SERVICE_NAME`] label: the Service it belongs to, in its namespace.
     pub service: Option<Box<str>>,
-    /// `None` for a slice proxies ignore (not IPv4, or labelled [`LABEL_HEADLESS`]).
+    /// `None` for a slice proxies ignore (`addressType` neither IPv4 nor IPv6, or labelled
+    /// [`LABEL_HEADLESS`]).
     pub(super) content: Option<Box<SliceContent>>,
     /// Its `endpoints.kubernetes.io/last-change-trigger-time`, if well formed.
     pub trigger: Option<SystemTime>,
@@ -112,17 +114,29 @@ pub struct SlimSlice {
 pub(super) struct SliceContent {
     /// (name, protocol, port number) of each usable `ports[]` entry.
     pub(super) ports: Box<[(Arc<str>, u8, u16)]>,
-    pub(super) endpoints: Box<[SlimEndpoint]>,
+    /// The endpoints, of the slice's `addressType`.
+    pub(super) endpoints: SliceEndpoints,
     /// Refused ports and endpoints, in the order found: reported each time the slice is read,
     /// as when it was parsed each time.
     pub(super) problems: Box<[Problem]>,
 }
 
+/// The endpoints of a slice: one family per slice (`addressType`), and a Service's frontends of
+/// one family use only its slices of that family (kube-proxy runs one proxier per family, each
+/// with an EndpointSlice cache of its own `addressType`: pkg/proxy/endpointslicecache.go).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum SliceEndpoints {
+    /// `addressType: IPv4`.
+    V4(Box<[SlimEndpoint<Ipv4Addr>]>),
+    /// `addressType: IPv6`.
+    V6(Box<[SlimEndpoint<Ipv6Addr>]>),
+}
+
 /// An endpoint's first address, its conditions and what decides whether it is local or
 /// hinted here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct SlimEndpoint {
-    pub(super) addr: Ipv4Addr,
+pub(super) struct SlimEndpoint<Ip> {
+    pub(super) addr: Ip,
     /// `ready` (absent: true).
     pub(super) ready: bool,
     /// `serving && terminating` (`serving` absent: as `ready`; `terminating` absent: false).
@@ -143,11 +157,18 @@ pub(super) struct SlimHints {
 impl SlimSlice {
     /// Reads `slice` (named `slice_ref`) once: what a proxy uses, with the problems found.
     pub fn of(slice_ref: &ObjectRef, slice: &EndpointSlice, names: &mut Interner) -> Self {
-        let ignored =
-            slice.address_type != "IPv4" || label(&slice.metadata, LABEL_HEADLESS).is_some();
+        let v6 = match slice.address_type.as_str() {
+            "IPv4" => Some(false),
+            "IPv6" => Some(true),
+            // FQDN (deprecated, never read by kube-proxy) or unknown.
+            _ => None,
+        };
+        let ignored = label(&slice.metadata, LABEL_HEADLESS).is_some();
         Self {
             service: label(&slice.metadata, LABEL_SERVICE_NAME).map(Box::from),
-            content: (!ignored).then(|| Box::new(SliceContent::of(slice_ref, slice, names))),
+            content: v6
+                .filter(|_| !ignored)
+                .map(|v6| Box::new(SliceContent::of(slice_ref, slice, v6, names))),
             trigger: crate::store::trigger_time(slice),
         }
     }
@@ -161,7 +182,7 @@ impl SlimSlice {
 }
 
 impl SliceContent {
-    fn of(slice_ref: &ObjectRef, slice: &EndpointSlice, names: &mut Interner) -> Self {
+    fn of(slice_ref: &ObjectRef, slice: &EndpointSlice, v6: bool, names: &mut Interner) -> Self {
         let object = format!("EndpointSlice {slice_ref}");
         let mut problems = Vec::new();
         let mut ports = Vec::new();
@@ -187,72 +208,98 @@ impl SliceContent {
                 )),
             }
         }
-        let mut endpoints = Vec::new();
-        for (i, ep) in slice.endpoints.iter().enumerate() {
-            // Addresses of one endpoint are fungible; consumers use the first (as kube-proxy
-            // does, https://issue.k8s.io/106267).
-            let Some(text) = ep.addresses.first() else {
-                problems.push(Problem::new(
-                    &object,
-                    format!("endpoints[{i}].addresses"),
-                    "empty",
-                ));
-                continue;
-            };
-            let field = format!("endpoints[{i}].addresses[0]");
-            let Ok(addr) = text.parse::<Ipv4Addr>() else {
-                problems.push(Problem::new(
-                    &object,
-                    field,
-                    format!("{text:?} is not an IPv4 address"),
-                ));
-                continue;
-            };
-            if let Some(why) = refused_endpoint(addr) {
-                problems.push(Problem::new(
-                    &object,
-                    field,
-                    format!(
-                        "{addr} {why}; refused, as the API server's endpoint validation \
-                         refuses it (ValidateEndpointIP, CVE-2021-25737)"
-                    ),
-                ));
-                continue;
-            }
-            let conditions = ep.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let hints = ep.hints.as_ref().map(|h| SlimHints {
-                zones: h
-                    .for_zones
-                    .iter()
-                    .flatten()
-                    .map(|z| names.get(&z.name))
-                    .collect(),
-                nodes: h
-                    .for_nodes
-                    .iter()
-                    .flatten()
-                    .map(|n| names.get(&n.name))
-                    .collect(),
-            });
-            endpoints.push(SlimEndpoint {
-                addr,
-                ready,
-                serving_terminating: serving && terminating,
-                node_name: ep.node_name.as_deref().map(|n| names.get(n)),
-                hints: hints
-                    .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
-                    .map(Box::new),
-            });
-        }
+        let endpoints = if v6 {
+            SliceEndpoints::V6(endpoints_of::<svc_common::Addr6>(
+                &object,
+                slice,
+                names,
+                &mut problems,
+            ))
+        } else {
+            SliceEndpoints::V4(endpoints_of::<[u8; 4]>(
+                &object,
+                slice,
+                names,
+                &mut problems,
+            ))
+        };
         Self {
             ports: ports.into(),
-            endpoints: endpoints.into(),
+            endpoints,
             problems: problems.into(),
         }
     }
+}
+
+/// The endpoints of a slice of family `A` (its `addressType`), with the problems of those
+/// refused added to `problems`.
+fn endpoints_of<A: Family>(
+    object: &str,
+    slice: &EndpointSlice,
+    names: &mut Interner,
+    problems: &mut Vec<Problem>,
+) -> Box<[SlimEndpoint<A::Ip>]> {
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        // Addresses of one endpoint are fungible; consumers use the first (as kube-proxy
+        // does, https://issue.k8s.io/106267).
+        let Some(text) = ep.addresses.first() else {
+            problems.push(Problem::new(
+                object,
+                format!("endpoints[{i}].addresses"),
+                "empty",
+            ));
+            continue;
+        };
+        let field = format!("endpoints[{i}].addresses[0]");
+        let Some(addr) = text.parse().ok().and_then(A::of) else {
+            problems.push(Problem::new(
+                object,
+                field,
+                format!("{text:?} is not an {} address", A::NAME),
+            ));
+            continue;
+        };
+        if let Some(why) = refused_endpoint(addr.into()) {
+            problems.push(Problem::new(
+                object,
+                field,
+                format!(
+                    "{addr} {why}; refused, as the API server's endpoint validation \
+                     refuses it (ValidateEndpointIP, CVE-2021-25737)"
+                ),
+            ));
+            continue;
+        }
+        let conditions = ep.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        let hints = ep.hints.as_ref().map(|h| SlimHints {
+            zones: h
+                .for_zones
+                .iter()
+                .flatten()
+                .map(|z| names.get(&z.name))
+                .collect(),
+            nodes: h
+                .for_nodes
+                .iter()
+                .flatten()
+                .map(|n| names.get(&n.name))
+                .collect(),
+        });
+        endpoints.push(SlimEndpoint {
+            addr,
+            ready,
+            serving_terminating: serving && terminating,
+            node_name: ep.node_name.as_deref().map(|n| names.get(n)),
+            hints: hints
+                .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
+                .map(Box::new),
+        });
+    }
+    endpoints.into()
 }
 
 /// Why an endpoint address must never be a backend, if it must not: exactly the addresses the
@@ -267,7 +314,18 @@ impl SliceContent {
 ///
 /// A node's own address is *not* special: it is what every hostNetwork pod's endpoint is, and
 /// what the `kubernetes` Service (10.96.0.1:443 → the API server's node:6443) points to.
-fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
+///
+/// IPv6 (Go's `net.IP` methods, which validation calls): `::`, `::1`, link-local unicast
+/// `fe80::/10` and link-local multicast `ff02::/16` (`ff0X` with scope 2); an IPv4-mapped
+/// address (`::ffff:127.0.0.1`) is judged as its IPv4 address, as Go's methods do.
+fn refused_endpoint(addr: IpAddr) -> Option<&'static str> {
+    let addr = match addr {
+        IpAddr::V4(addr) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(addr) => addr,
+            None => return refused_endpoint6(v6),
+        },
+    };
     let [a, b, c, _] = addr.octets();
     if addr.is_unspecified() {
         Some("is unspecified")
@@ -277,6 +335,22 @@ fn refused_endpoint(addr: Ipv4Addr) -> Option<&'static str> {
         Some("is in the link-local range (169.254.0.0/16)")
     } else if (a, b, c) == (224, 0, 0) {
         Some("is in the link-local multicast range (224.0.0.0/24)")
+    } else {
+        None
+    }
+}
+
+/// [`refused_endpoint`] of an IPv6 address that is no IPv4-mapped one.
+fn refused_endpoint6(addr: Ipv6Addr) -> Option<&'static str> {
+    let seg = addr.segments();
+    if addr.is_unspecified() {
+        Some("is unspecified")
+    } else if addr.is_loopback() {
+        Some("is the loopback address (::1)")
+    } else if seg[0] & 0xffc0 == 0xfe80 {
+        Some("is in the link-local range (fe80::/10)")
+    } else if seg[0] & 0xff0f == 0xff02 {
+        Some("is a link-local multicast address (ff02::/16)")
     } else {
         None
     }

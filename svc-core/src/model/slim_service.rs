@@ -30,6 +30,10 @@ pub struct SlimSpec {
     pub cluster_ip: Option<Box<str>>,
     /// `spec.clusterIPs` (absent: empty).
     pub cluster_ips: Box<[Box<str>]>,
+    /// `spec.ipFamilies` (absent: empty): which family each `clusterIPs` entry is.
+    pub ip_families: Box<[Box<str>]>,
+    /// `spec.ipFamilyPolicy`.
+    pub ip_family_policy: Option<Box<str>>,
     /// `spec.externalIPs` (absent: empty).
     pub external_ips: Box<[Box<str>]>,
     /// `spec.externalTrafficPolicy` is `Local`.
@@ -108,6 +112,8 @@ impl SlimService {
                 type_: s.type_.as_deref().map(|t| names.get(t)),
                 cluster_ip: s.cluster_ip.map(Box::from),
                 cluster_ips: texts(s.cluster_ips),
+                ip_families: texts(s.ip_families),
+                ip_family_policy: s.ip_family_policy.map(Box::from),
                 external_ips: texts(s.external_ips),
                 external_local: s.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: s.internal_traffic_policy.as_deref() == Some("Local"),

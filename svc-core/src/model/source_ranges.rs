@@ -2,52 +2,40 @@
 //! means for a Service's LoadBalancer IP frontends ([`SourceRanges::for_lb_ip`]: flags and
 //! prefixes). The rules are "Source ranges" in the `model` module docs.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use svc_common::{FRONTEND_F_DENY_NODE, FRONTEND_F_SOURCE_RANGES};
 
 use super::slim_service::SlimSpec;
-use super::{cidr, Ipv4Net, NodeContext, Problem};
+use super::{cidr, Ipv4Net, Ipv6Net, ModelFamily, NodeContext, Problem};
 
 /// A Service's `loadBalancerSourceRanges`, as they apply to its LB IP frontends (see "Source
-/// ranges" in the module docs).
+/// ranges" in the module docs), per family: each family's LB IPs are filtered by that
+/// family's prefixes alone (kube-proxy's `MapCIDRsByIPFamily`, one proxier per family).
 pub(super) struct SourceRanges {
-    /// The IPv4 prefixes, sorted and de-duplicated; empty: no filtering.
-    allowed: Vec<Ipv4Net>,
-    /// No prefix contains a node address: the node's own processes are refused.
+    v4: FamilyRanges<[u8; 4]>,
+    v6: FamilyRanges<svc_common::Addr6>,
+}
+
+/// The prefixes of one family.
+struct FamilyRanges<A: ModelFamily> {
+    /// Sorted and de-duplicated; empty: no filtering.
+    allowed: Vec<A::Net>,
+    /// No prefix contains a node address of the family: the node's own processes are refused.
     deny_node: bool,
 }
 
-impl SourceRanges {
-    pub(super) fn of(
-        spec: &SlimSpec,
-        node: &NodeContext,
-        object: &str,
-        problems: &mut Vec<Problem>,
-    ) -> Self {
-        let mut allowed = Vec::new();
-        for (i, text) in spec.source_ranges.iter().enumerate() {
-            match parse_source_range(text) {
-                Ok(Some(cidr)) => allowed.push(cidr),
-                Ok(None) => {}
-                Err(why) => problems.push(Problem::new(
-                    object,
-                    format!("spec.loadBalancerSourceRanges[{i}]"),
-                    format!("{text:?} is not a CIDR ({why}); ignored"),
-                )),
-            }
-        }
+impl<A: ModelFamily> FamilyRanges<A> {
+    fn of(mut allowed: Vec<A::Net>, node: &NodeContext) -> Self {
         allowed.sort_unstable();
         allowed.dedup();
-        let deny_node = !node
-            .node_ips
+        let deny_node = !A::node_ips(node)
             .iter()
-            .any(|ip| allowed.iter().any(|c| c.contains(ip)));
+            .any(|ip| allowed.iter().any(|c| A::net_contains(c, ip)));
         Self { allowed, deny_node }
     }
 
-    /// The extra flags and the prefixes of an LB IP frontend.
-    pub(super) fn for_lb_ip(&self) -> (u32, Vec<Ipv4Net>) {
+    fn for_lb_ip(&self) -> (u32, Vec<A::Net>) {
         if self.allowed.is_empty() {
             return (0, Vec::new());
         }
@@ -59,16 +47,61 @@ impl SourceRanges {
     }
 }
 
+/// A parsed `loadBalancerSourceRanges` entry.
+enum Range {
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+}
+
+impl SourceRanges {
+    pub(super) fn of(
+        spec: &SlimSpec,
+        node: &NodeContext,
+        object: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Self {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (i, text) in spec.source_ranges.iter().enumerate() {
+            match parse_source_range(text) {
+                Ok(Range::V4(cidr)) => v4.push(cidr),
+                Ok(Range::V6(cidr)) => v6.push(cidr),
+                Err(why) => problems.push(Problem::new(
+                    object,
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("{text:?} is not a CIDR ({why}); ignored"),
+                )),
+            }
+        }
+        Self {
+            v4: FamilyRanges::of(v4, node),
+            v6: FamilyRanges::of(v6, node),
+        }
+    }
+
+    /// The extra flags and the prefixes of an IPv4 LB IP frontend.
+    pub(super) fn for_lb_ip4(&self) -> (u32, Vec<Ipv4Net>) {
+        self.v4.for_lb_ip()
+    }
+
+    /// The extra flags and the prefixes of an IPv6 LB IP frontend.
+    pub(super) fn for_lb_ip6(&self) -> (u32, Vec<Ipv6Net>) {
+        self.v6.for_lb_ip()
+    }
+}
+
 /// One `loadBalancerSourceRanges` entry as kube-proxy reads it (`MapCIDRsByIPFamily`:
 /// whitespace trimmed, netutils' `ParseCIDRSloppy`, so host bits are cleared and IPv4 octets
-/// may have leading zeros). `Ok(None)`: an IPv6 prefix, the other family's business.
-fn parse_source_range(text: &str) -> Result<Option<Ipv4Net>, &'static str> {
+/// may have leading zeros; an IPv6 prefix is read as Go's `ParseCIDR` reads it, host bits
+/// cleared).
+fn parse_source_range(text: &str) -> Result<Range, &'static str> {
     let text = text.trim();
     let (addr, len) = text.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
     if addr.contains(':') {
         let len_text = len;
-        return match (addr.parse::<std::net::Ipv6Addr>(), len.parse::<u8>()) {
-            (Ok(_), Ok(len)) if len <= 128 && is_decimal(len_text) => Ok(None),
+        return match (addr.parse::<Ipv6Addr>(), len.parse::<u8>()) {
+            (Ok(addr), Ok(len)) if is_decimal(len_text) => Ipv6Net::new(addr, len)
+                .map(|n| Range::V6(n.trunc()))
+                .map_err(|_| "prefix length above 128"),
             _ => Err("not an IPv6 prefix"),
         };
     }
@@ -89,7 +122,7 @@ fn parse_source_range(text: &str) -> Result<Option<Ipv4Net>, &'static str> {
         .and_then(|l| l.parse().ok())
         .ok_or("prefix length is not a number")?;
     cidr(Ipv4Addr::from(octets), len)
-        .map(Some)
+        .map(Range::V4)
         .ok_or("prefix length above 32")
 }
 

@@ -4,21 +4,20 @@
 
 use std::collections::HashSet;
 
-use svc_common::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND, SCOPE_ANY,
-};
+use svc_common::{Frontend, Slot, SlotKey, MAX_BACKENDS_PER_FRONTEND, SCOPE_ANY};
 
-use crate::dataplane::{MapOp, SourceRange};
-use crate::model::DesiredFrontend;
+use crate::dataplane::MapOp;
+use crate::family::{AnyBackend, AnyFrontendKey};
+use crate::model::DesiredRef;
 
-use super::programmed::{slot_number, Programmed, ProgrammedFrontend};
+use super::programmed::{range_of, slot_number, Programmed, ProgrammedFrontend};
 use super::{removed_backend_ids, Prefix, Removals, RemovedBackend};
 
 /// The diff itself; see the module docs for the phases.
 pub(super) fn plan_core(
     state: &mut Programmed,
-    wanted: &[(&FrontendKey, &DesiredFrontend)],
-    removed: &[FrontendKey],
+    wanted: &[(AnyFrontendKey, DesiredRef)],
+    removed: &[AnyFrontendKey],
 ) -> (Vec<MapOp>, Removals) {
     let mut removals = Removals::default();
     // Phase 0: strays are unreachable (no count covers them), so deleting them first is safe,
@@ -29,7 +28,7 @@ pub(super) fn plan_core(
         .chain(
             std::mem::take(&mut state.range_strays)
                 .into_iter()
-                .map(|range| MapOp::DeleteSourceRange { range }),
+                .map(|range| range.delete_op()),
         )
         .collect();
     // Removed frontends first (phase 1 of the module docs): deleting them before anything is
@@ -37,7 +36,7 @@ pub(super) fn plan_core(
     // stays is the exception: it goes last, after the sibling is rewritten without
     // FRONTEND_F_EXTERNAL_SCOPE (an uplink hook that sees the flag drops what has no scoped
     // entry).
-    let wanted_keys: HashSet<&FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
+    let wanted_keys: HashSet<&AnyFrontendKey> = wanted.iter().map(|(k, _)| k).collect();
     let mut early_removal_ops = Vec::new();
     let mut removal_ops = Vec::new();
     let mut freed_frontend_ids = Vec::new();
@@ -47,18 +46,15 @@ pub(super) fn plan_core(
         let Some(fe) = state.remove_frontend(key) else {
             continue;
         };
-        let sibling_stays = key.scope != SCOPE_ANY
-            && wanted_keys.contains(&FrontendKey {
-                scope: SCOPE_ANY,
-                ..*key
-            });
+        let sibling_stays =
+            key.scope() != SCOPE_ANY && wanted_keys.contains(&key.with_scope(SCOPE_ANY));
         let out = if sibling_stays {
             named_until_late.extend(fe.slots.iter().flatten());
             &mut removal_ops
         } else {
             &mut early_removal_ops
         };
-        out.push(MapOp::DeleteFrontend { key: *key });
+        out.push(delete_frontend_op(key));
         if fe.id != 0 {
             removals.frontend_ids.push(fe.id);
             removals
@@ -68,7 +64,7 @@ pub(super) fn plan_core(
                         .into_iter()
                         .map(|backend_id| RemovedBackend {
                             frontend_id: fe.id,
-                            proto: key.proto,
+                            proto: key.proto(),
                             backend_id,
                         }),
                 );
@@ -85,13 +81,7 @@ pub(super) fn plan_core(
             out.extend(
                 fe.source_ranges
                     .iter()
-                    .map(|&(addr, len)| MapOp::DeleteSourceRange {
-                        range: SourceRange {
-                            frontend_id: fe.id,
-                            addr,
-                            len,
-                        },
-                    }),
+                    .map(|&prefix| range_of(key, fe.id, prefix).delete_op()),
             );
             freed_frontend_ids.push(fe.id);
         }
@@ -106,8 +96,10 @@ pub(super) fn plan_core(
         .iter()
         .any(|id| state.backends.get(id).is_some_and(|e| e.refs == 0))
     {
-        let wanted_backends: HashSet<&Backend> =
-            wanted.iter().flat_map(|(_, f)| f.backends.iter()).collect();
+        let wanted_backends: HashSet<AnyBackend> = wanted
+            .iter()
+            .flat_map(|(_, f)| f.backends(usize::MAX))
+            .collect();
         let early: Vec<u32> = state
             .unreferenced
             .iter()
@@ -129,7 +121,7 @@ pub(super) fn plan_core(
     let early_freed: Vec<u32> = early_backend_deletes
         .iter()
         .filter_map(|op| match op {
-            MapOp::DeleteBackend { id } => Some(*id),
+            MapOp::DeleteBackend { id } | MapOp::DeleteBackend6 { id } => Some(*id),
             _ => None,
         })
         .collect();
@@ -146,19 +138,19 @@ pub(super) fn plan_core(
     // rewritten without the flag, see the removal loop above.)
     let scoped_first = wanted
         .iter()
-        .filter(|(k, _)| k.scope != SCOPE_ANY)
-        .chain(wanted.iter().filter(|(k, _)| k.scope == SCOPE_ANY));
+        .filter(|(k, _)| k.scope() != SCOPE_ANY)
+        .chain(wanted.iter().filter(|(k, _)| k.scope() == SCOPE_ANY));
     // Phase 2 first, for every frontend: the new backends' ids are allocated in the same order
     // as the frontend pass below then looks them up.
     for &(_, want) in scoped_first.clone() {
-        for backend in programmed_backends(want) {
+        for backend in programmed_backends(&want) {
             state.backend_id_or_insert(backend, &mut ops);
         }
     }
     let frontend_ops = &mut ops;
-    for &(&key, want) in scoped_first {
-        let mut ids: Vec<u32> = Vec::with_capacity(want.backends.len());
-        for backend in programmed_backends(want) {
+    for &(key, want) in scoped_first {
+        let mut ids: Vec<u32> = Vec::with_capacity(want.backend_len());
+        for backend in programmed_backends(&want) {
             ids.push(state.backend_id_or_insert(backend, frontend_ops));
         }
 
@@ -181,23 +173,15 @@ pub(super) fn plan_core(
                 Vec::new(),
             ),
         };
-        let mut new_ranges: Vec<Prefix> = want
-            .source_ranges
-            .iter()
-            .map(|c| (c.network().octets(), c.prefix_len()))
-            .collect();
+        let mut new_ranges: Vec<Prefix> = want.prefixes();
         new_ranges.sort_unstable();
         new_ranges.dedup();
-        let range_op = |&(addr, len): &Prefix| SourceRange {
-            frontend_id: id,
-            addr,
-            len,
-        };
+        let range_op = |&prefix: &Prefix| range_of(&key, id, prefix);
         frontend_ops.extend(
             new_ranges
                 .iter()
                 .filter(|r| old_ranges.binary_search(r).is_err())
-                .map(|r| MapOp::PutSourceRange { range: range_op(r) }),
+                .map(|r| range_op(r).put_op()),
         );
         let new_slots = assign_slots(&old_slots, &ids);
         removals
@@ -207,7 +191,7 @@ pub(super) fn plan_core(
                     .into_iter()
                     .map(|backend_id| RemovedBackend {
                         frontend_id: id,
-                        proto: key.proto,
+                        proto: key.proto(),
                         backend_id,
                     }),
             );
@@ -226,11 +210,14 @@ pub(super) fn plan_core(
         let value = Frontend {
             id,
             backend_count: u32::try_from(new_slots.len()).unwrap_or(MAX_BACKENDS_PER_FRONTEND),
-            flags: want.flags,
-            affinity_timeout_s: want.affinity_timeout_s,
+            flags: want.flags(),
+            affinity_timeout_s: want.affinity_timeout_s(),
         };
         if old_value != Some(value) {
-            frontend_ops.push(MapOp::PutFrontend { key, value });
+            frontend_ops.push(match key {
+                AnyFrontendKey::V4(key) => MapOp::PutFrontend { key, value },
+                AnyFrontendKey::V6(key) => MapOp::PutFrontend6 { key, value },
+            });
         }
         for (i, slot) in old_slots.iter().enumerate().skip(new_slots.len()) {
             if slot.is_some() {
@@ -245,7 +232,7 @@ pub(super) fn plan_core(
             old_ranges
                 .iter()
                 .filter(|r| new_ranges.binary_search(r).is_err())
-                .map(|r| MapOp::DeleteSourceRange { range: range_op(r) }),
+                .map(|r| range_op(r).delete_op()),
         );
         // Refcounts: take the new references before dropping the old, so a backend moving
         // between slots never looks unreferenced.
@@ -257,7 +244,7 @@ pub(super) fn plan_core(
         for backend_id in old_slots.iter().flatten() {
             state.unref(*backend_id);
         }
-        let owner = state.set_owner(key, old_owner.as_deref(), Some(&want.service));
+        let owner = state.set_owner(key, old_owner.as_deref(), Some(want.service()));
         let slots = new_slots.into_iter().map(Some).collect();
         let fe = ProgrammedFrontend {
             id,
@@ -292,14 +279,29 @@ pub(super) fn plan_core(
 
     ops.extend(removal_ops);
     ops.extend(backend_deletes);
+    // Adopted ids held by both families' maps: the IPv6 entry goes last, when no slot of a
+    // live IPv6 frontend can name it any more (every such slot was rewritten or deleted).
+    ops.extend(
+        std::mem::take(&mut state.doubled_backends)
+            .into_iter()
+            .map(|id| MapOp::DeleteBackend6 { id }),
+    );
     (ops, removals)
+}
+
+/// The `DeleteFrontend` or `DeleteFrontend6` of `key`.
+fn delete_frontend_op(key: &AnyFrontendKey) -> MapOp {
+    match *key {
+        AnyFrontendKey::V4(key) => MapOp::DeleteFrontend { key },
+        AnyFrontendKey::V6(key) => MapOp::DeleteFrontend6 { key },
+    }
 }
 
 /// The backends a frontend's slots name: `want`'s, sorted and distinct, at most
 /// [`MAX_BACKENDS_PER_FRONTEND`].
-fn programmed_backends(want: &DesiredFrontend) -> Vec<Backend> {
-    let sorted = want.backends.windows(2).all(|w| w[0] < w[1]);
-    let mut backends = want.backends.clone();
+fn programmed_backends(want: &DesiredRef) -> Vec<AnyBackend> {
+    let mut backends = want.backends(usize::MAX);
+    let sorted = backends.windows(2).all(|w| w[0] < w[1]);
     if !sorted {
         backends.sort_unstable();
         backends.dedup();
@@ -311,12 +313,16 @@ fn programmed_backends(want: &DesiredFrontend) -> Vec<Backend> {
 /// Forgets backend `id` and queues its `DeleteBackend`; the caller releases the id once no
 /// later op of the plan can allocate it.
 fn delete_backend(state: &mut Programmed, id: u32, ops: &mut Vec<MapOp>) {
-    if let Some(entry) = state.backends.remove(&id) {
-        if state.backend_ids.get(&entry.backend) == Some(&id) {
-            state.backend_ids.remove(&entry.backend);
-        }
+    let Some(entry) = state.remove_backend(id) else {
+        return;
+    };
+    if state.backend_ids.get(&entry.backend) == Some(&id) {
+        state.backend_ids.remove(&entry.backend);
     }
-    ops.push(MapOp::DeleteBackend { id });
+    ops.push(match entry.backend {
+        AnyBackend::V4(_) => MapOp::DeleteBackend { id },
+        AnyBackend::V6(_) => MapOp::DeleteBackend6 { id },
+    });
 }
 
 /// New slot contents for a frontend whose slots held `old` and should hold the backend ids

@@ -1,5 +1,10 @@
 //! Pure: what the maps hold + what should be served → the ordered map operations between them.
 //!
+//! Both families are planned in one pass: frontends and backends are kept by their
+//! family-tagged forms ([`crate::family`]), ids come from allocators shared by both (one id
+//! space), and each phase below covers both families, so the update order holds within each
+//! family and across them (removals of either family free slots before any slot is put).
+//!
 //! [`Programmed`] mirrors the three service maps with the bookkeeping the maps themselves do not
 //! keep: which Service owns each frontend, which id each backend tuple has, and how many slots
 //! name each backend. [`plan`] diffs it against a [`Desired`] and returns the [`MapOp`]s plus the
@@ -40,15 +45,14 @@ pub use programmed::{Programmed, ProgrammedFrontend};
 
 use std::collections::{BTreeSet, HashSet};
 
-use svc_common::FrontendKey;
-
 use crate::dataplane::MapOp;
+use crate::family::AnyFrontendKey;
 use crate::model::{Desired, ObjectRef};
 
 use diff::plan_core;
 
-/// A source prefix of a frontend: network address (network order) and length.
-pub type Prefix = ([u8; 4], u8);
+/// A source prefix of a frontend: network address (of the frontend's family) and length.
+pub type Prefix = (std::net::IpAddr, u8);
 
 /// The result of planning: ops to apply in order, and the state they lead to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,16 +143,15 @@ pub fn plan_in_place_holding(
     desired: &Desired,
     held: &BTreeSet<ObjectRef>,
 ) -> (Vec<MapOp>, Removals) {
-    let removed: Vec<FrontendKey> = state
+    let removed: Vec<AnyFrontendKey> = state
         .frontends
         .iter()
         .filter(|(k, fe)| {
-            !desired.frontends.contains_key(k)
-                && !fe.owner.as_ref().is_some_and(|o| held.contains(&**o))
+            !desired.contains(k) && !fe.owner.as_ref().is_some_and(|o| held.contains(&**o))
         })
         .map(|(k, _)| *k)
         .collect();
-    let wanted: Vec<_> = desired.frontends.iter().collect();
+    let wanted: Vec<_> = desired.iter_any().collect();
     plan_core(state, &wanted, &removed)
 }
 
@@ -183,10 +186,9 @@ pub fn plan_services_in_place(
     // (the model gives a contested key to the Service whose name sorts first; the engine
     // widens `changed` to the holders of contested keys, see `crate::run`).
     let wanted: Vec<_> = desired
-        .frontends
-        .iter()
+        .iter_any()
         .filter(|(k, f)| {
-            changed.contains(&f.service)
+            changed.contains(f.service())
                 && state
                     .frontends
                     .get(k)
@@ -194,8 +196,8 @@ pub fn plan_services_in_place(
                     .is_none_or(|owner| changed.contains(owner))
         })
         .collect();
-    let wanted_keys: HashSet<&FrontendKey> = wanted.iter().map(|(k, _)| *k).collect();
-    let removed: Vec<FrontendKey> = changed
+    let wanted_keys: HashSet<&AnyFrontendKey> = wanted.iter().map(|(k, _)| k).collect();
+    let removed: Vec<AnyFrontendKey> = changed
         .iter()
         .filter_map(|svc| state.owners.get(svc))
         .flatten()

@@ -597,7 +597,7 @@ fn hostile_sequences_keep_the_invariant_and_converge() {
                 }
                 let ids: BTreeSet<u32> = kept
                     .iter()
-                    .filter_map(|k| state.frontends().get(k))
+                    .filter_map(|k| state.frontend(*k))
                     .map(|f| f.id)
                     .collect();
                 hijacked
@@ -779,7 +779,7 @@ fn incremental_plan_leaves_a_frontend_another_service_owns() {
     let (ops, _) = plan_services_in_place(&mut state, &desired_for(&after, &node, &scope), &scope);
     apply_ops(&mut fake, &ops).expect("incremental plan");
     assert_eq!(
-        state.frontends()[&key].owner.as_deref(),
+        state.frontend(key).expect("programmed").owner.as_deref(),
         Some(&ObjectRef::new("default", "aaa")),
         "10.96.0.10:80 was taken over by the incremental plan: {ops:?}"
     );

@@ -248,3 +248,47 @@ async fn one_file_change_cost_at_10k_services() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A dual-stack Service from manifests: both families' maps are written, and a change of the
+/// Service to SingleStack IPv4 takes the IPv6 side away and leaves the IPv4 side as it was.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_dual_stack_manifest_programs_both_families_and_a_family_change_removes_one() {
+    let manifest = |families: &str, ips: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec:\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: {families}\n  \
+             clusterIP: 10.96.0.10\n  clusterIPs: {ips}\n  ports: [{{port: 80, targetPort: 8080}}]\n\
+             ---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-v4, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [10.244.1.5]}}]\n\
+             ---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-v6, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+             addressType: IPv6\nports: [{{port: 8080}}]\n\
+             endpoints: [{{addresses: [\"fd00:10:244:1::5\"]}}, {{addresses: [\"fd00:10:244:1::6\"]}}]\n"
+        )
+    };
+    let load = |text: String| load_texts(&[("web.yaml".to_owned(), text)], &Options::default());
+    let (mut engine, maps, problems) = engine();
+    let dual = load(manifest("[IPv4, IPv6]", "[10.96.0.10, \"fd00:10:96::10\"]"));
+    assert!(dual.problems.is_empty(), "{:?}", dual.problems);
+    engine
+        .handle(vec![Event::Objects(dual, Instant::now())])
+        .await;
+    assert!(problems.0.borrow().is_empty(), "{:?}", problems.0.borrow());
+    let v4_before = canonical(&maps.0.borrow().snapshot);
+    {
+        let snap = &maps.0.borrow().snapshot;
+        assert_eq!((snap.frontends.len(), snap.backends.len()), (1, 1));
+        assert_eq!((snap.frontends6.len(), snap.backends6.len()), (1, 2));
+    }
+    let single = load(manifest("[IPv4]", "[10.96.0.10]"));
+    engine
+        .handle(vec![Event::Objects(single, Instant::now())])
+        .await;
+    let fake = maps.0.borrow();
+    assert!(fake.snapshot.frontends6.is_empty() && fake.snapshot.backends6.is_empty());
+    assert_eq!(canonical(&fake.snapshot), v4_before, "IPv4 unchanged");
+    fake.check_all().expect("never half-built");
+}

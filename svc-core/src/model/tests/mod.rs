@@ -5,6 +5,7 @@
 
 mod cidr;
 mod endpoints;
+mod families;
 mod frontends;
 mod health;
 mod service;

@@ -59,6 +59,8 @@ fn a_slim_service_keeps_exactly_what_the_model_reads() {
                 type_: Some(Arc::from("LoadBalancer")),
                 cluster_ip: text("10.96.0.10"),
                 cluster_ips: texts(&["10.96.0.10"]),
+                ip_families: texts(&["IPv4"]),
+                ip_family_policy: text("SingleStack"),
                 external_ips: texts(&["192.0.2.1"]),
                 external_local: true,
                 internal_local: true,
@@ -174,10 +176,13 @@ fn a_slim_slice_keeps_what_backend_choice_reads_and_shares_names() {
         a.trigger,
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_554_400))
     );
-    let (ea, eb) = (
-        &a.content.as_ref().expect("IPv4").endpoints[0],
-        &b.content.as_ref().expect("IPv4").endpoints[0],
-    );
+    fn v4(s: &SlimSlice) -> &SlimEndpoint<Ipv4Addr> {
+        match &s.content.as_ref().expect("IPv4").endpoints {
+            SliceEndpoints::V4(e) => &e[0],
+            SliceEndpoints::V6(_) => panic!("an IPv4 slice"),
+        }
+    }
+    let (ea, eb) = (v4(&a), v4(&b));
     assert_eq!(ea.addr, Ipv4Addr::new(10, 244, 1, 5), "the first address");
     assert!(!ea.ready && ea.serving_terminating);
     let (na, nb) = (ea.node_name.as_ref(), eb.node_name.as_ref());
@@ -195,7 +200,7 @@ fn a_slim_slice_keeps_what_backend_choice_reads_and_shares_names() {
 fn slices_proxies_ignore_keep_their_owner_and_nothing_else() {
     let mut names = Interner::default();
     for body in [
-        json!({"addressType": "IPv6", "endpoints": [{"addresses": ["fd00::1"]}]}),
+        json!({"addressType": "FQDN", "endpoints": [{"addresses": ["web.example"]}]}),
         json!({"metadata": {"labels": {LABEL_HEADLESS: ""}},
                "endpoints": [{"addresses": ["10.244.1.5"]}]}),
     ] {
@@ -205,4 +210,46 @@ fn slices_proxies_ignore_keep_their_owner_and_nothing_else() {
         assert!(slim.content.is_none(), "{body}");
     }
     assert!(names.is_empty());
+}
+
+#[test]
+fn an_ipv6_slice_keeps_ipv6_endpoints_and_refuses_what_validation_refuses() {
+    let mut names = Interner::default();
+    let body = json!({"addressType": "IPv6", "endpoints": [
+        {"addresses": ["fd00:10:244:1::5"]},
+        {"addresses": ["10.244.1.5"]},
+        {"addresses": ["::1"]},
+        {"addresses": ["fe80::1"]},
+        {"addresses": ["ff02::1"]},
+        {"addresses": ["::"]},
+        {"addresses": ["::ffff:127.0.0.1"]},
+    ]});
+    let (r, s) = slice("default", "web-v6", "web", body);
+    let slim = SlimSlice::of(&r, &s, &mut names);
+    let content = slim.content.as_ref().expect("an IPv6 slice is read");
+    let SliceEndpoints::V6(eps) = &content.endpoints else {
+        panic!("IPv6 endpoints");
+    };
+    assert_eq!(eps.len(), 1);
+    assert_eq!(
+        eps[0].addr,
+        "fd00:10:244:1::5".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    let fields: Vec<(&str, &str)> = content
+        .problems
+        .iter()
+        .map(|p| (p.field.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(fields.len(), 6, "{fields:?}");
+    assert!(fields[0].1.contains("not an IPv6 address"), "{fields:?}");
+    for (i, why) in [
+        (1, "loopback"),
+        (2, "link-local range (fe80::/10)"),
+        (3, "link-local multicast"),
+        (4, "unspecified"),
+        (5, "loopback range (127.0.0.0/8)"),
+    ] {
+        assert!(fields[i].1.contains(why), "{i}: {fields:?}");
+        assert_eq!(fields[i].0, format!("endpoints[{}].addresses[0]", i + 1));
+    }
 }

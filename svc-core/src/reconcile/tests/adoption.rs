@@ -171,8 +171,8 @@ fn adoption_rewrites_dangling_and_missing_slots_and_conflicting_ids() {
         canonical(&plan(&Programmed::default(), &d).next.to_snapshot())
     );
     assert_ne!(
-        p.next.frontends()[&fk(1, 80)].id,
-        p.next.frontends()[&fk(2, 80)].id
+        p.next.frontend(fk(1, 80)).expect("programmed").id,
+        p.next.frontend(fk(2, 80)).expect("programmed").id
     );
     assert_eq!(
         p.next.backend_id(&be(1)),
@@ -203,6 +203,12 @@ impl MapApply {
             MapOp::DeleteBackend { id } => assert!(s.backends.remove(id).is_some()),
             MapOp::PutSourceRange { range } => drop(s.source_ranges.insert(*range)),
             MapOp::DeleteSourceRange { range } => assert!(s.source_ranges.remove(range)),
+            MapOp::PutBackend6 { id, backend } => drop(s.backends6.insert(*id, *backend)),
+            MapOp::PutFrontend6 { key, value } => drop(s.frontends6.insert(*key, *value)),
+            MapOp::DeleteFrontend6 { key } => assert!(s.frontends6.remove(key).is_some()),
+            MapOp::DeleteBackend6 { id } => assert!(s.backends6.remove(id).is_some()),
+            MapOp::PutSourceRange6 { range } => drop(s.source_ranges6.insert(*range)),
+            MapOp::DeleteSourceRange6 { range } => assert!(s.source_ranges6.remove(range)),
         }
     }
 }

@@ -33,7 +33,7 @@ fn ids_freed_in_a_plan_are_not_reused_by_the_same_plan() {
     // Replace frontend and backend in one plan: the new ones must not take id 1 while the
     // old frontend/backend 1 are still live in the maps.
     let p2 = plan(&p1.next, &desired(vec![(fk(2, 80), fe("b", &[2]))]));
-    assert_eq!(p2.next.frontends()[&fk(2, 80)].id, 2);
+    assert_eq!(p2.next.frontend(fk(2, 80)).expect("programmed").id, 2);
     assert_eq!(p2.next.backend_id(&be(2)), Some(2));
     let mut fake = FakeDataplane::default();
     apply(&mut fake, &p1);
@@ -43,7 +43,7 @@ fn ids_freed_in_a_plan_are_not_reused_by_the_same_plan() {
         &p2.next,
         &desired(vec![(fk(2, 80), fe("b", &[2])), (fk(3, 80), fe("c", &[3]))]),
     );
-    assert_eq!(p3.next.frontends()[&fk(3, 80)].id, 1);
+    assert_eq!(p3.next.frontend(fk(3, 80)).expect("programmed").id, 1);
     assert_eq!(p3.next.backend_id(&be(3)), Some(1));
 }
 

@@ -2,6 +2,7 @@
 //! invariant after each op. This file holds the shared helpers; each child file tests one concern.
 
 mod adoption;
+mod families;
 mod ids;
 mod north_south;
 mod order;
@@ -59,8 +60,7 @@ fn fe(service: &str, backends: &[u8]) -> DesiredFrontend {
 fn desired(items: Vec<(FrontendKey, DesiredFrontend)>) -> Desired {
     Desired {
         frontends: items.into_iter().collect(),
-        problems: vec![],
-        lost: vec![],
+        ..Desired::default()
     }
 }
 
@@ -86,6 +86,12 @@ fn op_kinds(ops: &[MapOp]) -> Vec<&'static str> {
             MapOp::DeleteBackend { .. } => "DeleteBackend",
             MapOp::PutSourceRange { .. } => "PutSourceRange",
             MapOp::DeleteSourceRange { .. } => "DeleteSourceRange",
+            MapOp::PutBackend6 { .. } => "PutBackend6",
+            MapOp::PutFrontend6 { .. } => "PutFrontend6",
+            MapOp::DeleteFrontend6 { .. } => "DeleteFrontend6",
+            MapOp::DeleteBackend6 { .. } => "DeleteBackend6",
+            MapOp::PutSourceRange6 { .. } => "PutSourceRange6",
+            MapOp::DeleteSourceRange6 { .. } => "DeleteSourceRange6",
         })
         .collect()
 }

@@ -135,7 +135,11 @@ fn flags_are_written_and_a_flag_only_change_rewrites_the_frontend() {
     )]);
     let p1 = plan(&Programmed::default(), &d1);
     assert_eq!(
-        p1.next.frontends()[&fk(1, 30080)].value.flags,
+        p1.next
+            .frontend(fk(1, 30080))
+            .expect("programmed")
+            .value
+            .flags,
         FRONTEND_F_NODEPORT
     );
     let d2 = desired(vec![(

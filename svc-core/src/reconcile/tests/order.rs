@@ -140,7 +140,8 @@ fn a_surviving_backend_keeps_its_slot() {
     );
     let slot_of = |p: &Programmed, b: u8| {
         let id = p.backend_id(&be(b)).expect("programmed");
-        p.frontends()[&fk(1, 80)]
+        p.frontend(fk(1, 80))
+            .expect("programmed")
             .slots
             .iter()
             .position(|s| *s == Some(id))

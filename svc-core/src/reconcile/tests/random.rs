@@ -1,6 +1,7 @@
 //! Random sequences of desired states (the invariant holds and plans converge), and scale.
 
 use super::*;
+use crate::family::AnyFrontendKey;
 
 /// Deterministic xorshift64* PRNG: reproducible random-ish sequences without a crate.
 struct Rng(u64);
@@ -20,6 +21,7 @@ impl Rng {
 
 fn random_desired(rng: &mut Rng) -> Desired {
     let mut items = Vec::new();
+    let mut items6 = Vec::new();
     for f in 0..rng.below(12) {
         let key = FrontendKey {
             addr: [10, 96, 0, rng.below(6) as u8],
@@ -62,36 +64,88 @@ fn random_desired(rng: &mut Rng) -> Desired {
         } else {
             FRONTEND_F_SOURCE_RANGES
         };
+        let affinity_timeout_s = rng.below(2) as u32 * 60;
+        // Half the frontends are dual-stack: an IPv6 twin in the same id space, its backends
+        // and prefixes mapped into fd00::/8, so ids of both families interleave.
+        if rng.below(2) == 0 {
+            let six = |a: [u8; 4]| {
+                let mut o = [0u8; 16];
+                o[0] = 0xfd;
+                o[12..].copy_from_slice(&a);
+                o
+            };
+            let key6 = svc_common::FrontendKey6 {
+                addr: six(key.addr).into(),
+                port: key.port,
+                proto: key.proto,
+                scope: key.scope,
+            };
+            let backends6 = backends
+                .iter()
+                .map(|b| svc_common::Backend6 {
+                    addr: six(b.addr).into(),
+                    port: b.port,
+                    proto: b.proto,
+                    flags: b.flags,
+                })
+                .collect();
+            let ranges6 = source_ranges
+                .iter()
+                .filter_map(|n| {
+                    crate::model::Ipv6Net::new(
+                        six(n.network().octets()).into(),
+                        96 + n.prefix_len(),
+                    )
+                    .ok()
+                })
+                .collect();
+            items6.push((
+                key6,
+                crate::model::DesiredFrontend6 {
+                    service: service.clone(),
+                    port_name: String::new(),
+                    backends: backends6,
+                    affinity_timeout_s,
+                    flags,
+                    source_ranges: ranges6,
+                },
+            ));
+        }
         items.push((
             key,
             DesiredFrontend {
                 service,
                 port_name: String::new(),
                 backends,
-                affinity_timeout_s: rng.below(2) as u32 * 60,
+                affinity_timeout_s,
                 flags,
                 source_ranges,
             },
         ));
     }
-    desired(items)
+    let mut d = desired(items);
+    d.frontends6 = items6.into_iter().collect();
+    d
 }
 
 /// What [`Programmed::held`] keeps count of, summed the long way.
-fn summed(state: &Programmed) -> (u64, u64) {
+fn summed(state: &Programmed) -> (u64, (u64, u64)) {
     state
         .frontends()
-        .values()
-        .fold((0, 0), |(slots, ranges), fe| {
-            (
-                slots + fe.slots.iter().flatten().count() as u64,
-                ranges + fe.source_ranges.len() as u64,
-            )
+        .iter()
+        .fold((0, (0, 0)), |(slots, (r4, r6)), (key, fe)| {
+            let ranges = fe.source_ranges.len() as u64;
+            let (r4, r6) = match key {
+                AnyFrontendKey::V4(_) => (r4 + ranges, r6),
+                AnyFrontendKey::V6(_) => (r4, r6 + ranges),
+            };
+            (slots + fe.slots.iter().flatten().count() as u64, (r4, r6))
         })
 }
 
 #[test]
 fn random_sequences_keep_the_invariant_and_converge() {
+    let mut ipv6_frontends_seen = 0;
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut fake = FakeDataplane::default();
@@ -107,8 +161,15 @@ fn random_sequences_keep_the_invariant_and_converge() {
                 plan(&state, &d)
             };
             apply(&mut fake, &p);
+            ipv6_frontends_seen += fake.snapshot.frontends6.len();
             state = p.next;
             assert_eq!(state.held(), summed(&state), "seed {seed} step {step}");
+            let snap = state.to_snapshot();
+            assert_eq!(
+                state.backend_counts(),
+                (snap.backends.len() as u64, snap.backends6.len() as u64),
+                "seed {seed} step {step}"
+            );
             if step % 7 == 6 {
                 // Restart: adopt the maps, nothing to write.
                 state = Programmed::from_snapshot(&fake.snapshot);
@@ -125,8 +186,17 @@ fn random_sequences_keep_the_invariant_and_converge() {
         }
         let fresh = plan(&Programmed::default(), &last).next.to_snapshot();
         assert_eq!(canonical(&fake.snapshot), canonical(&fresh), "seed {seed}");
+        assert_eq!(
+            crate::dataplane::fake::canonical6(&fake.snapshot),
+            crate::dataplane::fake::canonical6(&fresh),
+            "seed {seed}"
+        );
         assert!(plan(&state, &last).ops.is_empty());
     }
+    assert!(
+        ipv6_frontends_seen > 0,
+        "the sequences exercise both families"
+    );
 }
 
 #[test]

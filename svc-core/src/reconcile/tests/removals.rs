@@ -32,7 +32,7 @@ fn a_plan_reports_the_pairs_it_removes_and_the_frontends_it_deletes() {
         ]),
     );
     assert_eq!(p1.removals, Removals::default(), "nothing existed before");
-    let id = |key: &FrontendKey| p1.next.frontends()[key].id;
+    let id = |key: &FrontendKey| p1.next.frontend(*key).expect("programmed").id;
     let backend = |last: u8| p1.next.backend_id(&be(last)).expect("programmed");
     // "a" loses backend 2 and gains 5; "dns" loses 1; "c" is deleted.
     let p2 = plan(
@@ -86,7 +86,7 @@ fn incremental_plans_report_removals_of_the_changed_services() {
             (fk(2, 80), fe("b", &[3])),
         ]),
     );
-    let id_b = p1.next.frontends()[&fk(2, 80)].id;
+    let id_b = p1.next.frontend(fk(2, 80)).expect("programmed").id;
     let changed: BTreeSet<ObjectRef> = [svc("b")].into();
     let p2 = plan_services(
         &p1.next,

@@ -62,7 +62,14 @@ fn a_services_frontends_share_one_copy_of_its_name() {
         (fk(2, 80), fe("b", &[2])),
     ]);
     let p1 = plan(&Programmed::default(), &d1);
-    let owner = |p: &Plan, k: FrontendKey| p.next.frontends()[&k].owner.clone().expect("owned");
+    let owner = |p: &Plan, k: FrontendKey| {
+        p.next
+            .frontend(k)
+            .expect("programmed")
+            .owner
+            .clone()
+            .expect("owned")
+    };
     assert!(std::sync::Arc::ptr_eq(
         &owner(&p1, fk(1, 80)),
         &owner(&p1, fk(1, 443))
