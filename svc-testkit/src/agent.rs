@@ -221,6 +221,9 @@ impl Agent {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}n{node}{tag}", t.prefix()));
         let cgroup = test_cgroup(&format!("{}n{node}{tag}", t.prefix()))?;
         let node_ip = t.node_ip(node).to_string();
+        // In a dual-stack topology the node's IPv6 address too (NodePorts on it, its IPv6 SNAT
+        // source).
+        let node_ip6 = t.dual_stack().then(|| t.node_ip6(node).to_string());
         // `--no-node-ip` (harness-only): start as kubeadm's kube-proxy does, without a node
         // address flag, so the agent learns its addresses from its Node object and interfaces.
         let with_node_ip = !extra.contains(&"--no-node-ip");
@@ -246,6 +249,9 @@ impl Agent {
         ]);
         if with_node_ip {
             args.extend_from_slice(&["--node-ip", &node_ip]);
+            if let Some(ip6) = &node_ip6 {
+                args.extend_from_slice(&["--node-ip", ip6]);
+            }
         }
         if !extra.contains(&"--pod-ifaces") {
             args.extend_from_slice(&["--pod-ifaces", "veth"]);

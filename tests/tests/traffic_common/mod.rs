@@ -29,6 +29,11 @@ pub(crate) struct Svc {
     pub(crate) np_closed: u16,
     pub(crate) backend: &'static str,
     pub(crate) backend_node: usize,
+    /// The IPv6 ClusterIP, LB IP and external IP of the dual-stack scene
+    /// ([`Scene::start_dual_stack`]).
+    pub(crate) cluster_ip6: &'static str,
+    pub(crate) lb_ip6: &'static str,
+    pub(crate) external_ip6: &'static str,
 }
 
 pub(crate) const ONE: Svc = Svc {
@@ -41,6 +46,9 @@ pub(crate) const ONE: Svc = Svc {
     np_closed: 31054,
     backend: "be1",
     backend_node: 1,
+    cluster_ip6: "fd00:10:96::1:1",
+    lb_ip6: "2001:db8:2::11",
+    external_ip6: "2001:db8:100::11",
 };
 pub(crate) const TWO: Svc = Svc {
     name: "two",
@@ -52,6 +60,9 @@ pub(crate) const TWO: Svc = Svc {
     np_closed: 31154,
     backend: "be2",
     backend_node: 2,
+    cluster_ip6: "fd00:10:96::1:2",
+    lb_ip6: "2001:db8:2::12",
+    external_ip6: "2001:db8:100::12",
 };
 pub(crate) const SERVICES: [&Svc; 2] = [&ONE, &TWO];
 
@@ -80,6 +91,48 @@ pub(crate) fn manifest(s: &Svc, t: &Topology) -> String {
     )
 }
 
+/// [`manifest`] made dual-stack: `RequireDualStack` with both ClusterIPs, an external IP and
+/// an LB ingress IP of each family, and an IPv6 EndpointSlice beside the IPv4 one.
+pub(crate) fn manifest_dual_stack(s: &Svc, t: &Topology) -> String {
+    let v4 = manifest(s, t);
+    let v4 = v4
+        .replace(
+            &format!("  clusterIP: {}\n", s.cluster_ip),
+            &format!(
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+                 clusterIP: {}\n  clusterIPs: [\"{}\", \"{}\"]\n",
+                s.cluster_ip, s.cluster_ip, s.cluster_ip6
+            ),
+        )
+        .replace(
+            &format!("externalIPs: [\"{}\"]", s.external_ip),
+            &format!(
+                "externalIPs: [\"{}\", \"{}\"]",
+                s.external_ip, s.external_ip6
+            ),
+        )
+        .replace(
+            &format!("    - ip: {}\n", s.lb_ip),
+            &format!("    - ip: {}\n    - ip: {}\n", s.lb_ip, s.lb_ip6),
+        );
+    for want in [s.cluster_ip6, s.external_ip6, s.lb_ip6] {
+        assert!(
+            v4.contains(want),
+            "{want} missing from the dual-stack manifest:\n{v4}"
+        );
+    }
+    format!(
+        "{v4}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-6\n  \
+         labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv6\nports:\n  \
+         - {{name: bulk, port: 9000, protocol: TCP}}\n  - {{name: sized, port: 7053, protocol: UDP}}\n  \
+         - {{name: closed, port: 5454, protocol: UDP}}\nendpoints:\n  \
+         - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {node}\n",
+        name = s.name,
+        ip = t.pod_ip6(s.backend),
+        node = node_name(s.backend_node),
+    )
+}
+
 pub(crate) struct Scene {
     pub(crate) agents: Vec<Agent>,
     pub(crate) _servers: Vec<NsChild>,
@@ -91,12 +144,23 @@ impl Scene {
     /// Builds the topology, starts the servers and one agent per node with `agent_flags`.
     /// `before_agents` runs on the bare topology (e.g. to lower a route's MTU).
     pub(crate) fn start(agent_flags: &[&str], before_agents: impl FnOnce(&Topology)) -> Self {
+        Self::start_with(agent_flags, before_agents, false)
+    }
+
+    /// [`Scene::start`] in the dual-stack topology with the dual-stack Services
+    /// ([`manifest_dual_stack`]).
+    pub(crate) fn start_dual_stack(agent_flags: &[&str]) -> Self {
+        Self::start_with(agent_flags, |_| {}, true)
+    }
+
+    fn start_with(agent_flags: &[&str], before_agents: impl FnOnce(&Topology), dual: bool) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["c1", "be1"])
                 .node(&["c2", "be2"])
                 .external_client(true)
-                .ext_gateway(1),
+                .ext_gateway(1)
+                .dual_stack(dual),
         )
         .expect("building the topology");
         for pod in ["c1", "c2", "be1", "be2"] {
@@ -136,8 +200,12 @@ impl Scene {
         }
         let m = ManifestDir::new(&t).unwrap();
         for s in SERVICES {
-            m.write(&format!("{}.yaml", s.name), &manifest(s, &t))
-                .unwrap();
+            let text = if dual {
+                manifest_dual_stack(s, &t)
+            } else {
+                manifest(s, &t)
+            };
+            m.write(&format!("{}.yaml", s.name), &text).unwrap();
         }
         let mut agents = Vec::new();
         for n in 1..=2 {
