@@ -225,4 +225,102 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
         failures.len(),
         failures.join("\n  ")
     );
+    inspect_explain_and_bpftool_show_ipv6(&scene);
+}
+
+/// What an operator looks at, for the IPv6 state the transfers left on node 1: `inspect
+/// services` lists the IPv6 frontends with their IPv6 backends, `inspect conntrack` the IPv6
+/// flows, `explain` decides an IPv6 flow, and `bpftool map dump` prints the IPv6 frontend
+/// map's fields by name.
+fn inspect_explain_and_bpftool_show_ipv6(scene: &Scene) {
+    let agent = &scene.agents[0];
+    let be1 = scene.t.pod_ip6("be1").to_string();
+    let services = agent.cli_json(&["inspect", "services"]).unwrap();
+    let svc = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["address"] == ONE.cluster_ip6 && v["port"] == 9000)
+        .unwrap_or_else(|| {
+            panic!(
+                "no [{}]:9000 in inspect services: {services:#}",
+                ONE.cluster_ip6
+            )
+        });
+    assert_eq!(svc["protocol"], "tcp", "{svc:#}");
+    assert_eq!(svc["backends"][0]["address"], be1.as_str(), "{svc:#}");
+
+    let c1 = scene.t.pod_ip6("c1").to_string();
+    let flows = agent
+        .cli_json(&[
+            "inspect",
+            "conntrack",
+            "--src",
+            &c1,
+            "--dst",
+            ONE.cluster_ip6,
+        ])
+        .unwrap();
+    let flows = flows.as_array().unwrap();
+    assert!(
+        !flows.is_empty(),
+        "no IPv6 flow c1 -> {} in inspect conntrack",
+        ONE.cluster_ip6
+    );
+    assert!(
+        flows.iter().all(|f| f["new_dst"] == be1.as_str()),
+        "IPv6 flows to {} must go to be1 ({be1}): {flows:#?}",
+        ONE.cluster_ip6
+    );
+
+    let e = agent
+        .cli_json(&[
+            "explain",
+            &format!("[{c1}]:40000"),
+            &format!("[{}]:9000/tcp", ONE.cluster_ip6),
+            "--from",
+            "pod",
+        ])
+        .unwrap();
+    assert_eq!(e["new_flow"]["action"], "balance", "{e:#}");
+    let cands: Vec<&str> = e["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(cands, [be1.as_str()], "{e:#}");
+
+    let pin = agent.bpffs().join(svc_common::MAP_FRONTENDS6);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let want: Vec<u64> = ONE
+        .cluster_ip6
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets()
+        .iter()
+        .map(|&b| u64::from(b))
+        .collect();
+    assert!(
+        dump.as_array().unwrap().iter().any(|e| {
+            let k = &e["formatted"]["key"];
+            k["port"] == 9000
+                && k["addr"]["octets"].as_array().is_some_and(|o| {
+                    o.iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>() == want
+                })
+        }),
+        "bpftool's dump of {} must name the fields and hold [{}]:9000: {dump:#}",
+        svc_common::MAP_FRONTENDS6,
+        ONE.cluster_ip6
+    );
 }
