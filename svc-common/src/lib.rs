@@ -806,8 +806,12 @@ pub struct Scratch {
     pub gen: [u8; 68],
     /// Always zero.
     pub _pad: [u8; 4],
+    /// A generated IPv6 answer while it is built (after the IPv4 fields, whose offsets stay
+    /// put): an IPv6 header and a TCP RST, or an IPv6 header, an ICMPv6 header and up to 128
+    /// quoted bytes of the offending packet.
+    pub gen6: [u8; 176],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 424);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 600);
 
 /// Name of the load-time global (`.rodata`, `u32`) that switches the programs' aya-log debug
 /// messages on (1) or off (0, the default: the verifier then removes them).
