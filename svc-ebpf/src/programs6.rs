@@ -7,13 +7,16 @@
 //! (`parse6`), the rewrite (`nat6`: no IP checksum, the hop limit) and the FIB lookup's family.
 //!
 //! As for IPv4: a new flow to a frontend without endpoints is answered in place with a TCP RST
-//! or an ICMPv6 port unreachable (`reject6`), and a packet too big for the next hop with an
-//! ICMPv6 Packet Too Big from the node's IPv6 address (`reject6`); both rate-limited with the
-//! IPv4 answers.
+//! or an ICMPv6 port unreachable (`reject6`), a packet too big for the next hop with an ICMPv6
+//! Packet Too Big from the node's IPv6 address (`reject6`; both rate-limited with the IPv4
+//! answers), and ICMPv6 Destination Unreachable / Packet Too Big / Time Exceeded errors about
+//! translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
+//! every other ICMPv6 message pass untouched).
 //!
-//! Not yet for IPv6 (counted, never silently wrong): ICMPv6 errors about translated flows pass
-//! untranslated, and no trace events are written; an answer's quote is the offending packet's
-//! first 128 bytes, not as much as fits 1280 bytes (see `reject6`).
+//! Not yet for IPv6 (counted, never silently wrong): no trace events are written; ICMPv6 errors
+//! with an extension header before the ICMPv6 header or in the quoted packet pass untranslated
+//! (`not_tcp_udp`); an answer's quote is the offending packet's first 128 bytes, not as much
+//! as fits 1280 bytes (see `reject6`).
 use aya_ebpf::{
     bindings::{
         __sk_buff, bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -130,10 +133,12 @@ fn pod_ingress6(
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-        return Ok(Outcome {
-            verdict,
-            reason: Reason::Hairpin,
-        });
+        let reason = if flow.icmp {
+            Reason::IcmpTranslated
+        } else {
+            Reason::Hairpin
+        };
+        return Ok(Outcome { verdict, reason });
     }
     if entry.dir == CT_DIR_REPLY && entry.flags & (CT_F_EXTERNAL | CT_F_NODEPORT) != 0 {
         // A reply with a frontend the stack may own as source (see `programs::deliver`).
@@ -241,7 +246,7 @@ fn route6_sub(skb: *mut __sk_buff, flow: &Flow6, entry: &CtEntry6) -> u64 {
     let (ifindex, gso_size) = unsafe { ((*skb).ifindex, (*skb).gso_size) };
     // GSO-aware length (see `route::mtu_check_len`): one segment of a super-packet.
     let mut len = flow.ip_len;
-    if gso_size != 0 && flow.frag == FRAG_NONE {
+    if gso_size != 0 && flow.frag == FRAG_NONE && !flow.icmp {
         let seg = (flow.x.l4_off as u32 - IP_OFF as u32) + flow.l4_hdr_len as u32 + gso_size;
         if seg < len as u32 {
             len = seg as u16;

@@ -2,23 +2,27 @@
 //! ClusterIP translated both ways, the IPv4 programs handing IPv6 frames over, the extension
 //! headers walked or refused, fragments, hairpin, what passes untouched, the answers to a
 //! frontend without endpoints (TCP RST, ICMPv6 port unreachable, rate-limited), Packet Too Big
-//! (on a device of an [`XdpNode`] whose route to a backend has MTU 1280). Expected frames are
-//! built with etherparse from the rewritten fields, so every checksum the datapath updates
-//! incrementally or computes is compared with one computed from scratch.
+//! (on a device of an [`XdpNode`] whose route to a backend has MTU 1280), and ICMPv6 errors
+//! about translated flows. Expected frames are built with etherparse from the rewritten fields,
+//! so every checksum the datapath updates incrementally or computes is compared with one
+//! computed from scratch.
 //!
 //! Run as root: `cargo test -p tests --test fixtures_ipv6`.
 #![allow(unused_crate_dependencies)]
 
 use std::net::SocketAddrV6;
 
-use etherparse::{icmpv6::DestUnreachableCode, Icmpv6Type};
+use etherparse::{
+    icmpv6::{DestUnreachableCode, TimeExceededCode},
+    Icmpv6Type,
+};
 use svc_common::{
     Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_SYN_SENT, PROTO_TCP, PROTO_UDP,
 };
 use svc_testkit::fixtures::{
     ipv6::{
         addr6, assert_icmp6_checksum, icmp6, Datapath6, Ext, Pkt6, BACKEND6_B, BACKEND6_NARROW,
-        CLIENT6, EXT_CLIENT6, NODE6, OTHER6, PATH_MTU6, SVC6,
+        CLIENT6, EXT_CLIENT6, NODE6, OTHER6, PATH_MTU6, ROUTER6, SVC6,
     },
     require_root, XdpNode, CLIENT_MAC, GATEWAY_MAC, PAYLOAD,
 };
@@ -539,4 +543,219 @@ fn too_big_for_the_path_to_a_backend_gets_packet_too_big() {
         assert_icmp6_checksum("TCP", &out);
         assert_eq!(dp.counter(Hook::UplinkIngress6, Reason::FragNeeded), 2);
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ICMPv6 errors about translated flows
+// ---------------------------------------------------------------------------------------------
+
+/// The IPv6 packet of `p` (no Ethernet header), cut to `len` bytes when given.
+fn quote(p: &Pkt6, len: Option<usize>) -> Vec<u8> {
+    let f = p.build();
+    let q = &f[14..];
+    q[..len.unwrap_or(q.len()).min(q.len())].to_vec()
+}
+
+/// Errors travelling to a client about its TCP flow to [`SVC6`] (translated to
+/// [`BACKEND6_B`]), entering the client pod: a Destination Unreachable from the backend
+/// (outer source becomes the frontend), a Time Exceeded and a Packet Too Big from a router
+/// (outer source kept). The quoted packet becomes the client's own (client → frontend): its
+/// addresses, ports and (when quoted whole) TCP checksum, and the ICMPv6 checksum.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn icmpv6_errors_about_a_translated_tcp_flow_reach_the_client_translated() {
+    let dp = datapath();
+    let syn = Pkt6::tcp(CLIENT6, SVC6, SYN);
+    let (rc, _) = dp.run("svc_pod_ingress6", &syn.build()).unwrap();
+    assert_eq!(rc, PASS);
+    let sent = syn.clone().with_dst(BACKEND6_B);
+    for (what, from, kind, len) in [
+        (
+            "destination unreachable from the backend, whole quote",
+            BACKEND6_B,
+            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Prohibited),
+            None,
+        ),
+        (
+            "time exceeded from a router, 8 L4 bytes quoted",
+            ROUTER6,
+            Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            Some(48),
+        ),
+        (
+            "packet too big from a router, whole quote",
+            ROUTER6,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            None,
+        ),
+    ] {
+        let input = icmp6(
+            &from,
+            &CLIENT6,
+            kind,
+            &quote(&sent, len),
+            GATEWAY_MAC,
+            CLIENT_MAC,
+        );
+        let outer_src = if from == BACKEND6_B { SVC6 } else { from };
+        let want = icmp6(
+            &outer_src,
+            &CLIENT6,
+            kind,
+            &quote(&syn, len),
+            GATEWAY_MAC,
+            CLIENT_MAC,
+        );
+        let (rc, out) = dp.run("svc_pod_egress6", &input).unwrap();
+        assert_eq!(rc, PASS, "{what}");
+        assert_eq!(
+            hex(&out),
+            hex(&want),
+            "{what} (expected built by etherparse)"
+        );
+        assert_icmp6_checksum(what, &out);
+    }
+    assert_eq!(dp.counter(Hook::PodEgress6, Reason::IcmpTranslated), 3);
+}
+
+/// A UDP flow's reply was translated back to the client (source [`SVC6`]); the client answers
+/// it with port unreachable (its socket is gone). Leaving the client pod, the error goes to
+/// the backend, about the reply as the backend sent it.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn a_clients_port_unreachable_about_a_udp_reply_goes_to_the_backend_translated() {
+    let dp = datapath();
+    let query = Pkt6::udp(CLIENT6, SVC6);
+    assert_eq!(dp.run("svc_pod_ingress6", &query.build()).unwrap().0, PASS);
+    let answer = Pkt6::udp(BACKEND6_B, CLIENT6).with_payload(&[0xab; 100]);
+    assert_eq!(dp.run("svc_pod_egress6", &answer.build()).unwrap().0, PASS);
+
+    let received = answer.clone().with_src(SVC6);
+    let kind = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let input = icmp6(
+        &CLIENT6,
+        &SVC6,
+        kind,
+        &quote(&received, None),
+        CLIENT_MAC,
+        GATEWAY_MAC,
+    );
+    let want = icmp6(
+        &CLIENT6,
+        &BACKEND6_B,
+        kind,
+        &quote(&answer, None),
+        CLIENT_MAC,
+        GATEWAY_MAC,
+    );
+    let (rc, out) = dp.run("svc_pod_ingress6", &input).unwrap();
+    assert_eq!(rc, PASS);
+    assert_eq!(hex(&out), hex(&want), "expected built by etherparse");
+    assert_icmp6_checksum("port unreachable", &out);
+    assert_eq!(dp.counter(Hook::PodIngress6, Reason::IcmpTranslated), 1);
+}
+
+/// Neighbor Discovery and every other ICMPv6 message that is not an error about a TCP/UDP
+/// packet pass untouched as `not_tcp_udp`; an error about a flow conntrack does not know
+/// passes untouched as `not_service`.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn neighbour_discovery_and_other_icmpv6_pass_untouched() {
+    let dp = datapath();
+    let solicited = SocketAddrV6::new("ff02::1:ff00:2".parse().unwrap(), 0, 0, 0);
+    let mut ns_body = SVC6.ip().octets().to_vec();
+    ns_body.extend_from_slice(&[1, 1, 0x02, 0x00, 0x0a, 0xf4, 0x01, 0x02]);
+    let echo = etherparse::IcmpEchoHeader { id: 7, seq: 1 };
+    let messages = [
+        (
+            "neighbour solicitation",
+            icmp6(
+                &CLIENT6,
+                &solicited,
+                Icmpv6Type::NeighborSolicitation,
+                &ns_body,
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+        (
+            "neighbour advertisement",
+            icmp6(
+                &CLIENT6,
+                &SVC6,
+                Icmpv6Type::NeighborAdvertisement(
+                    etherparse::icmpv6::NeighborAdvertisementHeader {
+                        router: false,
+                        solicited: true,
+                        r#override: true,
+                    },
+                ),
+                &ns_body[..16],
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+        (
+            "router solicitation",
+            icmp6(
+                &CLIENT6,
+                &solicited,
+                Icmpv6Type::RouterSolicitation,
+                &[],
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+        (
+            "echo request to the frontend, 100 bytes",
+            icmp6(
+                &CLIENT6,
+                &SVC6,
+                Icmpv6Type::EchoRequest(echo),
+                &[0x5a; 100],
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+        (
+            "destination unreachable quoting an echo",
+            icmp6(
+                &CLIENT6,
+                &SVC6,
+                Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+                &icmp6(
+                    &SVC6,
+                    &CLIENT6,
+                    Icmpv6Type::EchoReply(echo),
+                    &[0x5a; 40],
+                    CLIENT_MAC,
+                    GATEWAY_MAC,
+                )[14..],
+                CLIENT_MAC,
+                GATEWAY_MAC,
+            ),
+        ),
+    ];
+    for prog in ["svc_pod_ingress6", "svc_pod_egress6", "svc_pod_ingress"] {
+        for (what, frame) in &messages {
+            let (rc, out) = dp.run(prog, frame).unwrap();
+            assert_eq!((rc, hex(&out)), (PASS, hex(frame)), "{prog}: {what}");
+        }
+    }
+    assert_eq!(dp.counter(Hook::PodIngress6, Reason::NotTcpUdp), 10);
+    assert_eq!(dp.counter(Hook::PodEgress6, Reason::NotTcpUdp), 5);
+
+    // An error about a flow that was never translated.
+    let unknown = icmp6(
+        &ROUTER6,
+        &CLIENT6,
+        Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+        &quote(&Pkt6::tcp(CLIENT6, OTHER6, SYN), None),
+        GATEWAY_MAC,
+        CLIENT_MAC,
+    );
+    let (rc, out) = dp.run("svc_pod_egress6", &unknown).unwrap();
+    assert_eq!((rc, hex(&out)), (PASS, hex(&unknown)));
+    assert_eq!(dp.counter(Hook::PodEgress6, Reason::NotService), 1);
+    assert_eq!(dp.counter(Hook::PodEgress6, Reason::IcmpTranslated), 0);
 }
