@@ -3,9 +3,9 @@
 //! headers walked or refused, fragments, hairpin, what passes untouched, the answers to a
 //! frontend without endpoints (TCP RST, ICMPv6 port unreachable, rate-limited), Packet Too Big
 //! (on a device of an [`XdpNode`] whose route to a backend has MTU 1280), and ICMPv6 errors
-//! about translated flows. Expected frames are built with etherparse from the rewritten fields,
-//! so every checksum the datapath updates incrementally or computes is compared with one
-//! computed from scratch.
+//! about translated flows, both ways and redirected to an external client. Expected frames are
+//! built with etherparse from the rewritten fields, so every checksum the datapath updates
+//! incrementally or computes is compared with one computed from scratch.
 //!
 //! Run as root: `cargo test -p tests --test fixtures_ipv6`.
 #![allow(unused_crate_dependencies)]
@@ -556,66 +556,141 @@ fn quote(p: &Pkt6, len: Option<usize>) -> Vec<u8> {
     q[..len.unwrap_or(q.len()).min(q.len())].to_vec()
 }
 
-/// Errors travelling to a client about its TCP flow to [`SVC6`] (translated to
+/// Errors travelling to a client about its TCP and UDP flows to [`SVC6`] (translated to
 /// [`BACKEND6_B`]), entering the client pod: a Destination Unreachable from the backend
-/// (outer source becomes the frontend), a Time Exceeded and a Packet Too Big from a router
-/// (outer source kept). The quoted packet becomes the client's own (client → frontend): its
-/// addresses, ports and (when quoted whole) TCP checksum, and the ICMPv6 checksum.
+/// (outer source becomes the frontend; for UDP the port unreachable a connected socket must
+/// see), a Time Exceeded and a Packet Too Big from a router (outer source kept). The quoted
+/// packet becomes the client's own (client → frontend): its addresses, ports, the quoted UDP
+/// checksum, the quoted TCP checksum when the whole header is quoted, and the ICMPv6 checksum.
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
-fn icmpv6_errors_about_a_translated_tcp_flow_reach_the_client_translated() {
+fn icmpv6_errors_about_translated_tcp_and_udp_flows_reach_the_client_translated() {
     let dp = datapath();
-    let syn = Pkt6::tcp(CLIENT6, SVC6, SYN);
-    let (rc, _) = dp.run("svc_pod_ingress6", &syn.build()).unwrap();
-    assert_eq!(rc, PASS);
-    let sent = syn.clone().with_dst(BACKEND6_B);
-    for (what, from, kind, len) in [
+    let mut translated = 0;
+    for (flow, unreachable) in [
         (
-            "destination unreachable from the backend, whole quote",
-            BACKEND6_B,
-            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Prohibited),
-            None,
+            Pkt6::tcp(CLIENT6, SVC6, SYN),
+            DestUnreachableCode::Prohibited,
         ),
         (
-            "time exceeded from a router, 8 L4 bytes quoted",
-            ROUTER6,
-            Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
-            Some(48),
-        ),
-        (
-            "packet too big from a router, whole quote",
-            ROUTER6,
-            Icmpv6Type::PacketTooBig { mtu: 1280 },
-            None,
+            Pkt6::udp(CLIENT6, SVC6).with_payload(&[0x33; 60]),
+            DestUnreachableCode::Port,
         ),
     ] {
-        let input = icmp6(
-            &from,
-            &CLIENT6,
-            kind,
-            &quote(&sent, len),
-            GATEWAY_MAC,
-            CLIENT_MAC,
-        );
-        let outer_src = if from == BACKEND6_B { SVC6 } else { from };
-        let want = icmp6(
-            &outer_src,
-            &CLIENT6,
-            kind,
-            &quote(&syn, len),
-            GATEWAY_MAC,
-            CLIENT_MAC,
-        );
-        let (rc, out) = dp.run("svc_pod_egress6", &input).unwrap();
-        assert_eq!(rc, PASS, "{what}");
-        assert_eq!(
-            hex(&out),
-            hex(&want),
-            "{what} (expected built by etherparse)"
-        );
-        assert_icmp6_checksum(what, &out);
+        let proto = if flow.tcp.is_some() { "TCP" } else { "UDP" };
+        let (rc, _) = dp.run("svc_pod_ingress6", &flow.build()).unwrap();
+        assert_eq!(rc, PASS, "{proto}: the flow's first packet");
+        let sent = flow.clone().with_dst(BACKEND6_B);
+        for (what, from, kind, len) in [
+            (
+                "destination unreachable from the backend, whole quote",
+                BACKEND6_B,
+                Icmpv6Type::DestinationUnreachable(unreachable),
+                None,
+            ),
+            (
+                "time exceeded from a router, 8 L4 bytes quoted",
+                ROUTER6,
+                Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+                Some(48),
+            ),
+            (
+                "packet too big from a router, whole quote",
+                ROUTER6,
+                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                None,
+            ),
+        ] {
+            let input = icmp6(
+                &from,
+                &CLIENT6,
+                kind,
+                &quote(&sent, len),
+                GATEWAY_MAC,
+                CLIENT_MAC,
+            );
+            let outer_src = if from == BACKEND6_B { SVC6 } else { from };
+            let want = icmp6(
+                &outer_src,
+                &CLIENT6,
+                kind,
+                &quote(&flow, len),
+                GATEWAY_MAC,
+                CLIENT_MAC,
+            );
+            let (rc, out) = dp.run("svc_pod_egress6", &input).unwrap();
+            assert_eq!(rc, PASS, "{proto}: {what}");
+            assert_eq!(
+                hex(&out),
+                hex(&want),
+                "{proto}: {what} (expected built by etherparse)"
+            );
+            assert_icmp6_checksum(what, &out);
+            translated += 1;
+        }
     }
-    assert_eq!(dp.counter(Hook::PodEgress6, Reason::IcmpTranslated), 3);
+    assert_eq!(
+        dp.counter(Hook::PodEgress6, Reason::IcmpTranslated),
+        translated
+    );
+}
+
+/// An external client's UDP flow to a NodePort-like frontend on [`NODE6`], source-NATed to a
+/// remote backend: the backend's port unreachable comes back to the node and leaves again
+/// towards the client, redirected by `forward6` (hop limit decremented) with the frontend as
+/// outer source and the client's own datagram quoted.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
+fn an_icmpv6_error_from_a_remote_backend_is_forwarded_to_the_external_client_translated() {
+    require_root();
+    let node = XdpNode::create().unwrap_or_else(|e| panic!("{e:#}"));
+    node.add_ipv6().unwrap_or_else(|e| panic!("{e:#}"));
+    node.run(|uplink| {
+        let mut dp = Datapath6::load().unwrap_or_else(|e| panic!("{e:#}"));
+        dp.set_config6(*NODE6.ip()).unwrap();
+        dp.add_service(NODE6, PROTO_UDP, 7, &[BACKEND6_NARROW])
+            .unwrap();
+        let prog = "svc_uplink_ingress6";
+        let client = SocketAddrV6::new(*EXT_CLIENT6.ip(), 40010, 0, 0);
+        let dgram = Pkt6::udp(client, NODE6).with_payload(&[0x44; 50]);
+        let (rc, _) = dp.run_on(prog, &dgram.build(), uplink.ifindex).unwrap();
+        assert_eq!(rc, REDIRECT, "the datagram to the remote backend");
+        let key = svc_common::CtKey6::new(
+            addr6(&client),
+            addr6(&NODE6),
+            client.port(),
+            NODE6.port(),
+            PROTO_UDP,
+        );
+        let snat_port = dp.ct_get(&key).expect("forward entry").src_port;
+        let sent = dgram
+            .clone()
+            .with_src(SocketAddrV6::new(*NODE6.ip(), snat_port, 0, 0))
+            .with_dst(BACKEND6_NARROW);
+        let kind = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+        let input = icmp6(
+            &BACKEND6_NARROW,
+            &NODE6,
+            kind,
+            &quote(&sent, None),
+            CLIENT_MAC,
+            GATEWAY_MAC,
+        );
+        let mut want = icmp6(
+            &NODE6,
+            &client,
+            kind,
+            &quote(&dgram, None),
+            CLIENT_MAC,
+            GATEWAY_MAC,
+        );
+        want[14 + 7] -= 1; // hop limit: forwarded by the datapath
+        let (rc, out) = dp.run_on(prog, &input, uplink.ifindex).unwrap();
+        assert_eq!(rc, REDIRECT);
+        assert_eq!(hex(&out), hex(&want), "expected built by etherparse");
+        assert_icmp6_checksum("port unreachable", &out);
+        assert_eq!(dp.counter(Hook::UplinkIngress6, Reason::IcmpTranslated), 1);
+    });
 }
 
 /// A UDP flow's reply was translated back to the client (source [`SVC6`]); the client answers
