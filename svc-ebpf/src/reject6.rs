@@ -58,21 +58,27 @@ const ICMP6_PACKET_TOO_BIG: u8 = 2;
 /// port unreachable from the frontend address the client sent to.
 #[inline(always)]
 pub(crate) fn reject6(ctx: &TcContext, flow: &Flow6) -> Result<Outcome, Outcome> {
+    Ok(Outcome::unpack(reject6_sub(ctx.skb.skb, flow)))
+}
+
+/// [`reject6`] in a BPF subprogram of its own: the budget check and the choice of answer
+/// stay out of the program's own frame, which holds the decisions' state.
+#[inline(never)]
+fn reject6_sub(skb: *mut __sk_buff, flow: &Flow6) -> u64 {
     if !within_budget() {
-        return Err(Outcome::drop(Reason::RateLimited));
+        return Outcome::drop(Reason::RateLimited).pack();
     }
-    let r = if flow.proto == PROTO_TCP && !flow.icmp {
-        tcp_reset6_sub(ctx.skb.skb, flow)
+    if flow.proto == PROTO_TCP && !flow.icmp {
+        tcp_reset6_sub(skb, flow)
     } else {
         icmp6_error_sub(
-            ctx.skb.skb,
+            skb,
             flow,
             (ICMP6_DEST_UNREACH as u32) << 8 | ICMP6_PORT_UNREACH as u32,
             0,
             Reason::NoBackend as u32,
         )
-    };
-    Ok(Outcome::unpack(r))
+    }
 }
 
 /// Answers a packet that does not fit the next hop's `mtu` with an ICMPv6 Packet Too Big from
@@ -81,19 +87,25 @@ pub(crate) fn reject6(ctx: &TcContext, flow: &Flow6) -> Result<Outcome, Outcome>
 /// address of the node (`Config::node_addr6` unspecified) the packet is dropped as `too_big`.
 #[inline(always)]
 pub(crate) fn packet_too_big6(ctx: &TcContext, flow: &Flow6, mtu: u32) -> Outcome {
+    Outcome::unpack(packet_too_big6_sub(ctx.skb.skb, flow, mtu))
+}
+
+/// [`packet_too_big6`] in a BPF subprogram of its own (see [`reject6_sub`]).
+#[inline(never)]
+fn packet_too_big6_sub(skb: *mut __sk_buff, flow: &Flow6, mtu: u32) -> u64 {
     if flow.icmp {
-        return Outcome::drop(Reason::TooBig);
+        return Outcome::drop(Reason::TooBig).pack();
     }
     if !within_budget() {
-        return Outcome::drop(Reason::RateLimited);
+        return Outcome::drop(Reason::RateLimited).pack();
     }
-    Outcome::unpack(icmp6_error_sub(
-        ctx.skb.skb,
+    icmp6_error_sub(
+        skb,
         flow,
         (ICMP6_PACKET_TOO_BIG as u32) << 8,
         mtu,
         Reason::FragNeeded as u32,
-    ))
+    )
 }
 
 /// [`tcp_reset6`] in a BPF subprogram of its own (see `Outcome::pack`).
