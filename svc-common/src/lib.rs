@@ -835,8 +835,14 @@ pub struct Scratch {
     pub gen: [u8; 68],
     /// Always zero.
     pub _pad: [u8; 4],
+    /// An ICMPv6 error's outer IPv6 header, ICMPv6 header, quoted IPv6 header and quoted 8 L4
+    /// bytes while they are rewritten (after the IPv4 fields, whose offsets stay put).
+    pub icmp6: [u8; 96],
+    /// A generated IPv6 answer while it is built: an IPv6 header and a TCP RST, or an IPv6
+    /// header, an ICMPv6 header and up to 128 quoted bytes of the offending packet.
+    pub gen6: [u8; 176],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 424);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 696);
 
 /// Name of the load-time global (`.rodata`, `u32`) that switches the programs' aya-log debug
 /// messages on (1) or off (0, the default: the verifier then removes them).

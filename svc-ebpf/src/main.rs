@@ -14,6 +14,8 @@
 //!   MTU check, TTL).
 //! - `frag`: later IPv4 fragments of a translated datagram (ports from its first fragment).
 //! - `icmp`: ICMP errors about translated flows, outer and quoted headers.
+//! - `parse6`, `nat6`, `reject6`, `icmp6`, `programs6`: the same for IPv6 (the decisions are
+//!   shared: `v4` / `v6`).
 //! - `stats`: per-CPU counters, one per (hook, reason).
 //! - `trace`: events for `svc-agent trace`, only for packets a tracer's filter matches.
 //!
@@ -51,6 +53,8 @@ mod floor;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod icmp6;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
@@ -66,6 +70,8 @@ mod programs;
 mod programs6;
 #[cfg(target_arch = "bpf")]
 mod reject;
+#[cfg(target_arch = "bpf")]
+mod reject6;
 #[cfg(target_arch = "bpf")]
 mod route;
 #[cfg(target_arch = "bpf")]

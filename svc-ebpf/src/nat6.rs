@@ -46,9 +46,13 @@ fn ports_word(sport: u16, dport: u16) -> u32 {
 }
 
 /// Rewrites the packet to what conntrack `entry` says, in a BPF subprogram of its own (its
-/// buffers stay off the program's stack; see `Outcome::pack`).
+/// buffers stay off the program's stack; see `Outcome::pack`): its addresses and ports, or for
+/// an ICMPv6 error its outer and quoted headers (`icmp6`).
 #[inline(always)]
 pub(crate) fn apply6(ctx: &TcContext, flow: &Flow6, entry: &CtEntry6) -> Result<(), Outcome> {
+    if flow.icmp {
+        return crate::icmp6::translate6_tc(ctx, flow, entry);
+    }
     match apply6_sub(ctx.skb.skb, flow, entry) {
         0 => Ok(()),
         r => Err(Outcome::unpack(r)),

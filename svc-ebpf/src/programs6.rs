@@ -6,11 +6,17 @@
 //! The decisions are the IPv4 ones compiled for IPv6 (`v6`); what differs is the parsing
 //! (`parse6`), the rewrite (`nat6`: no IP checksum, the hop limit) and the FIB lookup's family.
 //!
-//! Not yet for IPv6 (counted, never silently wrong): rejects of a frontend without endpoints
-//! are dropped (`no_backend`) instead of answered with a TCP RST / ICMPv6 port unreachable,
-//! a packet too big for the next hop is dropped (`too_big`) instead of answered with Packet
-//! Too Big, ICMPv6 errors about translated flows pass untranslated (`not_tcp_udp`), and
-//! no trace events are written.
+//! As for IPv4: a new flow to a frontend without endpoints is answered in place with a TCP RST
+//! or an ICMPv6 port unreachable (`reject6`), a packet too big for the next hop with an ICMPv6
+//! Packet Too Big from the node's IPv6 address (`reject6`; both rate-limited with the IPv4
+//! answers), and ICMPv6 Destination Unreachable / Packet Too Big / Time Exceeded errors about
+//! translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
+//! every other ICMPv6 message pass untouched).
+//!
+//! Not yet for IPv6 (counted, never silently wrong): no trace events are written; ICMPv6 errors
+//! with an extension header before the ICMPv6 header or in the quoted packet pass untranslated
+//! (`not_tcp_udp`); an answer's quote is the offending packet's first 128 bytes, not as much
+//! as fits 1280 bytes (see `reject6`).
 use aya_ebpf::{
     bindings::{
         __sk_buff, bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -32,6 +38,7 @@ use crate::{
     nat6::{apply6, decrement_hop_limit},
     parse::{FRAG_NONE, IP_OFF},
     parse6::{parse6_tc, Flow6},
+    reject6::{packet_too_big6, reject6},
     stats::count,
     v6::lb::{blank_entry, decide, fib_params, Origin, Step},
     Outcome, TC_ACT_SHOT,
@@ -103,12 +110,6 @@ const _: () = assert!(
         && core::mem::align_of::<Flow6>() <= core::mem::align_of::<u64>()
 );
 
-/// A frontend without a usable endpoint: not answered over IPv6 yet (see the module docs).
-#[inline(always)]
-fn reject6() -> Result<Outcome, Outcome> {
-    Err(Outcome::drop(Reason::NoBackend))
-}
-
 #[inline(always)]
 fn pod_ingress6(
     ctx: &TcContext,
@@ -118,7 +119,7 @@ fn pod_ingress6(
     parse6_tc(ctx, flow)?;
     let reason = match decide(flow, Origin::Pod, true, entry)? {
         Step::Translate(reason) => reason,
-        Step::Reject => return reject6(),
+        Step::Reject => return reject6(ctx, flow),
     };
     if Addr6::same(entry.dst_addr, flow.saddr) {
         // Hairpin (see `programs::deliver`): straight back out of the veth.
@@ -132,10 +133,12 @@ fn pod_ingress6(
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         // SAFETY: plain helper call; TC_ACT_REDIRECT on success.
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-        return Ok(Outcome {
-            verdict,
-            reason: Reason::Hairpin,
-        });
+        let reason = if flow.icmp {
+            Reason::IcmpTranslated
+        } else {
+            Reason::Hairpin
+        };
+        return Ok(Outcome { verdict, reason });
     }
     if entry.dir == CT_DIR_REPLY && entry.flags & (CT_F_EXTERNAL | CT_F_NODEPORT) != 0 {
         // A reply with a frontend the stack may own as source (see `programs::deliver`).
@@ -170,7 +173,7 @@ fn uplink_ingress6(
     parse6_tc(ctx, flow)?;
     let reason = match decide(flow, Origin::Uplink, true, entry)? {
         Step::Translate(reason) => reason,
-        Step::Reject => return reject6(),
+        Step::Reject => return reject6(ctx, flow),
     };
     if entry.dir == CT_DIR_REPLY && entry.flags & CT_F_EXTERNAL == 0 {
         // A reply to a flow a pod started: the pod veth's egress hook translates it.
@@ -216,6 +219,9 @@ fn forward6(
         return Ok(Outcome::pass(Reason::TtlExceeded));
     }
     let r = route6_sub(ctx.skb.skb, flow, entry);
+    if r & TOO_BIG != 0 {
+        return Err(packet_too_big6(ctx, flow, (r >> 40) as u16 as u32));
+    }
     if r & ROUTED == 0 {
         return Err(Outcome::unpack(r));
     }
@@ -226,10 +232,12 @@ fn forward6(
     Ok(Outcome { verdict, reason })
 }
 
-/// [`route6_sub`]'s tag: the egress ifindex is in the low 32 bits.
+/// [`route6_sub`]'s tags: the egress ifindex is in the low 32 bits; the MTU at bit 40.
 const ROUTED: u64 = 1 << 60;
+const TOO_BIG: u64 = 1 << 61;
 
-/// The FIB lookup of [`forward6`] in a BPF subprogram of its own: `ROUTED | ifindex` or a
+/// The FIB lookup of [`forward6`] in a BPF subprogram of its own: `ROUTED | ifindex`,
+/// `TOO_BIG | mtu << 40` for a packet that does not fit (IPv6 routers never fragment), or a
 /// packed outcome.
 #[inline(never)]
 fn route6_sub(skb: *mut __sk_buff, flow: &Flow6, entry: &CtEntry6) -> u64 {
@@ -238,7 +246,7 @@ fn route6_sub(skb: *mut __sk_buff, flow: &Flow6, entry: &CtEntry6) -> u64 {
     let (ifindex, gso_size) = unsafe { ((*skb).ifindex, (*skb).gso_size) };
     // GSO-aware length (see `route::mtu_check_len`): one segment of a super-packet.
     let mut len = flow.ip_len;
-    if gso_size != 0 && flow.frag == FRAG_NONE {
+    if gso_size != 0 && flow.frag == FRAG_NONE && !flow.icmp {
         let seg = (flow.x.l4_off as u32 - IP_OFF as u32) + flow.l4_hdr_len as u32 + gso_size;
         if seg < len as u32 {
             len = seg as u16;
@@ -277,8 +285,10 @@ fn route6_sub(skb: *mut __sk_buff, flow: &Flow6, entry: &CtEntry6) -> u64 {
         }
     }
     if rc == aya_ebpf::bindings::BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        // Packet Too Big is not generated for IPv6 yet (see the module docs).
-        return Outcome::drop(Reason::TooBig).pack();
+        // `mtu_result` shares its place with `tot_len` and holds the route's MTU now.
+        // SAFETY: reading a plain integer field of the lookup's result.
+        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+        return TOO_BIG | (mtu as u64) << 40;
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Outcome::drop(Reason::FibFailed).pack();

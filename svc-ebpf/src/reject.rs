@@ -28,10 +28,10 @@ const TCP_LEN: usize = 20;
 const ICMP_HDR_LEN: usize = 8;
 /// An ICMP error quotes the offending IP header and the first 8 bytes of its payload.
 const QUOTE_L4: usize = 8;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
 
 /// A stack buffer `bpf_csum_diff` can read: 4-byte aligned, length a multiple of 4.
 #[repr(C, align(4))]
@@ -58,7 +58,7 @@ fn checksum<const N: usize>(buf: &mut Buf<N>) -> Result<[u8; 2], Outcome> {
 
 /// A `bpf_csum_diff` result folded to 16 bits and complemented, as it goes into the packet.
 #[inline(always)]
-fn fold_complement(sum: u64) -> [u8; 2] {
+pub(crate) fn fold_complement(sum: u64) -> [u8; 2] {
     let mut s = sum & 0xffff_ffff;
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
@@ -67,7 +67,7 @@ fn fold_complement(sum: u64) -> [u8; 2] {
 }
 
 #[inline(always)]
-fn failed<T>(_: T) -> Outcome {
+pub(crate) fn failed<T>(_: T) -> Outcome {
     Outcome::drop(Reason::RewriteFailed)
 }
 
@@ -87,7 +87,7 @@ fn ip_header(src: [u8; 4], dst: [u8; 4], proto: u8, total: u16) -> Result<Buf<IP
 
 /// Swaps the Ethernet addresses so the frame goes back where it came from.
 #[inline(always)]
-fn reverse_ethernet(ctx: &TcContext) -> Result<(), Outcome> {
+pub(crate) fn reverse_ethernet(ctx: &TcContext) -> Result<(), Outcome> {
     let eth: [u8; EthHdr::LEN] = ctx.load(0).map_err(failed)?;
     let mut out = eth;
     out[..6].copy_from_slice(&eth[6..12]);
@@ -96,7 +96,7 @@ fn reverse_ethernet(ctx: &TcContext) -> Result<(), Outcome> {
 }
 
 #[inline(always)]
-fn send_back(ctx: &TcContext, reason: Reason) -> Outcome {
+pub(crate) fn send_back(ctx: &TcContext, reason: Reason) -> Outcome {
     // SAFETY: reading the ifindex field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; returns TC_ACT_REDIRECT on success.
@@ -109,7 +109,7 @@ fn send_back(ctx: &TcContext, reason: Reason) -> Outcome {
 /// frontend without endpoints, or of oversized packets, from turning the node into an
 /// amplifier; per CPU, so no lock and no shared cache line.
 #[inline(always)]
-fn within_budget() -> bool {
+pub(crate) fn within_budget() -> bool {
     let Some(w) = SVC_RATELIMIT.get_ptr_mut(0) else {
         return false;
     };
