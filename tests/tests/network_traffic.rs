@@ -120,39 +120,8 @@ fn bulk_everywhere_with(flags: &[&str], xdp_mode: &str, check: impl FnOnce(&Scen
     for p in bulk_paths() {
         for dir in ["download", "upload"] {
             let r = scene.bulk(p.client, &p.target, dir);
-            eprintln!(
-                "[xdp {xdp_mode}] {dir:8} {:>6} ms  {}  {} -> {}: {}",
-                r.elapsed_ms,
-                if r.ok { "ok  " } else { "FAIL" },
-                p.client,
-                p.target,
-                p.what
-            );
-            let mut why = Vec::new();
-            if !r.ok {
-                why.push(r.error.clone().unwrap_or_else(|| "not ok".into()));
-            }
-            if r.ok && r.backend != p.backend {
-                why.push(format!("served by {}, expected {}", r.backend, p.backend));
-            }
-            if r.ok && r.reply_from != p.target {
-                why.push(format!(
-                    "socket peer is {}, not the frontend (reverse NAT)",
-                    r.reply_from
-                ));
-            }
-            if !why.is_empty() {
-                failures.push(format!(
-                    "{dir} 8 MB {} -> {} [{}]: {} (after {} ms, {} of {} bytes)",
-                    p.client,
-                    p.target,
-                    p.what,
-                    why.join("; "),
-                    r.elapsed_ms,
-                    r.bytes,
-                    r.expected_bytes
-                ));
-            }
+            let path = (p.client, p.target.as_str(), p.what.as_str(), p.backend);
+            failures.extend(bulk_failure(&format!("xdp {xdp_mode}"), &r, path, dir));
         }
         // UDP on the pod → NodePort paths (TCP and UDP, brief §1): 1400-byte exchanges, content
         // checked both ways.

@@ -301,6 +301,44 @@ impl Scene {
     }
 }
 
+/// What is wrong with an 8 MB transfer `dir` from `client` to `target` (`what`: the path in
+/// words) that `backend` must serve, as one failure line; `None` when it is right. Also logs
+/// the transfer (`tag`: the run).
+pub(crate) fn bulk_failure(
+    tag: &str,
+    r: &BulkResult,
+    (client, target, what, backend): (&str, &str, &str, &str),
+    dir: &str,
+) -> Option<String> {
+    eprintln!(
+        "[{tag}] {dir:8} {:>6} ms  {}  {client} -> {target}: {what}",
+        r.elapsed_ms,
+        if r.ok { "ok  " } else { "FAIL" },
+    );
+    let mut why = Vec::new();
+    if !r.ok {
+        why.push(r.error.clone().unwrap_or_else(|| "not ok".into()));
+    }
+    if r.ok && r.backend != backend {
+        why.push(format!("served by {}, expected {backend}", r.backend));
+    }
+    if r.ok && r.reply_from != target {
+        why.push(format!(
+            "socket peer is {}, not the frontend (reverse NAT)",
+            r.reply_from
+        ));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{dir} 8 MB {client} -> {target} [{what}]: {} (after {} ms, {} of {} bytes)",
+            why.join("; "),
+            r.elapsed_ms,
+            r.bytes,
+            r.expected_bytes
+        )
+    })
+}
+
 pub(crate) fn last_line(s: &str) -> &str {
     s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
 }

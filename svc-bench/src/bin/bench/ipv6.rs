@@ -46,6 +46,41 @@ fn key6(src: SocketAddrV6, dst: SocketAddrV6) -> CtKey6 {
     CtKey6::new(addr6(&src), addr6(&dst), src.port(), dst.port(), PROTO_TCP)
 }
 
+/// One row: `config` frontends asked for, `total` in the map; what was run; its measurement
+/// (ns/packet, proof) beside its floor.
+fn row6(
+    (config, total): (u32, u32),
+    (fixture, program, method, iters): (&'static str, &'static str, String, u64),
+    (ns, proof): (f64, String),
+    floor_ns: f64,
+) -> Row {
+    Row {
+        config_frontends: config,
+        frontends: total,
+        fixture,
+        program,
+        method,
+        iterations: iters,
+        ns_per_packet: ns,
+        floor_ns,
+        excess_ns: ns - floor_ns,
+        ratio: ns / floor_ns,
+        proof,
+    }
+}
+
+/// The conntrack keys (both directions) a run of the chain from `client` creates, `fe(i)`
+/// being the i-th frontend and `next(i)` its backend.
+fn chain_keys(
+    client: SocketAddrV6,
+    fe: impl Fn(u32) -> SocketAddrV6,
+    next: impl Fn(u32) -> SocketAddrV6,
+) -> Vec<CtKey6> {
+    (0..CHAIN)
+        .flat_map(|i| [key6(client, fe(i)), key6(next(i), client)])
+        .collect()
+}
+
 /// Counters before/after: `claim` moved by exactly `iters`, nothing else moved.
 fn prove6(dp: &Datapath6, before: &[u64], claim: (Hook, Reason), iters: u64) -> Result<String> {
     let after = dp.counters();
@@ -142,25 +177,13 @@ pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
 
     let floor = median6(&dp, FLOOR_PROGRAM, &ack_x, repeat, None)?;
     let mut rows = Vec::new();
-    let mut row = |fixture: &'static str,
-                   program: &'static str,
-                   method: String,
-                   iters: u64,
-                   (ns, proof): (f64, String),
-                   floor_ns: f64| {
-        rows.push(Row {
-            config_frontends: config,
-            frontends: total,
-            fixture,
-            program,
-            method,
-            iterations: iters,
-            ns_per_packet: ns,
+    let mut row = |fixture, program, method, iters, measured, floor_ns| {
+        rows.push(row6(
+            (config, total),
+            (fixture, program, method, iters),
+            measured,
             floor_ns,
-            excess_ns: ns - floor_ns,
-            ratio: ns / floor_ns,
-            proof,
-        });
+        ))
     };
     let single = format!("repeat {repeat}");
     let it = u64::from(repeat);
@@ -224,11 +247,7 @@ pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
     // New flows: the chain, conntrack cleared between calls (outside the timed loop).
     let calls = (repeat / CHAIN / 4).clamp(50, 2_000);
     let syn = Pkt6::tcp(CLIENT6, chain6(0), TCP6_SYN).build();
-    let mut keys = Vec::new();
-    for i in 0..CHAIN {
-        keys.push(key6(CLIENT6, chain6(i)));
-        keys.push(key6(chain6_next(i), CLIENT6));
-    }
+    let keys = chain_keys(CLIENT6, chain6, chain6_next);
     let claim = (Hook::PodIngress6, Reason::DnatNew);
     let chain_floor = chained6(&mut dp, FLOOR_PROGRAM, &syn, calls, &[], claim)?;
     let new = chained6(&mut dp, "svc_pod_ingress6", &syn, calls, &keys, claim)?;
@@ -288,24 +307,13 @@ pub(crate) fn measure_wide(config: u32, repeat: u32) -> Result<Vec<Row>> {
     let floor = median6(&dp, FLOOR_PROGRAM, &ack_x, repeat, None)?;
     let mut rows = Vec::new();
     let single = format!("repeat {repeat}");
-    let mut push = |fixture: &'static str,
-                    method: String,
-                    iters: u64,
-                    (ns, proof): (f64, String),
-                    floor_ns: f64| {
-        rows.push(Row {
-            config_frontends: config,
-            frontends: total,
-            fixture,
-            program: WIDE,
-            method,
-            iterations: iters,
-            ns_per_packet: ns,
+    let mut push = |fixture, method, iters, measured, floor_ns| {
+        rows.push(row6(
+            (config, total),
+            (fixture, WIDE, method, iters),
+            measured,
             floor_ns,
-            excess_ns: ns - floor_ns,
-            ratio: ns / floor_ns,
-            proof,
-        });
+        ))
     };
     push(
         "IPv4 miss, generic keys",
@@ -335,11 +343,11 @@ pub(crate) fn measure_wide(config: u32, repeat: u32) -> Result<Vec<Row>> {
     );
     let calls = (repeat / CHAIN / 4).clamp(50, 2_000);
     let syn = Pkt::tcp(CLIENT_POD, chain_frontend(0), TCP_SYN).build();
-    let mut keys = Vec::new();
-    for i in 0..CHAIN {
-        keys.push(key6(mapped(CLIENT_POD), mapped(chain_frontend(i))));
-        keys.push(key6(mapped(chain_next(i)), mapped(CLIENT_POD)));
-    }
+    let keys = chain_keys(
+        mapped(CLIENT_POD),
+        |i| mapped(chain_frontend(i)),
+        |i| mapped(chain_next(i)),
+    );
     let claim = (Hook::PodIngress6, Reason::DnatNew);
     let (floor_ns, _) = chained6(&mut dp, FLOOR_PROGRAM, &syn, calls, &[], claim)?;
     let new = chained6(&mut dp, WIDE, &syn, calls, &keys, claim)?;
