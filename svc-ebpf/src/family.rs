@@ -250,12 +250,19 @@ impl Family for Addr6 {
     }
     #[inline(always)]
     fn sock_key(cookie: u64, backend: Self, port: u16, proto: u8) -> SockKey6 {
-        SockKey6 {
-            cookie,
-            backend_addr: backend,
-            backend_port: port,
-            proto,
-            _pad: [0; 5],
+        let mut k = core::mem::MaybeUninit::<SockKey6>::uninit();
+        let p = k.as_mut_ptr();
+        // SAFETY: every field is written before `assume_init`. The pad as a byte and an
+        // aligned word (offsets 27 and 28): written as `[0; 5]` it became a call of `memset`.
+        unsafe {
+            core::ptr::addr_of_mut!((*p).cookie).write(cookie);
+            core::ptr::addr_of_mut!((*p).backend_addr).write(backend);
+            core::ptr::addr_of_mut!((*p).backend_port).write(port);
+            core::ptr::addr_of_mut!((*p).proto).write(proto);
+            let pad = core::ptr::addr_of_mut!((*p)._pad) as *mut u8;
+            pad.write(0);
+            (pad.add(1) as *mut u32).write(0);
+            k.assume_init()
         }
     }
     #[inline(always)]
