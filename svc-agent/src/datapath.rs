@@ -86,12 +86,18 @@ pub const UPLINK_TC_EGRESS: (&str, TcAttachType, &str) =
 const IFACE_HOOKS: [&str; 5] = ["ingress", "egress", "uplink", "uplink_egress", "xdp"];
 /// The uplink XDP program (north-south fast path).
 pub const UPLINK_XDP: &str = "svc_xdp";
-/// The cgroup socket hooks.
-pub const SOCK_PROGRAMS: [&str; 4] = [
+/// The cgroup socket hooks, both families (the attach type of each is its ELF section's,
+/// `cgroup/connect6` etc.). The IPv6 ones serve IPv6 Services and dual-stack sockets reaching
+/// IPv4 Services through IPv4-mapped addresses.
+pub const SOCK_PROGRAMS: [&str; 8] = [
     "svc_sock_connect4",
     "svc_sock_sendmsg4",
     "svc_sock_recvmsg4",
     "svc_sock_getpeername4",
+    "svc_sock_connect6",
+    "svc_sock_sendmsg6",
+    "svc_sock_recvmsg6",
+    "svc_sock_getpeername6",
 ];
 
 /// Loads the IPv6 tc programs and puts each into `SVC_PROGS6` at its index, where the IPv4

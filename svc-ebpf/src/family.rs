@@ -11,15 +11,16 @@ use aya_ebpf::{
 };
 use svc_common::{
     Addr, Addr6, AffinityKeyOf, BackendOf, Config, CtEntryOf, CtKeyOf, FragKey, FragKey6,
-    FragPorts, Frontend, FrontendKeyOf, Scratch, SourceRangeKeyOf, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SOURCE_RANGES,
+    FragPorts, Frontend, FrontendKeyOf, Scratch, SockKey, SockKey6, SockRevNatOf, SourceRangeKeyOf,
+    MAX_AFFINITY, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRAGS, MAX_FRONTENDS, MAX_SOCK_REVNAT,
+    MAX_SOURCE_RANGES,
 };
 
 use crate::{
     maps::{
         BPF_F_NO_COMMON_LRU, SVC_AFFINITY, SVC_AFFINITY6, SVC_BACKENDS, SVC_BACKENDS6, SVC_CT,
-        SVC_CT6, SVC_FRAGS, SVC_FRAGS6, SVC_FRONTENDS, SVC_FRONTENDS6, SVC_SOURCE_RANGES,
-        SVC_SOURCE_RANGES6,
+        SVC_CT6, SVC_FRAGS, SVC_FRAGS6, SVC_FRONTENDS, SVC_FRONTENDS6, SVC_SOCK_REV, SVC_SOCK_REV6,
+        SVC_SOURCE_RANGES, SVC_SOURCE_RANGES6,
     },
     parse::FlowOf,
 };
@@ -31,6 +32,8 @@ pub(crate) type Conntrack<A> =
 pub(crate) type Affinities<A> =
     LruHashMap<AffinityKeyOf<A>, <A as Addr>::Affinity, { MAX_AFFINITY as usize }>;
 pub(crate) type SourceRanges<A> = LpmTrie<SourceRangeKeyOf<A>, u8, { MAX_SOURCE_RANGES as usize }>;
+pub(crate) type SockRev<A> =
+    LruHashMap<<A as Family>::SockKey, SockRevNatOf<A>, { MAX_SOCK_REVNAT as usize }>;
 
 /// An address family as the programs see it (implemented for the two `svc_common::Addr`s).
 pub(crate) trait Family: Addr {
@@ -67,6 +70,16 @@ pub(crate) trait Family: Addr {
     fn same(a: Self, b: Self) -> bool;
     /// Writes `src` and `dst` into a FIB lookup's parameters.
     fn fib_addrs(p: &mut FibParams, src: Self, dst: Self);
+
+    /// The key of the family's socket-LB reverse map (`SockKey`, `SockKey6`: not one generic
+    /// struct, their padding differs).
+    type SockKey;
+    /// The socket-LB reverse map (`SVC_SOCK_REV`, `SVC_SOCK_REV6`).
+    fn sock_rev() -> &'static SockRev<Self>;
+    /// The reverse-map key of a socket (`cookie`) sent to `backend`:`port` (host order).
+    fn sock_key(cookie: u64, backend: Self, port: u16, proto: u8) -> Self::SockKey;
+    /// A loopback address (127.0.0.0/8, ::1): a pod's own, never a Service for its sockets.
+    fn is_loopback(self) -> bool;
 }
 
 impl Family for [u8; 4] {
@@ -130,6 +143,26 @@ impl Family for [u8; 4] {
     fn fib_addrs(p: &mut FibParams, src: Self, dst: Self) {
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    }
+
+    type SockKey = SockKey;
+    #[inline(always)]
+    fn sock_rev() -> &'static SockRev<Self> {
+        &SVC_SOCK_REV
+    }
+    #[inline(always)]
+    fn sock_key(cookie: u64, backend: Self, port: u16, proto: u8) -> SockKey {
+        SockKey {
+            cookie,
+            backend_addr: backend,
+            backend_port: port,
+            proto,
+            _pad: 0,
+        }
+    }
+    #[inline(always)]
+    fn is_loopback(self) -> bool {
+        self[0] == 127
     }
 }
 
@@ -208,5 +241,34 @@ impl Family for Addr6 {
     fn fib_addrs(p: &mut FibParams, src: Self, dst: Self) {
         p.__bindgen_anon_3.ipv6_src = *src.words();
         p.__bindgen_anon_4.ipv6_dst = *dst.words();
+    }
+
+    type SockKey = SockKey6;
+    #[inline(always)]
+    fn sock_rev() -> &'static SockRev<Self> {
+        &SVC_SOCK_REV6
+    }
+    #[inline(always)]
+    fn sock_key(cookie: u64, backend: Self, port: u16, proto: u8) -> SockKey6 {
+        let mut k = core::mem::MaybeUninit::<SockKey6>::uninit();
+        let p = k.as_mut_ptr();
+        // SAFETY: every field is written before `assume_init`. The pad as a byte and an
+        // aligned word (offsets 27 and 28): written as `[0; 5]` it became a call of `memset`.
+        unsafe {
+            core::ptr::addr_of_mut!((*p).cookie).write(cookie);
+            core::ptr::addr_of_mut!((*p).backend_addr).write(backend);
+            core::ptr::addr_of_mut!((*p).backend_port).write(port);
+            core::ptr::addr_of_mut!((*p).proto).write(proto);
+            let pad = core::ptr::addr_of_mut!((*p)._pad) as *mut u8;
+            pad.write(0);
+            (pad.add(1) as *mut u32).write(0);
+            k.assume_init()
+        }
+    }
+    #[inline(always)]
+    fn is_loopback(self) -> bool {
+        // ::1, the only IPv6 loopback address.
+        let w = self.words();
+        w[0] | w[1] | w[2] == 0 && w[3] == u32::from_ne_bytes([0, 0, 0, 1])
     }
 }

@@ -29,9 +29,11 @@
 //! - [`svc_uplink_ingress`] (tc, node uplinks): the complete north-south path.
 //! - [`svc_uplink_egress`] (tc, node uplinks): replies of hostNetwork endpoints on this node
 //!   to external clients.
-//! - `svc_sock_*` (cgroup socket hooks): socket-level load balancing for the node's own
-//!   processes (including localhost NodePorts without `route_localnet`) and for pods.
-//! - `svc_sock_reap_udp` (`iter/udp`): destroys connected UDP sockets whose backend left.
+//! - `svc_sock_*` (cgroup socket hooks, `*4` and `*6`): socket-level load balancing for the
+//!   node's own processes (including localhost NodePorts without `route_localnet`) and for
+//!   pods; the IPv6 hooks translate IPv4-mapped addresses with the IPv4 maps.
+//! - `svc_sock_reap_udp` (`iter/udp`): destroys connected UDP sockets (both families) whose
+//!   backend left.
 //!
 //! Every outcome is an [`Outcome`] (verdict + reason): stages return `Result<_, Outcome>`, the
 //! program entry counts the reason and returns the verdict, so no verdict is dropped silently.

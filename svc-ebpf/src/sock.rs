@@ -1,9 +1,19 @@
 //! cgroup socket hooks: socket-level load balancing, for the node's own processes and for pods.
 //!
-//! Instead of translating packets, `connect4`/`sendmsg4` rewrite the destination a socket asks
-//! for, before any packet exists; `recvmsg4` and `getpeername4` show the application the
-//! frontend again. The connection then goes straight to the backend: no conntrack entry, no
-//! NAT of any packet, in either direction.
+//! Instead of translating packets, `connect4`/`sendmsg4` (`connect6`/`sendmsg6`) rewrite the
+//! destination a socket asks for, before any packet exists; `recvmsg4` and `getpeername4`
+//! (`recvmsg6`, `getpeername6`) show the application the frontend again. The connection then
+//! goes straight to the backend: no conntrack entry, no NAT of any packet, in either direction.
+//!
+//! The decisions are `socklb.rs`, compiled per family (`v4::sock`, `v6::sock`); this file
+//! only reads and writes the call's address. The IPv6 hooks count under `Hook::Sock6`, an
+//! IPv6 socket's own loopback is ::1, and session affinity of a node process keys on the
+//! node's IPv6 address (`Config::node_addr6`). **IPv4-mapped addresses**: a dual-stack
+//! (`AF_INET6`) socket that connects to `::ffff:a.b.c.d` runs `connect6`, not `connect4`, so
+//! the IPv6 hooks translate such an address with the IPv4 maps (`SVC_FRONTENDS`,
+//! `SVC_SOCK_REV`) and write the backend back IPv4-mapped, as Cilium's
+//! `sock6_xlate_v4_in_v6`. (`sendmsg()` to a mapped address runs `sendmsg4`: udpv6_sendmsg
+//! hands it to udp_sendmsg; `recvmsg6` and `getpeername6` see the peer mapped.)
 //!
 //! Cgroup hooks are not per network namespace: every process of the cgroup runs them
 //! (`--cgroup`, the cgroup v2 root in a cluster), whatever its namespace. Two kinds of socket:
@@ -26,57 +36,56 @@
 //! `internalTrafficPolicy: Local` needs nothing either: the frontend's entry holds only local
 //! endpoints then, for sockets as for packets.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_set_retval,
-    },
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-    EbpfContext,
+    helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
 };
-use svc_common::{
-    FrontendKey, Hook, Reason, SockKey, SockRevNat, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
-    FRONTEND_F_DENY_NODE, FRONTEND_F_DROP_NO_BACKEND, FRONTEND_F_SOURCE_RANGES, PROTO_UDP,
-    SCOPE_ANY,
-};
+use svc_common::{Addr6, Hook, CONFIG_F_SOCK_PODS, PROTO_UDP};
 
-use crate::{
-    maps::{SVC_CONFIG, SVC_FRONTENDS, SVC_SOCK_REV},
-    stats::count,
-    v4::lb::{mix, pick_backend},
-};
+use crate::{maps::SVC_CONFIG, v4, v6};
 
 /// Let the call proceed.
-const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 /// Fail the call; the error is set with `bpf_set_retval`.
-const DENY: i32 = 0;
-const ECONNREFUSED: i32 = 111;
+pub(crate) const DENY: i32 = 0;
+pub(crate) const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub(crate) fn svc_sock_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, None, true)
+    translate4(&ctx, None, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub(crate) fn svc_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, Some(PROTO_UDP), false)
+    translate4(&ctx, Some(PROTO_UDP), false)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub(crate) fn svc_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    restore(&ctx, Some(PROTO_UDP))
+    restore4(&ctx, Some(PROTO_UDP))
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn svc_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    restore(&ctx, None)
+    restore4(&ctx, None)
 }
 
-/// The client address session affinity keys on for a node process: the node's own address,
-/// which every socket of the node would have as a packet's source.
-#[inline(always)]
-fn node_client() -> [u8; 4] {
-    SVC_CONFIG.get(0).map(|c| c.node_addr).unwrap_or_default()
+#[cgroup_sock_addr(connect6)]
+pub(crate) fn svc_sock_connect6(ctx: SockAddrContext) -> i32 {
+    translate6(&ctx, None, true)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub(crate) fn svc_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate6(&ctx, Some(PROTO_UDP), false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub(crate) fn svc_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx, Some(PROTO_UDP))
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub(crate) fn svc_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx, None)
 }
 
 /// The address of the call: the destination (connect, sendmsg) or the peer (recvmsg,
@@ -105,9 +114,63 @@ fn set_destination(ctx: &SockAddrContext, addr: [u8; 4], port: u16) {
     }
 }
 
+/// [`destination`] of an IPv6 call: `user_ip6` as four network-order words, each read with
+/// a 4-byte load (the size the verifier allows for every one of them).
+#[inline(always)]
+fn destination6(ctx: &SockAddrContext) -> ([u32; 4], u16) {
+    // SAFETY: reading fields of the program's own context.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let ip = core::ptr::addr_of!((*sa).user_ip6) as *const u32;
+        (
+            [
+                core::ptr::read_volatile(ip),
+                core::ptr::read_volatile(ip.add(1)),
+                core::ptr::read_volatile(ip.add(2)),
+                core::ptr::read_volatile(ip.add(3)),
+            ],
+            u16::from_be((*sa).user_port as u16),
+        )
+    }
+}
+
+/// Replaces the address of an IPv6 call (see [`destination6`]), word by word.
+#[inline(always)]
+fn set_destination6(ctx: &SockAddrContext, words: [u32; 4], port: u16) {
+    // SAFETY: writing fields of the program's own context, which these hooks may rewrite.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let ip = core::ptr::addr_of_mut!((*sa).user_ip6) as *mut u32;
+        core::ptr::write_volatile(ip, words[0]);
+        core::ptr::write_volatile(ip.add(1), words[1]);
+        core::ptr::write_volatile(ip.add(2), words[2]);
+        core::ptr::write_volatile(ip.add(3), words[3]);
+        (*sa).user_port = port.to_be() as u32;
+    }
+}
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`), as it lies in memory.
+const V4_MAPPED_W2: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) carries.
+#[inline(always)]
+fn v4_mapped(w: &[u32; 4]) -> Option<[u8; 4]> {
+    if w[0] | w[1] == 0 && w[2] == V4_MAPPED_W2 {
+        Some(w[3].to_ne_bytes())
+    } else {
+        None
+    }
+}
+
+/// `addr` as an IPv4-mapped IPv6 address.
+#[inline(always)]
+fn mapped(addr: [u8; 4]) -> [u32; 4] {
+    [0, 0, V4_MAPPED_W2, u32::from_ne_bytes(addr)]
+}
+
 /// Whose socket a call is on.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Owner {
+pub(crate) enum Owner {
     /// The node's own network namespace.
     Node,
     /// Another namespace of the cgroup: a pod (with `CONFIG_F_SOCK_PODS`).
@@ -142,115 +205,96 @@ fn protocol(ctx: &SockAddrContext, known: Option<u8>) -> u8 {
     }
 }
 
-/// `call` is a `connect()` (the socket will stay bound to the backend), not a `sendmsg()`.
+/// `connect`: a `connect()` (the socket will stay bound to the backend), not a `sendmsg()`.
 #[inline(always)]
-fn translate(ctx: &SockAddrContext, known_proto: Option<u8>, connect: bool) -> i32 {
+fn translate4(ctx: &SockAddrContext, known_proto: Option<u8>, connect: bool) -> i32 {
     let Some((owner, flags)) = owner(ctx) else {
         return ALLOW;
     };
     let (addr, port) = destination(ctx);
     let proto = protocol(ctx, known_proto);
-    if owner == Owner::Pod && addr[0] == 127 {
-        // The pod's own loopback: never a Service (localhost NodePorts are the node's).
-        return ALLOW;
-    }
-    let key = FrontendKey {
+    v4::sock::translate(
+        ctx,
+        Hook::Sock,
+        owner,
+        flags,
         addr,
         port,
         proto,
-        scope: SCOPE_ANY,
-    };
-    // SAFETY: value copied out.
-    let Some(fe) = (unsafe { SVC_FRONTENDS.get(&key) }).copied() else {
-        return ALLOW;
-    };
-    if owner == Owner::Pod {
-        let per_packet = fe.backend_count == 0
-            || fe.affinity_timeout_s != 0
-            || fe.flags & FRONTEND_F_SOURCE_RANGES != 0
-            || (connect && proto == PROTO_UDP && flags & CONFIG_F_SOCK_DESTROY == 0);
-        if per_packet {
-            count(Hook::Sock, Reason::SockPerPacket);
-            return ALLOW;
-        }
-    }
-    if fe.backend_count == 0 {
-        if fe.flags & FRONTEND_F_DROP_NO_BACKEND == 0 {
-            // As kube-proxy's REJECT would answer: the connection is refused.
-            // SAFETY: plain helper call.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
-        }
-        count(Hook::Sock, Reason::NoBackend);
-        return DENY;
-    }
-    // `loadBalancerSourceRanges` that contain no node address: kube-proxy's filter-output
-    // `firewall-check` drops the node's packets (after its endpoint check, as here). A socket
-    // call has no source address yet, so the agent decided it (`FRONTEND_F_DENY_NODE`). The
-    // call fails with EPERM, which is what a UDP sendmsg() gets from netfilter's drop too; a
-    // TCP connect() would retry its SYN until it timed out instead of failing at once.
-    if fe.flags & FRONTEND_F_DENY_NODE != 0 {
-        count(Hook::Sock, Reason::SourceRangeDenied);
-        return DENY;
-    }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // TCP: random, not a tuple hash (the socket has no source port yet, so a hash of what it
-    // has would send every connection of a client to one backend). UDP: a hash of the socket,
-    // so every datagram an unconnected socket sends goes to one backend while the frontend's
-    // backends stay the same, as the per-packet path keeps one flow per source port.
-    let choice = if proto == PROTO_UDP {
-        mix((cookie ^ (cookie >> 32)) as u32)
-    } else {
-        // SAFETY: helper without arguments.
-        unsafe { bpf_get_prandom_u32() }
-    };
-    let Some((backend_id, backend, _)) = pick_backend(&fe, node_client(), now, choice) else {
-        count(Hook::Sock, Reason::BackendMissing);
-        return ALLOW;
-    };
-    set_destination(ctx, backend.addr, backend.port);
-    let rev = SockKey {
-        cookie,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        proto,
-        _pad: 0,
-    };
-    let _ = SVC_SOCK_REV.insert(
-        &rev,
-        &SockRevNat {
-            addr,
-            port,
-            _pad: 0,
-            frontend_id: fe.id,
-            backend_id,
-        },
-        0,
-    );
-    count(Hook::Sock, Reason::SockTranslated);
-    ALLOW
+        connect,
+        |a, p| set_destination(ctx, a, p),
+    )
 }
 
 #[inline(always)]
-fn restore(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
+fn restore4(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
     if owner(ctx).is_none() {
         return ALLOW;
     }
     let (addr, port) = destination(ctx);
-    let key = SockKey {
-        // SAFETY: plain helper call on the program's own context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend_addr: addr,
-        backend_port: port,
-        proto: protocol(ctx, known_proto),
-        _pad: 0,
+    let proto = || protocol(ctx, known_proto);
+    v4::sock::restore(ctx, Hook::Sock, addr, port, proto, |a, p| {
+        set_destination(ctx, a, p)
+    })
+}
+
+/// [`translate4`] of an IPv6 call: an IPv4-mapped destination with the IPv4 maps.
+#[inline(always)]
+fn translate6(ctx: &SockAddrContext, known_proto: Option<u8>, connect: bool) -> i32 {
+    let Some((owner, flags)) = owner(ctx) else {
+        return ALLOW;
     };
-    // SAFETY: value copied out.
-    if let Some(fe) = unsafe { SVC_SOCK_REV.get(&key) }.copied() {
-        set_destination(ctx, fe.addr, fe.port);
-        count(Hook::Sock, Reason::SockRevNat);
+    let (words, port) = destination6(ctx);
+    let proto = protocol(ctx, known_proto);
+    if let Some(addr) = v4_mapped(&words) {
+        return v4::sock::translate(
+            ctx,
+            Hook::Sock6,
+            owner,
+            flags,
+            addr,
+            port,
+            proto,
+            connect,
+            |a, p| set_destination6(ctx, mapped(a), p),
+        );
     }
-    ALLOW
+    v6::sock::translate(
+        ctx,
+        Hook::Sock6,
+        owner,
+        flags,
+        addr6_of(words),
+        port,
+        proto,
+        connect,
+        |a, p| set_destination6(ctx, *a.words(), p),
+    )
+}
+
+/// [`restore4`] of an IPv6 call: an IPv4-mapped peer with the IPv4 reverse map.
+#[inline(always)]
+fn restore6(ctx: &SockAddrContext, known_proto: Option<u8>) -> i32 {
+    if owner(ctx).is_none() {
+        return ALLOW;
+    }
+    let (words, port) = destination6(ctx);
+    let proto = || protocol(ctx, known_proto);
+    if let Some(addr) = v4_mapped(&words) {
+        return v4::sock::restore(ctx, Hook::Sock6, addr, port, proto, |a, p| {
+            set_destination6(ctx, mapped(a), p)
+        });
+    }
+    v6::sock::restore(ctx, Hook::Sock6, addr6_of(words), port, proto, |a, p| {
+        set_destination6(ctx, *a.words(), p)
+    })
+}
+
+/// Four network-order words as an [`Addr6`].
+#[inline(always)]
+fn addr6_of(words: [u32; 4]) -> Addr6 {
+    let mut a = Addr6::default();
+    // SAFETY: `Addr6` is 16 bytes aligned to 4: four `u32`s.
+    unsafe { *(core::ptr::addr_of_mut!(a) as *mut [u32; 4]) = words };
+    a
 }

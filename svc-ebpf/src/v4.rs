@@ -1,5 +1,6 @@
-//! The load-balancing decisions (`lb`, `ct`, `frag`) for IPv4. The same source files are
-//! compiled again in `v6` with `A = [u8; 16]`: each family's copy is concrete code.
+//! The load-balancing decisions (`lb`, `ct`, `frag`, and the socket hooks' `sock`) for IPv4.
+//! The same source files are compiled again in `v6` with `A = [u8; 16]`: each family's copy is
+//! concrete code.
 //!
 //! Why not generic functions (`fn decide<A: Family>`): instantiated from generic code, the IPv4
 //! decisions verified ~20 % more instructions (svc_pod_ingress 736k → 883k of the verifier's
@@ -17,3 +18,5 @@ pub(crate) mod ct;
 pub(crate) mod frag;
 #[path = "lb.rs"]
 pub(crate) mod lb;
+#[path = "socklb.rs"]
+pub(crate) mod sock;

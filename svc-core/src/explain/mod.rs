@@ -5,7 +5,8 @@
 //! - `svc-ebpf/src/lb.rs` `new_flow` for [`Origin::Pod`] (tc `svc_pod_ingress`) and
 //!   [`Origin::Uplink`] (XDP `svc_xdp`, and tc `svc_uplink_ingress` for what XDP hands on);
 //! - the conntrack lookup each of those hooks does first (`programs.rs`, `uplink.rs`, `xdp.rs`);
-//! - `svc-ebpf/src/sock.rs` `translate` for [`Origin::Host`] (cgroup `connect4`/`sendmsg4`).
+//! - `svc-ebpf/src/socklb.rs` `translate` for [`Origin::Host`] (cgroup `connect4`/`sendmsg4`,
+//!   `connect6`/`sendmsg6`).
 //!
 //! What it cannot know is said, not guessed: the backend of a new flow is a uniformly random
 //! slot (`bpf_get_prandom_u32`) unless a fresh session-affinity entry names one (`SVC_AFFINITY`,
@@ -354,7 +355,7 @@ fn backend_current<A: ExplainFamily>(snap: &Snapshot, q: &Q<A>, e: &CtEntryOf<A>
 }
 
 /// What picking `slot` of `fe` does to a new flow from `origin` (lb.rs `new_flow` after the
-/// random draw; sock.rs `translate` for [`Origin::Host`]).
+/// random draw; socklb.rs `translate` for [`Origin::Host`]).
 ///
 /// `sticky`: the backend session affinity names instead of a slot's (`slot` is then the slot
 /// holding it, 0 if none does any more).

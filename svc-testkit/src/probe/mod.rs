@@ -225,7 +225,8 @@ pub fn check_target(target: SocketAddr) -> Result<SocketAddr> {
         bail!(
             "target {target} is outside the test address plan (10.244/16, 10.96/16, \
              10.0.171.239, 172.18/16, 127/8, 192.0.2/24, 198.51.100/24, 203.0.113/24; \
-             fd00:10:244::/48, fd00:10:96::/48, fd00:18::/64, ::1, 2001:db8::/32)"
+             fd00:10:244::/48, fd00:10:96::/48, fd00:18::/64, ::1, 2001:db8::/32; \
+             IPv4-mapped addresses of the IPv4 plan)"
         );
     }
     if target.port() == 0 {
@@ -252,7 +253,12 @@ pub fn in_plan(ip: IpAddr) -> bool {
         ),
         IpAddr::V6(v6) => {
             let s = v6.segments();
+            // An IPv4-mapped address (`::ffff:a.b.c.d`): a dual-stack socket's way to an IPv4
+            // address of the plan (the IPv6 socket hooks' IPv4-mapped path).
             v6.is_loopback()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| in_plan(IpAddr::V4(v4)))
                 || matches!(
                     s,
                     [0xfd00, 0x10, 0x244, ..] | [0xfd00, 0x10, 0x96, ..] | [0xfd00, 0x18, 0, 0, ..]

@@ -100,6 +100,8 @@ fn ipv6_targets_follow_the_dual_stack_plan() {
         "[fd00:18::100]:443",
         "[::1]:30080",
         "[2001:db8::7]:53",
+        // IPv4-mapped: a dual-stack socket reaching an IPv4 Service.
+        "[::ffff:10.96.1.1]:9000",
     ] {
         let t = parse_target(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
         assert_eq!(t.to_string(), ok);

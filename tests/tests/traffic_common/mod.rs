@@ -144,25 +144,38 @@ impl Scene {
     /// Builds the topology, starts the servers and one agent per node with `agent_flags`.
     /// `before_agents` runs on the bare topology (e.g. to lower a route's MTU).
     pub(crate) fn start(agent_flags: &[&str], before_agents: impl FnOnce(&Topology)) -> Self {
-        Self::start_with(agent_flags, before_agents, false)
+        Self::start_with(agent_flags, before_agents, false, None)
     }
 
     /// [`Scene::start`] in the dual-stack topology with the dual-stack Services
     /// ([`manifest_dual_stack`]).
     pub(crate) fn start_dual_stack(agent_flags: &[&str]) -> Self {
-        Self::start_with(agent_flags, |_| {}, true)
+        Self::start_with(agent_flags, |_| {}, true, None)
     }
 
-    fn start_with(agent_flags: &[&str], before_agents: impl FnOnce(&Topology), dual: bool) -> Self {
-        let t = Topology::build(
-            &TopologySpec::new()
-                .node(&["c1", "be1"])
-                .node(&["c2", "be2"])
-                .external_client(true)
-                .ext_gateway(1)
-                .dual_stack(dual),
-        )
-        .expect("building the topology");
+    /// [`Scene::start_dual_stack`] with the pods' processes in their node's cgroup (`true`:
+    /// their sockets take the agents' socket hooks) or out of it (`false`), whatever
+    /// `SVC_TEST_POD_SOCKET_LB` says.
+    pub(crate) fn start_dual_stack_pod_socket_lb(agent_flags: &[&str], pods: bool) -> Self {
+        Self::start_with(agent_flags, |_| {}, true, Some(pods))
+    }
+
+    fn start_with(
+        agent_flags: &[&str],
+        before_agents: impl FnOnce(&Topology),
+        dual: bool,
+        pod_socket_lb: Option<bool>,
+    ) -> Self {
+        let mut spec = TopologySpec::new()
+            .node(&["c1", "be1"])
+            .node(&["c2", "be2"])
+            .external_client(true)
+            .ext_gateway(1)
+            .dual_stack(dual);
+        if let Some(pods) = pod_socket_lb {
+            spec = spec.pod_socket_lb(pods);
+        }
+        let t = Topology::build(&spec).expect("building the topology");
         for pod in ["c1", "c2", "be1", "be2"] {
             let on = t.offloads_on(t.pod_ns(pod), "eth0").unwrap();
             for f in [
