@@ -295,9 +295,10 @@ fn test(args: &[String]) -> Result<()> {
 
 /// The network tests of pods reaching ClusterIPs, run a second time by `cargo xtask test`
 /// with socket-level load balancing.
-const SOCKET_LB_TESTS: [&str; 5] = [
+const SOCKET_LB_TESTS: [&str; 6] = [
     "network_clusterip",
     "network_conntrack",
+    "network_ipv6",
     "network_northsouth",
     "network_traffic",
     "network_traffic_udp_mtu",
