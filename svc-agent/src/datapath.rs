@@ -100,6 +100,54 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "svc_sock_getpeername6",
 ];
 
+/// Unpins the maps an agent of another release pinned with another layout (map type, key or
+/// value size) than this object's, so that the loader creates them afresh. aya reuses a pinned
+/// map as it finds it (`MapData::create_pinned_by_name`), and the verifier then refuses every
+/// program whose accesses do not fit it (a `Config` read past a shorter value), which stopped
+/// the upgraded agent at start; a layout whose sizes happened to fit would be misread. What an
+/// unpinned map held is lost: the service maps are programmed again from the API within the
+/// first sync, conntrack entries are (flows are picked up or rebalanced as after a flush).
+/// Running programs keep their references to the old maps until their links are updated. A
+/// different capacity alone is kept (`--conntrack-max` documents that a pinned map keeps its
+/// size).
+fn drop_incompatible_pins(pins: &[(&str, PathBuf)]) -> Result<()> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the embedded eBPF object")?;
+    for (name, path) in pins {
+        let Some(def) = obj.maps.get(*name) else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
+        }
+        let info = match aya::maps::MapInfo::from_pin(path) {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(pin = %path.display(), "reading the pinned map: {e}; re-creating it");
+                std::fs::remove_file(path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                continue;
+            }
+        };
+        let pinned_type = info.map_type().ok().map(|t| t as u32);
+        let same = pinned_type == Some(def.map_type())
+            && info.key_size() == def.key_size()
+            && info.value_size() == def.value_size();
+        if !same {
+            warn!(
+                map = name,
+                pinned_key_size = info.key_size(),
+                pinned_value_size = info.value_size(),
+                key_size = def.key_size(),
+                value_size = def.value_size(),
+                "a pinned map has another layout than this release's (an upgrade): re-creating \
+                 it, its entries are lost"
+            );
+            std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads the IPv6 tc programs and puts each into `SVC_PROGS6` at its index, where the IPv4
 /// program of the same hook tail-calls it for IPv6 frames (`svc_common::PROGS6`). The array
 /// is pinned with the other maps, so an agent that restarts replaces the entries with its own
@@ -294,6 +342,7 @@ impl Datapath {
             .with_context(|| format!("creating {}", bpffs.join("links").display()))?;
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, bpffs.join(m))).collect();
+        drop_incompatible_pins(&pins)?;
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -358,7 +407,12 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifying and loading program {name}"))?;
         }
-        load_progs6(&mut ebpf)?;
+        if let Err(e) = load_progs6(&mut ebpf) {
+            // IPv4 must not depend on IPv6: a kernel whose verifier refuses an IPv6 program
+            // still gets the whole IPv4 datapath. SVC_PROGS6 slots left empty make the IPv4
+            // programs pass IPv6 frames untouched (counted not_ipv4).
+            warn!("the IPv6 programs did not load: {e:#}; IPv6 traffic passes untranslated");
+        }
         let prog: &mut Xdp = ebpf
             .program_mut(UPLINK_XDP)
             .with_context(|| format!("program {UPLINK_XDP} missing from the object"))?
