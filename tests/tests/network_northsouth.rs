@@ -295,8 +295,8 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
     );
     assert_eq!(
         links.iter().filter(|l| l["target"] == "cgroup").count(),
-        4,
-        "socket hooks: {out}"
+        svc_agent::datapath::SOCK_PROGRAMS.len(),
+        "socket hooks (IPv4 and IPv6): {out}"
     );
 }
 
