@@ -1,7 +1,7 @@
 //! The IPv6 tc programs: the IPv4 programs of the same hooks hand every IPv6 frame over to
-//! them by a tail call (`SVC_PROGS6`), so a hook keeps one attached program and IPv4 packets
-//! pay nothing for IPv6 (the hand-over sits on the IPv4 parser's not-IPv4 branch). Each
-//! program is verified on its own, within its own instruction budget.
+//! them by a tail call (`SVC_PROGS6`, `programs::to_v6`: the Ethernet type checked first thing,
+//! one compare for an IPv4 frame), so a hook keeps one attached program. Each program is
+//! verified on its own, within its own instruction budget.
 //!
 //! The decisions are the IPv4 ones compiled for IPv6 (`v6`); what differs is the parsing
 //! (`parse6`), the rewrite (`nat6`: no IP checksum, the hop limit) and the FIB lookup's family.
