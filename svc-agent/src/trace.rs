@@ -28,7 +28,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -38,14 +38,15 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 use svc_common::{
-    FrontendKey, Hook, TraceEvent, TraceFilter, ALL_HOOKS, ALL_REASONS, CT_DIR_FORWARD,
-    CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_ON, PROTO_TCP, PROTO_UDP, TRACE_FRONTENDS,
-    TRACE_SLOTS,
+    Frontend, FrontendKeyOf, Hook, TraceEventOf, TraceFilter, AF_INET, AF_INET6, ALL_HOOKS,
+    ALL_REASONS, CT_DIR_FORWARD, CT_DIR_REPLY, FRONTEND_F_NODEPORT, MAP_TRACE_ON, PROTO_TCP,
+    PROTO_UDP, TRACE_FRONTENDS, TRACE_SLOTS,
 };
+use svc_core::family::{host_port, AnyBackend, AnyFrontendKey, Family};
 
 use crate::{
     dataplane::{
-        trace::{new_ring, SlotLock, TraceMaps, TraceRing},
+        trace::{new_ring, AnyTraceEvent, SlotLock, TraceMaps, TraceRing},
         MapSnapshot,
     },
     inspect::{
@@ -61,13 +62,13 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(2);
 /// `svc-agent trace`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TraceArgs {
-    /// One end of the flow (a client, or a pod). Matches either direction, before or after
-    /// translation.
+    /// One end of the flow (a client, or a pod), IPv4 or IPv6. Matches either direction,
+    /// before or after translation.
     #[arg(long)]
-    pub src: Option<Ipv4Addr>,
-    /// The other end (a frontend, a backend, a client).
+    pub src: Option<IpAddr>,
+    /// The other end (a frontend, a backend, a client), of the same family as --src.
     #[arg(long)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// Either port, before or after translation.
     #[arg(long)]
     pub port: Option<u16>,
@@ -94,18 +95,14 @@ pub struct TraceArgs {
 // ---------------------------------------------------------------------------------------------
 // Pure decisions.
 
-/// The Service's frontends among `frontends` (the pinned map): entries for its ClusterIPs,
-/// external IPs and load-balancer ingress IPs on its ports, and NodePort entries on its node
-/// ports (NodePort numbers are unique in a cluster), each protocol matched. With `port`, only
-/// the frontends on that port (service port or node port). Sorted, without duplicates.
-pub fn service_frontend_ids(
-    svc: &Service,
-    frontends: &BTreeMap<FrontendKey, svc_common::Frontend>,
-    port: Option<u16>,
-) -> Vec<u32> {
+/// The Service's frontends among the pinned frontend maps of both families (`snap`): entries
+/// for its ClusterIPs, external IPs and load-balancer ingress IPs on its ports, and NodePort
+/// entries on its node ports (NodePort numbers are unique in a cluster), each protocol
+/// matched. With `port`, only the frontends on that port (service port or node port). Sorted,
+/// without duplicates.
+pub fn service_frontend_ids(svc: &Service, snap: &MapSnapshot, port: Option<u16>) -> Vec<u32> {
     let spec = svc.spec.clone().unwrap_or_default();
-    let mut addrs: Vec<Ipv4Addr> = Vec::new();
-    let ips = spec
+    let addrs: Vec<IpAddr> = spec
         .cluster_ips
         .clone()
         .unwrap_or_default()
@@ -120,19 +117,30 @@ pub fn service_frontend_ids(
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|i| i.ip),
-        );
-    for ip in ips {
-        if let Ok(a) = ip.parse() {
-            addrs.push(a);
-        }
-    }
+        )
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let ports = spec.ports.unwrap_or_default();
+    let mut ids = family_frontend_ids(&snap.frontends, &addrs, &ports, port);
+    ids.extend(family_frontend_ids(&snap.frontends6, &addrs, &ports, port));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// [`service_frontend_ids`] in one family's frontend map.
+fn family_frontend_ids<A: Family>(
+    frontends: &BTreeMap<FrontendKeyOf<A>, Frontend>,
+    addrs: &[IpAddr],
+    ports: &[k8s_openapi::api::core::v1::ServicePort],
+    port: Option<u16>,
+) -> Vec<u32> {
     let proto_of = |p: &Option<String>| match p.as_deref().unwrap_or("TCP") {
         "TCP" => Some(PROTO_TCP),
         "UDP" => Some(PROTO_UDP),
         _ => None,
     };
-    let ports = spec.ports.unwrap_or_default();
-    let mut ids: Vec<u32> = frontends
+    frontends
         .iter()
         .filter(|(k, fe)| {
             let wanted = |p: u16| port.is_none_or(|want| want == p);
@@ -144,16 +152,13 @@ pub fn service_frontend_ids(
                     sp.node_port == Some(i32::from(k.port)) && wanted(k.port)
                 } else {
                     sp.port == i32::from(k.port)
-                        && addrs.contains(&Ipv4Addr::from(k.addr))
+                        && addrs.contains(&k.addr.to_ip().into())
                         && wanted(k.port)
                 }
             })
         })
         .map(|(_, fe)| fe.id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+        .collect()
 }
 
 /// Who owns a slot: pid, its start time, its pid namespace.
@@ -183,8 +188,8 @@ pub fn filter_of(args: &TraceArgs, frontend_ids: &[u32], owner: Owner) -> Result
         frontend_ids.len()
     );
     let mut f = TraceFilter {
-        src_addr: args.src.map(|a| a.octets()).unwrap_or_default(),
-        dst_addr: args.dst.map(|a| a.octets()).unwrap_or_default(),
+        src_addr: [0; 4],
+        dst_addr: [0; 4],
         port: args.port.unwrap_or(0),
         proto: args.proto.map(Proto::number).unwrap_or(0),
         frontend_count: frontend_ids.len() as u8,
@@ -192,8 +197,33 @@ pub fn filter_of(args: &TraceArgs, frontend_ids: &[u32], owner: Owner) -> Result
         owner_pid: owner.pid,
         owner_start: owner.start,
         owner_pidns: owner.pidns,
+        src_addr6: Default::default(),
+        dst_addr6: Default::default(),
+        addr_family: 0,
+        _pad: [0; 7],
     };
     f.frontend_ids[..frontend_ids.len()].copy_from_slice(frontend_ids);
+    // The programs compare one family's addresses: a filter names ends of one family.
+    if let (Some(src), Some(dst)) = (args.src, args.dst) {
+        ensure!(
+            src.is_ipv4() == dst.is_ipv4(),
+            "--src {src} and --dst {dst} are of different families: a flow's two ends are of \
+             one family"
+        );
+    }
+    for end in [args.src, args.dst].into_iter().flatten() {
+        f.addr_family = if end.is_ipv4() { AF_INET } else { AF_INET6 };
+    }
+    match args.src {
+        Some(IpAddr::V4(a)) => f.src_addr = a.octets(),
+        Some(IpAddr::V6(a)) => f.src_addr6 = a.into(),
+        None => {}
+    }
+    match args.dst {
+        Some(IpAddr::V4(a)) => f.dst_addr = a.octets(),
+        Some(IpAddr::V6(a)) => f.dst_addr6 = a.into(),
+        None => {}
+    }
     Ok(f)
 }
 
@@ -288,36 +318,53 @@ pub struct EventView {
     pub ct_state: Option<String>,
 }
 
-fn endpoint(addr: [u8; 4], port: u16) -> String {
-    format!("{}:{port}", Ipv4Addr::from(addr))
+fn endpoint<A: Family>(addr: A, port: u16) -> String {
+    host_port(addr.to_ip().into(), port)
 }
 
-/// What events name by id (frontends, backends), indexed from a snapshot of the pinned maps.
+/// What events name by id (frontends, backends of both families: one id space), indexed from
+/// a snapshot of the pinned maps.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    frontends: BTreeMap<u32, FrontendKey>,
-    backends: BTreeMap<u32, svc_common::Backend>,
+    frontends: BTreeMap<u32, AnyFrontendKey>,
+    backends: BTreeMap<u32, AnyBackend>,
 }
 
 impl Names {
     pub fn of(snap: &MapSnapshot) -> Self {
+        let frontends = snap.frontends.iter().map(|(k, fe)| (fe.id, (*k).into()));
+        let frontends6 = snap.frontends6.iter().map(|(k, fe)| (fe.id, (*k).into()));
+        let backends = snap.backends.iter().map(|(id, b)| (*id, (*b).into()));
+        let backends6 = snap.backends6.iter().map(|(id, b)| (*id, (*b).into()));
         Self {
-            frontends: snap.frontends.iter().map(|(k, fe)| (fe.id, *k)).collect(),
-            backends: snap.backends.clone(),
+            frontends: frontends.chain(frontends6).collect(),
+            backends: backends.chain(backends6).collect(),
         }
     }
 
     /// Whether every id `e` names is known (else the maps changed since the snapshot).
-    fn knows(&self, e: &TraceEvent) -> bool {
-        (e.frontend_id == 0 || self.frontends.contains_key(&e.frontend_id))
-            && (e.backend_id == 0 || self.backends.contains_key(&e.backend_id))
+    fn knows(&self, e: &AnyTraceEvent) -> bool {
+        let (fe, be) = match e {
+            AnyTraceEvent::V4(e) => (e.frontend_id, e.backend_id),
+            AnyTraceEvent::V6(e) => (e.frontend_id, e.backend_id),
+        };
+        (fe == 0 || self.frontends.contains_key(&fe))
+            && (be == 0 || self.backends.contains_key(&be))
     }
 }
 
 impl EventView {
-    pub fn new(e: &TraceEvent, names: &Names) -> Self {
+    /// The view of a ring record of either family.
+    pub fn of(e: &AnyTraceEvent, names: &Names) -> Self {
+        match e {
+            AnyTraceEvent::V4(e) => Self::new(e, names),
+            AnyTraceEvent::V6(e) => Self::new(e, names),
+        }
+    }
+
+    pub fn new<A: Family>(e: &TraceEventOf<A>, names: &Names) -> Self {
         let hook = ALL_HOOKS.get(e.hook as usize).copied();
-        let entry = e.to_src_addr != [0; 4] || e.to_dst_addr != [0; 4];
+        let entry = e.to_src_addr != A::UNSPECIFIED || e.to_dst_addr != A::UNSPECIFIED;
         let frontend = names
             .frontends
             .get(&e.frontend_id)
@@ -325,15 +372,15 @@ impl EventView {
             .map(|k| {
                 format!(
                     "{}/{}",
-                    endpoint(k.addr, k.port),
-                    proto_name(k.proto).to_uppercase()
+                    host_port(k.ip(), k.port()),
+                    proto_name(k.proto()).to_uppercase()
                 )
             });
         let backend = names
             .backends
             .get(&e.backend_id)
             .filter(|_| e.backend_id != 0)
-            .map(|b| endpoint(b.addr, b.port));
+            .map(|b| host_port(b.ip(), b.port()));
         Self {
             time_ns: e.ts_ns,
             hook: hook
@@ -497,7 +544,7 @@ async fn resolve_service(args: &TraceArgs, snap: &MapSnapshot) -> Result<Vec<u32
                 .with_context(|| format!("no Service {name} in the API server"))?
         }
     };
-    let ids = service_frontend_ids(&svc, &snap.frontends, args.port);
+    let ids = service_frontend_ids(&svc, snap, args.port);
     ensure!(
         !ids.is_empty(),
         "Service {name} has no frontend in the pinned maps{}: is it programmed (see \
@@ -573,7 +620,7 @@ async fn pump(
                 }
                 last_refresh = Instant::now();
             }
-            let view = EventView::new(&e, &names);
+            let view = EventView::of(&e, &names);
             let text = match args.common.output {
                 Format::Table => view.line(),
                 Format::Json => serde_json::to_string(&view)?,

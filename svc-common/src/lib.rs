@@ -908,6 +908,7 @@ aya_pod!(
     Scratch,
     TraceFilter,
     TraceEvent,
+    TraceEvent6,
     FrontendKey6,
     Backend6,
     SourceRangeKey6,

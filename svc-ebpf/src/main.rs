@@ -83,8 +83,6 @@ mod sockreap;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
-mod trace;
-#[cfg(target_arch = "bpf")]
 mod uplink;
 #[cfg(target_arch = "bpf")]
 mod v4;

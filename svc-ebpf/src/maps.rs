@@ -90,7 +90,8 @@ pub(crate) static SVC_TRACE_FILTERS: Array<TraceFilter, { TRACE_SLOTS as usize }
 #[btf_map]
 pub(crate) static SVC_TRACE_LOST: PerCpuArray<u64, { TRACE_SLOTS as usize }> = PerCpuArray::new();
 
-/// One ring per trace slot, created and read by its tracer. The inner definition is the
+/// One ring per trace slot, created and read by its tracer; it holds `TraceEvent`s and
+/// `TraceEvent6`s (`reserve_untyped`). The inner definition is the
 /// template every ring must match (type and size: `bpf_map_meta_equal`).
 #[btf_map]
 pub(crate) static SVC_TRACE_RINGS: ArrayOfMaps<

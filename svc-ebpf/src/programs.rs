@@ -2,7 +2,7 @@
 use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
 use svc_common::{CtEntry, Hook, Reason, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_NODEPORT};
 
-use crate::trace::trace;
+use crate::v4::trace::trace;
 
 use crate::{
     maps::SVC_PROGS6,

@@ -13,7 +13,7 @@
 //! translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
 //! every other ICMPv6 message pass untouched).
 //!
-//! Not yet for IPv6 (counted, never silently wrong): no trace events are written; ICMPv6 errors
+//! Not yet for IPv6 (counted, never silently wrong): ICMPv6 errors
 //! with an extension header before the ICMPv6 header or in the quoted packet pass untranslated
 //! (`not_tcp_udp`); an answer's quote is the offending packet's first 128 bytes, not as much
 //! as fits 1280 bytes (see `reject6`).
@@ -40,7 +40,10 @@ use crate::{
     parse6::{parse6_tc, Flow6},
     reject6::{packet_too_big6, reject6},
     stats::count,
-    v6::lb::{blank_entry, decide, fib_params, Origin, Step},
+    v6::{
+        lb::{blank_entry, decide, fib_params, Origin, Step},
+        trace::trace,
+    },
     Outcome, TC_ACT_SHOT,
 };
 
@@ -77,8 +80,8 @@ pub(crate) fn svc_uplink_egress6(ctx: TcContext) -> i32 {
     run_tc6(&ctx, Hook::UplinkEgress6, uplink_egress6)
 }
 
-/// Every IPv6 tc program's entry: runs `body`, counts the outcome's reason, returns its
-/// verdict.
+/// Every IPv6 tc program's entry: runs `body`, counts the outcome's reason, traces it (an
+/// IPv6 event, `v6::trace`) and returns its verdict.
 #[inline(always)]
 fn run_tc6(
     ctx: &TcContext,
@@ -102,6 +105,17 @@ fn run_tc6(
         Ok(out) | Err(out) => out,
     };
     count(hook, out.reason);
+    // SAFETY: reading the ifindex field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    trace(
+        hook,
+        flow,
+        entry,
+        out.verdict,
+        out.reason as u32,
+        ctx.len(),
+        ifindex,
+    );
     out.verdict
 }
 

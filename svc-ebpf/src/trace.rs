@@ -1,4 +1,9 @@
-//! Trace events for `svc-agent trace` (svc_common::TraceFilter / TraceEvent).
+//! Trace events for `svc-agent trace` (svc_common::TraceFilter / TraceEvent, TraceEvent6).
+//!
+//! Compiled once per address family, like `lb` (see `v4`): `A` is `[u8; 4]` in `v4::trace`
+//! and `Addr6` in `v6::trace`, so each family's programs write their family's event, and a
+//! filter naming addresses of one family never matches a packet of the other
+//! (`TraceFilter::addr_family`).
 //!
 //! Every packet program ends in [`trace`] with what it saw and did. The cost while nobody
 //! traces is one lookup in a one-entry array (`SVC_TRACE_ON`, which the verifier inlines into
@@ -17,12 +22,19 @@
 //! array of maps: each tracer consumes its own ring, so two tracers never take each other's
 //! events (a ring buffer has one consumer position).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use svc_common::{CtEntry, Hook, Reason, TraceFilter, TRACE_FRONTENDS, TRACE_SLOTS};
-
-use crate::{
-    maps::{SVC_TRACE_FILTERS, SVC_TRACE_LOST, SVC_TRACE_ON, SVC_TRACE_RINGS},
-    parse::Flow,
+use svc_common::{
+    Addr, CtEntryOf, Hook, Reason, TraceEventOf, TraceFilter, TRACE_FRONTENDS, TRACE_SLOTS,
 };
+
+use super::A;
+use crate::{
+    family::Family,
+    maps::{SVC_TRACE_FILTERS, SVC_TRACE_LOST, SVC_TRACE_ON, SVC_TRACE_RINGS},
+    parse::FlowOf,
+};
+
+type Flow = FlowOf<A>;
+type CtEntry = CtEntryOf<A>;
 
 /// Records `flow`'s outcome for the tracers that asked for it. `verdict` is what the program
 /// returns, `reason` its `Reason` index; `entry` the conntrack entry the decision used (all
@@ -63,6 +75,9 @@ fn wants(f: &TraceFilter, flow: &Flow, entry: &CtEntry) -> bool {
     if f.proto != 0 && f.proto != flow.proto {
         return false;
     }
+    if !f.wants_family(<A as Addr>::FAMILY) {
+        return false;
+    }
     if f.port != 0
         && f.port != flow.sport
         && f.port != flow.dport
@@ -71,13 +86,11 @@ fn wants(f: &TraceFilter, flow: &Flow, entry: &CtEntry) -> bool {
     {
         return false;
     }
-    let ends = |a: [u8; 4], b: [u8; 4]| {
-        let (a, b) = (u32::from_ne_bytes(a), u32::from_ne_bytes(b));
-        let (s, d) = (
-            u32::from_ne_bytes(f.src_addr),
-            u32::from_ne_bytes(f.dst_addr),
-        );
-        ((s == 0 || s == a) && (d == 0 || d == b)) || ((s == 0 || s == b) && (d == 0 || d == a))
+    let (s, d) = A::trace_ends(f);
+    let any = |x: A| A::same(x, A::UNSPECIFIED);
+    let ends = |a: A, b: A| {
+        ((any(s) || A::same(s, a)) && (any(d) || A::same(d, b)))
+            || ((any(s) || A::same(s, b)) && (any(d) || A::same(d, a)))
     };
     if !ends(flow.saddr, flow.daddr) && !ends(entry.src_addr, entry.dst_addr) {
         return false;
@@ -95,6 +108,12 @@ fn wants(f: &TraceFilter, flow: &Flow, entry: &CtEntry) -> bool {
     false
 }
 
+/// [`wants`] as a subprogram, for the family whose `Family::TRACE_MATCH_CALL` says so.
+#[inline(never)]
+fn wants_call(f: &TraceFilter, flow: &Flow, entry: &CtEntry) -> bool {
+    wants(f, flow, entry)
+}
+
 /// The slow half of [`trace`], with its arguments packed into registers (a BPF call passes
 /// five): `how` = slots in use << 40 | hook << 32 | verdict; `meta` = length << 32 | ifindex.
 #[inline(never)]
@@ -107,7 +126,12 @@ fn emit(how: u64, flow: &Flow, entry: &CtEntry, reason: u64, meta: u64) {
     while slot < TRACE_SLOTS {
         if on & (1 << slot) != 0 {
             if let Some(f) = SVC_TRACE_FILTERS.get(slot) {
-                if wants(f, flow, entry) {
+                let wanted = if A::TRACE_MATCH_CALL {
+                    wants_call(f, flow, entry)
+                } else {
+                    wants(f, flow, entry)
+                };
+                if wanted {
                     write(slot, how, flow, entry, reason, meta);
                 }
             }
@@ -123,7 +147,7 @@ fn write(slot: u32, how: u64, flow: &Flow, entry: &CtEntry, reason: u64, meta: u
     };
     // A full ring loses the event: the tracer reads too slowly, and the packet must not wait.
     // The loss is counted per slot and CPU, for the tracer to report.
-    let Some(mut e) = ring.reserve(0) else {
+    let Some(mut e) = ring.reserve_untyped::<TraceEventOf<A>>(0) else {
         if let Some(lost) = SVC_TRACE_LOST.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU never nest.
             unsafe { *lost += 1 };
@@ -171,7 +195,8 @@ fn log_outcome(how: u64, flow: &Flow, entry: &CtEntry, reason: u64) {
     let hook = (how >> 32) as u8 as u32;
     let verdict = how as u32 as i32;
     let reason = crate::reason_from(reason as u32);
-    let (saddr, daddr, sport, dport) = (flow.saddr, flow.daddr, flow.sport, flow.dport);
+    let (saddr, daddr, sport, dport) = (flow.saddr.log(), flow.daddr.log(), flow.sport, flow.dport);
+    let (to_src, to_dst) = (entry.src_addr.log(), entry.dst_addr.log());
     let (fe, be) = (entry.frontend_id, entry.backend_id);
     // The contexts of aya-log's macros are unused (`let _ = ctx`); `()` stands in.
     match reason {
@@ -188,9 +213,9 @@ fn log_outcome(how: u64, flow: &Flow, entry: &CtEntry, reason: u64) {
                 flow.proto,
                 fe,
                 be,
-                entry.dst_addr,
+                to_dst,
                 entry.dst_port,
-                entry.src_addr,
+                to_src,
                 entry.src_port,
                 reason as u32
             )

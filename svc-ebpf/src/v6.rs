@@ -12,3 +12,5 @@ pub(crate) mod frag;
 pub(crate) mod lb;
 #[path = "socklb.rs"]
 pub(crate) mod sock;
+#[path = "trace.rs"]
+pub(crate) mod trace;

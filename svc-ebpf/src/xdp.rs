@@ -36,8 +36,8 @@ use crate::{
     csum::{csum_update, fold, halves, words},
     parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
     stats::count,
-    trace::trace,
     v4::lb::{blank_entry, decide, fib_params, Origin, Step},
+    v4::trace::trace,
     Outcome, TC_ACT_SHOT,
 };
 

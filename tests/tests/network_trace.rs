@@ -8,7 +8,8 @@
 //! the new flows with their DNAT, the replies with their reverse NAT and the reject, and
 //! nothing of `other`'s; the Service's tracer must see both clients' flows to `web` and
 //! nothing of `empty`. Both release their slots on exit; a tracer killed with SIGKILL has its
-//! slot freed by the agent.
+//! slot freed by the agent. In a dual-stack topology, IPv6 flows are traced by the IPv6
+//! programs and a filter of one family never shows the other.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
@@ -388,4 +389,175 @@ fn kernel_debug_messages_reach_the_agent_log() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The host of `ADDR:PORT` or `[ADDR]:PORT`.
+fn host_of(endpoint: &str) -> &str {
+    match endpoint.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap(),
+        None => ip_of(endpoint),
+    }
+}
+
+/// IPv6 in a dual-stack topology: `web` made dual-stack (fd00:10:96::10 beside 10.96.0.10, an
+/// IPv6 EndpointSlice beside the IPv4 one). Three tracers at once: the client's IPv6 address,
+/// its IPv4 address, and `--service default/web`. The client opens connections to both
+/// ClusterIPs. The IPv6 tracer must show the IPv6 flows' DNAT and reverse NAT from the IPv6
+/// programs, bracketed, and no IPv4 packet; the IPv4 tracer no IPv6 packet (a filter's
+/// addresses are of one family); the Service's tracer the flows of both families. The agents
+/// run with `--bpf-debug-log`: the IPv6 programs' new-flow lines name IPv6 addresses.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn ipv6_flows_are_traced_and_the_families_stay_apart() {
+    require_root();
+    let t = Topology::build(
+        &TopologySpec::new()
+            .dual_stack(true)
+            .node(&["client", "be1"])
+            .node(&["be2"]),
+    )
+    .expect("building the dual-stack topology");
+    let _servers = t.serve(&["be1", "be2"], &["--tcp", "8080"]).unwrap();
+    let ep = |p: &str| (t.pod_ip(p), t.pod(p).node);
+    let m = services(&t, &[ep("be1"), ep("be2")]);
+    const WEB6: &str = "[fd00:10:96::10]:80";
+    let mut slice6 = String::new();
+    for p in ["be1", "be2"] {
+        slice6.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
+            t.pod_ip6(p),
+            svc_testkit::agent::node_name(t.pod(p).node)
+        ));
+    }
+    m.write(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
+             ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+             clusterIP: 10.96.0.10\n  clusterIPs: [\"10.96.0.10\", \"fd00:10:96::10\"]\n  \
+             ports:\n    - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n---\n{}---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-6\n  \
+             labels:\n    kubernetes.io/service-name: web\naddressType: IPv6\nports:\n  \
+             - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{slice6}",
+            http_endpoint_slice("web", &[ep("be1"), ep("be2")])
+        ),
+    )
+    .unwrap();
+    let agents = Agent::start_all(&t, 2, m.path(), &["--bpf-debug-log", "-v", "4"]).unwrap();
+    let bpffs = agents[0].bpffs().to_owned();
+    let (client4, client6) = (
+        t.pod_ip("client").to_string(),
+        t.pod_ip6("client").to_string(),
+    );
+    let backends6: BTreeSet<String> = ["be1", "be2"]
+        .iter()
+        .map(|p| format!("[{}]:8080", t.pod_ip6(p)))
+        .collect();
+
+    let by_v6 = tracer(&t, &bpffs, &["--src", &client6]);
+    let by_v4 = tracer(&t, &bpffs, &["--src", &client4]);
+    let manifests = m.path().to_str().unwrap().to_owned();
+    let by_service = tracer(
+        &t,
+        &bpffs,
+        &["--service", "default/web", "--manifests", &manifests],
+    );
+    let (_, filters) = trace_state(&bpffs);
+    assert!(
+        filters.iter().any(|f| f.addr_family == svc_common::AF_INET6
+            && std::net::Ipv6Addr::from(f.src_addr6).to_string() == client6),
+        "the IPv6 filter is programmed"
+    );
+    let v6 = client_tcp(&t, WEB6, CLIENT_CONNS);
+    assert_eq!(v6.ok, CLIENT_CONNS as u64, "IPv6 connections: {v6:?}");
+    let v4 = client_tcp(&t, WEB, CLIENT_CONNS);
+    assert_eq!(v4.ok, CLIENT_CONNS as u64, "IPv4 connections: {v4:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ev6, ev4, evs) = (stop(by_v6), stop(by_v4), stop(by_service));
+    let is_v6 = |e: &Value| s(e, "src").starts_with('[');
+
+    // (1) The IPv6 tracer: IPv6 packets of the client's flows, from the IPv6 programs.
+    assert!(!ev6.is_empty(), "no event for the client's IPv6 address");
+    for e in &ev6 {
+        assert!(is_v6(e), "an IPv4 packet in the IPv6 tracer: {e}");
+        assert!(s(e, "hook").ends_with('6'), "not an IPv6 program: {e}");
+        let ends = [s(e, "src"), s(e, "dst"), s(e, "new_src"), s(e, "new_dst")];
+        assert!(
+            ends.iter().any(|x| !x.is_empty() && host_of(x) == client6),
+            "an event of another flow in the IPv6 tracer: {e}"
+        );
+    }
+    let dnat: Vec<&Value> = ev6
+        .iter()
+        .filter(|e| s(e, "reason") == "dnat_new")
+        .collect();
+    assert_eq!(dnat.len(), CLIENT_CONNS, "IPv6 DNAT events: {ev6:#?}");
+    for e in &dnat {
+        assert_eq!(s(e, "hook"), "pod_ingress6", "{e}");
+        assert_eq!(s(e, "dst"), WEB6, "{e}");
+        assert!(backends6.contains(s(e, "new_dst")), "{e}");
+        assert_eq!(s(e, "backend"), s(e, "new_dst"), "{e}");
+        assert_eq!(s(e, "frontend"), format!("{WEB6}/TCP"), "{e}");
+        assert_eq!(e["tcp_flags"], serde_json::json!(["SYN"]), "{e}");
+    }
+    for d in &dnat {
+        assert!(
+            ev6.iter().any(|r| s(r, "reason") == "rev_nat"
+                && s(r, "dst") == s(d, "src")
+                && s(r, "src") == s(d, "new_dst")
+                && s(r, "new_src") == WEB6
+                && r["tcp_flags"] == serde_json::json!(["SYN", "ACK"])),
+            "no reverse-NAT SYN-ACK for {d}: {ev6:#?}"
+        );
+    }
+    // (2) The IPv4 tracer: the IPv4 flows, no IPv6 packet.
+    assert!(
+        ev4.iter().filter(|e| s(e, "reason") == "dnat_new").count() == CLIENT_CONNS,
+        "IPv4 DNAT events: {ev4:#?}"
+    );
+    assert!(
+        ev4.iter().all(|e| !is_v6(e)),
+        "an IPv6 packet in the IPv4 tracer: {ev4:#?}"
+    );
+    // (3) The Service's tracer: the new flows of both families to web's frontends.
+    let new_of = |v6: bool| {
+        evs.iter()
+            .filter(|e| s(e, "reason") == "dnat_new" && is_v6(e) == v6)
+            .count()
+    };
+    assert_eq!(
+        (new_of(false), new_of(true)),
+        (CLIENT_CONNS, CLIENT_CONNS),
+        "the Service's tracer sees the new flows of both families: {evs:#?}"
+    );
+    // (4) The IPv6 programs' debug messages: the new flows, IPv6 addresses formatted (the
+    // agent relays them as they come: wait a little).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = agents[0].log();
+        if log.lines().any(|l| {
+            l.contains("new flow")
+                && l.contains(&format!("{client6}:"))
+                && l.contains("-> fd00:10:96::10:80")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no IPv6 new-flow line in node 1's agent log:\n{}",
+            log.lines()
+                .filter(|l| l.contains("hook"))
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "IPv6 tracer: {} events ({} DNAT); IPv4 tracer: {} events; Service tracer: {} events",
+        ev6.len(),
+        dnat.len(),
+        ev4.len(),
+        evs.len()
+    );
 }

@@ -11,8 +11,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{of_maps::ArrayOfMaps, Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use svc_common::{
-    TraceEvent, TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON, MAP_TRACE_RINGS,
-    TRACE_RING_BYTES, TRACE_SLOTS,
+    TraceEvent, TraceEvent6, TraceFilter, MAP_TRACE_FILTERS, MAP_TRACE_LOST, MAP_TRACE_ON,
+    MAP_TRACE_RINGS, TRACE_RING_BYTES, TRACE_SLOTS,
 };
 
 use crate::trace::{own_pidns, owner_alive, plan_slots, Owner};
@@ -323,7 +323,7 @@ impl TraceRing {
 
     /// Waits for events and returns every one waiting (cancel-safe: nothing is consumed
     /// before the ring is readable, and then everything is taken without awaiting).
-    pub async fn events(&mut self) -> Result<Vec<TraceEvent>> {
+    pub async fn events(&mut self) -> Result<Vec<AnyTraceEvent>> {
         let mut guard = self
             .0
             .readable_mut()
@@ -346,21 +346,37 @@ impl RingReader {
     }
 
     /// Every event waiting now.
-    pub fn drain(&mut self) -> Vec<TraceEvent> {
+    pub fn drain(&mut self) -> Vec<AnyTraceEvent> {
         drain(&mut self.0)
     }
 }
 
-/// Takes every record waiting in `ring`; records shorter than an event are not ours to
-/// decode and are skipped.
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+/// One record of a trace ring: the programs of each family write their own event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyTraceEvent {
+    V4(TraceEvent),
+    V6(TraceEvent6),
+}
+
+impl AnyTraceEvent {
+    /// The event a ring record holds, told by its length (the programs reserve exactly one
+    /// event); a record of another length is not ours to decode.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() == std::mem::size_of::<TraceEvent>() {
+            Some(Self::V4(bytemuck::pod_read_unaligned(record)))
+        } else if record.len() == std::mem::size_of::<TraceEvent6>() {
+            Some(Self::V6(bytemuck::pod_read_unaligned(record)))
+        } else {
+            None
+        }
+    }
+}
+
+/// Takes every record waiting in `ring`; a record that is no event is skipped.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<AnyTraceEvent> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<TraceEvent>() {
-            events.push(bytemuck::pod_read_unaligned(
-                &item[..std::mem::size_of::<TraceEvent>()],
-            ));
-        }
+        events.extend(AnyTraceEvent::decode(&item));
     }
     events
 }

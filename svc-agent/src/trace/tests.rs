@@ -4,10 +4,18 @@ use bytemuck::Zeroable;
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
 };
-use svc_common::{Frontend, FRONTEND_F_EXTERNAL_IP, SCOPE_ANY, SCOPE_EXTERNAL};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use svc_common::{
+    Addr6, Backend6, FrontendKey, FrontendKey6, TraceEvent, TraceEvent6, FRONTEND_F_EXTERNAL_IP,
+    SCOPE_ANY, SCOPE_EXTERNAL,
+};
 
-fn fe_key(addr: [u8; 4], port: u16, proto: u8, scope: u8) -> FrontendKey {
-    FrontendKey {
+fn v6(s: &str) -> Addr6 {
+    s.parse::<Ipv6Addr>().unwrap().into()
+}
+
+fn fe_key<A>(addr: A, port: u16, proto: u8, scope: u8) -> FrontendKeyOf<A> {
+    FrontendKeyOf {
         addr,
         port,
         proto,
@@ -28,8 +36,8 @@ fn service() -> Service {
     Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("10.96.0.10".into()),
-            cluster_ips: Some(vec!["10.96.0.10".into()]),
-            external_ips: Some(vec!["192.0.2.7".into()]),
+            cluster_ips: Some(vec!["10.96.0.10".into(), "fd00:10:96::10".into()]),
+            external_ips: Some(vec!["192.0.2.7".into(), "2001:db8::7".into()]),
             ports: Some(vec![
                 ServicePort {
                     port: 80,
@@ -90,23 +98,53 @@ fn a_service_resolves_to_its_frontends_only() {
     ]
     .into_iter()
     .collect();
+    let node6 = v6("fd00:18::1");
+    // The IPv6 frontends share the id space.
+    let frontends6: BTreeMap<FrontendKey6, Frontend> = [
+        (
+            fe_key(v6("fd00:10:96::10"), 80, PROTO_TCP, SCOPE_ANY),
+            fe(11, 0),
+        ),
+        (
+            fe_key(v6("2001:db8::7"), 80, PROTO_TCP, SCOPE_ANY),
+            fe(12, FRONTEND_F_EXTERNAL_IP),
+        ),
+        (
+            fe_key(node6, 30080, PROTO_TCP, SCOPE_ANY),
+            fe(13, FRONTEND_F_NODEPORT),
+        ),
+        // Another Service's IPv6 ClusterIP.
+        (
+            fe_key(v6("fd00:10:96::11"), 80, PROTO_TCP, SCOPE_ANY),
+            fe(14, 0),
+        ),
+        // The IPv4 ClusterIP's bytes as an IPv4-mapped IPv6 address: not the Service's.
+        (
+            fe_key(v6("::ffff:10.96.0.10"), 80, PROTO_TCP, SCOPE_ANY),
+            fe(15, 0),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let snap = MapSnapshot {
+        frontends,
+        frontends6,
+        ..Default::default()
+    };
     assert_eq!(
-        service_frontend_ids(&service(), &frontends, None),
-        vec![1, 2, 4, 5, 6, 7]
+        service_frontend_ids(&service(), &snap, None),
+        vec![1, 2, 4, 5, 6, 7, 11, 12, 13]
     );
+    assert_eq!(service_frontend_ids(&service(), &snap, Some(53)), vec![2]);
     assert_eq!(
-        service_frontend_ids(&service(), &frontends, Some(53)),
-        vec![2]
-    );
-    assert_eq!(
-        service_frontend_ids(&service(), &frontends, Some(30080)),
-        vec![7]
+        service_frontend_ids(&service(), &snap, Some(30080)),
+        vec![7, 13]
     );
 }
 
 fn args() -> TraceArgs {
     TraceArgs {
-        src: Some(Ipv4Addr::new(10, 244, 1, 2)),
+        src: Some(Ipv4Addr::new(10, 244, 1, 2).into()),
         dst: None,
         port: Some(80),
         proto: Some(Proto::Tcp),
@@ -132,6 +170,11 @@ fn filters_carry_the_criteria_and_the_owner() {
     let f = filter_of(&args(), &[3, 5], ME).unwrap();
     assert_eq!(f.src_addr, [10, 244, 1, 2]);
     assert_eq!(f.dst_addr, [0; 4], "unset = any");
+    assert_eq!(f.addr_family, AF_INET);
+    assert_eq!(
+        (f.src_addr6, f.dst_addr6),
+        (Addr6::default(), Addr6::default())
+    );
     assert_eq!((f.port, f.proto), (80, PROTO_TCP));
     assert_eq!(f.frontend_count, 2);
     assert_eq!(f.frontend_ids[..3], [3, 5, 0]);
@@ -139,6 +182,42 @@ fn filters_carry_the_criteria_and_the_owner() {
     let many: Vec<u32> = (1..=TRACE_FRONTENDS as u32 + 1).collect();
     let err = filter_of(&args(), &many, ME).unwrap_err().to_string();
     assert!(err.contains("narrow it with --port"), "{err}");
+}
+
+#[test]
+fn ipv6_ends_make_an_ipv6_filter_and_families_do_not_mix() {
+    let a = TraceArgs {
+        src: Some("fd00:10:244:1::2".parse().unwrap()),
+        dst: Some("fd00:10:96::10".parse().unwrap()),
+        ..args()
+    };
+    let f = filter_of(&a, &[], ME).unwrap();
+    assert_eq!(f.addr_family, AF_INET6);
+    assert_eq!(f.src_addr6, v6("fd00:10:244:1::2"));
+    assert_eq!(f.dst_addr6, v6("fd00:10:96::10"));
+    assert_eq!((f.src_addr, f.dst_addr), ([0; 4], [0; 4]));
+    assert!(f.wants_family(AF_INET6) && !f.wants_family(AF_INET));
+    // No address: either family.
+    let any = filter_of(
+        &TraceArgs {
+            src: None,
+            ..args()
+        },
+        &[],
+        ME,
+    )
+    .unwrap();
+    assert_eq!(any.addr_family, 0);
+    assert!(any.wants_family(AF_INET) && any.wants_family(AF_INET6));
+    let mixed = TraceArgs {
+        dst: Some("fd00:10:96::10".parse().unwrap()),
+        ..args()
+    };
+    let err = filter_of(&mixed, &[], ME).unwrap_err().to_string();
+    assert!(
+        err.contains("--src 10.244.1.2 and --dst fd00:10:96::10 are of different families"),
+        "{err}"
+    );
 }
 
 fn owned(o: Owner) -> TraceFilter {
@@ -260,4 +339,63 @@ fn events_are_decoded_as_inspect_decodes() {
     let v = EventView::new(&x, &names);
     assert_eq!(v.verdict, "pass");
     assert_eq!((v.new_src, v.ct_dir), (None, None));
+}
+
+#[test]
+fn ipv6_events_are_told_by_their_length_and_shown_bracketed() {
+    let mut snap = MapSnapshot::default();
+    snap.frontends6.insert(
+        fe_key(v6("fd00:10:96::10"), 80, PROTO_TCP, SCOPE_ANY),
+        fe(3, 0),
+    );
+    snap.backends6.insert(
+        7,
+        Backend6 {
+            addr: v6("fd00:10:244:2::5"),
+            port: 8080,
+            proto: PROTO_TCP,
+            flags: 0,
+        },
+    );
+    let e = TraceEvent6 {
+        ts_ns: 1_000_000_000,
+        hook: Hook::PodIngress6 as u8,
+        reason: svc_common::Reason::DnatNew as u8,
+        proto: PROTO_TCP,
+        tcp_flags: 0x02,
+        verdict: -1,
+        len: 80,
+        ifindex: 4,
+        src_addr: v6("fd00:10:244:1::2"),
+        dst_addr: v6("fd00:10:96::10"),
+        src_port: 40000,
+        dst_port: 80,
+        to_src_addr: v6("fd00:10:244:1::2"),
+        to_dst_addr: v6("fd00:10:244:2::5"),
+        to_src_port: 40000,
+        to_dst_port: 8080,
+        frontend_id: 3,
+        backend_id: 7,
+        ct_dir: CT_DIR_FORWARD,
+        ct_flags: 0,
+        ct_state: svc_common::CT_STATE_SYN_SENT,
+        _pad: [0; 5],
+    };
+    let any = AnyTraceEvent::decode(bytemuck::bytes_of(&e)).unwrap();
+    assert_eq!(any, AnyTraceEvent::V6(e));
+    let v = EventView::of(&any, &Names::of(&snap));
+    assert_eq!(
+        v.line(),
+        "     1.000000 pod_ingress6   tcp [fd00:10:244:1::2]:40000 -> [fd00:10:96::10]:80 [SYN] \
+         => [fd00:10:244:1::2]:40000 -> [fd00:10:244:2::5]:8080 dnat_new next \
+         fe=3([fd00:10:96::10]:80/TCP) be=7([fd00:10:244:2::5]:8080) ct=forward/syn_sent \
+         if=4 len=80"
+    );
+    // An IPv4 record is an IPv4 event; another length is nobody's.
+    let e4 = TraceEvent::zeroed();
+    assert_eq!(
+        AnyTraceEvent::decode(bytemuck::bytes_of(&e4)),
+        Some(AnyTraceEvent::V4(e4))
+    );
+    assert_eq!(AnyTraceEvent::decode(&[0u8; 80]), None);
 }
