@@ -10,6 +10,10 @@
 //! writes it (no selector, no `nodeName`). The external client routes the documentation ranges
 //! and 10.96/16 via node 1.
 //!
+//! The same scene runs over IPv6 in the dual-stack topology: the Services single-stack IPv6
+//! (ClusterIP fd00:10:96::70, LB IP 2001:db8:2::70, `kubernetes` fd00:10:96::1 as an IPv6-first
+//! cluster has it), the node servers on the nodes' IPv6 underlay addresses.
+//!
 //! What makes these flows different from pod endpoints: a node's reply to an external client
 //! (or to a pod on another node that used this node's NodePort) is sent by the node's own
 //! stack, so it never crosses a pod veth; it leaves through the uplink's egress, where
@@ -17,7 +21,10 @@
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use svc_common::{Hook, Reason};
 use svc_testkit::{
@@ -28,9 +35,47 @@ use svc_testkit::{
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
-const CLUSTER_IP: &str = "10.96.0.70";
-const LB_IP: &str = "192.0.2.70";
-const KUBERNETES_IP: &str = "10.96.0.1";
+
+/// The scene's addresses in one family.
+#[derive(Clone, Copy)]
+struct Family {
+    v6: bool,
+    cluster_ip: &'static str,
+    lb_ip: &'static str,
+    kubernetes_ip: &'static str,
+}
+
+const V4: Family = Family {
+    v6: false,
+    cluster_ip: "10.96.0.70",
+    lb_ip: "192.0.2.70",
+    kubernetes_ip: "10.96.0.1",
+};
+const V6: Family = Family {
+    v6: true,
+    cluster_ip: "fd00:10:96::70",
+    lb_ip: "2001:db8:2::70",
+    kubernetes_ip: "fd00:10:96::1",
+};
+
+impl Family {
+    fn name(self) -> &'static str {
+        if self.v6 {
+            "IPv6"
+        } else {
+            "IPv4"
+        }
+    }
+
+    /// `addr:port`, bracketed for IPv6.
+    fn target(self, addr: impl std::fmt::Display, port: u16) -> String {
+        if self.v6 {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        }
+    }
+}
 /// Backend ids the node servers answer with.
 const BACKENDS: [&str; 2] = ["hn1", "hn2"];
 
@@ -40,33 +85,46 @@ struct Scene {
     _servers: Vec<NsChild>,
     agents: Vec<Agent>,
     manifests: ManifestDir,
+    f: Family,
     t: Topology,
 }
 
 impl Scene {
-    fn start() -> Self {
+    fn start(f: Family) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["c1"])
                 .node(&["c2"])
                 .external_client(true)
-                .ext_gateway(1),
+                .ext_gateway(1)
+                .dual_stack(f.v6),
         )
         .expect("building the topology");
         let m = ManifestDir::new(&t).unwrap();
-        let n1 = t.node_ip(1);
-        let n2 = t.node_ip(2);
+        let node_ip = |n: usize| -> IpAddr {
+            if f.v6 {
+                t.node_ip6(n).into()
+            } else {
+                t.node_ip(n).into()
+            }
+        };
+        let (n1, n2) = (node_ip(1), node_ip(2));
+        let (cluster_ip, lb_ip, kubernetes_ip) = (f.cluster_ip, f.lb_ip, f.kubernetes_ip);
+        let (family, policy) = (
+            f.name(),
+            "  ipFamilyPolicy: SingleStack\n  ipFamilies: [FAMILY]\n".replace("FAMILY", f.name()),
+        );
         m.write(
             "hostnet.yaml",
             &format!(
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: hostnet\n  namespace: default\n\
-                 spec:\n  type: LoadBalancer\n  clusterIP: {CLUSTER_IP}\n  ports:\n    \
+                 spec:\n  type: LoadBalancer\n{policy}  clusterIP: {cluster_ip}\n  ports:\n    \
                  - {{name: https, port: 443, targetPort: 6443, nodePort: 30443, protocol: TCP}}\n    \
                  - {{name: dns, port: 53, targetPort: 5353, nodePort: 30353, protocol: UDP}}\n\
-                 status:\n  loadBalancer:\n    ingress:\n    - ip: {LB_IP}\n---\n\
+                 status:\n  loadBalancer:\n    ingress:\n    - ip: {lb_ip}\n---\n\
                  apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hostnet-1\n  \
                  namespace: default\n  labels:\n    kubernetes.io/service-name: hostnet\n\
-                 addressType: IPv4\nports:\n  - {{name: https, port: 6443, protocol: TCP}}\n  \
+                 addressType: {family}\nports:\n  - {{name: https, port: 6443, protocol: TCP}}\n  \
                  - {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n  \
                  - addresses: [\"{n1}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n  \
                  - addresses: [\"{n2}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
@@ -81,12 +139,12 @@ impl Scene {
             "kubernetes.yaml",
             &format!(
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubernetes\n  namespace: default\n  \
-                 labels: {{component: apiserver, provider: kubernetes}}\nspec:\n  type: ClusterIP\n  \
-                 clusterIP: {KUBERNETES_IP}\n  ports:\n    \
+                 labels: {{component: apiserver, provider: kubernetes}}\nspec:\n  type: ClusterIP\n\
+                 {policy}  clusterIP: {kubernetes_ip}\n  ports:\n    \
                  - {{name: https, port: 443, targetPort: 6443, protocol: TCP}}\n---\n\
                  apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: kubernetes\n  \
                  namespace: default\n  labels:\n    kubernetes.io/service-name: kubernetes\n\
-                 addressType: IPv4\nports:\n  - {{name: https, port: 6443, protocol: TCP}}\n\
+                 addressType: {family}\nports:\n  - {{name: https, port: 6443, protocol: TCP}}\n\
                  endpoints:\n  - addresses: [\"{n1}\"]\n    conditions: {{ready: true}}\n"
             ),
         )
@@ -99,7 +157,7 @@ impl Scene {
         }
         let mut servers = Vec::new();
         for n in 1..=2 {
-            let ip = t.node_ip(n).to_string();
+            let ip = node_ip(n).to_string();
             let opts = SpawnOpts {
                 cgroup: Some(agents[n - 1].cgroup().to_owned()),
                 ..Default::default()
@@ -130,6 +188,7 @@ impl Scene {
             _servers: servers,
             agents,
             manifests: m,
+            f,
             t,
         }
     }
@@ -192,24 +251,32 @@ impl Scene {
     }
 
     fn all_frontends(&self) -> Vec<(&'static str, String, String)> {
-        let (n1, n2) = (self.t.node_ip(1), self.t.node_ip(2));
+        let f = self.f;
+        let node = |n: usize| -> IpAddr {
+            if f.v6 {
+                self.t.node_ip6(n).into()
+            } else {
+                self.t.node_ip(n).into()
+            }
+        };
+        let (n1, n2) = (node(1), node(2));
         vec![
             (
                 "ClusterIP",
-                format!("{CLUSTER_IP}:443"),
-                format!("{CLUSTER_IP}:53"),
+                f.target(f.cluster_ip, 443),
+                f.target(f.cluster_ip, 53),
             ),
             (
                 "NodePort on node 1",
-                format!("{n1}:30443"),
-                format!("{n1}:30353"),
+                f.target(n1, 30443),
+                f.target(n1, 30353),
             ),
             (
                 "NodePort on node 2",
-                format!("{n2}:30443"),
-                format!("{n2}:30353"),
+                f.target(n2, 30443),
+                f.target(n2, 30353),
             ),
-            ("LB IP", format!("{LB_IP}:443"), format!("{LB_IP}:53")),
+            ("LB IP", f.target(f.lb_ip, 443), f.target(f.lb_ip, 53)),
         ]
     }
 
@@ -322,15 +389,13 @@ fn link_exists(id: u64) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_frontend() {
+fn every_frontend_from_pods_and_the_external_client(f: Family) {
     require_root();
-    let s = Scene::start();
+    let s = Scene::start(f);
     let capture = Capture::start(&s.t, s.t.underlay_ns(), "br0").unwrap();
     for (from, home) in [("c1", Some(1)), ("c2", Some(2)), ("ext", None)] {
         for (what, tcp, udp) in s.frontends(home) {
-            let what = format!("{what} from {from}");
+            let what = format!("{} {what} from {from}", f.name());
             let r = s.probe(from, &strs(&tcp_args(&tcp, 100)));
             assert_both_backends(&format!("TCP {what}"), &tcp, &r, 100);
             let r = s.probe(from, &strs(&udp_args(&udp, 200)));
@@ -339,14 +404,26 @@ fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_fronte
     }
     let report = verify_checksums(capture.stop().unwrap().path()).unwrap();
     assert!(report.is_clean(), "bad checksums on the underlay: {report}");
+    if f.v6 {
+        assert!(
+            report.tcp6 > 0 && report.udp6 > 0,
+            "IPv6 traffic must cross the underlay, checksums verified: {report}"
+        );
+    }
     // The node servers' replies to the external client (and to pods of the other node, which
     // reach a NodePort through the underlay) got their frontend back at each uplink's egress.
+    let hook = if f.v6 {
+        Hook::UplinkEgress6
+    } else {
+        Hook::UplinkEgress
+    };
     for a in &s.agents {
-        let rev = a.counter(Hook::UplinkEgress, Reason::RevNat).unwrap();
+        let rev = a.counter(hook, Reason::RevNat).unwrap_or(0);
         assert!(
             rev > 0,
-            "node {}: uplink egress translated no reply:\n{}",
+            "node {}: uplink egress translated no {} reply:\n{}",
             a.node,
+            f.name(),
             a.log()
         );
     }
@@ -354,12 +431,22 @@ fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_fronte
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
+fn hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_frontend() {
+    every_frontend_from_pods_and_the_external_client(V4);
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn ipv6_hostnetwork_endpoints_serve_pods_and_the_external_client_through_every_frontend() {
+    every_frontend_from_pods_and_the_external_client(V6);
+}
+
+fn every_frontend_from_node_processes(f: Family) {
     require_root();
-    let s = Scene::start();
+    let s = Scene::start(f);
     for n in 1..=2 {
         for (what, tcp, udp) in s.frontends(Some(n)) {
-            let what = format!("{what} from a process of node {n}");
+            let what = format!("{} {what} from a process of node {n}", f.name());
             let r = s.probe_on_node(n, &strs(&tcp_args(&tcp, 60)));
             assert_both_backends(&format!("TCP {what}"), &tcp, &r, 60);
             let r = s.probe_on_node(n, &strs(&udp_args(&udp, 120)));
@@ -370,10 +457,20 @@ fn node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
+fn node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
+    every_frontend_from_node_processes(V4);
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn ipv6_node_processes_reach_hostnetwork_endpoints_through_every_frontend() {
+    every_frontend_from_node_processes(V6);
+}
+
+fn kubernetes_service_from_pods_and_a_node(f: Family) {
     require_root();
-    let s = Scene::start();
-    let target = format!("{KUBERNETES_IP}:443");
+    let s = Scene::start(f);
+    let target = f.target(f.kubernetes_ip, 443);
     for from in ["c1", "c2"] {
         let r = s.probe(from, &strs(&tcp_args(&target, 20)));
         assert_eq!((r.ok, r.failed), (20, 0), "{target} from {from}: {r:?}");
@@ -384,11 +481,14 @@ fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
         );
         assert_eq!(r.reply_from, vec![target.clone()], "{from}: {r:?}");
         // No SNAT for pods: the API server sees the pod's own address.
-        let pod = s.t.pod_ip(from).to_string();
+        let pod = if f.v6 {
+            f.target(s.t.pod_ip6(from), 0)
+        } else {
+            f.target(s.t.pod_ip(from), 0)
+        };
+        let pod = pod.strip_suffix('0').unwrap();
         assert!(
-            r.peers_seen_by_backend
-                .iter()
-                .all(|p| p.starts_with(&format!("{pod}:"))),
+            r.peers_seen_by_backend.iter().all(|p| p.starts_with(pod)),
             "{from}: {:?}",
             r.peers_seen_by_backend
         );
@@ -400,9 +500,21 @@ fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn the_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
+    kubernetes_service_from_pods_and_a_node(V4);
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn the_ipv6_kubernetes_service_reaches_the_api_server_from_pods_on_every_node() {
+    kubernetes_service_from_pods_and_a_node(V6);
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn uplink_egress_link_is_listed_adopted_on_restart_needed_and_removed_by_uninstall() {
     require_root();
-    let mut s = Scene::start();
+    let mut s = Scene::start(V4);
     let n1 = s.t.node_ip(1);
     let (tcp, udp) = (format!("{n1}:30443"), format!("{n1}:30353"));
     let first = uplink_egress(&s.links(1));
