@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use svc_common::{CtTimeouts, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SLOTS};
 
-use crate::model::{parse_cidr, parse_cidr_any, IpNet, Ipv4Net};
+use crate::model::{parse_cidr_any, parse_service_cidrs, IpNet, ServiceCidrs};
 
 /// Where the maps and links are pinned unless `--bpffs` says otherwise (every subcommand).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svc";
@@ -162,9 +162,12 @@ pub struct RunArgs {
     /// endpoints, UDP connect() on kernels without bpf_sock_destroy) stays per packet.
     #[arg(long, default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
     pub pod_socket_lb: bool,
-    /// Range ClusterIPs are allocated from for manifests that do not set one.
-    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_cidr)]
-    pub service_cidr: Ipv4Net,
+    /// Ranges ClusterIPs are allocated from for manifests that do not set them: an IPv4 range
+    /// and optionally an IPv6 one (`10.96.0.0/16,fd00:10:96::/112`: dual-stack, as
+    /// kube-apiserver's --service-cluster-ip-range).
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_cidrs,
+          value_name = "IPV4-CIDR[,IPV6-CIDR]")]
+    pub service_cidr: ServiceCidrs,
     /// How often to check the --manifests directory for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,

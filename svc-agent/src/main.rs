@@ -122,7 +122,8 @@ fn main() -> Result<()> {
         Some(dir) => Source::Manifests {
             dir,
             options: manifests::Options {
-                service_cidr: args.service_cidr,
+                service_cidr: args.service_cidr.v4,
+                service_cidr6: args.service_cidr.v6,
                 ..Default::default()
             },
             poll: Duration::from_millis(args.poll_ms.max(10)),

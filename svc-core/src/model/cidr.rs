@@ -81,3 +81,52 @@ pub fn split_families(list: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
     }
     (v4, v6)
 }
+
+/// `--service-cidr`: where the manifests source allocates ClusterIPs, kube-apiserver's
+/// `--service-cluster-ip-range` spelled the same way: an IPv4 range, optionally followed by an
+/// IPv6 one (`10.96.0.0/16,fd00:10:96::/112`), which makes the cluster dual-stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceCidrs {
+    /// The primary range.
+    pub v4: Ipv4Net,
+    /// The secondary range, if any.
+    pub v6: Option<Ipv6Net>,
+}
+
+/// The shortest IPv6 service range the API server accepts (2^20 addresses; its allocator's
+/// bitmap limit).
+const MIN_SERVICE_CIDR6_PREFIX: u8 = 108;
+
+/// Parses [`ServiceCidrs`]; the error says which range is wrong and why.
+pub fn parse_service_cidrs(s: &str) -> Result<ServiceCidrs, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let v4 = match parts.first().map(|p| parse_cidr_any(p)) {
+        Some(Ok(IpNet::V4(n))) => n,
+        Some(Ok(IpNet::V6(_))) => {
+            return Err(format!(
+                "{s:?}: the first range must be IPv4 (an IPv6-primary cluster is not supported \
+                 by the manifests source)"
+            ))
+        }
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("expected IPV4-CIDR[,IPV6-CIDR]".to_owned()),
+    };
+    let v6 = match parts.get(1).map(|p| parse_cidr_any(p)) {
+        None => None,
+        Some(Ok(IpNet::V6(n))) if n.prefix_len() >= MIN_SERVICE_CIDR6_PREFIX => Some(n),
+        Some(Ok(IpNet::V6(n))) => {
+            return Err(format!(
+                "{n}: an IPv6 service range must be /{MIN_SERVICE_CIDR6_PREFIX} or longer, as \
+                 the API server requires"
+            ))
+        }
+        Some(Ok(IpNet::V4(n))) => {
+            return Err(format!("{n}: the second range must be IPv6"));
+        }
+        Some(Err(e)) => return Err(e.to_string()),
+    };
+    if parts.len() > 2 {
+        return Err(format!("{s:?}: at most two ranges, one IPv4 and one IPv6"));
+    }
+    Ok(ServiceCidrs { v4, v6 })
+}

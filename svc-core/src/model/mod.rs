@@ -86,8 +86,8 @@ mod slim_service;
 mod source_ranges;
 
 pub use cidr::{
-    cidr, default_service_cidr, parse_cidr, parse_cidr_any, split_families, CidrError, IpNet,
-    Ipv4Net, Ipv6Net,
+    cidr, default_service_cidr, parse_cidr, parse_cidr_any, parse_service_cidrs, split_families,
+    CidrError, IpNet, Ipv4Net, Ipv6Net, ServiceCidrs,
 };
 pub use endpoints::SliceOwners;
 pub use health::{health_checks, slim_health_checks, HealthCheck};

@@ -2,10 +2,16 @@
 //! ([`apply_service_defaults`]) and the ClusterIP and NodePort allocation ([`allocate`]), a pure
 //! function of the directory so every node reaches the same answer (see the `manifests` module
 //! docs), with user-chosen values reserved first and conflicts refused.
+//!
+//! Families follow the API server's rules (KEP-563, `pkg/registry/core/service/storage`): a
+//! Service gets one ClusterIP per family of `spec.ipFamilies`, which defaults from the given
+//! `clusterIPs` and then from the cluster's families, the primary (IPv4, `--service-cidr`'s
+//! first range) first; `SingleStack` (the default policy) keeps one family, `PreferDualStack`
+//! both when the cluster has an IPv6 range, `RequireDualStack` both or the Service is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fnv::FnvHasher;
 use k8s_openapi::api::core::v1::Service;
@@ -61,14 +67,176 @@ fn wants_node_ports(svc: &Service) -> bool {
 /// What allocation decided for one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Allocation {
-    /// Refused: a user-chosen ClusterIP or NodePort another Service has, or no address left.
+    /// Refused: a user-chosen ClusterIP or NodePort another Service has, no address left, or
+    /// families the cluster cannot give.
     Refused,
-    /// Kept, with what was allocated to it: a ClusterIP (`None` when it chose one or needs
-    /// none) and NodePorts by port index.
+    /// Kept, with what was allocated to it: its families (`spec.ipFamilies`, empty when it
+    /// needs no ClusterIP), the ClusterIPs allocated for the families after the given ones
+    /// (empty when it chose them all), and NodePorts by port index.
     Kept {
-        cluster_ip: Option<Ipv4Addr>,
+        families: Vec<Fam>,
+        cluster_ips: Vec<IpAddr>,
         node_ports: Vec<(usize, u16)>,
     },
+}
+
+/// An IP family as `spec.ipFamilies` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+
+    /// `IPv4`, `IPv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "IPv4" => Some(Self::V4),
+            "IPv6" => Some(Self::V6),
+            _ => None,
+        }
+    }
+}
+
+/// The given ClusterIPs of a Service that gets some (`clusterIPs`, else `clusterIP`; not
+/// `None`), parsed; `Err` names the first field that is no address.
+pub fn given_ips(svc: &Service) -> Result<Vec<IpAddr>, String> {
+    let spec = svc.spec.as_ref();
+    let list: Vec<&str> = match spec.and_then(|s| s.cluster_ips.as_ref()) {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .into_iter()
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        if text.is_empty() || *text == "None" {
+            continue;
+        }
+        out.push(text.parse::<IpAddr>().map_err(|_| {
+            format!("spec.clusterIPs[{i}]: {text:?} is not an IP address; Service refused")
+        })?);
+    }
+    Ok(out)
+}
+
+/// The families a Service's ClusterIPs are of, in order (the API server's defaulting and
+/// validation of `ipFamilies`, `ipFamilyPolicy` and `clusterIPs`) on a cluster with an IPv4
+/// service range and, if `dual_cluster`, an IPv6 one; `Err` is the problem (field, message)
+/// that refuses it. Empty for a Service that has no ClusterIP. Public for the test API server,
+/// which allocates by the same rules.
+pub fn families(svc: &Service, dual_cluster: bool) -> Result<Vec<Fam>, (String, String)> {
+    if service_type(svc) == "ExternalName" {
+        return Ok(Vec::new());
+    }
+    let spec = svc.spec.as_ref();
+    if spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+        return Ok(Vec::new());
+    }
+    let given = given_ips(svc).map_err(|m| ("spec.clusterIPs".to_owned(), m))?;
+    let policy = spec
+        .and_then(|s| s.ip_family_policy.as_deref())
+        .unwrap_or("SingleStack");
+    if !["SingleStack", "PreferDualStack", "RequireDualStack"].contains(&policy) {
+        return Err((
+            "spec.ipFamilyPolicy".to_owned(),
+            format!("unsupported value {policy:?}; Service refused"),
+        ));
+    }
+    let mut fams = Vec::new();
+    for (i, name) in spec
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let f = Fam::parse(name).ok_or_else(|| {
+            (
+                format!("spec.ipFamilies[{i}]"),
+                format!("unsupported value {name:?} (IPv4 or IPv6); Service refused"),
+            )
+        })?;
+        if fams.contains(&f) {
+            return Err((
+                format!("spec.ipFamilies[{i}]"),
+                format!("{name} is listed twice; Service refused"),
+            ));
+        }
+        fams.push(f);
+    }
+    for (i, ip) in given.iter().enumerate() {
+        match fams.get(i) {
+            Some(f) if *f != Fam::of(ip) => {
+                return Err((
+                    format!("spec.clusterIPs[{i}]"),
+                    format!(
+                        "{ip} is not {} as spec.ipFamilies[{i}] says; Service refused",
+                        f.name()
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None if fams.contains(&Fam::of(ip)) => {
+                return Err((
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("a second {} address; Service refused", Fam::of(ip).name()),
+                ))
+            }
+            None => fams.push(Fam::of(ip)),
+        }
+    }
+    if fams.is_empty() {
+        fams.push(Fam::V4);
+    }
+    let dual_wanted = policy != "SingleStack";
+    if dual_wanted && fams.len() == 1 && dual_cluster {
+        fams.push(if fams[0] == Fam::V4 { Fam::V6 } else { Fam::V4 });
+    }
+    if policy == "SingleStack" && fams.len() > 1 {
+        return Err((
+            "spec.ipFamilyPolicy".to_owned(),
+            "SingleStack with two families; Service refused".to_owned(),
+        ));
+    }
+    if policy == "RequireDualStack" && fams.len() < 2 {
+        return Err((
+            "spec.ipFamilyPolicy".to_owned(),
+            "RequireDualStack on a cluster without an IPv6 service range (--service-cidr \
+             IPV4-CIDR,IPV6-CIDR); Service refused"
+                .to_owned(),
+        ));
+    }
+    if policy == "PreferDualStack" && !dual_cluster && given.len() < 2 {
+        // A single-stack cluster keeps the families it can allocate.
+        fams.truncate(given.len().max(1));
+    }
+    for (i, f) in fams.iter().enumerate().skip(given.len()) {
+        if *f == Fam::V6 && !dual_cluster {
+            return Err((
+                format!("spec.ipFamilies[{i}]"),
+                "IPv6 needs an IPv6 service range to allocate from (--service-cidr \
+                 IPV4-CIDR,IPV6-CIDR); Service refused"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(fams)
 }
 
 /// Reserves user-chosen ClusterIPs and NodePorts (refusing Services that reuse one), then
@@ -99,11 +267,12 @@ pub(super) fn decide(
     options: &Options,
     problems: &mut Vec<Problem>,
 ) -> Vec<Allocation> {
-    let mut ips: HashMap<Ipv4Addr, &ObjectRef> = HashMap::new();
+    let mut ips: HashMap<IpAddr, &ObjectRef> = HashMap::new();
     let mut node_ports: HashMap<u16, &ObjectRef> = HashMap::new();
     let mut decided = vec![
         Allocation::Kept {
-            cluster_ip: None,
+            families: Vec::new(),
+            cluster_ips: Vec::new(),
             node_ports: Vec::new(),
         };
         services.len()
@@ -113,10 +282,18 @@ pub(super) fn decide(
     for (at, &(svc_ref, svc)) in services.iter().enumerate() {
         let object = || format!("Service {svc_ref}");
         let spec = svc.spec.as_ref();
-        let chosen_ip = match spec.and_then(|s| s.cluster_ip.as_deref()) {
-            _ if service_type(svc) == "ExternalName" => None,
-            Some(text) => text.parse::<Ipv4Addr>().ok(),
-            None => None,
+        let fams = match families(svc, options.service_cidr6.is_some()) {
+            Ok(f) => f,
+            Err((field, message)) => {
+                problems.push(Problem::new(object(), field, message));
+                decided[at] = Allocation::Refused;
+                continue;
+            }
+        };
+        let chosen_ips = if fams.is_empty() {
+            Vec::new()
+        } else {
+            given_ips(svc).unwrap_or_default()
         };
         let mut chosen_ports = Vec::new();
         if wants_node_ports(svc) {
@@ -131,7 +308,9 @@ pub(super) fn decide(
                 }
             }
         }
-        let ip_conflict = chosen_ip.and_then(|ip| ips.get(&ip).map(|owner| (ip, owner)));
+        let ip_conflict = chosen_ips
+            .iter()
+            .find_map(|ip| ips.get(ip).map(|owner| (ip, owner)));
         let port_conflict = chosen_ports
             .iter()
             .find_map(|(i, n)| node_ports.get(n).map(|owner| (*i, *n, owner)));
@@ -153,18 +332,29 @@ pub(super) fn decide(
             decided[at] = Allocation::Refused;
             continue;
         }
-        if let Some(ip) = chosen_ip {
-            if !options.service_cidr.contains(&ip) {
+        for ip in &chosen_ips {
+            // Outside the range: noted, accepted. An IPv6 address on a cluster without an IPv6
+            // range has nothing to be checked against (the flag only says where to allocate).
+            let outside = match ip {
+                IpAddr::V4(a) => {
+                    (!options.service_cidr.contains(a)).then(|| options.service_cidr.to_string())
+                }
+                IpAddr::V6(a) => options
+                    .service_cidr6
+                    .filter(|c| !c.contains(a))
+                    .map(|c| c.to_string()),
+            };
+            if let Some(range) = outside {
                 problems.push(Problem::new(
                     object(),
                     "spec.clusterIP",
-                    format!(
-                        "{ip} is outside the service CIDR {}; accepted",
-                        options.service_cidr
-                    ),
+                    format!("{ip} is outside the service CIDR {range}; accepted"),
                 ));
             }
-            ips.insert(ip, svc_ref);
+            ips.insert(*ip, svc_ref);
+        }
+        if let Allocation::Kept { families, .. } = &mut decided[at] {
+            *families = fams;
         }
         for (i, n) in chosen_ports {
             if !options.node_port_range.contains(&n) {
@@ -188,37 +378,65 @@ pub(super) fn decide(
     let first_ip = u64::from(u32::from(cidr.network())) + 2;
     let last_ip = u64::from(u32::from(cidr.broadcast())).saturating_sub(1);
     let ip_count = (last_ip + 1).saturating_sub(first_ip);
+    // IPv6 likewise: network+2 ..= last-1 (the range is at most 2^20 addresses: `--service-cidr`
+    // refuses a prefix shorter than /108, as the API server does).
+    let (first_ip6, ip6_count) = options.service_cidr6.map_or((0, 0), |c| {
+        let first = u128::from(c.network()) + 2;
+        let last = u128::from(c.broadcast()).saturating_sub(1);
+        (
+            first,
+            u64::try_from((last + 1).saturating_sub(first)).unwrap_or(u64::MAX),
+        )
+    });
     let first_port = u64::from(*options.node_port_range.start());
     let port_count = (u64::from(*options.node_port_range.end()) + 1).saturating_sub(first_port);
     for (&(svc_ref, svc), decision) in services.iter().zip(decided.iter_mut()) {
         let Allocation::Kept {
-            cluster_ip,
+            families,
+            cluster_ips,
             node_ports: allocated_ports,
         } = decision
         else {
             continue;
         };
         let object = || format!("Service {svc_ref}");
-        if needs_ip(svc) {
-            let key = [svc_ref.namespace.as_str(), "/", svc_ref.name.as_str()];
-            let found = probe(&key, ip_count, |offset| {
-                let Ok(candidate) = u32::try_from(first_ip + offset) else {
-                    return None;
-                };
-                let ip = Ipv4Addr::from(candidate);
-                (!ips.contains_key(&ip)).then_some(ip)
-            });
+        let given = given_ips(svc).unwrap_or_default().len();
+        let key = [svc_ref.namespace.as_str(), "/", svc_ref.name.as_str()];
+        let mut refused = false;
+        for fam in families.iter().skip(given) {
+            let found = match fam {
+                Fam::V4 => probe(&key, ip_count, |offset| {
+                    let candidate = u32::try_from(first_ip + offset).ok()?;
+                    let ip = IpAddr::V4(Ipv4Addr::from(candidate));
+                    (!ips.contains_key(&ip)).then_some(ip)
+                }),
+                Fam::V6 => probe(&key, ip6_count, |offset| {
+                    let ip = IpAddr::V6(Ipv6Addr::from(first_ip6 + u128::from(offset)));
+                    (!ips.contains_key(&ip)).then_some(ip)
+                }),
+            };
             let Some(ip) = found else {
+                let range = match fam {
+                    Fam::V4 => cidr.to_string(),
+                    Fam::V6 => options
+                        .service_cidr6
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                };
                 problems.push(Problem::new(
                     object(),
                     "spec.clusterIP",
-                    format!("no free address left in the service CIDR {cidr}; Service refused"),
+                    format!("no free address left in the service CIDR {range}; Service refused"),
                 ));
-                *decision = Allocation::Refused;
-                continue;
+                refused = true;
+                break;
             };
             ips.insert(ip, svc_ref);
-            *cluster_ip = Some(ip);
+            cluster_ips.push(ip);
+        }
+        if refused {
+            *decision = Allocation::Refused;
+            continue;
         }
         if !wants_node_ports(svc) {
             continue;
@@ -257,35 +475,29 @@ pub(super) fn decide(
     decided
 }
 
-/// A Service that gets a ClusterIP allocated: not `ExternalName`, none given.
-fn needs_ip(svc: &Service) -> bool {
-    service_type(svc) != "ExternalName"
-        && svc
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.cluster_ip.as_deref().unwrap_or("").is_empty())
-}
-
 /// Writes a kept Service's [`Allocation`] into it (a refused one is left alone: it is dropped).
 pub(super) fn apply_allocation(svc: &mut Service, allocation: &Allocation) {
     let Allocation::Kept {
-        cluster_ip,
+        families,
+        cluster_ips,
         node_ports,
     } = allocation
     else {
         return;
     };
-    let needs_ip = needs_ip(svc);
+    let given = given_ips(svc).unwrap_or_default();
     let spec = svc.spec.get_or_insert_default();
-    if needs_ip {
-        if let Some(ip) = cluster_ip {
-            spec.cluster_ip = Some(ip.to_string());
-            spec.cluster_ips = Some(vec![ip.to_string()]);
-            spec.ip_families
-                .get_or_insert_with(|| vec!["IPv4".to_owned()]);
-            spec.ip_family_policy
-                .get_or_insert_with(|| "SingleStack".to_owned());
-        }
+    if !families.is_empty() {
+        let all: Vec<String> = given
+            .iter()
+            .chain(cluster_ips)
+            .map(ToString::to_string)
+            .collect();
+        spec.cluster_ip = all.first().cloned();
+        spec.cluster_ips = Some(all);
+        spec.ip_families = Some(families.iter().map(|f| f.name().to_owned()).collect());
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".to_owned());
     } else if spec.cluster_ip.as_deref() == Some("None") {
         spec.cluster_ips
             .get_or_insert_with(|| vec!["None".to_owned()]);
@@ -306,6 +518,7 @@ pub(super) fn allocation_inputs(svc: &Service) -> impl PartialEq + '_ {
     (
         service_type(svc),
         spec.map(|s| s.cluster_ip.as_deref()),
+        spec.map(|s| (&s.cluster_ips, &s.ip_families, &s.ip_family_policy)),
         spec.map(|s| s.allocate_load_balancer_node_ports),
         ports
             .map(|p| {

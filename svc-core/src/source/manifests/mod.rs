@@ -11,7 +11,9 @@
 //!   the field when the parser points at one, and the parser's message with its line and column
 //!   in the file. Neither stops the rest from loading.
 //! - Defaults: namespace `default`, `type: ClusterIP`, port protocol `TCP`, `targetPort = port`.
-//! - A Service without `spec.clusterIP` gets one **allocated** from `--service-cidr`, and a
+//! - A Service without `spec.clusterIP` gets one **allocated** from `--service-cidr`, one per
+//!   family of its `ipFamilies` (defaulted as the API server does: a dual-stack policy gets an
+//!   IPv6 ClusterIP too when `--service-cidr` has an IPv6 range; see `allocate`), and a
 //!   NodePort/LoadBalancer port without `nodePort` gets one from the node-port range. There is no
 //!   API server to remember allocations, and every node's agent must reach the same answer from
 //!   the same directory, so allocation is a pure function of the directory's contents: FNV-1a of
@@ -34,6 +36,7 @@ mod cache;
 mod mirror;
 mod yaml;
 
+pub use allocate::{families, given_ips, Fam};
 pub use cache::{ManifestDir, Update};
 pub use mirror::{
     mirror_endpoints, LABEL_MANAGED_BY, LABEL_SKIP_MIRROR, MAX_ENDPOINTS_PER_MIRRORED_SLICE,
@@ -46,7 +49,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 pub use crate::model::Objects;
-use crate::model::{default_service_cidr, Ipv4Net, Problem};
+use crate::model::{default_service_cidr, Ipv4Net, Ipv6Net, Problem};
 
 use yaml::{assemble, parse_file, Item};
 
@@ -72,6 +75,9 @@ pub struct Options {
     /// Where ClusterIPs are allocated (`--service-cidr`). The network, broadcast and first host
     /// (`.1`, conventionally the `kubernetes` Service) addresses are never allocated.
     pub service_cidr: Ipv4Net,
+    /// Where IPv6 ClusterIPs are allocated (`--service-cidr`'s second range); `None`: the
+    /// cluster is IPv4 single-stack (IPv6 ClusterIPs can still be given).
+    pub service_cidr6: Option<Ipv6Net>,
     /// Where NodePorts are allocated (the API server's `--service-node-port-range`).
     pub node_port_range: RangeInclusive<u16>,
 }
@@ -81,6 +87,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             service_cidr: default_service_cidr(),
+            service_cidr6: None,
             node_port_range: 30000..=32767,
         }
     }

@@ -1,7 +1,7 @@
 //! ClusterIP and NodePort allocation: deterministic, reserved values, conflicts, the types
 //! that get none.
 
-use std::hash::Hasher;
+use std::{hash::Hasher, net::IpAddr};
 
 use fnv::FnvHasher;
 
@@ -136,5 +136,231 @@ fn load_balancer_without_node_port_allocation_gets_none() {
     assert_eq!(
         spec.ports.and_then(|p| p.first().and_then(|p| p.node_port)),
         None
+    );
+}
+
+fn dual() -> Options {
+    Options {
+        service_cidr6: Some("fd00:10:96::/112".parse().expect("cidr")),
+        ..Options::default()
+    }
+}
+
+fn spec_of(objects: &Objects, name: &str) -> (Vec<String>, Vec<String>, Option<String>) {
+    let spec = objects
+        .services
+        .get(&r("ns", name))
+        .unwrap_or_else(|| panic!("Service ns/{name} kept: {:?}", objects.problems))
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(
+        spec.cluster_ip.as_deref(),
+        spec.cluster_ips
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(String::as_str),
+        "clusterIP is clusterIPs[0]"
+    );
+    (
+        spec.cluster_ips.unwrap_or_default(),
+        spec.ip_families.unwrap_or_default(),
+        spec.ip_family_policy,
+    )
+}
+
+fn problem<'a>(objects: &'a Objects, name: &str) -> &'a Problem {
+    objects
+        .problems
+        .iter()
+        .find(|p| p.object == format!("Service ns/{name}"))
+        .unwrap_or_else(|| panic!("no problem for ns/{name}: {:?}", objects.problems))
+}
+
+#[test]
+fn families_follow_the_policy_and_the_clusters_ranges() {
+    let texts =
+        vec![(
+        "a.yaml".to_owned(),
+        svc_yaml("ns", "single", "")
+            + &svc_yaml("ns", "prefer", ", ipFamilyPolicy: PreferDualStack")
+            + &svc_yaml("ns", "require", ", ipFamilyPolicy: RequireDualStack")
+            + &svc_yaml("ns", "v6-only", ", ipFamilies: [IPv6]")
+            + &svc_yaml(
+                "ns",
+                "v6-first",
+                ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv6, IPv4]",
+            )
+            + &svc_yaml(
+                "ns",
+                "given-v4",
+                ", ipFamilyPolicy: RequireDualStack, clusterIP: 10.96.5.5",
+            )
+            + &svc_yaml(
+                "ns",
+                "given-both",
+                ", ipFamilyPolicy: RequireDualStack, clusterIPs: [10.96.5.6, \"fd00:10:96::56\"]",
+            )
+            + &svc_yaml("ns", "headless", ", clusterIP: None, ipFamilyPolicy: PreferDualStack"),
+    )];
+    let in_range = |ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        match ip {
+            IpAddr::V4(a) => dual().service_cidr.contains(&a),
+            IpAddr::V6(a) => dual().service_cidr6.unwrap().contains(&a),
+        }
+    };
+    let fams = |ips: &[String]| -> Vec<&'static str> {
+        ips.iter()
+            .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+            .collect()
+    };
+
+    // A dual-stack cluster.
+    let objects = load_texts(&texts, &dual());
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    for (name, want, policy) in [
+        ("single", vec!["IPv4"], "SingleStack"),
+        ("prefer", vec!["IPv4", "IPv6"], "PreferDualStack"),
+        ("require", vec!["IPv4", "IPv6"], "RequireDualStack"),
+        ("v6-only", vec!["IPv6"], "SingleStack"),
+        ("v6-first", vec!["IPv6", "IPv4"], "PreferDualStack"),
+        ("given-v4", vec!["IPv4", "IPv6"], "RequireDualStack"),
+        ("given-both", vec!["IPv4", "IPv6"], "RequireDualStack"),
+    ] {
+        let (ips, families, got_policy) = spec_of(&objects, name);
+        assert_eq!(families, want, "{name}: ipFamilies");
+        assert_eq!(fams(&ips), want, "{name}: clusterIPs {ips:?}");
+        assert_eq!(got_policy.as_deref(), Some(policy), "{name}");
+        assert!(ips.iter().all(|ip| in_range(ip)), "{name}: {ips:?}");
+    }
+    assert_eq!(spec_of(&objects, "given-v4").0[0], "10.96.5.5");
+    assert_eq!(
+        spec_of(&objects, "given-both").0,
+        ["10.96.5.6", "fd00:10:96::56"]
+    );
+    assert_eq!(spec_of(&objects, "headless").0, ["None"]);
+    // Every allocated address is unique across the families.
+    let mut all: Vec<String> = objects
+        .services
+        .values()
+        .flat_map(|s| s.spec.clone().unwrap().cluster_ips.unwrap_or_default())
+        .filter(|ip| ip != "None")
+        .collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "no two Services share an address");
+
+    // Deterministic: the same manifests, the same addresses.
+    assert_eq!(load_texts(&texts, &dual()).services, objects.services);
+
+    // An IPv4 single-stack cluster: PreferDualStack keeps IPv4; RequireDualStack and IPv6
+    // allocation are refused, naming the field; a given IPv6 ClusterIP is accepted (the
+    // cluster has no IPv6 range to check it against).
+    let objects = load_texts(&texts, &Options::default());
+    assert_eq!(spec_of(&objects, "prefer").1, ["IPv4"]);
+    assert_eq!(spec_of(&objects, "single").1, ["IPv4"]);
+    assert_eq!(spec_of(&objects, "given-both").1, ["IPv4", "IPv6"]);
+    for (name, field, words) in [
+        (
+            "require",
+            "spec.ipFamilyPolicy",
+            "RequireDualStack on a cluster without an IPv6",
+        ),
+        (
+            "given-v4",
+            "spec.ipFamilyPolicy",
+            "RequireDualStack on a cluster without an IPv6",
+        ),
+        (
+            "v6-only",
+            "spec.ipFamilies[0]",
+            "IPv6 needs an IPv6 service range",
+        ),
+        (
+            "v6-first",
+            "spec.ipFamilies[0]",
+            "IPv6 needs an IPv6 service range",
+        ),
+    ] {
+        assert!(
+            !objects.services.contains_key(&r("ns", name)),
+            "{name} refused"
+        );
+        let p = problem(&objects, name);
+        assert_eq!(p.field, field, "{name}: {p:?}");
+        assert!(p.message.contains(words), "{name}: {p:?}");
+    }
+    assert!(
+        !objects
+            .problems
+            .iter()
+            .any(|p| p.object == "Service ns/given-both"),
+        "{:?}",
+        objects.problems
+    );
+}
+
+#[test]
+fn inconsistent_families_are_refused_naming_the_field() {
+    let texts =
+        vec![(
+        "a.yaml".to_owned(),
+        svc_yaml(
+            "ns",
+            "mismatch",
+            ", ipFamilies: [IPv6], clusterIP: 10.96.1.1",
+        ) + &svc_yaml(
+            "ns",
+            "single-two",
+            ", ipFamilyPolicy: SingleStack, clusterIPs: [10.96.1.2, \"fd00:10:96::2\"]",
+        ) + &svc_yaml("ns", "two-v4", ", clusterIPs: [10.96.1.3, 10.96.1.4]")
+            + &svc_yaml("ns", "bad-family", ", ipFamilies: [IPv5]")
+            + &svc_yaml("ns", "bad-policy", ", ipFamilyPolicy: Sometimes")
+            + &svc_yaml(
+                "ns",
+                "taken-v6",
+                ", ipFamilyPolicy: RequireDualStack, clusterIPs: [10.96.1.5, \"fd00:10:96::7\"]",
+            )
+            + &svc_yaml("ns", "user-v6", ", ipFamilies: [IPv6], clusterIP: \"fd00:10:96::7\""),
+    )];
+    let objects = load_texts(&texts, &dual());
+    for (name, field, words) in [
+        ("mismatch", "spec.clusterIPs[0]", "10.96.1.1 is not IPv6"),
+        (
+            "single-two",
+            "spec.ipFamilyPolicy",
+            "SingleStack with two families",
+        ),
+        ("two-v4", "spec.clusterIPs[1]", "a second IPv4 address"),
+        (
+            "bad-family",
+            "spec.ipFamilies[0]",
+            "unsupported value \"IPv5\"",
+        ),
+        (
+            "bad-policy",
+            "spec.ipFamilyPolicy",
+            "unsupported value \"Sometimes\"",
+        ),
+        // Reserved in ObjectRef order: `taken-v6` comes first, `user-v6` is refused.
+        (
+            "user-v6",
+            "spec.clusterIP",
+            "fd00:10:96::7 is already allocated to Service ns/taken-v6",
+        ),
+    ] {
+        assert!(
+            !objects.services.contains_key(&r("ns", name)),
+            "{name} refused"
+        );
+        let p = problem(&objects, name);
+        assert_eq!(p.field, field, "{name}: {p:?}");
+        assert!(p.message.contains(words), "{name}: {p:?}");
+    }
+    assert_eq!(
+        spec_of(&objects, "taken-v6").0,
+        ["10.96.1.5", "fd00:10:96::7"]
     );
 }

@@ -38,7 +38,14 @@ fn document(rng: &mut Rng) -> String {
     match rng.below(10) {
         0..=3 => {
             let kind = rng.pick(&["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]);
-            let ip = rng.pick(&["", "10.96.0.10", "10.96.0.11", "None", "192.0.2.5"]);
+            let ip = rng.pick(&[
+                "",
+                "10.96.0.10",
+                "10.96.0.11",
+                "None",
+                "192.0.2.5",
+                "\"fd00:10:96::3\"",
+            ]);
             let ip = if ip.is_empty() {
                 String::new()
             } else {
@@ -51,9 +58,18 @@ fn document(rng: &mut Rng) -> String {
             let extra = rng.pick(&["", ", {port: 443, name: https}"]);
             // An address another Service may have as its ClusterIP: a contested frontend.
             let external = rng.pick(&["", "", ", externalIPs: [10.96.0.10]"]);
+            // Families: the dual-stack policies and an IPv6-only Service compete for the
+            // (small) IPv6 range too.
+            let family = rng.pick(&[
+                "",
+                "",
+                ", ipFamilyPolicy: PreferDualStack",
+                ", ipFamilyPolicy: RequireDualStack",
+                ", ipFamilies: [IPv6]",
+            ]);
             format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-                 spec: {{type: {kind}{ip}{selector}{external}, ports: [{{port: {port}{port_name}{node_port}}}{extra}]}}\n"
+                 spec: {{type: {kind}{ip}{family}{selector}{external}, ports: [{{port: {port}{port_name}{node_port}}}{extra}]}}\n"
             )
         }
         4..=5 => {
@@ -132,6 +148,7 @@ fn random_edits_give_what_a_full_load_gives() {
         Options::default(),
         Options {
             service_cidr: "10.96.0.0/29".parse().expect("cidr"),
+            service_cidr6: Some("fd00:10:96::/125".parse().expect("cidr")),
             node_port_range: 30000..=30003,
         },
     ];
