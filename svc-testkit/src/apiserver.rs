@@ -70,7 +70,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use store::Store;
-pub use store::{ApiError, Resource, NODE_PORT_RANGE, SERVICE_CIDR};
+pub use store::{ApiError, Resource, NODE_PORT_RANGE, SERVICE_CIDR, SERVICE_CIDR6};
 
 /// Tunables of an [`ApiServer`]; the defaults suit tests.
 #[derive(Clone, Debug)]

@@ -563,6 +563,52 @@ fn errors_are_status_objects_with_the_right_codes() {
         );
         let deleted = api.delete("a", &Default::default()).await.expect("delete");
         assert!(deleted.is_left(), "the deleted object comes back");
+
+        // Dual-stack: the server has an IPv6 range too (kind's dual-stack layout).
+        let mut dual = service("dual", 80, &[]);
+        dual.spec.as_mut().expect("spec").ip_family_policy = Some("PreferDualStack".into());
+        let dual = api
+            .create(&PostParams::default(), &dual)
+            .await
+            .expect("a PreferDualStack Service");
+        let spec = dual.spec.expect("spec");
+        let ips = spec.cluster_ips.clone().expect("clusterIPs");
+        assert_eq!(ips.len(), 2, "{ips:?}");
+        assert!(ips[0].parse::<std::net::Ipv4Addr>().is_ok(), "{ips:?}");
+        let v6: std::net::Ipv6Addr = ips[1].parse().expect("an IPv6 ClusterIP");
+        assert!(
+            v6.segments()[..7] == [0xfd00, 0x10, 0x96, 0, 0, 0, 0],
+            "{v6}"
+        );
+        assert_eq!(spec.cluster_ip.as_ref(), Some(&ips[0]));
+        assert_eq!(
+            spec.ip_families.as_deref(),
+            Some(&["IPv4".to_owned(), "IPv6".to_owned()][..])
+        );
+        // The same IPv6 address for another Service, or one outside the range: 422.
+        for (name, ip) in [("clash6", ips[1].as_str()), ("outside6", "2001:db8::1")] {
+            let mut s = service(name, 80, &[]);
+            let spec = s.spec.as_mut().expect("spec");
+            spec.ip_families = Some(vec!["IPv6".into()]);
+            spec.cluster_ip = Some(ip.into());
+            let refused = api.create(&PostParams::default(), &s).await;
+            assert_eq!(
+                code(refused.expect_err(name)),
+                (422, "Invalid".into()),
+                "{name}"
+            );
+        }
+        // RequireDualStack with the families inconsistent with the addresses: 422.
+        let mut bad = service("bad-families", 80, &[]);
+        let spec = bad.spec.as_mut().expect("spec");
+        spec.ip_family_policy = Some("RequireDualStack".into());
+        spec.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        spec.cluster_ips = Some(vec!["10.96.9.9".into()]);
+        let refused = api.create(&PostParams::default(), &bad).await;
+        assert_eq!(
+            code(refused.expect_err("families")),
+            (422, "Invalid".into())
+        );
     });
 }
 

@@ -34,10 +34,16 @@ struct KubeScene {
 
 impl KubeScene {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The scene, in the dual-stack topology when `dual`.
+    fn start_with(dual: bool) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["client", "be1"])
-                .node(&["be2", "be3"]),
+                .node(&["be2", "be3"])
+                .dual_stack(dual),
         )
         .expect("building the topology");
         let mut servers = Vec::new();
@@ -104,6 +110,42 @@ impl KubeScene {
              namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\n\
              addressType: IPv4\nports:\n  - port: {port}\n    protocol: TCP\nendpoints:\n{eps}"
         )
+    }
+
+    /// An IPv6 EndpointSlice for `service` with the named pods' IPv6 addresses on `port`.
+    fn slice6(&self, service: &str, name: &str, port: u16, pods: &[&str]) -> String {
+        let v4 = self.slice(service, name, port, pods);
+        let mut v6 = v4.replace("addressType: IPv4", "addressType: IPv6");
+        for p in pods {
+            v6 = v6.replace(
+                &format!("[\"{}\"]", self.pod_ip(p)),
+                &format!("[\"{}\"]", self.t.pod_ip6(p)),
+            );
+        }
+        v6
+    }
+
+    /// The ClusterIPs the API server gave Service `name`.
+    fn cluster_ips(&self, name: &str) -> Vec<String> {
+        let svc: Service = self
+            .api
+            .get("default", name)
+            .unwrap()
+            .expect("service exists");
+        svc.spec.unwrap().cluster_ips.unwrap_or_default()
+    }
+
+    /// [`Self::tcp`] until all `count` connections succeed (the agents program what the API
+    /// server just got), for at most 20 s; the last summary.
+    fn tcp_until_served(&self, target: &str, count: u32) -> Summary {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.tcp(target, count);
+            if r.ok == u64::from(count) || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Waits until every agent's frontend map holds exactly `want` (key → backend count).
@@ -342,6 +384,149 @@ fn seed_services_follow_the_api_server() {
             "maps must be empty after every Service is deleted: {snap:?}"
         );
     }
+}
+
+/// The seed's Services made dual-stack (`ipFamilyPolicy: PreferDualStack` added), applied with
+/// kubectl to the fake API server, which allocates an IPv6 ClusterIP beside the IPv4 one (and
+/// beside the user-chosen 10.96.211.115), in the dual-stack topology. IPv6 EndpointSlices
+/// beside the IPv4 ones, as the EndpointSlice controller writes one per family. Both families
+/// serve both backends; a scaled IPv6 slice changes IPv6 only; deleting the Service removes
+/// both families' frontends. The selector-less Service keeps its hand-written IPv4 Endpoints.
+#[test]
+#[cfg_attr(
+    any(svc_unprivileged, svc_no_kubectl),
+    ignore = "needs root (network namespaces) and kubectl"
+)]
+fn dual_stack_seed_services_follow_the_api_server() {
+    require_root();
+    let s = KubeScene::start_with(true);
+    let dir = s._dir.path().to_owned();
+    let dual = "  ipFamilyPolicy: PreferDualStack\n";
+    std::fs::write(
+        dir.join("test_app.yml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-app\nspec:\n{dual}  selector:\n    \
+             app: test-app-link\n  ports:\n    - protocol: TCP\n      port: 9000\n      targetPort: 9000\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test_cluster.ip.yml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-cip-service\nspec:\n  type: \
+             ClusterIP\n{dual}  clusterIP: 10.96.211.115\n  selector:\n    app: test-app-link\n  ports:\n    \
+             - protocol: TCP\n      port: 9000\n      targetPort: 9000\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test_app_service_no_selector.yml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-app-no-selector\nspec:\n  \
+             ports:\n    - protocol: TCP\n      port: 30050\n      targetPort: 30050\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: test-app-no-selector\nsubsets:\n  \
+             - addresses:\n      - ip: {}\n    ports:\n      - port: 30050\n",
+            s.pod_ip("be3")
+        ),
+    )
+    .unwrap();
+    for f in [
+        "test_app.yml",
+        "test_app_service_no_selector.yml",
+        "test_cluster.ip.yml",
+    ] {
+        let out = s.kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            dir.join(f).to_str().unwrap(),
+        ]);
+        assert!(out.contains("created"), "kubectl apply {f}: {out}");
+    }
+    for (svc, slice) in [("test-app", "test-app"), ("test-cip-service", "test-cip")] {
+        s.api
+            .apply_yaml(&s.slice(svc, &format!("{slice}-1"), 9000, &["be1", "be2"]))
+            .unwrap();
+        s.api
+            .apply_yaml(&s.slice6(svc, &format!("{slice}-6"), 9000, &["be1", "be2"]))
+            .unwrap();
+    }
+    let app = s.cluster_ips("test-app");
+    let cip = s.cluster_ips("test-cip-service");
+    assert_eq!(app.len(), 2, "test-app is dual-stack: {app:?}");
+    assert_eq!(cip[0], "10.96.211.115", "{cip:?}");
+    assert_eq!(cip.len(), 2, "test-cip-service is dual-stack: {cip:?}");
+    for ips in [&app, &cip] {
+        assert!(
+            ips[1].starts_with("fd00:10:96::"),
+            "an IPv6 ClusterIP from the IPv6 range: {ips:?}"
+        );
+    }
+    let targets = |ips: &[String]| [format!("{}:9000", ips[0]), format!("[{}]:9000", ips[1])];
+    for target in targets(&app).iter().chain(&targets(&cip)) {
+        let r = s.tcp_until_served(target, 40);
+        assert_eq!((r.ok, r.failed), (40, 0), "{target}: {r:?}");
+        assert_eq!(r.reply_from, vec![target.clone()], "{target}: {r:?}");
+        assert_eq!(
+            r.by_backend.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["be1", "be2"],
+            "{target}: {r:?}"
+        );
+    }
+    let no_sel = format!("{}:30050", s.cluster_ips("test-app-no-selector")[0]);
+    let r = s.tcp_until_served(&no_sel, 20);
+    assert_eq!((r.ok, r.failed), (20, 0), "{no_sel}: {r:?}");
+
+    // Scale the IPv6 slice down: IPv6 follows, IPv4 keeps both.
+    s.api
+        .apply_yaml(&s.slice6("test-app", "test-app-6", 9000, &["be2"]))
+        .unwrap();
+    let [app4, app6] = targets(&app);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.tcp(&app6, 20);
+        if r.ok == 20 && r.by_backend.keys().collect::<Vec<_>>() == ["be2"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{app6} still not be2 only: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = s.tcp(&app4, 40);
+    assert_eq!(
+        r.by_backend.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["be1", "be2"],
+        "{app4}: {r:?}"
+    );
+
+    // Delete test-app: both families' frontends go.
+    s.kubectl(&["delete", "-f", dir.join("test_app.yml").to_str().unwrap()]);
+    let v6: std::net::Ipv6Addr = app[1].parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'agents: for agent in &s.agents {
+        loop {
+            let snap = agent.snapshot().unwrap();
+            let v6_left = snap
+                .frontends6
+                .keys()
+                .any(|k| std::net::Ipv6Addr::from(k.addr) == v6);
+            let v4_left = snap.frontends.keys().any(|k| ip_str(k.addr) == app[0]);
+            if !v6_left && !v4_left {
+                continue 'agents;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: test-app's frontends remain (IPv4 {v4_left}, IPv6 {v6_left})",
+                agent.node
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The other Service's IPv6 frontend still serves.
+    let r = s.tcp(&targets(&cip)[1], 20);
+    assert_eq!((r.ok, r.failed), (20, 0), "{r:?}");
 }
 
 /// The API server drops the watches, expires them (410), and goes away for 30 s; changes made

@@ -4,39 +4,45 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
+use svc_core::source::manifests::{families, given_ips, Fam};
 
 use super::{
     json::{default, meta_mut, probe},
-    ApiError, Key, Resource, Store, NODE_PORT_RANGE, SERVICE_CIDR,
+    ApiError, Key, Resource, Store, NODE_PORT_RANGE, SERVICE_CIDR, SERVICE_CIDR6,
 };
 
 /// Which Service holds each allocated ClusterIP and NodePort.
 #[derive(Default)]
 pub(super) struct Allocations {
-    ips: HashMap<Ipv4Addr, Key>,
+    ips: HashMap<IpAddr, Key>,
     node_ports: HashMap<u64, Key>,
 }
 
 impl Allocations {
     /// Adds (`held`) or releases (`!held`) what `svc` holds, for Service `key`.
     pub(super) fn update(&mut self, key: &Key, svc: &Value, held: bool) {
-        let ip = svc["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let ips: Vec<IpAddr> = svc["spec"]["clusterIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&svc["spec"]["clusterIP"]))
+            .filter_map(|v| v.as_str()?.parse().ok())
+            .collect();
         let ports = svc["spec"]["ports"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|p| p["nodePort"].as_u64());
         if held {
-            self.ips.extend(ip.map(|ip| (ip, key.clone())));
+            self.ips.extend(ips.into_iter().map(|ip| (ip, key.clone())));
             self.node_ports.extend(ports.map(|n| (n, key.clone())));
         } else {
-            if let Some(ip) = ip {
+            for ip in ips {
                 if self.ips.get(&ip) == Some(key) {
                     self.ips.remove(&ip);
                 }
@@ -113,7 +119,7 @@ impl Store {
     ) -> Result<(), ApiError> {
         let invalid = |detail: String| ApiError::invalid(Resource::Services, name, detail);
         let me = (ns.to_owned(), name.to_owned());
-        let used_ip = |ip: &Ipv4Addr| self.allocated.ips.get(ip).is_some_and(|k| *k != me);
+        let used_ip = |ip: &IpAddr| self.allocated.ips.get(ip).is_some_and(|k| *k != me);
         let used_port = |n: &u64| self.allocated.node_ports.get(n).is_some_and(|k| *k != me);
         if !obj["spec"].is_object() {
             obj["spec"] = json!({});
@@ -143,49 +149,84 @@ impl Store {
                     );
                 }
             }
-            let given = spec
-                .get("clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            let (net, bits) = SERVICE_CIDR;
-            let base = u32::from(net);
-            let size = 1u64 << (32 - bits);
-            if given.is_empty() {
-                // Candidates: network+2 ..= broadcast-1, as the static source.
-                let count = size - 3;
-                let ip = probe(&format!("{ns}/{name}"), count, |off| {
-                    let ip = Ipv4Addr::from(base.wrapping_add(u32::try_from(off + 2).ok()?));
-                    (!used_ip(&ip)).then_some(ip)
-                })
-                .ok_or_else(|| invalid("spec.clusterIP: no free address".into()))?;
-                spec.insert("clusterIP".into(), json!(ip.to_string()));
-                spec.insert("clusterIPs".into(), json!([ip.to_string()]));
-            } else if given == "None" {
+            // The families and the given addresses, by the rules the manifests source applies
+            // (svc_core::source::manifests::families: KEP-563's defaulting and validation).
+            let typed: Service =
+                serde_json::from_value(json!({ "spec": Value::Object(spec.clone()) }))
+                    .map_err(|e| invalid(format!("spec: {e}")))?;
+            let fams = families(&typed, true)
+                .map_err(|(field, message)| invalid(format!("{field}: {message}")))?;
+            let given = given_ips(&typed).map_err(invalid)?;
+            if fams.is_empty() {
+                // Headless (or ExternalName, handled above): no address.
                 default(spec, "clusterIPs", json!(["None"]));
             } else {
-                let ip: Ipv4Addr = given.parse().map_err(|_| {
-                    invalid(format!(
-                        "spec.clusterIPs[0]: Invalid value: \"{given}\": must be a valid IP"
-                    ))
-                })?;
-                let offset = u64::from(u32::from(ip).wrapping_sub(base));
-                if offset >= size {
-                    return Err(invalid(format!(
-                        "spec.clusterIPs: Invalid value: [\"{given}\"]: failed to allocate IP \
-                         {given}: the provided IP ({given}) is not in the valid range. The \
-                         range of valid IPs is {net}/{bits}"
-                    )));
+                let mut all = Vec::new();
+                for (i, fam) in fams.iter().enumerate() {
+                    let ip = match given.get(i) {
+                        Some(ip) => {
+                            let (inside, range) = match ip {
+                                IpAddr::V4(a) => {
+                                    let (net, bits) = SERVICE_CIDR;
+                                    let off = u32::from(*a).wrapping_sub(u32::from(net));
+                                    (
+                                        u64::from(off) < 1u64 << (32 - bits),
+                                        format!("{net}/{bits}"),
+                                    )
+                                }
+                                IpAddr::V6(a) => {
+                                    let (net, bits) = SERVICE_CIDR6;
+                                    let off = u128::from(*a).wrapping_sub(u128::from(net));
+                                    (off < 1u128 << (128 - bits), format!("{net}/{bits}"))
+                                }
+                            };
+                            if !inside {
+                                return Err(invalid(format!(
+                                    "spec.clusterIPs: Invalid value: [\"{ip}\"]: failed to \
+                                     allocate IP {ip}: the provided IP ({ip}) is not in the valid \
+                                     range. The range of valid IPs is {range}"
+                                )));
+                            }
+                            if used_ip(ip) {
+                                return Err(invalid(format!(
+                                    "spec.clusterIPs: Invalid value: [\"{ip}\"]: failed to \
+                                     allocate IP {ip}: provided IP is already allocated"
+                                )));
+                            }
+                            *ip
+                        }
+                        // Candidates: network+2 ..= last-1, as the static source.
+                        None => match fam {
+                            Fam::V4 => {
+                                let (net, bits) = SERVICE_CIDR;
+                                let base = u32::from(net);
+                                let count = (1u64 << (32 - bits)) - 3;
+                                probe(&format!("{ns}/{name}"), count, |off| {
+                                    let ip = IpAddr::V4(Ipv4Addr::from(
+                                        base.wrapping_add(u32::try_from(off + 2).ok()?),
+                                    ));
+                                    (!used_ip(&ip)).then_some(ip)
+                                })
+                            }
+                            Fam::V6 => {
+                                let (net, bits) = SERVICE_CIDR6;
+                                let base = u128::from(net);
+                                let count = (1u64 << (128 - bits)) - 3;
+                                probe(&format!("{ns}/{name}"), count, |off| {
+                                    let ip = IpAddr::V6(Ipv6Addr::from(base + u128::from(off) + 2));
+                                    (!used_ip(&ip)).then_some(ip)
+                                })
+                            }
+                        }
+                        .ok_or_else(|| invalid("spec.clusterIP: no free address".into()))?,
+                    };
+                    all.push(ip.to_string());
                 }
-                if used_ip(&ip) {
-                    return Err(invalid(format!(
-                        "spec.clusterIPs: Invalid value: [\"{given}\"]: failed to allocate IP \
-                         {given}: provided IP is already allocated"
-                    )));
-                }
-                default(spec, "clusterIPs", json!([given]));
+                spec.insert("clusterIP".into(), json!(all[0]));
+                spec.insert("clusterIPs".into(), json!(all));
+                let names: Vec<&str> = fams.iter().map(|f| f.name()).collect();
+                spec.insert("ipFamilies".into(), json!(names));
             }
-            default(spec, "ipFamilies", json!(["IPv4"]));
             default(spec, "ipFamilyPolicy", json!("SingleStack"));
             default(spec, "internalTrafficPolicy", json!("Cluster"));
         }

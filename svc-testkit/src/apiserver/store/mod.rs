@@ -28,6 +28,12 @@ use json::{key, ns_name, rfc3339_now, strip_meta_status, without_type};
 
 /// The Service CIDR ClusterIPs are allocated from and validated against (kind's default).
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 16);
+/// The secondary (IPv6) service range: the server is dual-stack, as kind's dual-stack
+/// clusters are (`--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112`).
+pub const SERVICE_CIDR6: (std::net::Ipv6Addr, u8) = (
+    std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0),
+    112,
+);
 /// The NodePort range (`--service-node-port-range` default).
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 /// List snapshots kept for `continue` tokens; an older token gets 410 Expired, as a real
