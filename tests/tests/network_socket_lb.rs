@@ -5,6 +5,9 @@
 //! hooks (`TopologySpec::pod_socket_lb`). Node 1 runs the client pod and `be1`, node 2 `be2`.
 //! Service `dns` (10.96.0.53, UDP 53 → 5353, TCP 80 → 8080) has both as endpoints.
 //!
+//! In the dual-stack topology, service `sticky6` (fd00:10:96::54, IPv6 only) has the same
+//! backends and `sessionAffinity: ClientIP` over IPv6.
+//!
 //! The rest of the ClusterIP tests run in this mode too: `cargo xtask test` runs them a second
 //! time with `SVC_TEST_POD_SOCKET_LB=1`.
 #![allow(unused_crate_dependencies)]
@@ -21,6 +24,8 @@ use svc_testkit::{
 const VIP: &str = "10.96.0.53";
 /// Service `sticky`: the same backends, `sessionAffinity: ClientIP`.
 const STICKY: &str = "10.96.0.54";
+/// Service `sticky6`: `sticky` over IPv6 (dual-stack scene only).
+const STICKY6: &str = "fd00:10:96::54";
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
 
 fn manifests(t: &Topology, backends: &[&str]) -> String {
@@ -50,6 +55,27 @@ fn manifests(t: &Topology, backends: &[&str]) -> String {
     )
 }
 
+/// `sticky6`: an IPv6 single-stack Service with ClientIP affinity on `backends`' IPv6
+/// addresses.
+fn sticky6_manifest(t: &Topology, backends: &[&str]) -> String {
+    let mut eps = String::new();
+    for be in backends {
+        eps.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
+            t.pod_ip6(be),
+            node_name(t.pod(be).node)
+        ));
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky6, namespace: default}}\nspec:\n  \
+         ipFamilies: [IPv6]\n  clusterIP: \"{STICKY6}\"\n  sessionAffinity: ClientIP\n  ports:\n  \
+         - {{name: http, protocol: TCP, port: 80, targetPort: 8080}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: sticky6-1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: sticky6}}\naddressType: IPv6\n\
+         ports:\n  - {{name: http, protocol: TCP, port: 8080}}\nendpoints:\n{eps}"
+    )
+}
+
 struct Scene {
     agents: Vec<Agent>,
     _servers: Vec<NsChild>,
@@ -59,11 +85,17 @@ struct Scene {
 
 impl Scene {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The scene; in the dual-stack topology with `sticky6` when `dual`.
+    fn start_with(dual: bool) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["client", "be1"])
                 .node(&["be2"])
-                .pod_socket_lb(true),
+                .pod_socket_lb(true)
+                .dual_stack(dual),
         )
         .expect("building the topology");
         let servers = t
@@ -72,6 +104,10 @@ impl Scene {
         let m = ManifestDir::new(&t).expect("manifest dir");
         m.write("dns.yaml", &manifests(&t, &["be1", "be2"]))
             .unwrap();
+        if dual {
+            m.write("sticky6.yaml", &sticky6_manifest(&t, &["be1", "be2"]))
+                .unwrap();
+        }
         let mut agents = Vec::new();
         for n in 1..=2 {
             let mut a = Agent::start(&t, n, m.path(), &[]).expect("starting the agent");
@@ -223,33 +259,89 @@ fn a_connected_udp_socket_leaves_a_removed_backend_within_a_second() {
     }
 }
 
+/// 30 connections from the client pod to `target` (a ClientIP-affinity Service) stay on one
+/// backend, decided per packet on the pod's veth (`ingress`): the socket hook (`sock`) leaves
+/// them there, the first chose and the other 29 followed the affinity entry.
+fn affinity_keeps_the_client_on_one_backend(
+    scene: &Scene,
+    target: &str,
+    sock: Hook,
+    ingress: Hook,
+) {
+    let client = scene.t.pod_ns("client");
+    let per_packet = scene.counter(sock, Reason::SockPerPacket);
+    let sticky = scene.counter(ingress, Reason::Affinity);
+    let out = scene
+        .t
+        .exec_ok(client, &[PROBE, "tcp", "--target", target, "--count", "30"])
+        .unwrap();
+    let s = Summary::from_output(&out).unwrap();
+    assert_eq!(s.ok, 30, "{target}: {s:?}");
+    assert_eq!(
+        s.by_backend.len(),
+        1,
+        "ClientIP affinity to {target}: {:?}",
+        s.by_backend
+    );
+    assert_eq!(s.reply_from, vec![target.to_owned()]);
+    // Keyed on the client's address, which a socket call does not have: left to the pod's
+    // veth.
+    assert!(scene.counter(sock, Reason::SockPerPacket) >= per_packet + 30);
+    assert!(scene.counter(ingress, Reason::Affinity) >= sticky + 29);
+}
+
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root")]
 fn session_affinity_stays_on_the_per_packet_path_and_keeps_the_client_on_one_backend() {
     require_root();
     let scene = Scene::start();
-    let client = scene.t.pod_ns("client");
-    let per_packet = scene.counter(Hook::Sock, Reason::SockPerPacket);
-    let sticky = scene.counter(Hook::PodIngress, Reason::Affinity);
-    let target = format!("{STICKY}:80");
-    let out = scene
-        .t
-        .exec_ok(
-            client,
-            &[PROBE, "tcp", "--target", &target, "--count", "30"],
-        )
-        .unwrap();
-    let s = Summary::from_output(&out).unwrap();
-    assert_eq!(s.ok, 30, "{s:?}");
-    assert_eq!(
-        s.by_backend.len(),
-        1,
-        "ClientIP affinity: {:?}",
-        s.by_backend
+    affinity_keeps_the_client_on_one_backend(
+        &scene,
+        &format!("{STICKY}:80"),
+        Hook::Sock,
+        Hook::PodIngress,
     );
-    assert_eq!(s.reply_from, vec![target]);
-    // Keyed on the client's address, which a socket call does not have: left to the pod's
-    // veth, where the first connection chose and the other 29 followed the affinity entry.
-    assert!(scene.counter(Hook::Sock, Reason::SockPerPacket) >= per_packet + 30);
-    assert!(scene.counter(Hook::PodIngress, Reason::Affinity) >= sticky + 29);
+}
+
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root")]
+fn ipv6_session_affinity_keeps_the_client_on_one_backend() {
+    require_root();
+    let scene = Scene::start_with(true);
+    affinity_keeps_the_client_on_one_backend(
+        &scene,
+        &format!("[{STICKY6}]:80"),
+        Hook::Sock6,
+        Hook::PodIngress6,
+    );
+    // The affinity entry is an IPv6 one (SVC_AFFINITY6), keyed on the client's IPv6 address.
+    let pin = scene.agents[0].bpffs().join(svc_common::MAP_AFFINITY6);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let client: Vec<serde_json::Value> = scene
+        .t
+        .pod_ip6("client")
+        .octets()
+        .iter()
+        .map(|&b| serde_json::json!(b))
+        .collect();
+    let keyed_on_client = dump.as_array().into_iter().flatten().any(|e| {
+        e["formatted"]["key"]
+            .to_string()
+            .contains(&serde_json::Value::Array(client.clone()).to_string())
+    });
+    assert!(
+        keyed_on_client,
+        "{} must hold an entry keyed on the client's IPv6 address: {dump:#}",
+        svc_common::MAP_AFFINITY6
+    );
 }
