@@ -261,3 +261,13 @@ fn events_are_decoded_as_inspect_decodes() {
     assert_eq!(v.verdict, "pass");
     assert_eq!((v.new_src, v.ct_dir), (None, None));
 }
+
+#[test]
+fn both_xdp_hooks_name_xdp_actions_and_the_tc_hooks_tc_verdicts() {
+    for hook in [Hook::Xdp, Hook::Xdp6] {
+        assert_eq!(verdict_name(Some(hook), 3), "tx", "{hook:?}");
+        assert_eq!(verdict_name(Some(hook), 2), "pass", "{hook:?}");
+    }
+    assert_eq!(verdict_name(Some(Hook::UplinkIngress6), 2), "drop");
+    assert_eq!(verdict_name(Some(Hook::UplinkIngress6), 3), "3");
+}
