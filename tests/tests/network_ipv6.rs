@@ -180,12 +180,13 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
         "fragmented IPv6 datagrams must cross the underlay: {report}"
     );
     for (n, agent) in scene.agents.iter().enumerate() {
-        let new6 = agent
-            .counter(Hook::PodIngress6, Reason::DnatNew)
-            .unwrap_or(0)
-            + agent
-                .counter(Hook::UplinkIngress6, Reason::DnatNew)
-                .unwrap_or(0);
+        // Pods' flows open at pod_ingress6 (or in the socket hooks, with socket-level load
+        // balancing), the external client's at xdp6 (or uplink_ingress6 when XDP passed the
+        // frame on).
+        let new6: u64 = [Hook::PodIngress6, Hook::UplinkIngress6, Hook::Xdp6]
+            .into_iter()
+            .map(|h| agent.counter(h, Reason::DnatNew).unwrap_or(0))
+            .sum();
         assert!(new6 > 0, "node {}: no IPv6 flow was opened", n + 1);
     }
     xdp6_did_the_north_south_work(&scene);
