@@ -49,7 +49,7 @@ use svc_common::{
     Config, CtTimeouts, SnatPorts, ALL_MAPS, CONFIG_F_SOCK_DESTROY, CONFIG_F_SOCK_PODS,
     GLOBAL_CT_TIMEOUTS, GLOBAL_DEBUG_LOG, GLOBAL_FAULT_INJECT, GLOBAL_SNAT_PORTS, MAP_BACKENDS,
     MAP_BACKENDS6, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_FRONTENDS, MAP_FRONTENDS6, MAP_PROGS6,
-    MAP_SLOTS, PROGS6,
+    MAP_SLOTS, MAP_STATS, MAP_XDP_PROGS6, PROGS6, XDP_PROGS6,
 };
 use tracing::{info, warn};
 
@@ -108,6 +108,7 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 /// unpinned map held is lost: the service maps are programmed again from the API within the
 /// first sync, conntrack entries are (flows are picked up or rebalanced as after a flush).
 /// Running programs keep their references to the old maps until their links are updated. A
+/// different length of `SVC_STATS` counts as another layout (its counters are lost). A
 /// different capacity alone is kept (`--conntrack-max` documents that a pinned map keeps its
 /// size).
 fn drop_incompatible_pins(pins: &[(&str, PathBuf)]) -> Result<()> {
@@ -129,9 +130,13 @@ fn drop_incompatible_pins(pins: &[(&str, PathBuf)]) -> Result<()> {
             }
         };
         let pinned_type = info.map_type().ok().map(|t| t as u32);
+        // `SVC_STATS`' length is layout, not capacity: one counter per (hook, reason), so a
+        // release with a new hook (`xdp6`) or reason needs the longer map, or its new
+        // counters would be lost silently (`get_ptr_mut` past the end).
         let same = pinned_type == Some(def.map_type())
             && info.key_size() == def.key_size()
-            && info.value_size() == def.value_size();
+            && info.value_size() == def.value_size()
+            && (*name != MAP_STATS || info.max_entries() == def.max_entries());
         if !same {
             warn!(
                 map = name,
@@ -175,6 +180,35 @@ fn load_progs6(ebpf: &mut Ebpf) -> Result<()> {
         array
             .set(index, &fd, 0)
             .with_context(|| format!("putting {name} into {MAP_PROGS6}[{index}]"))?;
+    }
+    Ok(())
+}
+
+/// Loads the IPv6 XDP program and puts it into `SVC_XDP_PROGS6` at its index, where `svc_xdp`
+/// tail-calls it for IPv6 frames (`svc_common::XDP_PROGS6`), as [`load_progs6`] does for the
+/// tc programs (a program array holds programs of one type, so XDP has its own).
+fn load_xdp_progs6(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, index, _) in XDP_PROGS6 {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))?;
+        prog.load()
+            .with_context(|| format!("verifying and loading program {name}"))?;
+        let fd = prog
+            .fd()
+            .with_context(|| format!("program {name} has no fd"))?
+            .try_clone()
+            .with_context(|| format!("duplicating the fd of program {name}"))?;
+        let mut array: ProgramArray<&mut MapData> = ebpf
+            .map_mut(MAP_XDP_PROGS6)
+            .with_context(|| format!("map {MAP_XDP_PROGS6} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("map {MAP_XDP_PROGS6} is not a program array"))?;
+        array
+            .set(index, &fd, 0)
+            .with_context(|| format!("putting {name} into {MAP_XDP_PROGS6}[{index}]"))?;
     }
     Ok(())
 }
@@ -419,6 +453,14 @@ impl Datapath {
             .try_into()?;
         prog.load()
             .with_context(|| format!("verifying and loading program {UPLINK_XDP}"))?;
+        if let Err(e) = load_xdp_progs6(&mut ebpf) {
+            // As for the tc programs: an empty slot makes `svc_xdp` pass IPv6 frames to tc
+            // (counted not_ipv4), whose IPv6 program translates them.
+            warn!(
+                "the IPv6 XDP program did not load: {e:#}; IPv6 frames take the tc path on \
+                 uplinks"
+            );
+        }
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)

@@ -259,9 +259,10 @@ pub fn start_time_of(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// A tc verdict or XDP action by name.
+/// A tc verdict or XDP action by name (XDP actions for both XDP hooks, ready for when
+/// `svc_xdp6` writes trace events).
 pub fn verdict_name(hook: Option<Hook>, v: i32) -> String {
-    let name = if hook == Some(Hook::Xdp) {
+    let name = if matches!(hook, Some(Hook::Xdp | Hook::Xdp6)) {
         match v {
             0 => "aborted",
             1 => "drop",

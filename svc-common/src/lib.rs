@@ -142,8 +142,17 @@ pub const PROGS6: [(&str, u32, &str); 4] = [
 ];
 /// Entries of [`MAP_PROGS6`].
 pub const PROGS6_LEN: u32 = PROGS6.len() as u32;
+/// Pinned name of the IPv6 XDP program's array: `svc_xdp` tail-calls entry
+/// [`XDP_PROGS6`]`[i].1` for IPv6 frames. A tail call's target must have its caller's program
+/// type, so the XDP program cannot share [`MAP_PROGS6`] with the tc ones.
+pub const MAP_XDP_PROGS6: &str = "SVC_XDP_PROGS6";
+/// The IPv6 XDP programs by their index in [`MAP_XDP_PROGS6`], with the IPv4 program that
+/// hands IPv6 frames over to each.
+pub const XDP_PROGS6: [(&str, u32, &str); 1] = [("svc_xdp6", 0, "svc_xdp")];
+/// Entries of [`MAP_XDP_PROGS6`].
+pub const XDP_PROGS6_LEN: u32 = XDP_PROGS6.len() as u32;
 /// Every map the agent pins, in the order it lists them.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -169,6 +178,7 @@ pub const ALL_MAPS: [&str; 25] = [
     MAP_SOURCE_RANGES6,
     MAP_SOCK_REVNAT6,
     MAP_PROGS6,
+    MAP_XDP_PROGS6,
 ];
 
 /// An address as the maps hold it, network order: `[u8; 4]` (IPv4) or [`Addr6`] (IPv6).

@@ -31,6 +31,9 @@ pub enum Hook {
     UplinkEgress6 = 9,
     /// cgroup socket hooks for IPv6 (connect6, sendmsg6, recvmsg6, getpeername6).
     Sock6 = 10,
+    /// [`Hook::Xdp`] for IPv6: the IPv6 XDP program on the same uplink, which the IPv4 one
+    /// tail-calls for IPv6 frames ([`MAP_XDP_PROGS6`]).
+    Xdp6 = 11,
 }
 impl Hook {
     /// The hook's stable name: the `hook` of `inspect stats`, of trace events and of the
@@ -48,12 +51,13 @@ impl Hook {
             Hook::UplinkIngress6 => "uplink_ingress6",
             Hook::UplinkEgress6 => "uplink_egress6",
             Hook::Sock6 => "sock6",
+            Hook::Xdp6 => "xdp6",
         }
     }
 }
 
 /// Number of [`Hook`] values.
-pub const HOOK_COUNT: u32 = 11;
+pub const HOOK_COUNT: u32 = 12;
 /// Every hook, in index order.
 pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::PodIngress,
@@ -67,6 +71,7 @@ pub const ALL_HOOKS: [Hook; HOOK_COUNT as usize] = [
     Hook::UplinkIngress6,
     Hook::UplinkEgress6,
     Hook::Sock6,
+    Hook::Xdp6,
 ];
 
 /// Why a program returned what it did; the second dimension of [`MAP_STATS`]. Every packet a

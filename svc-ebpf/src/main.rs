@@ -25,7 +25,7 @@
 //!   traffic goes straight back out of the same veth.
 //! - [`svc_pod_egress`] (tc): packets *to* a pod: replies get the frontend back as source.
 //! - [`svc_xdp`] (XDP, node uplinks): the north-south fast path (see `xdp` for what it leaves
-//!   to tc and why).
+//!   to tc and why); IPv6 frames are handed to `svc_xdp6` (`xdp6`) by a tail call.
 //! - [`svc_uplink_ingress`] (tc, node uplinks): the complete north-south path.
 //! - [`svc_uplink_egress`] (tc, node uplinks): replies of hostNetwork endpoints on this node
 //!   to external clients.
@@ -93,6 +93,8 @@ mod v6;
 mod wide;
 #[cfg(target_arch = "bpf")]
 mod xdp;
+#[cfg(target_arch = "bpf")]
+mod xdp6;
 
 /// Host builds (`cargo check --workspace`) compile an empty binary: this crate is only
 /// meaningful for `bpfel-unknown-none`, built by `cargo xtask build-ebpf`.

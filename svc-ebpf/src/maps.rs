@@ -139,3 +139,11 @@ pub(crate) static SVC_SOCK_REV6: LruHashMap<SockKey6, SockRevNat6, { MAX_SOCK_RE
 #[btf_map]
 pub(crate) static SVC_PROGS6: ProgramArray<{ svc_common::PROGS6_LEN as usize }> =
     ProgramArray::new();
+
+/// The IPv6 XDP program (`xdp6::svc_xdp6`, index 0): `svc_xdp` tail-calls it for IPv6 frames.
+/// A program array takes programs of one type only (the first one put in fixes it,
+/// `bpf_prog_map_compatible`), so the XDP program has an array of its own. Filled by the agent
+/// after it loads the program.
+#[btf_map]
+pub(crate) static SVC_XDP_PROGS6: ProgramArray<{ svc_common::XDP_PROGS6_LEN as usize }> =
+    ProgramArray::new();

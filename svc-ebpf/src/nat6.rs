@@ -30,7 +30,7 @@ const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// The one's-complement sum of an address's 16-bit words (native order, as they sit in the
 /// packet), unfolded: 8 words stay far below 2^32.
 #[inline(always)]
-fn sum16(a: &Addr6) -> u32 {
+pub(crate) fn sum16(a: &Addr6) -> u32 {
     let mut s = 0u32;
     for w in a.words() {
         s += (w & 0xffff) + (w >> 16);
@@ -40,7 +40,7 @@ fn sum16(a: &Addr6) -> u32 {
 
 /// Both ports as the 32-bit word they form in the packet.
 #[inline(always)]
-fn ports_word(sport: u16, dport: u16) -> u32 {
+pub(crate) fn ports_word(sport: u16, dport: u16) -> u32 {
     let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
     u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
 }

@@ -22,7 +22,7 @@
 //! always set.
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{eth::EthHdr, tcp::TcpHdr, udp::UdpHdr};
 use svc_common::{Addr6, Reason, PROTO_TCP, PROTO_UDP};
 
@@ -77,6 +77,14 @@ pub(crate) fn parse6_tc(ctx: &TcContext, flow: &mut Flow6) -> Result<(), Outcome
         let want = if total < MAX_HDRS6 { total } else { MAX_HDRS6 };
         let _ = ctx.pull_data(want as u32);
     }
+    parse6(ctx.data(), ctx.data_end(), flow)
+}
+
+/// Parses an XDP frame: its headers are in the linear buffer (generic XDP linearizes the skb
+/// first, `netif_receive_generic_xdp`; a driver's first buffer holds them), and a header cut
+/// off by the frame's end is refused as `truncated` like in tc.
+#[inline(always)]
+pub(crate) fn parse6_xdp(ctx: &XdpContext, flow: &mut Flow6) -> Result<(), Outcome> {
     parse6(ctx.data(), ctx.data_end(), flow)
 }
 

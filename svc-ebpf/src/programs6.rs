@@ -13,6 +13,9 @@
 //! translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
 //! every other ICMPv6 message pass untouched).
 //!
+//! The uplink's XDP fast path has its IPv6 program too (`xdp6`, reached from `svc_xdp` through
+//! `SVC_XDP_PROGS6`); what it leaves to tc arrives here untouched.
+//!
 //! Not yet for IPv6 (counted, never silently wrong): ICMPv6 errors
 //! with an extension header before the ICMPv6 header or in the quoted packet pass untranslated
 //! (`not_tcp_udp`); an answer's quote is the offending packet's first 128 bytes, not as much

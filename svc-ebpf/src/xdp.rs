@@ -18,6 +18,11 @@
 //! - Replies of flows that pods started are left to the pod veth's egress hook.
 //! Everything else is done here: translate, then `XDP_PASS` to a local backend's pod, or
 //! `XDP_TX` towards a remote backend or back to the client.
+//!
+//! IPv6 frames are handed first thing to `svc_xdp6` (`xdp6`, by a tail call through
+//! `SVC_XDP_PROGS6`), which follows the same rules over IPv6 (pseudo-header with 16-byte
+//! addresses, hop limit, extension headers; fragments and ICMPv6 errors to tc); with its slot
+//! empty they are passed here as `not_ipv4`, to tc.
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
@@ -34,16 +39,26 @@ use svc_common::{
 
 use crate::{
     csum::{csum_update, fold, halves, words},
+    maps::SVC_XDP_PROGS6,
     parse::{parse_xdp, ptr_at, Flow, FRAG_LATER, IP_OFF, L4_OFF},
+    parse6::is_ipv6,
     stats::count,
     v4::lb::{blank_entry, decide, fib_params, Origin, Step},
     v4::trace::trace,
+    xdp6::PROG6_XDP,
     Outcome, TC_ACT_SHOT,
 };
 
 /// XDP on a node uplink (`--uplink`).
 #[xdp]
 pub(crate) fn svc_xdp(ctx: XdpContext) -> u32 {
+    // IPv6: the IPv6 program (`xdp6`), as `programs::to_v6` does for the tc hooks. First thing,
+    // so an IPv4 frame pays one load and compare.
+    if is_ipv6(ctx.data(), ctx.data_end()) {
+        // SAFETY: a tail call with the program's own context; it returns only on failure (an
+        // empty slot: the frame goes on here and is passed `not_ipv4`, to tc).
+        unsafe { SVC_XDP_PROGS6.tail_call(&ctx, PROG6_XDP) };
+    }
     let (mut flow, mut entry) = (Flow::EMPTY, blank_entry());
     let (verdict, reason) = match run(&ctx, &mut flow, &mut entry) {
         Ok(v) => v,
@@ -52,6 +67,7 @@ pub(crate) fn svc_xdp(ctx: XdpContext) -> u32 {
         Err(out) => (xdp_action::XDP_PASS, out.reason),
     };
     count(Hook::Xdp, reason);
+    // IPv4 events only: IPv6 frames were handed to `svc_xdp6` above, which traces them.
     let len = (ctx.data_end() - ctx.data()) as u32;
     let ifindex = ctx.ingress_ifindex() as u32;
     trace(

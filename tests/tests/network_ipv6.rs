@@ -180,14 +180,16 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
         "fragmented IPv6 datagrams must cross the underlay: {report}"
     );
     for (n, agent) in scene.agents.iter().enumerate() {
-        let new6 = agent
-            .counter(Hook::PodIngress6, Reason::DnatNew)
-            .unwrap_or(0)
-            + agent
-                .counter(Hook::UplinkIngress6, Reason::DnatNew)
-                .unwrap_or(0);
+        // Pods' flows open at pod_ingress6 (or in the socket hooks, with socket-level load
+        // balancing), the external client's at xdp6 (or uplink_ingress6 when XDP passed the
+        // frame on).
+        let new6: u64 = [Hook::PodIngress6, Hook::UplinkIngress6, Hook::Xdp6]
+            .into_iter()
+            .map(|h| agent.counter(h, Reason::DnatNew).unwrap_or(0))
+            .sum();
         assert!(new6 > 0, "node {}: no IPv6 flow was opened", n + 1);
     }
+    xdp6_did_the_north_south_work(&scene);
     assert!(
         failures.is_empty(),
         "{} of the IPv6 paths failed:\n  {}",
@@ -195,6 +197,41 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
         failures.join("\n  ")
     );
     inspect_explain_and_bpftool_show_ipv6(&scene);
+}
+
+/// The external client's paths enter node 1's uplink, where XDP runs in generic mode; the
+/// client and the nodes send full checksums (TX checksum offload off on the underlay), so the
+/// IPv6 XDP program (`svc_xdp6`, reached from `svc_xdp` by a tail call) must have translated
+/// them itself, new flows, established ones and the remote backend's replies, rather than
+/// passing everything to tc. Its counters on node 1 show it, next to what it left to tc.
+fn xdp6_did_the_north_south_work(scene: &Scene) {
+    let agent = &scene.agents[0];
+    let c = |r: Reason| {
+        agent
+            .counter(Hook::Xdp6, r)
+            .unwrap_or_else(|e| panic!("node 1: reading the xdp6 counter {r:?}: {e:#}"))
+    };
+    let (new, est, rev, to_tc) = (
+        c(Reason::DnatNew),
+        c(Reason::DnatEstablished),
+        c(Reason::RevNat),
+        c(Reason::ToTc),
+    );
+    eprintln!(
+        "[ipv6] node 1 xdp6: dnat_new {new}, dnat_established {est}, rev_nat {rev}, to_tc {to_tc}"
+    );
+    // Ten external paths start on node 1 (its NodePorts, the LB and external IPs), each with a
+    // download and an upload of 8 MB: at least one new flow each, and thousands of frames.
+    assert!(
+        new >= 10,
+        "node 1: XDP translated {new} new IPv6 flows, expected one per external path \
+         (dnat_established {est}, rev_nat {rev}, to_tc {to_tc})"
+    );
+    assert!(
+        est > 1000 && rev > 1000,
+        "node 1: XDP translated {est} established IPv6 frames and {rev} replies, expected \
+         thousands of each from 8 MB transfers (to_tc {to_tc})"
+    );
 }
 
 /// What an operator looks at, for the IPv6 state the transfers left on node 1: `inspect

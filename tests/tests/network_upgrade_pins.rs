@@ -1,19 +1,25 @@
 //! An agent upgraded over pins an older release left (needs root): a pinned map whose layout
 //! differs from this release's (here `SVC_CONFIG` with the 16-byte value `Config` had before
 //! IPv6) is re-created instead of stopping the agent at the verifier, and a pinned map whose
-//! layout matches keeps its entries.
+//! layout matches keeps its entries. `SVC_STATS` of another length (one hook fewer, as before
+//! the IPv6 XDP program's `xdp6`) is re-created too: its length is one counter per (hook,
+//! reason), so the shorter map would drop the new hook's counters.
 #![allow(unused_crate_dependencies)]
 use std::{path::Path, time::Duration};
 
 use aya::maps::{HashMap, MapData, MapInfo};
-use svc_common::{CtEntry, CtKey, MAP_CONFIG, MAP_CONNTRACK, MAX_CONNTRACK, PROTO_TCP};
+use svc_common::{
+    CtEntry, CtKey, MAP_CONFIG, MAP_CONNTRACK, MAP_STATS, MAX_CONNTRACK, PROTO_TCP, REASON_COUNT,
+    STATS_LEN,
+};
 use svc_testkit::{
     agent::{Agent, ManifestDir},
     topology::{require_root, Topology, TopologySpec},
 };
 
-/// `BPF_MAP_TYPE_ARRAY`, `BPF_MAP_TYPE_LRU_HASH`.
+/// `BPF_MAP_TYPE_ARRAY`, `BPF_MAP_TYPE_PERCPU_ARRAY`, `BPF_MAP_TYPE_LRU_HASH`.
 const ARRAY: u32 = 2;
+const PERCPU_ARRAY: u32 = 6;
 const LRU_HASH: u32 = 9;
 /// `BPF_F_NO_COMMON_LRU`, as `SVC_CT` is created.
 const NO_COMMON_LRU: u32 = 2;
@@ -42,6 +48,8 @@ fn pins_of_another_layout_are_recreated_and_matching_ones_kept() {
     );
     pin_map(&dir, MAP_CONFIG, (ARRAY, 4, 16, 1, 0));
     pin_map(&dir, MAP_CONNTRACK, ct_layout);
+    let old_stats_len = STATS_LEN - REASON_COUNT;
+    pin_map(&dir, MAP_STATS, (PERCPU_ARRAY, 4, 8, old_stats_len, 0));
     let key = CtKey::new([10, 244, 1, 2], [10, 96, 0, 10], 40000, 80, PROTO_TCP);
     {
         let data = MapData::from_pin(dir.join(MAP_CONNTRACK)).unwrap();
@@ -61,6 +69,13 @@ fn pins_of_another_layout_are_recreated_and_matching_ones_kept() {
         config.value_size(),
         size_of::<svc_common::Config>() as u32,
         "SVC_CONFIG re-created with this release's layout"
+    );
+    let stats = MapInfo::from_pin(dir.join(MAP_STATS)).unwrap();
+    assert_eq!(
+        stats.max_entries(),
+        STATS_LEN,
+        "SVC_STATS pinned with {old_stats_len} counters (one hook fewer) must be re-created \
+         with this release's {STATS_LEN}"
     );
     let data = MapData::from_pin(dir.join(MAP_CONNTRACK)).unwrap();
     let ct: HashMap<MapData, CtKey, CtEntry> =

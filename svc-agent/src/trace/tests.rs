@@ -399,3 +399,13 @@ fn ipv6_events_are_told_by_their_length_and_shown_bracketed() {
     );
     assert_eq!(AnyTraceEvent::decode(&[0u8; 80]), None);
 }
+
+#[test]
+fn both_xdp_hooks_name_xdp_actions_and_the_tc_hooks_tc_verdicts() {
+    for hook in [Hook::Xdp, Hook::Xdp6] {
+        assert_eq!(verdict_name(Some(hook), 3), "tx", "{hook:?}");
+        assert_eq!(verdict_name(Some(hook), 2), "pass", "{hook:?}");
+    }
+    assert_eq!(verdict_name(Some(Hook::UplinkIngress6), 2), "drop");
+    assert_eq!(verdict_name(Some(Hook::UplinkIngress6), 3), "3");
+}

@@ -4,11 +4,16 @@
 //! the hit, through the IPv4 program that hands IPv6 frames over by a tail call (what a pod
 //! veth runs). Each row is proven by the counters like the IPv4 rows: the claimed counter
 //! moved by exactly the iterations and nothing else moved.
+//!
+//! The XDP rows run IPv6 frames from an external client through `svc_xdp`, which hands them to
+//! `svc_xdp6` by a tail call (what an uplink runs): a miss, and a conntrack hit on a cycle of
+//! two frontends that are each other's local backend (`XDP_PASS` after the rewrite, no FIB
+//! lookup), beside the empty XDP program.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
 
 use svc_common::CtKey6;
-use svc_testkit::fixtures::ipv6::{addr6, Datapath6, Pkt6, CLIENT6, OTHER6};
+use svc_testkit::fixtures::ipv6::{addr6, Datapath6, Pkt6, CLIENT6, EXT_CLIENT6, OTHER6};
 
 use super::*;
 
@@ -115,16 +120,27 @@ fn median6(
     repeat: u32,
     claim: Option<(Hook, Reason)>,
 ) -> Result<(f64, String)> {
+    median6_on(dp, None, prog, input, repeat, claim)
+}
+
+/// [`median6`] for an XDP program run on `uplink` (`Some`), which must return `XDP_PASS`.
+fn median6_on(
+    dp: &Datapath6,
+    uplink: Option<XdpUplink>,
+    prog: &str,
+    input: &[u8],
+    repeat: u32,
+    claim: Option<(Hook, Reason)>,
+) -> Result<(f64, String)> {
     let mut samples = Vec::new();
     let mut proof = "floor: no counter".to_string();
     for _ in 0..ROUNDS {
         let before = dp.counters();
-        let res = dp.run_repeat(prog, input, repeat)?;
-        ensure!(
-            res.retval == TC_ACT_UNSPEC,
-            "{prog} returned {}",
-            res.retval as i32
-        );
+        let (res, want) = match uplink {
+            Some(u) => (dp.run_xdp_repeat(prog, input, repeat, u.ifindex)?, XDP_PASS),
+            None => (dp.run_repeat(prog, input, repeat)?, TC_ACT_UNSPEC),
+        };
+        ensure!(res.retval == want, "{prog} returned {}", res.retval as i32);
         if let Some(claim) = claim {
             proof = prove6(dp, &before, claim, u64::from(repeat))?;
         }
@@ -139,15 +155,21 @@ fn median6(
 }
 
 /// The IPv6 rows for `config` frontends (fillers added to `SVC_FRONTENDS6`).
-pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
-    let mut dp = Datapath6::load()?;
+pub(crate) fn measure_config6(config: u32, repeat: u32, uplink: XdpUplink) -> Result<Vec<Row>> {
+    let mut dp = Datapath6::load_with_xdp()?;
     let (x, y) = cycle6();
     dp.add_service(x, PROTO_TCP, 1, &[y])?;
     dp.add_service(y, PROTO_TCP, 2, &[x])?;
+    // The XDP cycle: frontends each other's local backend (no SNAT, no FIB lookup).
+    let (xx, xy) = (svc6(1, 0x10, 80), svc6(1, 0x11, 8080));
+    dp.add_service(xx, PROTO_TCP, 3, &[xy])?;
+    dp.add_service(xy, PROTO_TCP, 4, &[xx])?;
+    dp.set_backend_flags(301, BACKEND_F_LOCAL)?;
+    dp.set_backend_flags(401, BACKEND_F_LOCAL)?;
     for i in 0..CHAIN {
         dp.add_service(chain6(i), PROTO_TCP, 100 + i, &[chain6_next(i)])?;
     }
-    let needed = 2 + CHAIN;
+    let needed = 4 + CHAIN;
     let total = config.max(needed);
     for i in 0..total - needed {
         let fe = SocketAddrV6::new(
@@ -171,6 +193,19 @@ pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
         second.output == syn_x,
         "the IPv6 cycle does not return to X"
     );
+    let xsyn = Pkt6::tcp(EXT_CLIENT6, xx, TCP6_SYN).build();
+    let first = dp.run_xdp_repeat(XDP_PROGRAM, &xsyn, 1, uplink.ifindex)?;
+    let second = dp.run_xdp_repeat(XDP_PROGRAM, &first.output, 1, uplink.ifindex)?;
+    ensure!(
+        dp.counter(Hook::Xdp6, Reason::DnatNew) == 2,
+        "IPv6 XDP cycle warm-up did not create two flows"
+    );
+    ensure!(
+        second.output == xsyn,
+        "the IPv6 XDP cycle does not return to X"
+    );
+    let xack = Pkt6::tcp(EXT_CLIENT6, xx, TCP6_ACK).build();
+    let xmiss = Pkt6::tcp(EXT_CLIENT6, OTHER6, TCP6_SYN).build();
     let ack_x = Pkt6::tcp(CLIENT6, x, TCP6_ACK).build();
     let reply_y = Pkt6::tcp(y, CLIENT6, TCP6_SYN | TCP6_ACK).build();
     let miss = Pkt6::tcp(CLIENT6, OTHER6, TCP6_SYN).build();
@@ -232,7 +267,7 @@ pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
     row(
         "IPv6 reply (rev NAT)",
         "svc_pod_egress6",
-        single,
+        single.clone(),
         it,
         median6(
             &dp,
@@ -242,6 +277,46 @@ pub(crate) fn measure_config6(config: u32, repeat: u32) -> Result<Vec<Row>> {
             Some((Hook::PodEgress6, Reason::RevNat)),
         )?,
         floor.0,
+    );
+
+    let xfloor = median6_on(&dp, Some(uplink), XDP_FLOOR_PROGRAM, &xack, repeat, None)?;
+    row(
+        "IPv6 XDP floor (empty XDP)",
+        XDP_FLOOR_PROGRAM,
+        single.clone(),
+        it,
+        xfloor.clone(),
+        xfloor.0,
+    );
+    row(
+        "IPv6 XDP miss, via svc_xdp",
+        XDP_PROGRAM,
+        single.clone(),
+        it,
+        median6_on(
+            &dp,
+            Some(uplink),
+            XDP_PROGRAM,
+            &xmiss,
+            repeat,
+            Some((Hook::Xdp6, Reason::NotService)),
+        )?,
+        xfloor.0,
+    );
+    row(
+        "IPv6 XDP ct hit: ACK to local backend",
+        XDP_PROGRAM,
+        single.clone(),
+        it,
+        median6_on(
+            &dp,
+            Some(uplink),
+            XDP_PROGRAM,
+            &xack,
+            repeat,
+            Some((Hook::Xdp6, Reason::DnatEstablished)),
+        )?,
+        xfloor.0,
     );
 
     // New flows: the chain, conntrack cleared between calls (outside the timed loop).

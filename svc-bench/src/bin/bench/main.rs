@@ -169,7 +169,7 @@ fn main() -> Result<()> {
                 measure_config(n, args.repeat, uplink).with_context(|| format!("{n} frontends"))?,
             );
             rows.extend(
-                ipv6::measure_config6(n, args.repeat)
+                ipv6::measure_config6(n, args.repeat, uplink)
                     .with_context(|| format!("IPv6, {n} frontends"))?,
             );
             rows.extend(
