@@ -63,6 +63,46 @@ pub fn ready_endpoints_yaml(endpoints: &[(String, usize)]) -> String {
         .collect()
 }
 
+/// The `spec` lines (indented for a Service's `spec:`) of a dual-stack Service:
+/// `RequireDualStack`, IPv4 first, ClusterIPs `v4` and `v6`, as a dual-stack API server writes
+/// them (`clusterIP` is the first of `clusterIPs`).
+pub fn dual_stack_cluster_ips(v4: &str, v6: &str) -> String {
+    format!(
+        "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {v4}\n  \
+         clusterIPs: [\"{v4}\", \"{v6}\"]\n"
+    )
+}
+
+/// One EndpointSlice per family for `service` (`{service}-4`, `addressType: IPv4`, and
+/// `{service}-6`, `addressType: IPv6`; both families in a single-stack topology would panic),
+/// each listing `ports` (YAML items indented for a top-level `ports:` key) and the ready
+/// `pods` of topology `t` at their address of that family, on their nodes.
+pub fn endpoint_slices_dual_stack(
+    t: &Topology,
+    service: &str,
+    ports: &str,
+    pods: &[&str],
+) -> String {
+    let mut out = String::new();
+    for family in crate::topology::Family::BOTH {
+        let eps: Vec<(String, usize)> = pods
+            .iter()
+            .map(|p| (t.pod_addr(p, family).to_string(), t.pod(p).node))
+            .collect();
+        let (suffix, kind) = match family {
+            crate::topology::Family::V4 => ("4", "IPv4"),
+            crate::topology::Family::V6 => ("6", "IPv6"),
+        };
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+             name: {service}-{suffix}\n  labels:\n    kubernetes.io/service-name: {service}\n\
+             addressType: {kind}\nports:\n{ports}endpoints:\n{}",
+            ready_endpoints_yaml(&eps)
+        ));
+    }
+    out
+}
+
 /// An EndpointSlice for `service` with one port, `http` TCP 8080, and one ready endpoint per
 /// (address, topology node).
 pub fn http_endpoint_slice(service: &str, endpoints: &[(std::net::Ipv4Addr, usize)]) -> String {

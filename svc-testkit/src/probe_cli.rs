@@ -11,6 +11,7 @@
 //! svc-probe bulk --target IP:PORT --dir download|upload --bytes N [--deadline-ms D]
 //! svc-probe sized-udp --target IP:PORT --count N --request-len Q --reply-len R
 //! svc-probe udp-connected --target IP:PORT --timeout-ms T   # refused / reply / timeout
+//!                [--hop-limit H]                             # … / icmp (error queue)
 //! svc-probe tcp-rst --target IP:PORT --src-port P --count N # fixed port, RST close
 //! svc-probe udp-stream --target IP:PORT --interval-ms I --duration-s S  # "first ID", summary
 //! ```
@@ -106,6 +107,10 @@ enum Cmd {
         /// Send again this often until an outcome.
         #[arg(long, default_value_t = 200)]
         resend_ms: u64,
+        /// Send with this TTL / hop limit and report any ICMP error from the error queue
+        /// (outcome `icmp`, details in `icmp`).
+        #[arg(long)]
+        hop_limit: Option<u8>,
     },
     /// Connections from one fixed source port, each closed with RST (SO_LINGER 0).
     TcpRst {
@@ -282,11 +287,13 @@ pub fn main() -> Result<()> {
             target,
             timeout_ms,
             resend_ms,
+            hop_limit,
         } => {
-            let r = traffic::run_udp_connected(
+            let r = traffic::run_udp_connected_hops(
                 probe::parse_target(&target)?,
                 ms(timeout_ms),
                 ms(resend_ms),
+                hop_limit,
             )?;
             print_line(&serde_json::to_string(&r)?)?;
         }

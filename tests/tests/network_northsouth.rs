@@ -6,38 +6,113 @@
 //! Node 1 runs pods c1, be1 and hp; node 2 runs be2 and c2. The external client (172.18.0.100)
 //! routes the documentation ranges via node 1, like a router in front of one node; NodePorts it
 //! reaches on either node directly.
+//!
+//! The topology is dual stack and every Service `RequireDualStack` (an IPv6 ClusterIP from
+//! fd00:10:96::/112, LB and external IPs from 2001:db8::/32, an IPv6 EndpointSlice beside the
+//! IPv4 one): each test runs its checks for IPv4, then the same ones for IPv6 (external client
+//! fd00:18::100, NodePorts on the nodes' fd00:18::/64 addresses), in one scene.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use svc_common::{Hook, Reason};
 use svc_testkit::{
-    agent::{http_get, node_name, Agent, ManifestDir},
+    agent::{dual_stack_cluster_ips, endpoint_slices_dual_stack, http_get, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::Summary,
-    topology::{require_root, Enter, NsChild, SpawnOpts, Topology, TopologySpec},
+    topology::{
+        ext_addr, host_port, require_root, Enter, Family, NsChild, SpawnOpts, Topology,
+        TopologySpec,
+    },
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
-const LB_IP: &str = "192.0.2.127";
-const EXTERNAL_IP: &str = "198.51.100.10";
 
-fn endpoint_slice(service: &str, endpoints: &[(String, usize)]) -> String {
-    let mut eps = String::new();
-    for (ip, node) in endpoints {
-        eps.push_str(&format!(
-            "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n    nodeName: {}\n",
-            node_name(*node)
-        ));
-    }
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
-         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  \
-         - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n\
-         endpoints:\n{eps}"
-    )
+/// The scene's frontend addresses in one family.
+struct Addrs {
+    lb_ip: &'static str,
+    external_ip: &'static str,
+    /// ClusterIPs, by Service.
+    test_service: &'static str,
+    my_service: &'static str,
+    test_external_ip: &'static str,
+    local: &'static str,
+    hairpin: &'static str,
+    itp: &'static str,
+    remote_only: &'static str,
 }
+
+const V4: Addrs = Addrs {
+    lb_ip: "192.0.2.127",
+    external_ip: "198.51.100.10",
+    test_service: "10.96.0.7",
+    my_service: "10.0.171.239",
+    test_external_ip: "10.96.0.10",
+    local: "10.96.0.100",
+    hairpin: "10.96.0.50",
+    itp: "10.96.0.60",
+    remote_only: "10.96.0.30",
+};
+
+const V6: Addrs = Addrs {
+    lb_ip: "2001:db8:2::127",
+    external_ip: "2001:db8:100::10",
+    test_service: "fd00:10:96::7",
+    my_service: "fd00:10:96::171:239",
+    test_external_ip: "fd00:10:96::10",
+    local: "fd00:10:96::100",
+    hairpin: "fd00:10:96::50",
+    itp: "fd00:10:96::60",
+    remote_only: "fd00:10:96::30",
+};
+
+fn addrs(f: Family) -> &'static Addrs {
+    match f {
+        Family::V4 => &V4,
+        Family::V6 => &V6,
+    }
+}
+
+/// `ip:port` (`[ip]:port`) for an address constant.
+fn at(ip: &str, port: u16) -> String {
+    host_port(ip.parse().expect("an address constant"), port)
+}
+
+/// The `spec` lines that make a Service dual-stack with the ClusterIPs `pick` gives.
+fn cluster_ips(pick: impl Fn(&Addrs) -> &'static str) -> String {
+    dual_stack_cluster_ips(pick(&V4), pick(&V6))
+}
+
+/// The uplink hook that decides the external client's new flows on node 1: XDP for IPv4; tc
+/// for IPv6, as XDP passes IPv6 frames on untouched (ARCHITECTURE, "IPv6 (datapath)").
+fn uplink_hook(f: Family) -> Hook {
+    match f {
+        Family::V4 => Hook::Xdp,
+        Family::V6 => Hook::UplinkIngress6,
+    }
+}
+
+fn pod_ingress_hook(f: Family) -> Hook {
+    match f {
+        Family::V4 => Hook::PodIngress,
+        Family::V6 => Hook::PodIngress6,
+    }
+}
+
+fn sock_hook(f: Family) -> Hook {
+    match f {
+        Family::V4 => Hook::Sock,
+        Family::V6 => Hook::Sock6,
+    }
+}
+
+/// The EndpointSlices' ports: http TCP 8080 and dns UDP 5353.
+const SLICE_PORTS: &str =
+    "  - {name: http, port: 8080, protocol: TCP}\n  - {name: dns, port: 5353, protocol: UDP}\n";
 
 /// Two ports on every Service: http TCP 80 → 8080 and dns UDP 53 → 5353.
 const PORTS: &str = "  ports:\n    - {name: http, port: 80, targetPort: 8080, protocol: TCP}\n    \
@@ -57,7 +132,8 @@ impl Scene {
                 .node(&["c1", "be1", "hp"])
                 .node(&["be2", "c2"])
                 .external_client(true)
-                .ext_gateway(1),
+                .ext_gateway(1)
+                .dual_stack(true),
         )
         .expect("building the topology");
         let mut servers = Vec::new();
@@ -72,29 +148,35 @@ impl Scene {
                 .unwrap();
             servers.push(s);
         }
-        let ep = |p: &str| (t.pod_ip(p).to_string(), t.pod(p).node);
-        let both = [ep("be1"), ep("be2")];
+        let slices =
+            |svc: &str, pods: &[&str]| endpoint_slices_dual_stack(&t, svc, SLICE_PORTS, pods);
+        let both = ["be1", "be2"];
         let m = ManifestDir::new(&t).unwrap();
         // The seed's NodePort example (nodePort 30007), with a UDP port added.
         m.write(
             "test-service.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-service\nspec:\n  type: NodePort\n  \
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-service\nspec:\n  type: NodePort\n{}  \
                  selector:\n    app.kubernetes.io/name: MyApp\n  ports:\n    \
                  - {{name: http, port: 80, targetPort: 8080, nodePort: 30007, protocol: TCP}}\n    \
-                 - {{name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}}\n---\n{}",
-                endpoint_slice("test-service", &both)
+                 - {{name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}}\n{}",
+                cluster_ips(|a| a.test_service),
+                slices("test-service", &both)
             ),
         )
         .unwrap();
-        // The seed's LoadBalancer example (clusterIP 10.0.171.239, ingress 192.0.2.127).
+        // The seed's LoadBalancer example (clusterIP 10.0.171.239, ingress 192.0.2.127), and its
+        // IPv6 twins.
         m.write(
             "my-service.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: my-service\nspec:\n  type: LoadBalancer\n  \
-                 clusterIP: 10.0.171.239\n  selector:\n    app.kubernetes.io/name: MyApp\n{PORTS}\
-                 status:\n  loadBalancer:\n    ingress:\n    - ip: {LB_IP}\n---\n{}",
-                endpoint_slice("my-service", &both)
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: my-service\nspec:\n  type: LoadBalancer\n\
+                 {}  selector:\n    app.kubernetes.io/name: MyApp\n{PORTS}\
+                 status:\n  loadBalancer:\n    ingress:\n    - ip: {}\n    - ip: {}\n{}",
+                cluster_ips(|a| a.my_service),
+                V4.lb_ip,
+                V6.lb_ip,
+                slices("my-service", &both)
             ),
         )
         .unwrap();
@@ -102,9 +184,12 @@ impl Scene {
         m.write(
             "test-external-ip.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-external-ip\nspec:\n  \
-                 selector:\n    app.kubernetes.io/name: MyApp\n{PORTS}  externalIPs:\n    - {EXTERNAL_IP}\n---\n{}",
-                endpoint_slice("test-external-ip", &both)
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: test-external-ip\nspec:\n{}  \
+                 selector:\n    app.kubernetes.io/name: MyApp\n{PORTS}  externalIPs:\n    - {}\n    - {}\n{}",
+                cluster_ips(|a| a.test_external_ip),
+                V4.external_ip,
+                V6.external_ip,
+                slices("test-external-ip", &both)
             ),
         )
         .unwrap();
@@ -112,10 +197,11 @@ impl Scene {
         m.write(
             "local.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: local\nspec:\n  type: NodePort\n  \
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: local\nspec:\n  type: NodePort\n{}  \
                  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  ports:\n    \
-                 - {{name: http, port: 80, targetPort: 8080, nodePort: 30100, protocol: TCP}}\n---\n{}",
-                endpoint_slice("local", &[ep("be2")])
+                 - {{name: http, port: 80, targetPort: 8080, nodePort: 30100, protocol: TCP}}\n{}",
+                cluster_ips(|a| a.local),
+                slices("local", &["be2"])
             ),
         )
         .unwrap();
@@ -123,8 +209,9 @@ impl Scene {
         m.write(
             "hairpin.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: hairpin\nspec:\n  clusterIP: 10.96.0.50\n{PORTS}---\n{}",
-                endpoint_slice("hairpin", &[ep("hp")])
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: hairpin\nspec:\n{}{PORTS}{}",
+                cluster_ips(|a| a.hairpin),
+                slices("hairpin", &["hp"])
             ),
         )
         .unwrap();
@@ -132,9 +219,10 @@ impl Scene {
         m.write(
             "itp.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: itp\nspec:\n  clusterIP: 10.96.0.60\n  \
-                 internalTrafficPolicy: Local\n{PORTS}---\n{}",
-                endpoint_slice("itp", &both)
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: itp\nspec:\n{}  \
+                 internalTrafficPolicy: Local\n{PORTS}{}",
+                cluster_ips(|a| a.itp),
+                slices("itp", &both)
             ),
         )
         .unwrap();
@@ -143,9 +231,10 @@ impl Scene {
         m.write(
             "remote-only.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: remote-only\nspec:\n  type: NodePort\n  \
-                 ports:\n    - {{name: dns, port: 53, targetPort: 5353, nodePort: 30300, protocol: UDP}}\n---\n{}",
-                endpoint_slice("remote-only", &[ep("be2")])
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: remote-only\nspec:\n  type: NodePort\n{}  \
+                 ports:\n    - {{name: dns, port: 53, targetPort: 5353, nodePort: 30300, protocol: UDP}}\n{}",
+                cluster_ips(|a| a.remote_only),
+                slices("remote-only", &["be2"])
             ),
         )
         .unwrap();
@@ -216,6 +305,13 @@ fn assert_both_backends(what: &str, s: &Summary, total: u64) {
     }
 }
 
+/// The address of a peer the backend reported (`ip:port`, `[ip]:port`).
+fn peer_ip(p: &str) -> IpAddr {
+    p.parse::<SocketAddr>()
+        .unwrap_or_else(|e| panic!("peer {p:?}: {e}"))
+        .ip()
+}
+
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
@@ -223,38 +319,54 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
     let s = Scene::start(&[]);
     let ext = s.ext();
     let capture = Capture::start(&s.t, s.t.underlay_ns(), "br0").unwrap();
-    for (tcp, udp) in [
-        ("172.18.0.2:30007", "172.18.0.2:30053"),
-        ("172.18.0.3:30007", "172.18.0.3:30053"),
-        (&*format!("{LB_IP}:80"), &*format!("{LB_IP}:53")),
-        (&*format!("{EXTERNAL_IP}:80"), &*format!("{EXTERNAL_IP}:53")),
-    ] {
-        let r = s.tcp(&ext, tcp, 200, 2000);
-        assert_both_backends(tcp, &r, 200);
-        assert_eq!(
-            r.reply_from,
-            vec![tcp.to_string()],
-            "TCP replies must come from {tcp}"
+    let node1 = &s.agents[0];
+    for f in Family::BOTH {
+        let started = Instant::now();
+        let a = addrs(f);
+        let node = |n: usize| s.t.node(n).addr(f);
+        for (tcp, udp) in [
+            (host_port(node(1), 30007), host_port(node(1), 30053)),
+            (host_port(node(2), 30007), host_port(node(2), 30053)),
+            (at(a.lb_ip, 80), at(a.lb_ip, 53)),
+            (at(a.external_ip, 80), at(a.external_ip, 53)),
+        ] {
+            let r = s.tcp(&ext, &tcp, 200, 2000);
+            assert_both_backends(&format!("{f} TCP {tcp}"), &r, 200);
+            assert_eq!(
+                r.reply_from,
+                vec![tcp.clone()],
+                "TCP replies must come from {tcp}"
+            );
+            let r = s.udp(&ext, &udp, 1000);
+            assert_both_backends(&format!("{f} UDP {udp}"), &r, 1000);
+            assert_eq!(
+                r.reply_from,
+                vec![udp.clone()],
+                "UDP replies must come from {udp}"
+            );
+        }
+        // The fast path did the work: node 1's uplink translated new flows and replies (XDP
+        // for IPv4; tc for IPv6).
+        let hook = uplink_hook(f);
+        let new = node1.counter(hook, Reason::DnatNew).unwrap();
+        let rev = node1.counter(hook, Reason::RevNat).unwrap();
+        assert!(
+            new > 0 && rev > 0,
+            "{f}: {} on node 1: {new} new flows, {rev} replies",
+            hook.name()
         );
-        let r = s.udp(&ext, udp, 1000);
-        assert_both_backends(udp, &r, 1000);
-        assert_eq!(
-            r.reply_from,
-            vec![udp.to_string()],
-            "UDP replies must come from {udp}"
+        assert_eq!(node1.counter(hook, Reason::SnatNoPort).unwrap(), 0, "{f}");
+        println!(
+            "{f}: NodePorts, LB IP and external IP in {:?}",
+            started.elapsed()
         );
     }
     let report = verify_checksums(capture.stop().unwrap().path()).unwrap();
     assert!(report.is_clean(), "bad checksums on the underlay: {report}");
-    // The fast path did the work: XDP translated new flows and replies on node 1.
-    let node1 = &s.agents[0];
-    let xdp_new = node1.counter(Hook::Xdp, Reason::DnatNew).unwrap();
-    let xdp_rev = node1.counter(Hook::Xdp, Reason::RevNat).unwrap();
     assert!(
-        xdp_new > 0 && xdp_rev > 0,
-        "XDP on node 1: {xdp_new} new flows, {xdp_rev} replies"
+        report.tcp6 > 0 && report.udp6 > 0,
+        "IPv6 TCP and UDP to and from node 2 must cross the underlay, checksums verified: {report}"
     );
-    assert_eq!(node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap(), 0);
 
     // `svc-agent inspect links` (in the node's namespace) says where everything is attached
     // and which XDP mode the uplink got: generic, as the harness asks (`auto` attaches none to a
@@ -306,31 +418,49 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_loca
     require_root();
     let s = Scene::start(&[]);
     let ext = s.ext();
-    let r = s.tcp(&ext, "172.18.0.3:30100", 50, 2000);
-    assert_eq!((r.ok, r.failed), (50, 0), "node 2 has the endpoint: {r:?}");
-    assert!(
-        r.peers_seen_by_backend
-            .iter()
-            .all(|p| p.starts_with("172.18.0.100:")),
-        "the backend must see the external client's own address: {:?}",
-        r.peers_seen_by_backend
-    );
-    let r = s.tcp(&ext, "172.18.0.2:30100", 5, 500);
-    assert_eq!(r.ok, 0, "node 1 has no local endpoint and must drop: {r:?}");
-    assert!(
-        r.errors.iter().all(|e| e.contains("timed out")),
-        "a drop, not a reject: {r:?}"
-    );
-    assert!(s.agents[0].counter(Hook::Xdp, Reason::PolicyDrop).unwrap() > 0);
+    for f in Family::BOTH {
+        let node = |n: usize| s.t.node(n).addr(f);
+        let r = s.tcp(&ext, &host_port(node(2), 30100), 50, 2000);
+        assert_eq!(
+            (r.ok, r.failed),
+            (50, 0),
+            "{f}: node 2 has the endpoint: {r:?}"
+        );
+        assert!(
+            r.peers_seen_by_backend
+                .iter()
+                .all(|p| peer_ip(p) == ext_addr(f)),
+            "{f}: the backend must see the external client's own address {}: {:?}",
+            ext_addr(f),
+            r.peers_seen_by_backend
+        );
+        let hook = uplink_hook(f);
+        let before = s.agents[0].counter(hook, Reason::PolicyDrop).unwrap();
+        let r = s.tcp(&ext, &host_port(node(1), 30100), 5, 500);
+        assert_eq!(
+            r.ok, 0,
+            "{f}: node 1 has no local endpoint and must drop: {r:?}"
+        );
+        assert!(
+            r.errors.iter().all(|e| e.contains("timed out")),
+            "{f}: a drop, not a reject: {r:?}"
+        );
+        assert!(
+            s.agents[0].counter(hook, Reason::PolicyDrop).unwrap() > before,
+            "{f}: counted as policy_drop on node 1's {}",
+            hook.name()
+        );
+    }
 
     let (code, body) = http_get(&s.t, &ext, "172.18.0.2:32000", "/").unwrap();
     assert_eq!(code, 503, "node 1 health check: {body}");
     let (code, body) = http_get(&s.t, &ext, "172.18.0.3:32000", "/").unwrap();
     assert_eq!(code, 200, "node 2 health check: {body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    // be2, counted once per port its slice lists (http and dns), as kube-proxy counts
-    // distinct ip:port pairs.
-    assert_eq!(json["localEndpoints"], 2, "{body}");
+    // be2, counted once per port its slices list (http and dns), as kube-proxy counts
+    // distinct ip:port pairs, for each family: kube-proxy runs a responder per family, ours is
+    // one responder that counts both (svc_core::model::health), so 2 × 2.
+    assert_eq!(json["localEndpoints"], 4, "{body}");
     assert_eq!(json["service"]["name"], "local", "{body}");
 }
 
@@ -340,19 +470,35 @@ fn a_pod_reaches_itself_through_its_service() {
     require_root();
     let s = Scene::start(&[]);
     let hp = s.t.pod_ns("hp").to_owned();
-    let r = s.tcp(&hp, "10.96.0.50:80", 30, 2000);
-    assert_eq!((r.ok, r.failed), (30, 0), "hairpin TCP: {r:?}");
-    assert_eq!(r.by_backend.keys().collect::<Vec<_>>(), vec!["hp"]);
-    assert_eq!(r.reply_from, vec!["10.96.0.50:80".to_string()]);
-    let r = s.udp(&hp, "10.96.0.50:53", 50);
-    assert_eq!((r.ok, r.failed), (50, 0), "hairpin UDP: {r:?}");
     let counter = |hook, reason| s.agents[0].counter(hook, reason).unwrap();
-    if s.t.pod_socket_lb() {
-        // The socket was connected to the pod's own address: no packet to hairpin.
-        assert!(counter(Hook::Sock, Reason::SockTranslated) >= 30 + 50);
-        assert_eq!(counter(Hook::PodIngress, Reason::Hairpin), 0);
-    } else {
-        assert!(counter(Hook::PodIngress, Reason::Hairpin) > 0);
+    for f in Family::BOTH {
+        let vip = addrs(f).hairpin;
+        let r = s.tcp(&hp, &at(vip, 80), 30, 2000);
+        assert_eq!((r.ok, r.failed), (30, 0), "{f} hairpin TCP: {r:?}");
+        assert_eq!(r.by_backend.keys().collect::<Vec<_>>(), vec!["hp"], "{f}");
+        assert_eq!(r.reply_from, vec![at(vip, 80)], "{f}");
+        assert!(
+            r.peers_seen_by_backend
+                .iter()
+                .all(|p| Family::of(peer_ip(p)) == f),
+            "{f}: the backend must be reached over {f}: {:?}",
+            r.peers_seen_by_backend
+        );
+        let r = s.udp(&hp, &at(vip, 53), 50);
+        assert_eq!((r.ok, r.failed), (50, 0), "{f} hairpin UDP: {r:?}");
+        assert_eq!(r.reply_from, vec![at(vip, 53)], "{f}");
+        let (sock, pod) = (sock_hook(f), pod_ingress_hook(f));
+        if s.t.pod_socket_lb() {
+            // The socket was connected to the pod's own address: no packet to hairpin.
+            assert!(
+                counter(sock, Reason::SockTranslated) >= 30 + 50,
+                "{f}: {}",
+                sock.name()
+            );
+            assert_eq!(counter(pod, Reason::Hairpin), 0, "{f}: {}", pod.name());
+        } else {
+            assert!(counter(pod, Reason::Hairpin) > 0, "{f}: {}", pod.name());
+        }
     }
 }
 
@@ -361,32 +507,32 @@ fn a_pod_reaches_itself_through_its_service() {
 fn internal_traffic_policy_local_keeps_pods_on_their_node() {
     require_root();
     let s = Scene::start(&[]);
-    let c1 = s.t.pod_ns("c1").to_owned();
-    let c2 = s.t.pod_ns("c2").to_owned();
-    let r = s.tcp(&c1, "10.96.0.60:80", 40, 2000);
-    assert_eq!((r.ok, r.failed), (40, 0), "{r:?}");
-    assert_eq!(
-        r.by_backend.keys().collect::<Vec<_>>(),
-        vec!["be1"],
-        "node 1 pods use be1 only: {r:?}"
-    );
-    let r = s.tcp(&c2, "10.96.0.60:80", 40, 2000);
-    assert_eq!((r.ok, r.failed), (40, 0), "{r:?}");
-    assert_eq!(
-        r.by_backend.keys().collect::<Vec<_>>(),
-        vec!["be2"],
-        "node 2 pods use be2 only: {r:?}"
-    );
+    for f in Family::BOTH {
+        let target = at(addrs(f).itp, 80);
+        for (client, backend) in [("c1", "be1"), ("c2", "be2")] {
+            let r = s.tcp(s.t.pod_ns(client), &target, 40, 2000);
+            assert_eq!((r.ok, r.failed), (40, 0), "{f} {client} -> {target}: {r:?}");
+            assert_eq!(
+                r.by_backend.keys().collect::<Vec<_>>(),
+                vec![backend],
+                "{f}: {client}'s node uses {backend} only: {r:?}"
+            );
+        }
+    }
 }
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
     require_root();
-    let s = Scene::start(&["--nodeport-addresses", "127.0.0.0/8"]);
+    // 127.0.0.0/8 for IPv4; ::/0 for IPv6, where kube-proxy serves every local address but
+    // never ::1 ("For IPv6, Regardless of the value of localhostNodePorts ... disable access to
+    // the nodePort via localhost", `! -d ::1/128`, pkg/proxy/iptables/proxier.go): IPv6 has no
+    // route_localnet, and the kernel never routes ::1 off the host.
+    let s = Scene::start(&["--nodeport-addresses", "127.0.0.0/8,::/0"]);
     let node1 = s.t.node(1).ns.clone();
     // A process on node 1 (in the node's namespace, in the cgroup the agent's hooks serve).
-    let on_node = |args: &[&str]| -> Summary {
+    let on_node = |args: &[&str]| -> String {
         let mut cmd = vec![PROBE];
         cmd.extend_from_slice(args);
         let opts = SpawnOpts {
@@ -399,9 +545,10 @@ fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
                 .unwrap()
                 .finish(Duration::from_secs(60))
                 .unwrap();
-        Summary::from_output(&done.stdout).unwrap()
+        done.stdout
     };
-    let r = on_node(&[
+    let summary = |args: &[&str]| Summary::from_output(&on_node(args)).unwrap();
+    let r = summary(&[
         "tcp",
         "--target",
         "127.0.0.1:30007",
@@ -416,7 +563,7 @@ fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
         vec!["127.0.0.1:30007".to_string()],
         "getpeername shows the NodePort"
     );
-    let r = on_node(&[
+    let r = summary(&[
         "udp",
         "--target",
         "127.0.0.1:30053",
@@ -431,7 +578,7 @@ fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
         vec!["127.0.0.1:30053".to_string()],
         "recvmsg shows the NodePort"
     );
-    // Not served on the node addresses, so the external client reaches nothing.
+    // Not served on the node's IPv4 addresses, so the external client reaches nothing.
     let ext = s.ext();
     for target in ["172.18.0.2:30007", "172.18.0.3:30007"] {
         let r = s.tcp(&ext, target, 3, 500);
@@ -448,6 +595,57 @@ fn localhost_nodeports_serve_node_processes_only_without_route_localnet() {
         "0",
         "route_localnet must stay 0 (CVE-2020-8558)"
     );
+
+    // IPv6: [::1]:NodePort is nothing (the node's own TCP stack refuses it, a connected UDP
+    // socket gets the loopback's port unreachable), while the node's IPv6 addresses serve.
+    let before = s.agents[0]
+        .counter(Hook::Sock6, Reason::SockTranslated)
+        .unwrap();
+    let r = summary(&[
+        "tcp",
+        "--target",
+        "[::1]:30007",
+        "--count",
+        "3",
+        "--timeout-ms",
+        "1000",
+    ]);
+    assert_eq!(r.ok, 0, "[::1]:30007 must not be a NodePort: {r:?}");
+    assert!(
+        r.errors.iter().all(|e| e.contains("refused")),
+        "[::1]:30007: refused by the node's stack, no listener there: {r:?}"
+    );
+    let out = on_node(&[
+        "udp-connected",
+        "--target",
+        "[::1]:30053",
+        "--timeout-ms",
+        "2000",
+        "--resend-ms",
+        "500",
+    ]);
+    let r: svc_testkit::traffic::ConnectedUdpResult =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(
+        r.outcome, "refused",
+        "[::1]:30053 must not be a NodePort: {r:?}"
+    );
+    assert_eq!(
+        s.agents[0]
+            .counter(Hook::Sock6, Reason::SockTranslated)
+            .unwrap(),
+        before,
+        "the IPv6 socket hooks translated a connection to ::1"
+    );
+    for n in [1, 2] {
+        let target = host_port(s.t.node_ip6(n).into(), 30007);
+        let r = s.tcp(&ext, &target, 20, 2000);
+        assert_both_backends(
+            &format!("{target} (::/0 serves every node IPv6 address)"),
+            &r,
+            20,
+        );
+    }
 }
 
 #[test]
@@ -456,55 +654,67 @@ fn many_new_udp_flows_to_a_remote_backend_all_get_a_snat_port() {
     // 6000 new UDP flows (a socket each) through node 1's NodePort to the one backend, on node 2,
     // within a few seconds: each holds an SNAT port for 30 s, so with the former fixed
     // 61000–65535 (4536 ports) the flows past ~4500 were dropped as snat_no_port. The agent's
-    // default from the node (1024–29999 and 61000–65535) leaves room for all of them.
+    // default from the node (1024–29999 and 61000–65535) leaves room for all of them, in each
+    // family (IPv6 flows take their SNAT ports from node 1's IPv6 address).
     require_root();
     let s = Scene::start(&[]);
     let ext = s.ext();
-    let started = std::time::Instant::now();
-    let r = s.run(
-        &ext,
-        &[
-            "udp",
-            "--target",
-            "172.18.0.2:30300",
-            "--count",
-            "6000",
-            "--timeout-ms",
-            "1000",
-            "--sockets",
-            "per-request",
-            "--parallel",
-            "8",
-        ],
-    );
-    let elapsed = started.elapsed();
-    println!(
-        "6000 new UDP flows in {elapsed:?}: {} answered, {} failed, errors {:?}",
-        r.ok, r.failed, r.errors
-    );
-    assert_eq!((r.ok, r.failed), (6000, 0), "errors: {:?}", r.errors);
-    assert_eq!(r.by_backend.get("be2").copied(), Some(6000));
-    assert_eq!(r.reply_from, vec!["172.18.0.2:30300".to_string()]);
-    // The backend saw node 1's SNAT ports: both ranges, never an ephemeral or NodePort one.
-    let ports: Vec<u16> = r
-        .peers_seen_by_backend
-        .iter()
-        .map(|p| {
-            let (addr, port) = p.rsplit_once(':').expect("ADDR:PORT");
-            assert_eq!(addr, "172.18.0.2", "peer {p}: not node 1's address");
-            port.parse().expect("a port")
-        })
-        .collect();
-    assert!(
-        ports
+    let node1 = &s.agents[0];
+    for f in Family::BOTH {
+        let target = host_port(s.t.node(1).addr(f), 30300);
+        let started = Instant::now();
+        let r = s.run(
+            &ext,
+            &[
+                "udp",
+                "--target",
+                &target,
+                "--count",
+                "6000",
+                "--timeout-ms",
+                "1000",
+                "--sockets",
+                "per-request",
+                "--parallel",
+                "8",
+            ],
+        );
+        let elapsed = started.elapsed();
+        println!(
+            "{f}: 6000 new UDP flows in {elapsed:?}: {} answered, {} failed, errors {:?}",
+            r.ok, r.failed, r.errors
+        );
+        assert_eq!((r.ok, r.failed), (6000, 0), "{f} errors: {:?}", r.errors);
+        assert_eq!(r.by_backend.get("be2").copied(), Some(6000), "{f}");
+        assert_eq!(r.reply_from, vec![target.clone()], "{f}");
+        // The backend saw node 1's SNAT ports: both ranges, never an ephemeral or NodePort one.
+        let ports: Vec<u16> = r
+            .peers_seen_by_backend
             .iter()
-            .all(|p| (1024..=29_999).contains(p) || (61_000..=65_535).contains(p)),
-        "a SNAT port outside 1024-29999 and 61000-65535"
-    );
-    assert!(ports.iter().any(|&p| p < 30_000) && ports.iter().any(|&p| p >= 61_000));
+            .map(|p| {
+                let p: SocketAddr = p.parse().expect("ADDR:PORT");
+                assert_eq!(
+                    p.ip(),
+                    s.t.node(1).addr(f),
+                    "{f} peer {p}: not node 1's address"
+                );
+                p.port()
+            })
+            .collect();
+        assert!(
+            ports
+                .iter()
+                .all(|p| (1024..=29_999).contains(p) || (61_000..=65_535).contains(p)),
+            "{f}: a SNAT port outside 1024-29999 and 61000-65535"
+        );
+        assert!(
+            ports.iter().any(|&p| p < 30_000) && ports.iter().any(|&p| p >= 61_000),
+            "{f}: SNAT ports from both ranges"
+        );
+    }
     // `explain` reports the ports the agent loaded (its SVC_SNAT_PORTS pin).
     let agent_bin = svc_testkit::agent::workspace_bin("svc-agent").unwrap();
-    let bpffs = s.agents[0].bpffs().to_str().unwrap().to_owned();
+    let bpffs = node1.bpffs().to_str().unwrap().to_owned();
     let cmd = [
         agent_bin.to_str().unwrap(),
         "explain",
@@ -526,10 +736,9 @@ fn many_new_udp_flows_to_a_remote_backend_all_get_a_snat_port() {
         "explain does not show the loaded SNAT ports: {}",
         done.stdout
     );
-    let node1 = &s.agents[0];
-    let no_port = node1.counter(Hook::Xdp, Reason::SnatNoPort).unwrap()
-        + node1
-            .counter(Hook::UplinkIngress, Reason::SnatNoPort)
-            .unwrap();
+    let no_port = [Hook::Xdp, Hook::UplinkIngress, Hook::UplinkIngress6]
+        .into_iter()
+        .map(|h| node1.counter(h, Reason::SnatNoPort).unwrap())
+        .sum::<u64>();
     assert_eq!(no_port, 0, "node 1 dropped flows for want of an SNAT port");
 }

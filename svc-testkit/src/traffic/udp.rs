@@ -308,6 +308,26 @@ pub struct ConnectedUdpResult {
     /// Datagrams sent (one per `resend` interval until the outcome).
     pub sent: u64,
     pub error: Option<String>,
+    /// With a hop limit ([`run_udp_connected_hops`]): the ICMP error the socket's error queue
+    /// held (`IP_RECVERR` / `IPV6_RECVERR`), when the outcome was an error.
+    #[serde(default)]
+    pub icmp: Option<IcmpError>,
+}
+
+/// An ICMP or ICMPv6 error as the kernel queued it for a socket (`struct sock_extended_err`
+/// and its offender address, linux/errqueue.h).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpError {
+    /// `icmp` or `icmp6` (`SO_EE_ORIGIN_ICMP`, `SO_EE_ORIGIN_ICMP6`), or `local`.
+    pub origin: String,
+    /// ICMP type and code: (11, 0) is IPv4 TTL exceeded in transit, (3, 0) ICMPv6 hop limit
+    /// exceeded, (3, 3) / (1, 4) port unreachable.
+    pub icmp_type: u8,
+    pub code: u8,
+    /// `ee_errno`, as text.
+    pub errno: String,
+    /// Who sent it (`SO_EE_OFFENDER`), when the kernel knew.
+    pub offender: Option<String>,
 }
 
 /// Connects a UDP socket to `target`, sends a request every `resend` and waits for the first
@@ -317,10 +337,38 @@ pub fn run_udp_connected(
     timeout: Duration,
     resend: Duration,
 ) -> Result<ConnectedUdpResult> {
+    run_udp_connected_hops(target, timeout, resend, None)
+}
+
+/// [`run_udp_connected`] sending with `IP_TTL` / `IPV6_UNICAST_HOPS` set to `hop_limit` and
+/// `IP_RECVERR` / `IPV6_RECVERR` on, so that every ICMP error reaches the socket (without it a
+/// connected UDP socket only hears of hard errors: udp_err, __udp6_lib_err) and is reported
+/// from its error queue: outcome `refused` (port unreachable) or `icmp` (any other error),
+/// details in [`ConnectedUdpResult::icmp`].
+pub fn run_udp_connected_hops(
+    target: SocketAddr,
+    timeout: Duration,
+    resend: Duration,
+    hop_limit: Option<u8>,
+) -> Result<ConnectedUdpResult> {
     check_target(target)?;
     check_duration("timeout", timeout)?;
     check_duration("resend", resend)?;
     let sock = UdpSocket::bind(any_of(target)).context("binding")?;
+    if let Some(hops) = hop_limit {
+        ensure!(hops > 0, "hop limit 0");
+        let (level, hops_opt, recverr) = if target.is_ipv6() {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_UNICAST_HOPS,
+                libc::IPV6_RECVERR,
+            )
+        } else {
+            (libc::IPPROTO_IP, libc::IP_TTL, libc::IP_RECVERR)
+        };
+        set_int_opt(&sock, level, hops_opt, i32::from(hops)).context("setting the hop limit")?;
+        set_int_opt(&sock, level, recverr, 1).context("setting RECVERR")?;
+    }
     sock.connect(target).context("connect")?;
     let mut r = ConnectedUdpResult {
         target: target.to_string(),
@@ -372,8 +420,105 @@ pub fn run_udp_connected(
             }
         }
     }
+    if hop_limit.is_some() && r.outcome != "reply" && r.outcome != "timeout" {
+        r.icmp = read_error_queue(&sock);
+        if r.outcome == "error" && r.icmp.is_some() {
+            r.outcome = "icmp".into();
+        }
+    }
     r.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(r)
+}
+
+fn set_int_opt(sock: &UdpSocket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: setsockopt on an fd we own with a pointer to a live int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The first ICMP error on the socket's error queue (`recvmsg(MSG_ERRQUEUE)`), if any.
+fn read_error_queue(sock: &UdpSocket) -> Option<IcmpError> {
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg on an fd we own, with buffers described by `msg`.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control messages the kernel wrote into `control`, as CMSG_* allow.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let (level, ty) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            // The data's length, to bound every read below.
+            let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            let ee_len = std::mem::size_of::<libc::sock_extended_err>();
+            if ((level == libc::IPPROTO_IP && ty == libc::IP_RECVERR)
+                || (level == libc::IPPROTO_IPV6 && ty == libc::IPV6_RECVERR))
+                && len >= ee_len + std::mem::size_of::<libc::sockaddr>()
+            {
+                let ee_ptr = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
+                let ee = std::ptr::read_unaligned(ee_ptr);
+                let origin = match ee.ee_origin {
+                    libc::SO_EE_ORIGIN_ICMP => "icmp",
+                    libc::SO_EE_ORIGIN_ICMP6 => "icmp6",
+                    libc::SO_EE_ORIGIN_LOCAL => "local",
+                    _ => "other",
+                };
+                // SO_EE_OFFENDER: the sockaddr right after the struct.
+                let off = ee_ptr.add(1) as *const libc::sockaddr;
+                let fits = |n: usize| len >= ee_len + n;
+                let offender = match i32::from(std::ptr::read_unaligned(off).sa_family) {
+                    libc::AF_INET if fits(std::mem::size_of::<libc::sockaddr_in>()) => {
+                        let a = std::ptr::read_unaligned(off as *const libc::sockaddr_in);
+                        Some(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).to_string())
+                    }
+                    libc::AF_INET6 if fits(std::mem::size_of::<libc::sockaddr_in6>()) => {
+                        let a = std::ptr::read_unaligned(off as *const libc::sockaddr_in6);
+                        Some(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).to_string())
+                    }
+                    _ => None,
+                };
+                return Some(IcmpError {
+                    origin: origin.into(),
+                    icmp_type: ee.ee_type,
+                    code: ee.ee_code,
+                    errno: std::io::Error::from_raw_os_error(ee.ee_errno as i32).to_string(),
+                    offender,
+                });
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------

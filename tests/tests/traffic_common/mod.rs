@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use svc_testkit::{
     agent::{node_name, Agent, ManifestDir},
-    topology::{NsChild, Topology, TopologySpec},
+    topology::{host_port, Family, NsChild, Topology, TopologySpec},
     traffic::{BulkResult, ConnectedUdpResult, SizedUdpSummary},
 };
 
@@ -65,6 +65,29 @@ pub(crate) const TWO: Svc = Svc {
     external_ip6: "2001:db8:100::12",
 };
 pub(crate) const SERVICES: [&Svc; 2] = [&ONE, &TWO];
+
+impl Svc {
+    /// The ClusterIP of `family` (the IPv6 one exists in the dual-stack scene only).
+    pub(crate) fn cluster_ip_of(&self, family: Family) -> &'static str {
+        match family {
+            Family::V4 => self.cluster_ip,
+            Family::V6 => self.cluster_ip6,
+        }
+    }
+
+    /// The LB IP of `family`.
+    pub(crate) fn lb_ip_of(&self, family: Family) -> &'static str {
+        match family {
+            Family::V4 => self.lb_ip,
+            Family::V6 => self.lb_ip6,
+        }
+    }
+}
+
+/// `ip:port` (`[ip]:port` for IPv6) of an address constant.
+pub(crate) fn at(ip: &str, port: u16) -> String {
+    host_port(ip.parse().expect("an address constant"), port)
+}
 
 pub(crate) fn manifest(s: &Svc, t: &Topology) -> String {
     format!(
@@ -151,6 +174,15 @@ impl Scene {
     /// ([`manifest_dual_stack`]).
     pub(crate) fn start_dual_stack(agent_flags: &[&str]) -> Self {
         Self::start_with(agent_flags, |_| {}, true, None)
+    }
+
+    /// [`Scene::start_dual_stack`] with `before_agents` run on the bare topology, as
+    /// [`Scene::start`]'s.
+    pub(crate) fn start_dual_stack_with(
+        agent_flags: &[&str],
+        before_agents: impl FnOnce(&Topology),
+    ) -> Self {
+        Self::start_with(agent_flags, before_agents, true, None)
     }
 
     /// [`Scene::start_dual_stack`] with the pods' processes in their node's cgroup (`true`:
@@ -298,18 +330,31 @@ impl Scene {
     }
 
     pub(crate) fn connected_udp(&self, client: &str, target: &str) -> ConnectedUdpResult {
-        let out = self.probe(
-            &self.ns_of(client),
-            &[
-                "udp-connected",
-                "--target",
-                target,
-                "--timeout-ms",
-                "3000",
-                "--resend-ms",
-                "500",
-            ],
-        );
+        self.connected_udp_hops(client, target, None)
+    }
+
+    /// [`Scene::connected_udp`] sending with a TTL / hop limit, reporting the ICMP error the
+    /// socket got (`svc-probe udp-connected --hop-limit`).
+    pub(crate) fn connected_udp_hops(
+        &self,
+        client: &str,
+        target: &str,
+        hop_limit: Option<u8>,
+    ) -> ConnectedUdpResult {
+        let hops = hop_limit.map(|h| h.to_string());
+        let mut args = vec![
+            "udp-connected",
+            "--target",
+            target,
+            "--timeout-ms",
+            "3000",
+            "--resend-ms",
+            "500",
+        ];
+        if let Some(h) = &hops {
+            args.extend(["--hop-limit", h.as_str()]);
+        }
+        let out = self.probe(&self.ns_of(client), &args);
         serde_json::from_str(last_line(&out)).unwrap()
     }
 }
