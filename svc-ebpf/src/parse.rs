@@ -253,8 +253,8 @@ pub(crate) const ICMP_INNER_L4_OFF: usize = ICMP_INNER_IP_OFF + Ipv4Hdr::LEN;
 /// IPv4 header and the quoted datagram's first 8 bytes.
 pub(crate) const ICMP_ERR_LEN: usize = ICMP_INNER_L4_OFF + 8 - IP_OFF;
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
+pub(crate) const ICMP_DEST_UNREACH: u8 = 3;
+pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
 
 /// An ICMP destination-unreachable or time-exceeded quoting an option-less IPv4 TCP/UDP header
 /// (a first fragment or a whole datagram): the flow is the quoted tuple reversed (see [`Flow`]).

@@ -220,7 +220,7 @@ pub(crate) const ICMP6_ERR_LEN: usize = IP6_LEN + 8 + IP6_LEN + 8;
 
 const ICMP6_DEST_UNREACH: u8 = 1;
 const ICMP6_PACKET_TOO_BIG: u8 = 2;
-const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub(crate) const ICMP6_TIME_EXCEEDED: u8 = 3;
 
 /// An ICMPv6 Destination Unreachable, Packet Too Big or Time Exceeded (RFC 4443 §3.1–3.3)
 /// quoting a TCP/UDP packet: the flow is the quoted tuple reversed (see `parse::FlowOf`), as

@@ -41,7 +41,7 @@ use crate::{
     nat6::{apply6, decrement_hop_limit},
     parse::{FRAG_NONE, IP_OFF},
     parse6::{parse6_tc, Flow6},
-    reject6::{packet_too_big6, reject6},
+    reject6::{packet_too_big6, reject6, time_exceeded6},
     stats::count,
     v6::{
         lb::{blank_entry, decide, fib_params, Origin, Step},
@@ -224,7 +224,9 @@ fn uplink_egress6(
 
 /// `route::forward` for IPv6: FIB lookup (MTU checked, GSO-aware, before anything is
 /// rewritten), rewrite, hop limit, `bpf_redirect_neigh`. A packet whose hop limit would expire
-/// is passed untranslated for the stack to answer Time Exceeded.
+/// is passed untranslated for the stack to answer Time Exceeded, except to a NodePort (this
+/// node's own address: the stack would deliver it locally), which is answered here
+/// (`reject6::time_exceeded6`).
 #[inline(always)]
 fn forward6(
     ctx: &TcContext,
@@ -233,6 +235,9 @@ fn forward6(
     reason: Reason,
 ) -> Result<Outcome, Outcome> {
     if flow.ttl <= 1 {
+        if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_NODEPORT != 0 {
+            return Ok(time_exceeded6(ctx, flow));
+        }
         return Ok(Outcome::pass(Reason::TtlExceeded));
     }
     let r = route6_sub(ctx.skb.skb, flow, entry);

@@ -19,7 +19,7 @@ use svc_common::{Reason, GENERATED_PER_CPU_PER_S, PROTO_TCP};
 
 use crate::{
     maps::{SVC_CONFIG, SVC_RATELIMIT, SVC_SCRATCH},
-    parse::{Flow, FRAG_LATER, IP_OFF, L4_OFF},
+    parse::{Flow, FRAG_LATER, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IP_OFF, L4_OFF},
     Outcome,
 };
 
@@ -141,7 +141,7 @@ pub(crate) fn reject(ctx: &TcContext, flow: &Flow) -> Result<Outcome, Outcome> {
         icmp_error_sub(
             ctx.skb.skb,
             flow,
-            (ICMP_PORT_UNREACHABLE as u32) << 16,
+            (ICMP_DEST_UNREACH as u32) << 24 | (ICMP_PORT_UNREACHABLE as u32) << 16,
             u32::from_ne_bytes(flow.daddr),
             Reason::NoBackend as u32,
         )
@@ -166,9 +166,33 @@ pub(crate) fn frag_needed(ctx: &TcContext, flow: &Flow, mtu: u16) -> Outcome {
     Outcome::unpack(icmp_error_sub(
         ctx.skb.skb,
         flow,
-        (ICMP_FRAG_NEEDED as u32) << 16 | mtu as u32,
+        (ICMP_DEST_UNREACH as u32) << 24 | (ICMP_FRAG_NEEDED as u32) << 16 | mtu as u32,
         u32::from_ne_bytes(config.node_addr),
         Reason::FragNeeded as u32,
+    ))
+}
+
+/// Answers a packet to a NodePort whose TTL would expire on the way to its backend with an
+/// ICMP time exceeded in transit (RFC 792) from the NodePort's address, quoting the packet as
+/// its sender sent it. kube-proxy DNATs before routing, so `ip_forward` answers it; passed to
+/// the stack untranslated, the packet would be delivered locally (the NodePort is this node's
+/// own address) and refused as port unreachable. Other frontends are not local addresses: the
+/// stack forwards them and answers itself. Never about an ICMP error (RFC 1122 §3.2.2): that
+/// one is passed on untranslated as before.
+#[inline(always)]
+pub(crate) fn time_exceeded(ctx: &TcContext, flow: &Flow) -> Outcome {
+    if flow.icmp {
+        return Outcome::pass(Reason::TtlExceeded);
+    }
+    if !within_budget() {
+        return Outcome::drop(Reason::RateLimited);
+    }
+    Outcome::unpack(icmp_error_sub(
+        ctx.skb.skb,
+        flow,
+        (ICMP_TIME_EXCEEDED as u32) << 24,
+        u32::from_ne_bytes(flow.daddr),
+        Reason::TtlExceeded as u32,
     ))
 }
 
@@ -181,14 +205,15 @@ fn tcp_reset_sub(skb: *mut __sk_buff, flow: &Flow) -> u64 {
     }
 }
 
-/// [`icmp_error`] in a BPF subprogram of its own; `code_mtu` = code << 16 | MTU, `src` the
-/// source address as its bytes in memory order.
+/// [`icmp_error`] in a BPF subprogram of its own; `code_mtu` = type << 24 | code << 16 | MTU,
+/// `src` the source address as its bytes in memory order.
 #[inline(never)]
 fn icmp_error_sub(skb: *mut __sk_buff, flow: &Flow, code_mtu: u32, src: u32, reason: u32) -> u64 {
     let ctx = TcContext::new(skb);
     match icmp_error(
         &ctx,
         flow,
+        (code_mtu >> 24) as u8,
         (code_mtu >> 16) as u8,
         code_mtu as u16,
         src.to_ne_bytes(),
@@ -287,13 +312,15 @@ const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// ICMP destination unreachable, code fragmentation needed and DF set.
 const ICMP_FRAG_NEEDED: u8 = 4;
 
-/// Turns the packet into an ICMP destination unreachable with `code` (and next-hop `mtu` for
-/// fragmentation-needed) from `src` to its sender, quoting its IP header and first 8 bytes as
-/// the sender sent them, and sends it back out of the interface it came in on.
+/// Turns the packet into an ICMP error of type `ty` (destination unreachable, time exceeded)
+/// with `code` (and next-hop `mtu` for fragmentation-needed) from `src` to its sender, quoting
+/// its IP header and first 8 bytes as the sender sent them, and sends it back out of the
+/// interface it came in on.
 #[inline(always)]
 fn icmp_error(
     ctx: &TcContext,
     flow: &Flow,
+    ty: u8,
     code: u8,
     mtu: u16,
     src: [u8; 4],
@@ -346,7 +373,7 @@ fn icmp_error(
     reverse_ethernet(ctx)?;
     let ip = ip_header(src, flow.saddr, 1, total as u16)?;
     g[..IP_LEN].copy_from_slice(&ip.0);
-    g[IP_LEN] = 3; // destination unreachable
+    g[IP_LEN] = ty;
     g[IP_LEN + 1] = code;
     let mtu = mtu.to_be_bytes();
     g[IP_LEN + 6] = mtu[0];

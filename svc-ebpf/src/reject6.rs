@@ -1,7 +1,8 @@
 //! The answers the IPv6 programs generate, as `reject` does for IPv4: a TCP RST or an ICMPv6
 //! Destination Unreachable (port unreachable, RFC 4443 §3.1) to a new flow whose frontend has
-//! no usable endpoint, and an ICMPv6 Packet Too Big (RFC 4443 §3.2) to a packet that does not
-//! fit the next hop. All rate-limited with the IPv4 answers (`reject::within_budget`).
+//! no usable endpoint, an ICMPv6 Packet Too Big (RFC 4443 §3.2) to a packet that does not
+//! fit the next hop, and an ICMPv6 Time Exceeded (RFC 4443 §3.3) to a packet to a NodePort
+//! whose hop limit would expire on the way to its backend. All rate-limited with the IPv4 answers (`reject::within_budget`).
 //!
 //! The packet is turned into the answer in place and redirected back out of the interface it
 //! came from. The headers are built in per-CPU scratch memory (`Scratch::gen6`: the IPv6
@@ -29,7 +30,7 @@ use crate::{
     family::Family,
     maps::{SVC_CONFIG, SVC_SCRATCH},
     parse::{IP_OFF, PROTO_ICMPV6},
-    parse6::{Flow6, IP6_LEN},
+    parse6::{Flow6, ICMP6_TIME_EXCEEDED, IP6_LEN},
     reject::{
         failed, fold_complement, reverse_ethernet, send_back, within_budget, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
@@ -105,6 +106,33 @@ fn packet_too_big6_sub(skb: *mut __sk_buff, flow: &Flow6, mtu: u32) -> u64 {
         (ICMP6_PACKET_TOO_BIG as u32) << 8,
         mtu,
         Reason::FragNeeded as u32,
+    )
+}
+
+/// `reject::time_exceeded` for IPv6: an ICMPv6 Time Exceeded, hop limit exceeded in transit
+/// (RFC 4443 §3.3), from the NodePort's address, for a packet to a NodePort of this node whose
+/// hop limit would expire on the way to its backend (passed to the stack untranslated, it would
+/// be delivered locally and refused). Never about an ICMPv6 error (RFC 4443 §2.4 (e)).
+#[inline(always)]
+pub(crate) fn time_exceeded6(ctx: &TcContext, flow: &Flow6) -> Outcome {
+    Outcome::unpack(time_exceeded6_sub(ctx.skb.skb, flow))
+}
+
+/// [`time_exceeded6`] in a BPF subprogram of its own (see [`reject6_sub`]).
+#[inline(never)]
+fn time_exceeded6_sub(skb: *mut __sk_buff, flow: &Flow6) -> u64 {
+    if flow.icmp {
+        return Outcome::pass(Reason::TtlExceeded).pack();
+    }
+    if !within_budget() {
+        return Outcome::drop(Reason::RateLimited).pack();
+    }
+    icmp6_error_sub(
+        skb,
+        flow,
+        (ICMP6_TIME_EXCEEDED as u32) << 8,
+        0,
+        Reason::TtlExceeded as u32,
     )
 }
 

@@ -12,12 +12,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::ip::Ipv4Hdr;
-use svc_common::{CtEntry, Reason, FAULT_NO_SKIP_NEIGH};
+use svc_common::{CtEntry, Reason, CT_DIR_FORWARD, CT_F_NODEPORT, FAULT_NO_SKIP_NEIGH};
 
 use crate::{
     nat::{apply, decrement_ttl, ttl_expires},
     parse::{Flow, FRAG_NONE},
-    reject::frag_needed,
+    reject::{frag_needed, time_exceeded},
     v4::lb::fib_params,
     Outcome,
 };
@@ -52,7 +52,9 @@ fn mtu_check_len(ctx: &TcContext, flow: &Flow) -> u16 {
 /// ICMP fragmentation-needed quotes the packet as its sender sent it), the TTL is decremented,
 /// and `bpf_redirect_neigh` resolves the next hop's MAC (queueing the packet meanwhile).
 /// A packet whose TTL would expire is passed to the stack untranslated: it answers
-/// time-exceeded to the sender about the packet the sender knows.
+/// time-exceeded to the sender about the packet the sender knows. Except to a NodePort: its
+/// address is this node's own, so the stack would deliver the packet locally and refuse it;
+/// the program answers time-exceeded itself (`reject::time_exceeded`).
 #[inline(always)]
 pub(crate) fn forward(
     ctx: &TcContext,
@@ -61,6 +63,9 @@ pub(crate) fn forward(
     reason: Reason,
 ) -> Result<Outcome, Outcome> {
     if ttl_expires(flow) {
+        if entry.dir == CT_DIR_FORWARD && entry.flags & CT_F_NODEPORT != 0 {
+            return Ok(time_exceeded(ctx, flow));
+        }
         return Ok(Outcome::pass(Reason::TtlExceeded));
     }
     let r = route_sub(ctx.skb.skb, flow, entry);

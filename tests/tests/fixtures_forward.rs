@@ -19,7 +19,7 @@
 #![allow(unused_crate_dependencies)]
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use svc_common::{Reason, BACKEND_F_LOCAL, FAULT_NO_SKIP_NEIGH, PROTO_TCP};
+use svc_common::{Reason, BACKEND_F_LOCAL, FAULT_NO_SKIP_NEIGH, PROTO_TCP, PROTO_UDP};
 use svc_testkit::fixtures::*;
 
 mod forward_common;
@@ -103,11 +103,14 @@ fn hairpin_decrements_the_ttl_and_leaves_ttl_1_to_the_stack() {
 }
 
 /// North-south through tc: a flow to a remote backend is source-NATed and redirected with
-/// `bpf_redirect_neigh`, TTL − 1, both directions; TTL 1 is passed untranslated. To a local
-/// backend the stack forwards (and decrements) it, so the TTL is left alone.
+/// `bpf_redirect_neigh`, TTL − 1, both directions. TTL 1 to the NodePort is answered with an
+/// ICMP time exceeded from the NodePort's address (passed to the stack untranslated, it would
+/// be delivered locally: the NodePort is the node's own address); a UDP datagram's answer
+/// quotes 8 bytes, a TCP segment's the whole TCP header. To a local backend the stack forwards
+/// (and decrements) it, so the TTL is left alone.
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
-fn uplink_redirects_decrement_the_ttl_and_leave_ttl_1_to_the_stack() {
+fn uplink_redirects_decrement_the_ttl_and_answer_ttl_1_with_time_exceeded() {
     node_test(uplink_redirects);
 }
 
@@ -180,12 +183,27 @@ fn uplink_redirects(dp: &mut Datapath, uplink: XdpUplink) {
     let syn = Pkt::tcp(ext(41000), NODEPORT, TCP_SYN).with_ttl(1);
     dp.check_on(
         uplink.ifindex,
-        &Fixture::untouched(
-            "SYN with TTL 1 towards a remote backend",
-            Program::UplinkIngress,
-            wire(&syn, EXT_CLIENT_MAC),
-            Reason::TtlExceeded,
-        ),
+        &Fixture {
+            name: "SYN with TTL 1 to the NodePort, remote backend → ICMP time exceeded".into(),
+            program: Program::UplinkIngress,
+            input: wire(&syn, EXT_CLIENT_MAC),
+            verdict: TC_ACT_REDIRECT,
+            output: icmp_answer(&syn, time_exceeded(), 20, EXT_CLIENT_MAC),
+            reason: Reason::TtlExceeded,
+        },
+    );
+    nodeport(dp, PROTO_UDP, BACKEND_B, 0);
+    let dgram = Pkt::udp(ext(41002), NODEPORT).with_ttl(1);
+    dp.check_on(
+        uplink.ifindex,
+        &Fixture {
+            name: "UDP with TTL 1 to the NodePort, remote backend → ICMP time exceeded".into(),
+            program: Program::UplinkIngress,
+            input: wire(&dgram, EXT_CLIENT_MAC),
+            verdict: TC_ACT_REDIRECT,
+            output: icmp_answer(&dgram, time_exceeded(), 8, EXT_CLIENT_MAC),
+            reason: Reason::TtlExceeded,
+        },
     );
     // Local backend: translated, passed to the stack, TTL untouched.
     nodeport(dp, PROTO_TCP, BACKEND_A, BACKEND_F_LOCAL);

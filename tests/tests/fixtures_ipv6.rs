@@ -17,7 +17,8 @@ use etherparse::{
     Icmpv6Type,
 };
 use svc_common::{
-    Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_SYN_SENT, PROTO_TCP, PROTO_UDP,
+    Hook, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_STATE_SYN_SENT, FRONTEND_F_NODEPORT, PROTO_TCP,
+    PROTO_UDP,
 };
 use svc_testkit::fixtures::{
     ipv6::{
@@ -481,7 +482,8 @@ fn ipv6_rejects_are_rate_limited_per_cpu() {
 /// Towards a remote backend behind a path of [`PATH_MTU6`] (an [`XdpNode`] with an IPv6
 /// underlay): a datagram or segment larger than that is answered with ICMPv6 Packet Too Big
 /// from the node's IPv6 address, MTU 1280, quoting the first 128 bytes of the packet as the
-/// client sent it; one that fits is source-NATed and redirected.
+/// client sent it; one that fits is source-NATed and redirected. And a packet to a NodePort
+/// whose hop limit would expire is answered with Time Exceeded.
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn too_big_for_the_path_to_a_backend_gets_packet_too_big() {
@@ -542,6 +544,29 @@ fn too_big_for_the_path_to_a_backend_gets_packet_too_big() {
         assert_eq!(hex(&out), hex(&ptb(&frame)), "Packet Too Big (etherparse)");
         assert_icmp6_checksum("TCP", &out);
         assert_eq!(dp.counter(Hook::UplinkIngress6, Reason::FragNeeded), 2);
+
+        // Hop limit 1 to a NodePort of this node whose backend is remote: answered with Time
+        // Exceeded from the NodePort's address (passed on, the stack would deliver it locally
+        // and refuse it), quoting the packet as the client sent it.
+        let np = SocketAddrV6::new(*NODE6.ip(), 30080, 0, 0);
+        dp.add_service_flags(np, PROTO_UDP, 30, &[BACKEND6_NARROW], FRONTEND_F_NODEPORT)
+            .unwrap();
+        let mut expiring = Pkt6::udp(client(40003), np);
+        expiring.hop_limit = 1;
+        let frame = expiring.build();
+        let (rc, out) = dp.run_on(prog, &frame, uplink.ifindex).unwrap();
+        assert_eq!(rc, REDIRECT, "hop limit 1 to the NodePort → Time Exceeded");
+        let want = icmp6(
+            &np,
+            &EXT_CLIENT6,
+            Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            &frame[14..],
+            GATEWAY_MAC,
+            CLIENT_MAC,
+        );
+        assert_eq!(hex(&out), hex(&want), "Time Exceeded (etherparse)");
+        assert_icmp6_checksum("hop limit 1", &out);
+        assert_eq!(dp.counter(Hook::UplinkIngress6, Reason::TtlExceeded), 1);
     });
 }
 

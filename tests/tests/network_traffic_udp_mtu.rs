@@ -531,8 +531,13 @@ fn hop_limit_failures(
 /// be forwarded or lost. The datapath leaves such a packet to the stack untranslated
 /// (`programs6::forward6`, `route::forward`), which forwards it by [`hop_limit_scene`]'s
 /// default route and so answers. With 2 node 2 answers, and with 3 the backend does
-/// ([`hop_limit_failures`]). LB IP and ClusterIP, IPv4 and IPv6; the NodePort is
-/// [`expiring_hop_limit_to_a_nodeport_gets_time_exceeded`].
+/// ([`hop_limit_failures`]). LB IP and ClusterIP, IPv4 and IPv6.
+///
+/// And a NodePort of node 1: passed to the stack untranslated, the packet would be delivered
+/// locally (the NodePort's address is node 1's own) and refused as port unreachable
+/// (ECONNREFUSED; a TCP SYN would get a RST), a hard error for a Service that works. The
+/// datapath answers Time Exceeded itself from the NodePort's address
+/// (`reject::time_exceeded`, `reject6::time_exceeded6`), as it answers Packet Too Big.
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
 fn expiring_ttl_or_hop_limit_to_a_frontend_gets_time_exceeded() {
@@ -558,6 +563,10 @@ fn expiring_ttl_or_hop_limit_to_a_frontend_gets_time_exceeded() {
             ("c1", &cip, &what),
             t.node(1).gateway_of(f),
         ));
+        let node1 = t.node(1).addr(f);
+        let np = host_port(node1, TWO.np_closed);
+        let what = format!("{f} external -> NodePort node 1 -> be2 on node 2");
+        failures.extend(hop_limit_failures(&scene, f, ("ext", &np, &what), node1));
     }
     let node1 = &scene.agents[0];
     let expired: Vec<_> = [
@@ -575,33 +584,6 @@ fn expiring_ttl_or_hop_limit_to_a_frontend_gets_time_exceeded() {
     assert!(
         failures.is_empty(),
         "an expiring TTL / hop limit to a frontend:\n  {}",
-        failures.join("\n  ")
-    );
-}
-
-/// Scenario 3c for a NodePort of node 1 whose backend is on node 2. kube-proxy DNATs the
-/// packet in PREROUTING and ip_forward / ip6_forward answer Time Exceeded; the datapath
-/// instead passes the expiring packet to the stack untranslated, and as the NodePort's
-/// address is node 1's own, the stack delivers it locally: no socket listens on the NodePort,
-/// so the client gets port unreachable (ECONNREFUSED; a TCP SYN gets a RST), a hard error
-/// for a Service that works, in both families. A known datapath divergence, reported, not yet
-/// fixed: the datapath would have to answer Time Exceeded itself (as it answers Packet Too
-/// Big) for frontends that are local addresses.
-#[test]
-#[ignore = "known bug: hop limit 1 to a NodePort with a remote backend is delivered locally and refused instead of Time Exceeded"]
-fn expiring_hop_limit_to_a_nodeport_gets_time_exceeded() {
-    require_root();
-    let scene = hop_limit_scene();
-    let mut failures = Vec::new();
-    for f in Family::BOTH {
-        let node1 = scene.t.node(1).addr(f);
-        let np = host_port(node1, TWO.np_closed);
-        let what = format!("{f} external -> NodePort node 1 -> be2 on node 2");
-        failures.extend(hop_limit_failures(&scene, f, ("ext", &np, &what), node1));
-    }
-    assert!(
-        failures.is_empty(),
-        "an expiring TTL / hop limit to a NodePort:\n  {}",
         failures.join("\n  ")
     );
 }

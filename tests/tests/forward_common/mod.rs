@@ -101,6 +101,19 @@ pub(crate) fn snat_port(dp: &Datapath, client: SocketAddrV4, proto: u8) -> u16 {
 /// fresh IPv4 header (id 0, DF, TTL 64), quoting the IP header and the first `quote_l4` bytes
 /// of the packet as its sender sent it. Built by etherparse.
 pub(crate) fn frag_needed_answer(offending: &Pkt, quote_l4: usize, peer_mac: [u8; 6]) -> Vec<u8> {
+    icmp_answer(offending, frag_needed(PATH_MTU), quote_l4, peer_mac)
+}
+
+/// The ICMP error of `icmp_type` `svc-lb` answers `offending` with, as
+/// [`frag_needed_answer`] builds it: from this node's address (the NodePort's), Ethernet
+/// addresses reversed, a fresh IPv4 header (id 0, DF, TTL 64), quoting the IP header and the
+/// first `quote_l4` bytes of the packet as its sender sent it. Built by etherparse.
+pub(crate) fn icmp_answer(
+    offending: &Pkt,
+    icmp_type: etherparse::Icmpv4Type,
+    quote_l4: usize,
+    peer_mac: [u8; 6],
+) -> Vec<u8> {
     let mut ip = Ipv4Header::new(
         0,
         64,
@@ -113,7 +126,7 @@ pub(crate) fn frag_needed_answer(offending: &Pkt, quote_l4: usize, peer_mac: [u8
     ip.dont_fragment = true;
     icmp_frame(
         ip,
-        frag_needed(PATH_MTU),
+        icmp_type,
         &quote_of(offending, Some(quote_l4)),
         NODE_MAC,
         peer_mac,
