@@ -87,12 +87,12 @@ fn cluster_ips(pick: impl Fn(&Addrs) -> &'static str) -> String {
     dual_stack_cluster_ips(pick(&V4), pick(&V6))
 }
 
-/// The uplink hook that decides the external client's new flows on node 1: XDP for IPv4; tc
-/// for IPv6, as XDP passes IPv6 frames on untouched (ARCHITECTURE, "IPv6 (datapath)").
+/// The uplink hook that decides the external client's new flows on node 1: XDP, `svc_xdp` for
+/// IPv4 and `svc_xdp6` for IPv6 (ARCHITECTURE, "IPv6 (datapath)").
 fn uplink_hook(f: Family) -> Hook {
     match f {
         Family::V4 => Hook::Xdp,
-        Family::V6 => Hook::UplinkIngress6,
+        Family::V6 => Hook::Xdp6,
     }
 }
 
@@ -345,8 +345,8 @@ fn nodeport_lb_ip_and_external_ip_serve_the_external_client() {
                 "UDP replies must come from {udp}"
             );
         }
-        // The fast path did the work: node 1's uplink translated new flows and replies (XDP
-        // for IPv4; tc for IPv6).
+        // The fast path did the work: node 1's uplink XDP program translated new flows and
+        // replies.
         let hook = uplink_hook(f);
         let new = node1.counter(hook, Reason::DnatNew).unwrap();
         let rev = node1.counter(hook, Reason::RevNat).unwrap();
@@ -736,9 +736,14 @@ fn many_new_udp_flows_to_a_remote_backend_all_get_a_snat_port() {
         "explain does not show the loaded SNAT ports: {}",
         done.stdout
     );
-    let no_port = [Hook::Xdp, Hook::UplinkIngress, Hook::UplinkIngress6]
-        .into_iter()
-        .map(|h| node1.counter(h, Reason::SnatNoPort).unwrap())
-        .sum::<u64>();
+    let no_port = [
+        Hook::Xdp,
+        Hook::UplinkIngress,
+        Hook::Xdp6,
+        Hook::UplinkIngress6,
+    ]
+    .into_iter()
+    .map(|h| node1.counter(h, Reason::SnatNoPort).unwrap())
+    .sum::<u64>();
     assert_eq!(no_port, 0, "node 1 dropped flows for want of an SNAT port");
 }

@@ -279,9 +279,9 @@ fn load_balancer_source_ranges_filter_lb_ips_only() {
                 Hook::PodIngress,
                 Hook::Sock,
             ),
-            // XDP passes IPv6 on: tc decides.
+            // Likewise `svc_xdp6` and the IPv6 tc program.
             Family::V6 => (
-                [Hook::UplinkIngress6, Hook::UplinkIngress6],
+                [Hook::Xdp6, Hook::UplinkIngress6],
                 Hook::PodIngress6,
                 Hook::Sock6,
             ),

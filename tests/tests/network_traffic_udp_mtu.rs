@@ -573,6 +573,7 @@ fn expiring_ttl_or_hop_limit_to_a_frontend_gets_time_exceeded() {
         Hook::Xdp,
         Hook::UplinkIngress,
         Hook::PodIngress,
+        Hook::Xdp6,
         Hook::UplinkIngress6,
         Hook::PodIngress6,
     ]
