@@ -1,5 +1,5 @@
 //! ICMP errors about translated flows (destination unreachable — port unreachable,
-//! fragmentation needed, … — and time exceeded), translated as netfilter's
+//! fragmentation needed, … —, time exceeded and parameter problem), translated as netfilter's
 //! `nf_nat_icmp_reply_translation` does for kube-proxy: without it a connected UDP socket
 //! never learns that its Service's backend has no listener, and path-MTU discovery through
 //! a Service breaks.

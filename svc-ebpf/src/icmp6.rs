@@ -1,5 +1,5 @@
 //! ICMPv6 errors about translated flows (Destination Unreachable, Packet Too Big, Time
-//! Exceeded), translated as `icmp` does for IPv4 (see its module docs for why and how): the
+//! Exceeded, Parameter Problem), translated as `icmp` does for IPv4 (see its module docs for why and how): the
 //! flow is the quoted tuple reversed (`parse6`), conntrack keyed by it says how a packet of
 //! that flow travelling the way the error travels is rewritten, and the error follows:
 //! - outer destination → `entry.dst_addr`; outer source → `entry.src_addr` when the error came

@@ -255,10 +255,16 @@ pub(crate) const ICMP_ERR_LEN: usize = ICMP_INNER_L4_OFF + 8 - IP_OFF;
 
 pub(crate) const ICMP_DEST_UNREACH: u8 = 3;
 pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Parameter problem (RFC 792): its pointer is an offset into the quoted IPv4 header, which
+/// the translation does not move, so it is translated like the other two.
+const ICMP_PARAM_PROB: u8 = 12;
 
-/// An ICMP destination-unreachable or time-exceeded quoting an option-less IPv4 TCP/UDP header
-/// (a first fragment or a whole datagram): the flow is the quoted tuple reversed (see [`Flow`]).
-/// Any other ICMP (echo, redirects, quotes we cannot read) is passed as `NotTcpUdp`.
+/// An ICMP destination-unreachable, time-exceeded or parameter-problem quoting an option-less
+/// IPv4 TCP/UDP header (a first fragment or a whole datagram): the flow is the quoted tuple
+/// reversed (see [`Flow`]). The error types netfilter's NAT translates for kube-proxy
+/// (`icmp_is_err`), less the obsolete source quench and redirects, which name no flow a
+/// Service translated. Any other ICMP (echo, redirects, quotes we cannot read) is passed as
+/// `NotTcpUdp`.
 #[inline(always)]
 fn parse_icmp_error(start: usize, end: usize, flow: &mut Flow) -> Result<(), Outcome> {
     let not_ours = Outcome::pass(Reason::NotTcpUdp);
@@ -266,7 +272,7 @@ fn parse_icmp_error(start: usize, end: usize, flow: &mut Flow) -> Result<(), Out
     let icmp: *const [u8; 8] = ptr_at(start, end, L4_OFF)?;
     // SAFETY: bounds-checked above.
     let kind = unsafe { (*icmp)[0] };
-    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAM_PROB {
         return Err(not_ours);
     }
     // An error whose quote is shorter than an IPv4 header and 8 L4 bytes (what `icmp`

@@ -221,9 +221,13 @@ pub(crate) const ICMP6_ERR_LEN: usize = IP6_LEN + 8 + IP6_LEN + 8;
 const ICMP6_DEST_UNREACH: u8 = 1;
 const ICMP6_PACKET_TOO_BIG: u8 = 2;
 pub(crate) const ICMP6_TIME_EXCEEDED: u8 = 3;
+/// Parameter Problem (RFC 4443 §3.4): its pointer is an offset into the quoted packet, which
+/// the translation does not move.
+const ICMP6_PARAM_PROB: u8 = 4;
 
-/// An ICMPv6 Destination Unreachable, Packet Too Big or Time Exceeded (RFC 4443 §3.1–3.3)
-/// quoting a TCP/UDP packet: the flow is the quoted tuple reversed (see `parse::FlowOf`), as
+/// An ICMPv6 Destination Unreachable, Packet Too Big, Time Exceeded or Parameter Problem (RFC
+/// 4443 §3.1–3.4: every ICMPv6 error type, as netfilter's NAT translates them) quoting a TCP/UDP
+/// packet: the flow is the quoted tuple reversed (see `parse::FlowOf`), as
 /// for IPv4. Only errors with a fixed layout are taken: the ICMPv6 header right after the
 /// IPv6 header (`off`), a quoted IPv6 header followed directly by TCP or UDP, and the quote's
 /// first 8 L4 bytes present. Everything else ICMPv6 (informational messages, Neighbor
@@ -248,7 +252,11 @@ fn parse_icmp6_error(
     // SAFETY: bounds-checked above.
     let m = unsafe { &*m };
     let kind = m[0];
-    if kind != ICMP6_DEST_UNREACH && kind != ICMP6_PACKET_TOO_BIG && kind != ICMP6_TIME_EXCEEDED {
+    if kind != ICMP6_DEST_UNREACH
+        && kind != ICMP6_PACKET_TOO_BIG
+        && kind != ICMP6_TIME_EXCEEDED
+        && kind != ICMP6_PARAM_PROB
+    {
         return Err(not_ours);
     }
     let inner = &m[8..8 + IP6_LEN];

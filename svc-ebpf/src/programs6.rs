@@ -9,8 +9,8 @@
 //! As for IPv4: a new flow to a frontend without endpoints is answered in place with a TCP RST
 //! or an ICMPv6 port unreachable (`reject6`), a packet too big for the next hop with an ICMPv6
 //! Packet Too Big from the node's IPv6 address (`reject6`; both rate-limited with the IPv4
-//! answers), and ICMPv6 Destination Unreachable / Packet Too Big / Time Exceeded errors about
-//! translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
+//! answers), and ICMPv6 Destination Unreachable / Packet Too Big / Time Exceeded / Parameter
+//! Problem errors about translated flows are translated, outer and quoted headers (`icmp6`; Neighbor Discovery and
 //! every other ICMPv6 message pass untouched).
 //!
 //! The uplink's XDP fast path has its IPv6 program too (`xdp6`, reached from `svc_xdp` through

@@ -335,7 +335,9 @@ fn port_unreachable_from_a_backend_gets_the_frontend_back() {
 }
 
 /// An error about a translated flow from a node on the way (not the quoted packet's
-/// destination) keeps its own source address; only the destination and the quote change.
+/// destination) keeps its own source address; only the destination and the quote change. A
+/// parameter problem from the backend is translated like a destination unreachable (its
+/// source becomes the frontend).
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (BPF_PROG_TEST_RUN)")]
 fn time_exceeded_from_a_router_keeps_the_router_as_source() {
@@ -369,6 +371,40 @@ fn time_exceeded_from_a_router_keeps_the_router_as_source() {
         reason: Reason::IcmpTranslated,
     });
     assert_icmp_checksums("time exceeded", &res.output, true);
+
+    // A parameter problem (pointer 8: the quoted TTL) from the backend about the same flow is
+    // translated alike; its pointer stays valid (the quoted header's layout is unchanged).
+    let param = etherparse::Icmpv4Type::ParameterProblem(
+        etherparse::icmpv4::ParameterProblemHeader::PointerIndicatesError(8),
+    );
+    let quoted = Pkt::udp(CLIENT_POD, BACKEND_B).with_ttl(1);
+    let input = icmp_error(
+        *BACKEND_B.ip(),
+        *CLIENT_POD.ip(),
+        param.clone(),
+        &quote_of(&quoted, None),
+        64,
+        GATEWAY_MAC,
+        CLIENT_MAC,
+    );
+    let output = icmp_error(
+        *SVC_VIP.ip(),
+        *CLIENT_POD.ip(),
+        param,
+        &quote_of(&Pkt::udp(CLIENT_POD, SVC_VIP).with_ttl(1), None),
+        64,
+        GATEWAY_MAC,
+        CLIENT_MAC,
+    );
+    let res = dp.check(&Fixture {
+        name: "parameter problem from BACKEND_B about client → BACKEND_B".into(),
+        program: Program::Egress,
+        input,
+        verdict: TC_ACT_UNSPEC,
+        output,
+        reason: Reason::IcmpTranslated,
+    });
+    assert_icmp_checksums("parameter problem", &res.output, true);
 }
 
 /// Forward direction: the client answers a reply it no longer wants (SVC_VIP → client) with

@@ -584,7 +584,8 @@ fn quote(p: &Pkt6, len: Option<usize>) -> Vec<u8> {
 /// Errors travelling to a client about its TCP and UDP flows to [`SVC6`] (translated to
 /// [`BACKEND6_B`]), entering the client pod: a Destination Unreachable from the backend
 /// (outer source becomes the frontend; for UDP the port unreachable a connected socket must
-/// see), a Time Exceeded and a Packet Too Big from a router (outer source kept). The quoted
+/// see) and a Parameter Problem from the backend, a Time Exceeded and a Packet Too Big from a
+/// router (outer source kept). The quoted
 /// packet becomes the client's own (client → frontend): its addresses, ports, the quoted UDP
 /// checksum, the quoted TCP checksum when the whole header is quoted, and the ICMPv6 checksum.
 #[test]
@@ -623,6 +624,15 @@ fn icmpv6_errors_about_translated_tcp_and_udp_flows_reach_the_client_translated(
                 "packet too big from a router, whole quote",
                 ROUTER6,
                 Icmpv6Type::PacketTooBig { mtu: 1280 },
+                None,
+            ),
+            (
+                "parameter problem from the backend (pointer 6: next header), whole quote",
+                BACKEND6_B,
+                Icmpv6Type::ParameterProblem(etherparse::icmpv6::ParameterProblemHeader {
+                    code: etherparse::icmpv6::ParameterProblemCode::UnrecognizedNextHeader,
+                    pointer: 6,
+                }),
                 None,
             ),
         ] {
