@@ -160,11 +160,7 @@ fn drop_incompatible_pins(pins: &[(&str, PathBuf)]) -> Result<()> {
 /// updated) keep handing IPv6 over.
 fn load_progs6(ebpf: &mut Ebpf) -> Result<()> {
     for (name, index, _) in PROGS6 {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a tc classifier"))?;
+        let prog: &mut SchedClassifier = program_of(ebpf, name, "a tc classifier")?;
         prog.load()
             .with_context(|| format!("verifying and loading program {name}"))?;
         let fd = prog
@@ -172,16 +168,38 @@ fn load_progs6(ebpf: &mut Ebpf) -> Result<()> {
             .with_context(|| format!("program {name} has no fd"))?
             .try_clone()
             .with_context(|| format!("duplicating the fd of program {name}"))?;
-        let mut array: ProgramArray<&mut MapData> = ebpf
-            .map_mut(MAP_PROGS6)
-            .with_context(|| format!("map {MAP_PROGS6} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("map {MAP_PROGS6} is not a program array"))?;
-        array
-            .set(index, &fd, 0)
-            .with_context(|| format!("putting {name} into {MAP_PROGS6}[{index}]"))?;
+        put_in_prog_array(ebpf, MAP_PROGS6, index, name, &fd)?;
     }
     Ok(())
+}
+
+/// Program `name` of the object as its type `P` (`kind` names it for the error).
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not {kind}"))
+}
+
+/// Puts the loaded program `name` (`fd`) into the program array `map` at `index`.
+fn put_in_prog_array(
+    ebpf: &mut Ebpf,
+    map: &str,
+    index: u32,
+    name: &str,
+    fd: &aya::programs::ProgramFd,
+) -> Result<()> {
+    let mut array: ProgramArray<&mut MapData> = ebpf
+        .map_mut(map)
+        .with_context(|| format!("map {map} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("map {map} is not a program array"))?;
+    array
+        .set(index, fd, 0)
+        .with_context(|| format!("putting {name} into {map}[{index}]"))
 }
 
 /// Loads the IPv6 XDP program and puts it into `SVC_XDP_PROGS6` at its index, where `svc_xdp`
@@ -189,11 +207,7 @@ fn load_progs6(ebpf: &mut Ebpf) -> Result<()> {
 /// tc programs (a program array holds programs of one type, so XDP has its own).
 fn load_xdp_progs6(ebpf: &mut Ebpf) -> Result<()> {
     for (name, index, _) in XDP_PROGS6 {
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not an XDP program"))?;
+        let prog: &mut Xdp = program_of(ebpf, name, "an XDP program")?;
         prog.load()
             .with_context(|| format!("verifying and loading program {name}"))?;
         let fd = prog
@@ -201,14 +215,7 @@ fn load_xdp_progs6(ebpf: &mut Ebpf) -> Result<()> {
             .with_context(|| format!("program {name} has no fd"))?
             .try_clone()
             .with_context(|| format!("duplicating the fd of program {name}"))?;
-        let mut array: ProgramArray<&mut MapData> = ebpf
-            .map_mut(MAP_XDP_PROGS6)
-            .with_context(|| format!("map {MAP_XDP_PROGS6} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("map {MAP_XDP_PROGS6} is not a program array"))?;
-        array
-            .set(index, &fd, 0)
-            .with_context(|| format!("putting {name} into {MAP_XDP_PROGS6}[{index}]"))?;
+        put_in_prog_array(ebpf, MAP_XDP_PROGS6, index, name, &fd)?;
     }
     Ok(())
 }
