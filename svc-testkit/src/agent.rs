@@ -5,6 +5,7 @@
 //! it (`svc-agent uninstall`) when dropped, so a run leaves no pin behind, failure included.
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -346,6 +347,52 @@ impl Agent {
     /// The frontend map as the agent programmed it (read from the pin, no agent involved).
     pub fn frontends(&self) -> Result<BTreeMap<FrontendKey, Frontend>> {
         Ok(svc_agent::dataplane::read::read_frontends(&self.bpffs)?)
+    }
+
+    /// Every frontend of both families (`SVC_FRONTENDS`, `SVC_FRONTENDS6`) as (address, port,
+    /// protocol, scope) → `backend_count`, read from the pins.
+    pub fn backend_counts(&self) -> Result<BTreeMap<(IpAddr, u16, u8, u8), u32>> {
+        let snap = self.snapshot()?;
+        let v4 = snap.frontends.iter().map(|(k, f)| {
+            (
+                (IpAddr::from(k.addr), k.port, k.proto, k.scope),
+                f.backend_count,
+            )
+        });
+        let v6 = snap.frontends6.iter().map(|(k, f)| {
+            (
+                (IpAddr::from(k.addr.octets), k.port, k.proto, k.scope),
+                f.backend_count,
+            )
+        });
+        Ok(v4.chain(v6).collect())
+    }
+
+    /// [`Agent::wait_frontends`] over both families: waits until the two frontend maps hold
+    /// exactly `want` ((address, port, protocol) with [`svc_common::SCOPE_ANY`] →
+    /// `backend_count`).
+    pub fn wait_backend_counts(
+        &mut self,
+        want: &BTreeMap<(IpAddr, u16, u8), u32>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let want: BTreeMap<_, _> = want
+            .iter()
+            .map(|(&(a, p, pr), &n)| ((a, p, pr, svc_common::SCOPE_ANY), n))
+            .collect();
+        self.wait_loaded()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let got = self.backend_counts().ok();
+            if got.as_ref() == Some(&want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent on node {} did not program {want:?} within {timeout:?}; maps hold {got:?}\nlog:\n{}", self.node, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits (up to [`LOAD_TIMEOUT`]) until the agent has loaded its programs and read its

@@ -5,23 +5,54 @@
 //! from two EndpointSlices. Pods keep default offloads (partial checksums); node uplinks have
 //! TX checksum offload off, so what crosses the underlay carries checksums computed from what
 //! the datapath left, and a capture on the underlay bridge checks every one of them.
+//!
+//! Every case runs twice, as `CASE::ipv4` and `CASE::ipv6`: over IPv6 in the dual-stack
+//! topology, `web` made dual-stack (`RequireDualStack`, IPv6 ClusterIP fd00:10:96::10) with an
+//! IPv6 EndpointSlice beside each IPv4 one, and the clients talking to the IPv6 ClusterIP.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use svc_common::{Hook, Reason, PROTO_TCP, PROTO_UDP};
 use svc_testkit::{
-    agent::{fkey, node_name, Agent, ManifestDir},
+    agent::{node_name, Agent, ManifestDir},
     capture::{verify_checksums, Capture},
     probe::{HoldSummary, Summary},
-    topology::{require_root, NsChild, Topology, TopologySpec},
+    topology::{host_port, Family, NsChild, Topology, TopologySpec},
 };
 
+#[macro_use]
+mod family_common;
+
 const VIP: &str = "10.96.0.10";
+const VIP6: &str = "fd00:10:96::10";
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
 
-fn service_yaml() -> String {
+/// `web`'s ClusterIP in `family`.
+fn vip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => VIP.parse().unwrap(),
+        Family::V6 => VIP6.parse().unwrap(),
+    }
+}
+
+/// `web`: IPv4 alone, or dual-stack for an IPv6 scene.
+fn service_yaml(family: Family) -> String {
+    let yaml = service_yaml_v4();
+    match family {
+        Family::V4 => yaml,
+        Family::V6 => yaml.replace(
+            &format!("  clusterIP: {VIP}\n"),
+            &format!(
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+                 clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\", \"{VIP6}\"]\n"
+            ),
+        ),
+    }
+}
+
+fn service_yaml_v4() -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -46,8 +77,31 @@ spec:
     )
 }
 
-/// An EndpointSlice for `web` holding `(ip, node)` endpoints.
-fn slice_yaml(name: &str, endpoints: &[(String, usize)]) -> String {
+/// EndpointSlice `name` for `web` holding the pods `pods` (name, node): the IPv4 slice, and
+/// for an IPv6 scene an IPv6 slice `name-6` beside it.
+fn slices_yaml(t: &Topology, family: Family, name: &str, pods: &[(&str, usize)]) -> String {
+    let families = match family {
+        Family::V4 => &[Family::V4][..],
+        Family::V6 => &Family::BOTH[..],
+    };
+    let out: Vec<_> = families
+        .iter()
+        .map(|&f| {
+            let eps: Vec<_> = pods
+                .iter()
+                .map(|&(p, n)| (t.pod_addr(p, f).to_string(), n))
+                .collect();
+            match f {
+                Family::V4 => slice_yaml(name, "IPv4", &eps),
+                Family::V6 => slice_yaml(&format!("{name}-6"), "IPv6", &eps),
+            }
+        })
+        .collect();
+    out.join("---\n")
+}
+
+/// An EndpointSlice for `web` holding `(ip, node)` endpoints of `address_type`.
+fn slice_yaml(name: &str, address_type: &str, endpoints: &[(String, usize)]) -> String {
     let mut eps = String::new();
     for (ip, node) in endpoints {
         eps.push_str(&format!(
@@ -66,7 +120,7 @@ metadata:
   namespace: default
   labels:
     kubernetes.io/service-name: web
-addressType: IPv4
+addressType: {address_type}
 ports:
   - name: http
     protocol: TCP
@@ -81,6 +135,8 @@ endpoints:
 
 /// The whole scene: topology, servers in the backend pods, manifests, one agent per node.
 struct Scene {
+    /// The family the clients talk in.
+    family: Family,
     agents: Vec<Agent>,
     _servers: Vec<NsChild>,
     manifests: ManifestDir,
@@ -88,11 +144,12 @@ struct Scene {
 }
 
 impl Scene {
-    fn start(agent_flags: &[&str]) -> Self {
+    fn start(family: Family, agent_flags: &[&str]) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["client", "be1"])
-                .node(&["be2", "be3"]),
+                .node(&["be2", "be3"])
+                .dual_stack(family == Family::V6),
         )
         .expect("building the topology");
         let mut servers = Vec::new();
@@ -108,42 +165,57 @@ impl Scene {
             servers.push(s);
         }
         let manifests = ManifestDir::new(&t).expect("manifest dir");
-        manifests.write("web.yaml", &service_yaml()).unwrap();
-        let ep = |p: &str, n: usize| (t.pod_ip(p).to_string(), n);
-        manifests
-            .write(
-                "web-slice-1.yaml",
-                &slice_yaml("web-1", &[ep("be1", 1), ep("be2", 2)]),
-            )
-            .unwrap();
-        manifests
-            .write("web-slice-2.yaml", &slice_yaml("web-2", &[ep("be3", 2)]))
-            .unwrap();
+        manifests.write("web.yaml", &service_yaml(family)).unwrap();
         let mut agents = Vec::new();
-        for node in 1..=2 {
-            agents.push(
-                Agent::start(&t, node, manifests.path(), agent_flags).expect("starting the agent"),
-            );
-        }
         let mut scene = Self {
-            agents,
+            family,
+            agents: Vec::new(),
             _servers: servers,
             manifests,
             t,
         };
+        scene.set_slices(&[("be1", 1), ("be2", 2)], &[("be3", 2)]);
+        for node in 1..=2 {
+            agents.push(
+                Agent::start(&scene.t, node, scene.manifests.path(), agent_flags)
+                    .expect("starting the agent"),
+            );
+        }
+        scene.agents = agents;
         scene.expect_frontends(3);
         scene
     }
 
-    /// Waits until every agent has programmed both frontends with `backends` backends.
+    /// Writes `web`'s two EndpointSlices (each family's in an IPv6 scene): `web-1` holding the
+    /// pods `one`, `web-2` the pods `two` ((name, node) each).
+    fn set_slices(&self, one: &[(&str, usize)], two: &[(&str, usize)]) {
+        for (file, name, pods) in [
+            ("web-slice-1.yaml", "web-1", one),
+            ("web-slice-2.yaml", "web-2", two),
+        ] {
+            self.manifests
+                .write(file, &slices_yaml(&self.t, self.family, name, pods))
+                .unwrap();
+        }
+    }
+
+    /// `web`'s ClusterIP in the scene's family, with `port`, as `--target` takes it.
+    fn target(&self, port: u16) -> String {
+        host_port(vip(self.family), port)
+    }
+
+    /// Waits until every agent has programmed both frontends (of each family in an IPv6 scene)
+    /// with `backends` backends, and nothing else.
     fn expect_frontends(&mut self, backends: u32) {
-        let want = BTreeMap::from([
-            (fkey([10, 96, 0, 10], 80, PROTO_TCP), backends),
-            (fkey([10, 96, 0, 10], 53, PROTO_UDP), backends),
-        ]);
+        let mut want = BTreeMap::new();
+        for family in self.t.families() {
+            for (port, proto) in [(80, PROTO_TCP), (53, PROTO_UDP)] {
+                want.insert((vip(family), port, proto), backends);
+            }
+        }
         for agent in &mut self.agents {
             agent
-                .wait_frontends(&want, Duration::from_secs(10))
+                .wait_backend_counts(&want, Duration::from_secs(10))
                 .unwrap();
         }
     }
@@ -162,7 +234,7 @@ impl Scene {
         self.client(&[
             "tcp",
             "--target",
-            &format!("{VIP}:80"),
+            &self.target(80),
             "--count",
             &count.to_string(),
             "--timeout-ms",
@@ -176,7 +248,7 @@ impl Scene {
         self.client(&[
             "udp",
             "--target",
-            &format!("{VIP}:53"),
+            &self.target(53),
             "--count",
             &count.to_string(),
             "--timeout-ms",
@@ -195,11 +267,8 @@ fn assert_balanced(s: &Summary, total: u64, min_share: u64) {
     }
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
-    require_root();
-    let scene = Scene::start(&[]);
+fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums(family: Family) {
+    let scene = Scene::start(family, &[]);
     let capture = Capture::start(&scene.t, scene.t.underlay_ns(), "br0").expect("capture");
 
     let tcp = scene.tcp(200);
@@ -211,15 +280,15 @@ fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
     assert_balanced(&tcp, 200, 20);
     assert_eq!(
         tcp.reply_from,
-        vec![format!("{VIP}:80")],
+        vec![scene.target(80)],
         "replies must come from the ClusterIP"
     );
-    let client_ip = scene.t.pod_ip("client").to_string();
+    let client_ip = scene.t.pod_addr("client", family);
     assert!(
-        tcp.peers_seen_by_backend
-            .iter()
-            .all(|p| p.starts_with(&format!("{client_ip}:"))),
-        "backends must see the client pod's own address: {:?}",
+        tcp.peers_seen_by_backend.iter().all(|p| p
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|p| p.ip() == client_ip)),
+        "backends must see the client pod's own address {client_ip}: {:?}",
         tcp.peers_seen_by_backend
     );
 
@@ -232,34 +301,46 @@ fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
     assert_balanced(&udp, 1000, 150);
     assert_eq!(
         udp.reply_from,
-        vec![format!("{VIP}:53")],
+        vec![scene.target(53)],
         "UDP replies must come from the ClusterIP"
     );
 
     let file = capture.stop().expect("stopping the capture");
     let report = verify_checksums(file.path()).expect("reading the capture");
     assert!(report.is_clean(), "bad checksums on the underlay: {report}");
+    let (tcp_seen, udp_seen) = match family {
+        Family::V4 => (report.tcp, report.udp),
+        Family::V6 => (report.tcp6, report.udp6),
+    };
     assert!(
-        report.tcp > 200 && report.udp > 500,
-        "traffic to node 2 must cross the underlay: {report}"
+        tcp_seen > 200 && udp_seen > 500,
+        "{} traffic to node 2 must cross the underlay, checksums verified: {report}",
+        family.name()
     );
 
     let node1 = &scene.agents[0];
+    let hook = |h: Hook| family.hook(h);
     if scene.t.pod_socket_lb() {
         // Socket-level load balancing: every connection and every datagram's socket was
         // translated in the socket call, and no packet of the client needed NAT.
-        let sock = node1.counter(Hook::Sock, Reason::SockTranslated).unwrap();
+        let sock = node1
+            .counter(hook(Hook::Sock), Reason::SockTranslated)
+            .unwrap();
         assert!(sock >= 200 + 1000, "translated in the socket call: {sock}");
-        let dnat = node1.counter(Hook::PodIngress, Reason::DnatNew).unwrap();
+        let dnat = node1
+            .counter(hook(Hook::PodIngress), Reason::DnatNew)
+            .unwrap();
         assert_eq!(dnat, 0, "per-packet new flows on node 1");
         return;
     }
     // Every exchange was translated by node 1's datapath: a new flow, or a known one (a new
     // UDP socket may reuse an ephemeral port, and then it *is* the same 5-tuple, as for
     // netfilter conntrack). Every reply was reverse-translated.
-    let new = node1.counter(Hook::PodIngress, Reason::DnatNew).unwrap();
+    let new = node1
+        .counter(hook(Hook::PodIngress), Reason::DnatNew)
+        .unwrap();
     let known = node1
-        .counter(Hook::PodIngress, Reason::DnatEstablished)
+        .counter(hook(Hook::PodIngress), Reason::DnatEstablished)
         .unwrap();
     assert!(new >= 200, "dnat_new on node 1: {new}");
     assert!(
@@ -268,23 +349,35 @@ fn clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums() {
     );
     // Replies are translated where they first meet node 1's datapath: at the local backend's
     // veth ingress, or at the client's veth egress for those from node 2.
-    let rev = node1.counter(Hook::PodIngress, Reason::RevNat).unwrap()
-        + node1.counter(Hook::PodEgress, Reason::RevNat).unwrap();
+    let rev = node1
+        .counter(hook(Hook::PodIngress), Reason::RevNat)
+        .unwrap()
+        + node1
+            .counter(hook(Hook::PodEgress), Reason::RevNat)
+            .unwrap();
     assert!(rev >= 200 * 2 + 1000, "replies translated on node 1: {rev}");
     assert_eq!(
         node1
-            .counter(Hook::PodIngress, Reason::CtInsertFailed)
+            .counter(hook(Hook::PodIngress), Reason::CtInsertFailed)
             .unwrap(),
         0
     );
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn bpftool_dump_shows_field_names_and_readable_frontends() {
-    require_root();
-    let scene = Scene::start(&[]);
-    let path = scene.agents[0].bpffs().join(svc_common::MAP_FRONTENDS);
+per_family!(clusterip_balances_tcp_and_udp_across_nodes_with_correct_checksums);
+
+fn bpftool_dump_shows_field_names_and_readable_frontends(family: Family) {
+    let scene = Scene::start(family, &[]);
+    // Each family has its frontend map; an IPv6 key's address is an `Addr6 { octets }`.
+    let map = match family {
+        Family::V4 => svc_common::MAP_FRONTENDS,
+        Family::V6 => svc_common::MAP_FRONTENDS6,
+    };
+    let path = scene.agents[0].bpffs().join(map);
+    let vip_bytes: Vec<u64> = match vip(family) {
+        IpAddr::V4(a) => a.octets().iter().map(|&b| u64::from(b)).collect(),
+        IpAddr::V6(a) => a.octets().iter().map(|&b| u64::from(b)).collect(),
+    };
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(&path)
@@ -301,7 +394,11 @@ fn bpftool_dump_shows_field_names_and_readable_frontends() {
         // With BTF, bpftool adds a "formatted" object with the svc-common field names.
         let f = &entry["formatted"];
         let key = &f["key"];
-        let addr: Vec<u64> = key["addr"]
+        let addr = match family {
+            Family::V4 => &key["addr"],
+            Family::V6 => &key["addr"]["octets"],
+        };
+        let addr: Vec<u64> = addr
             .as_array()
             .expect("key.addr")
             .iter()
@@ -318,8 +415,8 @@ fn bpftool_dump_shows_field_names_and_readable_frontends() {
     seen.sort();
     assert_eq!(
         seen,
-        vec![(vec![10, 96, 0, 10], 53, 17), (vec![10, 96, 0, 10], 80, 6)],
-        "frontends in the dump must equal the manifests'"
+        vec![(vip_bytes.clone(), 53, 17), (vip_bytes.clone(), 80, 6)],
+        "frontends in {map}'s dump must equal the manifests'"
     );
     // And the plain dump (what an operator types) prints names and host-order ports.
     let plain = std::process::Command::new("bpftool")
@@ -328,18 +425,27 @@ fn bpftool_dump_shows_field_names_and_readable_frontends() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&plain.stdout);
-    assert!(text.contains("\"addr\": [10,96,0,10"), "{text}");
+    let bytes: Vec<String> = vip_bytes.iter().map(u64::to_string).collect();
+    // Compared without whitespace: bpftool breaks lines inside arrays and objects.
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let addr = match family {
+        Family::V4 => format!("\"addr\":[{}]", bytes.join(",")),
+        Family::V6 => format!("\"addr\":{{\"octets\":[{}]}}", bytes.join(",")),
+    };
+    assert!(
+        compact.contains(&addr),
+        "{map}'s plain dump must show {addr} (whitespace aside): {text}"
+    );
     assert!(
         text.contains("\"port\": 80") && text.contains("\"backend_count\": 3"),
         "{text}"
     );
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn established_flows_keep_their_backend_while_the_backend_set_changes() {
-    require_root();
-    let mut scene = Scene::start(&[]);
+per_family!(bpftool_dump_shows_field_names_and_readable_frontends);
+
+fn established_flows_keep_their_backend_while_the_backend_set_changes(family: Family) {
+    let mut scene = Scene::start(family, &[]);
     let mut hold = scene
         .t
         .spawn(
@@ -348,7 +454,7 @@ fn established_flows_keep_their_backend_while_the_backend_set_changes() {
                 PROBE,
                 "hold",
                 "--target",
-                &format!("{VIP}:80"),
+                &scene.target(80),
                 "--conns",
                 "30",
                 "--duration-s",
@@ -362,15 +468,7 @@ fn established_flows_keep_their_backend_while_the_backend_set_changes() {
         .expect("connections open");
 
     // Remove be1 and be2 from the Service while the connections exchange data.
-    let be3 = (scene.t.pod_ip("be3").to_string(), 2);
-    scene
-        .manifests
-        .write("web-slice-1.yaml", &slice_yaml("web-1", &[]))
-        .unwrap();
-    scene
-        .manifests
-        .write("web-slice-2.yaml", &slice_yaml("web-2", &[be3]))
-        .unwrap();
+    scene.set_slices(&[], &[("be3", 2)]);
     scene.expect_frontends(1);
 
     let done = hold.finish(Duration::from_secs(20)).expect("hold finished");
@@ -400,11 +498,10 @@ fn established_flows_keep_their_backend_while_the_backend_set_changes() {
     );
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn pods_created_after_the_agent_started_are_served() {
-    require_root();
-    let mut scene = Scene::start(&[]);
+per_family!(established_flows_keep_their_backend_while_the_backend_set_changes);
+
+fn pods_created_after_the_agent_started_are_served(family: Family) {
+    let mut scene = Scene::start(family, &[]);
     let late = scene.t.add_pod(1, "late").expect("adding a pod");
     // The agent attaches to the new veth on the netlink event; give it a moment to do so.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -428,11 +525,12 @@ fn pods_created_after_the_agent_started_are_served() {
         late.host_veth,
         scene.agents[0].log()
     );
+    let target = scene.target(80);
     let mut cmd = vec![
         PROBE,
         "tcp",
         "--target",
-        "10.96.0.10:80",
+        &target,
         "--count",
         "30",
         "--timeout-ms",
@@ -443,25 +541,27 @@ fn pods_created_after_the_agent_started_are_served() {
     let out = scene.t.exec_ok(&late.ns, &cmd).unwrap();
     let s = Summary::from_output(&out).unwrap();
     assert_eq!((s.ok, s.failed), (30, 0), "{s:?}");
-    assert_eq!(s.reply_from, vec!["10.96.0.10:80".to_string()]);
+    assert_eq!(s.reply_from, vec![target]);
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn a_broken_l4_checksum_update_is_caught() {
-    require_root();
+per_family!(pods_created_after_the_agent_started_are_served);
+
+fn a_broken_l4_checksum_update_is_caught(family: Family) {
     // Same scene, but the datapath skips the L4 checksum update (hidden test flag). Packets to
     // the local backend still work (veth trusts partial checksums); packets forwarded to node 2
     // get a checksum computed from the stale pseudo-header and are dropped there. Both the
     // connection results and the underlay capture must show it: this is the proof that the
     // passing test above would catch a checksum bug. Per packet in both test passes: socket-LB
     // rewrites no packet, so there is no checksum update to break.
-    let scene = Scene::start(&["--fault-inject", "skip-l4-csum", "--pod-socket-lb", "off"]);
+    let scene = Scene::start(
+        family,
+        &["--fault-inject", "skip-l4-csum", "--pod-socket-lb", "off"],
+    );
     let capture = Capture::start(&scene.t, scene.t.underlay_ns(), "br0").expect("capture");
     let tcp = scene.client(&[
         "tcp",
         "--target",
-        &format!("{VIP}:80"),
+        &scene.target(80),
         "--count",
         "30",
         "--timeout-ms",
@@ -484,32 +584,24 @@ fn a_broken_l4_checksum_update_is_caught() {
     );
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn a_service_without_endpoints_rejects_tcp_and_udp() {
-    require_root();
-    let mut scene = Scene::start(&[]);
-    scene
-        .manifests
-        .write("web-slice-1.yaml", &slice_yaml("web-1", &[]))
-        .unwrap();
-    scene
-        .manifests
-        .write("web-slice-2.yaml", &slice_yaml("web-2", &[]))
-        .unwrap();
+per_family!(a_broken_l4_checksum_update_is_caught);
+
+fn a_service_without_endpoints_rejects_tcp_and_udp(family: Family) {
+    let mut scene = Scene::start(family, &[]);
+    scene.set_slices(&[], &[]);
     scene.expect_frontends(0);
-    // Plain sockets in the client pod: a connected UDP socket sees ICMP port unreachable as
-    // ECONNREFUSED, like TCP sees the RST. Timeouts would mean a silent drop.
+    // Plain sockets in the client pod: a connected UDP socket sees ICMP (ICMPv6) port
+    // unreachable as ECONNREFUSED, like TCP sees the RST. Timeouts would mean a silent drop.
+    let vip = vip(family);
     let (tcp, udp) = scene
         .t
         .run_in(scene.t.pod_ns("client"), || {
-            use std::net::{TcpStream, UdpSocket};
-            let target = format!("{VIP}:80").parse().unwrap();
-            let tcp = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            use std::net::{SocketAddr, TcpStream, UdpSocket};
+            let tcp = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))
                 .map(|_| ())
                 .map_err(|e| e.kind());
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.connect(format!("{VIP}:53")).unwrap();
+            let s = UdpSocket::bind(SocketAddr::new(family.unspecified(), 0)).unwrap();
+            s.connect(SocketAddr::new(vip, 53)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             s.send(b"anyone?").unwrap();
             let mut buf = [0u8; 64];
@@ -521,24 +613,23 @@ fn a_service_without_endpoints_rejects_tcp_and_udp() {
     assert_eq!(
         tcp,
         Err(ConnectionRefused),
-        "TCP to a Service without endpoints must be reset"
+        "TCP to a Service without endpoints ({vip}) must be reset"
     );
     assert_eq!(
         udp,
         Err(ConnectionRefused),
-        "UDP must get ICMP port unreachable"
+        "UDP to {vip} must get ICMP (ICMPv6) port unreachable"
     );
     let rejected = scene.agents[0]
-        .counter(Hook::PodIngress, Reason::NoBackend)
+        .counter(family.hook(Hook::PodIngress), Reason::NoBackend)
         .unwrap();
     assert!(rejected >= 2, "no_backend counter on node 1: {rejected}");
 }
 
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn kill_9_and_restart_breaks_no_connection_and_writes_nothing() {
-    require_root();
-    let mut scene = Scene::start(&[]);
+per_family!(a_service_without_endpoints_rejects_tcp_and_udp);
+
+fn kill_9_and_restart_breaks_no_connection_and_writes_nothing(family: Family) {
+    let mut scene = Scene::start(family, &[]);
     for agent in &mut scene.agents {
         agent
             .wait_healthy(&scene.t, Duration::from_secs(10))
@@ -552,7 +643,7 @@ fn kill_9_and_restart_breaks_no_connection_and_writes_nothing() {
                 PROBE,
                 "hold",
                 "--target",
-                &format!("{VIP}:80"),
+                &scene.target(80),
                 "--conns",
                 "120",
                 "--duration-s",
@@ -607,3 +698,5 @@ fn kill_9_and_restart_breaks_no_connection_and_writes_nothing() {
     let after = scene.tcp(30);
     assert_eq!((after.ok, after.failed), (30, 0), "{after:?}");
 }
+
+per_family!(kill_9_and_restart_breaks_no_connection_and_writes_nothing);

@@ -14,38 +14,83 @@
 //!
 //! Backends serve TCP 8080 and UDP 5353 (`svc-probe serve`). Every loop is bounded in count and
 //! time; every failure says which phase failed and how.
+//!
+//! Every case runs twice, as `CASE::ipv4` and `CASE::ipv6`: over IPv6 in
+//! the dual-stack topology, with the Services made dual-stack (`RequireDualStack`; a, b and
+//! np's ClusterIPs fd00:10:96::2:1, ::2:2, ::2:3; an IPv6 EndpointSlice beside the IPv4 one)
+//! and the clients talking to the IPv6 frontends: the NodePort on node 1's IPv6 address, the
+//! backends' IPv6 pod addresses, the IPv6 conntrack map.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
-use svc_common::{Hook, Reason, CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP};
+use svc_common::{Hook, Reason, CT_DIR_REPLY, CT_F_SNAT, PROTO_TCP, SCOPE_ANY};
 use svc_testkit::{
-    agent::{fkey, node_name, workspace_bin, Agent, ManifestDir},
+    agent::{node_name, workspace_bin, Agent, ManifestDir},
     probe::{HoldSummary, Summary},
-    topology::{require_root, NsChild, Topology, TopologySpec},
+    topology::{host_port, Family, NsChild, Topology, TopologySpec},
     traffic::{unix_ms, RstSummary, StreamSummary},
 };
 
+#[macro_use]
+mod family_common;
+
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
-const A: &str = "10.96.2.1";
-const B: &str = "10.96.2.2";
+/// Service (name, IPv4 ClusterIP, IPv6 ClusterIP).
+const A: (&str, &str, &str) = ("a", "10.96.2.1", "fd00:10:96::2:1");
+const B: (&str, &str, &str) = ("b", "10.96.2.2", "fd00:10:96::2:2");
+const NP: (&str, &str, &str) = ("np", "10.96.2.3", "fd00:10:96::2:3");
 const NODEPORT: u16 = 31080;
 /// Short connections are made in chunks of this many (see [`Scene::short_tcp`]).
 const CHUNK: u32 = 1000;
 
-fn service(name: &str, ip: &str) -> String {
+/// The `clusterIP` lines of `svc`'s spec: IPv4 alone, or both families for an IPv6 scene.
+fn cluster_ips(family: Family, (_, ip, ip6): (&str, &str, &str)) -> String {
+    match family {
+        Family::V4 => format!("  clusterIP: {ip}\n"),
+        Family::V6 => format!(
+            "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+             clusterIP: {ip}\n  clusterIPs: [\"{ip}\", \"{ip6}\"]\n"
+        ),
+    }
+}
+
+fn service(family: Family, svc: (&str, &str, &str)) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  clusterIP: {ip}\n  ports:\n    \
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\nspec:\n{}  ports:\n    \
          - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n    \
-         - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n"
+         - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n",
+        svc.0,
+        cluster_ips(family, svc)
     )
 }
 
-fn slice(service: &str, endpoints: &[(String, usize)]) -> String {
+/// `service`'s EndpointSlices: the IPv4 one, and for an IPv6 scene the IPv6 one beside it,
+/// both holding the pods `backends`.
+fn slices(t: &Topology, family: Family, service: &str, backends: &[&str]) -> String {
+    let families = match family {
+        Family::V4 => &[Family::V4][..],
+        Family::V6 => &Family::BOTH[..],
+    };
+    let out: Vec<_> = families
+        .iter()
+        .map(|&f| {
+            let eps: Vec<_> = backends
+                .iter()
+                .map(|p| (t.pod_addr(p, f).to_string(), t.pod(p).node))
+                .collect();
+            slice(service, f, &eps)
+        })
+        .collect();
+    out.join("---\n")
+}
+
+fn slice(service: &str, family: Family, endpoints: &[(String, usize)]) -> String {
     let mut eps = String::new();
     for (ip, node) in endpoints {
         eps.push_str(&format!(
@@ -56,15 +101,21 @@ fn slice(service: &str, endpoints: &[(String, usize)]) -> String {
     if endpoints.is_empty() {
         eps.push_str("  []\n");
     }
+    let (suffix, address_type) = match family {
+        Family::V4 => ("1", "IPv4"),
+        Family::V6 => ("6", "IPv6"),
+    };
     format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
-         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  \
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  \
+         labels:\n    kubernetes.io/service-name: {service}\naddressType: {address_type}\nports:\n  \
          - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n\
          endpoints:\n{eps}"
     )
 }
 
 struct Scene {
+    /// The family the clients talk in.
+    family: Family,
     agents: Vec<Agent>,
     _servers: Vec<NsChild>,
     manifests: ManifestDir,
@@ -72,13 +123,14 @@ struct Scene {
 }
 
 impl Scene {
-    fn start(agent_flags: &[&str]) -> Self {
+    fn start(family: Family, agent_flags: &[&str]) -> Self {
         let t = Topology::build(
             &TopologySpec::new()
                 .node(&["client", "be1"])
                 .node(&["be2", "be3"])
                 .external_client(true)
-                .ext_gateway(1),
+                .ext_gateway(1)
+                .dual_stack(family == Family::V6),
         )
         .expect("building the topology");
         let mut servers = Vec::new();
@@ -94,23 +146,24 @@ impl Scene {
             servers.push(s);
         }
         let m = ManifestDir::new(&t).unwrap();
-        let ep = |p: &str| (t.pod_ip(p).to_string(), t.pod(p).node);
-        for (name, ip) in [("a", A), ("b", B)] {
-            m.write(&format!("{name}.yaml"), &service(name, ip))
+        for svc in [A, B] {
+            let name = svc.0;
+            m.write(&format!("{name}.yaml"), &service(family, svc))
                 .unwrap();
             m.write(
                 &format!("{name}-slice.yaml"),
-                &slice(name, &[ep("be1"), ep("be2")]),
+                &slices(&t, family, name, &["be1", "be2"]),
             )
             .unwrap();
         }
         m.write(
             "np.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  \
-                 clusterIP: 10.96.2.3\n  ports:\n    \
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n{}  \
+                 ports:\n    \
                  - {{name: http, port: 80, targetPort: 8080, nodePort: {NODEPORT}, protocol: TCP}}\n---\n{}",
-                slice("np", &[ep("be3")])
+                cluster_ips(family, NP),
+                slices(&t, family, "np", &["be3"])
             ),
         )
         .unwrap();
@@ -122,6 +175,7 @@ impl Scene {
             agents.push(a);
         }
         let s = Self {
+            family,
             agents,
             _servers: servers,
             manifests: m,
@@ -132,16 +186,30 @@ impl Scene {
         s
     }
 
-    /// Waits until node 1's agent has programmed `vip`:80/TCP with `n` backends.
-    fn wait_backends(&self, vip: &str, n: u32) {
-        let ip: std::net::Ipv4Addr = vip.parse().unwrap();
-        let key = fkey(ip.octets(), 80, PROTO_TCP);
+    /// Service `svc`'s ClusterIP in the scene's family.
+    fn vip(&self, (_, ip, ip6): (&str, &str, &str)) -> IpAddr {
+        match self.family {
+            Family::V4 => ip.parse().unwrap(),
+            Family::V6 => ip6.parse().unwrap(),
+        }
+    }
+
+    /// `vip(svc):port` as `--target` takes it.
+    fn target(&self, svc: (&str, &str, &str), port: u16) -> String {
+        host_port(self.vip(svc), port)
+    }
+
+    /// Waits until node 1's agent has programmed `svc`'s ClusterIP (the scene's family):80/TCP
+    /// with `n` backends.
+    fn wait_backends(&self, svc: (&str, &str, &str), n: u32) {
+        let vip = self.vip(svc);
+        let key = (vip, 80, PROTO_TCP, SCOPE_ANY);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let got = self.agents[0]
-                .frontends()
+                .backend_counts()
                 .ok()
-                .and_then(|m| m.get(&key).map(|f| f.backend_count));
+                .and_then(|m| m.get(&key).copied());
             if got == Some(n) {
                 return;
             }
@@ -157,13 +225,10 @@ impl Scene {
     /// Rewrites Service `svc`'s slice to hold only `backends`; returns the wall-clock ms at
     /// which the manifest changed.
     fn set_backends(&self, svc: &str, backends: &[&str]) -> u64 {
-        let eps: Vec<_> = backends
-            .iter()
-            .map(|p| (self.t.pod_ip(p).to_string(), self.t.pod(p).node))
-            .collect();
+        let text = slices(&self.t, self.family, svc, backends);
         let at = unix_ms();
         self.manifests
-            .write(&format!("{svc}-slice.yaml"), &slice(svc, &eps))
+            .write(&format!("{svc}-slice.yaml"), &text)
             .unwrap();
         at
     }
@@ -248,13 +313,31 @@ impl Scene {
         self.t.spawn(&self.ns(who), &cmd).unwrap()
     }
 
-    /// SNAT reply entries in node `n`'s conntrack map: the SNAT ports in use.
-    fn snat_ports_in_use(&self, n: usize) -> usize {
-        svc_agent::inspect::read_conntrack(self.agents[n - 1].bpffs())
-            .unwrap_or_else(|e| panic!("reading node {n}'s conntrack map: {e}"))
-            .values()
-            .filter(|e| e.dir == CT_DIR_REPLY && e.flags & CT_F_SNAT != 0)
-            .count()
+    /// SNAT reply entries in node `n`'s conntrack map of the scene's family: how many (the SNAT
+    /// ports in use) and the lowest and highest port they hold.
+    fn snat_ports_in_use(&self, n: usize) -> (usize, Option<(u16, u16)>) {
+        let bpffs = self.agents[n - 1].bpffs();
+        let what = |e: svc_agent::dataplane::read::PinError| -> ! {
+            panic!("reading node {n}'s conntrack map: {e}")
+        };
+        let snat = |dir: u8, flags: u8| dir == CT_DIR_REPLY && flags & CT_F_SNAT != 0;
+        // A reply entry's key is the backend's reply: its destination port is the SNAT port.
+        let ports: Vec<u16> = match self.family {
+            Family::V4 => svc_agent::inspect::read_conntrack(bpffs)
+                .unwrap_or_else(|e| what(e))
+                .iter()
+                .filter(|(_, e)| snat(e.dir, e.flags))
+                .map(|(k, _)| k.dst_port)
+                .collect(),
+            Family::V6 => svc_agent::inspect::read_conntrack6(bpffs)
+                .unwrap_or_else(|e| what(e))
+                .iter()
+                .filter(|(_, e)| snat(e.dir, e.flags))
+                .map(|(k, _)| k.dst_port)
+                .collect(),
+        };
+        let span = ports.iter().min().zip(ports.iter().max());
+        (ports.len(), span.map(|(&lo, &hi)| (lo, hi)))
     }
 }
 
@@ -274,68 +357,89 @@ fn assert_no_failure(phase: &str, s: &Summary, count: u64) {
     );
 }
 
-/// (0) 20 000 short connections from one pod to a ClusterIP with two backends, then 20 000
-/// straight to the two backends' pod addresses. Source ports get reused between the two
-/// phases, so a reply tuple left by a ClusterIP flow meets a direct flow with the same tuple:
-/// the direct flow must not be reverse-NATed to the ClusterIP.
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn twenty_thousand_short_connections_then_the_same_backends_directly() {
-    require_root();
-    let s = Scene::start(&[]);
-    let direct = format!("{}:8080,{}:8080", s.t.pod_ip("be1"), s.t.pod_ip("be2"));
-    let r = s.short_tcp("client", &format!("{A}:80"), 20_000, 32);
-    assert_no_failure("20000 connections to ClusterIP a", &r, 20_000);
+/// (0) Short connections from one pod to a ClusterIP with two backends, then as many straight
+/// to the two backends' pod addresses. Source ports get reused between the two phases, so a
+/// reply tuple left by a ClusterIP flow meets a direct flow with the same tuple: the direct
+/// flow must not be reverse-NATed to the ClusterIP. Over IPv4, 20 000 per phase from the
+/// default ephemeral range (28 232 ports): the second phase's ports are mostly the first's.
+/// Over IPv6 the same property for a tenth of the time: 4 500 per phase from a range of
+/// 5 000 ports, so at least 4 000 of the second phase's ports carried a ClusterIP flow in the
+/// first. (The cost is the client's: connect() searches past its own TIME_WAIT sockets to
+/// the one destination, 17 s for 20 000 over IPv4 and 20 s over IPv6 here, 1.5 s for 4 500.)
+fn short_connections_then_the_same_backends_directly(family: Family) {
+    let s = Scene::start(family, &[]);
+    let count = match family {
+        Family::V4 => 20_000,
+        Family::V6 => {
+            let client = s.t.pod_ns("client").to_owned();
+            // IPv6 sockets take their ports from this range too (inet_get_local_port_range).
+            s.t.sysctl(&client, "net.ipv4.ip_local_port_range", "40000 44999")
+                .unwrap();
+            4_500
+        }
+    };
+    let fam = family.name();
+    let direct = ["be1", "be2"]
+        .map(|p| host_port(s.t.pod_addr(p, family), 8080))
+        .join(",");
+    let r = s.short_tcp("client", &s.target(A, 80), count, 32);
+    assert_no_failure(
+        &format!("{count} connections to ClusterIP a ({fam})"),
+        &r,
+        count.into(),
+    );
     assert_eq!(
         r.reply_from,
-        vec![format!("{A}:80")],
-        "replies must come from the ClusterIP"
+        vec![s.target(A, 80)],
+        "replies must come from the ClusterIP ({fam})"
     );
-    let r = s.short_tcp("client", &direct, 20_000, 32);
+    let r = s.short_tcp("client", &direct, count, 32);
     assert_no_failure(
-        "then 20000 connections straight to be1/be2's pod addresses",
+        &format!("then {count} connections straight to be1/be2's pod addresses ({fam})"),
         &r,
-        20_000,
+        count.into(),
     );
 }
 
+per_family!(short_connections_then_the_same_backends_directly);
+
 /// (0b) The same client: ClusterIP a, then ClusterIP b (same backends), then a again, each
 /// phase reusing source ports of the one before (a narrow port range with `tcp_tw_reuse`, as
-/// busy clients run): none may hang.
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn clusterip_a_then_b_then_a_with_reused_ports() {
-    require_root();
-    let s = Scene::start(&[]);
+/// busy clients run): none may hang. The sysctls are named ipv4 but IPv6 sockets use them too
+/// (inet_get_local_port_range, tcp_twsk_unique).
+fn clusterip_a_then_b_then_a_with_reused_ports(family: Family) {
+    let s = Scene::start(family, &[]);
     let client = s.t.pod_ns("client").to_owned();
-    s.t.sysctl(&client, "net.ipv4.ip_local_port_range", "40000 47999")
+    let (count, range) = (5_000, "40000 47999");
+    s.t.sysctl(&client, "net.ipv4.ip_local_port_range", range)
         .unwrap();
     s.t.sysctl(&client, "net.ipv4.tcp_tw_reuse", "1").unwrap();
-    for (phase, vip) in [("a", A), ("b", B), ("a again", A)] {
-        let r = s.short_tcp("client", &format!("{vip}:80"), 5_000, 32);
+    for (phase, svc) in [("a", A), ("b", B), ("a again", A)] {
+        let target = s.target(svc, 80);
+        let r = s.short_tcp("client", &target, count, 32);
         assert_no_failure(
-            &format!("5000 connections to ClusterIP {phase} ({vip}), ports 40000-47999"),
+            &format!("{count} connections to ClusterIP {phase} ({target}), ports {range}"),
             &r,
-            5_000,
+            count.into(),
         );
-        assert_eq!(r.reply_from, vec![format!("{vip}:80")], "phase {phase}");
+        assert_eq!(r.reply_from, vec![target], "phase {phase}");
     }
 }
+
+per_family!(clusterip_a_then_b_then_a_with_reused_ports);
 
 /// (a) A UDP socket sending every 100 ms keeps working while its backend is removed from the
 /// Service (the backend keeps running); within 1 s of the change every reply comes from the
 /// remaining backend (kube-proxy deletes the removed endpoint's UDP conntrack entries).
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal() {
-    require_root();
-    let s = Scene::start(&[]);
+fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal(family: Family) {
+    let s = Scene::start(family, &[]);
+    let target = s.target(A, 53);
     let mut stream = s.spawn_probe(
         "client",
         &[
             "udp-stream",
             "--target",
-            &format!("{A}:53"),
+            &target,
             "--interval-ms",
             "100",
             "--duration-s",
@@ -381,7 +485,7 @@ fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal() {
         .collect();
     let lost = sum.lost_after(after, 100);
     eprintln!(
-        "stream on {gone} until removal at {removed_at}: {} sent, {} replies before, {} replies from +1 s on; lost after +1 s: {lost:?}; errors {:?}",
+        "{target}: stream on {gone} until removal at {removed_at}: {} sent, {} replies before, {} replies from +1 s on; lost after +1 s: {lost:?}; errors {:?}",
         sum.sent,
         before.len(),
         late.len(),
@@ -389,35 +493,35 @@ fn udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal() {
     );
     assert!(
         before.iter().all(|r| r.backend == gone) && before.len() >= 10,
-        "before the removal the flow must stay on {gone}: {before:?}"
+        "before the removal the flow to {target} must stay on {gone}: {before:?}"
     );
     assert!(
         wrong.is_empty(),
-        "{} of {} replies sent ≥ 1 s after {gone} left the Service still came from it: {wrong:?}",
+        "{} of {} replies sent ≥ 1 s after {gone} left the Service ({target}) still came from it: {wrong:?}",
         wrong.len(),
         late.len()
     );
     assert!(
         late.len() >= 15 && lost.is_empty(),
-        "the UDP flow stopped working after {gone} was removed: {} replies from +1 s on, lost seqs {lost:?}, errors {:?}",
+        "the UDP flow to {target} stopped working after {gone} was removed: {} replies from +1 s on, lost seqs {lost:?}, errors {:?}",
         late.len(),
         sum.errors
     );
+    let wrong_from: Vec<_> = sum.replies.iter().filter(|r| r.from != target).collect();
     assert!(
-        sum.replies.iter().all(|r| r.from == format!("{A}:53")),
-        "replies must come from the ClusterIP"
+        wrong_from.is_empty(),
+        "replies must come from the ClusterIP {target}: {wrong_from:?}"
     );
 }
+
+per_family!(udp_flow_moves_to_a_remaining_backend_within_a_second_of_removal);
 
 /// (b) A client bound to a fixed source port that closes with RST and reconnects after its
 /// backend left the Service must reach a remaining backend (a SYN on a closed flow is a new
 /// flow, balanced again).
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
-    require_root();
-    let s = Scene::start(&[]);
-    let target = format!("{A}:80");
+fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend(family: Family) {
+    let s = Scene::start(family, &[]);
+    let target = s.target(A, 80);
     let run = |count: u32| -> RstSummary {
         let out = s.probe(
             "client",
@@ -440,7 +544,7 @@ fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
     let r = run(3);
     assert!(
         r.attempts.iter().all(|a| a.ok),
-        "before any change, connections from port 45678 must work: {r:?}"
+        "before any change, connections from port 45678 to {target} must work: {r:?}"
     );
     // Each reconnect after a RST is a new flow and may be balanced anywhere; the last one's
     // backend is the one a closed entry would keep the port on, so that one is removed.
@@ -456,23 +560,23 @@ fn fixed_port_reconnect_after_rst_reaches_a_remaining_backend() {
         .collect();
     assert!(
         bad.is_empty(),
-        "after {gone} left the Service, reconnecting from port 45678 must reach {stay}: {bad:?}"
+        "after {gone} left the Service, reconnecting from port 45678 to {target} must reach {stay}: {bad:?}"
     );
 }
 
+per_family!(fixed_port_reconnect_after_rst_reaches_a_remaining_backend);
+
 /// (c) Established connections to a backend removed from the Service (still running) keep
 /// working, on the same backend, until they close.
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn established_tcp_to_a_removed_backend_keeps_working() {
-    require_root();
-    let s = Scene::start(&[]);
+fn established_tcp_to_a_removed_backend_keeps_working(family: Family) {
+    let s = Scene::start(family, &[]);
+    let target = s.target(A, 80);
     let mut hold = s.spawn_probe(
         "client",
         &[
             "hold",
             "--target",
-            &format!("{A}:80"),
+            &target,
             "--conns",
             "10",
             "--duration-s",
@@ -495,16 +599,16 @@ fn established_tcp_to_a_removed_backend_keeps_working() {
         .filter(|c| c.backends.first().map(String::as_str) == Some("be1"))
         .count();
     eprintln!(
-        "10 connections ({on_be1} on be1): {} exchanges ok, {} broken, {} switched",
+        "10 connections to {target} ({on_be1} on be1): {} exchanges ok, {} broken, {} switched",
         h.ok, h.broken, h.switched
     );
     assert!(
         on_be1 > 0,
-        "no held connection landed on be1, so removing it proved nothing: {h:?}"
+        "no held connection to {target} landed on be1, so removing it proved nothing: {h:?}"
     );
     assert!(
         h.broken == 0 && h.switched == 0,
-        "connections to the removed backend be1 must keep working on be1 until closed: {} broken, {} switched: {:?}",
+        "connections to {target} on the removed backend be1 must keep working on be1 until closed: {} broken, {} switched: {:?}",
         h.broken,
         h.switched,
         h.conns
@@ -514,20 +618,30 @@ fn established_tcp_to_a_removed_backend_keeps_working() {
     );
 }
 
-/// (d) 20 000 short NodePort connections from the external client to a Service whose only
-/// backend is on the other node: every one is source-NATed on node 1 (ports 61000–65535, so
-/// ports of closed flows must be reused). None may fail, and afterwards the SNAT ports in use
-/// must drop back within the TCP close timeout plus a garbage-collection interval.
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn twenty_thousand_nodeport_connections_recycle_snat_ports() {
-    require_root();
-    let s = Scene::start(&[]);
-    let r = s.short_tcp("ext", &format!("172.18.0.2:{NODEPORT}"), 20_000, 32);
+per_family!(established_tcp_to_a_removed_backend_keeps_working);
+
+/// (d) Short NodePort connections from the external client to a Service whose only backend is
+/// on the other node: every one is source-NATed on node 1 to a port of `--snat-port-range
+/// 61000-65535` (4 536 ports: the agent's default range is 33 512 ports wide, which 20 000
+/// connections would not need to reuse), so ports of closed flows must be reused: 20 000
+/// connections over IPv4, 10 000 over IPv6 (2.2 s here, against 24 s for 20 000: the
+/// external client's connect() searching past its TIME_WAIT sockets), each more than twice
+/// the range. None may fail, and afterwards the SNAT ports in use must drop back within the
+/// TCP close timeout plus a garbage-collection interval.
+fn nodeport_connections_recycle_snat_ports(family: Family) {
+    const SNAT_RANGE: std::ops::RangeInclusive<u16> = 61_000..=65_535;
+    let range = format!("{}-{}", SNAT_RANGE.start(), SNAT_RANGE.end());
+    let s = Scene::start(family, &["--snat-port-range", &range]);
+    let (count, node1) = match family {
+        Family::V4 => (20_000, IpAddr::from(s.t.node_ip(1))),
+        Family::V6 => (10_000, IpAddr::from(s.t.node_ip6(1))),
+    };
+    let target = host_port(node1, NODEPORT);
+    let r = s.short_tcp("ext", &target, count, 32);
     assert_no_failure(
-        "20000 NodePort connections ext -> node 1 -> be3 (SNAT)",
+        &format!("{count} NodePort connections ext -> node 1 ({target}) -> be3 (SNAT)"),
         &r,
-        20_000,
+        count.into(),
     );
     assert_eq!(r.by_backend.keys().collect::<Vec<_>>(), vec!["be3"]);
     // svc-common's close timeout (10 s) plus up to 20 s for the agent's garbage collector.
@@ -536,31 +650,42 @@ fn twenty_thousand_nodeport_connections_recycle_snat_ports() {
     let started = Instant::now();
     let mut seen = Vec::new();
     loop {
-        let n = s.snat_ports_in_use(1);
+        let (n, span) = s.snat_ports_in_use(1);
+        if let Some((lo, hi)) = span {
+            assert!(
+                SNAT_RANGE.contains(&lo) && SNAT_RANGE.contains(&hi),
+                "{} SNAT ports on node 1 span {lo}..={hi}, outside --snat-port-range {range}",
+                family.name()
+            );
+        }
         seen.push((started.elapsed().as_secs(), n));
         if n <= 10 {
-            eprintln!("SNAT ports in use on node 1 over time (s, entries): {seen:?}");
+            eprintln!(
+                "SNAT ports in use on node 1 ({}) over time (s, entries): {seen:?}",
+                family.name()
+            );
             break;
         }
         assert!(
             started.elapsed() < bound,
-            "SNAT reply entries on node 1 did not drop back within the close timeout ({close_s} s) \
-             + 20 s of garbage collection: (seconds, entries) = {seen:?}"
+            "{} SNAT reply entries on node 1 did not drop back within the close timeout \
+             ({close_s} s) + 20 s of garbage collection: (seconds, entries) = {seen:?}",
+            family.name()
         );
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-/// (e) LRU pressure: with a small `--conntrack-max`, 2× its capacity of short flows while 100
-/// long-lived connections exchange a line every second: none of the 100 may break or move.
-/// The churn turns the 4096-entry table over faster than the held connections send, so their
-/// entries are evicted between exchanges: they live on by pickup (same backend by the tuple's
-/// hash), by taking their reply tuple back from a newcomer's unanswered SYN, and by the
-/// newcomer's colliding handshake being dropped (`ct_collision`, see lb.rs).
-#[test]
-#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
-fn lru_pressure_does_not_break_long_lived_connections() {
-    require_root();
+per_family!(nodeport_connections_recycle_snat_ports);
+
+/// (e) LRU pressure: with a small `--conntrack-max` (which sizes `SVC_CT` and `SVC_CT6`
+/// alike), 2× its capacity of short flows while 100 long-lived connections exchange a line
+/// every second: none of the 100 may break or move. The churn turns the 4096-entry table of
+/// the family over faster than the held connections send, so their entries are evicted
+/// between exchanges: they live on by pickup (same backend by the tuple's hash), by taking
+/// their reply tuple back from a newcomer's unanswered SYN, and by the newcomer's colliding
+/// handshake being dropped (`ct_collision`, see lb.rs).
+fn lru_pressure_does_not_break_long_lived_connections(family: Family) {
     const CT_MAX: u32 = 4096;
     let agent = workspace_bin("svc-agent").unwrap();
     let help = std::process::Command::new(&agent)
@@ -573,13 +698,29 @@ fn lru_pressure_does_not_break_long_lived_connections() {
         "svc-agent run has no --conntrack-max flag (being added): cannot size the conntrack \
          map for the LRU pressure test"
     );
-    let s = Scene::start(&["--conntrack-max", &CT_MAX.to_string()]);
+    let s = Scene::start(family, &["--conntrack-max", &CT_MAX.to_string()]);
+    // The pressure is only pressure if the family's table has CT_MAX entries.
+    let map = match family {
+        Family::V4 => svc_common::MAP_CONNTRACK,
+        Family::V6 => svc_common::MAP_CONNTRACK6,
+    };
+    for (n, a) in s.agents.iter().enumerate() {
+        let max = aya::maps::MapInfo::from_pin(a.bpffs().join(map))
+            .unwrap_or_else(|e| panic!("node {}: reading {map}'s pin: {e}", n + 1))
+            .max_entries();
+        assert_eq!(
+            max,
+            CT_MAX,
+            "node {}: {map} must have --conntrack-max {CT_MAX} entries",
+            n + 1
+        );
+    }
     let mut hold = s.spawn_probe(
         "client",
         &[
             "hold",
             "--target",
-            &format!("{A}:80"),
+            &s.target(A, 80),
             "--conns",
             "100",
             "--duration-s",
@@ -595,12 +736,15 @@ fn lru_pressure_does_not_break_long_lived_connections() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     // 2 × CT_MAX short flows in all (each takes a forward and a reply entry).
-    let r = s.short_tcp("client", &format!("{B}:80"), CT_MAX, 32);
+    let r = s.short_tcp("client", &s.target(B, 80), CT_MAX, 32);
     eprintln!(
-        "pressure: {} short flows ok, {} failed in {} ms",
-        r.ok, r.failed, r.elapsed_ms
+        "pressure ({}): {} short flows ok, {} failed in {} ms",
+        family.name(),
+        r.ok,
+        r.failed,
+        r.elapsed_ms
     );
-    let r2 = s.short_tcp("client", &format!("{A}:80"), CT_MAX, 32);
+    let r2 = s.short_tcp("client", &s.target(A, 80), CT_MAX, 32);
     let pressure_done = hold_started.elapsed();
     // The holder ends by itself after 15 s. A connection whose flow the LRU lost hangs its
     // next exchange for the 1 s timeout (once: it is then marked broken), so a slow finish is
@@ -630,12 +774,12 @@ fn lru_pressure_does_not_break_long_lived_connections() {
         .map(|&r| {
             let total: u64 = [Hook::PodIngress, Hook::UplinkIngress]
                 .iter()
-                .map(|&hook| agent.counter(hook, r).unwrap_or(0))
+                .map(|&hook| agent.counter(family.hook(hook), r).unwrap_or(0))
                 .sum();
             format!("{}={total}", svc_common::ALL_REASONS[r as usize].1)
         })
         .collect();
-        eprintln!("node {}: {}", n + 1, counts.join(" "));
+        eprintln!("node {} ({}): {}", n + 1, family.name(), counts.join(" "));
     }
     let broken: BTreeMap<_, _> = h
         .conns
@@ -646,10 +790,11 @@ fn lru_pressure_does_not_break_long_lived_connections() {
         .collect();
     assert!(
         h.broken == 0 && h.switched == 0,
-        "{} of 100 long-lived connections broke and {} moved backend while {} short flows \
+        "{} of 100 long-lived {} connections broke and {} moved backend while {} short flows \
          (2× --conntrack-max {CT_MAX}, two entries each) churned the LRU; first ones \
          (local address: backends, error): {broken:?}",
         h.broken,
+        family.name(),
         h.switched,
         2 * CT_MAX
     );
@@ -665,3 +810,5 @@ fn lru_pressure_does_not_break_long_lived_connections() {
         r2.errors
     );
 }
+
+per_family!(lru_pressure_does_not_break_long_lived_connections);

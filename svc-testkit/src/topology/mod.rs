@@ -108,6 +108,30 @@ impl Family {
         }
     }
 
+    /// "IPv4" / "IPv6", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The hook whose counters this family's packets take where IPv4's take `v4`'s
+    /// ([`svc_common::Hook::PodIngress`] → [`svc_common::Hook::PodIngress6`], …). XDP has
+    /// one program for both families.
+    pub fn hook(self, v4: svc_common::Hook) -> svc_common::Hook {
+        use svc_common::Hook::*;
+        match (self, v4) {
+            (Family::V4, h) => h,
+            (Family::V6, PodIngress) => PodIngress6,
+            (Family::V6, PodEgress) => PodEgress6,
+            (Family::V6, UplinkIngress) => UplinkIngress6,
+            (Family::V6, UplinkEgress) => UplinkEgress6,
+            (Family::V6, Sock) => Sock6,
+            (Family::V6, h) => h,
+        }
+    }
+
     /// The unspecified address (`0.0.0.0` / `::`).
     pub fn unspecified(self) -> IpAddr {
         match self {
