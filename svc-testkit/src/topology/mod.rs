@@ -117,8 +117,8 @@ impl Family {
     }
 
     /// The hook whose counters this family's packets take where IPv4's take `v4`'s
-    /// ([`svc_common::Hook::PodIngress`] → [`svc_common::Hook::PodIngress6`], …). XDP has
-    /// one program for both families.
+    /// ([`svc_common::Hook::PodIngress`] → [`svc_common::Hook::PodIngress6`],
+    /// [`svc_common::Hook::Xdp`] → [`svc_common::Hook::Xdp6`], …).
     pub fn hook(self, v4: svc_common::Hook) -> svc_common::Hook {
         use svc_common::Hook::*;
         match (self, v4) {
@@ -128,6 +128,7 @@ impl Family {
             (Family::V6, UplinkIngress) => UplinkIngress6,
             (Family::V6, UplinkEgress) => UplinkEgress6,
             (Family::V6, Sock) => Sock6,
+            (Family::V6, Xdp) => Xdp6,
             (Family::V6, h) => h,
         }
     }
