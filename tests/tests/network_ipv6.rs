@@ -5,7 +5,8 @@
 //! each way (SHA-256 checked by svc-probe), local and remote backend, pods keeping TSO/GSO; the
 //! pod → NodePort paths also carry UDP; a UDP exchange larger than the MTU fragments; the
 //! underlay capture verifies every IPv6 checksum (and must have seen IPv6 traffic); the same
-//! paths over IPv4 keep working beside it.
+//! paths over IPv4 keep working beside it. Once with XDP (generic) on the uplinks, where
+//! `svc_xdp6` does the north-south work, and once with classic tc filters and no XDP.
 //!
 //! | Service | ClusterIP | LB IP | external IP | backend |
 //! |---|---|---|---|---|
@@ -111,6 +112,40 @@ fn paths6(scene: &Scene) -> Vec<Path> {
 fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
     require_root();
     let scene = Scene::start_dual_stack(&["--xdp-mode", "generic"]);
+    every_path6(&scene, "xdp generic");
+    xdp6_did_the_north_south_work(&scene);
+    inspect_explain_and_bpftool_show_ipv6(&scene);
+}
+
+/// The same paths with the other attachment the agent falls back to: classic tc filters
+/// (`--tc-attach classic`, kernels before 6.6) and no XDP (`--xdp-mode auto` on a veth), so
+/// the IPv6 tc programs, reached by a tail call from `cls_bpf` filters, serve north-south
+/// traffic alone.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn every_path_over_ipv6_with_classic_tc_filters_and_no_xdp() {
+    require_root();
+    let scene = Scene::start_dual_stack(&["--xdp-mode", "auto", "--tc-attach", "classic"]);
+    every_path6(&scene, "classic tc, no xdp");
+    let agent = &scene.agents[0];
+    let xdp6: u64 = svc_common::ALL_REASONS
+        .iter()
+        .map(|&(r, _)| agent.counter(Hook::Xdp6, r).unwrap_or(0))
+        .sum();
+    assert_eq!(xdp6, 0, "node 1: no XDP program may have run");
+    let tc_new = agent
+        .counter(Hook::UplinkIngress6, Reason::DnatNew)
+        .unwrap();
+    assert!(
+        tc_new >= 10,
+        "node 1: uplink_ingress6 opened {tc_new} external IPv6 flows, one per external path \
+         expected"
+    );
+}
+
+/// Every path of [`paths6`] 8 MB each way (UDP beside the pod → NodePort ones, fragments,
+/// IPv4 beside), the underlay capture verifying every checksum; `mode` names the run.
+fn every_path6(scene: &Scene, mode: &str) {
     let capture = Capture::start_snaplen(
         &scene.t,
         scene.t.underlay_ns(),
@@ -121,11 +156,11 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
     .expect("underlay capture");
     let mut failures = Vec::new();
     let started = Instant::now();
-    for p in paths6(&scene) {
+    for p in paths6(scene) {
         for dir in ["download", "upload"] {
             let r = scene.bulk(p.client, &p.target, dir);
             let path = (p.client, p.target.as_str(), p.what.as_str(), p.backend);
-            failures.extend(bulk_failure("ipv6", &r, path, dir));
+            failures.extend(bulk_failure(&format!("ipv6, {mode}"), &r, path, dir));
         }
         if p.pod_nodeport {
             let port = if p.backend == "be1" {
@@ -166,7 +201,7 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
             failures.push(format!("IPv4 {client} -> {target}: {:?}", r.error));
         }
     }
-    eprintln!("[ipv6] all paths in {:?}", started.elapsed());
+    eprintln!("[ipv6, {mode}] all paths in {:?}", started.elapsed());
     let file = capture.stop().expect("stopping the capture");
     let report = verify_checksums(file.path()).expect("reading the capture");
     eprintln!("[ipv6] underlay: {report}");
@@ -187,16 +222,14 @@ fn every_path_over_ipv6_bulk_both_ways_with_checksums_on_the_underlay() {
             .into_iter()
             .map(|h| agent.counter(h, Reason::DnatNew).unwrap_or(0))
             .sum();
-        assert!(new6 > 0, "node {}: no IPv6 flow was opened", n + 1);
+        assert!(new6 > 0, "{mode}: node {}: no IPv6 flow was opened", n + 1);
     }
-    xdp6_did_the_north_south_work(&scene);
     assert!(
         failures.is_empty(),
-        "{} of the IPv6 paths failed:\n  {}",
+        "{mode}: {} of the IPv6 paths failed:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
-    inspect_explain_and_bpftool_show_ipv6(&scene);
 }
 
 /// The external client's paths enter node 1's uplink, where XDP runs in generic mode; the
