@@ -11,6 +11,11 @@
 //! gone. At the end: 0 long-lived connections broken or moved to another backend, 0 new
 //! connections failed.
 //!
+//! The topology is dual-stack and `web` too: the same load runs over its IPv6 ClusterIP at the
+//! same time (a third of the long-lived connections, half the rate), and no IPv6 connection
+//! may break or fail either. (The maps are compared for IPv4; the IPv6 ones are pinned and
+//! adopted alike.)
+//!
 //! Sizes: the CI run uses 4 restarts, 300 long-lived connections and 100 new connections/s;
 //! `cargo xtask soak` sets `SVC_SOAK_RESTARTS=20 SVC_SOAK_CONNS=1000 SVC_SOAK_RATE=500`.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
@@ -35,6 +40,7 @@ use svc_testkit::{
 
 const PROBE: &str = env!("CARGO_BIN_EXE_svc-probe");
 const VIP: &str = "10.96.0.10";
+const VIP6: &str = "fd00:10:96::10";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -54,10 +60,15 @@ fn service_yaml(name: &str, ip: &str) -> String {
 }
 
 fn slice_yaml(name: &str, endpoints: &[(String, usize)]) -> String {
+    slice_yaml_of(name, "1", "IPv4", endpoints)
+}
+
+/// EndpointSlice `{name}-{suffix}` of `family` (`IPv4`, `IPv6`).
+fn slice_yaml_of(name: &str, suffix: &str, family: &str, endpoints: &[(String, usize)]) -> String {
     format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{suffix}\n  \
          namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
-         addressType: IPv4\nports:\n  - {{port: 8080, protocol: TCP}}\nendpoints:\n{}",
+         addressType: {family}\nports:\n  - {{port: 8080, protocol: TCP}}\nendpoints:\n{}",
         ready_endpoints_yaml(endpoints)
     )
 }
@@ -99,7 +110,8 @@ fn restarts_under_load_break_no_connection_and_converge() {
     let t = Topology::build(
         &TopologySpec::new()
             .node(&["client", "be1"])
-            .node(&["be2", "be3"]),
+            .node(&["be2", "be3"])
+            .dual_stack(true),
     )
     .expect("building the topology");
     let _servers = t
@@ -107,10 +119,31 @@ fn restarts_under_load_break_no_connection_and_converge() {
         .expect("backend servers");
     let ep = |p: &str, n: usize| (t.pod_ip(p).to_string(), n);
     let dir = ManifestDir::new(&t).expect("manifest dir");
-    dir.write("web.yaml", &service_yaml("web", VIP)).unwrap();
+    dir.write(
+        "web.yaml",
+        &service_yaml("web", VIP).replace(
+            &format!("  clusterIP: {VIP}\n"),
+            &format!(
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+                 clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\", \"{VIP6}\"]\n"
+            ),
+        ),
+    )
+    .unwrap();
     dir.write(
         "web-slice.yaml",
         &slice_yaml("web", &[ep("be1", 1), ep("be2", 2), ep("be3", 2)]),
+    )
+    .unwrap();
+    let ep6 = |p: &str, n: usize| (t.pod_ip6(p).to_string(), n);
+    dir.write(
+        "web-slice6.yaml",
+        &slice_yaml_of(
+            "web",
+            "6",
+            "IPv6",
+            &[ep6("be1", 1), ep6("be2", 2), ep6("be3", 2)],
+        ),
     )
     .unwrap();
     let (name, ip) = churn(0);
@@ -133,48 +166,61 @@ fn restarts_under_load_break_no_connection_and_converge() {
 
     // Long enough for every restart (program loads take seconds of verifier time each).
     let duration_s = 60 + restarts * 30;
-    let target = format!("{VIP}:80");
-    let mut hold = t
-        .spawn(
-            t.pod_ns("client"),
-            &[
-                PROBE,
-                "hold",
-                "--target",
-                &target,
-                "--conns",
-                &conns.to_string(),
-                "--duration-s",
-                &duration_s.to_string(),
-                "--interval-ms",
-                "1000",
-                "--timeout-ms",
-                "5000",
-            ],
-        )
-        .expect("long-lived connections");
-    hold.wait_for_line(Duration::from_secs(60), |l| l == "ready")
-        .expect("long-lived connections open");
+    // The same load over each family: IPv4 at the full size, IPv6 at a third of the
+    // long-lived connections and half the rate, at the same time.
+    let loads = [
+        (format!("{VIP}:80"), conns, rate),
+        (format!("[{VIP6}]:80"), conns.div_ceil(3), rate.div_ceil(2)),
+    ];
+    let mut holds = Vec::new();
+    for (target, conns, _) in &loads {
+        let mut hold = t
+            .spawn(
+                t.pod_ns("client"),
+                &[
+                    PROBE,
+                    "hold",
+                    "--target",
+                    target,
+                    "--conns",
+                    &conns.to_string(),
+                    "--duration-s",
+                    &duration_s.to_string(),
+                    "--interval-ms",
+                    "1000",
+                    "--timeout-ms",
+                    "5000",
+                ],
+            )
+            .expect("long-lived connections");
+        hold.wait_for_line(Duration::from_secs(60), |l| l == "ready")
+            .unwrap_or_else(|e| panic!("long-lived connections to {target} open: {e:#}"));
+        holds.push(hold);
+    }
     // New connections at `rate`/s for as long as the restarts may take.
-    let load = t
-        .spawn(
-            t.pod_ns("client"),
-            &[
-                PROBE,
-                "tcp",
-                "--target",
-                &target,
-                "--count",
-                &(rate * duration_s).to_string(),
-                "--parallel",
-                "32",
-                "--rate",
-                &rate.to_string(),
-                "--timeout-ms",
-                "5000",
-            ],
-        )
-        .expect("new connections");
+    let mut news = Vec::new();
+    for (target, _, rate) in &loads {
+        let load = t
+            .spawn(
+                t.pod_ns("client"),
+                &[
+                    PROBE,
+                    "tcp",
+                    "--target",
+                    target,
+                    "--count",
+                    &(rate * duration_s).to_string(),
+                    "--parallel",
+                    "32",
+                    "--rate",
+                    &rate.to_string(),
+                    "--timeout-ms",
+                    "5000",
+                ],
+            )
+            .expect("new connections");
+        news.push(load);
+    }
     let started = Instant::now();
 
     let mut agent = agents.remove(0);
@@ -240,36 +286,38 @@ fn restarts_under_load_break_no_connection_and_converge() {
         );
     }
 
-    hold.signal(libc::SIGTERM).unwrap();
-    let done = hold.finish(Duration::from_secs(60)).expect("hold finished");
-    let held = HoldSummary::from_output(&done.stdout).expect("hold summary");
-    let load = load
-        .terminate(Duration::from_secs(10))
-        .expect("load stopped");
-    let fresh = Summary::from_output(&load.stdout).ok();
     let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "{restarts} restarts in {elapsed:.1} s; long-lived: {} conns, broken {}, switched {}, \
-         failed {}; new: {} ok, {} failed ({:.0}/s)",
-        held.conns.len(),
-        held.broken,
-        held.switched,
-        held.failed,
-        fresh.as_ref().map_or(0, |f| f.ok),
-        fresh.as_ref().map_or(0, |f| f.failed),
-        fresh.as_ref().map_or(0.0, |f| f.ok as f64 / elapsed),
-    );
-    assert_eq!(held.conns.len() as u64, conns);
-    assert_eq!(
-        (held.broken, held.switched, held.failed),
-        (0, 0, 0),
-        "no long-lived connection may break or move: {held:?}"
-    );
-    let fresh = fresh.expect("the load's summary (it prints one on SIGTERM)");
-    assert_eq!(
-        fresh.failed, 0,
-        "no new connection may fail: {} failed, errors {:?}",
-        fresh.failed, fresh.errors
-    );
-    assert!(fresh.ok > rate * 10, "the load ran: {fresh:?}");
+    for ((hold, load), (target, conns, rate)) in holds.into_iter().zip(news).zip(&loads) {
+        hold.signal(libc::SIGTERM).unwrap();
+        let done = hold.finish(Duration::from_secs(60)).expect("hold finished");
+        let held = HoldSummary::from_output(&done.stdout).expect("hold summary");
+        let load = load
+            .terminate(Duration::from_secs(10))
+            .expect("load stopped");
+        let fresh = Summary::from_output(&load.stdout).ok();
+        println!(
+            "{target}: {restarts} restarts in {elapsed:.1} s; long-lived: {} conns, broken {}, \
+             switched {}, failed {}; new: {} ok, {} failed ({:.0}/s)",
+            held.conns.len(),
+            held.broken,
+            held.switched,
+            held.failed,
+            fresh.as_ref().map_or(0, |f| f.ok),
+            fresh.as_ref().map_or(0, |f| f.failed),
+            fresh.as_ref().map_or(0.0, |f| f.ok as f64 / elapsed),
+        );
+        assert_eq!(held.conns.len() as u64, *conns, "{target}");
+        assert_eq!(
+            (held.broken, held.switched, held.failed),
+            (0, 0, 0),
+            "{target}: no long-lived connection may break or move: {held:?}"
+        );
+        let fresh = fresh.expect("the load's summary (it prints one on SIGTERM)");
+        assert_eq!(
+            fresh.failed, 0,
+            "{target}: no new connection may fail: {} failed, errors {:?}",
+            fresh.failed, fresh.errors
+        );
+        assert!(fresh.ok > rate * 10, "{target}: the load ran: {fresh:?}");
+    }
 }
