@@ -6,6 +6,11 @@
 //! smallest address sends every NodePort connection to a remote backend from an address the
 //! reply never comes back to (45 of 60 failed). The source must be an address the node owns on
 //! its uplink (svc-agent/src/snat.rs).
+//!
+//! The topology is dual-stack and so is the Service: node 1's Node object also lists an IPv6
+//! `ExternalIP` on none of its interfaces (2001:db8:ffff::1, sorting before its fd00:18::
+//! InternalIP), and NodePort connections over IPv6 must be source-NATed to node 1's own IPv6
+//! underlay address, chosen without `--node-ip` too.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
@@ -24,6 +29,8 @@ const NODEPORT: u16 = 31090;
 /// Not on any interface; sorts before the underlay's 172.18.0.0/16. It is never sent to: the
 /// point is that nothing is.
 const OFF_NODE_EXTERNAL_IP: &str = "10.250.0.1";
+/// The same for IPv6: on no interface, sorts before fd00:18::/64.
+const OFF_NODE_EXTERNAL_IP6: &str = "2001:db8:ffff::1";
 
 #[test]
 #[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
@@ -34,7 +41,8 @@ fn off_interface_external_ip_is_never_the_snat_source() {
             .node(&["client1"])
             .node(&["be2"])
             .external_client(true)
-            .ext_gateway(1),
+            .ext_gateway(1)
+            .dual_stack(true),
     )
     .expect("building the topology");
     let mut server: NsChild = t
@@ -52,16 +60,20 @@ fn off_interface_external_ip_is_never_the_snat_source() {
     api.apply_yaml(&format!(
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n    \
          - {{type: ExternalIP, address: {OFF_NODE_EXTERNAL_IP}}}\n    \
-         - {{type: InternalIP, address: {}}}\n    - {{type: Hostname, address: {}}}\n",
+         - {{type: ExternalIP, address: \"{OFF_NODE_EXTERNAL_IP6}\"}}\n    \
+         - {{type: InternalIP, address: {}}}\n    - {{type: InternalIP, address: \"{}\"}}\n    \
+         - {{type: Hostname, address: {}}}\n",
         node_name(1),
         t.node_ip(1),
+        t.node_ip6(1),
         node_name(1)
     ))
     .unwrap();
     api.create_node(&t, 2, &[]).unwrap();
     api.apply_yaml(&format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
-         type: NodePort\n  clusterIP: 10.96.0.90\n  ports:\n    \
+         type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+         clusterIP: 10.96.0.90\n  clusterIPs: [10.96.0.90, \"fd00:10:96::90\"]\n  ports:\n    \
          - {{port: 80, targetPort: 8080, nodePort: {NODEPORT}, protocol: TCP}}\n"
     ))
     .unwrap();
@@ -71,6 +83,15 @@ fn off_interface_external_ip_is_never_the_snat_source() {
          ports:\n  - port: 8080\n    protocol: TCP\nendpoints:\n  - addresses: [\"{}\"]\n    \
          conditions: {{ready: true}}\n    nodeName: {}\n",
         t.pod_ip("be2"),
+        node_name(2)
+    ))
+    .unwrap();
+    api.apply_yaml(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-6\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv6\n\
+         ports:\n  - port: 8080\n    protocol: TCP\nendpoints:\n  - addresses: [\"{}\"]\n    \
+         conditions: {{ready: true}}\n    nodeName: {}\n",
+        t.pod_ip6("be2"),
         node_name(2)
     ))
     .unwrap();
@@ -127,5 +148,30 @@ fn off_interface_external_ip_is_never_the_snat_source() {
                 .iter()
                 .all(|(k, _)| k.dst_addr == t.node_ip(1).octets()),
         "SNAT reply entries on node 1 name its InternalIP: {snat:?}"
+    );
+
+    // IPv6: the same through node 1's IPv6 NodePort; the source is node 1's own IPv6 underlay
+    // address, never the off-node IPv6 ExternalIP.
+    let target6 = format!("[{}]:{NODEPORT}", t.node_ip6(1));
+    let r = Summary::tcp_from(&t, t.ext_ns().unwrap(), &target6, 60).unwrap();
+    let log = agents[0].log();
+    assert_eq!(
+        (r.ok, r.failed),
+        (60, 0),
+        "IPv6 NodePort connections to the remote backend: {r:?}\nnode 1 agent log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("IPv6 SNAT source chosen addr={}", t.node_ip6(1))),
+        "node 1 agent log names its IPv6 SNAT source:\n{log}"
+    );
+    let snat6: Vec<_> = svc_agent::inspect::read_conntrack6(agents[0].bpffs())
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.dir == CT_DIR_REPLY && e.flags & CT_F_SNAT != 0)
+        .collect();
+    let node6 = svc_common::Addr6::from(t.node_ip6(1));
+    assert!(
+        !snat6.is_empty() && snat6.iter().all(|(k, _)| k.dst_addr == node6),
+        "IPv6 SNAT reply entries on node 1 name its own IPv6 address: {snat6:?}"
     );
 }
