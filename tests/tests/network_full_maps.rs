@@ -7,7 +7,8 @@
 //! nothing after it: 0 frontends, every Service of the node unreachable. Now the valid Services
 //! are programmed and served, the offender is refused and named (log, metric), and with maps
 //! sized small enough to fill, a full map still applies removals and lets a refused Service in
-//! as soon as space returns.
+//! as soon as space returns. The same over IPv6, whose maps have budgets of their own: an
+//! IPv6 offender beside dual-stack and IPv6 Services in the dual-stack topology.
 // `unused_crate_dependencies` judges each target alone, and a binary or test target sees every
 // dependency of its package while it uses a few: the lint is for the libraries.
 #![allow(unused_crate_dependencies)]
@@ -40,10 +41,21 @@ fn service_yaml(name: &str, ip: &str, ports: u16) -> String {
 /// `name`'s EndpointSlice: `endpoints` on ports 8080 up (`ports` of them, named as the
 /// Service's).
 fn slice_yaml(name: &str, ports: u16, endpoints: &[(String, usize)]) -> String {
+    slice_yaml_of(name, "1", "IPv4", ports, endpoints)
+}
+
+/// [`slice_yaml`] named `{name}-{suffix}`, of address type `family`.
+fn slice_yaml_of(
+    name: &str,
+    suffix: &str,
+    family: &str,
+    ports: u16,
+    endpoints: &[(String, usize)],
+) -> String {
     let mut yaml = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{suffix}\n  \
          namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
-         addressType: IPv4\nports:\n"
+         addressType: {family}\nports:\n"
     );
     for i in 0..ports {
         let _ = write!(
@@ -65,8 +77,17 @@ struct Scene {
 
 impl Scene {
     fn start() -> Self {
-        let t = Topology::build(&TopologySpec::new().node(&["client", "be1", "be2"]))
-            .expect("building the topology");
+        Self::start_with(false)
+    }
+
+    /// The scene, in the dual-stack topology when `dual`.
+    fn start_with(dual: bool) -> Self {
+        let t = Topology::build(
+            &TopologySpec::new()
+                .node(&["client", "be1", "be2"])
+                .dual_stack(dual),
+        )
+        .expect("building the topology");
         let servers = t
             .serve(&["be1", "be2"], &["--tcp", "8080"])
             .expect("starting the backend servers");
@@ -237,6 +258,116 @@ fn a_full_map_applies_removals_and_lets_a_refused_service_in_when_space_returns(
     assert_eq!(late.by_backend.get("be1").copied(), Some(20));
     assert_all_ok(&scene.tcp("10.96.0.11:80", 20), 20, "api");
     assert_eq!(agent.metric(&scene.t, "svc_services_refused").unwrap(), 0.0);
+    agent.stop().unwrap();
+}
+
+/// IPv6: `web` dual-stack and `api` IPv6-only beside an IPv6-only offender of the same size
+/// as `hostile` (3 000 ports, 5 000 IPv6 endpoints × 100 ports). The IPv6 maps have budgets of
+/// their own (`SVC_FRONTENDS6`, `SVC_BACKENDS6`; the slots are shared): the offender is refused
+/// and named, nothing of it is programmed, and both families of the valid Services are served.
+#[test]
+#[cfg_attr(svc_unprivileged, ignore = "needs root (network namespaces)")]
+fn an_oversized_ipv6_service_is_refused_and_every_valid_service_is_served() {
+    require_root();
+    let scene = Scene::start_with(true);
+    let m = &scene.manifests;
+    let ipv6 = |yaml: String, ips: &str| {
+        yaml.replace("  type: ClusterIP\n", &format!("  type: ClusterIP\n{ips}"))
+    };
+    let eps6 = |pods: &[&str]| -> Vec<(String, usize)> {
+        pods.iter()
+            .map(|p| (scene.t.pod_ip6(p).to_string(), 1))
+            .collect()
+    };
+    m.write(
+        "web.yaml",
+        &ipv6(
+            service_yaml("web", "10.96.0.10", 1),
+            "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+             clusterIPs: [10.96.0.10, \"fd00:10:96::10\"]\n",
+        ),
+    )
+    .unwrap();
+    m.write(
+        "web-slice.yaml",
+        &slice_yaml("web", 1, &scene.endpoints(&["be1", "be2"])),
+    )
+    .unwrap();
+    m.write(
+        "web-slice6.yaml",
+        &slice_yaml_of("web", "6", "IPv6", 1, &eps6(&["be1", "be2"])),
+    )
+    .unwrap();
+    m.write(
+        "api.yaml",
+        &service_yaml("api", "\"fd00:10:96::11\"", 1).replace(
+            "  type: ClusterIP\n",
+            "  type: ClusterIP\n  ipFamilies: [IPv6]\n",
+        ),
+    )
+    .unwrap();
+    m.write(
+        "api-slice6.yaml",
+        &slice_yaml_of("api", "6", "IPv6", 1, &eps6(&["be2"])),
+    )
+    .unwrap();
+    let hostile_eps: Vec<(String, usize)> = (0..5000u32)
+        .map(|i| (format!("fd00:201::{:x}", i + 1), 1))
+        .collect();
+    m.write(
+        "hostile6.yaml",
+        &service_yaml("hostile6", "\"fd00:10:96::50\"", 3000).replace(
+            "  type: ClusterIP\n",
+            "  type: ClusterIP\n  ipFamilies: [IPv6]\n",
+        ),
+    )
+    .unwrap();
+    m.write(
+        "hostile6-slice.yaml",
+        &slice_yaml_of("hostile6", "6", "IPv6", 100, &hostile_eps),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&scene.t, 1, m.path(), &[]).expect("agent");
+    agent
+        .wait_frontends(
+            &BTreeMap::from([(fkey([10, 96, 0, 10], 80, PROTO_TCP), 2)]),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = agent.log();
+        if log.contains("refused: Service default/hostile6") {
+            assert!(
+                !log.contains("E2BIG") && !log.contains("Argument list too long"),
+                "no write failed:\n{log}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IPv6 offender is named in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snap = agent.snapshot().unwrap();
+    let offender: std::net::Ipv6Addr = "fd00:10:96::50".parse().unwrap();
+    assert!(
+        !snap
+            .frontends6
+            .keys()
+            .any(|k| std::net::Ipv6Addr::from(k.addr) == offender),
+        "nothing of the IPv6 offender is programmed"
+    );
+    assert_eq!(snap.frontends6.len(), 2, "web's and api's IPv6 frontends");
+    assert_all_ok(&scene.tcp("[fd00:10:96::10]:80", 20), 20, "web over IPv6");
+    assert_all_ok(&scene.tcp("10.96.0.10:80", 20), 20, "web over IPv4");
+    assert_all_ok(&scene.tcp("[fd00:10:96::11]:80", 20), 20, "api over IPv6");
+    assert_eq!(
+        agent.metric(&scene.t, "svc_services_refused").unwrap(),
+        1.0,
+        "refused Services metric"
+    );
     agent.stop().unwrap();
 }
 
