@@ -177,23 +177,32 @@ pub(crate) fn frag_needed(ctx: &TcContext, flow: &Flow, mtu: u16) -> Outcome {
 /// its sender sent it. kube-proxy DNATs before routing, so `ip_forward` answers it; passed to
 /// the stack untranslated, the packet would be delivered locally (the NodePort is this node's
 /// own address) and refused as port unreachable. Other frontends are not local addresses: the
-/// stack forwards them and answers itself. Never about an ICMP error (RFC 1122 §3.2.2): that
-/// one is passed on untranslated as before.
+/// stack forwards them and answers itself. Never about an ICMP error or a fragment other than
+/// the first (RFC 1122 §3.2.2; `icmp_send` refuses both): those are passed on untranslated as
+/// before.
 #[inline(always)]
 pub(crate) fn time_exceeded(ctx: &TcContext, flow: &Flow) -> Outcome {
-    if flow.icmp {
-        return Outcome::pass(Reason::TtlExceeded);
+    Outcome::unpack(time_exceeded_sub(ctx.skb.skb, flow))
+}
+
+/// [`time_exceeded`] in a BPF subprogram of its own: its checks inlined into every forward
+/// path split the verifier's states (svc_uplink_ingress verified 547 079 instructions instead
+/// of 310 049).
+#[inline(never)]
+fn time_exceeded_sub(skb: *mut __sk_buff, flow: &Flow) -> u64 {
+    if flow.icmp || flow.frag == FRAG_LATER {
+        return Outcome::pass(Reason::TtlExceeded).pack();
     }
     if !within_budget() {
-        return Outcome::drop(Reason::RateLimited);
+        return Outcome::drop(Reason::RateLimited).pack();
     }
-    Outcome::unpack(icmp_error_sub(
-        ctx.skb.skb,
+    icmp_error_sub(
+        skb,
         flow,
         (ICMP_TIME_EXCEEDED as u32) << 24,
         u32::from_ne_bytes(flow.daddr),
         Reason::TtlExceeded as u32,
-    ))
+    )
 }
 
 /// [`tcp_reset`] in a BPF subprogram of its own (see `Outcome::pack`).

@@ -172,9 +172,15 @@ fn check_generated_icmp(input: &[u8], output: &[u8]) -> Result<(), String> {
         ));
     }
     let t = output[34];
-    if t != 3 {
+    // Destination unreachable (a reject, fragmentation needed), or time exceeded in transit
+    // for a packet whose TTL would expire (to a NodePort: the datapath answers for the
+    // stack), never about a later fragment (RFC 1122 §3.2.2, as `icmp_send` refuses).
+    let expiring = input[22] <= 1 && be16(input, 20) & 0x1fff == 0;
+    if t != 3 && !(t == 11 && output[35] == 0 && expiring) {
         return Err(format!(
-            "generated ICMP type {t} is not destination unreachable"
+            "generated ICMP type {t} code {} is neither destination unreachable nor time \
+             exceeded in transit for an expiring first packet (input TTL {})",
+            output[35], input[22]
         ));
     }
     // The quote: the offending IPv4 header and the start of its payload, as the sender sent it.
