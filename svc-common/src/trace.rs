@@ -13,8 +13,8 @@ pub const TRACE_SLOTS: u32 = 8;
 /// Frontend ids one [`TraceFilter`] can name (a Service's frontends: ports × addresses).
 pub const TRACE_FRONTENDS: usize = 16;
 /// Bytes of each trace ring buffer (a power of two and a multiple of the page size, as
-/// `BPF_MAP_TYPE_RINGBUF` requires): 4096 events of [`TraceEvent`]'s 64 bytes plus headers
-/// (2340 of [`TraceEvent6`]'s 112).
+/// `BPF_MAP_TYPE_RINGBUF` requires): 7 281 events of [`TraceEvent`]'s 64 bytes with their
+/// 8-byte record headers, 4 369 of [`TraceEvent6`]'s 112.
 pub const TRACE_RING_BYTES: u32 = 512 * 1024;
 
 /// Value of [`MAP_TRACE_FILTERS`]: which packets one tracer wants. A packet matches when every

@@ -218,8 +218,8 @@ pub(crate) const ICMP6_OFF: usize = IP_OFF + IP6_LEN;
 /// header, quoted IPv6 header and the quoted datagram's first 8 bytes.
 pub(crate) const ICMP6_ERR_LEN: usize = IP6_LEN + 8 + IP6_LEN + 8;
 
-const ICMP6_DEST_UNREACH: u8 = 1;
-const ICMP6_PACKET_TOO_BIG: u8 = 2;
+pub(crate) const ICMP6_DEST_UNREACH: u8 = 1;
+pub(crate) const ICMP6_PACKET_TOO_BIG: u8 = 2;
 pub(crate) const ICMP6_TIME_EXCEEDED: u8 = 3;
 /// Parameter Problem (RFC 4443 §3.4): its pointer is an offset into the quoted packet, which
 /// the translation does not move.

@@ -30,7 +30,7 @@ use crate::{
     family::Family,
     maps::{SVC_CONFIG, SVC_SCRATCH},
     parse::{IP_OFF, PROTO_ICMPV6},
-    parse6::{Flow6, ICMP6_TIME_EXCEEDED, IP6_LEN},
+    parse6::{Flow6, ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, IP6_LEN},
     reject::{
         failed, fold_complement, reverse_ethernet, send_back, within_budget, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
@@ -48,12 +48,8 @@ const _: () = assert!(GEN6_LEN == 176 && GEN6_LEN % 4 == 0);
 /// Where the quote sits in `Scratch::gen6`.
 const Q6: usize = IP6_LEN + ICMP6_HDR_LEN;
 
-/// ICMPv6 Destination Unreachable.
-const ICMP6_DEST_UNREACH: u8 = 1;
-/// Its code "port unreachable".
+/// Destination Unreachable's code "port unreachable".
 const ICMP6_PORT_UNREACH: u8 = 4;
-/// ICMPv6 Packet Too Big.
-const ICMP6_PACKET_TOO_BIG: u8 = 2;
 
 /// Answers `flow` (a new flow to a frontend without endpoints) with a TCP RST, or an ICMPv6
 /// port unreachable from the frontend address the client sent to.
