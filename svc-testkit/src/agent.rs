@@ -380,19 +380,7 @@ impl Agent {
             .iter()
             .map(|(&(a, p, pr), &n)| ((a, p, pr, svc_common::SCOPE_ANY), n))
             .collect();
-        self.wait_loaded()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_alive()?;
-            let got = self.backend_counts().ok();
-            if got.as_ref() == Some(&want) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("agent on node {} did not program {want:?} within {timeout:?}; maps hold {got:?}\nlog:\n{}", self.node, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_maps(&want, timeout, Self::backend_counts)
     }
 
     /// Waits (up to [`LOAD_TIMEOUT`]) until the agent has loaded its programs and read its
@@ -421,19 +409,30 @@ impl Agent {
         want: &BTreeMap<FrontendKey, u32>,
         timeout: Duration,
     ) -> Result<()> {
+        self.wait_maps(want, timeout, |a| {
+            a.frontends()
+                .map(|m| m.into_iter().map(|(k, v)| (k, v.backend_count)).collect())
+        })
+    }
+
+    /// Waits (polling every 20 ms, the agent alive) until `read` gives `want`; the error names
+    /// what the maps held last.
+    fn wait_maps<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        want: &T,
+        timeout: Duration,
+        read: impl Fn(&Self) -> Result<T>,
+    ) -> Result<()> {
         self.wait_loaded()?;
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
-            let got: Option<BTreeMap<FrontendKey, u32>> = self
-                .frontends()
-                .ok()
-                .map(|m| m.into_iter().map(|(k, v)| (k, v.backend_count)).collect());
+            let got = read(self).ok();
             if got.as_ref() == Some(want) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("agent on node {} did not program {want:?} within {timeout:?}; map holds {got:?}\nlog:\n{}", self.node, self.log());
+                bail!("agent on node {} did not program {want:?} within {timeout:?}; maps hold {got:?}\nlog:\n{}", self.node, self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
